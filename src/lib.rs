@@ -1,1 +1,27 @@
+//! warren: an AMQP 0-9-1 message broker, wire-compatible with RabbitMQ,
+//! thread-per-core on io_uring.
+//!
+//! # Layout
+//!
+//! - `protocol`: bytes ⇄ frames ⇄ methods; no sockets, no broker types.
+//! - `broker`: AMQP semantics on one shard (connections, channels, exchanges,
+//!   queues, the metadata owner); synchronous, no I/O.
+//! - `shard`: one glommio executor per CPU, the mailbox mesh, the tick.
+//! - `net`: listening sockets and each connection's reader and writer tasks.
+//! - `config`: defaults and every limit.
+//!
+//! # A message's way
+//!
+//! `net::connection` reads bytes → `broker::connection` parses frames →
+//! `broker::channel` assembles method + header + body and routes it on the
+//! shard's replica (`broker::vhost`, `broker::exchange::*`) → a
+//! `ShardMsg::Enqueue` per queue, run at once for local queues or batched
+//! into `shard`'s mailbox for others → `broker::queue` dispatches to a
+//! consumer → `broker::channel` writes basic.deliver into the connection's
+//! output → `net::connection`'s writer flushes it, many frames per write.
 
+pub mod broker;
+pub mod config;
+pub mod net;
+pub mod protocol;
+pub mod shard;

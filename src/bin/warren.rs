@@ -1,1 +1,98 @@
-fn main(){}
+//! The broker: flags → Config → shards.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::error;
+
+use warren::config::{self, Config};
+
+/// warren: an AMQP 0-9-1 message broker, wire-compatible with RabbitMQ.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on; repeat for several. Default: 0.0.0.0:5672 and [::]:5672.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Where durable state is kept.
+    #[arg(long, default_value = "warren-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Number of shards (one executor per CPU). Default: the CPUs this process may use.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// CPUs to pin the shards to, e.g. 0,1.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// A user created at start with full access (besides guest/guest, loopback only).
+    #[arg(long, env = "WARREN_DEFAULT_USER")]
+    default_user: Option<String>,
+    /// The default user's password.
+    #[arg(long, env = "WARREN_DEFAULT_PASS", hide_env_values = true)]
+    default_pass: Option<String>,
+    /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let cpus_available = core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .unwrap_or(1)
+        .max(1);
+    let shards = args
+        .shards
+        .or(args.cpus.as_ref().map(|c| c.len()))
+        .unwrap_or(cpus_available)
+        .max(1);
+    let listen = if args.listen.is_empty() {
+        let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::AMQP_PORT))];
+        if ipv6_available() {
+            both.push(SocketAddr::from(([0u16; 8], config::AMQP_PORT)));
+        }
+        both
+    } else {
+        args.listen
+    };
+    let default_user = match (args.default_user, args.default_pass) {
+        (Some(user), Some(pass)) => Some((user, pass)),
+        (Some(user), None) => {
+            error!(%user, "--default-user needs --default-pass (or WARREN_DEFAULT_PASS)");
+            return ExitCode::from(2);
+        }
+        _ => None,
+    };
+    let config = Config {
+        listen,
+        data_dir: args.data_dir,
+        shards,
+        cpus: args.cpus,
+        default_user,
+        ..Config::default()
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        error!(dir = %config.data_dir.display(), error = %e, "cannot create the data directory");
+        return ExitCode::FAILURE;
+    }
+    match warren::shard::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{}", e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}

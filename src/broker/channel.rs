@@ -1,0 +1,1014 @@
+//! Channels: everything a client does on a channel other than 0. Publishing
+//! (method, header and body frames assembled into one message, routed on
+//! this shard's replica), consuming, basic.get, acknowledgements, prefetch,
+//! publisher confirms and transactions. Definition changes go to the
+//! metadata owner and pause the connection until it answers, so a client's
+//! methods take effect in the order it sent them.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::connection::{Connection, Env};
+use crate::broker::ids::{ConsumerId, QueueRef, ShardId};
+use crate::broker::message::Message;
+use crate::broker::metadata::{
+    check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
+};
+use crate::broker::queue::{ConsumerSpec, Delivery, Settle};
+use crate::broker::vhost::QueueMeta;
+use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
+use crate::protocol::{
+    AmqpError, BasicAck, BasicCancel, BasicCancelOk, BasicConsumeOk, BasicDeliver, BasicGetEmpty,
+    BasicGetOk, BasicNack, BasicPublish, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelCloseOk,
+    ChannelFlowOk, ChannelOpenOk, ConfirmSelectOk, ContentHeader, Method, QueuePurgeOk, ShortStr,
+    TxCommitOk, TxRollbackOk, TxSelectOk,
+};
+
+/// The class id of `basic`, the only content class.
+const BASIC_CLASS: u16 = 60;
+
+#[derive(Debug)]
+struct Unacked {
+    delivery_tag: u64,
+    queue: QueueRef,
+    seq: u64,
+    consumer: ConsumerId,
+}
+
+#[derive(Debug)]
+struct ChannelConsumer {
+    queue: QueueRef,
+}
+
+/// A publish whose header or body frames are still arriving.
+#[derive(Debug)]
+struct Content {
+    publish: BasicPublish,
+    header: Option<ContentHeader>,
+    body: Body,
+    received: u64,
+}
+
+/// A body in one frame stays a slice of the read buffer; only bodies split
+/// over several frames are copied together.
+#[derive(Debug)]
+enum Body {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn push(&mut self, payload: Bytes, total: u64) {
+        *self = match std::mem::replace(self, Body::Empty) {
+            Body::Empty => Body::One(payload),
+            Body::One(first) => {
+                let mut joined = BytesMut::with_capacity(total as usize);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&payload);
+                Body::Many(joined)
+            }
+            Body::Many(mut joined) => {
+                joined.extend_from_slice(&payload);
+                Body::Many(joined)
+            }
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(bytes) => bytes,
+            Body::Many(joined) => joined.freeze(),
+        }
+    }
+}
+
+/// Publisher confirms: publish sequence numbers waiting for their queues.
+/// Sequence numbers in `pending` are contiguous, so one is found by offset.
+#[derive(Debug, Default)]
+struct Confirms {
+    next_seq: u64,
+    pending: VecDeque<PendingConfirm>,
+}
+
+#[derive(Debug)]
+struct PendingConfirm {
+    seq: u64,
+    remaining: u32,
+    nacked: bool,
+}
+
+impl Confirms {
+    fn new() -> Confirms {
+        Confirms {
+            next_seq: 1,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn publish(&mut self, queue_count: u32) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back(PendingConfirm {
+            seq,
+            remaining: queue_count,
+            nacked: false,
+        });
+        seq
+    }
+
+    /// True if the oldest pending publish is now complete.
+    fn resolve(&mut self, seq: u64, accepted: bool) -> bool {
+        let Some(front) = self.pending.front() else {
+            return false;
+        };
+        let Some(offset) = seq.checked_sub(front.seq) else {
+            return false;
+        };
+        if let Some(pending) = self.pending.get_mut(offset as usize) {
+            pending.remaining = pending.remaining.saturating_sub(1);
+            pending.nacked |= !accepted;
+        }
+        self.pending.front().is_some_and(|p| p.remaining == 0)
+    }
+}
+
+/// Transactional work held until tx.commit.
+#[derive(Debug)]
+enum TxOp {
+    Publish(ShardId, ShardMsg),
+    Settle {
+        delivery_tag: u64,
+        multiple: bool,
+        settle: Settle,
+    },
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    pub id: u16,
+    /// We sent channel.close and wait for close-ok.
+    pub closing: bool,
+    content: Option<Content>,
+    next_delivery_tag: u64,
+    unacked: VecDeque<Unacked>,
+    consumers: HashMap<ShortStr, ChannelConsumer>,
+    /// basic.qos with global=false: the limit of consumers created after it.
+    consumer_prefetch: u16,
+    /// basic.qos with global=true: the channel's limit.
+    channel_prefetch: u16,
+    confirms: Option<Confirms>,
+    tx: Option<Vec<TxOp>>,
+    /// For the empty-queue-name shortcut of the spec.
+    last_queue: Option<ShortStr>,
+    waiting_nowait: bool,
+    pending_consumer: Option<ShortStr>,
+}
+
+impl Channel {
+    fn new(id: u16) -> Channel {
+        Channel {
+            id,
+            closing: false,
+            content: None,
+            next_delivery_tag: 1,
+            unacked: VecDeque::new(),
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            channel_prefetch: 0,
+            confirms: None,
+            tx: None,
+            last_queue: None,
+            waiting_nowait: false,
+            pending_consumer: None,
+        }
+    }
+
+    fn expand_queue(&self, name: ShortStr) -> Result<ShortStr, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    /// The limit a new consumer gets at its queue. A channel-wide limit is
+    /// applied per consumer (exact for the usual one consumer per channel).
+    fn effective_prefetch(&self) -> u32 {
+        match (self.consumer_prefetch, self.channel_prefetch) {
+            (0, c) => c as u32,
+            (p, 0) => p as u32,
+            (p, c) => p.min(c) as u32,
+        }
+    }
+}
+
+fn lookup_queue<'a>(env: &'a Env, name: &ShortStr) -> Result<&'a QueueMeta, AmqpError> {
+    env.vhost
+        .queues
+        .get(name.as_str())
+        .ok_or_else(|| no_queue(name))
+}
+
+impl Connection {
+    pub(crate) fn channel_frame_method(&mut self, channel: u16, method: Method, env: &Env) {
+        let now = env.now;
+        let (class_id, method_id) = (method.class_id(), method.method_id());
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            match method {
+                Method::ChannelOpen(_) if channel > self.channel_max => self.connection_error(
+                    AmqpError::not_allowed(format!(
+                        "channel number {} exceeds the negotiated channel_max {}",
+                        channel, self.channel_max
+                    ))
+                    .with_method(class_id, method_id),
+                    now,
+                ),
+                Method::ChannelOpen(_) => {
+                    self.channels.insert(channel, Channel::new(channel));
+                    self.wire.method(channel, &ChannelOpenOk {}.into());
+                }
+                Method::ChannelCloseOk(_) => {}
+                _ => self.connection_error(
+                    AmqpError::channel_error(format!(
+                        "expected 'channel.open' on channel {}",
+                        channel
+                    ))
+                    .with_method(class_id, method_id),
+                    now,
+                ),
+            }
+            return;
+        };
+        if ch.closing {
+            match method {
+                Method::ChannelCloseOk(_) => {
+                    self.channels.remove(&channel);
+                }
+                Method::ChannelClose(_) => {
+                    self.wire.method(channel, &ChannelCloseOk {}.into());
+                    self.channels.remove(&channel);
+                }
+                _ => {}
+            }
+            return;
+        }
+        if ch.content.is_some() {
+            self.connection_error(
+                AmqpError::unexpected_frame(format!(
+                    "expected content header for class 60, got non content header frame instead ({})",
+                    method.name()
+                ))
+                .with_method(class_id, method_id),
+                now,
+            );
+            return;
+        }
+        if let Err(error) = self.channel_method(channel, method, env) {
+            self.fail(channel, error.with_method(class_id, method_id), now);
+        }
+    }
+
+    fn channel_method(&mut self, id: u16, method: Method, env: &Env) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        match method {
+            Method::ChannelOpen(_) => {
+                return Err(AmqpError::channel_error("second 'channel.open' seen"));
+            }
+            Method::ChannelClose(_) => {
+                self.release_channel(id);
+                self.channels.remove(&id);
+                self.wire.method(id, &ChannelCloseOk {}.into());
+            }
+            Method::ChannelCloseOk(_) => {}
+            Method::ChannelFlow(m) => {
+                self.wire
+                    .method(id, &ChannelFlowOk { active: m.active }.into());
+            }
+            Method::ChannelFlowOk(_) => {}
+            Method::ExchangeDeclare(m) => self.meta(id, m.nowait, MetaRequest::ExchangeDeclare(m)),
+            Method::ExchangeDelete(m) => self.meta(id, m.nowait, MetaRequest::ExchangeDelete(m)),
+            Method::ExchangeBind(m) => self.meta(id, m.nowait, MetaRequest::ExchangeBind(m)),
+            Method::ExchangeUnbind(m) => self.meta(id, m.nowait, MetaRequest::ExchangeUnbind(m)),
+            Method::QueueDeclare(m) => self.meta(id, m.nowait, MetaRequest::QueueDeclare(m)),
+            Method::QueueBind(mut m) => {
+                let shortcut = m.queue.is_empty();
+                m.queue = ch.expand_queue(m.queue)?;
+                if shortcut && m.routing_key.is_empty() {
+                    m.routing_key = m.queue.clone();
+                }
+                self.meta(id, m.nowait, MetaRequest::QueueBind(m))
+            }
+            Method::QueueUnbind(mut m) => {
+                m.queue = ch.expand_queue(m.queue)?;
+                self.meta(id, false, MetaRequest::QueueUnbind(m))
+            }
+            Method::QueueDelete(mut m) => {
+                m.queue = ch.expand_queue(m.queue)?;
+                self.meta(id, m.nowait, MetaRequest::QueueDelete(m))
+            }
+            Method::QueuePurge(m) => {
+                let name = ch.expand_queue(m.queue)?;
+                let meta = lookup_queue(env, &name)?;
+                check_exclusive(meta, Some(self.conn))?;
+                ch.waiting_nowait = m.nowait;
+                let queue = meta.queue_ref();
+                let msg = ShardMsg::Purge {
+                    queue: queue.id,
+                    conn: self.conn,
+                    channel: id,
+                    nowait: m.nowait,
+                };
+                self.effects.push((queue.shard, msg));
+                self.pause();
+            }
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(AmqpError::not_implemented(format!(
+                        "prefetch_size!=0 ({})",
+                        m.prefetch_size
+                    )));
+                }
+                if m.global {
+                    ch.channel_prefetch = m.prefetch_count;
+                } else {
+                    ch.consumer_prefetch = m.prefetch_count;
+                }
+                self.wire.method(id, &BasicQosOk {}.into());
+            }
+            Method::BasicConsume(m) => {
+                let name = ch.expand_queue(m.queue)?;
+                let meta = lookup_queue(env, &name)?;
+                check_exclusive(meta, Some(self.conn))?;
+                let tag = if m.consumer_tag.is_empty() {
+                    generated_name("amq.ctag-", &mut self.name_state)
+                } else {
+                    m.consumer_tag
+                };
+                if ch.consumers.contains_key(tag.as_str()) {
+                    return Err(AmqpError::not_allowed(format!(
+                        "attempt to reuse consumer tag '{}'",
+                        tag
+                    )));
+                }
+                let queue = meta.queue_ref();
+                ch.consumers.insert(tag.clone(), ChannelConsumer { queue });
+                ch.pending_consumer = Some(tag.clone());
+                let spec = ConsumerSpec {
+                    conn: self.conn,
+                    channel: id,
+                    tag,
+                    no_ack: m.no_ack,
+                    exclusive: m.exclusive,
+                    prefetch_count: ch.effective_prefetch(),
+                };
+                self.effects.push((
+                    queue.shard,
+                    ShardMsg::Consume {
+                        queue: queue.id,
+                        spec,
+                        nowait: m.nowait,
+                    },
+                ));
+                self.pause();
+            }
+            Method::BasicCancel(m) => {
+                if let Some(consumer) = ch.consumers.remove(m.consumer_tag.as_str()) {
+                    let msg = ShardMsg::Cancel {
+                        queue: consumer.queue.id,
+                        conn: self.conn,
+                        channel: id,
+                        tag: m.consumer_tag.clone(),
+                    };
+                    self.effects.push((consumer.queue.shard, msg));
+                }
+                if !m.nowait {
+                    self.wire.method(
+                        id,
+                        &BasicCancelOk {
+                            consumer_tag: m.consumer_tag,
+                        }
+                        .into(),
+                    );
+                }
+            }
+            Method::BasicPublish(m) => {
+                if m.immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                let Some(exchange) = env.vhost.exchanges.get(m.exchange.as_str()) else {
+                    return Err(no_exchange(&m.exchange));
+                };
+                if exchange.def.internal {
+                    return Err(AmqpError::access_refused(format!(
+                        "cannot publish to internal exchange '{}' in vhost '/'",
+                        m.exchange
+                    )));
+                }
+                ch.content = Some(Content {
+                    publish: m,
+                    header: None,
+                    body: Body::Empty,
+                    received: 0,
+                });
+            }
+            Method::BasicGet(m) => {
+                let name = ch.expand_queue(m.queue)?;
+                let meta = lookup_queue(env, &name)?;
+                check_exclusive(meta, Some(self.conn))?;
+                let queue = meta.queue_ref();
+                let msg = ShardMsg::Get {
+                    queue: queue.id,
+                    conn: self.conn,
+                    channel: id,
+                    no_ack: m.no_ack,
+                };
+                self.effects.push((queue.shard, msg));
+                self.pause();
+            }
+            Method::BasicAck(m) => self.settle(id, m.delivery_tag, m.multiple, Settle::Ack)?,
+            Method::BasicReject(m) => {
+                let settle = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
+                self.settle(id, m.delivery_tag, false, settle)?
+            }
+            Method::BasicNack(m) => {
+                let settle = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
+                self.settle(id, m.delivery_tag, m.multiple, settle)?
+            }
+            Method::BasicRecover(m) => {
+                if !m.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                self.requeue_unacked(id);
+                self.wire.method(id, &BasicRecoverOk {}.into());
+            }
+            Method::BasicRecoverAsync(m) => {
+                if !m.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                self.requeue_unacked(id);
+            }
+            Method::ConfirmSelect(m) => {
+                if ch.tx.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                ch.confirms.get_or_insert_with(Confirms::new);
+                if !m.nowait {
+                    self.wire.method(id, &ConfirmSelectOk {}.into());
+                }
+            }
+            Method::TxSelect(_) => {
+                if ch.confirms.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                ch.tx.get_or_insert_with(Vec::new);
+                self.wire.method(id, &TxSelectOk {}.into());
+            }
+            Method::TxCommit(_) => {
+                let Some(ops) = ch.tx.as_mut().map(std::mem::take) else {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                };
+                for op in ops {
+                    match op {
+                        TxOp::Publish(shard, msg) => self.effects.push((shard, msg)),
+                        TxOp::Settle {
+                            delivery_tag,
+                            multiple,
+                            settle,
+                        } => self.settle_now(id, delivery_tag, multiple, settle)?,
+                    }
+                }
+                self.wire.method(id, &TxCommitOk {}.into());
+            }
+            Method::TxRollback(_) => {
+                let Some(ops) = ch.tx.as_mut() else {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                };
+                ops.clear();
+                self.wire.method(id, &TxRollbackOk {}.into());
+            }
+            other => {
+                return Err(AmqpError::command_invalid(format!(
+                    "unexpected method {} from a client",
+                    other.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn meta(&mut self, channel: u16, nowait: bool, request: MetaRequest) {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.waiting_nowait = nowait;
+        }
+        self.effects.push((
+            ShardId(0),
+            ShardMsg::Meta {
+                from: Some((self.conn, channel)),
+                request,
+            },
+        ));
+        self.pause();
+    }
+
+    pub(crate) fn channel_frame_header(&mut self, channel: u16, header: ContentHeader, env: &Env) {
+        let now = env.now;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            self.connection_error(
+                AmqpError::channel_error(format!("expected 'channel.open' on channel {}", channel)),
+                now,
+            );
+            return;
+        };
+        if ch.closing {
+            return;
+        }
+        let content = match ch.content.as_mut() {
+            Some(content) if content.header.is_none() => content,
+            _ => {
+                self.connection_error(
+                    AmqpError::unexpected_frame(
+                        "expected method frame, got non method frame instead",
+                    ),
+                    now,
+                );
+                return;
+            }
+        };
+        if header.class_id != BASIC_CLASS {
+            self.connection_error(
+                AmqpError::unexpected_frame(format!(
+                    "expected content header for class 60, got class {}",
+                    header.class_id
+                )),
+                now,
+            );
+            return;
+        }
+        let complete = header.body_size == 0;
+        content.header = Some(header);
+        if complete {
+            self.complete_publish(channel, env);
+        }
+    }
+
+    pub(crate) fn channel_frame_body(&mut self, channel: u16, payload: Bytes, env: &Env) {
+        let now = env.now;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            self.connection_error(
+                AmqpError::channel_error(format!("expected 'channel.open' on channel {}", channel)),
+                now,
+            );
+            return;
+        };
+        if ch.closing {
+            return;
+        }
+        let content = match ch.content.as_mut() {
+            Some(content) if content.header.is_some() => content,
+            _ => {
+                self.connection_error(
+                    AmqpError::unexpected_frame(
+                        "expected method frame, got non method frame instead",
+                    ),
+                    now,
+                );
+                return;
+            }
+        };
+        let body_size = content.header.as_ref().map_or(0, |h| h.body_size);
+        content.received += payload.len() as u64;
+        if content.received > body_size {
+            let received = content.received;
+            self.connection_error(
+                AmqpError::frame_error(format!(
+                    "content body frame exceeds remaining content size ({} > {})",
+                    received, body_size
+                )),
+                now,
+            );
+            return;
+        }
+        content.body.push(payload, body_size);
+        if content.received == body_size {
+            self.complete_publish(channel, env);
+        }
+    }
+
+    fn complete_publish(&mut self, id: u16, env: &Env) {
+        let Some(content) = self.channels.get_mut(&id).and_then(|ch| ch.content.take()) else {
+            return;
+        };
+        let (class_id, method_id) = (60, 40);
+        if let Err(error) = self.publish(id, content, env) {
+            self.fail(id, error.with_method(class_id, method_id), env.now);
+        }
+    }
+
+    /// Routes a complete message and hands it to its queues.
+    fn publish(&mut self, id: u16, content: Content, env: &Env) -> Result<(), AmqpError> {
+        let Content {
+            publish,
+            header,
+            body,
+            ..
+        } = content;
+        let properties = header.map(|h| h.properties).unwrap_or_default();
+        let body = body.freeze();
+        if let Some(user_id) = properties.user_id() {
+            if user_id.as_str() != self.user {
+                return Err(AmqpError::precondition_failed(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id, self.user
+                )));
+            }
+        }
+        let Some(exchange) = env.vhost.exchanges.get(publish.exchange.as_str()) else {
+            return Err(no_exchange(&publish.exchange));
+        };
+        env.vhost.route(
+            exchange,
+            publish.routing_key.as_str(),
+            &properties,
+            &mut self.route_scratch,
+            &mut self.route_out,
+        );
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let queue_count = self.route_out.len();
+        let confirm = ch.confirms.as_mut().map(|c| ConfirmTarget {
+            conn: self.conn,
+            channel: id,
+            publish_seq: c.publish(queue_count as u32),
+        });
+        if queue_count == 0 {
+            if publish.mandatory {
+                let method: Method = BasicReturn {
+                    reply_code: 312,
+                    reply_text: ShortStr::from_static("NO_ROUTE"),
+                    exchange: publish.exchange,
+                    routing_key: publish.routing_key,
+                }
+                .into();
+                self.wire.content(id, &method, &properties, &body);
+            }
+            return Ok(());
+        }
+        let mut message = Some(Message {
+            exchange: publish.exchange,
+            routing_key: publish.routing_key,
+            properties,
+            body,
+        });
+        for (at, queue) in self.route_out.iter().enumerate() {
+            let message = if at + 1 == queue_count {
+                message.take()
+            } else {
+                message.clone()
+            };
+            let Some(message) = message else { break };
+            let msg = ShardMsg::Enqueue {
+                queue: queue.id,
+                message,
+                confirm,
+            };
+            match ch.tx.as_mut() {
+                Some(ops) => ops.push(TxOp::Publish(queue.shard, msg)),
+                None => self.effects.push((queue.shard, msg)),
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        id: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        settle: Settle,
+    ) -> Result<(), AmqpError> {
+        if let Some(ops) = self.channels.get_mut(&id).and_then(|ch| ch.tx.as_mut()) {
+            ops.push(TxOp::Settle {
+                delivery_tag,
+                multiple,
+                settle,
+            });
+            return Ok(());
+        }
+        self.settle_now(id, delivery_tag, multiple, settle)
+    }
+
+    /// Resolves delivery tags as RabbitMQ's collect_acks does: the tag must
+    /// be outstanding; `multiple` also takes every older one; tag 0 with
+    /// `multiple` takes all.
+    fn settle_now(
+        &mut self,
+        id: u16,
+        delivery_tag: u64,
+        multiple: bool,
+        settle: Settle,
+    ) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let taken = if multiple && delivery_tag == 0 {
+            ch.unacked.len()
+        } else {
+            let at = ch
+                .unacked
+                .binary_search_by_key(&delivery_tag, |u| u.delivery_tag)
+                .map_err(|_| {
+                    AmqpError::precondition_failed(format!("unknown delivery tag {}", delivery_tag))
+                })?;
+            if !multiple {
+                if let Some(u) = ch.unacked.remove(at) {
+                    self.effects.push(settle_msg(&u, settle));
+                }
+                return Ok(());
+            }
+            at + 1
+        };
+        for u in ch.unacked.drain(..taken) {
+            self.effects.push(settle_msg(&u, settle));
+        }
+        Ok(())
+    }
+
+    fn requeue_unacked(&mut self, id: u16) {
+        if let Some(ch) = self.channels.get_mut(&id) {
+            for u in ch.unacked.drain(..) {
+                self.effects.push(settle_msg(&u, Settle::Requeue));
+            }
+        }
+    }
+
+    /// Cancels a channel's consumers and returns its unacknowledged messages
+    /// to their queues, in order and marked redelivered.
+    pub(crate) fn release_channel(&mut self, id: u16) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        for (tag, consumer) in ch.consumers.drain() {
+            self.effects.push((
+                consumer.queue.shard,
+                ShardMsg::Cancel {
+                    queue: consumer.queue.id,
+                    conn: self.conn,
+                    channel: id,
+                    tag,
+                },
+            ));
+        }
+        for u in ch.unacked.drain(..) {
+            self.effects.push(settle_msg(&u, Settle::Requeue));
+        }
+        ch.content = None;
+        ch.confirms = None;
+        ch.tx = None;
+    }
+
+    pub(crate) fn channel_reply(
+        &mut self,
+        id: u16,
+        reply: ChannelReply,
+        now: Instant,
+    ) -> Option<ChannelReply> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            self.resume();
+            return Some(reply);
+        };
+        if ch.closing {
+            self.resume();
+            return Some(reply);
+        }
+        match reply {
+            ChannelReply::ConsumeOk { tag, nowait, .. } => {
+                ch.pending_consumer = None;
+                if !nowait {
+                    self.wire
+                        .method(id, &BasicConsumeOk { consumer_tag: tag }.into());
+                }
+                self.resume();
+            }
+            ChannelReply::GetEmpty => {
+                self.wire.method(id, &BasicGetEmpty {}.into());
+                self.resume();
+            }
+            ChannelReply::PurgeOk {
+                message_count,
+                nowait,
+            } => {
+                if !nowait {
+                    self.wire.method(id, &QueuePurgeOk { message_count }.into());
+                }
+                self.resume();
+            }
+            ChannelReply::Meta(Ok(method)) => {
+                if let Method::QueueDeclareOk(ok) = &method {
+                    ch.last_queue = Some(ok.queue.clone());
+                }
+                if !ch.waiting_nowait {
+                    self.wire.method(id, &method);
+                }
+                self.resume();
+            }
+            ChannelReply::Meta(Err(error)) | ChannelReply::Error(error) => {
+                if let Some(tag) = ch.pending_consumer.take() {
+                    ch.consumers.remove(tag.as_str());
+                }
+                self.resume();
+                self.fail(id, error, now);
+            }
+            ChannelReply::ConsumerCancelled { tag } => {
+                if ch.consumers.remove(tag.as_str()).is_some()
+                    && self.capabilities.consumer_cancel_notify
+                {
+                    self.wire.method(
+                        id,
+                        &BasicCancel {
+                            consumer_tag: tag,
+                            nowait: true,
+                        }
+                        .into(),
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes a delivery to its channel. Returns it if the channel or the
+    /// consumer is gone, so the shard can put the message back.
+    pub fn deliver(&mut self, delivery: Delivery) -> Option<Delivery> {
+        let Some(ch) = self.channels.get_mut(&delivery.channel) else {
+            return Some(delivery);
+        };
+        if ch.closing {
+            return Some(delivery);
+        }
+        let is_get = delivery.message_count.is_some();
+        if !is_get && !ch.consumers.contains_key(delivery.consumer_tag.as_str()) {
+            return Some(delivery);
+        }
+        let delivery_tag = ch.next_delivery_tag;
+        ch.next_delivery_tag += 1;
+        if !delivery.no_ack {
+            ch.unacked.push_back(Unacked {
+                delivery_tag,
+                queue: delivery.queue,
+                seq: delivery.seq,
+                consumer: delivery.consumer,
+            });
+        }
+        let Delivery {
+            channel,
+            consumer_tag,
+            redelivered,
+            message_count,
+            message,
+            ..
+        } = delivery;
+        let Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+        } = message;
+        let method: Method = match message_count {
+            Some(message_count) => BasicGetOk {
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+                message_count,
+            }
+            .into(),
+            None => BasicDeliver {
+                consumer_tag,
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+            }
+            .into(),
+        };
+        self.wire.content(channel, &method, &properties, &body);
+        if is_get {
+            self.resume();
+        }
+        None
+    }
+
+    /// True if the channel has confirms ready to send.
+    pub fn confirm_resolved(&mut self, channel: u16, seq: u64, accepted: bool) -> bool {
+        self.channels
+            .get_mut(&channel)
+            .and_then(|ch| ch.confirms.as_mut())
+            .is_some_and(|c| c.resolve(seq, accepted))
+    }
+
+    /// Sends basic.ack (coalesced with `multiple`) and basic.nack for every
+    /// publish at the front of the channel's confirm queue that is complete.
+    pub fn flush_confirms(&mut self, channel: u16) {
+        let Some(confirms) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|ch| ch.confirms.as_mut())
+        else {
+            return;
+        };
+        let mut run: Option<(u64, u64)> = None;
+        while let Some(front) = confirms.pending.front() {
+            if front.remaining > 0 {
+                break;
+            }
+            let Some(done) = confirms.pending.pop_front() else {
+                break;
+            };
+            if done.nacked {
+                if let Some((first, last)) = run.take() {
+                    write_ack(&mut self.wire, channel, first, last);
+                }
+                self.wire.method(
+                    channel,
+                    &BasicNack {
+                        delivery_tag: done.seq,
+                        multiple: false,
+                        requeue: false,
+                    }
+                    .into(),
+                );
+            } else {
+                run = Some(match run {
+                    Some((first, _)) => (first, done.seq),
+                    None => (done.seq, done.seq),
+                });
+            }
+        }
+        if let Some((first, last)) = run {
+            write_ack(&mut self.wire, channel, first, last);
+        }
+    }
+
+    pub(crate) fn flush_all_confirms(&mut self) {
+        let ready: Vec<u16> = self
+            .channels
+            .values()
+            .filter(|ch| {
+                ch.confirms
+                    .as_ref()
+                    .is_some_and(|c| c.pending.front().is_some_and(|p| p.remaining == 0))
+            })
+            .map(|ch| ch.id)
+            .collect();
+        for channel in ready {
+            self.flush_confirms(channel);
+        }
+    }
+}
+
+fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u64, last: u64) {
+    wire.method(
+        channel,
+        &BasicAck {
+            delivery_tag: last,
+            multiple: last > first,
+        }
+        .into(),
+    );
+}
+
+fn settle_msg(u: &Unacked, settle: Settle) -> (ShardId, ShardMsg) {
+    (
+        u.queue.shard,
+        ShardMsg::Settle {
+            queue: u.queue.id,
+            seq: u.seq,
+            consumer: u.consumer,
+            settle,
+        },
+    )
+}

@@ -1,0 +1,606 @@
+//! One AMQP connection: the handshake (protocol header, start/start-ok,
+//! tune/tune-ok, open), heartbeats, the channel table, and the close rules.
+//! Channel methods are in `channel.rs`.
+//!
+//! A connection never touches a socket. `input` takes the bytes a reader
+//! task read, and frames to send go into `wire.out`, which the connection's
+//! writer task flushes (many frames per write). Work for queues goes into
+//! `effects` as shard messages.
+//!
+//! Close rules (RabbitMQ's `map_exception`): a soft error on a channel closes
+//! that channel; a hard error, or any error on channel 0, closes the
+//! connection. After sending connection.close we read and drop every frame
+//! except close-ok, as the spec asks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, info, warn};
+
+use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
+use crate::broker::channel::Channel;
+use crate::broker::exchange::Destination;
+use crate::broker::ids::{ConnId, ConnRef, QueueRef, ShardId};
+use crate::broker::metadata::MetaRequest;
+use crate::broker::signal::Notify;
+use crate::broker::vhost::{Vhost, DEFAULT_VHOST};
+use crate::broker::{ChannelReply, ShardMsg};
+use crate::config::{self, Config};
+use crate::protocol::{
+    close_method, parse_frame, write_body, write_content_header, write_heartbeat, write_method,
+    AmqpError, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune, FieldTable,
+    FieldValue, Frame, Method, Properties, PROTOCOL_HEADER,
+};
+
+/// What the reader task should do after `input`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Read more bytes.
+    NeedMore,
+    /// Waiting for another shard's answer: wait for `reader` before parsing on.
+    Paused,
+    /// Parsed a turn's worth: yield, then call `input` again.
+    Yield,
+    /// The connection is done: flush, then close the socket.
+    Closed,
+}
+
+/// The outgoing side: frames waiting for the writer task.
+pub struct Wire {
+    pub out: BytesMut,
+    pub frame_max: u32,
+    /// Woken when `out` goes from empty to non-empty.
+    pub writer: Notify,
+    pub last_write: Instant,
+}
+
+impl Wire {
+    fn wake(&mut self, was_empty: bool) {
+        if was_empty {
+            self.writer.notify();
+        }
+    }
+
+    pub fn method(&mut self, channel: u16, method: &Method) {
+        let was_empty = self.out.is_empty();
+        write_method(&mut self.out, channel, method);
+        self.wake(was_empty);
+    }
+
+    /// A content-bearing method followed by its header and body frames.
+    pub fn content(
+        &mut self,
+        channel: u16,
+        method: &Method,
+        properties: &Properties,
+        body: &Bytes,
+    ) {
+        let was_empty = self.out.is_empty();
+        write_method(&mut self.out, channel, method);
+        write_content_header(&mut self.out, channel, 60, body.len() as u64, properties);
+        write_body(&mut self.out, channel, body, self.frame_max);
+        self.wake(was_empty);
+    }
+
+    fn heartbeat(&mut self) {
+        let was_empty = self.out.is_empty();
+        write_heartbeat(&mut self.out);
+        self.wake(was_empty);
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        let was_empty = self.out.is_empty();
+        self.out.extend_from_slice(bytes);
+        self.wake(was_empty);
+    }
+}
+
+/// What the client said it understands, from client-properties.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capabilities {
+    pub consumer_cancel_notify: bool,
+    pub authentication_failure_close: bool,
+    pub connection_blocked: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    ProtocolHeader,
+    StartOk,
+    TuneOk,
+    Open,
+    Running,
+    /// We sent connection.close and wait for close-ok until the deadline.
+    CloseSent {
+        deadline: Instant,
+    },
+    /// The client sent connection.close; close-ok follows once cleanup is done.
+    ClosingByClient,
+    Closed,
+}
+
+/// The shared, read-only state a connection needs while handling frames.
+pub struct Env<'a> {
+    pub vhost: &'a Vhost,
+    pub users: &'a Users,
+    pub config: &'a Config,
+    pub now: Instant,
+}
+
+pub struct Connection {
+    pub conn: ConnRef,
+    pub peer: SocketAddr,
+    phase: Phase,
+    pub wire: Wire,
+    /// Woken when a paused connection may parse again.
+    pub reader: Notify,
+    paused: bool,
+    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) effects: Vec<(ShardId, ShardMsg)>,
+    pub(crate) channel_max: u16,
+    heartbeat_s: u16,
+    last_read: Instant,
+    opened_at: Instant,
+    pub(crate) user: String,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) name_state: u64,
+    /// Scratch space for routing, reused by every publish on this connection.
+    pub(crate) route_scratch: Vec<Destination>,
+    pub(crate) route_out: Vec<QueueRef>,
+}
+
+impl Connection {
+    pub fn new(conn: ConnRef, peer: SocketAddr, config: &Config, now: Instant) -> Connection {
+        Connection {
+            conn,
+            peer,
+            phase: Phase::ProtocolHeader,
+            wire: Wire {
+                out: BytesMut::with_capacity(16 * 1024),
+                frame_max: config.frame_size_max,
+                writer: Notify::new(),
+                last_write: now,
+            },
+            reader: Notify::new(),
+            paused: false,
+            channels: HashMap::new(),
+            effects: Vec::new(),
+            channel_max: config.channel_max,
+            heartbeat_s: 0,
+            last_read: now,
+            opened_at: now,
+            user: String::new(),
+            capabilities: Capabilities::default(),
+            name_state: conn.conn.0.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ conn.shard.0 as u64,
+            route_scratch: Vec::new(),
+            route_out: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.conn.conn
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn take_effects(&mut self) -> Vec<(ShardId, ShardMsg)> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn restore_effects(&mut self, effects: Vec<(ShardId, ShardMsg)>) {
+        debug_assert!(effects.is_empty());
+        if self.effects.is_empty() {
+            self.effects = effects;
+        }
+    }
+
+    pub(crate) fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    pub(crate) fn resume(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.reader.notify();
+        }
+    }
+
+    /// Parses and handles every complete frame in `buf`.
+    pub fn input(&mut self, buf: &mut BytesMut, env: &Env) -> Input {
+        self.last_read = env.now;
+        let mut parsed = 0usize;
+        let result = loop {
+            if self.phase == Phase::Closed {
+                break Input::Closed;
+            }
+            if self.paused {
+                break Input::Paused;
+            }
+            if self.phase == Phase::ProtocolHeader {
+                if !self.protocol_header(buf) {
+                    break Input::NeedMore;
+                }
+                continue;
+            }
+            let before = buf.len();
+            match parse_frame(buf, self.wire.frame_max) {
+                Ok(None) => break Input::NeedMore,
+                Ok(Some(frame)) => {
+                    parsed += before - buf.len();
+                    self.frame(frame, env);
+                }
+                Err(error) => {
+                    debug!(peer = %self.peer, %error, "frame error");
+                    let error = error.to_amqp_error();
+                    self.connection_error(error, env.now);
+                    // The stream is no longer in sync: nothing after this parses.
+                    buf.clear();
+                    self.phase = Phase::Closed;
+                }
+            }
+            if parsed >= config::READ_BYTES_PER_TURN_MAX {
+                break Input::Yield;
+            }
+        };
+        self.flush_all_confirms();
+        result
+    }
+
+    /// Checks the 8-byte protocol header; false if more bytes are needed.
+    fn protocol_header(&mut self, buf: &mut BytesMut) -> bool {
+        let n = buf.len().min(PROTOCOL_HEADER.len());
+        if buf[..n] != PROTOCOL_HEADER[..n] {
+            // The spec: answer with the header we speak, then close.
+            self.wire.raw(PROTOCOL_HEADER);
+            self.phase = Phase::Closed;
+            buf.clear();
+            return true;
+        }
+        if n < PROTOCOL_HEADER.len() {
+            return false;
+        }
+        let _ = buf.split_to(PROTOCOL_HEADER.len());
+        self.wire.method(0, &start_method());
+        self.phase = Phase::StartOk;
+        true
+    }
+
+    fn frame(&mut self, frame: Frame, env: &Env) {
+        if let Phase::CloseSent { .. } = self.phase {
+            if let Frame::Method {
+                channel: 0,
+                method: Method::ConnectionCloseOk(_) | Method::ConnectionClose(_),
+            } = frame
+            {
+                if let Frame::Method {
+                    method: Method::ConnectionClose(_),
+                    ..
+                } = frame
+                {
+                    self.wire.method(0, &ConnectionCloseOk {}.into());
+                }
+                self.phase = Phase::Closed;
+            }
+            return;
+        }
+        if self.phase == Phase::ClosingByClient {
+            return;
+        }
+        match frame {
+            Frame::Heartbeat { .. } => {}
+            Frame::Method { channel: 0, method } => {
+                let (class_id, method_id) = (method.class_id(), method.method_id());
+                if let Err(error) = self.connection_method(method, env) {
+                    self.connection_error(error.with_method(class_id, method_id), env.now);
+                }
+            }
+            _ if self.phase != Phase::Running => {
+                self.connection_error(
+                    AmqpError::command_invalid("connection is not open yet"),
+                    env.now,
+                );
+            }
+            Frame::Method { channel, method } => self.channel_frame_method(channel, method, env),
+            Frame::Header { channel, header } => self.channel_frame_header(channel, header, env),
+            Frame::Body { channel, payload } => self.channel_frame_body(channel, payload, env),
+        }
+    }
+
+    fn connection_method(&mut self, method: Method, env: &Env) -> Result<(), AmqpError> {
+        match (&self.phase, method) {
+            (Phase::StartOk, Method::ConnectionStartOk(m)) => {
+                self.capabilities = capabilities(&m.client_properties);
+                let peer_ip = self.peer.ip();
+                match env
+                    .users
+                    .authenticate(m.mechanism.as_str(), &m.response, peer_ip)
+                {
+                    Ok(user) => {
+                        self.user = user.name.clone();
+                        self.wire.method(
+                            0,
+                            &ConnectionTune {
+                                channel_max: env.config.channel_max,
+                                frame_max: env.config.frame_size_max,
+                                heartbeat: env.config.heartbeat_s,
+                            }
+                            .into(),
+                        );
+                        self.phase = Phase::TuneOk;
+                        Ok(())
+                    }
+                    Err(failure) => {
+                        self.refuse_login(m.mechanism.as_str(), failure, env.now);
+                        Ok(())
+                    }
+                }
+            }
+            (Phase::TuneOk, Method::ConnectionTuneOk(m)) => {
+                let server_max = env.config.frame_size_max;
+                if m.frame_max != 0 && m.frame_max < config::FRAME_SIZE_MIN {
+                    return Err(AmqpError::not_allowed(format!(
+                        "frame_max={} < {} min size",
+                        m.frame_max,
+                        config::FRAME_SIZE_MIN
+                    )));
+                }
+                if m.frame_max > server_max {
+                    return Err(AmqpError::not_allowed(format!(
+                        "frame_max={} > {} max size",
+                        m.frame_max, server_max
+                    )));
+                }
+                self.wire.frame_max = if m.frame_max == 0 {
+                    server_max
+                } else {
+                    m.frame_max
+                };
+                self.channel_max = match m.channel_max {
+                    0 => env.config.channel_max,
+                    n => n.min(env.config.channel_max),
+                };
+                self.heartbeat_s = m.heartbeat;
+                self.phase = Phase::Open;
+                Ok(())
+            }
+            (Phase::Open, Method::ConnectionOpen(m)) => {
+                if m.virtual_host.as_str() != DEFAULT_VHOST {
+                    return Err(AmqpError::not_allowed(format!(
+                        "vhost {} not found",
+                        m.virtual_host
+                    )));
+                }
+                self.wire.method(0, &ConnectionOpenOk {}.into());
+                self.phase = Phase::Running;
+                info!(peer = %self.peer, user = %self.user, shard = %self.conn.shard, "connection opened");
+                Ok(())
+            }
+            (_, Method::ConnectionClose(_)) => {
+                self.close_by_client();
+                Ok(())
+            }
+            (_, Method::ConnectionCloseOk(_)) => {
+                self.phase = Phase::Closed;
+                Ok(())
+            }
+            (Phase::Running, Method::ConnectionUpdateSecret(_)) => Err(AmqpError::not_implemented(
+                "connection.update-secret is not supported",
+            )),
+            (_, method) => Err(AmqpError::command_invalid(format!(
+                "unexpected method {} on channel 0",
+                method.name()
+            ))),
+        }
+    }
+
+    fn refuse_login(&mut self, mechanism: &str, failure: AuthFailure, now: Instant) {
+        let text = match &failure {
+            AuthFailure::LoopbackOnly { user } => {
+                format!("user '{}' can only connect via localhost", user)
+            }
+            AuthFailure::UnknownMechanism => {
+                format!("unsupported authentication mechanism '{}'", mechanism)
+            }
+            _ => format!(
+                "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                mechanism
+            ),
+        };
+        warn!(peer = %self.peer, ?failure, "login refused");
+        if self.capabilities.authentication_failure_close {
+            self.connection_error(AmqpError::access_refused(text), now);
+        } else {
+            // Without the capability RabbitMQ just drops the socket.
+            self.phase = Phase::Closed;
+        }
+    }
+
+    fn close_by_client(&mut self) {
+        let opened = self.phase == Phase::Running;
+        self.release_all_channels();
+        if opened {
+            // Close-ok only once the exclusive queues are gone, so that a
+            // client that reconnects never sees them.
+            self.phase = Phase::ClosingByClient;
+            self.effects.push((
+                ShardId(0),
+                ShardMsg::Meta {
+                    from: Some((self.conn, 0)),
+                    request: MetaRequest::ConnectionGone { conn: self.conn },
+                },
+            ));
+            self.pause();
+        } else {
+            self.wire.method(0, &ConnectionCloseOk {}.into());
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// Sends connection.close with the error and releases everything.
+    pub(crate) fn connection_error(&mut self, error: AmqpError, now: Instant) {
+        if matches!(self.phase, Phase::Closed | Phase::CloseSent { .. }) {
+            return;
+        }
+        debug!(peer = %self.peer, code = error.code.code(), text = %error.text, "connection error");
+        let opened = self.phase == Phase::Running;
+        self.wire.method(0, &close_method(&error, 0));
+        self.release_all_channels();
+        if opened {
+            self.effects.push((
+                ShardId(0),
+                ShardMsg::Meta {
+                    from: None,
+                    request: MetaRequest::ConnectionGone { conn: self.conn },
+                },
+            ));
+        }
+        self.phase = Phase::CloseSent {
+            deadline: now + config::CLOSE_OK_TIMEOUT,
+        };
+    }
+
+    /// Closes a channel with a soft error, or the connection with a hard one.
+    pub(crate) fn fail(&mut self, channel: u16, error: AmqpError, now: Instant) {
+        if channel == 0 || error.code.is_hard() {
+            self.connection_error(error, now);
+            return;
+        }
+        debug!(peer = %self.peer, channel, code = error.code.code(), text = %error.text, "channel error");
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if ch.closing {
+            return;
+        }
+        ch.closing = true;
+        self.wire.method(channel, &close_method(&error, channel));
+        self.release_channel(channel);
+    }
+
+    /// The socket is gone: release everything without a word to the client.
+    pub fn lost(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let opened = matches!(self.phase, Phase::Running);
+        self.release_all_channels();
+        if opened {
+            self.effects.push((
+                ShardId(0),
+                ShardMsg::Meta {
+                    from: None,
+                    request: MetaRequest::ConnectionGone { conn: self.conn },
+                },
+            ));
+        }
+        self.phase = Phase::Closed;
+    }
+
+    fn release_all_channels(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.release_channel(id);
+        }
+    }
+
+    /// The heartbeat and deadline checks of the shard's tick.
+    pub fn tick(&mut self, now: Instant) {
+        match self.phase {
+            Phase::CloseSent { deadline } if now >= deadline => {
+                self.phase = Phase::Closed;
+                self.wire.writer.notify();
+            }
+            Phase::ProtocolHeader | Phase::StartOk | Phase::TuneOk | Phase::Open
+                if now.duration_since(self.opened_at) > config::HANDSHAKE_TIMEOUT =>
+            {
+                info!(peer = %self.peer, "handshake timed out");
+                self.phase = Phase::Closed;
+                self.wire.writer.notify();
+            }
+            Phase::Running if self.heartbeat_s > 0 => {
+                let interval = Duration::from_secs(self.heartbeat_s as u64);
+                if now.duration_since(self.last_read) > interval * 2 {
+                    // RabbitMQ closes the socket without a close frame.
+                    warn!(peer = %self.peer, timeout_s = self.heartbeat_s, "missed heartbeats from client");
+                    self.lost();
+                    self.wire.writer.notify();
+                } else if now.duration_since(self.wire.last_write) >= interval / 2 {
+                    self.wire.heartbeat();
+                    self.wire.last_write = now;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles the answer to a request this connection sent to a shard.
+    /// Returns the reply back if its channel is gone, so the caller can undo it.
+    pub fn on_reply(
+        &mut self,
+        channel: u16,
+        reply: ChannelReply,
+        now: Instant,
+    ) -> Option<ChannelReply> {
+        if channel == 0 {
+            if self.phase == Phase::ClosingByClient {
+                self.wire.method(0, &ConnectionCloseOk {}.into());
+                self.phase = Phase::Closed;
+            }
+            self.resume();
+            return None;
+        }
+        self.channel_reply(channel, reply, now)
+    }
+}
+
+fn start_method() -> Method {
+    let mut capabilities = FieldTable::default();
+    for name in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        capabilities.insert(name, FieldValue::Bool(true));
+    }
+    let text = |s: &str| FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()));
+    let mut properties = FieldTable::default();
+    properties.insert("capabilities", FieldValue::Table(capabilities));
+    properties.insert("cluster_name", text("warren@localhost"));
+    properties.insert("copyright", text("Copyright (c) the warren developers"));
+    properties.insert(
+        "information",
+        text("Licensed under the Apache License 2.0. An AMQP 0-9-1 broker wire-compatible with RabbitMQ."),
+    );
+    properties.insert("platform", text("Rust"));
+    properties.insert("product", text("warren"));
+    properties.insert("version", text(env!("CARGO_PKG_VERSION")));
+    ConnectionStart {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: properties,
+        mechanisms: Bytes::from_static(MECHANISMS.as_bytes()),
+        locales: Bytes::from_static(b"en_US"),
+    }
+    .into()
+}
+
+fn capabilities(client_properties: &FieldTable) -> Capabilities {
+    let Some(FieldValue::Table(table)) = client_properties.get("capabilities") else {
+        return Capabilities::default();
+    };
+    let flag = |name: &str| table.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
+    Capabilities {
+        consumer_cancel_notify: flag("consumer_cancel_notify"),
+        authentication_failure_close: flag("authentication_failure_close"),
+        connection_blocked: flag("connection.blocked"),
+    }
+}

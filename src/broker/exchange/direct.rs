@@ -1,0 +1,37 @@
+//! Direct exchange: a binding matches when its key equals the routing key.
+
+use std::collections::HashMap;
+
+use super::{Binding, Destination};
+use crate::protocol::ShortStr;
+
+#[derive(Debug, Default)]
+pub struct DirectRouter {
+    by_key: HashMap<ShortStr, Vec<Destination>>,
+}
+
+impl DirectRouter {
+    pub fn bind(&mut self, binding: &Binding) {
+        self.by_key
+            .entry(binding.routing_key.clone())
+            .or_default()
+            .push(binding.destination.clone());
+    }
+
+    pub fn unbind(&mut self, binding: &Binding) {
+        if let Some(destinations) = self.by_key.get_mut(binding.routing_key.as_str()) {
+            if let Some(at) = destinations.iter().position(|d| d == &binding.destination) {
+                destinations.swap_remove(at);
+            }
+            if destinations.is_empty() {
+                self.by_key.remove(binding.routing_key.as_str());
+            }
+        }
+    }
+
+    pub fn route(&self, routing_key: &str, out: &mut Vec<Destination>) {
+        if let Some(destinations) = self.by_key.get(routing_key) {
+            out.extend(destinations.iter().cloned());
+        }
+    }
+}

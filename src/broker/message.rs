@@ -1,0 +1,24 @@
+//! A message as the broker carries it: the publish's exchange and routing key,
+//! the content header's properties in wire form (decoded only when a feature
+//! needs a field), and the body as a slice of the read buffer it arrived in.
+//!
+//! Cloning a `Message` clones four `Bytes` handles (refcount increments), never
+//! the payload: that is how one publish reaches several queues and shards.
+
+use bytes::Bytes;
+
+use crate::protocol::{Properties, ShortStr};
+
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub exchange: ShortStr,
+    pub routing_key: ShortStr,
+    pub properties: Properties,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn body_size(&self) -> u64 {
+        self.body.len() as u64
+    }
+}

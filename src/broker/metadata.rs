@@ -1,0 +1,692 @@
+//! The metadata owner: every change to exchanges, queues and bindings is
+//! validated by one task on shard 0, applied to every shard's replica, and
+//! only then answered. A declare-ok therefore means every shard can route
+//! to the new queue, and routing never waits on another shard.
+//!
+//! Error texts follow RabbitMQ's, since clients log and sometimes match them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::broker::exchange::{
+    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind,
+};
+use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::broker::signal::oneshot;
+use crate::broker::vhost::{MetaChange, QueueMeta};
+use crate::broker::{ChannelReply, ShardMsg, ShardState};
+use crate::protocol::{
+    AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
+    QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind,
+    QueueUnbindOk, ShortStr,
+};
+
+#[derive(Debug)]
+pub enum MetaRequest {
+    ExchangeDeclare(ExchangeDeclare),
+    ExchangeDelete(ExchangeDelete),
+    ExchangeBind(ExchangeBind),
+    ExchangeUnbind(ExchangeUnbind),
+    QueueDeclare(QueueDeclare),
+    QueueDelete(QueueDelete),
+    QueueBind(QueueBind),
+    QueueUnbind(QueueUnbind),
+    /// The owner of an auto-delete queue saw its last consumer go.
+    QueueAutoDelete {
+        queue: QueueRef,
+    },
+    /// A connection closed: its exclusive queues go with it.
+    ConnectionGone {
+        conn: ConnRef,
+    },
+}
+
+/// The -ok method to send back to the client.
+pub type MetaReply = Method;
+
+#[derive(Debug)]
+pub enum RpcRequest {
+    Apply(Vec<MetaChange>),
+    QueueStats(QueueId),
+    CheckDelete {
+        queue: QueueId,
+        if_unused: bool,
+        if_empty: bool,
+    },
+}
+
+#[derive(Debug)]
+pub enum RpcReply {
+    Applied,
+    QueueStats {
+        message_count: u32,
+        consumer_count: u32,
+    },
+    CheckDelete(Result<u32, AmqpError>),
+}
+
+/// Queue arguments RabbitMQ compares when a queue is declared again.
+const EQUIVALENT_QUEUE_ARGUMENTS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+type Shared = Rc<RefCell<ShardState>>;
+
+/// Serves metadata requests on shard 0, one at a time, until the shard stops.
+pub async fn run_owner(state: Shared) {
+    let notify = state.borrow().meta_inbox.notify.clone();
+    let mut owner = Owner {
+        state,
+        next_queue_id: 1,
+        next_name: 0x9e37_79b9_7f4a_7c15,
+        next_shard: 0,
+    };
+    loop {
+        notify.wait().await;
+        loop {
+            let next = owner.state.borrow_mut().meta_inbox.requests.pop_front();
+            let Some((from, request)) = next else {
+                break;
+            };
+            let result = owner.handle(from, request).await;
+            if let Some((conn, channel)) = from {
+                let mut state = owner.state.borrow_mut();
+                state.reply(conn, channel, ChannelReply::Meta(result));
+                state.run_local();
+            }
+        }
+    }
+}
+
+struct Owner {
+    state: Shared,
+    next_queue_id: u64,
+    next_name: u64,
+    next_shard: usize,
+}
+
+impl Owner {
+    async fn rpc(&self, shard: ShardId, request: RpcRequest) -> RpcReply {
+        let (sender, receiver) = oneshot();
+        self.state.borrow_mut().start_rpc(shard, request, sender);
+        // A peer shard never drops an RPC; None would mean it stopped.
+        receiver.await.unwrap_or(RpcReply::Applied)
+    }
+
+    /// Applies changes here (collecting auto-delete exchanges they empty),
+    /// then on every other shard, and waits for all of them.
+    async fn commit(&self, mut changes: Vec<MetaChange>) {
+        let shard_count = {
+            let mut state = self.state.borrow_mut();
+            let mut at = 0;
+            while at < changes.len() {
+                let emptied = state.apply_change(&changes[at]);
+                for name in emptied {
+                    changes.push(MetaChange::ExchangeDeleted(name));
+                }
+                at += 1;
+            }
+            state.run_local();
+            state.shard_count
+        };
+        let mut replies = Vec::new();
+        for shard in 1..shard_count {
+            let (sender, receiver) = oneshot();
+            self.state.borrow_mut().start_rpc(
+                ShardId(shard as u16),
+                RpcRequest::Apply(changes.clone()),
+                sender,
+            );
+            replies.push(receiver);
+        }
+        for reply in replies {
+            reply.await;
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        from: Option<(ConnRef, u16)>,
+        request: MetaRequest,
+    ) -> Result<Method, AmqpError> {
+        let conn = from.map(|(c, _)| c);
+        match request {
+            MetaRequest::ExchangeDeclare(m) => self.exchange_declare(m).await,
+            MetaRequest::ExchangeDelete(m) => self.exchange_delete(m).await,
+            MetaRequest::ExchangeBind(m) => {
+                let binding =
+                    self.exchange_binding(&m.source, &m.destination, &m.routing_key, &m.arguments)?;
+                self.bind(binding).await?;
+                Ok(ExchangeBindOk {}.into())
+            }
+            MetaRequest::ExchangeUnbind(m) => {
+                let binding =
+                    self.exchange_binding(&m.source, &m.destination, &m.routing_key, &m.arguments)?;
+                self.unbind(binding).await;
+                Ok(ExchangeUnbindOk {}.into())
+            }
+            MetaRequest::QueueDeclare(m) => self.queue_declare(m, conn).await,
+            MetaRequest::QueueDelete(m) => self.queue_delete(m, conn).await,
+            MetaRequest::QueueBind(m) => {
+                let binding =
+                    self.queue_binding(&m.queue, &m.exchange, &m.routing_key, &m.arguments, conn)?;
+                self.bind(binding).await?;
+                Ok(QueueBindOk {}.into())
+            }
+            MetaRequest::QueueUnbind(m) => {
+                let binding =
+                    self.queue_binding(&m.queue, &m.exchange, &m.routing_key, &m.arguments, conn)?;
+                self.unbind(binding).await;
+                Ok(QueueUnbindOk {}.into())
+            }
+            MetaRequest::QueueAutoDelete { queue } => {
+                let exists = self.state.borrow().vhost.queue_by_id(queue.id).is_some();
+                if exists {
+                    self.commit(vec![MetaChange::QueueDeleted(queue)]).await;
+                }
+                Ok(QueueDeleteOk { message_count: 0 }.into())
+            }
+            MetaRequest::ConnectionGone { conn } => {
+                let exclusive: Vec<QueueRef> = self
+                    .state
+                    .borrow()
+                    .vhost
+                    .queues
+                    .values()
+                    .filter(|q| q.exclusive_owner == Some(conn))
+                    .map(|q| q.queue_ref())
+                    .collect();
+                if !exclusive.is_empty() {
+                    self.commit(
+                        exclusive
+                            .into_iter()
+                            .map(MetaChange::QueueDeleted)
+                            .collect(),
+                    )
+                    .await;
+                }
+                Ok(QueueDeleteOk { message_count: 0 }.into())
+            }
+        }
+    }
+
+    async fn exchange_declare(&mut self, m: ExchangeDeclare) -> Result<Method, AmqpError> {
+        let ok: Method = ExchangeDeclareOk {}.into();
+        if m.exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let existing = self
+            .state
+            .borrow()
+            .vhost
+            .exchanges
+            .get(m.exchange.as_str())
+            .map(|e| e.def.clone());
+        if m.passive {
+            return match existing {
+                Some(_) => Ok(ok),
+                None => Err(no_exchange(&m.exchange)),
+            };
+        }
+        let Some(kind) = ExchangeKind::parse(m.kind.as_str()) else {
+            return Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{}'",
+                m.kind
+            )));
+        };
+        if let Some(current) = existing {
+            check_equivalent(
+                "type",
+                &m.exchange,
+                "exchange",
+                kind.name(),
+                current.kind.name(),
+            )?;
+            check_equivalent_flag(
+                "durable",
+                &m.exchange,
+                "exchange",
+                m.durable,
+                current.durable,
+            )?;
+            check_equivalent_flag(
+                "auto_delete",
+                &m.exchange,
+                "exchange",
+                m.auto_delete,
+                current.auto_delete,
+            )?;
+            check_equivalent_flag(
+                "internal",
+                &m.exchange,
+                "exchange",
+                m.internal,
+                current.internal,
+            )?;
+            return Ok(ok);
+        }
+        if m.exchange.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                m.exchange
+            )));
+        }
+        self.commit(vec![MetaChange::ExchangeCreated(ExchangeDef {
+            name: m.exchange.clone(),
+            kind,
+            durable: m.durable,
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+            arguments: m.arguments.clone(),
+        })])
+        .await;
+        Ok(ok)
+    }
+
+    async fn exchange_delete(&mut self, m: ExchangeDelete) -> Result<Method, AmqpError> {
+        if m.exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if m.exchange.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{}' in vhost '/' is not allowed",
+                m.exchange
+            )));
+        }
+        let (exists, in_use) = {
+            let state = self.state.borrow();
+            match state.vhost.exchanges.get(m.exchange.as_str()) {
+                None => (false, false),
+                Some(e) => (
+                    true,
+                    !e.bindings.is_empty() || state.vhost.exchange_is_destination(&m.exchange),
+                ),
+            }
+        };
+        if !exists {
+            return Ok(ExchangeDeleteOk {}.into());
+        }
+        if m.if_unused && in_use {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{}' in vhost '/' in use",
+                m.exchange
+            )));
+        }
+        self.commit(vec![MetaChange::ExchangeDeleted(m.exchange.clone())])
+            .await;
+        Ok(ExchangeDeleteOk {}.into())
+    }
+
+    fn exchange_binding(
+        &self,
+        source: &ShortStr,
+        destination: &ShortStr,
+        routing_key: &ShortStr,
+        arguments: &FieldTable,
+    ) -> Result<Binding, AmqpError> {
+        if source.is_empty() || destination.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let state = self.state.borrow();
+        for name in [destination, source] {
+            if !state.vhost.exchanges.contains_key(name.as_str()) {
+                return Err(no_exchange(name));
+            }
+        }
+        check_binding_arguments(&state, source, arguments)?;
+        Ok(Binding {
+            source: source.clone(),
+            destination: Destination::Exchange(destination.clone()),
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        })
+    }
+
+    fn queue_binding(
+        &self,
+        queue: &ShortStr,
+        exchange: &ShortStr,
+        routing_key: &ShortStr,
+        arguments: &FieldTable,
+        conn: Option<ConnRef>,
+    ) -> Result<Binding, AmqpError> {
+        let state = self.state.borrow();
+        let Some(meta) = state.vhost.queues.get(queue.as_str()) else {
+            return Err(no_queue(queue));
+        };
+        check_exclusive(meta, conn)?;
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if !state.vhost.exchanges.contains_key(exchange.as_str()) {
+            return Err(no_exchange(exchange));
+        }
+        check_binding_arguments(&state, exchange, arguments)?;
+        Ok(Binding {
+            source: exchange.clone(),
+            destination: Destination::Queue(meta.queue_ref()),
+            routing_key: routing_key.clone(),
+            arguments: arguments.clone(),
+        })
+    }
+
+    async fn bind(&self, binding: Binding) -> Result<(), AmqpError> {
+        let exists = {
+            let state = self.state.borrow();
+            state
+                .vhost
+                .exchanges
+                .get(binding.source.as_str())
+                .is_some_and(|e| e.bindings.iter().any(|b| b.same_as(&binding)))
+        };
+        if !exists {
+            self.commit(vec![MetaChange::BindingAdded(binding)]).await;
+        }
+        Ok(())
+    }
+
+    async fn unbind(&self, binding: Binding) {
+        let exists = {
+            let state = self.state.borrow();
+            state
+                .vhost
+                .exchanges
+                .get(binding.source.as_str())
+                .is_some_and(|e| e.bindings.iter().any(|b| b.same_as(&binding)))
+        };
+        if exists {
+            self.commit(vec![MetaChange::BindingRemoved(binding)]).await;
+        }
+    }
+
+    async fn queue_declare(
+        &mut self,
+        m: QueueDeclare,
+        conn: Option<ConnRef>,
+    ) -> Result<Method, AmqpError> {
+        let name = if m.queue.is_empty() {
+            self.server_named_queue()
+        } else {
+            m.queue.clone()
+        };
+        let existing = self.state.borrow().vhost.queues.get(name.as_str()).cloned();
+        if let Some(current) = existing {
+            check_exclusive(&current, conn)?;
+            if !m.passive {
+                if m.exclusive != current.exclusive_owner.is_some() {
+                    return Err(locked(&name));
+                }
+                check_equivalent_flag("durable", &name, "queue", m.durable, current.durable)?;
+                check_equivalent_flag(
+                    "auto_delete",
+                    &name,
+                    "queue",
+                    m.auto_delete,
+                    current.auto_delete,
+                )?;
+                check_equivalent_arguments(&name, &m.arguments, &current.arguments)?;
+            }
+            let (message_count, consumer_count) = match self
+                .rpc(current.shard, RpcRequest::QueueStats(current.id))
+                .await
+            {
+                RpcReply::QueueStats {
+                    message_count,
+                    consumer_count,
+                } => (message_count, consumer_count),
+                _ => (0, 0),
+            };
+            return Ok(QueueDeclareOk {
+                queue: name,
+                message_count,
+                consumer_count,
+            }
+            .into());
+        }
+        if m.passive {
+            return Err(no_queue(&name));
+        }
+        if !m.queue.is_empty() && m.queue.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                m.queue
+            )));
+        }
+        let shard = self.place(&m, conn);
+        let meta = QueueMeta {
+            id: QueueId(self.next_queue_id),
+            name: name.clone(),
+            shard,
+            durable: m.durable,
+            exclusive_owner: if m.exclusive { conn } else { None },
+            auto_delete: m.auto_delete,
+            arguments: m.arguments.clone(),
+        };
+        self.next_queue_id += 1;
+        self.commit(vec![MetaChange::QueueCreated(meta)]).await;
+        Ok(QueueDeclareOk {
+            queue: name,
+            message_count: 0,
+            consumer_count: 0,
+        }
+        .into())
+    }
+
+    /// Exclusive and server-named queues live with their connection; the
+    /// rest are spread over the shards in turn.
+    fn place(&mut self, m: &QueueDeclare, conn: Option<ConnRef>) -> ShardId {
+        let shard_count = self.state.borrow().shard_count;
+        if let Some(conn) = conn {
+            if m.exclusive || m.queue.is_empty() || shard_count == 1 {
+                return conn.shard;
+            }
+        }
+        self.next_shard = (self.next_shard + 1) % shard_count;
+        ShardId(self.next_shard as u16)
+    }
+
+    async fn queue_delete(
+        &mut self,
+        m: QueueDelete,
+        conn: Option<ConnRef>,
+    ) -> Result<Method, AmqpError> {
+        let existing = self
+            .state
+            .borrow()
+            .vhost
+            .queues
+            .get(m.queue.as_str())
+            .cloned();
+        let Some(meta) = existing else {
+            return Ok(QueueDeleteOk { message_count: 0 }.into());
+        };
+        check_exclusive(&meta, conn)?;
+        let message_count = match self
+            .rpc(
+                meta.shard,
+                RpcRequest::CheckDelete {
+                    queue: meta.id,
+                    if_unused: m.if_unused,
+                    if_empty: m.if_empty,
+                },
+            )
+            .await
+        {
+            RpcReply::CheckDelete(result) => result?,
+            _ => 0,
+        };
+        self.commit(vec![MetaChange::QueueDeleted(meta.queue_ref())])
+            .await;
+        Ok(QueueDeleteOk { message_count }.into())
+    }
+
+    /// "amq.gen-" and 22 characters, as RabbitMQ names server-named queues.
+    fn server_named_queue(&mut self) -> ShortStr {
+        loop {
+            let name = generated_name("amq.gen-", &mut self.next_name);
+            if !self.state.borrow().vhost.queues.contains_key(name.as_str()) {
+                return name;
+            }
+        }
+    }
+}
+
+/// A random-looking unique name: prefix + 22 URL-safe base64 characters.
+pub fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15) ^ nanos;
+    let mut x = *state;
+    let mut name = String::with_capacity(prefix.len() + 22);
+    name.push_str(prefix);
+    for _ in 0..22 {
+        // splitmix64 steps: cheap, well-spread, and never repeats for a state.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        name.push(ALPHABET[(z & 63) as usize] as char);
+    }
+    ShortStr::from(name)
+}
+
+pub fn no_queue(name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no queue '{}' in vhost '/'", name))
+}
+
+pub fn no_exchange(name: &str) -> AmqpError {
+    AmqpError::not_found(format!("no exchange '{}' in vhost '/'", name))
+}
+
+pub fn locked(name: &str) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be \
+         originally declared on another connection or the exclusive property value does \
+         not match that of the original declaration.",
+        name
+    ))
+}
+
+/// 405 unless the queue is not exclusive or belongs to `conn`.
+pub fn check_exclusive(meta: &QueueMeta, conn: Option<ConnRef>) -> Result<(), AmqpError> {
+    match meta.exclusive_owner {
+        Some(owner) if Some(owner) != conn => Err(locked(&meta.name)),
+        _ => Ok(()),
+    }
+}
+
+fn check_binding_arguments(
+    state: &ShardState,
+    exchange: &ShortStr,
+    arguments: &FieldTable,
+) -> Result<(), AmqpError> {
+    let is_headers = state
+        .vhost
+        .exchanges
+        .get(exchange.as_str())
+        .is_some_and(|e| e.def.kind == ExchangeKind::Headers);
+    if is_headers && MatchMode::from_arguments(arguments).is_none() {
+        return Err(AmqpError::precondition_failed(format!(
+            "Invalid x-match field value {:?}; expected all, any, all-with-x, or any-with-x",
+            arguments.get("x-match")
+        )));
+    }
+    Ok(())
+}
+
+fn check_equivalent(
+    field: &str,
+    name: &str,
+    what: &str,
+    received: &str,
+    current: &str,
+) -> Result<(), AmqpError> {
+    if received == current {
+        return Ok(());
+    }
+    Err(AmqpError::precondition_failed(format!(
+        "inequivalent arg '{}' for {} '{}' in vhost '/': received '{}' but current is '{}'",
+        field, what, name, received, current
+    )))
+}
+
+fn check_equivalent_flag(
+    field: &str,
+    name: &str,
+    what: &str,
+    received: bool,
+    current: bool,
+) -> Result<(), AmqpError> {
+    check_equivalent(
+        field,
+        name,
+        what,
+        if received { "true" } else { "false" },
+        if current { "true" } else { "false" },
+    )
+}
+
+fn check_equivalent_arguments(
+    name: &str,
+    received: &FieldTable,
+    current: &FieldTable,
+) -> Result<(), AmqpError> {
+    for key in EQUIVALENT_QUEUE_ARGUMENTS {
+        let (r, c) = (received.get(key), current.get(key));
+        let same = match (r, c) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
+            _ => false,
+        };
+        if !same {
+            return Err(AmqpError::precondition_failed(format!(
+                "inequivalent arg '{}' for queue '{}' in vhost '/': received {} but current is {}",
+                key,
+                name,
+                describe(r),
+                describe(c)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(value: Option<&FieldValue>) -> String {
+    match value {
+        None => "none".to_string(),
+        Some(v) => match (v.as_i64(), v.as_str()) {
+            (Some(n), _) => format!("the value '{}' of type 'long'", n),
+            (_, Some(s)) => format!("the value '{}' of type 'longstr'", s),
+            _ => format!("the value '{:?}'", v),
+        },
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(msg: ShardMsg) -> impl Send {
+    msg
+}

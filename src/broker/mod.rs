@@ -1,0 +1,685 @@
+//! AMQP semantics on one shard: connections and channels, the replica of the
+//! definitions, the queues this shard owns, and the messages shards send each
+//! other. Everything here is synchronous and performs no I/O: the tasks in
+//! `shard/` and `net/` feed bytes and mailbox batches in, and drain socket
+//! output and outgoing batches.
+//!
+//! Work that crosses shards is a `ShardMsg`. A message addressed to this
+//! shard goes through the same path as one from a peer (the `local` queue),
+//! so local and remote queues behave identically, in the same order.
+
+pub mod auth;
+pub mod channel;
+pub mod connection;
+pub mod exchange;
+pub mod ids;
+pub mod message;
+pub mod metadata;
+pub mod queue;
+pub mod signal;
+pub mod vhost;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::protocol::{AmqpError, ShortStr};
+use auth::Users;
+use connection::Connection;
+use ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
+use message::Message;
+use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
+use queue::{ConsumerSpec, Delivery, Queue, Settle};
+use signal::{Notify, OneshotSender};
+use vhost::{MetaChange, Vhost, DEFAULT_VHOST};
+
+/// Where a publisher confirm goes back to.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfirmTarget {
+    pub conn: ConnRef,
+    pub channel: u16,
+    pub publish_seq: u64,
+}
+
+/// What a paused or waiting channel hears back from another shard (or from
+/// its own, through the same path).
+#[derive(Debug)]
+pub enum ChannelReply {
+    ConsumeOk {
+        tag: ShortStr,
+        queue: QueueRef,
+        consumer: ConsumerId,
+        nowait: bool,
+    },
+    GetEmpty,
+    PurgeOk {
+        message_count: u32,
+        nowait: bool,
+    },
+    Meta(Result<MetaReply, AmqpError>),
+    /// A request failed: the channel (or connection) closes with this error.
+    Error(AmqpError),
+    /// The broker cancelled a consumer (its queue was deleted).
+    ConsumerCancelled {
+        tag: ShortStr,
+    },
+}
+
+/// The one type that travels between shards.
+#[derive(Debug)]
+pub enum ShardMsg {
+    Enqueue {
+        queue: QueueId,
+        message: Message,
+        confirm: Option<ConfirmTarget>,
+    },
+    Deliver(Delivery),
+    Settle {
+        queue: QueueId,
+        seq: u64,
+        consumer: ConsumerId,
+        settle: Settle,
+    },
+    Confirm {
+        target: ConfirmTarget,
+        accepted: bool,
+    },
+    Consume {
+        queue: QueueId,
+        spec: ConsumerSpec,
+        nowait: bool,
+    },
+    Cancel {
+        queue: QueueId,
+        conn: ConnRef,
+        channel: u16,
+        tag: ShortStr,
+    },
+    Get {
+        queue: QueueId,
+        conn: ConnRef,
+        channel: u16,
+        no_ack: bool,
+    },
+    Purge {
+        queue: QueueId,
+        conn: ConnRef,
+        channel: u16,
+        nowait: bool,
+    },
+    ToChannel {
+        conn: ConnId,
+        channel: u16,
+        reply: ChannelReply,
+    },
+    /// A definitions change for the metadata owner (shard 0) to serialise.
+    Meta {
+        from: Option<(ConnRef, u16)>,
+        request: MetaRequest,
+    },
+    Rpc {
+        from: ShardId,
+        id: u64,
+        request: RpcRequest,
+    },
+    RpcReply {
+        id: u64,
+        reply: RpcReply,
+    },
+}
+
+/// Requests waiting for the metadata owner's task, on shard 0 only.
+#[derive(Default)]
+pub struct MetaInbox {
+    pub requests: VecDeque<(Option<(ConnRef, u16)>, MetaRequest)>,
+    pub notify: Notify,
+}
+
+pub struct ShardState {
+    pub id: ShardId,
+    pub shard_count: usize,
+    pub config: Rc<Config>,
+    pub users: Rc<Users>,
+    pub vhost: Vhost,
+    pub queues: HashMap<QueueId, Queue>,
+    pub connections: HashMap<ConnId, Connection>,
+    pub now: Instant,
+    /// Outgoing batches, one per peer shard (this shard's own slot stays empty).
+    pub outbox: Vec<Vec<ShardMsg>>,
+    /// Set when an outbox has something; the shard's flusher waits on it.
+    pub outbox_ready: Notify,
+    local: VecDeque<ShardMsg>,
+    deliveries: Vec<Delivery>,
+    confirm_dirty: Vec<(ConnId, u16)>,
+    next_conn_id: u64,
+    next_rpc_id: u64,
+    rpc_pending: HashMap<u64, OneshotSender<RpcReply>>,
+    pub meta_inbox: MetaInbox,
+    /// True while some outbox is over its limit: readers stop reading.
+    pub backpressure: bool,
+    pub backpressure_released: Notify,
+}
+
+impl ShardState {
+    pub fn new(id: ShardId, shard_count: usize, config: Rc<Config>, users: Rc<Users>) -> Self {
+        ShardState {
+            id,
+            shard_count,
+            config,
+            users,
+            vhost: Vhost::new(DEFAULT_VHOST),
+            queues: HashMap::new(),
+            connections: HashMap::new(),
+            now: Instant::now(),
+            outbox: (0..shard_count).map(|_| Vec::new()).collect(),
+            outbox_ready: Notify::new(),
+            local: VecDeque::new(),
+            deliveries: Vec::new(),
+            confirm_dirty: Vec::new(),
+            next_conn_id: 1,
+            next_rpc_id: 1,
+            rpc_pending: HashMap::new(),
+            meta_inbox: MetaInbox::default(),
+            backpressure: false,
+            backpressure_released: Notify::new(),
+        }
+    }
+
+    pub fn next_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn_id);
+        self.next_conn_id += 1;
+        id
+    }
+
+    pub fn conn_ref(&self, conn: ConnId) -> ConnRef {
+        ConnRef {
+            shard: self.id,
+            conn,
+        }
+    }
+
+    /// Sends a message to a shard; to this one, it runs at the end of the turn.
+    pub fn send(&mut self, shard: ShardId, msg: ShardMsg) {
+        if shard == self.id {
+            self.local.push_back(msg);
+        } else {
+            let batch = &mut self.outbox[shard.index()];
+            if batch.is_empty() {
+                self.outbox_ready.notify();
+            }
+            batch.push(msg);
+        }
+    }
+
+    pub fn send_meta(&mut self, from: Option<(ConnRef, u16)>, request: MetaRequest) {
+        self.send(ShardId(0), ShardMsg::Meta { from, request });
+    }
+
+    /// Starts an RPC to a shard; the reply arrives through `rpc_pending`.
+    pub fn start_rpc(
+        &mut self,
+        shard: ShardId,
+        request: RpcRequest,
+        reply: OneshotSender<RpcReply>,
+    ) {
+        if shard == self.id {
+            let answer = self.handle_rpc(request);
+            reply.send(answer);
+            self.run_local();
+            return;
+        }
+        let id = self.next_rpc_id;
+        self.next_rpc_id += 1;
+        self.rpc_pending.insert(id, reply);
+        let from = self.id;
+        self.send(shard, ShardMsg::Rpc { from, id, request });
+    }
+
+    /// Handles a batch from a peer shard, then everything it caused locally.
+    pub fn handle_batch(&mut self, batch: Vec<ShardMsg>) {
+        for msg in batch {
+            self.handle_msg(msg);
+        }
+        self.run_local();
+    }
+
+    /// Runs messages this shard sent itself until none are left, then emits
+    /// the publisher confirms that became due.
+    pub fn run_local(&mut self) {
+        while let Some(msg) = self.local.pop_front() {
+            self.handle_msg(msg);
+        }
+        if !self.confirm_dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.confirm_dirty);
+            for (conn, channel) in &dirty {
+                if let Some(connection) = self.connections.get_mut(conn) {
+                    connection.flush_confirms(*channel);
+                }
+            }
+            self.confirm_dirty = dirty;
+            self.confirm_dirty.clear();
+        }
+    }
+
+    fn handle_msg(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Enqueue {
+                queue,
+                message,
+                confirm,
+            } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.publish(message);
+                }
+                if let Some(target) = confirm {
+                    self.send(
+                        target.conn.shard,
+                        ShardMsg::Confirm {
+                            target,
+                            accepted: true,
+                        },
+                    );
+                }
+                self.dispatch(queue);
+            }
+            ShardMsg::Deliver(delivery) => self.deliver(delivery),
+            ShardMsg::Settle {
+                queue,
+                seq,
+                consumer,
+                settle,
+            } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.settle(seq, consumer, settle);
+                    self.dispatch(queue);
+                }
+            }
+            ShardMsg::Confirm { target, accepted } => {
+                if let Some(connection) = self.connections.get_mut(&target.conn.conn) {
+                    if connection.confirm_resolved(target.channel, target.publish_seq, accepted) {
+                        self.confirm_dirty.push((target.conn.conn, target.channel));
+                    }
+                }
+            }
+            ShardMsg::Consume {
+                queue,
+                spec,
+                nowait,
+            } => self.consume(queue, spec, nowait),
+            ShardMsg::Cancel {
+                queue,
+                conn,
+                channel,
+                tag,
+            } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    if q.cancel_consumer(conn, channel, &tag) && q.should_auto_delete() {
+                        let queue = q.meta.queue_ref();
+                        self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
+                    }
+                }
+            }
+            ShardMsg::Get {
+                queue,
+                conn,
+                channel,
+                no_ack,
+            } => self.get(queue, conn, channel, no_ack),
+            ShardMsg::Purge {
+                queue,
+                conn,
+                channel,
+                nowait,
+            } => {
+                let reply = match self.queues.get_mut(&queue) {
+                    Some(q) => ChannelReply::PurgeOk {
+                        message_count: q.purge(),
+                        nowait,
+                    },
+                    None => ChannelReply::Error(no_queue_by_id()),
+                };
+                self.reply(conn, channel, reply);
+            }
+            ShardMsg::ToChannel {
+                conn,
+                channel,
+                reply,
+            } => self.channel_reply(conn, channel, reply),
+            ShardMsg::Meta { from, request } => {
+                debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
+                self.meta_inbox.requests.push_back((from, request));
+                self.meta_inbox.notify.notify();
+            }
+            ShardMsg::Rpc { from, id, request } => {
+                let reply = self.handle_rpc(request);
+                self.send(from, ShardMsg::RpcReply { id, reply });
+            }
+            ShardMsg::RpcReply { id, reply } => {
+                if let Some(pending) = self.rpc_pending.remove(&id) {
+                    pending.send(reply);
+                }
+            }
+        }
+    }
+
+    pub fn reply(&mut self, conn: ConnRef, channel: u16, reply: ChannelReply) {
+        self.send(
+            conn.shard,
+            ShardMsg::ToChannel {
+                conn: conn.conn,
+                channel,
+                reply,
+            },
+        );
+    }
+
+    fn consume(&mut self, queue: QueueId, spec: ConsumerSpec, nowait: bool) {
+        let (conn, channel, tag) = (spec.conn, spec.channel, spec.tag.clone());
+        let reply = match self.queues.get_mut(&queue) {
+            None => ChannelReply::Error(no_queue_by_id()),
+            Some(q) => match q.add_consumer(spec) {
+                Ok(consumer) => ChannelReply::ConsumeOk {
+                    tag,
+                    queue: q.meta.queue_ref(),
+                    consumer,
+                    nowait,
+                },
+                Err(error) => ChannelReply::Error(error),
+            },
+        };
+        // The consume-ok must reach the channel before the first delivery.
+        self.reply(conn, channel, reply);
+        self.dispatch(queue);
+    }
+
+    fn get(&mut self, queue: QueueId, conn: ConnRef, channel: u16, no_ack: bool) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            self.reply(conn, channel, ChannelReply::Error(no_queue_by_id()));
+            return;
+        };
+        match q.get(no_ack) {
+            None => self.reply(conn, channel, ChannelReply::GetEmpty),
+            Some((queued, remaining)) => {
+                let delivery = Delivery {
+                    conn,
+                    channel,
+                    consumer_tag: ShortStr::default(),
+                    consumer: ConsumerId::GET,
+                    queue: q.meta.queue_ref(),
+                    seq: queued.seq,
+                    redelivered: queued.redelivered,
+                    no_ack,
+                    message_count: Some(remaining),
+                    message: queued.message,
+                };
+                self.send(conn.shard, ShardMsg::Deliver(delivery));
+            }
+        }
+    }
+
+    /// Lets a queue hand messages to its consumers, wherever they are.
+    fn dispatch(&mut self, queue: QueueId) {
+        let Some(q) = self.queues.get_mut(&queue) else {
+            return;
+        };
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        q.dispatch(&mut deliveries);
+        for delivery in deliveries.drain(..) {
+            if delivery.conn.shard == self.id {
+                self.deliver(delivery);
+            } else {
+                self.send(delivery.conn.shard, ShardMsg::Deliver(delivery));
+            }
+        }
+        self.deliveries = deliveries;
+    }
+
+    fn deliver(&mut self, delivery: Delivery) {
+        let bounced = match self.connections.get_mut(&delivery.conn.conn) {
+            Some(connection) => connection.deliver(delivery),
+            None => Some(delivery),
+        };
+        if let Some(delivery) = bounced {
+            // The channel or consumer went away while the message travelled.
+            if !delivery.no_ack {
+                let queue = delivery.queue;
+                self.send(
+                    queue.shard,
+                    ShardMsg::Settle {
+                        queue: queue.id,
+                        seq: delivery.seq,
+                        consumer: delivery.consumer,
+                        settle: Settle::Requeue,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn queue_shard(&self, queue: QueueId) -> Option<ShardId> {
+        self.vhost.queue_by_id(queue).map(|m| m.shard)
+    }
+
+    fn channel_reply(&mut self, conn: ConnId, channel: u16, reply: ChannelReply) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            self.orphan_reply(conn, channel, reply);
+            return;
+        };
+        let now = self.now;
+        if let Some(orphan) = connection.on_reply(channel, reply, now) {
+            self.orphan_reply(conn, channel, orphan);
+        }
+        self.drain_connection_effects(conn);
+    }
+
+    /// A reply whose channel has gone: undo what it set up.
+    fn orphan_reply(&mut self, conn: ConnId, channel: u16, reply: ChannelReply) {
+        if let ChannelReply::ConsumeOk { tag, queue, .. } = reply {
+            let conn = self.conn_ref(conn);
+            self.send(
+                queue.shard,
+                ShardMsg::Cancel {
+                    queue: queue.id,
+                    conn,
+                    channel,
+                    tag,
+                },
+            );
+        }
+    }
+
+    /// Moves what a connection queued for other shards into the mailboxes.
+    pub fn drain_connection_effects(&mut self, conn: ConnId) {
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        let effects = connection.take_effects();
+        if effects.is_empty() {
+            connection.restore_effects(effects);
+            return;
+        }
+        let mut effects = effects;
+        for (shard, msg) in effects.drain(..) {
+            self.send(shard, msg);
+        }
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.restore_effects(effects);
+        }
+    }
+
+    fn handle_rpc(&mut self, request: RpcRequest) -> RpcReply {
+        match request {
+            RpcRequest::Apply(changes) => {
+                for change in &changes {
+                    self.apply_change(change);
+                }
+                RpcReply::Applied
+            }
+            RpcRequest::QueueStats(queue) => match self.queues.get(&queue) {
+                Some(q) => RpcReply::QueueStats {
+                    message_count: q.message_count(),
+                    consumer_count: q.consumer_count(),
+                },
+                None => RpcReply::QueueStats {
+                    message_count: 0,
+                    consumer_count: 0,
+                },
+            },
+            RpcRequest::CheckDelete {
+                queue,
+                if_unused,
+                if_empty,
+            } => RpcReply::CheckDelete(match self.queues.get(&queue) {
+                None => Ok(0),
+                Some(q) if if_unused && q.consumer_count() > 0 => {
+                    Err(AmqpError::precondition_failed(format!(
+                        "queue '{}' in vhost '/' in use",
+                        q.name()
+                    )))
+                }
+                Some(q) if if_empty && q.message_count() > 0 => {
+                    Err(AmqpError::precondition_failed(format!(
+                        "queue '{}' in vhost '/' is not empty",
+                        q.name()
+                    )))
+                }
+                Some(q) => Ok(q.message_count()),
+            }),
+        }
+    }
+
+    /// Applies a definitions change to the replica, and to the queues this
+    /// shard owns. Returns auto-delete exchanges it left unused.
+    pub fn apply_change(&mut self, change: &MetaChange) -> Vec<ShortStr> {
+        let emptied = self.vhost.apply(change);
+        match change {
+            MetaChange::QueueCreated(meta) if meta.shard == self.id => {
+                self.queues.insert(meta.id, Queue::new(meta.clone()));
+            }
+            MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
+                if let Some(q) = self.queues.remove(&queue.id) {
+                    let cancelled: Vec<(ConnRef, u16, ShortStr)> = q
+                        .consumer_specs()
+                        .map(|s| (s.conn, s.channel, s.tag.clone()))
+                        .collect();
+                    for (conn, channel, tag) in cancelled {
+                        self.reply(conn, channel, ChannelReply::ConsumerCancelled { tag });
+                    }
+                }
+            }
+            _ => {}
+        }
+        emptied
+    }
+
+    /// The timer tick: heartbeats and handshake/close deadlines.
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+        let ids: Vec<ConnId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(connection) = self.connections.get_mut(&id) {
+                connection.tick(now);
+                if connection.is_closed() {
+                    connection.reader.notify();
+                    connection.wire.writer.notify();
+                }
+            }
+            self.finish_connection_turn(id);
+        }
+    }
+
+    /// After a connection did something: its effects into the mailboxes and
+    /// the local work they cause run.
+    pub fn finish_connection_turn(&mut self, id: ConnId) {
+        self.drain_connection_effects(id);
+        self.run_local();
+        // Deliveries run above may have bounced and queued new effects.
+        self.drain_connection_effects(id);
+        self.run_local();
+    }
+
+    /// Called by the socket tasks once both of them are done.
+    pub fn remove_connection(&mut self, id: ConnId) {
+        self.connection_lost(id);
+        self.connections.remove(&id);
+    }
+}
+
+fn no_queue_by_id() -> AmqpError {
+    AmqpError::not_found("queue was deleted")
+}
+
+/// The entry points the socket tasks use.
+impl ShardState {
+    /// Registers a new connection; returns its id and the reader's and
+    /// writer's wake-up signals.
+    pub fn open_connection(&mut self, peer: std::net::SocketAddr) -> (ConnId, Notify, Notify) {
+        let id = self.next_conn_id();
+        let conn = self.conn_ref(id);
+        let connection = Connection::new(conn, peer, &self.config, self.now);
+        let signals = (connection.reader.clone(), connection.wire.writer.clone());
+        self.connections.insert(id, connection);
+        (id, signals.0, signals.1)
+    }
+
+    /// Feeds bytes read from a connection's socket to its state machine.
+    pub fn connection_input(&mut self, id: ConnId, buf: &mut bytes::BytesMut) -> connection::Input {
+        self.now = Instant::now();
+        let input = {
+            let ShardState {
+                connections,
+                vhost,
+                users,
+                config,
+                now,
+                ..
+            } = self;
+            let Some(connection) = connections.get_mut(&id) else {
+                return connection::Input::Closed;
+            };
+            let env = connection::Env {
+                vhost,
+                users,
+                config,
+                now: *now,
+            };
+            connection.input(buf, &env)
+        };
+        self.finish_connection_turn(id);
+        input
+    }
+
+    pub fn connection_is_closed(&self, id: ConnId) -> bool {
+        self.connections.get(&id).is_none_or(|c| c.is_closed())
+    }
+
+    /// The socket failed or the reader finished: release what is left.
+    pub fn connection_lost(&mut self, id: ConnId) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.lost();
+        }
+        self.finish_connection_turn(id);
+    }
+
+    /// Swaps the connection's pending output into `spare`. None if the
+    /// connection is gone; otherwise whether it is closed.
+    pub fn take_output(&mut self, id: ConnId, spare: &mut bytes::BytesMut) -> Option<bool> {
+        let connection = self.connections.get_mut(&id)?;
+        std::mem::swap(&mut connection.wire.out, spare);
+        if !spare.is_empty() {
+            connection.wire.last_write = self.now;
+        }
+        Some(connection.is_closed())
+    }
+
+    /// True while this connection should not read: the shard's mailboxes are
+    /// backed up, or the client is not reading what we write.
+    pub fn should_stop_reading(&self, id: ConnId) -> bool {
+        self.backpressure
+            || self
+                .connections
+                .get(&id)
+                .is_some_and(|c| c.wire.out.len() > crate::config::WRITE_BUFFER_HIGH_WATERMARK)
+    }
+}

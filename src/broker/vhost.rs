@@ -1,0 +1,198 @@
+//! One virtual host's definitions as every shard sees them: exchanges with
+//! their bindings, and the directory of queues (name → id, owning shard,
+//! flags). Each shard holds an identical replica; the metadata owner changes
+//! them all through `MetaChange`s applied in the same order everywhere.
+//!
+//! Routing reads only this replica, so a publish is routed on the shard that
+//! received it without asking anyone.
+
+use std::collections::HashMap;
+
+use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeDef, ExchangeKind};
+use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::protocol::{FieldTable, Properties, ShortStr};
+
+pub const DEFAULT_VHOST: &str = "/";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueMeta {
+    pub id: QueueId,
+    pub name: ShortStr,
+    pub shard: ShardId,
+    pub durable: bool,
+    pub exclusive_owner: Option<ConnRef>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+impl QueueMeta {
+    pub fn queue_ref(&self) -> QueueRef {
+        QueueRef {
+            id: self.id,
+            shard: self.shard,
+        }
+    }
+}
+
+/// A change to the definitions, made by the metadata owner and applied by
+/// every shard to its replica.
+#[derive(Clone, Debug)]
+pub enum MetaChange {
+    ExchangeCreated(ExchangeDef),
+    ExchangeDeleted(ShortStr),
+    QueueCreated(QueueMeta),
+    QueueDeleted(QueueRef),
+    BindingAdded(Binding),
+    BindingRemoved(Binding),
+}
+
+#[derive(Debug)]
+pub struct Vhost {
+    pub name: ShortStr,
+    pub exchanges: HashMap<ShortStr, Exchange>,
+    pub queues: HashMap<ShortStr, QueueMeta>,
+    queue_names: HashMap<QueueId, ShortStr>,
+}
+
+impl Vhost {
+    /// A vhost with the exchanges RabbitMQ declares in every vhost.
+    pub fn new(name: &str) -> Vhost {
+        let mut vhost = Vhost {
+            name: ShortStr::from(name),
+            exchanges: HashMap::new(),
+            queues: HashMap::new(),
+            queue_names: HashMap::new(),
+        };
+        for (name, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef {
+                name: ShortStr::from(name),
+                kind,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            }));
+        }
+        vhost
+    }
+
+    pub fn queue_by_id(&self, id: QueueId) -> Option<&QueueMeta> {
+        self.queue_names
+            .get(&id)
+            .and_then(|name| self.queues.get(name))
+    }
+
+    /// Applies a change; returns auto-delete exchanges it left without
+    /// bindings (only the metadata owner acts on them).
+    pub fn apply(&mut self, change: &MetaChange) -> Vec<ShortStr> {
+        let mut emptied = Vec::new();
+        match change {
+            MetaChange::ExchangeCreated(def) => {
+                self.exchanges
+                    .entry(def.name.clone())
+                    .or_insert_with(|| Exchange::new(def.clone()));
+            }
+            MetaChange::ExchangeDeleted(name) => {
+                self.exchanges.remove(name.as_str());
+                let destination = Destination::Exchange(name.clone());
+                self.unbind_everywhere(&destination, &mut emptied);
+            }
+            MetaChange::QueueCreated(meta) => {
+                self.queue_names.insert(meta.id, meta.name.clone());
+                self.queues.insert(meta.name.clone(), meta.clone());
+            }
+            MetaChange::QueueDeleted(queue) => {
+                if let Some(name) = self.queue_names.remove(&queue.id) {
+                    self.queues.remove(name.as_str());
+                }
+                self.unbind_everywhere(&Destination::Queue(*queue), &mut emptied);
+            }
+            MetaChange::BindingAdded(binding) => {
+                if let Some(exchange) = self.exchanges.get_mut(binding.source.as_str()) {
+                    exchange.bind(binding.clone());
+                }
+            }
+            MetaChange::BindingRemoved(binding) => {
+                if let Some(exchange) = self.exchanges.get_mut(binding.source.as_str()) {
+                    if exchange.unbind(binding)
+                        && exchange.def.auto_delete
+                        && exchange.bindings.is_empty()
+                    {
+                        emptied.push(exchange.def.name.clone());
+                    }
+                }
+            }
+        }
+        emptied
+    }
+
+    fn unbind_everywhere(&mut self, destination: &Destination, emptied: &mut Vec<ShortStr>) {
+        for exchange in self.exchanges.values_mut() {
+            if exchange.unbind_destination(destination) > 0
+                && exchange.def.auto_delete
+                && exchange.bindings.is_empty()
+            {
+                emptied.push(exchange.def.name.clone());
+            }
+        }
+    }
+
+    /// True if some exchange other than `name` itself has a binding to it.
+    pub fn exchange_is_destination(&self, name: &ShortStr) -> bool {
+        let destination = Destination::Exchange(name.clone());
+        self.exchanges
+            .values()
+            .any(|e| e.bindings.iter().any(|b| b.destination == destination))
+    }
+
+    /// The queues a message published to `exchange` reaches, deduplicated, in
+    /// `out`. Follows exchange-to-exchange bindings, each exchange at most once.
+    /// `scratch` is reused between publishes so routing allocates nothing.
+    pub fn route(
+        &self,
+        exchange: &Exchange,
+        routing_key: &str,
+        properties: &Properties,
+        scratch: &mut Vec<Destination>,
+        out: &mut Vec<QueueRef>,
+    ) {
+        out.clear();
+        scratch.clear();
+        if exchange.def.name.is_empty() {
+            // The default exchange binds every queue by its own name.
+            if let Some(meta) = self.queues.get(routing_key) {
+                out.push(meta.queue_ref());
+            }
+            return;
+        }
+        exchange.route(routing_key, properties, scratch);
+        let mut visited: Vec<ShortStr> = Vec::new();
+        let mut at = 0;
+        while at < scratch.len() {
+            let destination = scratch[at].clone();
+            match destination {
+                Destination::Queue(queue) => out.push(queue),
+                Destination::Exchange(name) => {
+                    if name != exchange.def.name && !visited.contains(&name) {
+                        if let Some(next) = self.exchanges.get(name.as_str()) {
+                            next.route(routing_key, properties, scratch);
+                        }
+                        visited.push(name);
+                    }
+                }
+            }
+            at += 1;
+        }
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Every limit and default of the broker, in one place.
+//!
+//! Defaults follow RabbitMQ 3.x wherever a client could notice the difference
+//! (port, frame_max, channel_max, heartbeat); the rest are warren's own and say
+//! why next to them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// AMQP's well-known port, as RabbitMQ listens on it.
+pub const AMQP_PORT: u16 = 5672;
+/// RabbitMQ's default `frame_max` (128 KiB).
+pub const FRAME_SIZE_MAX: u32 = 131_072;
+/// The spec's minimum `frame_max`; a client may not negotiate less.
+pub const FRAME_SIZE_MIN: u32 = 4096;
+/// RabbitMQ's default `channel_max`.
+pub const CHANNEL_MAX: u16 = 2047;
+/// RabbitMQ's default heartbeat timeout, in seconds.
+pub const HEARTBEAT_S: u16 = 60;
+/// How long a client may take between the protocol header and `connection.open`
+/// (RabbitMQ's handshake_timeout is 10 s).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for `connection.close-ok` after closing a connection ourselves.
+pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often each shard's timer tick runs: heartbeats, mailbox retries, and the
+/// guarantee that an executor never parks forever (RUNTIME-NOTES).
+pub const TICK: Duration = Duration::from_millis(5);
+/// Bytes a connection's reader asks the socket for at once.
+pub const READ_BUFFER_SIZE: usize = 128 * 1024;
+/// Bytes of frames a connection parses before it yields to other tasks, so one
+/// publisher cannot starve the rest of its shard.
+pub const READ_BYTES_PER_TURN_MAX: usize = 1024 * 1024;
+/// Bytes of unflushed output after which a connection stops reading until its
+/// socket drains (a slow consumer must not make the broker buffer without bound).
+pub const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;
+/// Batches a mailbox between two shards holds before the sender keeps an
+/// overflow batch locally and stops reading the sockets that feed it.
+pub const MAILBOX_BATCHES_MAX: usize = 1024;
+/// Messages in one shard's overflow towards a peer before its readers pause.
+pub const MAILBOX_OVERFLOW_MAX: usize = 65_536;
+
+/// What `warren` was started with; see `src/bin/warren.rs` for the flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub cpus: Option<Vec<usize>>,
+    pub default_user: Option<(String, String)>,
+    pub frame_size_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_s: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], AMQP_PORT))],
+            data_dir: PathBuf::from("warren-data"),
+            shards: 1,
+            cpus: None,
+            default_user: None,
+            frame_size_max: FRAME_SIZE_MAX,
+            channel_max: CHANNEL_MAX,
+            heartbeat_s: HEARTBEAT_S,
+        }
+    }
+}
+
+const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
+const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);

@@ -1,0 +1,167 @@
+//! The two tasks of a connection. The reader reads into a large buffer and
+//! hands it to the connection's state machine, which parses every complete
+//! frame in it; the writer sleeps until the state machine has output, then
+//! writes all of it at once. Neither holds the shard's state across an await.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use futures_lite::future::{self, poll_fn};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use tracing::debug;
+
+use crate::broker::connection::Input;
+use crate::broker::ids::ConnId;
+use crate::broker::signal::Notify;
+use crate::broker::ShardState;
+use crate::config;
+
+type Shared = Rc<RefCell<ShardState>>;
+type Stream = Rc<RefCell<TcpStream>>;
+
+/// How long a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
+
+pub async fn serve(stream: TcpStream, state: Shared) {
+    let _ = stream.set_nodelay(true);
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let (id, reader_wake, writer_wake) = state.borrow_mut().open_connection(peer);
+    let stream: Stream = Rc::new(RefCell::new(stream));
+    let writer = glommio::spawn_local(write_loop(
+        stream.clone(),
+        state.clone(),
+        id,
+        writer_wake.clone(),
+    ));
+    read_loop(&stream, &state, id, &reader_wake).await;
+    state.borrow_mut().connection_lost(id);
+    writer_wake.notify();
+    writer.await;
+    state.borrow_mut().remove_connection(id);
+    debug!(%peer, "connection closed");
+}
+
+async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
+    let mut buf = BytesMut::with_capacity(config::READ_BUFFER_SIZE);
+    loop {
+        let input = state.borrow_mut().connection_input(id, &mut buf);
+        match input {
+            Input::NeedMore => {}
+            Input::Yield => {
+                glommio::executor().yield_task_queue_now().await;
+                continue;
+            }
+            Input::Paused => {
+                wake.wait().await;
+                continue;
+            }
+            Input::Closed => return,
+        }
+        // Backpressure: a full mailbox or a client that does not read its
+        // deliveries stops us reading, so nothing piles up without bound.
+        while state.borrow().should_stop_reading(id) {
+            glommio::timer::sleep(config::TICK).await;
+        }
+        if buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
+            buf.reserve(config::READ_BUFFER_SIZE);
+        }
+        let read = future::or(async { Some(read_some(stream, &mut buf).await) }, async {
+            wake.wait().await;
+            None
+        })
+        .await;
+        match read {
+            // Woken while waiting for bytes: the state machine may have
+            // closed the connection (heartbeat timeout); look again.
+            None => {
+                if state.borrow().connection_is_closed(id) {
+                    return;
+                }
+            }
+            Some(Ok(0)) | Some(Err(_)) => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    let n = poll_fn(|cx| {
+        let spare = buf.chunk_mut();
+        // SAFETY: recv(2) only writes into this memory and we only expose
+        // the bytes it reports as written (set by advance_mut below).
+        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), spare.len()) };
+        let mut stream = stream.borrow_mut();
+        Pin::new(&mut *stream).poll_read(cx, spare)
+    })
+    .await?;
+    // SAFETY: the kernel initialised exactly n bytes of the spare capacity.
+    unsafe { buf.advance_mut(n) };
+    Ok(n)
+}
+
+async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| {
+            let mut stream = stream.borrow_mut();
+            Pin::new(&mut *stream).poll_write(cx, data)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+async fn write_loop(stream: Stream, state: Shared, id: ConnId, wake: Notify) {
+    let mut spare = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let closed = loop {
+            let closed = match state.borrow_mut().take_output(id, &mut spare) {
+                Some(closed) => closed,
+                None => true,
+            };
+            if spare.is_empty() {
+                break closed;
+            }
+            if write_all(&stream, &spare).await.is_err() {
+                state.borrow_mut().connection_lost(id);
+                return;
+            }
+            spare.clear();
+        };
+        if closed {
+            break;
+        }
+        wake.wait().await;
+    }
+    // Close our side first and let the client close its own, so that the
+    // last frames we wrote (a connection.close) are not lost to a reset.
+    let _ = poll_fn(|cx| {
+        let mut stream = stream.borrow_mut();
+        Pin::new(&mut *stream).poll_close(cx)
+    })
+    .await;
+    let deadline = Instant::now() + LINGER;
+    let mut sink = BytesMut::with_capacity(4096);
+    while Instant::now() < deadline {
+        sink.clear();
+        let read = future::or(async { Some(read_some(&stream, &mut sink).await) }, async {
+            glommio::timer::sleep(LINGER).await;
+            None
+        })
+        .await;
+        match read {
+            Some(Ok(n)) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
