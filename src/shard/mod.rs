@@ -135,9 +135,12 @@ pub fn run(config: Config) -> Result<(), BootError> {
             ));
         }
     }
-    for addr in &bound {
-        info!(address = %addr, shards = shard_count, "ready to accept connections");
-    }
+    let addresses: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
+    info!(
+        address = %addresses.join(","),
+        shards = shard_count,
+        "ready to accept connections"
+    );
     for handle in handles {
         if let Err(e) = handle.join() {
             error!(error = %e, "shard stopped with an error");
