@@ -166,6 +166,10 @@ pub struct Channel {
     last_queue: Option<ShortStr>,
     waiting_nowait: bool,
     pending_consumer: Option<ShortStr>,
+    /// Deliveries to consumers not acknowledged yet (basic.get ones excluded).
+    consumer_unacked: u32,
+    /// Deliveries waiting for the channel's prefetch (global=true) to allow them.
+    held: VecDeque<Delivery>,
 }
 
 impl Channel {
@@ -184,6 +188,8 @@ impl Channel {
             last_queue: None,
             waiting_nowait: false,
             pending_consumer: None,
+            consumer_unacked: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -194,6 +200,16 @@ impl Channel {
         self.last_queue
             .clone()
             .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    fn at_channel_prefetch(&self) -> bool {
+        self.channel_prefetch > 0 && self.consumer_unacked >= self.channel_prefetch as u32
+    }
+
+    fn count_settled(&mut self, u: &Unacked) {
+        if u.consumer != ConsumerId::GET {
+            self.consumer_unacked = self.consumer_unacked.saturating_sub(1);
+        }
     }
 
     /// The limit a new consumer gets at its queue. A channel-wide limit is
@@ -745,15 +761,21 @@ impl Connection {
                 })?;
             if !multiple {
                 if let Some(u) = ch.unacked.remove(at) {
+                    ch.count_settled(&u);
                     self.effects.push(settle_msg(&u, settle));
                 }
+                self.release_held(id);
                 return Ok(());
             }
             at + 1
         };
         for u in ch.unacked.drain(..taken) {
+            if u.consumer != ConsumerId::GET {
+                ch.consumer_unacked = ch.consumer_unacked.saturating_sub(1);
+            }
             self.effects.push(settle_msg(&u, settle));
         }
+        self.release_held(id);
         Ok(())
     }
 
@@ -762,7 +784,9 @@ impl Connection {
             for u in ch.unacked.drain(..) {
                 self.effects.push(settle_msg(&u, Settle::Requeue));
             }
+            ch.consumer_unacked = 0;
         }
+        self.release_held(id);
     }
 
     /// Cancels a channel's consumers and returns its unacknowledged messages
@@ -784,6 +808,10 @@ impl Connection {
         }
         for u in ch.unacked.drain(..) {
             self.effects.push(settle_msg(&u, Settle::Requeue));
+        }
+        ch.consumer_unacked = 0;
+        for delivery in ch.held.drain(..) {
+            self.effects.push(bounce(&delivery));
         }
         ch.content = None;
         ch.confirms = None;
@@ -870,12 +898,34 @@ impl Connection {
             return Some(delivery);
         }
         let is_get = delivery.message_count.is_some();
-        if !is_get && !ch.consumers.contains_key(delivery.consumer_tag.as_str()) {
-            return Some(delivery);
+        if !is_get {
+            if !ch.consumers.contains_key(delivery.consumer_tag.as_str()) {
+                return Some(delivery);
+            }
+            if !delivery.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
+                // The channel's shared limit is reached: the message waits
+                // here, already assigned to this consumer, until an ack.
+                ch.held.push_back(delivery);
+                return None;
+            }
         }
+        self.write_delivery(delivery);
+        if is_get {
+            self.resume();
+        }
+        None
+    }
+
+    fn write_delivery(&mut self, delivery: Delivery) {
+        let Some(ch) = self.channels.get_mut(&delivery.channel) else {
+            return;
+        };
         let delivery_tag = ch.next_delivery_tag;
         ch.next_delivery_tag += 1;
         if !delivery.no_ack {
+            if delivery.consumer != ConsumerId::GET {
+                ch.consumer_unacked += 1;
+            }
             ch.unacked.push_back(Unacked {
                 delivery_tag,
                 queue: delivery.queue,
@@ -916,10 +966,26 @@ impl Connection {
             .into(),
         };
         self.wire.content(channel, &method, &properties, &body);
-        if is_get {
-            self.resume();
+    }
+
+    /// Writes held deliveries while the channel's prefetch allows.
+    fn release_held(&mut self, id: u16) {
+        loop {
+            let Some(ch) = self.channels.get_mut(&id) else {
+                return;
+            };
+            if ch.at_channel_prefetch() {
+                return;
+            }
+            let Some(delivery) = ch.held.pop_front() else {
+                return;
+            };
+            if !ch.consumers.contains_key(delivery.consumer_tag.as_str()) {
+                self.effects.push(bounce(&delivery));
+                continue;
+            }
+            self.write_delivery(delivery);
         }
-        None
     }
 
     /// True if the channel has confirms ready to send.
@@ -1009,6 +1075,19 @@ fn settle_msg(u: &Unacked, settle: Settle) -> (ShardId, ShardMsg) {
             seq: u.seq,
             consumer: u.consumer,
             settle,
+        },
+    )
+}
+
+/// Returns a delivery the client never saw to its queue.
+fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
+    (
+        delivery.queue.shard,
+        ShardMsg::Settle {
+            queue: delivery.queue.id,
+            seq: delivery.seq,
+            consumer: delivery.consumer,
+            settle: Settle::Requeue,
         },
     )
 }

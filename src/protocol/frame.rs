@@ -193,8 +193,7 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     ) {
         return Err(FrameError::UnknownFrameType(frame_type));
     }
-    // usize is at least 32 bits on every target bytes supports, so this cannot wrap
-    // beyond u32::MAX + 8 on 64-bit; checked_add keeps 32-bit targets honest.
+    // Only a 32-bit target with frame_max == 0 can overflow here.
     let Some(frame_len) = (size as usize).checked_add(FRAME_OVERHEAD as usize) else {
         return Err(FrameError::TooLarge {
             size,
