@@ -159,7 +159,9 @@ impl Connection {
             phase: Phase::ProtocolHeader,
             wire: Wire {
                 out: BytesMut::with_capacity(16 * 1024),
-                frame_max: config.frame_size_max,
+                // Until tune-ok, frames are read with the spec's minimum, as
+                // RabbitMQ does.
+                frame_max: config::FRAME_SIZE_MIN,
                 writer: Notify::new(),
                 last_write: now,
             },
