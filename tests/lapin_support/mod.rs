@@ -137,6 +137,8 @@ pub fn expect_code<T: std::fmt::Debug>(r: lapin::Result<T>, code: u16) -> String
                 code,
                 e
             );
+            // Printed so that `--nocapture` runs document the exact reply texts.
+            eprintln!("observed close {}: {}", code, text_of(&e));
             text_of(&e)
         }
     }
@@ -183,6 +185,7 @@ impl ErrorWatch {
     pub async fn expect_code(&self, code: u16) -> String {
         let e = self.wait().await;
         assert_eq!(code_of(&e), Some(code), "unexpected close: {:?}", e);
+        eprintln!("observed close {}: {}", code, text_of(&e));
         text_of(&e)
     }
 }
