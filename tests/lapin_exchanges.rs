@@ -156,6 +156,7 @@ broker_test!(declare_exchange_with_amq_prefix_closes_channel_403, |b| {
         let (conn, ch) = open(&b.url()).await;
         let name = format!("amq.{}", unique("mine"));
         let text = expect_code(declare_x(&ch, &name, ExchangeKind::Direct, opts()).await, 403);
+        assert_eq!(text, format!("ACCESS_REFUSED - exchange name '{}' contains reserved prefix 'amq.*'", name));
         assert!(text.starts_with("ACCESS_REFUSED"), "{:?}", text);
         wait_channel_closed(&ch).await;
         assert_connection_usable(&conn).await;
@@ -167,6 +168,10 @@ broker_test!(declare_exchange_with_amq_prefix_closes_channel_403, |b| {
         declare_x(&ch2, "amq.direct", ExchangeKind::Direct, durable).await.unwrap();
         // ...and an inequivalent one is the usual 406.
         let text = expect_code(declare_x(&ch2, "amq.direct", ExchangeKind::Direct, opts()).await, 406);
+        assert_eq!(
+            text,
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for exchange 'amq.direct' in vhost '/': received 'false' but current is 'true'"
+        );
         assert_connection_usable(&conn).await;
     })
 });
