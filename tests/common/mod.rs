@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,6 +80,8 @@ impl Broker {
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .args(&args)
+            // Its own process group, so kill() also reaches anything it starts.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -105,8 +108,7 @@ impl Broker {
                         match parse_address(&line) {
                             Some(a) => break a,
                             None => {
-                                let _ = child.kill();
-                                let _ = child.wait();
+                                let _ = kill_group(&mut child);
                                 panic!(
                                     "warren's ready line has no address=IP:PORT: {line:?}\n\
                                      output so far:\n{seen}"
@@ -116,8 +118,7 @@ impl Broker {
                     }
                 }
                 Err(e) => {
-                    let _ = child.kill();
-                    let status = child.wait();
+                    let status = kill_group(&mut child);
                     let why = match e {
                         mpsc::RecvTimeoutError::Timeout => {
                             format!("not ready after {READY_DEADLINE:?}")
@@ -186,8 +187,7 @@ impl Broker {
     /// SIGKILL and wait. Does nothing for an external broker or a broker already killed.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = kill_group(&mut child);
         }
     }
 }
@@ -204,6 +204,18 @@ impl Drop for Broker {
             let _ = fs::remove_dir_all(&d);
         }
     }
+}
+
+/// SIGKILL to the child's process group (the child leads it), then reap the child.
+fn kill_group(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    child.wait()
 }
 
 fn spawn_drain(
