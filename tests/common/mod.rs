@@ -1,0 +1,377 @@
+//! Shared test support: start a warren broker on a free loopback port, or point at an
+//! external broker named by `WARREN_TEST_AMQP_URL` (this is how the tests are checked
+//! against RabbitMQ).
+//!
+//! Every test file uses a different subset of this module.
+#![allow(dead_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The environment variable naming an external broker to test against instead of warren.
+pub const EXTERNAL_URL_VAR: &str = "WARREN_TEST_AMQP_URL";
+
+const READY_LINE: &str = "ready to accept connections";
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A broker under test: either a warren child process owned by this value (killed and its
+/// data directory removed on Drop), or an external broker from `WARREN_TEST_AMQP_URL`.
+pub struct Broker {
+    child: Option<Child>,
+    data_dir: Option<PathBuf>,
+    addr: SocketAddr,
+    /// The external broker's URL as given, when there is one.
+    external_url: Option<String>,
+}
+
+impl Broker {
+    /// Starts warren with `--shards shards` (or uses the external broker).
+    pub fn start(shards: usize) -> Broker {
+        Broker::start_with(shards, &[])
+    }
+
+    /// Starts warren with `--listen 127.0.0.1:0 --shards N --data-dir <fresh temp dir>
+    /// --default-user admin --default-pass admin --log-level info` plus `extra_args`, and
+    /// waits (30 s at most) for its "ready to accept connections address=IP:PORT" line.
+    pub fn start_with(shards: usize, extra_args: &[&str]) -> Broker {
+        if let Some(url) = external_url() {
+            let addr = addr_of_url(&url);
+            return Broker {
+                child: None,
+                data_dir: None,
+                addr,
+                external_url: Some(url),
+            };
+        }
+
+        let data_dir = fresh_temp_dir("warren-test");
+        let log_path = data_dir.join("broker.log");
+        let log = Arc::new(Mutex::new(
+            File::create(&log_path).expect("create broker.log"),
+        ));
+        let shards_arg = shards.to_string();
+        let data_dir_arg = data_dir.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards_arg,
+            "--data-dir",
+            &data_dir_arg,
+            "--default-user",
+            "admin",
+            "--default-pass",
+            "admin",
+            "--log-level",
+            "info",
+        ];
+        args.extend_from_slice(extra_args);
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(&args)
+            // Its own process group, so kill() also reaches anything it starts.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_warren")));
+
+        // Both streams are drained by their own thread for the broker's whole life, into
+        // broker.log; until the broker is ready, lines are also sent here.
+        let (tx, rx) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let stdout = child.stdout.take().expect("stdout piped");
+        spawn_drain(stderr, log.clone(), tx.clone());
+        spawn_drain(stdout, log, tx);
+
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut seen = String::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains(READY_LINE) {
+                        match parse_address(&line) {
+                            Some(a) => break a,
+                            None => {
+                                let _ = kill_group(&mut child);
+                                panic!(
+                                    "warren's ready line has no address=IP:PORT: {line:?}\n\
+                                     output so far:\n{seen}"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let status = kill_group(&mut child);
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => {
+                            format!("not ready after {READY_DEADLINE:?}")
+                        }
+                        mpsc::RecvTimeoutError::Disconnected => {
+                            format!("exited before it was ready ({status:?})")
+                        }
+                    };
+                    // Give the drain threads a moment to flush what is left.
+                    thread::sleep(Duration::from_millis(50));
+                    let log = fs::read_to_string(&log_path).unwrap_or(seen);
+                    let _ = fs::remove_dir_all(&data_dir);
+                    panic!("warren {why}; args {args:?}\noutput so far:\n{log}");
+                }
+            }
+        };
+
+        Broker {
+            child: Some(child),
+            data_dir: Some(data_dir),
+            addr,
+            external_url: None,
+        }
+    }
+
+    /// The address the broker listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`, or the external URL as given.
+    pub fn url(&self) -> String {
+        match &self.external_url {
+            Some(u) => u.clone(),
+            None => self.url_as("guest", "guest"),
+        }
+    }
+
+    /// `amqp://USER:PASS@IP:PORT/%2f`.
+    pub fn url_as(&self, user: &str, pass: &str) -> String {
+        format!("amqp://{user}:{pass}@{}/%2f", self.addr)
+    }
+
+    /// True when the tests run against `WARREN_TEST_AMQP_URL` rather than a warren child.
+    pub fn is_external(&self) -> bool {
+        self.external_url.is_some()
+    }
+
+    /// What the broker wrote to stdout and stderr so far (empty for an external broker).
+    pub fn log(&self) -> String {
+        match &self.data_dir {
+            Some(d) => fs::read_to_string(d.join("broker.log")).unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+
+    /// The broker's data directory (None for an external broker).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// SIGKILL and wait. Does nothing for an external broker or a broker already killed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill_group(&mut child);
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(d) = self.data_dir.take() {
+            if thread::panicking() {
+                if let Ok(log) = fs::read_to_string(d.join("broker.log")) {
+                    eprintln!("---- warren broker.log ({}) ----\n{log}", d.display());
+                }
+            }
+            let _ = fs::remove_dir_all(&d);
+        }
+    }
+}
+
+/// SIGKILL to the child's process group (the child leads it), then reap the child.
+fn kill_group(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    child.wait()
+}
+
+fn spawn_drain(
+    stream: impl Read + Send + 'static,
+    log: Arc<Mutex<File>>,
+    tx: mpsc::Sender<String>,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        let mut tx = Some(tx);
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Ok(mut f) = log.lock() {
+                        let _ = f.write_all(&buf);
+                    }
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    if let Some(t) = &tx {
+                        if line.contains(READY_LINE) || t.send(line.clone()).is_err() {
+                            let _ = t.send(line);
+                            // Ready (or nobody listens any more): from now on, only the log.
+                            tx = None;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Finds `address=IP:PORT` in the ready line (tolerating quotes and ANSI colour codes).
+fn parse_address(line: &str) -> Option<SocketAddr> {
+    let clean = strip_ansi(line);
+    let start = clean.find("address=")? + "address=".len();
+    let rest = clean[start..].trim_start_matches(['"', '\'']);
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn external_url() -> Option<String> {
+    std::env::var(EXTERNAL_URL_VAR)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// host:port of an amqp:// URL (port 5672 when absent), resolved.
+fn addr_of_url(url: &str) -> SocketAddr {
+    let rest = url
+        .strip_prefix("amqp://")
+        .unwrap_or_else(|| panic!("{EXTERNAL_URL_VAR} must start with amqp://, got {url:?}"));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let hostport = authority.rsplit('@').next().unwrap_or(authority);
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:5672")
+    };
+    hostport
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve {hostport:?} from {EXTERNAL_URL_VAR}={url:?}"))
+}
+
+/// A fresh directory std::env::temp_dir()/PREFIX-<pid>-<counter>.
+pub fn fresh_temp_dir(prefix: &str) -> PathBuf {
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Left over from an earlier process with the same pid.
+                let _ = fs::remove_dir_all(&dir);
+            }
+            Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it is true or `timeout` has passed; returns whether it
+/// became true. Tests wait on conditions with a deadline, never with a bare sleep.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A name unique to this call: `PREFIX-<pid>-<counter>`, so tests don't collide on a shared
+/// external broker.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Appends to a file, creating it (used by helpers that keep their own logs).
+pub fn append_to(path: &std::path::Path, text: &str) {
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+#[doc(hidden)]
+pub use paste as __paste;
+
+/// `broker_test!(name, |b| { ... })` generates `#[test] fn name_shards_1()` and
+/// `#[test] fn name_shards_2()`, each starting its own [`Broker`] with that many shards and
+/// running the body with `b: &Broker`. Under `WARREN_TEST_AMQP_URL` both run against the
+/// external broker.
+#[macro_export]
+macro_rules! broker_test {
+    ($name:ident, |$b:ident| $body:block) => {
+        $crate::common::__paste::paste! {
+            #[test]
+            fn [<$name _shards_1>]() {
+                let broker = $crate::common::Broker::start(1);
+                let $b: &$crate::common::Broker = &broker;
+                $body
+            }
+
+            #[test]
+            fn [<$name _shards_2>]() {
+                let broker = $crate::common::Broker::start(2);
+                let $b: &$crate::common::Broker = &broker;
+                $body
+            }
+        }
+    };
+}
