@@ -101,7 +101,11 @@ fn topic_routing() {
                 id: QueueId(n),
                 shard: ShardId(0),
             }),
-            routing_key: ShortStr::from(format!("stock.{}.{}", n % 100, if n % 2 == 0 { "*" } else { "#" })),
+            routing_key: ShortStr::from(format!(
+                "stock.{}.{}",
+                n % 100,
+                if n % 2 == 0 { "*" } else { "#" }
+            )),
             arguments: FieldTable::default(),
         });
     }

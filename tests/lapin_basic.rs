@@ -13,7 +13,10 @@ use lapin_support::*;
 use std::time::Duration;
 
 fn no_ack() -> BasicConsumeOptions {
-    BasicConsumeOptions { no_ack: true, ..Default::default() }
+    BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    }
 }
 
 /// A shared queue declared on its own connection (kept open by the caller).
@@ -39,9 +42,18 @@ broker_test!(mandatory_unroutable_publish_is_returned_312_no_route, |b| {
         let (_c, ch) = open(&b.url()).await;
         let key = unique("nobody-bound");
         let props = BasicProperties::default().with_message_id("m-1".into());
-        ch.basic_publish("amq.direct", &key, BasicPublishOptions { mandatory: true, ..Default::default() }, b"lost", props)
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "amq.direct",
+            &key,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"lost",
+            props,
+        )
+        .await
+        .unwrap();
         let mut returned = Vec::new();
         for _ in 0..200 {
             returned.extend(ch.wait_for_confirms().await.unwrap());
@@ -57,7 +69,14 @@ broker_test!(mandatory_unroutable_publish_is_returned_312_no_route, |b| {
         assert_eq!(r.delivery.exchange.as_str(), "amq.direct");
         assert_eq!(r.delivery.routing_key.as_str(), key);
         assert_eq!(r.delivery.data, b"lost");
-        assert_eq!(r.delivery.properties.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
+        assert_eq!(
+            r.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str()),
+            Some("m-1")
+        );
         assert_channel_usable(&ch).await;
     })
 });
@@ -66,12 +85,27 @@ broker_test!(mandatory_routable_publish_is_not_returned, |b| {
     run(async {
         let (_c1, _qch, q) = shared_queue(b, "mand-q").await;
         let (_c2, ch) = open_confirming(&b.url()).await;
-        let c = publish_confirmed(&ch, "", &q, BasicPublishOptions { mandatory: true, ..Default::default() }, b"ok", BasicProperties::default())
+        let c = publish_confirmed(
+            &ch,
+            "",
+            &q,
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"ok",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(c, Confirmation::Ack(None));
+        assert_eq!(
+            get_within(&ch, &q, STEP_DEADLINE).await.delivery.data,
+            b"ok"
+        );
+        ch.queue_delete(&q, QueueDeleteOptions::default())
             .await
             .unwrap();
-        assert_eq!(c, Confirmation::Ack(None));
-        assert_eq!(get_within(&ch, &q, STEP_DEADLINE).await.delivery.data, b"ok");
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
     })
 });
 
@@ -80,9 +114,18 @@ broker_test!(publish_with_immediate_flag_closes_connection_540, |b| {
         let (conn, ch) = open(&b.url()).await;
         let q = declare_server_named(&ch).await;
         let watch = ErrorWatch::connection(&conn);
-        ch.basic_publish("", &q, BasicPublishOptions { immediate: true, ..Default::default() }, b"now", BasicProperties::default())
-            .await
-            .unwrap();
+        ch.basic_publish(
+            "",
+            &q,
+            BasicPublishOptions {
+                immediate: true,
+                ..Default::default()
+            },
+            b"now",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
         // RabbitMQ 3.x: connection.close 540 "NOT_IMPLEMENTED - immediate=true".
         let text = watch.expect_code(540).await;
         assert!(text.starts_with("NOT_IMPLEMENTED"), "{:?}", text);
@@ -97,11 +140,20 @@ broker_test!(publish_to_missing_exchange_closes_channel_404, |b| {
         let other = channel(&conn).await;
         let watch = ErrorWatch::channel(&ch);
         let x = unique("missing-x");
-        ch.basic_publish(&x, "k", BasicPublishOptions::default(), b"x", BasicProperties::default())
-            .await
-            .unwrap();
+        ch.basic_publish(
+            &x,
+            "k",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
         let text = watch.expect_code(404).await;
-        assert_eq!(text, format!("NOT_FOUND - no exchange '{}' in vhost '/'", x));
+        assert_eq!(
+            text,
+            format!("NOT_FOUND - no exchange '{}' in vhost '/'", x)
+        );
         wait_channel_closed(&ch).await;
         assert_channel_usable(&other).await;
     })
@@ -113,28 +165,39 @@ broker_test!(publish_with_foreign_user_id_closes_channel_406, |b| {
         let q = declare_server_named(&ch).await;
         let watch = ErrorWatch::channel(&ch);
         let props = BasicProperties::default().with_user_id("someone-else".into());
-        ch.basic_publish("", &q, BasicPublishOptions::default(), b"x", props).await.unwrap();
+        ch.basic_publish("", &q, BasicPublishOptions::default(), b"x", props)
+            .await
+            .unwrap();
         let text = watch.expect_code(406).await;
-        assert!(text.starts_with("PRECONDITION_FAILED - user_id property set to 'someone-else'"), "{:?}", text);
+        assert!(
+            text.starts_with("PRECONDITION_FAILED - user_id property set to 'someone-else'"),
+            "{:?}",
+            text
+        );
         assert_connection_usable(&conn).await;
     })
 });
 
-broker_test!(consumer_gets_messages_published_on_a_third_connection, |b| {
-    run(async {
-        let (_owner, _och, q) = shared_queue(b, "three-q").await;
-        let (_cc, cch) = open(&b.url()).await;
-        let mut consumer = consume(&cch, &q, "", no_ack()).await;
-        let (_pc, pch) = open(&b.url()).await;
-        for i in 0..10 {
-            publish(&pch, "", &q, format!("m{}", i).as_bytes()).await;
-        }
-        let got = next_bodies(&mut consumer, 10).await;
-        let want: Vec<String> = (0..10).map(|i| format!("m{}", i)).collect();
-        assert_eq!(got, want, "deliveries must keep publish order");
-        cch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
-    })
-});
+broker_test!(
+    consumer_gets_messages_published_on_a_third_connection,
+    |b| {
+        run(async {
+            let (_owner, _och, q) = shared_queue(b, "three-q").await;
+            let (_cc, cch) = open(&b.url()).await;
+            let mut consumer = consume(&cch, &q, "", no_ack()).await;
+            let (_pc, pch) = open(&b.url()).await;
+            for i in 0..10 {
+                publish(&pch, "", &q, format!("m{}", i).as_bytes()).await;
+            }
+            let got = next_bodies(&mut consumer, 10).await;
+            let want: Vec<String> = (0..10).map(|i| format!("m{}", i)).collect();
+            assert_eq!(got, want, "deliveries must keep publish order");
+            cch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);
 
 broker_test!(consume_uses_the_client_consumer_tag, |b| {
     run(async {
@@ -165,19 +228,34 @@ broker_test!(consume_without_tag_gets_amq_ctag_prefix, |b| {
     })
 });
 
-broker_test!(duplicate_consumer_tag_on_one_channel_closes_connection_530, |b| {
-    run(async {
-        let (conn, ch) = open(&b.url()).await;
-        let q = declare_server_named(&ch).await;
-        let tag = unique("dup");
-        let _first = consume(&ch, &q, &tag, BasicConsumeOptions::default()).await;
-        let r = step("basic.consume", ch.basic_consume(&q, &tag, BasicConsumeOptions::default(), FieldTable::default())).await;
-        // RabbitMQ: connection.close 530 "NOT_ALLOWED - attempt to reuse consumer tag '<tag>'".
-        let text = expect_code(r.map(|_| ()), 530);
-        assert_eq!(text, format!("NOT_ALLOWED - attempt to reuse consumer tag '{}'", tag));
-        wait_connection_closed(&conn).await;
-    })
-});
+broker_test!(
+    duplicate_consumer_tag_on_one_channel_closes_connection_530,
+    |b| {
+        run(async {
+            let (conn, ch) = open(&b.url()).await;
+            let q = declare_server_named(&ch).await;
+            let tag = unique("dup");
+            let _first = consume(&ch, &q, &tag, BasicConsumeOptions::default()).await;
+            let r = step(
+                "basic.consume",
+                ch.basic_consume(
+                    &q,
+                    &tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await;
+            // RabbitMQ: connection.close 530 "NOT_ALLOWED - attempt to reuse consumer tag '<tag>'".
+            let text = expect_code(r.map(|_| ()), 530);
+            assert_eq!(
+                text,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{}'", tag)
+            );
+            wait_connection_closed(&conn).await;
+        })
+    }
+);
 
 broker_test!(same_consumer_tag_on_two_channels_is_allowed, |b| {
     run(async {
@@ -194,24 +272,65 @@ broker_test!(exclusive_consumer_refuses_other_consumers_403, |b| {
     run(async {
         let (_owner, _och, q) = shared_queue(b, "exclc-q").await;
         let (_c1, ch1) = open(&b.url()).await;
-        let _excl = consume(&ch1, &q, "", BasicConsumeOptions { exclusive: true, ..Default::default() }).await;
+        let _excl = consume(
+            &ch1,
+            &q,
+            "",
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .await;
         let (c2, ch2) = open(&b.url()).await;
-        let r = step("basic.consume", ch2.basic_consume(&q, "", BasicConsumeOptions::default(), FieldTable::default())).await;
+        let r = step(
+            "basic.consume",
+            ch2.basic_consume(
+                &q,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await;
         let text = expect_code(r.map(|_| ()), 403);
         assert!(text.starts_with("ACCESS_REFUSED"), "{:?}", text);
         assert_connection_usable(&c2).await;
         // And an exclusive consumer is refused while any consumer exists.
         let (_c3, ch3) = open(&b.url()).await;
-        let r = step("basic.consume", ch3.basic_consume(&q, "", BasicConsumeOptions { exclusive: true, ..Default::default() }, FieldTable::default())).await;
+        let r = step(
+            "basic.consume",
+            ch3.basic_consume(
+                &q,
+                "",
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await;
         expect_code(r.map(|_| ()), 403);
-        ch1.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        ch1.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
 broker_test!(consume_on_missing_queue_closes_channel_404, |b| {
     run(async {
         let (conn, ch) = open(&b.url()).await;
-        let r = step("basic.consume", ch.basic_consume(&unique("missing-q"), "", BasicConsumeOptions::default(), FieldTable::default())).await;
+        let r = step(
+            "basic.consume",
+            ch.basic_consume(
+                &unique("missing-q"),
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await;
         expect_code(r.map(|_| ()), 404);
         assert_connection_usable(&conn).await;
     })
@@ -229,7 +348,9 @@ broker_test!(no_ack_consumer_takes_messages_off_the_queue, |b| {
         // Nothing comes back: no_ack deliveries are settled on sending.
         sleep(QUIET_PERIOD).await;
         assert_eq!(message_count(&owner, &q).await, 0);
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        pch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -241,12 +362,23 @@ broker_test!(cancel_stops_deliveries_and_leaves_messages_queued, |b| {
         let (_pc, pch) = open_confirming(&b.url()).await;
         publish(&pch, "", &q, b"before").await;
         assert_eq!(body_str(&next_delivery(&mut consumer).await), "before");
-        step("basic.cancel", cch.basic_cancel("to-cancel", BasicCancelOptions::default())).await.unwrap();
+        step(
+            "basic.cancel",
+            cch.basic_cancel("to-cancel", BasicCancelOptions::default()),
+        )
+        .await
+        .unwrap();
         publish(&pch, "", &q, b"after").await;
         assert_eq!(message_count(&owner, &q).await, 1);
         // The stream ends after a client cancel too.
-        assert!(within(STEP_DEADLINE, futures_lite::StreamExt::next(&mut consumer)).await.map_or(false, |n| n.is_none()));
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        assert!(
+            within(STEP_DEADLINE, futures_lite::StreamExt::next(&mut consumer))
+                .await
+                .is_some_and(|n| n.is_none())
+        );
+        pch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -274,14 +406,24 @@ broker_test!(basic_get_reports_remaining_message_count, |b| {
             assert_eq!(m.delivery.routing_key.as_str(), q);
         }
         assert!(get(&gch, &q, true).await.is_none());
-        gch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        gch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
 broker_test!(basic_get_on_missing_queue_closes_channel_404, |b| {
     run(async {
         let (conn, ch) = open(&b.url()).await;
-        expect_code(step("basic.get", ch.basic_get(&unique("missing-q"), BasicGetOptions::default())).await.map(|_| ()), 404);
+        expect_code(
+            step(
+                "basic.get",
+                ch.basic_get(&unique("missing-q"), BasicGetOptions::default()),
+            )
+            .await
+            .map(|_| ()),
+            404,
+        );
         assert_connection_usable(&conn).await;
     })
 });
@@ -300,7 +442,10 @@ async fn get_unacked(ch: &Channel, q: &str, n: usize) -> Vec<u64> {
 async fn drain(ch: &Channel, q: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     while let Some(m) = get(ch, q, true).await {
-        out.push((String::from_utf8_lossy(&m.delivery.data).into_owned(), m.delivery.redelivered));
+        out.push((
+            String::from_utf8_lossy(&m.delivery.data).into_owned(),
+            m.delivery.redelivered,
+        ));
     }
     out
 }
@@ -316,13 +461,21 @@ broker_test!(ack_multiple_settles_every_tag_up_to_it, |b| {
         fill_n(&pch, &q, 4).await;
         let (_cc, ch) = open(&b.url()).await;
         let tags = get_unacked(&ch, &q, 4).await;
-        assert_eq!(tags, vec![1, 2, 3, 4], "delivery tags count from 1 per channel");
-        ch.basic_ack(3, BasicAckOptions { multiple: true }).await.unwrap();
+        assert_eq!(
+            tags,
+            vec![1, 2, 3, 4],
+            "delivery tags count from 1 per channel"
+        );
+        ch.basic_ack(3, BasicAckOptions { multiple: true })
+            .await
+            .unwrap();
         // Closing the channel returns only the still-unacked message 4.
         ch.close(200, "bye").await.unwrap();
         wait_message_count(&owner, &q, 1).await;
         assert_eq!(drain(&pch, &q).await, pairs(&[("4", true)]));
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        pch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -333,57 +486,124 @@ broker_test!(reject_and_nack_without_requeue_drop_messages, |b| {
         fill_n(&pch, &q, 4).await;
         let (_cc, ch) = open(&b.url()).await;
         get_unacked(&ch, &q, 4).await;
-        ch.basic_reject(1, BasicRejectOptions { requeue: false }).await.unwrap();
-        ch.basic_nack(3, BasicNackOptions { multiple: true, requeue: false }).await.unwrap();
-        ch.basic_nack(4, BasicNackOptions { multiple: false, requeue: false }).await.unwrap();
+        ch.basic_reject(1, BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+        ch.basic_nack(
+            3,
+            BasicNackOptions {
+                multiple: true,
+                requeue: false,
+            },
+        )
+        .await
+        .unwrap();
+        ch.basic_nack(
+            4,
+            BasicNackOptions {
+                multiple: false,
+                requeue: false,
+            },
+        )
+        .await
+        .unwrap();
         assert_channel_usable(&ch).await;
         assert_eq!(message_count(&owner, &q).await, 0);
         ch.close(200, "bye").await.unwrap();
         sleep(QUIET_PERIOD).await;
         assert_eq!(message_count(&owner, &q).await, 0);
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        pch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
-broker_test!(requeued_message_is_redelivered_at_its_original_position, |b| {
-    run(async {
-        let (owner, _och, q) = shared_queue(b, "requeue-q").await;
-        let (_pc, pch) = open_confirming(&b.url()).await;
-        fill_n(&pch, &q, 3).await;
-        let (_cc, ch) = open(&b.url()).await;
-        get_unacked(&ch, &q, 3).await;
-        ch.basic_nack(2, BasicNackOptions { multiple: false, requeue: true }).await.unwrap();
-        let m = get_within(&ch, &q, STEP_DEADLINE).await;
-        assert_eq!(m.delivery.data, b"2");
-        assert!(m.delivery.redelivered);
-        ch.basic_ack(3, BasicAckOptions { multiple: true }).await.unwrap();
-        assert_channel_usable(&ch).await;
-        assert_eq!(message_count(&owner, &q).await, 0);
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
-    })
-});
+broker_test!(
+    requeued_message_is_redelivered_at_its_original_position,
+    |b| {
+        run(async {
+            let (owner, _och, q) = shared_queue(b, "requeue-q").await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            fill_n(&pch, &q, 3).await;
+            let (_cc, ch) = open(&b.url()).await;
+            get_unacked(&ch, &q, 3).await;
+            ch.basic_nack(
+                2,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+            .await
+            .unwrap();
+            let m = get_within(&ch, &q, STEP_DEADLINE).await;
+            assert_eq!(m.delivery.data, b"2");
+            assert!(m.delivery.redelivered);
+            ch.basic_ack(3, BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+            assert_channel_usable(&ch).await;
+            assert_eq!(message_count(&owner, &q).await, 0);
+            pch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);
 
-broker_test!(several_requeued_messages_return_in_original_order_ahead_of_new_ones, |b| {
-    run(async {
-        let (owner, _och, q) = shared_queue(b, "order-q").await;
-        let (_pc, pch) = open_confirming(&b.url()).await;
-        fill_n(&pch, &q, 5).await;
-        let (_cc, ch) = open(&b.url()).await;
-        get_unacked(&ch, &q, 5).await;
-        publish(&pch, "", &q, b"6").await;
-        // Requeue out of order: 4, then 2, then reject 5, then nack-multiple 3 (1 and 3).
-        ch.basic_nack(4, BasicNackOptions { multiple: false, requeue: true }).await.unwrap();
-        ch.basic_reject(2, BasicRejectOptions { requeue: true }).await.unwrap();
-        ch.basic_reject(5, BasicRejectOptions { requeue: true }).await.unwrap();
-        ch.basic_nack(3, BasicNackOptions { multiple: true, requeue: true }).await.unwrap();
-        wait_message_count(&owner, &q, 6).await;
-        assert_eq!(
-            drain(&pch, &q).await,
-            pairs(&[("1", true), ("2", true), ("3", true), ("4", true), ("5", true), ("6", false)])
-        );
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
-    })
-});
+broker_test!(
+    several_requeued_messages_return_in_original_order_ahead_of_new_ones,
+    |b| {
+        run(async {
+            let (owner, _och, q) = shared_queue(b, "order-q").await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            fill_n(&pch, &q, 5).await;
+            let (_cc, ch) = open(&b.url()).await;
+            get_unacked(&ch, &q, 5).await;
+            publish(&pch, "", &q, b"6").await;
+            // Requeue out of order: 4, then 2, then reject 5, then nack-multiple 3 (1 and 3).
+            ch.basic_nack(
+                4,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+            .await
+            .unwrap();
+            ch.basic_reject(2, BasicRejectOptions { requeue: true })
+                .await
+                .unwrap();
+            ch.basic_reject(5, BasicRejectOptions { requeue: true })
+                .await
+                .unwrap();
+            ch.basic_nack(
+                3,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await
+            .unwrap();
+            wait_message_count(&owner, &q, 6).await;
+            assert_eq!(
+                drain(&pch, &q).await,
+                pairs(&[
+                    ("1", true),
+                    ("2", true),
+                    ("3", true),
+                    ("4", true),
+                    ("5", true),
+                    ("6", false)
+                ])
+            );
+            pch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);
 
 broker_test!(ack_of_unknown_delivery_tag_closes_channel_406, |b| {
     run(async {
@@ -411,7 +631,10 @@ broker_test!(double_ack_closes_channel_406, |b| {
         ch.basic_ack(tag, BasicAckOptions::default()).await.unwrap();
         ch.basic_ack(tag, BasicAckOptions::default()).await.unwrap();
         let text = watch.expect_code(406).await;
-        assert_eq!(text, format!("PRECONDITION_FAILED - unknown delivery tag {}", tag));
+        assert_eq!(
+            text,
+            format!("PRECONDITION_FAILED - unknown delivery tag {}", tag)
+        );
         assert_connection_usable(&conn).await;
     })
 });
@@ -424,7 +647,9 @@ broker_test!(nack_and_reject_of_unknown_tag_close_channel_406, |b| {
         watch.expect_code(406).await;
         let ch2 = channel(&conn).await;
         let watch = ErrorWatch::channel(&ch2);
-        ch2.basic_reject(7, BasicRejectOptions::default()).await.unwrap();
+        ch2.basic_reject(7, BasicRejectOptions::default())
+            .await
+            .unwrap();
         watch.expect_code(406).await;
         assert_connection_usable(&conn).await;
     })
@@ -449,14 +674,21 @@ broker_test!(recover_with_requeue_redelivers_unacked_messages, |b| {
         let mut consumer = consume(&ch, &q, "", BasicConsumeOptions::default()).await;
         let first = next_bodies(&mut consumer, 2).await;
         assert_eq!(first, vec!["1", "2"]);
-        step("basic.recover", ch.basic_recover(BasicRecoverOptions { requeue: true })).await.unwrap();
+        step(
+            "basic.recover",
+            ch.basic_recover(BasicRecoverOptions { requeue: true }),
+        )
+        .await
+        .unwrap();
         let d1 = next_delivery(&mut consumer).await;
         let d2 = next_delivery(&mut consumer).await;
         assert_eq!((body_str(&d1), d1.redelivered), ("1".to_string(), true));
         assert_eq!((body_str(&d2), d2.redelivered), ("2".to_string(), true));
         d2.ack(BasicAckOptions { multiple: true }).await.unwrap();
         assert_no_delivery(&mut consumer).await;
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -466,7 +698,9 @@ broker_test!(per_consumer_prefetch_limits_unacked_deliveries, |b| {
         let (_pc, pch) = open_confirming(&b.url()).await;
         fill_n(&pch, &q, 6).await;
         let (_cc, ch) = open(&b.url()).await;
-        ch.basic_qos(2, BasicQosOptions { global: false }).await.unwrap();
+        ch.basic_qos(2, BasicQosOptions { global: false })
+            .await
+            .unwrap();
         let mut consumer = consume(&ch, &q, "", BasicConsumeOptions::default()).await;
         let d1 = next_delivery(&mut consumer).await;
         let d2 = next_delivery(&mut consumer).await;
@@ -480,29 +714,40 @@ broker_test!(per_consumer_prefetch_limits_unacked_deliveries, |b| {
         d3.ack(BasicAckOptions { multiple: true }).await.unwrap();
         assert_eq!(next_bodies(&mut consumer, 2).await, vec!["4", "5"]);
         assert_no_delivery(&mut consumer).await;
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
-broker_test!(per_consumer_prefetch_applies_to_each_consumer_separately, |b| {
-    run(async {
-        let (_owner, _och, q1) = shared_queue(b, "qos1-q").await;
-        let (_o2, _och2, q2) = shared_queue(b, "qos2-q").await;
-        let (_pc, pch) = open_confirming(&b.url()).await;
-        fill_n(&pch, &q1, 5).await;
-        fill_n(&pch, &q2, 5).await;
-        let (_cc, ch) = open(&b.url()).await;
-        ch.basic_qos(2, BasicQosOptions { global: false }).await.unwrap();
-        let mut k1 = consume(&ch, &q1, "", BasicConsumeOptions::default()).await;
-        let mut k2 = consume(&ch, &q2, "", BasicConsumeOptions::default()).await;
-        next_bodies(&mut k1, 2).await;
-        next_bodies(&mut k2, 2).await;
-        assert_no_delivery(&mut k1).await;
-        assert_no_delivery(&mut k2).await;
-        ch.queue_delete(&q1, QueueDeleteOptions::default()).await.unwrap();
-        ch.queue_delete(&q2, QueueDeleteOptions::default()).await.unwrap();
-    })
-});
+broker_test!(
+    per_consumer_prefetch_applies_to_each_consumer_separately,
+    |b| {
+        run(async {
+            let (_owner, _och, q1) = shared_queue(b, "qos1-q").await;
+            let (_o2, _och2, q2) = shared_queue(b, "qos2-q").await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            fill_n(&pch, &q1, 5).await;
+            fill_n(&pch, &q2, 5).await;
+            let (_cc, ch) = open(&b.url()).await;
+            ch.basic_qos(2, BasicQosOptions { global: false })
+                .await
+                .unwrap();
+            let mut k1 = consume(&ch, &q1, "", BasicConsumeOptions::default()).await;
+            let mut k2 = consume(&ch, &q2, "", BasicConsumeOptions::default()).await;
+            next_bodies(&mut k1, 2).await;
+            next_bodies(&mut k2, 2).await;
+            assert_no_delivery(&mut k1).await;
+            assert_no_delivery(&mut k2).await;
+            ch.queue_delete(&q1, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+            ch.queue_delete(&q2, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);
 
 broker_test!(global_prefetch_limits_the_channel_across_consumers, |b| {
     run(async {
@@ -512,7 +757,9 @@ broker_test!(global_prefetch_limits_the_channel_across_consumers, |b| {
         fill_n(&pch, &q1, 5).await;
         fill_n(&pch, &q2, 5).await;
         let (_cc, ch) = open(&b.url()).await;
-        ch.basic_qos(3, BasicQosOptions { global: true }).await.unwrap();
+        ch.basic_qos(3, BasicQosOptions { global: true })
+            .await
+            .unwrap();
         let mut k1 = consume(&ch, &q1, "", BasicConsumeOptions::default()).await;
         let mut k2 = consume(&ch, &q2, "", BasicConsumeOptions::default()).await;
         // Count everything that arrives on either consumer during a quiet period.
@@ -528,45 +775,73 @@ broker_test!(global_prefetch_limits_the_channel_across_consumers, |b| {
             .await;
             match next {
                 Some(Some(Ok(d))) => got.push(d),
-                Some(other) => panic!("consumer ended: {:?}", other.map(|r| r.map(|d| d.delivery_tag))),
+                Some(other) => panic!(
+                    "consumer ended: {:?}",
+                    other.map(|r| r.map(|d| d.delivery_tag))
+                ),
                 None => break,
             }
         }
-        assert_eq!(got.len(), 3, "a global prefetch of 3 allows 3 unacked messages per channel");
+        assert_eq!(
+            got.len(),
+            3,
+            "a global prefetch of 3 allows 3 unacked messages per channel"
+        );
         got[0].ack(BasicAckOptions::default()).await.unwrap();
-        let more = within(STEP_DEADLINE, futures_lite::future::or(
-            async { futures_lite::StreamExt::next(&mut k1).await },
-            async { futures_lite::StreamExt::next(&mut k2).await },
-        ))
+        let more = within(
+            STEP_DEADLINE,
+            futures_lite::future::or(
+                async { futures_lite::StreamExt::next(&mut k1).await },
+                async { futures_lite::StreamExt::next(&mut k2).await },
+            ),
+        )
         .await;
         assert!(matches!(more, Some(Some(Ok(_)))), "one ack frees one slot");
-        ch.queue_delete(&q1, QueueDeleteOptions::default()).await.unwrap();
-        ch.queue_delete(&q2, QueueDeleteOptions::default()).await.unwrap();
+        ch.queue_delete(&q1, QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.queue_delete(&q2, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
-broker_test!(two_consumers_on_different_connections_share_round_robin, |b| {
-    run(async {
-        let (_owner, _och, q) = shared_queue(b, "rr-q").await;
-        let (_c1, ch1) = open(&b.url()).await;
-        let (_c2, ch2) = open(&b.url()).await;
-        let mut k1 = consume(&ch1, &q, "", no_ack()).await;
-        let mut k2 = consume(&ch2, &q, "", no_ack()).await;
-        let (_pc, pch) = open_confirming(&b.url()).await;
-        fill_n(&pch, &q, 10).await;
-        let a = next_bodies(&mut k1, 5).await;
-        let c = next_bodies(&mut k2, 5).await;
-        assert_no_delivery(&mut k1).await;
-        assert_no_delivery(&mut k2).await;
-        let mut all: Vec<u32> = a.iter().chain(c.iter()).map(|s| s.parse().unwrap()).collect();
-        all.sort();
-        assert_eq!(all, (1..=10).collect::<Vec<u32>>());
-        // Round-robin: each consumer got every other message.
-        let parity = |v: &[String]| v.iter().map(|s| s.parse::<u32>().unwrap() % 2).collect::<std::collections::HashSet<_>>().len();
-        assert_eq!((parity(&a), parity(&c)), (1, 1), "got {:?} and {:?}", a, c);
-        pch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
-    })
-});
+broker_test!(
+    two_consumers_on_different_connections_share_round_robin,
+    |b| {
+        run(async {
+            let (_owner, _och, q) = shared_queue(b, "rr-q").await;
+            let (_c1, ch1) = open(&b.url()).await;
+            let (_c2, ch2) = open(&b.url()).await;
+            let mut k1 = consume(&ch1, &q, "", no_ack()).await;
+            let mut k2 = consume(&ch2, &q, "", no_ack()).await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            fill_n(&pch, &q, 10).await;
+            let a = next_bodies(&mut k1, 5).await;
+            let c = next_bodies(&mut k2, 5).await;
+            assert_no_delivery(&mut k1).await;
+            assert_no_delivery(&mut k2).await;
+            let mut all: Vec<u32> = a
+                .iter()
+                .chain(c.iter())
+                .map(|s| s.parse().unwrap())
+                .collect();
+            all.sort();
+            assert_eq!(all, (1..=10).collect::<Vec<u32>>());
+            // Round-robin: each consumer got every other message.
+            let parity = |v: &[String]| {
+                v.iter()
+                    .map(|s| s.parse::<u32>().unwrap() % 2)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            };
+            assert_eq!((parity(&a), parity(&c)), (1, 1), "got {:?} and {:?}", a, c);
+            pch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);
 
 broker_test!(unacked_messages_are_requeued_when_the_channel_closes, |b| {
     run(async {
@@ -587,28 +862,44 @@ broker_test!(unacked_messages_are_requeued_when_the_channel_closes, |b| {
         assert_eq!((body_str(&d3), d3.redelivered), ("3".into(), true));
         assert_no_delivery(&mut other).await;
         assert!(cc.status().connected());
-        ch2.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        ch2.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
-broker_test!(unacked_messages_are_requeued_when_the_connection_closes, |b| {
-    run(async {
-        let (_owner, _och, q) = shared_queue(b, "connclose-q").await;
-        let (_pc, pch) = open_confirming(&b.url()).await;
-        fill_n(&pch, &q, 2).await;
-        let (cc, ch) = open(&b.url()).await;
-        let m1 = get(&ch, &q, false).await.expect("message 1");
-        let m2 = get(&ch, &q, false).await.expect("message 2");
-        assert_eq!((m1.delivery.data.as_slice(), m2.delivery.data.as_slice()), (&b"1"[..], &b"2"[..]));
-        cc.close(200, "bye").await.unwrap();
-        let (_c2, ch2) = open(&b.url()).await;
-        let r1 = get_within(&ch2, &q, STEP_DEADLINE).await;
-        let r2 = get_within(&ch2, &q, STEP_DEADLINE).await;
-        assert_eq!((r1.delivery.data.as_slice(), r1.delivery.redelivered), (&b"1"[..], true));
-        assert_eq!((r2.delivery.data.as_slice(), r2.delivery.redelivered), (&b"2"[..], true));
-        ch2.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
-    })
-});
+broker_test!(
+    unacked_messages_are_requeued_when_the_connection_closes,
+    |b| {
+        run(async {
+            let (_owner, _och, q) = shared_queue(b, "connclose-q").await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            fill_n(&pch, &q, 2).await;
+            let (cc, ch) = open(&b.url()).await;
+            let m1 = get(&ch, &q, false).await.expect("message 1");
+            let m2 = get(&ch, &q, false).await.expect("message 2");
+            assert_eq!(
+                (m1.delivery.data.as_slice(), m2.delivery.data.as_slice()),
+                (&b"1"[..], &b"2"[..])
+            );
+            cc.close(200, "bye").await.unwrap();
+            let (_c2, ch2) = open(&b.url()).await;
+            let r1 = get_within(&ch2, &q, STEP_DEADLINE).await;
+            let r2 = get_within(&ch2, &q, STEP_DEADLINE).await;
+            assert_eq!(
+                (r1.delivery.data.as_slice(), r1.delivery.redelivered),
+                (&b"1"[..], true)
+            );
+            assert_eq!(
+                (r2.delivery.data.as_slice(), r2.delivery.redelivered),
+                (&b"2"[..], true)
+            );
+            ch2.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);
 
 broker_test!(all_basic_properties_arrive_unchanged, |b| {
     run(async {
@@ -619,7 +910,13 @@ broker_test!(all_basic_properties_arrive_unchanged, |b| {
         let mut deeper = FieldTable::default();
         deeper.insert("level".into(), AMQPValue::LongInt(3));
         nested.insert("deeper".into(), AMQPValue::FieldTable(deeper));
-        let array: FieldArray = vec![ls("a"), AMQPValue::LongInt(2), AMQPValue::Boolean(true), AMQPValue::FieldArray(vec![ls("nested")].into())].into();
+        let array: FieldArray = vec![
+            ls("a"),
+            AMQPValue::LongInt(2),
+            AMQPValue::Boolean(true),
+            AMQPValue::FieldArray(vec![ls("nested")].into()),
+        ]
+        .into();
         let headers = table(&[
             ("string", ls("value")),
             ("long-int", AMQPValue::LongInt(-42)),
@@ -658,11 +955,15 @@ broker_test!(all_basic_properties_arrive_unchanged, |b| {
         let d = next_delivery(&mut consumer).await;
         assert_eq!(d.properties, props);
         // The same through basic.get.
-        cch.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default()).await.unwrap();
+        cch.basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+            .await
+            .unwrap();
         publish_props(&pch, "", &q, b"{}", props.clone()).await;
         let m = get_within(&cch, &q, STEP_DEADLINE).await;
         assert_eq!(m.delivery.properties, props);
-        cch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        cch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -683,7 +984,14 @@ broker_test!(large_bodies_spanning_many_frames_arrive_intact, |b| {
         let (_cc, cch) = open(&b.url()).await;
         let mut consumer = consume(&cch, &q, "", no_ack()).await;
         // 1 MiB (8+ frames at frame_max 131072) and sizes around one frame's payload.
-        let sizes = [1 << 20, 131_064, 131_065, 131_072, 262_128, 3 * (1 << 20) + 7];
+        let sizes = [
+            1 << 20,
+            131_064,
+            131_065,
+            131_072,
+            262_128,
+            3 * (1 << 20) + 7,
+        ];
         for (i, &n) in sizes.iter().enumerate() {
             let body: Vec<u8> = (0..n).map(|j| ((j * 31 + i) % 256) as u8).collect();
             publish(&pch, "", &q, &body).await;
@@ -691,7 +999,9 @@ broker_test!(large_bodies_spanning_many_frames_arrive_intact, |b| {
             assert_eq!(d.data.len(), n);
             assert!(d.data == body, "body of {} bytes corrupted", n);
         }
-        cch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        cch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -712,6 +1022,8 @@ broker_test!(zero_length_bodies_arrive_as_empty_messages, |b| {
         assert!(d.data.is_empty());
         assert_eq!(d.properties, props);
         assert_eq!(body_str(&next_delivery(&mut consumer).await), "after");
-        cch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        cch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });

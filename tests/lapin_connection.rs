@@ -33,7 +33,10 @@ broker_test!(wrong_password_is_refused_with_403_access_refused, |b| {
     run(async {
         let r = step(
             "refused connection",
-            Connection::connect(&b.url_as("guest", "not-the-password"), ConnectionProperties::default()),
+            Connection::connect(
+                &b.url_as("guest", "not-the-password"),
+                ConnectionProperties::default(),
+            ),
         )
         .await;
         let text = expect_code(r.map(|_| ()), 403);
@@ -59,38 +62,46 @@ broker_test!(unknown_user_is_refused_with_403_access_refused, |b| {
     })
 });
 
-broker_test!(server_properties_announce_product_version_platform_and_capabilities, |b| {
-    let mut raw = RawConn::open(b.addr());
-    let start = raw.read_start();
-    assert_eq!((start.version_major, start.version_minor), (0, 9));
-    let props = start.server_properties.inner();
-    for key in ["product", "version", "platform"] {
-        match props.get(key) {
-            Some(AMQPValue::LongString(s)) => assert!(!s.as_bytes().is_empty(), "{} is empty", key),
-            other => panic!("server property {} should be a long string, got {:?}", key, other),
+broker_test!(
+    server_properties_announce_product_version_platform_and_capabilities,
+    |b| {
+        let mut raw = RawConn::open(b.addr());
+        let start = raw.read_start();
+        assert_eq!((start.version_major, start.version_minor), (0, 9));
+        let props = start.server_properties.inner();
+        for key in ["product", "version", "platform"] {
+            match props.get(key) {
+                Some(AMQPValue::LongString(s)) => {
+                    assert!(!s.as_bytes().is_empty(), "{} is empty", key)
+                }
+                other => panic!(
+                    "server property {} should be a long string, got {:?}",
+                    key, other
+                ),
+            }
+        }
+        let caps = match props.get("capabilities") {
+            Some(AMQPValue::FieldTable(t)) => t.inner().clone(),
+            other => panic!("capabilities should be a table, got {:?}", other),
+        };
+        for cap in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+        ] {
+            assert_eq!(
+                caps.get(cap),
+                Some(&AMQPValue::Boolean(true)),
+                "capability {} should be the boolean true",
+                cap
+            );
         }
     }
-    let caps = match props.get("capabilities") {
-        Some(AMQPValue::FieldTable(t)) => t.inner().clone(),
-        other => panic!("capabilities should be a table, got {:?}", other),
-    };
-    for cap in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "authentication_failure_close",
-        "per_consumer_qos",
-    ] {
-        assert_eq!(
-            caps.get(cap),
-            Some(&AMQPValue::Boolean(true)),
-            "capability {} should be the boolean true",
-            cap
-        );
-    }
-});
+);
 
 broker_test!(connection_start_offers_plain_and_en_us, |b| {
     let mut raw = RawConn::open(b.addr());
@@ -102,17 +113,24 @@ broker_test!(connection_start_offers_plain_and_en_us, |b| {
         mechanisms
     );
     let locales = String::from_utf8_lossy(start.locales.as_bytes()).into_owned();
-    assert!(locales.split(' ').any(|l| l == "en_US"), "locales {:?}", locales);
+    assert!(
+        locales.split(' ').any(|l| l == "en_US"),
+        "locales {:?}",
+        locales
+    );
 });
 
-broker_test!(tune_proposes_frame_max_131072_channel_max_2047_heartbeat_60, |b| {
-    let mut raw = RawConn::open(b.addr());
-    raw.read_start();
-    let tune = raw.start_ok_plain("guest", "guest");
-    assert_eq!(tune.frame_max, 131072);
-    assert_eq!(tune.channel_max, 2047);
-    assert_eq!(tune.heartbeat, 60);
-});
+broker_test!(
+    tune_proposes_frame_max_131072_channel_max_2047_heartbeat_60,
+    |b| {
+        let mut raw = RawConn::open(b.addr());
+        raw.read_start();
+        let tune = raw.start_ok_plain("guest", "guest");
+        assert_eq!(tune.frame_max, 131072);
+        assert_eq!(tune.channel_max, 2047);
+        assert_eq!(tune.heartbeat, 60);
+    }
+);
 
 broker_test!(lapin_negotiates_the_servers_defaults, |b| {
     run(async {
@@ -124,28 +142,36 @@ broker_test!(lapin_negotiates_the_servers_defaults, |b| {
     })
 });
 
-broker_test!(client_may_tune_lower_frame_max_channel_max_and_heartbeat, |b| {
-    run(async {
-        let url = format!("{}?frame_max=8192&channel_max=16&heartbeat=10", b.url());
-        let conn = connect(&url).await;
-        let cfg = conn.configuration();
-        assert_eq!((cfg.frame_max(), cfg.channel_max(), cfg.heartbeat()), (8192, 16, 10));
-        // A body far larger than the negotiated frame size travels in many frames,
-        // both ways.
-        let ch = channel(&conn).await;
-        let q = declare_server_named(&ch).await;
-        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        publish(&ch, "", &q, &body).await;
-        let got = get_within(&ch, &q, STEP_DEADLINE).await;
-        assert_eq!(got.delivery.data, body);
-    })
-});
+broker_test!(
+    client_may_tune_lower_frame_max_channel_max_and_heartbeat,
+    |b| {
+        run(async {
+            let url = format!("{}?frame_max=8192&channel_max=16&heartbeat=10", b.url());
+            let conn = connect(&url).await;
+            let cfg = conn.configuration();
+            assert_eq!(
+                (cfg.frame_max(), cfg.channel_max(), cfg.heartbeat()),
+                (8192, 16, 10)
+            );
+            // A body far larger than the negotiated frame size travels in many frames,
+            // both ways.
+            let ch = channel(&conn).await;
+            let q = declare_server_named(&ch).await;
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+            publish(&ch, "", &q, &body).await;
+            let got = get_within(&ch, &q, STEP_DEADLINE).await;
+            assert_eq!(got.delivery.data, body);
+        })
+    }
+);
 
 broker_test!(client_close_is_answered_with_close_ok, |b| {
     run(async {
         let conn = connect(&b.url()).await;
         let _ch = channel(&conn).await;
-        step("connection.close", conn.close(200, "done")).await.expect("close-ok");
+        step("connection.close", conn.close(200, "done"))
+            .await
+            .expect("close-ok");
         assert!(
             eventually(STEP_DEADLINE, || conn.status().closed()).await,
             "state {:?}",

@@ -13,7 +13,10 @@ fn qopts() -> QueueDeclareOptions {
 }
 
 fn exclusive() -> QueueDeclareOptions {
-    QueueDeclareOptions { exclusive: true, ..qopts() }
+    QueueDeclareOptions {
+        exclusive: true,
+        ..qopts()
+    }
 }
 
 broker_test!(server_named_queue_gets_amq_gen_prefix, |b| {
@@ -45,13 +48,23 @@ broker_test!(declare_is_idempotent_with_equal_properties, |b| {
         let (_c, ch) = open(&b.url()).await;
         let q = unique("same-q");
         let args = table(&[("x-max-length", AMQPValue::LongInt(10))]);
-        declare_queue_with(&ch, &q, qopts(), args.clone()).await.unwrap();
+        declare_queue_with(&ch, &q, qopts(), args.clone())
+            .await
+            .unwrap();
         let again = declare_queue_with(&ch, &q, qopts(), args).await.unwrap();
         assert_eq!(again.name().as_str(), q);
         // A passive declare ignores flags and arguments.
-        let passive = QueueDeclareOptions { passive: true, durable: true, ..qopts() };
-        declare_queue_with(&ch, &q, passive, FieldTable::default()).await.unwrap();
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..qopts()
+        };
+        declare_queue_with(&ch, &q, passive, FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -73,108 +86,182 @@ async fn redeclare_mismatch(
     text
 }
 
-broker_test!(redeclare_queue_with_other_durable_flag_closes_channel_406, |b| {
-    run(async {
-        let text = redeclare_mismatch(
-            b,
-            (qopts(), FieldTable::default()),
-            (QueueDeclareOptions { durable: true, ..qopts() }, FieldTable::default()),
-            406,
-        )
-        .await;
-        assert!(text.starts_with("PRECONDITION_FAILED - inequivalent arg 'durable'"), "{:?}", text);
-    })
-});
+broker_test!(
+    redeclare_queue_with_other_durable_flag_closes_channel_406,
+    |b| {
+        run(async {
+            let text = redeclare_mismatch(
+                b,
+                (qopts(), FieldTable::default()),
+                (
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..qopts()
+                    },
+                    FieldTable::default(),
+                ),
+                406,
+            )
+            .await;
+            assert!(
+                text.starts_with("PRECONDITION_FAILED - inequivalent arg 'durable'"),
+                "{:?}",
+                text
+            );
+        })
+    }
+);
 
-broker_test!(redeclare_queue_with_other_auto_delete_flag_closes_channel_406, |b| {
-    run(async {
-        let text = redeclare_mismatch(
-            b,
-            (qopts(), FieldTable::default()),
-            (QueueDeclareOptions { auto_delete: true, ..qopts() }, FieldTable::default()),
-            406,
-        )
-        .await;
-        assert!(text.starts_with("PRECONDITION_FAILED - inequivalent arg 'auto_delete'"), "{:?}", text);
-    })
-});
+broker_test!(
+    redeclare_queue_with_other_auto_delete_flag_closes_channel_406,
+    |b| {
+        run(async {
+            let text = redeclare_mismatch(
+                b,
+                (qopts(), FieldTable::default()),
+                (
+                    QueueDeclareOptions {
+                        auto_delete: true,
+                        ..qopts()
+                    },
+                    FieldTable::default(),
+                ),
+                406,
+            )
+            .await;
+            assert!(
+                text.starts_with("PRECONDITION_FAILED - inequivalent arg 'auto_delete'"),
+                "{:?}",
+                text
+            );
+        })
+    }
+);
 
-broker_test!(redeclare_queue_with_other_arguments_closes_channel_406, |b| {
-    run(async {
-        let text = redeclare_mismatch(
-            b,
-            (qopts(), table(&[("x-max-length", AMQPValue::LongInt(10))])),
-            (qopts(), table(&[("x-max-length", AMQPValue::LongInt(20))])),
-            406,
-        )
-        .await;
-        assert!(text.starts_with("PRECONDITION_FAILED - inequivalent arg 'x-max-length'"), "{:?}", text);
-        // Adding an argument the queue was declared without is also inequivalent.
-        redeclare_mismatch(
-            b,
-            (qopts(), FieldTable::default()),
-            (qopts(), table(&[("x-message-ttl", AMQPValue::LongInt(1000))])),
-            406,
-        )
-        .await;
-    })
-});
+broker_test!(
+    redeclare_queue_with_other_arguments_closes_channel_406,
+    |b| {
+        run(async {
+            let text = redeclare_mismatch(
+                b,
+                (qopts(), table(&[("x-max-length", AMQPValue::LongInt(10))])),
+                (qopts(), table(&[("x-max-length", AMQPValue::LongInt(20))])),
+                406,
+            )
+            .await;
+            assert!(
+                text.starts_with("PRECONDITION_FAILED - inequivalent arg 'x-max-length'"),
+                "{:?}",
+                text
+            );
+            // Adding an argument the queue was declared without is also inequivalent.
+            redeclare_mismatch(
+                b,
+                (qopts(), FieldTable::default()),
+                (
+                    qopts(),
+                    table(&[("x-message-ttl", AMQPValue::LongInt(1000))]),
+                ),
+                406,
+            )
+            .await;
+        })
+    }
+);
 
-broker_test!(redeclare_shared_queue_as_exclusive_closes_channel_405, |b| {
-    run(async {
-        // RabbitMQ treats an exclusive redeclare of a non-exclusive queue as a
-        // lock conflict (405 RESOURCE_LOCKED), not an equivalence failure (406).
-        let text = redeclare_mismatch(
-            b,
-            (qopts(), FieldTable::default()),
-            (exclusive(), FieldTable::default()),
-            405,
-        )
-        .await;
-        assert!(text.starts_with("RESOURCE_LOCKED"), "{:?}", text);
-    })
-});
+broker_test!(
+    redeclare_shared_queue_as_exclusive_closes_channel_405,
+    |b| {
+        run(async {
+            // RabbitMQ treats an exclusive redeclare of a non-exclusive queue as a
+            // lock conflict (405 RESOURCE_LOCKED), not an equivalence failure (406).
+            let text = redeclare_mismatch(
+                b,
+                (qopts(), FieldTable::default()),
+                (exclusive(), FieldTable::default()),
+                405,
+            )
+            .await;
+            assert!(text.starts_with("RESOURCE_LOCKED"), "{:?}", text);
+        })
+    }
+);
 
-broker_test!(redeclare_own_exclusive_queue_as_shared_closes_channel_405, |b| {
-    run(async {
-        // Also a lock conflict in RabbitMQ, even on the owning connection:
-        // "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '...' in
-        // vhost '/'. It could be originally declared on another connection or the
-        // exclusive property value does not match that of the original declaration."
-        let (conn, ch) = open(&b.url()).await;
-        let q = unique("excl-q");
-        declare_queue_with(&ch, &q, exclusive(), FieldTable::default()).await.unwrap();
-        let text = expect_code(declare_queue_with(&ch, &q, qopts(), FieldTable::default()).await, 405);
-        assert!(text.starts_with("RESOURCE_LOCKED - cannot obtain exclusive access"), "{:?}", text);
-        wait_channel_closed(&ch).await;
-        assert!(queue_exists(&conn, &q).await);
-        assert_connection_usable(&conn).await;
-    })
-});
+broker_test!(
+    redeclare_own_exclusive_queue_as_shared_closes_channel_405,
+    |b| {
+        run(async {
+            // Also a lock conflict in RabbitMQ, even on the owning connection:
+            // "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '...' in
+            // vhost '/'. It could be originally declared on another connection or the
+            // exclusive property value does not match that of the original declaration."
+            let (conn, ch) = open(&b.url()).await;
+            let q = unique("excl-q");
+            declare_queue_with(&ch, &q, exclusive(), FieldTable::default())
+                .await
+                .unwrap();
+            let text = expect_code(
+                declare_queue_with(&ch, &q, qopts(), FieldTable::default()).await,
+                405,
+            );
+            assert!(
+                text.starts_with("RESOURCE_LOCKED - cannot obtain exclusive access"),
+                "{:?}",
+                text
+            );
+            wait_channel_closed(&ch).await;
+            assert!(queue_exists(&conn, &q).await);
+            assert_connection_usable(&conn).await;
+        })
+    }
+);
 
 broker_test!(exclusive_queue_is_locked_to_its_connection_405, |b| {
     run(async {
         let (owner, och) = open(&b.url()).await;
         let q = unique("excl-q");
-        declare_queue_with(&och, &q, exclusive(), FieldTable::default()).await.unwrap();
+        declare_queue_with(&och, &q, exclusive(), FieldTable::default())
+            .await
+            .unwrap();
 
         let (other, ch) = open(&b.url()).await;
         let text = expect_code(passive_declare_queue(&ch, &q).await, 405);
         assert!(text.starts_with("RESOURCE_LOCKED"), "{:?}", text);
         let ch = channel(&other).await;
         expect_code(
-            step("basic.consume", ch.basic_consume(&q, "", BasicConsumeOptions::default(), FieldTable::default())).await,
+            step(
+                "basic.consume",
+                ch.basic_consume(
+                    &q,
+                    "",
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await,
             405,
         );
         let ch = channel(&other).await;
-        expect_code(step("basic.get", ch.basic_get(&q, BasicGetOptions::default())).await, 405);
+        expect_code(
+            step("basic.get", ch.basic_get(&q, BasicGetOptions::default())).await,
+            405,
+        );
         let ch = channel(&other).await;
-        expect_code(step("queue.delete", ch.queue_delete(&q, QueueDeleteOptions::default())).await, 405);
+        expect_code(
+            step(
+                "queue.delete",
+                ch.queue_delete(&q, QueueDeleteOptions::default()),
+            )
+            .await,
+            405,
+        );
 
         // Publishing to it from another connection is allowed, and the owner still uses it.
         let ch = channel(&other).await;
         assert_channel_usable(&ch).await;
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
         publish(&ch, "", &q, b"for the owner").await;
         let got = get_within(&och, &q, STEP_DEADLINE).await;
         assert_eq!(got.delivery.data, b"for the owner");
@@ -186,7 +273,9 @@ broker_test!(exclusive_queue_is_deleted_when_its_connection_closes, |b| {
     run(async {
         let (owner, och) = open(&b.url()).await;
         let q = unique("excl-q");
-        declare_queue_with(&och, &q, exclusive(), FieldTable::default()).await.unwrap();
+        declare_queue_with(&och, &q, exclusive(), FieldTable::default())
+            .await
+            .unwrap();
         let watcher = connect(&b.url()).await;
         // From the outside the queue exists but is locked.
         let ch = channel(&watcher).await;
@@ -204,57 +293,83 @@ broker_test!(exclusive_queue_is_deleted_when_its_connection_closes, |b| {
     })
 });
 
-broker_test!(auto_delete_queue_lives_until_its_last_consumer_cancels, |b| {
-    run(async {
-        let (setup_conn, setup) = open(&b.url()).await;
-        let q = unique("ad-q");
-        declare_queue_with(&setup, &q, QueueDeclareOptions { auto_delete: true, ..qopts() }, FieldTable::default())
+broker_test!(
+    auto_delete_queue_lives_until_its_last_consumer_cancels,
+    |b| {
+        run(async {
+            let (setup_conn, setup) = open(&b.url()).await;
+            let q = unique("ad-q");
+            declare_queue_with(
+                &setup,
+                &q,
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..qopts()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        // No consumer yet: it stays.
-        sleep(QUIET_PERIOD).await;
-        assert!(queue_exists(&setup_conn, &q).await);
+            // No consumer yet: it stays.
+            sleep(QUIET_PERIOD).await;
+            assert!(queue_exists(&setup_conn, &q).await);
 
-        let (_c1, ch1) = open(&b.url()).await;
-        let (_c2, ch2) = open(&b.url()).await;
-        let _k1 = consume(&ch1, &q, "first", BasicConsumeOptions::default()).await;
-        let _k2 = consume(&ch2, &q, "second", BasicConsumeOptions::default()).await;
-        ch1.basic_cancel("first", BasicCancelOptions::default()).await.unwrap();
-        assert!(queue_exists(&setup_conn, &q).await, "one consumer is left");
-        ch2.basic_cancel("second", BasicCancelOptions::default()).await.unwrap();
-        let mut gone = false;
-        for _ in 0..100 {
-            if !queue_exists(&setup_conn, &q).await {
-                gone = true;
-                break;
+            let (_c1, ch1) = open(&b.url()).await;
+            let (_c2, ch2) = open(&b.url()).await;
+            let _k1 = consume(&ch1, &q, "first", BasicConsumeOptions::default()).await;
+            let _k2 = consume(&ch2, &q, "second", BasicConsumeOptions::default()).await;
+            ch1.basic_cancel("first", BasicCancelOptions::default())
+                .await
+                .unwrap();
+            assert!(queue_exists(&setup_conn, &q).await, "one consumer is left");
+            ch2.basic_cancel("second", BasicCancelOptions::default())
+                .await
+                .unwrap();
+            let mut gone = false;
+            for _ in 0..100 {
+                if !queue_exists(&setup_conn, &q).await {
+                    gone = true;
+                    break;
+                }
+                sleep(std::time::Duration::from_millis(20)).await;
             }
-            sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(gone, "auto-delete queue survived its last consumer");
-    })
-});
+            assert!(gone, "auto-delete queue survived its last consumer");
+        })
+    }
+);
 
-broker_test!(auto_delete_queue_goes_when_its_consumers_channel_closes, |b| {
-    run(async {
-        let (setup_conn, setup) = open(&b.url()).await;
-        let q = unique("ad-q");
-        declare_queue_with(&setup, &q, QueueDeclareOptions { auto_delete: true, ..qopts() }, FieldTable::default())
+broker_test!(
+    auto_delete_queue_goes_when_its_consumers_channel_closes,
+    |b| {
+        run(async {
+            let (setup_conn, setup) = open(&b.url()).await;
+            let q = unique("ad-q");
+            declare_queue_with(
+                &setup,
+                &q,
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..qopts()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        let (_c1, ch1) = open(&b.url()).await;
-        let _k = consume(&ch1, &q, "", BasicConsumeOptions::default()).await;
-        ch1.close(200, "bye").await.unwrap();
-        let mut gone = false;
-        for _ in 0..100 {
-            if !queue_exists(&setup_conn, &q).await {
-                gone = true;
-                break;
+            let (_c1, ch1) = open(&b.url()).await;
+            let _k = consume(&ch1, &q, "", BasicConsumeOptions::default()).await;
+            ch1.close(200, "bye").await.unwrap();
+            let mut gone = false;
+            for _ in 0..100 {
+                if !queue_exists(&setup_conn, &q).await {
+                    gone = true;
+                    break;
+                }
+                sleep(std::time::Duration::from_millis(20)).await;
             }
-            sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(gone);
-    })
-});
+            assert!(gone);
+        })
+    }
+);
 
 broker_test!(declare_ok_reports_ready_messages_and_consumers, |b| {
     run(async {
@@ -280,8 +395,12 @@ broker_test!(declare_ok_reports_ready_messages_and_consumers, |b| {
         let d = passive_declare_queue(&ch, &q).await.unwrap();
         assert_eq!(d.message_count(), 2);
         m.delivery.ack(BasicAckOptions::default()).await.unwrap();
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
-        ch.queue_delete(&q2, QueueDeleteOptions::default()).await.unwrap();
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.queue_delete(&q2, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -289,7 +408,10 @@ broker_test!(declare_queue_with_amq_prefix_closes_channel_403, |b| {
     run(async {
         let (conn, ch) = open(&b.url()).await;
         let q = format!("amq.{}", unique("foo"));
-        let text = expect_code(declare_queue_with(&ch, &q, qopts(), FieldTable::default()).await, 403);
+        let text = expect_code(
+            declare_queue_with(&ch, &q, qopts(), FieldTable::default()).await,
+            403,
+        );
         assert!(text.starts_with("ACCESS_REFUSED"), "{:?}", text);
         wait_channel_closed(&ch).await;
         assert_connection_usable(&conn).await;
@@ -302,14 +424,27 @@ broker_test!(bind_and_unbind_control_routing, |b| {
         let (_c2, publisher) = open_confirming(&b.url()).await;
         let q = vec![unique("bind-q")];
         declare_queue(&setup, &q[0]).await;
-        assert!(routed_to(&publisher, &setup, "amq.direct", &q[0], None, &q).await.is_empty());
+        assert!(routed_to(&publisher, &setup, "amq.direct", &q[0], None, &q)
+            .await
+            .is_empty());
         bind(&setup, &q[0], "amq.direct", "k1").await;
-        assert_eq!(routed_to(&publisher, &setup, "amq.direct", "k1", None, &q).await, vec![0]);
+        assert_eq!(
+            routed_to(&publisher, &setup, "amq.direct", "k1", None, &q).await,
+            vec![0]
+        );
         // Binding twice is a no-op.
         bind(&setup, &q[0], "amq.direct", "k1").await;
-        setup.queue_unbind(&q[0], "amq.direct", "k1", FieldTable::default()).await.unwrap();
-        assert!(routed_to(&publisher, &setup, "amq.direct", "k1", None, &q).await.is_empty());
-        setup.queue_delete(&q[0], QueueDeleteOptions::default()).await.unwrap();
+        setup
+            .queue_unbind(&q[0], "amq.direct", "k1", FieldTable::default())
+            .await
+            .unwrap();
+        assert!(routed_to(&publisher, &setup, "amq.direct", "k1", None, &q)
+            .await
+            .is_empty());
+        setup
+            .queue_delete(&q[0], QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -317,9 +452,12 @@ broker_test!(unbind_of_missing_binding_is_ok, |b| {
     run(async {
         let (conn, ch) = open(&b.url()).await;
         let q = declare_server_named(&ch).await;
-        step("queue.unbind", ch.queue_unbind(&q, "amq.direct", "never-bound", FieldTable::default()))
-            .await
-            .expect("RabbitMQ answers unbind-ok for a binding that does not exist");
+        step(
+            "queue.unbind",
+            ch.queue_unbind(&q, "amq.direct", "never-bound", FieldTable::default()),
+        )
+        .await
+        .expect("RabbitMQ answers unbind-ok for a binding that does not exist");
         assert!(ch.status().connected());
         assert_connection_usable(&conn).await;
     })
@@ -332,7 +470,13 @@ broker_test!(bind_to_missing_exchange_closes_channel_404, |b| {
         let q = declare_server_named(&keep).await;
         let r = step(
             "queue.bind",
-            ch.queue_bind(&q, &unique("missing-x"), "k", QueueBindOptions::default(), FieldTable::default()),
+            ch.queue_bind(
+                &q,
+                &unique("missing-x"),
+                "k",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
         )
         .await;
         let text = expect_code(r, 404);
@@ -346,7 +490,13 @@ broker_test!(bind_of_missing_queue_closes_channel_404, |b| {
         let (conn, ch) = open(&b.url()).await;
         let r = step(
             "queue.bind",
-            ch.queue_bind(&unique("missing-q"), "amq.direct", "k", QueueBindOptions::default(), FieldTable::default()),
+            ch.queue_bind(
+                &unique("missing-q"),
+                "amq.direct",
+                "k",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
         )
         .await;
         let text = expect_code(r, 404);
@@ -364,20 +514,51 @@ broker_test!(purge_removes_ready_messages_and_returns_their_count, |b| {
         fill_queue(&publisher, &q, &[b"1", b"2", b"3", b"4"]).await;
         // One message is out for delivery and unacked: purge leaves it alone.
         let held = get(&ch, &q, false).await.expect("message");
-        assert_eq!(step("queue.purge", ch.queue_purge(&q, QueuePurgeOptions::default())).await.unwrap(), 3);
-        assert_eq!(step("queue.purge", ch.queue_purge(&q, QueuePurgeOptions::default())).await.unwrap(), 0);
-        held.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
+        assert_eq!(
+            step(
+                "queue.purge",
+                ch.queue_purge(&q, QueuePurgeOptions::default())
+            )
+            .await
+            .unwrap(),
+            3
+        );
+        assert_eq!(
+            step(
+                "queue.purge",
+                ch.queue_purge(&q, QueuePurgeOptions::default())
+            )
+            .await
+            .unwrap(),
+            0
+        );
+        held.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let back = get_within(&ch, &q, STEP_DEADLINE).await;
         assert_eq!(back.delivery.data, b"1");
         assert!(back.delivery.redelivered);
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
 broker_test!(purge_of_missing_queue_closes_channel_404, |b| {
     run(async {
         let (conn, ch) = open(&b.url()).await;
-        expect_code(step("queue.purge", ch.queue_purge(&unique("missing-q"), QueuePurgeOptions::default())).await, 404);
+        expect_code(
+            step(
+                "queue.purge",
+                ch.queue_purge(&unique("missing-q"), QueuePurgeOptions::default()),
+            )
+            .await,
+            404,
+        );
         assert_connection_usable(&conn).await;
     })
 });
@@ -389,7 +570,12 @@ broker_test!(delete_returns_the_number_of_messages_deleted, |b| {
         let q = unique("del-q");
         declare_queue(&ch, &q).await;
         fill_queue(&publisher, &q, &[b"1", b"2", b"3"]).await;
-        let n = step("queue.delete", ch.queue_delete(&q, QueueDeleteOptions::default())).await.unwrap();
+        let n = step(
+            "queue.delete",
+            ch.queue_delete(&q, QueueDeleteOptions::default()),
+        )
+        .await
+        .unwrap();
         assert_eq!(n, 3);
         assert!(!queue_exists(&conn, &q).await);
     })
@@ -398,9 +584,12 @@ broker_test!(delete_returns_the_number_of_messages_deleted, |b| {
 broker_test!(delete_of_missing_queue_is_ok_with_zero_messages, |b| {
     run(async {
         let (conn, ch) = open(&b.url()).await;
-        let n = step("queue.delete", ch.queue_delete(&unique("missing-q"), QueueDeleteOptions::default()))
-            .await
-            .expect("RabbitMQ answers delete-ok for a missing queue");
+        let n = step(
+            "queue.delete",
+            ch.queue_delete(&unique("missing-q"), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("RabbitMQ answers delete-ok for a missing queue");
         assert_eq!(n, 0);
         assert_channel_usable(&ch).await;
         assert_connection_usable(&conn).await;
@@ -416,14 +605,22 @@ broker_test!(delete_if_unused_with_a_consumer_closes_channel_406, |b| {
         let _k = consume(&cch, &q, "", BasicConsumeOptions::default()).await;
         let r = step(
             "queue.delete",
-            ch.queue_delete(&q, QueueDeleteOptions { if_unused: true, ..Default::default() }),
+            ch.queue_delete(
+                &q,
+                QueueDeleteOptions {
+                    if_unused: true,
+                    ..Default::default()
+                },
+            ),
         )
         .await;
         let text = expect_code(r, 406);
         assert!(text.starts_with("PRECONDITION_FAILED"), "{:?}", text);
         assert!(queue_exists(&conn, &q).await);
         let ch2 = channel(&conn).await;
-        ch2.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        ch2.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
     })
 });
 
@@ -436,7 +633,13 @@ broker_test!(delete_if_empty_with_messages_closes_channel_406, |b| {
         fill_queue(&publisher, &q, &[b"1"]).await;
         let r = step(
             "queue.delete",
-            ch.queue_delete(&q, QueueDeleteOptions { if_empty: true, ..Default::default() }),
+            ch.queue_delete(
+                &q,
+                QueueDeleteOptions {
+                    if_empty: true,
+                    ..Default::default()
+                },
+            ),
         )
         .await;
         let text = expect_code(r, 406);
@@ -445,7 +648,15 @@ broker_test!(delete_if_empty_with_messages_closes_channel_406, |b| {
         // Once empty, if-empty deletes it.
         let ch2 = channel(&conn).await;
         get_within(&ch2, &q, STEP_DEADLINE).await;
-        let n = ch2.queue_delete(&q, QueueDeleteOptions { if_empty: true, if_unused: true, ..Default::default() })
+        let n = ch2
+            .queue_delete(
+                &q,
+                QueueDeleteOptions {
+                    if_empty: true,
+                    if_unused: true,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(n, 0);
@@ -461,8 +672,19 @@ broker_test!(deleting_a_queue_cancels_its_consumers, |b| {
         let q = unique("doomed-q");
         declare_queue(&ch, &q).await;
         let mut k1 = consume(&cch, &q, "", BasicConsumeOptions::default()).await;
-        let mut k2 = consume(&cch3, &q, "", BasicConsumeOptions { no_ack: true, ..Default::default() }).await;
-        ch.queue_delete(&q, QueueDeleteOptions::default()).await.unwrap();
+        let mut k2 = consume(
+            &cch3,
+            &q,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap();
         // The broker sends basic.cancel (consumer_cancel_notify); lapin ends the stream.
         expect_cancelled(&mut k1).await;
         expect_cancelled(&mut k2).await;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::protocol::{FieldTable, FieldValue};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     password: String,

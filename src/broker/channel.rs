@@ -136,8 +136,10 @@ impl Confirms {
     }
 }
 
-/// Transactional work held until tx.commit.
+/// Transactional work held until tx.commit. Publishes are kept as the very
+/// shard messages a commit sends, so commit moves them without rebuilding.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum TxOp {
     Publish(ShardId, ShardMsg),
     Settle {
@@ -236,14 +238,18 @@ impl Connection {
         let (class_id, method_id) = (method.class_id(), method.method_id());
         let Some(ch) = self.channels.get_mut(&channel) else {
             match method {
-                Method::ChannelOpen(_) if channel > self.channel_max => self.connection_error(
-                    AmqpError::not_allowed(format!(
-                        "channel number {} exceeds the negotiated channel_max {}",
-                        channel, self.channel_max
-                    ))
-                    .with_method(class_id, method_id),
-                    now,
-                ),
+                // RabbitMQ limits how many channels are open, not their numbers.
+                Method::ChannelOpen(_) if self.channels.len() >= self.channel_max as usize => {
+                    let open = self.channels.len();
+                    self.connection_error(
+                        AmqpError::not_allowed(format!(
+                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                            open, self.channel_max
+                        ))
+                        .with_method(class_id, method_id),
+                        now,
+                    )
+                }
                 Method::ChannelOpen(_) => {
                     self.channels.insert(channel, Channel::new(channel));
                     self.wire.method(channel, &ChannelOpenOk {}.into());

@@ -149,6 +149,8 @@ pub struct Connection {
     /// Scratch space for routing, reused by every publish on this connection.
     pub(crate) route_scratch: Vec<Destination>,
     pub(crate) route_out: Vec<QueueRef>,
+    /// The client closed the connection: it closes the socket too.
+    pub closed_by_client: bool,
 }
 
 impl Connection {
@@ -178,6 +180,7 @@ impl Connection {
             name_state: conn.conn.0.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ conn.shard.0 as u64,
             route_scratch: Vec::new(),
             route_out: Vec::new(),
+            closed_by_client: false,
         }
     }
 
@@ -293,7 +296,11 @@ impl Connection {
             return;
         }
         match frame {
-            Frame::Heartbeat { .. } => {}
+            Frame::Heartbeat { channel: 0 } => {}
+            Frame::Heartbeat { channel } => self.connection_error(
+                AmqpError::unexpected_frame(format!("heartbeat frame on channel {}", channel)),
+                env.now,
+            ),
             Frame::Method { channel: 0, method } => {
                 let (class_id, method_id) = (method.class_id(), method.method_id());
                 if let Err(error) = self.connection_method(method, env) {
@@ -392,8 +399,12 @@ impl Connection {
             (Phase::Running, Method::ConnectionUpdateSecret(_)) => Err(AmqpError::not_implemented(
                 "connection.update-secret is not supported",
             )),
+            (Phase::Running, method) => Err(AmqpError::channel_error(format!(
+                "unexpected method {} in connection state running",
+                method.name()
+            ))),
             (_, method) => Err(AmqpError::command_invalid(format!(
-                "unexpected method {} on channel 0",
+                "unexpected method {} during the handshake",
                 method.name()
             ))),
         }
@@ -413,7 +424,9 @@ impl Connection {
             ),
         };
         warn!(peer = %self.peer, ?failure, "login refused");
-        if self.capabilities.authentication_failure_close {
+        if self.capabilities.authentication_failure_close
+            && failure != AuthFailure::UnknownMechanism
+        {
             self.connection_error(AmqpError::access_refused(text), now);
         } else {
             // Without the capability RabbitMQ just drops the socket.
@@ -422,6 +435,7 @@ impl Connection {
     }
 
     fn close_by_client(&mut self) {
+        self.closed_by_client = true;
         let opened = self.phase == Phase::Running;
         self.release_all_channels();
         if opened {

@@ -425,12 +425,11 @@ impl ShardState {
         };
         let mut deliveries = std::mem::take(&mut self.deliveries);
         q.dispatch(&mut deliveries);
+        // Local deliveries too go through the queue of local work, so that
+        // they reach the channel after any reply sent before them (a
+        // consume-ok must precede the consumer's first delivery).
         for delivery in deliveries.drain(..) {
-            if delivery.conn.shard == self.id {
-                self.deliver(delivery);
-            } else {
-                self.send(delivery.conn.shard, ShardMsg::Deliver(delivery));
-            }
+            self.send(delivery.conn.shard, ShardMsg::Deliver(delivery));
         }
         self.deliveries = deliveries;
     }
@@ -652,6 +651,14 @@ impl ShardState {
 
     pub fn connection_is_closed(&self, id: ConnId) -> bool {
         self.connections.get(&id).is_none_or(|c| c.is_closed())
+    }
+
+    /// True if the client sent connection.close: as RabbitMQ does, we
+    /// answer close-ok and leave closing the socket to the client.
+    pub fn connection_closed_by_client(&self, id: ConnId) -> bool {
+        self.connections
+            .get(&id)
+            .is_some_and(|c| c.closed_by_client)
     }
 
     /// The socket failed or the reader finished: release what is left.

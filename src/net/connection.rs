@@ -125,10 +125,11 @@ async fn write_loop(stream: Stream, state: Shared, id: ConnId, wake: Notify) {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
         let closed = loop {
-            let closed = match state.borrow_mut().take_output(id, &mut spare) {
-                Some(closed) => closed,
-                None => true,
-            };
+            // A connection that is gone counts as closed.
+            let closed = state
+                .borrow_mut()
+                .take_output(id, &mut spare)
+                .unwrap_or(true);
             if spare.is_empty() {
                 break closed;
             }
@@ -143,19 +144,24 @@ async fn write_loop(stream: Stream, state: Shared, id: ConnId, wake: Notify) {
         }
         wake.wait().await;
     }
-    // Close our side first and let the client close its own, so that the
-    // last frames we wrote (a connection.close) are not lost to a reset.
-    let _ = poll_fn(|cx| {
-        let mut stream = stream.borrow_mut();
-        Pin::new(&mut *stream).poll_close(cx)
-    })
-    .await;
-    let deadline = Instant::now() + LINGER;
+    // Unless the client closed the connection (then it closes the socket,
+    // as with RabbitMQ), close our side first and let the client close its
+    // own, so that the last frames we wrote are not lost to a reset.
+    let by_client = state.borrow().connection_closed_by_client(id);
+    if !by_client {
+        let _ = poll_fn(|cx| {
+            let mut stream = stream.borrow_mut();
+            Pin::new(&mut *stream).poll_close(cx)
+        })
+        .await;
+    }
+    let linger = if by_client { LINGER * 10 } else { LINGER };
+    let deadline = Instant::now() + linger;
     let mut sink = BytesMut::with_capacity(4096);
     while Instant::now() < deadline {
         sink.clear();
         let read = future::or(async { Some(read_some(&stream, &mut sink).await) }, async {
-            glommio::timer::sleep(LINGER).await;
+            glommio::timer::sleep(linger).await;
             None
         })
         .await;

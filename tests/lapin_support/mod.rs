@@ -193,12 +193,21 @@ impl ErrorWatch {
 /// Waits until the channel is no longer usable (closed by the server).
 pub async fn wait_channel_closed(ch: &Channel) {
     let ok = eventually(STEP_DEADLINE, || !ch.status().connected()).await;
-    assert!(ok, "channel {} still open, state {:?}", ch.id(), ch.status().state());
+    assert!(
+        ok,
+        "channel {} still open, state {:?}",
+        ch.id(),
+        ch.status().state()
+    );
 }
 
 pub async fn wait_connection_closed(conn: &Connection) {
     let ok = eventually(STEP_DEADLINE, || !conn.status().connected()).await;
-    assert!(ok, "connection still open, state {:?}", conn.status().state());
+    assert!(
+        ok,
+        "connection still open, state {:?}",
+        conn.status().state()
+    );
 }
 
 /// Proves a connection still works: a new channel can declare, publish to and
@@ -424,12 +433,9 @@ pub async fn fill_queue(ch: &Channel, queue: &str, bodies: &[&[u8]]) {
 }
 
 pub async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<BasicGetMessage> {
-    step(
-        "basic.get",
-        ch.basic_get(queue, BasicGetOptions { no_ack }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("basic.get {}: {}", queue, e))
+    step("basic.get", ch.basic_get(queue, BasicGetOptions { no_ack }))
+        .await
+        .unwrap_or_else(|e| panic!("basic.get {}: {}", queue, e))
 }
 
 /// basic.get (no_ack) repeated until a message arrives or `limit` passes.
@@ -446,7 +452,12 @@ pub async fn get_within(ch: &Channel, queue: &str, limit: Duration) -> BasicGetM
     }
 }
 
-pub async fn consume(ch: &Channel, queue: &str, tag: &str, options: BasicConsumeOptions) -> Consumer {
+pub async fn consume(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    options: BasicConsumeOptions,
+) -> Consumer {
     step(
         "basic.consume",
         ch.basic_consume(queue, tag, options, FieldTable::default()),
@@ -543,7 +554,12 @@ pub async fn routed_to(
             assert_eq!(m.delivery.data, body.as_bytes());
             copies += 1;
         }
-        assert!(copies <= 1, "queue {} got {} copies of one message", q, copies);
+        assert!(
+            copies <= 1,
+            "queue {} got {} copies of one message",
+            q,
+            copies
+        );
         if copies == 1 {
             hit.push(i);
         }
@@ -582,10 +598,16 @@ pub mod raw {
     impl RawConn {
         /// Connects and sends the AMQP 0-9-1 protocol header.
         pub fn open(addr: SocketAddr) -> RawConn {
-            let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("tcp connect");
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let stream =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("tcp connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
             stream.set_nodelay(true).unwrap();
-            let mut c = RawConn { stream, buf: Vec::new() };
+            let mut c = RawConn {
+                stream,
+                buf: Vec::new(),
+            };
             c.stream.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
             c
         }
