@@ -555,39 +555,50 @@ impl Connection {
         self.pause();
     }
 
-    pub(crate) fn channel_frame_header(&mut self, channel: u16, header: ContentHeader, env: &Env) {
-        let now = env.now;
+    /// The publish a header (`header` true) or body frame continues, as
+    /// RabbitMQ's command assembler checks it: Ok(None) on a closing channel
+    /// (the frame is dropped), an error if the frame is out of place.
+    fn content_for_frame(
+        &mut self,
+        channel: u16,
+        header: bool,
+    ) -> Result<Option<&mut Content>, AmqpError> {
         let Some(ch) = self.channels.get_mut(&channel) else {
-            self.connection_error(
-                AmqpError::channel_error(format!("expected 'channel.open' on channel {}", channel)),
-                now,
-            );
-            return;
+            return Err(AmqpError::channel_error(format!(
+                "expected 'channel.open' on channel {}",
+                channel
+            )));
         };
         if ch.closing {
-            return;
+            return Ok(None);
         }
-        let content = match ch.content.as_mut() {
-            Some(content) if content.header.is_none() => content,
-            _ => {
-                self.connection_error(
-                    AmqpError::unexpected_frame(
-                        "expected method frame, got non method frame instead",
-                    ),
-                    now,
-                );
-                return;
+        match ch.content.as_mut() {
+            None => Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )),
+            Some(content) if content.header.is_some() == header => {
+                Err(AmqpError::unexpected_frame(if header {
+                    "expected content body, got non content body frame instead"
+                } else {
+                    "expected content header for class 60, got non content header frame instead"
+                }))
             }
+            Some(content) => Ok(Some(content)),
+        }
+    }
+
+    pub(crate) fn channel_frame_header(&mut self, channel: u16, header: ContentHeader, env: &Env) {
+        let content = match self.content_for_frame(channel, true) {
+            Ok(Some(content)) => content,
+            Ok(None) => return,
+            Err(error) => return self.connection_error(error, env.now),
         };
         if header.class_id != BASIC_CLASS {
-            self.connection_error(
-                AmqpError::unexpected_frame(format!(
-                    "expected content header for class 60, got class {}",
-                    header.class_id
-                )),
-                now,
-            );
-            return;
+            let error = AmqpError::unexpected_frame(format!(
+                "expected content header for class 60, got class {}",
+                header.class_id
+            ));
+            return self.connection_error(error, env.now);
         }
         let complete = header.body_size == 0;
         content.header = Some(header);
@@ -598,27 +609,10 @@ impl Connection {
 
     pub(crate) fn channel_frame_body(&mut self, channel: u16, payload: Bytes, env: &Env) {
         let now = env.now;
-        let Some(ch) = self.channels.get_mut(&channel) else {
-            self.connection_error(
-                AmqpError::channel_error(format!("expected 'channel.open' on channel {}", channel)),
-                now,
-            );
-            return;
-        };
-        if ch.closing {
-            return;
-        }
-        let content = match ch.content.as_mut() {
-            Some(content) if content.header.is_some() => content,
-            _ => {
-                self.connection_error(
-                    AmqpError::unexpected_frame(
-                        "expected method frame, got non method frame instead",
-                    ),
-                    now,
-                );
-                return;
-            }
+        let content = match self.content_for_frame(channel, false) {
+            Ok(Some(content)) => content,
+            Ok(None) => return,
+            Err(error) => return self.connection_error(error, now),
         };
         let body_size = content.header.as_ref().map_or(0, |h| h.body_size);
         content.received += payload.len() as u64;
