@@ -8,7 +8,10 @@ use std::time::Instant;
 use bytes::BytesMut;
 use warren::broker::exchange::topic::TopicRouter;
 use warren::broker::exchange::{Binding, Destination};
-use warren::broker::ids::{QueueId, QueueRef, ShardId};
+use warren::broker::ids::{ConnId, ConnRef, QueueId, QueueRef, ShardId};
+use warren::broker::message::Message;
+use warren::broker::queue::{ConsumerSpec, Queue, Settle};
+use warren::broker::vhost::QueueMeta;
 use warren::protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicPublish,
     FieldTable, Frame, Method, Properties, ShortStr,
@@ -118,7 +121,54 @@ fn topic_routing() {
     report("topic route, 10,000 bindings (100 match)", ns);
 }
 
+/// A queue with one consumer: publish, dispatch (deliver) and ack, in
+/// batches of 100 as a consumer with prefetch and multi-ack would see them.
+fn queue_cycle() {
+    let mut queue = Queue::new(QueueMeta {
+        id: QueueId(1),
+        name: ShortStr::from("bench"),
+        shard: ShardId(0),
+        durable: false,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    });
+    let conn = ConnRef {
+        shard: ShardId(0),
+        conn: ConnId(1),
+    };
+    let consumer = queue
+        .add_consumer(ConsumerSpec {
+            conn,
+            channel: 1,
+            tag: ShortStr::from("bench"),
+            no_ack: false,
+            exclusive: false,
+            prefetch_count: 0,
+        })
+        .unwrap();
+    let message = Message {
+        exchange: ShortStr::from(""),
+        routing_key: ShortStr::from("bench"),
+        properties: Properties::empty(),
+        body: bytes::Bytes::from_static(&[7u8; 16]),
+    };
+    let mut deliveries = Vec::with_capacity(128);
+    let ns = best_ns_per_op(10_000, || {
+        for _ in 0..100 {
+            queue.publish(message.clone());
+        }
+        deliveries.clear();
+        queue.dispatch(&mut deliveries);
+        for delivery in &deliveries {
+            queue.settle(delivery.seq, consumer, Settle::Ack);
+        }
+    }) / 100.0;
+    report("queue publish + deliver + ack", ns);
+}
+
 fn main() {
     codec();
     topic_routing();
+    queue_cycle();
 }

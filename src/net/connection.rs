@@ -50,6 +50,10 @@ pub async fn serve(stream: TcpStream, state: Shared) {
 
 async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
     let mut buf = BytesMut::with_capacity(config::READ_BUFFER_SIZE);
+    // A socket that always has bytes never makes a read wait, so the loop
+    // yields by itself after a budget of bytes: otherwise one publisher
+    // would starve every other task of its shard (consumers, mailboxes).
+    let mut read_since_yield = 0usize;
     loop {
         let input = state.borrow_mut().connection_input(id, &mut buf);
         match input {
@@ -86,7 +90,13 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
                 }
             }
             Some(Ok(0)) | Some(Err(_)) => return,
-            Some(Ok(_)) => {}
+            Some(Ok(n)) => {
+                read_since_yield += n;
+                if read_since_yield >= config::READ_BYTES_PER_TURN_MAX {
+                    read_since_yield = 0;
+                    glommio::executor().yield_task_queue_now().await;
+                }
+            }
         }
     }
 }

@@ -26,6 +26,8 @@ type Shared = Rc<RefCell<ShardState>>;
 /// I/O memory each executor registers with io_uring. glommio's default is
 /// 10 MiB, more than many machines let a process lock; sockets need little.
 const IO_MEMORY: usize = 2 << 20;
+/// Mailbox batches a shard handles from one peer before it yields.
+const MAILBOX_BATCHES_PER_TURN: usize = 16;
 /// Locked memory a shard needs: its I/O memory plus the reactor's rings.
 const MEMLOCK_PER_SHARD: u64 = IO_MEMORY as u64 + (1 << 20);
 
@@ -179,10 +181,18 @@ async fn shard_main(
         let state = state.clone();
         let senders = senders.clone();
         glommio::spawn_local(async move {
+            let mut batches_since_yield = 0;
             while let Some(batch) = receiver.recv().await {
                 debug_assert!(peer != id.index());
                 state.borrow_mut().handle_batch(batch);
                 flush(&state, &senders);
+                // A busy peer keeps this channel full: let the shard's own
+                // sockets have their turn.
+                batches_since_yield += 1;
+                if batches_since_yield >= MAILBOX_BATCHES_PER_TURN {
+                    batches_since_yield = 0;
+                    glommio::executor().yield_task_queue_now().await;
+                }
             }
         })
         .detach();
