@@ -28,9 +28,9 @@ pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const TICK: Duration = Duration::from_millis(5);
 /// Bytes a connection's reader asks the socket for at once.
 pub const READ_BUFFER_SIZE: usize = 128 * 1024;
-/// Bytes of frames a connection parses before it yields to other tasks, so one
-/// publisher cannot starve the rest of its shard.
-pub const READ_BYTES_PER_TURN_MAX: usize = 256 * 1024;
+/// Bytes a connection reads before it waits for the next reactor turn, so
+/// one publisher cannot starve the rest of its shard (its consumers above all).
+pub const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;

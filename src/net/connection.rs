@@ -94,11 +94,22 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
                 read_since_yield += n;
                 if read_since_yield >= config::READ_BYTES_PER_TURN_MAX {
                     read_since_yield = 0;
-                    glommio::executor().yield_task_queue_now().await;
+                    next_reactor_turn().await;
+                } else {
+                    // Once the shard's time slice is up, the reactor polls
+                    // the other sockets (see `PREEMPT_INTERVAL`).
+                    glommio::yield_if_needed().await;
                 }
             }
         }
     }
+}
+
+/// Waits until the executor has polled io_uring again, so that every other
+/// socket of the shard has had its turn: a fair share per reactor turn for
+/// a connection that always has bytes to read.
+async fn next_reactor_turn() {
+    glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }
 
 async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {

@@ -26,6 +26,11 @@ type Shared = Rc<RefCell<ShardState>>;
 /// I/O memory each executor registers with io_uring. glommio's default is
 /// 10 MiB, more than many machines let a process lock; sockets need little.
 const IO_MEMORY: usize = 2 << 20;
+/// How long tasks run before the executor polls io_uring again. glommio
+/// polls for I/O only between time slices (100 ms by default) while tasks
+/// stay runnable, so a publisher whose socket always has bytes would make
+/// every other socket of its shard wait that long.
+const PREEMPT_INTERVAL: std::time::Duration = std::time::Duration::from_micros(500);
 /// Mailbox batches a shard handles from one peer before it yields.
 const MAILBOX_BATCHES_PER_TURN: usize = 16;
 /// Locked memory a shard needs: its I/O memory plus the reactor's rings.
@@ -123,6 +128,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("warren-shard-{}", index))
             .io_memory(IO_MEMORY)
+            .preempt_timer(PREEMPT_INTERVAL)
             .spawn(move || async move {
                 shard_main(config, users, mesh, fds, ready, shard_count).await;
             })
@@ -159,7 +165,22 @@ async fn shard_main(
     ready: crossbeam_channel::Sender<()>,
     shard_count: usize,
 ) {
-    let (senders, mut receivers) = match mesh.join().await {
+    // Joining the mesh waits on wake-ups from the other executors' threads,
+    // which glommio 0.9 can miss while parked (RUNTIME-NOTES): a timer keeps
+    // the executor polling until the join is done and the tick takes over.
+    let joined = Rc::new(std::cell::Cell::new(false));
+    {
+        let joined = joined.clone();
+        glommio::spawn_local(async move {
+            while !joined.get() {
+                glommio::timer::sleep(config::TICK).await;
+            }
+        })
+        .detach();
+    }
+    let joining = mesh.join().await;
+    joined.set(true);
+    let (senders, mut receivers) = match joining {
         Ok(pair) => pair,
         Err(e) => {
             error!(error = ?e, "cannot join the shard mesh");
@@ -192,6 +213,8 @@ async fn shard_main(
                 if batches_since_yield >= MAILBOX_BATCHES_PER_TURN {
                     batches_since_yield = 0;
                     glommio::executor().yield_task_queue_now().await;
+                } else {
+                    glommio::yield_if_needed().await;
                 }
             }
         })
