@@ -1,0 +1,250 @@
+//! Consumer connections: each channel consumes one queue. One task per connection
+//! reads everything the socket has, parses every complete frame in place (bodies are
+//! zero-copy slices of the read buffer), records latency and sequence numbers, and
+//! writes the acks the batch produced in one write.
+//!
+//! End-to-end latency = time the read returned − intended send time in the body; both
+//! are on the process-wide clock (clock.rs).
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::future;
+use warren::protocol::{
+    parse_frame, write_method, BasicAck, BasicConsume, BasicQos, FieldTable, Frame, Method,
+};
+
+use crate::args::ConsumerConn;
+use crate::body::read_stamp;
+use crate::client::{close_error, read_some, unexpected, write_all, Connection, Signal};
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::executor::ExecCtx;
+use crate::stats::{ConsumerResult, Event};
+use crate::tracker::SeqBits;
+
+/// Per-channel delivery state.
+#[derive(Default)]
+struct ChannelState {
+    queue: usize,
+    delivery_tag: u64,
+    /// Body bytes still to come for the current delivery; None between deliveries.
+    body_left: Option<u64>,
+    stamp_read: bool,
+    unacked: u32,
+    last_unacked_tag: u64,
+}
+
+pub async fn run(
+    ctx: Rc<ExecCtx>,
+    index: usize,
+    plan: ConsumerConn,
+    stop: Rc<Signal>,
+) -> Result<()> {
+    let args = &ctx.plan.args;
+    let mut conn = Connection::open(
+        ctx.plan.addr,
+        &ctx.plan.uri,
+        &format!("loadgen consumer {index}"),
+    )
+    .await?;
+    let mut channels: Vec<ChannelState> = Vec::new();
+    for c in &plan.consumers {
+        conn.open_channel(c.channel).await?;
+        if args.qos > 0 {
+            let qos = BasicQos {
+                prefetch_size: 0,
+                prefetch_count: args.qos,
+                global: false,
+            };
+            match conn.rpc(c.channel, qos.into()).await? {
+                Method::BasicQosOk(_) => {}
+                other => return Err(unexpected("basic.qos-ok", &other)),
+            }
+        }
+        let consume = BasicConsume {
+            queue: ctx.plan.queues[c.queue].as_str().into(),
+            consumer_tag: format!("loadgen-{index}-{}", c.channel).into(),
+            no_local: false,
+            no_ack: args.autoack,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::new(),
+        };
+        match conn.rpc(c.channel, consume.into()).await? {
+            Method::BasicConsumeOk(_) => {}
+            other => return Err(unexpected("basic.consume-ok", &other)),
+        }
+        channels.push(ChannelState {
+            queue: c.queue,
+            ..Default::default()
+        });
+        ctx.send(Event::ConsumerReady);
+    }
+
+    let producer_count = ctx.plan.producer_count();
+    let queue_count = ctx.plan.queues.len();
+    let mut records: Vec<Option<SeqBits>> = vec![None; producer_count * queue_count];
+    let mut foreign = 0u64;
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let result = consume_loop(
+        &ctx,
+        &mut conn,
+        &stop,
+        &mut channels,
+        &mut records,
+        &mut foreign,
+        &mut out,
+    )
+    .await;
+    // Ack what is still unacked, so the broker does not redeliver it to anyone.
+    if result.is_ok() && !args.autoack {
+        out.clear();
+        for (i, ch) in channels.iter_mut().enumerate() {
+            if ch.unacked > 0 {
+                let ack = BasicAck {
+                    delivery_tag: ch.last_unacked_tag,
+                    multiple: true,
+                };
+                write_method(&mut out, i as u16 + 1, &ack.into());
+                ch.unacked = 0;
+            }
+        }
+        if !out.is_empty() {
+            let _ = write_all(&conn.stream, &out).await;
+        }
+    }
+    if result.is_ok() {
+        conn.close().await;
+    }
+    let records = records
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|bits| ((i / queue_count) as u32, i % queue_count, bits)))
+        .collect();
+    ctx.send(Event::ConsumerFinal(ConsumerResult { records, foreign }));
+    result
+}
+
+async fn consume_loop(
+    ctx: &ExecCtx,
+    conn: &mut Connection,
+    stop: &Signal,
+    channels: &mut [ChannelState],
+    records: &mut [Option<SeqBits>],
+    foreign: &mut u64,
+    out: &mut BytesMut,
+) -> Result<()> {
+    let autoack = ctx.plan.args.autoack;
+    let multi_ack_every = ctx.plan.multi_ack_every;
+    let queue_count = ctx.plan.queues.len();
+    let producer_count = ctx.plan.producer_count();
+    let frame_max = conn.frame_max;
+    let stream = conn.stream.clone();
+    loop {
+        let read = future::or(
+            async { Some(read_some(&stream, &mut conn.read_buf).await) },
+            async {
+                stop.wait().await;
+                None
+            },
+        )
+        .await;
+        match read {
+            None => return Ok(()),
+            Some(Ok(0)) => return Err(Error::new("the broker closed a consumer's socket")),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(_)) => {}
+        }
+        let now = clock::now_ns();
+        {
+            let mut stats = ctx.stats.borrow_mut();
+            while let Some(frame) = parse_frame(&mut conn.read_buf, frame_max)? {
+                let channel = frame.channel();
+                let Some(ch) = channel
+                    .checked_sub(1)
+                    .and_then(|i| channels.get_mut(i as usize))
+                else {
+                    if let Frame::Method { method, .. } = &frame {
+                        if let Some(e) = close_error(method) {
+                            return Err(e);
+                        }
+                    }
+                    continue;
+                };
+                let complete = match frame {
+                    Frame::Method {
+                        method: Method::BasicDeliver(deliver),
+                        ..
+                    } => {
+                        ch.delivery_tag = deliver.delivery_tag;
+                        ch.body_left = None;
+                        ch.stamp_read = false;
+                        if deliver.redelivered {
+                            stats.counters.redelivered += 1;
+                        }
+                        false
+                    }
+                    Frame::Header { header, .. } => {
+                        ch.body_left = Some(header.body_size);
+                        header.body_size == 0
+                    }
+                    Frame::Body { payload, .. } => {
+                        if !ch.stamp_read {
+                            ch.stamp_read = true;
+                            match read_stamp(&payload) {
+                                Some(stamp) if (stamp.producer_id as usize) < producer_count => {
+                                    stats.record_e2e(now.saturating_sub(stamp.intended_ns));
+                                    let slot = stamp.producer_id as usize * queue_count + ch.queue;
+                                    records[slot]
+                                        .get_or_insert_with(SeqBits::default)
+                                        .record(stamp.sequence);
+                                }
+                                _ => *foreign += 1,
+                            }
+                        }
+                        let left = ch.body_left.unwrap_or(0);
+                        let left = left.saturating_sub(payload.len() as u64);
+                        ch.body_left = Some(left);
+                        left == 0
+                    }
+                    Frame::Method { method, .. } => {
+                        if let Some(e) = close_error(&method) {
+                            return Err(e);
+                        }
+                        if let Method::BasicCancel(_) = method {
+                            return Err(Error::new(
+                                "the broker cancelled a consumer (queue deleted?)",
+                            ));
+                        }
+                        false
+                    }
+                    Frame::Heartbeat { .. } => false,
+                };
+                if !complete {
+                    continue;
+                }
+                ch.body_left = None;
+                stats.counters.received += 1;
+                if autoack {
+                    continue;
+                }
+                ch.unacked += 1;
+                ch.last_unacked_tag = ch.delivery_tag;
+                if multi_ack_every <= 1 || ch.unacked >= multi_ack_every {
+                    let ack = BasicAck {
+                        delivery_tag: ch.delivery_tag,
+                        multiple: multi_ack_every > 1,
+                    };
+                    write_method(out, channel, &ack.into());
+                    ch.unacked = 0;
+                }
+            }
+        }
+        if !out.is_empty() {
+            write_all(&stream, out).await?;
+            out.clear();
+        }
+        glommio::yield_if_needed().await;
+    }
+}

@@ -1,0 +1,233 @@
+//! A short functional loadgen run against the real warren broker, with one shard and
+//! with two: every message must arrive exactly once, and the report files must exist
+//! and parse. Nothing here is timed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The broker process; killed when dropped, whatever the test's outcome.
+struct Broker {
+    child: Child,
+    address: String,
+    data_dir: PathBuf,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("loadgen-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// target/debug/warren (or the profile's directory), built if missing.
+fn warren_binary() -> PathBuf {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    let dir = loadgen.parent().expect("binary directory");
+    let warren = dir.join("warren");
+    if !warren.exists() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bin", "warren"])
+            .current_dir(workspace)
+            .status()
+            .expect("run cargo build --bin warren");
+        assert!(status.success(), "cargo build --bin warren failed");
+    }
+    assert!(warren.exists(), "no warren binary at {}", warren.display());
+    warren
+}
+
+fn start_broker(shards: usize) -> Broker {
+    let data_dir = std::env::temp_dir().join(format!(
+        "loadgen-test-{}-warren-{shards}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut child = Command::new(warren_binary())
+        .args(["--listen", "127.0.0.1:0", "--shards", &shards.to_string()])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start warren");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep reading so the broker never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("address=").nth(1) {
+                let address = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(address);
+            }
+        }
+    });
+    let mut broker = Broker {
+        child,
+        address: String::new(),
+        data_dir,
+    };
+    broker.address = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("warren did not print its ready line within 30 s");
+    broker
+}
+
+/// The number after `"key":` at the top level of the summary (keys are unique there).
+fn json_number(json: &str, key: &str) -> f64 {
+    let pattern = format!("\"{key}\":");
+    let start = json
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pattern.len();
+    let digits: String = json[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
+}
+
+/// Braces and brackets balance outside strings, and the text is one object.
+fn assert_json_shape(json: &str) {
+    let json = json.trim();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    let (mut depth, mut in_string, mut escaped) = (0i32, false, false);
+    for c in json.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth -= 1;
+                assert!(depth >= 0, "unbalanced JSON: {json}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(depth, 0, "unbalanced JSON: {json}");
+    assert!(!in_string, "unterminated string in {json}");
+}
+
+fn check_hgrm(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"],
+        "{}",
+        path.display()
+    );
+    let data: Vec<Vec<f64>> = lines
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|f| f.parse::<f64>().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(data.len() > 5, "too few data lines in {}", path.display());
+    assert_eq!(data.last().unwrap()[1], 1.0, "ends at percentile 1");
+    assert!(text.contains("#[Max     ="), "{}", path.display());
+}
+
+fn run_loadgen_against_warren(shards: usize) {
+    let broker = start_broker(shards);
+    let report = TempDir::new(&format!("report-{shards}"));
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--uri", &uri])
+        .args([
+            "-x", "2", "-y", "2", "-C", "20000", "-c", "500", "-q", "500",
+        ])
+        .args(["--multi-ack-every", "50", "--threads", "2", "--json"])
+        .arg("--report")
+        .arg(&report.0)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "loadgen failed with {:?} after {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status,
+        started.elapsed()
+    );
+    let summary = stdout.trim();
+    assert_json_shape(summary);
+    let sent = json_number(summary, "sent");
+    assert_eq!(sent, 40_000.0, "-C is per producer: 2 x 20000");
+    assert_eq!(json_number(summary, "received"), sent, "{summary}");
+    assert_eq!(json_number(summary, "confirmed"), sent, "{summary}");
+    assert_eq!(json_number(summary, "lost"), 0.0, "{summary}");
+    assert_eq!(json_number(summary, "lost_confirmed"), 0.0, "{summary}");
+    assert_eq!(json_number(summary, "duplicated"), 0.0, "{summary}");
+
+    check_hgrm(&report.0.join("latency-e2e.hgrm"));
+    check_hgrm(&report.0.join("latency-confirm.hgrm"));
+    let json = std::fs::read_to_string(report.0.join("summary.json")).unwrap();
+    assert_json_shape(&json);
+    for key in [
+        "sent",
+        "received",
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "latency_e2e_ms",
+        "latency_confirm_ms",
+        "timeline",
+        "per_producer_queue",
+    ] {
+        assert!(json.contains(&format!("\"{key}\":")), "no {key} in {json}");
+    }
+    let html = std::fs::read_to_string(report.0.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("</html>"), "{html}");
+    assert!(
+        !html.contains("http://") || !html.contains("<script"),
+        "self-contained"
+    );
+}
+
+#[test]
+fn every_message_arrives_once_with_one_shard() {
+    run_loadgen_against_warren(1);
+}
+
+#[test]
+fn every_message_arrives_once_with_two_shards() {
+    run_loadgen_against_warren(2);
+}
