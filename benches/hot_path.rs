@@ -167,8 +167,82 @@ fn queue_cycle() {
     report("queue publish + deliver + ack", ns);
 }
 
+/// Batches of 64 shard messages through the mailbox mesh from one executor
+/// to another, as shards exchange them (try_send, overflow kept locally).
+fn mailbox_batches() {
+    use glommio::channels::channel_mesh::{Full, MeshBuilder};
+    use glommio::{LocalExecutorBuilder, Placement};
+    use warren::broker::ids::ConsumerId;
+    use warren::broker::ShardMsg;
+
+    const BATCH: usize = 64;
+    const BATCHES: usize = 50_000;
+    let mesh: MeshBuilder<Vec<ShardMsg>, Full> = MeshBuilder::full(2, 1024);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let mesh = mesh.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(1 << 20)
+                .spawn(move || async move {
+                    // As in the broker: a timer so that a missed cross-thread
+                    // wake-up cannot park the executor for good.
+                    glommio::spawn_local(async {
+                        loop {
+                            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    })
+                    .detach();
+                    let (senders, mut receivers) = mesh.join().await.unwrap();
+                    if senders.peer_id() == 0 {
+                        for _ in 0..BATCHES {
+                            let mut batch = Vec::with_capacity(BATCH);
+                            for seq in 0..BATCH as u64 {
+                                batch.push(ShardMsg::Settle {
+                                    queue: QueueId(1),
+                                    seq,
+                                    consumer: ConsumerId(1),
+                                    settle: Settle::Ack,
+                                });
+                            }
+                            let mut pending = batch;
+                            loop {
+                                match senders.try_send_to(1, pending) {
+                                    Ok(()) => break,
+                                    Err(glommio::GlommioError::WouldBlock(
+                                        glommio::ResourceType::Channel(back),
+                                    )) => {
+                                        pending = back;
+                                        glommio::executor().yield_task_queue_now().await;
+                                    }
+                                    Err(e) => panic!("{e}"),
+                                }
+                            }
+                        }
+                        0
+                    } else {
+                        let (_, receiver) = receivers.streams().pop().unwrap();
+                        let mut received = 0;
+                        while received < BATCH * BATCHES {
+                            let batch = receiver.recv().await.unwrap();
+                            received += black_box(batch).len();
+                        }
+                        received
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let ns = start.elapsed().as_nanos() as f64 / (BATCH * BATCHES) as f64;
+    report("cross-shard mailbox, batches of 64", ns);
+}
+
 fn main() {
     codec();
     topic_routing();
     queue_cycle();
+    mailbox_batches();
 }

@@ -96,8 +96,6 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
                     read_since_yield = 0;
                     next_reactor_turn().await;
                 } else {
-                    // Once the shard's time slice is up, the reactor polls
-                    // the other sockets (see `PREEMPT_INTERVAL`).
                     glommio::yield_if_needed().await;
                 }
             }

@@ -26,11 +26,6 @@ type Shared = Rc<RefCell<ShardState>>;
 /// I/O memory each executor registers with io_uring. glommio's default is
 /// 10 MiB, more than many machines let a process lock; sockets need little.
 const IO_MEMORY: usize = 2 << 20;
-/// How long tasks run before the executor polls io_uring again. glommio
-/// polls for I/O only between time slices (100 ms by default) while tasks
-/// stay runnable, so a publisher whose socket always has bytes would make
-/// every other socket of its shard wait that long.
-const PREEMPT_INTERVAL: std::time::Duration = std::time::Duration::from_micros(500);
 /// Mailbox batches a shard handles from one peer before it yields.
 const MAILBOX_BATCHES_PER_TURN: usize = 16;
 /// Locked memory a shard needs: its I/O memory plus the reactor's rings.
@@ -128,7 +123,6 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("warren-shard-{}", index))
             .io_memory(IO_MEMORY)
-            .preempt_timer(PREEMPT_INTERVAL)
             .spawn(move || async move {
                 shard_main(config, users, mesh, fds, ready, shard_count).await;
             })
