@@ -401,24 +401,33 @@ impl Connection {
                 self.pause();
             }
             Method::BasicCancel(m) => {
-                if let Some(consumer) = ch.consumers.remove(m.consumer_tag.as_str()) {
-                    let msg = ShardMsg::Cancel {
-                        queue: consumer.queue.id,
-                        conn: self.conn,
-                        channel: id,
-                        tag: m.consumer_tag.clone(),
-                    };
-                    self.effects.push((consumer.queue.shard, msg));
-                }
-                if !m.nowait {
-                    self.wire.method(
-                        id,
-                        &BasicCancelOk {
+                let Some(consumer) = ch.consumers.get(m.consumer_tag.as_str()) else {
+                    // RabbitMQ answers a cancel of an unknown tag with cancel-ok.
+                    if !m.nowait {
+                        let ok = BasicCancelOk {
                             consumer_tag: m.consumer_tag,
-                        }
-                        .into(),
-                    );
+                        };
+                        self.wire.method(id, &ok.into());
+                    }
+                    return Ok(());
+                };
+                let queue = consumer.queue;
+                if m.nowait {
+                    ch.consumers.remove(m.consumer_tag.as_str());
+                } else {
+                    // The consumer stays until the queue confirms: deliveries
+                    // already on their way still reach the client, and once
+                    // cancel-ok is out the queue has stopped, as in RabbitMQ.
+                    self.pause();
                 }
+                let msg = ShardMsg::Cancel {
+                    queue: queue.id,
+                    conn: self.conn,
+                    channel: id,
+                    tag: m.consumer_tag,
+                    answer: !m.nowait,
+                };
+                self.effects.push((queue.shard, msg));
             }
             Method::BasicPublish(m) => {
                 if m.immediate {
@@ -803,6 +812,7 @@ impl Connection {
                     conn: self.conn,
                     channel: id,
                     tag,
+                    answer: false,
                 },
             ));
         }
@@ -839,6 +849,12 @@ impl Connection {
                     self.wire
                         .method(id, &BasicConsumeOk { consumer_tag: tag }.into());
                 }
+                self.resume();
+            }
+            ChannelReply::CancelOk { tag } => {
+                ch.consumers.remove(tag.as_str());
+                self.wire
+                    .method(id, &BasicCancelOk { consumer_tag: tag }.into());
                 self.resume();
             }
             ChannelReply::GetEmpty => {

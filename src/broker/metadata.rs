@@ -14,7 +14,7 @@ use crate::broker::exchange::{
 use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::broker::signal::oneshot;
 use crate::broker::vhost::{MetaChange, QueueMeta};
-use crate::broker::{ChannelReply, ShardMsg, ShardState};
+use crate::broker::{ChannelReply, ShardState};
 use crate::protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
     ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
@@ -684,9 +684,4 @@ fn describe(value: Option<&FieldValue>) -> String {
             _ => format!("the value '{:?}'", v),
         },
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send(msg: ShardMsg) -> impl Send {
-    msg
 }

@@ -52,6 +52,10 @@ pub enum ChannelReply {
         consumer: ConsumerId,
         nowait: bool,
     },
+    /// The queue let the consumer go: cancel-ok may be sent.
+    CancelOk {
+        tag: ShortStr,
+    },
     GetEmpty,
     PurgeOk {
         message_count: u32,
@@ -95,6 +99,8 @@ pub enum ShardMsg {
         conn: ConnRef,
         channel: u16,
         tag: ShortStr,
+        /// Send cancel-ok back once the queue has let the consumer go.
+        answer: bool,
     },
     Get {
         queue: QueueId,
@@ -128,6 +134,13 @@ pub enum ShardMsg {
         reply: RpcReply,
     },
 }
+
+// Everything that crosses shards must be Send; this fails to compile if a
+// shard-local type (an Rc, a Notify) ever slips into a ShardMsg.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<ShardMsg>();
+};
 
 /// Requests waiting for the metadata owner's task, on shard 0 only.
 #[derive(Default)]
@@ -312,12 +325,16 @@ impl ShardState {
                 conn,
                 channel,
                 tag,
+                answer,
             } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
                     if q.cancel_consumer(conn, channel, &tag) && q.should_auto_delete() {
                         let queue = q.meta.queue_ref();
                         self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
                     }
+                }
+                if answer {
+                    self.reply(conn, channel, ChannelReply::CancelOk { tag });
                 }
             }
             ShardMsg::Get {
@@ -456,10 +473,6 @@ impl ShardState {
         }
     }
 
-    pub fn queue_shard(&self, queue: QueueId) -> Option<ShardId> {
-        self.vhost.queue_by_id(queue).map(|m| m.shard)
-    }
-
     fn channel_reply(&mut self, conn: ConnId, channel: u16, reply: ChannelReply) {
         let Some(connection) = self.connections.get_mut(&conn) else {
             self.orphan_reply(conn, channel, reply);
@@ -483,6 +496,7 @@ impl ShardState {
                     conn,
                     channel,
                     tag,
+                    answer: false,
                 },
             );
         }

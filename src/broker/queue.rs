@@ -112,10 +112,6 @@ impl Queue {
         self.ready.len() as u32
     }
 
-    pub fn unacked_count(&self) -> u32 {
-        self.unacked.len() as u32
-    }
-
     pub fn consumer_count(&self) -> u32 {
         self.consumers.len() as u32
     }
@@ -193,11 +189,6 @@ impl Queue {
                 self.requeue(queued);
             }
         }
-    }
-
-    /// A delivery that never reached its channel (closed meanwhile) comes back.
-    pub fn requeue_undelivered(&mut self, seq: u64, consumer: ConsumerId) {
-        self.settle(seq, consumer, Settle::Requeue);
     }
 
     fn requeue(&mut self, queued: QueuedMessage) {
