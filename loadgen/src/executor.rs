@@ -97,40 +97,10 @@ impl ExecCtx {
     }
 }
 
-/// Raises RLIMIT_MEMLOCK as far as allowed; fails if it stays below `needed`.
+/// Raises RLIMIT_MEMLOCK as far as allowed, as the broker does (same code);
+/// fails with the broker's advice if it stays below `needed`.
 pub fn raise_memlock(needed: u64) -> Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with valid pointers to a local struct.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    if limit.rlim_cur >= needed {
-        return Ok(());
-    }
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // Root may lift the hard limit too; anyone else only up to it.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        let to_hard = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_hard) };
-    }
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    if limit.rlim_cur >= needed {
-        Ok(())
-    } else {
-        Err(Error::new(format!(
-            "io_uring needs {} KiB of locked memory but RLIMIT_MEMLOCK is {} KiB and could not be raised; \
-             run `ulimit -l unlimited` first (or --ulimit memlock=-1 for docker run)",
-            needed / 1024,
-            limit.rlim_cur / 1024
-        )))
-    }
+    warren::shard::raise_memlock(needed).map_err(|e| Error::new(e.to_string()))
 }
 
 /// Starts executor `index` on its own thread.

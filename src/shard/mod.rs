@@ -58,7 +58,8 @@ impl std::fmt::Display for BootError {
 impl std::error::Error for BootError {}
 
 /// Raises RLIMIT_MEMLOCK as far as allowed; fails if still below `needed`.
-fn raise_memlock(needed: u64) -> Result<(), BootError> {
+/// loadgen uses it too: it runs on glommio as well.
+pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
     // SAFETY: getrlimit/setrlimit with a valid struct.
     let mut limit = libc::rlimit {
         rlim_cur: 0,
