@@ -9,14 +9,12 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, poll_fn};
-use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use warren::protocol::{
     parse_frame, write_method, ChannelOpen, ConnectionClose, ConnectionOpen, ConnectionStartOk,
@@ -33,7 +31,7 @@ const FRAME_MAX_WANTED: u32 = 131_072;
 /// How long set-up steps may take before loadgen gives up on the broker.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub type Stream = Rc<RefCell<TcpStream>>;
+pub use warren::net::connection::{write_all, Stream};
 
 pub struct Connection {
     pub stream: Stream,
@@ -43,39 +41,13 @@ pub struct Connection {
     pub channel_max: u16,
 }
 
-/// Reads whatever the socket has into the spare capacity of `buf`. 0 = closed.
+/// Reads whatever the socket has into `buf` (warren's own reader), keeping
+/// room for a large read first. 0 = closed.
 pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < READ_BUFFER_SIZE / 4 {
         buf.reserve(READ_BUFFER_SIZE);
     }
-    let n = poll_fn(|cx| {
-        let spare = buf.chunk_mut();
-        // SAFETY: recv(2) only writes into this memory, and only the n bytes it
-        // reports are exposed (advance_mut below).
-        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), spare.len()) };
-        let mut stream = stream.borrow_mut();
-        Pin::new(&mut *stream).poll_read(cx, spare)
-    })
-    .await?;
-    // SAFETY: the kernel initialised exactly n bytes of the spare capacity.
-    unsafe { buf.advance_mut(n) };
-    Ok(n)
-}
-
-/// Writes all of `data`.
-pub async fn write_all(stream: &Stream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let n = poll_fn(|cx| {
-            let mut stream = stream.borrow_mut();
-            Pin::new(&mut *stream).poll_write(cx, data)
-        })
-        .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-    }
-    Ok(())
+    warren::net::connection::read_some(stream, buf).await
 }
 
 /// Runs `fut` with a deadline.

@@ -436,19 +436,10 @@ impl Connection {
 
     fn close_by_client(&mut self) {
         self.closed_by_client = true;
-        let opened = self.phase == Phase::Running;
-        self.release_all_channels();
-        if opened {
-            // Close-ok only once the exclusive queues are gone, so that a
-            // client that reconnects never sees them.
+        // Close-ok only once the exclusive queues are gone, so that a client
+        // that reconnects never sees them.
+        if self.release_connection(true) {
             self.phase = Phase::ClosingByClient;
-            self.effects.push((
-                ShardId(0),
-                ShardMsg::Meta {
-                    from: Some((self.conn, 0)),
-                    request: MetaRequest::ConnectionGone { conn: self.conn },
-                },
-            ));
             self.pause();
         } else {
             self.wire.method(0, &ConnectionCloseOk {}.into());
@@ -462,18 +453,8 @@ impl Connection {
             return;
         }
         debug!(peer = %self.peer, code = error.code.code(), text = %error.text, "connection error");
-        let opened = self.phase == Phase::Running;
         self.wire.method(0, &close_method(&error, 0));
-        self.release_all_channels();
-        if opened {
-            self.effects.push((
-                ShardId(0),
-                ShardMsg::Meta {
-                    from: None,
-                    request: MetaRequest::ConnectionGone { conn: self.conn },
-                },
-            ));
-        }
+        self.release_connection(false);
         self.phase = Phase::CloseSent {
             deadline: now + config::CLOSE_OK_TIMEOUT,
         };
@@ -502,18 +483,23 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
-        let opened = matches!(self.phase, Phase::Running);
+        self.release_connection(false);
+        self.phase = Phase::Closed;
+    }
+
+    /// Releases every channel and, if the connection was open, tells the
+    /// metadata owner so that its exclusive queues go (answering on channel 0
+    /// when `answer`). Returns whether the connection was open.
+    fn release_connection(&mut self, answer: bool) -> bool {
+        let opened = self.phase == Phase::Running;
         self.release_all_channels();
         if opened {
-            self.effects.push((
-                ShardId(0),
-                ShardMsg::Meta {
-                    from: None,
-                    request: MetaRequest::ConnectionGone { conn: self.conn },
-                },
-            ));
+            let from = answer.then_some((self.conn, 0));
+            let request = MetaRequest::ConnectionGone { conn: self.conn };
+            self.effects
+                .push((ShardId(0), ShardMsg::Meta { from, request }));
         }
-        self.phase = Phase::Closed;
+        opened
     }
 
     fn release_all_channels(&mut self) {

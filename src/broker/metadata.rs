@@ -225,9 +225,7 @@ impl Owner {
     async fn exchange_declare(&mut self, m: ExchangeDeclare) -> Result<Method, AmqpError> {
         let ok: Method = ExchangeDeclareOk {}.into();
         if m.exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(default_exchange_refused());
         }
         let existing = self
             .state
@@ -299,9 +297,7 @@ impl Owner {
 
     async fn exchange_delete(&mut self, m: ExchangeDelete) -> Result<Method, AmqpError> {
         if m.exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(default_exchange_refused());
         }
         if m.exchange.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -341,9 +337,7 @@ impl Owner {
         arguments: &FieldTable,
     ) -> Result<Binding, AmqpError> {
         if source.is_empty() || destination.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(default_exchange_refused());
         }
         let state = self.state.borrow();
         for name in [destination, source] {
@@ -374,9 +368,7 @@ impl Owner {
         };
         check_exclusive(meta, conn)?;
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(default_exchange_refused());
         }
         if !state.vhost.exchanges.contains_key(exchange.as_str()) {
             return Err(no_exchange(exchange));
@@ -572,6 +564,10 @@ pub fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
         name.push(ALPHABET[(z & 63) as usize] as char);
     }
     ShortStr::from(name)
+}
+
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
 }
 
 pub fn no_queue(name: &str) -> AmqpError {

@@ -22,7 +22,8 @@ use crate::broker::ShardState;
 use crate::config;
 
 type Shared = Rc<RefCell<ShardState>>;
-type Stream = Rc<RefCell<TcpStream>>;
+/// A socket shared by a connection's reader and writer tasks (and loadgen's).
+pub type Stream = Rc<RefCell<TcpStream>>;
 
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
@@ -110,7 +111,8 @@ async fn next_reactor_turn() {
     glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }
 
-async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+/// Reads whatever the socket has into the spare capacity of `buf`; 0 is EOF.
+pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
     let n = poll_fn(|cx| {
         let spare = buf.chunk_mut();
         // SAFETY: recv(2) only writes into this memory and we only expose
@@ -125,7 +127,8 @@ async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
     Ok(n)
 }
 
-async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data`.
+pub async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let n = poll_fn(|cx| {
             let mut stream = stream.borrow_mut();
