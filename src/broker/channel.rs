@@ -5,7 +5,9 @@
 //! metadata owner and pause the connection until it answers, so a client's
 //! methods take effect in the order it sent them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::broker::fast_hash::FastMap;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -157,7 +159,7 @@ pub struct Channel {
     content: Option<Content>,
     next_delivery_tag: u64,
     unacked: VecDeque<Unacked>,
-    consumers: HashMap<ShortStr, ChannelConsumer>,
+    consumers: FastMap<ShortStr, ChannelConsumer>,
     /// basic.qos with global=false: the limit of consumers created after it.
     consumer_prefetch: u16,
     /// basic.qos with global=true: the channel's limit.
@@ -182,7 +184,7 @@ impl Channel {
             content: None,
             next_delivery_tag: 1,
             unacked: VecDeque::new(),
-            consumers: HashMap::new(),
+            consumers: FastMap::default(),
             consumer_prefetch: 0,
             channel_prefetch: 0,
             confirms: None,
@@ -963,25 +965,28 @@ impl Connection {
             properties,
             body,
         } = message;
-        let method: Method = match message_count {
-            Some(message_count) => BasicGetOk {
-                delivery_tag,
-                redelivered,
-                exchange,
-                routing_key,
-                message_count,
+        match message_count {
+            Some(message_count) => {
+                let get_ok = BasicGetOk {
+                    delivery_tag,
+                    redelivered,
+                    exchange,
+                    routing_key,
+                    message_count,
+                };
+                self.wire.content_of(channel, &get_ok, &properties, &body);
             }
-            .into(),
-            None => BasicDeliver {
-                consumer_tag,
-                delivery_tag,
-                redelivered,
-                exchange,
-                routing_key,
+            None => {
+                let deliver = BasicDeliver {
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    exchange,
+                    routing_key,
+                };
+                self.wire.content_of(channel, &deliver, &properties, &body);
             }
-            .into(),
-        };
-        self.wire.content(channel, &method, &properties, &body);
+        }
     }
 
     /// Writes held deliveries while the channel's prefetch allows.

@@ -12,7 +12,7 @@
 //! connection. After sending connection.close we read and drop every frame
 //! except close-ok, as the spec asks.
 
-use std::collections::HashMap;
+use crate::broker::fast_hash::FastMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ use crate::broker::signal::Notify;
 use crate::broker::vhost::{Vhost, DEFAULT_VHOST};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
+use crate::protocol::frame::write_method_args;
+use crate::protocol::method::MethodArgs;
 use crate::protocol::{
     close_method, parse_frame, write_body, write_content_header, write_heartbeat, write_method,
     AmqpError, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune, FieldTable,
@@ -79,6 +81,22 @@ impl Wire {
     ) {
         let was_empty = self.out.is_empty();
         write_method(&mut self.out, channel, method);
+        write_content_header(&mut self.out, channel, 60, body.len() as u64, properties);
+        write_body(&mut self.out, channel, body, self.frame_max);
+        self.wake(was_empty);
+    }
+
+    /// `content` for the per-message methods (deliver, get-ok), written from
+    /// their structs.
+    pub(crate) fn content_of<M: MethodArgs>(
+        &mut self,
+        channel: u16,
+        method: &M,
+        properties: &Properties,
+        body: &Bytes,
+    ) {
+        let was_empty = self.out.is_empty();
+        write_method_args(&mut self.out, channel, method);
         write_content_header(&mut self.out, channel, 60, body.len() as u64, properties);
         write_body(&mut self.out, channel, body, self.frame_max);
         self.wake(was_empty);
@@ -137,7 +155,7 @@ pub struct Connection {
     /// Woken when a paused connection may parse again.
     pub reader: Notify,
     paused: bool,
-    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) channels: FastMap<u16, Channel>,
     pub(crate) effects: Vec<(ShardId, ShardMsg)>,
     pub(crate) channel_max: u16,
     heartbeat_s: u16,
@@ -169,7 +187,7 @@ impl Connection {
             },
             reader: Notify::new(),
             paused: false,
-            channels: HashMap::new(),
+            channels: FastMap::default(),
             effects: Vec::new(),
             channel_max: config.channel_max,
             heartbeat_s: 0,

@@ -5,7 +5,9 @@
 //! The queue performs no I/O: `dispatch` appends `Delivery`s for the shard to
 //! route to the consumers' connections, wherever they are.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::broker::fast_hash::FastMap;
 
 use crate::broker::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::broker::message::Message;
@@ -77,7 +79,7 @@ impl Consumer {
 pub struct Queue {
     pub meta: QueueMeta,
     ready: VecDeque<QueuedMessage>,
-    unacked: HashMap<u64, (QueuedMessage, ConsumerId)>,
+    unacked: FastMap<u64, (QueuedMessage, ConsumerId)>,
     consumers: Vec<Consumer>,
     next_consumer: usize,
     next_seq: u64,
@@ -90,7 +92,7 @@ impl Queue {
         Queue {
             meta,
             ready: VecDeque::new(),
-            unacked: HashMap::new(),
+            unacked: FastMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
             next_seq: 1,

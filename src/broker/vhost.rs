@@ -6,7 +6,7 @@
 //! Routing reads only this replica, so a publish is routed on the shard that
 //! received it without asking anyone.
 
-use std::collections::HashMap;
+use crate::broker::fast_hash::FastMap;
 
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeDef, ExchangeKind};
 use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
@@ -49,9 +49,9 @@ pub enum MetaChange {
 #[derive(Debug)]
 pub struct Vhost {
     pub name: ShortStr,
-    pub exchanges: HashMap<ShortStr, Exchange>,
-    pub queues: HashMap<ShortStr, QueueMeta>,
-    queue_names: HashMap<QueueId, ShortStr>,
+    pub exchanges: FastMap<ShortStr, Exchange>,
+    pub queues: FastMap<ShortStr, QueueMeta>,
+    queue_names: FastMap<QueueId, ShortStr>,
 }
 
 impl Vhost {
@@ -59,9 +59,9 @@ impl Vhost {
     pub fn new(name: &str) -> Vhost {
         let mut vhost = Vhost {
             name: ShortStr::from(name),
-            exchanges: HashMap::new(),
-            queues: HashMap::new(),
-            queue_names: HashMap::new(),
+            exchanges: FastMap::default(),
+            queues: FastMap::default(),
+            queue_names: FastMap::default(),
         };
         for (name, kind) in [
             ("", ExchangeKind::Direct),

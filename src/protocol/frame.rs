@@ -27,7 +27,7 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::method::Method;
+use super::method::{Method, MethodArgs};
 use super::properties::Properties;
 use super::reply::{AmqpError, ReplyCode};
 use super::types::Reader;
@@ -263,19 +263,44 @@ fn decode_payload(frame_type: u8, channel: u16, payload: Bytes) -> Result<Frame,
 /// Writes one method frame.
 pub fn write_method(buf: &mut BytesMut, channel: u16, method: &Method) {
     let payload_len = 4 + method.args_len();
-    let size = frame_size(payload_len);
-    buf.reserve(payload_len + FRAME_OVERHEAD as usize);
-    let start = buf.len();
-    buf.put_u8(FRAME_METHOD);
-    buf.put_u16(channel);
-    buf.put_u32(size);
-    buf.put_u16(method.class_id());
-    buf.put_u16(method.method_id());
+    let start = start_method_frame(
+        buf,
+        channel,
+        payload_len,
+        method.class_id(),
+        method.method_id(),
+    );
+    method.encode_args(buf);
+    buf.put_u8(FRAME_END);
+    debug_assert_eq!(buf.len() - start, payload_len + FRAME_OVERHEAD as usize);
+}
+
+/// Writes one method frame straight from a method's struct.
+pub(crate) fn write_method_args<M: MethodArgs>(buf: &mut BytesMut, channel: u16, method: &M) {
+    let payload_len = 4 + method.args_len();
+    let start = start_method_frame(buf, channel, payload_len, M::CLASS_ID, M::METHOD_ID);
     method.encode_args(buf);
     buf.put_u8(FRAME_END);
     // The counted length and the written length come from two passes over the same
     // arguments; check that they agree.
     debug_assert_eq!(buf.len() - start, payload_len + FRAME_OVERHEAD as usize);
+}
+
+fn start_method_frame(
+    buf: &mut BytesMut,
+    channel: u16,
+    payload_len: usize,
+    class_id: u16,
+    method_id: u16,
+) -> usize {
+    buf.reserve(payload_len + FRAME_OVERHEAD as usize);
+    let start = buf.len();
+    buf.put_u8(FRAME_METHOD);
+    buf.put_u16(channel);
+    buf.put_u32(frame_size(payload_len));
+    buf.put_u16(class_id);
+    buf.put_u16(method_id);
+    start
 }
 
 /// Writes one content header frame.

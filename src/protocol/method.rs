@@ -85,6 +85,27 @@ macro_rules! method_arg {
     };
 }
 
+/// One method's arguments, encodable without first wrapping them in `Method`:
+/// the per-message methods (basic.deliver) are written straight from their
+/// struct, which spares moving the large enum around on the hot path.
+pub(crate) trait MethodArgs {
+    const CLASS_ID: u16;
+    const METHOD_ID: u16;
+
+    fn write_args<S: ArgSink>(&self, sink: &mut S);
+
+    fn args_len(&self) -> usize {
+        let mut len = ArgLen::default();
+        self.write_args(&mut len);
+        len.len
+    }
+
+    fn encode_args(&self, buf: &mut BytesMut) {
+        let mut writer = ArgWriter::new(buf);
+        self.write_args(&mut writer);
+    }
+}
+
 macro_rules! methods {
     ($(
         $name:ident = ($class_id:literal, $method_id:literal, $label:literal, content: $content:literal) {
@@ -116,6 +137,15 @@ macro_rules! methods {
                     $( method_arg!(read reader, m, $field, $kind); )*
                     reader.finish($label)?;
                     Ok(m)
+                }
+            }
+
+            impl MethodArgs for $name {
+                const CLASS_ID: u16 = $class_id;
+                const METHOD_ID: u16 = $method_id;
+
+                fn write_args<S: ArgSink>(&self, sink: &mut S) {
+                    $name::write_args(self, sink)
                 }
             }
 

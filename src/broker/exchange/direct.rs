@@ -1,13 +1,13 @@
 //! Direct exchange: a binding matches when its key equals the routing key.
 
-use std::collections::HashMap;
+use crate::broker::fast_hash::FastMap;
 
 use super::{Binding, Destination};
 use crate::protocol::ShortStr;
 
 #[derive(Debug, Default)]
 pub struct DirectRouter {
-    by_key: HashMap<ShortStr, Vec<Destination>>,
+    by_key: FastMap<ShortStr, Vec<Destination>>,
 }
 
 impl DirectRouter {

@@ -7,7 +7,7 @@
 //! As in RabbitMQ, an empty key has zero words and "a..b" has three
 //! ("a", "", "b").
 
-use std::collections::HashMap;
+use crate::broker::fast_hash::FastMap;
 
 use super::{Binding, Destination};
 use crate::protocol::ShortStr;
@@ -18,7 +18,7 @@ const WORDS_ON_STACK: usize = 32;
 
 #[derive(Debug, Default)]
 struct Node {
-    words: HashMap<ShortStr, Node>,
+    words: FastMap<ShortStr, Node>,
     star: Option<Box<Node>>,
     hash: Option<Box<Node>>,
     destinations: Vec<Destination>,
