@@ -18,6 +18,7 @@ pub mod message;
 pub mod metadata;
 pub mod queue;
 pub mod signal;
+pub mod timer_wheel;
 pub mod vhost;
 
 use std::collections::VecDeque;
