@@ -132,6 +132,7 @@ fn queue_cycle() {
         exclusive_owner: None,
         auto_delete: false,
         arguments: FieldTable::default(),
+        args: Default::default(),
     });
     let conn = ConnRef {
         shard: ShardId(0),

@@ -12,14 +12,14 @@ use crate::broker::exchange::{
     headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind,
 };
 use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::broker::queue_args::{self, QueueArgs};
 use crate::broker::signal::oneshot;
 use crate::broker::vhost::{MetaChange, QueueMeta};
 use crate::broker::{ChannelReply, ShardState};
 use crate::protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
-    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
-    QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind,
-    QueueUnbindOk, ShortStr,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, Method, QueueBind, QueueBindOk,
+    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind, QueueUnbindOk, ShortStr,
 };
 
 #[derive(Debug)]
@@ -65,22 +65,6 @@ pub enum RpcReply {
     },
     CheckDelete(Result<u32, AmqpError>),
 }
-
-/// Queue arguments RabbitMQ compares when a queue is declared again.
-const EQUIVALENT_QUEUE_ARGUMENTS: &[&str] = &[
-    "x-expires",
-    "x-message-ttl",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-overflow",
-    "x-queue-mode",
-    "x-queue-type",
-    "x-single-active-consumer",
-    "x-delivery-limit",
-];
 
 type Shared = Rc<RefCell<ShardState>>;
 
@@ -416,6 +400,10 @@ impl Owner {
         m: QueueDeclare,
         conn: Option<ConnRef>,
     ) -> Result<Method, AmqpError> {
+        if m.queue.is_empty() && !m.passive {
+            // RabbitMQ refuses a server-named quorum or stream queue first.
+            queue_args::check_server_named(&m.arguments)?;
+        }
         let name = if m.queue.is_empty() {
             self.server_named_queue()
         } else {
@@ -436,7 +424,9 @@ impl Owner {
                     m.auto_delete,
                     current.auto_delete,
                 )?;
-                check_equivalent_arguments(&name, &m.arguments, &current.arguments)?;
+                // A redeclaration's arguments are compared, not checked
+                // again, as in RabbitMQ.
+                queue_args::check_equivalent(&name, &m.arguments, &current.arguments)?;
             }
             let (message_count, consumer_count) = match self
                 .rpc(current.shard, RpcRequest::QueueStats(current.id))
@@ -464,6 +454,9 @@ impl Owner {
                 m.queue
             )));
         }
+        // Checked before anything is created or counted, so a refused
+        // declare leaves no trace.
+        let args = QueueArgs::parse(&name, &m.arguments)?;
         let shard = self.place(&m, conn);
         let meta = QueueMeta {
             id: QueueId(self.next_queue_id),
@@ -473,6 +466,7 @@ impl Owner {
             exclusive_owner: if m.exclusive { conn } else { None },
             auto_delete: m.auto_delete,
             arguments: m.arguments.clone(),
+            args,
         };
         self.next_queue_id += 1;
         self.commit(vec![MetaChange::QueueCreated(meta)]).await;
@@ -644,40 +638,4 @@ fn check_equivalent_flag(
         if received { "true" } else { "false" },
         if current { "true" } else { "false" },
     )
-}
-
-fn check_equivalent_arguments(
-    name: &str,
-    received: &FieldTable,
-    current: &FieldTable,
-) -> Result<(), AmqpError> {
-    for key in EQUIVALENT_QUEUE_ARGUMENTS {
-        let (r, c) = (received.get(key), current.get(key));
-        let same = match (r, c) {
-            (None, None) => true,
-            (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
-            _ => false,
-        };
-        if !same {
-            return Err(AmqpError::precondition_failed(format!(
-                "inequivalent arg '{}' for queue '{}' in vhost '/': received {} but current is {}",
-                key,
-                name,
-                describe(r),
-                describe(c)
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn describe(value: Option<&FieldValue>) -> String {
-    match value {
-        None => "none".to_string(),
-        Some(v) => match (v.as_i64(), v.as_str()) {
-            (Some(n), _) => format!("the value '{}' of type 'long'", n),
-            (_, Some(s)) => format!("the value '{}' of type 'longstr'", s),
-            _ => format!("the value '{:?}'", v),
-        },
-    }
 }

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod message;
 pub mod metadata;
 pub mod queue;
+pub mod queue_args;
 pub mod signal;
 pub mod timer_wheel;
 pub mod vhost;

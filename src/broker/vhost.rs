@@ -10,6 +10,7 @@ use crate::broker::fast_hash::FastMap;
 
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeDef, ExchangeKind};
 use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::broker::queue_args::QueueArgs;
 use crate::protocol::{FieldTable, Properties, ShortStr};
 
 pub const DEFAULT_VHOST: &str = "/";
@@ -22,7 +23,10 @@ pub struct QueueMeta {
     pub durable: bool,
     pub exclusive_owner: Option<ConnRef>,
     pub auto_delete: bool,
+    /// The arguments as declared, kept for equivalence checks and listings.
     pub arguments: FieldTable,
+    /// The same arguments, checked and typed, for the queue's owner.
+    pub args: QueueArgs,
 }
 
 impl QueueMeta {

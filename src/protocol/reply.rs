@@ -9,7 +9,7 @@
 use std::fmt;
 
 use super::method::{ChannelClose, ConnectionClose, Method};
-use super::types::ShortStr;
+use super::types::{truncate_at_char_boundary, ShortStr, SHORTSTR_LEN_MAX};
 
 /// The reply codes of AMQP 0-9-1 (spec section 1.2, "constants").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,11 +177,18 @@ impl AmqpError {
         self
     }
 
-    /// RabbitMQ's reply text, "NOT_FOUND - no queue 'x' in vhost '/'", cut at a char
-    /// boundary to fit a shortstr.
+    /// RabbitMQ's reply text, "NOT_FOUND - no queue 'x' in vhost '/'". Over 255 bytes,
+    /// RabbitMQ keeps the first 252 and appends "..." (rabbit_binary_generator:
+    /// amqp_exception_explanation); we cut at the char boundary at or before byte 252,
+    /// since a shortstr must stay UTF-8.
     pub fn reply_text(&self) -> ShortStr {
-        // `From<String>` truncates at a char boundary to 255 bytes.
-        ShortStr::from(format!("{} - {}", self.code.name(), self.text))
+        let mut text = format!("{} - {}", self.code.name(), self.text);
+        if text.len() > SHORTSTR_LEN_MAX {
+            let kept = truncate_at_char_boundary(&text, SHORTSTR_LEN_MAX - 3).len();
+            text.truncate(kept);
+            text.push_str("...");
+        }
+        ShortStr::from(text)
     }
 }
 
@@ -258,8 +265,22 @@ mod tests {
     fn reply_text_is_cut_at_a_char_boundary() {
         let e = AmqpError::not_found("ü".repeat(200));
         let text = e.reply_text();
-        assert!(text.len() <= 255);
-        assert!(text.len() >= 254);
+        // "NOT_FOUND - " is 12 bytes, then 120 two-byte chars fill 252.
+        assert_eq!(text.len(), 255);
         assert!(text.starts_with("NOT_FOUND - üü"));
+        assert!(text.ends_with("ü..."));
+        let e = AmqpError::not_found(format!("a{}", "ü".repeat(200)));
+        assert_eq!(e.reply_text().len(), 254);
+        assert!(e.reply_text().ends_with("ü..."));
+    }
+
+    #[test]
+    fn reply_text_of_255_bytes_is_kept_whole() {
+        let e = AmqpError::not_found("x".repeat(255 - 12));
+        assert_eq!(e.reply_text().len(), 255);
+        assert!(e.reply_text().ends_with("xxx"));
+        let e = AmqpError::not_found("x".repeat(256 - 12));
+        assert_eq!(e.reply_text().len(), 255);
+        assert!(e.reply_text().ends_with("xxx..."));
     }
 }
