@@ -10,7 +10,8 @@ use warren::broker::exchange::topic::TopicRouter;
 use warren::broker::exchange::{Binding, Destination};
 use warren::broker::ids::{ConnId, ConnRef, QueueId, QueueRef, ShardId};
 use warren::broker::message::Message;
-use warren::broker::queue::{ConsumerSpec, Queue, Settle};
+use warren::broker::queue::{ConsumerSpec, Queue, QueueCtx, Settle};
+use warren::broker::timers::Timers;
 use warren::broker::vhost::QueueMeta;
 use warren::protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicPublish,
@@ -155,14 +156,17 @@ fn queue_cycle() {
         body: bytes::Bytes::from_static(&[7u8; 16]),
     };
     let mut deliveries = Vec::with_capacity(128);
+    let mut timers = Timers::new();
+    let mut dead = Vec::new();
     let ns = best_ns_per_op(10_000, || {
+        let mut ctx = QueueCtx::new(&mut timers, &mut dead);
         for _ in 0..100 {
-            queue.publish(message.clone());
+            queue.publish(message.clone(), &mut ctx);
         }
         deliveries.clear();
-        queue.dispatch(&mut deliveries);
+        queue.dispatch(&mut deliveries, &mut ctx);
         for delivery in &deliveries {
-            queue.settle(delivery.seq, consumer, Settle::Ack);
+            queue.settle(delivery.seq, consumer, Settle::Ack, &mut ctx);
         }
     }) / 100.0;
     report("queue publish + deliver + ack", ns);

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod channel;
 pub mod connection;
+mod dead_letter;
 pub mod exchange;
 pub mod fast_hash;
 pub mod ids;
@@ -20,6 +21,7 @@ pub mod queue;
 pub mod queue_args;
 pub mod signal;
 pub mod timer_wheel;
+pub mod timers;
 pub mod vhost;
 
 use std::collections::VecDeque;
@@ -35,8 +37,9 @@ use connection::Connection;
 use ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use message::Message;
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
-use queue::{ConsumerSpec, Delivery, Queue, Settle};
+use queue::{ConsumerSpec, DeadLetter, Delivery, Enqueued, Queue, QueueCtx, Settle};
 use signal::{Notify, OneshotSender};
+use timers::{TimerEvent, Timers};
 use vhost::{MetaChange, Vhost, DEFAULT_VHOST};
 
 /// Where a publisher confirm goes back to.
@@ -170,6 +173,8 @@ pub struct ShardState {
     local: VecDeque<ShardMsg>,
     deliveries: Vec<Delivery>,
     confirm_dirty: Vec<(ConnId, u16)>,
+    pub timers: Timers,
+    dead_letters: Vec<DeadLetter>,
     next_conn_id: u64,
     next_rpc_id: u64,
     rpc_pending: FastMap<u64, OneshotSender<RpcReply>>,
@@ -195,6 +200,8 @@ impl ShardState {
             local: VecDeque::new(),
             deliveries: Vec::new(),
             confirm_dirty: Vec::new(),
+            timers: Timers::new(),
+            dead_letters: Vec::new(),
             next_conn_id: 1,
             next_rpc_id: 1,
             rpc_pending: FastMap::default(),
@@ -265,8 +272,14 @@ impl ShardState {
     /// Runs messages this shard sent itself until none are left, then emits
     /// the publisher confirms that became due.
     pub fn run_local(&mut self) {
-        while let Some(msg) = self.local.pop_front() {
-            self.handle_msg(msg);
+        loop {
+            while let Some(msg) = self.local.pop_front() {
+                self.handle_msg(msg);
+            }
+            if self.dead_letters.is_empty() {
+                break;
+            }
+            self.route_dead_letters();
         }
         if !self.confirm_dirty.is_empty() {
             let dirty = std::mem::take(&mut self.confirm_dirty);
@@ -287,17 +300,15 @@ impl ShardState {
                 message,
                 confirm,
             } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    q.publish(message);
-                }
+                let accepted = match self.queues.get_mut(&queue) {
+                    Some(q) => {
+                        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                        q.publish(message, &mut ctx) == Enqueued::Accepted
+                    }
+                    None => true,
+                };
                 if let Some(target) = confirm {
-                    self.send(
-                        target.conn.shard,
-                        ShardMsg::Confirm {
-                            target,
-                            accepted: true,
-                        },
-                    );
+                    self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
                 }
                 self.dispatch(queue);
             }
@@ -309,7 +320,8 @@ impl ShardState {
                 settle,
             } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    q.settle(seq, consumer, settle);
+                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    q.settle(seq, consumer, settle, &mut ctx);
                     self.dispatch(queue);
                 }
             }
@@ -333,7 +345,8 @@ impl ShardState {
                 answer,
             } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    if q.cancel_consumer(conn, channel, &tag) && q.should_auto_delete() {
+                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    if q.cancel_consumer(conn, channel, &tag, &mut ctx) && q.should_auto_delete() {
                         let queue = q.meta.queue_ref();
                         self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
                     }
@@ -356,7 +369,8 @@ impl ShardState {
             } => {
                 let reply = match self.queues.get_mut(&queue) {
                     Some(q) => ChannelReply::PurgeOk {
-                        message_count: q.purge(),
+                        message_count: q
+                            .purge(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters)),
                         nowait,
                     },
                     None => ChannelReply::Error(no_queue_by_id()),
@@ -420,7 +434,8 @@ impl ShardState {
             self.reply(conn, channel, ChannelReply::Error(no_queue_by_id()));
             return;
         };
-        match q.get(no_ack) {
+        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+        match q.get(no_ack, &mut ctx) {
             None => self.reply(conn, channel, ChannelReply::GetEmpty),
             Some((queued, remaining)) => {
                 let delivery = Delivery {
@@ -446,7 +461,8 @@ impl ShardState {
             return;
         };
         let mut deliveries = std::mem::take(&mut self.deliveries);
-        q.dispatch(&mut deliveries);
+        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+        q.dispatch(&mut deliveries, &mut ctx);
         // A local delivery must reach its channel after any reply sent
         // before it (a consume-ok precedes the consumer's first delivery), so
         // it waits behind local work; with none waiting it is written now,
@@ -539,11 +555,15 @@ impl ShardState {
                 }
                 RpcReply::Applied
             }
-            RpcRequest::QueueStats(queue) => match self.queues.get(&queue) {
-                Some(q) => RpcReply::QueueStats {
-                    message_count: q.message_count(),
-                    consumer_count: q.consumer_count(),
-                },
+            RpcRequest::QueueStats(queue) => match self.queues.get_mut(&queue) {
+                Some(q) => {
+                    // A redeclare is a use of the queue (x-expires).
+                    q.touch(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters));
+                    RpcReply::QueueStats {
+                        message_count: q.message_count(),
+                        consumer_count: q.consumer_count(),
+                    }
+                }
                 None => RpcReply::QueueStats {
                     message_count: 0,
                     consumer_count: 0,
@@ -578,7 +598,9 @@ impl ShardState {
         let emptied = self.vhost.apply(change);
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
-                self.queues.insert(meta.id, Queue::new(meta.clone()));
+                let mut queue = Queue::new(meta.clone());
+                queue.touch(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters));
+                self.queues.insert(meta.id, queue);
             }
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
                 if let Some(q) = self.queues.remove(&queue.id) {
@@ -594,6 +616,37 @@ impl ShardState {
             _ => {}
         }
         emptied
+    }
+
+    /// Fires the timers that are due, then runs what they caused.
+    pub fn run_timers(&mut self) {
+        let mut fired = self.timers.take_due();
+        for (_, event) in fired.drain(..) {
+            self.timer_fired(event);
+        }
+        self.timers.restore_fired(fired);
+        self.run_local();
+    }
+
+    fn timer_fired(&mut self, event: TimerEvent) {
+        match event {
+            TimerEvent::MessageExpiry { queue, level, seq } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    q.expire(level, seq, &mut ctx);
+                }
+            }
+            TimerEvent::QueueExpiry { queue } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    if q.expiry_due(&mut ctx) {
+                        let queue = q.meta.queue_ref();
+                        self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
+                    }
+                }
+            }
+            TimerEvent::Delayed { .. } => {}
+        }
     }
 
     /// The timer tick: heartbeats and handshake/close deadlines.

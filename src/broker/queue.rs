@@ -11,6 +11,9 @@ use crate::broker::fast_hash::FastMap;
 
 use crate::broker::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::broker::message::Message;
+use crate::broker::queue_args::{Overflow, EXPIRY_MS_MAX};
+use crate::broker::timer_wheel::TimerId;
+use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::vhost::QueueMeta;
 use crate::protocol::{AmqpError, ShortStr};
 
@@ -19,7 +22,69 @@ pub struct QueuedMessage {
     /// Position in the queue: requeued messages go back to their place.
     pub seq: u64,
     pub redelivered: bool,
+    /// Priority level: 0 unless the queue has `x-max-priority`.
+    pub level: u8,
+    /// When the message expires, in shard milliseconds (`Timers::now_ms`).
+    pub expires_at_ms: Option<u64>,
     pub message: Message,
+}
+
+/// Why a message left its queue dead, in RabbitMQ's words (x-death `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    Expired,
+    Maxlen,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+        }
+    }
+}
+
+/// A message a queue dead-lettered; the shard republishes it to the queue's
+/// dead-letter exchange.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub queue: QueueId,
+    pub reason: DeathReason,
+    pub message: Message,
+}
+
+/// What a queue operation may need beyond the queue: the shard's timers and
+/// where dead letters go.
+pub struct QueueCtx<'a> {
+    pub timers: &'a mut Timers,
+    pub dead: &'a mut Vec<DeadLetter>,
+    now_ms: Option<u64>,
+}
+
+impl<'a> QueueCtx<'a> {
+    pub fn new(timers: &'a mut Timers, dead: &'a mut Vec<DeadLetter>) -> QueueCtx<'a> {
+        QueueCtx {
+            timers,
+            dead,
+            now_ms: None,
+        }
+    }
+
+    /// The clock is read once per operation, and only when a deadline is
+    /// involved.
+    pub fn now_ms(&mut self) -> u64 {
+        match self.now_ms {
+            Some(now) => now,
+            None => {
+                let now = self.timers.now_ms();
+                self.now_ms = Some(now);
+                now
+            }
+        }
+    }
 }
 
 /// A message on its way from a queue to a channel, for a consumer or for
@@ -75,29 +140,164 @@ impl Consumer {
     }
 }
 
+/// One place in a priority level: a ready message, or the tombstone of one
+/// that expired in the middle of the queue. Tombstones keep removal O(1) and
+/// the level sorted by `seq`; they are dropped when they reach either end.
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    queued: Option<QueuedMessage>,
+    timer: Option<TimerId>,
+}
+
+/// Ready messages: one FIFO per priority level, each ordered by `seq`.
+#[derive(Debug)]
+struct Ready {
+    levels: Vec<VecDeque<Slot>>,
+    /// Live (not tombstoned) messages per level.
+    live: Vec<usize>,
+    count: usize,
+    body_bytes: u64,
+}
+
+impl Ready {
+    fn new(level_count: usize) -> Ready {
+        Ready {
+            levels: (0..level_count).map(|_| VecDeque::new()).collect(),
+            live: vec![0; level_count],
+            count: 0,
+            body_bytes: 0,
+        }
+    }
+
+    fn add(&mut self, queued: QueuedMessage, timer: Option<TimerId>) {
+        let level = queued.level as usize;
+        self.live[level] += 1;
+        self.count += 1;
+        self.body_bytes += queued.message.body_size();
+        let deque = &mut self.levels[level];
+        let slot = Slot {
+            seq: queued.seq,
+            queued: Some(queued),
+            timer,
+        };
+        // New messages go to the back; requeued ones back to their place,
+        // usually near the head.
+        if deque.back().is_none_or(|b| b.seq < slot.seq) {
+            deque.push_back(slot);
+        } else {
+            let at = deque.partition_point(|m| m.seq < slot.seq);
+            deque.insert(at, slot);
+        }
+    }
+
+    fn took(&mut self, level: usize, queued: &QueuedMessage) {
+        self.live[level] -= 1;
+        self.count -= 1;
+        self.body_bytes -= queued.message.body_size();
+    }
+
+    /// The highest non-empty level.
+    fn top_level(&self) -> Option<usize> {
+        (0..self.levels.len()).rev().find(|&l| self.live[l] > 0)
+    }
+
+    fn pop_front(&mut self) -> Option<(QueuedMessage, Option<TimerId>)> {
+        let level = self.top_level()?;
+        let slot = self.levels[level].pop_front()?;
+        let queued = slot.queued?;
+        self.took(level, &queued);
+        self.trim(level);
+        Some((queued, slot.timer))
+    }
+
+    /// Takes the message `seq` out of `level`, wherever it is.
+    fn take(&mut self, level: usize, seq: u64) -> Option<(QueuedMessage, Option<TimerId>)> {
+        let deque = self.levels.get_mut(level)?;
+        let at = deque.partition_point(|m| m.seq < seq);
+        let slot = deque.get_mut(at).filter(|m| m.seq == seq)?;
+        let queued = slot.queued.take()?;
+        let timer = slot.timer.take();
+        self.took(level, &queued);
+        self.trim(level);
+        Some((queued, timer))
+    }
+
+    fn get(&self, level: usize, seq: u64) -> Option<&QueuedMessage> {
+        let deque = self.levels.get(level)?;
+        let at = deque.partition_point(|m| m.seq < seq);
+        deque.get(at).filter(|m| m.seq == seq)?.queued.as_ref()
+    }
+
+    fn trim(&mut self, level: usize) {
+        let deque = &mut self.levels[level];
+        while deque.front().is_some_and(|s| s.queued.is_none()) {
+            deque.pop_front();
+        }
+        while deque.back().is_some_and(|s| s.queued.is_none()) {
+            deque.pop_back();
+        }
+    }
+
+    /// Empties the queue, handing back each message's timer.
+    fn clear(&mut self, mut timer: impl FnMut(TimerId)) -> usize {
+        let count = self.count;
+        for deque in &mut self.levels {
+            for slot in deque.drain(..) {
+                if let Some(id) = slot.timer {
+                    timer(id);
+                }
+            }
+        }
+        self.live.iter_mut().for_each(|l| *l = 0);
+        self.count = 0;
+        self.body_bytes = 0;
+        count
+    }
+}
+
 #[derive(Debug)]
 pub struct Queue {
     pub meta: QueueMeta,
-    ready: VecDeque<QueuedMessage>,
+    ready: Ready,
     unacked: FastMap<u64, (QueuedMessage, ConsumerId)>,
     consumers: Vec<Consumer>,
     next_consumer: usize,
     next_seq: u64,
     next_consumer_id: u64,
     had_consumers: bool,
+    /// Published with a TTL of 0 (or already past): delivered at once to a
+    /// waiting consumer or expired, never left waiting.
+    expire_now: Vec<(u8, u64)>,
+    /// Last use for `x-expires` (a consumer leaving, basic.get, redeclare).
+    last_used_ms: u64,
+    /// One `x-expires` timer at a time, however often the queue is used.
+    expiry_armed: bool,
+}
+
+/// What became of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    /// Refused by `x-overflow` reject-publish(-dlx): the publisher gets a nack.
+    Rejected,
 }
 
 impl Queue {
     pub fn new(meta: QueueMeta) -> Queue {
+        let level_count = meta.args.max_priority.map_or(1, |max| max as usize + 1);
         Queue {
             meta,
-            ready: VecDeque::new(),
+            ready: Ready::new(level_count),
             unacked: FastMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
             next_seq: 1,
             next_consumer_id: 1,
             had_consumers: false,
+            expire_now: Vec::new(),
+            last_used_ms: 0,
+            expiry_armed: false,
         }
     }
 
@@ -111,21 +311,126 @@ impl Queue {
 
     /// Messages ready for delivery (what queue.declare-ok and purge count).
     pub fn message_count(&self) -> u32 {
-        self.ready.len() as u32
+        self.ready.count as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
         self.consumers.len() as u32
     }
 
-    pub fn publish(&mut self, message: Message) {
+    /// The message's TTL: the smaller of the queue's and its own expiration.
+    fn ttl_ms(&self, message: &Message) -> Option<u64> {
+        let own = message
+            .properties
+            .expiration()
+            .and_then(|e| parse_expiration(&e).ok());
+        match (self.meta.args.message_ttl_ms, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn level_of(&self, message: &Message) -> u8 {
+        match self.meta.args.max_priority {
+            None => 0,
+            Some(max) => message.properties.priority().unwrap_or(0).min(max),
+        }
+    }
+
+    fn over_limit_with(&self, extra_count: usize, extra_bytes: u64) -> bool {
+        let args = &self.meta.args;
+        args.max_length
+            .is_some_and(|max| (self.ready.count + extra_count) as u64 > max)
+            || args
+                .max_length_bytes
+                .is_some_and(|max| self.ready.body_bytes + extra_bytes > max)
+    }
+
+    pub fn publish(&mut self, message: Message, ctx: &mut QueueCtx) -> Enqueued {
+        if self.meta.args.overflow != Overflow::DropHead
+            && self.over_limit_with(1, message.body_size())
+        {
+            if self.meta.args.overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(message, DeathReason::Maxlen, ctx);
+            }
+            return Enqueued::Rejected;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready.push_back(QueuedMessage {
+        let level = self.level_of(&message);
+        let expires_at_ms = self
+            .ttl_ms(&message)
+            .map(|ttl| ctx.now_ms().saturating_add(ttl));
+        let queued = QueuedMessage {
             seq,
             redelivered: false,
+            level,
+            expires_at_ms,
             message,
-        });
+        };
+        self.add_ready(queued, ctx);
+        Enqueued::Accepted
+    }
+
+    /// Puts a message among the ready ones, with a timer if it can expire.
+    fn add_ready(&mut self, queued: QueuedMessage, ctx: &mut QueueCtx) {
+        let timer = match queued.expires_at_ms {
+            None => None,
+            Some(at) if at <= ctx.now_ms() => {
+                self.expire_now.push((queued.level, queued.seq));
+                None
+            }
+            Some(at) => Some(ctx.timers.insert(
+                at,
+                TimerEvent::MessageExpiry {
+                    queue: self.meta.id,
+                    level: queued.level,
+                    seq: queued.seq,
+                },
+            )),
+        };
+        self.ready.add(queued, timer);
+    }
+
+    /// The next ready message that has not expired; expired ones met on the
+    /// way are dead-lettered, so an expired message is never delivered.
+    fn next_ready(&mut self, ctx: &mut QueueCtx) -> Option<QueuedMessage> {
+        loop {
+            let (queued, timer) = self.ready.pop_front()?;
+            if let Some(id) = timer {
+                ctx.timers.cancel(id);
+            }
+            if queued.expires_at_ms.is_some_and(|at| at <= ctx.now_ms()) {
+                self.dead_letter(queued.message, DeathReason::Expired, ctx);
+                continue;
+            }
+            return Some(queued);
+        }
+    }
+
+    fn dead_letter(&self, message: Message, reason: DeathReason, ctx: &mut QueueCtx) {
+        if self.meta.args.dead_letter_exchange.is_some() {
+            ctx.dead.push(DeadLetter {
+                queue: self.meta.id,
+                reason,
+                message,
+            });
+        }
+    }
+
+    /// A message timer fired: the message expires if it is still ready.
+    pub fn expire(&mut self, level: u8, seq: u64, ctx: &mut QueueCtx) {
+        let now = ctx.now_ms();
+        let due = self
+            .ready
+            .get(level as usize, seq)
+            .is_some_and(|q| q.expires_at_ms.is_some_and(|at| at <= now));
+        if !due {
+            return;
+        }
+        if let Some((queued, _)) = self.ready.take(level as usize, seq) {
+            self.dead_letter(queued.message, DeathReason::Expired, ctx);
+        }
     }
 
     pub fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<ConsumerId, AmqpError> {
@@ -148,7 +453,13 @@ impl Queue {
     }
 
     /// Removes a consumer; true if it was there.
-    pub fn cancel_consumer(&mut self, conn: ConnRef, channel: u16, tag: &str) -> bool {
+    pub fn cancel_consumer(
+        &mut self,
+        conn: ConnRef,
+        channel: u16,
+        tag: &str,
+        ctx: &mut QueueCtx,
+    ) -> bool {
         let Some(at) = self.consumers.iter().position(|c| {
             c.spec.conn == conn && c.spec.channel == channel && c.spec.tag.as_str() == tag
         }) else {
@@ -161,7 +472,49 @@ impl Queue {
         if self.next_consumer >= self.consumers.len() {
             self.next_consumer = 0;
         }
+        if self.consumers.is_empty() {
+            // Unused from now on: x-expires counts from here.
+            self.touch(ctx);
+        }
         true
+    }
+
+    /// Records a use (basic.get, redeclare, the last consumer leaving) and
+    /// sets the `x-expires` timer from it.
+    pub fn touch(&mut self, ctx: &mut QueueCtx) {
+        let Some(expires) = self.meta.args.expires_ms else {
+            return;
+        };
+        self.last_used_ms = ctx.now_ms();
+        if !self.expiry_armed {
+            self.arm_expiry(self.last_used_ms.saturating_add(expires), ctx);
+        }
+    }
+
+    fn arm_expiry(&mut self, at_ms: u64, ctx: &mut QueueCtx) {
+        self.expiry_armed = true;
+        let queue = self.meta.id;
+        ctx.timers.insert(at_ms, TimerEvent::QueueExpiry { queue });
+    }
+
+    /// The `x-expires` timer fired: true if the queue has been unused for its
+    /// whole period and should be deleted. If it was used meanwhile, the
+    /// timer is set again from the last use; with consumers, the last one
+    /// to leave sets it.
+    pub fn expiry_due(&mut self, ctx: &mut QueueCtx) -> bool {
+        self.expiry_armed = false;
+        let Some(expires) = self.meta.args.expires_ms else {
+            return false;
+        };
+        if !self.consumers.is_empty() {
+            return false;
+        }
+        let at = self.last_used_ms.saturating_add(expires);
+        if ctx.now_ms() >= at {
+            return true;
+        }
+        self.arm_expiry(at, ctx);
+        false
     }
 
     /// RabbitMQ deletes an auto-delete queue when its last consumer goes,
@@ -176,7 +529,7 @@ impl Queue {
         self.consumers.iter().map(|c| &c.spec)
     }
 
-    pub fn settle(&mut self, seq: u64, consumer: ConsumerId, settle: Settle) {
+    pub fn settle(&mut self, seq: u64, consumer: ConsumerId, settle: Settle, ctx: &mut QueueCtx) {
         let Some((mut queued, holder)) = self.unacked.remove(&seq) else {
             return;
         };
@@ -185,24 +538,26 @@ impl Queue {
             c.in_flight = c.in_flight.saturating_sub(1);
         }
         match settle {
-            Settle::Ack | Settle::Discard => {}
+            Settle::Ack => {}
+            Settle::Discard => self.dead_letter(queued.message, DeathReason::Rejected, ctx),
             Settle::Requeue => {
                 queued.redelivered = true;
-                self.requeue(queued);
+                // A message whose TTL ran out while it was delivered expires
+                // when it comes back, as in RabbitMQ.
+                if queued.expires_at_ms.is_some_and(|at| at <= ctx.now_ms()) {
+                    self.dead_letter(queued.message, DeathReason::Expired, ctx);
+                } else {
+                    self.add_ready(queued, ctx);
+                }
             }
         }
     }
 
-    fn requeue(&mut self, queued: QueuedMessage) {
-        // Requeues usually land at the head; search from the front.
-        let at = self.ready.partition_point(|m| m.seq < queued.seq);
-        self.ready.insert(at, queued);
-    }
-
     /// basic.get: the head message, and how many remain after it.
-    pub fn get(&mut self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let queued = self.ready.pop_front()?;
-        let remaining = self.ready.len() as u32;
+    pub fn get(&mut self, no_ack: bool, ctx: &mut QueueCtx) -> Option<(QueuedMessage, u32)> {
+        self.touch(ctx);
+        let queued = self.next_ready(ctx)?;
+        let remaining = self.ready.count as u32;
         if !no_ack {
             self.unacked
                 .insert(queued.seq, (queued.clone(), ConsumerId::GET));
@@ -210,25 +565,61 @@ impl Queue {
         Some((queued, remaining))
     }
 
-    /// Removes the ready messages (not those awaiting acks), as RabbitMQ does.
-    pub fn purge(&mut self) -> u32 {
-        let count = self.ready.len() as u32;
-        self.ready.clear();
-        count
+    /// Removes the ready messages (not those awaiting acks), as RabbitMQ does;
+    /// purged messages are not dead-lettered.
+    pub fn purge(&mut self, ctx: &mut QueueCtx) -> u32 {
+        self.expire_now.clear();
+        self.ready.clear(|id| ctx.timers.cancel(id)) as u32
     }
 
-    /// Hands ready messages to consumers with credit, round-robin.
-    pub fn dispatch(&mut self, out: &mut Vec<Delivery>) {
-        while !self.ready.is_empty() && !self.consumers.is_empty() {
-            let count = self.consumers.len();
-            let Some(at) = (0..count)
-                .map(|i| (self.next_consumer + i) % count)
-                .find(|&i| self.consumers[i].has_credit())
-            else {
-                return;
+    /// Hands ready messages to consumers with credit, round-robin (or to the
+    /// single active consumer), then applies what must not wait: TTL-0
+    /// messages nobody took expire, and a queue over its length limit drops
+    /// (dead-letters) from the head.
+    pub fn dispatch(&mut self, out: &mut Vec<Delivery>, ctx: &mut QueueCtx) {
+        self.deliver_ready(out, ctx);
+        if !self.expire_now.is_empty() {
+            let now = std::mem::take(&mut self.expire_now);
+            for &(level, seq) in &now {
+                if let Some((queued, _)) = self.ready.take(level as usize, seq) {
+                    self.dead_letter(queued.message, DeathReason::Expired, ctx);
+                }
+            }
+            self.expire_now = now;
+            self.expire_now.clear();
+        }
+        while self.ready.count > 0 && self.over_limit_with(0, 0) {
+            let Some((queued, timer)) = self.ready.pop_front() else {
+                break;
             };
-            self.next_consumer = (at + 1) % count;
-            let Some(queued) = self.ready.pop_front() else {
+            if let Some(id) = timer {
+                ctx.timers.cancel(id);
+            }
+            self.dead_letter(queued.message, DeathReason::Maxlen, ctx);
+        }
+    }
+
+    fn deliver_ready(&mut self, out: &mut Vec<Delivery>, ctx: &mut QueueCtx) {
+        let single_active = self.meta.args.single_active_consumer;
+        while self.ready.count > 0 && !self.consumers.is_empty() {
+            let count = self.consumers.len();
+            let at = if single_active {
+                // Only the earliest consumer still subscribed receives.
+                if !self.consumers[0].has_credit() {
+                    return;
+                }
+                0
+            } else {
+                let Some(at) = (0..count)
+                    .map(|i| (self.next_consumer + i) % count)
+                    .find(|&i| self.consumers[i].has_credit())
+                else {
+                    return;
+                };
+                self.next_consumer = (at + 1) % count;
+                at
+            };
+            let Some(queued) = self.next_ready(ctx) else {
                 return;
             };
             let consumer = &mut self.consumers[at];
@@ -254,5 +645,16 @@ impl Queue {
                 message,
             });
         }
+    }
+}
+
+/// A per-message `expiration` property: milliseconds as a decimal string,
+/// as RabbitMQ reads it (`rabbit_basic:parse_expiration`).
+pub fn parse_expiration(value: &str) -> Result<u64, String> {
+    match value.parse::<i64>() {
+        Ok(ms) if ms < 0 => Err(format!("{{value_negative,{}}}", ms)),
+        Ok(ms) if ms as u64 > EXPIRY_MS_MAX => Err(format!("{{value_too_large,{}}}", ms)),
+        Ok(ms) => Ok(ms as u64),
+        Err(_) => Err("{error,{not_an_integer}}".to_string()),
     }
 }

@@ -247,6 +247,26 @@ async fn shard_main(
         .detach();
     }
 
+    // The timer wheel: message TTLs, queue expiry, delayed messages. The
+    // task sleeps until the earliest deadline; an earlier one wakes it.
+    {
+        let state = state.clone();
+        let senders = senders.clone();
+        let wake = state.borrow().timers.wake.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let sleep_for = {
+                    let mut state = state.borrow_mut();
+                    state.run_timers();
+                    state.timers.plan_sleep()
+                };
+                flush(&state, &senders);
+                futures_lite::future::or(glommio::timer::sleep(sleep_for), wake.wait()).await;
+            }
+        })
+        .detach();
+    }
+
     if id == ShardId(0) {
         glommio::spawn_local(metadata::run_owner(state.clone())).detach();
     }

@@ -1,0 +1,260 @@
+//! Dead-lettering: a message rejected, expired or dropped for length by a
+//! queue with `x-dead-letter-exchange` is republished there by the queue's
+//! shard, with RabbitMQ's x-death history in its headers. The target queues
+//! may live on any shard; they receive an ordinary `Enqueue`.
+
+use bytes::Bytes;
+use tracing::warn;
+
+use crate::broker::ids::QueueRef;
+use crate::broker::message::Message;
+use crate::broker::queue::{DeadLetter, DeathReason};
+use crate::broker::timers::Timers;
+use crate::broker::{ShardMsg, ShardState};
+use crate::protocol::{FieldTable, FieldValue, ShortStr};
+
+impl ShardState {
+    /// Republishes every message the shard's queues dead-lettered.
+    pub(crate) fn route_dead_letters(&mut self) {
+        let mut dead = std::mem::take(&mut self.dead_letters);
+        for letter in dead.drain(..) {
+            self.route_dead_letter(letter);
+        }
+        // Keep the capacity unless dead-lettering added more meanwhile.
+        if self.dead_letters.is_empty() {
+            self.dead_letters = dead;
+        }
+    }
+
+    fn route_dead_letter(&mut self, letter: DeadLetter) {
+        let Some(queue) = self.queues.get(&letter.queue) else {
+            return;
+        };
+        let args = &queue.meta.args;
+        let Some(dlx) = args.dead_letter_exchange.clone() else {
+            return;
+        };
+        let dlrk = args.dead_letter_routing_key.clone();
+        let queue_name = queue.meta.name.clone();
+        let Some(exchange) = self.vhost.exchanges.get(dlx.as_str()) else {
+            // RabbitMQ drops a dead letter whose exchange does not exist.
+            return;
+        };
+        let (message, routing_keys, deaths) =
+            dead_lettered(letter.message, letter.reason, &queue_name, &dlx, dlrk);
+        let mut targets: Vec<QueueRef> = Vec::new();
+        let mut scratch = Vec::new();
+        let mut routed = Vec::new();
+        for key in &routing_keys {
+            self.vhost.route(
+                exchange,
+                key.as_str(),
+                &message.properties,
+                &mut scratch,
+                &mut routed,
+            );
+            for queue in routed.drain(..) {
+                if !targets.iter().any(|t| t.id == queue.id) {
+                    targets.push(queue);
+                }
+            }
+        }
+        for target in targets {
+            if letter.reason != DeathReason::Rejected {
+                let name = self.vhost.queue_by_id(target.id).map(|q| q.name.clone());
+                if let Some(name) = name.filter(|n| is_cycle(n.as_str(), &deaths)) {
+                    warn!(
+                        queue = %name,
+                        "dead letter dropped: it went round a dead-letter cycle without a rejection"
+                    );
+                    continue;
+                }
+            }
+            self.send(
+                target.shard,
+                ShardMsg::Enqueue {
+                    queue: target.id,
+                    message: message.clone(),
+                    confirm: None,
+                },
+            );
+        }
+    }
+}
+
+/// The message as the dead-letter exchange receives it, the routing keys to
+/// route it with, and its new x-death array (for cycle detection).
+fn dead_lettered(
+    message: Message,
+    reason: DeathReason,
+    queue: &ShortStr,
+    dlx: &ShortStr,
+    dlrk: Option<ShortStr>,
+) -> (Message, Vec<ShortStr>, Vec<FieldValue>) {
+    let mut properties = message.properties.decode();
+    let mut headers = properties.headers.take().unwrap_or_default();
+    // The routing keys the message was published with: its routing key and
+    // its CC keys (BCC was removed when it was published).
+    let mut original_keys = vec![message.routing_key.clone()];
+    if let Some(FieldValue::Array(cc)) = headers.get("CC") {
+        original_keys.extend(
+            cc.iter()
+                .filter_map(|v| v.as_str())
+                .filter(|s| s.len() <= 255)
+                .map(ShortStr::from),
+        );
+    }
+    let routing_keys = match dlrk {
+        Some(key) => {
+            headers.remove("CC");
+            vec![key]
+        }
+        None => original_keys.clone(),
+    };
+    let mut entry = FieldTable::new();
+    entry.insert("count", FieldValue::I64(1));
+    entry.insert("reason", long_str(reason.as_str()));
+    entry.insert("queue", long_str(queue.as_str()));
+    entry.insert("time", FieldValue::Timestamp(Timers::unix_seconds()));
+    entry.insert("exchange", long_str(message.exchange.as_str()));
+    entry.insert(
+        "routing-keys",
+        FieldValue::Array(original_keys.iter().map(|k| long_str(k.as_str())).collect()),
+    );
+    if let Some(expiration) = &properties.expiration {
+        entry.insert("original-expiration", long_str(expiration.as_str()));
+    }
+    let deaths = match headers.remove("x-death") {
+        Some(FieldValue::Array(deaths)) => {
+            record_death(deaths, entry, queue.as_str(), reason.as_str())
+        }
+        _ => {
+            // The first death also gets headers of its own
+            // (rabbitmq-server#1332).
+            headers.insert("x-first-death-reason", long_str(reason.as_str()));
+            headers.insert("x-first-death-queue", long_str(queue.as_str()));
+            headers.insert(
+                "x-first-death-exchange",
+                long_str(message.exchange.as_str()),
+            );
+            vec![FieldValue::Table(entry)]
+        }
+    };
+    // As RabbitMQ 3.13 and later do: the latest death at a glance.
+    headers.insert("x-last-death-reason", long_str(reason.as_str()));
+    headers.insert("x-last-death-queue", long_str(queue.as_str()));
+    headers.insert("x-last-death-exchange", long_str(message.exchange.as_str()));
+    headers.insert("x-death", FieldValue::Array(deaths.clone()));
+    properties.headers = Some(headers);
+    // Without this the message could expire again in the queue it reaches.
+    properties.expiration = None;
+    let message = Message {
+        exchange: dlx.clone(),
+        routing_key: routing_keys[0].clone(),
+        properties: properties.encode(),
+        body: message.body,
+    };
+    (message, routing_keys, deaths)
+}
+
+/// Adds a death to an existing x-death array: the entry for the same queue
+/// and reason has its count raised and moves to the front (keeping its first
+/// time, exchange and routing keys, as RabbitMQ does); otherwise the new
+/// entry goes first.
+fn record_death(
+    deaths: Vec<FieldValue>,
+    entry: FieldTable,
+    queue: &str,
+    reason: &str,
+) -> Vec<FieldValue> {
+    let same = |t: &FieldTable| {
+        t.get("queue").and_then(FieldValue::as_str) == Some(queue)
+            && t.get("reason").and_then(FieldValue::as_str) == Some(reason)
+    };
+    let mut front = None;
+    let mut others = Vec::with_capacity(deaths.len() + 1);
+    for death in deaths {
+        match death {
+            FieldValue::Table(t) if front.is_none() && same(&t) => front = Some(t),
+            FieldValue::Table(t) if same(&t) => {}
+            other => others.push(other),
+        }
+    }
+    let front = match front {
+        Some(mut t) => {
+            let count = t.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
+            t.insert("count", FieldValue::I64(count + 1));
+            // RabbitMQ sorts an updated entry's fields by name.
+            t.0.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            t
+        }
+        None => entry,
+    };
+    let mut result = Vec::with_capacity(others.len() + 1);
+    result.push(FieldValue::Table(front));
+    result.extend(others);
+    result
+}
+
+/// RabbitMQ's cycle rule: the message has died in `queue` before, and every
+/// death since then (that one included) was automatic, not a rejection.
+fn is_cycle(queue: &str, deaths: &[FieldValue]) -> bool {
+    let mut seen = Vec::new();
+    for death in deaths {
+        seen.push(death);
+        let FieldValue::Table(t) = death else {
+            continue;
+        };
+        if t.get("queue").and_then(FieldValue::as_str) == Some(queue) {
+            return seen.iter().all(|d| match d {
+                FieldValue::Table(t) => {
+                    t.get("reason").and_then(FieldValue::as_str) != Some("rejected")
+                }
+                // Something a client put there: not a fully automatic cycle.
+                _ => false,
+            });
+        }
+    }
+    false
+}
+
+fn long_str(s: &str) -> FieldValue {
+    FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn death(queue: &str, reason: &str, count: i64) -> FieldValue {
+        let mut t = FieldTable::new();
+        t.insert("count", FieldValue::I64(count));
+        t.insert("reason", long_str(reason));
+        t.insert("queue", long_str(queue));
+        FieldValue::Table(t)
+    }
+
+    #[test]
+    fn a_repeated_death_counts_up_and_moves_to_the_front() {
+        let deaths = vec![death("b", "expired", 1), death("a", "expired", 1)];
+        let entry = match death("a", "expired", 1) {
+            FieldValue::Table(t) => t,
+            _ => unreachable!(),
+        };
+        let deaths = record_death(deaths, entry, "a", "expired");
+        assert_eq!(deaths.len(), 2);
+        let first = deaths[0].as_table().unwrap();
+        assert_eq!(first.get("queue").and_then(FieldValue::as_str), Some("a"));
+        assert_eq!(first.get("count").and_then(FieldValue::as_i64), Some(2));
+    }
+
+    #[test]
+    fn cycles_without_a_rejection_are_cycles() {
+        let deaths = vec![death("a", "expired", 1), death("b", "expired", 1)];
+        assert!(is_cycle("b", &deaths));
+        assert!(is_cycle("a", &deaths));
+        assert!(!is_cycle("c", &deaths));
+        let deaths = vec![death("a", "rejected", 1), death("b", "expired", 1)];
+        assert!(!is_cycle("b", &deaths));
+    }
+}
