@@ -11,11 +11,12 @@ use warren::broker::exchange::{Binding, Destination};
 use warren::broker::ids::{ConnId, ConnRef, QueueId, QueueRef, ShardId};
 use warren::broker::message::Message;
 use warren::broker::queue::{ConsumerSpec, Queue, QueueCtx, Settle};
-use warren::broker::timers::Timers;
+use warren::broker::timer_wheel::TimerWheel;
+use warren::broker::timers::{TimerEvent, Timers};
 use warren::broker::vhost::QueueMeta;
 use warren::protocol::{
-    parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicPublish,
-    FieldTable, Frame, Method, Properties, ShortStr,
+    parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicProperties,
+    BasicPublish, FieldTable, Frame, Method, Properties, ShortStr,
 };
 
 fn best_ns_per_op(iterations: u64, mut op: impl FnMut()) -> f64 {
@@ -245,9 +246,73 @@ fn mailbox_batches() {
     report("cross-shard mailbox, batches of 64", ns);
 }
 
+/// One million messages, each with its own TTL, published into one queue
+/// with no consumer (so every one holds a pending timer), then purged;
+/// against the same without TTLs. The difference is what the timer wheel
+/// costs per message.
+fn queue_ttl() {
+    const MESSAGES: u64 = 1_000_000;
+    let with_ttl: Vec<Properties> = (0..1000u64)
+        .map(|i| {
+            BasicProperties {
+                expiration: Some(ShortStr::from(format!("{}", 60_000 + i * 37))),
+                ..Default::default()
+            }
+            .encode()
+        })
+        .collect();
+    let without_ttl = vec![Properties::empty()];
+    for (name, properties) in [
+        ("queue publish + purge, no TTL", &without_ttl),
+        ("queue publish + purge, own TTL each", &with_ttl),
+    ] {
+        let mut queue = Queue::new(QueueMeta {
+            id: QueueId(1),
+            name: ShortStr::from("bench-ttl"),
+            shard: ShardId(0),
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+            args: Default::default(),
+        });
+        let messages: Vec<Message> = properties
+            .iter()
+            .map(|p| Message {
+                exchange: ShortStr::from(""),
+                routing_key: ShortStr::from("bench-ttl"),
+                properties: p.clone(),
+                body: bytes::Bytes::from_static(&[7u8; 16]),
+            })
+            .collect();
+        let mut timers = Timers::new();
+        let mut dead = Vec::new();
+        let mut pending_timers = 0;
+        let ns = best_ns_per_op(1, || {
+            let mut ctx = QueueCtx::new(&mut timers, &mut dead);
+            for i in 0..MESSAGES {
+                let message = &messages[(i % messages.len() as u64) as usize];
+                queue.publish(message.clone(), &mut ctx);
+            }
+            pending_timers = ctx.timers.len();
+            queue.purge(&mut ctx);
+        }) / MESSAGES as f64;
+        report(name, ns);
+        if pending_timers > 0 {
+            println!(
+                "{:<48} {:>9} timers pending, {} bytes each in the wheel + 16 in the queue",
+                "",
+                pending_timers,
+                TimerWheel::<TimerEvent>::ENTRY_BYTES
+            );
+        }
+    }
+}
+
 fn main() {
     codec();
     topic_routing();
     queue_cycle();
+    queue_ttl();
     mailbox_batches();
 }

@@ -18,7 +18,7 @@ use crate::broker::message::Message;
 use crate::broker::metadata::{
     check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
 };
-use crate::broker::queue::{ConsumerSpec, Delivery, Settle};
+use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, Settle};
 use crate::broker::vhost::QueueMeta;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
 use crate::protocol::{
@@ -669,6 +669,14 @@ impl Connection {
                 return Err(AmqpError::precondition_failed(format!(
                     "user_id property set to '{}' but authenticated user was '{}'",
                     user_id, self.user
+                )));
+            }
+        }
+        if let Some(expiration) = properties.expiration() {
+            if let Err(error) = parse_expiration(expiration.as_str()) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid expiration '{}': {}",
+                    expiration, error
                 )));
             }
         }

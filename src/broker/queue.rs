@@ -649,12 +649,51 @@ impl Queue {
 }
 
 /// A per-message `expiration` property: milliseconds as a decimal string,
-/// as RabbitMQ reads it (`rabbit_basic:parse_expiration`).
+/// read as RabbitMQ reads it (`rabbit_basic:parse_expiration`, which uses
+/// Erlang's `string:to_integer`). The error is RabbitMQ's term, printed.
 pub fn parse_expiration(value: &str) -> Result<u64, String> {
-    match value.parse::<i64>() {
-        Ok(ms) if ms < 0 => Err(format!("{{value_negative,{}}}", ms)),
-        Ok(ms) if ms as u64 > EXPIRY_MS_MAX => Err(format!("{{value_too_large,{}}}", ms)),
-        Ok(ms) => Ok(ms as u64),
-        Err(_) => Err("{error,{not_an_integer}}".to_string()),
+    let digits_from = usize::from(value.starts_with(['+', '-']));
+    let digits_len = value[digits_from..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    if digits_len == 0 {
+        return Err("no_integer".to_string());
+    }
+    let (number, rest) = value.split_at(digits_from + digits_len);
+    if !rest.is_empty() {
+        return Err(format!("{{leftover_string,{:?}}}", rest));
+    }
+    // Too many digits for an i128 is certainly too large.
+    let ms: i128 = number.parse().unwrap_or(i128::MAX);
+    if ms < 0 {
+        return Err(format!("{{value_negative,{}}}", ms));
+    }
+    if ms > i128::from(EXPIRY_MS_MAX) {
+        return Err(format!("{{value_too_large,{}}}", ms));
+    }
+    Ok(ms as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_expiration;
+
+    #[test]
+    fn expiration_is_read_as_rabbitmq_reads_it() {
+        assert_eq!(parse_expiration("1000"), Ok(1000));
+        assert_eq!(parse_expiration("0"), Ok(0));
+        assert_eq!(parse_expiration("+5"), Ok(5));
+        assert_eq!(parse_expiration("-1"), Err("{value_negative,-1}".into()));
+        assert_eq!(parse_expiration("abc"), Err("no_integer".into()));
+        assert_eq!(parse_expiration(""), Err("no_integer".into()));
+        assert_eq!(
+            parse_expiration("12ab"),
+            Err("{leftover_string,\"ab\"}".into())
+        );
+        assert_eq!(
+            parse_expiration("315360000001"),
+            Err("{value_too_large,315360000001}".into())
+        );
     }
 }
