@@ -28,12 +28,12 @@ use crate::broker::signal::Notify;
 use crate::broker::vhost::{Vhost, DEFAULT_VHOST};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
-use crate::protocol::frame::write_method_args;
+use crate::protocol::frame::{write_method_args, FRAME_METHOD};
 use crate::protocol::method::MethodArgs;
 use crate::protocol::{
-    close_method, parse_frame, write_body, write_content_header, write_heartbeat, write_method,
-    AmqpError, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune, FieldTable,
-    FieldValue, Frame, Method, Properties, PROTOCOL_HEADER,
+    close_method, parse_frame, peek_publish, write_body, write_content_header, write_heartbeat,
+    write_method, AmqpError, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune,
+    FieldTable, FieldValue, Frame, Method, Properties, PROTOCOL_HEADER,
 };
 
 /// What the reader task should do after `input`.
@@ -248,6 +248,18 @@ impl Connection {
                     break Input::NeedMore;
                 }
                 continue;
+            }
+            if self.phase == Phase::Running && buf.first() == Some(&FRAME_METHOD) {
+                if let Some(shape) = peek_publish(buf, self.wire.frame_max) {
+                    let len = shape.len;
+                    if self.fast_publish(shape, buf, env) {
+                        parsed += len;
+                        if parsed >= config::READ_BYTES_PER_TURN_MAX {
+                            break Input::Yield;
+                        }
+                        continue;
+                    }
+                }
             }
             let before = buf.len();
             match parse_frame(buf, self.wire.frame_max) {

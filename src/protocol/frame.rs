@@ -214,6 +214,87 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     decode_payload(frame_type, channel, payload).map(Some)
 }
 
+/// Where the parts of a publish lie in the read buffer: a basic.publish
+/// method frame, its content header and one body frame, back to back on one
+/// channel. Offsets are from the start of the buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishShape {
+    pub channel: u16,
+    pub exchange: std::ops::Range<usize>,
+    pub routing_key: std::ops::Range<usize>,
+    pub mandatory: bool,
+    pub flags: u16,
+    pub properties: std::ops::Range<usize>,
+    pub body: std::ops::Range<usize>,
+    /// Bytes the three frames take.
+    pub len: usize,
+}
+
+/// Recognises the common shape of a publish at the front of `buf` — method,
+/// header and a single body frame, complete, well framed, on one channel,
+/// immediate not set — without consuming or allocating. Anything else
+/// (incomplete, unusual or malformed framing) is None, and the general
+/// parser reads the same bytes with its full checks and error reporting.
+/// The names' UTF-8 and the property list are not checked here:
+/// `ShortStr::from_bytes` and `Properties::from_wire` check them once.
+pub fn peek_publish(buf: &[u8], frame_max: u32) -> Option<PublishShape> {
+    let frame = |at: usize, kind: u8| -> Option<(u16, std::ops::Range<usize>)> {
+        let header = buf.get(at..at + FRAME_HEADER_SIZE)?;
+        if header[0] != kind {
+            return None;
+        }
+        let channel = u16::from_be_bytes([header[1], header[2]]);
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+        if frame_max != 0 && size > frame_max {
+            return None;
+        }
+        let start = at + FRAME_HEADER_SIZE;
+        let end = start.checked_add(size as usize)?;
+        (*buf.get(end)? == FRAME_END).then_some((channel, start..end))
+    };
+    let (channel, method) = frame(0, FRAME_METHOD)?;
+    let m = &buf[method.clone()];
+    // class 60, method 40, reserved short, then the exchange's length.
+    if channel == 0 || m.len() < 7 || m[..4] != [0, 60, 0, 40] {
+        return None;
+    }
+    let exchange_at = method.start + 7;
+    let exchange = exchange_at..exchange_at + m[6] as usize;
+    let key_len_at = exchange.end;
+    let routing_key = key_len_at + 1..key_len_at + 1 + *buf.get(key_len_at)? as usize;
+    // The bits octet must be the last argument byte.
+    if routing_key.end + 1 != method.end {
+        return None;
+    }
+    let bits = buf[routing_key.end];
+    if bits & !1 != 0 {
+        // immediate (refused with its own error) or stray bits.
+        return None;
+    }
+
+    let (header_channel, header) = frame(method.end + 1, FRAME_HEADER)?;
+    let h = &buf[header.clone()];
+    if header_channel != channel || h.len() < 14 || h[..4] != [0, 60, 0, 0] {
+        return None;
+    }
+    let body_size = u64::from_be_bytes(h[4..12].try_into().ok()?);
+    let flags = u16::from_be_bytes([h[12], h[13]]);
+    let (body_channel, body) = frame(header.end + 1, FRAME_BODY)?;
+    if body_channel != channel || body.len() as u64 != body_size || body_size == 0 {
+        return None;
+    }
+    Some(PublishShape {
+        channel,
+        exchange,
+        routing_key,
+        mandatory: bits & 1 != 0,
+        flags,
+        properties: header.start + 14..header.end,
+        body: body.clone(),
+        len: body.end + 1,
+    })
+}
+
 fn decode_payload(frame_type: u8, channel: u16, payload: Bytes) -> Result<Frame, FrameError> {
     match frame_type {
         FRAME_METHOD => {
@@ -369,6 +450,62 @@ mod tests {
     use crate::protocol::method::tests::sample_methods;
     use crate::protocol::method::BasicPublish;
     use crate::protocol::properties::tests::all_set;
+
+    fn publish_frames(channel: u16, immediate: bool, body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        let publish = BasicPublish {
+            exchange: "amq.direct".into(),
+            routing_key: "key".into(),
+            mandatory: true,
+            immediate,
+        };
+        write_method(&mut buf, channel, &publish.into());
+        write_content_header(&mut buf, channel, 60, body.len() as u64, &all_set().encode());
+        write_body(&mut buf, channel, &Bytes::copy_from_slice(body), 131_072);
+        buf
+    }
+
+    #[test]
+    fn peek_publish_finds_the_three_frames() {
+        let buf = publish_frames(3, false, b"hello");
+        let shape = peek_publish(&buf, 131_072).expect("a publish");
+        assert_eq!(shape.channel, 3);
+        assert_eq!(&buf[shape.exchange.clone()], b"amq.direct");
+        assert_eq!(&buf[shape.routing_key.clone()], b"key");
+        assert!(shape.mandatory);
+        assert_eq!(&buf[shape.body.clone()], b"hello");
+        assert_eq!(shape.len, buf.len());
+        let properties = Bytes::copy_from_slice(&buf[shape.properties.clone()]);
+        assert_eq!(
+            Properties::from_wire(shape.flags, properties).unwrap(),
+            all_set().encode()
+        );
+    }
+
+    #[test]
+    fn peek_publish_leaves_anything_else_to_the_general_parser() {
+        let whole = publish_frames(3, false, b"hello");
+        // Every incomplete prefix.
+        for end in 0..whole.len() {
+            assert_eq!(peek_publish(&whole[..end], 131_072), None, "prefix {end}");
+        }
+        assert_eq!(peek_publish(&publish_frames(3, true, b"x"), 131_072), None);
+        assert_eq!(peek_publish(&publish_frames(0, false, b"x"), 131_072), None);
+        assert_eq!(peek_publish(&publish_frames(3, false, b""), 131_072), None);
+        // A frame over frame_max, and every single corrupted byte: never a
+        // panic, and never a shape that reaches past the buffer.
+        assert_eq!(peek_publish(&whole, 16), None);
+        for at in 0..whole.len() {
+            for value in [0u8, 1, 2, 3, 0x7f, 0xce, 0xff] {
+                let mut bytes = whole.to_vec();
+                bytes[at] = value;
+                if let Some(shape) = peek_publish(&bytes, 131_072) {
+                    assert!(shape.len <= bytes.len());
+                    assert!(shape.body.end < shape.len);
+                }
+            }
+        }
+    }
 
     fn one_frame(bytes: &[u8], frame_max: u32) -> Result<Option<Frame>, FrameError> {
         let mut buf = BytesMut::from(bytes);
