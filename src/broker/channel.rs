@@ -843,11 +843,28 @@ impl Connection {
             }
             at + 1
         };
+        // One message per run of deliveries from the same queue and
+        // consumer, not one per delivery: a multiple ack of 50 is one
+        // mailbox entry and one dispatch at the queue.
+        let mut run: Option<(Unacked, Vec<u64>)> = None;
         for u in ch.unacked.drain(..taken) {
             if u.consumer != ConsumerId::GET {
                 ch.consumer_unacked = ch.consumer_unacked.saturating_sub(1);
             }
-            self.effects.push(settle_msg(&u, settle));
+            match &mut run {
+                Some((first, seqs)) if first.queue == u.queue && first.consumer == u.consumer => {
+                    seqs.push(u.seq)
+                }
+                _ => {
+                    if let Some(done) = run.take() {
+                        self.effects.push(settle_run(done, settle));
+                    }
+                    run = Some((u, Vec::new()));
+                }
+            }
+        }
+        if let Some(done) = run {
+            self.effects.push(settle_run(done, settle));
         }
         self.release_held(id);
         Ok(())
@@ -1164,6 +1181,23 @@ fn settle_msg(u: &Unacked, settle: Settle) -> (ShardId, ShardMsg) {
 }
 
 /// Returns a delivery the client never saw to its queue.
+/// A run of deliveries of one queue to one consumer, settled alike.
+fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, ShardMsg) {
+    if more.is_empty() {
+        return settle_msg(&first, settle);
+    }
+    (
+        first.queue.shard,
+        ShardMsg::SettleMany {
+            queue: first.queue.id,
+            first: first.seq,
+            more,
+            consumer: first.consumer,
+            settle,
+        },
+    )
+}
+
 fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
     (
         delivery.queue.shard,

@@ -460,7 +460,13 @@ mod tests {
             immediate,
         };
         write_method(&mut buf, channel, &publish.into());
-        write_content_header(&mut buf, channel, 60, body.len() as u64, &all_set().encode());
+        write_content_header(
+            &mut buf,
+            channel,
+            60,
+            body.len() as u64,
+            &all_set().encode(),
+        );
         write_body(&mut buf, channel, &Bytes::copy_from_slice(body), 131_072);
         buf
     }
