@@ -508,6 +508,23 @@ impl Connection {
         self.release_channel(channel);
     }
 
+    /// The broker is stopping: connection.close 320, in RabbitMQ's words.
+    pub(crate) fn shut_down(&mut self, now: Instant) {
+        match self.phase {
+            Phase::ProtocolHeader => {
+                // Nothing was said yet: just close the socket.
+                self.phase = Phase::Closed;
+            }
+            Phase::ClosingByClient => {}
+            _ => self.connection_error(
+                AmqpError::connection_forced(
+                    "broker forced connection closure with reason 'shutdown'",
+                ),
+                now,
+            ),
+        }
+    }
+
     /// The socket is gone: release everything without a word to the client.
     pub fn lost(&mut self) {
         if self.phase == Phase::Closed {

@@ -707,6 +707,25 @@ impl ShardState {
         self.run_local();
     }
 
+    /// The broker is stopping: every client connection is told so.
+    pub fn shut_down_connections(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(connection) = self.connections.get_mut(&id) {
+                connection.shut_down(now);
+                if connection.is_closed() {
+                    connection.reader.notify();
+                    connection.wire.writer.notify();
+                }
+            }
+            self.finish_connection_turn(id);
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Called by the socket tasks once both of them are done.
     pub fn remove_connection(&mut self, id: ConnId) {
         self.connection_lost(id);

@@ -16,9 +16,12 @@ use tracing::{error, info, warn};
 
 use crate::broker::auth::Users;
 use crate::broker::ids::ShardId;
+use crate::broker::signal::Notify;
 use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
 use crate::net;
+
+pub mod shutdown;
 
 type Batch = Vec<ShardMsg>;
 type Shared = Rc<RefCell<ShardState>>;
@@ -96,6 +99,7 @@ pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
 pub fn run(config: Config) -> Result<(), BootError> {
     let shard_count = config.shards.max(1);
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
+    shutdown::install();
     let (sockets, bound) =
         net::listener::bind_all(&config.listen, shard_count).map_err(BootError::Bind)?;
     let cpus = config.cpus.clone().unwrap_or_else(|| {
@@ -232,15 +236,41 @@ async fn shard_main(
         .detach();
     }
 
-    // The tick: heartbeats, deadlines, mailbox retries, and an upper bound on
-    // how long the executor can stay parked (see RUNTIME-NOTES).
+    // Listeners stop on shutdown; the shard ends once its clients are gone.
+    let stop_accepting: Vec<Notify> = fds.iter().map(|_| Notify::new()).collect();
+    let stopped = Notify::new();
+
+    // The tick: heartbeats, deadlines, mailbox retries, shutdown, and an
+    // upper bound on how long the executor can stay parked (RUNTIME-NOTES).
     {
         let state = state.clone();
         let senders = senders.clone();
+        let stop_accepting = stop_accepting.clone();
+        let stopped = stopped.clone();
         glommio::spawn_local(async move {
+            let mut stopping_since: Option<Instant> = None;
             loop {
                 glommio::timer::sleep(config::TICK).await;
-                state.borrow_mut().tick(Instant::now());
+                let now = Instant::now();
+                state.borrow_mut().tick(now);
+                if shutdown::requested() {
+                    match stopping_since {
+                        None => {
+                            stopping_since = Some(now);
+                            stop_accepting.iter().for_each(Notify::notify);
+                            state.borrow_mut().shut_down_connections(now);
+                        }
+                        Some(since) => {
+                            let clients = state.borrow().connection_count();
+                            if clients == 0 || now - since > shutdown::CLOSE_DEADLINE {
+                                if clients > 0 {
+                                    warn!(clients, "stopping with clients that did not close");
+                                }
+                                stopped.notify();
+                            }
+                        }
+                    }
+                }
                 flush(&state, &senders);
             }
         })
@@ -271,14 +301,24 @@ async fn shard_main(
         glommio::spawn_local(metadata::run_owner(state.clone())).detach();
     }
 
-    for fd in fds {
+    for (fd, stop) in fds.into_iter().zip(stop_accepting) {
         use std::os::fd::FromRawFd;
         // SAFETY: the fd is a listening socket bound for this shard alone.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         let state = state.clone();
         glommio::spawn_local(async move {
             loop {
-                match listener.accept().await {
+                let accepted =
+                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                        stop.wait().await;
+                        None
+                    })
+                    .await;
+                // Stopping: the listener is dropped, so new clients are refused.
+                let Some(accepted) = accepted else {
+                    return;
+                };
+                match accepted {
                     Ok(stream) => {
                         glommio::spawn_local(net::connection::serve(stream, state.clone()))
                             .detach();
@@ -294,8 +334,8 @@ async fn shard_main(
     }
 
     let _ = ready.send(());
-    // Runs until the process exits; the spawned tasks do the work.
-    futures_lite::future::pending::<()>().await;
+    // The spawned tasks do the work until a shutdown has closed the clients.
+    stopped.wait().await;
 }
 
 /// Sends each peer its outgoing batch. A full mailbox keeps the batch here
@@ -316,6 +356,8 @@ fn flush(state: &Shared, senders: &Senders<Batch>) {
                 state.outbox[peer].extend(newer);
                 backed_up |= state.outbox[peer].len() > config::MAILBOX_OVERFLOW_MAX;
             }
+            // A peer that already stopped is no error while shutting down.
+            Err(_) if shutdown::requested() => {}
             Err(e) => error!(peer, error = %e, "mailbox send failed"),
         }
     }

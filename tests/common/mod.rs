@@ -184,6 +184,31 @@ impl Broker {
         self.data_dir.as_deref()
     }
 
+    /// Sends `signal` (SIGTERM, SIGINT) to warren and waits up to `limit`
+    /// for it to exit. None for an external broker, or if it did not exit
+    /// in time (it is then killed by Drop).
+    pub fn stop_with(
+        &mut self,
+        signal: libc::c_int,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let pid = libc::pid_t::try_from(child.id()).ok()?;
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL and wait. Does nothing for an external broker or a broker already killed.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

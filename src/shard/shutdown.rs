@@ -1,0 +1,67 @@
+//! SIGTERM and SIGINT: stop accepting, close every client connection with
+//! 320 CONNECTION_FORCED as RabbitMQ does, and exit 0 once they are closed
+//! (or a deadline passes).
+//!
+//! The signals are blocked in every thread and taken by one thread with
+//! sigwait(2), which sets a flag; the shards look at it from their tick (a
+//! foreign thread's wake-up of a glommio executor is unreliable, see
+//! RUNTIME-NOTES), so no signal handler runs inside an executor.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// How long the shards wait for clients to answer connection.close.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::Acquire)
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
+/// starts afterwards (the shards), then starts the thread that waits for
+/// them. Call before the shards are spawned.
+pub fn install() {
+    let set = stop_signals();
+    // SAFETY: a valid, initialised signal set; no old mask is asked for.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if blocked != 0 {
+        warn!(
+            error = blocked,
+            "cannot block SIGTERM/SIGINT; they will end the broker at once"
+        );
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("warren-signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is initialised and `signal` is a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                let name = if signal == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                info!(signal = name, "shutting down: closing client connections");
+                REQUESTED.store(true, Ordering::Release);
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the signal thread");
+    }
+}
