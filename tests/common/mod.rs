@@ -374,6 +374,7 @@ pub fn append_to(path: &std::path::Path, text: &str) {
 }
 
 #[doc(hidden)]
+#[allow(unused_imports)] // not every test file uses broker_test!
 pub use paste as __paste;
 
 /// `broker_test!(name, |b| { ... })` generates `#[test] fn name_shards_1()` and
