@@ -35,6 +35,15 @@ pub fn run<F: Future<Output = ()>>(body: F) {
     }))
 }
 
+/// Like `run`, with a longer overall deadline for bodies that wait on timers
+/// (TTLs, queue expiry) on a loaded machine.
+pub fn run_for<F: Future<Output = ()>>(limit: Duration, body: F) {
+    future::block_on(future::or(body, async {
+        async_io::Timer::after(limit).await;
+        panic!("test did not finish within {:?}", limit);
+    }))
+}
+
 /// `Some(output)` if `fut` finishes within `limit`, else `None`.
 pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(fut.await) }, async {
@@ -585,7 +594,7 @@ pub fn ls(s: &str) -> AMQPValue {
 /// (server properties, the server's tune proposal).
 pub mod raw {
     use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
-    use amq_protocol::protocol::{connection, AMQPClass};
+    use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
@@ -663,5 +672,290 @@ pub mod raw {
                 other => panic!("expected connection.tune, got {:?}", other),
             }
         }
+
+        /// A whole handshake (PLAIN, the server's tune, vhost "/") and channel 1 open.
+        pub fn open_channel_1(addr: SocketAddr, user: &str, pass: &str) -> RawConn {
+            let mut c = RawConn::open(addr);
+            c.read_start();
+            let tune = c.start_ok_plain(user, pass);
+            c.send(&AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                    channel_max: tune.channel_max,
+                    frame_max: tune.frame_max,
+                    heartbeat: 0,
+                })),
+            ));
+            c.send(&AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                    virtual_host: "/".into(),
+                })),
+            ));
+            match c.read() {
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {}
+                other => panic!("expected connection.open-ok, got {:?}", other),
+            }
+            c.send(&AMQPFrame::Method(
+                1,
+                AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            ));
+            match c.read() {
+                AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) => {}
+                other => panic!("expected channel.open-ok, got {:?}", other),
+            }
+            c
+        }
+
+        /// Reads one frame undecoded: (type, channel, payload). Panics on EOF or after
+        /// the 5 s read timeout.
+        pub fn read_undecoded(&mut self) -> (u8, u16, Vec<u8>) {
+            loop {
+                if self.buf.len() >= 7 {
+                    let size =
+                        u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]])
+                            as usize;
+                    // Header, payload and the frame-end octet.
+                    if self.buf.len() > 7 + size {
+                        let kind = self.buf[0];
+                        let chan = u16::from_be_bytes([self.buf[1], self.buf[2]]);
+                        let payload = self.buf[7..7 + size].to_vec();
+                        assert_eq!(self.buf[7 + size], 0xCE, "bad frame end");
+                        self.buf.drain(..7 + size + 1);
+                        return (kind, chan, payload);
+                    }
+                }
+                let mut chunk = [0u8; 65536];
+                let n = self.stream.read(&mut chunk).expect("read from broker");
+                assert!(n > 0, "broker closed the socket");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        /// basic.get (no-ack) on channel 1 of a connection made by `open_channel_1`;
+        /// returns the message's content header properties as they were on the wire,
+        /// or None for basic.get-empty.
+        pub fn get_wire_properties(&mut self, queue: &str) -> Option<super::wire::Properties> {
+            self.send(&AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                    queue: queue.into(),
+                    no_ack: true,
+                })),
+            ));
+            let (kind, _, payload) = self.read_undecoded();
+            assert_eq!(kind, 1, "expected a method frame");
+            let method = (
+                u16::from_be_bytes([payload[0], payload[1]]),
+                u16::from_be_bytes([payload[2], payload[3]]),
+            );
+            match method {
+                (60, 72) => return None,
+                (60, 71) => {}
+                other => panic!("expected basic.get-ok or get-empty, got method {:?}", other),
+            }
+            let (kind, _, header) = self.read_undecoded();
+            assert_eq!(kind, 2, "expected a content header frame");
+            let props = super::wire::parse_properties(&header);
+            let mut left = props.body_size;
+            while left > 0 {
+                let (kind, _, body) = self.read_undecoded();
+                assert_eq!(kind, 3, "expected a body frame");
+                left -= body.len() as u64;
+            }
+            Some(props)
+        }
+    }
+}
+
+/// Content header properties decoded by hand, keeping field-table entries in wire order
+/// with their type tags (lapin's tables are sorted maps and lose both).
+pub mod wire {
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Value {
+        Bool(bool),
+        /// Every integer type, with its tag telling which one it was.
+        Int(i64),
+        UInt(u64),
+        Float(f64),
+        Decimal(u8, u32),
+        Str(Vec<u8>),
+        Bytes(Vec<u8>),
+        Array(Vec<(char, Value)>),
+        Timestamp(u64),
+        Table(Vec<(String, char, Value)>),
+        Void,
+    }
+
+    impl Value {
+        pub fn str(&self) -> Option<String> {
+            match self {
+                Value::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
+                _ => None,
+            }
+        }
+    }
+
+    /// A compact rendering of a wire-order table, `{key:tag=value, ...}`, for messages.
+    pub fn render(t: &[(String, char, Value)]) -> String {
+        let items: Vec<String> = t
+            .iter()
+            .map(|(k, c, v)| format!("{k}:{c}={}", render_value(v)))
+            .collect();
+        format!("{{{}}}", items.join(", "))
+    }
+
+    fn render_value(v: &Value) -> String {
+        match v {
+            Value::Str(s) => format!("{:?}", String::from_utf8_lossy(s)),
+            Value::Array(items) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|(c, v)| format!("{c}={}", render_value(v)))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
+            Value::Table(t) => render(t),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// Looks a key up in a wire-order table.
+    pub fn lookup<'a>(t: &'a [(String, char, Value)], key: &str) -> Option<(char, &'a Value)> {
+        t.iter().find(|(k, _, _)| k == key).map(|(_, c, v)| (*c, v))
+    }
+
+    /// The keys of a wire-order table, in order.
+    pub fn keys(t: &[(String, char, Value)]) -> Vec<String> {
+        t.iter().map(|(k, _, _)| k.clone()).collect()
+    }
+
+    #[derive(Debug, Clone, Default)]
+    pub struct Properties {
+        pub body_size: u64,
+        pub flags: u16,
+        pub headers: Option<Vec<(String, char, Value)>>,
+        pub expiration: Option<String>,
+        pub priority: Option<u8>,
+    }
+
+    struct Cursor<'a> {
+        b: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> &'a [u8] {
+            let s = &self.b[self.at..self.at + n];
+            self.at += n;
+            s
+        }
+        fn u8(&mut self) -> u8 {
+            self.take(1)[0]
+        }
+        fn u16(&mut self) -> u16 {
+            u16::from_be_bytes(self.take(2).try_into().unwrap())
+        }
+        fn u32(&mut self) -> u32 {
+            u32::from_be_bytes(self.take(4).try_into().unwrap())
+        }
+        fn u64(&mut self) -> u64 {
+            u64::from_be_bytes(self.take(8).try_into().unwrap())
+        }
+        fn short_str(&mut self) -> String {
+            let n = self.u8() as usize;
+            String::from_utf8_lossy(self.take(n)).into_owned()
+        }
+        fn long_bytes(&mut self) -> Vec<u8> {
+            let n = self.u32() as usize;
+            self.take(n).to_vec()
+        }
+        fn value(&mut self) -> (char, Value) {
+            let tag = self.u8() as char;
+            let v = match tag {
+                't' => Value::Bool(self.u8() != 0),
+                'b' => Value::Int(self.u8() as i8 as i64),
+                'B' => Value::UInt(self.u8() as u64),
+                's' => Value::Int(self.u16() as i16 as i64),
+                'u' => Value::UInt(self.u16() as u64),
+                'I' => Value::Int(self.u32() as i32 as i64),
+                'i' => Value::UInt(self.u32() as u64),
+                'l' => Value::Int(self.u64() as i64),
+                'L' => Value::UInt(self.u64()),
+                'f' => Value::Float(f32::from_bits(self.u32()) as f64),
+                'd' => Value::Float(f64::from_bits(self.u64())),
+                'D' => {
+                    let scale = self.u8();
+                    Value::Decimal(scale, self.u32())
+                }
+                'S' => Value::Str(self.long_bytes()),
+                'x' => Value::Bytes(self.long_bytes()),
+                'T' => Value::Timestamp(self.u64()),
+                'V' => Value::Void,
+                'F' => Value::Table(self.table()),
+                'A' => {
+                    let n = self.u32() as usize;
+                    let end = self.at + n;
+                    let mut items = Vec::new();
+                    while self.at < end {
+                        items.push(self.value());
+                    }
+                    Value::Array(items)
+                }
+                other => panic!("unknown field type {:?}", other),
+            };
+            (tag, v)
+        }
+        fn table(&mut self) -> Vec<(String, char, Value)> {
+            let n = self.u32() as usize;
+            let end = self.at + n;
+            let mut out = Vec::new();
+            while self.at < end {
+                let k = self.short_str();
+                let (tag, v) = self.value();
+                out.push((k, tag, v));
+            }
+            out
+        }
+    }
+
+    /// Decodes a basic content header frame payload.
+    pub fn parse_properties(payload: &[u8]) -> Properties {
+        let mut c = Cursor { b: payload, at: 0 };
+        let _class = c.u16();
+        let _weight = c.u16();
+        let body_size = c.u64();
+        let flags = c.u16();
+        let mut p = Properties {
+            body_size,
+            flags,
+            ..Default::default()
+        };
+        let has = |bit: u16| flags & (1 << bit) != 0;
+        if has(15) {
+            c.short_str();
+        }
+        if has(14) {
+            c.short_str();
+        }
+        if has(13) {
+            p.headers = Some(c.table());
+        }
+        if has(12) {
+            c.u8();
+        }
+        if has(11) {
+            p.priority = Some(c.u8());
+        }
+        if has(10) {
+            c.short_str();
+        }
+        if has(9) {
+            c.short_str();
+        }
+        if has(8) {
+            p.expiration = Some(c.short_str());
+        }
+        p
     }
 }
