@@ -140,11 +140,22 @@ fn dead_lettered(
             vec![FieldValue::Table(entry)]
         }
     };
-    // As RabbitMQ 3.13 and later do: the latest death at a glance.
-    headers.insert("x-last-death-reason", long_str(reason.as_str()));
-    headers.insert("x-last-death-queue", long_str(queue.as_str()));
-    headers.insert("x-last-death-exchange", long_str(message.exchange.as_str()));
+    // As RabbitMQ 3.13 and later do: the newest x-death entry at a glance
+    // (a repeated death keeps its entry's first exchange, and so does this).
+    if let Some(FieldValue::Table(newest)) = deaths.first() {
+        for (header, field) in [
+            ("x-last-death-reason", "reason"),
+            ("x-last-death-queue", "queue"),
+            ("x-last-death-exchange", "exchange"),
+        ] {
+            if let Some(value) = newest.get(field) {
+                headers.insert(header, value.clone());
+            }
+        }
+    }
     headers.insert("x-death", FieldValue::Array(deaths.clone()));
+    // RabbitMQ hands a dead letter's headers on sorted by key.
+    headers.0.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     properties.headers = Some(headers);
     // Without this the message could expire again in the queue it reaches.
     properties.expiration = None;

@@ -400,7 +400,9 @@ impl Queue {
             if let Some(id) = timer {
                 ctx.timers.cancel(id);
             }
-            if queued.expires_at_ms.is_some_and(|at| at <= ctx.now_ms()) {
+            // Strictly past: a TTL-0 message (deadline = now) may still go
+            // to a consumer that can take it right now.
+            if queued.expires_at_ms.is_some_and(|at| at < ctx.now_ms()) {
                 self.dead_letter(queued.message, DeathReason::Expired, ctx);
                 continue;
             }
@@ -435,7 +437,11 @@ impl Queue {
 
     pub fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<ConsumerId, AmqpError> {
         let locked = self.consumers.iter().any(|c| c.spec.exclusive);
-        if locked || (spec.exclusive && !self.consumers.is_empty()) {
+        // RabbitMQ refuses an exclusive consumer on a single-active-consumer
+        // queue even when it has no consumer yet.
+        let exclusive_refused =
+            spec.exclusive && (!self.consumers.is_empty() || self.meta.args.single_active_consumer);
+        if locked || exclusive_refused {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '/' in exclusive use",
                 self.meta.name
