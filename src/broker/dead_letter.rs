@@ -6,10 +6,11 @@
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::broker::ids::QueueRef;
+use crate::broker::delayed::DelayedPublish;
 use crate::broker::message::Message;
 use crate::broker::queue::{DeadLetter, DeathReason};
 use crate::broker::timers::Timers;
+use crate::broker::vhost::Routed;
 use crate::broker::{ShardMsg, ShardState};
 use crate::protocol::{FieldTable, FieldValue, ShortStr};
 
@@ -42,24 +43,17 @@ impl ShardState {
         };
         let (message, routing_keys, deaths) =
             dead_lettered(letter.message, letter.reason, &queue_name, &dlx, dlrk);
-        let mut targets: Vec<QueueRef> = Vec::new();
         let mut scratch = Vec::new();
-        let mut routed = Vec::new();
-        for key in &routing_keys {
-            self.vhost.route(
-                exchange,
-                key.as_str(),
-                &message.properties,
-                &mut scratch,
-                &mut routed,
-            );
-            for queue in routed.drain(..) {
-                if !targets.iter().any(|t| t.id == queue.id) {
-                    targets.push(queue);
-                }
-            }
-        }
-        for target in targets {
+        let mut routed = Routed::default();
+        self.vhost.route(
+            exchange,
+            routing_keys[0].as_str(),
+            &routing_keys[1..],
+            &message.properties,
+            &mut scratch,
+            &mut routed,
+        );
+        for target in routed.queues {
             if letter.reason != DeathReason::Rejected {
                 let name = self.vhost.queue_by_id(target.id).map(|q| q.name.clone());
                 if let Some(name) = name.filter(|n| is_cycle(n.as_str(), &deaths)) {
@@ -78,6 +72,17 @@ impl ShardState {
                     confirm: None,
                 },
             );
+        }
+        // A dead-letter exchange of type x-delayed-message holds the message
+        // if it carries a positive x-delay, as the plugin would.
+        for exchange in routed.delayed {
+            self.hold_delayed(DelayedPublish {
+                exchange,
+                message: message.clone(),
+                extra_keys: routing_keys[1..].iter().map(|k| k.to_string()).collect(),
+                delay_ms: routed.delay_ms,
+                confirm: None,
+            });
         }
     }
 }
