@@ -157,6 +157,7 @@ fn queue_cycle() {
         routing_key: ShortStr::from("bench"),
         properties: Properties::empty(),
         body: bytes::Bytes::from_static(&[7u8; 16]),
+        bcc_keys: None,
     };
     let mut deliveries = Vec::with_capacity(128);
     let mut timers = Timers::new();
@@ -285,6 +286,7 @@ fn queue_ttl() {
                 routing_key: ShortStr::from("bench-ttl"),
                 properties: p.clone(),
                 body: bytes::Bytes::from_static(&[7u8; 16]),
+                bcc_keys: None,
             })
             .collect();
         let mut timers = Timers::new();

@@ -1,8 +1,9 @@
 //! Sender-selected distribution through lapin: the CC and BCC headers add
 //! routing keys to a publish (direct, topic and default exchanges), BCC never
 //! reaches a consumer, a queue matched by several keys gets one copy, and a
-//! CC that is not an array is refused as RabbitMQ refuses it. Every test also
-//! runs against RabbitMQ with WARREN_TEST_AMQP_URL.
+//! CC that is not an array is refused as RabbitMQ refuses it, and a dead
+//! letter is routed with the BCC keys too. Every test also runs against
+//! RabbitMQ with WARREN_TEST_AMQP_URL.
 
 mod common;
 use common::*;
@@ -340,3 +341,132 @@ broker_test!(lower_case_cc_is_an_ordinary_header, |b| {
         cleanup(&setup, &qs).await;
     })
 });
+
+/// A source queue dead-lettering to a direct exchange whose queues are bound
+/// with `dl_keys`; the source is bound to its own exchange with "k-orig".
+async fn dead_letter_setup(
+    ch: &Channel,
+    dl_keys: &[&str],
+    dlrk: Option<&str>,
+) -> (String, String, String, Vec<String>) {
+    let (src_x, src) = (unique("ssd-src-x"), unique("ssd-src"));
+    let dlx = unique("ssd-dlx");
+    declare_exchange(ch, &src_x, ExchangeKind::Direct).await;
+    declare_exchange(ch, &dlx, ExchangeKind::Direct).await;
+    let mut args = vec![("x-dead-letter-exchange", ls(&dlx))];
+    if let Some(key) = dlrk {
+        args.push(("x-dead-letter-routing-key", ls(key)));
+    }
+    declare_queue_with(ch, &src, QueueDeclareOptions::default(), table(&args))
+        .await
+        .unwrap();
+    bind(ch, &src, &src_x, "k-orig").await;
+    let mut dlqs = Vec::new();
+    for key in dl_keys {
+        let q = unique("ssd-dlq");
+        declare_queue(ch, &q).await;
+        bind(ch, &q, &dlx, key).await;
+        dlqs.push(q);
+    }
+    (src_x, dlx, src, dlqs)
+}
+
+broker_test!(bcc_keys_route_a_dead_letter_but_are_not_in_x_death, |b| {
+    run(async {
+        let (conn, ch) = open_confirming(&b.url()).await;
+        let (src_x, dlx, src, dlqs) =
+            dead_letter_setup(&ch, &["k-orig", "k-cc", "k-bcc", "k-other"], None).await;
+        let headers = table(&[("CC", keys(&["k-cc"])), ("BCC", keys(&["k-bcc"]))]);
+        publish_props(
+            &ch,
+            &src_x,
+            "k-orig",
+            b"dead",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await;
+        wait_message_count(&conn, &src, 1).await;
+        let m = get(&ch, &src, false).await.expect("the message");
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        )
+        .await
+        .unwrap();
+        // RabbitMQ routes a dead letter with every key the message was
+        // published with, BCC included; x-death lists the routing key and
+        // the CC keys only.
+        for q in &dlqs[..3] {
+            let d = get_within(&ch, q, STEP_DEADLINE).await;
+            assert_eq!(d.delivery.data, b"dead");
+            let headers = d.delivery.properties.headers().clone().unwrap();
+            let inner = headers.inner();
+            assert!(!inner.contains_key("BCC"), "{:?}", inner);
+            let Some(AMQPValue::FieldArray(deaths)) = inner.get("x-death") else {
+                panic!("no x-death: {:?}", inner);
+            };
+            let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+                panic!("no x-death entry: {:?}", deaths);
+            };
+            assert_eq!(
+                death.inner().get("routing-keys"),
+                Some(&keys(&["k-orig", "k-cc"]))
+            );
+        }
+        assert!(get(&ch, &dlqs[3], true).await.is_none());
+        cleanup(&ch, &dlqs).await;
+        cleanup(&ch, &[src]).await;
+        for x in [&src_x, &dlx] {
+            let _ = ch
+                .exchange_delete(x, ExchangeDeleteOptions::default())
+                .await;
+        }
+    })
+});
+
+broker_test!(
+    a_dead_letter_routing_key_replaces_every_published_key,
+    |b| {
+        run(async {
+            let (conn, ch) = open_confirming(&b.url()).await;
+            let (src_x, dlx, src, dlqs) =
+                dead_letter_setup(&ch, &["k-orig", "k-cc", "k-bcc", "k-dl"], Some("k-dl")).await;
+            let headers = table(&[("CC", keys(&["k-cc"])), ("BCC", keys(&["k-bcc"]))]);
+            publish_props(
+                &ch,
+                &src_x,
+                "k-orig",
+                b"dead",
+                BasicProperties::default().with_headers(headers),
+            )
+            .await;
+            wait_message_count(&conn, &src, 1).await;
+            let m = get(&ch, &src, false).await.expect("the message");
+            ch.basic_reject(
+                m.delivery.delivery_tag,
+                BasicRejectOptions { requeue: false },
+            )
+            .await
+            .unwrap();
+            let d = get_within(&ch, &dlqs[3], STEP_DEADLINE).await;
+            assert_eq!(d.delivery.data, b"dead");
+            // The CC header goes with the keys it named.
+            let headers = d.delivery.properties.headers().clone().unwrap();
+            assert!(!headers.inner().contains_key("CC"), "{:?}", headers);
+            for q in &dlqs[..3] {
+                assert!(
+                    get(&ch, q, true).await.is_none(),
+                    "{} got the dead letter",
+                    q
+                );
+            }
+            cleanup(&ch, &dlqs).await;
+            cleanup(&ch, &[src]).await;
+            for x in [&src_x, &dlx] {
+                let _ = ch
+                    .exchange_delete(x, ExchangeDeleteOptions::default())
+                    .await;
+            }
+        })
+    }
+);

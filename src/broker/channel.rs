@@ -686,8 +686,14 @@ impl Connection {
             return Err(no_exchange(&publish.exchange));
         };
         // Sender-selected distribution: only a publish with headers pays.
-        let properties =
-            sender_selected::routing_keys(&properties, &mut self.route_keys)?.unwrap_or(properties);
+        let (properties, bcc_keys) =
+            match sender_selected::routing_keys(&properties, &mut self.route_keys)? {
+                None => (properties, None),
+                Some(removed) => {
+                    let bcc = &self.route_keys[removed.bcc_at..];
+                    (removed.properties, (!bcc.is_empty()).then(|| bcc.into()))
+                }
+            };
         env.vhost.route(
             exchange,
             publish.routing_key.as_str(),
@@ -727,6 +733,7 @@ impl Connection {
             routing_key: publish.routing_key,
             properties,
             body,
+            bcc_keys,
         });
         // Every destination but the last takes a clone (refcounts only).
         let mut left = destination_count;
@@ -1004,6 +1011,7 @@ impl Connection {
             routing_key,
             properties,
             body,
+            ..
         } = message;
         match message_count {
             Some(message_count) => {

@@ -98,8 +98,8 @@ fn dead_lettered(
 ) -> (Message, Vec<ShortStr>, Vec<FieldValue>) {
     let mut properties = message.properties.decode();
     let mut headers = properties.headers.take().unwrap_or_default();
-    // The routing keys the message was published with: its routing key and
-    // its CC keys (BCC was removed when it was published).
+    // The keys x-death lists: the routing key and the CC keys in the
+    // headers (RabbitMQ takes them from the headers, where BCC is gone).
     let mut original_keys = vec![message.routing_key.clone()];
     if let Some(FieldValue::Array(cc)) = headers.get("CC") {
         original_keys.extend(
@@ -109,12 +109,26 @@ fn dead_lettered(
                 .map(ShortStr::from),
         );
     }
+    let keep_bcc = dlrk.is_none();
     let routing_keys = match dlrk {
         Some(key) => {
             headers.remove("CC");
             vec![key]
         }
-        None => original_keys.clone(),
+        None => {
+            // Routing also takes the BCC keys, as RabbitMQ routes with the
+            // message's routing_keys. (A key over 255 bytes, which no
+            // binding key equals, is left out, as for CC.)
+            let mut keys = original_keys.clone();
+            if let Some(bcc) = &message.bcc_keys {
+                keys.extend(
+                    bcc.iter()
+                        .filter(|k| k.len() <= 255)
+                        .map(|k| ShortStr::from(k.as_str())),
+                );
+            }
+            keys
+        }
     };
     let mut entry = FieldTable::new();
     entry.insert("count", FieldValue::I64(1));
@@ -158,6 +172,9 @@ fn dead_lettered(
         routing_key: routing_keys[0].clone(),
         properties: properties.encode(),
         body: message.body,
+        // With x-dead-letter-routing-key the message's keys are that key
+        // alone from now on.
+        bcc_keys: if keep_bcc { message.bcc_keys } else { None },
     };
     (message, routing_keys, deaths)
 }

@@ -114,6 +114,7 @@ fn detached(message: Message, delay_ms: u64) -> Message {
         routing_key: ShortStr::from(message.routing_key.as_str()),
         properties: swap_delay_header(&message.properties, delay_ms),
         body: Bytes::copy_from_slice(&message.body),
+        bcc_keys: message.bcc_keys,
     }
 }
 

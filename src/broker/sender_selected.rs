@@ -9,7 +9,11 @@
 //! longstr are ignored; a `CC` or `BCC` that is not an array refuses the
 //! publish with 406 PRECONDITION_FAILED "invalid message:
 //! {unacceptable_type_in_header,"CC",longstr}"; only the first `BCC` entry
-//! is removed, and a table it empties stays as an empty table.
+//! is removed, and a table it empties stays as an empty table. The BCC keys
+//! stay with the message (`Message::bcc_keys`, not visible to consumers):
+//! RabbitMQ routes a dead letter with every key the message was published
+//! with, BCC ones included, though its x-death lists only the routing key
+//! and the CC keys.
 //!
 //! A publish without headers pays one flag test; one with headers but no
 //! CC or BCC pays a walk over the raw table, with nothing decoded or
@@ -20,18 +24,29 @@ use crate::protocol::{AmqpError, FieldValue, Properties};
 pub const CC_HEADER: &str = "CC";
 pub const BCC_HEADER: &str = "BCC";
 
-/// Puts the publish's CC and BCC routing keys in `keys` (emptied first) and
-/// returns the properties to store when BCC has to be removed from them.
+/// What a publish with a BCC header is stored as.
+#[derive(Debug, PartialEq)]
+pub struct BccRemoved {
+    /// The properties without the BCC header.
+    pub properties: Properties,
+    /// Where the BCC keys start in the keys `routing_keys` filled in.
+    pub bcc_at: usize,
+}
+
+/// Puts the publish's CC and then BCC routing keys in `keys` (emptied
+/// first); when there is a BCC header, returns the properties without it.
 pub fn routing_keys(
     properties: &Properties,
     keys: &mut Vec<String>,
-) -> Result<Option<Properties>, AmqpError> {
+) -> Result<Option<BccRemoved>, AmqpError> {
     keys.clear();
     if !properties.has_headers() {
         return Ok(None);
     }
     let [cc, bcc] = properties.header_values([CC_HEADER, BCC_HEADER]);
+    let mut bcc_at = 0;
     for (header, value) in [(CC_HEADER, &cc), (BCC_HEADER, &bcc)] {
+        bcc_at = keys.len();
         match value {
             None => {}
             Some(FieldValue::Array(routes)) => {
@@ -53,7 +68,9 @@ pub fn routing_keys(
         }
     }
     Ok(match bcc {
-        Some(_) => properties.without_header(BCC_HEADER),
+        Some(_) => properties
+            .without_header(BCC_HEADER)
+            .map(|properties| BccRemoved { properties, bcc_at }),
         None => None,
     })
 }
@@ -101,8 +118,10 @@ mod tests {
             ("y", ls("kept")),
         ]);
         let mut keys = Vec::new();
-        let stripped = routing_keys(&p, &mut keys).unwrap().expect("BCC removed");
+        let removed = routing_keys(&p, &mut keys).unwrap().expect("BCC removed");
         assert_eq!(keys, ["c1", "c2", "b1"]);
+        assert_eq!(removed.bcc_at, 2);
+        let stripped = removed.properties;
         let decoded = stripped.decode();
         let headers = decoded.headers.clone().unwrap();
         let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
@@ -118,16 +137,17 @@ mod tests {
     #[test]
     fn only_the_first_bcc_goes_and_an_emptied_table_stays() {
         let p = with_headers(vec![("BCC", FieldValue::Array(vec![]))]);
-        let stripped = routing_keys(&p, &mut Vec::new()).unwrap().unwrap();
-        assert_eq!(stripped.headers(), Some(FieldTable::new()));
+        let removed = routing_keys(&p, &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(removed.properties.headers(), Some(FieldTable::new()));
+        assert_eq!(removed.bcc_at, 0);
         let p = with_headers(vec![
             ("BCC", FieldValue::Array(vec![ls("one")])),
             ("BCC", FieldValue::Array(vec![ls("two")])),
         ]);
         let mut keys = Vec::new();
-        let stripped = routing_keys(&p, &mut keys).unwrap().unwrap();
+        let removed = routing_keys(&p, &mut keys).unwrap().unwrap();
         assert_eq!(keys, ["one"]);
-        assert_eq!(stripped.headers().unwrap().len(), 1);
+        assert_eq!(removed.properties.headers().unwrap().len(), 1);
     }
 
     #[test]
