@@ -6,17 +6,19 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use warren::broker::delayed;
 use warren::broker::exchange::topic::TopicRouter;
 use warren::broker::exchange::{Binding, Destination};
 use warren::broker::ids::{ConnId, ConnRef, QueueId, QueueRef, ShardId};
 use warren::broker::message::Message;
 use warren::broker::queue::{ConsumerSpec, Queue, QueueCtx, Settle};
+use warren::broker::sender_selected;
 use warren::broker::timer_wheel::TimerWheel;
 use warren::broker::timers::{TimerEvent, Timers};
 use warren::broker::vhost::QueueMeta;
 use warren::protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicProperties,
-    BasicPublish, FieldTable, Frame, Method, Properties, ShortStr,
+    BasicPublish, FieldTable, FieldValue, Frame, Method, Properties, ShortStr,
 };
 
 fn best_ns_per_op(iterations: u64, mut op: impl FnMut()) -> f64 {
@@ -155,6 +157,7 @@ fn queue_cycle() {
         routing_key: ShortStr::from("bench"),
         properties: Properties::empty(),
         body: bytes::Bytes::from_static(&[7u8; 16]),
+        bcc_keys: None,
     };
     let mut deliveries = Vec::with_capacity(128);
     let mut timers = Timers::new();
@@ -283,6 +286,7 @@ fn queue_ttl() {
                 routing_key: ShortStr::from("bench-ttl"),
                 properties: p.clone(),
                 body: bytes::Bytes::from_static(&[7u8; 16]),
+                bcc_keys: None,
             })
             .collect();
         let mut timers = Timers::new();
@@ -309,10 +313,65 @@ fn queue_ttl() {
     }
 }
 
+/// What the header-driven publish features (CC/BCC, x-delay) cost a publish:
+/// nothing but a flag test without headers, a walk over the raw table with
+/// headers that hold none of their keys, decoding only for those that do.
+fn header_features() {
+    let text = |s: &'static str| FieldValue::LongStr(bytes::Bytes::from_static(s.as_bytes()));
+    let with = |entries: Vec<(&'static str, FieldValue)>| {
+        let mut headers = FieldTable::new();
+        for (k, v) in entries {
+            headers.insert(k, v);
+        }
+        BasicProperties {
+            headers: Some(headers),
+            ..Default::default()
+        }
+        .encode()
+    };
+    let ordinary = || {
+        vec![
+            ("trace-id", text("4bf92f3577b34da6a3ce929d0e0e4736")),
+            ("tenant", text("acme")),
+            ("attempt", FieldValue::I32(1)),
+            ("sent-at", FieldValue::Timestamp(1_700_000_000)),
+            ("source", text("billing-service")),
+        ]
+    };
+    let mut cc = ordinary();
+    cc.push((
+        "CC",
+        FieldValue::Array(vec![text("audit"), text("eu.billing")]),
+    ));
+    let mut bcc = ordinary();
+    bcc.push(("BCC", FieldValue::Array(vec![text("archive")])));
+    let mut delay = ordinary();
+    delay.push(("x-delay", FieldValue::I32(5000)));
+    let mut keys = Vec::new();
+    for (name, properties) in [
+        ("CC/BCC lookup, no headers", Properties::empty()),
+        ("CC/BCC lookup, 5 headers without CC/BCC", with(ordinary())),
+        ("CC/BCC lookup, CC with 2 keys", with(cc)),
+        ("CC/BCC lookup, BCC with 1 key (stripped)", with(bcc)),
+    ] {
+        let ns = best_ns_per_op(1_000_000, || {
+            let stripped = sender_selected::routing_keys(black_box(&properties), &mut keys);
+            black_box((&stripped, &keys));
+        });
+        report(name, ns);
+    }
+    let properties = with(delay);
+    let ns = best_ns_per_op(1_000_000, || {
+        black_box(delayed::delay_of(black_box(&properties)));
+    });
+    report("x-delay lookup, 6 headers", ns);
+}
+
 fn main() {
     codec();
     topic_routing();
     queue_cycle();
     queue_ttl();
     mailbox_batches();
+    header_features();
 }

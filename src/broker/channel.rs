@@ -13,12 +13,14 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::connection::{Connection, Env};
+use crate::broker::delayed::DelayedPublish;
 use crate::broker::ids::{ConsumerId, QueueRef, ShardId};
 use crate::broker::message::Message;
 use crate::broker::metadata::{
     check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
 };
 use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, Settle};
+use crate::broker::sender_selected;
 use crate::broker::vhost::QueueMeta;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
 use crate::protocol::{
@@ -738,33 +740,47 @@ impl Connection {
         let Some(exchange) = env.vhost.exchanges.get(publish.exchange.as_str()) else {
             return Err(no_exchange(&publish.exchange));
         };
+        // Sender-selected distribution: only a publish with headers pays.
+        let (properties, bcc_keys) =
+            match sender_selected::routing_keys(&properties, &mut self.route_keys)? {
+                None => (properties, None),
+                Some(removed) => {
+                    let bcc = &self.route_keys[removed.bcc_at..];
+                    (removed.properties, (!bcc.is_empty()).then(|| bcc.into()))
+                }
+            };
         env.vhost.route(
             exchange,
             publish.routing_key.as_str(),
+            &self.route_keys,
             &properties,
             &mut self.route_scratch,
-            &mut self.route_out,
+            &mut self.routed,
         );
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
-        let queue_count = self.route_out.len();
+        // A delayed exchange holding the message counts as one destination:
+        // it confirms once it holds the message, as the plugin does.
+        let destination_count = self.routed.destination_count();
         let confirm = ch.confirms.as_mut().map(|c| ConfirmTarget {
             conn: self.conn,
             channel: id,
-            publish_seq: c.publish(queue_count as u32),
+            publish_seq: c.publish(destination_count as u32),
         });
-        if queue_count == 0 {
-            if publish.mandatory {
-                let method: Method = BasicReturn {
-                    reply_code: 312,
-                    reply_text: ShortStr::from_static("NO_ROUTE"),
-                    exchange: publish.exchange,
-                    routing_key: publish.routing_key,
-                }
-                .into();
-                self.wire.content(id, &method, &properties, &body);
+        if self.routed.queues.is_empty() && publish.mandatory {
+            // A delayed message is returned too, though it is delivered
+            // later: routing found no queue now. The plugin does the same.
+            let method: Method = BasicReturn {
+                reply_code: 312,
+                reply_text: ShortStr::from_static("NO_ROUTE"),
+                exchange: publish.exchange.clone(),
+                routing_key: publish.routing_key.clone(),
             }
+            .into();
+            self.wire.content(id, &method, &properties, &body);
+        }
+        if destination_count == 0 {
             return Ok(());
         }
         let mut message = Some(Message {
@@ -772,14 +788,20 @@ impl Connection {
             routing_key: publish.routing_key,
             properties,
             body,
+            bcc_keys,
         });
-        for (at, queue) in self.route_out.iter().enumerate() {
-            let message = if at + 1 == queue_count {
+        // Every destination but the last takes a clone (refcounts only).
+        let mut left = destination_count;
+        let mut take_message = || {
+            left -= 1;
+            if left == 0 {
                 message.take()
             } else {
                 message.clone()
-            };
-            let Some(message) = message else { break };
+            }
+        };
+        for queue in &self.routed.queues {
+            let Some(message) = take_message() else { break };
             let msg = ShardMsg::Enqueue {
                 queue: queue.id,
                 message,
@@ -788,6 +810,23 @@ impl Connection {
             match ch.tx.as_mut() {
                 Some(ops) => ops.push(TxOp::Publish(queue.shard, msg)),
                 None => self.effects.push((queue.shard, msg)),
+            }
+        }
+        // The publishing shard holds delayed messages, after a commit in a
+        // transaction (RabbitMQ's plugin holds them at publish, even if the
+        // transaction rolls back).
+        for exchange in self.routed.delayed.drain(..) {
+            let Some(message) = take_message() else { break };
+            let msg = ShardMsg::Delay(Box::new(DelayedPublish {
+                exchange,
+                message,
+                extra_keys: self.route_keys.clone(),
+                delay_ms: self.routed.delay_ms,
+                confirm,
+            }));
+            match ch.tx.as_mut() {
+                Some(ops) => ops.push(TxOp::Publish(self.conn.shard, msg)),
+                None => self.effects.push((self.conn.shard, msg)),
             }
         }
         Ok(())
@@ -1044,6 +1083,7 @@ impl Connection {
             routing_key,
             properties,
             body,
+            ..
         } = message;
         match message_count {
             Some(message_count) => {

@@ -22,10 +22,10 @@ use tracing::{debug, info, warn};
 use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
 use crate::broker::channel::Channel;
 use crate::broker::exchange::Destination;
-use crate::broker::ids::{ConnId, ConnRef, QueueRef, ShardId};
+use crate::broker::ids::{ConnId, ConnRef, ShardId};
 use crate::broker::metadata::MetaRequest;
 use crate::broker::signal::Notify;
-use crate::broker::vhost::{Vhost, DEFAULT_VHOST};
+use crate::broker::vhost::{Routed, Vhost, DEFAULT_VHOST};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
 use crate::protocol::frame::{write_method_args, FRAME_METHOD};
@@ -166,7 +166,9 @@ pub struct Connection {
     pub(crate) name_state: u64,
     /// Scratch space for routing, reused by every publish on this connection.
     pub(crate) route_scratch: Vec<Destination>,
-    pub(crate) route_out: Vec<QueueRef>,
+    pub(crate) routed: Routed,
+    /// A publish's CC and BCC routing keys.
+    pub(crate) route_keys: Vec<String>,
     /// The client closed the connection: it closes the socket too.
     pub closed_by_client: bool,
 }
@@ -197,7 +199,8 @@ impl Connection {
             capabilities: Capabilities::default(),
             name_state: conn.conn.0.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ conn.shard.0 as u64,
             route_scratch: Vec::new(),
-            route_out: Vec::new(),
+            routed: Routed::default(),
+            route_keys: Vec::new(),
             closed_by_client: false,
         }
     }

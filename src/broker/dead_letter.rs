@@ -6,10 +6,11 @@
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::broker::ids::QueueRef;
+use crate::broker::delayed::DelayedPublish;
 use crate::broker::message::Message;
 use crate::broker::queue::{DeadLetter, DeathReason};
 use crate::broker::timers::Timers;
+use crate::broker::vhost::Routed;
 use crate::broker::{ShardMsg, ShardState};
 use crate::protocol::{FieldTable, FieldValue, ShortStr};
 
@@ -42,24 +43,17 @@ impl ShardState {
         };
         let (message, routing_keys, deaths) =
             dead_lettered(letter.message, letter.reason, &queue_name, &dlx, dlrk);
-        let mut targets: Vec<QueueRef> = Vec::new();
         let mut scratch = Vec::new();
-        let mut routed = Vec::new();
-        for key in &routing_keys {
-            self.vhost.route(
-                exchange,
-                key.as_str(),
-                &message.properties,
-                &mut scratch,
-                &mut routed,
-            );
-            for queue in routed.drain(..) {
-                if !targets.iter().any(|t| t.id == queue.id) {
-                    targets.push(queue);
-                }
-            }
-        }
-        for target in targets {
+        let mut routed = Routed::default();
+        self.vhost.route(
+            exchange,
+            routing_keys[0].as_str(),
+            &routing_keys[1..],
+            &message.properties,
+            &mut scratch,
+            &mut routed,
+        );
+        for target in routed.queues {
             if letter.reason != DeathReason::Rejected {
                 let name = self.vhost.queue_by_id(target.id).map(|q| q.name.clone());
                 if let Some(name) = name.filter(|n| is_cycle(n.as_str(), &deaths)) {
@@ -79,6 +73,17 @@ impl ShardState {
                 },
             );
         }
+        // A dead-letter exchange of type x-delayed-message holds the message
+        // if it carries a positive x-delay, as the plugin would.
+        for exchange in routed.delayed {
+            self.hold_delayed(DelayedPublish {
+                exchange,
+                message: message.clone(),
+                extra_keys: routing_keys[1..].iter().map(|k| k.to_string()).collect(),
+                delay_ms: routed.delay_ms,
+                confirm: None,
+            });
+        }
     }
 }
 
@@ -93,8 +98,8 @@ fn dead_lettered(
 ) -> (Message, Vec<ShortStr>, Vec<FieldValue>) {
     let mut properties = message.properties.decode();
     let mut headers = properties.headers.take().unwrap_or_default();
-    // The routing keys the message was published with: its routing key and
-    // its CC keys (BCC was removed when it was published).
+    // The keys x-death lists: the routing key and the CC keys in the
+    // headers (RabbitMQ takes them from the headers, where BCC is gone).
     let mut original_keys = vec![message.routing_key.clone()];
     if let Some(FieldValue::Array(cc)) = headers.get("CC") {
         original_keys.extend(
@@ -104,12 +109,26 @@ fn dead_lettered(
                 .map(ShortStr::from),
         );
     }
+    let keep_bcc = dlrk.is_none();
     let routing_keys = match dlrk {
         Some(key) => {
             headers.remove("CC");
             vec![key]
         }
-        None => original_keys.clone(),
+        None => {
+            // Routing also takes the BCC keys, as RabbitMQ routes with the
+            // message's routing_keys. (A key over 255 bytes, which no
+            // binding key equals, is left out, as for CC.)
+            let mut keys = original_keys.clone();
+            if let Some(bcc) = &message.bcc_keys {
+                keys.extend(
+                    bcc.iter()
+                        .filter(|k| k.len() <= 255)
+                        .map(|k| ShortStr::from(k.as_str())),
+                );
+            }
+            keys
+        }
     };
     let mut entry = FieldTable::new();
     entry.insert("count", FieldValue::I64(1));
@@ -164,6 +183,9 @@ fn dead_lettered(
         routing_key: routing_keys[0].clone(),
         properties: properties.encode(),
         body: message.body,
+        // With x-dead-letter-routing-key the message's keys are that key
+        // alone from now on.
+        bcc_keys: if keep_bcc { message.bcc_keys } else { None },
     };
     (message, routing_keys, deaths)
 }

@@ -5,6 +5,8 @@
 //! Cloning a `Message` clones four `Bytes` handles (refcount increments), never
 //! the payload: that is how one publish reaches several queues and shards.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::protocol::{Properties, ShortStr};
@@ -15,6 +17,12 @@ pub struct Message {
     pub routing_key: ShortStr,
     pub properties: Properties,
     pub body: Bytes,
+    /// The BCC routing keys it was published with (sender-selected
+    /// distribution): gone from its headers, kept because dead-lettering
+    /// routes with every key a message was published with, as RabbitMQ's
+    /// `routing_keys` does. None for nearly every message: two words
+    /// and no refcount.
+    pub bcc_keys: Option<Arc<[String]>>,
 }
 
 impl Message {

@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::broker::exchange::{
-    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind,
+    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
+    DELAYED_TYPE_ARGUMENT,
 };
 use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::broker::queue_args::{self, QueueArgs};
@@ -18,8 +19,9 @@ use crate::broker::vhost::{MetaChange, QueueMeta};
 use crate::broker::{ChannelReply, ShardState};
 use crate::protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
-    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, Method, QueueBind, QueueBindOk,
-    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind, QueueUnbindOk, ShortStr,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
+    QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind,
+    QueueUnbindOk, ShortStr,
 };
 
 #[derive(Debug)]
@@ -224,19 +226,19 @@ impl Owner {
                 None => Err(no_exchange(&m.exchange)),
             };
         }
-        let Some(kind) = ExchangeKind::parse(m.kind.as_str()) else {
-            return Err(AmqpError::command_invalid(format!(
-                "unknown exchange type '{}'",
-                m.kind
-            )));
+        let delayed = m.kind.as_str() == DELAYED_TYPE;
+        let kind = match ExchangeKind::parse(m.kind.as_str()) {
+            Some(kind) => Some(kind),
+            None if delayed => None,
+            None => return Err(unknown_exchange_type(m.kind.as_bytes())),
         };
         if let Some(current) = existing {
             check_equivalent(
                 "type",
                 &m.exchange,
                 "exchange",
-                kind.name(),
-                current.kind.name(),
+                m.kind.as_str(),
+                current.type_name(),
             )?;
             check_equivalent_flag(
                 "durable",
@@ -259,6 +261,19 @@ impl Owner {
                 m.internal,
                 current.internal,
             )?;
+            if current.delayed {
+                // The plugin leaves this to the x-delayed-type's own check,
+                // which compares only alternate-exchange, so RabbitMQ would
+                // accept any x-delayed-type here and keep routing by the
+                // first one. warren refuses the mismatch instead.
+                queue_args::check_arg_equivalent(
+                    "exchange",
+                    &m.exchange,
+                    DELAYED_TYPE_ARGUMENT,
+                    m.arguments.get(DELAYED_TYPE_ARGUMENT),
+                    current.arguments.get(DELAYED_TYPE_ARGUMENT),
+                )?;
+            }
             return Ok(ok);
         }
         if m.exchange.starts_with("amq.") {
@@ -267,9 +282,14 @@ impl Owner {
                 m.exchange
             )));
         }
+        let kind = match kind {
+            Some(kind) => kind,
+            None => delayed_type(&m.arguments)?,
+        };
         self.commit(vec![MetaChange::ExchangeCreated(ExchangeDef {
             name: m.exchange.clone(),
             kind,
+            delayed,
             durable: m.durable,
             auto_delete: m.auto_delete,
             internal: m.internal,
@@ -558,6 +578,39 @@ pub fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
         name.push(ALPHABET[(z & 63) as usize] as char);
     }
     ShortStr::from(name)
+}
+
+/// `rabbit_exchange:check_type`: a 503 COMMAND_INVALID, which closes the
+/// connection.
+fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
+    AmqpError::command_invalid(format!(
+        "unknown exchange type '{}'",
+        String::from_utf8_lossy(kind)
+    ))
+}
+
+/// The routing type of a new `x-delayed-message` exchange, checked as the
+/// plugin's `validate/1` checks `x-delayed-type` (first entry of the key):
+/// a string (longstr or byte array) naming a known type other than
+/// x-delayed-message itself.
+fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
+    match arguments
+        .get(DELAYED_TYPE_ARGUMENT)
+        .and_then(FieldValue::as_bytes)
+    {
+        Some(kind) if kind.as_ref() == DELAYED_TYPE.as_bytes() => {
+            Err(AmqpError::precondition_failed(
+                "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'",
+            ))
+        }
+        Some(kind) => std::str::from_utf8(kind)
+            .ok()
+            .and_then(ExchangeKind::parse)
+            .ok_or_else(|| unknown_exchange_type(kind)),
+        None => Err(AmqpError::precondition_failed(
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )),
+    }
 }
 
 fn default_exchange_refused() -> AmqpError {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod channel;
 pub mod connection;
 mod dead_letter;
+pub mod delayed;
 pub mod exchange;
 pub mod fast_hash;
 pub mod ids;
@@ -19,6 +20,7 @@ pub mod message;
 pub mod metadata;
 pub mod queue;
 pub mod queue_args;
+pub mod sender_selected;
 pub mod signal;
 pub mod timer_wheel;
 pub mod timers;
@@ -34,6 +36,7 @@ use crate::config::Config;
 use crate::protocol::{AmqpError, ShortStr};
 use auth::Users;
 use connection::Connection;
+use delayed::{DelayedPublish, Held};
 use ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use message::Message;
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
@@ -87,6 +90,9 @@ pub enum ShardMsg {
         confirm: Option<ConfirmTarget>,
     },
     Deliver(Delivery),
+    /// A message for a delayed exchange to hold, sent by a channel to its
+    /// own shard. Boxed: it is rare and larger than the common messages.
+    Delay(Box<DelayedPublish>),
     Settle {
         queue: QueueId,
         seq: u64,
@@ -184,6 +190,9 @@ pub struct ShardState {
     confirm_dirty: Vec<(ConnId, u16)>,
     pub timers: Timers,
     dead_letters: Vec<DeadLetter>,
+    /// Messages held by delayed exchanges, by the id their timer carries.
+    delayed: FastMap<u64, Held>,
+    next_delayed_id: u64,
     next_conn_id: u64,
     next_rpc_id: u64,
     rpc_pending: FastMap<u64, OneshotSender<RpcReply>>,
@@ -211,6 +220,8 @@ impl ShardState {
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
             dead_letters: Vec::new(),
+            delayed: FastMap::default(),
+            next_delayed_id: 1,
             next_conn_id: 1,
             next_rpc_id: 1,
             rpc_pending: FastMap::default(),
@@ -322,6 +333,7 @@ impl ShardState {
                 self.dispatch(queue);
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
+            ShardMsg::Delay(publish) => self.hold_delayed(*publish),
             ShardMsg::Settle {
                 queue,
                 seq,
@@ -634,6 +646,7 @@ impl ShardState {
                 queue.touch(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters));
                 self.queues.insert(meta.id, queue);
             }
+            MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(name),
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
                 if let Some(q) = self.queues.remove(&queue.id) {
                     let cancelled: Vec<(ConnRef, u16, ShortStr)> = q
@@ -677,7 +690,7 @@ impl ShardState {
                     }
                 }
             }
-            TimerEvent::Delayed { .. } => {}
+            TimerEvent::Delayed { id } => self.delayed_due(id),
         }
     }
 

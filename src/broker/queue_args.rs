@@ -258,32 +258,49 @@ pub fn check_equivalent(
 ) -> Result<(), AmqpError> {
     for key in EQUIVALENT_QUEUE_ARGUMENTS {
         let (new, old) = (received.get(key), current.get(key));
-        let equal = match (new, old) {
-            (None, None) => true,
-            (Some(new), Some(old)) => Term::of(new) == Term::of(old),
+        let classic_by_default = match (new, old) {
             (Some(only), None) | (None, Some(only)) => {
                 *key == QUEUE_TYPE
                     && matches!(only, FieldValue::LongStr(kind) if kind.as_ref() == b"classic")
             }
+            _ => false,
         };
-        if equal {
-            continue;
+        if !classic_by_default {
+            check_arg_equivalent("queue", queue, key, new, old)?;
         }
-        // With both values present RabbitMQ prints only the values; with one
-        // missing, the other with its type (rabbit_misc:val/1).
-        let (new_text, old_text) = match (new, old) {
-            (Some(new), Some(old)) => (bare_value(new), bare_value(old)),
-            (new, old) => (typed_value(new), typed_value(old)),
-        };
-        return Err(AmqpError::precondition_failed(format!(
-            "inequivalent arg '{}' for {}: received {} but current is {}",
-            key,
-            resource(queue),
-            new_text,
-            old_text
-        )));
     }
     Ok(())
+}
+
+/// Compares one argument of a redeclaration (`new`) with the declared one
+/// (`old`) as `rabbit_misc:assert_args_equivalence1` does, for a `what`
+/// ("queue", "exchange") named `name`: equal when both are missing or both
+/// are the same Erlang term, otherwise 406 with RabbitMQ's text.
+pub fn check_arg_equivalent(
+    what: &str,
+    name: &str,
+    key: &str,
+    new: Option<&FieldValue>,
+    old: Option<&FieldValue>,
+) -> Result<(), AmqpError> {
+    let equal = match (new, old) {
+        (None, None) => true,
+        (Some(new), Some(old)) => Term::of(new) == Term::of(old),
+        _ => false,
+    };
+    if equal {
+        return Ok(());
+    }
+    // With both values present RabbitMQ prints only the values; with one
+    // missing, the other with its type (rabbit_misc:val/1).
+    let (new_text, old_text) = match (new, old) {
+        (Some(new), Some(old)) => (bare_value(new), bare_value(old)),
+        (new, old) => (typed_value(new), typed_value(old)),
+    };
+    Err(AmqpError::precondition_failed(format!(
+        "inequivalent arg '{}' for {} '{}' in vhost '{}': received {} but current is {}",
+        key, what, name, DEFAULT_VHOST, new_text, old_text
+    )))
 }
 
 /// "queue 'q' in vhost '/'" (`rabbit_misc:rs/1`).

@@ -57,6 +57,16 @@ impl Timers {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// The deadline `delay_ms` from now, rounded up to the next whole
+    /// millisecond, so the timer never fires before `delay_ms` has passed
+    /// (`now_ms` rounds down).
+    pub fn deadline_after_ms(&self, delay_ms: u64) -> u64 {
+        let elapsed = self.started.elapsed();
+        let partial_ms = !elapsed.subsec_nanos().is_multiple_of(1_000_000);
+        let started_ms = elapsed.as_millis() as u64 + u64::from(partial_ms);
+        started_ms.saturating_add(delay_ms)
+    }
+
     /// Milliseconds since the Unix epoch, for AMQP timestamps (x-death `time`).
     pub fn unix_seconds() -> u64 {
         std::time::SystemTime::now()

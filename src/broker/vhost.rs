@@ -8,6 +8,7 @@
 
 use crate::broker::fast_hash::FastMap;
 
+use crate::broker::delayed;
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeDef, ExchangeKind};
 use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::broker::queue_args::QueueArgs;
@@ -78,6 +79,7 @@ impl Vhost {
             vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef {
                 name: ShortStr::from(name),
                 kind,
+                delayed: false,
                 durable: true,
                 auto_delete: false,
                 internal: false,
@@ -156,47 +158,114 @@ impl Vhost {
             .any(|e| e.bindings.iter().any(|b| b.destination == destination))
     }
 
-    /// The queues a message published to `exchange` reaches, deduplicated, in
-    /// `out`. Follows exchange-to-exchange bindings, each exchange at most once.
-    /// `scratch` is reused between publishes so routing allocates nothing.
-    pub fn route(
+    /// Where a message published to `exchange` goes, in `out`: the queues it
+    /// reaches now, deduplicated, and the delayed exchanges that hold it.
+    /// The message is routed with `routing_key` and then each of `extra_keys`
+    /// (its CC and BCC keys), and a queue reached by several keys or paths is
+    /// listed once. Follows exchange-to-exchange bindings, each exchange at
+    /// most once. An `x-delayed-message` exchange reached with a positive
+    /// `x-delay` (read from the headers only then, and at most once) goes to
+    /// `out.delayed` instead of routing further, as the plugin's route
+    /// returns no queues for a message it delays. `scratch` and `out` are
+    /// reused between publishes, so routing allocates nothing.
+    pub fn route<K: AsRef<str>>(
         &self,
         exchange: &Exchange,
         routing_key: &str,
+        extra_keys: &[K],
         properties: &Properties,
         scratch: &mut Vec<Destination>,
-        out: &mut Vec<QueueRef>,
+        out: &mut Routed,
     ) {
         out.clear();
         scratch.clear();
+        let keys = std::iter::once(routing_key).chain(extra_keys.iter().map(AsRef::as_ref));
+        let mut delay = DelayLookup::default();
+        if exchange.def.delayed {
+            if let Some(delay_ms) = delay.get(properties) {
+                out.delayed.push(exchange.def.name.clone());
+                out.delay_ms = delay_ms;
+                return;
+            }
+        }
         if exchange.def.name.is_empty() {
             // The default exchange binds every queue by its own name.
-            if let Some(meta) = self.queues.get(routing_key) {
-                out.push(meta.queue_ref());
-            }
-            return;
-        }
-        exchange.route(routing_key, properties, scratch);
-        let mut visited: Vec<ShortStr> = Vec::new();
-        let mut at = 0;
-        while at < scratch.len() {
-            let destination = scratch[at].clone();
-            match destination {
-                Destination::Queue(queue) => out.push(queue),
-                Destination::Exchange(name) => {
-                    if name != exchange.def.name && !visited.contains(&name) {
-                        if let Some(next) = self.exchanges.get(name.as_str()) {
-                            next.route(routing_key, properties, scratch);
-                        }
-                        visited.push(name);
-                    }
+            for key in keys {
+                if let Some(meta) = self.queues.get(key) {
+                    out.queues.push(meta.queue_ref());
                 }
             }
-            at += 1;
+        } else {
+            for key in keys.clone() {
+                exchange.route(key, properties, scratch);
+            }
+            let mut visited: Vec<ShortStr> = Vec::new();
+            let mut at = 0;
+            while at < scratch.len() {
+                let name = match &scratch[at] {
+                    Destination::Queue(queue) => {
+                        out.queues.push(*queue);
+                        at += 1;
+                        continue;
+                    }
+                    Destination::Exchange(name) => name.clone(),
+                };
+                if name != exchange.def.name && !visited.contains(&name) {
+                    if let Some(next) = self.exchanges.get(name.as_str()) {
+                        match next.def.delayed.then(|| delay.get(properties)).flatten() {
+                            Some(delay_ms) => {
+                                out.delayed.push(name.clone());
+                                out.delay_ms = delay_ms;
+                            }
+                            None => {
+                                for key in keys.clone() {
+                                    next.route(key, properties, scratch);
+                                }
+                            }
+                        }
+                    }
+                    visited.push(name);
+                }
+                at += 1;
+            }
         }
-        if out.len() > 1 {
-            out.sort_unstable();
-            out.dedup();
+        if out.queues.len() > 1 {
+            out.queues.sort_unstable();
+            out.queues.dedup();
         }
+    }
+}
+
+/// Where routing sent one message.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The queues to enqueue it on now.
+    pub queues: Vec<QueueRef>,
+    /// The `x-delayed-message` exchanges holding it: each routes its copy
+    /// from itself when `delay_ms` has passed.
+    pub delayed: Vec<ShortStr>,
+    pub delay_ms: u64,
+}
+
+impl Routed {
+    pub fn clear(&mut self) {
+        self.queues.clear();
+        self.delayed.clear();
+        self.delay_ms = 0;
+    }
+
+    /// How many destinations took the message: queues and holding exchanges.
+    pub fn destination_count(&self) -> usize {
+        self.queues.len() + self.delayed.len()
+    }
+}
+
+/// A message's `x-delay`, read once when a delayed exchange first needs it.
+#[derive(Default)]
+struct DelayLookup(Option<Option<u64>>);
+
+impl DelayLookup {
+    fn get(&mut self, properties: &Properties) -> Option<u64> {
+        *self.0.get_or_insert_with(|| delayed::delay_of(properties))
     }
 }

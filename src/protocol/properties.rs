@@ -23,7 +23,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::FrameError;
-use super::table::{validate_table, FieldTable};
+use super::table::{decode_value, skip_value, validate_table, FieldTable, FieldValue};
 use super::types::{put_shortstr, Reader, ShortStr};
 
 /// Flag bit of each property, in wire order.
@@ -328,6 +328,61 @@ impl Properties {
         value.ok()
     }
 
+    /// True if the headers property is set. Publishes without headers skip every
+    /// header-driven feature (sender-selected distribution, `x-delay`) on this test.
+    pub fn has_headers(&self) -> bool {
+        self.flags & flag::HEADERS != 0
+    }
+
+    /// The first value stored under each of `keys` in the headers table (the entry
+    /// `rabbit_misc:table_lookup` finds). Only those values are decoded; every other
+    /// entry is stepped over, so a lookup allocates nothing for a table without them.
+    pub fn header_values<const N: usize>(&self, keys: [&str; N]) -> [Option<FieldValue>; N] {
+        let mut found: [Option<FieldValue>; N] = std::array::from_fn(|_| None);
+        if let Some(mut r) = self.seek(flag::HEADERS) {
+            let walked = walk_headers(&mut r, |key, r| {
+                match keys.iter().position(|k| k.as_bytes() == key) {
+                    Some(at) if found[at].is_none() => found[at] = Some(decode_value(r, 0)?),
+                    _ => skip_value(r)?,
+                }
+                Ok(found.iter().all(Option::is_some))
+            });
+            debug_assert!(walked.is_ok(), "validated headers failed to walk");
+        }
+        found
+    }
+
+    /// These properties without the first entry under `key` in the headers table (as
+    /// RabbitMQ's `strip_header` removes BCC), or None if there is no such entry. The
+    /// entry is cut out of the wire form and the table's length fixed: one copy of the
+    /// property list, nothing decoded. An emptied table stays, as in RabbitMQ.
+    pub fn without_header(&self, key: &str) -> Option<Properties> {
+        let mut r = self.seek(flag::HEADERS)?;
+        let len_at = r.position();
+        let mut cut = None;
+        let walked = walk_headers(&mut r, |entry_key, r| {
+            let start = r.position() - 1 - entry_key.len();
+            skip_value(r)?;
+            if entry_key == key.as_bytes() {
+                cut = Some(start..r.position());
+                return Ok(true);
+            }
+            Ok(false)
+        });
+        debug_assert!(walked.is_ok(), "validated headers failed to walk");
+        let cut = cut?;
+        let table_len = u32::from_be_bytes(self.raw[len_at..len_at + 4].try_into().ok()?);
+        let mut raw = BytesMut::with_capacity(self.raw.len() - cut.len());
+        raw.put_slice(&self.raw[..len_at]);
+        raw.put_u32(table_len - cut.len() as u32);
+        raw.put_slice(&self.raw[len_at + 4..cut.start]);
+        raw.put_slice(&self.raw[cut.end..]);
+        Some(Properties {
+            flags: self.flags,
+            raw: raw.freeze(),
+        })
+    }
+
     pub fn delivery_mode(&self) -> Option<u8> {
         self.octet(flag::DELIVERY_MODE)
     }
@@ -371,6 +426,24 @@ impl Properties {
     pub fn cluster_id(&self) -> Option<ShortStr> {
         self.shortstr(flag::CLUSTER_ID)
     }
+}
+
+/// Walks a length-prefixed headers table at `r`: for each entry, `visit` gets the key
+/// and the reader at the value, must consume the value, and returns true to stop.
+fn walk_headers(
+    r: &mut Reader<'_>,
+    mut visit: impl FnMut(&[u8], &mut Reader<'_>) -> Result<bool, FrameError>,
+) -> Result<(), FrameError> {
+    let len = r.long()? as usize;
+    let end = r.position() + len;
+    while r.position() < end {
+        let key_len = r.octet()? as usize;
+        let key = r.borrow(key_len, "shortstr")?;
+        if visit(key, r)? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 impl From<&BasicProperties> for Properties {
@@ -483,6 +556,39 @@ pub(crate) mod tests {
             assert_eq!(p.app_id(), full.app_id);
             assert_eq!(p.cluster_id(), full.cluster_id);
         }
+    }
+
+    #[test]
+    fn header_values_and_without_header_agree_with_the_decoded_table() {
+        let mut table = crate::protocol::table::tests::every_type_table();
+        table.0.push(("i32".into(), FieldValue::I32(2)));
+        let p = BasicProperties {
+            headers: Some(table.clone()),
+            ..all_set()
+        }
+        .encode();
+        for (key, _) in table.iter() {
+            let [found, missing] = p.header_values([key.as_str(), "absent"]);
+            assert_eq!(found.as_ref(), table.get(key), "{key}");
+            assert_eq!(missing, None);
+            let stripped = p.without_header(key).expect("entry present");
+            let again = Properties::from_wire(stripped.flags(), stripped.raw().clone()).unwrap();
+            let mut expected = table.clone();
+            let at = expected.0.iter().position(|(k, _)| k == key).unwrap();
+            expected.0.remove(at);
+            let mut decoded = again.decode();
+            assert_eq!(decoded.headers.take(), Some(expected), "{key}");
+            assert_eq!(
+                decoded,
+                BasicProperties {
+                    headers: None,
+                    ..all_set()
+                }
+            );
+        }
+        assert_eq!(p.without_header("absent"), None);
+        assert_eq!(Properties::empty().without_header("i32"), None);
+        assert_eq!(Properties::empty().header_values(["i32"]), [None]);
     }
 
     #[test]

@@ -335,7 +335,7 @@ fn end_length(buf: &mut BytesMut, len_at: usize) {
     buf[len_at..len_at + 4].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
-fn decode_value(r: &mut Reader<'_>, depth: u32) -> Result<FieldValue, FrameError> {
+pub(crate) fn decode_value(r: &mut Reader<'_>, depth: u32) -> Result<FieldValue, FrameError> {
     let tag = r.octet()?;
     Ok(match tag {
         b't' => FieldValue::Bool(r.octet()? != 0),
@@ -421,6 +421,25 @@ fn validate_value(r: &mut Reader<'_>, depth: u32) -> Result<(), FrameError> {
             Ok(())
         }
         b'F' => validate_table(r, depth + 1),
+        b'V' => Ok(()),
+        other => Err(unknown_tag(other)),
+    }
+}
+
+/// Skips one value (type octet included) of a table already validated, reading only
+/// the lengths it needs: nested tables and arrays are stepped over whole.
+pub(crate) fn skip_value(r: &mut Reader<'_>) -> Result<(), FrameError> {
+    let tag = r.octet()?;
+    match tag {
+        b't' | b'b' | b'B' => r.skip(1, "octet"),
+        b's' | b'u' => r.skip(2, "short"),
+        b'I' | b'i' | b'f' => r.skip(4, "long"),
+        b'l' | b'L' | b'd' | b'T' => r.skip(8, "longlong"),
+        b'D' => r.skip(5, "decimal"),
+        b'S' | b'x' | b'A' | b'F' => {
+            let len = r.long()? as usize;
+            r.skip(len, "field value")
+        }
         b'V' => Ok(()),
         other => Err(unknown_tag(other)),
     }

@@ -265,6 +265,22 @@ impl<'a> Reader<'a> {
         Ok(self.buf.slice(start..self.pos))
     }
 
+    /// Borrows the next `len` bytes, for a comparison that needs no `Bytes` handle.
+    pub(crate) fn borrow(
+        &mut self,
+        len: usize,
+        what: &'static str,
+    ) -> Result<&'a [u8], FrameError> {
+        self.bit_count = 0;
+        if len > self.remaining() {
+            return Err(truncated(what));
+        }
+        let start = self.pos;
+        self.pos += len;
+        let buf: &'a Bytes = self.buf;
+        Ok(&buf[start..self.pos])
+    }
+
     /// Skips the next `len` bytes.
     pub(crate) fn skip(&mut self, len: usize, what: &'static str) -> Result<(), FrameError> {
         self.bit_count = 0;

@@ -3,6 +3,12 @@
 //!
 //! Every shard holds a replica of every exchange (see `broker::vhost`), so
 //! routing never leaves the publishing connection's shard.
+//!
+//! An `x-delayed-message` exchange (the rabbitmq-delayed-message-exchange
+//! plugin's type) is an exchange of its `x-delayed-type` with `delayed` set:
+//! it binds and routes exactly like that type, and `broker::vhost::route`
+//! holds a message with a positive `x-delay` instead of routing it (see
+//! `broker::delayed`).
 
 pub mod direct;
 pub mod fanout;
@@ -41,6 +47,11 @@ impl ExchangeKind {
     }
 }
 
+/// The exchange type of the delayed-message plugin.
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+/// The argument naming a delayed exchange's routing type.
+pub const DELAYED_TYPE_ARGUMENT: &str = "x-delayed-type";
+
 /// Where a binding leads: a queue, or another exchange (exchange-to-exchange
 /// bindings, a RabbitMQ extension).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,11 +81,27 @@ impl Binding {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExchangeDef {
     pub name: ShortStr,
+    /// How the exchange routes: its type, or for a delayed exchange its
+    /// `x-delayed-type`.
     pub kind: ExchangeKind,
+    /// An `x-delayed-message` exchange: messages with a positive `x-delay`
+    /// are held for that long before they are routed.
+    pub delayed: bool,
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+}
+
+impl ExchangeDef {
+    /// The type as declared and as RabbitMQ lists it.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            DELAYED_TYPE
+        } else {
+            self.kind.name()
+        }
+    }
 }
 
 /// The routing structure of one exchange type.
