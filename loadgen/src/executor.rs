@@ -14,9 +14,6 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use glommio::{LocalExecutorBuilder, Placement};
-
-/// How long an idle loadgen executor polls before it sleeps.
-const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_micros(200);
 use warren::protocol::{ExchangeDeclare, FieldTable, Method, QueueBind, QueueDeclare, QueueDelete};
 
 use crate::args::Plan;
@@ -117,13 +114,9 @@ pub fn spawn(
         Some(cpus) => Placement::Fixed(cpus[index]),
         None => Placement::Unbound,
     };
-    // A parked vCPU takes tens of microseconds to wake on a VM, and every
-    // consumer round trip (deliveries in, acks out) would pay it: loadgen
-    // spins a little before parking so that it never sets the pace itself.
     LocalExecutorBuilder::new(placement)
         .name(&format!("loadgen-{index}"))
         .io_memory(IO_MEMORY)
-        .spin_before_park(SPIN_BEFORE_PARK)
         .spawn(move || async move {
             let ctx = Rc::new(ExecCtx {
                 index,
