@@ -48,6 +48,8 @@ pub struct Config {
     pub shards: usize,
     pub cpus: Option<Vec<usize>>,
     pub default_user: Option<(String, String)>,
+    /// A RabbitMQ definitions export to import at start (`--definitions`).
+    pub definitions_import: Option<PathBuf>,
     pub frame_size_max: u32,
     pub channel_max: u16,
     pub heartbeat_s: u16,
@@ -61,6 +63,7 @@ impl Default for Config {
             shards: 1,
             cpus: None,
             default_user: None,
+            definitions_import: None,
             frame_size_max: FRAME_SIZE_MAX,
             channel_max: CHANNEL_MAX,
             heartbeat_s: HEARTBEAT_S,

@@ -5,9 +5,12 @@
 //!
 //! - `protocol`: bytes ⇄ frames ⇄ methods; no sockets, no broker types.
 //! - `broker`: AMQP semantics on one shard (connections, channels, exchanges,
-//!   queues, the metadata owner); synchronous, no I/O.
+//!   queues, the metadata owner, definitions in RabbitMQ's JSON format);
+//!   synchronous, no I/O (the metadata owner writes through a sink that
+//!   `store` provides).
 //! - `shard`: one glommio executor per CPU, the mailbox mesh, the tick.
 //! - `net`: listening sockets and each connection's reader and writer tasks.
+//! - `store`: what is kept under `--data-dir` (the definitions file).
 //! - `config`: defaults and every limit.
 //!
 //! # A message's way
@@ -25,3 +28,4 @@ pub mod config;
 pub mod net;
 pub mod protocol;
 pub mod shard;
+pub mod store;

@@ -16,9 +16,12 @@ struct Args {
     /// Address to listen on; repeat for several. Default: 0.0.0.0:5672 and [::]:5672.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
-    /// Where durable state is kept.
+    /// Where durable state is kept (durable definitions in DIR/definitions.json).
     #[arg(long, default_value = "warren-data", value_name = "DIR")]
     data_dir: PathBuf,
+    /// A RabbitMQ definitions file (`rabbitmqctl export_definitions`) to import at start.
+    #[arg(long, value_name = "FILE")]
+    definitions: Option<PathBuf>,
     /// Number of shards (one executor per CPU). Default: the CPUs this process may use.
     #[arg(long)]
     shards: Option<usize>,
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         shards,
         cpus: args.cpus,
         default_user,
+        definitions_import: args.definitions,
         ..Config::default()
     };
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {

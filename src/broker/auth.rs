@@ -1,22 +1,88 @@
 //! Users and SASL: PLAIN and AMQPLAIN, with RabbitMQ's rule that `guest`
-//! may only connect from a loopback address.
+//! may only connect from a loopback address. Passwords are kept as
+//! RabbitMQ keeps them, salted and hashed (`broker::password`), so users
+//! exported from RabbitMQ log in with their passwords; permissions are
+//! kept per user for the one vhost, "/".
+//!
+//! Users are fixed when the broker starts (from the definitions file, an
+//! imported file, or the defaults) and shared read-only by every shard.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use bytes::Bytes;
 
+use crate::broker::password::{HashingAlgorithm, PasswordHash};
 use crate::protocol::{FieldTable, FieldValue};
+
+/// RabbitMQ's `loopback_users` default: the users that may only connect
+/// from a loopback address.
+const LOOPBACK_USERS: &[&str] = &["guest"];
+
+/// A user's configure, write and read patterns on a vhost, as RabbitMQ
+/// stores them. Kept and written back; warren does not match resources
+/// against them yet (see README), only requires that a user has them to
+/// open the vhost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permission {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+impl Permission {
+    /// ".*" for everything, as RabbitMQ gives guest and the default user.
+    pub fn full() -> Permission {
+        Permission {
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub name: String,
-    password: String,
-    /// RabbitMQ's `loopback_users`: only `guest` by default.
+    /// None for a user without a password, who cannot log in with one (as
+    /// RabbitMQ allows for users who authenticate otherwise).
+    pub password: Option<PasswordHash>,
+    pub tags: Vec<String>,
+    /// Permissions on "/", the only vhost; None means no access.
+    pub permission: Option<Permission>,
     loopback_only: bool,
 }
 
-#[derive(Clone, Debug)]
+impl User {
+    pub fn new(
+        name: String,
+        password: Option<PasswordHash>,
+        tags: Vec<String>,
+        permission: Option<Permission>,
+    ) -> User {
+        let loopback_only = LOOPBACK_USERS.contains(&name.as_str());
+        User {
+            name,
+            password,
+            tags,
+            permission,
+            loopback_only,
+        }
+    }
+
+    /// A user as RabbitMQ creates its default user: administrator, with
+    /// every permission on "/".
+    pub fn administrator(name: &str, password: &str) -> User {
+        User::new(
+            name.to_string(),
+            Some(PasswordHash::new(HashingAlgorithm::Sha256, password)),
+            vec!["administrator".to_string()],
+            Some(Permission::full()),
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default)]
 pub struct Users {
     users: HashMap<String, User>,
 }
@@ -39,28 +105,41 @@ pub enum AuthFailure {
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
 
 impl Users {
-    /// `guest/guest` (loopback only), plus the configured default user.
+    /// The users of a fresh node: `guest/guest` (loopback only), plus the
+    /// configured default user.
     pub fn new(default_user: Option<(String, String)>) -> Users {
-        let mut users = HashMap::new();
-        users.insert(
-            "guest".to_string(),
-            User {
-                name: "guest".into(),
-                password: "guest".into(),
-                loopback_only: true,
-            },
-        );
+        let mut users = vec![User::administrator("guest", "guest")];
         if let Some((name, password)) = default_user {
-            users.insert(
-                name.clone(),
-                User {
-                    name,
-                    password,
-                    loopback_only: false,
-                },
-            );
+            users.push(User::administrator(&name, &password));
         }
-        Users { users }
+        Users::from_users(users)
+    }
+
+    /// Exactly these users (a later one of the same name replaces an earlier).
+    pub fn from_users(list: Vec<User>) -> Users {
+        Users {
+            users: list.into_iter().map(|u| (u.name.clone(), u)).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// Every user, sorted by name (so the definitions file is stable).
+    pub fn sorted(&self) -> Vec<&User> {
+        let mut all: Vec<&User> = self.users.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// True if `user` has permissions on "/" (`rabbit_access_control:check_vhost_access`).
+    pub fn may_open_vhost(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.permission.is_some())
     }
 
     pub fn authenticate(
@@ -75,7 +154,7 @@ impl Users {
             _ => return Err(AuthFailure::UnknownMechanism),
         };
         let user = match self.users.get(&name) {
-            Some(user) if user.password == password => user,
+            Some(user) if user.password.as_ref().is_some_and(|h| h.verify(&password)) => user,
             _ => return Err(AuthFailure::Refused { user: name }),
         };
         if user.loopback_only && !peer.is_loopback() && !is_mapped_loopback(peer) {
@@ -141,6 +220,37 @@ mod tests {
             users.authenticate("PLAIN", &Bytes::from_static(b"admin"), loopback()),
             Err(AuthFailure::Malformed)
         );
+    }
+
+    #[test]
+    fn users_without_a_password_cannot_log_in() {
+        let users = Users::from_users(vec![User::new(
+            "nopass".into(),
+            None,
+            vec![],
+            Some(Permission::full()),
+        )]);
+        for response in [&b"\0nopass\0"[..], b"\0nopass\0x"] {
+            assert!(users
+                .authenticate("PLAIN", &Bytes::copy_from_slice(response), loopback())
+                .is_err());
+        }
+    }
+
+    #[test]
+    fn vhost_access_needs_a_permission() {
+        let users = Users::from_users(vec![
+            User::administrator("admin", "pw"),
+            User::new(
+                "stranger".into(),
+                Some(PasswordHash::new(HashingAlgorithm::Sha256, "pw")),
+                vec![],
+                None,
+            ),
+        ]);
+        assert!(users.may_open_vhost("admin"));
+        assert!(!users.may_open_vhost("stranger"));
+        assert!(!users.may_open_vhost("nobody"));
     }
 
     #[test]

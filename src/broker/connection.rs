@@ -416,6 +416,14 @@ impl Connection {
                         m.virtual_host
                     )));
                 }
+                // rabbit_access_control:check_vhost_access: a user needs
+                // permissions on the vhost to open it.
+                if !env.users.may_open_vhost(&self.user) {
+                    return Err(AmqpError::not_allowed(format!(
+                        "access to vhost '{}' refused for user '{}'",
+                        m.virtual_host, self.user
+                    )));
+                }
                 self.wire.method(0, &ConnectionOpenOk {}.into());
                 self.phase = Phase::Running;
                 info!(peer = %self.peer, user = %self.user, shard = %self.conn.shard, "connection opened");

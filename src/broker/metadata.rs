@@ -4,10 +4,21 @@
 //! to the new queue, and routing never waits on another shard.
 //!
 //! Error texts follow RabbitMQ's, since clients log and sometimes match them.
+//!
+//! Durable definitions are made durable here too: when a batch of requests
+//! changed any (a durable exchange or queue, a binding between durable
+//! ends), the owner writes the whole definitions file through its
+//! [`DefinitionsSink`] before it answers the batch's requests, so a
+//! declare-ok for a durable queue means the queue survives a restart.
+//! Requests that arrive while one is handled join the batch, and the batch
+//! costs one write (group commit). Transient and exclusive declares never
+//! write.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 
+use crate::broker::definitions::{self, Definitions};
 use crate::broker::exchange::{
     headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
     DELAYED_TYPE_ARGUMENT,
@@ -70,28 +81,82 @@ pub enum RpcReply {
 
 type Shared = Rc<RefCell<ShardState>>;
 
-/// Serves metadata requests on shard 0, one at a time, until the shard stops.
-pub async fn run_owner(state: Shared) {
+/// Requests handled before their answers wait for one definitions write;
+/// bounds how long the first request of a busy batch waits.
+const REQUESTS_PER_WRITE_MAX: usize = 64;
+
+/// Where the metadata owner makes durable definitions durable (the file in
+/// the data directory; `store::definitions::DefinitionsFile`).
+pub trait DefinitionsSink {
+    /// Replaces the stored definitions with `contents`, durably.
+    fn store(&self, contents: String) -> impl Future<Output = std::io::Result<()>>;
+}
+
+/// Keeps nothing: for a broker without a data directory (tests).
+impl DefinitionsSink for () {
+    fn store(&self, _contents: String) -> impl Future<Output = std::io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Where the owner starts after the definitions were restored at boot.
+#[derive(Clone, Debug)]
+pub struct OwnerStart {
+    pub next_queue_id: u64,
+    pub next_shard: usize,
+    /// The definitions file as written at boot, so an unchanged state is
+    /// not written again.
+    pub written: Option<String>,
+}
+
+impl Default for OwnerStart {
+    fn default() -> Self {
+        OwnerStart {
+            next_queue_id: 1,
+            next_shard: 0,
+            written: None,
+        }
+    }
+}
+
+/// Serves metadata requests on shard 0 until the shard stops: a batch at a
+/// time, then one write of the definitions if the batch changed durable
+/// ones, then the batch's answers.
+pub async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, sink: S) {
     let notify = state.borrow().meta_inbox.notify.clone();
     let mut owner = Owner {
         state,
-        next_queue_id: 1,
+        next_queue_id: start.next_queue_id,
         next_name: 0x9e37_79b9_7f4a_7c15,
-        next_shard: 0,
+        next_shard: start.next_shard,
+        durable_changed: Cell::new(false),
+        written: start.written,
     };
     loop {
         notify.wait().await;
         loop {
-            let next = owner.state.borrow_mut().meta_inbox.requests.pop_front();
-            let Some((from, request)) = next else {
-                break;
-            };
-            let result = owner.handle(from, request).await;
-            if let Some((conn, channel)) = from {
-                let mut state = owner.state.borrow_mut();
-                state.reply(conn, channel, ChannelReply::Meta(result));
-                state.run_local();
+            let mut replies = Vec::new();
+            let mut handled = 0;
+            while handled < REQUESTS_PER_WRITE_MAX {
+                let next = owner.state.borrow_mut().meta_inbox.requests.pop_front();
+                let Some((from, request)) = next else {
+                    break;
+                };
+                let result = owner.handle(from, request).await;
+                if let Some((conn, channel)) = from {
+                    replies.push((conn, channel, result));
+                }
+                handled += 1;
             }
+            if handled == 0 {
+                break;
+            }
+            owner.write_definitions(&sink).await;
+            let mut state = owner.state.borrow_mut();
+            for (conn, channel, result) in replies {
+                state.reply(conn, channel, ChannelReply::Meta(result));
+            }
+            state.run_local();
         }
     }
 }
@@ -101,6 +166,11 @@ struct Owner {
     next_queue_id: u64,
     next_name: u64,
     next_shard: usize,
+    /// Set by a commit that changed durable definitions; cleared once they
+    /// are written.
+    durable_changed: Cell<bool>,
+    /// The definitions file's contents as last written.
+    written: Option<String>,
 }
 
 impl Owner {
@@ -111,6 +181,34 @@ impl Owner {
         receiver.await.unwrap_or(RpcReply::Applied)
     }
 
+    /// Writes the definitions file if durable definitions changed since it
+    /// was last written. A failed write is logged and tried again after
+    /// the next change; the broker keeps running on what it has in memory.
+    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &S) {
+        if !self.durable_changed.get() {
+            return;
+        }
+        let contents = {
+            let state = self.state.borrow();
+            Definitions::snapshot(&state.vhost, &state.users).to_json()
+        };
+        if self.written.as_deref() == Some(contents.as_str()) {
+            self.durable_changed.set(false);
+            return;
+        }
+        match sink.store(contents.clone()).await {
+            Ok(()) => {
+                self.written = Some(contents);
+                self.durable_changed.set(false);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot write the definitions file; durable definitions changed since the last \
+                 successful write will be lost at a restart unless a later write succeeds"
+            ),
+        }
+    }
+
     /// Applies changes here (collecting auto-delete exchanges they empty),
     /// then on every other shard, and waits for all of them.
     async fn commit(&self, mut changes: Vec<MetaChange>) {
@@ -118,6 +216,9 @@ impl Owner {
             let mut state = self.state.borrow_mut();
             let mut at = 0;
             while at < changes.len() {
+                if definitions::changes_durable_definitions(&state.vhost, &changes[at]) {
+                    self.durable_changed.set(true);
+                }
                 let emptied = state.apply_change(&changes[at]);
                 for name in emptied {
                     changes.push(MetaChange::ExchangeDeleted(name));

@@ -1,10 +1,12 @@
 //! Shards: one glommio executor per CPU, each owning its connections, its
 //! queues and its replica of the definitions, talking to the others only
 //! through the channel mesh (bounded SPSC channels carrying batches of
-//! `ShardMsg`). This module and `net/` are the only ones that name glommio.
+//! `ShardMsg`). This module, `net/` and `store/` are the only ones that
+//! name glommio.
 
 use std::cell::RefCell;
 use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,11 +17,15 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use tracing::{error, info, warn};
 
 use crate::broker::auth::Users;
+use crate::broker::definitions::{Definitions, RestorePlan, Source};
 use crate::broker::ids::ShardId;
+use crate::broker::metadata::OwnerStart;
 use crate::broker::signal::Notify;
+use crate::broker::vhost::{MetaChange, Vhost, DEFAULT_VHOST};
 use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
 use crate::net;
+use crate::store;
 
 pub mod shutdown;
 
@@ -36,9 +42,17 @@ const MEMLOCK_PER_SHARD: u64 = IO_MEMORY as u64 + (1 << 20);
 
 #[derive(Debug)]
 pub enum BootError {
-    Memlock { needed: u64, have: u64 },
+    Memlock {
+        needed: u64,
+        have: u64,
+    },
     Bind(std::io::Error),
     Executor(String),
+    /// A definitions file (warren's own or an import) cannot be used.
+    Definitions {
+        path: PathBuf,
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for BootError {
@@ -54,6 +68,9 @@ impl std::fmt::Display for BootError {
             ),
             BootError::Bind(e) => write!(f, "cannot listen: {}", e),
             BootError::Executor(e) => write!(f, "cannot start a shard: {}", e),
+            BootError::Definitions { path, problem } => {
+                write!(f, "cannot use the definitions in {}: {}", path.display(), problem)
+            }
         }
     }
 }
@@ -98,6 +115,9 @@ pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
 /// Starts every shard and blocks until they stop.
 pub fn run(config: Config) -> Result<(), BootError> {
     let shard_count = config.shards.max(1);
+    // Definitions first: a file that cannot be used stops the broker before
+    // it listens.
+    let boot = load_definitions(&config, shard_count)?;
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
     shutdown::install();
     let (sockets, bound) =
@@ -109,7 +129,13 @@ pub fn run(config: Config) -> Result<(), BootError> {
             .map(|c| c.id)
             .collect()
     });
-    let users = Users::new(config.default_user.clone());
+    let users = boot.users;
+    let restore = Arc::new(boot.plan.changes);
+    let owner_start = OwnerStart {
+        next_queue_id: boot.plan.next_queue_id,
+        next_shard: boot.plan.next_shard,
+        written: Some(boot.written),
+    };
     let config = Arc::new(config);
     let mesh: MeshBuilder<Batch, Full> =
         MeshBuilder::full(shard_count, config::MAILBOX_BATCHES_MAX);
@@ -123,13 +149,20 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let mesh = mesh.clone();
         let config = config.clone();
         let users = users.clone();
+        let restore = restore.clone();
+        let owner_start = owner_start.clone();
         let ready = ready_tx.clone();
         let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("warren-shard-{}", index))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
-                shard_main(config, users, mesh, fds, ready, shard_count).await;
+                let boot = ShardBoot {
+                    users,
+                    restore,
+                    owner_start,
+                };
+                shard_main(config, boot, mesh, fds, ready, shard_count).await;
             })
             .map_err(|e| BootError::Executor(e.to_string()))?;
         handles.push(handle);
@@ -156,9 +189,123 @@ pub fn run(config: Config) -> Result<(), BootError> {
     Ok(())
 }
 
+/// What the definitions at boot give each shard.
+struct ShardBoot {
+    users: Users,
+    /// Applied by every shard before it accepts a connection.
+    restore: Arc<Vec<MetaChange>>,
+    /// For the metadata owner on shard 0.
+    owner_start: OwnerStart,
+}
+
+/// The users and the exchanges, queues and bindings to re-create, from
+/// `<data-dir>/definitions.json` and `--definitions`; then the definitions
+/// file is written once, so it holds an import before the first client
+/// comes. Blocking file I/O: no executor runs yet.
+struct BootDefinitions {
+    users: Users,
+    plan: RestorePlan,
+    written: String,
+}
+
+fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitions, BootError> {
+    let own_path = store::definitions::path(&config.data_dir);
+    let refused = |path: &PathBuf, problem: String| BootError::Definitions {
+        path: path.clone(),
+        problem,
+    };
+    let stored = store::definitions::read(&config.data_dir)
+        .map_err(|e| refused(&own_path, e.to_string()))?;
+    let mut definitions = match stored {
+        None => Definitions::default(),
+        Some(text) => {
+            let parsed = Definitions::from_json(&text, Source::DataDir)
+                .map_err(|problem| refused(&own_path, problem))?;
+            for warning in &parsed.warnings {
+                warn!(file = %own_path.display(), "{}", warning);
+            }
+            // Each file is checked alone, so that an error names its file.
+            parsed
+                .definitions
+                .restore_plan(shard_count)
+                .map_err(|problem| refused(&own_path, problem))?;
+            parsed.definitions
+        }
+    };
+    if let Some(import_path) = &config.definitions_import {
+        let text = std::fs::read_to_string(import_path)
+            .map_err(|e| refused(import_path, e.to_string()))?;
+        let parsed = Definitions::from_json(&text, Source::Import)
+            .map_err(|problem| refused(import_path, problem))?;
+        for warning in &parsed.warnings {
+            warn!(file = %import_path.display(), "{}", warning);
+        }
+        parsed
+            .definitions
+            .restore_plan(shard_count)
+            .map_err(|problem| refused(import_path, problem))?;
+        info!(
+            file = %import_path.display(),
+            users = parsed.definitions.users.len(),
+            exchanges = parsed.definitions.exchanges.len(),
+            queues = parsed.definitions.queues.len(),
+            bindings = parsed.definitions.bindings.len(),
+            "importing definitions"
+        );
+        definitions.merge(parsed.definitions);
+    }
+    // RabbitMQ creates guest and its default user only on a fresh node, and
+    // not when definitions are imported at boot.
+    if definitions.users.is_empty() {
+        definitions.users = Users::new(config.default_user.clone())
+            .sorted()
+            .into_iter()
+            .cloned()
+            .collect();
+    } else if let Some((name, _)) = &config.default_user {
+        if !definitions.users.iter().any(|u| &u.name == name) {
+            warn!(
+                user = %name,
+                "--default-user not created: users are defined already (as RabbitMQ, the \
+                 default user is created only when there are no users)"
+            );
+        }
+    }
+    let users = Users::from_users(definitions.users.clone());
+    let plan = definitions
+        .restore_plan(shard_count)
+        .map_err(|problem| refused(&own_path, problem))?;
+    for warning in &plan.warnings {
+        warn!("{}", warning);
+    }
+    // The file holds exactly what the shards will have: a replica built
+    // from the same changes.
+    let mut replica = Vhost::new(DEFAULT_VHOST);
+    for change in &plan.changes {
+        replica.apply(change);
+    }
+    let written = Definitions::snapshot(&replica, &users).to_json();
+    store::definitions::write_blocking(&config.data_dir, &written)
+        .map_err(|e| refused(&own_path, format!("cannot write it: {}", e)))?;
+    let count = |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|c| kind(c)).count();
+    info!(
+        file = %own_path.display(),
+        users = users.sorted().len(),
+        exchanges = count(|c| matches!(c, MetaChange::ExchangeCreated(_))),
+        queues = count(|c| matches!(c, MetaChange::QueueCreated(_))),
+        bindings = count(|c| matches!(c, MetaChange::BindingAdded(_))),
+        "definitions restored"
+    );
+    Ok(BootDefinitions {
+        users,
+        plan,
+        written,
+    })
+}
+
 async fn shard_main(
     config: Arc<Config>,
-    users: Users,
+    boot: ShardBoot,
     mesh: MeshBuilder<Batch, Full>,
     fds: Vec<i32>,
     ready: crossbeam_channel::Sender<()>,
@@ -193,8 +340,13 @@ async fn shard_main(
         id,
         shard_count,
         Rc::new((*config).clone()),
-        Rc::new(users),
+        Rc::new(boot.users),
     )));
+    // Every shard applies the same restored definitions, in the same order,
+    // before any listener below accepts a connection.
+    for change in boot.restore.iter() {
+        state.borrow_mut().apply_change(change);
+    }
     let senders = Rc::new(senders);
 
     for (peer, receiver) in receivers.streams() {
@@ -298,7 +450,8 @@ async fn shard_main(
     }
 
     if id == ShardId(0) {
-        glommio::spawn_local(metadata::run_owner(state.clone())).detach();
+        let sink = store::definitions::DefinitionsFile::new(config.data_dir.clone());
+        glommio::spawn_local(metadata::run_owner(state.clone(), boot.owner_start, sink)).detach();
     }
 
     for (fd, stop) in fds.into_iter().zip(stop_accepting) {

@@ -33,7 +33,13 @@ pub struct Broker {
     addr: SocketAddr,
     /// The external broker's URL as given, when there is one.
     external_url: Option<String>,
+    /// `--shards` and the extra arguments, to start it again the same way.
+    shards: usize,
+    extra_args: Vec<String>,
 }
+
+/// How long a restart keeps trying to listen on the old port again.
+const REBIND_DEADLINE: Duration = Duration::from_secs(10);
 
 impl Broker {
     /// Starts warren with `--shards shards` (or uses the external broker).
@@ -46,101 +52,88 @@ impl Broker {
     /// waits (30 s at most) for its "ready to accept connections address=IP:PORT" line.
     pub fn start_with(shards: usize, extra_args: &[&str]) -> Broker {
         if let Some(url) = external_url() {
-            let addr = addr_of_url(&url);
-            return Broker {
-                child: None,
-                data_dir: None,
-                addr,
-                external_url: Some(url),
-            };
+            return Broker::external(url, shards);
         }
+        Broker::start_in(shards, fresh_temp_dir("warren-test"), extra_args)
+    }
 
-        let data_dir = fresh_temp_dir("warren-test");
-        let log_path = data_dir.join("broker.log");
-        let log = Arc::new(Mutex::new(
-            File::create(&log_path).expect("create broker.log"),
-        ));
-        let shards_arg = shards.to_string();
-        let data_dir_arg = data_dir.to_string_lossy().into_owned();
-        let mut args: Vec<&str> = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            &shards_arg,
-            "--data-dir",
-            &data_dir_arg,
-            "--default-user",
-            "admin",
-            "--default-pass",
-            "admin",
-            "--log-level",
-            "info",
-        ];
-        args.extend_from_slice(extra_args);
-
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(&args)
-            // Its own process group, so kill() also reaches anything it starts.
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_warren")));
-
-        // Both streams are drained by their own thread for the broker's whole life, into
-        // broker.log; until the broker is ready, lines are also sent here.
-        let (tx, rx) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().expect("stderr piped");
-        let stdout = child.stdout.take().expect("stdout piped");
-        spawn_drain(stderr, log.clone(), tx.clone());
-        spawn_drain(stdout, log, tx);
-
-        let deadline = Instant::now() + READY_DEADLINE;
-        let mut seen = String::new();
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if line.contains(READY_LINE) {
-                        match parse_address(&line) {
-                            Some(a) => break a,
-                            None => {
-                                let _ = kill_group(&mut child);
-                                panic!(
-                                    "warren's ready line has no address=IP:PORT: {line:?}\n\
-                                     output so far:\n{seen}"
-                                );
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    let status = kill_group(&mut child);
-                    let why = match e {
-                        mpsc::RecvTimeoutError::Timeout => {
-                            format!("not ready after {READY_DEADLINE:?}")
-                        }
-                        mpsc::RecvTimeoutError::Disconnected => {
-                            format!("exited before it was ready ({status:?})")
-                        }
-                    };
-                    // Give the drain threads a moment to flush what is left.
-                    thread::sleep(Duration::from_millis(50));
-                    let log = fs::read_to_string(&log_path).unwrap_or(seen);
-                    let _ = fs::remove_dir_all(&data_dir);
-                    panic!("warren {why}; args {args:?}\noutput so far:\n{log}");
-                }
+    /// Like [`Broker::start_with`], on a data directory the caller prepared (it is removed
+    /// on Drop like a fresh one).
+    pub fn start_in(shards: usize, data_dir: PathBuf, extra_args: &[&str]) -> Broker {
+        if let Some(url) = external_url() {
+            return Broker::external(url, shards);
+        }
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        match spawn_warren(shards, &data_dir, "127.0.0.1:0", &extra_args) {
+            Ok((child, addr)) => Broker {
+                child: Some(child),
+                data_dir: Some(data_dir),
+                addr,
+                external_url: None,
+                shards,
+                extra_args,
+            },
+            Err(why) => {
+                let _ = fs::remove_dir_all(&data_dir);
+                panic!("{why}");
             }
-        };
+        }
+    }
 
+    fn external(url: String, shards: usize) -> Broker {
+        let addr = addr_of_url(&url);
         Broker {
-            child: Some(child),
-            data_dir: Some(data_dir),
+            child: None,
+            data_dir: None,
             addr,
-            external_url: None,
+            external_url: Some(url),
+            shards,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Like [`Broker::restart`], with these extra arguments instead of the first start's
+    /// (e.g. none, to start again without `--definitions`).
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
+    /// Stops warren with SIGTERM (it closes its clients and exits 0) and starts it again
+    /// with the same arguments, data directory and port. Panics if it does not exit 0 or
+    /// does not come back. Does nothing for an external broker.
+    pub fn restart(&mut self) {
+        let Some(data_dir) = self.data_dir.clone() else {
+            return;
+        };
+        let status = self
+            .stop_with(libc::SIGTERM, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("warren did not exit after SIGTERM\n{}", self.log()));
+        assert!(
+            status.success(),
+            "warren exited with {status:?}\n{}",
+            self.log()
+        );
+        append_to(
+            &data_dir.join("broker.log"),
+            "---- restarted by the test ----\n",
+        );
+        let listen = self.addr.to_string();
+        // The old listening socket is closed, but another process may take the port
+        // for a moment (parallel tests bind port 0): try again until the deadline.
+        let deadline = Instant::now() + REBIND_DEADLINE;
+        loop {
+            match spawn_warren(self.shards, &data_dir, &listen, &self.extra_args) {
+                Ok((child, addr)) => {
+                    assert_eq!(addr, self.addr, "warren came back on another address");
+                    self.child = Some(child);
+                    return;
+                }
+                Err(why) if why.contains("cannot listen") && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(why) => panic!("warren did not come back: {why}"),
+            }
         }
     }
 
@@ -229,6 +222,158 @@ impl Drop for Broker {
             let _ = fs::remove_dir_all(&d);
         }
     }
+}
+
+/// Starts warren on `data_dir` listening on `listen` and waits for its ready line.
+/// Its output goes to `data_dir/broker.log` (appended to). Err explains a failure to start.
+fn spawn_warren(
+    shards: usize,
+    data_dir: &std::path::Path,
+    listen: &str,
+    extra_args: &[String],
+) -> Result<(Child, SocketAddr), String> {
+    let log_path = data_dir.join("broker.log");
+    let log = Arc::new(Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open broker.log"),
+    ));
+    let args = warren_args(shards, data_dir, listen, extra_args);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(&args)
+        // Its own process group, so kill() also reaches anything it starts.
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_warren")));
+
+    // Both streams are drained by their own thread for the broker's whole life, into
+    // broker.log; until the broker is ready, lines are also sent here.
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr piped");
+    let stdout = child.stdout.take().expect("stdout piped");
+    spawn_drain(stderr, log.clone(), tx.clone());
+    spawn_drain(stdout, log, tx);
+
+    let deadline = Instant::now() + READY_DEADLINE;
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(READY_LINE) {
+                    return match parse_address(&line) {
+                        Some(a) => Ok((child, a)),
+                        None => {
+                            let _ = kill_group(&mut child);
+                            Err(format!(
+                                "warren's ready line has no address=IP:PORT: {line:?}\n\
+                                 output so far:\n{seen}"
+                            ))
+                        }
+                    };
+                }
+            }
+            Err(e) => {
+                let status = kill_group(&mut child);
+                let why = match e {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("not ready after {READY_DEADLINE:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => {
+                        format!("exited before it was ready ({status:?})")
+                    }
+                };
+                // Give the drain threads a moment to flush what is left.
+                thread::sleep(Duration::from_millis(50));
+                return Err(format!(
+                    "warren {why}; args {args:?}\noutput so far:\n{seen}"
+                ));
+            }
+        }
+    }
+}
+
+fn warren_args(
+    shards: usize,
+    data_dir: &std::path::Path,
+    listen: &str,
+    extra_args: &[String],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--listen",
+        listen,
+        "--shards",
+        &shards.to_string(),
+        "--data-dir",
+        &data_dir.to_string_lossy(),
+        "--default-user",
+        "admin",
+        "--default-pass",
+        "admin",
+        "--log-level",
+        "info",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra_args.iter().cloned());
+    args
+}
+
+/// Runs warren as [`Broker::start_in`] would, for a start that must fail: waits (30 s at
+/// most) for it to exit and returns its exit status and everything it printed. Panics if
+/// it becomes ready instead (after stopping it).
+pub fn start_expecting_exit(
+    shards: usize,
+    data_dir: &std::path::Path,
+    extra_args: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+    let args = warren_args(shards, data_dir, "127.0.0.1:0", &extra_args);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(&args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_warren")));
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let err_reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let out_reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + READY_DEADLINE;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = kill_group(&mut child);
+            panic!("warren did not exit within {READY_DEADLINE:?}; args {args:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let output = err_reader.join().unwrap_or_default() + &out_reader.join().unwrap_or_default();
+    assert!(
+        !output.contains(READY_LINE),
+        "warren became ready instead of refusing to start:\n{output}"
+    );
+    (status, output)
 }
 
 /// SIGKILL to the child's process group (the child leads it), then reap the child.

@@ -1,0 +1,1496 @@
+//! Definitions in RabbitMQ's JSON format: what `rabbitmqctl
+//! export_definitions` writes and `import_definitions` (or
+//! `load_definitions` at boot) reads. warren keeps its durable definitions
+//! in this format (`<data-dir>/definitions.json`, written by the metadata
+//! owner through `store::definitions`) and imports RabbitMQ exports with
+//! `--definitions FILE`. This module converts between the JSON and warren's
+//! own types and plans the restore at start; it performs no I/O.
+//!
+//! ```text
+//! {
+//!   "bindings":    [{"arguments": {}, "destination": "q", "destination_type": "queue",
+//!                    "routing_key": "k", "source": "x", "vhost": "/"}],
+//!   "exchanges":   [{"arguments": {}, "auto_delete": false, "durable": true,
+//!                    "internal": false, "name": "x", "type": "direct", "vhost": "/"}],
+//!   "global_parameters": [], "parameters": [], "policies": [], "topic_permissions": [],
+//!   "permissions": [{"configure": ".*", "read": ".*", "user": "u", "vhost": "/", "write": ".*"}],
+//!   "product_name": "warren", "product_version": "0.1.0",
+//!   "queues":      [{"arguments": {"x-message-ttl": 60000}, "auto_delete": false,
+//!                    "durable": true, "name": "q", "type": "classic", "vhost": "/"}],
+//!   "rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8",
+//!   "users":       [{"hashing_algorithm": "rabbit_password_hashing_sha256", "limits": {},
+//!                    "name": "u", "password_hash": "<base64>", "tags": ["administrator"]}],
+//!   "vhosts":      [{"limits": [], "metadata": {"description": "Default virtual host",
+//!                    "tags": []}, "name": "/"}]
+//! }
+//! ```
+//!
+//! Keys are written in sorted order, as RabbitMQ 3.10 writes them. Where
+//! warren's file differs from an export, RabbitMQ's import still reads it:
+//!
+//! - Internal exchanges are written with `"internal": true` (RabbitMQ's
+//!   export leaves internal exchanges out; its import reads the key).
+//! - Arguments are JSON values, so their AMQP types are lost (an integer
+//!   comes back as a `long`, as after a RabbitMQ export and import). When
+//!   that would change a value (a `signedint` binding argument that a
+//!   headers exchange compares with the message's `signedint` header), the
+//!   object also carries `"warren_typed_arguments"`: the exact field table,
+//!   AMQP-encoded, in base64. It is used only while it still agrees with
+//!   `arguments`, so editing `arguments` by hand wins; RabbitMQ ignores it.
+//!
+//! Import follows `rabbit_definitions`: JSON integers become `long`
+//! arguments, other numbers `double`; exchanges named "" or "amq.*" and
+//! queues named "amq.*" are skipped with a warning (for an import; warren's
+//! own file restores its durable server-named queues); a binding whose
+//! source or destination is missing is skipped with a warning (RabbitMQ
+//! ignores it silently). warren serves one vhost, "/": definitions for
+//! other vhosts are skipped with a warning rather than refused, so that an
+//! export of a multi-vhost cluster still brings its "/" part over. Policies,
+//! parameters, topic permissions and user limits are not supported yet and
+//! are skipped with a warning. An unknown exchange type, a queue warren
+//! cannot create (a quorum queue, an invalid argument), a password hash that
+//! is not one RabbitMQ could have made, or a permission for a missing user
+//! is an error: the broker refuses to start and says which definition.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::auth::{Permission, User, Users};
+use crate::broker::exchange::{
+    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind,
+};
+use crate::broker::ids::{QueueId, ShardId};
+use crate::broker::json::{self, Json};
+use crate::broker::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
+use crate::broker::queue_args::QueueArgs;
+use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
+use crate::protocol::{FieldTable, FieldValue, ShortStr};
+
+/// The RabbitMQ release whose behaviour (and definitions format) warren follows.
+pub const RABBITMQ_VERSION: &str = "3.10.8";
+
+/// The member holding arguments' exact AMQP types (see the module doc).
+const TYPED_ARGUMENTS: &str = "warren_typed_arguments";
+
+/// Where definitions come from; the two differ only in what is skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// warren's own `<data-dir>/definitions.json`.
+    DataDir,
+    /// A RabbitMQ export given with `--definitions`.
+    Import,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueDef {
+    pub name: ShortStr,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestinationKind {
+    Queue,
+    Exchange,
+}
+
+impl DestinationKind {
+    fn name(self) -> &'static str {
+        match self {
+            DestinationKind::Queue => "queue",
+            DestinationKind::Exchange => "exchange",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BindingDef {
+    pub source: ShortStr,
+    pub destination: ShortStr,
+    pub destination_kind: DestinationKind,
+    pub routing_key: ShortStr,
+    pub arguments: FieldTable,
+}
+
+/// Everything in one definitions file that warren keeps, for vhost "/".
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Definitions {
+    /// Users with their permissions on "/".
+    pub users: Vec<User>,
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueDef>,
+    pub bindings: Vec<BindingDef>,
+}
+
+/// Definitions read from a file, and what was skipped on the way.
+#[derive(Debug)]
+pub struct Parsed {
+    pub definitions: Definitions,
+    pub warnings: Vec<String>,
+}
+
+/// What every shard applies at start, before it accepts a connection.
+#[derive(Debug, Default)]
+pub struct RestorePlan {
+    pub changes: Vec<MetaChange>,
+    /// The metadata owner carries on numbering and placing queues from here.
+    pub next_queue_id: u64,
+    pub next_shard: usize,
+    pub warnings: Vec<String>,
+}
+
+impl Definitions {
+    /// Reads a definitions document. Errors name the definition at fault.
+    pub fn from_json(text: &str, source: Source) -> Result<Parsed, String> {
+        let doc = json::parse(text).map_err(|e| e.to_string())?;
+        if doc.as_object().is_none() {
+            return Err(format!(
+                "the document is {}, expected an object with \"users\", \"queues\", ...",
+                doc.kind()
+            ));
+        }
+        let mut reader = Reader {
+            source,
+            warnings: Vec::new(),
+            other_vhosts: Vec::new(),
+            version: doc
+                .get("rabbitmq_version")
+                .or_else(|| doc.get("rabbit_version"))
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string(),
+        };
+        let mut definitions = Definitions::default();
+
+        for (at, item) in reader.list(&doc, "vhosts")?.iter().enumerate() {
+            let ctx = format!("vhosts[{}]", at);
+            let name = required_str(item, "name", &ctx)?;
+            reader.note_vhost(name);
+        }
+        for (at, item) in reader.list(&doc, "users")?.iter().enumerate() {
+            let user = reader.user(item, &format!("users[{}]", at))?;
+            definitions.users.retain(|u| u.name != user.name);
+            definitions.users.push(user);
+        }
+        for (at, item) in reader.list(&doc, "permissions")?.iter().enumerate() {
+            let ctx = format!("permissions[{}]", at);
+            if !reader.in_default_vhost(item, &ctx)? {
+                continue;
+            }
+            let user = required_str(item, "user", &ctx)?;
+            let permission = Permission {
+                configure: required_str(item, "configure", &ctx)?.to_string(),
+                write: required_str(item, "write", &ctx)?.to_string(),
+                read: required_str(item, "read", &ctx)?.to_string(),
+            };
+            match definitions.users.iter_mut().find(|u| u.name == user) {
+                Some(u) => u.permission = Some(permission),
+                None => {
+                    return Err(format!(
+                        "{}: no user '{}' in this file for these permissions",
+                        ctx, user
+                    ))
+                }
+            }
+        }
+        for (at, item) in reader.list(&doc, "exchanges")?.iter().enumerate() {
+            if let Some(exchange) = reader.exchange(item, &format!("exchanges[{}]", at))? {
+                definitions.exchanges.retain(|x| x.name != exchange.name);
+                definitions.exchanges.push(exchange);
+            }
+        }
+        for (at, item) in reader.list(&doc, "queues")?.iter().enumerate() {
+            if let Some(queue) = reader.queue(item, &format!("queues[{}]", at))? {
+                definitions.queues.retain(|q| q.name != queue.name);
+                definitions.queues.push(queue);
+            }
+        }
+        for (at, item) in reader.list(&doc, "bindings")?.iter().enumerate() {
+            if let Some(binding) = reader.binding(item, &format!("bindings[{}]", at))? {
+                if !definitions.bindings.contains(&binding) {
+                    definitions.bindings.push(binding);
+                }
+            }
+        }
+        for (key, what) in [
+            ("policies", "policies"),
+            ("parameters", "runtime parameters"),
+            ("global_parameters", "global runtime parameters"),
+            ("topic_permissions", "topic permissions"),
+        ] {
+            let count = reader.list(&doc, key)?.len();
+            if count > 0 {
+                reader.warnings.push(format!(
+                    "{} {} skipped: warren does not support {} yet",
+                    count, what, what
+                ));
+            }
+        }
+        if !reader.other_vhosts.is_empty() {
+            reader.warnings.push(format!(
+                "definitions for virtual host(s) {} skipped: warren serves only the virtual host '/'",
+                reader
+                    .other_vhosts
+                    .iter()
+                    .map(|v| format!("'{}'", v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(Parsed {
+            definitions,
+            warnings: reader.warnings,
+        })
+    }
+
+    /// The file warren writes: RabbitMQ's format, keys sorted, indented.
+    pub fn to_json(&self) -> String {
+        let mut users: Vec<&User> = self.users.iter().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        let user_json = users
+            .iter()
+            .map(|u| {
+                let (algorithm, hash) = match &u.password {
+                    Some(h) => (h.algorithm, h.to_base64()),
+                    // RabbitMQ exports a user without a password this way.
+                    None => (HashingAlgorithm::Sha256, String::new()),
+                };
+                Json::object([
+                    (
+                        "hashing_algorithm",
+                        Json::Str(algorithm.rabbit_name().into()),
+                    ),
+                    ("limits", Json::object::<&str>([])),
+                    ("name", Json::Str(u.name.clone())),
+                    ("password_hash", Json::Str(hash)),
+                    (
+                        "tags",
+                        Json::Array(u.tags.iter().map(|t| Json::Str(t.clone())).collect()),
+                    ),
+                ])
+            })
+            .collect();
+        let permissions = users
+            .iter()
+            .filter_map(|u| {
+                let p = u.permission.as_ref()?;
+                Some(Json::object([
+                    ("configure", Json::Str(p.configure.clone())),
+                    ("read", Json::Str(p.read.clone())),
+                    ("user", Json::Str(u.name.clone())),
+                    ("vhost", Json::Str(DEFAULT_VHOST.into())),
+                    ("write", Json::Str(p.write.clone())),
+                ]))
+            })
+            .collect();
+        let exchanges = self
+            .exchanges
+            .iter()
+            .map(|x| {
+                with_typed_arguments(
+                    vec![
+                        ("arguments", table_to_json(&x.arguments)),
+                        ("auto_delete", Json::Bool(x.auto_delete)),
+                        ("durable", Json::Bool(x.durable)),
+                        ("internal", Json::Bool(x.internal)),
+                        ("name", Json::Str(x.name.to_string())),
+                        ("type", Json::Str(x.kind.name().into())),
+                        ("vhost", Json::Str(DEFAULT_VHOST.into())),
+                    ],
+                    &x.arguments,
+                )
+            })
+            .collect();
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| {
+                let kind = q
+                    .arguments
+                    .get("x-queue-type")
+                    .and_then(FieldValue::as_str)
+                    .unwrap_or("classic");
+                with_typed_arguments(
+                    vec![
+                        ("arguments", table_to_json(&q.arguments)),
+                        ("auto_delete", Json::Bool(q.auto_delete)),
+                        ("durable", Json::Bool(q.durable)),
+                        ("name", Json::Str(q.name.to_string())),
+                        ("type", Json::Str(kind.into())),
+                        ("vhost", Json::Str(DEFAULT_VHOST.into())),
+                    ],
+                    &q.arguments,
+                )
+            })
+            .collect();
+        let bindings = self
+            .bindings
+            .iter()
+            .map(|b| {
+                with_typed_arguments(
+                    vec![
+                        ("arguments", table_to_json(&b.arguments)),
+                        ("destination", Json::Str(b.destination.to_string())),
+                        (
+                            "destination_type",
+                            Json::Str(b.destination_kind.name().into()),
+                        ),
+                        ("routing_key", Json::Str(b.routing_key.to_string())),
+                        ("source", Json::Str(b.source.to_string())),
+                        ("vhost", Json::Str(DEFAULT_VHOST.into())),
+                    ],
+                    &b.arguments,
+                )
+            })
+            .collect();
+        let vhosts = Json::Array(vec![Json::object([
+            ("limits", Json::Array(vec![])),
+            (
+                "metadata",
+                Json::object([
+                    ("description", Json::Str("Default virtual host".into())),
+                    ("tags", Json::Array(vec![])),
+                ]),
+            ),
+            ("name", Json::Str(DEFAULT_VHOST.into())),
+        ])]);
+        Json::object([
+            ("bindings", Json::Array(bindings)),
+            ("exchanges", Json::Array(exchanges)),
+            ("global_parameters", Json::Array(vec![])),
+            ("parameters", Json::Array(vec![])),
+            ("permissions", Json::Array(permissions)),
+            ("policies", Json::Array(vec![])),
+            ("product_name", Json::Str("warren".into())),
+            (
+                "product_version",
+                Json::Str(env!("CARGO_PKG_VERSION").into()),
+            ),
+            ("queues", Json::Array(queues)),
+            ("rabbit_version", Json::Str(RABBITMQ_VERSION.into())),
+            ("rabbitmq_version", Json::Str(RABBITMQ_VERSION.into())),
+            ("topic_permissions", Json::Array(vec![])),
+            ("users", Json::Array(user_json)),
+            ("vhosts", vhosts),
+        ])
+        .to_pretty_string()
+    }
+
+    /// Applies an import on top of these definitions, as RabbitMQ imports
+    /// into a running node: users (and their permissions) are replaced,
+    /// exchanges and queues that already exist are kept as they are
+    /// (`rabbit_exchange:declare` and `rabbit_amqqueue:declare` return the
+    /// existing one), bindings are added.
+    pub fn merge(&mut self, import: Definitions) {
+        for user in import.users {
+            match self.users.iter_mut().find(|u| u.name == user.name) {
+                Some(existing) => {
+                    // An import without permissions for a user leaves them.
+                    let permission = user.permission.clone().or(existing.permission.take());
+                    *existing = user;
+                    existing.permission = permission;
+                }
+                None => self.users.push(user),
+            }
+        }
+        for exchange in import.exchanges {
+            if !self.exchanges.iter().any(|x| x.name == exchange.name) {
+                self.exchanges.push(exchange);
+            }
+        }
+        for queue in import.queues {
+            if !self.queues.iter().any(|q| q.name == queue.name) {
+                self.queues.push(queue);
+            }
+        }
+        for binding in import.bindings {
+            if !self.bindings.contains(&binding) {
+                self.bindings.push(binding);
+            }
+        }
+    }
+
+    /// The durable definitions of a running broker: what survives a restart.
+    /// The default exchanges are left out (RabbitMQ does not export them),
+    /// and so are exclusive queues, transient objects, and bindings unless
+    /// both ends are durable.
+    pub fn snapshot(vhost: &Vhost, users: &Users) -> Definitions {
+        let mut exchanges: Vec<&ExchangeDef> = vhost
+            .exchanges
+            .values()
+            .map(|e| &e.def)
+            .filter(|d| d.durable && !is_default_exchange(&d.name))
+            .collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut queues: Vec<&QueueMeta> = vhost
+            .queues
+            .values()
+            .filter(|q| queue_is_durable(q))
+            .collect();
+        queues.sort_by_key(|q| q.id);
+        // Bindings by source exchange name, each exchange's in the order made.
+        let mut sources: Vec<_> = vhost.exchanges.values().collect();
+        sources.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        let mut bindings = Vec::new();
+        for exchange in sources {
+            for binding in &exchange.bindings {
+                if !binding_is_durable(vhost, binding) {
+                    continue;
+                }
+                let (destination, destination_kind) = match &binding.destination {
+                    Destination::Exchange(name) => (name.clone(), DestinationKind::Exchange),
+                    Destination::Queue(queue) => match vhost.queue_by_id(queue.id) {
+                        Some(meta) => (meta.name.clone(), DestinationKind::Queue),
+                        None => continue,
+                    },
+                };
+                bindings.push(BindingDef {
+                    source: binding.source.clone(),
+                    destination,
+                    destination_kind,
+                    routing_key: binding.routing_key.clone(),
+                    arguments: binding.arguments.clone(),
+                });
+            }
+        }
+        Definitions {
+            users: users.sorted().into_iter().cloned().collect(),
+            exchanges: exchanges.into_iter().cloned().collect(),
+            queues: queues
+                .into_iter()
+                .map(|q| QueueDef {
+                    name: q.name.clone(),
+                    durable: q.durable,
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments.clone(),
+                })
+                .collect(),
+            bindings,
+        }
+    }
+
+    /// The changes that re-create these exchanges, queues and bindings on
+    /// a fresh broker of `shard_count` shards. Queues get new ids and are
+    /// spread over the shards as the metadata owner would place them.
+    pub fn restore_plan(&self, shard_count: usize) -> Result<RestorePlan, String> {
+        let shard_count = shard_count.max(1);
+        let mut vhost = Vhost::new(DEFAULT_VHOST);
+        let mut plan = RestorePlan {
+            next_queue_id: 1,
+            ..RestorePlan::default()
+        };
+        let push = |vhost: &mut Vhost, plan: &mut RestorePlan, change: MetaChange| {
+            vhost.apply(&change);
+            plan.changes.push(change);
+        };
+        for exchange in &self.exchanges {
+            if vhost.exchanges.contains_key(exchange.name.as_str()) {
+                continue;
+            }
+            push(
+                &mut vhost,
+                &mut plan,
+                MetaChange::ExchangeCreated(exchange.clone()),
+            );
+        }
+        for queue in &self.queues {
+            if vhost.queues.contains_key(queue.name.as_str()) {
+                continue;
+            }
+            let args = QueueArgs::parse(&queue.name, &queue.arguments)
+                .map_err(|e| format!("queue '{}': {}", queue.name, e.text))?;
+            // As `metadata::Owner::place` spreads queues nobody owns.
+            plan.next_shard = (plan.next_shard + 1) % shard_count;
+            let meta = QueueMeta {
+                id: QueueId(plan.next_queue_id),
+                name: queue.name.clone(),
+                shard: ShardId(plan.next_shard as u16),
+                durable: queue.durable,
+                exclusive_owner: None,
+                auto_delete: queue.auto_delete,
+                arguments: queue.arguments.clone(),
+                args,
+            };
+            plan.next_queue_id += 1;
+            push(&mut vhost, &mut plan, MetaChange::QueueCreated(meta));
+        }
+        for def in &self.bindings {
+            let describe = || {
+                format!(
+                    "binding from exchange '{}' to {} '{}' (routing key '{}')",
+                    def.source,
+                    def.destination_kind.name(),
+                    def.destination,
+                    def.routing_key
+                )
+            };
+            let Some(source) = vhost.exchanges.get(def.source.as_str()) else {
+                plan.warnings.push(format!(
+                    "{} skipped: no exchange '{}'",
+                    describe(),
+                    def.source
+                ));
+                continue;
+            };
+            if source.def.kind == ExchangeKind::Headers
+                && MatchMode::from_arguments(&def.arguments).is_none()
+            {
+                plan.warnings
+                    .push(format!("{} skipped: invalid x-match argument", describe()));
+                continue;
+            }
+            let destination = match def.destination_kind {
+                DestinationKind::Exchange => {
+                    if !vhost.exchanges.contains_key(def.destination.as_str()) {
+                        plan.warnings.push(format!(
+                            "{} skipped: no exchange '{}'",
+                            describe(),
+                            def.destination
+                        ));
+                        continue;
+                    }
+                    Destination::Exchange(def.destination.clone())
+                }
+                DestinationKind::Queue => match vhost.queues.get(def.destination.as_str()) {
+                    Some(meta) => Destination::Queue(meta.queue_ref()),
+                    None => {
+                        plan.warnings.push(format!(
+                            "{} skipped: no queue '{}'",
+                            describe(),
+                            def.destination
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let binding = Binding {
+                source: def.source.clone(),
+                destination,
+                routing_key: def.routing_key.clone(),
+                arguments: def.arguments.clone(),
+            };
+            if source.bindings.iter().any(|b| b.same_as(&binding)) {
+                continue;
+            }
+            push(&mut vhost, &mut plan, MetaChange::BindingAdded(binding));
+        }
+        Ok(plan)
+    }
+}
+
+/// "" and "amq.*": declared by every vhost, never written or imported.
+fn is_default_exchange(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.")
+}
+
+fn queue_is_durable(meta: &QueueMeta) -> bool {
+    meta.durable && meta.exclusive_owner.is_none()
+}
+
+/// A binding survives a restart when both its ends do.
+pub fn binding_is_durable(vhost: &Vhost, binding: &Binding) -> bool {
+    let source = vhost
+        .exchanges
+        .get(binding.source.as_str())
+        .is_some_and(|e| e.def.durable);
+    let destination = match &binding.destination {
+        Destination::Exchange(name) => vhost
+            .exchanges
+            .get(name.as_str())
+            .is_some_and(|e| e.def.durable),
+        Destination::Queue(queue) => vhost.queue_by_id(queue.id).is_some_and(queue_is_durable),
+    };
+    source && destination
+}
+
+/// True if applying `change` to `vhost` (not yet applied) alters what
+/// [`Definitions::snapshot`] returns, so the definitions file must be
+/// written again. Cheap, so that declaring transient queues costs nothing.
+pub fn changes_durable_definitions(vhost: &Vhost, change: &MetaChange) -> bool {
+    match change {
+        MetaChange::ExchangeCreated(def) => def.durable,
+        MetaChange::ExchangeDeleted(name) => vhost
+            .exchanges
+            .get(name.as_str())
+            .is_some_and(|e| e.def.durable),
+        MetaChange::QueueCreated(meta) => queue_is_durable(meta),
+        MetaChange::QueueDeleted(queue) => {
+            vhost.queue_by_id(queue.id).is_some_and(queue_is_durable)
+        }
+        MetaChange::BindingAdded(binding) | MetaChange::BindingRemoved(binding) => {
+            binding_is_durable(vhost, binding)
+        }
+    }
+}
+
+/// Reads one file's categories, remembering what it skipped.
+struct Reader {
+    source: Source,
+    warnings: Vec<String>,
+    other_vhosts: Vec<String>,
+    /// `rabbitmq_version` (or `rabbit_version`) of the exporting node.
+    version: String,
+}
+
+impl Reader {
+    /// A top-level array; a missing one is empty.
+    fn list<'a>(&self, doc: &'a Json, key: &str) -> Result<&'a [Json], String> {
+        match doc.get(key) {
+            None | Some(Json::Null) => Ok(&[]),
+            Some(Json::Array(items)) => Ok(items),
+            Some(other) => Err(format!(
+                "\"{}\" is {}, expected an array",
+                key,
+                other.kind()
+            )),
+        }
+    }
+
+    fn note_vhost(&mut self, name: &str) {
+        if name != DEFAULT_VHOST && !self.other_vhosts.iter().any(|v| v == name) {
+            self.other_vhosts.push(name.to_string());
+        }
+    }
+
+    /// True for a definition in "/" (or with no vhost, taken as "/").
+    fn in_default_vhost(&mut self, item: &Json, ctx: &str) -> Result<bool, String> {
+        let vhost = optional_str(item, "vhost", ctx)?.unwrap_or(DEFAULT_VHOST);
+        if vhost == DEFAULT_VHOST {
+            return Ok(true);
+        }
+        self.note_vhost(vhost);
+        Ok(false)
+    }
+
+    /// `rabbit_auth_backend_internal:put_user`, for a user in a file.
+    fn user(&mut self, item: &Json, ctx: &str) -> Result<User, String> {
+        let name = required_str(item, "name", ctx)?;
+        let ctx = format!("{} ('{}')", ctx, name);
+        let tags = match (item.get("tags"), item.get("administrator")) {
+            (Some(Json::Array(tags)), _) => tags
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .map(|s| s.trim().to_string())
+                        .ok_or_else(|| format!("{}: \"tags\" must hold strings", ctx))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            // Before 3.9 tags were one comma-separated string.
+            (Some(Json::Str(tags)), _) => tags
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            (None | Some(Json::Null), Some(admin)) => {
+                let admin = admin.as_bool().or(match admin.as_str() {
+                    Some("true") => Some(true),
+                    Some("false") => Some(false),
+                    _ => None,
+                });
+                match admin {
+                    Some(true) => vec!["administrator".to_string()],
+                    Some(false) => vec![],
+                    None => {
+                        return Err(format!("{}: \"administrator\" must be true or false", ctx))
+                    }
+                }
+            }
+            (None | Some(Json::Null), None) => vec![],
+            (Some(other), _) => {
+                return Err(format!(
+                    "{}: \"tags\" is {}, expected an array of strings",
+                    ctx,
+                    other.kind()
+                ))
+            }
+        };
+        let password = optional_str(item, "password", &ctx)?;
+        let password_hash = optional_str(item, "password_hash", &ctx)?;
+        let password = match (password, password_hash) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{}: both \"password\" and \"password_hash\" are given",
+                    ctx
+                ))
+            }
+            (Some(cleartext), None) => Some(PasswordHash::new(HashingAlgorithm::Sha256, cleartext)),
+            (None, Some("")) | (None, None) => None,
+            (None, Some(hash)) => {
+                let algorithm = match optional_str(item, "hashing_algorithm", &ctx)? {
+                    Some(name) => HashingAlgorithm::parse(name).ok_or_else(|| {
+                        format!(
+                            "{}: unknown hashing_algorithm '{}' (warren knows \
+                             rabbit_password_hashing_sha256, _sha512 and _md5)",
+                            ctx, name
+                        )
+                    })?,
+                    None => default_hashing(&self.version),
+                };
+                Some(
+                    PasswordHash::from_base64(algorithm, hash)
+                        .map_err(|e| format!("{}: {}", ctx, e))?,
+                )
+            }
+        };
+        if item.get("limits").is_some_and(|l| {
+            !matches!(l, Json::Null) && l != &Json::Object(vec![]) && l != &Json::Array(vec![])
+        }) {
+            self.warnings.push(format!(
+                "{}: user limits skipped: warren does not support them yet",
+                ctx
+            ));
+        }
+        Ok(User::new(name.to_string(), password, tags, None))
+    }
+
+    fn exchange(&mut self, item: &Json, ctx: &str) -> Result<Option<ExchangeDef>, String> {
+        if !self.in_default_vhost(item, ctx)? {
+            return Ok(None);
+        }
+        let name = required_str(item, "name", ctx)?;
+        let ctx = format!("{} ('{}')", ctx, name);
+        if is_default_exchange(name) {
+            // rabbit_definitions: "Skipping import of an exchange whose name begins with 'amq.'"
+            self.warnings.push(format!(
+                "{}: skipped: the default exchanges exist already",
+                ctx
+            ));
+            return Ok(None);
+        }
+        let kind_name = required_str(item, "type", &ctx)?;
+        let kind = ExchangeKind::parse(kind_name).ok_or_else(|| {
+            format!(
+                "{}: unknown exchange type '{}' (warren supports direct, fanout, topic and headers)",
+                ctx, kind_name
+            )
+        })?;
+        Ok(Some(ExchangeDef {
+            name: short_str(name, "name", &ctx)?,
+            kind,
+            durable: optional_bool(item, "durable", true, &ctx)?,
+            auto_delete: optional_bool(item, "auto_delete", false, &ctx)?,
+            internal: optional_bool(item, "internal", false, &ctx)?,
+            arguments: self.arguments(item, &ctx)?,
+        }))
+    }
+
+    fn queue(&mut self, item: &Json, ctx: &str) -> Result<Option<QueueDef>, String> {
+        if !self.in_default_vhost(item, ctx)? {
+            return Ok(None);
+        }
+        let name = required_str(item, "name", ctx)?;
+        let ctx = format!("{} ('{}')", ctx, name);
+        if name.is_empty() {
+            return Err(format!("{}: a queue needs a name", ctx));
+        }
+        if name.starts_with("amq.") && self.source == Source::Import {
+            // rabbit_definitions: "Skipping import of a queue whose name begins with 'amq.'"
+            self.warnings.push(format!(
+                "{}: skipped: queue names starting with 'amq.' are not imported",
+                ctx
+            ));
+            return Ok(None);
+        }
+        Ok(Some(QueueDef {
+            name: short_str(name, "name", &ctx)?,
+            durable: optional_bool(item, "durable", true, &ctx)?,
+            auto_delete: optional_bool(item, "auto_delete", false, &ctx)?,
+            arguments: self.arguments(item, &ctx)?,
+        }))
+    }
+
+    fn binding(&mut self, item: &Json, ctx: &str) -> Result<Option<BindingDef>, String> {
+        if !self.in_default_vhost(item, ctx)? {
+            return Ok(None);
+        }
+        let source = required_str(item, "source", ctx)?;
+        let destination = required_str(item, "destination", ctx)?;
+        let ctx = format!("{} ('{}' to '{}')", ctx, source, destination);
+        let destination_kind = match required_str(item, "destination_type", &ctx)? {
+            "queue" => DestinationKind::Queue,
+            "exchange" => DestinationKind::Exchange,
+            other => {
+                return Err(format!(
+                    "{}: destination_type '{}' is neither \"queue\" nor \"exchange\"",
+                    ctx, other
+                ))
+            }
+        };
+        if source.is_empty() {
+            // Every queue is bound to the default exchange by its name already.
+            return Ok(None);
+        }
+        Ok(Some(BindingDef {
+            source: short_str(source, "source", &ctx)?,
+            destination: short_str(destination, "destination", &ctx)?,
+            destination_kind,
+            routing_key: short_str(
+                optional_str(item, "routing_key", &ctx)?.unwrap_or(""),
+                "routing_key",
+                &ctx,
+            )?,
+            arguments: self.arguments(item, &ctx)?,
+        }))
+    }
+
+    /// `arguments`, or the exact table in `warren_typed_arguments` while it
+    /// still says the same thing.
+    fn arguments(&mut self, item: &Json, ctx: &str) -> Result<FieldTable, String> {
+        let from_json = match item.get("arguments") {
+            None | Some(Json::Null) => FieldTable::default(),
+            // rabbit_definitions:args([]) is an empty table too.
+            Some(Json::Array(a)) if a.is_empty() => FieldTable::default(),
+            Some(Json::Object(members)) => json_members_to_table(members, ctx)?,
+            Some(other) => {
+                return Err(format!(
+                    "{}: \"arguments\" is {}, expected an object",
+                    ctx,
+                    other.kind()
+                ))
+            }
+        };
+        let Some(typed) = item.get(TYPED_ARGUMENTS) else {
+            return Ok(from_json);
+        };
+        let decoded = typed
+            .as_str()
+            .and_then(base64_decode)
+            .and_then(|b| FieldTable::decode(&Bytes::from(b)).ok());
+        match decoded {
+            Some(table) if table_to_json(&table) == table_to_json(&from_json) => Ok(table),
+            _ => {
+                self.warnings.push(format!(
+                    "{}: \"{}\" does not match \"arguments\" (edited by hand?); using \"arguments\"",
+                    ctx, TYPED_ARGUMENTS
+                ));
+                Ok(from_json)
+            }
+        }
+    }
+}
+
+/// `rabbit_auth_backend_internal:hashing_algorithm/2`: exports from before
+/// 3.6 hashed with MD5 and did not say so.
+fn default_hashing(version: &str) -> HashingAlgorithm {
+    let old = ["3.0.", "3.1.", "3.2.", "3.3.", "3.4.", "3.5."];
+    if old.iter().any(|prefix| version.starts_with(prefix)) {
+        HashingAlgorithm::Md5
+    } else {
+        HashingAlgorithm::Sha256
+    }
+}
+
+fn required_str<'a>(item: &'a Json, key: &str, ctx: &str) -> Result<&'a str, String> {
+    match item.get(key) {
+        Some(Json::Str(s)) => Ok(s),
+        None | Some(Json::Null) => Err(format!("{}: \"{}\" is missing", ctx, key)),
+        Some(other) => Err(format!(
+            "{}: \"{}\" is {}, expected a string",
+            ctx,
+            key,
+            other.kind()
+        )),
+    }
+}
+
+fn optional_str<'a>(item: &'a Json, key: &str, ctx: &str) -> Result<Option<&'a str>, String> {
+    match item.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Str(s)) => Ok(Some(s)),
+        Some(other) => Err(format!(
+            "{}: \"{}\" is {}, expected a string",
+            ctx,
+            key,
+            other.kind()
+        )),
+    }
+}
+
+fn optional_bool(item: &Json, key: &str, default: bool, ctx: &str) -> Result<bool, String> {
+    match item.get(key) {
+        None | Some(Json::Null) => Ok(default),
+        Some(Json::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!(
+            "{}: \"{}\" is {}, expected true or false",
+            ctx,
+            key,
+            other.kind()
+        )),
+    }
+}
+
+fn short_str(s: &str, key: &str, ctx: &str) -> Result<ShortStr, String> {
+    if s.len() > crate::protocol::types::SHORTSTR_LEN_MAX {
+        return Err(format!(
+            "{}: \"{}\" is longer than 255 bytes, more than AMQP allows",
+            ctx, key
+        ));
+    }
+    Ok(ShortStr::from(s))
+}
+
+/// `rabbit_misc:to_amqp_table`: integers become `long`, other numbers
+/// `double`, strings `longstr`, arrays and objects nest. A repeated key
+/// keeps its last value. RabbitMQ refuses null; warren reads it as void,
+/// which is what it writes for a void argument.
+fn json_members_to_table(members: &[(String, Json)], ctx: &str) -> Result<FieldTable, String> {
+    let mut table = FieldTable::default();
+    for (key, value) in members {
+        let key = short_str(key, "arguments", ctx)?;
+        let value = json_to_value(value, ctx)?;
+        match table.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => table.0.push((key, value)),
+        }
+    }
+    Ok(table)
+}
+
+fn json_to_value(value: &Json, ctx: &str) -> Result<FieldValue, String> {
+    Ok(match value {
+        Json::Null => FieldValue::Void,
+        Json::Bool(b) => FieldValue::Bool(*b),
+        Json::Int(n) => FieldValue::I64(*n),
+        Json::Float(x) => FieldValue::F64(*x),
+        Json::Str(s) => FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes())),
+        Json::Array(items) => FieldValue::Array(
+            items
+                .iter()
+                .map(|i| json_to_value(i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(members) => FieldValue::Table(json_members_to_table(members, ctx)?),
+    })
+}
+
+/// `rabbit_misc:amqp_table`: a field table as JSON, the way RabbitMQ exports it.
+pub fn table_to_json(table: &FieldTable) -> Json {
+    Json::Object(
+        table
+            .iter()
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: &FieldValue) -> Json {
+    match value {
+        FieldValue::Bool(b) => Json::Bool(*b),
+        FieldValue::I8(n) => Json::Int(i64::from(*n)),
+        FieldValue::U8(n) => Json::Int(i64::from(*n)),
+        FieldValue::I16(n) => Json::Int(i64::from(*n)),
+        FieldValue::U16(n) => Json::Int(i64::from(*n)),
+        FieldValue::I32(n) => Json::Int(i64::from(*n)),
+        FieldValue::U32(n) => Json::Int(i64::from(*n)),
+        FieldValue::I64(n) => Json::Int(*n),
+        FieldValue::Timestamp(n) => match i64::try_from(*n) {
+            Ok(n) => Json::Int(n),
+            Err(_) => Json::Float(*n as f64),
+        },
+        FieldValue::F32(x) => Json::Float(f64::from(*x)),
+        FieldValue::F64(x) => Json::Float(*x),
+        FieldValue::Decimal { scale, value } => {
+            Json::Float(f64::from(*value) / 10f64.powi(i32::from(*scale)))
+        }
+        FieldValue::LongStr(bytes) | FieldValue::ByteArray(bytes) => utf8_safe(bytes),
+        FieldValue::Array(items) => Json::Array(items.iter().map(value_to_json).collect()),
+        FieldValue::Table(table) => table_to_json(table),
+        FieldValue::Void => Json::Null,
+    }
+}
+
+/// `rabbit_misc:utf8_safe`: text as is; other bytes as RabbitMQ marks them.
+fn utf8_safe(bytes: &[u8]) -> Json {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Json::Str(s.to_string()),
+        Err(_) => Json::Str(format!("Not UTF-8, base64 is: {}", base64_encode(bytes))),
+    }
+}
+
+/// The object's members, plus the exact arguments when JSON would lose
+/// their types (see the module doc).
+fn with_typed_arguments(mut members: Vec<(&str, Json)>, arguments: &FieldTable) -> Json {
+    let as_json = table_to_json(arguments);
+    let members_json = match &as_json {
+        Json::Object(m) => m.as_slice(),
+        _ => &[],
+    };
+    let read_back = json_members_to_table(members_json, "");
+    if read_back.as_ref() != Ok(arguments) {
+        let mut encoded = BytesMut::new();
+        arguments.encode(&mut encoded);
+        // The encoding starts with the table's u32 length, which decode does not take.
+        members.push((TYPED_ARGUMENTS, Json::Str(base64_encode(&encoded[4..]))));
+        members.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    Json::Object(
+        members
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ids::{ConnId, ConnRef};
+
+    fn s(v: &str) -> FieldValue {
+        FieldValue::LongStr(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    fn table(pairs: &[(&str, FieldValue)]) -> FieldTable {
+        pairs
+            .iter()
+            .map(|(k, v)| (ShortStr::from(*k), v.clone()))
+            .collect()
+    }
+
+    fn parse(text: &str) -> Parsed {
+        Definitions::from_json(text, Source::Import).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        Definitions::from_json(text, Source::Import).unwrap_err()
+    }
+
+    const EXPORT: &str = include_str!("../../tests/data/rabbitmq-3.10.8-export.json");
+
+    #[test]
+    fn reads_a_rabbitmq_3_10_export() {
+        let parsed = parse(EXPORT);
+        let d = &parsed.definitions;
+        let mut names: Vec<&str> = d.users.iter().map(|u| u.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["alice", "bob", "carol", "dave", "guest"]);
+        let alice = d.users.iter().find(|u| u.name == "alice").unwrap();
+        assert_eq!(alice.tags, ["monitoring", "management"]);
+        assert_eq!(
+            alice.permission,
+            Some(Permission {
+                configure: "^alice\\..*".into(),
+                write: ".*".into(),
+                read: ".*".into()
+            })
+        );
+        assert!(alice.password.as_ref().unwrap().verify("alice-secret"));
+        let carol = d.users.iter().find(|u| u.name == "carol").unwrap();
+        assert_eq!(
+            carol.password.as_ref().unwrap().algorithm,
+            HashingAlgorithm::Sha512
+        );
+        assert!(carol.password.as_ref().unwrap().verify("carol-512"));
+        let dave = d.users.iter().find(|u| u.name == "dave").unwrap();
+        assert!(dave.password.as_ref().unwrap().verify("dave-md5"));
+
+        let limited = d
+            .queues
+            .iter()
+            .find(|q| q.name == "orders.limited")
+            .unwrap();
+        assert!(limited.durable && !limited.auto_delete);
+        assert_eq!(
+            limited.arguments.get("x-message-ttl"),
+            Some(&FieldValue::I64(60000))
+        );
+        assert_eq!(
+            limited.arguments.get("x-overflow"),
+            Some(&s("reject-publish"))
+        );
+        let transient = d.queues.iter().find(|q| q.name == "transient.q").unwrap();
+        assert!(!transient.durable);
+        assert!(d
+            .queues
+            .iter()
+            .any(|q| q.name == "autodel.q" && q.auto_delete));
+
+        let ae = d.exchanges.iter().find(|x| x.name == "with-ae").unwrap();
+        assert_eq!(
+            ae.arguments.get("alternate-exchange"),
+            Some(&s("broadcast"))
+        );
+        assert_eq!(d.exchanges.len(), 8);
+        let headers = d.bindings.iter().find(|b| b.source == "by-header").unwrap();
+        assert_eq!(headers.arguments.get("level"), Some(&FieldValue::I64(3)));
+        assert_eq!(headers.arguments.get("x-match"), Some(&s("all")));
+        assert!(d.bindings.iter().any(|b| b.source == "broadcast"
+            && b.destination == "events"
+            && b.destination_kind == DestinationKind::Exchange));
+
+        let warnings = parsed.warnings.join("\n");
+        assert!(
+            warnings.contains("virtual host(s) 'other' skipped"),
+            "{warnings}"
+        );
+        assert!(warnings.contains("1 policies skipped"), "{warnings}");
+    }
+
+    #[test]
+    fn restoring_the_export_warns_about_the_binding_to_an_internal_exchange() {
+        // RabbitMQ leaves internal exchanges out of an export but not the
+        // bindings to them; its import drops such bindings silently.
+        let plan = parse(EXPORT).definitions.restore_plan(2).unwrap();
+        let warnings = plan.warnings.join("\n");
+        assert!(
+            warnings.contains("binding from exchange 'events' to exchange 'internal.fanout' (routing key 'audit.#') skipped: no exchange 'internal.fanout'"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("binding from exchange 'internal.fanout'"),
+            "{warnings}"
+        );
+        let queues = plan
+            .changes
+            .iter()
+            .filter(|c| matches!(c, MetaChange::QueueCreated(_)))
+            .count();
+        assert_eq!(queues, 9);
+        assert_eq!(plan.next_queue_id, 10);
+    }
+
+    #[test]
+    fn restore_places_queues_as_the_owner_does() {
+        let defs = Definitions {
+            queues: ["a", "b", "c"]
+                .iter()
+                .map(|n| QueueDef {
+                    name: ShortStr::from(*n),
+                    durable: true,
+                    auto_delete: false,
+                    arguments: FieldTable::default(),
+                })
+                .collect(),
+            ..Definitions::default()
+        };
+        let plan = defs.restore_plan(2).unwrap();
+        let placed: Vec<(u64, u16)> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                MetaChange::QueueCreated(m) => Some((m.id.0, m.shard.0)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(placed, [(1, 1), (2, 0), (3, 1)]);
+        assert_eq!((plan.next_queue_id, plan.next_shard), (4, 1));
+        let one = defs.restore_plan(1).unwrap();
+        assert!(one
+            .changes
+            .iter()
+            .all(|c| matches!(c, MetaChange::QueueCreated(m) if m.shard == ShardId(0))));
+    }
+
+    #[test]
+    fn a_queue_warren_cannot_create_is_an_error() {
+        let err = parse(
+            r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true,
+            "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}]}"#,
+        )
+        .definitions
+        .restore_plan(1)
+        .unwrap_err();
+        assert!(err.starts_with("queue 'qq': "), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_definition() {
+        assert_eq!(
+            parse_err(r#"{"exchanges": [{"name": "d", "vhost": "/", "type": "x-delayed-message", "durable": true}]}"#),
+            "exchanges[0] ('d'): unknown exchange type 'x-delayed-message' (warren supports direct, fanout, topic and headers)"
+        );
+        assert_eq!(
+            parse_err(r#"{"queues": [{"vhost": "/"}]}"#),
+            "queues[0]: \"name\" is missing"
+        );
+        assert_eq!(
+            parse_err(r#"{"queues": [{"name": "q", "durable": "yes"}]}"#),
+            "queues[0] ('q'): \"durable\" is a string, expected true or false"
+        );
+        assert_eq!(
+            parse_err(r#"{"bindings": [{"source": "x", "destination": "q", "destination_type": "topic"}]}"#),
+            "bindings[0] ('x' to 'q'): destination_type 'topic' is neither \"queue\" nor \"exchange\""
+        );
+        assert_eq!(
+            parse_err(r#"{"users": [{"name": "u", "password_hash": "abc", "hashing_algorithm": "rabbit_password_hashing_sha1"}]}"#),
+            "users[0] ('u'): unknown hashing_algorithm 'rabbit_password_hashing_sha1' (warren knows rabbit_password_hashing_sha256, _sha512 and _md5)"
+        );
+        assert_eq!(
+            parse_err(
+                r#"{"users": [{"name": "u", "password_hash": "AAAA", "hashing_algorithm": "rabbit_password_hashing_sha256"}]}"#
+            ),
+            "users[0] ('u'): password_hash decodes to 3 bytes, but this hashing_algorithm makes 36"
+        );
+        assert_eq!(
+            parse_err(
+                r#"{"permissions": [{"user": "ghost", "vhost": "/", "configure": "", "write": "", "read": ""}]}"#
+            ),
+            "permissions[0]: no user 'ghost' in this file for these permissions"
+        );
+        assert_eq!(
+            parse_err("[]"),
+            "the document is an array, expected an object with \"users\", \"queues\", ..."
+        );
+        assert_eq!(
+            parse_err(r#"{"queues": {}}"#),
+            "\"queues\" is an object, expected an array"
+        );
+        assert!(parse_err("{\"queues\": [}").starts_with("invalid JSON at line 1, column 13"));
+    }
+
+    #[test]
+    fn users_old_formats_and_cleartext() {
+        let parsed = parse(
+            r#"{"rabbit_version": "3.5.7", "users": [
+                {"name": "old", "password_hash": "+cEHEpDAUHNVnHQizc0yPIPNXKw=", "tags": "administrator, monitoring"},
+                {"name": "legacy", "password": "pw", "administrator": "true"},
+                {"name": "nopass", "password_hash": "", "tags": []}]}"#,
+        );
+        let users = &parsed.definitions.users;
+        // No hashing_algorithm in a 3.5 export: MD5 (this is dave's hash).
+        assert!(users[0].password.as_ref().unwrap().verify("dave-md5"));
+        assert_eq!(users[0].tags, ["administrator", "monitoring"]);
+        assert!(users[1].password.as_ref().unwrap().verify("pw"));
+        assert_eq!(users[1].tags, ["administrator"]);
+        assert_eq!(users[2].password, None);
+        assert!(
+            parse_err(r#"{"users": [{"name": "u", "password": "a", "password_hash": ""}]}"#)
+                .contains("both \"password\" and \"password_hash\"")
+        );
+    }
+
+    #[test]
+    fn default_exchanges_and_amq_queues_are_not_imported() {
+        let text = r#"{"exchanges": [{"name": "amq.direct", "type": "direct"}, {"name": "", "type": "direct"}],
+                       "queues": [{"name": "amq.gen-abc"}]}"#;
+        let parsed = parse(text);
+        assert!(parsed.definitions.exchanges.is_empty());
+        assert!(parsed.definitions.queues.is_empty());
+        assert_eq!(parsed.warnings.len(), 3, "{:?}", parsed.warnings);
+        // warren's own file keeps its durable server-named queues.
+        let own = Definitions::from_json(text, Source::DataDir).unwrap();
+        assert_eq!(own.definitions.queues.len(), 1);
+    }
+
+    #[test]
+    fn written_definitions_read_back_the_same() {
+        let mut users = Users::new(Some(("admin".into(), "pw".into())))
+            .sorted()
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        users.push(User::new(
+            "viewer".into(),
+            None,
+            vec!["monitoring".into()],
+            None,
+        ));
+        let defs = Definitions {
+            users,
+            exchanges: vec![ExchangeDef {
+                name: ShortStr::from("x"),
+                kind: ExchangeKind::Headers,
+                durable: true,
+                auto_delete: true,
+                internal: true,
+                arguments: table(&[("alternate-exchange", s("ae"))]),
+            }],
+            queues: vec![QueueDef {
+                name: ShortStr::from("q \"quoted\" é"),
+                durable: true,
+                auto_delete: false,
+                arguments: table(&[
+                    ("x-message-ttl", FieldValue::I32(1000)),
+                    ("x-max-priority", FieldValue::U8(5)),
+                ]),
+            }],
+            bindings: vec![BindingDef {
+                source: ShortStr::from("x"),
+                destination: ShortStr::from("q \"quoted\" é"),
+                destination_kind: DestinationKind::Queue,
+                routing_key: ShortStr::from(""),
+                arguments: table(&[
+                    ("x-match", s("any")),
+                    ("level", FieldValue::I32(3)),
+                    (
+                        "raw",
+                        FieldValue::ByteArray(Bytes::from_static(b"\xff\x00")),
+                    ),
+                    (
+                        "nested",
+                        FieldValue::Table(table(&[("t", FieldValue::Timestamp(7))])),
+                    ),
+                ]),
+            }],
+        };
+        let text = defs.to_json();
+        let back = Definitions::from_json(&text, Source::DataDir).unwrap();
+        assert!(back.warnings.is_empty(), "{:?}", back.warnings);
+        let mut expected = defs.clone();
+        expected.users.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(back.definitions, expected, "{text}");
+        // The typed copy is there only where JSON loses a type.
+        assert_eq!(text.matches(TYPED_ARGUMENTS).count(), 2, "{text}");
+        assert!(text.contains("\"internal\": true"), "{text}");
+        // RabbitMQ's own reading of the arguments (the typed copy ignored).
+        let plain: Json = json::parse(&text).unwrap();
+        let binding = &plain.get("bindings").unwrap().as_array().unwrap()[0];
+        assert_eq!(
+            binding.get("arguments").unwrap().get("raw"),
+            Some(&Json::Str("Not UTF-8, base64 is: /wA=".into()))
+        );
+    }
+
+    #[test]
+    fn hand_edited_arguments_win_over_the_typed_copy() {
+        let defs = Definitions {
+            queues: vec![QueueDef {
+                name: ShortStr::from("q"),
+                durable: true,
+                auto_delete: false,
+                arguments: table(&[("x-message-ttl", FieldValue::I32(1000))]),
+            }],
+            ..Definitions::default()
+        };
+        let edited = defs
+            .to_json()
+            .replace("\"x-message-ttl\": 1000", "\"x-message-ttl\": 2000");
+        let back = Definitions::from_json(&edited, Source::DataDir).unwrap();
+        assert_eq!(
+            back.definitions.queues[0].arguments.get("x-message-ttl"),
+            Some(&FieldValue::I64(2000))
+        );
+        assert!(
+            back.warnings[0].contains("edited by hand"),
+            "{:?}",
+            back.warnings
+        );
+    }
+
+    #[test]
+    fn merge_keeps_existing_queues_and_replaces_users() {
+        let mut base = parse(
+            r#"{"users": [{"name": "u", "password": "old", "tags": []}],
+                "permissions": [{"user": "u", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+                "queues": [{"name": "q", "durable": true, "arguments": {"x-max-length": 1}}]}"#,
+        )
+        .definitions;
+        let import = parse(
+            r#"{"users": [{"name": "u", "password": "new", "tags": ["monitoring"]}],
+                "queues": [{"name": "q", "durable": true, "arguments": {"x-max-length": 2}},
+                           {"name": "r", "durable": true}]}"#,
+        )
+        .definitions;
+        base.merge(import);
+        assert_eq!(base.users.len(), 1);
+        assert!(base.users[0].password.as_ref().unwrap().verify("new"));
+        assert_eq!(base.users[0].tags, ["monitoring"]);
+        assert_eq!(base.users[0].permission, Some(Permission::full()));
+        assert_eq!(base.queues.len(), 2);
+        assert_eq!(
+            base.queues[0].arguments.get("x-max-length"),
+            Some(&FieldValue::I64(1))
+        );
+    }
+
+    #[test]
+    fn snapshot_keeps_only_what_survives_a_restart() {
+        let mut vhost = Vhost::new(DEFAULT_VHOST);
+        let exchange = |name: &str, durable: bool| {
+            MetaChange::ExchangeCreated(ExchangeDef {
+                name: ShortStr::from(name),
+                kind: ExchangeKind::Direct,
+                durable,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            })
+        };
+        let queue = |id: u64, name: &str, durable: bool, exclusive: bool| QueueMeta {
+            id: QueueId(id),
+            name: ShortStr::from(name),
+            shard: ShardId(0),
+            durable,
+            exclusive_owner: exclusive.then_some(ConnRef {
+                shard: ShardId(0),
+                conn: ConnId(1),
+            }),
+            auto_delete: false,
+            arguments: FieldTable::default(),
+            args: QueueArgs::default(),
+        };
+        let durable_q = queue(1, "durable", true, false);
+        let transient_q = queue(2, "transient", false, false);
+        let exclusive_q = queue(3, "exclusive", true, true);
+        let bind = |source: &str, to: Destination| {
+            MetaChange::BindingAdded(Binding {
+                source: ShortStr::from(source),
+                destination: to,
+                routing_key: ShortStr::from("k"),
+                arguments: FieldTable::default(),
+            })
+        };
+        let changes = vec![
+            exchange("dx", true),
+            exchange("tx", false),
+            MetaChange::QueueCreated(durable_q.clone()),
+            MetaChange::QueueCreated(transient_q.clone()),
+            MetaChange::QueueCreated(exclusive_q.clone()),
+            bind("dx", Destination::Queue(durable_q.queue_ref())),
+            bind("dx", Destination::Queue(transient_q.queue_ref())),
+            bind("dx", Destination::Queue(exclusive_q.queue_ref())),
+            bind("tx", Destination::Queue(durable_q.queue_ref())),
+            bind("amq.topic", Destination::Queue(durable_q.queue_ref())),
+            bind("dx", Destination::Exchange(ShortStr::from("tx"))),
+            bind("amq.fanout", Destination::Exchange(ShortStr::from("dx"))),
+        ];
+        let relevant: Vec<bool> = changes
+            .iter()
+            .map(|c| {
+                let r = changes_durable_definitions(&vhost, c);
+                vhost.apply(c);
+                r
+            })
+            .collect();
+        assert_eq!(
+            relevant,
+            [true, false, true, false, false, true, false, false, false, true, false, true]
+        );
+        let snapshot = Definitions::snapshot(&vhost, &Users::default());
+        let names: Vec<&str> = snapshot.exchanges.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["dx"]);
+        let names: Vec<&str> = snapshot.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["durable"]);
+        let bindings: Vec<(&str, &str)> = snapshot
+            .bindings
+            .iter()
+            .map(|b| (b.source.as_str(), b.destination.as_str()))
+            .collect();
+        assert_eq!(
+            bindings,
+            [
+                ("amq.fanout", "dx"),
+                ("amq.topic", "durable"),
+                ("dx", "durable")
+            ]
+        );
+        // Deleting the durable queue matters; deleting the transient one does not.
+        assert!(changes_durable_definitions(
+            &vhost,
+            &MetaChange::QueueDeleted(durable_q.queue_ref())
+        ));
+        assert!(!changes_durable_definitions(
+            &vhost,
+            &MetaChange::QueueDeleted(transient_q.queue_ref())
+        ));
+        assert!(changes_durable_definitions(
+            &vhost,
+            &MetaChange::ExchangeDeleted(ShortStr::from("dx"))
+        ));
+        assert!(!changes_durable_definitions(
+            &vhost,
+            &MetaChange::ExchangeDeleted(ShortStr::from("tx"))
+        ));
+    }
+}

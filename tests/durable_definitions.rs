@@ -1,0 +1,794 @@
+//! Durable definitions survive a restart; `--definitions` imports a RabbitMQ
+//! export; a bad definitions file stops the broker with a clear message.
+//!
+//! Each test starts the real broker (1 and 2 shards), drives it with lapin,
+//! restarts it on the same data directory and port (SIGTERM, then start
+//! again), and checks exactly what came back: passive declares, publishing
+//! through the restored bindings, and argument equivalence on redeclare.
+
+mod common;
+use common::*;
+
+#[path = "lapin_support/mod.rs"]
+mod lapin_support;
+use lapin_support::*;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Generous for a restart (SIGTERM, exit, start again) on a loaded machine.
+const RESTART_TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `$name_shards_1` and `$name_shards_2` calling `$body(shards)`.
+macro_rules! with_shards {
+    ($name:ident, $body:ident) => {
+        paste::paste! {
+            #[test]
+            fn [<$name _shards_1>]() {
+                $body(1);
+            }
+
+            #[test]
+            fn [<$name _shards_2>]() {
+                $body(2);
+            }
+        }
+    };
+}
+
+fn export_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rabbitmq-3.10.8-export.json")
+}
+
+fn definitions_file(broker: &Broker) -> PathBuf {
+    broker
+        .data_dir()
+        .expect("a warren child")
+        .join("definitions.json")
+}
+
+/// The definitions file as JSON (read with serde_json, an independent parser).
+fn read_definitions(broker: &Broker) -> serde_json::Value {
+    let text = std::fs::read_to_string(definitions_file(broker)).expect("definitions.json");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The `name`s in one category of the definitions file, sorted.
+fn names_in(defs: &serde_json::Value, category: &str) -> Vec<String> {
+    let mut names: Vec<String> = defs[category]
+        .as_array()
+        .unwrap_or_else(|| panic!("{category} is not an array: {defs}"))
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+async fn declare_x(ch: &Channel, name: &str, kind: ExchangeKind, options: ExchangeDeclareOptions) {
+    step(
+        "exchange.declare",
+        ch.exchange_declare(name, kind, options, FieldTable::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exchange.declare {name}: {e}"));
+}
+
+async fn declare_q(ch: &Channel, name: &str, options: QueueDeclareOptions, args: FieldTable) {
+    step("queue.declare", ch.queue_declare(name, options, args))
+        .await
+        .unwrap_or_else(|e| panic!("queue.declare {name}: {e}"));
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Arguments with the types a client sends them with (32-bit integers).
+fn limited_args() -> FieldTable {
+    table(&[
+        ("x-message-ttl", AMQPValue::LongInt(60_000)),
+        ("x-max-length", AMQPValue::LongInt(10)),
+        ("x-dead-letter-exchange", ls("d.fanout")),
+    ])
+}
+
+/// Headers binding arguments with a 32-bit integer: warren's headers match
+/// compares types, so the restart must keep this one a signedint.
+fn headers_args() -> FieldTable {
+    table(&[("x-match", ls("all")), ("level", AMQPValue::LongInt(3))])
+}
+
+fn level_3_header() -> BasicProperties {
+    BasicProperties::default().with_headers(table(&[("level", AMQPValue::LongInt(3))]))
+}
+
+async fn close(conn: Connection) {
+    let _ = conn.close(200, "bye").await;
+}
+
+fn durable_definitions_survive_a_restart(shards: usize) {
+    let mut broker = Broker::start(shards);
+    if broker.is_external() {
+        eprintln!("skipped: restarting an external broker is not this test's business");
+        return;
+    }
+    let url = broker.url();
+    let mut server_named = String::new();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open_confirming(&url).await;
+        declare_x(&ch, "d.direct", ExchangeKind::Direct, durable_exchange()).await;
+        declare_x(&ch, "d.topic", ExchangeKind::Topic, durable_exchange()).await;
+        declare_x(&ch, "d.fanout", ExchangeKind::Fanout, durable_exchange()).await;
+        declare_x(&ch, "d.headers", ExchangeKind::Headers, durable_exchange()).await;
+        declare_x(
+            &ch,
+            "d.internal",
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                internal: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        declare_x(
+            &ch,
+            "t.direct",
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+        )
+        .await;
+
+        declare_q(&ch, "d.q", durable_queue(), FieldTable::default()).await;
+        declare_q(&ch, "d.limited", durable_queue(), limited_args()).await;
+        declare_q(
+            &ch,
+            "d.autodelete",
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+        declare_q(
+            &ch,
+            "d.expires",
+            durable_queue(),
+            table(&[("x-expires", AMQPValue::LongInt(3_000))]),
+        )
+        .await;
+        declare_q(&ch, "d.internal.q", durable_queue(), FieldTable::default()).await;
+        declare_q(
+            &ch,
+            "t.q",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+        declare_q(
+            &ch,
+            "x.q",
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+        server_named = declare_server_named(&ch).await;
+
+        bind(&ch, "d.q", "d.direct", "k").await;
+        bind(&ch, "d.limited", "d.topic", "a.#").await;
+        bind(&ch, "d.q", "amq.topic", "amq.key").await;
+        bind_with(&ch, "d.q", "d.headers", "", headers_args()).await;
+        bind(&ch, "d.internal.q", "d.internal", "").await;
+        // Transient at one end: gone after the restart.
+        bind(&ch, "t.q", "d.direct", "k").await;
+        bind(&ch, "d.q", "t.direct", "k").await;
+        bind(&ch, "x.q", "d.direct", "k").await;
+        // Exchange to exchange: d.fanout -> d.topic, d.topic -> d.internal.
+        for (source, destination, key) in [
+            ("d.fanout", "d.topic", ""),
+            ("d.topic", "d.internal", "audit.#"),
+        ] {
+            step(
+                "exchange.bind",
+                ch.exchange_bind(
+                    destination,
+                    source,
+                    key,
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("exchange.bind {source} -> {destination}: {e}"));
+        }
+        // A message in a durable queue: messages are not kept yet.
+        fill_queue(&ch, "d.q", &[b"before the restart"]).await;
+        close(conn).await;
+    });
+
+    // The file says what will survive, and is already written (declare-ok
+    // came after the write).
+    let defs = read_definitions(&broker);
+    assert_eq!(
+        names_in(&defs, "exchanges"),
+        ["d.direct", "d.fanout", "d.headers", "d.internal", "d.topic"]
+    );
+    assert_eq!(
+        names_in(&defs, "queues"),
+        [
+            "d.autodelete",
+            "d.expires",
+            "d.internal.q",
+            "d.limited",
+            "d.q"
+        ]
+    );
+    assert_eq!(defs["bindings"].as_array().unwrap().len(), 7, "{defs}");
+
+    broker.restart();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let conn = connect(&url).await;
+        for name in ["d.direct", "d.topic", "d.fanout", "d.headers", "d.internal"] {
+            assert!(
+                exchange_exists(&conn, name).await,
+                "exchange {name} survives"
+            );
+        }
+        assert!(
+            !exchange_exists(&conn, "t.direct").await,
+            "transient exchange is gone"
+        );
+        for name in [
+            "d.q",
+            "d.limited",
+            "d.autodelete",
+            "d.expires",
+            "d.internal.q",
+        ] {
+            assert!(queue_exists(&conn, name).await, "queue {name} survives");
+        }
+        for name in ["t.q", "x.q", server_named.as_str()] {
+            assert!(!queue_exists(&conn, name).await, "queue {name} is gone");
+        }
+        assert_eq!(
+            message_count(&conn, "d.q").await,
+            0,
+            "messages are not kept yet"
+        );
+
+        let ch = channel(&conn).await;
+        // Arguments are equivalent to what was declared, with the client's types...
+        declare_q(&ch, "d.limited", durable_queue(), limited_args()).await;
+        // ...and still checked: another TTL is refused as RabbitMQ refuses it.
+        let other_ttl = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(1_000)),
+            ("x-max-length", AMQPValue::LongInt(10)),
+            ("x-dead-letter-exchange", ls("d.fanout")),
+        ]);
+        let r = step(
+            "queue.declare",
+            ch.queue_declare("d.limited", durable_queue(), other_ttl),
+        )
+        .await;
+        let text = expect_code(r, 406);
+        assert!(
+            text.contains("inequivalent arg 'x-message-ttl' for queue 'd.limited'"),
+            "{text}"
+        );
+        let ch = channel(&conn).await;
+        let r = step(
+            "queue.declare",
+            ch.queue_declare("d.q", QueueDeclareOptions::default(), FieldTable::default()),
+        )
+        .await;
+        let text = expect_code(r, 406);
+        assert!(text.contains("inequivalent arg 'durable'"), "{text}");
+        let r = step(
+            "exchange.declare",
+            channel(&conn).await.exchange_declare(
+                "d.internal",
+                ExchangeKind::Fanout,
+                durable_exchange(),
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        let text = expect_code(r, 406);
+        assert!(text.contains("inequivalent arg 'internal'"), "{text}");
+
+        // Every restored binding routes; the transient ones are gone.
+        let ch = channel(&conn).await;
+        publish(&ch, "d.direct", "k", b"direct").await;
+        publish(&ch, "amq.topic", "amq.key", b"amq.topic").await;
+        publish_props(&ch, "d.headers", "", b"headers", level_3_header()).await;
+        // d.fanout -> d.topic -> d.limited ("a.#") or -> d.internal -> d.internal.q.
+        publish(&ch, "d.fanout", "a.b", b"e2e").await;
+        publish(&ch, "d.fanout", "audit.x", b"e2e, twice").await;
+        wait_message_count(&conn, "d.q", 3).await;
+        wait_message_count(&conn, "d.limited", 1).await;
+        wait_message_count(&conn, "d.internal.q", 1).await;
+
+        // The auto-delete queue goes when its first consumer leaves.
+        let consumer_ch = channel(&conn).await;
+        let _consumer = consume(
+            &consumer_ch,
+            "d.autodelete",
+            "c1",
+            BasicConsumeOptions::default(),
+        )
+        .await;
+        assert!(queue_exists(&conn, "d.autodelete").await);
+        step(
+            "basic.cancel",
+            consumer_ch.basic_cancel("c1", BasicCancelOptions::default()),
+        )
+        .await
+        .expect("basic.cancel");
+        assert!(
+            wait_for_queue_gone(&conn, "d.autodelete").await,
+            "the auto-delete queue is deleted when its consumer goes"
+        );
+
+        // x-expires counts from the start: unused for 3 s, the queue goes.
+        // Watched through the definitions file, since a passive declare is a
+        // use of the queue and would keep it alive.
+        let file = definitions_file(&broker);
+        let expired = eventually(Duration::from_secs(15), || {
+            std::fs::read_to_string(&file).is_ok_and(|t| !t.contains("\"d.expires\""))
+        })
+        .await;
+        assert!(expired, "d.expires expires after the restart");
+        assert!(!queue_exists(&conn, "d.expires").await);
+
+        // Deletions are written too.
+        let ch = channel(&conn).await;
+        step(
+            "exchange.delete",
+            ch.exchange_delete("d.headers", ExchangeDeleteOptions::default()),
+        )
+        .await
+        .expect("exchange.delete");
+        step(
+            "queue.unbind",
+            ch.queue_unbind("d.q", "d.direct", "k", FieldTable::default()),
+        )
+        .await
+        .expect("queue.unbind");
+        close(conn).await;
+    });
+
+    broker.restart();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let conn = connect(&url).await;
+        assert!(
+            !exchange_exists(&conn, "d.headers").await,
+            "deleted exchange stays deleted"
+        );
+        assert!(!queue_exists(&conn, "d.autodelete").await);
+        assert!(!queue_exists(&conn, "d.expires").await);
+        let ch = channel(&conn).await;
+        publish(&ch, "d.direct", "k", b"unbound").await;
+        publish(&ch, "amq.topic", "amq.key", b"still bound").await;
+        wait_message_count(&conn, "d.q", 1).await;
+        close(conn).await;
+    });
+    let defs = read_definitions(&broker);
+    assert_eq!(
+        names_in(&defs, "queues"),
+        ["d.internal.q", "d.limited", "d.q"]
+    );
+}
+
+/// Polls passive declares until the queue is gone (or 10 s pass).
+async fn wait_for_queue_gone(conn: &Connection, name: &str) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if !queue_exists(conn, name).await {
+            return true;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+with_shards!(
+    durable_definitions_survive_a_restart_and_transient_ones_do_not,
+    durable_definitions_survive_a_restart
+);
+
+fn definitions_file_is_replaced_atomically(shards: usize) {
+    let broker = Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    let file = definitions_file(&broker);
+    let inode = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("definitions.json").ino()
+    };
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open(&url).await;
+        let before = std::fs::read_to_string(&file).unwrap();
+        let before_inode = inode(&file);
+        // Transient, exclusive and server-named things never touch the file.
+        declare_x(
+            &ch,
+            "t.x",
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+        )
+        .await;
+        declare_q(
+            &ch,
+            "t.q",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+        declare_q(
+            &ch,
+            "x.q",
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+        let _server_named = declare_server_named(&ch).await;
+        bind(&ch, "t.q", "amq.direct", "k").await;
+        bind(&ch, "x.q", "amq.direct", "k").await;
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+        assert_eq!(inode(&file), before_inode, "the file was not rewritten");
+
+        // Each durable change is in the file by the time the client hears -ok.
+        for i in 0..20 {
+            let name = format!("durable-{i}");
+            declare_q(&ch, &name, durable_queue(), FieldTable::default()).await;
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(text.contains(&format!("\"name\": \"{name}\"")), "{text}");
+            if i % 2 == 0 {
+                step(
+                    "queue.delete",
+                    ch.queue_delete(&name, QueueDeleteOptions::default()),
+                )
+                .await
+                .expect("queue.delete");
+                let text = std::fs::read_to_string(&file).unwrap();
+                assert!(!text.contains(&format!("\"name\": \"{name}\"")), "{text}");
+            }
+        }
+        close(conn).await;
+    });
+    let mut entries: Vec<String> = std::fs::read_dir(broker.data_dir().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["broker.log", "definitions.json"],
+        "no temp file is left"
+    );
+    let defs = read_definitions(&broker);
+    assert_eq!(names_in(&defs, "queues").len(), 10);
+}
+
+with_shards!(
+    the_definitions_file_is_replaced_atomically_and_only_for_durable_changes,
+    definitions_file_is_replaced_atomically
+);
+
+fn a_rabbitmq_export_is_imported(shards: usize) {
+    if std::env::var(EXTERNAL_URL_VAR).is_ok_and(|u| !u.trim().is_empty()) {
+        return;
+    }
+    let export = export_path();
+    let mut broker = Broker::start_with(shards, &["--definitions", export.to_str().unwrap()]);
+    let log = broker.log();
+    for expected in [
+        "virtual host(s) 'other' skipped",
+        "1 policies skipped",
+        "binding from exchange 'events' to exchange 'internal.fanout' (routing key 'audit.#') skipped",
+        "--default-user not created",
+    ] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+    let check = |broker: &Broker, after_restart: bool| {
+        let users = [
+            ("alice", "alice-secret"),                   // sha256
+            ("bob", "b0b%20p%40ss%20%C3%BCn%C3%AFcode"), // sha256, "b0b p@ss ünïcode"
+            ("carol", "carol-512"),                      // sha512
+            ("dave", "dave-md5"),                        // md5
+            ("guest", "guest"),                          // RabbitMQ's guest hash
+        ];
+        run_for(RESTART_TEST_DEADLINE, async {
+            for (user, password) in users {
+                let conn = connect(&broker.url_as(user, password)).await;
+                assert_connection_usable(&conn).await;
+                close(conn).await;
+            }
+            for (user, password) in [("alice", "wrong"), ("admin", "admin")] {
+                let r = step(
+                    "refused connection",
+                    Connection::connect(
+                        &broker.url_as(user, password),
+                        ConnectionProperties::default(),
+                    ),
+                )
+                .await;
+                let text = expect_code(r.map(|_| ()), 403);
+                assert!(text.starts_with("ACCESS_REFUSED"), "{user}: {text}");
+            }
+
+            let conn = connect(&broker.url_as("alice", "alice-secret")).await;
+            for name in [
+                "orders",
+                "events",
+                "broadcast",
+                "by-header",
+                "dead-letters",
+                "with-ae",
+                "autodel-x",
+            ] {
+                assert!(exchange_exists(&conn, name).await, "exchange {name}");
+            }
+            for name in [
+                "orders.eu",
+                "orders.limited",
+                "events.all",
+                "events.expiring",
+                "jobs.priority",
+                "dlq",
+                "headers.q",
+                "autodel.q",
+            ] {
+                assert!(queue_exists(&conn, name).await, "queue {name}");
+            }
+            // transient.q is not durable: imported, but gone after a restart;
+            // transient-x likewise.
+            assert_eq!(queue_exists(&conn, "transient.q").await, !after_restart);
+            assert_eq!(exchange_exists(&conn, "transient-x").await, !after_restart);
+            assert!(!exchange_exists(&conn, "internal.fanout").await);
+
+            // Arguments as exported (JSON numbers, declared here as 32-bit
+            // integers) are equivalent.
+            let ch = channel(&conn).await;
+            declare_q(
+                &ch,
+                "orders.limited",
+                durable_queue(),
+                table(&[
+                    ("x-message-ttl", AMQPValue::LongInt(60_000)),
+                    ("x-max-length", AMQPValue::LongInt(1_000)),
+                    ("x-overflow", ls("reject-publish")),
+                    ("x-dead-letter-exchange", ls("dead-letters")),
+                    ("x-dead-letter-routing-key", ls("dl")),
+                ]),
+            )
+            .await;
+            publish(&ch, "orders", "eu", b"order").await;
+            publish(&ch, "broadcast", "user.created", b"event").await;
+            // An imported binding argument is a JSON integer, a long.
+            publish_props(
+                &ch,
+                "by-header",
+                "",
+                b"headers",
+                BasicProperties::default().with_headers(table(&[
+                    ("region", ls("eu")),
+                    ("level", AMQPValue::LongLongInt(3)),
+                ])),
+            )
+            .await;
+            wait_message_count(&conn, "orders.eu", 1).await;
+            wait_message_count(&conn, "events.all", 1).await;
+            wait_message_count(&conn, "events.expiring", 1).await;
+            wait_message_count(&conn, "headers.q", 1).await;
+            // Drained, so the next round counts from zero.
+            for q in ["orders.eu", "events.all", "events.expiring", "headers.q"] {
+                step(
+                    "queue.purge",
+                    ch.queue_purge(q, QueuePurgeOptions::default()),
+                )
+                .await
+                .expect("queue.purge");
+            }
+            close(conn).await;
+        });
+    };
+    check(&broker, false);
+
+    // Persisted: without --definitions the next start has it all (the
+    // durable part), users and passwords included.
+    let defs = read_definitions(&broker);
+    assert_eq!(
+        names_in(&defs, "users"),
+        ["alice", "bob", "carol", "dave", "guest"]
+    );
+    let carol = defs["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "carol")
+        .unwrap();
+    assert_eq!(carol["hashing_algorithm"], "rabbit_password_hashing_sha512");
+    broker.restart_with(&[]);
+    check(&broker, true);
+    assert!(!broker.log().contains("panicked"), "{}", broker.log());
+}
+
+with_shards!(
+    a_rabbitmq_3_10_export_is_imported_and_kept,
+    a_rabbitmq_export_is_imported
+);
+
+fn permissions_and_cleartext_passwords_from_a_hand_written_file(shards: usize) {
+    if std::env::var(EXTERNAL_URL_VAR).is_ok_and(|u| !u.trim().is_empty()) {
+        return;
+    }
+    let dir = fresh_temp_dir("warren-defs-input");
+    let file = dir.join("defs.json");
+    std::fs::write(
+        &file,
+        r#"{
+          "users": [
+            {"name": "ops", "password": "ops-pw", "tags": ["administrator"]},
+            {"name": "nobody", "password": "nobody-pw", "tags": []}
+          ],
+          "vhosts": [{"name": "/"}],
+          "permissions": [
+            {"user": "ops", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+          ],
+          "queues": [{"name": "work", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}]
+        }"#,
+    )
+    .unwrap();
+    let broker = Broker::start_with(shards, &["--definitions", file.to_str().unwrap()]);
+    run(async {
+        let conn = connect(&broker.url_as("ops", "ops-pw")).await;
+        assert!(queue_exists(&conn, "work").await);
+        close(conn).await;
+        // No permissions on "/": RabbitMQ refuses connection.open with 530.
+        let r = step(
+            "connection without vhost access",
+            Connection::connect(
+                &broker.url_as("nobody", "nobody-pw"),
+                ConnectionProperties::default(),
+            ),
+        )
+        .await;
+        let text = expect_code(r.map(|_| ()), 530);
+        assert!(
+            text.contains("access to vhost '/' refused for user 'nobody'"),
+            "{text}"
+        );
+        // guest is not created when users are imported.
+        let r = step(
+            "guest",
+            Connection::connect(&broker.url(), ConnectionProperties::default()),
+        )
+        .await;
+        expect_code(r.map(|_| ()), 403);
+    });
+    // The cleartext password is stored hashed.
+    let text = std::fs::read_to_string(definitions_file(&broker)).unwrap();
+    assert!(!text.contains("ops-pw"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+with_shards!(
+    permissions_and_cleartext_passwords_from_a_hand_written_file,
+    permissions_and_cleartext_passwords_from_a_hand_written_file
+);
+
+/// Starts warren on `data_dir` with `extra_args`, expecting it to refuse to
+/// start; returns what it printed.
+fn refused_start(shards: usize, data_dir: &Path, extra_args: &[&str]) -> String {
+    let (status, output) = start_expecting_exit(shards, data_dir, extra_args);
+    assert_eq!(status.code(), Some(1), "exit status {status:?}:\n{output}");
+    assert!(!output.contains("panicked"), "{output}");
+    output
+}
+
+fn bad_definitions_stop_the_broker_with_a_clear_message(shards: usize) {
+    if std::env::var(EXTERNAL_URL_VAR).is_ok_and(|u| !u.trim().is_empty()) {
+        return;
+    }
+    // A corrupt definitions file in the data directory.
+    let data_dir = fresh_temp_dir("warren-bad-defs");
+    let own = data_dir.join("definitions.json");
+    let corrupt = "{\n  \"queues\": [\n    {\"name\": \"q\",}\n  ]\n}\n";
+    std::fs::write(&own, corrupt).unwrap();
+    let output = refused_start(shards, &data_dir, &[]);
+    assert!(
+        output.contains(&format!(
+            "cannot use the definitions in {}: invalid JSON at line 3, column 18",
+            own.display()
+        )),
+        "{output}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&own).unwrap(),
+        corrupt,
+        "a file that cannot be read is left as it is"
+    );
+
+    // Imports: bad JSON, an unknown exchange type, a missing file.
+    let fresh = fresh_temp_dir("warren-bad-import");
+    let inputs = fresh_temp_dir("warren-bad-import-input");
+    let cases = [
+        (
+            "bad.json",
+            "{\"users\": [",
+            "invalid JSON at line 1, column 12",
+        ),
+        (
+            "delayed.json",
+            r#"{"exchanges": [{"name": "later", "vhost": "/", "type": "x-delayed-message", "durable": true, "auto_delete": false, "internal": false, "arguments": {"x-delayed-type": "direct"}}]}"#,
+            "exchanges[0] ('later'): unknown exchange type 'x-delayed-message'",
+        ),
+        (
+            "quorum.json",
+            r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}]}"#,
+            "queue 'qq': ",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = inputs.join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = refused_start(shards, &fresh, &["--definitions", path.to_str().unwrap()]);
+        assert!(
+            output.contains(&format!(
+                "cannot use the definitions in {}: {}",
+                path.display(),
+                expected
+            )),
+            "{name}: {output}"
+        );
+    }
+    let missing = inputs.join("missing.json");
+    let output = refused_start(
+        shards,
+        &fresh,
+        &["--definitions", missing.to_str().unwrap()],
+    );
+    assert!(
+        output.contains(&format!(
+            "cannot use the definitions in {}:",
+            missing.display()
+        )) && output.contains("No such file"),
+        "{output}"
+    );
+    // Nothing was written for a refused import.
+    assert!(!fresh.join("definitions.json").exists());
+    for dir in [data_dir, fresh, inputs] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+with_shards!(
+    bad_definitions_stop_the_broker_with_a_clear_message,
+    bad_definitions_stop_the_broker_with_a_clear_message
+);
