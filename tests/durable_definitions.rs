@@ -109,6 +109,14 @@ fn headers_args() -> FieldTable {
     table(&[("x-match", ls("all")), ("level", AMQPValue::LongInt(3))])
 }
 
+fn delayed_kind() -> ExchangeKind {
+    ExchangeKind::Custom("x-delayed-message".into())
+}
+
+fn delayed_args() -> FieldTable {
+    table(&[("x-delayed-type", ls("direct"))])
+}
+
 fn level_3_header() -> BasicProperties {
     BasicProperties::default().with_headers(table(&[("level", AMQPValue::LongInt(3))]))
 }
@@ -149,6 +157,17 @@ fn durable_definitions_survive_a_restart(shards: usize) {
             ExchangeDeclareOptions::default(),
         )
         .await;
+        step(
+            "exchange.declare",
+            ch.exchange_declare(
+                "d.delayed",
+                delayed_kind(),
+                durable_exchange(),
+                delayed_args(),
+            ),
+        )
+        .await
+        .expect("declare d.delayed");
 
         declare_q(&ch, "d.q", durable_queue(), FieldTable::default()).await;
         declare_q(&ch, "d.limited", durable_queue(), limited_args()).await;
@@ -196,6 +215,7 @@ fn durable_definitions_survive_a_restart(shards: usize) {
         bind(&ch, "d.q", "amq.topic", "amq.key").await;
         bind_with(&ch, "d.q", "d.headers", "", headers_args()).await;
         bind(&ch, "d.internal.q", "d.internal", "").await;
+        bind(&ch, "d.q", "d.delayed", "later").await;
         // Transient at one end: gone after the restart.
         bind(&ch, "t.q", "d.direct", "k").await;
         bind(&ch, "d.q", "t.direct", "k").await;
@@ -228,7 +248,14 @@ fn durable_definitions_survive_a_restart(shards: usize) {
     let defs = read_definitions(&broker);
     assert_eq!(
         names_in(&defs, "exchanges"),
-        ["d.direct", "d.fanout", "d.headers", "d.internal", "d.topic"]
+        [
+            "d.delayed",
+            "d.direct",
+            "d.fanout",
+            "d.headers",
+            "d.internal",
+            "d.topic"
+        ]
     );
     assert_eq!(
         names_in(&defs, "queues"),
@@ -240,13 +267,20 @@ fn durable_definitions_survive_a_restart(shards: usize) {
             "d.q"
         ]
     );
-    assert_eq!(defs["bindings"].as_array().unwrap().len(), 7, "{defs}");
+    assert_eq!(defs["bindings"].as_array().unwrap().len(), 8, "{defs}");
 
     broker.restart();
     let url = broker.url();
     run_for(RESTART_TEST_DEADLINE, async {
         let conn = connect(&url).await;
-        for name in ["d.direct", "d.topic", "d.fanout", "d.headers", "d.internal"] {
+        for name in [
+            "d.direct",
+            "d.topic",
+            "d.fanout",
+            "d.headers",
+            "d.internal",
+            "d.delayed",
+        ] {
             assert!(
                 exchange_exists(&conn, name).await,
                 "exchange {name} survives"
@@ -314,15 +348,30 @@ fn durable_definitions_survive_a_restart(shards: usize) {
         let text = expect_code(r, 406);
         assert!(text.contains("inequivalent arg 'internal'"), "{text}");
 
+        // The delayed exchange keeps its type and routing type.
+        let ch = channel(&conn).await;
+        step(
+            "exchange.declare",
+            ch.exchange_declare(
+                "d.delayed",
+                delayed_kind(),
+                durable_exchange(),
+                delayed_args(),
+            ),
+        )
+        .await
+        .expect("redeclare d.delayed as declared");
+
         // Every restored binding routes; the transient ones are gone.
         let ch = channel(&conn).await;
         publish(&ch, "d.direct", "k", b"direct").await;
         publish(&ch, "amq.topic", "amq.key", b"amq.topic").await;
         publish_props(&ch, "d.headers", "", b"headers", level_3_header()).await;
+        publish(&ch, "d.delayed", "later", b"not delayed").await;
         // d.fanout -> d.topic -> d.limited ("a.#") or -> d.internal -> d.internal.q.
         publish(&ch, "d.fanout", "a.b", b"e2e").await;
         publish(&ch, "d.fanout", "audit.x", b"e2e, twice").await;
-        wait_message_count(&conn, "d.q", 3).await;
+        wait_message_count(&conn, "d.q", 4).await;
         wait_message_count(&conn, "d.limited", 1).await;
         wait_message_count(&conn, "d.internal.q", 1).await;
 
@@ -494,6 +543,35 @@ fn definitions_file_is_replaced_atomically(shards: usize) {
     let defs = read_definitions(&broker);
     assert_eq!(names_in(&defs, "queues").len(), 10);
 }
+
+fn declare_ok_means_durable(shards: usize) {
+    let mut broker = Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        declare_x(&ch, "k.x", ExchangeKind::Topic, durable_exchange()).await;
+        declare_q(&ch, "k.q", durable_queue(), FieldTable::default()).await;
+        bind(&ch, "k.q", "k.x", "k.#").await;
+        // No close, no SIGTERM: the broker dies right after the last -ok.
+    });
+    broker.crash_and_restart();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open(&url).await;
+        assert!(exchange_exists(&conn, "k.x").await);
+        publish(&ch, "k.x", "k.1", b"routed").await;
+        wait_message_count(&conn, "k.q", 1).await;
+        close(conn).await;
+    });
+}
+
+with_shards!(
+    what_was_declared_ok_survives_a_kill_9,
+    declare_ok_means_durable
+);
 
 with_shards!(
     the_definitions_file_is_replaced_atomically_and_only_for_durable_changes,
@@ -745,9 +823,9 @@ fn bad_definitions_stop_the_broker_with_a_clear_message(shards: usize) {
             "invalid JSON at line 1, column 12",
         ),
         (
-            "delayed.json",
-            r#"{"exchanges": [{"name": "later", "vhost": "/", "type": "x-delayed-message", "durable": true, "auto_delete": false, "internal": false, "arguments": {"x-delayed-type": "direct"}}]}"#,
-            "exchanges[0] ('later'): unknown exchange type 'x-delayed-message'",
+            "hash.json",
+            r#"{"exchanges": [{"name": "spread", "vhost": "/", "type": "x-consistent-hash", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}]}"#,
+            "exchanges[0] ('spread'): unknown exchange type 'x-consistent-hash'",
         ),
         (
             "quorum.json",

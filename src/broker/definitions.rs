@@ -56,10 +56,11 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::auth::{Permission, User, Users};
 use crate::broker::exchange::{
-    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind,
+    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
 };
 use crate::broker::ids::{QueueId, ShardId};
 use crate::broker::json::{self, Json};
+use crate::broker::metadata;
 use crate::broker::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
 use crate::broker::queue_args::QueueArgs;
 use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
@@ -294,7 +295,7 @@ impl Definitions {
                         ("durable", Json::Bool(x.durable)),
                         ("internal", Json::Bool(x.internal)),
                         ("name", Json::Str(x.name.to_string())),
-                        ("type", Json::Str(x.kind.name().into())),
+                        ("type", Json::Str(x.type_name().into())),
                         ("vhost", Json::Str(DEFAULT_VHOST.into())),
                     ],
                     &x.arguments,
@@ -759,19 +760,29 @@ impl Reader {
             return Ok(None);
         }
         let kind_name = required_str(item, "type", &ctx)?;
-        let kind = ExchangeKind::parse(kind_name).ok_or_else(|| {
-            format!(
-                "{}: unknown exchange type '{}' (warren supports direct, fanout, topic and headers)",
-                ctx, kind_name
-            )
-        })?;
+        let arguments = self.arguments(item, &ctx)?;
+        // A delayed exchange routes by its x-delayed-type, checked as a
+        // declare checks it.
+        let delayed = kind_name == DELAYED_TYPE;
+        let kind = if delayed {
+            metadata::delayed_type(&arguments).map_err(|e| format!("{}: {}", ctx, e.text))?
+        } else {
+            ExchangeKind::parse(kind_name).ok_or_else(|| {
+                format!(
+                    "{}: unknown exchange type '{}' (warren supports direct, fanout, topic, \
+                     headers and x-delayed-message)",
+                    ctx, kind_name
+                )
+            })?
+        };
         Ok(Some(ExchangeDef {
             name: short_str(name, "name", &ctx)?,
             kind,
+            delayed,
             durable: optional_bool(item, "durable", true, &ctx)?,
             auto_delete: optional_bool(item, "auto_delete", false, &ctx)?,
             internal: optional_bool(item, "internal", false, &ctx)?,
-            arguments: self.arguments(item, &ctx)?,
+            arguments,
         }))
     }
 
@@ -1197,8 +1208,12 @@ mod tests {
     #[test]
     fn errors_name_the_definition() {
         assert_eq!(
-            parse_err(r#"{"exchanges": [{"name": "d", "vhost": "/", "type": "x-delayed-message", "durable": true}]}"#),
-            "exchanges[0] ('d'): unknown exchange type 'x-delayed-message' (warren supports direct, fanout, topic and headers)"
+            parse_err(r#"{"exchanges": [{"name": "h", "vhost": "/", "type": "x-consistent-hash", "durable": true}]}"#),
+            "exchanges[0] ('h'): unknown exchange type 'x-consistent-hash' (warren supports direct, fanout, topic, headers and x-delayed-message)"
+        );
+        assert_eq!(
+            parse_err(r#"{"exchanges": [{"name": "d", "type": "x-delayed-message", "arguments": {"x-delayed-type": "x-delayed-message"}}]}"#),
+            "exchanges[0] ('d'): Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'"
         );
         assert_eq!(
             parse_err(r#"{"queues": [{"vhost": "/"}]}"#),
@@ -1288,14 +1303,26 @@ mod tests {
         ));
         let defs = Definitions {
             users,
-            exchanges: vec![ExchangeDef {
-                name: ShortStr::from("x"),
-                kind: ExchangeKind::Headers,
-                durable: true,
-                auto_delete: true,
-                internal: true,
-                arguments: table(&[("alternate-exchange", s("ae"))]),
-            }],
+            exchanges: vec![
+                ExchangeDef {
+                    name: ShortStr::from("later"),
+                    kind: ExchangeKind::Topic,
+                    delayed: true,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: table(&[("x-delayed-type", s("topic"))]),
+                },
+                ExchangeDef {
+                    name: ShortStr::from("x"),
+                    kind: ExchangeKind::Headers,
+                    delayed: false,
+                    durable: true,
+                    auto_delete: true,
+                    internal: true,
+                    arguments: table(&[("alternate-exchange", s("ae"))]),
+                },
+            ],
             queues: vec![QueueDef {
                 name: ShortStr::from("q \"quoted\" é"),
                 durable: true,
@@ -1333,6 +1360,7 @@ mod tests {
         // The typed copy is there only where JSON loses a type.
         assert_eq!(text.matches(TYPED_ARGUMENTS).count(), 2, "{text}");
         assert!(text.contains("\"internal\": true"), "{text}");
+        assert!(text.contains("\"type\": \"x-delayed-message\""), "{text}");
         // RabbitMQ's own reading of the arguments (the typed copy ignored).
         let plain: Json = json::parse(&text).unwrap();
         let binding = &plain.get("bindings").unwrap().as_array().unwrap()[0];
@@ -1401,6 +1429,7 @@ mod tests {
             MetaChange::ExchangeCreated(ExchangeDef {
                 name: ShortStr::from(name),
                 kind: ExchangeKind::Direct,
+                delayed: false,
                 durable,
                 auto_delete: false,
                 internal: false,

@@ -694,7 +694,7 @@ fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
 /// plugin's `validate/1` checks `x-delayed-type` (first entry of the key):
 /// a string (longstr or byte array) naming a known type other than
 /// x-delayed-message itself.
-fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
+pub fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
     match arguments
         .get(DELAYED_TYPE_ARGUMENT)
         .and_then(FieldValue::as_bytes)

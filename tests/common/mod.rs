@@ -103,9 +103,9 @@ impl Broker {
     /// with the same arguments, data directory and port. Panics if it does not exit 0 or
     /// does not come back. Does nothing for an external broker.
     pub fn restart(&mut self) {
-        let Some(data_dir) = self.data_dir.clone() else {
+        if self.data_dir.is_none() {
             return;
-        };
+        }
         let status = self
             .stop_with(libc::SIGTERM, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("warren did not exit after SIGTERM\n{}", self.log()));
@@ -114,10 +114,22 @@ impl Broker {
             "warren exited with {status:?}\n{}",
             self.log()
         );
-        append_to(
-            &data_dir.join("broker.log"),
-            "---- restarted by the test ----\n",
-        );
+        self.start_again("restarted by the test after SIGTERM");
+    }
+
+    /// Kills warren with SIGKILL (no chance to write anything) and starts it again with
+    /// the same arguments, data directory and port. Does nothing for an external broker.
+    pub fn crash_and_restart(&mut self) {
+        if self.data_dir.is_none() {
+            return;
+        }
+        self.kill();
+        self.start_again("restarted by the test after SIGKILL");
+    }
+
+    fn start_again(&mut self, why: &str) {
+        let data_dir = self.data_dir.clone().expect("a warren child");
+        append_to(&data_dir.join("broker.log"), &format!("---- {why} ----\n"));
         let listen = self.addr.to_string();
         // The old listening socket is closed, but another process may take the port
         // for a moment (parallel tests bind port 0): try again until the deadline.
