@@ -57,10 +57,13 @@ impl ShardState {
             if letter.reason != DeathReason::Rejected {
                 let name = self.vhost.queue_by_id(target.id).map(|q| q.name.clone());
                 if let Some(name) = name.filter(|n| is_cycle(n.as_str(), &deaths)) {
-                    warn!(
-                        queue = %name,
-                        "dead letter dropped: it went round a dead-letter cycle without a rejection"
-                    );
+                    if self.dead_letter_cycles_logged.insert(name.clone()) {
+                        warn!(
+                            queue = %name,
+                            "dead letter dropped: it went round a dead-letter cycle without a \
+                             rejection (logged once per queue)"
+                        );
+                    }
                     continue;
                 }
             }

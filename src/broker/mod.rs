@@ -194,6 +194,8 @@ pub struct ShardState {
     confirm_dirty: Vec<(ConnId, u16)>,
     pub timers: Timers,
     dead_letters: Vec<DeadLetter>,
+    /// Queues whose dead-letter cycle was logged: once each, as RabbitMQ does.
+    dead_letter_cycles_logged: fast_hash::FastSet<ShortStr>,
     /// Messages held by delayed exchanges, by the id their timer carries.
     delayed: FastMap<u64, Held>,
     next_delayed_id: u64,
@@ -224,6 +226,7 @@ impl ShardState {
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
             dead_letters: Vec::new(),
+            dead_letter_cycles_logged: Default::default(),
             delayed: FastMap::default(),
             next_delayed_id: 1,
             next_conn_id: 1,
