@@ -269,6 +269,30 @@ broker_test!(exclusive_queue_is_locked_to_its_connection_405, |b| {
     })
 });
 
+broker_test!(an_exclusive_queue_is_never_durable, |b| {
+    run(async {
+        // RabbitMQ ignores durable=true on an exclusive queue, so the same
+        // queue redeclared exclusive and transient is equivalent.
+        let (_conn, ch) = open(&b.url()).await;
+        let q = unique("excl-durable-q");
+        let durable_exclusive = QueueDeclareOptions {
+            durable: true,
+            exclusive: true,
+            ..Default::default()
+        };
+        declare_queue_with(&ch, &q, durable_exclusive, FieldTable::default())
+            .await
+            .unwrap();
+        declare_queue_with(&ch, &q, exclusive(), FieldTable::default())
+            .await
+            .expect("exclusive + transient redeclare of an exclusive + durable queue");
+        declare_queue_with(&ch, &q, durable_exclusive, FieldTable::default())
+            .await
+            .expect("and back");
+        assert_channel_usable(&ch).await;
+    })
+});
+
 broker_test!(exclusive_queue_is_deleted_when_its_connection_closes, |b| {
     run(async {
         let (owner, och) = open(&b.url()).await;

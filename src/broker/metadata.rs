@@ -530,6 +530,8 @@ impl Owner {
         } else {
             m.queue.clone()
         };
+        // As RabbitMQ: an exclusive queue is never durable, whatever was asked.
+        let durable = m.durable && !m.exclusive;
         let existing = self.state.borrow().vhost.queues.get(name.as_str()).cloned();
         if let Some(current) = existing {
             check_exclusive(&current, conn)?;
@@ -537,7 +539,7 @@ impl Owner {
                 if m.exclusive != current.exclusive_owner.is_some() {
                     return Err(locked(&name));
                 }
-                check_equivalent_flag("durable", &name, "queue", m.durable, current.durable)?;
+                check_equivalent_flag("durable", &name, "queue", durable, current.durable)?;
                 check_equivalent_flag(
                     "auto_delete",
                     &name,
@@ -583,7 +585,7 @@ impl Owner {
             id: QueueId(self.next_queue_id),
             name: name.clone(),
             shard,
-            durable: m.durable,
+            durable,
             exclusive_owner: if m.exclusive { conn } else { None },
             auto_delete: m.auto_delete,
             arguments: m.arguments.clone(),
