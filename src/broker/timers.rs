@@ -67,7 +67,7 @@ impl Timers {
         started_ms.saturating_add(delay_ms)
     }
 
-    /// Milliseconds since the Unix epoch, for AMQP timestamps (x-death `time`).
+    /// Seconds since the Unix epoch: AMQP timestamps (x-death `time`) are seconds.
     pub fn unix_seconds() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
