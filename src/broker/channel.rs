@@ -666,19 +666,19 @@ impl Connection {
                 return true;
             }
         };
-        let properties = Properties::from_wire(shape.flags, frames.slice(shape.properties));
-        let properties = match (check_publish_exchange(env, &exchange), properties) {
-            (Ok(()), Ok(properties)) => properties,
-            (checked, properties) => {
-                if let Err(error) = checked {
-                    self.fail(shape.channel, error.with_method(60, 40), env.now);
+        let properties = match Properties::from_wire(shape.flags, frames.slice(shape.properties)) {
+            Ok(properties) => properties,
+            Err(error) => {
+                // The general path would have judged the exchange on the
+                // method frame before it met the bad header.
+                if let Err(refused) = check_publish_exchange(env, &exchange) {
+                    self.fail(shape.channel, refused.with_method(60, 40), env.now);
                 }
-                if let Err(error) = properties {
-                    self.connection_error(error.to_amqp_error(), env.now);
-                }
+                self.connection_error(error.to_amqp_error(), env.now);
                 return true;
             }
         };
+        // The exchange is checked once, by `publish`, as it routes.
         let body = frames.slice(shape.body);
         let content = Content {
             publish: BasicPublish {
@@ -737,8 +737,12 @@ impl Connection {
                 )));
             }
         }
-        let Some(exchange) = env.vhost.exchanges.get(publish.exchange.as_str()) else {
-            return Err(no_exchange(&publish.exchange));
+        let exchange = match env.vhost.exchanges.get(publish.exchange.as_str()) {
+            None => return Err(no_exchange(&publish.exchange)),
+            Some(exchange) if exchange.def.internal => {
+                return Err(internal_exchange(&publish.exchange))
+            }
+            Some(exchange) => exchange,
         };
         // Sender-selected distribution: only a publish with headers pays.
         let (properties, bcc_keys) =
@@ -1255,10 +1259,14 @@ fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
 fn check_publish_exchange(env: &Env, name: &ShortStr) -> Result<(), AmqpError> {
     match env.vhost.exchanges.get(name.as_str()) {
         None => Err(no_exchange(name)),
-        Some(exchange) if exchange.def.internal => Err(AmqpError::access_refused(format!(
-            "cannot publish to internal exchange '{}' in vhost '/'",
-            name
-        ))),
+        Some(exchange) if exchange.def.internal => Err(internal_exchange(name)),
         Some(_) => Ok(()),
     }
+}
+
+fn internal_exchange(name: &ShortStr) -> AmqpError {
+    AmqpError::access_refused(format!(
+        "cannot publish to internal exchange '{}' in vhost '/'",
+        name
+    ))
 }
