@@ -7,6 +7,7 @@
 //! reader task and a writer task of the same connection can share it on one executor.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -39,6 +40,11 @@ pub struct Connection {
     pub write_buf: BytesMut,
     pub frame_max: u32,
     pub channel_max: u16,
+    /// Frames that arrived during a set-up call but belong to another
+    /// channel: a consumer set up on a queue with a backlog is sent its first
+    /// deliveries before the next channel's consume-ok. The consume loop
+    /// takes these first.
+    pub held: VecDeque<Frame>,
 }
 
 /// Reads whatever the socket has into `buf` (warren's own reader), keeping
@@ -93,6 +99,7 @@ impl Connection {
             write_buf: BytesMut::with_capacity(64 * 1024),
             frame_max: FRAME_MIN_SIZE,
             channel_max: 0,
+            held: VecDeque::new(),
         };
         with_timeout("the AMQP handshake", RPC_TIMEOUT, conn.handshake(uri, name)).await?;
         Ok(conn)
@@ -241,12 +248,19 @@ impl Connection {
         with_timeout(name, RPC_TIMEOUT, async {
             self.send(channel, &method).await?;
             loop {
-                let (on, reply) = self.next_method().await?;
-                if let Some(e) = close_error(&reply) {
-                    return Err(Error::new(format!("{name}: {e}")));
+                let frame = self.next_frame().await?;
+                if let Frame::Method { method: reply, .. } = &frame {
+                    if let Some(e) = close_error(reply) {
+                        return Err(Error::new(format!("{name}: {e}")));
+                    }
                 }
-                if on == channel {
-                    return Ok(reply);
+                match frame {
+                    Frame::Method {
+                        channel: on,
+                        method,
+                    } if on == channel => return Ok(method),
+                    Frame::Heartbeat { .. } => {}
+                    other => self.held.push_back(other),
                 }
             }
         })

@@ -141,25 +141,34 @@ async fn consume_loop(
     let producer_count = ctx.plan.producer_count();
     let frame_max = conn.frame_max;
     let stream = conn.stream.clone();
+    // Deliveries may already wait, held or buffered, from the set-up calls:
+    // the broker sends a backlog's first deliveries right after consume-ok,
+    // and then waits for acks.
+    let mut waiting = !conn.held.is_empty() || !conn.read_buf.is_empty();
     loop {
-        let read = future::or(
-            async { Some(read_some(&stream, &mut conn.read_buf).await) },
-            async {
-                stop.wait().await;
-                None
-            },
-        )
-        .await;
-        match read {
-            None => return Ok(()),
-            Some(Ok(0)) => return Err(Error::new("the broker closed a consumer's socket")),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(_)) => {}
+        if !std::mem::take(&mut waiting) {
+            let read = future::or(
+                async { Some(read_some(&stream, &mut conn.read_buf).await) },
+                async {
+                    stop.wait().await;
+                    None
+                },
+            )
+            .await;
+            match read {
+                None => return Ok(()),
+                Some(Ok(0)) => return Err(Error::new("the broker closed a consumer's socket")),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(_)) => {}
+            }
         }
         let now = clock::now_ns();
         {
             let mut stats = ctx.stats.borrow_mut();
-            while let Some(frame) = parse_frame(&mut conn.read_buf, frame_max)? {
+            while let Some(frame) = match conn.held.pop_front() {
+                Some(frame) => Some(frame),
+                None => parse_frame(&mut conn.read_buf, frame_max)?,
+            } {
                 let channel = frame.channel();
                 let Some(ch) = channel
                     .checked_sub(1)

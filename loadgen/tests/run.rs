@@ -231,3 +231,56 @@ fn every_message_arrives_once_with_one_shard() {
 fn every_message_arrives_once_with_two_shards() {
     run_loadgen_against_warren(2);
 }
+
+fn loadgen_json(uri: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--uri", uri, "--threads", "1", "--json"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        output.status.success(),
+        "loadgen {args:?} failed with {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A consumer-only run (-x 0) on a queue that already holds a backlog: the
+/// broker sends the first deliveries of each channel right after its
+/// consume-ok, before the next channel is set up, and stops at the prefetch
+/// until they are acked. loadgen used to leave those unread and wait forever.
+#[test]
+fn consumers_drain_a_queue_that_already_has_a_backlog() {
+    let broker = start_broker(1);
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
+    let queue = ["-u", "backlog", "--auto-delete", "false"];
+    let filled = loadgen_json(
+        &uri,
+        &[&["-x", "1", "-y", "0", "-C", "5000"][..], &queue].concat(),
+    );
+    assert_eq!(json_number(&filled, "sent"), 5000.0, "{filled}");
+    let drained = loadgen_json(
+        &uri,
+        &[
+            &[
+                "-x",
+                "0",
+                "-y",
+                "1",
+                "--consumer-channel-count",
+                "2",
+                "-q",
+                "20",
+            ][..],
+            &["--multi-ack-every", "5", "-z", "2", "--drain-timeout", "1"],
+            &queue,
+        ]
+        .concat(),
+    );
+    // The messages come from another run: loadgen counts them as foreign.
+    assert_eq!(json_number(&drained, "received"), 5000.0, "{drained}");
+}
