@@ -327,17 +327,20 @@ impl ShardState {
                 message,
                 confirm,
             } => {
+                let mut deliveries = std::mem::take(&mut self.deliveries);
                 let accepted = match self.queues.get_mut(&queue) {
                     Some(q) => {
                         let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
-                        q.publish(message, &mut ctx) == Enqueued::Accepted
+                        let enqueued = q.publish(message, &mut deliveries, &mut ctx);
+                        q.dispatch(&mut deliveries, &mut ctx);
+                        enqueued == Enqueued::Accepted
                     }
                     None => true,
                 };
                 if let Some(target) = confirm {
                     self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
                 }
-                self.dispatch(queue);
+                self.route_deliveries(deliveries);
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
             ShardMsg::Delay(publish) => self.hold_delayed(*publish),
@@ -507,6 +510,12 @@ impl ShardState {
         let mut deliveries = std::mem::take(&mut self.deliveries);
         let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
         q.dispatch(&mut deliveries, &mut ctx);
+        self.route_deliveries(deliveries);
+    }
+
+    /// Sends a queue's deliveries to their consumers' connections, and keeps
+    /// the vector for the next time.
+    fn route_deliveries(&mut self, mut deliveries: Vec<Delivery>) {
         // A local delivery must reach its channel after any reply sent
         // before it (a consume-ok precedes the consumer's first delivery), so
         // it waits behind local work; with none waiting it is written now,

@@ -346,7 +346,15 @@ impl Queue {
                 .is_some_and(|max| self.ready.body_bytes + extra_bytes > max)
     }
 
-    pub fn publish(&mut self, message: Message, ctx: &mut QueueCtx) -> Enqueued {
+    /// Takes a published message: straight to a consumer when nothing is
+    /// waiting ahead of it, otherwise among the ready ones. Deliveries go to
+    /// `out`; the caller dispatches the queue afterwards as usual.
+    pub fn publish(
+        &mut self,
+        message: Message,
+        out: &mut Vec<Delivery>,
+        ctx: &mut QueueCtx,
+    ) -> Enqueued {
         if self.meta.args.overflow != Overflow::DropHead
             && self.over_limit_with(1, message.body_size())
         {
@@ -368,6 +376,14 @@ impl Queue {
             expires_at_ms,
             message,
         };
+        // It would leave the ready FIFO at once: skip it (and its timer).
+        // Strictly past is expired, as in `next_ready`.
+        if self.ready.count == 0 && expires_at_ms.is_none_or(|at| at >= ctx.now_ms()) {
+            if let Some(at) = self.next_consumer_with_credit() {
+                self.deliver_to(at, queued, out);
+                return Enqueued::Accepted;
+            }
+        }
         self.add_ready(queued, ctx);
         Enqueued::Accepted
     }
@@ -606,51 +622,58 @@ impl Queue {
     }
 
     fn deliver_ready(&mut self, out: &mut Vec<Delivery>, ctx: &mut QueueCtx) {
-        let single_active = self.meta.args.single_active_consumer;
-        while self.ready.count > 0 && !self.consumers.is_empty() {
-            let count = self.consumers.len();
-            let at = if single_active {
-                // Only the earliest consumer still subscribed receives.
-                if !self.consumers[0].has_credit() {
-                    return;
-                }
-                0
-            } else {
-                let Some(at) = (0..count)
-                    .map(|i| (self.next_consumer + i) % count)
-                    .find(|&i| self.consumers[i].has_credit())
-                else {
-                    return;
-                };
-                self.next_consumer = (at + 1) % count;
-                at
+        while self.ready.count > 0 {
+            let Some(at) = self.next_consumer_with_credit() else {
+                return;
             };
             let Some(queued) = self.next_ready(ctx) else {
                 return;
             };
-            let consumer = &mut self.consumers[at];
-            let (seq, redelivered) = (queued.seq, queued.redelivered);
-            let message = if consumer.spec.no_ack {
-                queued.message
-            } else {
-                consumer.in_flight += 1;
-                let message = queued.message.clone();
-                self.unacked.insert(seq, (queued, consumer.id));
-                message
-            };
-            out.push(Delivery {
-                conn: consumer.spec.conn,
-                channel: consumer.spec.channel,
-                consumer_tag: consumer.spec.tag.clone(),
-                consumer: consumer.id,
-                queue: self.meta.queue_ref(),
-                seq,
-                redelivered,
-                no_ack: consumer.spec.no_ack,
-                message_count: None,
-                message,
-            });
+            self.deliver_to(at, queued, out);
         }
+    }
+
+    /// The consumer the next message goes to: round-robin among those with
+    /// credit, or the single active consumer if it has credit.
+    fn next_consumer_with_credit(&mut self) -> Option<usize> {
+        let count = self.consumers.len();
+        if count == 0 {
+            return None;
+        }
+        if self.meta.args.single_active_consumer {
+            // Only the earliest consumer still subscribed receives.
+            return self.consumers[0].has_credit().then_some(0);
+        }
+        let at = (0..count)
+            .map(|i| (self.next_consumer + i) % count)
+            .find(|&i| self.consumers[i].has_credit())?;
+        self.next_consumer = (at + 1) % count;
+        Some(at)
+    }
+
+    fn deliver_to(&mut self, at: usize, queued: QueuedMessage, out: &mut Vec<Delivery>) {
+        let consumer = &mut self.consumers[at];
+        let (seq, redelivered) = (queued.seq, queued.redelivered);
+        let message = if consumer.spec.no_ack {
+            queued.message
+        } else {
+            consumer.in_flight += 1;
+            let message = queued.message.clone();
+            self.unacked.insert(seq, (queued, consumer.id));
+            message
+        };
+        out.push(Delivery {
+            conn: consumer.spec.conn,
+            channel: consumer.spec.channel,
+            consumer_tag: consumer.spec.tag.clone(),
+            consumer: consumer.id,
+            queue: self.meta.queue_ref(),
+            seq,
+            redelivered,
+            no_ack: consumer.spec.no_ack,
+            message_count: None,
+            message,
+        });
     }
 }
 
