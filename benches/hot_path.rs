@@ -164,10 +164,10 @@ fn queue_cycle() {
     let mut dead = Vec::new();
     let ns = best_ns_per_op(10_000, || {
         let mut ctx = QueueCtx::new(&mut timers, &mut dead);
-        for _ in 0..100 {
-            queue.publish(message.clone(), &mut ctx);
-        }
         deliveries.clear();
+        for _ in 0..100 {
+            queue.publish(message.clone(), &mut deliveries, &mut ctx);
+        }
         queue.dispatch(&mut deliveries, &mut ctx);
         for delivery in &deliveries {
             queue.settle(delivery.seq, consumer, Settle::Ack, &mut ctx);
@@ -292,11 +292,13 @@ fn queue_ttl() {
         let mut timers = Timers::new();
         let mut dead = Vec::new();
         let mut pending_timers = 0;
+        // No consumer: every message waits, with its timer.
+        let mut deliveries = Vec::new();
         let ns = best_ns_per_op(1, || {
             let mut ctx = QueueCtx::new(&mut timers, &mut dead);
             for i in 0..MESSAGES {
                 let message = &messages[(i % messages.len() as u64) as usize];
-                queue.publish(message.clone(), &mut ctx);
+                queue.publish(message.clone(), &mut deliveries, &mut ctx);
             }
             pending_timers = ctx.timers.len();
             queue.purge(&mut ctx);
