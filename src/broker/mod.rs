@@ -8,6 +8,7 @@
 //! shard goes through the same path as one from a peer (the `local` queue),
 //! so local and remote queues behave identically, in the same order.
 
+pub mod alarms;
 pub mod auth;
 pub mod channel;
 pub mod connection;
@@ -34,7 +35,10 @@ use std::collections::VecDeque;
 
 use crate::broker::fast_hash::FastMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
+
+use alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
 use crate::protocol::{AmqpError, ShortStr};
@@ -206,10 +210,20 @@ pub struct ShardState {
     /// True while some outbox is over its limit: readers stop reading.
     pub backpressure: bool,
     pub backpressure_released: Notify,
+    /// The node's resource alarms as this shard last read them.
+    pub alarms: AlarmSet,
+    /// Where shards publish their memory use and read the alarm state.
+    pub alarm_board: Arc<AlarmBoard>,
 }
 
 impl ShardState {
-    pub fn new(id: ShardId, shard_count: usize, config: Rc<Config>, users: Rc<Users>) -> Self {
+    pub fn new(
+        id: ShardId,
+        shard_count: usize,
+        config: Rc<Config>,
+        users: Rc<Users>,
+        alarm_board: Arc<AlarmBoard>,
+    ) -> Self {
         ShardState {
             id,
             shard_count,
@@ -235,6 +249,8 @@ impl ShardState {
             meta_inbox: MetaInbox::default(),
             backpressure: false,
             backpressure_released: Notify::new(),
+            alarms: alarm_board.raised(),
+            alarm_board,
         }
     }
 
@@ -742,6 +758,29 @@ impl ShardState {
         }
     }
 
+    /// Publishes what this shard's queues hold, for shard 0 to add up
+    /// (`broker::alarms`). O(queues): called on the alarm check only.
+    pub fn publish_memory_use(&self) {
+        let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();
+        self.alarm_board
+            .publish_queued_bytes(self.id.index(), queued);
+    }
+
+    /// Takes the node's alarm state; once no alarm is raised, blocked
+    /// connections are unblocked and read again.
+    pub fn set_alarms(&mut self, alarms: AlarmSet) {
+        if alarms == self.alarms {
+            return;
+        }
+        self.alarms = alarms;
+        if alarms.is_empty() {
+            let now = Instant::now();
+            for connection in self.connections.values_mut() {
+                connection.unblock(now);
+            }
+        }
+    }
+
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
@@ -780,6 +819,7 @@ impl ShardState {
                 users,
                 config,
                 now,
+                alarms,
                 ..
             } = self;
             let Some(connection) = connections.get_mut(&id) else {
@@ -790,6 +830,7 @@ impl ShardState {
                 users,
                 config,
                 now: *now,
+                alarms: *alarms,
             };
             connection.input(buf, &env)
         };
