@@ -146,6 +146,14 @@ impl Confirms {
 #[allow(clippy::large_enum_variant)]
 enum TxOp {
     Publish(ShardId, ShardMsg),
+    /// The basic.return of a mandatory publish no queue took: RabbitMQ
+    /// routes at publish but delivers, or returns, at commit (and a
+    /// rollback discards the return with the publish).
+    Return {
+        method: Method,
+        properties: Properties,
+        body: Bytes,
+    },
     Settle {
         delivery_tag: u64,
         multiple: bool,
@@ -518,6 +526,11 @@ impl Connection {
                 for op in ops {
                     match op {
                         TxOp::Publish(shard, msg) => self.effects.push((shard, msg)),
+                        TxOp::Return {
+                            method,
+                            properties,
+                            body,
+                        } => self.wire.content(id, &method, &properties, &body),
                         TxOp::Settle {
                             delivery_tag,
                             multiple,
@@ -782,7 +795,14 @@ impl Connection {
                 routing_key: publish.routing_key.clone(),
             }
             .into();
-            self.wire.content(id, &method, &properties, &body);
+            match ch.tx.as_mut() {
+                Some(ops) => ops.push(TxOp::Return {
+                    method,
+                    properties: properties.clone(),
+                    body: body.clone(),
+                }),
+                None => self.wire.content(id, &method, &properties, &body),
+            }
         }
         if destination_count == 0 {
             return Ok(());
