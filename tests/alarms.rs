@@ -11,7 +11,10 @@ use common::*;
 mod lapin_support;
 use lapin_support::*;
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
@@ -23,9 +26,12 @@ const BODY_BYTES: usize = 32 * 1024;
 /// Above warren's resident size at start (about 15 MiB for a debug build),
 /// so that the alarm clears once the queue is drained.
 const WATERMARK: &str = "48MiB";
-/// 64 MiB in all: more than the watermark allows at once.
-const MESSAGES: usize = 2048;
-const DEADLINE: Duration = Duration::from_secs(90);
+/// 256 MiB: a publisher that sent this much was never blocked.
+const MESSAGES_MAX: usize = 8192;
+/// Published after the publisher saw connection.blocked: lapin holds them
+/// until connection.unblocked, and they must all arrive.
+const AFTER_BLOCKED: usize = 100;
+const DEADLINE: Duration = Duration::from_secs(120);
 
 fn body(i: usize) -> Vec<u8> {
     let mut b = vec![b'x'; BODY_BYTES];
@@ -44,31 +50,46 @@ fn memory_alarm_blocks_then_unblocks(shards: usize) {
         let (pconn, pch) = open(&url).await;
         let q = unique("alarm-q");
         declare_queue(&pch, &q).await;
+        // How many messages the publisher sent in all, once it is done.
+        let total: Cell<Option<usize>> = Cell::new(None);
 
-        // The publisher sends every message in order; lapin holds its
-        // frames while the connection is blocked and sends them after.
+        // The publisher sends until it is blocked (the alarm is raised
+        // within 100 ms of the watermark), then a few more, which lapin
+        // holds while the connection is blocked and sends after.
         let publisher = async {
-            for i in 0..MESSAGES {
+            let mut sent = 0;
+            let mut after_blocked = 0;
+            while after_blocked < AFTER_BLOCKED {
+                assert!(
+                    sent < MESSAGES_MAX,
+                    "the publisher was never blocked\n{}",
+                    broker.log()
+                );
                 pch.basic_publish(
                     "",
                     &q,
                     BasicPublishOptions::default(),
-                    &body(i),
+                    &body(sent),
                     BasicProperties::default(),
                 )
                 .await
-                .unwrap_or_else(|e| panic!("publish {}: {}", i, e));
+                .unwrap_or_else(|e| panic!("publish {}: {}", sent, e));
+                sent += 1;
+                if after_blocked > 0 || pconn.status().blocked() {
+                    after_blocked += 1;
+                }
             }
+            total.set(Some(sent));
         };
 
         let observer = async {
-            let blocked = eventually(Duration::from_secs(30), || pconn.status().blocked()).await;
+            let blocked = eventually(Duration::from_secs(60), || pconn.status().blocked()).await;
             assert!(blocked, "the publisher was never blocked\n{}", broker.log());
             // Consumers and passive declares go on; the queue stops growing,
             // since the publisher's socket is not read.
             let (cconn, cch) = open(&url).await;
             let held = message_count(&cconn, &q).await;
-            assert!(held > 0 && (held as usize) < MESSAGES, "held {}", held);
+            assert!(held > 0, "nothing was queued before the alarm");
             sleep(Duration::from_millis(500)).await;
             assert_eq!(
                 message_count(&cconn, &q).await,
@@ -86,14 +107,28 @@ fn memory_alarm_blocks_then_unblocks(shards: usize) {
                 .await
                 .unwrap();
             let mut consumer = consume(&cch, &q, "drain", BasicConsumeOptions::default()).await;
-            let mut unblocked_seen = false;
-            for expected in 0..MESSAGES {
-                let d = next_delivery(&mut consumer).await;
-                assert_eq!(index_of(&d.data), expected, "out of order or lost");
-                d.ack(BasicAckOptions::default()).await.unwrap();
-                unblocked_seen |= !pconn.status().blocked();
+            let mut expected = 0;
+            let mut quiet_since = Instant::now();
+            while total.get() != Some(expected) {
+                match within(Duration::from_millis(100), consumer.next()).await {
+                    Some(Some(Ok(d))) => {
+                        assert_eq!(index_of(&d.data), expected, "out of order or lost");
+                        d.ack(BasicAckOptions::default()).await.unwrap();
+                        expected += 1;
+                        quiet_since = Instant::now();
+                    }
+                    Some(other) => panic!("consumer ended: {:?}", other.map(|r| r.err())),
+                    None => assert!(
+                        quiet_since.elapsed() < STEP_DEADLINE,
+                        "no delivery for {:?} after {} messages (publisher blocked: {})\n{}",
+                        STEP_DEADLINE,
+                        expected,
+                        pconn.status().blocked(),
+                        broker.log()
+                    ),
+                }
             }
-            assert!(unblocked_seen, "the publisher was never unblocked");
+            assert!(!pconn.status().blocked(), "the publisher is still blocked");
             assert_no_delivery(&mut consumer).await;
             assert!(
                 eventually(STEP_DEADLINE, || broker
@@ -103,15 +138,8 @@ fn memory_alarm_blocks_then_unblocks(shards: usize) {
             );
             assert_eq!(message_count(&cconn, &q).await, 0);
         };
-        future_zip(publisher, observer).await;
+        futures_lite::future::zip(publisher, observer).await;
     });
-}
-
-async fn future_zip<A: std::future::Future<Output = ()>, B: std::future::Future<Output = ()>>(
-    a: A,
-    b: B,
-) {
-    futures_lite::future::zip(a, b).await;
 }
 
 #[test]
