@@ -330,6 +330,35 @@ fn disk_free_limit_blocks_publishers_at_once_and_consumers_keep_working_shards_2
     disk_alarm_blocks_publishers_at_once(2);
 }
 
+#[test]
+fn sigterm_stops_a_broker_whose_publisher_is_blocked() {
+    let mut broker = Broker::start_with(2, &["--disk-free-limit", "1000000GB"]);
+    let url = broker.url();
+    let q = unique("disk-q");
+    run_for(Duration::from_secs(30), async {
+        let (pconn, pch) = open(&url).await;
+        declare_queue(&pch, &q).await;
+        let _ = within(
+            Duration::from_millis(500),
+            pch.basic_publish(
+                "",
+                &q,
+                BasicPublishOptions::default(),
+                b"blocked",
+                BasicProperties::default(),
+            ),
+        )
+        .await;
+        assert!(eventually(STEP_DEADLINE, || pconn.status().blocked()).await);
+        // A blocked connection is read again to hear its close-ok (lapin
+        // writes nothing while blocked, so the broker's deadline ends it).
+        let status = broker
+            .stop_with(libc::SIGTERM, Duration::from_secs(15))
+            .expect("warren did not exit after SIGTERM");
+        assert!(status.success(), "{:?}\n{}", status, broker.log());
+    });
+}
+
 // ---------------------------------------------------------------- flags
 
 #[test]

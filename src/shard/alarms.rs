@@ -74,6 +74,7 @@ impl Monitor {
                 warn!(
                     resource = "memory",
                     used_bytes,
+                    baseline_bytes = baseline,
                     limit_bytes = self.memory_limit_bytes,
                     "memory resource limit alarm set on node; publishers will be blocked until \
                      it clears"
@@ -82,6 +83,7 @@ impl Monitor {
                 info!(
                     resource = "memory",
                     used_bytes,
+                    baseline_bytes = baseline,
                     limit_bytes = self.memory_limit_bytes,
                     "memory resource limit alarm cleared on node"
                 );
