@@ -31,18 +31,19 @@
 //! Each queue keeps its own byte count (plain integers on its shard). Every
 //! `ALARM_CHECK_INTERVAL` each shard sums its queues (O(queues), off the
 //! message path) and stores the sum in its own slot of the `AlarmBoard`.
-//! Shard 0 alone decides: it adds the slots to the baseline, compares with
-//! the watermark, polls the disk, logs alarm set/clear as RabbitMQ does, and
-//! stores the raised set, which every shard reads on its next check. So the
-//! alarm is node-wide, as in RabbitMQ, and the only memory shards share is
-//! one word per shard plus one byte, touched a few times a second.
+//! One shard alone (the first started) decides: it adds the slots to the
+//! baseline, compares with the watermark, polls the disk, logs alarm
+//! set/clear as RabbitMQ does, and stores the raised set, which every shard
+//! reads on its next check. So the alarm is node-wide, as in RabbitMQ, and
+//! the only memory shards share is one word per shard plus one byte,
+//! touched a few times a second.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// How often shards publish their memory use and pick up the alarm state.
 pub const ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-/// How often shard 0 asks the filesystem for the data directory's free space.
+/// How often the deciding shard asks the filesystem for the data directory's free space.
 pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// RabbitMQ's default `vm_memory_high_watermark.relative`.
 pub const MEMORY_HIGH_WATERMARK_DEFAULT: f64 = 0.4;
@@ -254,7 +255,8 @@ impl AlarmSet {
 
 /// What the shards share about resources: one memory-use slot per shard,
 /// each written only by its shard, and the raised alarms, written only by
-/// shard 0. Read and written on the alarm check, never per message.
+/// the deciding shard. Read and written on the alarm check, never per
+/// message.
 #[derive(Debug)]
 pub struct AlarmBoard {
     queued_bytes: Box<[AtomicU64]>,

@@ -565,10 +565,6 @@ impl Connection {
         self.reader.notify();
     }
 
-    pub fn is_blocked(&self) -> bool {
-        self.blocked
-    }
-
     /// The broker is stopping: connection.close 320, in RabbitMQ's words.
     pub(crate) fn shut_down(&mut self, now: Instant) {
         // A blocked connection is read again, so that its close-ok arrives.

@@ -758,7 +758,7 @@ impl ShardState {
         }
     }
 
-    /// Publishes what this shard's queues hold, for shard 0 to add up
+    /// Publishes what this shard's queues hold, for the deciding shard to add up
     /// (`broker::alarms`). O(queues): called on the alarm check only.
     pub fn publish_memory_use(&self) {
         let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();

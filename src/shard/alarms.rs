@@ -1,8 +1,8 @@
-//! The resource monitor: shard 0's half of `broker::alarms`. It measures what
-//! the broker module may not (RAM, the process's resident size, free disk
-//! space), decides whether the memory and disk alarms are raised, logs it
+//! The resource monitor: the deciding shard's half of `broker::alarms`. It
+//! measures what the broker module may not (RAM, the process's resident
+//! size, free disk space), decides whether the memory and disk alarms are raised, logs it
 //! when they change, and writes the result to the `AlarmBoard` every shard
-//! reads. Runs on shard 0's alarm check, never on the message path.
+//! reads. Runs on that shard's alarm check, never on the message path.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let owner_start = owner_start.clone();
         let ready = ready_tx.clone();
         let alarm_board = alarm_board.clone();
-        // Shard 0 decides the alarms for the node.
+        // The first shard started decides the alarms for the node (any one would do).
         let monitor = monitor.take();
         let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
         let handle = LocalExecutorBuilder::new(placement)
@@ -208,7 +208,7 @@ struct ShardBoot {
     /// For the metadata owner on shard 0.
     owner_start: OwnerStart,
     alarm_board: Arc<AlarmBoard>,
-    /// Shard 0's: it decides the node's resource alarms.
+    /// The first shard's: it decides the node's resource alarms.
     monitor: Option<alarms::Monitor>,
 }
 
@@ -444,8 +444,9 @@ async fn shard_main(
         .detach();
     }
 
-    // The alarm check: publish this shard's memory use; on shard 0 decide
-    // the alarms; take the node's alarm state (unblocking when it clears).
+    // The alarm check: publish this shard's memory use; on the deciding
+    // shard, decide the alarms; take the node's alarm state (unblocking
+    // connections when it clears).
     {
         let state = state.clone();
         let board = boot.alarm_board.clone();
