@@ -343,17 +343,22 @@ impl ShardState {
                 message,
                 confirm,
             } => {
+                let mut now_ms = None;
                 let accepted = match self.queues.get_mut(&queue) {
                     Some(q) => {
                         let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
-                        q.publish(message, &mut ctx) == Enqueued::Accepted
+                        let enqueued = q.publish(message, &mut ctx);
+                        now_ms = ctx.clock_read();
+                        enqueued == Enqueued::Accepted
                     }
                     None => true,
                 };
                 if let Some(target) = confirm {
                     self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
                 }
-                self.dispatch(queue);
+                // The same time as the publish: a TTL-0 message goes to a
+                // waiting consumer however long the two steps took.
+                self.dispatch_at(queue, now_ms);
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
             ShardMsg::Delay(publish) => self.hold_delayed(*publish),
@@ -517,11 +522,16 @@ impl ShardState {
 
     /// Lets a queue hand messages to its consumers, wherever they are.
     fn dispatch(&mut self, queue: QueueId) {
+        self.dispatch_at(queue, None);
+    }
+
+    /// `dispatch` as a step of an operation that read the clock already.
+    fn dispatch_at(&mut self, queue: QueueId, now_ms: Option<u64>) {
         let Some(q) = self.queues.get_mut(&queue) else {
             return;
         };
         let mut deliveries = std::mem::take(&mut self.deliveries);
-        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+        let mut ctx = QueueCtx::continuing(&mut self.timers, &mut self.dead_letters, now_ms);
         q.dispatch(&mut deliveries, &mut ctx);
         // A local delivery must reach its channel after any reply sent
         // before it (a consume-ok precedes the consumer's first delivery), so

@@ -73,6 +73,27 @@ impl<'a> QueueCtx<'a> {
         }
     }
 
+    /// A context that goes on with the clock reading of an earlier step of
+    /// the same operation (a publish, then the dispatch it causes): a TTL-0
+    /// message must see one time in both, or a millisecond passing between
+    /// them expires it although a consumer was waiting.
+    pub fn continuing(
+        timers: &'a mut Timers,
+        dead: &'a mut Vec<DeadLetter>,
+        now_ms: Option<u64>,
+    ) -> QueueCtx<'a> {
+        QueueCtx {
+            timers,
+            dead,
+            now_ms,
+        }
+    }
+
+    /// The clock reading this operation used, if it needed one.
+    pub fn clock_read(&self) -> Option<u64> {
+        self.now_ms
+    }
+
     /// The clock is read once per operation, and only when a deadline is
     /// involved.
     pub fn now_ms(&mut self) -> u64 {
