@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::broker::alarms::{DiskFreeLimit, MemoryWatermark};
+
 /// AMQP's well-known port, as RabbitMQ listens on it.
 pub const AMQP_PORT: u16 = 5672;
 /// RabbitMQ's default `frame_max` (128 KiB).
@@ -53,6 +55,10 @@ pub struct Config {
     pub frame_size_max: u32,
     pub channel_max: u16,
     pub heartbeat_s: u16,
+    /// `--vm-memory-high-watermark`: above it, publishers are blocked.
+    pub memory_high_watermark: MemoryWatermark,
+    /// `--disk-free-limit`: below it on the data directory's disk, too.
+    pub disk_free_limit: DiskFreeLimit,
 }
 
 impl Default for Config {
@@ -67,6 +73,8 @@ impl Default for Config {
             frame_size_max: FRAME_SIZE_MAX,
             channel_max: CHANNEL_MAX,
             heartbeat_s: HEARTBEAT_S,
+            memory_high_watermark: MemoryWatermark::default(),
+            disk_free_limit: DiskFreeLimit::default(),
         }
     }
 }

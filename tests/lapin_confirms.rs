@@ -1,5 +1,5 @@
 //! Publisher confirms through lapin, plus the two tx/confirm mode conflicts
-//! (transactions themselves come later in warren).
+//! (transactions themselves are in `lapin_transactions.rs`).
 
 mod common;
 use common::*;

@@ -34,6 +34,14 @@ struct Args {
     /// The default user's password.
     #[arg(long, env = "WARREN_DEFAULT_PASS", hide_env_values = true)]
     default_pass: Option<String>,
+    /// Memory above which publishers are blocked: a fraction of RAM (0.4) or an
+    /// amount (1073741824, 1024MiB, 1GB), as RabbitMQ's vm_memory_high_watermark.
+    #[arg(long, default_value = "0.4", value_name = "FRACTION|AMOUNT")]
+    vm_memory_high_watermark: String,
+    /// Free disk space on the data directory's filesystem below which publishers are
+    /// blocked: an amount (50MB, 1GB, 2GiB, bytes) or mem_relative:FACTOR of RAM.
+    #[arg(long, default_value = "50MB", value_name = "AMOUNT")]
+    disk_free_limit: String,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -75,6 +83,22 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    // Parsed here rather than by clap so that a bad value exits with 1 and
+    // a sentence, like every other refusal to start.
+    let memory_high_watermark = match args.vm_memory_high_watermark.parse() {
+        Ok(watermark) => watermark,
+        Err(e) => {
+            error!("{}", e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let disk_free_limit = match args.disk_free_limit.parse() {
+        Ok(limit) => limit,
+        Err(e) => {
+            error!("{}", e);
+            return ExitCode::FAILURE;
+        }
+    };
     let config = Config {
         listen,
         data_dir: args.data_dir,
@@ -82,6 +106,8 @@ fn main() -> ExitCode {
         cpus: args.cpus,
         default_user,
         definitions_import: args.definitions,
+        memory_high_watermark,
+        disk_free_limit,
         ..Config::default()
     };
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {

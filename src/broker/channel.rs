@@ -146,9 +146,19 @@ impl Confirms {
 #[allow(clippy::large_enum_variant)]
 enum TxOp {
     Publish(ShardId, ShardMsg),
+    /// The basic.return of a mandatory publish no queue took: RabbitMQ
+    /// routes at publish but delivers, or returns, at commit (and a
+    /// rollback discards the return with the publish).
+    Return {
+        method: Method,
+        properties: Properties,
+        body: Bytes,
+    },
+    /// Deliveries an ack, nack or reject named, already taken out of the
+    /// channel's unacked ones (RabbitMQ's collect_acks runs at once, so an
+    /// unknown tag fails at once); settled at commit, put back on rollback.
     Settle {
-        delivery_tag: u64,
-        multiple: bool,
+        taken: Vec<Unacked>,
         settle: Settle,
     },
 }
@@ -517,12 +527,13 @@ impl Connection {
                 };
                 for op in ops {
                     match op {
+                        TxOp::Settle { taken, settle } => self.settle_taken(id, taken, settle),
                         TxOp::Publish(shard, msg) => self.effects.push((shard, msg)),
-                        TxOp::Settle {
-                            delivery_tag,
-                            multiple,
-                            settle,
-                        } => self.settle_now(id, delivery_tag, multiple, settle)?,
+                        TxOp::Return {
+                            method,
+                            properties,
+                            body,
+                        } => self.wire.content(id, &method, &properties, &body),
                     }
                 }
                 self.wire.method(id, &TxCommitOk {}.into());
@@ -533,7 +544,21 @@ impl Connection {
                         "channel is not transactional",
                     ));
                 };
-                ops.clear();
+                // Publishes are dropped; acknowledged deliveries go back
+                // among the unacked ones, in tag order, not to their queues
+                // (RabbitMQ's tx.rollback).
+                let mut restored = false;
+                for op in ops.drain(..) {
+                    if let TxOp::Settle { taken, .. } = op {
+                        ch.unacked.extend(taken);
+                        restored = true;
+                    }
+                }
+                if restored {
+                    ch.unacked
+                        .make_contiguous()
+                        .sort_unstable_by_key(|u| u.delivery_tag);
+                }
                 self.wire.method(id, &TxRollbackOk {}.into());
             }
             other => {
@@ -782,7 +807,14 @@ impl Connection {
                 routing_key: publish.routing_key.clone(),
             }
             .into();
-            self.wire.content(id, &method, &properties, &body);
+            match ch.tx.as_mut() {
+                Some(ops) => ops.push(TxOp::Return {
+                    method,
+                    properties: properties.clone(),
+                    body: body.clone(),
+                }),
+                None => self.wire.content(id, &method, &properties, &body),
+            }
         }
         if destination_count == 0 {
             return Ok(());
@@ -843,74 +875,51 @@ impl Connection {
         multiple: bool,
         settle: Settle,
     ) -> Result<(), AmqpError> {
-        if let Some(ops) = self.channels.get_mut(&id).and_then(|ch| ch.tx.as_mut()) {
-            ops.push(TxOp::Settle {
-                delivery_tag,
-                multiple,
-                settle,
-            });
-            return Ok(());
-        }
-        self.settle_now(id, delivery_tag, multiple, settle)
-    }
-
-    /// Resolves delivery tags as RabbitMQ's collect_acks does: the tag must
-    /// be outstanding; `multiple` also takes every older one; tag 0 with
-    /// `multiple` takes all.
-    fn settle_now(
-        &mut self,
-        id: u16,
-        delivery_tag: u64,
-        multiple: bool,
-        settle: Settle,
-    ) -> Result<(), AmqpError> {
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
-        let taken = if multiple && delivery_tag == 0 {
-            ch.unacked.len()
-        } else {
-            let at = ch
-                .unacked
-                .binary_search_by_key(&delivery_tag, |u| u.delivery_tag)
-                .map_err(|_| {
-                    AmqpError::precondition_failed(format!("unknown delivery tag {}", delivery_tag))
-                })?;
-            if !multiple {
-                if let Some(u) = ch.unacked.remove(at) {
-                    ch.count_settled(&u);
-                    self.effects.push(settle_msg(&u, settle));
-                }
-                self.release_held(id);
-                return Ok(());
-            }
-            at + 1
-        };
-        // One message per run of deliveries from the same queue and
-        // consumer, not one per delivery: a multiple ack of 50 is one
-        // mailbox entry and one dispatch at the queue.
-        let mut run: Option<(Unacked, Vec<u64>)> = None;
-        for u in ch.unacked.drain(..taken) {
-            if u.consumer != ConsumerId::GET {
-                ch.consumer_unacked = ch.consumer_unacked.saturating_sub(1);
-            }
-            match &mut run {
-                Some((first, seqs)) if first.queue == u.queue && first.consumer == u.consumer => {
-                    seqs.push(u.seq)
-                }
-                _ => {
-                    if let Some(done) = run.take() {
-                        self.effects.push(settle_run(done, settle));
-                    }
-                    run = Some((u, Vec::new()));
-                }
-            }
+        let range = collect_acks(ch, delivery_tag, multiple)?;
+        if let Some(ops) = ch.tx.as_mut() {
+            let taken = ch.unacked.drain(range).collect();
+            ops.push(TxOp::Settle { taken, settle });
+            return Ok(());
         }
-        if let Some(done) = run {
-            self.effects.push(settle_run(done, settle));
+        if range.len() == 1 {
+            if let Some(u) = ch.unacked.remove(range.start) {
+                ch.count_settled(&u);
+                self.effects.push(settle_msg(&u, settle));
+            }
+            self.release_held(id);
+            return Ok(());
         }
+        // Drained in place: nothing allocated for a multiple ack.
+        let Channel {
+            unacked,
+            consumer_unacked,
+            ..
+        } = ch;
+        settle_runs(
+            &mut self.effects,
+            consumer_unacked,
+            unacked.drain(range),
+            settle,
+        );
         self.release_held(id);
         Ok(())
+    }
+
+    /// Settles what a transaction's ack, nack or reject took, at commit.
+    fn settle_taken(&mut self, id: u16, taken: Vec<Unacked>, settle: Settle) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        settle_runs(
+            &mut self.effects,
+            &mut ch.consumer_unacked,
+            taken.into_iter(),
+            settle,
+        );
+        self.release_held(id);
     }
 
     fn requeue_unacked(&mut self, id: u16) {
@@ -940,6 +949,21 @@ impl Connection {
                     answer: false,
                 },
             ));
+        }
+        // Acks of a transaction never committed are undone first, so those
+        // deliveries return to their queues with the rest, in order.
+        if let Some(ops) = ch.tx.take() {
+            let before = ch.unacked.len();
+            for op in ops {
+                if let TxOp::Settle { taken, .. } = op {
+                    ch.unacked.extend(taken);
+                }
+            }
+            if ch.unacked.len() > before {
+                ch.unacked
+                    .make_contiguous()
+                    .sort_unstable_by_key(|u| u.delivery_tag);
+            }
         }
         for u in ch.unacked.drain(..) {
             self.effects.push(settle_msg(&u, Settle::Requeue));
@@ -1224,7 +1248,58 @@ fn settle_msg(u: &Unacked, settle: Settle) -> (ShardId, ShardMsg) {
     )
 }
 
-/// Returns a delivery the client never saw to its queue.
+/// Where an ack, nack or reject's deliveries sit in the channel's unacked
+/// ones, resolved as RabbitMQ's collect_acks does: the tag must be
+/// outstanding; `multiple` also takes every older one; tag 0 with
+/// `multiple` takes all.
+fn collect_acks(
+    ch: &Channel,
+    delivery_tag: u64,
+    multiple: bool,
+) -> Result<std::ops::Range<usize>, AmqpError> {
+    if multiple && delivery_tag == 0 {
+        return Ok(0..ch.unacked.len());
+    }
+    let at = ch
+        .unacked
+        .binary_search_by_key(&delivery_tag, |u| u.delivery_tag)
+        .map_err(|_| {
+            AmqpError::precondition_failed(format!("unknown delivery tag {}", delivery_tag))
+        })?;
+    Ok(if multiple { 0..at + 1 } else { at..at + 1 })
+}
+
+/// Settles deliveries taken from a channel: one message per run of
+/// deliveries from the same queue and consumer, not one per delivery, so a
+/// multiple ack of 50 is one mailbox entry and one dispatch at the queue.
+fn settle_runs(
+    effects: &mut Vec<(ShardId, ShardMsg)>,
+    consumer_unacked: &mut u32,
+    taken: impl Iterator<Item = Unacked>,
+    settle: Settle,
+) {
+    let mut run: Option<(Unacked, Vec<u64>)> = None;
+    for u in taken {
+        if u.consumer != ConsumerId::GET {
+            *consumer_unacked = consumer_unacked.saturating_sub(1);
+        }
+        match &mut run {
+            Some((first, seqs)) if first.queue == u.queue && first.consumer == u.consumer => {
+                seqs.push(u.seq)
+            }
+            _ => {
+                if let Some(done) = run.take() {
+                    effects.push(settle_run(done, settle));
+                }
+                run = Some((u, Vec::new()));
+            }
+        }
+    }
+    if let Some(done) = run {
+        effects.push(settle_run(done, settle));
+    }
+}
+
 /// A run of deliveries of one queue to one consumer, settled alike.
 fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, ShardMsg) {
     if more.is_empty() {
@@ -1242,6 +1317,7 @@ fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, S
     )
 }
 
+/// Returns a delivery the client never saw to its queue.
 fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
     (
         delivery.queue.shard,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
+use crate::broker::alarms::AlarmSet;
 use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
 use crate::broker::channel::Channel;
 use crate::broker::exchange::Destination;
@@ -32,8 +33,9 @@ use crate::protocol::frame::{write_method_args, FRAME_METHOD};
 use crate::protocol::method::MethodArgs;
 use crate::protocol::{
     close_method, parse_frame, peek_publish, write_body, write_content_header, write_heartbeat,
-    write_method, AmqpError, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune,
-    FieldTable, FieldValue, Frame, Method, Properties, PROTOCOL_HEADER,
+    write_method, AmqpError, ConnectionBlocked, ConnectionCloseOk, ConnectionOpenOk,
+    ConnectionStart, ConnectionTune, ConnectionUnblocked, FieldTable, FieldValue, Frame, Method,
+    Properties, ShortStr, PROTOCOL_HEADER,
 };
 
 /// What the reader task should do after `input`.
@@ -145,6 +147,9 @@ pub struct Env<'a> {
     pub users: &'a Users,
     pub config: &'a Config,
     pub now: Instant,
+    /// The node's raised resource alarms: while any is, a publish blocks
+    /// its connection.
+    pub alarms: AlarmSet,
 }
 
 pub struct Connection {
@@ -171,6 +176,11 @@ pub struct Connection {
     pub(crate) route_keys: Vec<String>,
     /// The client closed the connection: it closes the socket too.
     pub closed_by_client: bool,
+    /// Blocked by a resource alarm: it published while one was raised, and
+    /// nothing more is read from it until the alarm clears (RabbitMQ's
+    /// "blocked"; a connection that has not published yet is "blocking"
+    /// and keeps being read, so consumers can ack and drain the queues).
+    blocked: bool,
 }
 
 impl Connection {
@@ -202,6 +212,7 @@ impl Connection {
             routed: Routed::default(),
             route_keys: Vec::new(),
             closed_by_client: false,
+            blocked: false,
         }
     }
 
@@ -243,7 +254,7 @@ impl Connection {
             if self.phase == Phase::Closed {
                 break Input::Closed;
             }
-            if self.paused {
+            if self.paused || self.blocked {
                 break Input::Paused;
             }
             if self.phase == Phase::ProtocolHeader {
@@ -251,6 +262,13 @@ impl Connection {
                     break Input::NeedMore;
                 }
                 continue;
+            }
+            // One test per frame while no alarm is raised. With one, the
+            // publish that finds it is left unread in the buffer: nothing
+            // more enters the broker from this connection until it clears.
+            if !env.alarms.is_empty() && self.phase == Phase::Running && starts_with_publish(buf) {
+                self.block(env.alarms);
+                break Input::Paused;
             }
             if self.phase == Phase::Running && buf.first() == Some(&FRAME_METHOD) {
                 if let Some(shape) = peek_publish(buf, self.wire.frame_max) {
@@ -519,8 +537,41 @@ impl Connection {
         self.release_channel(channel);
     }
 
+    /// A resource alarm stops this connection: connection.blocked to a client
+    /// that announced the capability, then no more reading.
+    fn block(&mut self, alarms: AlarmSet) {
+        self.blocked = true;
+        debug!(peer = %self.peer, reason = alarms.reason(), "connection blocked");
+        if self.capabilities.connection_blocked {
+            let blocked = ConnectionBlocked {
+                reason: ShortStr::from_static(alarms.reason()),
+            };
+            self.wire.method(0, &blocked.into());
+        }
+    }
+
+    /// Every alarm has cleared: connection.unblocked, and reading resumes.
+    pub(crate) fn unblock(&mut self, now: Instant) {
+        if !self.blocked {
+            return;
+        }
+        self.blocked = false;
+        // The client's heartbeats were not read meanwhile.
+        self.last_read = now;
+        debug!(peer = %self.peer, "connection unblocked");
+        if self.capabilities.connection_blocked && self.phase == Phase::Running {
+            self.wire.method(0, &ConnectionUnblocked {}.into());
+        }
+        self.reader.notify();
+    }
+
     /// The broker is stopping: connection.close 320, in RabbitMQ's words.
     pub(crate) fn shut_down(&mut self, now: Instant) {
+        // A blocked connection is read again, so that its close-ok arrives.
+        if self.blocked {
+            self.blocked = false;
+            self.reader.notify();
+        }
         match self.phase {
             Phase::ProtocolHeader => {
                 // Nothing was said yet: just close the socket.
@@ -583,7 +634,9 @@ impl Connection {
             }
             Phase::Running if self.heartbeat_s > 0 => {
                 let interval = Duration::from_secs(self.heartbeat_s as u64);
-                if now.duration_since(self.last_read) > interval * 2 {
+                // A blocked connection is not read, so its heartbeats are not
+                // seen: RabbitMQ pauses the heartbeat monitor too.
+                if !self.blocked && now.duration_since(self.last_read) > interval * 2 {
                     // RabbitMQ closes the socket without a close frame.
                     warn!(peer = %self.peer, timeout_s = self.heartbeat_s, "missed heartbeats from client");
                     self.lost();
@@ -663,4 +716,10 @@ fn capabilities(client_properties: &FieldTable) -> Capabilities {
         authentication_failure_close: flag("authentication_failure_close"),
         connection_blocked: flag("connection.blocked"),
     }
+}
+
+/// True if `buf` starts with a basic.publish method frame (its first 11
+/// bytes are enough: frame type, channel, size, class 60, method 40).
+fn starts_with_publish(buf: &[u8]) -> bool {
+    buf.len() >= 11 && buf[0] == FRAME_METHOD && buf[7..11] == [0, 60, 0, 40]
 }

@@ -29,4 +29,14 @@ impl Message {
     pub fn body_size(&self) -> u64 {
         self.body.len() as u64
     }
+
+    /// What holding this message costs, as the memory alarm counts it
+    /// (`broker::alarms`): its bytes and a fixed overhead.
+    pub fn memory_size(&self) -> u64 {
+        (self.body.len()
+            + self.properties.raw().len()
+            + self.exchange.len()
+            + self.routing_key.len()) as u64
+            + crate::broker::alarms::MESSAGE_OVERHEAD_BYTES
+    }
 }

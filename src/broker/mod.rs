@@ -8,6 +8,7 @@
 //! shard goes through the same path as one from a peer (the `local` queue),
 //! so local and remote queues behave identically, in the same order.
 
+pub mod alarms;
 pub mod auth;
 pub mod channel;
 pub mod connection;
@@ -34,7 +35,10 @@ use std::collections::VecDeque;
 
 use crate::broker::fast_hash::FastMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
+
+use alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
 use crate::protocol::{AmqpError, ShortStr};
@@ -206,10 +210,20 @@ pub struct ShardState {
     /// True while some outbox is over its limit: readers stop reading.
     pub backpressure: bool,
     pub backpressure_released: Notify,
+    /// The node's resource alarms as this shard last read them.
+    pub alarms: AlarmSet,
+    /// Where shards publish their memory use and read the alarm state.
+    pub alarm_board: Arc<AlarmBoard>,
 }
 
 impl ShardState {
-    pub fn new(id: ShardId, shard_count: usize, config: Rc<Config>, users: Rc<Users>) -> Self {
+    pub fn new(
+        id: ShardId,
+        shard_count: usize,
+        config: Rc<Config>,
+        users: Rc<Users>,
+        alarm_board: Arc<AlarmBoard>,
+    ) -> Self {
         ShardState {
             id,
             shard_count,
@@ -235,6 +249,8 @@ impl ShardState {
             meta_inbox: MetaInbox::default(),
             backpressure: false,
             backpressure_released: Notify::new(),
+            alarms: alarm_board.raised(),
+            alarm_board,
         }
     }
 
@@ -330,6 +346,8 @@ impl ShardState {
                 let mut deliveries = std::mem::take(&mut self.deliveries);
                 let accepted = match self.queues.get_mut(&queue) {
                     Some(q) => {
+                        // One clock reading for both steps: a TTL-0 message
+                        // goes to a waiting consumer however long they take.
                         let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
                         let enqueued = q.publish(message, &mut deliveries, &mut ctx);
                         q.dispatch(&mut deliveries, &mut ctx);
@@ -751,6 +769,29 @@ impl ShardState {
         }
     }
 
+    /// Publishes what this shard's queues hold, for the deciding shard to add up
+    /// (`broker::alarms`). O(queues): called on the alarm check only.
+    pub fn publish_memory_use(&self) {
+        let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();
+        self.alarm_board
+            .publish_queued_bytes(self.id.index(), queued);
+    }
+
+    /// Takes the node's alarm state; once no alarm is raised, blocked
+    /// connections are unblocked and read again.
+    pub fn set_alarms(&mut self, alarms: AlarmSet) {
+        if alarms == self.alarms {
+            return;
+        }
+        self.alarms = alarms;
+        if alarms.is_empty() {
+            let now = Instant::now();
+            for connection in self.connections.values_mut() {
+                connection.unblock(now);
+            }
+        }
+    }
+
     pub fn connection_count(&self) -> usize {
         self.connections.len()
     }
@@ -789,6 +830,7 @@ impl ShardState {
                 users,
                 config,
                 now,
+                alarms,
                 ..
             } = self;
             let Some(connection) = connections.get_mut(&id) else {
@@ -799,6 +841,7 @@ impl ShardState {
                 users,
                 config,
                 now: *now,
+                alarms: *alarms,
             };
             connection.input(buf, &env)
         };

@@ -158,6 +158,8 @@ struct Ready {
     live: Vec<usize>,
     count: usize,
     body_bytes: u64,
+    /// `Message::memory_size` of the live messages, for the memory alarm.
+    memory_bytes: u64,
 }
 
 impl Ready {
@@ -167,6 +169,7 @@ impl Ready {
             live: vec![0; level_count],
             count: 0,
             body_bytes: 0,
+            memory_bytes: 0,
         }
     }
 
@@ -175,6 +178,7 @@ impl Ready {
         self.live[level] += 1;
         self.count += 1;
         self.body_bytes += queued.message.body_size();
+        self.memory_bytes += queued.message.memory_size();
         let deque = &mut self.levels[level];
         let slot = Slot {
             seq: queued.seq,
@@ -195,6 +199,7 @@ impl Ready {
         self.live[level] -= 1;
         self.count -= 1;
         self.body_bytes -= queued.message.body_size();
+        self.memory_bytes -= queued.message.memory_size();
     }
 
     /// The highest non-empty level.
@@ -252,6 +257,7 @@ impl Ready {
         self.live.iter_mut().for_each(|l| *l = 0);
         self.count = 0;
         self.body_bytes = 0;
+        self.memory_bytes = 0;
         count
     }
 }
@@ -261,6 +267,8 @@ pub struct Queue {
     pub meta: QueueMeta,
     ready: Ready,
     unacked: FastMap<u64, (QueuedMessage, ConsumerId)>,
+    /// `Message::memory_size` of the unacknowledged messages.
+    unacked_memory_bytes: u64,
     consumers: Vec<Consumer>,
     next_consumer: usize,
     next_seq: u64,
@@ -290,6 +298,7 @@ impl Queue {
             meta,
             ready: Ready::new(level_count),
             unacked: FastMap::default(),
+            unacked_memory_bytes: 0,
             consumers: Vec::new(),
             next_consumer: 0,
             next_seq: 1,
@@ -312,6 +321,12 @@ impl Queue {
     /// Messages ready for delivery (what queue.declare-ok and purge count).
     pub fn message_count(&self) -> u32 {
         self.ready.count as u32
+    }
+
+    /// What the memory alarm counts for this queue: its ready and its
+    /// unacknowledged messages (`Message::memory_size`).
+    pub fn memory_bytes(&self) -> u64 {
+        self.ready.memory_bytes + self.unacked_memory_bytes
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -555,6 +570,7 @@ impl Queue {
         let Some((mut queued, holder)) = self.unacked.remove(&seq) else {
             return;
         };
+        self.unacked_memory_bytes -= queued.message.memory_size();
         debug_assert_eq!(holder, consumer);
         if let Some(c) = self.consumers.iter_mut().find(|c| c.id == holder) {
             c.in_flight = c.in_flight.saturating_sub(1);
@@ -581,6 +597,7 @@ impl Queue {
         let queued = self.next_ready(ctx)?;
         let remaining = self.ready.count as u32;
         if !no_ack {
+            self.unacked_memory_bytes += queued.message.memory_size();
             self.unacked
                 .insert(queued.seq, (queued.clone(), ConsumerId::GET));
         }
@@ -659,6 +676,7 @@ impl Queue {
         } else {
             consumer.in_flight += 1;
             let message = queued.message.clone();
+            self.unacked_memory_bytes += message.memory_size();
             self.unacked.insert(seq, (queued, consumer.id));
             message
         };

@@ -16,6 +16,7 @@ use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use tracing::{error, info, warn};
 
+use crate::broker::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
 use crate::broker::auth::Users;
 use crate::broker::definitions::{Definitions, RestorePlan, Source};
 use crate::broker::ids::ShardId;
@@ -27,6 +28,7 @@ use crate::config::{self, Config};
 use crate::net;
 use crate::store;
 
+pub mod alarms;
 pub mod shutdown;
 
 type Batch = Vec<ShardMsg>;
@@ -136,6 +138,10 @@ pub fn run(config: Config) -> Result<(), BootError> {
         next_shard: boot.plan.next_shard,
         written: Some(boot.written),
     };
+    let alarm_board = Arc::new(AlarmBoard::new(shard_count));
+    // Measured before the first shard runs, so that a disk already short
+    // of space blocks the first publisher.
+    let mut monitor = Some(alarms::Monitor::new(&config, alarm_board.clone()));
     let config = Arc::new(config);
     let mesh: MeshBuilder<Batch, Full> =
         MeshBuilder::full(shard_count, config::MAILBOX_BATCHES_MAX);
@@ -152,6 +158,9 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let restore = restore.clone();
         let owner_start = owner_start.clone();
         let ready = ready_tx.clone();
+        let alarm_board = alarm_board.clone();
+        // The first shard started decides the alarms for the node (any one would do).
+        let monitor = monitor.take();
         let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("warren-shard-{}", index))
@@ -161,6 +170,8 @@ pub fn run(config: Config) -> Result<(), BootError> {
                     users,
                     restore,
                     owner_start,
+                    alarm_board,
+                    monitor,
                 };
                 shard_main(config, boot, mesh, fds, ready, shard_count).await;
             })
@@ -196,6 +207,9 @@ struct ShardBoot {
     restore: Arc<Vec<MetaChange>>,
     /// For the metadata owner on shard 0.
     owner_start: OwnerStart,
+    alarm_board: Arc<AlarmBoard>,
+    /// The first shard's: it decides the node's resource alarms.
+    monitor: Option<alarms::Monitor>,
 }
 
 /// The users and the exchanges, queues and bindings to re-create, from
@@ -341,6 +355,7 @@ async fn shard_main(
         shard_count,
         Rc::new((*config).clone()),
         Rc::new(boot.users),
+        boot.alarm_board.clone(),
     )));
     // Every shard applies the same restored definitions, in the same order,
     // before any listener below accepts a connection.
@@ -424,6 +439,26 @@ async fn shard_main(
                     }
                 }
                 flush(&state, &senders);
+            }
+        })
+        .detach();
+    }
+
+    // The alarm check: publish this shard's memory use; on the deciding
+    // shard, decide the alarms; take the node's alarm state (unblocking
+    // connections when it clears).
+    {
+        let state = state.clone();
+        let board = boot.alarm_board.clone();
+        let mut monitor = boot.monitor;
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(ALARM_CHECK_INTERVAL).await;
+                state.borrow().publish_memory_use();
+                if let Some(monitor) = monitor.as_mut() {
+                    monitor.check(Instant::now());
+                }
+                state.borrow_mut().set_alarms(board.raised());
             }
         })
         .detach();
