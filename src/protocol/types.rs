@@ -61,7 +61,9 @@ impl ShortStr {
         if b.len() > SHORTSTR_LEN_MAX {
             return Err(FrameError::Syntax("shortstr longer than 255 bytes".into()));
         }
-        if std::str::from_utf8(&b).is_err() {
+        // Names are nearly always ASCII: a word-at-a-time check inline is
+        // cheaper than the general UTF-8 validator's call for short strings.
+        if !b.is_ascii() && std::str::from_utf8(&b).is_err() {
             // RabbitMQ: rabbit_binary_parser:assert_utf8, "Malformed UTF-8 in shortstr".
             return Err(FrameError::Syntax("malformed UTF-8 in shortstr".into()));
         }
