@@ -40,6 +40,13 @@ pub const MAILBOX_BATCHES_MAX: usize = 1024;
 /// Messages in one shard's overflow towards a peer before its readers pause.
 pub const MAILBOX_OVERFLOW_MAX: usize = 65_536;
 
+/// The size at which a shard's message store starts a new segment file.
+/// Larger segments mean fewer files; smaller ones give disk space back
+/// sooner, since a segment is deleted only once all of its messages are gone.
+pub const SEGMENT_SIZE: u64 = 32 << 20;
+/// The smallest segment size accepted (`--segment-size`).
+pub const SEGMENT_SIZE_MIN: u64 = 4096;
+
 /// What `warren` was started with; see `src/bin/warren.rs` for the flags.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -53,6 +60,8 @@ pub struct Config {
     pub frame_size_max: u32,
     pub channel_max: u16,
     pub heartbeat_s: u16,
+    /// Bytes per message store segment file (`--segment-size`).
+    pub segment_size: u64,
 }
 
 impl Default for Config {
@@ -67,9 +76,11 @@ impl Default for Config {
             frame_size_max: FRAME_SIZE_MAX,
             channel_max: CHANNEL_MAX,
             heartbeat_s: HEARTBEAT_S,
+            segment_size: SEGMENT_SIZE,
         }
     }
 }
 
 const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
+const _: () = assert!(SEGMENT_SIZE >= SEGMENT_SIZE_MIN);
 const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);
