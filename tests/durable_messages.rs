@@ -242,6 +242,68 @@ with_shards!(
     persistent_messages_survive_a_restart
 );
 
+fn removed_messages_stay_removed_after_a_restart(shards: usize) {
+    let mut broker = Broker::start(shards);
+    if broker.is_external() {
+        eprintln!("skipped: restarting an external broker is not this test's business");
+        return;
+    }
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open_confirming(&url).await;
+        for queue in ["dm.purged", "dm.deleted", "dm.rejected"] {
+            declare(&ch, queue, durable(), FieldTable::default()).await;
+            for body in ["m1", "m2", "m3"] {
+                publish_props(&ch, "", queue, body.as_bytes(), persistent()).await;
+            }
+        }
+        step(
+            "queue.purge",
+            ch.queue_purge("dm.purged", QueuePurgeOptions::default()),
+        )
+        .await
+        .expect("queue.purge");
+        step(
+            "queue.delete",
+            ch.queue_delete("dm.deleted", QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+        declare(&ch, "dm.deleted", durable(), FieldTable::default()).await;
+        publish_props(&ch, "", "dm.deleted", b"new", persistent()).await;
+        // m1 rejected for good, m2 back in the queue, m3 never delivered.
+        let m1 = get(&ch, "dm.rejected", false).await.expect("m1");
+        m1.delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("basic.reject");
+        let m2 = get(&ch, "dm.rejected", false).await.expect("m2");
+        m2.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .expect("basic.nack");
+    });
+    broker.restart();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        assert_eq!(drain(&ch, "dm.purged").await, []);
+        assert_eq!(bodies(&drain(&ch, "dm.deleted").await), ["new"]);
+        assert_eq!(
+            drain(&ch, "dm.rejected").await,
+            [("m2".to_string(), true), ("m3".to_string(), false)]
+        );
+    });
+}
+
+with_shards!(
+    removed_messages_stay_removed_after_a_restart,
+    removed_messages_stay_removed_after_a_restart
+);
+
 // ------------------------------------------------------------------ kill -9
 
 /// What the clients saw before the kill.
