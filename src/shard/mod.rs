@@ -567,6 +567,7 @@ async fn run_store(
         loop {
             let batch = state.borrow_mut().store.take_batch();
             let Some(mut batch) = batch else { break };
+            let write_started = Instant::now();
             let written = match files.write(&mut batch).await {
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
@@ -577,6 +578,7 @@ async fn run_store(
             {
                 let mut state = state.borrow_mut();
                 state.store.stats.records += batch.records;
+                state.store.stats.write_us += write_started.elapsed().as_micros() as u64;
                 state.store.batch_written(
                     batch.chunks.into_iter().map(|c| c.bytes),
                     written.unwrap_or(0),
@@ -617,6 +619,7 @@ async fn run_store(
                         records_per_fsync = records / fsyncs,
                         confirms_per_fsync = (now.confirms - reported.confirms) / fsyncs,
                         kib_per_fsync = (now.bytes - reported.bytes) / fsyncs / 1024,
+                        write_us_per_fsync = (now.write_us - reported.write_us) / fsyncs,
                         "message store"
                     );
                 }

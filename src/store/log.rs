@@ -30,6 +30,9 @@ use crate::store::record::{self, PublishHead};
 /// A chunk grows to about this size before the next record starts another
 /// (a write buffer larger than this buys nothing).
 const CHUNK_BYTES_MAX: usize = 8 << 20;
+/// The largest block size a chunk may be padded to when written (O_DIRECT
+/// on a 4K-sector disk): segment sizes are counted with it.
+const PADDING_ALIGNMENT_MAX: usize = 4096;
 /// Buffers kept for the next batches; larger ones are let go.
 const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
@@ -75,6 +78,8 @@ pub struct StoreStats {
     pub records: u64,
     pub bytes: u64,
     pub confirms: u64,
+    /// Time spent writing and syncing batches, in microseconds.
+    pub write_us: u64,
 }
 
 pub struct MessageStore {
@@ -159,8 +164,6 @@ impl MessageStore {
             let mut bytes = self.spare.pop().unwrap_or_default();
             bytes.clear();
             record::open_chunk(&mut bytes);
-            // A chunk starts on a block and ends padded to one.
-            self.active_bytes += (record::CHUNK_HEADER_LEN + record::BLOCK) as u64;
             self.chunks.push(Chunk {
                 segment: self.active,
                 bytes,
@@ -237,6 +240,15 @@ impl MessageStore {
             return None;
         }
         let records = std::mem::take(&mut self.pending_records);
+        // The header and the padding each chunk gets when written count
+        // towards its segment's size too.
+        for chunk in &self.chunks {
+            if chunk.segment == self.active {
+                let len = chunk.bytes.len();
+                let written = len.div_ceil(PADDING_ALIGNMENT_MAX) * PADDING_ALIGNMENT_MAX;
+                self.active_bytes += (written - len + record::CHUNK_HEADER_LEN) as u64;
+            }
+        }
         Some(Batch {
             chunks: std::mem::take(&mut self.chunks),
             confirms: std::mem::take(&mut self.waiting),
