@@ -515,8 +515,12 @@ fn a_torn_last_write_loses_only_what_it_held(shards: usize) {
     // As if the writes after the first 100 had been torn at a random byte.
     let cut = size_after_first + 1 + rng.below(size - size_after_first - 1);
     let bytes = std::fs::read(&path).unwrap();
-    let block_start = (cut / 512 * 512) as usize;
-    let torn_inside_a_chunk = bytes[block_start..cut as usize].iter().any(|&b| b != 0);
+    // The cut tore a chunk if it removed some of its bytes: a non-zero byte
+    // between the cut and the next chunk (a block starting with "WRNC").
+    let next_chunk = (cut as usize..bytes.len())
+        .find(|&at| at % 512 == 0 && bytes[at..].starts_with(b"WRNC"))
+        .unwrap_or(bytes.len());
+    let torn_inside_a_chunk = bytes[cut as usize..next_chunk].iter().any(|&b| b != 0);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
