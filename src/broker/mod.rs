@@ -740,7 +740,7 @@ impl ShardState {
     /// go out.
     pub fn store_written(&mut self, confirms: Vec<ConfirmTarget>, written: bool) {
         self.store.stats.confirms += confirms.len() as u64;
-        for target in confirms {
+        for &target in &confirms {
             self.send(
                 target.conn.shard,
                 ShardMsg::Confirm {
@@ -749,6 +749,7 @@ impl ShardState {
                 },
             );
         }
+        self.store.recycle_confirms(confirms);
         self.run_local();
     }
 

@@ -91,6 +91,8 @@ pub struct MessageStore {
     chunks: Vec<Chunk>,
     spare: Vec<Vec<u8>>,
     waiting: Vec<ConfirmTarget>,
+    /// The last batch's confirm list, emptied, for the next one.
+    spare_confirms: Vec<ConfirmTarget>,
     pending_records: u64,
     /// Set when records are pending; the store task waits on it.
     pub ready: Notify,
@@ -128,6 +130,7 @@ impl MessageStore {
             chunks: Vec::new(),
             spare: Vec::new(),
             waiting: Vec::new(),
+            spare_confirms: Vec::new(),
             pending_records: 0,
             ready: Notify::new(),
             stats: StoreStats::default(),
@@ -251,7 +254,10 @@ impl MessageStore {
         }
         Some(Batch {
             chunks: std::mem::take(&mut self.chunks),
-            confirms: std::mem::take(&mut self.waiting),
+            confirms: std::mem::replace(
+                &mut self.waiting,
+                std::mem::take(&mut self.spare_confirms),
+            ),
             records,
         })
     }
@@ -265,6 +271,12 @@ impl MessageStore {
                 self.spare.push(buffer);
             }
         }
+    }
+
+    /// A batch's confirm list, once sent, comes back for the next batch.
+    pub fn recycle_confirms(&mut self, mut confirms: Vec<ConfirmTarget>) {
+        confirms.clear();
+        self.spare_confirms = confirms;
     }
 
     /// The active segment (records go there; it is never reclaimed).
