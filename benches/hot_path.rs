@@ -20,6 +20,7 @@ use warren::protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicProperties,
     BasicPublish, FieldTable, FieldValue, Frame, Method, Properties, ShortStr,
 };
+use warren::store::log::MessageStore;
 
 fn best_ns_per_op(iterations: u64, mut op: impl FnMut()) -> f64 {
     let mut best = f64::MAX;
@@ -162,8 +163,9 @@ fn queue_cycle() {
     let mut deliveries = Vec::with_capacity(128);
     let mut timers = Timers::new();
     let mut dead = Vec::new();
+    let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, 0);
     let ns = best_ns_per_op(10_000, || {
-        let mut ctx = QueueCtx::new(&mut timers, &mut dead);
+        let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
         deliveries.clear();
         for _ in 0..100 {
             queue.publish(message.clone(), &mut deliveries, &mut ctx);
@@ -291,11 +293,12 @@ fn queue_ttl() {
             .collect();
         let mut timers = Timers::new();
         let mut dead = Vec::new();
+        let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, 0);
         let mut pending_timers = 0;
         // No consumer: every message waits, with its timer.
         let mut deliveries = Vec::new();
         let ns = best_ns_per_op(1, || {
-            let mut ctx = QueueCtx::new(&mut timers, &mut dead);
+            let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
             for i in 0..MESSAGES {
                 let message = &messages[(i % messages.len() as u64) as usize];
                 queue.publish(message.clone(), &mut deliveries, &mut ctx);

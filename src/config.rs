@@ -42,6 +42,13 @@ pub const MAILBOX_BATCHES_MAX: usize = 1024;
 /// Messages in one shard's overflow towards a peer before its readers pause.
 pub const MAILBOX_OVERFLOW_MAX: usize = 65_536;
 
+/// The size at which a shard's message store starts a new segment file.
+/// Larger segments mean fewer files; smaller ones give disk space back
+/// sooner, since a segment is deleted only once all of its messages are gone.
+pub const SEGMENT_SIZE: u64 = 32 << 20;
+/// The smallest segment size accepted (`--segment-size`).
+pub const SEGMENT_SIZE_MIN: u64 = 4096;
+
 /// What `warren` was started with; see `src/bin/warren.rs` for the flags.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -59,6 +66,8 @@ pub struct Config {
     pub memory_high_watermark: MemoryWatermark,
     /// `--disk-free-limit`: below it on the data directory's disk, too.
     pub disk_free_limit: DiskFreeLimit,
+    /// Bytes per message store segment file (`--segment-size`).
+    pub segment_size: u64,
 }
 
 impl Default for Config {
@@ -75,9 +84,11 @@ impl Default for Config {
             heartbeat_s: HEARTBEAT_S,
             memory_high_watermark: MemoryWatermark::default(),
             disk_free_limit: DiskFreeLimit::default(),
+            segment_size: SEGMENT_SIZE,
         }
     }
 }
 
 const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
+const _: () = assert!(SEGMENT_SIZE >= SEGMENT_SIZE_MIN);
 const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);

@@ -10,7 +10,8 @@
 //!   `store` provides).
 //! - `shard`: one glommio executor per CPU, the mailbox mesh, the tick.
 //! - `net`: listening sockets and each connection's reader and writer tasks.
-//! - `store`: what is kept under `--data-dir` (the definitions file).
+//! - `store`: what is kept under `--data-dir`: the definitions file and the
+//!   message store (each shard's segment log of persistent messages).
 //! - `config`: defaults and every limit.
 //!
 //! # A message's way
@@ -22,6 +23,12 @@
 //! into `shard`'s mailbox for others → `broker::queue` dispatches to a
 //! consumer → `broker::channel` writes basic.deliver into the connection's
 //! output → `net::connection`'s writer flushes it, many frames per write.
+//!
+//! A persistent message taken by a durable queue is also appended, by
+//! `broker::queue`, to its shard's `store::log`; the shard's store task
+//! (`shard`) writes what a reactor turn appended with one write and one
+//! fdatasync (`store::segments`), then sends the publisher confirms that
+//! waited for it.
 
 pub mod broker;
 pub mod config;

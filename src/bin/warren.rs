@@ -16,7 +16,9 @@ struct Args {
     /// Address to listen on; repeat for several. Default: 0.0.0.0:5672 and [::]:5672.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<SocketAddr>,
-    /// Where durable state is kept (durable definitions in DIR/definitions.json).
+    /// Where durable state is kept: durable definitions in DIR/definitions.json,
+    /// persistent messages in DIR/messages. Put it on a real filesystem
+    /// (ext4, xfs): tmpfs refuses O_DIRECT and loses everything on reboot.
     #[arg(long, default_value = "warren-data", value_name = "DIR")]
     data_dir: PathBuf,
     /// A RabbitMQ definitions file (`rabbitmqctl export_definitions`) to import at start.
@@ -42,6 +44,10 @@ struct Args {
     /// blocked: an amount (50MB, 1GB, 2GiB, bytes) or mem_relative:FACTOR of RAM.
     #[arg(long, default_value = "50MB", value_name = "AMOUNT")]
     disk_free_limit: String,
+    /// Bytes per message store segment file (at least 4096). A segment is
+    /// deleted once every message in it is gone.
+    #[arg(long, default_value_t = config::SEGMENT_SIZE, value_name = "BYTES")]
+    segment_size: u64,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         definitions_import: args.definitions,
         memory_high_watermark,
         disk_free_limit,
+        segment_size: args.segment_size.max(config::SEGMENT_SIZE_MIN),
         ..Config::default()
     };
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {

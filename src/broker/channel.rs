@@ -178,6 +178,9 @@ pub struct Channel {
     channel_prefetch: u16,
     confirms: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
+    /// Publishes of the last tx.commit not yet in their queues (and, when
+    /// stored, not yet on disk); commit-ok goes out when this reaches 0.
+    tx_commit_waiting: u32,
     /// For the empty-queue-name shortcut of the spec.
     last_queue: Option<ShortStr>,
     waiting_nowait: bool,
@@ -201,6 +204,7 @@ impl Channel {
             channel_prefetch: 0,
             confirms: None,
             tx: None,
+            tx_commit_waiting: 0,
             last_queue: None,
             waiting_nowait: false,
             pending_consumer: None,
@@ -525,10 +529,25 @@ impl Connection {
                         "channel is not transactional",
                     ));
                 };
+                // Each committed publish answers the channel once its queue
+                // has it, after the fsync when it is stored: commit-ok means
+                // every persistent publish of the transaction is on disk.
+                let target = ConfirmTarget {
+                    conn: self.conn,
+                    channel: id,
+                    publish_seq: ConfirmTarget::TX_COMMIT,
+                };
+                let mut waiting = 0u32;
                 for op in ops {
                     match op {
                         TxOp::Settle { taken, settle } => self.settle_taken(id, taken, settle),
-                        TxOp::Publish(shard, msg) => self.effects.push((shard, msg)),
+                        TxOp::Publish(shard, mut msg) => {
+                            if let ShardMsg::Enqueue { confirm, .. } = &mut msg {
+                                *confirm = Some(target);
+                                waiting += 1;
+                            }
+                            self.effects.push((shard, msg))
+                        }
                         TxOp::Return {
                             method,
                             properties,
@@ -536,7 +555,14 @@ impl Connection {
                         } => self.wire.content(id, &method, &properties, &body),
                     }
                 }
-                self.wire.method(id, &TxCommitOk {}.into());
+                if waiting == 0 {
+                    self.wire.method(id, &TxCommitOk {}.into());
+                } else {
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.tx_commit_waiting = waiting;
+                    }
+                    self.pause();
+                }
             }
             Method::TxRollback(_) => {
                 let Some(ops) = ch.tx.as_mut() else {
@@ -1181,8 +1207,22 @@ impl Connection {
         }
     }
 
-    /// True if the channel has confirms ready to send.
+    /// True if the channel has confirms ready to send. A transactional
+    /// publish's answer counts down its commit instead.
     pub fn confirm_resolved(&mut self, channel: u16, seq: u64, accepted: bool) -> bool {
+        if seq == ConfirmTarget::TX_COMMIT {
+            let Some(ch) = self.channels.get_mut(&channel) else {
+                return false;
+            };
+            if ch.tx_commit_waiting > 0 {
+                ch.tx_commit_waiting -= 1;
+                if ch.tx_commit_waiting == 0 {
+                    self.wire.method(channel, &TxCommitOk {}.into());
+                    self.resume();
+                }
+            }
+            return false;
+        }
         self.channels
             .get_mut(&channel)
             .and_then(|ch| ch.confirms.as_mut())

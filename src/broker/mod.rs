@@ -42,6 +42,8 @@ use alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
 use crate::protocol::{AmqpError, ShortStr};
+use crate::store::log::MessageStore;
+use crate::store::recovery::RecoveredMessage;
 use auth::Users;
 use connection::Connection;
 use delayed::{DelayedPublish, Held};
@@ -58,7 +60,16 @@ use vhost::{MetaChange, Vhost, DEFAULT_VHOST};
 pub struct ConfirmTarget {
     pub conn: ConnRef,
     pub channel: u16,
+    /// The publish's sequence number, or `TX_COMMIT` for a publish of a
+    /// transaction's commit (a channel is never in both modes).
     pub publish_seq: u64,
+}
+
+impl ConfirmTarget {
+    /// The `publish_seq` of a committed transactional publish: tx.commit-ok
+    /// waits until every one of them is in its queue (and, if stored, on
+    /// disk). Confirm sequence numbers start at 1, so 0 is free.
+    pub const TX_COMMIT: u64 = 0;
 }
 
 /// What a paused or waiting channel hears back from another shard (or from
@@ -197,6 +208,8 @@ pub struct ShardState {
     deliveries: Vec<Delivery>,
     confirm_dirty: Vec<(ConnId, u16)>,
     pub timers: Timers,
+    /// The shard's message log: persistent messages of durable queues.
+    pub store: MessageStore,
     dead_letters: Vec<DeadLetter>,
     /// Queues whose dead-letter cycle was logged: once each, as RabbitMQ does.
     dead_letter_cycles_logged: fast_hash::FastSet<ShortStr>,
@@ -224,6 +237,7 @@ impl ShardState {
         users: Rc<Users>,
         alarm_board: Arc<AlarmBoard>,
     ) -> Self {
+        let segment_size = config.segment_size;
         ShardState {
             id,
             shard_count,
@@ -239,6 +253,7 @@ impl ShardState {
             deliveries: Vec::new(),
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
+            store: MessageStore::new(segment_size, 0),
             dead_letters: Vec::new(),
             dead_letter_cycles_logged: Default::default(),
             delayed: FastMap::default(),
@@ -344,19 +359,30 @@ impl ShardState {
                 confirm,
             } => {
                 let mut deliveries = std::mem::take(&mut self.deliveries);
-                let accepted = match self.queues.get_mut(&queue) {
+                let enqueued = match self.queues.get_mut(&queue) {
                     Some(q) => {
                         // One clock reading for both steps: a TTL-0 message
                         // goes to a waiting consumer however long they take.
-                        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                        let mut ctx = QueueCtx::new(
+                            &mut self.timers,
+                            &mut self.dead_letters,
+                            &mut self.store,
+                        );
                         let enqueued = q.publish(message, &mut deliveries, &mut ctx);
                         q.dispatch(&mut deliveries, &mut ctx);
-                        enqueued == Enqueued::Accepted
+                        enqueued
                     }
-                    None => true,
+                    None => Enqueued::Accepted,
                 };
                 if let Some(target) = confirm {
-                    self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
+                    match enqueued {
+                        // Confirmed once the store's next fsync covers it.
+                        Enqueued::Stored => self.store.defer_confirm(target),
+                        Enqueued::Accepted | Enqueued::Rejected => {
+                            let accepted = enqueued == Enqueued::Accepted;
+                            self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
+                        }
+                    }
                 }
                 self.route_deliveries(deliveries);
             }
@@ -369,7 +395,8 @@ impl ShardState {
                 settle,
             } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    let mut ctx =
+                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
                     q.settle(seq, consumer, settle, &mut ctx);
                     self.dispatch(queue);
                 }
@@ -382,7 +409,8 @@ impl ShardState {
                 settle,
             } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    let mut ctx =
+                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
                     q.settle(first, consumer, settle, &mut ctx);
                     for seq in more {
                         q.settle(seq, consumer, settle, &mut ctx);
@@ -410,7 +438,8 @@ impl ShardState {
                 answer,
             } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    let mut ctx =
+                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
                     if q.cancel_consumer(conn, channel, &tag, &mut ctx) && q.should_auto_delete() {
                         let queue = q.meta.queue_ref();
                         self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
@@ -434,8 +463,11 @@ impl ShardState {
             } => {
                 let reply = match self.queues.get_mut(&queue) {
                     Some(q) => ChannelReply::PurgeOk {
-                        message_count: q
-                            .purge(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters)),
+                        message_count: q.purge(&mut QueueCtx::new(
+                            &mut self.timers,
+                            &mut self.dead_letters,
+                            &mut self.store,
+                        )),
                         nowait,
                     },
                     None => ChannelReply::Error(no_queue_by_id()),
@@ -499,7 +531,7 @@ impl ShardState {
             self.reply(conn, channel, ChannelReply::Error(no_queue_by_id()));
             return;
         };
-        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
         match q.get(no_ack, &mut ctx) {
             None => self.reply(conn, channel, ChannelReply::GetEmpty),
             Some((queued, remaining)) => {
@@ -526,7 +558,7 @@ impl ShardState {
             return;
         };
         let mut deliveries = std::mem::take(&mut self.deliveries);
-        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
         q.dispatch(&mut deliveries, &mut ctx);
         self.route_deliveries(deliveries);
     }
@@ -636,7 +668,11 @@ impl ShardState {
             RpcRequest::QueueStats(queue) => match self.queues.get_mut(&queue) {
                 Some(q) => {
                     // A redeclare is a use of the queue (x-expires).
-                    q.touch(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters));
+                    q.touch(&mut QueueCtx::new(
+                        &mut self.timers,
+                        &mut self.dead_letters,
+                        &mut self.store,
+                    ));
                     RpcReply::QueueStats {
                         message_count: q.message_count(),
                         consumer_count: q.consumer_count(),
@@ -677,12 +713,21 @@ impl ShardState {
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
                 let mut queue = Queue::new(meta.clone());
-                queue.touch(&mut QueueCtx::new(&mut self.timers, &mut self.dead_letters));
+                queue.touch(&mut QueueCtx::new(
+                    &mut self.timers,
+                    &mut self.dead_letters,
+                    &mut self.store,
+                ));
                 self.queues.insert(meta.id, queue);
             }
             MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(name),
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
-                if let Some(q) = self.queues.remove(&queue.id) {
+                if let Some(mut q) = self.queues.remove(&queue.id) {
+                    q.forget_all(&mut QueueCtx::new(
+                        &mut self.timers,
+                        &mut self.dead_letters,
+                        &mut self.store,
+                    ));
                     let cancelled: Vec<(ConnRef, u16, ShortStr)> = q
                         .consumer_specs()
                         .map(|s| (s.conn, s.channel, s.tag.clone()))
@@ -695,6 +740,44 @@ impl ShardState {
             _ => {}
         }
         emptied
+    }
+
+    /// Gives the queues the messages the store recovered at start, then
+    /// lets them dispatch (expiring what expired while the broker was down).
+    pub fn restore_messages(&mut self, queues: Vec<(QueueId, Vec<RecoveredMessage>)>) {
+        for (queue, messages) in queues {
+            let Some(q) = self.queues.get_mut(&queue) else {
+                // Not this shard's queue after all: its records are void.
+                for seq in 1..=messages.len() as u64 {
+                    self.store.append_removal(queue.0, seq, 1);
+                }
+                continue;
+            };
+            let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
+            for message in messages {
+                q.restore(message, &mut ctx);
+            }
+            self.dispatch(queue);
+        }
+        self.run_local();
+    }
+
+    /// The store wrote and synced a batch (or failed to: then `written` is
+    /// false and the publishers get nacks): the confirms that waited for it
+    /// go out.
+    pub fn store_written(&mut self, confirms: Vec<ConfirmTarget>, written: bool) {
+        self.store.stats.confirms += confirms.len() as u64;
+        for &target in &confirms {
+            self.send(
+                target.conn.shard,
+                ShardMsg::Confirm {
+                    target,
+                    accepted: written,
+                },
+            );
+        }
+        self.store.recycle_confirms(confirms);
+        self.run_local();
     }
 
     /// Fires the timers that are due, then runs what they caused.
@@ -711,13 +794,15 @@ impl ShardState {
         match event {
             TimerEvent::MessageExpiry { queue, level, seq } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    let mut ctx =
+                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
                     q.expire(level, seq, &mut ctx);
                 }
             }
             TimerEvent::QueueExpiry { queue } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters);
+                    let mut ctx =
+                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
                     if q.expiry_due(&mut ctx) {
                         let queue = q.meta.queue_ref();
                         self.send_meta(None, MetaRequest::QueueAutoDelete { queue });

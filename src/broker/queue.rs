@@ -14,8 +14,14 @@ use crate::broker::message::Message;
 use crate::broker::queue_args::{Overflow, EXPIRY_MS_MAX};
 use crate::broker::timer_wheel::TimerId;
 use crate::broker::timers::{TimerEvent, Timers};
-use crate::broker::vhost::QueueMeta;
+use crate::broker::vhost::{QueueMeta, DEFAULT_VHOST};
 use crate::protocol::{AmqpError, ShortStr};
+use crate::store::log::MessageStore;
+use crate::store::record::PublishHead;
+use crate::store::recovery::RecoveredMessage;
+
+/// `delivery-mode` of a persistent message.
+const PERSISTENT: u8 = 2;
 
 #[derive(Clone, Debug)]
 pub struct QueuedMessage {
@@ -26,7 +32,27 @@ pub struct QueuedMessage {
     pub level: u8,
     /// When the message expires, in shard milliseconds (`Timers::now_ms`).
     pub expires_at_ms: Option<u64>,
+    /// The store segment holding its publish record; 0 if it is not
+    /// stored (transient, or its queue is not durable). It fits in the
+    /// padding after `level`.
+    pub segment: u32,
     pub message: Message,
+}
+
+/// Records that a stored message left its queue (acked, rejected, expired,
+/// dead-lettered, purged, dropped, or its queue deleted).
+fn forget(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore) {
+    if queued.segment != 0 {
+        store.append_removal(queue.0, queued.seq, queued.segment);
+    }
+}
+
+/// Records a stored message's first delivery that awaits an ack, so that
+/// after a restart it comes back marked redelivered.
+fn mark_delivered(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore) {
+    if queued.segment != 0 && !queued.redelivered {
+        store.append_delivered(queue.0, queued.seq, queued.segment);
+    }
 }
 
 /// Why a message left its queue dead, in RabbitMQ's words (x-death `reason`).
@@ -56,19 +82,25 @@ pub struct DeadLetter {
     pub message: Message,
 }
 
-/// What a queue operation may need beyond the queue: the shard's timers and
-/// where dead letters go.
+/// What a queue operation may need beyond the queue: the shard's timers,
+/// where dead letters go, and the shard's message store.
 pub struct QueueCtx<'a> {
     pub timers: &'a mut Timers,
     pub dead: &'a mut Vec<DeadLetter>,
+    pub store: &'a mut MessageStore,
     now_ms: Option<u64>,
 }
 
 impl<'a> QueueCtx<'a> {
-    pub fn new(timers: &'a mut Timers, dead: &'a mut Vec<DeadLetter>) -> QueueCtx<'a> {
+    pub fn new(
+        timers: &'a mut Timers,
+        dead: &'a mut Vec<DeadLetter>,
+        store: &'a mut MessageStore,
+    ) -> QueueCtx<'a> {
         QueueCtx {
             timers,
             dead,
+            store,
             now_ms: None,
         }
     }
@@ -244,14 +276,12 @@ impl Ready {
         }
     }
 
-    /// Empties the queue, handing back each message's timer.
-    fn clear(&mut self, mut timer: impl FnMut(TimerId)) -> usize {
+    /// Empties the queue, handing back each message and its timer.
+    fn clear(&mut self, mut each: impl FnMut(Option<TimerId>, Option<QueuedMessage>)) -> usize {
         let count = self.count;
         for deque in &mut self.levels {
             for slot in deque.drain(..) {
-                if let Some(id) = slot.timer {
-                    timer(id);
-                }
+                each(slot.timer, slot.queued);
             }
         }
         self.live.iter_mut().for_each(|l| *l = 0);
@@ -289,6 +319,8 @@ pub enum Enqueued {
     Accepted,
     /// Refused by `x-overflow` reject-publish(-dlx): the publisher gets a nack.
     Rejected,
+    /// Accepted and appended to the store: its confirm waits for the fsync.
+    Stored,
 }
 
 impl Queue {
@@ -384,23 +416,83 @@ impl Queue {
         let expires_at_ms = self
             .ttl_ms(&message)
             .map(|ttl| ctx.now_ms().saturating_add(ttl));
-        let queued = QueuedMessage {
+        let mut queued = QueuedMessage {
             seq,
             redelivered: false,
             level,
             expires_at_ms,
+            segment: 0,
             message,
+        };
+        // Only persistent messages in durable queues are written; the
+        // durable check comes first, as it is free.
+        let stored =
+            self.meta.durable && queued.message.properties.delivery_mode() == Some(PERSISTENT);
+        if stored {
+            let expires_at_epoch_ms = expires_at_ms.map(|at| ctx.timers.epoch_ms_of(at));
+            queued.segment = ctx.store.append_publish(&PublishHead {
+                queue_id: self.meta.id.0,
+                seq,
+                delivered: false,
+                level,
+                expires_at_epoch_ms,
+                vhost: DEFAULT_VHOST,
+                queue_name: self.meta.name.as_str(),
+                message: &queued.message,
+            });
+        }
+        let enqueued = if stored {
+            Enqueued::Stored
+        } else {
+            Enqueued::Accepted
         };
         // It would leave the ready FIFO at once: skip it (and its timer).
         // Strictly past is expired, as in `next_ready`.
         if self.ready.count == 0 && expires_at_ms.is_none_or(|at| at >= ctx.now_ms()) {
             if let Some(at) = self.next_consumer_with_credit() {
-                self.deliver_to(at, queued, out);
-                return Enqueued::Accepted;
+                self.deliver_to(at, queued, out, ctx);
+                return enqueued;
             }
         }
         self.add_ready(queued, ctx);
-        Enqueued::Accepted
+        enqueued
+    }
+    /// Takes back a message recovered from the store at start (it is in
+    /// the shard's segment 1), after those restored before it. A deadline
+    /// that passed while the broker was down makes it expire at the next
+    /// dispatch (dead-lettered if the queue says so).
+    pub fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let top_level = (self.ready.levels.len() - 1) as u8;
+        let queued = QueuedMessage {
+            seq,
+            redelivered: recovered.redelivered,
+            level: recovered.level.min(top_level),
+            expires_at_ms: recovered
+                .expires_at_epoch_ms
+                .map(|at| ctx.timers.shard_ms_of_epoch(at)),
+            segment: 1,
+            message: recovered.message,
+        };
+        self.add_ready(queued, ctx);
+    }
+
+    /// The queue is being deleted: every stored message of it is gone.
+    pub fn forget_all(&mut self, ctx: &mut QueueCtx) {
+        let id = self.meta.id;
+        self.expire_now.clear();
+        self.ready.clear(|timer, queued| {
+            if let Some(timer) = timer {
+                ctx.timers.cancel(timer);
+            }
+            if let Some(queued) = queued {
+                forget(id, &queued, ctx.store);
+            }
+        });
+        for (_, (queued, _)) in self.unacked.drain() {
+            forget(id, &queued, ctx.store);
+        }
     }
 
     /// Puts a message among the ready ones, with a timer if it can expire.
@@ -434,6 +526,7 @@ impl Queue {
             // Strictly past: a TTL-0 message (deadline = now) may still go
             // to a consumer that can take it right now.
             if queued.expires_at_ms.is_some_and(|at| at < ctx.now_ms()) {
+                forget(self.meta.id, &queued, ctx.store);
                 self.dead_letter(queued.message, DeathReason::Expired, ctx);
                 continue;
             }
@@ -462,6 +555,7 @@ impl Queue {
             return;
         }
         if let Some((queued, _)) = self.ready.take(level as usize, seq) {
+            forget(self.meta.id, &queued, ctx.store);
             self.dead_letter(queued.message, DeathReason::Expired, ctx);
         }
     }
@@ -576,13 +670,17 @@ impl Queue {
             c.in_flight = c.in_flight.saturating_sub(1);
         }
         match settle {
-            Settle::Ack => {}
-            Settle::Discard => self.dead_letter(queued.message, DeathReason::Rejected, ctx),
+            Settle::Ack => forget(self.meta.id, &queued, ctx.store),
+            Settle::Discard => {
+                forget(self.meta.id, &queued, ctx.store);
+                self.dead_letter(queued.message, DeathReason::Rejected, ctx)
+            }
             Settle::Requeue => {
                 queued.redelivered = true;
                 // A message whose TTL ran out while it was delivered expires
                 // when it comes back, as in RabbitMQ.
                 if queued.expires_at_ms.is_some_and(|at| at <= ctx.now_ms()) {
+                    forget(self.meta.id, &queued, ctx.store);
                     self.dead_letter(queued.message, DeathReason::Expired, ctx);
                 } else {
                     self.add_ready(queued, ctx);
@@ -596,7 +694,10 @@ impl Queue {
         self.touch(ctx);
         let queued = self.next_ready(ctx)?;
         let remaining = self.ready.count as u32;
-        if !no_ack {
+        if no_ack {
+            forget(self.meta.id, &queued, ctx.store);
+        } else {
+            mark_delivered(self.meta.id, &queued, ctx.store);
             self.unacked_memory_bytes += queued.message.memory_size();
             self.unacked
                 .insert(queued.seq, (queued.clone(), ConsumerId::GET));
@@ -608,7 +709,15 @@ impl Queue {
     /// purged messages are not dead-lettered.
     pub fn purge(&mut self, ctx: &mut QueueCtx) -> u32 {
         self.expire_now.clear();
-        self.ready.clear(|id| ctx.timers.cancel(id)) as u32
+        let id = self.meta.id;
+        self.ready.clear(|timer, queued| {
+            if let Some(timer) = timer {
+                ctx.timers.cancel(timer);
+            }
+            if let Some(queued) = queued {
+                forget(id, &queued, ctx.store);
+            }
+        }) as u32
     }
 
     /// Hands ready messages to consumers with credit, round-robin (or to the
@@ -621,6 +730,7 @@ impl Queue {
             let now = std::mem::take(&mut self.expire_now);
             for &(level, seq) in &now {
                 if let Some((queued, _)) = self.ready.take(level as usize, seq) {
+                    forget(self.meta.id, &queued, ctx.store);
                     self.dead_letter(queued.message, DeathReason::Expired, ctx);
                 }
             }
@@ -634,6 +744,7 @@ impl Queue {
             if let Some(id) = timer {
                 ctx.timers.cancel(id);
             }
+            forget(self.meta.id, &queued, ctx.store);
             self.dead_letter(queued.message, DeathReason::Maxlen, ctx);
         }
     }
@@ -646,7 +757,7 @@ impl Queue {
             let Some(queued) = self.next_ready(ctx) else {
                 return;
             };
-            self.deliver_to(at, queued, out);
+            self.deliver_to(at, queued, out, ctx);
         }
     }
 
@@ -668,12 +779,21 @@ impl Queue {
         Some(at)
     }
 
-    fn deliver_to(&mut self, at: usize, queued: QueuedMessage, out: &mut Vec<Delivery>) {
+    fn deliver_to(
+        &mut self,
+        at: usize,
+        queued: QueuedMessage,
+        out: &mut Vec<Delivery>,
+        ctx: &mut QueueCtx,
+    ) {
+        let queue_id = self.meta.id;
         let consumer = &mut self.consumers[at];
         let (seq, redelivered) = (queued.seq, queued.redelivered);
         let message = if consumer.spec.no_ack {
+            forget(queue_id, &queued, ctx.store);
             queued.message
         } else {
+            mark_delivered(queue_id, &queued, ctx.store);
             consumer.in_flight += 1;
             let message = queued.message.clone();
             self.unacked_memory_bytes += message.memory_size();

@@ -27,6 +27,9 @@ pub enum TimerEvent {
 pub struct Timers {
     wheel: TimerWheel<TimerEvent>,
     started: Instant,
+    /// Unix time in milliseconds when `started` was taken: the store keeps
+    /// deadlines as wall-clock time, so they mean the same after a restart.
+    started_epoch_ms: u64,
     /// When the timer task will next wake, in shard milliseconds.
     planned_ms: u64,
     /// Wakes the timer task when a deadline earlier than `planned_ms` arrives.
@@ -45,6 +48,9 @@ impl Timers {
         Timers {
             wheel: TimerWheel::new(0),
             started: Instant::now(),
+            started_epoch_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             planned_ms: 0,
             wake: Notify::new(),
             fired: Vec::new(),
@@ -55,6 +61,17 @@ impl Timers {
     /// where a deadline is involved, so plain publishes never read the clock.
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// A deadline in shard milliseconds as Unix time in milliseconds.
+    pub fn epoch_ms_of(&self, shard_ms: u64) -> u64 {
+        self.started_epoch_ms.saturating_add(shard_ms)
+    }
+
+    /// A Unix-time deadline (ms) in shard milliseconds; one that passed
+    /// before the shard started is 0, already due.
+    pub fn shard_ms_of_epoch(&self, epoch_ms: u64) -> u64 {
+        epoch_ms.saturating_sub(self.started_epoch_ms)
     }
 
     /// The deadline `delay_ms` from now, rounded up to the next whole

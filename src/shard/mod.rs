@@ -4,17 +4,17 @@
 //! `ShardMsg`). This module, `net/` and `store/` are the only ones that
 //! name glommio.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
 use crate::broker::auth::Users;
@@ -22,11 +22,13 @@ use crate::broker::definitions::{Definitions, RestorePlan, Source};
 use crate::broker::ids::ShardId;
 use crate::broker::metadata::OwnerStart;
 use crate::broker::signal::Notify;
-use crate::broker::vhost::{MetaChange, Vhost, DEFAULT_VHOST};
+use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
 use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
 use crate::net;
 use crate::store;
+use crate::store::log::{MessageStore, StoreStats};
+use crate::store::recovery::ShardRecovery;
 
 pub mod alarms;
 pub mod shutdown;
@@ -41,6 +43,12 @@ const IO_MEMORY: usize = 2 << 20;
 const MAILBOX_BATCHES_PER_TURN: usize = 16;
 /// Locked memory a shard needs: its I/O memory plus the reactor's rings.
 const MEMLOCK_PER_SHARD: u64 = IO_MEMORY as u64 + (1 << 20);
+/// How long a stopping shard waits for its message store to write and sync
+/// what is pending.
+const STORE_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the store's debug line (fsyncs per second, records per fsync)
+/// is written, when it has something to say.
+const STORE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub enum BootError {
@@ -55,6 +63,8 @@ pub enum BootError {
         path: PathBuf,
         problem: String,
     },
+    /// The message store cannot be read or rewritten at start.
+    Store(String),
 }
 
 impl std::fmt::Display for BootError {
@@ -73,6 +83,7 @@ impl std::fmt::Display for BootError {
             BootError::Definitions { path, problem } => {
                 write!(f, "cannot use the definitions in {}: {}", path.display(), problem)
             }
+            BootError::Store(problem) => write!(f, "cannot recover the message store: {}", problem),
         }
     }
 }
@@ -120,6 +131,19 @@ pub fn run(config: Config) -> Result<(), BootError> {
     // Definitions first: a file that cannot be used stops the broker before
     // it listens.
     let boot = load_definitions(&config, shard_count)?;
+    // Then the messages, into the queues as this run places them.
+    let restored_queues: Vec<QueueMeta> = boot
+        .plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            MetaChange::QueueCreated(meta) => Some(meta.clone()),
+            _ => None,
+        })
+        .collect();
+    let recovered = store::recovery::recover(&config.data_dir, &restored_queues, shard_count)
+        .map_err(|e| BootError::Store(e.to_string()))?;
+    let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
     shutdown::install();
     let (sockets, bound) =
@@ -162,6 +186,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         // The first shard started decides the alarms for the node (any one would do).
         let monitor = monitor.take();
         let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
+        let messages = recovered.next().unwrap_or_default();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("warren-shard-{}", index))
             .io_memory(IO_MEMORY)
@@ -172,6 +197,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
                     owner_start,
                     alarm_board,
                     monitor,
+                    messages,
                 };
                 shard_main(config, boot, mesh, fds, ready, shard_count).await;
             })
@@ -210,6 +236,8 @@ struct ShardBoot {
     alarm_board: Arc<AlarmBoard>,
     /// The first shard's: it decides the node's resource alarms.
     monitor: Option<alarms::Monitor>,
+    /// The shard's queues' stored messages, and its store directory.
+    messages: ShardRecovery,
 }
 
 /// The users and the exchanges, queues and bindings to re-create, from
@@ -363,6 +391,24 @@ async fn shard_main(
         state.borrow_mut().apply_change(change);
     }
     let senders = Rc::new(senders);
+    // Then the stored messages, before any client comes; what expired
+    // while the broker was down is dead-lettered now.
+    let ShardRecovery {
+        dir: store_dir,
+        queues: recovered_queues,
+        live: recovered_live,
+    } = boot.messages;
+    state.borrow_mut().store = MessageStore::new(config.segment_size, recovered_live);
+    state.borrow_mut().restore_messages(recovered_queues);
+    flush(&state, &senders);
+    let store_busy = Rc::new(Cell::new(false));
+    glommio::spawn_local(run_store(
+        state.clone(),
+        senders.clone(),
+        store::segments::SegmentFiles::new(store_dir),
+        store_busy.clone(),
+    ))
+    .detach();
 
     for (peer, receiver) in receivers.streams() {
         let state = state.clone();
@@ -524,6 +570,100 @@ async fn shard_main(
     let _ = ready.send(());
     // The spawned tasks do the work until a shutdown has closed the clients.
     stopped.wait().await;
+    // Everything the store holds is written and synced before the exit.
+    let deadline = Instant::now() + STORE_FLUSH_DEADLINE;
+    while !state.borrow().store.is_idle() || store_busy.get() {
+        if Instant::now() > deadline {
+            error!("stopping before the message store could write everything");
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The shard's store task: group commit. It wakes when records are
+/// pending, lets the rest of the reactor turn add to them, then writes the
+/// batch and fdatasyncs once; records appended meanwhile form the next
+/// batch, written as soon as this one is done. After each batch, the
+/// confirms that waited for it go out and empty segments are deleted.
+async fn run_store(
+    state: Shared,
+    senders: Rc<Senders<Batch>>,
+    mut files: store::segments::SegmentFiles,
+    busy: Rc<Cell<bool>>,
+) {
+    let ready = state.borrow().store.ready.clone();
+    let mut reported = StoreStats::default();
+    let mut reported_at = Instant::now();
+    loop {
+        ready.wait().await;
+        busy.set(true);
+        glommio::executor().yield_task_queue_now().await;
+        loop {
+            let batch = state.borrow_mut().store.take_batch();
+            let Some(mut batch) = batch else { break };
+            let write_started = Instant::now();
+            let written = match files.write(&mut batch).await {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    error!(error = %e, "the message store cannot write: the publishes waiting for it are nacked");
+                    None
+                }
+            };
+            {
+                let mut state = state.borrow_mut();
+                state.store.stats.records += batch.records;
+                state.store.stats.write_us += write_started.elapsed().as_micros() as u64;
+                state.store.batch_written(
+                    batch.chunks.into_iter().map(|c| c.bytes),
+                    written.unwrap_or(0),
+                );
+                state.store_written(batch.confirms, written.is_some());
+            }
+            flush(&state, &senders);
+            // Deleting a segment may free the ones whose records pointed
+            // into it: repeat until none is left to delete.
+            loop {
+                let dead = state.borrow_mut().store.reclaimable();
+                if dead.is_empty() {
+                    break;
+                }
+                match files.delete(&dead).await {
+                    Ok(()) => {
+                        let mut state = state.borrow_mut();
+                        for &number in &dead {
+                            state.store.segment_deleted(number);
+                        }
+                        debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
+                    }
+                    Err(e) => {
+                        // They stay marked: a later start reclaims them.
+                        error!(error = %e, segments = ?dead, "cannot delete empty segments");
+                        break;
+                    }
+                }
+            }
+            let elapsed = reported_at.elapsed();
+            if elapsed >= STORE_REPORT_EVERY {
+                let now = state.borrow().store.stats;
+                let fsyncs = now.fsyncs - reported.fsyncs;
+                if fsyncs > 0 {
+                    let records = now.records - reported.records;
+                    debug!(
+                        fsyncs_per_s = (fsyncs as f64 / elapsed.as_secs_f64()).round(),
+                        records_per_fsync = records / fsyncs,
+                        confirms_per_fsync = (now.confirms - reported.confirms) / fsyncs,
+                        kib_per_fsync = (now.bytes - reported.bytes) / fsyncs / 1024,
+                        write_us_per_fsync = (now.write_us - reported.write_us) / fsyncs,
+                        "message store"
+                    );
+                }
+                reported = now;
+                reported_at = Instant::now();
+            }
+        }
+        busy.set(false);
+    }
 }
 
 /// Sends each peer its outgoing batch. A full mailbox keeps the batch here

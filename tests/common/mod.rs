@@ -117,6 +117,24 @@ impl Broker {
         self.start_again("restarted by the test after SIGTERM");
     }
 
+    /// Like [`Broker::restart`], staying down for `down` between the exit and
+    /// the start (for deadlines that must pass while the broker is not running).
+    pub fn restart_after(&mut self, down: Duration) {
+        if self.data_dir.is_none() {
+            return;
+        }
+        let status = self
+            .stop_with(libc::SIGTERM, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("warren did not exit after SIGTERM\n{}", self.log()));
+        assert!(
+            status.success(),
+            "warren exited with {status:?}\n{}",
+            self.log()
+        );
+        thread::sleep(down);
+        self.start_again("restarted by the test after SIGTERM and a pause");
+    }
+
     /// Kills warren with SIGKILL (no chance to write anything) and starts it again with
     /// the same arguments, data directory and port. Does nothing for an external broker.
     pub fn crash_and_restart(&mut self) {

@@ -1,0 +1,450 @@
+//! The shard's message log as the queues see it: records are encoded
+//! straight into the current chunk (one growing buffer per group commit),
+//! and each segment counts the live messages it holds. No I/O happens here:
+//! the shard's store task (`shard`, through `store::segments`) takes the
+//! pending chunks once per reactor turn, writes them with one write per
+//! segment and one fdatasync, and then releases the publisher confirms that
+//! waited for them.
+//!
+//! Appending is a few copies into a `Vec` that is reused from batch to
+//! batch: no lock, no syscall and no allocation per message.
+//!
+//! # Reclaiming segments
+//!
+//! A segment file is deleted once none of its publishes is live. A removal
+//! (or delivered) record in a later segment cancels a publish in an earlier
+//! one, so a segment holding such records must outlive the segments they
+//! point into: if it went first, a restart would find the publish without
+//! its removal and bring an acknowledged message back. Each segment
+//! remembers the oldest segment its records point into; it is deleted only
+//! when it has no live messages and no segment from that oldest one up to
+//! itself still exists. Deletions are made durable (directory fsync) before
+//! segments that depended on them are considered.
+
+use std::collections::VecDeque;
+
+use crate::broker::signal::Notify;
+use crate::broker::ConfirmTarget;
+use crate::store::record::{self, PublishHead};
+
+/// A chunk grows to about this size before the next record starts another
+/// (a write buffer larger than this buys nothing).
+const CHUNK_BYTES_MAX: usize = 8 << 20;
+/// The largest block size a chunk may be padded to when written (O_DIRECT
+/// on a 4K-sector disk): segment sizes are counted with it.
+const PADDING_ALIGNMENT_MAX: usize = 4096;
+/// Buffers kept for the next batches; larger ones are let go.
+const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
+
+/// Records for one segment, not yet written.
+#[derive(Debug)]
+pub struct Chunk {
+    pub segment: u32,
+    /// Header room (filled when sealed) and the records.
+    pub bytes: Vec<u8>,
+}
+
+/// What one group commit writes, and what waits for it.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub chunks: Vec<Chunk>,
+    /// Publisher confirms (and transaction commits) released after the fsync.
+    pub confirms: Vec<ConfirmTarget>,
+    pub records: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SegmentFate {
+    Kept,
+    Deleting,
+    Deleted,
+}
+
+#[derive(Debug)]
+struct Segment {
+    number: u32,
+    /// Publishes in this segment not yet removed.
+    live: u64,
+    /// The oldest segment a removal or delivered record in this one points
+    /// into (its own number if none points further back).
+    oldest_ref: u32,
+    fate: SegmentFate,
+}
+
+/// Counters for the debug log line the store task writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreStats {
+    pub fsyncs: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub confirms: u64,
+    /// Time spent writing and syncing batches, in microseconds.
+    pub write_us: u64,
+}
+
+pub struct MessageStore {
+    segment_size: u64,
+    active: u32,
+    active_bytes: u64,
+    /// Contiguous segment numbers, oldest first; deleted ones leave the front.
+    segments: VecDeque<Segment>,
+    chunks: Vec<Chunk>,
+    spare: Vec<Vec<u8>>,
+    waiting: Vec<ConfirmTarget>,
+    /// The last batch's confirm list, emptied, for the next one.
+    spare_confirms: Vec<ConfirmTarget>,
+    pending_records: u64,
+    /// Set when records are pending; the store task waits on it.
+    pub ready: Notify,
+    pub stats: StoreStats,
+}
+
+impl MessageStore {
+    /// A store whose segment 1 was written at start with `recovered_live`
+    /// messages; new records go to the segment after it. Without any,
+    /// segment 1 is the first one written.
+    pub fn new(segment_size: u64, recovered_live: u64) -> MessageStore {
+        let mut segments = VecDeque::new();
+        let active = if recovered_live > 0 {
+            segments.push_back(Segment {
+                number: 1,
+                live: recovered_live,
+                oldest_ref: 1,
+                fate: SegmentFate::Kept,
+            });
+            2
+        } else {
+            1
+        };
+        segments.push_back(Segment {
+            number: active,
+            live: 0,
+            oldest_ref: active,
+            fate: SegmentFate::Kept,
+        });
+        MessageStore {
+            segment_size: segment_size.max(record::BLOCK as u64),
+            active,
+            active_bytes: 0,
+            segments,
+            chunks: Vec::new(),
+            spare: Vec::new(),
+            waiting: Vec::new(),
+            spare_confirms: Vec::new(),
+            pending_records: 0,
+            ready: Notify::new(),
+            stats: StoreStats::default(),
+        }
+    }
+
+    fn segment_mut(&mut self, number: u32) -> Option<&mut Segment> {
+        let first = self.segments.front()?.number;
+        let at = number.checked_sub(first)? as usize;
+        self.segments.get_mut(at)
+    }
+
+    /// The chunk the next record goes into: a new segment once the active
+    /// one is full, a new chunk when the segment changed or the chunk is big.
+    fn chunk(&mut self) -> &mut Vec<u8> {
+        if self.active_bytes >= self.segment_size {
+            self.active += 1;
+            self.active_bytes = 0;
+            self.segments.push_back(Segment {
+                number: self.active,
+                live: 0,
+                oldest_ref: self.active,
+                fate: SegmentFate::Kept,
+            });
+        }
+        let fresh = match self.chunks.last() {
+            None => {
+                self.ready.notify();
+                true
+            }
+            Some(last) => last.segment != self.active || last.bytes.len() >= CHUNK_BYTES_MAX,
+        };
+        if fresh {
+            let mut bytes = self.spare.pop().unwrap_or_default();
+            bytes.clear();
+            record::open_chunk(&mut bytes);
+            self.chunks.push(Chunk {
+                segment: self.active,
+                bytes,
+            });
+        }
+        self.pending_records += 1;
+        let last = self.chunks.len() - 1;
+        &mut self.chunks[last].bytes
+    }
+
+    fn appended(&mut self, before: usize) {
+        let after = self.chunks.last().map_or(0, |c| c.bytes.len());
+        self.active_bytes += after.saturating_sub(before) as u64;
+    }
+
+    /// Appends a publish; returns the segment that holds it.
+    pub fn append_publish(&mut self, head: &PublishHead) -> u32 {
+        let buf = self.chunk();
+        let before = buf.len();
+        record::put_publish(buf, head);
+        self.appended(before);
+        let active = self.active;
+        if let Some(segment) = self.segment_mut(active) {
+            segment.live += 1;
+        }
+        active
+    }
+
+    /// The message `seq` of `queue_id`, stored in `segment`, is gone.
+    pub fn append_removal(&mut self, queue_id: u64, seq: u64, segment: u32) {
+        let buf = self.chunk();
+        let before = buf.len();
+        record::put_removal(buf, queue_id, seq);
+        self.appended(before);
+        if let Some(s) = self.segment_mut(segment) {
+            debug_assert!(s.live > 0, "a removal for a segment with no live message");
+            s.live = s.live.saturating_sub(1);
+        }
+        self.refers_to(segment);
+    }
+
+    /// The message was handed to a consumer that must acknowledge it.
+    pub fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
+        let buf = self.chunk();
+        let before = buf.len();
+        record::put_delivered(buf, queue_id, seq);
+        self.appended(before);
+        self.refers_to(segment);
+    }
+
+    fn refers_to(&mut self, segment: u32) {
+        let active = self.active;
+        if let Some(s) = self.segment_mut(active) {
+            s.oldest_ref = s.oldest_ref.min(segment);
+        }
+    }
+
+    /// Sends this confirm once the records appended so far are on disk.
+    pub fn defer_confirm(&mut self, target: ConfirmTarget) {
+        if self.waiting.is_empty() && self.chunks.is_empty() {
+            self.ready.notify();
+        }
+        self.waiting.push(target);
+    }
+
+    /// True if nothing waits to be written.
+    pub fn is_idle(&self) -> bool {
+        self.chunks.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Everything appended since the last batch: the next group commit.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        if self.is_idle() {
+            return None;
+        }
+        let records = std::mem::take(&mut self.pending_records);
+        // The header and the padding each chunk gets when written count
+        // towards its segment's size too.
+        for chunk in &self.chunks {
+            if chunk.segment == self.active {
+                let len = chunk.bytes.len();
+                let written = len.div_ceil(PADDING_ALIGNMENT_MAX) * PADDING_ALIGNMENT_MAX;
+                self.active_bytes += (written - len + record::CHUNK_HEADER_LEN) as u64;
+            }
+        }
+        Some(Batch {
+            chunks: std::mem::take(&mut self.chunks),
+            confirms: std::mem::replace(
+                &mut self.waiting,
+                std::mem::take(&mut self.spare_confirms),
+            ),
+            records,
+        })
+    }
+
+    /// A batch was written and synced: its buffers come back for reuse.
+    pub fn batch_written(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>, bytes: u64) {
+        self.stats.fsyncs += 1;
+        self.stats.bytes += bytes;
+        for buffer in buffers {
+            if self.spare.len() < 2 && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
+                self.spare.push(buffer);
+            }
+        }
+    }
+
+    /// A batch's confirm list, once sent, comes back for the next batch.
+    pub fn recycle_confirms(&mut self, mut confirms: Vec<ConfirmTarget>) {
+        confirms.clear();
+        self.spare_confirms = confirms;
+    }
+
+    /// The active segment (records go there; it is never reclaimed).
+    pub fn active_segment(&self) -> u32 {
+        self.active
+    }
+
+    /// Segments that may be deleted now; they are marked as being deleted.
+    pub fn reclaimable(&mut self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let first = match self.segments.front() {
+            Some(s) => s.number,
+            None => return out,
+        };
+        for at in 0..self.segments.len() {
+            let s = &self.segments[at];
+            if s.fate != SegmentFate::Kept || s.live > 0 || s.number == self.active {
+                continue;
+            }
+            if self.chunks.iter().any(|c| c.segment == s.number) {
+                continue;
+            }
+            let from = s.oldest_ref.max(first);
+            let older_all_gone = (from..s.number)
+                .all(|n| self.segments[(n - first) as usize].fate == SegmentFate::Deleted);
+            if older_all_gone {
+                out.push(s.number);
+            }
+        }
+        for &number in &out {
+            if let Some(s) = self.segment_mut(number) {
+                s.fate = SegmentFate::Deleting;
+            }
+        }
+        out
+    }
+
+    /// The segment's file is gone (and the directory synced).
+    pub fn segment_deleted(&mut self, number: u32) {
+        if let Some(s) = self.segment_mut(number) {
+            s.fate = SegmentFate::Deleted;
+        }
+        while self
+            .segments
+            .front()
+            .is_some_and(|s| s.fate == SegmentFate::Deleted)
+        {
+            self.segments.pop_front();
+        }
+    }
+
+    /// Segments not deleted yet (for logs and tests).
+    pub fn segment_count(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| s.fate != SegmentFate::Deleted)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Message;
+
+    fn publish(store: &mut MessageStore, seq: u64, message: &Message) -> u32 {
+        store.append_publish(&PublishHead {
+            queue_id: 1,
+            seq,
+            delivered: false,
+            level: 0,
+            expires_at_epoch_ms: None,
+            vhost: "/",
+            queue_name: "q",
+            message,
+        })
+    }
+
+    fn message() -> Message {
+        Message {
+            exchange: crate::protocol::ShortStr::from_static(""),
+            routing_key: crate::protocol::ShortStr::from_static("q"),
+            properties: Default::default(),
+            body: bytes::Bytes::from(vec![7u8; 1000]),
+            bcc_keys: None,
+        }
+    }
+
+    fn flush(store: &mut MessageStore) {
+        if let Some(batch) = store.take_batch() {
+            store.batch_written(batch.chunks.into_iter().map(|c| c.bytes), 0);
+        }
+    }
+
+    #[test]
+    fn segments_roll_and_are_reclaimed_when_empty() {
+        let m = message();
+        let mut store = MessageStore::new(4096, 0);
+        let segments: Vec<u32> = (1..=20).map(|seq| publish(&mut store, seq, &m)).collect();
+        assert!(segments.windows(2).all(|w| w[0] <= w[1]));
+        assert!(*segments.last().unwrap() >= 4, "{segments:?}");
+        flush(&mut store);
+        assert!(store.reclaimable().is_empty(), "all hold live messages");
+        // Ack every message of segment 1 but the last one.
+        let in_first: Vec<u64> = (1..=20)
+            .filter(|&s| segments[s as usize - 1] == 1)
+            .collect();
+        for &seq in &in_first[..in_first.len() - 1] {
+            store.append_removal(1, seq, 1);
+        }
+        flush(&mut store);
+        assert!(store.reclaimable().is_empty());
+        store.append_removal(1, *in_first.last().unwrap(), 1);
+        flush(&mut store);
+        assert_eq!(store.reclaimable(), vec![1]);
+        store.segment_deleted(1);
+        assert!(store.reclaimable().is_empty());
+    }
+
+    #[test]
+    fn a_segment_with_removals_outlives_the_segment_they_point_into() {
+        let m = message();
+        let mut store = MessageStore::new(4096, 0);
+        // Segment 1: one message that stays for now, then fill it.
+        assert_eq!(publish(&mut store, 1, &m), 1);
+        let mut seq = 2;
+        while publish(&mut store, seq, &m) == 1 {
+            seq += 1;
+        }
+        // `seq` is the first message of segment 2.
+        let second = seq;
+        for s in 2..second {
+            store.append_removal(1, s, 1);
+        }
+        // Ack the second segment's message; its removal points into 2.
+        store.append_removal(1, second, 2);
+        // Roll on: segment 3 and 4 get messages that are acked at once.
+        let mut next = second + 1;
+        while store.active_segment() < 4 {
+            let segment = publish(&mut store, next, &m);
+            store.append_removal(1, next, segment);
+            next += 1;
+        }
+        flush(&mut store);
+        // Segment 1 still holds message 1. Segment 2's removals point into
+        // 1, so it must stay too; segment 3 points only into 2 and 3.
+        let deletable = store.reclaimable();
+        assert!(
+            !deletable.contains(&1) && !deletable.contains(&2),
+            "{deletable:?}"
+        );
+        store.append_removal(1, 1, 1);
+        flush(&mut store);
+        let deletable = store.reclaimable();
+        assert_eq!(deletable, vec![1]);
+        store.segment_deleted(1);
+        let deletable = store.reclaimable();
+        assert!(deletable.contains(&2), "{deletable:?}");
+    }
+
+    #[test]
+    fn recovered_messages_hold_segment_one() {
+        let mut store = MessageStore::new(1 << 20, 3);
+        assert_eq!(store.active_segment(), 2);
+        for seq in 1..=3 {
+            store.append_removal(9, seq, 1);
+        }
+        flush(&mut store);
+        assert_eq!(store.reclaimable(), vec![1]);
+    }
+}

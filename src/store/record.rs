@@ -1,0 +1,462 @@
+//! The bytes of a segment file: chunks of records. Pure encoding and
+//! decoding, no I/O; `log` fills chunks, `segments` writes them, `recovery`
+//! reads them back.
+//!
+//! ```text
+//! segment file = chunk, zero padding, chunk, zero padding, ...
+//!   every chunk starts at a multiple of BLOCK (512 bytes); the padding after
+//!   a chunk fills up to the writer's alignment (512 or 4096 for O_DIRECT),
+//!   so that every write starts and ends on a block boundary and never
+//!   rewrites a block that holds data already synced.
+//!
+//! chunk (one group commit, all of its records or none of them)
+//!   0   magic        u32  "WRNC" (0x57524E43)
+//!   4   payload_len  u32
+//!   8   payload_crc  u32  CRC32C of the payload
+//!   12  header_crc   u32  CRC32C of bytes 0..12
+//!   16  payload      records, back to back
+//!
+//! record (integers big-endian; str8 = u8 length + bytes)
+//!   publish   1 u8 | flags u8 (bit 0: delivered before) | priority level u8
+//!             | queue id u64 | seq u64 | expires_at epoch ms u64 (u64::MAX: never)
+//!             | vhost str8 | queue name str8 | exchange str8 | routing key str8
+//!             | property flags u16 | property list len u32 + bytes
+//!             | BCC key count u16, each u16 length + bytes
+//!             | body len u64 + bytes
+//!   removal   2 u8 | queue id u64 | seq u64      (acked, rejected, expired,
+//!             dead-lettered, purged, dropped by overflow, queue deleted)
+//!   delivered 3 u8 | queue id u64 | seq u64      (first delivery with acks
+//!             pending: comes back redelivered)
+//! ```
+//!
+//! A queue id is unique only within one generation of the store (one run of
+//! the broker), so a publish carries its queue's vhost and name: recovery
+//! finds the queue by name, wherever it lives after the restart.
+//!
+//! A chunk whose header or payload checksum does not match, or that runs
+//! past the end of the file, is what a crash during a write leaves (a torn
+//! write); the reader stops at it and reports it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::broker::message::Message;
+use crate::protocol::{Properties, ShortStr};
+use crate::store::crc32c;
+
+/// Chunks start at multiples of this many bytes.
+pub const BLOCK: usize = 512;
+pub const CHUNK_HEADER_LEN: usize = 16;
+const MAGIC: u32 = 0x5752_4E43;
+
+const PUBLISH: u8 = 1;
+const REMOVAL: u8 = 2;
+const DELIVERED: u8 = 3;
+const FLAG_DELIVERED: u8 = 1;
+const NEVER: u64 = u64::MAX;
+
+/// Starts a chunk in `buf` (empty): room for the header, filled by `seal`.
+pub fn open_chunk(buf: &mut Vec<u8>) {
+    debug_assert!(buf.is_empty());
+    buf.extend_from_slice(&[0u8; CHUNK_HEADER_LEN]);
+}
+
+/// Fills in the header of the chunk in `buf` and pads it with zeros to a
+/// multiple of `alignment`.
+pub fn seal_chunk(buf: &mut Vec<u8>, alignment: usize) {
+    debug_assert!(buf.len() >= CHUNK_HEADER_LEN);
+    let payload_len = (buf.len() - CHUNK_HEADER_LEN) as u32;
+    let payload_crc = crc32c::checksum(&buf[CHUNK_HEADER_LEN..]);
+    buf[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+    buf[4..8].copy_from_slice(&payload_len.to_be_bytes());
+    buf[8..12].copy_from_slice(&payload_crc.to_be_bytes());
+    let header_crc = crc32c::checksum(&buf[0..12]);
+    buf[12..16].copy_from_slice(&header_crc.to_be_bytes());
+    let padded = buf.len().div_ceil(alignment) * alignment;
+    buf.resize(padded, 0);
+}
+
+fn put_str8(buf: &mut Vec<u8>, s: &[u8]) {
+    // Every name here is an AMQP shortstr: 255 bytes at most.
+    let len = s.len().min(255);
+    buf.push(len as u8);
+    buf.extend_from_slice(&s[..len]);
+}
+
+/// What a publish record says besides the message.
+pub struct PublishHead<'a> {
+    pub queue_id: u64,
+    pub seq: u64,
+    pub delivered: bool,
+    pub level: u8,
+    pub expires_at_epoch_ms: Option<u64>,
+    pub vhost: &'a str,
+    pub queue_name: &'a str,
+    pub message: &'a Message,
+}
+
+/// Appends a publish record: the message's bytes are copied once, here,
+/// straight into the chunk.
+pub fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
+    let message = head.message;
+    let raw = message.properties.raw();
+    let bcc: &[String] = message.bcc_keys.as_deref().unwrap_or(&[]);
+    buf.reserve(64 + raw.len() + message.body.len());
+    buf.push(PUBLISH);
+    buf.push(if head.delivered { FLAG_DELIVERED } else { 0 });
+    buf.push(head.level);
+    buf.extend_from_slice(&head.queue_id.to_be_bytes());
+    buf.extend_from_slice(&head.seq.to_be_bytes());
+    buf.extend_from_slice(&head.expires_at_epoch_ms.unwrap_or(NEVER).to_be_bytes());
+    put_str8(buf, head.vhost.as_bytes());
+    put_str8(buf, head.queue_name.as_bytes());
+    put_str8(buf, message.exchange.as_bytes());
+    put_str8(buf, message.routing_key.as_bytes());
+    buf.extend_from_slice(&message.properties.flags().to_be_bytes());
+    buf.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+    buf.extend_from_slice(raw);
+    let bcc_count = bcc.len().min(u16::MAX as usize);
+    buf.extend_from_slice(&(bcc_count as u16).to_be_bytes());
+    for key in &bcc[..bcc_count] {
+        let len = key.len().min(u16::MAX as usize);
+        buf.extend_from_slice(&(len as u16).to_be_bytes());
+        buf.extend_from_slice(&key.as_bytes()[..len]);
+    }
+    buf.extend_from_slice(&(message.body.len() as u64).to_be_bytes());
+    buf.extend_from_slice(&message.body);
+}
+
+pub fn put_removal(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
+    buf.push(REMOVAL);
+    buf.extend_from_slice(&queue_id.to_be_bytes());
+    buf.extend_from_slice(&seq.to_be_bytes());
+}
+
+pub fn put_delivered(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
+    buf.push(DELIVERED);
+    buf.extend_from_slice(&queue_id.to_be_bytes());
+    buf.extend_from_slice(&seq.to_be_bytes());
+}
+
+/// A stored message as recovery reads it back.
+#[derive(Debug)]
+pub struct StoredPublish {
+    pub queue_id: u64,
+    pub seq: u64,
+    pub delivered: bool,
+    pub level: u8,
+    pub expires_at_epoch_ms: Option<u64>,
+    pub vhost: String,
+    pub queue_name: String,
+    pub message: Message,
+}
+
+#[derive(Debug)]
+pub enum Record {
+    Publish(Box<StoredPublish>),
+    Removal { queue_id: u64, seq: u64 },
+    Delivered { queue_id: u64, seq: u64 },
+}
+
+/// What the reader found at an offset.
+#[derive(Debug)]
+pub enum ChunkRead {
+    /// A good chunk's payload, and where the next chunk may start.
+    Chunk { payload: Bytes, next: usize },
+    /// Zeros: padding (or a block never written). Skip one block.
+    Padding,
+    /// The file ends here.
+    End,
+    /// A chunk that cannot be trusted: a torn or corrupt write.
+    Bad(&'static str),
+}
+
+/// Reads the chunk at `at` (a multiple of BLOCK) of `file`.
+pub fn read_chunk(file: &Bytes, at: usize) -> ChunkRead {
+    if at + CHUNK_HEADER_LEN > file.len() {
+        return if file[at.min(file.len())..].iter().all(|&b| b == 0) {
+            ChunkRead::End
+        } else {
+            ChunkRead::Bad("a partial chunk header at the end of the file")
+        };
+    }
+    let header = &file[at..at + CHUNK_HEADER_LEN];
+    if header.iter().all(|&b| b == 0) {
+        return ChunkRead::Padding;
+    }
+    let word =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    if word(0) != MAGIC {
+        return ChunkRead::Bad("no chunk header where one should start");
+    }
+    if crc32c::checksum(&header[0..12]) != word(12) {
+        return ChunkRead::Bad("the chunk header's checksum does not match");
+    }
+    let start = at + CHUNK_HEADER_LEN;
+    let end = start + word(4) as usize;
+    if end > file.len() {
+        return ChunkRead::Bad("the chunk runs past the end of the file");
+    }
+    if crc32c::checksum(&file[start..end]) != word(8) {
+        return ChunkRead::Bad("the chunk's checksum does not match");
+    }
+    ChunkRead::Chunk {
+        payload: file.slice(start..end),
+        next: end.div_ceil(BLOCK) * BLOCK,
+    }
+}
+
+/// A bounds-checked reader over a chunk's payload.
+struct Cursor {
+    data: Bytes,
+    at: usize,
+}
+
+impl Cursor {
+    fn take(&mut self, n: usize) -> Result<Bytes, &'static str> {
+        if self.data.len() - self.at < n {
+            return Err("a record runs past its chunk");
+        }
+        let out = self.data.slice(self.at..self.at + n);
+        self.at += n;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let b = self.take(8)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&b);
+        Ok(u64::from_be_bytes(word))
+    }
+
+    fn str8(&mut self) -> Result<ShortStr, &'static str> {
+        let len = self.u8()? as usize;
+        ShortStr::from_bytes(self.take(len)?).map_err(|_| "a name is not UTF-8")
+    }
+}
+
+/// Decodes every record of a chunk's payload. A payload whose checksum
+/// matched but that does not decode is a bug or a foreign file: an error,
+/// never a half-read message.
+pub fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
+    let mut c = Cursor {
+        data: payload,
+        at: 0,
+    };
+    let mut records = Vec::new();
+    while c.at < c.data.len() {
+        let record = match c.u8()? {
+            PUBLISH => {
+                let flags = c.u8()?;
+                let level = c.u8()?;
+                let queue_id = c.u64()?;
+                let seq = c.u64()?;
+                let expires = c.u64()?;
+                let vhost = c.str8()?.as_str().to_string();
+                let queue_name = c.str8()?.as_str().to_string();
+                let exchange = c.str8()?;
+                let routing_key = c.str8()?;
+                let property_flags = c.u16()?;
+                let raw_len = c.u32()? as usize;
+                let raw = c.take(raw_len)?;
+                let properties = Properties::from_wire(property_flags, raw)
+                    .map_err(|_| "a message's properties do not decode")?;
+                let bcc_count = c.u16()? as usize;
+                let mut bcc = Vec::with_capacity(bcc_count);
+                for _ in 0..bcc_count {
+                    let len = c.u16()? as usize;
+                    let key = c.take(len)?;
+                    bcc.push(
+                        String::from_utf8(key.to_vec()).map_err(|_| "a BCC key is not UTF-8")?,
+                    );
+                }
+                let body_len = c.u64()?;
+                let body_len = usize::try_from(body_len).map_err(|_| "a body too long")?;
+                let body = c.take(body_len)?;
+                Record::Publish(Box::new(StoredPublish {
+                    queue_id,
+                    seq,
+                    delivered: flags & FLAG_DELIVERED != 0,
+                    level,
+                    expires_at_epoch_ms: (expires != NEVER).then_some(expires),
+                    vhost,
+                    queue_name,
+                    message: Message {
+                        exchange,
+                        routing_key,
+                        properties,
+                        body,
+                        bcc_keys: (!bcc.is_empty()).then(|| Arc::from(bcc)),
+                    },
+                }))
+            }
+            REMOVAL => Record::Removal {
+                queue_id: c.u64()?,
+                seq: c.u64()?,
+            },
+            DELIVERED => Record::Delivered {
+                queue_id: c.u64()?,
+                seq: c.u64()?,
+            },
+            _ => return Err("an unknown record type"),
+        };
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::BasicProperties;
+
+    fn message(body: &'static [u8]) -> Message {
+        let props = BasicProperties {
+            delivery_mode: Some(2),
+            priority: Some(3),
+            ..Default::default()
+        };
+        Message {
+            exchange: ShortStr::from_static("x"),
+            routing_key: ShortStr::from_static("key"),
+            properties: (&props).into(),
+            body: Bytes::from_static(body),
+            bcc_keys: Some(Arc::from(vec!["bcc1".to_string()])),
+        }
+    }
+
+    fn chunk_with(records: impl FnOnce(&mut Vec<u8>), alignment: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        open_chunk(&mut buf);
+        records(&mut buf);
+        seal_chunk(&mut buf, alignment);
+        buf
+    }
+
+    #[test]
+    fn records_come_back_as_written() {
+        let m = message(b"hello");
+        let chunk = chunk_with(
+            |buf| {
+                put_publish(
+                    buf,
+                    &PublishHead {
+                        queue_id: 7,
+                        seq: 9,
+                        delivered: true,
+                        level: 3,
+                        expires_at_epoch_ms: Some(123),
+                        vhost: "/",
+                        queue_name: "q",
+                        message: &m,
+                    },
+                );
+                put_delivered(buf, 7, 9);
+                put_removal(buf, 7, 9);
+            },
+            512,
+        );
+        assert_eq!(chunk.len() % 512, 0);
+        let file = Bytes::from(chunk);
+        let ChunkRead::Chunk { payload, next } = read_chunk(&file, 0) else {
+            panic!("no chunk");
+        };
+        assert_eq!(next, 512);
+        let records = decode_records(payload).unwrap();
+        assert_eq!(records.len(), 3);
+        let Record::Publish(p) = &records[0] else {
+            panic!("{records:?}")
+        };
+        assert_eq!((p.queue_id, p.seq, p.delivered, p.level), (7, 9, true, 3));
+        assert_eq!(p.expires_at_epoch_ms, Some(123));
+        assert_eq!((p.vhost.as_str(), p.queue_name.as_str()), ("/", "q"));
+        assert_eq!(&p.message.body[..], b"hello");
+        assert_eq!(p.message.properties, m.properties);
+        assert_eq!(
+            p.message.bcc_keys.as_deref(),
+            Some(&["bcc1".to_string()][..])
+        );
+        assert!(matches!(
+            records[1],
+            Record::Delivered {
+                queue_id: 7,
+                seq: 9
+            }
+        ));
+        assert!(matches!(
+            records[2],
+            Record::Removal {
+                queue_id: 7,
+                seq: 9
+            }
+        ));
+        assert!(matches!(read_chunk(&file, 512), ChunkRead::End));
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_detected() {
+        let m = message(b"a body long enough to matter");
+        let chunk = chunk_with(
+            |buf| {
+                for seq in 0..3 {
+                    put_publish(
+                        buf,
+                        &PublishHead {
+                            queue_id: 1,
+                            seq,
+                            delivered: false,
+                            level: 0,
+                            expires_at_epoch_ms: None,
+                            vhost: "/",
+                            queue_name: "q",
+                            message: &m,
+                        },
+                    );
+                }
+            },
+            512,
+        );
+        let used = CHUNK_HEADER_LEN + u32::from_be_bytes(chunk[4..8].try_into().unwrap()) as usize;
+        for cut in 1..used {
+            let file = Bytes::from(chunk[..cut].to_vec());
+            assert!(
+                matches!(read_chunk(&file, 0), ChunkRead::Bad(_)),
+                "cut at {cut}"
+            );
+        }
+        for at in 0..used {
+            let mut bad = chunk.clone();
+            bad[at] ^= 0x40;
+            let file = Bytes::from(bad);
+            assert!(
+                !matches!(read_chunk(&file, 0), ChunkRead::Chunk { .. }),
+                "flip at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn zeros_are_padding_and_garbage_is_bad() {
+        let zeros = Bytes::from(vec![0u8; 1024]);
+        assert!(matches!(read_chunk(&zeros, 0), ChunkRead::Padding));
+        let garbage = Bytes::from(vec![0xAB; 1024]);
+        assert!(matches!(read_chunk(&garbage, 0), ChunkRead::Bad(_)));
+        assert!(decode_records(Bytes::from_static(&[9])).is_err());
+        assert!(decode_records(Bytes::from_static(&[2, 0, 0])).is_err());
+    }
+}
