@@ -662,6 +662,64 @@ broker_test!(
     }
 );
 
+/// A publisher that sends to one exchange and key again and again sees every
+/// change of bindings, queues or exchanges at its very next publish.
+broker_test!(a_repeated_route_follows_every_binding_change, |b| {
+    run(async {
+        let (_c1, setup) = open(&b.url()).await;
+        let (_c2, publisher) = open_confirming(&b.url()).await;
+        let x = unique("repeat-x");
+        declare_exchange(&setup, &x, ExchangeKind::Direct).await;
+        let qs = queues(&setup, "repeat-q", 2).await;
+        bind(&setup, &qs[0], &x, "k").await;
+        for _ in 0..3 {
+            assert_eq!(
+                routed_to(&publisher, &setup, &x, "k", None, &qs).await,
+                vec![0]
+            );
+        }
+        setup
+            .queue_unbind(&qs[0], &x, "k", FieldTable::default())
+            .await
+            .unwrap();
+        assert!(routed_to(&publisher, &setup, &x, "k", None, &qs)
+            .await
+            .is_empty());
+        bind(&setup, &qs[1], &x, "k").await;
+        assert_eq!(
+            routed_to(&publisher, &setup, &x, "k", None, &qs).await,
+            vec![1]
+        );
+        setup
+            .queue_delete(&qs[1], QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        assert!(routed_to(&publisher, &setup, &x, "k", None, &qs[..1])
+            .await
+            .is_empty());
+        setup
+            .exchange_delete(&x, ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+        let watch = ErrorWatch::channel(&publisher);
+        let _ = publisher
+            .basic_publish(
+                &x,
+                "k",
+                BasicPublishOptions::default(),
+                b"gone",
+                BasicProperties::default(),
+            )
+            .await;
+        let text = watch.expect_code(404).await;
+        assert_eq!(
+            text,
+            format!("NOT_FOUND - no exchange '{}' in vhost '/'", x)
+        );
+        cleanup(&setup, &qs).await;
+    })
+});
+
 broker_test!(fanout_exchange_ignores_the_routing_key, |b| {
     run(async {
         let (_c1, setup) = open(&b.url()).await;
