@@ -59,9 +59,10 @@ fn warren_binary() -> PathBuf {
     warren
 }
 
-fn start_broker(shards: usize) -> Broker {
+/// A broker of its own for each test (`name`): tests run in parallel.
+fn start_broker(name: &str, shards: usize) -> Broker {
     let data_dir = std::env::temp_dir().join(format!(
-        "loadgen-test-{}-warren-{shards}",
+        "loadgen-test-{}-warren-{name}-{shards}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -164,7 +165,7 @@ fn check_hgrm(path: &Path) {
 }
 
 fn run_loadgen_against_warren(shards: usize) {
-    let broker = start_broker(shards);
+    let broker = start_broker("once", shards);
     let report = TempDir::new(&format!("report-{shards}"));
     let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
     let started = Instant::now();
@@ -255,7 +256,7 @@ fn loadgen_json(uri: &str, args: &[&str]) -> String {
 /// until they are acked. loadgen used to leave those unread and wait forever.
 #[test]
 fn consumers_drain_a_queue_that_already_has_a_backlog() {
-    let broker = start_broker(1);
+    let broker = start_broker("backlog", 1);
     let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
     let queue = ["-u", "backlog", "--auto-delete", "false"];
     let filled = loadgen_json(
