@@ -304,6 +304,49 @@ with_shards!(
     removed_messages_stay_removed_after_a_restart
 );
 
+/// Bodies larger than a frame, a chunk buffer and a segment come back
+/// byte for byte, with their properties.
+fn large_messages_survive_kill_9(shards: usize) {
+    let mut broker = Broker::start_with(shards, &["--segment-size", "1048576"]);
+    if broker.is_external() {
+        eprintln!("skipped: killing an external broker is not this test's business");
+        return;
+    }
+    let url = broker.url();
+    let mut rng = Rng::from_time();
+    let sizes = [0usize, 1, 131_072, 3 << 20, 9 << 20];
+    let bodies_sent: Vec<Vec<u8>> = sizes
+        .iter()
+        .map(|&size| (0..size).map(|_| rng.below(256) as u8).collect())
+        .collect();
+    let props = || {
+        persistent()
+            .with_content_type("application/octet-stream".into())
+            .with_headers(table(&[("k", ls("v"))]))
+    };
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open_confirming(&url).await;
+        declare(&ch, "dm.large", durable(), FieldTable::default()).await;
+        for body in &bodies_sent {
+            publish_props(&ch, "", "dm.large", body, props()).await;
+        }
+    });
+    broker.crash_and_restart();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        for (body, size) in bodies_sent.iter().zip(sizes) {
+            let m = get(&ch, "dm.large", true).await.expect("a large message");
+            assert_eq!(m.delivery.data.len(), size);
+            assert!(m.delivery.data == *body, "body of {size} bytes differs");
+            assert_eq!(m.delivery.properties, props());
+        }
+        assert!(get(&ch, "dm.large", true).await.is_none());
+    });
+}
+
+with_shards!(large_messages_survive_kill_9, large_messages_survive_kill_9);
+
 // ------------------------------------------------------------------ kill -9
 
 /// What the clients saw before the kill.
