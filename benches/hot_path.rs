@@ -163,7 +163,7 @@ fn queue_cycle() {
     let mut deliveries = Vec::with_capacity(128);
     let mut timers = Timers::new();
     let mut dead = Vec::new();
-    let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, 0);
+    let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, &[]);
     let ns = best_ns_per_op(10_000, || {
         let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
         for _ in 0..100 {
@@ -293,7 +293,7 @@ fn queue_ttl() {
             .collect();
         let mut timers = Timers::new();
         let mut dead = Vec::new();
-        let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, 0);
+        let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, &[]);
         let mut pending_timers = 0;
         let ns = best_ns_per_op(1, || {
             let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);

@@ -785,6 +785,74 @@ with_shards!(
     segments_are_deleted_once_their_messages_are_acked
 );
 
+/// After a restart the backlog is rewritten into segments of the
+/// configured size, which are deleted as it is consumed.
+fn a_recovered_backlog_gives_its_segments_back_as_it_is_consumed(shards: usize) {
+    let mut broker = Broker::start_with(shards, &["--segment-size", "65536"]);
+    if broker.is_external() {
+        eprintln!("skipped: an external broker's files are not this test's business");
+        return;
+    }
+    let url = broker.url();
+    let data_dir = broker.data_dir().expect("a warren child").to_path_buf();
+    let body = vec![b'b'; 1024];
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open_confirming(&url).await;
+        declare(&ch, "dm.backlog", durable(), FieldTable::default()).await;
+        let mut confirms = Vec::new();
+        for _ in 0..1000 {
+            let confirm = ch
+                .basic_publish(
+                    "",
+                    "dm.backlog",
+                    BasicPublishOptions::default(),
+                    &body,
+                    persistent(),
+                )
+                .await
+                .expect("basic.publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(step("confirm", confirm).await.expect("confirm").is_ack());
+        }
+    });
+    broker.restart();
+    let rewritten = segment_files(&data_dir);
+    assert!(rewritten.len() >= 10, "{rewritten:?}");
+    assert!(
+        rewritten.iter().all(|(_, size)| *size <= 65536 + 8192),
+        "{rewritten:?}"
+    );
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        ch.basic_qos(100, BasicQosOptions::default())
+            .await
+            .expect("basic.qos");
+        let mut consumer = consume(&ch, "dm.backlog", "c", BasicConsumeOptions::default()).await;
+        for n in 1..=1000u32 {
+            let delivery = next_delivery(&mut consumer).await;
+            if n.is_multiple_of(50) {
+                delivery
+                    .ack(BasicAckOptions { multiple: true })
+                    .await
+                    .expect("basic.ack");
+            }
+        }
+        let reclaimed = eventually(Duration::from_secs(10), || {
+            segment_files(&data_dir).len() <= 2
+        })
+        .await;
+        assert!(reclaimed, "segments left: {:?}", segment_files(&data_dir));
+    });
+}
+
+with_shards!(
+    a_recovered_backlog_gives_its_segments_back_as_it_is_consumed,
+    a_recovered_backlog_gives_its_segments_back_as_it_is_consumed
+);
+
 // ------------------------------------------------------------------ transactions
 
 fn a_committed_transaction_survives_kill_9_and_a_rolled_back_one_never_was(shards: usize) {

@@ -239,7 +239,7 @@ impl ShardState {
             deliveries: Vec::new(),
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
-            store: MessageStore::new(segment_size, 0),
+            store: MessageStore::new(segment_size, &[]),
             dead_letters: Vec::new(),
             dead_letter_cycles_logged: Default::default(),
             delayed: FastMap::default(),
@@ -721,8 +721,9 @@ impl ShardState {
         for (queue, messages) in queues {
             let Some(q) = self.queues.get_mut(&queue) else {
                 // Not this shard's queue after all: its records are void.
-                for seq in 1..=messages.len() as u64 {
-                    self.store.append_removal(queue.0, seq, 1);
+                for (at, message) in messages.iter().enumerate() {
+                    self.store
+                        .append_removal(queue.0, at as u64 + 1, message.segment);
                 }
                 continue;
             };

@@ -426,8 +426,9 @@ impl Queue {
         }
     }
 
-    /// Takes back a message recovered from the store at start (it is in
-    /// the shard's segment 1), after those restored before it. A deadline
+    /// Takes back a message recovered from the store at start (rewritten
+    /// into one of the shard's first segments), after those restored
+    /// before it: its sequence number is the one recovery wrote. A deadline
     /// that passed while the broker was down makes it expire at the next
     /// dispatch (dead-lettered if the queue says so).
     pub fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
@@ -441,7 +442,7 @@ impl Queue {
             expires_at_ms: recovered
                 .expires_at_epoch_ms
                 .map(|at| ctx.timers.shard_ms_of_epoch(at)),
-            segment: 1,
+            segment: recovered.segment,
             message: recovered.message,
         };
         self.add_ready(queued, ctx);

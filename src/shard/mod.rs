@@ -139,8 +139,13 @@ pub fn run(config: Config) -> Result<(), BootError> {
             _ => None,
         })
         .collect();
-    let recovered = store::recovery::recover(&config.data_dir, &restored_queues, shard_count)
-        .map_err(|e| BootError::Store(e.to_string()))?;
+    let recovered = store::recovery::recover(
+        &config.data_dir,
+        &restored_queues,
+        shard_count,
+        config.segment_size,
+    )
+    .map_err(|e| BootError::Store(e.to_string()))?;
     let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
     shutdown::install();
@@ -381,9 +386,9 @@ async fn shard_main(
     let ShardRecovery {
         dir: store_dir,
         queues: recovered_queues,
-        live: recovered_live,
+        live_per_segment,
     } = boot.messages;
-    state.borrow_mut().store = MessageStore::new(config.segment_size, recovered_live);
+    state.borrow_mut().store = MessageStore::new(config.segment_size, &live_per_segment);
     state.borrow_mut().restore_messages(recovered_queues);
     flush(&state, &senders);
     let store_busy = Rc::new(Cell::new(false));

@@ -100,22 +100,21 @@ pub struct MessageStore {
 }
 
 impl MessageStore {
-    /// A store whose segment 1 was written at start with `recovered_live`
-    /// messages; new records go to the segment after it. Without any,
-    /// segment 1 is the first one written.
-    pub fn new(segment_size: u64, recovered_live: u64) -> MessageStore {
+    /// A store whose segments 1, 2, ... were written at start with
+    /// `recovered_live` messages each; new records go to the segment after
+    /// them. Without any, segment 1 is the first one written.
+    pub fn new(segment_size: u64, recovered_live: &[u64]) -> MessageStore {
         let mut segments = VecDeque::new();
-        let active = if recovered_live > 0 {
+        for (at, &live) in recovered_live.iter().enumerate() {
+            let number = at as u32 + 1;
             segments.push_back(Segment {
-                number: 1,
-                live: recovered_live,
-                oldest_ref: 1,
+                number,
+                live,
+                oldest_ref: number,
                 fate: SegmentFate::Kept,
             });
-            2
-        } else {
-            1
-        };
+        }
+        let active = recovered_live.len() as u32 + 1;
         segments.push_back(Segment {
             number: active,
             live: 0,
@@ -374,7 +373,7 @@ mod tests {
     #[test]
     fn segments_roll_and_are_reclaimed_when_empty() {
         let m = message();
-        let mut store = MessageStore::new(4096, 0);
+        let mut store = MessageStore::new(4096, &[]);
         let segments: Vec<u32> = (1..=20).map(|seq| publish(&mut store, seq, &m)).collect();
         assert!(segments.windows(2).all(|w| w[0] <= w[1]));
         assert!(*segments.last().unwrap() >= 4, "{segments:?}");
@@ -399,7 +398,7 @@ mod tests {
     #[test]
     fn a_segment_with_removals_outlives_the_segment_they_point_into() {
         let m = message();
-        let mut store = MessageStore::new(4096, 0);
+        let mut store = MessageStore::new(4096, &[]);
         // Segment 1: one message that stays for now, then fill it.
         assert_eq!(publish(&mut store, 1, &m), 1);
         let mut seq = 2;
@@ -438,9 +437,12 @@ mod tests {
     }
 
     #[test]
-    fn recovered_messages_hold_segment_one() {
-        let mut store = MessageStore::new(1 << 20, 3);
-        assert_eq!(store.active_segment(), 2);
+    fn recovered_segments_are_reclaimed_one_by_one() {
+        let mut store = MessageStore::new(1 << 20, &[3, 1]);
+        assert_eq!(store.active_segment(), 3);
+        store.append_removal(9, 4, 2);
+        flush(&mut store);
+        assert_eq!(store.reclaimable(), vec![2]);
         for seq in 1..=3 {
             store.append_removal(9, seq, 1);
         }

@@ -248,7 +248,7 @@ mod tests {
         let written_dir = dir.clone();
         executor()
             .spawn(move || async move {
-                let mut store = MessageStore::new(16 * 1024, 0);
+                let mut store = MessageStore::new(16 * 1024, &[]);
                 let mut files = SegmentFiles::new(written_dir);
                 for n in 0..300u64 {
                     let m = message(n);
