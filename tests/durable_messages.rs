@@ -853,6 +853,102 @@ with_shards!(
     a_recovered_backlog_gives_its_segments_back_as_it_is_consumed
 );
 
+/// A queue nobody consumes beside a busy one: its old messages are copied
+/// forward (compaction) so that the busy queue's segments can go, and they
+/// survive a restart, delivered ones still marked so.
+fn old_messages_do_not_keep_the_log(shards: usize) {
+    let mut broker = Broker::start_with(shards, &["--segment-size", "65536"]);
+    if broker.is_external() {
+        eprintln!("skipped: an external broker's files are not this test's business");
+        return;
+    }
+    let url = broker.url();
+    let data_dir = broker.data_dir().expect("a warren child").to_path_buf();
+    let body = vec![b'c'; 1024];
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open_confirming(&url).await;
+        // Both queues on the same shard: exclusive ones would not be durable,
+        // so with 2 shards every other queue lands on the same shard.
+        for queue in ["dm.old", "dm.spacer", "dm.busy"] {
+            declare(&ch, queue, durable(), FieldTable::default()).await;
+        }
+        publish_props(&ch, "", "dm.old", b"held", persistent()).await;
+        publish_props(&ch, "", "dm.old", b"waiting", persistent()).await;
+        let holder = channel(&conn).await;
+        holder
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("basic.qos");
+        let mut held = consume(&holder, "dm.old", "holder", BasicConsumeOptions::default()).await;
+        assert_eq!(body_str(&next_delivery(&mut held).await), "held");
+
+        let acker = channel(&conn).await;
+        acker
+            .basic_qos(200, BasicQosOptions::default())
+            .await
+            .expect("basic.qos");
+        let mut busy = consume(&acker, "dm.busy", "busy", BasicConsumeOptions::default()).await;
+        let mut most = 0;
+        for _round in 0..30 {
+            let mut confirms = Vec::new();
+            for _ in 0..100 {
+                let confirm = ch
+                    .basic_publish(
+                        "",
+                        "dm.busy",
+                        BasicPublishOptions::default(),
+                        &body,
+                        persistent(),
+                    )
+                    .await
+                    .expect("basic.publish");
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                assert!(step("confirm", confirm).await.expect("confirm").is_ack());
+            }
+            for n in 1..=100u32 {
+                let delivery = next_delivery(&mut busy).await;
+                if n.is_multiple_of(25) {
+                    delivery
+                        .ack(BasicAckOptions { multiple: true })
+                        .await
+                        .expect("basic.ack");
+                }
+            }
+            most = most.max(segment_files(&data_dir).len());
+        }
+        // 3 MB went through 64 KiB segments; a few remain at any time.
+        let few = eventually(Duration::from_secs(10), || {
+            segment_files(&data_dir).len() <= 6
+        })
+        .await;
+        assert!(
+            few,
+            "segments left: {:?} (at most {most} at once)\n{}",
+            segment_files(&data_dir),
+            broker.log()
+        );
+        std::mem::forget(held);
+        std::mem::forget(conn);
+    });
+    broker.restart();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        assert_eq!(
+            drain(&ch, "dm.old").await,
+            [("held".to_string(), true), ("waiting".to_string(), false)]
+        );
+        assert_eq!(drain(&ch, "dm.busy").await, []);
+    });
+}
+
+with_shards!(
+    old_messages_do_not_keep_the_log,
+    old_messages_do_not_keep_the_log
+);
+
 // ------------------------------------------------------------------ transactions
 
 fn a_committed_transaction_survives_kill_9_and_a_rolled_back_one_never_was(shards: usize) {

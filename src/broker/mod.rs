@@ -736,6 +736,21 @@ impl ShardState {
         self.run_local();
     }
 
+    /// Compacts the oldest store segment that keeps emptied ones from
+    /// being deleted (see `MessageStore::compaction_candidate`): its live
+    /// messages are copied forward. Scans every queue of the shard, which
+    /// happens at most once per two segments' worth of records.
+    pub fn compact_store(&mut self) {
+        let Some(from) = self.store.compaction_candidate() else {
+            return;
+        };
+        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
+        for q in self.queues.values_mut() {
+            q.relocate(from, &mut ctx);
+        }
+        tracing::debug!(segment = from, "store segment compacted");
+    }
+
     /// The store wrote and synced a batch (or failed to: then `written` is
     /// false and the publishers get nacks): the confirms that waited for it
     /// go out.

@@ -448,6 +448,47 @@ impl Queue {
         self.add_ready(queued, ctx);
     }
 
+    /// Copies this queue's stored messages that live in segment `from`
+    /// into the store's active segment (compaction: see
+    /// `MessageStore::compaction_candidate`). A message delivered and not
+    /// acknowledged, or delivered before, is copied as delivered.
+    pub fn relocate(&mut self, from: u32, ctx: &mut QueueCtx) {
+        if !self.meta.durable {
+            return;
+        }
+        let QueueCtx { timers, store, .. } = ctx;
+        let meta = &self.meta;
+        let mut copy = |queued: &mut QueuedMessage, delivered: bool| {
+            if queued.segment != from {
+                return;
+            }
+            queued.segment = store.append_moved(
+                &PublishHead {
+                    queue_id: meta.id.0,
+                    seq: queued.seq,
+                    delivered,
+                    level: queued.level,
+                    expires_at_epoch_ms: queued.expires_at_ms.map(|at| timers.epoch_ms_of(at)),
+                    vhost: DEFAULT_VHOST,
+                    queue_name: meta.name.as_str(),
+                    message: &queued.message,
+                },
+                from,
+            );
+        };
+        for level in &mut self.ready.levels {
+            for slot in level.iter_mut() {
+                if let Some(queued) = slot.queued.as_mut() {
+                    let delivered = queued.redelivered;
+                    copy(queued, delivered);
+                }
+            }
+        }
+        for (queued, _) in self.unacked.values_mut() {
+            copy(queued, true);
+        }
+    }
+
     /// The queue is being deleted: every stored message of it is gone.
     pub fn forget_all(&mut self, ctx: &mut QueueCtx) {
         let id = self.meta.id;

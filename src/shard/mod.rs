@@ -613,6 +613,10 @@ async fn run_store(
                     }
                 }
             }
+            // Records pointing into an old segment that still holds a few
+            // live messages keep emptied segments; copying those messages
+            // forward lets them all go after the next batch.
+            state.borrow_mut().compact_store();
             let elapsed = reported_at.elapsed();
             if elapsed >= STORE_REPORT_EVERY {
                 let now = state.borrow().store.stats;

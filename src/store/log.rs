@@ -20,6 +20,14 @@
 //! when it has no live messages and no segment from that oldest one up to
 //! itself still exists. Deletions are made durable (directory fsync) before
 //! segments that depended on them are considered.
+//!
+//! That rule alone lets one old message keep the whole log: the segment
+//! after it holds acks pointing into it, the next one acks pointing into
+//! that one, and so on. So when emptied segments pile up behind an old one
+//! that still holds live messages, those few messages are copied forward
+//! into the active segment (same queue id and sequence number; a replay
+//! finds the newer copy) and the old segment goes once the copies are on
+//! disk, freeing the chain behind it (`compaction_candidate`).
 
 use std::collections::VecDeque;
 
@@ -33,6 +41,9 @@ const CHUNK_BYTES_MAX: usize = 8 << 20;
 /// The largest block size a chunk may be padded to when written (O_DIRECT
 /// on a 4K-sector disk): segment sizes are counted with it.
 const PADDING_ALIGNMENT_MAX: usize = 4096;
+/// Empty segments kept only because older ones still hold live messages,
+/// before the oldest of those is compacted.
+const PINNED_SEGMENTS_MAX: usize = 2;
 /// Buffers kept for the next batches; larger ones are let go.
 const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
@@ -69,6 +80,9 @@ struct Segment {
     /// into (its own number if none points further back).
     oldest_ref: u32,
     fate: SegmentFate,
+    /// Its live messages were copied forward in this batch (see
+    /// `append_moved`): the file must stay until that batch is on disk.
+    moved_in_batch: u64,
 }
 
 /// Counters for the debug log line the store task writes.
@@ -94,6 +108,10 @@ pub struct MessageStore {
     /// The last batch's confirm list, emptied, for the next one.
     spare_confirms: Vec<ConfirmTarget>,
     pending_records: u64,
+    /// Batches taken and batches written so far: a batch's number is the
+    /// value of `batches_taken` once it is taken.
+    batches_taken: u64,
+    batches_written: u64,
     /// Set when records are pending; the store task waits on it.
     pub ready: Notify,
     pub stats: StoreStats,
@@ -112,6 +130,7 @@ impl MessageStore {
                 live,
                 oldest_ref: number,
                 fate: SegmentFate::Kept,
+                moved_in_batch: 0,
             });
         }
         let active = recovered_live.len() as u32 + 1;
@@ -120,6 +139,7 @@ impl MessageStore {
             live: 0,
             oldest_ref: active,
             fate: SegmentFate::Kept,
+            moved_in_batch: 0,
         });
         MessageStore {
             segment_size: segment_size.max(record::BLOCK as u64),
@@ -131,6 +151,8 @@ impl MessageStore {
             waiting: Vec::new(),
             spare_confirms: Vec::new(),
             pending_records: 0,
+            batches_taken: 0,
+            batches_written: 0,
             ready: Notify::new(),
             stats: StoreStats::default(),
         }
@@ -153,6 +175,7 @@ impl MessageStore {
                 live: 0,
                 oldest_ref: self.active,
                 fate: SegmentFate::Kept,
+                moved_in_batch: 0,
             });
         }
         let fresh = match self.chunks.last() {
@@ -207,6 +230,58 @@ impl MessageStore {
         self.refers_to(segment);
     }
 
+    /// Copies a live message of an old segment (`from`) forward into the
+    /// active one, as a publish record with the same queue id and sequence
+    /// number: replaying both finds the message once, with the newer
+    /// record's delivered flag. `from` loses the message without a removal
+    /// record, so it may go once the batch holding the copy is on disk.
+    /// Returns the message's new segment.
+    pub fn append_moved(&mut self, head: &PublishHead, from: u32) -> u32 {
+        let segment = self.append_publish(head);
+        let batch = self.batches_taken + 1;
+        if let Some(s) = self.segment_mut(from) {
+            debug_assert!(s.live > 0, "a move out of a segment with no live message");
+            s.live = s.live.saturating_sub(1);
+            s.moved_in_batch = batch;
+        }
+        segment
+    }
+
+    /// A segment worth compacting, if any: when at least
+    /// `PINNED_SEGMENTS_MAX` segments hold no live message but must stay
+    /// because records in them point into older segments that still hold
+    /// live ones, the oldest segment with live messages is the root of
+    /// that chain. Copying its few live messages forward
+    /// (`append_moved`) lets it and then the whole chain be deleted: one
+    /// old message (a queue nobody consumes beside a busy one) cannot keep
+    /// the whole log. The copy costs at most one segment per
+    /// `PINNED_SEGMENTS_MAX` segments given back.
+    pub fn compaction_candidate(&self) -> Option<u32> {
+        // One compaction at a time: the last one's segments go first.
+        if self
+            .segments
+            .iter()
+            .any(|s| s.moved_in_batch > self.batches_written)
+        {
+            return None;
+        }
+        let root = self
+            .segments
+            .iter()
+            .find(|s| s.fate == SegmentFate::Kept && s.live > 0 && s.number != self.active)?;
+        let pinned = self
+            .segments
+            .iter()
+            .filter(|s| {
+                s.number > root.number
+                    && s.number != self.active
+                    && s.fate == SegmentFate::Kept
+                    && s.live == 0
+            })
+            .count();
+        (pinned >= PINNED_SEGMENTS_MAX).then_some(root.number)
+    }
+
     /// The message was handed to a consumer that must acknowledge it.
     pub fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
         let buf = self.chunk();
@@ -242,6 +317,7 @@ impl MessageStore {
             return None;
         }
         let records = std::mem::take(&mut self.pending_records);
+        self.batches_taken += 1;
         // The header and the padding each chunk gets when written count
         // towards its segment's size too.
         for chunk in &self.chunks {
@@ -265,6 +341,7 @@ impl MessageStore {
     pub fn batch_written(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>, bytes: u64) {
         self.stats.fsyncs += 1;
         self.stats.bytes += bytes;
+        self.batches_written += 1;
         for buffer in buffers {
             if self.spare.len() < 2 && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
                 self.spare.push(buffer);
@@ -293,6 +370,9 @@ impl MessageStore {
         for at in 0..self.segments.len() {
             let s = &self.segments[at];
             if s.fate != SegmentFate::Kept || s.live > 0 || s.number == self.active {
+                continue;
+            }
+            if s.moved_in_batch > self.batches_written {
                 continue;
             }
             if self.chunks.iter().any(|c| c.segment == s.number) {
@@ -352,6 +432,65 @@ mod tests {
             queue_name: "q",
             message,
         })
+    }
+
+    fn moved(store: &mut MessageStore, seq: u64, message: &Message, from: u32) -> u32 {
+        store.append_moved(
+            &PublishHead {
+                queue_id: 1,
+                seq,
+                delivered: false,
+                level: 0,
+                expires_at_epoch_ms: None,
+                vhost: "/",
+                queue_name: "q",
+                message,
+            },
+            from,
+        )
+    }
+
+    /// One message that stays while others come and go must not keep every
+    /// segment written after it.
+    #[test]
+    fn one_old_message_does_not_keep_the_log() {
+        let m = message();
+        let mut store = MessageStore::new(4096, &[]);
+        let mut old_segment = publish(&mut store, 0, &m);
+        let mut files: std::collections::BTreeSet<u32> = [old_segment].into();
+        let mut most = 0;
+        let mut segment_of = std::collections::HashMap::new();
+        for seq in 1..2000u64 {
+            let segment = publish(&mut store, seq, &m);
+            segment_of.insert(seq, segment);
+            files.insert(segment);
+            // Acked a little later: the removal often lands in the next segment.
+            if seq > 3 {
+                let acked = seq - 3;
+                store.append_removal(1, acked, segment_of[&acked]);
+            }
+            flush(&mut store);
+            loop {
+                let dead = store.reclaimable();
+                if dead.is_empty() {
+                    break;
+                }
+                for number in dead {
+                    files.remove(&number);
+                    store.segment_deleted(number);
+                }
+            }
+            if let Some(from) = store.compaction_candidate() {
+                assert_eq!(from, old_segment);
+                old_segment = moved(&mut store, 0, &m, from);
+                files.insert(old_segment);
+            }
+            most = most.max(files.len());
+        }
+        // The old message's segment, two emptied ones, the one being
+        // written, and those whose records point into it.
+        assert!(most <= 8, "{most} segment files at once");
+        assert!(files.len() <= 8, "{files:?}");
     }
 
     fn message() -> Message {
@@ -510,6 +649,13 @@ mod tests {
                         for number in dead {
                             files.remove(&number);
                             store.segment_deleted(number);
+                        }
+                    }
+                    if let Some(from) = store.compaction_candidate() {
+                        for (&s, segment) in live.iter_mut() {
+                            if *segment == from {
+                                *segment = moved(&mut store, s, &m, from);
+                            }
                         }
                     }
                 }
