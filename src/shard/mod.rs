@@ -576,12 +576,19 @@ async fn run_store(
             let written = match files.write(&mut batch).await {
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
-                    error!(error = %e, "the message store cannot write: the publishes waiting for it are nacked");
+                    error!(
+                        error = %e,
+                        "the message store cannot write: the publishes waiting for it are nacked, \
+                         and no segment is deleted until the next start"
+                    );
                     None
                 }
             };
             {
                 let mut state = state.borrow_mut();
+                if written.is_none() {
+                    state.store.batch_failed();
+                }
                 state.store.stats.records += batch.records;
                 state.store.stats.write_us += write_started.elapsed().as_micros() as u64;
                 state.store.batch_written(

@@ -112,6 +112,10 @@ pub struct MessageStore {
     /// value of `batches_taken` once it is taken.
     batches_taken: u64,
     batches_written: u64,
+    /// A batch failed to be written: what it held is not on disk, so no
+    /// segment is deleted for the rest of this run (the next start
+    /// rebuilds the store from what is on disk).
+    write_failed: bool,
     /// Set when records are pending; the store task waits on it.
     pub ready: Notify,
     pub stats: StoreStats,
@@ -153,6 +157,7 @@ impl MessageStore {
             pending_records: 0,
             batches_taken: 0,
             batches_written: 0,
+            write_failed: false,
             ready: Notify::new(),
             stats: StoreStats::default(),
         }
@@ -258,10 +263,11 @@ impl MessageStore {
     /// `PINNED_SEGMENTS_MAX` segments given back.
     pub fn compaction_candidate(&self) -> Option<u32> {
         // One compaction at a time: the last one's segments go first.
-        if self
-            .segments
-            .iter()
-            .any(|s| s.moved_in_batch > self.batches_written)
+        if self.write_failed
+            || self
+                .segments
+                .iter()
+                .any(|s| s.moved_in_batch > self.batches_written)
         {
             return None;
         }
@@ -355,6 +361,13 @@ impl MessageStore {
         self.spare_confirms = confirms;
     }
 
+    /// A batch could not be written or synced: from now on nothing is
+    /// deleted or compacted, since records the deletions rely on may be
+    /// missing from the disk.
+    pub fn batch_failed(&mut self) {
+        self.write_failed = true;
+    }
+
     /// The active segment (records go there; it is never reclaimed).
     pub fn active_segment(&self) -> u32 {
         self.active
@@ -363,6 +376,9 @@ impl MessageStore {
     /// Segments that may be deleted now; they are marked as being deleted.
     pub fn reclaimable(&mut self) -> Vec<u32> {
         let mut out = Vec::new();
+        if self.write_failed {
+            return out;
+        }
         let first = match self.segments.front() {
             Some(s) => s.number,
             None => return out,
