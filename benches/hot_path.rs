@@ -163,7 +163,7 @@ fn queue_cycle() {
     let mut deliveries = Vec::with_capacity(128);
     let mut timers = Timers::new();
     let mut dead = Vec::new();
-    let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, 0);
+    let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, &[]);
     let ns = best_ns_per_op(10_000, || {
         let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
         deliveries.clear();
@@ -293,7 +293,7 @@ fn queue_ttl() {
             .collect();
         let mut timers = Timers::new();
         let mut dead = Vec::new();
-        let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, 0);
+        let mut store = MessageStore::new(warren::config::SEGMENT_SIZE, &[]);
         let mut pending_timers = 0;
         // No consumer: every message waits, with its timer.
         let mut deliveries = Vec::new();

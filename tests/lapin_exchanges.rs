@@ -662,8 +662,8 @@ broker_test!(
     }
 );
 
-/// A publisher that sends to one exchange and key again and again sees every
-/// change of bindings, queues or exchanges at its very next publish.
+// A publisher that sends to one exchange and key again and again sees every
+// change of bindings, queues or exchanges at its very next publish.
 broker_test!(a_repeated_route_follows_every_binding_change, |b| {
     run(async {
         let (_c1, setup) = open(&b.url()).await;

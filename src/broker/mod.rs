@@ -253,7 +253,7 @@ impl ShardState {
             deliveries: Vec::new(),
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
-            store: MessageStore::new(segment_size, 0),
+            store: MessageStore::new(segment_size, &[]),
             dead_letters: Vec::new(),
             dead_letter_cycles_logged: Default::default(),
             delayed: FastMap::default(),
@@ -748,8 +748,9 @@ impl ShardState {
         for (queue, messages) in queues {
             let Some(q) = self.queues.get_mut(&queue) else {
                 // Not this shard's queue after all: its records are void.
-                for seq in 1..=messages.len() as u64 {
-                    self.store.append_removal(queue.0, seq, 1);
+                for (at, message) in messages.iter().enumerate() {
+                    self.store
+                        .append_removal(queue.0, at as u64 + 1, message.segment);
                 }
                 continue;
             };
@@ -760,6 +761,21 @@ impl ShardState {
             self.dispatch(queue);
         }
         self.run_local();
+    }
+
+    /// Compacts the oldest store segment that keeps emptied ones from
+    /// being deleted (see `MessageStore::compaction_candidate`): its live
+    /// messages are copied forward. Scans every queue of the shard, which
+    /// happens at most once per two segments' worth of records.
+    pub fn compact_store(&mut self) {
+        let Some(from) = self.store.compaction_candidate() else {
+            return;
+        };
+        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
+        for q in self.queues.values_mut() {
+            q.relocate(from, &mut ctx);
+        }
+        tracing::debug!(segment = from, "store segment compacted");
     }
 
     /// The store wrote and synced a batch (or failed to: then `written` is

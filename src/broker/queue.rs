@@ -457,8 +457,10 @@ impl Queue {
         self.add_ready(queued, ctx);
         enqueued
     }
-    /// Takes back a message recovered from the store at start (it is in
-    /// the shard's segment 1), after those restored before it. A deadline
+
+    /// Takes back a message recovered from the store at start (rewritten
+    /// into one of the shard's first segments), after those restored
+    /// before it: its sequence number is the one recovery wrote. A deadline
     /// that passed while the broker was down makes it expire at the next
     /// dispatch (dead-lettered if the queue says so).
     pub fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
@@ -472,10 +474,51 @@ impl Queue {
             expires_at_ms: recovered
                 .expires_at_epoch_ms
                 .map(|at| ctx.timers.shard_ms_of_epoch(at)),
-            segment: 1,
+            segment: recovered.segment,
             message: recovered.message,
         };
         self.add_ready(queued, ctx);
+    }
+
+    /// Copies this queue's stored messages that live in segment `from`
+    /// into the store's active segment (compaction: see
+    /// `MessageStore::compaction_candidate`). A message delivered and not
+    /// acknowledged, or delivered before, is copied as delivered.
+    pub fn relocate(&mut self, from: u32, ctx: &mut QueueCtx) {
+        if !self.meta.durable {
+            return;
+        }
+        let QueueCtx { timers, store, .. } = ctx;
+        let meta = &self.meta;
+        let mut copy = |queued: &mut QueuedMessage, delivered: bool| {
+            if queued.segment != from {
+                return;
+            }
+            queued.segment = store.append_moved(
+                &PublishHead {
+                    queue_id: meta.id.0,
+                    seq: queued.seq,
+                    delivered,
+                    level: queued.level,
+                    expires_at_epoch_ms: queued.expires_at_ms.map(|at| timers.epoch_ms_of(at)),
+                    vhost: DEFAULT_VHOST,
+                    queue_name: meta.name.as_str(),
+                    message: &queued.message,
+                },
+                from,
+            );
+        };
+        for level in &mut self.ready.levels {
+            for slot in level.iter_mut() {
+                if let Some(queued) = slot.queued.as_mut() {
+                    let delivered = queued.redelivered;
+                    copy(queued, delivered);
+                }
+            }
+        }
+        for (queued, _) in self.unacked.values_mut() {
+            copy(queued, true);
+        }
     }
 
     /// The queue is being deleted: every stored message of it is gone.

@@ -141,8 +141,13 @@ pub fn run(config: Config) -> Result<(), BootError> {
             _ => None,
         })
         .collect();
-    let recovered = store::recovery::recover(&config.data_dir, &restored_queues, shard_count)
-        .map_err(|e| BootError::Store(e.to_string()))?;
+    let recovered = store::recovery::recover(
+        &config.data_dir,
+        &restored_queues,
+        shard_count,
+        config.segment_size,
+    )
+    .map_err(|e| BootError::Store(e.to_string()))?;
     let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
     shutdown::install();
@@ -396,9 +401,9 @@ async fn shard_main(
     let ShardRecovery {
         dir: store_dir,
         queues: recovered_queues,
-        live: recovered_live,
+        live_per_segment,
     } = boot.messages;
-    state.borrow_mut().store = MessageStore::new(config.segment_size, recovered_live);
+    state.borrow_mut().store = MessageStore::new(config.segment_size, &live_per_segment);
     state.borrow_mut().restore_messages(recovered_queues);
     flush(&state, &senders);
     let store_busy = Rc::new(Cell::new(false));
@@ -606,12 +611,19 @@ async fn run_store(
             let written = match files.write(&mut batch).await {
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
-                    error!(error = %e, "the message store cannot write: the publishes waiting for it are nacked");
+                    error!(
+                        error = %e,
+                        "the message store cannot write: the publishes waiting for it are nacked, \
+                         and no segment is deleted until the next start"
+                    );
                     None
                 }
             };
             {
                 let mut state = state.borrow_mut();
+                if written.is_none() {
+                    state.store.batch_failed();
+                }
                 state.store.stats.records += batch.records;
                 state.store.stats.write_us += write_started.elapsed().as_micros() as u64;
                 state.store.batch_written(
@@ -643,6 +655,10 @@ async fn run_store(
                     }
                 }
             }
+            // Records pointing into an old segment that still holds a few
+            // live messages keep emptied segments; copying those messages
+            // forward lets them all go after the next batch.
+            state.borrow_mut().compact_store();
             let elapsed = reported_at.elapsed();
             if elapsed >= STORE_REPORT_EVERY {
                 let now = state.borrow().store.stats;

@@ -20,6 +20,14 @@
 //! when it has no live messages and no segment from that oldest one up to
 //! itself still exists. Deletions are made durable (directory fsync) before
 //! segments that depended on them are considered.
+//!
+//! That rule alone lets one old message keep the whole log: the segment
+//! after it holds acks pointing into it, the next one acks pointing into
+//! that one, and so on. So when emptied segments pile up behind an old one
+//! that still holds live messages, those few messages are copied forward
+//! into the active segment (same queue id and sequence number; a replay
+//! finds the newer copy) and the old segment goes once the copies are on
+//! disk, freeing the chain behind it (`compaction_candidate`).
 
 use std::collections::VecDeque;
 
@@ -33,6 +41,9 @@ const CHUNK_BYTES_MAX: usize = 8 << 20;
 /// The largest block size a chunk may be padded to when written (O_DIRECT
 /// on a 4K-sector disk): segment sizes are counted with it.
 const PADDING_ALIGNMENT_MAX: usize = 4096;
+/// Empty segments kept only because older ones still hold live messages,
+/// before the oldest of those is compacted.
+const PINNED_SEGMENTS_MAX: usize = 2;
 /// Buffers kept for the next batches; larger ones are let go.
 const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
@@ -69,6 +80,9 @@ struct Segment {
     /// into (its own number if none points further back).
     oldest_ref: u32,
     fate: SegmentFate,
+    /// Its live messages were copied forward in this batch (see
+    /// `append_moved`): the file must stay until that batch is on disk.
+    moved_in_batch: u64,
 }
 
 /// Counters for the debug log line the store task writes.
@@ -94,33 +108,42 @@ pub struct MessageStore {
     /// The last batch's confirm list, emptied, for the next one.
     spare_confirms: Vec<ConfirmTarget>,
     pending_records: u64,
+    /// Batches taken and batches written so far: a batch's number is the
+    /// value of `batches_taken` once it is taken.
+    batches_taken: u64,
+    batches_written: u64,
+    /// A batch failed to be written: what it held is not on disk, so no
+    /// segment is deleted for the rest of this run (the next start
+    /// rebuilds the store from what is on disk).
+    write_failed: bool,
     /// Set when records are pending; the store task waits on it.
     pub ready: Notify,
     pub stats: StoreStats,
 }
 
 impl MessageStore {
-    /// A store whose segment 1 was written at start with `recovered_live`
-    /// messages; new records go to the segment after it. Without any,
-    /// segment 1 is the first one written.
-    pub fn new(segment_size: u64, recovered_live: u64) -> MessageStore {
+    /// A store whose segments 1, 2, ... were written at start with
+    /// `recovered_live` messages each; new records go to the segment after
+    /// them. Without any, segment 1 is the first one written.
+    pub fn new(segment_size: u64, recovered_live: &[u64]) -> MessageStore {
         let mut segments = VecDeque::new();
-        let active = if recovered_live > 0 {
+        for (at, &live) in recovered_live.iter().enumerate() {
+            let number = at as u32 + 1;
             segments.push_back(Segment {
-                number: 1,
-                live: recovered_live,
-                oldest_ref: 1,
+                number,
+                live,
+                oldest_ref: number,
                 fate: SegmentFate::Kept,
+                moved_in_batch: 0,
             });
-            2
-        } else {
-            1
-        };
+        }
+        let active = recovered_live.len() as u32 + 1;
         segments.push_back(Segment {
             number: active,
             live: 0,
             oldest_ref: active,
             fate: SegmentFate::Kept,
+            moved_in_batch: 0,
         });
         MessageStore {
             segment_size: segment_size.max(record::BLOCK as u64),
@@ -132,6 +155,9 @@ impl MessageStore {
             waiting: Vec::new(),
             spare_confirms: Vec::new(),
             pending_records: 0,
+            batches_taken: 0,
+            batches_written: 0,
+            write_failed: false,
             ready: Notify::new(),
             stats: StoreStats::default(),
         }
@@ -154,6 +180,7 @@ impl MessageStore {
                 live: 0,
                 oldest_ref: self.active,
                 fate: SegmentFate::Kept,
+                moved_in_batch: 0,
             });
         }
         let fresh = match self.chunks.last() {
@@ -208,6 +235,59 @@ impl MessageStore {
         self.refers_to(segment);
     }
 
+    /// Copies a live message of an old segment (`from`) forward into the
+    /// active one, as a publish record with the same queue id and sequence
+    /// number: replaying both finds the message once, with the newer
+    /// record's delivered flag. `from` loses the message without a removal
+    /// record, so it may go once the batch holding the copy is on disk.
+    /// Returns the message's new segment.
+    pub fn append_moved(&mut self, head: &PublishHead, from: u32) -> u32 {
+        let segment = self.append_publish(head);
+        let batch = self.batches_taken + 1;
+        if let Some(s) = self.segment_mut(from) {
+            debug_assert!(s.live > 0, "a move out of a segment with no live message");
+            s.live = s.live.saturating_sub(1);
+            s.moved_in_batch = batch;
+        }
+        segment
+    }
+
+    /// A segment worth compacting, if any: when at least
+    /// `PINNED_SEGMENTS_MAX` segments hold no live message but must stay
+    /// because records in them point into older segments that still hold
+    /// live ones, the oldest segment with live messages is the root of
+    /// that chain. Copying its few live messages forward
+    /// (`append_moved`) lets it and then the whole chain be deleted: one
+    /// old message (a queue nobody consumes beside a busy one) cannot keep
+    /// the whole log. The copy costs at most one segment per
+    /// `PINNED_SEGMENTS_MAX` segments given back.
+    pub fn compaction_candidate(&self) -> Option<u32> {
+        // One compaction at a time: the last one's segments go first.
+        if self.write_failed
+            || self
+                .segments
+                .iter()
+                .any(|s| s.moved_in_batch > self.batches_written)
+        {
+            return None;
+        }
+        let root = self
+            .segments
+            .iter()
+            .find(|s| s.fate == SegmentFate::Kept && s.live > 0 && s.number != self.active)?;
+        let pinned = self
+            .segments
+            .iter()
+            .filter(|s| {
+                s.number > root.number
+                    && s.number != self.active
+                    && s.fate == SegmentFate::Kept
+                    && s.live == 0
+            })
+            .count();
+        (pinned >= PINNED_SEGMENTS_MAX).then_some(root.number)
+    }
+
     /// The message was handed to a consumer that must acknowledge it.
     pub fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
         let buf = self.chunk();
@@ -243,6 +323,7 @@ impl MessageStore {
             return None;
         }
         let records = std::mem::take(&mut self.pending_records);
+        self.batches_taken += 1;
         // The header and the padding each chunk gets when written count
         // towards its segment's size too.
         for chunk in &self.chunks {
@@ -266,6 +347,7 @@ impl MessageStore {
     pub fn batch_written(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>, bytes: u64) {
         self.stats.fsyncs += 1;
         self.stats.bytes += bytes;
+        self.batches_written += 1;
         for buffer in buffers {
             if self.spare.len() < 2 && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
                 self.spare.push(buffer);
@@ -279,6 +361,13 @@ impl MessageStore {
         self.spare_confirms = confirms;
     }
 
+    /// A batch could not be written or synced: from now on nothing is
+    /// deleted or compacted, since records the deletions rely on may be
+    /// missing from the disk.
+    pub fn batch_failed(&mut self) {
+        self.write_failed = true;
+    }
+
     /// The active segment (records go there; it is never reclaimed).
     pub fn active_segment(&self) -> u32 {
         self.active
@@ -287,6 +376,9 @@ impl MessageStore {
     /// Segments that may be deleted now; they are marked as being deleted.
     pub fn reclaimable(&mut self) -> Vec<u32> {
         let mut out = Vec::new();
+        if self.write_failed {
+            return out;
+        }
         let first = match self.segments.front() {
             Some(s) => s.number,
             None => return out,
@@ -294,6 +386,9 @@ impl MessageStore {
         for at in 0..self.segments.len() {
             let s = &self.segments[at];
             if s.fate != SegmentFate::Kept || s.live > 0 || s.number == self.active {
+                continue;
+            }
+            if s.moved_in_batch > self.batches_written {
                 continue;
             }
             if self.chunks.iter().any(|c| c.segment == s.number) {
@@ -355,6 +450,65 @@ mod tests {
         })
     }
 
+    fn moved(store: &mut MessageStore, seq: u64, message: &Message, from: u32) -> u32 {
+        store.append_moved(
+            &PublishHead {
+                queue_id: 1,
+                seq,
+                delivered: false,
+                level: 0,
+                expires_at_epoch_ms: None,
+                vhost: "/",
+                queue_name: "q",
+                message,
+            },
+            from,
+        )
+    }
+
+    /// One message that stays while others come and go must not keep every
+    /// segment written after it.
+    #[test]
+    fn one_old_message_does_not_keep_the_log() {
+        let m = message();
+        let mut store = MessageStore::new(4096, &[]);
+        let mut old_segment = publish(&mut store, 0, &m);
+        let mut files: std::collections::BTreeSet<u32> = [old_segment].into();
+        let mut most = 0;
+        let mut segment_of = std::collections::HashMap::new();
+        for seq in 1..2000u64 {
+            let segment = publish(&mut store, seq, &m);
+            segment_of.insert(seq, segment);
+            files.insert(segment);
+            // Acked a little later: the removal often lands in the next segment.
+            if seq > 3 {
+                let acked = seq - 3;
+                store.append_removal(1, acked, segment_of[&acked]);
+            }
+            flush(&mut store);
+            loop {
+                let dead = store.reclaimable();
+                if dead.is_empty() {
+                    break;
+                }
+                for number in dead {
+                    files.remove(&number);
+                    store.segment_deleted(number);
+                }
+            }
+            if let Some(from) = store.compaction_candidate() {
+                assert_eq!(from, old_segment);
+                old_segment = moved(&mut store, 0, &m, from);
+                files.insert(old_segment);
+            }
+            most = most.max(files.len());
+        }
+        // The old message's segment, two emptied ones, the one being
+        // written, and those whose records point into it.
+        assert!(most <= 8, "{most} segment files at once");
+        assert!(files.len() <= 8, "{files:?}");
+    }
+
     fn message() -> Message {
         Message {
             exchange: crate::protocol::ShortStr::from_static(""),
@@ -374,7 +528,7 @@ mod tests {
     #[test]
     fn segments_roll_and_are_reclaimed_when_empty() {
         let m = message();
-        let mut store = MessageStore::new(4096, 0);
+        let mut store = MessageStore::new(4096, &[]);
         let segments: Vec<u32> = (1..=20).map(|seq| publish(&mut store, seq, &m)).collect();
         assert!(segments.windows(2).all(|w| w[0] <= w[1]));
         assert!(*segments.last().unwrap() >= 4, "{segments:?}");
@@ -399,7 +553,7 @@ mod tests {
     #[test]
     fn a_segment_with_removals_outlives_the_segment_they_point_into() {
         let m = message();
-        let mut store = MessageStore::new(4096, 0);
+        let mut store = MessageStore::new(4096, &[]);
         // Segment 1: one message that stays for now, then fill it.
         assert_eq!(publish(&mut store, 1, &m), 1);
         let mut seq = 2;
@@ -437,10 +591,115 @@ mod tests {
         assert!(deletable.contains(&2), "{deletable:?}");
     }
 
+    /// The reclaim rule against a simulated disk: random publishes,
+    /// removals and delivered marks, batches "written" to in-memory segment
+    /// files, segments deleted whenever `reclaimable` allows, and a crash
+    /// after a random batch. Replaying what is left must give exactly the
+    /// messages live at that batch: deleting a segment never resurrects a
+    /// removed message nor loses a live one.
     #[test]
-    fn recovered_messages_hold_segment_one() {
-        let mut store = MessageStore::new(1 << 20, 3);
-        assert_eq!(store.active_segment(), 2);
+    fn reclaiming_never_changes_what_a_replay_finds() {
+        use crate::store::record::StoredPublish;
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let m = Message {
+            body: bytes::Bytes::from_static(b"x"),
+            ..message()
+        };
+        for _run in 0..100 {
+            let mut store = MessageStore::new(1024 + next(4096), &[]);
+            let mut files: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+            // seq -> segment, for messages live in memory.
+            let mut live: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut durable_live: BTreeSet<u64> = BTreeSet::new();
+            let mut seq = 0u64;
+            let ops = 200 + next(2000);
+            let crash_after = next(ops);
+            for op in 0..ops {
+                match next(10) {
+                    0..=4 => {
+                        seq += 1;
+                        live.insert(seq, publish(&mut store, seq, &m));
+                    }
+                    5..=7 if !live.is_empty() => {
+                        // Mostly old messages, sometimes recent ones.
+                        let at = if next(2) == 0 {
+                            next(live.len().min(5) as u64) as usize
+                        } else {
+                            next(live.len() as u64) as usize
+                        };
+                        let (&s, &segment) = live.iter().nth(at).unwrap();
+                        live.remove(&s);
+                        store.append_removal(1, s, segment);
+                    }
+                    8 if !live.is_empty() => {
+                        let at = next(live.len() as u64) as usize;
+                        let (&s, &segment) = live.iter().nth(at).unwrap();
+                        store.append_delivered(1, s, segment);
+                    }
+                    _ => {}
+                }
+                if next(8) == 0 || op + 1 == ops {
+                    if let Some(mut batch) = store.take_batch() {
+                        for chunk in &mut batch.chunks {
+                            record::seal_chunk(&mut chunk.bytes, record::BLOCK);
+                            files
+                                .entry(chunk.segment)
+                                .or_default()
+                                .extend_from_slice(&chunk.bytes);
+                        }
+                        store.batch_written(batch.chunks.into_iter().map(|c| c.bytes), 0);
+                        durable_live = live.keys().copied().collect();
+                    }
+                    loop {
+                        let dead = store.reclaimable();
+                        if dead.is_empty() {
+                            break;
+                        }
+                        for number in dead {
+                            files.remove(&number);
+                            store.segment_deleted(number);
+                        }
+                    }
+                    if let Some(from) = store.compaction_candidate() {
+                        for (&s, segment) in live.iter_mut() {
+                            if *segment == from {
+                                *segment = moved(&mut store, s, &m, from);
+                            }
+                        }
+                    }
+                }
+                if op == crash_after {
+                    break;
+                }
+            }
+            let mut replayed: BTreeMap<(u64, u64), StoredPublish> = BTreeMap::new();
+            for (number, bytes) in &files {
+                let path = std::path::PathBuf::from(format!("segment-{number}"));
+                crate::store::recovery::replay_segment(
+                    &path,
+                    &bytes::Bytes::from(bytes.clone()),
+                    &mut replayed,
+                );
+            }
+            let found: BTreeSet<u64> = replayed.keys().map(|&(_, s)| s).collect();
+            assert_eq!(found, durable_live);
+        }
+    }
+
+    #[test]
+    fn recovered_segments_are_reclaimed_one_by_one() {
+        let mut store = MessageStore::new(1 << 20, &[3, 1]);
+        assert_eq!(store.active_segment(), 3);
+        store.append_removal(9, 4, 2);
+        flush(&mut store);
+        assert_eq!(store.reclaimable(), vec![2]);
         for seq in 1..=3 {
             store.append_removal(9, seq, 1);
         }

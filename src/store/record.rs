@@ -29,6 +29,10 @@
 //!             pending: comes back redelivered)
 //! ```
 //!
+//! A publish record may appear twice for one message: compaction copies a
+//! live message from an old segment into the active one with the same
+//! queue id and sequence number (`log`); a replay keeps the later copy.
+//!
 //! A queue id is unique only within one generation of the store (one run of
 //! the broker), so a publish carries its queue's vhost and name: recovery
 //! finds the queue by name, wherever it lives after the restart.

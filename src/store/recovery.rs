@@ -18,9 +18,10 @@
 //! 2. replay the records: publishes minus removals, delivered marks turned
 //!    into redelivered flags; keep the messages whose queue (by vhost and
 //!    name) still exists and is durable, in their original order;
-//! 3. write them to generation g+1, segment 1 of the directory of the shard
-//!    that owns each queue now, with new queue ids and sequence numbers;
-//!    fdatasync the files, fsync the directories;
+//! 3. write them to generation g+1, segments 1, 2, ... (of `--segment-size`
+//!    each) of the directory of the shard that owns each queue now, with new
+//!    queue ids and sequence numbers; fdatasync the files, fsync the
+//!    directories;
 //! 4. switch `CURRENT` to g+1 (temp file, fdatasync, rename, directory
 //!    fsync: atomic), then delete generation g.
 //!
@@ -57,6 +58,8 @@ const ALIGNMENT: usize = 4096;
 pub struct RecoveredMessage {
     /// Delivered before (with an ack pending) or requeued: redelivered.
     pub redelivered: bool,
+    /// The segment of the new generation that holds it.
+    pub segment: u32,
     pub level: u8,
     pub expires_at_epoch_ms: Option<u64>,
     pub message: Message,
@@ -67,10 +70,10 @@ pub struct RecoveredMessage {
 pub struct ShardRecovery {
     /// `messages/<gen>/shard-<n>`: where the shard's store writes.
     pub dir: PathBuf,
-    /// Each queue's messages, in order; they are in segment 1.
+    /// Each queue's messages, in order.
     pub queues: Vec<(QueueId, Vec<RecoveredMessage>)>,
-    /// Messages in segment 1.
-    pub live: u64,
+    /// Messages in segments 1, 2, ...: the store's next segment follows.
+    pub live_per_segment: Vec<u64>,
 }
 
 pub fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
@@ -86,6 +89,7 @@ pub fn recover(
     data_dir: &Path,
     queues: &[QueueMeta],
     shard_count: usize,
+    segment_size: u64,
 ) -> io::Result<Vec<ShardRecovery>> {
     let root = data_dir.join(DIR_NAME);
     fs::create_dir_all(&root)?;
@@ -122,6 +126,7 @@ pub fn recover(
             .or_insert_with(|| (meta.id, meta.shard, Vec::new()));
         entry.2.push(RecoveredMessage {
             redelivered: stored.delivered,
+            segment: 0,
             level: stored.level,
             expires_at_epoch_ms: stored.expires_at_epoch_ms,
             message: stored.message,
@@ -132,7 +137,6 @@ pub fn recover(
     }
     for (_, (id, shard, messages)) in per_queue {
         if let Some(target) = shards.get_mut(shard.index()) {
-            target.live += messages.len() as u64;
             target.queues.push((id, messages));
         }
     }
@@ -140,11 +144,10 @@ pub fn recover(
     let generation_dir = root.join(next.to_string());
     fs::create_dir_all(&generation_dir)?;
     let names: HashMap<u64, &str> = queues.iter().map(|q| (q.id.0, q.name.as_str())).collect();
-    for shard in &shards {
+    for shard in &mut shards {
         fs::create_dir_all(&shard.dir)?;
-        if shard.live > 0 {
-            write_segment_one(&shard.dir, &shard.queues, &names)?;
-        }
+        shard.live_per_segment =
+            write_segments(&shard.dir, &mut shard.queues, &names, segment_size)?;
         sync_dir(&shard.dir)?;
     }
     sync_dir(&generation_dir)?;
@@ -154,7 +157,7 @@ pub fn recover(
         fs::remove_dir_all(root.join(old.to_string()))?;
         sync_dir(&root)?;
     }
-    let total: u64 = shards.iter().map(|s| s.live).sum();
+    let total: u64 = shards.iter().flat_map(|s| &s.live_per_segment).sum();
     info!(
         generation = next,
         messages = total,
@@ -314,19 +317,34 @@ fn apply(record: Record, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
     }
 }
 
-/// Segment 1 of a shard in the new generation: its queues' messages, with
-/// the queues' new ids and sequence numbers 1, 2, ... in order.
-fn write_segment_one(
+/// A shard's segments in the new generation: its queues' messages, with
+/// the queues' new ids and sequence numbers 1, 2, ... in order, a new
+/// segment every `segment_size` bytes (so that the backlog's space is given
+/// back segment by segment as it is consumed). Sets each message's segment;
+/// returns the live messages per segment.
+fn write_segments(
     dir: &Path,
-    queues: &[(QueueId, Vec<RecoveredMessage>)],
+    queues: &mut [(QueueId, Vec<RecoveredMessage>)],
     names: &HashMap<u64, &str>,
-) -> io::Result<()> {
-    let mut file = fs::File::create(dir.join(segments::file_name(1)))?;
+    segment_size: u64,
+) -> io::Result<Vec<u64>> {
+    let mut live_per_segment: Vec<u64> = Vec::new();
+    let mut file: Option<fs::File> = None;
+    let mut file_bytes = 0u64;
     let mut chunk = Vec::new();
     record::open_chunk(&mut chunk);
-    for (queue, messages) in queues {
+    for (queue, messages) in queues.iter_mut() {
         let name = names.get(&queue.0).copied().unwrap_or_default();
-        for (at, m) in messages.iter().enumerate() {
+        for (at, m) in messages.iter_mut().enumerate() {
+            if file.is_none() || file_bytes + chunk.len() as u64 >= segment_size {
+                if let Some(full) = file.take() {
+                    finish_segment(full, &mut chunk)?;
+                }
+                live_per_segment.push(0);
+                let number = live_per_segment.len() as u32;
+                file = Some(fs::File::create(dir.join(segments::file_name(number)))?);
+                file_bytes = 0;
+            }
             record::put_publish(
                 &mut chunk,
                 &PublishHead {
@@ -340,18 +358,38 @@ fn write_segment_one(
                     message: &m.message,
                 },
             );
+            m.segment = live_per_segment.len() as u32;
+            if let Some(count) = live_per_segment.last_mut() {
+                *count += 1;
+            }
             if chunk.len() >= CHUNK_BYTES {
-                record::seal_chunk(&mut chunk, ALIGNMENT);
-                file.write_all(&chunk)?;
-                chunk.clear();
-                record::open_chunk(&mut chunk);
+                if let Some(f) = file.as_mut() {
+                    file_bytes += write_chunk(f, &mut chunk)?;
+                }
             }
         }
     }
-    if chunk.len() > record::CHUNK_HEADER_LEN {
-        record::seal_chunk(&mut chunk, ALIGNMENT);
-        file.write_all(&chunk)?;
+    if let Some(last) = file.take() {
+        finish_segment(last, &mut chunk)?;
     }
+    Ok(live_per_segment)
+}
+
+/// Seals and writes the chunk in `chunk`, then opens the next one in it.
+fn write_chunk(file: &mut fs::File, chunk: &mut Vec<u8>) -> io::Result<u64> {
+    if chunk.len() <= record::CHUNK_HEADER_LEN {
+        return Ok(0);
+    }
+    record::seal_chunk(chunk, ALIGNMENT);
+    file.write_all(chunk)?;
+    let written = chunk.len() as u64;
+    chunk.clear();
+    record::open_chunk(chunk);
+    Ok(written)
+}
+
+fn finish_segment(mut file: fs::File, chunk: &mut Vec<u8>) -> io::Result<()> {
+    write_chunk(&mut file, chunk)?;
     file.sync_data()
 }
 
