@@ -30,9 +30,14 @@ pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const TICK: Duration = Duration::from_millis(5);
 /// Bytes a connection's reader asks the socket for at once.
 pub const READ_BUFFER_SIZE: usize = 128 * 1024;
-/// Bytes a connection reads before it waits for the next reactor turn, so
-/// one publisher cannot starve the rest of its shard (its consumers above all).
-pub const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
+/// Bytes a connection reads (and handles) before it waits for the next
+/// reactor turn, so one publisher cannot starve the rest of its shard: its
+/// consumers above all, whose acks wait behind it. Measured on one shard,
+/// 1 → 1 with prefetch 200 and an ack per 50, the consumer got about 1/8 of
+/// the publisher's rate with 128 KiB reads, 1/4 with 32 KiB, 1/2 with
+/// 16 KiB; smaller reads cost more turns, so autoack costs about 5 % more
+/// CPU per message at 32 KiB and 20 % more at 16 KiB.
+pub const READ_BYTES_PER_TURN_MAX: usize = 32 * 1024;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;

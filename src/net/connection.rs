@@ -77,10 +77,16 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
         if buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
             buf.reserve(config::READ_BUFFER_SIZE);
         }
-        let read = future::or(async { Some(read_some(stream, &mut buf).await) }, async {
-            wake.wait().await;
-            None
-        })
+        // A read takes no more than a turn's budget: all of it is parsed and
+        // handled before anything else of the shard runs (consumers' acks,
+        // and so their next deliveries, among them).
+        let read = future::or(
+            async { Some(read_at_most(stream, &mut buf, config::READ_BYTES_PER_TURN_MAX).await) },
+            async {
+                wake.wait().await;
+                None
+            },
+        )
         .await;
         match read {
             // Woken while waiting for bytes: the state machine may have
@@ -113,11 +119,17 @@ async fn next_reactor_turn() {
 
 /// Reads whatever the socket has into the spare capacity of `buf`; 0 is EOF.
 pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    read_at_most(stream, buf, usize::MAX).await
+}
+
+/// `read_some`, taking at most `limit` bytes.
+async fn read_at_most(stream: &Stream, buf: &mut BytesMut, limit: usize) -> io::Result<usize> {
     let n = poll_fn(|cx| {
         let spare = buf.chunk_mut();
+        let len = spare.len().min(limit);
         // SAFETY: recv(2) only writes into this memory and we only expose
         // the bytes it reports as written (set by advance_mut below).
-        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), spare.len()) };
+        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), len) };
         let mut stream = stream.borrow_mut();
         Pin::new(&mut *stream).poll_read(cx, spare)
     })
