@@ -90,6 +90,42 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
     out
 }
 
+/// Publishes `count` copies of `body`, persistent, to `queue` with all of
+/// them in flight at once (group commit confirms them in a few fsyncs),
+/// and waits until every one is confirmed.
+async fn publish_persistent_confirmed(ch: &Channel, queue: &str, body: &[u8], count: usize) {
+    let mut confirms = Vec::new();
+    for _ in 0..count {
+        let confirm = ch
+            .basic_publish(
+                "",
+                queue,
+                BasicPublishOptions::default(),
+                body,
+                persistent(),
+            )
+            .await
+            .expect("basic.publish");
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(step("confirm", confirm).await.expect("confirm").is_ack());
+    }
+}
+
+/// Takes `count` deliveries, acking them with one multiple ack per `every`.
+async fn receive_and_ack(consumer: &mut Consumer, count: u32, every: u32) {
+    for n in 1..=count {
+        let delivery = next_delivery(consumer).await;
+        if n.is_multiple_of(every) {
+            delivery
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .expect("basic.ack");
+        }
+    }
+}
+
 fn bodies(messages: &[(String, bool)]) -> Vec<String> {
     messages.iter().map(|(b, _)| b.clone()).collect()
 }
@@ -710,26 +746,7 @@ fn segments_are_deleted_once_their_messages_are_acked(shards: usize) {
     run_for(RESTART_TEST_DEADLINE, async {
         let (conn, ch) = open_confirming(&url).await;
         declare(&ch, "dm.reclaim", durable(), FieldTable::default()).await;
-        // 2000 publishes in flight at once: group commit confirms them in
-        // a few fsyncs.
-        let mut confirms = Vec::new();
-        for _ in 0..2000 {
-            let confirm = ch
-                .basic_publish(
-                    "",
-                    "dm.reclaim",
-                    BasicPublishOptions::default(),
-                    &body,
-                    persistent(),
-                )
-                .await
-                .expect("basic.publish");
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            let c = step("confirm", confirm).await.expect("confirm");
-            assert!(c.is_ack());
-        }
+        publish_persistent_confirmed(&ch, "dm.reclaim", &body, 2000).await;
         let written = segment_files(&data_dir);
         assert!(written.len() >= 20, "{written:?}");
         let consumer_ch = channel(&conn).await;
@@ -744,15 +761,7 @@ fn segments_are_deleted_once_their_messages_are_acked(shards: usize) {
             BasicConsumeOptions::default(),
         )
         .await;
-        for n in 1..=2000u32 {
-            let delivery = next_delivery(&mut consumer).await;
-            if n.is_multiple_of(50) {
-                delivery
-                    .ack(BasicAckOptions { multiple: true })
-                    .await
-                    .expect("basic.ack");
-            }
-        }
+        receive_and_ack(&mut consumer, 2000, 50).await;
         let reclaimed = eventually(Duration::from_secs(10), || {
             segment_files(&data_dir).len() <= 2
         })
@@ -799,23 +808,7 @@ fn a_recovered_backlog_gives_its_segments_back_as_it_is_consumed(shards: usize) 
     run_for(RESTART_TEST_DEADLINE, async {
         let (_conn, ch) = open_confirming(&url).await;
         declare(&ch, "dm.backlog", durable(), FieldTable::default()).await;
-        let mut confirms = Vec::new();
-        for _ in 0..1000 {
-            let confirm = ch
-                .basic_publish(
-                    "",
-                    "dm.backlog",
-                    BasicPublishOptions::default(),
-                    &body,
-                    persistent(),
-                )
-                .await
-                .expect("basic.publish");
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            assert!(step("confirm", confirm).await.expect("confirm").is_ack());
-        }
+        publish_persistent_confirmed(&ch, "dm.backlog", &body, 1000).await;
     });
     broker.restart();
     let rewritten = segment_files(&data_dir);
@@ -831,15 +824,7 @@ fn a_recovered_backlog_gives_its_segments_back_as_it_is_consumed(shards: usize) 
             .await
             .expect("basic.qos");
         let mut consumer = consume(&ch, "dm.backlog", "c", BasicConsumeOptions::default()).await;
-        for n in 1..=1000u32 {
-            let delivery = next_delivery(&mut consumer).await;
-            if n.is_multiple_of(50) {
-                delivery
-                    .ack(BasicAckOptions { multiple: true })
-                    .await
-                    .expect("basic.ack");
-            }
-        }
+        receive_and_ack(&mut consumer, 1000, 50).await;
         let reclaimed = eventually(Duration::from_secs(10), || {
             segment_files(&data_dir).len() <= 2
         })
@@ -890,32 +875,8 @@ fn old_messages_do_not_keep_the_log(shards: usize) {
         let mut busy = consume(&acker, "dm.busy", "busy", BasicConsumeOptions::default()).await;
         let mut most = 0;
         for _round in 0..30 {
-            let mut confirms = Vec::new();
-            for _ in 0..100 {
-                let confirm = ch
-                    .basic_publish(
-                        "",
-                        "dm.busy",
-                        BasicPublishOptions::default(),
-                        &body,
-                        persistent(),
-                    )
-                    .await
-                    .expect("basic.publish");
-                confirms.push(confirm);
-            }
-            for confirm in confirms {
-                assert!(step("confirm", confirm).await.expect("confirm").is_ack());
-            }
-            for n in 1..=100u32 {
-                let delivery = next_delivery(&mut busy).await;
-                if n.is_multiple_of(25) {
-                    delivery
-                        .ack(BasicAckOptions { multiple: true })
-                        .await
-                        .expect("basic.ack");
-                }
-            }
+            publish_persistent_confirmed(&ch, "dm.busy", &body, 100).await;
+            receive_and_ack(&mut busy, 100, 25).await;
             most = most.max(segment_files(&data_dir).len());
         }
         // 3 MB went through 64 KiB segments; a few remain at any time.

@@ -862,10 +862,7 @@ impl Connection {
                     },
                     confirm,
                 };
-                match ch.tx.as_mut() {
-                    Some(ops) => ops.push(TxOp::Publish(queue.shard, msg)),
-                    None => self.effects.push((queue.shard, msg)),
-                }
+                hand_over(ch.tx.as_mut(), &mut self.effects, queue.shard, msg);
                 return Ok(());
             }
         }
@@ -893,10 +890,7 @@ impl Connection {
                 message,
                 confirm,
             };
-            match ch.tx.as_mut() {
-                Some(ops) => ops.push(TxOp::Publish(queue.shard, msg)),
-                None => self.effects.push((queue.shard, msg)),
-            }
+            hand_over(ch.tx.as_mut(), &mut self.effects, queue.shard, msg);
         }
         // The publishing shard holds delayed messages, after a commit in a
         // transaction (RabbitMQ's plugin holds them at publish, even if the
@@ -910,10 +904,7 @@ impl Connection {
                 delay_ms: self.routed.delay_ms,
                 confirm,
             }));
-            match ch.tx.as_mut() {
-                Some(ops) => ops.push(TxOp::Publish(self.conn.shard, msg)),
-                None => self.effects.push((self.conn.shard, msg)),
-            }
+            hand_over(ch.tx.as_mut(), &mut self.effects, self.conn.shard, msg);
         }
         Ok(())
     }
@@ -1396,6 +1387,20 @@ fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
 
 /// What basic.publish requires of its exchange: that it exists and is not
 /// internal.
+/// A routed message goes to its queue's shard now, or waits for the
+/// commit of the channel's transaction.
+fn hand_over(
+    tx: Option<&mut Vec<TxOp>>,
+    effects: &mut Vec<(ShardId, ShardMsg)>,
+    shard: ShardId,
+    msg: ShardMsg,
+) {
+    match tx {
+        Some(ops) => ops.push(TxOp::Publish(shard, msg)),
+        None => effects.push((shard, msg)),
+    }
+}
+
 fn check_publish_exchange(env: &Env, name: &ShortStr) -> Result<(), AmqpError> {
     match env.vhost.exchanges.get(name.as_str()) {
         None => Err(no_exchange(name)),
