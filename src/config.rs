@@ -38,6 +38,17 @@ pub const READ_BUFFER_SIZE: usize = 128 * 1024;
 /// 16 KiB; smaller reads cost more turns, so autoack costs about 5 % more
 /// CPU per message at 32 KiB and 20 % more at 16 KiB.
 pub const READ_BYTES_PER_TURN_MAX: usize = 32 * 1024;
+/// Flow control: on a shard that was busy for at least this fraction of
+/// its last tick, a connection publishing into a local queue with more than
+/// `FLOW_READY_HIGH` ready messages and consumers waits, before it reads
+/// again, until the queue is down to `FLOW_READY_LOW` (or for a tick at
+/// most). Without it a publisher, which costs the shard less per message
+/// than a consumer with acks, fills the queue faster than the consumers
+/// drain it, and a growing queue costs fresh memory (page faults) and cache
+/// misses for every message. A shard with time to spare never slows one.
+pub const FLOW_BUSY_FRACTION: f64 = 0.9;
+pub const FLOW_READY_HIGH: usize = 4096;
+pub const FLOW_READY_LOW: usize = 1024;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;

@@ -8,10 +8,11 @@
 
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_lite::future;
 use warren::protocol::{
-    parse_frame, write_method, BasicAck, BasicConsume, BasicQos, FieldTable, Frame, Method,
+    parse_frame, peek_deliver, write_method, BasicAck, BasicConsume, BasicQos, FieldTable, Frame,
+    Method,
 };
 
 use crate::args::ConsumerConn;
@@ -20,7 +21,7 @@ use crate::client::{close_error, read_some, unexpected, write_all, Connection, S
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::executor::ExecCtx;
-use crate::stats::{ConsumerResult, Event};
+use crate::stats::{ConsumerResult, Event, ExecStats};
 use crate::tracker::SeqBits;
 
 /// Per-channel delivery state.
@@ -165,15 +166,39 @@ async fn consume_loop(
         let now = clock::now_ns();
         {
             let mut stats = ctx.stats.borrow_mut();
-            while let Some(frame) = match conn.held.pop_front() {
-                Some(frame) => Some(frame),
-                None => parse_frame(&mut conn.read_buf, frame_max)?,
-            } {
+            let mut seen = Seen {
+                now,
+                producer_count,
+                queue_count,
+                records: &mut *records,
+                foreign: &mut *foreign,
+            };
+            loop {
+                // The usual case, a whole delivery in the buffer, is read in
+                // place: loadgen must never be what limits the broker.
+                if conn.held.is_empty() {
+                    if let Some(d) = peek_deliver(&conn.read_buf, frame_max) {
+                        if let Some(ch) = channel_of(channels, d.channel) {
+                            ch.delivery_tag = d.delivery_tag;
+                            if d.redelivered {
+                                stats.counters.redelivered += 1;
+                            }
+                            seen.stamp(&conn.read_buf[d.body.clone()], ch.queue, &mut stats);
+                            conn.read_buf.advance(d.len);
+                            ch.body_left = None;
+                            settled(ch, d.channel, autoack, multi_ack_every, out, &mut stats);
+                            continue;
+                        }
+                    }
+                }
+                let Some(frame) = (match conn.held.pop_front() {
+                    Some(frame) => Some(frame),
+                    None => parse_frame(&mut conn.read_buf, frame_max)?,
+                }) else {
+                    break;
+                };
                 let channel = frame.channel();
-                let Some(ch) = channel
-                    .checked_sub(1)
-                    .and_then(|i| channels.get_mut(i as usize))
-                else {
+                let Some(ch) = channel_of(channels, channel) else {
                     if let Frame::Method { method, .. } = &frame {
                         if let Some(e) = close_error(method) {
                             return Err(e);
@@ -201,16 +226,7 @@ async fn consume_loop(
                     Frame::Body { payload, .. } => {
                         if !ch.stamp_read {
                             ch.stamp_read = true;
-                            match read_stamp(&payload) {
-                                Some(stamp) if (stamp.producer_id as usize) < producer_count => {
-                                    stats.record_e2e(now.saturating_sub(stamp.intended_ns));
-                                    let slot = stamp.producer_id as usize * queue_count + ch.queue;
-                                    records[slot]
-                                        .get_or_insert_with(SeqBits::default)
-                                        .record(stamp.sequence);
-                                }
-                                _ => *foreign += 1,
-                            }
+                            seen.stamp(&payload, ch.queue, &mut stats);
                         }
                         let left = ch.body_left.unwrap_or(0);
                         let left = left.saturating_sub(payload.len() as u64);
@@ -230,23 +246,9 @@ async fn consume_loop(
                     }
                     Frame::Heartbeat { .. } => false,
                 };
-                if !complete {
-                    continue;
-                }
-                ch.body_left = None;
-                stats.counters.received += 1;
-                if autoack {
-                    continue;
-                }
-                ch.unacked += 1;
-                ch.last_unacked_tag = ch.delivery_tag;
-                if multi_ack_every <= 1 || ch.unacked >= multi_ack_every {
-                    let ack = BasicAck {
-                        delivery_tag: ch.delivery_tag,
-                        multiple: multi_ack_every > 1,
-                    };
-                    write_method(out, channel, &ack.into());
-                    ch.unacked = 0;
+                if complete {
+                    ch.body_left = None;
+                    settled(ch, channel, autoack, multi_ack_every, out, &mut stats);
                 }
             }
         }
@@ -255,5 +257,65 @@ async fn consume_loop(
             out.clear();
         }
         glommio::yield_if_needed().await;
+    }
+}
+
+/// The consumer channel a frame's channel number names (channels are
+/// numbered from 1).
+fn channel_of(channels: &mut [ChannelState], channel: u16) -> Option<&mut ChannelState> {
+    channel
+        .checked_sub(1)
+        .and_then(|i| channels.get_mut(i as usize))
+}
+
+/// What a batch of deliveries is checked against.
+struct Seen<'a> {
+    now: u64,
+    producer_count: usize,
+    queue_count: usize,
+    records: &'a mut [Option<SeqBits>],
+    foreign: &'a mut u64,
+}
+
+impl Seen<'_> {
+    /// Reads the producer's stamp at the start of a body: its latency and
+    /// its place in that producer's sequence on this queue.
+    fn stamp(&mut self, body: &[u8], queue: usize, stats: &mut ExecStats) {
+        match read_stamp(body) {
+            Some(stamp) if (stamp.producer_id as usize) < self.producer_count => {
+                stats.record_e2e(self.now.saturating_sub(stamp.intended_ns));
+                let slot = stamp.producer_id as usize * self.queue_count + queue;
+                self.records[slot]
+                    .get_or_insert_with(SeqBits::default)
+                    .record(stamp.sequence);
+            }
+            _ => *self.foreign += 1,
+        }
+    }
+}
+
+/// A delivery was received whole: counted, and acknowledged as the run
+/// asks (every one, or every `multi_ack_every` with `multiple`).
+fn settled(
+    ch: &mut ChannelState,
+    channel: u16,
+    autoack: bool,
+    multi_ack_every: u32,
+    out: &mut BytesMut,
+    stats: &mut ExecStats,
+) {
+    stats.counters.received += 1;
+    if autoack {
+        return;
+    }
+    ch.unacked += 1;
+    ch.last_unacked_tag = ch.delivery_tag;
+    if multi_ack_every <= 1 || ch.unacked >= multi_ack_every {
+        let ack = BasicAck {
+            delivery_tag: ch.delivery_tag,
+            multiple: multi_ack_every > 1,
+        };
+        write_method(out, channel, &ack.into());
+        ch.unacked = 0;
     }
 }

@@ -227,6 +227,14 @@ pub struct ShardState {
     pub alarms: AlarmSet,
     /// Where shards publish their memory use and read the alarm state.
     pub alarm_board: Arc<AlarmBoard>,
+    /// The shard was busy for nearly all of its last tick: publishers into
+    /// queues that their consumers are not keeping up with give way to
+    /// those consumers (flow control, as RabbitMQ's credit flow slows
+    /// publishers its queues cannot keep up with).
+    pub saturated: bool,
+    /// Connections in flow: the queue each waits for, and its deliveries
+    /// count when the wait began.
+    flow: Vec<(ConnId, QueueId, u64)>,
 }
 
 impl ShardState {
@@ -264,6 +272,8 @@ impl ShardState {
             meta_inbox: MetaInbox::default(),
             backpressure: false,
             backpressure_released: Notify::new(),
+            saturated: false,
+            flow: Vec::new(),
             alarms: alarm_board.raised(),
             alarm_board,
         }
@@ -358,33 +368,7 @@ impl ShardState {
                 message,
                 confirm,
             } => {
-                let mut deliveries = std::mem::take(&mut self.deliveries);
-                let enqueued = match self.queues.get_mut(&queue) {
-                    Some(q) => {
-                        // One clock reading for both steps: a TTL-0 message
-                        // goes to a waiting consumer however long they take.
-                        let mut ctx = QueueCtx::new(
-                            &mut self.timers,
-                            &mut self.dead_letters,
-                            &mut self.store,
-                        );
-                        let enqueued = q.publish(message, &mut deliveries, &mut ctx);
-                        q.dispatch(&mut deliveries, &mut ctx);
-                        enqueued
-                    }
-                    None => Enqueued::Accepted,
-                };
-                if let Some(target) = confirm {
-                    match enqueued {
-                        // Confirmed once the store's next fsync covers it.
-                        Enqueued::Stored => self.store.defer_confirm(target),
-                        Enqueued::Accepted | Enqueued::Rejected => {
-                            let accepted = enqueued == Enqueued::Accepted;
-                            self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
-                        }
-                    }
-                }
-                self.route_deliveries(deliveries);
+                self.enqueue(queue, message, confirm);
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
             ShardMsg::Delay(publish) => self.hold_delayed(*publish),
@@ -552,6 +536,44 @@ impl ShardState {
         }
     }
 
+    /// A publish reaches its local queue. True if it leaves the queue with
+    /// more ready messages than flow control allows while the shard is
+    /// saturated: the publisher should let the consumers catch up.
+    fn enqueue(
+        &mut self,
+        queue: QueueId,
+        message: Message,
+        confirm: Option<ConfirmTarget>,
+    ) -> bool {
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        let mut in_flow = false;
+        let enqueued = match self.queues.get_mut(&queue) {
+            Some(q) => {
+                // One clock reading for both steps: a TTL-0 message
+                // goes to a waiting consumer however long they take.
+                let mut ctx =
+                    QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
+                let enqueued = q.publish(message, &mut deliveries, &mut ctx);
+                q.dispatch(&mut deliveries, &mut ctx);
+                in_flow = self.saturated && q.outpaces_consumers();
+                enqueued
+            }
+            None => Enqueued::Accepted,
+        };
+        if let Some(target) = confirm {
+            match enqueued {
+                // Confirmed once the store's next fsync covers it.
+                Enqueued::Stored => self.store.defer_confirm(target),
+                Enqueued::Accepted | Enqueued::Rejected => {
+                    let accepted = enqueued == Enqueued::Accepted;
+                    self.send(target.conn.shard, ShardMsg::Confirm { target, accepted });
+                }
+            }
+        }
+        self.route_deliveries(deliveries);
+        in_flow
+    }
+
     /// Lets a queue hand messages to its consumers, wherever they are.
     fn dispatch(&mut self, queue: QueueId) {
         let Some(q) = self.queues.get_mut(&queue) else {
@@ -560,6 +582,18 @@ impl ShardState {
         let mut deliveries = std::mem::take(&mut self.deliveries);
         let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
         q.dispatch(&mut deliveries, &mut ctx);
+        if !self.flow.is_empty() && !q.outpaces_consumers_still() {
+            let connections = &self.connections;
+            self.flow.retain(|&(conn, waits_for, _)| {
+                if waits_for != queue {
+                    return true;
+                }
+                if let Some(connection) = connections.get(&conn) {
+                    connection.reader.notify();
+                }
+                false
+            });
+        }
         self.route_deliveries(deliveries);
     }
 
@@ -642,18 +676,34 @@ impl ShardState {
             return;
         }
         let mut effects = effects;
+        let mut flow_for: Option<(QueueId, u64)> = None;
         for (shard, msg) in effects.drain(..) {
             // Local work runs in order; with none waiting, this message
             // would be next anyway, so it runs now rather than going through
             // the queue of local work (two fewer moves per publish).
-            if shard == self.id && self.local.is_empty() {
-                self.handle_msg(msg);
-            } else {
+            if shard != self.id || !self.local.is_empty() {
                 self.send(shard, msg);
+            } else if let ShardMsg::Enqueue {
+                queue,
+                message,
+                confirm,
+            } = msg
+            {
+                if self.enqueue(queue, message, confirm) {
+                    let deliveries = self.queues.get(&queue).map_or(0, Queue::deliveries);
+                    flow_for = Some((queue, deliveries));
+                }
+            } else {
+                self.handle_msg(msg);
             }
         }
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.restore_effects(effects);
+        }
+        if let Some((queue, deliveries)) = flow_for {
+            if !self.flow.iter().any(|&(c, ..)| c == conn) {
+                self.flow.push((conn, queue, deliveries));
+            }
         }
     }
 
@@ -897,8 +947,44 @@ impl ShardState {
         self.connections.len()
     }
 
+    /// True while this connection is in flow: it published into a queue
+    /// whose consumers are not keeping up while the shard is saturated. It
+    /// then waits for the queue to drain (its reader is woken), for at
+    /// most a tick. Leaves flow once the queue has drained, lost its
+    /// consumers or gone, or the shard has time to spare.
+    pub fn in_flow(&mut self, id: ConnId) -> bool {
+        let Some(at) = self.flow.iter().position(|&(c, ..)| c == id) else {
+            return false;
+        };
+        let queue = self.flow[at].1;
+        let still = self.saturated
+            && self
+                .queues
+                .get(&queue)
+                .is_some_and(Queue::outpaces_consumers_still);
+        if !still {
+            self.flow.swap_remove(at);
+        }
+        still
+    }
+
+    /// The connection waited in flow and reads again; `in_vain` if it
+    /// waited its longest, a whole tick, without being woken.
+    pub fn leave_flow(&mut self, id: ConnId, in_vain: bool) {
+        let Some(at) = self.flow.iter().position(|&(c, ..)| c == id) else {
+            return;
+        };
+        let (_, queue, since) = self.flow.swap_remove(at);
+        if in_vain {
+            if let Some(q) = self.queues.get_mut(&queue) {
+                q.flow_waited_in_vain(since);
+            }
+        }
+    }
+
     /// Called by the socket tasks once both of them are done.
     pub fn remove_connection(&mut self, id: ConnId) {
+        self.flow.retain(|&(c, ..)| c != id);
         self.connection_lost(id);
         self.connections.remove(&id);
     }

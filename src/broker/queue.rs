@@ -311,6 +311,13 @@ pub struct Queue {
     last_used_ms: u64,
     /// One `x-expires` timer at a time, however often the queue is used.
     expiry_armed: bool,
+    /// Messages handed to consumers so far: flow control's sign that the
+    /// consumers are taking messages at all.
+    deliveries: u64,
+    /// `deliveries` when a publisher in flow waited a whole tick for these
+    /// consumers in vain: a stalled consumer slows no publisher, until it
+    /// takes a message again.
+    flow_stalled_at: Option<u64>,
 }
 
 /// What became of a publish.
@@ -339,6 +346,8 @@ impl Queue {
             expire_now: Vec::new(),
             last_used_ms: 0,
             expiry_armed: false,
+            deliveries: 0,
+            flow_stalled_at: None,
         }
     }
 
@@ -363,6 +372,33 @@ impl Queue {
 
     pub fn consumer_count(&self) -> u32 {
         self.consumers.len() as u32
+    }
+
+    /// Flow control's test: more ready messages than its consumers are
+    /// taking, while it has consumers to take them. A queue without
+    /// consumers is a buffer, and filling it is what it is for.
+    pub fn outpaces_consumers(&self) -> bool {
+        self.ready.count > crate::config::FLOW_READY_HIGH
+            && !self.consumers.is_empty()
+            && self.flow_stalled_at != Some(self.deliveries)
+    }
+
+    /// Whether a publisher in flow still waits: until the backlog is down
+    /// to the low mark (hysteresis, so that it does not pause again at once).
+    pub fn outpaces_consumers_still(&self) -> bool {
+        self.ready.count > crate::config::FLOW_READY_LOW && !self.consumers.is_empty()
+    }
+
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries
+    }
+
+    /// A publisher waited a whole tick in flow and these consumers took
+    /// nothing meanwhile (`deliveries` is still `since`).
+    pub fn flow_waited_in_vain(&mut self, since: u64) {
+        if self.deliveries == since {
+            self.flow_stalled_at = Some(since);
+        }
     }
 
     /// The message's TTL: the smaller of the queue's and its own expiration.
@@ -832,6 +868,7 @@ impl Queue {
         let queue_id = self.meta.id;
         let consumer = &mut self.consumers[at];
         let (seq, redelivered) = (queued.seq, queued.redelivered);
+        self.deliveries += 1;
         let message = if consumer.spec.no_ack {
             forget(queue_id, &queued, ctx.store);
             queued.message

@@ -74,6 +74,23 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
         while state.borrow().should_stop_reading(id) {
             glommio::timer::sleep(config::TICK).await;
         }
+        // Flow control: the queue this connection publishes into is not
+        // being drained as fast, and the shard has no time to spare; its
+        // consumers go first. Woken when the queue has drained.
+        if state.borrow_mut().in_flow(id) {
+            let waited_in_vain = future::or(
+                async {
+                    wake.wait().await;
+                    false
+                },
+                async {
+                    glommio::timer::sleep(config::TICK).await;
+                    true
+                },
+            )
+            .await;
+            state.borrow_mut().leave_flow(id, waited_in_vain);
+        }
         if buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
             buf.reserve(config::READ_BUFFER_SIZE);
         }

@@ -238,20 +238,7 @@ pub struct PublishShape {
 /// The names' UTF-8 and the property list are not checked here:
 /// `ShortStr::from_bytes` and `Properties::from_wire` check them once.
 pub fn peek_publish(buf: &[u8], frame_max: u32) -> Option<PublishShape> {
-    let frame = |at: usize, kind: u8| -> Option<(u16, std::ops::Range<usize>)> {
-        let header = buf.get(at..at + FRAME_HEADER_SIZE)?;
-        if header[0] != kind {
-            return None;
-        }
-        let channel = u16::from_be_bytes([header[1], header[2]]);
-        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
-        if frame_max != 0 && size > frame_max {
-            return None;
-        }
-        let start = at + FRAME_HEADER_SIZE;
-        let end = start.checked_add(size as usize)?;
-        (*buf.get(end)? == FRAME_END).then_some((channel, start..end))
-    };
+    let frame = |at: usize, kind: u8| frame_at(buf, at, kind, frame_max);
     let (channel, method) = frame(0, FRAME_METHOD)?;
     let m = &buf[method.clone()];
     // class 60, method 40, reserved short, then the exchange's length.
@@ -292,6 +279,79 @@ pub fn peek_publish(buf: &[u8], frame_max: u32) -> Option<PublishShape> {
         properties: header.start + 14..header.end,
         body: body.clone(),
         len: body.end + 1,
+    })
+}
+
+/// The frame of type `kind` that starts at `at` in `buf`, complete and well
+/// ended: its channel and where its payload lies. None for anything else.
+fn frame_at(
+    buf: &[u8],
+    at: usize,
+    kind: u8,
+    frame_max: u32,
+) -> Option<(u16, std::ops::Range<usize>)> {
+    let header = buf.get(at..at + FRAME_HEADER_SIZE)?;
+    if header[0] != kind {
+        return None;
+    }
+    let channel = u16::from_be_bytes([header[1], header[2]]);
+    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+    if frame_max != 0 && size > frame_max {
+        return None;
+    }
+    let start = at + FRAME_HEADER_SIZE;
+    let end = start.checked_add(size as usize)?;
+    (*buf.get(end)? == FRAME_END).then_some((channel, start..end))
+}
+
+/// A basic.deliver with its content at the front of a client's read buffer,
+/// as `peek_deliver` finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliverShape {
+    pub channel: u16,
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub body: std::ops::Range<usize>,
+    /// Bytes the three frames take.
+    pub len: usize,
+}
+
+/// The client's side of `peek_publish`: a basic.deliver method frame, its
+/// content header and one body frame, complete and on one channel, read
+/// in place (a consumer that only needs the tag and the body then costs no
+/// allocation or reference count per message). Anything else is None, for
+/// the general parser. Names and properties are skipped, not checked.
+pub fn peek_deliver(buf: &[u8], frame_max: u32) -> Option<DeliverShape> {
+    let (channel, method) = frame_at(buf, 0, FRAME_METHOD, frame_max)?;
+    let m = &buf[method.clone()];
+    // class 60, method 60, then the consumer tag's length.
+    if channel == 0 || m.len() < 5 || m[..4] != [0, 60, 0, 60] {
+        return None;
+    }
+    let tag_end = 5 + m[4] as usize;
+    let delivery_tag = u64::from_be_bytes(m.get(tag_end..tag_end + 8)?.try_into().ok()?);
+    let bits = *m.get(tag_end + 8)?;
+    let exchange_len_at = tag_end + 9;
+    let key_len_at = exchange_len_at + 1 + *m.get(exchange_len_at)? as usize;
+    if key_len_at + 1 + *m.get(key_len_at)? as usize != m.len() || bits & !1 != 0 {
+        return None;
+    }
+    let (header_channel, header) = frame_at(buf, method.end + 1, FRAME_HEADER, frame_max)?;
+    let h = &buf[header.clone()];
+    if header_channel != channel || h.len() < 14 || h[..4] != [0, 60, 0, 0] {
+        return None;
+    }
+    let body_size = u64::from_be_bytes(h[4..12].try_into().ok()?);
+    let (body_channel, body) = frame_at(buf, header.end + 1, FRAME_BODY, frame_max)?;
+    if body_channel != channel || body.len() as u64 != body_size || body_size == 0 {
+        return None;
+    }
+    Some(DeliverShape {
+        channel,
+        delivery_tag,
+        redelivered: bits & 1 != 0,
+        len: body.end + 1,
+        body,
     })
 }
 
@@ -506,6 +566,71 @@ mod tests {
                 let mut bytes = whole.to_vec();
                 bytes[at] = value;
                 if let Some(shape) = peek_publish(&bytes, 131_072) {
+                    assert!(shape.len <= bytes.len());
+                    assert!(shape.body.end < shape.len);
+                }
+            }
+        }
+    }
+
+    fn deliver_frames(channel: u16, redelivered: bool, body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        let deliver = crate::protocol::method::BasicDeliver {
+            consumer_tag: "ctag-1".into(),
+            delivery_tag: 0x0102_0304_0506_0708,
+            redelivered,
+            exchange: "amq.direct".into(),
+            routing_key: "key".into(),
+        };
+        write_method(&mut buf, channel, &deliver.into());
+        write_content_header(
+            &mut buf,
+            channel,
+            60,
+            body.len() as u64,
+            &all_set().encode(),
+        );
+        write_body(&mut buf, channel, &Bytes::copy_from_slice(body), 131_072);
+        buf
+    }
+
+    #[test]
+    fn peek_deliver_reads_what_the_general_parser_reads() {
+        for redelivered in [false, true] {
+            let buf = deliver_frames(7, redelivered, b"hello");
+            let shape = peek_deliver(&buf, 131_072).expect("a delivery");
+            assert_eq!(shape.channel, 7);
+            assert_eq!(shape.delivery_tag, 0x0102_0304_0506_0708);
+            assert_eq!(shape.redelivered, redelivered);
+            assert_eq!(&buf[shape.body.clone()], b"hello");
+            assert_eq!(shape.len, buf.len());
+            let mut parsed = buf.clone();
+            let Some(Frame::Method {
+                method: Method::BasicDeliver(deliver),
+                ..
+            }) = parse_frame(&mut parsed, 131_072).unwrap()
+            else {
+                panic!("not a delivery");
+            };
+            assert_eq!(deliver.delivery_tag, shape.delivery_tag);
+            assert_eq!(deliver.redelivered, shape.redelivered);
+        }
+    }
+
+    #[test]
+    fn peek_deliver_leaves_anything_else_to_the_general_parser() {
+        let whole = deliver_frames(7, false, b"hello");
+        for end in 0..whole.len() {
+            assert_eq!(peek_deliver(&whole[..end], 131_072), None, "prefix {end}");
+        }
+        assert_eq!(peek_deliver(&deliver_frames(7, false, b""), 131_072), None);
+        assert_eq!(peek_deliver(&publish_frames(7, false, b"x"), 131_072), None);
+        assert_eq!(peek_deliver(&whole, 16), None);
+        for at in 0..whole.len() {
+            for value in [0u8, 1, 2, 3, 0x7f, 0xce, 0xff] {
+                let mut bytes = whole.to_vec();
+                bytes[at] = value;
+                if let Some(shape) = peek_deliver(&bytes, 131_072) {
                     assert!(shape.len <= bytes.len());
                     assert!(shape.body.end < shape.len);
                 }
