@@ -153,13 +153,13 @@ fn queue_cycle() {
             prefetch_count: 0,
         })
         .unwrap();
-    let message = Message {
-        exchange: ShortStr::from(""),
-        routing_key: ShortStr::from("bench"),
-        properties: Properties::empty(),
-        body: bytes::Bytes::from_static(&[7u8; 16]),
-        bcc_keys: None,
-    };
+    let message = Message::new(
+        "",
+        "bench",
+        &Properties::empty(),
+        bytes::Bytes::from_static(&[7u8; 16]),
+        None,
+    );
     let mut deliveries = Vec::with_capacity(128);
     let mut timers = Timers::new();
     let mut dead = Vec::new();
@@ -283,12 +283,14 @@ fn queue_ttl() {
         });
         let messages: Vec<Message> = properties
             .iter()
-            .map(|p| Message {
-                exchange: ShortStr::from(""),
-                routing_key: ShortStr::from("bench-ttl"),
-                properties: p.clone(),
-                body: bytes::Bytes::from_static(&[7u8; 16]),
-                bcc_keys: None,
+            .map(|p| {
+                Message::new(
+                    "",
+                    "bench-ttl",
+                    p,
+                    bytes::Bytes::from_static(&[7u8; 16]),
+                    None,
+                )
             })
             .collect();
         let mut timers = Timers::new();

@@ -24,8 +24,8 @@ use crate::broker::sender_selected;
 use crate::broker::vhost::QueueMeta;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
 use crate::protocol::{
-    AmqpError, BasicAck, BasicCancel, BasicCancelOk, BasicConsumeOk, BasicDeliver, BasicGetEmpty,
-    BasicGetOk, BasicNack, BasicPublish, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelCloseOk,
+    AmqpError, BasicAck, BasicCancel, BasicCancelOk, BasicConsumeOk, BasicGetEmpty, BasicGetOk,
+    BasicNack, BasicPublish, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelCloseOk,
     ChannelFlowOk, ChannelOpenOk, ConfirmSelectOk, ContentHeader, Method, Properties, PublishShape,
     QueuePurgeOk, ShortStr, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
@@ -708,36 +708,35 @@ impl Connection {
             _ => return false,
         }
         let frames = buf.split_to(shape.len).freeze();
-        let names = ShortStr::from_bytes(frames.slice(shape.exchange))
-            .and_then(|e| Ok((e, ShortStr::from_bytes(frames.slice(shape.routing_key))?)));
-        let (exchange, routing_key) = match names {
-            Ok(names) => names,
-            Err(error) => {
-                self.connection_error(error.to_amqp_error(), env.now);
-                return true;
+        let names_checked = ShortStr::check(&frames[shape.exchange.clone()])
+            .and_then(|()| ShortStr::check(&frames[shape.routing_key.clone()]));
+        if let Err(error) = names_checked {
+            self.connection_error(error.to_amqp_error(), env.now);
+            return true;
+        }
+        if let Err(error) =
+            Properties::from_wire(shape.flags, frames.slice(shape.properties.clone()))
+        {
+            // The general path would have judged the exchange on the
+            // method frame before it met the bad header.
+            let exchange = std::str::from_utf8(&frames[shape.exchange.clone()]).unwrap_or_default();
+            if let Err(refused) = check_publish_exchange(env, exchange) {
+                self.fail(shape.channel, refused.with_method(60, 40), env.now);
             }
-        };
-        let properties = match Properties::from_wire(shape.flags, frames.slice(shape.properties)) {
-            Ok(properties) => properties,
-            Err(error) => {
-                // The general path would have judged the exchange on the
-                // method frame before it met the bad header.
-                if let Err(refused) = check_publish_exchange(env, &exchange) {
-                    self.fail(shape.channel, refused.with_method(60, 40), env.now);
-                }
-                self.connection_error(error.to_amqp_error(), env.now);
-                return true;
-            }
-        };
+            self.connection_error(error.to_amqp_error(), env.now);
+            return true;
+        }
         // The exchange is checked once, by `route_publish`, as it routes.
-        let publish = BasicPublish {
-            exchange,
-            routing_key,
-            mandatory: shape.mandatory,
-            immediate: false,
-        };
-        let body = frames.slice(shape.body);
-        if let Err(error) = self.route_publish(shape.channel, publish, properties, body, env) {
+        let body = frames.slice(shape.body.clone());
+        let message = Message::in_frames(
+            &frames,
+            shape.exchange,
+            shape.routing_key,
+            shape.flags,
+            shape.properties,
+            body,
+        );
+        if let Err(error) = self.route_publish(shape.channel, message, shape.mandatory, env) {
             self.fail(shape.channel, error.with_method(60, 40), env.now);
         }
         true
@@ -762,19 +761,25 @@ impl Connection {
             ..
         } = content;
         let properties = header.map(|h| h.properties).unwrap_or_default();
-        self.route_publish(id, publish, properties, body.freeze(), env)
+        let message = Message::new(
+            &publish.exchange,
+            &publish.routing_key,
+            &properties,
+            body.freeze(),
+            None,
+        );
+        self.route_publish(id, message, publish.mandatory, env)
     }
 
-    /// Routes a complete message and hands it to its queues. The parts come
-    /// separately, not as a `Content`, so that the fast path moves less.
+    /// Routes a complete message and hands it to its queues.
     fn route_publish(
         &mut self,
         id: u16,
-        publish: BasicPublish,
-        properties: Properties,
-        body: Bytes,
+        mut message: Message,
+        mandatory: bool,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        let properties = message.properties();
         if let Some(user_id) = properties.user_id() {
             if user_id.as_str() != self.user {
                 return Err(AmqpError::precondition_failed(format!(
@@ -791,25 +796,32 @@ impl Connection {
                 )));
             }
         }
-        let exchange = match env.vhost.exchanges.get(publish.exchange.as_str()) {
-            None => return Err(no_exchange(&publish.exchange)),
+        let exchange = match env.vhost.exchanges.get(message.exchange()) {
+            None => return Err(no_exchange(message.exchange())),
             Some(exchange) if exchange.def.internal => {
-                return Err(internal_exchange(&publish.exchange))
+                return Err(internal_exchange(message.exchange()))
             }
             Some(exchange) => exchange,
         };
         // Sender-selected distribution: only a publish with headers pays.
-        let (properties, bcc_keys) =
-            match sender_selected::routing_keys(&properties, &mut self.route_keys)? {
-                None => (properties, None),
-                Some(removed) => {
-                    let bcc = &self.route_keys[removed.bcc_at..];
-                    (removed.properties, (!bcc.is_empty()).then(|| bcc.into()))
-                }
-            };
+        let properties = match sender_selected::routing_keys(&properties, &mut self.route_keys)? {
+            None => properties,
+            Some(removed) => {
+                let bcc = &self.route_keys[removed.bcc_at..];
+                let bcc = (!bcc.is_empty()).then(|| bcc.to_vec());
+                message = Message::new(
+                    message.exchange(),
+                    message.routing_key(),
+                    &removed.properties,
+                    message.body.clone(),
+                    bcc,
+                );
+                removed.properties
+            }
+        };
         env.vhost.route(
             exchange,
-            publish.routing_key.as_str(),
+            message.routing_key(),
             &self.route_keys,
             &properties,
             &mut self.route_scratch,
@@ -826,23 +838,23 @@ impl Connection {
             channel: id,
             publish_seq: c.publish(destination_count as u32),
         });
-        if self.routed.queues.is_empty() && publish.mandatory {
+        if self.routed.queues.is_empty() && mandatory {
             // A delayed message is returned too, though it is delivered
             // later: routing found no queue now. The plugin does the same.
             let method: Method = BasicReturn {
                 reply_code: 312,
                 reply_text: ShortStr::from_static("NO_ROUTE"),
-                exchange: publish.exchange.clone(),
-                routing_key: publish.routing_key.clone(),
+                exchange: message.exchange_name(),
+                routing_key: message.routing_key_name(),
             }
             .into();
             match ch.tx.as_mut() {
                 Some(ops) => ops.push(TxOp::Return {
                     method,
-                    properties: properties.clone(),
-                    body: body.clone(),
+                    properties,
+                    body: message.body.clone(),
                 }),
-                None => self.wire.content(id, &method, &properties, &body),
+                None => self.wire.content(id, &method, &properties, &message.body),
             }
         }
         if destination_count == 0 {
@@ -853,26 +865,14 @@ impl Connection {
                 // The common case, with no clone or option in the way.
                 let msg = ShardMsg::Enqueue {
                     queue: queue.id,
-                    message: Message {
-                        exchange: publish.exchange,
-                        routing_key: publish.routing_key,
-                        properties,
-                        body,
-                        bcc_keys,
-                    },
+                    message,
                     confirm,
                 };
                 hand_over(ch.tx.as_mut(), &mut self.effects, queue.shard, msg);
                 return Ok(());
             }
         }
-        let mut message = Some(Message {
-            exchange: publish.exchange,
-            routing_key: publish.routing_key,
-            properties,
-            body,
-            bcc_keys,
-        });
+        let mut message = Some(message);
         // Every destination but the last takes a clone (refcounts only).
         let mut left = destination_count;
         let mut take_message = || {
@@ -1147,34 +1147,25 @@ impl Connection {
             message,
             ..
         } = delivery;
-        let Message {
-            exchange,
-            routing_key,
-            properties,
-            body,
-            ..
-        } = message;
         match message_count {
             Some(message_count) => {
                 let get_ok = BasicGetOk {
                     delivery_tag,
                     redelivered,
-                    exchange,
-                    routing_key,
+                    exchange: message.exchange_name(),
+                    routing_key: message.routing_key_name(),
                     message_count,
                 };
-                self.wire.content_of(channel, &get_ok, &properties, &body);
+                self.wire
+                    .content_of(channel, &get_ok, &message.properties(), &message.body);
             }
-            None => {
-                let deliver = BasicDeliver {
-                    consumer_tag,
-                    delivery_tag,
-                    redelivered,
-                    exchange,
-                    routing_key,
-                };
-                self.wire.content_of(channel, &deliver, &properties, &body);
-            }
+            None => self.wire.deliver(
+                channel,
+                consumer_tag.as_bytes(),
+                delivery_tag,
+                redelivered,
+                &message,
+            ),
         }
     }
 
@@ -1401,15 +1392,15 @@ fn hand_over(
     }
 }
 
-fn check_publish_exchange(env: &Env, name: &ShortStr) -> Result<(), AmqpError> {
-    match env.vhost.exchanges.get(name.as_str()) {
+fn check_publish_exchange(env: &Env, name: &str) -> Result<(), AmqpError> {
+    match env.vhost.exchanges.get(name) {
         None => Err(no_exchange(name)),
         Some(exchange) if exchange.def.internal => Err(internal_exchange(name)),
         Some(_) => Ok(()),
     }
 }
 
-fn internal_exchange(name: &ShortStr) -> AmqpError {
+fn internal_exchange(name: &str) -> AmqpError {
     AmqpError::access_refused(format!(
         "cannot publish to internal exchange '{}' in vhost '/'",
         name

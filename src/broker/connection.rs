@@ -24,6 +24,7 @@ use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
 use crate::broker::channel::Channel;
 use crate::broker::exchange::Destination;
 use crate::broker::ids::{ConnId, ConnRef, ShardId};
+use crate::broker::message::Message;
 use crate::broker::metadata::MetaRequest;
 use crate::broker::signal::Notify;
 use crate::broker::vhost::{Routed, Vhost, DEFAULT_VHOST};
@@ -32,10 +33,11 @@ use crate::config::{self, Config};
 use crate::protocol::frame::{write_method_args, FRAME_METHOD};
 use crate::protocol::method::MethodArgs;
 use crate::protocol::{
-    close_method, parse_frame, peek_publish, write_body, write_content_header, write_heartbeat,
-    write_method, AmqpError, ConnectionBlocked, ConnectionCloseOk, ConnectionOpenOk,
-    ConnectionStart, ConnectionTune, ConnectionUnblocked, FieldTable, FieldValue, Frame, Method,
-    Properties, ShortStr, PROTOCOL_HEADER,
+    close_method, parse_frame, peek_publish, write_body, write_content_header,
+    write_content_header_raw, write_deliver_method, write_heartbeat, write_method, AmqpError,
+    ConnectionBlocked, ConnectionCloseOk, ConnectionOpenOk, ConnectionStart, ConnectionTune,
+    ConnectionUnblocked, FieldTable, FieldValue, Frame, Method, Properties, ShortStr,
+    PROTOCOL_HEADER,
 };
 
 /// What the reader task should do after `input`.
@@ -101,6 +103,37 @@ impl Wire {
         write_method_args(&mut self.out, channel, method);
         write_content_header(&mut self.out, channel, 60, body.len() as u64, properties);
         write_body(&mut self.out, channel, body, self.frame_max);
+        self.wake(was_empty);
+    }
+
+    /// A basic.deliver and its content, written from the message's wire form.
+    pub(crate) fn deliver(
+        &mut self,
+        channel: u16,
+        consumer_tag: &[u8],
+        delivery_tag: u64,
+        redelivered: bool,
+        message: &Message,
+    ) {
+        let was_empty = self.out.is_empty();
+        write_deliver_method(
+            &mut self.out,
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            message.exchange().as_bytes(),
+            message.routing_key().as_bytes(),
+        );
+        write_content_header_raw(
+            &mut self.out,
+            channel,
+            60,
+            message.body_size(),
+            message.property_flags(),
+            message.properties_raw(),
+        );
+        write_body(&mut self.out, channel, &message.body, self.frame_max);
         self.wake(was_empty);
     }
 

@@ -49,7 +49,7 @@ impl ShardState {
             exchange,
             routing_keys[0].as_str(),
             &routing_keys[1..],
-            &message.properties,
+            &message.properties(),
             &mut scratch,
             &mut routed,
         );
@@ -99,11 +99,11 @@ fn dead_lettered(
     dlx: &ShortStr,
     dlrk: Option<ShortStr>,
 ) -> (Message, Vec<ShortStr>, Vec<FieldValue>) {
-    let mut properties = message.properties.decode();
+    let mut properties = message.properties().decode();
     let mut headers = properties.headers.take().unwrap_or_default();
     // The keys x-death lists: the routing key and the CC keys in the
     // headers (RabbitMQ takes them from the headers, where BCC is gone).
-    let mut original_keys = vec![message.routing_key.clone()];
+    let mut original_keys = vec![message.routing_key_name()];
     if let Some(FieldValue::Array(cc)) = headers.get("CC") {
         original_keys.extend(
             cc.iter()
@@ -123,7 +123,7 @@ fn dead_lettered(
             // message's routing_keys. (A key over 255 bytes, which no
             // binding key equals, is left out, as for CC.)
             let mut keys = original_keys.clone();
-            if let Some(bcc) = &message.bcc_keys {
+            if let Some(bcc) = message.bcc_keys() {
                 keys.extend(
                     bcc.iter()
                         .filter(|k| k.len() <= 255)
@@ -138,7 +138,7 @@ fn dead_lettered(
     entry.insert("reason", long_str(reason.as_str()));
     entry.insert("queue", long_str(queue.as_str()));
     entry.insert("time", FieldValue::Timestamp(Timers::unix_seconds()));
-    entry.insert("exchange", long_str(message.exchange.as_str()));
+    entry.insert("exchange", long_str(message.exchange()));
     entry.insert(
         "routing-keys",
         FieldValue::Array(original_keys.iter().map(|k| long_str(k.as_str())).collect()),
@@ -155,10 +155,7 @@ fn dead_lettered(
             // (rabbitmq-server#1332).
             headers.insert("x-first-death-reason", long_str(reason.as_str()));
             headers.insert("x-first-death-queue", long_str(queue.as_str()));
-            headers.insert(
-                "x-first-death-exchange",
-                long_str(message.exchange.as_str()),
-            );
+            headers.insert("x-first-death-exchange", long_str(message.exchange()));
             vec![FieldValue::Table(entry)]
         }
     };
@@ -181,15 +178,19 @@ fn dead_lettered(
     properties.headers = Some(headers);
     // Without this the message could expire again in the queue it reaches.
     properties.expiration = None;
-    let message = Message {
-        exchange: dlx.clone(),
-        routing_key: routing_keys[0].clone(),
-        properties: properties.encode(),
-        body: message.body,
-        // With x-dead-letter-routing-key the message's keys are that key
-        // alone from now on.
-        bcc_keys: if keep_bcc { message.bcc_keys } else { None },
-    };
+    // With x-dead-letter-routing-key the message's keys are that key alone
+    // from now on.
+    let bcc_keys = message
+        .bcc_keys()
+        .filter(|_| keep_bcc)
+        .map(<[String]>::to_vec);
+    let message = Message::new(
+        dlx,
+        &routing_keys[0],
+        &properties.encode(),
+        message.body,
+        bcc_keys,
+    );
     (message, routing_keys, deaths)
 }
 

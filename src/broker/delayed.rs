@@ -109,13 +109,14 @@ fn swap_delay_header(properties: &Properties, delay_ms: u64) -> Properties {
 /// a publish is slices of its connection's 128 KiB read buffer, which a hold
 /// of minutes or hours should not keep alive.
 fn detached(message: Message, delay_ms: u64) -> Message {
-    Message {
-        exchange: ShortStr::from(message.exchange.as_str()),
-        routing_key: ShortStr::from(message.routing_key.as_str()),
-        properties: swap_delay_header(&message.properties, delay_ms),
-        body: Bytes::copy_from_slice(&message.body),
-        bcc_keys: message.bcc_keys,
-    }
+    Message::new(
+        message.exchange(),
+        message.routing_key(),
+        &swap_delay_header(&message.properties(), delay_ms),
+        Bytes::copy_from_slice(&message.body),
+        None,
+    )
+    .with_bcc_keys_of(&message)
 }
 
 impl ShardState {
@@ -171,9 +172,9 @@ impl ShardState {
         let mut routed = Routed::default();
         self.vhost.route(
             exchange,
-            message.routing_key.as_str(),
+            message.routing_key(),
             &held.extra_keys,
-            &message.properties,
+            &message.properties(),
             &mut scratch,
             &mut routed,
         );

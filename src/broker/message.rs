@@ -1,31 +1,198 @@
-//! A message as the broker carries it: the publish's exchange and routing key,
-//! the content header's properties in wire form (decoded only when a feature
-//! needs a field), and the body as a slice of the read buffer it arrived in.
+//! A message as the broker carries it: the publish's exchange and routing key
+//! and the content header's properties in wire form (decoded only when a
+//! feature needs a field), all in one `head` buffer, and the body.
 //!
-//! Cloning a `Message` clones four `Bytes` handles (refcount increments), never
+//! A publish read whole from a socket (`peek_publish`) keeps both as slices
+//! of the read buffer it arrived in: its head is the stretch of frames from
+//! the exchange name to the end of the property list, with the bytes between
+//! them skipped by offset. Anything else (a publish split across reads, a
+//! dead letter, a recovered message) gets a head of its own, packed.
+//!
+//! Cloning a `Message` clones two `Bytes` handles (refcount increments), never
 //! the payload: that is how one publish reaches several queues and shards.
+//! It is 80 bytes, so moving it along the per-message path is cheap.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::protocol::properties::{self, flag};
 use crate::protocol::{Properties, ShortStr};
 
 #[derive(Clone, Debug)]
 pub struct Message {
-    pub exchange: ShortStr,
-    pub routing_key: ShortStr,
-    pub properties: Properties,
+    /// The exchange name, the routing key and the property list, at the
+    /// offsets below (the list runs to the end).
+    head: Bytes,
     pub body: Bytes,
+    exchange_len: u8,
+    routing_key_len: u8,
+    routing_key_at: u16,
+    properties_at: u16,
+    property_flags: u16,
     /// The BCC routing keys it was published with (sender-selected
     /// distribution): gone from its headers, kept because dead-lettering
     /// routes with every key a message was published with, as RabbitMQ's
-    /// `routing_keys` does. None for nearly every message: two words
-    /// and no refcount.
-    pub bcc_keys: Option<Arc<[String]>>,
+    /// `routing_keys` does. None for nearly every message: one word and
+    /// no refcount.
+    bcc_keys: Option<Arc<Vec<String>>>,
 }
 
 impl Message {
+    /// A message with a head of its own: the names and properties are copied.
+    pub fn new(
+        exchange: &str,
+        routing_key: &str,
+        properties: &Properties,
+        body: Bytes,
+        bcc_keys: Option<Vec<String>>,
+    ) -> Message {
+        debug_assert!(exchange.len() <= 255 && routing_key.len() <= 255);
+        let raw = properties.raw();
+        let mut head = BytesMut::with_capacity(exchange.len() + routing_key.len() + raw.len());
+        head.put_slice(exchange.as_bytes());
+        head.put_slice(routing_key.as_bytes());
+        head.put_slice(raw);
+        Message {
+            head: head.freeze(),
+            body,
+            exchange_len: exchange.len() as u8,
+            routing_key_len: routing_key.len() as u8,
+            routing_key_at: exchange.len() as u16,
+            properties_at: (exchange.len() + routing_key.len()) as u16,
+            property_flags: properties.flags(),
+            bcc_keys: bcc_keys.map(Arc::new),
+        }
+    }
+
+    /// A message whose names and property list are slices of `frames`, the
+    /// publish's frames as read: no copy, one refcount for all three. The
+    /// names must have been checked as UTF-8 and the properties validated.
+    pub fn in_frames(
+        frames: &Bytes,
+        exchange: Range<usize>,
+        routing_key: Range<usize>,
+        property_flags: u16,
+        properties: Range<usize>,
+        body: Bytes,
+    ) -> Message {
+        debug_assert!(exchange.end <= routing_key.start && routing_key.end <= properties.start);
+        debug_assert!(std::str::from_utf8(&frames[exchange.clone()]).is_ok());
+        debug_assert!(std::str::from_utf8(&frames[routing_key.clone()]).is_ok());
+        let start = exchange.start;
+        Message {
+            head: frames.slice(start..properties.end),
+            body,
+            exchange_len: exchange.len() as u8,
+            routing_key_len: routing_key.len() as u8,
+            routing_key_at: (routing_key.start - start) as u16,
+            properties_at: (properties.start - start) as u16,
+            property_flags,
+            bcc_keys: None,
+        }
+    }
+
+    pub fn exchange(&self) -> &str {
+        self.str_at(0, self.exchange_len)
+    }
+
+    pub fn routing_key(&self) -> &str {
+        self.str_at(self.routing_key_at as usize, self.routing_key_len)
+    }
+
+    fn str_at(&self, at: usize, len: u8) -> &str {
+        let bytes = &self.head[at..at + len as usize];
+        // Both constructors take checked names: `new` takes `&str`s, and
+        // `in_frames` names that `ShortStr::from_bytes` accepted.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// The exchange name as a `ShortStr` (a slice of the head).
+    pub fn exchange_name(&self) -> ShortStr {
+        ShortStr::from_bytes(self.head.slice(0..self.exchange_len as usize)).unwrap_or_default()
+    }
+
+    /// The routing key as a `ShortStr` (a slice of the head).
+    pub fn routing_key_name(&self) -> ShortStr {
+        let at = self.routing_key_at as usize;
+        ShortStr::from_bytes(self.head.slice(at..at + self.routing_key_len as usize))
+            .unwrap_or_default()
+    }
+
+    /// The properties (a slice of the head).
+    pub fn properties(&self) -> Properties {
+        Properties::from_validated(
+            self.property_flags,
+            self.head.slice(self.properties_at as usize..),
+        )
+    }
+
+    pub fn property_flags(&self) -> u16 {
+        self.property_flags
+    }
+
+    /// The property list, flags excluded.
+    pub fn properties_raw(&self) -> &[u8] {
+        &self.head[self.properties_at as usize..]
+    }
+
+    /// `delivery-mode`, read in place.
+    pub fn delivery_mode(&self) -> Option<u8> {
+        properties::octet_in(
+            self.property_flags,
+            &self.head,
+            self.properties_at as usize,
+            flag::DELIVERY_MODE,
+        )
+    }
+
+    /// `priority`, read in place.
+    pub fn priority(&self) -> Option<u8> {
+        properties::octet_in(
+            self.property_flags,
+            &self.head,
+            self.properties_at as usize,
+            flag::PRIORITY,
+        )
+    }
+
+    /// `expiration`, read only if set.
+    pub fn expiration(&self) -> Option<ShortStr> {
+        if self.property_flags & flag::EXPIRATION == 0 {
+            return None;
+        }
+        self.properties().expiration()
+    }
+
+    pub fn bcc_keys(&self) -> Option<&[String]> {
+        self.bcc_keys.as_deref().map(Vec::as_slice)
+    }
+
+    /// The same message with other properties (a new head).
+    pub fn with_properties(&self, properties: &Properties) -> Message {
+        Message::new(
+            self.exchange(),
+            self.routing_key(),
+            properties,
+            self.body.clone(),
+            None,
+        )
+        .with_bcc_keys_of(self)
+    }
+
+    /// Keeps `other`'s BCC keys.
+    pub fn with_bcc_keys_of(mut self, other: &Message) -> Message {
+        self.bcc_keys = other.bcc_keys.clone();
+        self
+    }
+
+    /// Drops the BCC keys.
+    pub fn without_bcc_keys(mut self) -> Message {
+        self.bcc_keys = None;
+        self
+    }
+
     pub fn body_size(&self) -> u64 {
         self.body.len() as u64
     }
@@ -33,10 +200,56 @@ impl Message {
     /// What holding this message costs, as the memory alarm counts it
     /// (`broker::alarms`): its bytes and a fixed overhead.
     pub fn memory_size(&self) -> u64 {
-        (self.body.len()
-            + self.properties.raw().len()
-            + self.exchange.len()
-            + self.routing_key.len()) as u64
-            + crate::broker::alarms::MESSAGE_OVERHEAD_BYTES
+        (self.body.len() + self.head.len()) as u64 + crate::broker::alarms::MESSAGE_OVERHEAD_BYTES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::BasicProperties;
+
+    #[test]
+    fn a_message_is_small_enough_to_move_inline() {
+        assert!(std::mem::size_of::<Message>() <= 80);
+    }
+
+    #[test]
+    fn both_constructors_read_back_the_same() {
+        let properties = BasicProperties {
+            delivery_mode: Some(2),
+            priority: Some(7),
+            expiration: Some("1000".into()),
+            ..Default::default()
+        }
+        .encode();
+        let body = Bytes::from_static(b"body");
+        let packed = Message::new("amq.direct", "key", &properties, body.clone(), None);
+        // The frames' layout: names with their length octets and whatever
+        // lies between the routing key and the property list.
+        let mut frames = BytesMut::new();
+        frames.put_slice(b"\x00\x0aamq.direct\x03key\x00junk-between");
+        let property_list = frames.len();
+        frames.put_slice(properties.raw());
+        let frames = frames.freeze();
+        let sliced = Message::in_frames(
+            &frames,
+            2..12,
+            13..16,
+            properties.flags(),
+            property_list..frames.len(),
+            body,
+        );
+        for m in [&packed, &sliced] {
+            assert_eq!(m.exchange(), "amq.direct");
+            assert_eq!(m.routing_key(), "key");
+            assert_eq!(m.exchange_name().as_str(), "amq.direct");
+            assert_eq!(m.routing_key_name().as_str(), "key");
+            assert_eq!(m.properties(), properties);
+            assert_eq!(m.delivery_mode(), Some(2));
+            assert_eq!(m.priority(), Some(7));
+            assert_eq!(m.expiration().as_deref(), Some("1000"));
+            assert_eq!(&m.body[..], b"body");
+        }
     }
 }

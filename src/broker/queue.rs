@@ -404,9 +404,8 @@ impl Queue {
     /// The message's TTL: the smaller of the queue's and its own expiration.
     fn ttl_ms(&self, message: &Message) -> Option<u64> {
         let own = message
-            .properties
             .expiration()
-            .and_then(|e| parse_expiration(&e).ok());
+            .and_then(|e| parse_expiration(e.as_str()).ok());
         match (self.meta.args.message_ttl_ms, own) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -416,7 +415,7 @@ impl Queue {
     fn level_of(&self, message: &Message) -> u8 {
         match self.meta.args.max_priority {
             None => 0,
-            Some(max) => message.properties.priority().unwrap_or(0).min(max),
+            Some(max) => message.priority().unwrap_or(0).min(max),
         }
     }
 
@@ -462,8 +461,7 @@ impl Queue {
         };
         // Only persistent messages in durable queues are written; the
         // durable check comes first, as it is free.
-        let stored =
-            self.meta.durable && queued.message.properties.delivery_mode() == Some(PERSISTENT);
+        let stored = self.meta.durable && queued.message.delivery_mode() == Some(PERSISTENT);
         if stored {
             let expires_at_epoch_ms = expires_at_ms.map(|at| ctx.timers.epoch_ms_of(at));
             queued.segment = ctx.store.append_publish(&PublishHead {

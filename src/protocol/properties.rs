@@ -181,12 +181,17 @@ impl Properties {
     /// Validates a received property list (every set property present, well formed,
     /// nothing left over) without decoding it. Tables are walked, not built.
     pub fn from_wire(flags: u16, raw: Bytes) -> Result<Properties, FrameError> {
+        Properties::check_wire(flags, &raw)?;
+        Ok(Properties { flags, raw })
+    }
+
+    fn check_wire(flags: u16, raw: &Bytes) -> Result<(), FrameError> {
         if flags & flag::CONTINUATION != 0 {
             return Err(FrameError::Syntax(
                 "property flags continuation bit set".into(),
             ));
         }
-        let mut r = Reader::new(&raw);
+        let mut r = Reader::new(raw);
         for &(bit, kind) in &LAYOUT {
             if flags & bit == 0 {
                 continue;
@@ -198,8 +203,13 @@ impl Properties {
                 Kind::Timestamp => r.skip(8, "timestamp property")?,
             }
         }
-        r.finish("property list")?;
-        Ok(Properties { flags, raw })
+        r.finish("property list")
+    }
+
+    /// Properties known to be valid: a slice of a list `from_wire` or
+    /// `BasicProperties::encode` made.
+    pub(crate) fn from_validated(flags: u16, raw: Bytes) -> Properties {
+        Properties { flags, raw }
     }
 
     pub fn flags(&self) -> u16 {
@@ -214,12 +224,6 @@ impl Properties {
     /// Bytes on the wire: the flags and the property list.
     pub fn encoded_len(&self) -> usize {
         2 + self.raw.len()
-    }
-
-    /// Writes the flags and the property list.
-    pub(crate) fn encode(&self, buf: &mut BytesMut) {
-        buf.put_u16(self.flags);
-        buf.put_slice(&self.raw);
     }
 
     /// Decodes every property.
@@ -281,27 +285,7 @@ impl Properties {
     /// A reader positioned at the property `bit`, or None if it is not set. Skips the
     /// properties before it without decoding them.
     fn seek(&self, bit: u16) -> Option<Reader<'_>> {
-        if self.flags & bit == 0 {
-            return None;
-        }
-        let mut r = Reader::new(&self.raw);
-        for &(other, kind) in &LAYOUT {
-            if other == bit {
-                return Some(r);
-            }
-            if self.flags & other == 0 {
-                continue;
-            }
-            let skipped = match kind {
-                Kind::ShortStr => r.skip_shortstr(),
-                Kind::Table => r.long().and_then(|len| r.skip(len as usize, "table")),
-                Kind::Octet => r.skip(1, "octet"),
-                Kind::Timestamp => r.skip(8, "timestamp"),
-            };
-            debug_assert!(skipped.is_ok(), "validated properties failed to skip");
-            skipped.ok()?;
-        }
-        None
+        seek_in(self.flags, &self.raw, 0, bit)
     }
 
     fn shortstr(&self, bit: u16) -> Option<ShortStr> {
@@ -450,6 +434,40 @@ impl From<&BasicProperties> for Properties {
     fn from(p: &BasicProperties) -> Self {
         p.encode()
     }
+}
+
+/// A reader positioned at the property `bit` in a validated property list,
+/// (from `start` to the end of `raw`), or None if it is not set. Skips the
+/// properties before it without decoding them.
+fn seek_in(flags: u16, raw: &Bytes, start: usize, bit: u16) -> Option<Reader<'_>> {
+    if flags & bit == 0 {
+        return None;
+    }
+    let mut r = Reader::new_at(raw, start);
+    for &(other, kind) in &LAYOUT {
+        if other == bit {
+            return Some(r);
+        }
+        if flags & other == 0 {
+            continue;
+        }
+
+        let skipped = match kind {
+            Kind::ShortStr => r.skip_shortstr(),
+            Kind::Table => r.long().and_then(|len| r.skip(len as usize, "table")),
+            Kind::Octet => r.skip(1, "octet"),
+            Kind::Timestamp => r.skip(8, "timestamp"),
+        };
+        debug_assert!(skipped.is_ok(), "validated properties failed to skip");
+        skipped.ok()?;
+    }
+    None
+}
+
+/// An octet property (`delivery-mode`, `priority`) of a validated property
+/// list that runs from `start` to the end of `raw`, read in place.
+pub(crate) fn octet_in(flags: u16, raw: &Bytes, start: usize, bit: u16) -> Option<u8> {
+    seek_in(flags, raw, start, bit)?.octet().ok()
 }
 
 #[cfg(test)]

@@ -58,16 +58,22 @@ impl ShortStr {
 
     /// Checks that `b` is a valid shortstr (UTF-8, at most 255 bytes) without copying it.
     pub fn from_bytes(b: Bytes) -> Result<ShortStr, FrameError> {
+        ShortStr::check(&b)?;
+        Ok(ShortStr(b))
+    }
+
+    /// Whether `b` would make a valid shortstr: UTF-8, at most 255 bytes.
+    pub fn check(b: &[u8]) -> Result<(), FrameError> {
         if b.len() > SHORTSTR_LEN_MAX {
             return Err(FrameError::Syntax("shortstr longer than 255 bytes".into()));
         }
         // Names are nearly always ASCII: a word-at-a-time check inline is
         // cheaper than the general UTF-8 validator's call for short strings.
-        if !b.is_ascii() && std::str::from_utf8(&b).is_err() {
+        if !b.is_ascii() && std::str::from_utf8(b).is_err() {
             // RabbitMQ: rabbit_binary_parser:assert_utf8, "Malformed UTF-8 in shortstr".
             return Err(FrameError::Syntax("malformed UTF-8 in shortstr".into()));
         }
-        Ok(ShortStr(b))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -230,6 +236,16 @@ impl<'a> Reader<'a> {
         Reader {
             buf,
             pos: 0,
+            bit_octet: 0,
+            bit_count: 0,
+        }
+    }
+
+    /// A reader of `buf` from `pos` to its end.
+    pub(crate) fn new_at(buf: &'a Bytes, pos: usize) -> Self {
+        Reader {
+            buf,
+            pos: pos.min(buf.len()),
             bit_octet: 0,
             bit_count: 0,
         }

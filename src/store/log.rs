@@ -510,13 +510,13 @@ mod tests {
     }
 
     fn message() -> Message {
-        Message {
-            exchange: crate::protocol::ShortStr::from_static(""),
-            routing_key: crate::protocol::ShortStr::from_static("q"),
-            properties: Default::default(),
-            body: bytes::Bytes::from(vec![7u8; 1000]),
-            bcc_keys: None,
-        }
+        Message::new(
+            "",
+            "q",
+            &Default::default(),
+            bytes::Bytes::from(vec![7u8; 1000]),
+            None,
+        )
     }
 
     fn flush(store: &mut MessageStore) {
@@ -608,10 +608,13 @@ mod tests {
             rng ^= rng << 17;
             rng % n
         };
-        let m = Message {
-            body: bytes::Bytes::from_static(b"x"),
-            ..message()
-        };
+        let m = Message::new(
+            "",
+            "q",
+            &Default::default(),
+            bytes::Bytes::from_static(b"x"),
+            None,
+        );
         for _run in 0..100 {
             let mut store = MessageStore::new(1024 + next(4096), &[]);
             let mut files: BTreeMap<u32, Vec<u8>> = BTreeMap::new();

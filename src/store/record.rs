@@ -41,8 +41,6 @@
 //! past the end of the file, is what a crash during a write leaves (a torn
 //! write); the reader stops at it and reports it.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use crate::broker::message::Message;
@@ -104,8 +102,8 @@ pub struct PublishHead<'a> {
 /// straight into the chunk.
 pub fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
     let message = head.message;
-    let raw = message.properties.raw();
-    let bcc: &[String] = message.bcc_keys.as_deref().unwrap_or(&[]);
+    let raw = message.properties_raw();
+    let bcc: &[String] = message.bcc_keys().unwrap_or(&[]);
     buf.reserve(64 + raw.len() + message.body.len());
     buf.push(PUBLISH);
     buf.push(if head.delivered { FLAG_DELIVERED } else { 0 });
@@ -115,9 +113,9 @@ pub fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
     buf.extend_from_slice(&head.expires_at_epoch_ms.unwrap_or(NEVER).to_be_bytes());
     put_str8(buf, head.vhost.as_bytes());
     put_str8(buf, head.queue_name.as_bytes());
-    put_str8(buf, message.exchange.as_bytes());
-    put_str8(buf, message.routing_key.as_bytes());
-    buf.extend_from_slice(&message.properties.flags().to_be_bytes());
+    put_str8(buf, message.exchange().as_bytes());
+    put_str8(buf, message.routing_key().as_bytes());
+    buf.extend_from_slice(&message.property_flags().to_be_bytes());
     buf.extend_from_slice(&(raw.len() as u32).to_be_bytes());
     buf.extend_from_slice(raw);
     let bcc_count = bcc.len().min(u16::MAX as usize);
@@ -300,13 +298,13 @@ pub fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
                     expires_at_epoch_ms: (expires != NEVER).then_some(expires),
                     vhost,
                     queue_name,
-                    message: Message {
-                        exchange,
-                        routing_key,
-                        properties,
+                    message: Message::new(
+                        &exchange,
+                        &routing_key,
+                        &properties,
                         body,
-                        bcc_keys: (!bcc.is_empty()).then(|| Arc::from(bcc)),
-                    },
+                        (!bcc.is_empty()).then_some(bcc),
+                    ),
                 }))
             }
             REMOVAL => Record::Removal {
@@ -335,13 +333,13 @@ mod tests {
             priority: Some(3),
             ..Default::default()
         };
-        Message {
-            exchange: ShortStr::from_static("x"),
-            routing_key: ShortStr::from_static("key"),
-            properties: (&props).into(),
-            body: Bytes::from_static(body),
-            bcc_keys: Some(Arc::from(vec!["bcc1".to_string()])),
-        }
+        Message::new(
+            "x",
+            "key",
+            &(&props).into(),
+            Bytes::from_static(body),
+            Some(vec!["bcc1".to_string()]),
+        )
     }
 
     fn chunk_with(records: impl FnOnce(&mut Vec<u8>), alignment: usize) -> Vec<u8> {
@@ -390,11 +388,8 @@ mod tests {
         assert_eq!(p.expires_at_epoch_ms, Some(123));
         assert_eq!((p.vhost.as_str(), p.queue_name.as_str()), ("/", "q"));
         assert_eq!(&p.message.body[..], b"hello");
-        assert_eq!(p.message.properties, m.properties);
-        assert_eq!(
-            p.message.bcc_keys.as_deref(),
-            Some(&["bcc1".to_string()][..])
-        );
+        assert_eq!(p.message.properties(), m.properties());
+        assert_eq!(p.message.bcc_keys(), Some(&["bcc1".to_string()][..]));
         assert!(matches!(
             records[1],
             Record::Delivered {

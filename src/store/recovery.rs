@@ -286,24 +286,9 @@ fn apply(record: Record, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
         Record::Publish(mut publish) => {
             // Copies, so that a few survivors do not keep whole segment
             // files in memory.
+            // (`Message::new`, as decoding made it, has a head of its own.)
             let m = &mut publish.message;
             m.body = Bytes::copy_from_slice(&m.body);
-            if let Ok(p) = crate::protocol::Properties::from_wire(
-                m.properties.flags(),
-                Bytes::copy_from_slice(m.properties.raw()),
-            ) {
-                m.properties = p;
-            }
-            if let Ok(s) =
-                crate::protocol::ShortStr::from_bytes(Bytes::copy_from_slice(m.exchange.as_bytes()))
-            {
-                m.exchange = s;
-            }
-            if let Ok(s) = crate::protocol::ShortStr::from_bytes(Bytes::copy_from_slice(
-                m.routing_key.as_bytes(),
-            )) {
-                m.routing_key = s;
-            }
             live.insert((publish.queue_id, publish.seq), *publish);
         }
         Record::Removal { queue_id, seq } => {

@@ -249,13 +249,13 @@ mod tests {
     }
 
     fn message(n: u64) -> Message {
-        Message {
-            exchange: crate::protocol::ShortStr::from_static(""),
-            routing_key: crate::protocol::ShortStr::from_static("q"),
-            properties: Default::default(),
-            body: bytes::Bytes::from(format!("body-{n}-{}", "y".repeat(n as usize % 700))),
-            bcc_keys: None,
-        }
+        Message::new(
+            "",
+            "q",
+            &Default::default(),
+            bytes::Bytes::from(format!("body-{n}-{}", "y".repeat(n as usize % 700))),
+            None,
+        )
     }
 
     /// Writes 300 publishes (acking every third) in several batches and
