@@ -44,6 +44,8 @@ struct Unacked {
 #[derive(Debug)]
 struct ChannelConsumer {
     queue: QueueRef,
+    /// The queue's id for it, once consume-ok came back.
+    id: Option<ConsumerId>,
 }
 
 /// A publish whose header or body frames are still arriving.
@@ -172,6 +174,9 @@ pub struct Channel {
     next_delivery_tag: u64,
     unacked: VecDeque<Unacked>,
     consumers: FastMap<ShortStr, ChannelConsumer>,
+    /// The consumers by the queue's id for them: how a delivery finds its
+    /// consumer tag (a delivery carries the id, not the tag).
+    consumer_tags: FastMap<(QueueRef, ConsumerId), ShortStr>,
     /// basic.qos with global=false: the limit of consumers created after it.
     consumer_prefetch: u16,
     /// basic.qos with global=true: the channel's limit.
@@ -192,6 +197,15 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// Removes a consumer by tag, from both maps.
+    fn forget_consumer(&mut self, tag: &str) -> Option<ChannelConsumer> {
+        let consumer = self.consumers.remove(tag)?;
+        if let Some(id) = consumer.id {
+            self.consumer_tags.remove(&(consumer.queue, id));
+        }
+        Some(consumer)
+    }
+
     fn new(id: u16) -> Channel {
         Channel {
             id,
@@ -200,6 +214,7 @@ impl Channel {
             next_delivery_tag: 1,
             unacked: VecDeque::new(),
             consumers: FastMap::default(),
+            consumer_tags: FastMap::default(),
             consumer_prefetch: 0,
             channel_prefetch: 0,
             confirms: None,
@@ -398,7 +413,8 @@ impl Connection {
                     )));
                 }
                 let queue = meta.queue_ref();
-                ch.consumers.insert(tag.clone(), ChannelConsumer { queue });
+                ch.consumers
+                    .insert(tag.clone(), ChannelConsumer { queue, id: None });
                 ch.pending_consumer = Some(tag.clone());
                 let spec = ConsumerSpec {
                     conn: self.conn,
@@ -431,7 +447,7 @@ impl Connection {
                 };
                 let queue = consumer.queue;
                 if m.nowait {
-                    ch.consumers.remove(m.consumer_tag.as_str());
+                    ch.forget_consumer(m.consumer_tag.as_str());
                 } else {
                     // The consumer stays until the queue confirms: deliveries
                     // already on their way still reach the client, and once
@@ -979,6 +995,7 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
+        ch.consumer_tags.clear();
         for (tag, consumer) in ch.consumers.drain() {
             self.effects.push((
                 consumer.queue.shard,
@@ -1033,8 +1050,17 @@ impl Connection {
             return Some(reply);
         }
         match reply {
-            ChannelReply::ConsumeOk { tag, nowait, .. } => {
+            ChannelReply::ConsumeOk {
+                tag,
+                nowait,
+                queue,
+                consumer,
+            } => {
                 ch.pending_consumer = None;
+                if let Some(c) = ch.consumers.get_mut(tag.as_str()) {
+                    c.id = Some(consumer);
+                    ch.consumer_tags.insert((queue, consumer), tag.clone());
+                }
                 if !nowait {
                     self.wire
                         .method(id, &BasicConsumeOk { consumer_tag: tag }.into());
@@ -1042,7 +1068,7 @@ impl Connection {
                 self.resume();
             }
             ChannelReply::CancelOk { tag } => {
-                ch.consumers.remove(tag.as_str());
+                ch.forget_consumer(tag.as_str());
                 self.wire
                     .method(id, &BasicCancelOk { consumer_tag: tag }.into());
                 self.resume();
@@ -1071,13 +1097,13 @@ impl Connection {
             }
             ChannelReply::Meta(Err(error)) | ChannelReply::Error(error) => {
                 if let Some(tag) = ch.pending_consumer.take() {
-                    ch.consumers.remove(tag.as_str());
+                    ch.forget_consumer(tag.as_str());
                 }
                 self.resume();
                 self.fail(id, error, now);
             }
             ChannelReply::ConsumerCancelled { tag } => {
-                if ch.consumers.remove(tag.as_str()).is_some()
+                if ch.forget_consumer(tag.as_str()).is_some()
                     && self.capabilities.consumer_cancel_notify
                 {
                     self.wire.method(
@@ -1105,7 +1131,10 @@ impl Connection {
         }
         let is_get = delivery.message_count.is_some();
         if !is_get {
-            if !ch.consumers.contains_key(delivery.consumer_tag.as_str()) {
+            if !ch
+                .consumer_tags
+                .contains_key(&(delivery.queue, delivery.consumer))
+            {
                 return Some(delivery);
             }
             if !delivery.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
@@ -1141,7 +1170,8 @@ impl Connection {
         }
         let Delivery {
             channel,
-            consumer_tag,
+            queue,
+            consumer,
             redelivered,
             message_count,
             message,
@@ -1159,13 +1189,13 @@ impl Connection {
                 self.wire
                     .content_of(channel, &get_ok, &message.properties(), &message.body);
             }
-            None => self.wire.deliver(
-                channel,
-                consumer_tag.as_bytes(),
-                delivery_tag,
-                redelivered,
-                &message,
-            ),
+            None => {
+                // `deliver` checked that the consumer is there.
+                let tag = ch.consumer_tags.get(&(queue, consumer));
+                let tag = tag.map_or(&[][..], ShortStr::as_bytes);
+                self.wire
+                    .deliver(channel, tag, delivery_tag, redelivered, &message);
+            }
         }
     }
 
@@ -1181,7 +1211,10 @@ impl Connection {
             let Some(delivery) = ch.held.pop_front() else {
                 return;
             };
-            if !ch.consumers.contains_key(delivery.consumer_tag.as_str()) {
+            if !ch
+                .consumer_tags
+                .contains_key(&(delivery.queue, delivery.consumer))
+            {
                 self.effects.push(bounce(&delivery));
                 continue;
             }

@@ -522,7 +522,6 @@ impl ShardState {
                 let delivery = Delivery {
                     conn,
                     channel,
-                    consumer_tag: ShortStr::default(),
                     consumer: ConsumerId::GET,
                     queue: q.meta.queue_ref(),
                     seq: queued.seq,

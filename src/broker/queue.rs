@@ -125,7 +125,6 @@ impl<'a> QueueCtx<'a> {
 pub struct Delivery {
     pub conn: ConnRef,
     pub channel: u16,
-    pub consumer_tag: ShortStr,
     pub consumer: ConsumerId,
     pub queue: QueueRef,
     pub seq: u64,
@@ -881,7 +880,6 @@ impl Queue {
         out.push(Delivery {
             conn: consumer.spec.conn,
             channel: consumer.spec.channel,
-            consumer_tag: consumer.spec.tag.clone(),
             consumer: consumer.id,
             queue: self.meta.queue_ref(),
             seq,
