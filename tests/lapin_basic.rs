@@ -1027,3 +1027,43 @@ broker_test!(zero_length_bodies_arrive_as_empty_messages, |b| {
             .unwrap();
     })
 });
+
+// Flow control slows a publisher only while its queue's consumers are taking
+// messages: a consumer that takes nothing (prefetch used up, no acks) must
+// never hold the publisher up, however long the queue grows.
+broker_test!(
+    a_consumer_that_takes_nothing_never_holds_up_publishers,
+    |b| {
+        run_for(Duration::from_secs(90), async {
+            let (qc, _qch, q) = shared_queue(&b, "flow-stalled").await;
+            let (_cc, cch) = open(&b.url()).await;
+            step("basic.qos", cch.basic_qos(1, BasicQosOptions::default()))
+                .await
+                .unwrap();
+            let _consumer = consume(&cch, &q, "stalled", BasicConsumeOptions::default()).await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            let count = 3 * 4096 + 500;
+            let mut confirms = Vec::with_capacity(count);
+            for i in 0..count {
+                let body = i.to_string();
+                let confirm = pch
+                    .basic_publish(
+                        "",
+                        &q,
+                        BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .expect("basic.publish");
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                let c = step("publisher confirm", confirm).await.expect("confirm");
+                assert!(c.is_ack(), "not acked: {:?}", c);
+            }
+            // One message is with the consumer, unacknowledged.
+            wait_message_count(&qc, &q, count as u32 - 1).await;
+        });
+    }
+);

@@ -232,9 +232,8 @@ pub struct ShardState {
     /// those consumers (flow control, as RabbitMQ's credit flow slows
     /// publishers its queues cannot keep up with).
     pub saturated: bool,
-    /// Connections in flow: the queue each waits for, and its deliveries
-    /// count when the wait began.
-    flow: Vec<(ConnId, QueueId, u64)>,
+    /// Connections in flow.
+    flow: Vec<FlowWait>,
 }
 
 impl ShardState {
@@ -583,11 +582,11 @@ impl ShardState {
         q.dispatch(&mut deliveries, &mut ctx);
         if !self.flow.is_empty() && !q.outpaces_consumers_still() {
             let connections = &self.connections;
-            self.flow.retain(|&(conn, waits_for, _)| {
-                if waits_for != queue {
+            self.flow.retain(|wait| {
+                if wait.queue != queue {
                     return true;
                 }
-                if let Some(connection) = connections.get(&conn) {
+                if let Some(connection) = connections.get(&wait.conn) {
                     connection.reader.notify();
                 }
                 false
@@ -700,8 +699,13 @@ impl ShardState {
             connection.restore_effects(effects);
         }
         if let Some((queue, deliveries)) = flow_for {
-            if !self.flow.iter().any(|&(c, ..)| c == conn) {
-                self.flow.push((conn, queue, deliveries));
+            if !self.flow.iter().any(|w| w.conn == conn) {
+                self.flow.push(FlowWait {
+                    conn,
+                    queue,
+                    deliveries,
+                    ticked: false,
+                });
             }
         }
     }
@@ -881,6 +885,7 @@ impl ShardState {
     /// The timer tick: heartbeats and handshake/close deadlines.
     pub fn tick(&mut self, now: Instant) {
         self.now = now;
+        self.release_flow_waited_a_tick();
         let ids: Vec<ConnId> = self.connections.keys().copied().collect();
         for id in ids {
             if let Some(connection) = self.connections.get_mut(&id) {
@@ -948,14 +953,14 @@ impl ShardState {
 
     /// True while this connection is in flow: it published into a queue
     /// whose consumers are not keeping up while the shard is saturated. It
-    /// then waits for the queue to drain (its reader is woken), for at
-    /// most a tick. Leaves flow once the queue has drained, lost its
-    /// consumers or gone, or the shard has time to spare.
+    /// then waits until the queue has drained (its reader is woken), or
+    /// for one to two ticks. Leaves flow once the queue has drained, lost
+    /// its consumers or gone, or the shard has time to spare.
     pub fn in_flow(&mut self, id: ConnId) -> bool {
-        let Some(at) = self.flow.iter().position(|&(c, ..)| c == id) else {
+        let Some(at) = self.flow.iter().position(|w| w.conn == id) else {
             return false;
         };
-        let queue = self.flow[at].1;
+        let queue = self.flow[at].queue;
         let still = self.saturated
             && self
                 .queues
@@ -967,26 +972,54 @@ impl ShardState {
         still
     }
 
-    /// The connection waited in flow and reads again; `in_vain` if it
-    /// waited its longest, a whole tick, without being woken.
-    pub fn leave_flow(&mut self, id: ConnId, in_vain: bool) {
-        let Some(at) = self.flow.iter().position(|&(c, ..)| c == id) else {
-            return;
-        };
-        let (_, queue, since) = self.flow.swap_remove(at);
-        if in_vain {
-            if let Some(q) = self.queues.get_mut(&queue) {
-                q.flow_waited_in_vain(since);
+    /// The connection's reader was woken while in flow: it reads again.
+    pub fn leave_flow(&mut self, id: ConnId) {
+        self.flow.retain(|w| w.conn != id);
+    }
+
+    /// The tick lets go of publishers that have waited in flow since the
+    /// tick before (timers of their own would cost a submission and a
+    /// cancellation per wait). A queue whose consumers took nothing
+    /// meanwhile has stalled consumers, which slow no publisher.
+    fn release_flow_waited_a_tick(&mut self) {
+        let ShardState {
+            flow,
+            queues,
+            connections,
+            ..
+        } = self;
+        flow.retain_mut(|wait| {
+            if !wait.ticked {
+                wait.ticked = true;
+                return true;
             }
-        }
+            if let Some(q) = queues.get_mut(&wait.queue) {
+                q.flow_waited_in_vain(wait.deliveries);
+            }
+            if let Some(connection) = connections.get(&wait.conn) {
+                connection.reader.notify();
+            }
+            false
+        });
     }
 
     /// Called by the socket tasks once both of them are done.
     pub fn remove_connection(&mut self, id: ConnId) {
-        self.flow.retain(|&(c, ..)| c != id);
+        self.leave_flow(id);
         self.connection_lost(id);
         self.connections.remove(&id);
     }
+}
+
+/// A publishing connection in flow (`ShardState::in_flow`).
+struct FlowWait {
+    conn: ConnId,
+    /// The queue it waits for, and that queue's deliveries count when the
+    /// wait began.
+    queue: QueueId,
+    deliveries: u64,
+    /// A tick passed since the wait began: the next one ends it.
+    ticked: bool,
 }
 
 fn no_queue_by_id() -> AmqpError {

@@ -60,7 +60,9 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
         match input {
             Input::NeedMore => {}
             Input::Yield => {
-                glommio::executor().yield_task_queue_now().await;
+                if !wait_in_flow(state, id, wake).await {
+                    glommio::executor().yield_task_queue_now().await;
+                }
                 continue;
             }
             Input::Paused => {
@@ -74,23 +76,7 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
         while state.borrow().should_stop_reading(id) {
             glommio::timer::sleep(config::TICK).await;
         }
-        // Flow control: the queue this connection publishes into is not
-        // being drained as fast, and the shard has no time to spare; its
-        // consumers go first. Woken when the queue has drained.
-        if state.borrow_mut().in_flow(id) {
-            let waited_in_vain = future::or(
-                async {
-                    wake.wait().await;
-                    false
-                },
-                async {
-                    glommio::timer::sleep(config::TICK).await;
-                    true
-                },
-            )
-            .await;
-            state.borrow_mut().leave_flow(id, waited_in_vain);
-        }
+        wait_in_flow(state, id, wake).await;
         if buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
             buf.reserve(config::READ_BUFFER_SIZE);
         }
@@ -125,6 +111,19 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
             }
         }
     }
+}
+
+/// Flow control: the queue this connection publishes into is not being
+/// drained as fast, and the shard has no time to spare; its consumers go
+/// first. Waits until the queue has drained or the tick lets it go (either
+/// wakes the reader). True if it waited.
+async fn wait_in_flow(state: &Shared, id: ConnId, wake: &Notify) -> bool {
+    if !state.borrow_mut().in_flow(id) {
+        return false;
+    }
+    wake.wait().await;
+    state.borrow_mut().leave_flow(id);
+    true
 }
 
 /// Waits until the executor has polled io_uring again, so that every other
