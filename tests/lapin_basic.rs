@@ -1035,7 +1035,7 @@ broker_test!(
     a_consumer_that_takes_nothing_never_holds_up_publishers,
     |b| {
         run_for(Duration::from_secs(90), async {
-            let (qc, _qch, q) = shared_queue(&b, "flow-stalled").await;
+            let (qc, _qch, q) = shared_queue(b, "flow-stalled").await;
             let (_cc, cch) = open(&b.url()).await;
             step("basic.qos", cch.basic_qos(1, BasicQosOptions::default()))
                 .await

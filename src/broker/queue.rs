@@ -303,11 +303,94 @@ impl Ready {
     }
 }
 
+/// A message delivered and not yet settled, and the consumer that holds it.
+type Held = (QueuedMessage, ConsumerId);
+
+/// The unacknowledged messages, by seq. A queue delivers its oldest ready
+/// message first, so deliveries nearly always come in seq order and are
+/// settled roughly in that order: they sit in a deque, found by their seq
+/// with no hashing, and a settled one leaves a hole until the front passes
+/// it. The few that arrive out of order (a requeued message delivered
+/// again, a higher priority overtaking) go to a map.
+#[derive(Debug, Default)]
+struct Unacked {
+    in_order: VecDeque<(u64, Option<Held>)>,
+    /// Messages in `in_order` that are not holes.
+    in_order_live: usize,
+    out_of_order: FastMap<u64, Held>,
+}
+
+impl Unacked {
+    fn insert(&mut self, seq: u64, held: Held) {
+        if self.in_order.back().is_none_or(|&(last, _)| last < seq) {
+            self.in_order.push_back((seq, Some(held)));
+            self.in_order_live += 1;
+        } else {
+            self.out_of_order.insert(seq, held);
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Held> {
+        let first = self.in_order.front().map_or(u64::MAX, |&(first, _)| first);
+        if seq >= first {
+            let at = if seq == first {
+                0
+            } else {
+                self.in_order.partition_point(|&(s, _)| s < seq)
+            };
+            if let Some((_, slot)) = self.in_order.get_mut(at).filter(|(s, _)| *s == seq) {
+                let held = slot.take()?;
+                self.in_order_live -= 1;
+                self.trim();
+                return Some(held);
+            }
+        }
+        self.out_of_order.remove(&seq)
+    }
+
+    /// Drops the holes at both ends. A message left unsettled at the front
+    /// while many after it are settled would keep every hole behind it:
+    /// when holes outnumber messages four to one, the front message moves
+    /// to the map.
+    fn trim(&mut self) {
+        loop {
+            while self.in_order.front().is_some_and(|(_, h)| h.is_none()) {
+                self.in_order.pop_front();
+            }
+            while self.in_order.back().is_some_and(|(_, h)| h.is_none()) {
+                self.in_order.pop_back();
+            }
+            if self.in_order.len() <= 64 || self.in_order.len() <= 4 * self.in_order_live {
+                return;
+            }
+            if let Some((seq, Some(held))) = self.in_order.pop_front() {
+                self.in_order_live -= 1;
+                self.out_of_order.insert(seq, held);
+            }
+        }
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Held> {
+        self.in_order
+            .iter_mut()
+            .filter_map(|(_, h)| h.as_mut())
+            .chain(self.out_of_order.values_mut())
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Held> + '_ {
+        self.in_order_live = 0;
+        self.in_order
+            .drain(..)
+            .filter_map(|(_, h)| h)
+            .chain(self.out_of_order.drain().map(|(_, h)| h))
+    }
+}
+
 #[derive(Debug)]
 pub struct Queue {
     pub meta: QueueMeta,
     ready: Ready,
-    unacked: FastMap<u64, (QueuedMessage, ConsumerId)>,
+    unacked: Unacked,
     /// `Message::memory_size` of the unacknowledged messages.
     unacked_memory_bytes: u64,
     consumers: Vec<Consumer>,
@@ -347,7 +430,7 @@ impl Queue {
         Queue {
             meta,
             ready: Ready::new(level_count),
-            unacked: FastMap::default(),
+            unacked: Unacked::default(),
             unacked_memory_bytes: 0,
             consumers: Vec::new(),
             next_consumer: 0,
@@ -578,7 +661,7 @@ impl Queue {
                 forget(id, &queued, ctx.store);
             }
         });
-        for (_, (queued, _)) in self.unacked.drain() {
+        for (queued, _) in self.unacked.drain() {
             forget(id, &queued, ctx.store);
         }
     }
@@ -749,7 +832,7 @@ impl Queue {
     }
 
     pub fn settle(&mut self, seq: u64, consumer: ConsumerId, settle: Settle, ctx: &mut QueueCtx) {
-        let Some((mut queued, holder)) = self.unacked.remove(&seq) else {
+        let Some((mut queued, holder)) = self.unacked.remove(seq) else {
             return;
         };
         self.unacked_memory_bytes -= queued.message.memory_size();
@@ -971,6 +1054,63 @@ mod tests {
             bytes::Bytes::from_static(b"m"),
             None,
         )
+    }
+
+    fn held(seq: u64) -> Held {
+        (
+            QueuedMessage {
+                seq,
+                redelivered: false,
+                level: 0,
+                expires_at_ms: NEVER,
+                segment: 0,
+                message: message(),
+            },
+            ConsumerId(1),
+        )
+    }
+
+    #[test]
+    fn unacked_messages_are_found_by_seq_in_any_order() {
+        let mut u = Unacked::default();
+        for seq in 1..=10 {
+            u.insert(seq, held(seq));
+        }
+        // A requeued message delivered again comes after newer ones.
+        u.insert(0, held(0));
+        assert_eq!(u.out_of_order.len(), 1);
+        assert_eq!(u.remove(5).map(|h| h.0.seq), Some(5));
+        assert!(u.remove(5).is_none(), "settled twice");
+        for seq in [1, 2, 3, 4, 10, 0, 7] {
+            assert_eq!(u.remove(seq).map(|h| h.0.seq), Some(seq));
+        }
+        assert!(u.remove(11).is_none());
+        let mut left: Vec<u64> = u.values_mut().map(|h| h.0.seq).collect();
+        left.sort();
+        assert_eq!(left, [6, 8, 9]);
+        // Holes at either end are dropped at once.
+        assert_eq!(u.in_order.front().map(|e| e.0), Some(6));
+        assert_eq!(u.in_order.back().map(|e| e.0), Some(9));
+        let mut drained: Vec<u64> = u.drain().map(|h| h.0.seq).collect();
+        drained.sort();
+        assert_eq!(drained, [6, 8, 9]);
+        assert!(u.in_order.is_empty() && u.out_of_order.is_empty());
+    }
+
+    #[test]
+    fn a_message_never_settled_does_not_keep_the_holes_behind_it() {
+        let mut u = Unacked::default();
+        for seq in 1..=1000 {
+            u.insert(seq, held(seq));
+        }
+        // All but the first and the last settled.
+        for seq in 2..1000 {
+            assert!(u.remove(seq).is_some());
+        }
+        assert!(u.in_order.len() <= 64, "{} slots kept", u.in_order.len());
+        assert_eq!(u.remove(1).map(|h| h.0.seq), Some(1));
+        assert_eq!(u.remove(1000).map(|h| h.0.seq), Some(1000));
+        assert_eq!(u.values_mut().count(), 0);
     }
 
     #[test]
