@@ -32,12 +32,13 @@ pub const TICK: Duration = Duration::from_millis(5);
 pub const READ_BUFFER_SIZE: usize = 128 * 1024;
 /// Bytes a connection reads (and handles) before it waits for the next
 /// reactor turn, so one publisher cannot starve the rest of its shard: its
-/// consumers above all, whose acks wait behind it. Measured on one shard,
-/// 1 → 1 with prefetch 200 and an ack per 50, the consumer got about 1/8 of
-/// the publisher's rate with 128 KiB reads, 1/4 with 32 KiB, 1/2 with
-/// 16 KiB; smaller reads cost more turns, so autoack costs about 5 % more
-/// CPU per message at 32 KiB and 20 % more at 16 KiB.
-pub const READ_BYTES_PER_TURN_MAX: usize = 32 * 1024;
+/// consumers above all, whose acks wait behind it. Before flow control, a
+/// smaller budget was how a consumer got its share (1 → 1 with prefetch 200
+/// and an ack per 50: 1/8 of the publisher's rate with 128 KiB, 1/4 with
+/// 32 KiB); with flow control holding publishers whose queues grow, 64 KiB
+/// measured best both with acks (~0.9 against ~1.0 CPU-s per million at
+/// 32 KiB) and with autoack (~0.52 against ~0.63), as fewer turns cost less.
+pub const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// Flow control: on a shard that was busy for at least this fraction of
 /// its last tick, a connection publishing into a local queue with more than
 /// `FLOW_READY_HIGH` ready messages and consumers waits, before it reads
