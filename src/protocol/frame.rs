@@ -596,6 +596,25 @@ mod tests {
         );
     }
 
+    /// Every single corrupted byte of `whole`: `peek` (giving the body and
+    /// the length it found) never panics, and never finds a shape that
+    /// reaches past the buffer.
+    fn every_corrupted_byte(
+        whole: &[u8],
+        peek: impl Fn(&[u8]) -> Option<(std::ops::Range<usize>, usize)>,
+    ) {
+        for at in 0..whole.len() {
+            for value in [0u8, 1, 2, 3, 0x7f, 0xce, 0xff] {
+                let mut bytes = whole.to_vec();
+                bytes[at] = value;
+                if let Some((body, len)) = peek(&bytes) {
+                    assert!(len <= bytes.len());
+                    assert!(body.end < len);
+                }
+            }
+        }
+    }
+
     #[test]
     fn peek_publish_leaves_anything_else_to_the_general_parser() {
         let whole = publish_frames(3, false, b"hello");
@@ -609,16 +628,9 @@ mod tests {
         // A frame over frame_max, and every single corrupted byte: never a
         // panic, and never a shape that reaches past the buffer.
         assert_eq!(peek_publish(&whole, 16), None);
-        for at in 0..whole.len() {
-            for value in [0u8, 1, 2, 3, 0x7f, 0xce, 0xff] {
-                let mut bytes = whole.to_vec();
-                bytes[at] = value;
-                if let Some(shape) = peek_publish(&bytes, 131_072) {
-                    assert!(shape.len <= bytes.len());
-                    assert!(shape.body.end < shape.len);
-                }
-            }
-        }
+        every_corrupted_byte(&whole, |bytes| {
+            peek_publish(bytes, 131_072).map(|shape| (shape.body, shape.len))
+        });
     }
 
     fn deliver_frames(channel: u16, redelivered: bool, body: &[u8]) -> BytesMut {
@@ -700,16 +712,9 @@ mod tests {
         assert_eq!(peek_deliver(&deliver_frames(7, false, b""), 131_072), None);
         assert_eq!(peek_deliver(&publish_frames(7, false, b"x"), 131_072), None);
         assert_eq!(peek_deliver(&whole, 16), None);
-        for at in 0..whole.len() {
-            for value in [0u8, 1, 2, 3, 0x7f, 0xce, 0xff] {
-                let mut bytes = whole.to_vec();
-                bytes[at] = value;
-                if let Some(shape) = peek_deliver(&bytes, 131_072) {
-                    assert!(shape.len <= bytes.len());
-                    assert!(shape.body.end < shape.len);
-                }
-            }
-        }
+        every_corrupted_byte(&whole, |bytes| {
+            peek_deliver(bytes, 131_072).map(|shape| (shape.body, shape.len))
+        });
     }
 
     fn one_frame(bytes: &[u8], frame_max: u32) -> Result<Option<Frame>, FrameError> {
