@@ -724,34 +724,32 @@ impl Connection {
             _ => return false,
         }
         let frames = buf.split_to(shape.len).freeze();
-        let names_checked = ShortStr::check(&frames[shape.exchange.clone()])
-            .and_then(|()| ShortStr::check(&frames[shape.routing_key.clone()]));
-        if let Err(error) = names_checked {
-            self.connection_error(error.to_amqp_error(), env.now);
-            return true;
-        }
-        if let Err(error) =
-            Properties::from_wire(shape.flags, frames.slice(shape.properties.clone()))
-        {
-            // The general path would have judged the exchange on the
-            // method frame before it met the bad header.
-            let exchange = std::str::from_utf8(&frames[shape.exchange.clone()]).unwrap_or_default();
-            if let Err(refused) = check_publish_exchange(env, exchange) {
-                self.fail(shape.channel, refused.with_method(60, 40), env.now);
-            }
-            self.connection_error(error.to_amqp_error(), env.now);
-            return true;
-        }
-        // The exchange is checked once, by `route_publish`, as it routes.
         let body = frames.slice(shape.body.clone());
-        let message = Message::in_frames(
+        let properties = shape.properties.clone();
+        let message = match Message::in_frames(
             &frames,
             shape.exchange,
             shape.routing_key,
             shape.flags,
             shape.properties,
             body,
-        );
+        ) {
+            Ok(message) => message,
+            Err(error) => {
+                self.connection_error(error.to_amqp_error(), env.now);
+                return true;
+            }
+        };
+        if let Err(error) = Properties::from_wire(shape.flags, frames.slice(properties)) {
+            // The general path would have judged the exchange on the
+            // method frame before it met the bad header.
+            if let Err(refused) = check_publish_exchange(env, message.exchange()) {
+                self.fail(shape.channel, refused.with_method(60, 40), env.now);
+            }
+            self.connection_error(error.to_amqp_error(), env.now);
+            return true;
+        }
+        // The exchange is checked once, by `route_publish`, as it routes.
         if let Err(error) = self.route_publish(shape.channel, message, shape.mandatory, env) {
             self.fail(shape.channel, error.with_method(60, 40), env.now);
         }

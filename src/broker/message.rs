@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::properties::{self, flag};
-use crate::protocol::{Properties, ShortStr};
+use crate::protocol::{FrameError, Properties, ShortStr};
 
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -68,7 +68,9 @@ impl Message {
 
     /// A message whose names and property list are slices of `frames`, the
     /// publish's frames as read: no copy, one refcount for all three. The
-    /// names must have been checked as UTF-8 and the properties validated.
+    /// names are checked here (`ShortStr::check`: `exchange()` and
+    /// `routing_key()` rely on it); the caller validates the property list
+    /// (`Properties::from_wire`) before the message goes anywhere.
     pub fn in_frames(
         frames: &Bytes,
         exchange: Range<usize>,
@@ -76,12 +78,12 @@ impl Message {
         property_flags: u16,
         properties: Range<usize>,
         body: Bytes,
-    ) -> Message {
-        debug_assert!(exchange.end <= routing_key.start && routing_key.end <= properties.start);
-        debug_assert!(std::str::from_utf8(&frames[exchange.clone()]).is_ok());
-        debug_assert!(std::str::from_utf8(&frames[routing_key.clone()]).is_ok());
+    ) -> Result<Message, FrameError> {
+        assert!(exchange.end <= routing_key.start && routing_key.end <= properties.start);
+        ShortStr::check(&frames[exchange.clone()])?;
+        ShortStr::check(&frames[routing_key.clone()])?;
         let start = exchange.start;
-        Message {
+        Ok(Message {
             head: frames.slice(start..properties.end),
             body,
             exchange_len: exchange.len() as u8,
@@ -90,7 +92,7 @@ impl Message {
             properties_at: (properties.start - start) as u16,
             property_flags,
             bcc_keys: None,
-        }
+        })
     }
 
     pub fn exchange(&self) -> &str {
@@ -103,9 +105,12 @@ impl Message {
 
     fn str_at(&self, at: usize, len: u8) -> &str {
         let bytes = &self.head[at..at + len as usize];
-        // Both constructors take checked names: `new` takes `&str`s, and
-        // `in_frames` names that `ShortStr::from_bytes` accepted.
-        std::str::from_utf8(bytes).unwrap_or_default()
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: both constructors take UTF-8 names only: `new` takes
+        // `&str`s, and `in_frames` checks its names with `ShortStr::check`;
+        // the head is immutable afterwards. A check here would cost every
+        // routed and delivered message.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// The exchange name as a `ShortStr` (a slice of the head).
@@ -215,6 +220,17 @@ mod tests {
     }
 
     #[test]
+    fn names_in_frames_must_be_shortstrs() {
+        let frames = Bytes::from_static(b"ok\xff\xfeprops");
+        let made = |exchange, key| {
+            Message::in_frames(&frames, exchange, key, 0, 4..9, Bytes::new()).map(|_| ())
+        };
+        assert!(made(0..2, 2..2).is_ok());
+        assert!(made(0..2, 2..4).is_err(), "a routing key that is not UTF-8");
+        assert!(made(2..3, 3..3).is_err(), "an exchange that is not UTF-8");
+    }
+
+    #[test]
     fn both_constructors_read_back_the_same() {
         let properties = BasicProperties {
             delivery_mode: Some(2),
@@ -239,7 +255,8 @@ mod tests {
             properties.flags(),
             property_list..frames.len(),
             body,
-        );
+        )
+        .unwrap();
         for m in [&packed, &sliced] {
             assert_eq!(m.exchange(), "amq.direct");
             assert_eq!(m.routing_key(), "key");
