@@ -191,6 +191,10 @@ impl Properties {
                 "property flags continuation bit set".into(),
             ));
         }
+        if flags == 0 && raw.is_empty() {
+            // Most publishes set no property: nothing to walk.
+            return Ok(());
+        }
         let mut r = Reader::new(raw);
         for &(bit, kind) in &LAYOUT {
             if flags & bit == 0 {
