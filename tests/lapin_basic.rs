@@ -1067,3 +1067,51 @@ broker_test!(
         });
     }
 );
+
+// A message requeued from the middle of a consumer's unacknowledged ones and
+// delivered again must be settled by its new delivery tag: the consumer's
+// prefetch credit comes back, so it goes on receiving.
+broker_test!(
+    a_redelivered_message_from_the_middle_is_settled_and_frees_its_credit,
+    |b| {
+        run(async {
+            let (_oc, _och, q) = shared_queue(b, "redeliver-mid").await;
+            let (_pc, pch) = open_confirming(&b.url()).await;
+            fill_n(&pch, &q, 10).await;
+            let (_cc, ch) = open(&b.url()).await;
+            step("basic.qos", ch.basic_qos(10, BasicQosOptions::default()))
+                .await
+                .unwrap();
+            let mut consumer = consume(&ch, &q, "mid", BasicConsumeOptions::default()).await;
+            let first: Vec<Delivery> = {
+                let mut v = Vec::new();
+                for _ in 0..10 {
+                    v.push(next_delivery(&mut consumer).await);
+                }
+                v
+            };
+            ch.basic_nack(
+                first[4].delivery_tag,
+                BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                },
+            )
+            .await
+            .unwrap();
+            let again = next_delivery(&mut consumer).await;
+            assert!(again.redelivered);
+            assert_eq!(again.data, first[4].data);
+            ch.basic_ack(again.delivery_tag, BasicAckOptions::default())
+                .await
+                .unwrap();
+            ch.basic_ack(first[9].delivery_tag, BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+            // All ten settled: a prefetch of 10 takes ten more at once.
+            fill_n(&pch, &q, 10).await;
+            let more = next_bodies(&mut consumer, 10).await;
+            assert_eq!(more.len(), 10);
+        })
+    }
+);

@@ -338,11 +338,14 @@ impl Unacked {
             } else {
                 self.in_order.partition_point(|&(s, _)| s < seq)
             };
+            // A hole with this seq means it was settled and, if it is
+            // unacked again (requeued and delivered anew), it is in the map.
             if let Some((_, slot)) = self.in_order.get_mut(at).filter(|(s, _)| *s == seq) {
-                let held = slot.take()?;
-                self.in_order_live -= 1;
-                self.trim();
-                return Some(held);
+                if let Some(held) = slot.take() {
+                    self.in_order_live -= 1;
+                    self.trim();
+                    return Some(held);
+                }
             }
         }
         self.out_of_order.remove(&seq)
@@ -1085,6 +1088,10 @@ mod tests {
             assert_eq!(u.remove(seq).map(|h| h.0.seq), Some(seq));
         }
         assert!(u.remove(11).is_none());
+        // Requeued and delivered again while its old place is still a hole
+        // (6 is unsettled ahead of it): it is found in the map.
+        u.insert(7, held(7));
+        assert_eq!(u.remove(7).map(|h| h.0.seq), Some(7));
         let mut left: Vec<u64> = u.values_mut().map(|h| h.0.seq).collect();
         left.sort();
         assert_eq!(left, [6, 8, 9]);
