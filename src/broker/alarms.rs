@@ -50,7 +50,7 @@ pub const MEMORY_HIGH_WATERMARK_DEFAULT: f64 = 0.4;
 /// RabbitMQ's default `disk_free_limit` ("50MB", powers of ten).
 pub const DISK_FREE_LIMIT_DEFAULT_BYTES: u64 = 50_000_000;
 /// What a queued message costs beyond its bytes: the queue's slot, the
-/// message struct and its handles, a map entry while unacknowledged.
+/// message struct and its handles, a deque slot while unacknowledged.
 pub const MESSAGE_OVERHEAD_BYTES: u64 = 160;
 
 /// `--vm-memory-high-watermark`: a fraction of RAM or a number of bytes.

@@ -174,27 +174,9 @@ impl Message {
         self.bcc_keys.as_deref().map(Vec::as_slice)
     }
 
-    /// The same message with other properties (a new head).
-    pub fn with_properties(&self, properties: &Properties) -> Message {
-        Message::new(
-            self.exchange(),
-            self.routing_key(),
-            properties,
-            self.body.clone(),
-            None,
-        )
-        .with_bcc_keys_of(self)
-    }
-
     /// Keeps `other`'s BCC keys.
     pub fn with_bcc_keys_of(mut self, other: &Message) -> Message {
         self.bcc_keys = other.bcc_keys.clone();
-        self
-    }
-
-    /// Drops the BCC keys.
-    pub fn without_bcc_keys(mut self) -> Message {
-        self.bcc_keys = None;
         self
     }
 

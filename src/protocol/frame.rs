@@ -560,14 +560,20 @@ mod tests {
     use crate::protocol::properties::tests::all_set;
 
     fn publish_frames(channel: u16, immediate: bool, body: &[u8]) -> BytesMut {
-        let mut buf = BytesMut::new();
         let publish = BasicPublish {
             exchange: "amq.direct".into(),
             routing_key: "key".into(),
             mandatory: true,
             immediate,
         };
-        write_method(&mut buf, channel, &publish.into());
+        content_frames(channel, publish.into(), body)
+    }
+
+    /// A method and its content (every property set) as a client or the
+    /// broker writes them.
+    fn content_frames(channel: u16, method: Method, body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        write_method(&mut buf, channel, &method);
         write_content_header(
             &mut buf,
             channel,
@@ -634,7 +640,6 @@ mod tests {
     }
 
     fn deliver_frames(channel: u16, redelivered: bool, body: &[u8]) -> BytesMut {
-        let mut buf = BytesMut::new();
         let deliver = crate::protocol::method::BasicDeliver {
             consumer_tag: "ctag-1".into(),
             delivery_tag: 0x0102_0304_0506_0708,
@@ -642,16 +647,7 @@ mod tests {
             exchange: "amq.direct".into(),
             routing_key: "key".into(),
         };
-        write_method(&mut buf, channel, &deliver.into());
-        write_content_header(
-            &mut buf,
-            channel,
-            60,
-            body.len() as u64,
-            &all_set().encode(),
-        );
-        write_body(&mut buf, channel, &Bytes::copy_from_slice(body), 131_072);
-        buf
+        content_frames(channel, deliver.into(), body)
     }
 
     #[test]
