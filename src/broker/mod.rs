@@ -534,17 +534,18 @@ impl ShardState {
         }
     }
 
-    /// A publish reaches its local queue. True if it leaves the queue with
-    /// more ready messages than flow control allows while the shard is
-    /// saturated: the publisher should let the consumers catch up.
+    /// A publish reaches its local queue. If it leaves the queue with more
+    /// ready messages than flow control allows while the shard is
+    /// saturated, the publisher should let the consumers catch up: the
+    /// queue's deliveries count, for its flow wait, is returned.
     fn enqueue(
         &mut self,
         queue: QueueId,
         message: Message,
         confirm: Option<ConfirmTarget>,
-    ) -> bool {
+    ) -> Option<u64> {
         let mut deliveries = std::mem::take(&mut self.deliveries);
-        let mut in_flow = false;
+        let mut in_flow = None;
         let enqueued = match self.queues.get_mut(&queue) {
             Some(q) => {
                 // One clock reading for both steps: a TTL-0 message
@@ -553,7 +554,9 @@ impl ShardState {
                     QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
                 let enqueued = q.publish(message, &mut deliveries, &mut ctx);
                 q.dispatch(&mut deliveries, &mut ctx);
-                in_flow = self.saturated && q.outpaces_consumers();
+                if self.saturated && q.outpaces_consumers() {
+                    in_flow = Some(q.deliveries());
+                }
                 enqueued
             }
             None => Enqueued::Accepted,
@@ -687,8 +690,7 @@ impl ShardState {
                 confirm,
             } = msg
             {
-                if self.enqueue(queue, message, confirm) {
-                    let deliveries = self.queues.get(&queue).map_or(0, Queue::deliveries);
+                if let Some(deliveries) = self.enqueue(queue, message, confirm) {
                     flow_for = Some((queue, deliveries));
                 }
             } else {
