@@ -816,37 +816,24 @@ impl Connection {
                 )));
             }
         }
-        let exchange = match env.vhost.exchanges.get(message.exchange()) {
-            None => return Err(no_exchange(message.exchange())),
-            Some(exchange) if exchange.def.internal => {
-                return Err(internal_exchange(message.exchange()))
+        let generation = env.vhost.generation();
+        let headers = message.property_flags() & crate::protocol::properties::flag::HEADERS != 0;
+        let routed_before = !headers
+            && self
+                .route_cache
+                .holds(generation, message.exchange(), message.routing_key());
+        let properties = if routed_before {
+            self.route_keys.clear();
+            properties
+        } else {
+            self.route_cache.forget();
+            let properties = self.route(&mut message, properties, env)?;
+            if !headers && self.routed.delayed.is_empty() {
+                self.route_cache
+                    .remember(generation, message.exchange(), message.routing_key());
             }
-            Some(exchange) => exchange,
+            properties
         };
-        // Sender-selected distribution: only a publish with headers pays.
-        let properties = match sender_selected::routing_keys(&properties, &mut self.route_keys)? {
-            None => properties,
-            Some(removed) => {
-                let bcc = &self.route_keys[removed.bcc_at..];
-                let bcc = (!bcc.is_empty()).then(|| bcc.to_vec());
-                message = Message::new(
-                    message.exchange(),
-                    message.routing_key(),
-                    &removed.properties,
-                    message.body.clone(),
-                    bcc,
-                );
-                removed.properties
-            }
-        };
-        env.vhost.route(
-            exchange,
-            message.routing_key(),
-            &self.route_keys,
-            &properties,
-            &mut self.route_scratch,
-            &mut self.routed,
-        );
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -927,6 +914,49 @@ impl Connection {
             hand_over(ch.tx.as_mut(), &mut self.effects, self.conn.shard, msg);
         }
         Ok(())
+    }
+
+    /// Routes a publish into `routed`, its CC and BCC keys into
+    /// `route_keys`. Returns its properties without a BCC header, and
+    /// rebuilds the message without it too.
+    fn route(
+        &mut self,
+        message: &mut Message,
+        properties: Properties,
+        env: &Env,
+    ) -> Result<Properties, AmqpError> {
+        let exchange = match env.vhost.exchanges.get(message.exchange()) {
+            None => return Err(no_exchange(message.exchange())),
+            Some(exchange) if exchange.def.internal => {
+                return Err(internal_exchange(message.exchange()))
+            }
+            Some(exchange) => exchange,
+        };
+        // Sender-selected distribution: only a publish with headers pays.
+        let properties = match sender_selected::routing_keys(&properties, &mut self.route_keys)? {
+            None => properties,
+            Some(removed) => {
+                let bcc = &self.route_keys[removed.bcc_at..];
+                let bcc = (!bcc.is_empty()).then(|| bcc.to_vec());
+                *message = Message::new(
+                    message.exchange(),
+                    message.routing_key(),
+                    &removed.properties,
+                    message.body.clone(),
+                    bcc,
+                );
+                removed.properties
+            }
+        };
+        env.vhost.route(
+            exchange,
+            message.routing_key(),
+            &self.route_keys,
+            &properties,
+            &mut self.route_scratch,
+            &mut self.routed,
+        );
+        Ok(properties)
     }
 
     fn settle(
@@ -1133,25 +1163,35 @@ impl Connection {
         if ch.closing {
             return Some(delivery);
         }
-        let is_get = delivery.message_count.is_some();
-        if !is_get {
-            if !ch
-                .consumer_tags
-                .contains_key(&(delivery.queue, delivery.consumer))
-            {
-                return Some(delivery);
-            }
-            if !delivery.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
-                // The channel's shared limit is reached: the message waits
-                // here, already assigned to this consumer, until an ack.
-                ch.held.push_back(delivery);
-                return None;
-            }
-        }
-        self.write_delivery(delivery);
-        if is_get {
+        if delivery.message_count.is_some() {
+            self.write_delivery(delivery);
             self.resume();
+            return None;
         }
+        // One lookup of the channel and one of the tag per delivery: this
+        // is the path of every message a consumer receives.
+        let Some(tag) = ch.consumer_tags.get(&(delivery.queue, delivery.consumer)) else {
+            return Some(delivery);
+        };
+        if !delivery.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
+            // The channel's shared limit is reached: the message waits
+            // here, already assigned to this consumer, until an ack.
+            ch.held.push_back(delivery);
+            return None;
+        }
+        let delivery_tag = take_delivery_tag(
+            &mut ch.next_delivery_tag,
+            &mut ch.consumer_unacked,
+            &mut ch.unacked,
+            &delivery,
+        );
+        self.wire.deliver(
+            delivery.channel,
+            tag.as_bytes(),
+            delivery_tag,
+            delivery.redelivered,
+            &delivery.message,
+        );
         None
     }
 
@@ -1159,19 +1199,12 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&delivery.channel) else {
             return;
         };
-        let delivery_tag = ch.next_delivery_tag;
-        ch.next_delivery_tag += 1;
-        if !delivery.no_ack {
-            if delivery.consumer != ConsumerId::GET {
-                ch.consumer_unacked += 1;
-            }
-            ch.unacked.push_back(Unacked {
-                delivery_tag,
-                queue: delivery.queue,
-                seq: delivery.seq,
-                consumer: delivery.consumer,
-            });
-        }
+        let delivery_tag = take_delivery_tag(
+            &mut ch.next_delivery_tag,
+            &mut ch.consumer_unacked,
+            &mut ch.unacked,
+            &delivery,
+        );
         let Delivery {
             channel,
             queue,
@@ -1194,7 +1227,7 @@ impl Connection {
                     .content_of(channel, &get_ok, &message.properties(), &message.body);
             }
             None => {
-                // `deliver` checked that the consumer is there.
+                // The caller checked that the consumer is there.
                 let tag = ch.consumer_tags.get(&(queue, consumer));
                 let tag = tag.map_or(&[][..], ShortStr::as_bytes);
                 self.wire
@@ -1317,6 +1350,31 @@ fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u6
         }
         .into(),
     );
+}
+
+/// The delivery tag of a message written now, recorded for its ack. Takes
+/// the channel's fields, not the channel, so that the caller can hold the
+/// consumer tag it borrowed from the same channel.
+fn take_delivery_tag(
+    next_delivery_tag: &mut u64,
+    consumer_unacked: &mut u32,
+    unacked: &mut VecDeque<Unacked>,
+    delivery: &Delivery,
+) -> u64 {
+    let delivery_tag = *next_delivery_tag;
+    *next_delivery_tag += 1;
+    if !delivery.no_ack {
+        if delivery.consumer != ConsumerId::GET {
+            *consumer_unacked += 1;
+        }
+        unacked.push_back(Unacked {
+            delivery_tag,
+            queue: delivery.queue,
+            seq: delivery.seq,
+            consumer: delivery.consumer,
+        });
+    }
+    delivery_tag
 }
 
 fn settle_msg(u: &Unacked, settle: Settle) -> (ShardId, ShardMsg) {

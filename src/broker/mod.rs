@@ -605,13 +605,28 @@ impl ShardState {
         // before it (a consume-ok precedes the consumer's first delivery), so
         // it waits behind local work; with none waiting it is written now,
         // which spares two moves of the message on the busiest path.
-        for delivery in deliveries.drain(..) {
-            if delivery.conn.shard == self.id && self.local.is_empty() {
-                self.deliver(delivery);
-            } else {
+        let mut drain = deliveries.drain(..).peekable();
+        while let Some(delivery) = drain.next() {
+            if delivery.conn.shard != self.id || !self.local.is_empty() {
                 self.send(delivery.conn.shard, ShardMsg::Deliver(delivery));
+                continue;
+            }
+            // A queue's batch mostly goes to one consumer: its connection is
+            // looked up once for the whole run.
+            let conn = delivery.conn;
+            let Some(connection) = self.connections.get_mut(&conn.conn) else {
+                self.bounce(delivery);
+                continue;
+            };
+            let mut bounced = connection.deliver(delivery);
+            while let Some(next) = drain.next_if(|d| d.conn == conn && bounced.is_none()) {
+                bounced = connection.deliver(next);
+            }
+            if let Some(delivery) = bounced {
+                self.bounce(delivery);
             }
         }
+        drop(drain);
         self.deliveries = deliveries;
     }
 
@@ -621,19 +636,24 @@ impl ShardState {
             None => Some(delivery),
         };
         if let Some(delivery) = bounced {
-            // The channel or consumer went away while the message travelled.
-            if !delivery.no_ack {
-                let queue = delivery.queue;
-                self.send(
-                    queue.shard,
-                    ShardMsg::Settle {
-                        queue: queue.id,
-                        seq: delivery.seq,
-                        consumer: delivery.consumer,
-                        settle: Settle::Requeue,
-                    },
-                );
-            }
+            self.bounce(delivery);
+        }
+    }
+
+    /// The channel or consumer went away while the message travelled: it
+    /// goes back to its queue.
+    fn bounce(&mut self, delivery: Delivery) {
+        if !delivery.no_ack {
+            let queue = delivery.queue;
+            self.send(
+                queue.shard,
+                ShardMsg::Settle {
+                    queue: queue.id,
+                    seq: delivery.seq,
+                    consumer: delivery.consumer,
+                    settle: Settle::Requeue,
+                },
+            );
         }
     }
 
@@ -1044,7 +1064,7 @@ impl ShardState {
     /// Feeds bytes read from a connection's socket to its state machine.
     pub fn connection_input(&mut self, id: ConnId, buf: &mut bytes::BytesMut) -> connection::Input {
         self.now = Instant::now();
-        let input = {
+        let input = loop {
             let ShardState {
                 connections,
                 vhost,
@@ -1064,7 +1084,10 @@ impl ShardState {
                 now: *now,
                 alarms: *alarms,
             };
-            connection.input(buf, &env)
+            match connection.input(buf, &env) {
+                Some(input) => break input,
+                None => self.drain_connection_effects(id),
+            }
         };
         self.finish_connection_turn(id);
         input

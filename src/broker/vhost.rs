@@ -57,6 +57,9 @@ pub struct Vhost {
     pub exchanges: FastMap<ShortStr, Exchange>,
     pub queues: FastMap<ShortStr, QueueMeta>,
     queue_names: FastMap<QueueId, ShortStr>,
+    /// Changes applied so far: a routing result remembered at one
+    /// generation holds until the next change.
+    generation: u64,
 }
 
 impl Vhost {
@@ -67,6 +70,7 @@ impl Vhost {
             exchanges: FastMap::default(),
             queues: FastMap::default(),
             queue_names: FastMap::default(),
+            generation: 0,
         };
         for (name, kind) in [
             ("", ExchangeKind::Direct),
@@ -89,6 +93,11 @@ impl Vhost {
         vhost
     }
 
+    /// How many changes this replica has applied.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn queue_by_id(&self, id: QueueId) -> Option<&QueueMeta> {
         self.queue_names
             .get(&id)
@@ -98,6 +107,7 @@ impl Vhost {
     /// Applies a change; returns auto-delete exchanges it left without
     /// bindings (only the metadata owner acts on them).
     pub fn apply(&mut self, change: &MetaChange) -> Vec<ShortStr> {
+        self.generation += 1;
         let mut emptied = Vec::new();
         match change {
             MetaChange::ExchangeCreated(def) => {

@@ -17,9 +17,9 @@ pub mod types;
 
 pub use frame::{
     parse_frame, peek_deliver, peek_publish, write_body, write_content_header,
-    write_content_header_raw, write_deliver_method, write_heartbeat, write_method, ContentHeader,
-    DeliverShape, Frame, FrameError, PublishShape, FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE,
-    FRAME_OVERHEAD, PROTOCOL_HEADER,
+    write_content_header_raw, write_deliver, write_deliver_method, write_heartbeat, write_method,
+    ContentHeader, Deliver, DeliverShape, Frame, FrameError, PublishShape, FRAME_END,
+    FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
 pub use method::*;
 pub use properties::{BasicProperties, Properties};
