@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::connection::{Connection, Env};
+use crate::broker::connection::{Connection, Env, LocalPublish};
 use crate::broker::delayed::DelayedPublish;
 use crate::broker::ids::{ConsumerId, QueueRef, ShardId};
 use crate::broker::message::Message;
 use crate::broker::metadata::{
     check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
 };
-use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, Settle};
+use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle};
 use crate::broker::sender_selected;
 use crate::broker::vhost::QueueMeta;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
@@ -869,6 +869,14 @@ impl Connection {
         }
         if let [queue] = self.routed.queues[..] {
             if self.routed.delayed.is_empty() {
+                if ch.tx.is_none() && queue.shard == self.conn.shard && self.effects.is_empty() {
+                    self.local_publishes.push(LocalPublish {
+                        queue: queue.id,
+                        message,
+                        confirm: confirm.map(|c| (c.channel, c.publish_seq)),
+                    });
+                    return Ok(());
+                }
                 // The common case, with no clone or option in the way.
                 let msg = ShardMsg::Enqueue {
                     queue: queue.id,
@@ -1183,7 +1191,7 @@ impl Connection {
             &mut ch.next_delivery_tag,
             &mut ch.consumer_unacked,
             &mut ch.unacked,
-            &delivery,
+            &delivery.head(),
         );
         self.wire.deliver(
             delivery.channel,
@@ -1195,6 +1203,39 @@ impl Connection {
         None
     }
 
+    /// `deliver` for a message the queue keeps until the ack, written from
+    /// the queue's copy. False if the channel or consumer is gone: the
+    /// caller returns the message to its queue.
+    pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
+        let Some(ch) = self.channels.get_mut(&head.channel) else {
+            return false;
+        };
+        if ch.closing {
+            return false;
+        }
+        let Some(tag) = ch.consumer_tags.get(&(head.queue, head.consumer)) else {
+            return false;
+        };
+        if ch.at_channel_prefetch() || !ch.held.is_empty() {
+            ch.held.push_back(head.with(message.clone()));
+            return true;
+        }
+        let delivery_tag = take_delivery_tag(
+            &mut ch.next_delivery_tag,
+            &mut ch.consumer_unacked,
+            &mut ch.unacked,
+            head,
+        );
+        self.wire.deliver(
+            head.channel,
+            tag.as_bytes(),
+            delivery_tag,
+            head.redelivered,
+            message,
+        );
+        true
+    }
+
     fn write_delivery(&mut self, delivery: Delivery) {
         let Some(ch) = self.channels.get_mut(&delivery.channel) else {
             return;
@@ -1203,7 +1244,7 @@ impl Connection {
             &mut ch.next_delivery_tag,
             &mut ch.consumer_unacked,
             &mut ch.unacked,
-            &delivery,
+            &delivery.head(),
         );
         let Delivery {
             channel,
@@ -1359,7 +1400,7 @@ fn take_delivery_tag(
     next_delivery_tag: &mut u64,
     consumer_unacked: &mut u32,
     unacked: &mut VecDeque<Unacked>,
-    delivery: &Delivery,
+    delivery: &DeliveryHead,
 ) -> u64 {
     let delivery_tag = *next_delivery_tag;
     *next_delivery_tag += 1;

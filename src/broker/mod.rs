@@ -45,12 +45,15 @@ use crate::protocol::{AmqpError, ShortStr};
 use crate::store::log::MessageStore;
 use crate::store::recovery::RecoveredMessage;
 use auth::Users;
-use connection::Connection;
+use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
 use ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use message::Message;
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
-use queue::{ConsumerSpec, DeadLetter, Delivery, Enqueued, Queue, QueueCtx, Settle};
+use queue::{
+    ConsumerSpec, DeadLetter, Delivery, DeliveryHead, DeliverySink, Enqueued, Queue, QueueCtx,
+    Settle,
+};
 use signal::{Notify, OneshotSender};
 use timers::{TimerEvent, Timers};
 use vhost::{MetaChange, Vhost, DEFAULT_VHOST};
@@ -234,6 +237,50 @@ pub struct ShardState {
     pub saturated: bool,
     /// Connections in flow.
     flow: Vec<FlowWait>,
+}
+
+/// Where a queue on this shard hands its deliveries: a consumer on this
+/// shard is written to at once, from the queue's copy of the message, so
+/// that a delivery costs no clone of the message and no move of it. A
+/// consumer elsewhere, or one whose delivery must wait behind local work
+/// (a consume-ok precedes the consumer's first delivery), gets an owned
+/// delivery, sent on afterwards.
+struct ShardDeliveries<'a> {
+    shard: ShardId,
+    /// No local work is waiting.
+    direct: bool,
+    connections: &'a mut FastMap<ConnId, Connection>,
+    later: &'a mut Vec<Delivery>,
+    /// Deliveries whose channel or consumer was gone: back to the queue.
+    bounced: &'a mut Vec<Delivery>,
+}
+
+impl DeliverySink for ShardDeliveries<'_> {
+    fn kept(&mut self, head: DeliveryHead, message: &Message) {
+        if head.conn.shard != self.shard || !self.direct {
+            self.later.push(head.with(message.clone()));
+            return;
+        }
+        let written = self
+            .connections
+            .get_mut(&head.conn.conn)
+            .is_some_and(|connection| connection.deliver_kept(&head, message));
+        if !written {
+            self.bounced.push(head.with(message.clone()));
+        }
+    }
+
+    fn given(&mut self, head: DeliveryHead, message: Message) {
+        if head.conn.shard != self.shard || !self.direct {
+            self.later.push(head.with(message));
+            return;
+        }
+        // A message no ack was asked for is dropped if its consumer is
+        // gone, as `bounce` would.
+        if let Some(connection) = self.connections.get_mut(&head.conn.conn) {
+            connection.deliver(head.with(message));
+        }
+    }
 }
 
 impl ShardState {
@@ -544,22 +591,42 @@ impl ShardState {
         message: Message,
         confirm: Option<ConfirmTarget>,
     ) -> Option<u64> {
-        let mut deliveries = std::mem::take(&mut self.deliveries);
         let mut in_flow = None;
-        let enqueued = match self.queues.get_mut(&queue) {
-            Some(q) => {
-                // One clock reading for both steps: a TTL-0 message
-                // goes to a waiting consumer however long they take.
-                let mut ctx =
-                    QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-                let enqueued = q.publish(message, &mut deliveries, &mut ctx);
-                q.dispatch(&mut deliveries, &mut ctx);
-                if self.saturated && q.outpaces_consumers() {
-                    in_flow = Some(q.deliveries());
+        let mut bounced = Vec::new();
+        let enqueued = {
+            let ShardState {
+                id,
+                queues,
+                connections,
+                local,
+                deliveries,
+                timers,
+                dead_letters,
+                store,
+                saturated,
+                ..
+            } = self;
+            match queues.get_mut(&queue) {
+                Some(q) => {
+                    let mut out = ShardDeliveries {
+                        shard: *id,
+                        direct: local.is_empty(),
+                        connections,
+                        later: deliveries,
+                        bounced: &mut bounced,
+                    };
+                    // One clock reading for both steps: a TTL-0 message
+                    // goes to a waiting consumer however long they take.
+                    let mut ctx = QueueCtx::new(timers, dead_letters, store);
+                    let enqueued = q.publish(message, &mut out, &mut ctx);
+                    q.dispatch(&mut out, &mut ctx);
+                    if *saturated && q.outpaces_consumers() {
+                        in_flow = Some(q.deliveries());
+                    }
+                    enqueued
                 }
-                enqueued
+                None => Enqueued::Accepted,
             }
-            None => Enqueued::Accepted,
         };
         if let Some(target) = confirm {
             match enqueued {
@@ -571,21 +638,38 @@ impl ShardState {
                 }
             }
         }
-        self.route_deliveries(deliveries);
+        self.deliver_later(bounced);
         in_flow
     }
 
     /// Lets a queue hand messages to its consumers, wherever they are.
     fn dispatch(&mut self, queue: QueueId) {
-        let Some(q) = self.queues.get_mut(&queue) else {
+        let mut bounced = Vec::new();
+        let ShardState {
+            id,
+            queues,
+            connections,
+            local,
+            deliveries,
+            timers,
+            dead_letters,
+            store,
+            flow,
+            ..
+        } = self;
+        let Some(q) = queues.get_mut(&queue) else {
             return;
         };
-        let mut deliveries = std::mem::take(&mut self.deliveries);
-        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-        q.dispatch(&mut deliveries, &mut ctx);
-        if !self.flow.is_empty() && !q.outpaces_consumers_still() {
-            let connections = &self.connections;
-            self.flow.retain(|wait| {
+        let mut out = ShardDeliveries {
+            shard: *id,
+            direct: local.is_empty(),
+            connections,
+            later: deliveries,
+            bounced: &mut bounced,
+        };
+        q.dispatch(&mut out, &mut QueueCtx::new(timers, dead_letters, store));
+        if !flow.is_empty() && !q.outpaces_consumers_still() {
+            flow.retain(|wait| {
                 if wait.queue != queue {
                     return true;
                 }
@@ -595,7 +679,19 @@ impl ShardState {
                 false
             });
         }
-        self.route_deliveries(deliveries);
+        self.deliver_later(bounced);
+    }
+
+    /// The deliveries a queue could not write at once: those for other
+    /// shards, or queued behind local work, and the bounced ones.
+    fn deliver_later(&mut self, bounced: Vec<Delivery>) {
+        if !self.deliveries.is_empty() {
+            let deliveries = std::mem::take(&mut self.deliveries);
+            self.route_deliveries(deliveries);
+        }
+        for delivery in bounced {
+            self.bounce(delivery);
+        }
     }
 
     /// Sends a queue's deliveries to their consumers' connections, and keeps
@@ -691,17 +787,41 @@ impl ShardState {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
-        let effects = connection.take_effects();
-        if effects.is_empty() {
-            connection.restore_effects(effects);
+        let (mut publishes, mut effects) = connection.take_effects();
+        if publishes.is_empty() && effects.is_empty() {
+            connection.restore_effects(publishes, effects);
             return;
         }
-        let mut effects = effects;
         let mut flow_for: Option<(QueueId, u64)> = None;
+        let from = ConnRef {
+            shard: self.id,
+            conn,
+        };
+        for publish in publishes.drain(..) {
+            let LocalPublish {
+                queue,
+                message,
+                confirm,
+            } = publish;
+            let confirm = confirm.map(|(channel, publish_seq)| ConfirmTarget {
+                conn: from,
+                channel,
+                publish_seq,
+            });
+            // Local work runs in order; with none waiting, this publish
+            // would be next anyway, so it runs now.
+            if !self.local.is_empty() {
+                let msg = ShardMsg::Enqueue {
+                    queue,
+                    message,
+                    confirm,
+                };
+                self.send(self.id, msg);
+            } else if let Some(deliveries) = self.enqueue(queue, message, confirm) {
+                flow_for = Some((queue, deliveries));
+            }
+        }
         for (shard, msg) in effects.drain(..) {
-            // Local work runs in order; with none waiting, this message
-            // would be next anyway, so it runs now rather than going through
-            // the queue of local work (two fewer moves per publish).
             if shard != self.id || !self.local.is_empty() {
                 self.send(shard, msg);
             } else if let ShardMsg::Enqueue {
@@ -718,7 +838,7 @@ impl ShardState {
             }
         }
         if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.restore_effects(effects);
+            connection.restore_effects(publishes, effects);
         }
         if let Some((queue, deliveries)) = flow_for {
             if !self.flow.iter().any(|w| w.conn == conn) {

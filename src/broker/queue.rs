@@ -146,6 +146,70 @@ pub struct Delivery {
     pub message: Message,
 }
 
+/// A consumer's delivery without its message: who it is for and what the
+/// channel needs to write it.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliveryHead {
+    pub conn: ConnRef,
+    pub channel: u16,
+    pub consumer: ConsumerId,
+    pub queue: QueueRef,
+    pub seq: u64,
+    pub redelivered: bool,
+    pub no_ack: bool,
+}
+
+impl DeliveryHead {
+    pub fn with(self, message: Message) -> Delivery {
+        Delivery {
+            conn: self.conn,
+            channel: self.channel,
+            consumer: self.consumer,
+            queue: self.queue,
+            seq: self.seq,
+            redelivered: self.redelivered,
+            no_ack: self.no_ack,
+            message_count: None,
+            message,
+        }
+    }
+}
+
+/// Where a queue hands its deliveries. A consumer on the queue's own shard
+/// can be written to as the queue hands the message over, from the queue's
+/// own copy; one elsewhere needs an owned `Delivery` to travel.
+pub trait DeliverySink {
+    /// The queue keeps `message` until the consumer settles it.
+    fn kept(&mut self, head: DeliveryHead, message: &Message);
+    /// The queue is done with `message`: no ack is coming.
+    fn given(&mut self, head: DeliveryHead, message: Message);
+}
+
+/// Deliveries collected to be sent on.
+impl DeliverySink for Vec<Delivery> {
+    fn kept(&mut self, head: DeliveryHead, message: &Message) {
+        self.push(head.with(message.clone()));
+    }
+
+    fn given(&mut self, head: DeliveryHead, message: Message) {
+        self.push(head.with(message));
+    }
+}
+
+impl Delivery {
+    pub fn head(&self) -> DeliveryHead {
+        DeliveryHead {
+            conn: self.conn,
+            channel: self.channel,
+            consumer: self.consumer,
+            queue: self.queue,
+            seq: self.seq,
+            redelivered: self.redelivered,
+            no_ack: self.no_ack,
+        }
+    }
+}
+
 /// What a channel wants done with a delivered message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settle {
@@ -531,7 +595,7 @@ impl Queue {
     pub fn publish(
         &mut self,
         message: Message,
-        out: &mut Vec<Delivery>,
+        out: &mut impl DeliverySink,
         ctx: &mut QueueCtx,
     ) -> Enqueued {
         if self.meta.args.overflow != Overflow::DropHead
@@ -898,7 +962,7 @@ impl Queue {
     /// single active consumer), then applies what must not wait: TTL-0
     /// messages nobody took expire, and a queue over its length limit drops
     /// (dead-letters) from the head.
-    pub fn dispatch(&mut self, out: &mut Vec<Delivery>, ctx: &mut QueueCtx) {
+    pub fn dispatch(&mut self, out: &mut impl DeliverySink, ctx: &mut QueueCtx) {
         self.deliver_ready(out, ctx);
         if !self.expire_now.is_empty() {
             let now = std::mem::take(&mut self.expire_now);
@@ -923,7 +987,7 @@ impl Queue {
         }
     }
 
-    fn deliver_ready(&mut self, out: &mut Vec<Delivery>, ctx: &mut QueueCtx) {
+    fn deliver_ready(&mut self, out: &mut impl DeliverySink, ctx: &mut QueueCtx) {
         while self.ready.count > 0 {
             let Some(at) = self.next_consumer_with_credit() else {
                 return;
@@ -957,35 +1021,31 @@ impl Queue {
         &mut self,
         at: usize,
         queued: QueuedMessage,
-        out: &mut Vec<Delivery>,
+        out: &mut impl DeliverySink,
         ctx: &mut QueueCtx,
     ) {
         let queue_id = self.meta.id;
         let consumer = &mut self.consumers[at];
-        let (seq, redelivered) = (queued.seq, queued.redelivered);
         self.deliveries += 1;
-        let message = if consumer.spec.no_ack {
-            forget(queue_id, &queued, ctx.store);
-            queued.message
-        } else {
-            mark_delivered(queue_id, &queued, ctx.store);
-            consumer.in_flight += 1;
-            let message = queued.message.clone();
-            self.unacked_memory_bytes += message.memory_size();
-            self.unacked.insert(seq, (queued, consumer.id));
-            message
-        };
-        out.push(Delivery {
+        let head = DeliveryHead {
             conn: consumer.spec.conn,
             channel: consumer.spec.channel,
             consumer: consumer.id,
             queue: self.meta.queue_ref(),
-            seq,
-            redelivered,
+            seq: queued.seq,
+            redelivered: queued.redelivered,
             no_ack: consumer.spec.no_ack,
-            message_count: None,
-            message,
-        });
+        };
+        if consumer.spec.no_ack {
+            forget(queue_id, &queued, ctx.store);
+            out.given(head, queued.message);
+        } else {
+            mark_delivered(queue_id, &queued, ctx.store);
+            consumer.in_flight += 1;
+            self.unacked_memory_bytes += queued.message.memory_size();
+            out.kept(head, &queued.message);
+            self.unacked.insert(head.seq, (queued, head.consumer));
+        }
     }
 }
 
