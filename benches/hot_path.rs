@@ -172,7 +172,7 @@ fn queue_cycle() {
         }
         queue.dispatch(&mut deliveries, &mut ctx);
         for delivery in &deliveries {
-            queue.settle(delivery.seq, consumer, Settle::Ack, &mut ctx);
+            queue.settle(delivery.head.seq, consumer, Settle::Ack, &mut ctx);
         }
     }) / 100.0;
     report("queue publish + deliver + ack", ns);

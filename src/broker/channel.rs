@@ -1165,7 +1165,7 @@ impl Connection {
     /// Writes a delivery to its channel. Returns it if the channel or the
     /// consumer is gone, so the shard can put the message back.
     pub fn deliver(&mut self, delivery: Delivery) -> Option<Delivery> {
-        let Some(ch) = self.channels.get_mut(&delivery.channel) else {
+        let Some(ch) = self.channels.get_mut(&delivery.head.channel) else {
             return Some(delivery);
         };
         if ch.closing {
@@ -1178,10 +1178,13 @@ impl Connection {
         }
         // One lookup of the channel and one of the tag per delivery: this
         // is the path of every message a consumer receives.
-        let Some(tag) = ch.consumer_tags.get(&(delivery.queue, delivery.consumer)) else {
+        let Some(tag) = ch
+            .consumer_tags
+            .get(&(delivery.head.queue, delivery.head.consumer))
+        else {
             return Some(delivery);
         };
-        if !delivery.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
+        if !delivery.head.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
             // The channel's shared limit is reached: the message waits
             // here, already assigned to this consumer, until an ack.
             ch.held.push_back(delivery);
@@ -1191,13 +1194,13 @@ impl Connection {
             &mut ch.next_delivery_tag,
             &mut ch.consumer_unacked,
             &mut ch.unacked,
-            &delivery.head(),
+            &delivery.head,
         );
         self.wire.deliver(
-            delivery.channel,
+            delivery.head.channel,
             tag.as_bytes(),
             delivery_tag,
-            delivery.redelivered,
+            delivery.head.redelivered,
             &delivery.message,
         );
         None
@@ -1237,23 +1240,26 @@ impl Connection {
     }
 
     fn write_delivery(&mut self, delivery: Delivery) {
-        let Some(ch) = self.channels.get_mut(&delivery.channel) else {
+        let Some(ch) = self.channels.get_mut(&delivery.head.channel) else {
             return;
         };
         let delivery_tag = take_delivery_tag(
             &mut ch.next_delivery_tag,
             &mut ch.consumer_unacked,
             &mut ch.unacked,
-            &delivery.head(),
+            &delivery.head,
         );
         let Delivery {
-            channel,
-            queue,
-            consumer,
-            redelivered,
+            head:
+                DeliveryHead {
+                    channel,
+                    queue,
+                    consumer,
+                    redelivered,
+                    ..
+                },
             message_count,
             message,
-            ..
         } = delivery;
         match message_count {
             Some(message_count) => {
@@ -1291,7 +1297,7 @@ impl Connection {
             };
             if !ch
                 .consumer_tags
-                .contains_key(&(delivery.queue, delivery.consumer))
+                .contains_key(&(delivery.head.queue, delivery.head.consumer))
             {
                 self.effects.push(bounce(&delivery));
                 continue;
@@ -1502,11 +1508,11 @@ fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, S
 /// Returns a delivery the client never saw to its queue.
 fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
     (
-        delivery.queue.shard,
+        delivery.head.queue.shard,
         ShardMsg::Settle {
-            queue: delivery.queue.id,
-            seq: delivery.seq,
-            consumer: delivery.consumer,
+            queue: delivery.head.queue.id,
+            seq: delivery.head.seq,
+            consumer: delivery.head.consumer,
             settle: Settle::Requeue,
         },
     )

@@ -566,13 +566,15 @@ impl ShardState {
             None => self.reply(conn, channel, ChannelReply::GetEmpty),
             Some((queued, remaining)) => {
                 let delivery = Delivery {
-                    conn,
-                    channel,
-                    consumer: ConsumerId::GET,
-                    queue: q.meta.queue_ref(),
-                    seq: queued.seq,
-                    redelivered: queued.redelivered,
-                    no_ack,
+                    head: DeliveryHead {
+                        conn,
+                        channel,
+                        consumer: ConsumerId::GET,
+                        queue: q.meta.queue_ref(),
+                        seq: queued.seq,
+                        redelivered: queued.redelivered,
+                        no_ack,
+                    },
                     message_count: Some(remaining),
                     message: queued.message,
                 };
@@ -591,43 +593,17 @@ impl ShardState {
         message: Message,
         confirm: Option<ConfirmTarget>,
     ) -> Option<u64> {
-        let mut in_flow = None;
-        let mut bounced = Vec::new();
-        let enqueued = {
-            let ShardState {
-                id,
-                queues,
-                connections,
-                local,
-                deliveries,
-                timers,
-                dead_letters,
-                store,
-                saturated,
-                ..
-            } = self;
-            match queues.get_mut(&queue) {
-                Some(q) => {
-                    let mut out = ShardDeliveries {
-                        shard: *id,
-                        direct: local.is_empty(),
-                        connections,
-                        later: deliveries,
-                        bounced: &mut bounced,
-                    };
-                    // One clock reading for both steps: a TTL-0 message
-                    // goes to a waiting consumer however long they take.
-                    let mut ctx = QueueCtx::new(timers, dead_letters, store);
-                    let enqueued = q.publish(message, &mut out, &mut ctx);
-                    q.dispatch(&mut out, &mut ctx);
-                    if *saturated && q.outpaces_consumers() {
-                        in_flow = Some(q.deliveries());
-                    }
-                    enqueued
-                }
-                None => Enqueued::Accepted,
-            }
-        };
+        let saturated = self.saturated;
+        let (enqueued, in_flow) = self
+            .with_queue(queue, |q, out, ctx| {
+                // One clock reading for both steps: a TTL-0 message goes to
+                // a waiting consumer however long they take.
+                let enqueued = q.publish(message, out, ctx);
+                q.dispatch(out, ctx);
+                let in_flow = (saturated && q.outpaces_consumers()).then(|| q.deliveries());
+                (enqueued, in_flow)
+            })
+            .unwrap_or((Enqueued::Accepted, None));
         if let Some(target) = confirm {
             match enqueued {
                 // Confirmed once the store's next fsync covers it.
@@ -638,12 +614,37 @@ impl ShardState {
                 }
             }
         }
-        self.deliver_later(bounced);
         in_flow
     }
 
     /// Lets a queue hand messages to its consumers, wherever they are.
     fn dispatch(&mut self, queue: QueueId) {
+        let drained = self.with_queue(queue, |q, out, ctx| {
+            q.dispatch(out, ctx);
+            !q.outpaces_consumers_still()
+        });
+        if drained == Some(true) && !self.flow.is_empty() {
+            let connections = &self.connections;
+            self.flow.retain(|wait| {
+                if wait.queue != queue {
+                    return true;
+                }
+                if let Some(connection) = connections.get(&wait.conn) {
+                    connection.reader.notify();
+                }
+                false
+            });
+        }
+    }
+
+    /// Runs `work` on a queue of this shard, its deliveries going to the
+    /// shard's `ShardDeliveries`; then sends on those that could not be
+    /// written at once. None if the queue is gone.
+    fn with_queue<R>(
+        &mut self,
+        queue: QueueId,
+        work: impl FnOnce(&mut Queue, &mut ShardDeliveries<'_>, &mut QueueCtx<'_>) -> R,
+    ) -> Option<R> {
         let mut bounced = Vec::new();
         let ShardState {
             id,
@@ -654,12 +655,9 @@ impl ShardState {
             timers,
             dead_letters,
             store,
-            flow,
             ..
         } = self;
-        let Some(q) = queues.get_mut(&queue) else {
-            return;
-        };
+        let q = queues.get_mut(&queue)?;
         let mut out = ShardDeliveries {
             shard: *id,
             direct: local.is_empty(),
@@ -667,19 +665,9 @@ impl ShardState {
             later: deliveries,
             bounced: &mut bounced,
         };
-        q.dispatch(&mut out, &mut QueueCtx::new(timers, dead_letters, store));
-        if !flow.is_empty() && !q.outpaces_consumers_still() {
-            flow.retain(|wait| {
-                if wait.queue != queue {
-                    return true;
-                }
-                if let Some(connection) = connections.get(&wait.conn) {
-                    connection.reader.notify();
-                }
-                false
-            });
-        }
+        let result = work(q, &mut out, &mut QueueCtx::new(timers, dead_letters, store));
         self.deliver_later(bounced);
+        Some(result)
     }
 
     /// The deliveries a queue could not write at once: those for other
@@ -703,19 +691,19 @@ impl ShardState {
         // which spares two moves of the message on the busiest path.
         let mut drain = deliveries.drain(..).peekable();
         while let Some(delivery) = drain.next() {
-            if delivery.conn.shard != self.id || !self.local.is_empty() {
-                self.send(delivery.conn.shard, ShardMsg::Deliver(delivery));
+            if delivery.head.conn.shard != self.id || !self.local.is_empty() {
+                self.send(delivery.head.conn.shard, ShardMsg::Deliver(delivery));
                 continue;
             }
             // A queue's batch mostly goes to one consumer: its connection is
             // looked up once for the whole run.
-            let conn = delivery.conn;
+            let conn = delivery.head.conn;
             let Some(connection) = self.connections.get_mut(&conn.conn) else {
                 self.bounce(delivery);
                 continue;
             };
             let mut bounced = connection.deliver(delivery);
-            while let Some(next) = drain.next_if(|d| d.conn == conn && bounced.is_none()) {
+            while let Some(next) = drain.next_if(|d| d.head.conn == conn && bounced.is_none()) {
                 bounced = connection.deliver(next);
             }
             if let Some(delivery) = bounced {
@@ -727,7 +715,7 @@ impl ShardState {
     }
 
     fn deliver(&mut self, delivery: Delivery) {
-        let bounced = match self.connections.get_mut(&delivery.conn.conn) {
+        let bounced = match self.connections.get_mut(&delivery.head.conn.conn) {
             Some(connection) => connection.deliver(delivery),
             None => Some(delivery),
         };
@@ -739,14 +727,14 @@ impl ShardState {
     /// The channel or consumer went away while the message travelled: it
     /// goes back to its queue.
     fn bounce(&mut self, delivery: Delivery) {
-        if !delivery.no_ack {
-            let queue = delivery.queue;
+        if !delivery.head.no_ack {
+            let queue = delivery.head.queue;
             self.send(
                 queue.shard,
                 ShardMsg::Settle {
                     queue: queue.id,
-                    seq: delivery.seq,
-                    consumer: delivery.consumer,
+                    seq: delivery.head.seq,
+                    consumer: delivery.head.consumer,
                     settle: Settle::Requeue,
                 },
             );

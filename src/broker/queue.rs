@@ -135,19 +135,13 @@ impl<'a> QueueCtx<'a> {
 /// basic.get (`message_count` is then Some: the get-ok's count).
 #[derive(Debug)]
 pub struct Delivery {
-    pub conn: ConnRef,
-    pub channel: u16,
-    pub consumer: ConsumerId,
-    pub queue: QueueRef,
-    pub seq: u64,
-    pub redelivered: bool,
-    pub no_ack: bool,
+    pub head: DeliveryHead,
     pub message_count: Option<u32>,
     pub message: Message,
 }
 
-/// A consumer's delivery without its message: who it is for and what the
-/// channel needs to write it.
+/// A delivery without its message: who it is for and what the channel
+/// needs to write it.
 #[derive(Clone, Copy, Debug)]
 pub struct DeliveryHead {
     pub conn: ConnRef,
@@ -160,15 +154,10 @@ pub struct DeliveryHead {
 }
 
 impl DeliveryHead {
+    /// A consumer's delivery of `message`.
     pub fn with(self, message: Message) -> Delivery {
         Delivery {
-            conn: self.conn,
-            channel: self.channel,
-            consumer: self.consumer,
-            queue: self.queue,
-            seq: self.seq,
-            redelivered: self.redelivered,
-            no_ack: self.no_ack,
+            head: self,
             message_count: None,
             message,
         }
@@ -193,20 +182,6 @@ impl DeliverySink for Vec<Delivery> {
 
     fn given(&mut self, head: DeliveryHead, message: Message) {
         self.push(head.with(message));
-    }
-}
-
-impl Delivery {
-    pub fn head(&self) -> DeliveryHead {
-        DeliveryHead {
-            conn: self.conn,
-            channel: self.channel,
-            consumer: self.consumer,
-            queue: self.queue,
-            seq: self.seq,
-            redelivered: self.redelivered,
-            no_ack: self.no_ack,
-        }
     }
 }
 
@@ -1203,7 +1178,7 @@ mod tests {
         let since = q.deliveries();
         q.flow_waited_in_vain(since);
         assert!(!q.outpaces_consumers());
-        q.settle(out[0].seq, id, Settle::Ack, &mut ctx);
+        q.settle(out[0].head.seq, id, Settle::Ack, &mut ctx);
         q.dispatch(&mut out, &mut ctx);
         assert!(q.outpaces_consumers());
         // The wait ends once the backlog is down to the low mark.
