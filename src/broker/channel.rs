@@ -1165,63 +1165,53 @@ impl Connection {
     /// Writes a delivery to its channel. Returns it if the channel or the
     /// consumer is gone, so the shard can put the message back.
     pub fn deliver(&mut self, delivery: Delivery) -> Option<Delivery> {
-        let Some(ch) = self.channels.get_mut(&delivery.head.channel) else {
-            return Some(delivery);
-        };
-        if ch.closing {
-            return Some(delivery);
-        }
         if delivery.message_count.is_some() {
+            match self.channels.get(&delivery.head.channel) {
+                Some(ch) if !ch.closing => {}
+                _ => return Some(delivery),
+            }
             self.write_delivery(delivery);
             self.resume();
             return None;
         }
-        // One lookup of the channel and one of the tag per delivery: this
-        // is the path of every message a consumer receives.
-        let Some(tag) = ch
-            .consumer_tags
-            .get(&(delivery.head.queue, delivery.head.consumer))
-        else {
-            return Some(delivery);
-        };
-        if !delivery.head.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
-            // The channel's shared limit is reached: the message waits
-            // here, already assigned to this consumer, until an ack.
-            ch.held.push_back(delivery);
-            return None;
+        match self.write_to_consumer(&delivery.head, &delivery.message) {
+            Consumed::Written => None,
+            Consumed::Held => {
+                self.hold(delivery);
+                None
+            }
+            Consumed::Gone => Some(delivery),
         }
-        let delivery_tag = take_delivery_tag(
-            &mut ch.next_delivery_tag,
-            &mut ch.consumer_unacked,
-            &mut ch.unacked,
-            &delivery.head,
-        );
-        self.wire.deliver(
-            delivery.head.channel,
-            tag.as_bytes(),
-            delivery_tag,
-            delivery.head.redelivered,
-            &delivery.message,
-        );
-        None
     }
 
     /// `deliver` for a message the queue keeps until the ack, written from
     /// the queue's copy. False if the channel or consumer is gone: the
     /// caller returns the message to its queue.
     pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
+        match self.write_to_consumer(head, message) {
+            Consumed::Written => true,
+            Consumed::Held => {
+                self.hold(head.with(message.clone()));
+                true
+            }
+            Consumed::Gone => false,
+        }
+    }
+
+    /// Writes a consumer's delivery, with one lookup of the channel and one
+    /// of the consumer tag: the path of every message a consumer receives.
+    fn write_to_consumer(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
         let Some(ch) = self.channels.get_mut(&head.channel) else {
-            return false;
+            return Consumed::Gone;
         };
         if ch.closing {
-            return false;
+            return Consumed::Gone;
         }
         let Some(tag) = ch.consumer_tags.get(&(head.queue, head.consumer)) else {
-            return false;
+            return Consumed::Gone;
         };
-        if ch.at_channel_prefetch() || !ch.held.is_empty() {
-            ch.held.push_back(head.with(message.clone()));
-            return true;
+        if !head.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
+            return Consumed::Held;
         }
         let delivery_tag = take_delivery_tag(
             &mut ch.next_delivery_tag,
@@ -1236,7 +1226,15 @@ impl Connection {
             head.redelivered,
             message,
         );
-        true
+        Consumed::Written
+    }
+
+    /// The channel's shared limit is reached: the message waits here,
+    /// already assigned to its consumer, until an ack.
+    fn hold(&mut self, delivery: Delivery) {
+        if let Some(ch) = self.channels.get_mut(&delivery.head.channel) {
+            ch.held.push_back(delivery);
+        }
     }
 
     fn write_delivery(&mut self, delivery: Delivery) {
@@ -1397,6 +1395,15 @@ fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u6
         }
         .into(),
     );
+}
+
+/// What became of a consumer's delivery at its channel.
+enum Consumed {
+    Written,
+    /// The channel's prefetch is reached: the caller holds the delivery.
+    Held,
+    /// The channel or the consumer is gone.
+    Gone,
 }
 
 /// The delivery tag of a message written now, recorded for its ack. Takes
