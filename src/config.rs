@@ -48,6 +48,10 @@ pub const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// drain it, and a growing queue costs fresh memory (page faults) and cache
 /// misses for every message. A shard with time to spare never slows one.
 pub const FLOW_BUSY_FRACTION: f64 = 0.9;
+/// A saturated shard stays so until a tick in which it was busy for less
+/// than this fraction: holding a publisher idles the shard, and without
+/// the hysteresis that alone would end the hold at the next tick.
+pub const FLOW_CALM_FRACTION: f64 = 0.5;
 pub const FLOW_READY_HIGH: usize = 4096;
 pub const FLOW_READY_LOW: usize = 1024;
 /// Bytes of unflushed output after which a connection stops reading until its

@@ -477,9 +477,13 @@ async fn shard_main(
                 let busy = glommio::executor().executor_stats().total_runtime();
                 let elapsed = now - last_tick;
                 last_tick = now;
-                let saturated =
-                    busy.as_secs_f64() >= config::FLOW_BUSY_FRACTION * elapsed.as_secs_f64();
+                let busy_fraction = busy.as_secs_f64() / elapsed.as_secs_f64();
                 let mut shard = state.borrow_mut();
+                let saturated = if shard.saturated {
+                    busy_fraction >= config::FLOW_CALM_FRACTION
+                } else {
+                    busy_fraction >= config::FLOW_BUSY_FRACTION
+                };
                 shard.saturated = saturated;
                 shard.tick(now);
                 drop(shard);
