@@ -1170,11 +1170,11 @@ impl Connection {
                 Some(ch) if !ch.closing => {}
                 _ => return Some(delivery),
             }
-            self.write_delivery(delivery);
+            self.write_get_ok(delivery);
             self.resume();
             return None;
         }
-        match self.write_to_consumer(&delivery.head, &delivery.message) {
+        match self.write_to_consumer(&delivery.head, &delivery.message, false) {
             Consumed::Written => None,
             Consumed::Held => {
                 self.hold(delivery);
@@ -1188,7 +1188,7 @@ impl Connection {
     /// the queue's copy. False if the channel or consumer is gone: the
     /// caller returns the message to its queue.
     pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
-        match self.write_to_consumer(head, message) {
+        match self.write_to_consumer(head, message, false) {
             Consumed::Written => true,
             Consumed::Held => {
                 self.hold(head.with(message.clone()));
@@ -1200,7 +1200,14 @@ impl Connection {
 
     /// Writes a consumer's delivery, with one lookup of the channel and one
     /// of the consumer tag: the path of every message a consumer receives.
-    fn write_to_consumer(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
+    /// A delivery `released` from the channel's held ones is not held again
+    /// behind those still waiting: it was first among them.
+    fn write_to_consumer(
+        &mut self,
+        head: &DeliveryHead,
+        message: &Message,
+        released: bool,
+    ) -> Consumed {
         let Some(ch) = self.channels.get_mut(&head.channel) else {
             return Consumed::Gone;
         };
@@ -1210,7 +1217,8 @@ impl Connection {
         let Some(tag) = ch.consumer_tags.get(&(head.queue, head.consumer)) else {
             return Consumed::Gone;
         };
-        if !head.no_ack && (ch.at_channel_prefetch() || !ch.held.is_empty()) {
+        let behind_held = !released && !ch.held.is_empty();
+        if !head.no_ack && (ch.at_channel_prefetch() || behind_held) {
             return Consumed::Held;
         }
         let delivery_tag = take_delivery_tag(
@@ -1237,7 +1245,8 @@ impl Connection {
         }
     }
 
-    fn write_delivery(&mut self, delivery: Delivery) {
+    /// A basic.get's answer with its message.
+    fn write_get_ok(&mut self, delivery: Delivery) {
         let Some(ch) = self.channels.get_mut(&delivery.head.channel) else {
             return;
         };
@@ -1247,38 +1256,20 @@ impl Connection {
             &mut ch.unacked,
             &delivery.head,
         );
-        let Delivery {
-            head:
-                DeliveryHead {
-                    channel,
-                    queue,
-                    consumer,
-                    redelivered,
-                    ..
-                },
-            message_count,
-            message,
-        } = delivery;
-        match message_count {
-            Some(message_count) => {
-                let get_ok = BasicGetOk {
-                    delivery_tag,
-                    redelivered,
-                    exchange: message.exchange_name(),
-                    routing_key: message.routing_key_name(),
-                    message_count,
-                };
-                self.wire
-                    .content_of(channel, &get_ok, &message.properties(), &message.body);
-            }
-            None => {
-                // The caller checked that the consumer is there.
-                let tag = ch.consumer_tags.get(&(queue, consumer));
-                let tag = tag.map_or(&[][..], ShortStr::as_bytes);
-                self.wire
-                    .deliver(channel, tag, delivery_tag, redelivered, &message);
-            }
-        }
+        let get_ok = BasicGetOk {
+            delivery_tag,
+            redelivered: delivery.head.redelivered,
+            exchange: delivery.message.exchange_name(),
+            routing_key: delivery.message.routing_key_name(),
+            message_count: delivery.message_count.unwrap_or(0),
+        };
+        let message = &delivery.message;
+        self.wire.content_of(
+            delivery.head.channel,
+            &get_ok,
+            &message.properties(),
+            &message.body,
+        );
     }
 
     /// Writes held deliveries while the channel's prefetch allows.
@@ -1293,14 +1284,18 @@ impl Connection {
             let Some(delivery) = ch.held.pop_front() else {
                 return;
             };
-            if !ch
-                .consumer_tags
-                .contains_key(&(delivery.head.queue, delivery.head.consumer))
-            {
-                self.effects.push(bounce(&delivery));
-                continue;
+            match self.write_to_consumer(&delivery.head, &delivery.message, true) {
+                Consumed::Written => {}
+                Consumed::Gone => self.effects.push(bounce(&delivery)),
+                // Not at the prefetch limit (checked above): unreachable,
+                // but the delivery keeps its place if it were.
+                Consumed::Held => {
+                    if let Some(ch) = self.channels.get_mut(&id) {
+                        ch.held.push_front(delivery);
+                    }
+                    return;
+                }
             }
-            self.write_delivery(delivery);
         }
     }
 
