@@ -9,18 +9,18 @@ use bytes::BytesMut;
 use warren::broker::delayed;
 use warren::broker::exchange::topic::TopicRouter;
 use warren::broker::exchange::{Binding, Destination};
-use warren::broker::ids::{ConnId, ConnRef, QueueId, QueueRef, ShardId};
-use warren::broker::message::Message;
 use warren::broker::queue::{ConsumerSpec, Queue, QueueCtx, Settle};
 use warren::broker::sender_selected;
-use warren::broker::timer_wheel::TimerWheel;
 use warren::broker::timers::{TimerEvent, Timers};
 use warren::broker::vhost::QueueMeta;
-use warren::protocol::{
+use warren::model::ids::{ConnId, ConnRef, QueueId, QueueRef, ShardId};
+use warren::model::message::Message;
+use warren::store::log::MessageStore;
+use warren::util::timer_wheel::TimerWheel;
+use warren_protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicDeliver, BasicProperties,
     BasicPublish, FieldTable, FieldValue, Frame, Method, Properties, ShortStr,
 };
-use warren::store::log::MessageStore;
 
 fn best_ns_per_op(iterations: u64, mut op: impl FnMut()) -> f64 {
     let mut best = f64::MAX;
@@ -183,8 +183,8 @@ fn queue_cycle() {
 fn mailbox_batches() {
     use glommio::channels::channel_mesh::{Full, MeshBuilder};
     use glommio::{LocalExecutorBuilder, Placement};
-    use warren::broker::ids::ConsumerId;
     use warren::broker::ShardMsg;
+    use warren::model::ids::ConsumerId;
 
     const BATCH: usize = 64;
     const BATCHES: usize = 50_000;

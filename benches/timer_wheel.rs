@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use warren::broker::ids::QueueId;
-use warren::broker::timer_wheel::{TimerId, TimerWheel, LEVEL_COUNT};
+use warren::model::ids::QueueId;
+use warren::util::timer_wheel::{TimerId, TimerWheel, LEVEL_COUNT};
 
 const TIMER_COUNT: u64 = 1_000_000;
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::broker::alarms::{DiskFreeLimit, MemoryWatermark};
+use crate::model::alarms::{DiskFreeLimit, MemoryWatermark};
 
 /// AMQP's well-known port, as RabbitMQ listens on it.
 pub const AMQP_PORT: u16 = 5672;

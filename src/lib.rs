@@ -32,7 +32,8 @@
 
 pub mod broker;
 pub mod config;
+pub mod model;
 pub mod net;
-pub mod protocol;
 pub mod shard;
 pub mod store;
+pub mod util;

@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use warren::protocol::{parse_frame, Frame};
+use warren_protocol::{parse_frame, Frame};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);

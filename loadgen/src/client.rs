@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, poll_fn};
 use glommio::net::TcpStream;
-use warren::protocol::{
+use warren_protocol::{
     parse_frame, write_method, ChannelOpen, ConnectionClose, ConnectionOpen, ConnectionStartOk,
     ConnectionTuneOk, FieldTable, FieldValue, Frame, Method, FRAME_MIN_SIZE, PROTOCOL_HEADER,
 };
@@ -32,7 +32,7 @@ const FRAME_MAX_WANTED: u32 = 131_072;
 /// How long set-up steps may take before loadgen gives up on the broker.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub use warren::net::connection::{write_all, Stream};
+pub use crate::socket::{write_all, Stream};
 
 pub struct Connection {
     pub stream: Stream,
@@ -53,7 +53,7 @@ pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<u
     if buf.capacity() - buf.len() < READ_BUFFER_SIZE / 4 {
         buf.reserve(READ_BUFFER_SIZE);
     }
-    warren::net::connection::read_some(stream, buf).await
+    crate::socket::read_into_spare(stream, buf).await
 }
 
 /// Runs `fut` with a deadline.

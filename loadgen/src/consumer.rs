@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
 use futures_lite::future;
-use warren::protocol::{
+use warren_protocol::{
     parse_frame, peek_deliver, write_method, BasicAck, BasicConsume, BasicQos, FieldTable, Frame,
     Method,
 };

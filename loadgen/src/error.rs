@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use warren::protocol::FrameError;
+use warren_protocol::FrameError;
 
 #[derive(Debug, Clone)]
 pub struct Error(pub String);

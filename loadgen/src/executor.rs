@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use glommio::{LocalExecutorBuilder, Placement};
-use warren::protocol::{ExchangeDeclare, FieldTable, Method, QueueBind, QueueDeclare, QueueDelete};
+use warren_protocol::{ExchangeDeclare, FieldTable, Method, QueueBind, QueueDeclare, QueueDelete};
 
 use crate::args::Plan;
 use crate::client::{Connection, Signal};
@@ -100,7 +100,7 @@ impl ExecCtx {
 /// Raises RLIMIT_MEMLOCK as far as allowed, as the broker does (same code);
 /// fails with the broker's advice if it stays below `needed`.
 pub fn raise_memlock(needed: u64) -> Result<()> {
-    warren::shard::raise_memlock(needed).map_err(|e| Error::new(e.to_string()))
+    crate::socket::raise_memlock(needed).map_err(|e| Error::new(e.to_string()))
 }
 
 /// Starts executor `index` on its own thread.

@@ -1,5 +1,5 @@
 //! loadgen: warren's load generator. It speaks AMQP 0-9-1 through warren's own codec
-//! (`warren::protocol`), so it can load warren or any RabbitMQ-compatible broker.
+//! (`warren_protocol`), so it can load warren or any RabbitMQ-compatible broker.
 //!
 //! # Layout
 //!
@@ -27,6 +27,7 @@ mod executor;
 mod json;
 mod producer;
 mod report;
+mod socket;
 mod stats;
 mod tracker;
 mod uri;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_lite::future;
-use warren::protocol::{
+use warren_protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicProperties, BasicPublish,
     ConfirmSelect, Frame, Method,
 };
@@ -194,7 +194,7 @@ pub async fn run(ctx: Rc<ExecCtx>, index: usize, plan: ProducerConn) -> Result<(
     }
     let reader_done = shared.borrow().closed;
     if !reader_done {
-        let close = warren::protocol::ConnectionClose {
+        let close = warren_protocol::ConnectionClose {
             reply_code: 200,
             reply_text: "loadgen done".into(),
             class_id: 0,

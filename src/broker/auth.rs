@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 
 use crate::broker::password::{HashingAlgorithm, PasswordHash};
-use crate::protocol::{FieldTable, FieldValue};
+use warren_protocol::{FieldTable, FieldValue};
 
 /// RabbitMQ's `loopback_users` default: the users that may only connect
 /// from a loopback address.

@@ -7,15 +7,13 @@
 
 use std::collections::VecDeque;
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::connection::{Connection, Env, LocalPublish};
 use crate::broker::delayed::DelayedPublish;
-use crate::broker::ids::{ConsumerId, QueueRef, ShardId};
-use crate::broker::message::Message;
 use crate::broker::metadata::{
     check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
 };
@@ -23,7 +21,9 @@ use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, DeliveryHea
 use crate::broker::sender_selected;
 use crate::broker::vhost::QueueMeta;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
-use crate::protocol::{
+use crate::model::ids::{ConsumerId, QueueRef, ShardId};
+use crate::model::message::Message;
+use warren_protocol::{
     AmqpError, BasicAck, BasicCancel, BasicCancelOk, BasicConsumeOk, BasicGetEmpty, BasicGetOk,
     BasicNack, BasicPublish, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelCloseOk,
     ChannelFlowOk, ChannelOpenOk, ConfirmSelectOk, ContentHeader, Method, Properties, PublishShape,
@@ -817,7 +817,7 @@ impl Connection {
             }
         }
         let generation = env.vhost.generation();
-        let headers = message.property_flags() & crate::protocol::properties::flag::HEADERS != 0;
+        let headers = message.property_flags() & warren_protocol::properties::flag::HEADERS != 0;
         let routed_before = !headers
             && self
                 .route_cache

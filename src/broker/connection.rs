@@ -12,27 +12,27 @@
 //! connection. After sending connection.close we read and drop every frame
 //! except close-ok, as the spec asks.
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
-use crate::broker::alarms::AlarmSet;
 use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
 use crate::broker::channel::Channel;
 use crate::broker::exchange::Destination;
-use crate::broker::ids::{ConnId, ConnRef, QueueId, ShardId};
-use crate::broker::message::Message;
 use crate::broker::metadata::MetaRequest;
-use crate::broker::signal::Notify;
 use crate::broker::vhost::{Routed, Vhost, DEFAULT_VHOST};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
-use crate::protocol::frame::{write_method_args, FRAME_METHOD};
-use crate::protocol::method::MethodArgs;
-use crate::protocol::{
+use crate::model::alarms::AlarmSet;
+use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
+use crate::model::message::Message;
+use crate::util::signal::Notify;
+use warren_protocol::frame::{write_method_args, FRAME_METHOD};
+use warren_protocol::method::MethodArgs;
+use warren_protocol::{
     close_method, parse_frame, peek_publish, write_body, write_content_header, write_deliver,
     write_heartbeat, write_method, AmqpError, ConnectionBlocked, ConnectionCloseOk,
     ConnectionOpenOk, ConnectionStart, ConnectionTune, ConnectionUnblocked, Deliver, FieldTable,

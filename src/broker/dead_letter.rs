@@ -7,12 +7,12 @@ use bytes::Bytes;
 use tracing::warn;
 
 use crate::broker::delayed::DelayedPublish;
-use crate::broker::message::Message;
 use crate::broker::queue::{DeadLetter, DeathReason};
 use crate::broker::timers::Timers;
 use crate::broker::vhost::Routed;
 use crate::broker::{ShardMsg, ShardState};
-use crate::protocol::{FieldTable, FieldValue, ShortStr};
+use crate::model::message::Message;
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
 
 impl ShardState {
     /// Republishes every message the shard's queues dead-lettered.

@@ -58,13 +58,13 @@ use crate::broker::auth::{Permission, User, Users};
 use crate::broker::exchange::{
     headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
 };
-use crate::broker::ids::{QueueId, ShardId};
-use crate::broker::json::{self, Json};
 use crate::broker::metadata;
 use crate::broker::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
 use crate::broker::queue_args::QueueArgs;
 use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
-use crate::protocol::{FieldTable, FieldValue, ShortStr};
+use crate::model::ids::{QueueId, ShardId};
+use crate::util::json::{self, Json};
+use warren_protocol::{FieldTable, FieldValue, ShortStr};
 
 /// The RabbitMQ release whose behaviour (and definitions format) warren follows.
 pub const RABBITMQ_VERSION: &str = "3.10.8";
@@ -932,7 +932,7 @@ fn optional_bool(item: &Json, key: &str, default: bool, ctx: &str) -> Result<boo
 }
 
 fn short_str(s: &str, key: &str, ctx: &str) -> Result<ShortStr, String> {
-    if s.len() > crate::protocol::types::SHORTSTR_LEN_MAX {
+    if s.len() > warren_protocol::types::SHORTSTR_LEN_MAX {
         return Err(format!(
             "{}: \"{}\" is longer than 255 bytes, more than AMQP allows",
             ctx, key
@@ -1046,7 +1046,7 @@ fn with_typed_arguments(mut members: Vec<(&str, Json)>, arguments: &FieldTable) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ids::{ConnId, ConnRef};
+    use crate::model::ids::{ConnId, ConnRef};
 
     fn s(v: &str) -> FieldValue {
         FieldValue::LongStr(Bytes::copy_from_slice(v.as_bytes()))

@@ -33,12 +33,12 @@
 use bytes::Bytes;
 
 use crate::broker::exchange::Destination;
-use crate::broker::message::Message;
-use crate::broker::timer_wheel::TimerId;
 use crate::broker::timers::TimerEvent;
 use crate::broker::vhost::Routed;
 use crate::broker::{ConfirmTarget, ShardMsg, ShardState};
-use crate::protocol::{FieldValue, Properties, ShortStr};
+use crate::model::message::Message;
+use crate::util::timer_wheel::TimerId;
+use warren_protocol::{FieldValue, Properties, ShortStr};
 
 /// The header holding a message's delay in milliseconds.
 pub const DELAY_HEADER: &str = "x-delay";
@@ -221,7 +221,7 @@ impl ShardState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{BasicProperties, FieldTable};
+    use warren_protocol::{BasicProperties, FieldTable};
 
     fn with_headers(entries: &[(&str, FieldValue)]) -> Properties {
         let mut headers = FieldTable::new();

@@ -23,12 +23,12 @@ use crate::broker::exchange::{
     headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
     DELAYED_TYPE_ARGUMENT,
 };
-use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::broker::queue_args::{self, QueueArgs};
-use crate::broker::signal::oneshot;
 use crate::broker::vhost::{MetaChange, QueueMeta};
 use crate::broker::{ChannelReply, ShardState};
-use crate::protocol::{
+use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::util::signal::oneshot;
+use warren_protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
     ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
     QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind,

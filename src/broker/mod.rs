@@ -8,55 +8,47 @@
 //! shard goes through the same path as one from a peer (the `local` queue),
 //! so local and remote queues behave identically, in the same order.
 
-pub mod alarms;
 pub mod auth;
 pub mod channel;
 pub mod connection;
 mod dead_letter;
 pub mod definitions;
 pub mod delayed;
-pub mod digest;
 pub mod exchange;
-pub mod fast_hash;
-pub mod ids;
-pub mod json;
-pub mod message;
 pub mod metadata;
 pub mod password;
 pub mod queue;
 pub mod queue_args;
 pub mod sender_selected;
-pub mod signal;
-pub mod timer_wheel;
 pub mod timers;
 pub mod vhost;
 
 use std::collections::VecDeque;
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use alarms::{AlarmBoard, AlarmSet};
+use crate::model::alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
-use crate::protocol::{AmqpError, ShortStr};
+use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
+use crate::model::message::Message;
 use crate::store::log::MessageStore;
 use crate::store::recovery::RecoveredMessage;
+use crate::util::signal::{Notify, OneshotSender};
 use auth::Users;
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
-use ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
-use message::Message;
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
 use queue::{
     ConsumerSpec, DeadLetter, Delivery, DeliveryHead, DeliverySink, Enqueued, Queue, QueueCtx,
     Settle,
 };
-use signal::{Notify, OneshotSender};
 use timers::{TimerEvent, Timers};
 use vhost::{MetaChange, Vhost, DEFAULT_VHOST};
+use warren_protocol::{AmqpError, ShortStr};
 
 /// Where a publisher confirm goes back to.
 #[derive(Clone, Copy, Debug)]
@@ -215,7 +207,7 @@ pub struct ShardState {
     pub store: MessageStore,
     dead_letters: Vec<DeadLetter>,
     /// Queues whose dead-letter cycle was logged: once each, as RabbitMQ does.
-    dead_letter_cycles_logged: fast_hash::FastSet<ShortStr>,
+    dead_letter_cycles_logged: crate::util::hash::FastSet<ShortStr>,
     /// Messages held by delayed exchanges, by the id their timer carries.
     delayed: FastMap<u64, Held>,
     next_delayed_id: u64,

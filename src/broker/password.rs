@@ -11,7 +11,7 @@
 //! New hashes (the guest user, `--default-user`, a cleartext `password` in
 //! an imported file) use SHA-256, RabbitMQ's default.
 
-use crate::broker::digest;
+use crate::util::digest;
 
 /// Bytes of salt in front of every stored hash (`rabbit_password:generate_salt`).
 pub const SALT_LEN: usize = 4;

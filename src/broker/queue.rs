@@ -7,18 +7,18 @@
 
 use std::collections::VecDeque;
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 
-use crate::broker::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
-use crate::broker::message::Message;
 use crate::broker::queue_args::{Overflow, EXPIRY_MS_MAX};
-use crate::broker::timer_wheel::TimerId;
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::vhost::{QueueMeta, DEFAULT_VHOST};
-use crate::protocol::{AmqpError, ShortStr};
+use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
+use crate::model::message::Message;
 use crate::store::log::MessageStore;
 use crate::store::record::PublishHead;
 use crate::store::recovery::RecoveredMessage;
+use crate::util::timer_wheel::TimerId;
+use warren_protocol::{AmqpError, ShortStr};
 
 /// `QueuedMessage::expires_at_ms` of a message without a TTL.
 const NEVER: u64 = u64::MAX;
@@ -1054,8 +1054,8 @@ pub fn parse_expiration(value: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ids::{ConnId, ShardId};
-    use crate::protocol::{FieldTable, Properties};
+    use crate::model::ids::{ConnId, ShardId};
+    use warren_protocol::{FieldTable, Properties};
 
     fn queue() -> Queue {
         Queue::new(QueueMeta {

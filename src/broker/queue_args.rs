@@ -45,7 +45,7 @@
 use bytes::Bytes;
 
 use crate::broker::vhost::DEFAULT_VHOST;
-use crate::protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
+use warren_protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
 
 /// The longest `x-message-ttl` and `x-expires` RabbitMQ accepts: ten years in
 /// milliseconds (`rabbit_misc:check_expiry`).

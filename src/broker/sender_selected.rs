@@ -19,7 +19,7 @@
 //! CC or BCC pays a walk over the raw table, with nothing decoded or
 //! allocated.
 
-use crate::protocol::{AmqpError, FieldValue, Properties};
+use warren_protocol::{AmqpError, FieldValue, Properties};
 
 pub const CC_HEADER: &str = "CC";
 pub const BCC_HEADER: &str = "BCC";
@@ -78,8 +78,8 @@ pub fn routing_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{BasicProperties, FieldTable};
     use bytes::Bytes;
+    use warren_protocol::{BasicProperties, FieldTable};
 
     fn ls(s: &'static str) -> FieldValue {
         FieldValue::LongStr(Bytes::from_static(s.as_bytes()))

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::broker::ids::QueueId;
-use crate::broker::signal::Notify;
-use crate::broker::timer_wheel::{TimerId, TimerWheel};
+use crate::model::ids::QueueId;
+use crate::util::signal::Notify;
+use crate::util::timer_wheel::{TimerId, TimerWheel};
 
 /// The longest the timer task sleeps with nothing due: a bound, not a need.
 const IDLE_WAKE_MS: u64 = 1000;

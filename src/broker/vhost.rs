@@ -6,13 +6,13 @@
 //! Routing reads only this replica, so a publish is routed on the shard that
 //! received it without asking anyone.
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 
 use crate::broker::delayed;
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeDef, ExchangeKind};
-use crate::broker::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::broker::queue_args::QueueArgs;
-use crate::protocol::{FieldTable, Properties, ShortStr};
+use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use warren_protocol::{FieldTable, Properties, ShortStr};
 
 pub const DEFAULT_VHOST: &str = "/";
 

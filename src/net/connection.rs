@@ -16,10 +16,10 @@ use glommio::net::TcpStream;
 use tracing::debug;
 
 use crate::broker::connection::Input;
-use crate::broker::ids::ConnId;
-use crate::broker::signal::Notify;
 use crate::broker::ShardState;
 use crate::config;
+use crate::model::ids::ConnId;
+use crate::util::signal::Notify;
 
 type Shared = Rc<RefCell<ShardState>>;
 /// A socket shared by a connection's reader and writer tasks (and loadgen's).

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use crate::broker::alarms::{AlarmBoard, AlarmSet, Resource, DISK_CHECK_INTERVAL};
 use crate::config::Config;
+use crate::model::alarms::{AlarmBoard, AlarmSet, Resource, DISK_CHECK_INTERVAL};
 
 pub struct Monitor {
     board: Arc<AlarmBoard>,
@@ -193,8 +193,8 @@ mod tests {
         let dir = std::env::temp_dir();
         let config = Config {
             data_dir: dir,
-            memory_high_watermark: crate::broker::alarms::MemoryWatermark::Absolute(u64::MAX / 2),
-            disk_free_limit: crate::broker::alarms::DiskFreeLimit::Absolute(u64::MAX),
+            memory_high_watermark: crate::model::alarms::MemoryWatermark::Absolute(u64::MAX / 2),
+            disk_free_limit: crate::model::alarms::DiskFreeLimit::Absolute(u64::MAX),
             ..Config::default()
         };
         let board = Arc::new(AlarmBoard::new(2));

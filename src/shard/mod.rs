@@ -16,19 +16,19 @@ use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use tracing::{debug, error, info, warn};
 
-use crate::broker::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
 use crate::broker::auth::Users;
 use crate::broker::definitions::{Definitions, RestorePlan, Source};
-use crate::broker::ids::ShardId;
 use crate::broker::metadata::OwnerStart;
-use crate::broker::signal::Notify;
 use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
 use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
+use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
+use crate::model::ids::ShardId;
 use crate::net;
 use crate::store;
 use crate::store::log::{MessageStore, StoreStats};
 use crate::store::recovery::ShardRecovery;
+use crate::util::signal::Notify;
 
 pub mod alarms;
 pub mod shutdown;

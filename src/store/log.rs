@@ -31,9 +31,9 @@
 
 use std::collections::VecDeque;
 
-use crate::broker::signal::Notify;
 use crate::broker::ConfirmTarget;
 use crate::store::record::{self, PublishHead};
+use crate::util::signal::Notify;
 
 /// A chunk grows to about this size before the next record starts another
 /// (a write buffer larger than this buys nothing).
@@ -435,7 +435,7 @@ impl MessageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::message::Message;
+    use crate::model::message::Message;
 
     fn publish(store: &mut MessageStore, seq: u64, message: &Message) -> u32 {
         store.append_publish(&PublishHead {

@@ -12,7 +12,6 @@
 //! Like `shard/` and `net/`, this module may name glommio: its writes go
 //! through io_uring so that a shard never blocks on the disk.
 
-pub mod crc32c;
 pub mod definitions;
 pub mod log;
 pub mod record;

@@ -43,9 +43,9 @@
 
 use bytes::Bytes;
 
-use crate::broker::message::Message;
-use crate::protocol::{Properties, ShortStr};
-use crate::store::crc32c;
+use crate::model::message::Message;
+use crate::util::crc32c;
+use warren_protocol::{Properties, ShortStr};
 
 /// Chunks start at multiples of this many bytes.
 pub const BLOCK: usize = 512;
@@ -325,7 +325,7 @@ pub fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::BasicProperties;
+    use warren_protocol::BasicProperties;
 
     fn message(body: &'static [u8]) -> Message {
         let props = BasicProperties {

@@ -39,9 +39,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::broker::ids::{QueueId, ShardId};
-use crate::broker::message::Message;
 use crate::broker::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::model::ids::{QueueId, ShardId};
+use crate::model::message::Message;
 use crate::store::record::{self, ChunkRead, PublishHead, Record, StoredPublish};
 use crate::store::segments;
 

@@ -238,7 +238,7 @@ fn is_tmpfs(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::message::Message;
+    use crate::model::message::Message;
     use crate::store::log::MessageStore;
     use crate::store::record::{PublishHead, StoredPublish};
     use std::collections::BTreeMap;

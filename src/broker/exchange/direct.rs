@@ -1,9 +1,9 @@
 //! Direct exchange: a binding matches when its key equals the routing key.
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 
 use super::{Binding, Destination};
-use crate::protocol::ShortStr;
+use warren_protocol::ShortStr;
 
 #[derive(Debug, Default)]
 pub struct DirectRouter {

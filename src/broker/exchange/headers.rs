@@ -5,7 +5,7 @@
 //! argument whose value is void matches on the key's presence alone.
 
 use super::{Binding, Destination};
-use crate::protocol::{FieldTable, FieldValue};
+use warren_protocol::{FieldTable, FieldValue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatchMode {

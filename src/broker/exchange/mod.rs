@@ -15,8 +15,8 @@ pub mod fanout;
 pub mod headers;
 pub mod topic;
 
-use crate::broker::ids::QueueRef;
-use crate::protocol::{FieldTable, Properties, ShortStr};
+use crate::model::ids::QueueRef;
+use warren_protocol::{FieldTable, Properties, ShortStr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExchangeKind {

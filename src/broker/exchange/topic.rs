@@ -7,10 +7,10 @@
 //! As in RabbitMQ, an empty key has zero words and "a..b" has three
 //! ("a", "", "b").
 
-use crate::broker::fast_hash::FastMap;
+use crate::util::hash::FastMap;
 
 use super::{Binding, Destination};
-use crate::protocol::ShortStr;
+use warren_protocol::ShortStr;
 
 /// Routing keys with more words than this are split into a heap buffer;
 /// below it, matching allocates nothing.
@@ -144,8 +144,8 @@ fn match_words(node: &Node, words: &[&str], out: &mut Vec<Destination>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ids::{QueueId, QueueRef, ShardId};
-    use crate::protocol::FieldTable;
+    use crate::model::ids::{QueueId, QueueRef, ShardId};
+    use warren_protocol::FieldTable;
 
     fn queue(n: u64) -> Destination {
         Destination::Queue(QueueRef {

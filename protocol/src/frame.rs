@@ -417,7 +417,7 @@ pub fn write_method(buf: &mut BytesMut, channel: u16, method: &Method) {
 }
 
 /// Writes one method frame straight from a method's struct.
-pub(crate) fn write_method_args<M: MethodArgs>(buf: &mut BytesMut, channel: u16, method: &M) {
+pub fn write_method_args<M: MethodArgs>(buf: &mut BytesMut, channel: u16, method: &M) {
     let payload_len = 4 + method.args_len();
     let start = start_method_frame(buf, channel, payload_len, M::CLASS_ID, M::METHOD_ID);
     method.encode_args(buf);
@@ -691,9 +691,9 @@ fn frame_size(payload_len: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::method::tests::sample_methods;
-    use crate::protocol::method::BasicPublish;
-    use crate::protocol::properties::tests::all_set;
+    use crate::method::tests::sample_methods;
+    use crate::method::BasicPublish;
+    use crate::properties::tests::all_set;
 
     fn publish_frames(channel: u16, immediate: bool, body: &[u8]) -> BytesMut {
         let publish = BasicPublish {
@@ -776,7 +776,7 @@ mod tests {
     }
 
     fn deliver_frames(channel: u16, redelivered: bool, body: &[u8]) -> BytesMut {
-        let deliver = crate::protocol::method::BasicDeliver {
+        let deliver = crate::method::BasicDeliver {
             consumer_tag: "ctag-1".into(),
             delivery_tag: 0x0102_0304_0506_0708,
             redelivered,
@@ -812,7 +812,7 @@ mod tests {
     #[test]
     fn deliver_written_from_borrowed_names_is_the_struct_encoding() {
         for redelivered in [false, true] {
-            let deliver = crate::protocol::method::BasicDeliver {
+            let deliver = crate::method::BasicDeliver {
                 consumer_tag: "ctag-1".into(),
                 delivery_tag: 77,
                 redelivered,
@@ -837,7 +837,7 @@ mod tests {
 
     #[test]
     fn deliver_frames_written_in_one_pass_match_the_frame_by_frame_encoding() {
-        let properties = crate::protocol::BasicProperties {
+        let properties = crate::BasicProperties {
             content_type: Some("text/plain".into()),
             delivery_mode: Some(2),
             ..Default::default()

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::properties::{self, flag};
-use crate::protocol::{FrameError, Properties, ShortStr};
+use warren_protocol::properties::{self, flag};
+use warren_protocol::{FrameError, Properties, ShortStr};
 
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -187,14 +187,14 @@ impl Message {
     /// What holding this message costs, as the memory alarm counts it
     /// (`broker::alarms`): its bytes and a fixed overhead.
     pub fn memory_size(&self) -> u64 {
-        (self.body.len() + self.head.len()) as u64 + crate::broker::alarms::MESSAGE_OVERHEAD_BYTES
+        (self.body.len() + self.head.len()) as u64 + crate::model::alarms::MESSAGE_OVERHEAD_BYTES
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::BasicProperties;
+    use warren_protocol::BasicProperties;
 
     #[test]
     fn a_message_is_small_enough_to_move_inline() {

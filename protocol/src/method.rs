@@ -88,7 +88,7 @@ macro_rules! method_arg {
 /// One method's arguments, encodable without first wrapping them in `Method`:
 /// the per-message methods (basic.deliver) are written straight from their
 /// struct, which spares moving the large enum around on the hot path.
-pub(crate) trait MethodArgs {
+pub trait MethodArgs {
     const CLASS_ID: u16;
     const METHOD_ID: u16;
 
@@ -480,8 +480,8 @@ methods! {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::protocol::table::tests::every_type_table;
-    use crate::protocol::table::FieldValue;
+    use crate::table::tests::every_type_table;
+    use crate::table::FieldValue;
 
     fn s(text: &str) -> ShortStr {
         ShortStr::from(text)

@@ -409,7 +409,7 @@ impl<'a> Reader<'a> {
 /// (`ArgLen`), so `write_method` can reserve exactly once and then put. The methods are
 /// named after the AMQP domains; each takes a reference so reserved fields can pass a
 /// default of the right type.
-pub(crate) trait ArgSink {
+pub trait ArgSink {
     fn octet(&mut self, value: &u8);
     fn short(&mut self, value: &u16);
     fn long(&mut self, value: &u32);

@@ -27,7 +27,7 @@ use super::table::{decode_value, skip_value, validate_table, FieldTable, FieldVa
 use super::types::{put_shortstr, Reader, ShortStr};
 
 /// Flag bit of each property, in wire order.
-pub(crate) mod flag {
+pub mod flag {
     pub const CONTENT_TYPE: u16 = 1 << 15;
     pub const CONTENT_ENCODING: u16 = 1 << 14;
     pub const HEADERS: u16 = 1 << 13;
@@ -212,7 +212,7 @@ impl Properties {
 
     /// Properties known to be valid: a slice of a list `from_wire` or
     /// `BasicProperties::encode` made.
-    pub(crate) fn from_validated(flags: u16, raw: Bytes) -> Properties {
+    pub fn from_validated(flags: u16, raw: Bytes) -> Properties {
         Properties { flags, raw }
     }
 
@@ -470,14 +470,14 @@ fn seek_in(flags: u16, raw: &Bytes, start: usize, bit: u16) -> Option<Reader<'_>
 
 /// An octet property (`delivery-mode`, `priority`) of a validated property
 /// list that runs from `start` to the end of `raw`, read in place.
-pub(crate) fn octet_in(flags: u16, raw: &Bytes, start: usize, bit: u16) -> Option<u8> {
+pub fn octet_in(flags: u16, raw: &Bytes, start: usize, bit: u16) -> Option<u8> {
     seek_in(flags, raw, start, bit)?.octet().ok()
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::protocol::table::FieldValue;
+    use crate::table::FieldValue;
 
     pub(crate) fn all_set() -> BasicProperties {
         let mut headers = FieldTable::new();
@@ -582,7 +582,7 @@ pub(crate) mod tests {
 
     #[test]
     fn header_values_and_without_header_agree_with_the_decoded_table() {
-        let mut table = crate::protocol::table::tests::every_type_table();
+        let mut table = crate::table::tests::every_type_table();
         table.0.push(("i32".into(), FieldValue::I32(2)));
         let p = BasicProperties {
             headers: Some(table.clone()),
