@@ -1,11 +1,12 @@
-//! The user's twelve Go programs (shared/seed/go-examples), unchanged except that
-//! `host.docker.internal:5672` becomes the broker's `127.0.0.1:PORT`, run against the broker
-//! the way the RabbitMQ tutorials run them: consumers in the background until killed,
-//! producers to completion.
+//! The Go example programs in `examples/go/` (the RabbitMQ tutorials' scenarios, written
+//! against amqp091-go), built from the repository and run against the broker the way the
+//! tutorials run them: consumers in the background until killed, producers to completion.
+//! Each program reads the broker's URL from `AMQP_URL`, which the tests set to the broker
+//! under test (warren's guest URL on loopback, or `WARREN_TEST_AMQP_URL`).
 //!
 //! Needs `go` and the amqp091-go sources from Debian
 //! (`apt-get install -y golang-go golang-github-rabbitmq-amqp091-go-dev`); scripts/test
-//! installs them.
+//! installs them. The programs build offline in GOPATH mode, against those sources.
 
 mod common;
 
@@ -18,10 +19,25 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const ORIGINAL_HOST_PORT: &str = "host.docker.internal:5672";
 const AMQP091_SRC: &str = "/usr/share/gocode/src/github.com/rabbitmq/amqp091-go";
 const INSTALL_HINT: &str =
     "apt-get update && apt-get install -y golang-go golang-github-rabbitmq-amqp091-go-dev";
+
+/// The twelve programs, each `examples/go/NAME/main.go`.
+const PROGRAMS: [&str; 12] = [
+    "send",
+    "receive",
+    "new_task",
+    "worker",
+    "emit_log",
+    "receive_logs",
+    "emit_log_direct",
+    "receive_logs_direct",
+    "emit_log_topic",
+    "receive_logs_topic",
+    "rpc_server",
+    "rpc_client",
+];
 
 /// How long a consumer may take to print its "Waiting for" line, a producer to finish, and a
 /// message to show up in a consumer's output.
@@ -31,19 +47,18 @@ const STEP: Duration = Duration::from_secs(20);
 // Locating and building the programs
 // ---------------------------------------------------------------------------------------
 
-/// `<repo>/../shared/seed/go-examples`.
+/// `<repo>/examples/go`.
 fn examples_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("shared")
-        .join("seed")
-        .join("go-examples");
-    assert!(
-        dir.join("send").join("main.go").is_file(),
-        "the user's Go programs are missing: expected {}/NAME/main.go \
-         (the repository's clone must sit beside a copy of shared/)",
-        dir.display()
-    );
+        .join("examples")
+        .join("go");
+    for name in PROGRAMS {
+        assert!(
+            dir.join(name).join("main.go").is_file(),
+            "{}/{name}/main.go is missing",
+            dir.display()
+        );
+    }
     dir
 }
 
@@ -87,72 +102,57 @@ fn check_toolchain() {
     }
 }
 
-/// The given programs built against `127.0.0.1:PORT`, in a temporary GOPATH removed on Drop.
+/// The given programs, built from `examples/go/` into a temporary directory (removed on Drop),
+/// and the URL they are to dial.
 struct GoPrograms {
-    gopath: PathBuf,
+    dir: PathBuf,
+    url: String,
 }
 
 impl GoPrograms {
-    fn build(port: u16, programs: &[&str]) -> GoPrograms {
+    fn build(b: &Broker, programs: &[&str]) -> GoPrograms {
         check_toolchain();
         let examples = examples_dir();
-        let gopath = fresh_temp_dir("warren-go");
-        let src = gopath.join("src").join("ex");
-        let target_host_port = format!("127.0.0.1:{port}");
-        for name in programs {
-            let original = examples.join(name).join("main.go");
-            let text = fs::read_to_string(&original)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", original.display()));
-            assert_eq!(
-                text.matches(ORIGINAL_HOST_PORT).count(),
-                1,
-                "{} should dial {ORIGINAL_HOST_PORT} exactly once",
-                original.display()
-            );
-            let dir = src.join(name);
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(
-                dir.join("main.go"),
-                text.replace(ORIGINAL_HOST_PORT, &target_host_port),
-            )
-            .unwrap();
-        }
-        let bin = gopath.join("bin");
+        let dir = fresh_temp_dir("warren-go");
+        let bin = dir.join("bin");
         fs::create_dir_all(&bin).unwrap();
         let cache = target_dir().join("go-cache");
         fs::create_dir_all(&cache).unwrap();
         let packages: Vec<String> = programs.iter().map(|p| format!("./{p}")).collect();
+        // GOPATH mode: the programs' one import resolves to Debian's sources under
+        // /usr/share/gocode, with no module download. The temporary directory comes first
+        // so that nothing is ever written under /usr/share/gocode.
         let out = Command::new("go")
             .arg("build")
             .arg("-o")
             .arg(format!("{}/", bin.display()))
             .args(&packages)
-            .current_dir(&src)
+            .current_dir(&examples)
             .env("GO111MODULE", "off")
-            .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+            .env("GOPATH", format!("{}:/usr/share/gocode", dir.display()))
             .env("GOCACHE", &cache)
             .env("GOFLAGS", "")
             .env("CGO_ENABLED", "0")
             .output()
             .expect("run go build");
         if !out.status.success() {
-            let _ = fs::remove_dir_all(&gopath);
+            let _ = fs::remove_dir_all(&dir);
             panic!(
                 "go build {packages:?} failed:\n{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        GoPrograms { gopath }
+        GoPrograms { dir, url: b.url() }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.gopath.join("bin").join(name)
+        self.dir.join("bin").join(name)
     }
 
     /// Starts a program in the background (killed on Drop).
     fn spawn(&self, name: &str, args: &[&str]) -> GoProc {
-        GoProc::spawn(&self.path(name), name, args)
+        GoProc::spawn(&self.path(name), name, args, &self.url)
     }
 
     /// Runs a program to completion; panics with its output if it fails or hangs.
@@ -183,7 +183,7 @@ impl GoPrograms {
 
 impl Drop for GoPrograms {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.gopath);
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -197,9 +197,10 @@ struct GoProc {
 }
 
 impl GoProc {
-    fn spawn(path: &Path, name: &str, args: &[&str]) -> GoProc {
+    fn spawn(path: &Path, name: &str, args: &[&str], url: &str) -> GoProc {
         let mut child = Command::new(path)
             .args(args)
+            .env("AMQP_URL", url)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -353,10 +354,10 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 // The tutorials
 // ---------------------------------------------------------------------------------------
 
-// 1. Hello world: receive, then send.
+// 1. Hello world: receive, then send (with its default message, then one of the test's).
 broker_test!(hello_world, |b| {
     let _turn = exclusive_use(b);
-    let go = GoPrograms::build(b.port(), &["send", "receive"]);
+    let go = GoPrograms::build(b, &["send", "receive"]);
     let mut receive = go.spawn("receive", &[]);
     receive.wait_for("Waiting for messages");
     let sent = go.run("send", &[]);
@@ -364,13 +365,22 @@ broker_test!(hello_world, |b| {
         sent.contains(" [x] Sent Hello World!"),
         "send printed:\n{sent}"
     );
-    receive.wait_for("Received a message: Hello World!");
+    let body = format!("hello {}", unique("hello"));
+    go.run("send", &[&body]);
+    receive.wait_for(&format!("Received a message: {body}"));
+    assert_eq!(
+        receive.received_messages(),
+        vec!["Hello World!".to_string(), body],
+        "{}",
+        receive.output()
+    );
 });
 
-// 2. Work queues: two workers with prefetch 1, six tasks of one second each.
+// 2. Work queues: two workers with prefetch 1, six tasks of one second each, persistent
+// messages on a durable queue, confirmed before new_task reports them sent.
 broker_test!(work_queues, |b| {
     let _turn = exclusive_use(b);
-    let go = GoPrograms::build(b.port(), &["task", "worker"]);
+    let go = GoPrograms::build(b, &["new_task", "worker"]);
     let mut w1 = go.spawn("worker", &[]);
     let mut w2 = go.spawn("worker", &[]);
     w1.wait_for("Waiting for messages");
@@ -384,10 +394,10 @@ broker_test!(work_queues, |b| {
         .map(|w| format!("{w} message {tag}."))
         .collect();
     for body in &bodies {
-        let out = go.run("task", &[body]);
+        let out = go.run("new_task", &[body]);
         assert!(
             out.contains(&format!(" [x] Sent {body}")),
-            "task printed:\n{out}"
+            "new_task printed:\n{out}"
         );
     }
 
@@ -421,7 +431,7 @@ broker_test!(work_queues, |b| {
 // 3. Publish/subscribe: a fanout exchange reaches every bound queue.
 broker_test!(fanout, |b| {
     let _turn = exclusive_use(b);
-    let go = GoPrograms::build(b.port(), &["emit_log", "receive_logs"]);
+    let go = GoPrograms::build(b, &["emit_log", "receive_logs"]);
     let mut r1 = go.spawn("receive_logs", &[]);
     let mut r2 = go.spawn("receive_logs", &[]);
     r1.wait_for("Waiting for logs");
@@ -434,10 +444,11 @@ broker_test!(fanout, |b| {
     assert_eq!(r2.received_logs(), vec![body.clone()], "{}", r2.output());
 });
 
-// 4. Routing: a direct exchange delivers by exact routing key.
+// 4. Routing: a direct exchange delivers by exact routing key. The consumers print
+// ` [x] KEY: BODY`.
 broker_test!(direct_routing, |b| {
     let _turn = exclusive_use(b);
-    let go = GoPrograms::build(b.port(), &["emit_log_direct", "receive_logs_direct"]);
+    let go = GoPrograms::build(b, &["emit_log_direct", "receive_logs_direct"]);
     let mut warn_err = go.spawn("receive_logs_direct", &["warning", "error"]);
     let mut info = go.spawn("receive_logs_direct", &["info"]);
     warn_err.wait_for("Waiting for logs");
@@ -454,35 +465,39 @@ broker_test!(direct_routing, |b| {
     go.run("emit_log_direct", &["info", &info_msg]);
     go.run("emit_log_direct", &["warning", &warning]);
 
-    warn_err.wait_for(&format!(" [x] {error}"));
-    warn_err.wait_for(&format!(" [x] {warning}"));
-    info.wait_for(&format!(" [x] {info_msg}"));
+    warn_err.wait_for(&format!(" [x] error: {error}"));
+    warn_err.wait_for(&format!(" [x] warning: {warning}"));
+    info.wait_for(&format!(" [x] info: {info_msg}"));
     assert_eq!(
         warn_err.received_logs(),
-        vec![error.clone(), warning.clone()],
+        vec![format!("error: {error}"), format!("warning: {warning}")],
         "the warning/error consumer got the wrong messages:\n{}",
         warn_err.output()
     );
     assert_eq!(
         info.received_logs(),
-        vec![info_msg.clone()],
+        vec![format!("info: {info_msg}")],
         "the info consumer got the wrong messages:\n{}",
         info.output()
     );
 });
 
-// 5. Topics: `*` is exactly one word (possibly empty: "kern." matches "kern.*", as the notes
-// show RabbitMQ doing), and keys that match no binding reach nobody.
+// 5. Topics: `*` is exactly one word (possibly empty: "kern." matches "kern.*", as in
+// RabbitMQ), a message that matches two bindings of one queue arrives there once, and keys
+// that match no binding reach nobody.
 broker_test!(topic_routing, |b| {
     let _turn = exclusive_use(b);
-    let go = GoPrograms::build(b.port(), &["emit_log_topic", "receive_logs_topic"]);
+    let go = GoPrograms::build(b, &["emit_log_topic", "receive_logs_topic"]);
     let mut kern = go.spawn("receive_logs_topic", &["kern.*"]);
     let mut critical = go.spawn("receive_logs_topic", &["*.critical"]);
+    let mut both_patterns = go.spawn("receive_logs_topic", &["kern.*", "*.critical"]);
     kern.wait_for("Waiting for logs");
     critical.wait_for("Waiting for logs");
+    both_patterns.wait_for("Waiting for logs");
 
     let tag = unique("topic");
     let msg = |key: &str| format!("{key} says {tag}");
+    let line = |key: &str| format!("{key}: {}", msg(key));
     // Keys that match neither binding, sent first.
     for key in [
         "kern",
@@ -493,32 +508,43 @@ broker_test!(topic_routing, |b| {
     ] {
         go.run("emit_log_topic", &[key, &msg(key)]);
     }
-    let both = format!("A critical kernel error {tag}");
-    go.run("emit_log_topic", &["kern.critical", &both]);
-    go.run("emit_log_topic", &["kern.info", &msg("kern.info")]);
-    go.run("emit_log_topic", &["app.critical", &msg("app.critical")]);
-    go.run("emit_log_topic", &["kern.", &msg("kern.")]);
+    for key in ["kern.critical", "kern.info", "app.critical", "kern."] {
+        go.run("emit_log_topic", &[key, &msg(key)]);
+    }
 
-    kern.wait_for(&format!(" [x] {}", msg("kern.")));
-    critical.wait_for(&format!(" [x] {}", msg("app.critical")));
+    kern.wait_for(&format!(" [x] {}", line("kern.")));
+    critical.wait_for(&format!(" [x] {}", line("app.critical")));
+    both_patterns.wait_for(&format!(" [x] {}", line("kern.")));
     assert_eq!(
         kern.received_logs(),
-        vec![both.clone(), msg("kern.info"), msg("kern.")],
+        vec![line("kern.critical"), line("kern.info"), line("kern.")],
         "the kern.* consumer got the wrong messages:\n{}",
         kern.output()
     );
     assert_eq!(
         critical.received_logs(),
-        vec![both.clone(), msg("app.critical")],
+        vec![line("kern.critical"), line("app.critical")],
         "the *.critical consumer got the wrong messages:\n{}",
         critical.output()
     );
+    assert_eq!(
+        both_patterns.received_logs(),
+        vec![
+            line("kern.critical"),
+            line("kern.info"),
+            line("app.critical"),
+            line("kern.")
+        ],
+        "the kern.* + *.critical consumer got the wrong messages:\n{}",
+        both_patterns.output()
+    );
 });
 
-// 6. RPC: reply_to + correlation_id through an exclusive server-named queue.
+// 6. RPC: reply_to + correlation_id through an exclusive server-named queue; a request that
+// is no number is rejected without an answer, and the server goes on serving.
 broker_test!(rpc, |b| {
     let _turn = exclusive_use(b);
-    let go = GoPrograms::build(b.port(), &["rpc_server", "rpc_client"]);
+    let go = GoPrograms::build(b, &["rpc_server", "rpc_client"]);
     let mut server = go.spawn("rpc_server", &[]);
     server.wait_for("Awaiting RPC requests");
     let out = go.run("rpc_client", &["30"]);
@@ -531,4 +557,23 @@ broker_test!(rpc, |b| {
         "rpc_client printed:\n{out}"
     );
     server.wait_for(" [.] fib(30)");
+    let out = go.run("rpc_client", &["10"]);
+    assert!(out.contains(" [.] Got 55"), "rpc_client printed:\n{out}");
 });
+
+// The examples are kept as gofmt writes them.
+#[test]
+fn examples_are_gofmt_clean() {
+    check_toolchain();
+    let out = Command::new("gofmt")
+        .arg("-l")
+        .arg(examples_dir())
+        .output()
+        .expect("run gofmt");
+    assert!(out.status.success(), "gofmt failed: {out:?}");
+    let unformatted = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        unformatted.trim().is_empty(),
+        "not gofmt-formatted (run gofmt -w examples/go):\n{unformatted}"
+    );
+}
