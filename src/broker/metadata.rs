@@ -15,24 +15,23 @@
 //! write.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 
-use crate::broker::definitions::{self, Definitions};
-use crate::broker::exchange::{
-    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
-    DELAYED_TYPE_ARGUMENT,
-};
-use crate::broker::queue_args::{self, QueueArgs};
-use crate::broker::vhost::{MetaChange, QueueMeta};
 use crate::broker::{ChannelReply, ShardState};
+use crate::metadata::definitions::{self, Definitions};
+use crate::metadata::exchange::{
+    delayed_type, unknown_exchange_type, Binding, Destination, ExchangeDef, ExchangeKind,
+    MatchMode, DELAYED_TYPE, DELAYED_TYPE_ARGUMENT,
+};
+use crate::metadata::queue_args::{self, QueueArgs};
+use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::store::definitions::DefinitionsSink;
 use crate::util::signal::oneshot;
 use warren_protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
-    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
-    QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind,
-    QueueUnbindOk, ShortStr,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, Method, QueueBind, QueueBindOk,
+    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind, QueueUnbindOk, ShortStr,
 };
 
 #[derive(Debug)]
@@ -84,20 +83,6 @@ type Shared = Rc<RefCell<ShardState>>;
 /// Requests handled before their answers wait for one definitions write;
 /// bounds how long the first request of a busy batch waits.
 const REQUESTS_PER_WRITE_MAX: usize = 64;
-
-/// Where the metadata owner makes durable definitions durable (the file in
-/// the data directory; `store::definitions::DefinitionsFile`).
-pub trait DefinitionsSink {
-    /// Replaces the stored definitions with `contents`, durably.
-    fn store(&self, contents: String) -> impl Future<Output = std::io::Result<()>>;
-}
-
-/// Keeps nothing: for a broker without a data directory (tests).
-impl DefinitionsSink for () {
-    fn store(&self, _contents: String) -> impl Future<Output = std::io::Result<()>> {
-        std::future::ready(Ok(()))
-    }
-}
 
 /// Where the owner starts after the definitions were restored at boot.
 #[derive(Clone, Debug)]
@@ -685,37 +670,6 @@ pub fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
 
 /// `rabbit_exchange:check_type`: a 503 COMMAND_INVALID, which closes the
 /// connection.
-fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
-    AmqpError::command_invalid(format!(
-        "unknown exchange type '{}'",
-        String::from_utf8_lossy(kind)
-    ))
-}
-
-/// The routing type of a new `x-delayed-message` exchange, checked as the
-/// plugin's `validate/1` checks `x-delayed-type` (first entry of the key):
-/// a string (longstr or byte array) naming a known type other than
-/// x-delayed-message itself.
-pub fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
-    match arguments
-        .get(DELAYED_TYPE_ARGUMENT)
-        .and_then(FieldValue::as_bytes)
-    {
-        Some(kind) if kind.as_ref() == DELAYED_TYPE.as_bytes() => {
-            Err(AmqpError::precondition_failed(
-                "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'",
-            ))
-        }
-        Some(kind) => std::str::from_utf8(kind)
-            .ok()
-            .and_then(ExchangeKind::parse)
-            .ok_or_else(|| unknown_exchange_type(kind)),
-        None => Err(AmqpError::precondition_failed(
-            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
-        )),
-    }
-}
-
 fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
 }

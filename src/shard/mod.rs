@@ -16,12 +16,13 @@ use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use tracing::{debug, error, info, warn};
 
-use crate::broker::auth::Users;
-use crate::broker::definitions::{Definitions, RestorePlan, Source};
 use crate::broker::metadata::OwnerStart;
-use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
+use crate::broker::vhost::Vhost;
 use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
+use crate::metadata::auth::Users;
+use crate::metadata::definitions::{Definitions, RestorePlan, Source};
+use crate::metadata::vhost::{MetaChange, QueueMeta, DEFAULT_VHOST};
 use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
 use crate::model::ids::ShardId;
 use crate::net;

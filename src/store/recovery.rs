@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use crate::broker::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{QueueId, ShardId};
 use crate::model::message::Message;
 use crate::store::record::{self, ChunkRead, PublishHead, Record, StoredPublish};

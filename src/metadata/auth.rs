@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
-use crate::broker::password::{HashingAlgorithm, PasswordHash};
+use crate::metadata::password::{HashingAlgorithm, PasswordHash};
 use warren_protocol::{FieldTable, FieldValue};
 
 /// RabbitMQ's `loopback_users` default: the users that may only connect
