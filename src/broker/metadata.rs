@@ -10,6 +10,13 @@
 //! ends), the owner writes the whole definitions file through its
 //! [`DefinitionsSink`] before it answers the batch's requests, so a
 //! declare-ok for a durable queue means the queue survives a restart.
+//! When that write fails, every request of the batch is answered with 541
+//! INTERNAL_ERROR (a connection error, as RabbitMQ answers an operation
+//! that failed inside the broker), and so is every later batch until a
+//! write succeeds: nothing is acknowledged that is not on disk. The changes
+//! stay applied in memory (they were routed on already), so a client that
+//! saw the error may find the object there, as after any 541; the next
+//! successful write stores them.
 //! Requests that arrive while one is handled join the batch, and the batch
 //! costs one write (group commit). Transient and exclusive declares never
 //! write.
@@ -136,9 +143,20 @@ pub async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, sin
             if handled == 0 {
                 break;
             }
-            owner.write_definitions(&sink).await;
+            // Nothing is answered as done that is not on disk: while the
+            // file lags what the shards hold, every answer of the batch is
+            // 541 INTERNAL_ERROR, as RabbitMQ closes the connection of a
+            // channel whose operation failed inside the broker.
+            let stored = owner.write_definitions(&sink).await;
             let mut state = owner.state.borrow_mut();
             for (conn, channel, result) in replies {
+                let result = match &stored {
+                    Ok(()) => result,
+                    Err(e) => Err(AmqpError::internal_error(format!(
+                        "cannot make the definitions durable: {}",
+                        e
+                    ))),
+                };
                 state.reply(conn, channel, ChannelReply::Meta(result));
             }
             state.run_local();
@@ -167,11 +185,12 @@ impl Owner {
     }
 
     /// Writes the definitions file if durable definitions changed since it
-    /// was last written. A failed write is logged and tried again after
-    /// the next change; the broker keeps running on what it has in memory.
-    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &S) {
+    /// was last written. A failed write is logged and returned (the batch's
+    /// requests fail with it); it is tried again before the next batch is
+    /// answered, so the file catches up as soon as the disk takes it.
+    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &S) -> std::io::Result<()> {
         if !self.durable_changed.get() {
-            return;
+            return Ok(());
         }
         let contents = {
             let state = self.state.borrow();
@@ -179,18 +198,22 @@ impl Owner {
         };
         if self.written.as_deref() == Some(contents.as_str()) {
             self.durable_changed.set(false);
-            return;
+            return Ok(());
         }
         match sink.store(contents.clone()).await {
             Ok(()) => {
                 self.written = Some(contents);
                 self.durable_changed.set(false);
+                Ok(())
             }
-            Err(e) => tracing::error!(
-                error = %e,
-                "cannot write the definitions file; durable definitions changed since the last \
-                 successful write will be lost at a restart unless a later write succeeds"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot write the definitions file: the metadata requests waiting for it \
+                     fail with 541 INTERNAL_ERROR until a write succeeds"
+                );
+                Err(e)
+            }
         }
     }
 
