@@ -19,6 +19,7 @@
 //! through io_uring so that a shard never blocks on the disk.
 
 pub mod definitions;
+pub mod disk;
 pub mod log;
 pub mod record;
 pub mod recovery;
