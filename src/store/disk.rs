@@ -167,13 +167,13 @@ pub fn append_batch<D: Disk, T>(
     let mut written = 0;
     let mut touched: Vec<u32> = Vec::new();
     for chunk in &mut batch.chunks {
-        if !files.contains_key(&chunk.segment) {
-            let file = disk.create(&dir.join(segments::file_name(chunk.segment)))?;
-            disk.sync_dir(dir)?;
-            files.insert(chunk.segment, (file, 0));
-        }
-        let Some((file, end)) = files.get_mut(&chunk.segment) else {
-            continue;
+        let (file, end) = match files.entry(chunk.segment) {
+            std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+            std::collections::btree_map::Entry::Vacant(new) => {
+                let file = disk.create(&dir.join(segments::file_name(chunk.segment)))?;
+                disk.sync_dir(dir)?;
+                new.insert((file, 0))
+            }
         };
         record::seal_chunk(&mut chunk.bytes, alignment.max(record::BLOCK));
         disk.write_at(file, *end, &chunk.bytes)?;

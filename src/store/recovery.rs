@@ -655,13 +655,10 @@ mod tests {
             if let Some(mut batch) = store.take_batch() {
                 for chunk in &mut batch.chunks {
                     record::seal_chunk(&mut chunk.bytes, record::BLOCK);
-                    if !files.contains_key(&chunk.segment) {
-                        let file = disk
-                            .create(&dir.join(segments::file_name(chunk.segment)))
-                            .unwrap();
-                        files.insert(chunk.segment, (file, 0));
-                    }
-                    let (file, end) = files.get_mut(&chunk.segment).unwrap();
+                    let (file, end) = files.entry(chunk.segment).or_insert_with(|| {
+                        let path = dir.join(segments::file_name(chunk.segment));
+                        (disk.create(&path).unwrap(), 0)
+                    });
                     disk.write_at(file, *end, &chunk.bytes).unwrap();
                     *end += chunk.bytes.len() as u64;
                 }
