@@ -2,7 +2,10 @@
 //! one question, "which destinations does this message go to?".
 //!
 //! Every shard holds a replica of every exchange (see `broker::vhost`), so
-//! routing never leaves the publishing connection's shard.
+//! routing never leaves the publishing connection's shard. What an exchange
+//! and a binding are as declared (`ExchangeDef`, `Binding`, `Destination`)
+//! lives in `metadata::exchange`; this module holds the routers built from
+//! them.
 //!
 //! An `x-delayed-message` exchange (the rabbitmq-delayed-message-exchange
 //! plugin's type) is an exchange of its `x-delayed-type` with `delayed` set:
