@@ -4,14 +4,18 @@
 //! # Layout
 //!
 //! - `protocol`: bytes ⇄ frames ⇄ methods; no sockets, no broker types.
-//! - `broker`: AMQP semantics on one shard (connections, channels, exchanges,
-//!   queues, the metadata owner, definitions in RabbitMQ's JSON format);
+//! - `broker`: AMQP semantics on one shard (connections, channels, exchange
+//!   routers, queues, the metadata owner and each shard's replica);
 //!   synchronous, no I/O (the metadata owner writes through a sink that
 //!   `store` provides).
+//! - `metadata`: the definitions as data (users, passwords, queues and
+//!   their arguments, exchanges and bindings as declared, changes to them)
+//!   and RabbitMQ's definitions JSON format; below `store` and `broker`.
 //! - `shard`: one glommio executor per CPU, the mailbox mesh, the tick.
 //! - `net`: listening sockets and each connection's reader and writer tasks.
 //! - `store`: what is kept under `--data-dir`: the definitions file and the
-//!   message store (each shard's segment log of persistent messages).
+//!   message store (each shard's segment log of persistent messages); it
+//!   never sees a broker type (confirms are opaque tokens to it).
 //! - `config`: defaults and every limit.
 //!
 //! # A message's way
@@ -32,6 +36,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod metadata;
 pub mod model;
 pub mod net;
 pub mod shard;

@@ -870,3 +870,60 @@ with_shards!(
     bad_definitions_stop_the_broker_with_a_clear_message,
     bad_definitions_stop_the_broker_with_a_clear_message
 );
+
+/// A directory where the definitions file goes makes every write of it fail
+/// (the rename onto it is refused). A durable declare made then must not be
+/// answered declare-ok: the client gets 541 INTERNAL_ERROR (a connection
+/// error, as RabbitMQ answers an operation that failed inside the broker),
+/// other clients keep publishing and getting, and once the disk takes the
+/// file again the next declare succeeds and the file catches up.
+fn failed_definitions_write(shards: usize) {
+    let broker = Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    let url = broker.url();
+    let file = definitions_file(&broker);
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (other, other_ch) = open(&url).await;
+        declare_q(&other_ch, "w.kept", durable_queue(), FieldTable::default()).await;
+
+        std::fs::remove_file(&file).expect("definitions.json");
+        std::fs::create_dir(&file).unwrap();
+        std::fs::write(file.join("in-the-way"), b"").unwrap();
+
+        let (conn, ch) = open(&url).await;
+        let result = ch
+            .queue_declare("w.lost", durable_queue(), FieldTable::default())
+            .await;
+        let text = expect_code(result, 541);
+        assert!(text.contains("definitions"), "{text}");
+        wait_connection_closed(&conn).await;
+
+        // The broker is up, and the other client's connection works.
+        publish(&other_ch, "", "w.kept", b"still here").await;
+        let got = get_within(&other_ch, "w.kept", STEP_DEADLINE).await;
+        assert_eq!(got.delivery.data, b"still here");
+
+        std::fs::remove_dir_all(&file).unwrap();
+        declare_q(&other_ch, "w.after", durable_queue(), FieldTable::default()).await;
+        // The failed declare's queue was applied in memory before the write
+        // failed (as after any 541, the client cannot know); the first
+        // write that succeeds stores it too.
+        assert_eq!(
+            names_in(&read_definitions(&broker), "queues"),
+            ["w.after", "w.kept", "w.lost"]
+        );
+        close(other).await;
+    });
+    assert!(
+        broker.log().contains("cannot write the definitions file"),
+        "{}",
+        broker.log()
+    );
+}
+
+with_shards!(
+    a_failed_definitions_write_fails_the_declare_with_541_and_the_broker_stays_up,
+    failed_definitions_write
+);

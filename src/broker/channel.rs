@@ -19,8 +19,8 @@ use crate::broker::metadata::{
 };
 use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle};
 use crate::broker::sender_selected;
-use crate::broker::vhost::QueueMeta;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
+use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConsumerId, QueueRef, ShardId};
 use crate::model::message::Message;
 use warren_protocol::{

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
-use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
 use crate::broker::channel::Channel;
-use crate::broker::exchange::Destination;
 use crate::broker::metadata::MetaRequest;
-use crate::broker::vhost::{Routed, Vhost, DEFAULT_VHOST};
+use crate::broker::vhost::{Routed, Vhost};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
+use crate::metadata::auth::{AuthFailure, Users, MECHANISMS};
+use crate::metadata::exchange::Destination;
+use crate::metadata::vhost::DEFAULT_VHOST;
 use crate::model::alarms::AlarmSet;
 use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
 use crate::model::message::Message;

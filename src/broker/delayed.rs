@@ -32,10 +32,10 @@
 
 use bytes::Bytes;
 
-use crate::broker::exchange::Destination;
 use crate::broker::timers::TimerEvent;
 use crate::broker::vhost::Routed;
 use crate::broker::{ConfirmTarget, ShardMsg, ShardState};
+use crate::metadata::exchange::Destination;
 use crate::model::message::Message;
 use crate::util::timer_wheel::TimerId;
 use warren_protocol::{FieldValue, Properties, ShortStr};

@@ -10,29 +10,35 @@
 //! ends), the owner writes the whole definitions file through its
 //! [`DefinitionsSink`] before it answers the batch's requests, so a
 //! declare-ok for a durable queue means the queue survives a restart.
+//! When that write fails, every request of the batch is answered with 541
+//! INTERNAL_ERROR (a connection error, as RabbitMQ answers an operation
+//! that failed inside the broker), and so is every later batch until a
+//! write succeeds: nothing is acknowledged that is not on disk. The changes
+//! stay applied in memory (they were routed on already), so a client that
+//! saw the error may find the object there, as after any 541; the next
+//! successful write stores them.
 //! Requests that arrive while one is handled join the batch, and the batch
 //! costs one write (group commit). Transient and exclusive declares never
 //! write.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 
-use crate::broker::definitions::{self, Definitions};
-use crate::broker::exchange::{
-    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
-    DELAYED_TYPE_ARGUMENT,
-};
-use crate::broker::queue_args::{self, QueueArgs};
-use crate::broker::vhost::{MetaChange, QueueMeta};
 use crate::broker::{ChannelReply, ShardState};
+use crate::metadata::definitions::{self, Definitions};
+use crate::metadata::exchange::{
+    delayed_type, unknown_exchange_type, Binding, Destination, ExchangeDef, ExchangeKind,
+    MatchMode, DELAYED_TYPE, DELAYED_TYPE_ARGUMENT,
+};
+use crate::metadata::queue_args::{self, QueueArgs};
+use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
+use crate::store::definitions::DefinitionsSink;
 use crate::util::signal::oneshot;
 use warren_protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
-    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method, QueueBind,
-    QueueBindOk, QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind,
-    QueueUnbindOk, ShortStr,
+    ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, Method, QueueBind, QueueBindOk,
+    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind, QueueUnbindOk, ShortStr,
 };
 
 #[derive(Debug)]
@@ -84,20 +90,6 @@ type Shared = Rc<RefCell<ShardState>>;
 /// Requests handled before their answers wait for one definitions write;
 /// bounds how long the first request of a busy batch waits.
 const REQUESTS_PER_WRITE_MAX: usize = 64;
-
-/// Where the metadata owner makes durable definitions durable (the file in
-/// the data directory; `store::definitions::DefinitionsFile`).
-pub trait DefinitionsSink {
-    /// Replaces the stored definitions with `contents`, durably.
-    fn store(&self, contents: String) -> impl Future<Output = std::io::Result<()>>;
-}
-
-/// Keeps nothing: for a broker without a data directory (tests).
-impl DefinitionsSink for () {
-    fn store(&self, _contents: String) -> impl Future<Output = std::io::Result<()>> {
-        std::future::ready(Ok(()))
-    }
-}
 
 /// Where the owner starts after the definitions were restored at boot.
 #[derive(Clone, Debug)]
@@ -151,9 +143,20 @@ pub async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, sin
             if handled == 0 {
                 break;
             }
-            owner.write_definitions(&sink).await;
+            // Nothing is answered as done that is not on disk: while the
+            // file lags what the shards hold, every answer of the batch is
+            // 541 INTERNAL_ERROR, as RabbitMQ closes the connection of a
+            // channel whose operation failed inside the broker.
+            let stored = owner.write_definitions(&sink).await;
             let mut state = owner.state.borrow_mut();
             for (conn, channel, result) in replies {
+                let result = match &stored {
+                    Ok(()) => result,
+                    Err(e) => Err(AmqpError::internal_error(format!(
+                        "cannot make the definitions durable: {}",
+                        e
+                    ))),
+                };
                 state.reply(conn, channel, ChannelReply::Meta(result));
             }
             state.run_local();
@@ -182,11 +185,12 @@ impl Owner {
     }
 
     /// Writes the definitions file if durable definitions changed since it
-    /// was last written. A failed write is logged and tried again after
-    /// the next change; the broker keeps running on what it has in memory.
-    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &S) {
+    /// was last written. A failed write is logged and returned (the batch's
+    /// requests fail with it); it is tried again before the next batch is
+    /// answered, so the file catches up as soon as the disk takes it.
+    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &S) -> std::io::Result<()> {
         if !self.durable_changed.get() {
-            return;
+            return Ok(());
         }
         let contents = {
             let state = self.state.borrow();
@@ -194,18 +198,22 @@ impl Owner {
         };
         if self.written.as_deref() == Some(contents.as_str()) {
             self.durable_changed.set(false);
-            return;
+            return Ok(());
         }
         match sink.store(contents.clone()).await {
             Ok(()) => {
                 self.written = Some(contents);
                 self.durable_changed.set(false);
+                Ok(())
             }
-            Err(e) => tracing::error!(
-                error = %e,
-                "cannot write the definitions file; durable definitions changed since the last \
-                 successful write will be lost at a restart unless a later write succeeds"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot write the definitions file: the metadata requests waiting for it \
+                     fail with 541 INTERNAL_ERROR until a write succeeds"
+                );
+                Err(e)
+            }
         }
     }
 
@@ -685,37 +693,6 @@ pub fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
 
 /// `rabbit_exchange:check_type`: a 503 COMMAND_INVALID, which closes the
 /// connection.
-fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
-    AmqpError::command_invalid(format!(
-        "unknown exchange type '{}'",
-        String::from_utf8_lossy(kind)
-    ))
-}
-
-/// The routing type of a new `x-delayed-message` exchange, checked as the
-/// plugin's `validate/1` checks `x-delayed-type` (first entry of the key):
-/// a string (longstr or byte array) naming a known type other than
-/// x-delayed-message itself.
-pub fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
-    match arguments
-        .get(DELAYED_TYPE_ARGUMENT)
-        .and_then(FieldValue::as_bytes)
-    {
-        Some(kind) if kind.as_ref() == DELAYED_TYPE.as_bytes() => {
-            Err(AmqpError::precondition_failed(
-                "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'",
-            ))
-        }
-        Some(kind) => std::str::from_utf8(kind)
-            .ok()
-            .and_then(ExchangeKind::parse)
-            .ok_or_else(|| unknown_exchange_type(kind)),
-        None => Err(AmqpError::precondition_failed(
-            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
-        )),
-    }
-}
-
 fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
 }

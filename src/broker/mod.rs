@@ -8,17 +8,13 @@
 //! shard goes through the same path as one from a peer (the `local` queue),
 //! so local and remote queues behave identically, in the same order.
 
-pub mod auth;
 pub mod channel;
 pub mod connection;
 mod dead_letter;
-pub mod definitions;
 pub mod delayed;
 pub mod exchange;
 pub mod metadata;
-pub mod password;
 pub mod queue;
-pub mod queue_args;
 pub mod sender_selected;
 pub mod timers;
 pub mod vhost;
@@ -33,12 +29,13 @@ use std::time::Instant;
 use crate::model::alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
+use crate::metadata::auth::Users;
+use crate::metadata::vhost::{MetaChange, DEFAULT_VHOST};
 use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
 use crate::store::recovery::RecoveredMessage;
 use crate::util::signal::{Notify, OneshotSender};
-use auth::Users;
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
@@ -47,7 +44,7 @@ use queue::{
     Settle,
 };
 use timers::{TimerEvent, Timers};
-use vhost::{MetaChange, Vhost, DEFAULT_VHOST};
+use vhost::Vhost;
 use warren_protocol::{AmqpError, ShortStr};
 
 /// Where a publisher confirm goes back to.
@@ -204,7 +201,7 @@ pub struct ShardState {
     confirm_dirty: Vec<(ConnId, u16)>,
     pub timers: Timers,
     /// The shard's message log: persistent messages of durable queues.
-    pub store: MessageStore,
+    pub store: MessageStore<ConfirmTarget>,
     dead_letters: Vec<DeadLetter>,
     /// Queues whose dead-letter cycle was logged: once each, as RabbitMQ does.
     dead_letter_cycles_logged: crate::util::hash::FastSet<ShortStr>,

@@ -9,9 +9,10 @@ use std::collections::VecDeque;
 
 use crate::util::hash::FastMap;
 
-use crate::broker::queue_args::{Overflow, EXPIRY_MS_MAX};
 use crate::broker::timers::{TimerEvent, Timers};
-use crate::broker::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::broker::ConfirmTarget;
+use crate::metadata::queue_args::{Overflow, EXPIRY_MS_MAX};
+use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
@@ -53,7 +54,7 @@ impl QueuedMessage {
 
 /// Records that a stored message left its queue (acked, rejected, expired,
 /// dead-lettered, purged, dropped, or its queue deleted).
-fn forget(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore) {
+fn forget(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore<ConfirmTarget>) {
     if queued.segment != 0 {
         store.append_removal(queue.0, queued.seq, queued.segment);
     }
@@ -61,7 +62,7 @@ fn forget(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore) {
 
 /// Records a stored message's first delivery that awaits an ack, so that
 /// after a restart it comes back marked redelivered.
-fn mark_delivered(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore) {
+fn mark_delivered(queue: QueueId, queued: &QueuedMessage, store: &mut MessageStore<ConfirmTarget>) {
     if queued.segment != 0 && !queued.redelivered {
         store.append_delivered(queue.0, queued.seq, queued.segment);
     }
@@ -99,7 +100,7 @@ pub struct DeadLetter {
 pub struct QueueCtx<'a> {
     pub timers: &'a mut Timers,
     pub dead: &'a mut Vec<DeadLetter>,
-    pub store: &'a mut MessageStore,
+    pub store: &'a mut MessageStore<ConfirmTarget>,
     now_ms: Option<u64>,
 }
 
@@ -107,7 +108,7 @@ impl<'a> QueueCtx<'a> {
     pub fn new(
         timers: &'a mut Timers,
         dead: &'a mut Vec<DeadLetter>,
-        store: &'a mut MessageStore,
+        store: &'a mut MessageStore<ConfirmTarget>,
     ) -> QueueCtx<'a> {
         QueueCtx {
             timers,

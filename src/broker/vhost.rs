@@ -5,51 +5,18 @@
 //!
 //! Routing reads only this replica, so a publish is routed on the shard that
 //! received it without asking anyone.
+//!
+//! The definitions themselves (`QueueMeta`, `MetaChange`, the exchanges'
+//! declared shapes) live in `metadata`; this is their routing replica.
 
 use crate::util::hash::FastMap;
 
 use crate::broker::delayed;
-use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeDef, ExchangeKind};
-use crate::broker::queue_args::QueueArgs;
-use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
-use warren_protocol::{FieldTable, Properties, ShortStr};
-
-pub const DEFAULT_VHOST: &str = "/";
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct QueueMeta {
-    pub id: QueueId,
-    pub name: ShortStr,
-    pub shard: ShardId,
-    pub durable: bool,
-    pub exclusive_owner: Option<ConnRef>,
-    pub auto_delete: bool,
-    /// The arguments as declared, kept for equivalence checks and listings.
-    pub arguments: FieldTable,
-    /// The same arguments, checked and typed, for the queue's owner.
-    pub args: QueueArgs,
-}
-
-impl QueueMeta {
-    pub fn queue_ref(&self) -> QueueRef {
-        QueueRef {
-            id: self.id,
-            shard: self.shard,
-        }
-    }
-}
-
-/// A change to the definitions, made by the metadata owner and applied by
-/// every shard to its replica.
-#[derive(Clone, Debug)]
-pub enum MetaChange {
-    ExchangeCreated(ExchangeDef),
-    ExchangeDeleted(ShortStr),
-    QueueCreated(QueueMeta),
-    QueueDeleted(QueueRef),
-    BindingAdded(Binding),
-    BindingRemoved(Binding),
-}
+use crate::broker::exchange::Exchange;
+use crate::metadata::exchange::{Binding, Destination, ExchangeDef, DEFAULT_EXCHANGES};
+use crate::metadata::vhost::{DefinitionsView, MetaChange, QueueMeta};
+use crate::model::ids::{QueueId, QueueRef};
+use warren_protocol::{Properties, ShortStr};
 
 #[derive(Debug)]
 pub struct Vhost {
@@ -72,23 +39,10 @@ impl Vhost {
             queue_names: FastMap::default(),
             generation: 0,
         };
-        for (name, kind) in [
-            ("", ExchangeKind::Direct),
-            ("amq.direct", ExchangeKind::Direct),
-            ("amq.fanout", ExchangeKind::Fanout),
-            ("amq.topic", ExchangeKind::Topic),
-            ("amq.headers", ExchangeKind::Headers),
-            ("amq.match", ExchangeKind::Headers),
-        ] {
-            vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef {
-                name: ShortStr::from(name),
-                kind,
-                delayed: false,
-                durable: true,
-                auto_delete: false,
-                internal: false,
-                arguments: FieldTable::default(),
-            }));
+        for (name, kind) in DEFAULT_EXCHANGES {
+            vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef::default_exchange(
+                name, kind,
+            )));
         }
         vhost
     }
@@ -243,6 +197,32 @@ impl Vhost {
             out.queues.sort_unstable();
             out.queues.dedup();
         }
+    }
+}
+
+impl DefinitionsView for Vhost {
+    fn exchange(&self, name: &str) -> Option<(&ExchangeDef, &[Binding])> {
+        self.exchanges
+            .get(name)
+            .map(|e| (&e.def, e.bindings.as_slice()))
+    }
+
+    fn exchanges(&self) -> impl Iterator<Item = (&ExchangeDef, &[Binding])> {
+        self.exchanges
+            .values()
+            .map(|e| (&e.def, e.bindings.as_slice()))
+    }
+
+    fn queue(&self, name: &str) -> Option<&QueueMeta> {
+        self.queues.get(name)
+    }
+
+    fn queue_by_id(&self, id: QueueId) -> Option<&QueueMeta> {
+        Vhost::queue_by_id(self, id)
+    }
+
+    fn queues(&self) -> impl Iterator<Item = &QueueMeta> {
+        self.queues.values()
     }
 }
 

@@ -16,12 +16,13 @@ use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use tracing::{debug, error, info, warn};
 
-use crate::broker::auth::Users;
-use crate::broker::definitions::{Definitions, RestorePlan, Source};
 use crate::broker::metadata::OwnerStart;
-use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
+use crate::broker::vhost::Vhost;
 use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
+use crate::metadata::auth::Users;
+use crate::metadata::definitions::{Definitions, RestorePlan, Source};
+use crate::metadata::vhost::{MetaChange, QueueMeta, DEFAULT_VHOST};
 use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
 use crate::model::ids::ShardId;
 use crate::net;
@@ -50,21 +51,47 @@ const STORE_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// is written, when it has something to say.
 const STORE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// Why the broker did not start. Each is reported once, as a sentence, and
+/// the process exits with 1.
 #[derive(Debug)]
 pub enum BootError {
-    Memlock {
-        needed: u64,
-        have: u64,
-    },
+    /// RLIMIT_MEMLOCK is below what io_uring needs and cannot be raised.
+    Memlock { needed: u64, have: u64 },
+    /// The listening sockets cannot be bound.
     Bind(std::io::Error),
-    Executor(String),
+    /// An executor thread cannot be started.
+    Executor(GlommioError<()>),
+    /// A shard stopped before it was ready to accept connections.
+    ShardStopped,
     /// A definitions file (warren's own or an import) cannot be used.
     Definitions {
         path: PathBuf,
-        problem: String,
+        problem: DefinitionsProblem,
     },
-    /// The message store cannot be read or rewritten at start.
-    Store(String),
+    /// The message store cannot be read or rewritten at start (recovery).
+    Recovery(std::io::Error),
+}
+
+/// What is wrong with a definitions file at start.
+#[derive(Debug)]
+pub enum DefinitionsProblem {
+    /// It cannot be read.
+    Read(std::io::Error),
+    /// It is not valid, or names something warren cannot create; the text
+    /// names the definition at fault.
+    Invalid(String),
+    /// The restored definitions cannot be written back to the data directory.
+    Write(std::io::Error),
+}
+
+impl std::fmt::Display for DefinitionsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefinitionsProblem::Read(e) => write!(f, "{}", e),
+            DefinitionsProblem::Invalid(problem) => write!(f, "{}", problem),
+            DefinitionsProblem::Write(e) => write!(f, "cannot write it: {}", e),
+        }
+    }
 }
 
 impl std::fmt::Display for BootError {
@@ -80,10 +107,11 @@ impl std::fmt::Display for BootError {
             ),
             BootError::Bind(e) => write!(f, "cannot listen: {}", e),
             BootError::Executor(e) => write!(f, "cannot start a shard: {}", e),
+            BootError::ShardStopped => write!(f, "cannot start a shard: a shard stopped during start-up"),
             BootError::Definitions { path, problem } => {
                 write!(f, "cannot use the definitions in {}: {}", path.display(), problem)
             }
-            BootError::Store(problem) => write!(f, "cannot recover the message store: {}", problem),
+            BootError::Recovery(e) => write!(f, "cannot recover the message store: {}", e),
         }
     }
 }
@@ -147,7 +175,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         shard_count,
         config.segment_size,
     )
-    .map_err(|e| BootError::Store(e.to_string()))?;
+    .map_err(BootError::Recovery)?;
     let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
     shutdown::install();
@@ -206,15 +234,13 @@ pub fn run(config: Config) -> Result<(), BootError> {
                 };
                 shard_main(config, boot, mesh, fds, ready, shard_count).await;
             })
-            .map_err(|e| BootError::Executor(e.to_string()))?;
+            .map_err(BootError::Executor)?;
         handles.push(handle);
     }
     drop(ready_tx);
     for _ in 0..shard_count {
         if ready_rx.recv().is_err() {
-            return Err(BootError::Executor(
-                "a shard stopped during start-up".into(),
-            ));
+            return Err(BootError::ShardStopped);
         }
     }
     let addresses: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
@@ -257,17 +283,17 @@ struct BootDefinitions {
 
 fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitions, BootError> {
     let own_path = store::definitions::path(&config.data_dir);
-    let refused = |path: &PathBuf, problem: String| BootError::Definitions {
+    let refused = |path: &PathBuf, problem: DefinitionsProblem| BootError::Definitions {
         path: path.clone(),
         problem,
     };
     let stored = store::definitions::read(&config.data_dir)
-        .map_err(|e| refused(&own_path, e.to_string()))?;
+        .map_err(|e| refused(&own_path, DefinitionsProblem::Read(e)))?;
     let mut definitions = match stored {
         None => Definitions::default(),
         Some(text) => {
             let parsed = Definitions::from_json(&text, Source::DataDir)
-                .map_err(|problem| refused(&own_path, problem))?;
+                .map_err(|problem| refused(&own_path, DefinitionsProblem::Invalid(problem)))?;
             for warning in &parsed.warnings {
                 warn!(file = %own_path.display(), "{}", warning);
             }
@@ -275,22 +301,22 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
             parsed
                 .definitions
                 .restore_plan(shard_count)
-                .map_err(|problem| refused(&own_path, problem))?;
+                .map_err(|problem| refused(&own_path, DefinitionsProblem::Invalid(problem)))?;
             parsed.definitions
         }
     };
     if let Some(import_path) = &config.definitions_import {
         let text = std::fs::read_to_string(import_path)
-            .map_err(|e| refused(import_path, e.to_string()))?;
+            .map_err(|e| refused(import_path, DefinitionsProblem::Read(e)))?;
         let parsed = Definitions::from_json(&text, Source::Import)
-            .map_err(|problem| refused(import_path, problem))?;
+            .map_err(|problem| refused(import_path, DefinitionsProblem::Invalid(problem)))?;
         for warning in &parsed.warnings {
             warn!(file = %import_path.display(), "{}", warning);
         }
         parsed
             .definitions
             .restore_plan(shard_count)
-            .map_err(|problem| refused(import_path, problem))?;
+            .map_err(|problem| refused(import_path, DefinitionsProblem::Invalid(problem)))?;
         info!(
             file = %import_path.display(),
             users = parsed.definitions.users.len(),
@@ -321,7 +347,7 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
     let users = Users::from_users(definitions.users.clone());
     let plan = definitions
         .restore_plan(shard_count)
-        .map_err(|problem| refused(&own_path, problem))?;
+        .map_err(|problem| refused(&own_path, DefinitionsProblem::Invalid(problem)))?;
     for warning in &plan.warnings {
         warn!("{}", warning);
     }
@@ -333,7 +359,7 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
     }
     let written = Definitions::snapshot(&replica, &users).to_json();
     store::definitions::write_blocking(&config.data_dir, &written)
-        .map_err(|e| refused(&own_path, format!("cannot write it: {}", e)))?;
+        .map_err(|e| refused(&own_path, DefinitionsProblem::Write(e)))?;
     let count = |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|c| kind(c)).count();
     info!(
         file = %own_path.display(),

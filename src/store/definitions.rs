@@ -1,5 +1,5 @@
 //! `<data-dir>/definitions.json`: the durable definitions in RabbitMQ's
-//! definitions format (see `broker::definitions` for the contents).
+//! definitions format (see `metadata::definitions` for the contents).
 //!
 //! Every write replaces the whole file atomically, so that a crash at any
 //! moment leaves either the old file or the new one, never a mix:
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use glommio::io::{Directory, OpenOptions};
 
-use crate::broker::metadata::DefinitionsSink;
+use std::future::Future;
 
 pub const FILE_NAME: &str = "definitions.json";
 const TEMP_FILE_NAME: &str = "definitions.json.tmp";
@@ -83,6 +83,21 @@ pub fn write_blocking(data_dir: &Path, contents: &str) -> io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// Where the metadata owner makes durable definitions durable: the file in
+/// the data directory ([`DefinitionsFile`]), or nothing in tests. The owner
+/// (`broker::metadata`) takes a sink from below, so the store never names it.
+pub trait DefinitionsSink {
+    /// Replaces the stored definitions with `contents`, durably.
+    fn store(&self, contents: String) -> impl Future<Output = io::Result<()>>;
+}
+
+/// Keeps nothing: for a broker without a data directory (tests).
+impl DefinitionsSink for () {
+    fn store(&self, _contents: String) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The metadata owner's way to the file, on shard 0's executor.

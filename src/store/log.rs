@@ -31,7 +31,6 @@
 
 use std::collections::VecDeque;
 
-use crate::broker::ConfirmTarget;
 use crate::store::record::{self, PublishHead};
 use crate::util::signal::Notify;
 
@@ -56,11 +55,13 @@ pub struct Chunk {
 }
 
 /// What one group commit writes, and what waits for it.
-#[derive(Debug, Default)]
-pub struct Batch {
+#[derive(Debug)]
+pub struct Batch<T> {
     pub chunks: Vec<Chunk>,
-    /// Publisher confirms (and transaction commits) released after the fsync.
-    pub confirms: Vec<ConfirmTarget>,
+    /// The tokens given to `defer_confirm` before this batch was taken,
+    /// handed back once it is on disk (publisher confirms and transaction
+    /// commits, to the broker; the store never looks inside them).
+    pub confirms: Vec<T>,
     pub records: u64,
 }
 
@@ -96,7 +97,11 @@ pub struct StoreStats {
     pub write_us: u64,
 }
 
-pub struct MessageStore {
+/// The shard's message log, in memory. `T` is whatever the caller wants
+/// back once the records appended before it are durable (the broker's
+/// confirm target): like the `drain_confirmed` of RabbitMQ's backing queue,
+/// the store returns what it was given and never knows what it stands for.
+pub struct MessageStore<T> {
     segment_size: u64,
     active: u32,
     active_bytes: u64,
@@ -104,9 +109,9 @@ pub struct MessageStore {
     segments: VecDeque<Segment>,
     chunks: Vec<Chunk>,
     spare: Vec<Vec<u8>>,
-    waiting: Vec<ConfirmTarget>,
+    waiting: Vec<T>,
     /// The last batch's confirm list, emptied, for the next one.
-    spare_confirms: Vec<ConfirmTarget>,
+    spare_confirms: Vec<T>,
     pending_records: u64,
     /// Batches taken and batches written so far: a batch's number is the
     /// value of `batches_taken` once it is taken.
@@ -121,11 +126,11 @@ pub struct MessageStore {
     pub stats: StoreStats,
 }
 
-impl MessageStore {
+impl<T> MessageStore<T> {
     /// A store whose segments 1, 2, ... were written at start with
     /// `recovered_live` messages each; new records go to the segment after
     /// them. Without any, segment 1 is the first one written.
-    pub fn new(segment_size: u64, recovered_live: &[u64]) -> MessageStore {
+    pub fn new(segment_size: u64, recovered_live: &[u64]) -> MessageStore<T> {
         let mut segments = VecDeque::new();
         for (at, &live) in recovered_live.iter().enumerate() {
             let number = at as u32 + 1;
@@ -305,7 +310,7 @@ impl MessageStore {
     }
 
     /// Sends this confirm once the records appended so far are on disk.
-    pub fn defer_confirm(&mut self, target: ConfirmTarget) {
+    pub fn defer_confirm(&mut self, target: T) {
         if self.waiting.is_empty() && self.chunks.is_empty() {
             self.ready.notify();
         }
@@ -318,7 +323,7 @@ impl MessageStore {
     }
 
     /// Everything appended since the last batch: the next group commit.
-    pub fn take_batch(&mut self) -> Option<Batch> {
+    pub fn take_batch(&mut self) -> Option<Batch<T>> {
         if self.is_idle() {
             return None;
         }
@@ -356,7 +361,7 @@ impl MessageStore {
     }
 
     /// A batch's confirm list, once sent, comes back for the next batch.
-    pub fn recycle_confirms(&mut self, mut confirms: Vec<ConfirmTarget>) {
+    pub fn recycle_confirms(&mut self, mut confirms: Vec<T>) {
         confirms.clear();
         self.spare_confirms = confirms;
     }
@@ -437,7 +442,10 @@ mod tests {
     use super::*;
     use crate::model::message::Message;
 
-    fn publish(store: &mut MessageStore, seq: u64, message: &Message) -> u32 {
+    /// The tests' confirm token: a number.
+    type Store = MessageStore<u64>;
+
+    fn publish(store: &mut Store, seq: u64, message: &Message) -> u32 {
         store.append_publish(&PublishHead {
             queue_id: 1,
             seq,
@@ -450,7 +458,7 @@ mod tests {
         })
     }
 
-    fn moved(store: &mut MessageStore, seq: u64, message: &Message, from: u32) -> u32 {
+    fn moved(store: &mut Store, seq: u64, message: &Message, from: u32) -> u32 {
         store.append_moved(
             &PublishHead {
                 queue_id: 1,
@@ -471,7 +479,7 @@ mod tests {
     #[test]
     fn one_old_message_does_not_keep_the_log() {
         let m = message();
-        let mut store = MessageStore::new(4096, &[]);
+        let mut store = Store::new(4096, &[]);
         let mut old_segment = publish(&mut store, 0, &m);
         let mut files: std::collections::BTreeSet<u32> = [old_segment].into();
         let mut most = 0;
@@ -519,7 +527,7 @@ mod tests {
         )
     }
 
-    fn flush(store: &mut MessageStore) {
+    fn flush(store: &mut Store) {
         if let Some(batch) = store.take_batch() {
             store.batch_written(batch.chunks.into_iter().map(|c| c.bytes), 0);
         }
@@ -528,7 +536,7 @@ mod tests {
     #[test]
     fn segments_roll_and_are_reclaimed_when_empty() {
         let m = message();
-        let mut store = MessageStore::new(4096, &[]);
+        let mut store = Store::new(4096, &[]);
         let segments: Vec<u32> = (1..=20).map(|seq| publish(&mut store, seq, &m)).collect();
         assert!(segments.windows(2).all(|w| w[0] <= w[1]));
         assert!(*segments.last().unwrap() >= 4, "{segments:?}");
@@ -553,7 +561,7 @@ mod tests {
     #[test]
     fn a_segment_with_removals_outlives_the_segment_they_point_into() {
         let m = message();
-        let mut store = MessageStore::new(4096, &[]);
+        let mut store = Store::new(4096, &[]);
         // Segment 1: one message that stays for now, then fill it.
         assert_eq!(publish(&mut store, 1, &m), 1);
         let mut seq = 2;
@@ -616,7 +624,7 @@ mod tests {
             None,
         );
         for _run in 0..100 {
-            let mut store = MessageStore::new(1024 + next(4096), &[]);
+            let mut store = Store::new(1024 + next(4096), &[]);
             let mut files: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
             // seq -> segment, for messages live in memory.
             let mut live: BTreeMap<u64, u32> = BTreeMap::new();
@@ -698,7 +706,7 @@ mod tests {
 
     #[test]
     fn recovered_segments_are_reclaimed_one_by_one() {
-        let mut store = MessageStore::new(1 << 20, &[3, 1]);
+        let mut store = Store::new(1 << 20, &[3, 1]);
         assert_eq!(store.active_segment(), 3);
         store.append_removal(9, 4, 2);
         flush(&mut store);

@@ -7,12 +7,19 @@
 //! - `segments`: the shard's segment files, written through io_uring;
 //! - `recovery`: reading the last run's log at start and rewriting it for
 //!   this run (generations);
-//! - `crc32c`: the chunks' checksum.
+//! - `definitions`: the definitions file (atomic replace) and the
+//!   `DefinitionsSink` the metadata owner writes through.
+//!
+//! The store imports `metadata`, `model`, `util`, `config` and the codec,
+//! never `broker`: a publisher confirm is an opaque token it hands back once
+//! the records appended before it are durable, and recovery reads the
+//! queues to restore as `metadata::vhost::QueueMeta`.
 //!
 //! Like `shard/` and `net/`, this module may name glommio: its writes go
 //! through io_uring so that a shard never blocks on the disk.
 
 pub mod definitions;
+pub mod disk;
 pub mod log;
 pub mod record;
 pub mod recovery;

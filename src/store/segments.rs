@@ -132,7 +132,7 @@ impl SegmentFiles {
 
     /// Writes a batch's chunks and syncs every file they went to. Returns
     /// the bytes written.
-    pub async fn write(&mut self, batch: &mut Batch) -> io::Result<u64> {
+    pub async fn write<T>(&mut self, batch: &mut Batch<T>) -> io::Result<u64> {
         let mut written = 0u64;
         for chunk in &mut batch.chunks {
             let at = self.open_segment(chunk.segment).await?;
@@ -266,7 +266,7 @@ mod tests {
         let written_dir = dir.clone();
         executor()
             .spawn(move || async move {
-                let mut store = MessageStore::new(16 * 1024, &[]);
+                let mut store = MessageStore::<u64>::new(16 * 1024, &[]);
                 let mut files = if direct {
                     SegmentFiles::new(written_dir)
                 } else {

@@ -1,6 +1,6 @@
 //! The three message digests RabbitMQ hashes passwords with: MD5 (RFC 1321),
 //! SHA-256 and SHA-512 (FIPS 180-4). They exist here for one job, checking a
-//! password against a hash imported from RabbitMQ (`broker::password`), on a
+//! password against a hash imported from RabbitMQ (`metadata::password`), on a
 //! few dozen bytes per login; nothing on the message path uses them. They are
 //! written out rather than taken from a crate because the three together are
 //! about two hundred lines, checked below against the standards' own test

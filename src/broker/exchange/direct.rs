@@ -2,7 +2,7 @@
 
 use crate::util::hash::FastMap;
 
-use super::{Binding, Destination};
+use crate::metadata::exchange::{Binding, Destination};
 use warren_protocol::ShortStr;
 
 #[derive(Debug, Default)]

@@ -1,6 +1,6 @@
 //! Fanout exchange: every binding matches, whatever the routing key.
 
-use super::{Binding, Destination};
+use crate::metadata::exchange::{Binding, Destination};
 
 #[derive(Debug, Default)]
 pub struct FanoutRouter {

@@ -4,33 +4,8 @@
 //! with `x-`; plain `all`/`any` ignore those keys on both sides. A binding
 //! argument whose value is void matches on the key's presence alone.
 
-use super::{Binding, Destination};
+use crate::metadata::exchange::{Binding, Destination, MatchMode};
 use warren_protocol::{FieldTable, FieldValue};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatchMode {
-    All,
-    Any,
-    AllWithX,
-    AnyWithX,
-}
-
-impl MatchMode {
-    /// Reads `x-match` from binding arguments; None for an invalid value
-    /// (RabbitMQ refuses such a binding with 406).
-    pub fn from_arguments(arguments: &FieldTable) -> Option<MatchMode> {
-        match arguments.get("x-match") {
-            None => Some(MatchMode::All),
-            Some(value) => match value.as_str() {
-                Some("all") => Some(MatchMode::All),
-                Some("any") => Some(MatchMode::Any),
-                Some("all-with-x") => Some(MatchMode::AllWithX),
-                Some("any-with-x") => Some(MatchMode::AnyWithX),
-                _ => None,
-            },
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Entry {

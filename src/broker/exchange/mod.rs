@@ -2,7 +2,10 @@
 //! one question, "which destinations does this message go to?".
 //!
 //! Every shard holds a replica of every exchange (see `broker::vhost`), so
-//! routing never leaves the publishing connection's shard.
+//! routing never leaves the publishing connection's shard. What an exchange
+//! and a binding are as declared (`ExchangeDef`, `Binding`, `Destination`)
+//! lives in `metadata::exchange`; this module holds the routers built from
+//! them.
 //!
 //! An `x-delayed-message` exchange (the rabbitmq-delayed-message-exchange
 //! plugin's type) is an exchange of its `x-delayed-type` with `delayed` set:
@@ -15,94 +18,8 @@ pub mod fanout;
 pub mod headers;
 pub mod topic;
 
-use crate::model::ids::QueueRef;
-use warren_protocol::{FieldTable, Properties, ShortStr};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExchangeKind {
-    Direct,
-    Fanout,
-    Topic,
-    Headers,
-}
-
-impl ExchangeKind {
-    pub fn parse(name: &str) -> Option<ExchangeKind> {
-        match name {
-            "direct" => Some(ExchangeKind::Direct),
-            "fanout" => Some(ExchangeKind::Fanout),
-            "topic" => Some(ExchangeKind::Topic),
-            "headers" => Some(ExchangeKind::Headers),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExchangeKind::Direct => "direct",
-            ExchangeKind::Fanout => "fanout",
-            ExchangeKind::Topic => "topic",
-            ExchangeKind::Headers => "headers",
-        }
-    }
-}
-
-/// The exchange type of the delayed-message plugin.
-pub const DELAYED_TYPE: &str = "x-delayed-message";
-/// The argument naming a delayed exchange's routing type.
-pub const DELAYED_TYPE_ARGUMENT: &str = "x-delayed-type";
-
-/// Where a binding leads: a queue, or another exchange (exchange-to-exchange
-/// bindings, a RabbitMQ extension).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Destination {
-    Queue(QueueRef),
-    Exchange(ShortStr),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Binding {
-    pub source: ShortStr,
-    pub destination: Destination,
-    pub routing_key: ShortStr,
-    pub arguments: FieldTable,
-}
-
-impl Binding {
-    /// RabbitMQ identifies a binding by source, destination, key and arguments.
-    pub fn same_as(&self, other: &Binding) -> bool {
-        self.source == other.source
-            && self.destination == other.destination
-            && self.routing_key == other.routing_key
-            && self.arguments == other.arguments
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExchangeDef {
-    pub name: ShortStr,
-    /// How the exchange routes: its type, or for a delayed exchange its
-    /// `x-delayed-type`.
-    pub kind: ExchangeKind,
-    /// An `x-delayed-message` exchange: messages with a positive `x-delay`
-    /// are held for that long before they are routed.
-    pub delayed: bool,
-    pub durable: bool,
-    pub auto_delete: bool,
-    pub internal: bool,
-    pub arguments: FieldTable,
-}
-
-impl ExchangeDef {
-    /// The type as declared and as RabbitMQ lists it.
-    pub fn type_name(&self) -> &'static str {
-        if self.delayed {
-            DELAYED_TYPE
-        } else {
-            self.kind.name()
-        }
-    }
-}
+use crate::metadata::exchange::{Binding, Destination, ExchangeDef, ExchangeKind};
+use warren_protocol::Properties;
 
 /// The routing structure of one exchange type.
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 
 use crate::util::hash::FastMap;
 
-use super::{Binding, Destination};
+use crate::metadata::exchange::{Binding, Destination};
 use warren_protocol::ShortStr;
 
 /// Routing keys with more words than this are split into a heap buffer;

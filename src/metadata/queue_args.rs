@@ -44,7 +44,7 @@
 
 use bytes::Bytes;
 
-use crate::broker::vhost::DEFAULT_VHOST;
+use crate::metadata::vhost::DEFAULT_VHOST;
 use warren_protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
 
 /// The longest `x-message-ttl` and `x-expires` RabbitMQ accepts: ten years in

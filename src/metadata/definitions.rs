@@ -54,14 +54,13 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::auth::{Permission, User, Users};
-use crate::broker::exchange::{
-    headers::MatchMode, Binding, Destination, ExchangeDef, ExchangeKind, DELAYED_TYPE,
+use crate::metadata::auth::{Permission, User, Users};
+use crate::metadata::exchange::{
+    self, Binding, Destination, ExchangeDef, ExchangeKind, MatchMode, DELAYED_TYPE,
 };
-use crate::broker::metadata;
-use crate::broker::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
-use crate::broker::queue_args::QueueArgs;
-use crate::broker::vhost::{MetaChange, QueueMeta, Vhost, DEFAULT_VHOST};
+use crate::metadata::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
+use crate::metadata::queue_args::QueueArgs;
+use crate::metadata::vhost::{Catalog, DefinitionsView, MetaChange, QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{QueueId, ShardId};
 use crate::util::json::{self, Json};
 use warren_protocol::{FieldTable, FieldValue, ShortStr};
@@ -415,26 +414,21 @@ impl Definitions {
     /// The default exchanges are left out (RabbitMQ does not export them),
     /// and so are exclusive queues, transient objects, and bindings unless
     /// both ends are durable.
-    pub fn snapshot(vhost: &Vhost, users: &Users) -> Definitions {
+    pub fn snapshot(vhost: &impl DefinitionsView, users: &Users) -> Definitions {
         let mut exchanges: Vec<&ExchangeDef> = vhost
-            .exchanges
-            .values()
-            .map(|e| &e.def)
+            .exchanges()
+            .map(|(def, _)| def)
             .filter(|d| d.durable && !is_default_exchange(&d.name))
             .collect();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut queues: Vec<&QueueMeta> = vhost
-            .queues
-            .values()
-            .filter(|q| queue_is_durable(q))
-            .collect();
+        let mut queues: Vec<&QueueMeta> = vhost.queues().filter(|q| q.is_durable()).collect();
         queues.sort_by_key(|q| q.id);
         // Bindings by source exchange name, each exchange's in the order made.
-        let mut sources: Vec<_> = vhost.exchanges.values().collect();
-        sources.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        let mut sources: Vec<(&ExchangeDef, &[Binding])> = vhost.exchanges().collect();
+        sources.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         let mut bindings = Vec::new();
-        for exchange in sources {
-            for binding in &exchange.bindings {
+        for (_, exchange_bindings) in sources {
+            for binding in exchange_bindings {
                 if !binding_is_durable(vhost, binding) {
                     continue;
                 }
@@ -475,17 +469,17 @@ impl Definitions {
     /// spread over the shards as the metadata owner would place them.
     pub fn restore_plan(&self, shard_count: usize) -> Result<RestorePlan, String> {
         let shard_count = shard_count.max(1);
-        let mut vhost = Vhost::new(DEFAULT_VHOST);
+        let mut vhost = Catalog::new();
         let mut plan = RestorePlan {
             next_queue_id: 1,
             ..RestorePlan::default()
         };
-        let push = |vhost: &mut Vhost, plan: &mut RestorePlan, change: MetaChange| {
+        let push = |vhost: &mut Catalog, plan: &mut RestorePlan, change: MetaChange| {
             vhost.apply(&change);
             plan.changes.push(change);
         };
         for exchange in &self.exchanges {
-            if vhost.exchanges.contains_key(exchange.name.as_str()) {
+            if vhost.exchange(&exchange.name).is_some() {
                 continue;
             }
             push(
@@ -495,7 +489,7 @@ impl Definitions {
             );
         }
         for queue in &self.queues {
-            if vhost.queues.contains_key(queue.name.as_str()) {
+            if vhost.queue(&queue.name).is_some() {
                 continue;
             }
             let args = QueueArgs::parse(&queue.name, &queue.arguments)
@@ -525,7 +519,7 @@ impl Definitions {
                     def.routing_key
                 )
             };
-            let Some(source) = vhost.exchanges.get(def.source.as_str()) else {
+            let Some((source, source_bindings)) = vhost.exchange(&def.source) else {
                 plan.warnings.push(format!(
                     "{} skipped: no exchange '{}'",
                     describe(),
@@ -533,7 +527,7 @@ impl Definitions {
                 ));
                 continue;
             };
-            if source.def.kind == ExchangeKind::Headers
+            if source.kind == ExchangeKind::Headers
                 && MatchMode::from_arguments(&def.arguments).is_none()
             {
                 plan.warnings
@@ -542,7 +536,7 @@ impl Definitions {
             }
             let destination = match def.destination_kind {
                 DestinationKind::Exchange => {
-                    if !vhost.exchanges.contains_key(def.destination.as_str()) {
+                    if vhost.exchange(&def.destination).is_none() {
                         plan.warnings.push(format!(
                             "{} skipped: no exchange '{}'",
                             describe(),
@@ -552,7 +546,7 @@ impl Definitions {
                     }
                     Destination::Exchange(def.destination.clone())
                 }
-                DestinationKind::Queue => match vhost.queues.get(def.destination.as_str()) {
+                DestinationKind::Queue => match vhost.queue(&def.destination) {
                     Some(meta) => Destination::Queue(meta.queue_ref()),
                     None => {
                         plan.warnings.push(format!(
@@ -570,7 +564,7 @@ impl Definitions {
                 routing_key: def.routing_key.clone(),
                 arguments: def.arguments.clone(),
             };
-            if source.bindings.iter().any(|b| b.same_as(&binding)) {
+            if source_bindings.iter().any(|b| b.same_as(&binding)) {
                 continue;
             }
             push(&mut vhost, &mut plan, MetaChange::BindingAdded(binding));
@@ -584,40 +578,31 @@ fn is_default_exchange(name: &str) -> bool {
     name.is_empty() || name.starts_with("amq.")
 }
 
-fn queue_is_durable(meta: &QueueMeta) -> bool {
-    meta.durable && meta.exclusive_owner.is_none()
-}
-
 /// A binding survives a restart when both its ends do.
-pub fn binding_is_durable(vhost: &Vhost, binding: &Binding) -> bool {
-    let source = vhost
-        .exchanges
-        .get(binding.source.as_str())
-        .is_some_and(|e| e.def.durable);
+pub fn binding_is_durable(vhost: &impl DefinitionsView, binding: &Binding) -> bool {
+    let exchange_durable = |name: &str| vhost.exchange(name).is_some_and(|(def, _)| def.durable);
     let destination = match &binding.destination {
-        Destination::Exchange(name) => vhost
-            .exchanges
-            .get(name.as_str())
-            .is_some_and(|e| e.def.durable),
-        Destination::Queue(queue) => vhost.queue_by_id(queue.id).is_some_and(queue_is_durable),
+        Destination::Exchange(name) => exchange_durable(name),
+        Destination::Queue(queue) => vhost
+            .queue_by_id(queue.id)
+            .is_some_and(QueueMeta::is_durable),
     };
-    source && destination
+    exchange_durable(&binding.source) && destination
 }
 
 /// True if applying `change` to `vhost` (not yet applied) alters what
 /// [`Definitions::snapshot`] returns, so the definitions file must be
 /// written again. Cheap, so that declaring transient queues costs nothing.
-pub fn changes_durable_definitions(vhost: &Vhost, change: &MetaChange) -> bool {
+pub fn changes_durable_definitions(vhost: &impl DefinitionsView, change: &MetaChange) -> bool {
     match change {
         MetaChange::ExchangeCreated(def) => def.durable,
-        MetaChange::ExchangeDeleted(name) => vhost
-            .exchanges
-            .get(name.as_str())
-            .is_some_and(|e| e.def.durable),
-        MetaChange::QueueCreated(meta) => queue_is_durable(meta),
-        MetaChange::QueueDeleted(queue) => {
-            vhost.queue_by_id(queue.id).is_some_and(queue_is_durable)
+        MetaChange::ExchangeDeleted(name) => {
+            vhost.exchange(name).is_some_and(|(def, _)| def.durable)
         }
+        MetaChange::QueueCreated(meta) => meta.is_durable(),
+        MetaChange::QueueDeleted(queue) => vhost
+            .queue_by_id(queue.id)
+            .is_some_and(QueueMeta::is_durable),
         MetaChange::BindingAdded(binding) | MetaChange::BindingRemoved(binding) => {
             binding_is_durable(vhost, binding)
         }
@@ -765,7 +750,7 @@ impl Reader {
         // declare checks it.
         let delayed = kind_name == DELAYED_TYPE;
         let kind = if delayed {
-            metadata::delayed_type(&arguments).map_err(|e| format!("{}: {}", ctx, e.text))?
+            exchange::delayed_type(&arguments).map_err(|e| format!("{}: {}", ctx, e.text))?
         } else {
             ExchangeKind::parse(kind_name).ok_or_else(|| {
                 format!(
@@ -1424,7 +1409,7 @@ mod tests {
 
     #[test]
     fn snapshot_keeps_only_what_survives_a_restart() {
-        let mut vhost = Vhost::new(DEFAULT_VHOST);
+        let mut vhost = Catalog::new();
         let exchange = |name: &str, durable: bool| {
             MetaChange::ExchangeCreated(ExchangeDef {
                 name: ShortStr::from(name),

@@ -1,6 +1,6 @@
 //! Users and SASL: PLAIN and AMQPLAIN, with RabbitMQ's rule that `guest`
 //! may only connect from a loopback address. Passwords are kept as
-//! RabbitMQ keeps them, salted and hashed (`broker::password`), so users
+//! RabbitMQ keeps them, salted and hashed (`metadata::password`), so users
 //! exported from RabbitMQ log in with their passwords; permissions are
 //! kept per user for the one vhost, "/".
 //!
@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
-use crate::broker::password::{HashingAlgorithm, PasswordHash};
+use crate::metadata::password::{HashingAlgorithm, PasswordHash};
 use warren_protocol::{FieldTable, FieldValue};
 
 /// RabbitMQ's `loopback_users` default: the users that may only connect
