@@ -15,6 +15,7 @@ mod dead_letter;
 pub mod definitions;
 pub mod delayed;
 pub mod exchange;
+pub mod login_delay;
 pub mod metadata;
 pub mod password;
 pub mod queue;
@@ -229,6 +230,8 @@ pub struct ShardState {
     pub saturated: bool,
     /// Connections in flow.
     flow: Vec<FlowWait>,
+    /// Addresses whose logins failed lately, and when they are next answered.
+    login_delays: std::cell::RefCell<login_delay::LoginDelays>,
 }
 
 /// Where a queue on this shard hands its deliveries: a consumer on this
@@ -312,6 +315,7 @@ impl ShardState {
             backpressure_released: Notify::new(),
             saturated: false,
             flow: Vec::new(),
+            login_delays: Default::default(),
             alarms: alarm_board.raised(),
             alarm_board,
         }
@@ -1172,6 +1176,7 @@ impl ShardState {
                 config,
                 now,
                 alarms,
+                login_delays,
                 ..
             } = self;
             let Some(connection) = connections.get_mut(&id) else {
@@ -1183,6 +1188,7 @@ impl ShardState {
                 config,
                 now: *now,
                 alarms: *alarms,
+                login_delays,
             };
             match connection.input(buf, &env) {
                 Some(input) => break input,

@@ -37,6 +37,11 @@ impl ExchangeKind {
         }
     }
 
+    /// False for the types whose routing ignores the routing key.
+    pub fn routes_by_key(self) -> bool {
+        matches!(self, ExchangeKind::Direct | ExchangeKind::Topic)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ExchangeKind::Direct => "direct",
