@@ -306,11 +306,11 @@ macro_rules! both_shards {
         paste::paste! {
             #[test]
             fn [<$name _1_shard>]() {
-                ($body)(1);
+                ($body)(1usize);
             }
             #[test]
             fn [<$name _2_shards>]() {
-                ($body)(2);
+                ($body)(2usize);
             }
         }
     };
@@ -320,33 +320,36 @@ macro_rules! both_shards {
 // 1. Body sizes
 // ---------------------------------------------------------------------------------------
 
-both_shards!(announced_huge_bodies_close_the_channel_406, |shards| {
-    let b = Broker::start(shards);
-    let mut c = Raw::handshake(&b);
-    for (channel, size) in [(1u16, 1u64 << 62), (2, 30 << 30), (3, u64::MAX)] {
-        c.open_channel(channel);
-        c.send(&publish_frame(channel, "", &unique("nowhere")))
-            .unwrap();
-        c.send(&header_frame(channel, size, None)).unwrap();
-        // Body frames after the refusal are dropped with the channel.
-        for _ in 0..4 {
-            c.send(&frame(FRAME_BODY, channel, &[7u8; 100_000]))
+both_shards!(
+    announced_huge_bodies_close_the_channel_406,
+    |shards: usize| {
+        let b = Broker::start(shards);
+        let mut c = Raw::handshake(&b);
+        for (channel, size) in [(1u16, 1u64 << 62), (2, 30 << 30), (3, u64::MAX)] {
+            c.open_channel(channel);
+            c.send(&publish_frame(channel, "", &unique("nowhere")))
                 .unwrap();
-        }
-        let text = c.expect_channel_close(channel, 406);
-        assert_eq!(
+            c.send(&header_frame(channel, size, None)).unwrap();
+            // Body frames after the refusal are dropped with the channel.
+            for _ in 0..4 {
+                c.send(&frame(FRAME_BODY, channel, &[7u8; 100_000]))
+                    .unwrap();
+            }
+            let text = c.expect_channel_close(channel, 406);
+            assert_eq!(
             text,
             format!("PRECONDITION_FAILED - message size {size} is larger than configured max size 134217728")
         );
+        }
+        // The connection itself is still fine.
+        c.open_channel(9);
+        normal_client_works(&b);
     }
-    // The connection itself is still fine.
-    c.open_channel(9);
-    normal_client_works(&b);
-});
+);
 
 both_shards!(
     max_message_size_applies_to_bodies_in_one_frame_and_in_many,
-    |shards| {
+    |shards: usize| {
         let b = Broker::start_with(shards, &["--max-message-size", "200000"]);
         run(async {
             let (_conn, ch) = open(&b.url()).await;
@@ -413,33 +416,36 @@ fn max_message_size_above_512_mib_refuses_to_start() {
 // 2. Topic patterns that backtrack
 // ---------------------------------------------------------------------------------------
 
-both_shards!(many_hashes_on_amq_topic_do_not_hang_the_shard, |shards| {
-    let b = Broker::start(shards);
-    run(async {
-        let (conn, ch) = open(&b.url()).await;
-        let queue = unique("hashes");
-        declare_queue(&ch, &queue).await;
-        bind(&ch, &queue, "amq.topic", "#.#.#.#.#.#.#.#.#.#.#.#.z").await;
-        bind(
-            &ch,
-            &queue,
-            "amq.topic",
-            &(vec!["#.a"; 30].join(".") + ".z"),
-        )
-        .await;
-        // 128 words that never match, then a few that do.
-        let miss = vec!["a"; 128].join(".");
-        for _ in 0..20 {
-            publish(&ch, "amq.topic", &miss, b"miss").await;
-        }
-        publish(&ch, "amq.topic", &(vec!["a"; 127].join(".") + ".z"), b"hit").await;
-        publish(&ch, "amq.topic", "z", b"hit").await;
-        wait_message_count(&conn, &queue, 2).await;
-        let got = get_within(&ch, &queue, STEP_DEADLINE).await;
-        assert_eq!(got.delivery.data, b"hit");
-    });
-    normal_client_works(&b);
-});
+both_shards!(
+    many_hashes_on_amq_topic_do_not_hang_the_shard,
+    |shards: usize| {
+        let b = Broker::start(shards);
+        run(async {
+            let (conn, ch) = open(&b.url()).await;
+            let queue = unique("hashes");
+            declare_queue(&ch, &queue).await;
+            bind(&ch, &queue, "amq.topic", "#.#.#.#.#.#.#.#.#.#.#.#.z").await;
+            bind(
+                &ch,
+                &queue,
+                "amq.topic",
+                &(vec!["#.a"; 30].join(".") + ".z"),
+            )
+            .await;
+            // 128 words that never match, then a few that do.
+            let miss = vec!["a"; 128].join(".");
+            for _ in 0..20 {
+                publish(&ch, "amq.topic", &miss, b"miss").await;
+            }
+            publish(&ch, "amq.topic", &(vec!["a"; 127].join(".") + ".z"), b"hit").await;
+            publish(&ch, "amq.topic", "z", b"hit").await;
+            wait_message_count(&conn, &queue, 2).await;
+            let got = get_within(&ch, &queue, STEP_DEADLINE).await;
+            assert_eq!(got.delivery.data, b"hit");
+        });
+        normal_client_works(&b);
+    }
+);
 
 // ---------------------------------------------------------------------------------------
 // 3. CC and BCC
@@ -459,7 +465,7 @@ fn cc_entry(name: &str, count: usize, key: impl Fn(usize) -> String) -> Vec<u8> 
     entry
 }
 
-both_shards!(thousands_of_cc_keys_are_bounded, |shards| {
+both_shards!(thousands_of_cc_keys_are_bounded, |shards: usize| {
     let b = Broker::start(shards);
     let exchange = unique("fan");
     let queues: Vec<String> = (0..200).map(|n| unique(&format!("fan-{n}"))).collect();
@@ -479,8 +485,8 @@ both_shards!(thousands_of_cc_keys_are_bounded, |shards| {
     c.send(&publish_frame(1, &exchange, "rk")).unwrap();
     c.send(&header_frame(1, 2, Some(&headers))).unwrap();
     c.send(&frame(FRAME_BODY, 1, b"cc")).unwrap();
-    // 20,000 keys: refused.
-    let headers = cc_entry("CC", 20_000, |n| format!("{n}"));
+    // 20,000 keys (one character each, to fit in one frame): refused.
+    let headers = cc_entry("CC", 20_000, |n| format!("{}", n % 10));
     c.send(&publish_frame(1, &exchange, "rk")).unwrap();
     c.send(&header_frame(1, 2, Some(&headers))).unwrap();
     c.send(&frame(FRAME_BODY, 1, b"cc")).unwrap();
@@ -503,7 +509,7 @@ both_shards!(thousands_of_cc_keys_are_bounded, |shards| {
 
 both_shards!(
     cc_keys_on_a_topic_hash_binding_reach_each_queue_once,
-    |shards| {
+    |shards: usize| {
         let b = Broker::start(shards);
         let queues: Vec<String> = (0..50).map(|n| unique(&format!("hash-{n}"))).collect();
         run(async {
@@ -548,30 +554,34 @@ fn nested_table(depth: usize) -> Vec<u8> {
     inner
 }
 
-both_shards!(deeply_nested_tables_close_the_connection, |shards| {
-    let b = Broker::start(shards);
-    let exchange = unique("hx");
-    run(async {
-        let (_conn, ch) = open(&b.url()).await;
-        declare_exchange(&ch, &exchange, ExchangeKind::Headers).await;
-        let q = unique("hq");
-        declare_queue(&ch, &q).await;
-        bind(&ch, &q, &exchange, "").await;
-    });
-    for target in ["", exchange.as_str()] {
-        let mut c = Raw::handshake(&b);
-        c.open_channel(1);
-        let headers = nested_table(10_000);
-        c.send(&publish_frame(1, target, "rk")).unwrap();
-        c.send(&header_frame(1, 1, Some(&headers))).unwrap();
-        let _ = c.send(&frame(FRAME_BODY, 1, b"x"));
-        let text = c.expect_connection_close(502);
-        assert!(text.contains("nested too deeply"), "{text}");
+both_shards!(
+    deeply_nested_tables_close_the_connection,
+    |shards: usize| {
+        let b = Broker::start(shards);
+        let exchange = unique("hx");
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            declare_exchange(&ch, &exchange, ExchangeKind::Headers).await;
+            let q = unique("hq");
+            declare_queue(&ch, &q).await;
+            bind(&ch, &q, &exchange, "").await;
+        });
+        for target in ["", exchange.as_str()] {
+            let mut c = Raw::handshake(&b);
+            c.open_channel(1);
+            let headers = nested_table(10_000);
+            c.send(&publish_frame(1, target, "rk")).unwrap();
+            c.send(&header_frame(1, 1, Some(&headers))).unwrap();
+            let _ = c.send(&frame(FRAME_BODY, 1, b"x"));
+            // A malformed content header is a frame error, as any other.
+            let text = c.expect_connection_close(501);
+            assert!(text.contains("nested too deeply"), "{text}");
+        }
+        normal_client_works(&b);
     }
-    normal_client_works(&b);
-});
+);
 
-both_shards!(channel_numbers_are_checked, |shards| {
+both_shards!(channel_numbers_are_checked, |shards: usize| {
     let b = Broker::start(shards);
     let mut c = Raw::handshake(&b);
     // Any number is allowed; the count is what RabbitMQ limits.
@@ -594,7 +604,7 @@ both_shards!(channel_numbers_are_checked, |shards| {
 // 5. A panicking shard stops the broker
 // ---------------------------------------------------------------------------------------
 
-both_shards!(a_panicking_shard_stops_the_whole_broker, |shards| {
+both_shards!(a_panicking_shard_stops_the_whole_broker, |shards: usize| {
     if !cfg!(debug_assertions) {
         eprintln!("the panic switch exists in debug builds only");
         return;
@@ -648,7 +658,7 @@ both_shards!(a_panicking_shard_stops_the_whole_broker, |shards| {
 
 both_shards!(
     a_second_broker_on_the_same_data_dir_refuses_to_start,
-    |shards| {
+    |shards: usize| {
         let b = Broker::start(shards);
         let dir = b.data_dir().unwrap().to_path_buf();
         let (status, output) = start_expecting_exit(shards, &dir, &[]);
@@ -684,7 +694,7 @@ fn assert_private(path: &Path) {
     }
 }
 
-both_shards!(files_under_the_data_dir_are_private, |shards| {
+both_shards!(files_under_the_data_dir_are_private, |shards: usize| {
     let b = Broker::start(shards);
     run(async {
         let (conn, ch) = open_confirming(&b.url()).await;
@@ -703,7 +713,16 @@ both_shards!(files_under_the_data_dir_are_private, |shards| {
         .await
         .unwrap();
         let props = BasicProperties::default().with_delivery_mode(2);
-        publish_confirmed(&ch, "", &queue, b"kept", props).await;
+        publish_confirmed(
+            &ch,
+            "",
+            &queue,
+            BasicPublishOptions::default(),
+            b"kept",
+            props,
+        )
+        .await
+        .expect("confirmed");
         wait_message_count(&conn, &queue, 1).await;
     });
     let dir = b.data_dir().unwrap();
@@ -731,7 +750,7 @@ both_shards!(files_under_the_data_dir_are_private, |shards| {
 
 both_shards!(
     failed_logins_are_refused_403_logged_and_slow_only_their_address,
-    |shards| {
+    |shards: usize| {
         let b = Broker::start(shards);
         let mut bad = Raw::connect(&b);
         bad.start_ok("guest", "wrong");
