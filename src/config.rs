@@ -79,6 +79,10 @@ pub const SENDER_SELECTED_KEYS_MAX: usize = 1024;
 /// shard is answered no sooner than this after the one before (RabbitMQ
 /// answers at once; warren slows password guessing).
 pub const LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(1);
+/// The longest a login waits for its turn: one whose turn is further off
+/// is refused at once, unchecked, so that a flood of logins from one
+/// address cannot book its turns for ever.
+pub const LOGIN_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How long an address stays slowed after its last failed login.
 pub const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 /// Addresses with recent failed logins a shard remembers; past it, the
@@ -139,4 +143,5 @@ const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
 const _: () = assert!(SEGMENT_SIZE >= SEGMENT_SIZE_MIN);
 const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);
 const _: () = assert!(MESSAGE_SIZE_MAX <= MESSAGE_SIZE_LIMIT);
-const _: () = assert!(LOGIN_FAILURE_DELAY.as_millis() < HANDSHAKE_TIMEOUT.as_millis());
+const _: () = assert!(LOGIN_FAILURE_DELAY.as_millis() < LOGIN_WAIT_MAX.as_millis());
+const _: () = assert!(LOGIN_WAIT_MAX.as_millis() < HANDSHAKE_TIMEOUT.as_millis());

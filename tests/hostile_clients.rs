@@ -581,6 +581,50 @@ both_shards!(
     }
 );
 
+both_shards!(
+    table_lengths_beyond_their_frame_close_the_connection_501,
+    |shards: usize| {
+        let b = Broker::start(shards);
+        // queue.declare whose arguments table claims 4 GiB.
+        let mut c = Raw::handshake(&b);
+        c.open_channel(1);
+        let mut args = 0u16.to_be_bytes().to_vec();
+        shortstr(&mut args, &unique("q"));
+        args.push(0);
+        args.extend_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
+        args.extend_from_slice(b"xxxx");
+        c.send(&method_frame(1, (50, 10), &args)).unwrap();
+        c.expect_connection_close(501);
+        // A header table whose inner table claims more than the outer holds,
+        // and an array claiming 4 GiB.
+        for inner in [
+            {
+                let mut e = Vec::new();
+                shortstr(&mut e, "t");
+                e.push(b'F');
+                e.extend_from_slice(&1000u32.to_be_bytes());
+                e.extend_from_slice(b"ab");
+                e
+            },
+            {
+                let mut e = Vec::new();
+                shortstr(&mut e, "a");
+                e.push(b'A');
+                e.extend_from_slice(&u32::MAX.to_be_bytes());
+                e
+            },
+        ] {
+            let mut c = Raw::handshake(&b);
+            c.open_channel(1);
+            c.send(&publish_frame(1, "", "rk")).unwrap();
+            c.send(&header_frame(1, 1, Some(&inner))).unwrap();
+            let _ = c.send(&frame(FRAME_BODY, 1, b"x"));
+            c.expect_connection_close(501);
+        }
+        normal_client_works(&b);
+    }
+);
+
 both_shards!(channel_numbers_are_checked, |shards: usize| {
     let b = Broker::start(shards);
     let mut c = Raw::handshake(&b);

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::broker::auth::{AuthFailure, Users, MECHANISMS};
 use crate::broker::channel::Channel;
 use crate::broker::exchange::Destination;
-use crate::broker::login_delay::LoginDelays;
+use crate::broker::login_delay::{LoginDelays, LoginTurn};
 use crate::broker::metadata::MetaRequest;
 use crate::broker::vhost::{Routed, Vhost, DEFAULT_VHOST};
 use crate::broker::{ChannelReply, ShardMsg};
@@ -515,14 +515,12 @@ impl Connection {
         match (&self.phase, method) {
             (Phase::StartOk, Method::ConnectionStartOk(m)) => {
                 self.capabilities = capabilities(&m.client_properties);
-                let answer_at = env
-                    .login_delays
-                    .borrow_mut()
-                    .answer_at(self.peer.ip(), env.now);
-                match answer_at {
+                let turn = env.login_delays.borrow_mut().turn(self.peer.ip(), env.now);
+                match turn {
+                    LoginTurn::Now => self.log_in(m.mechanism.as_str(), &m.response, env),
                     // Held until the tick lets it go; nothing else of the
                     // shard waits.
-                    Some(answer_at) => {
+                    LoginTurn::At(answer_at) => {
                         self.held_login = Some(HeldLogin {
                             answer_at,
                             mechanism: m.mechanism,
@@ -530,7 +528,13 @@ impl Connection {
                         });
                         self.pause();
                     }
-                    None => self.log_in(m.mechanism.as_str(), &m.response, env),
+                    LoginTurn::Refused => {
+                        warn!(peer = %self.peer, "login refused unchecked: too many logins wait after failures from this address");
+                        let failure = AuthFailure::Refused {
+                            user: String::new(),
+                        };
+                        self.refuse_login(m.mechanism.as_str(), failure, env.now);
+                    }
                 }
                 Ok(())
             }

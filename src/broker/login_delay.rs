@@ -7,13 +7,18 @@
 //! `Connection::tick`). RabbitMQ answers every login at once; this is a
 //! deliberate difference, against password guessing.
 //!
+//! A login whose turn is more than `LOGIN_WAIT_MAX` away is refused at
+//! once without its credentials being checked, and takes no turn.
+//!
 //! Memory is bounded: at most `LOGIN_FAILURE_ADDRESSES_MAX` addresses are
 //! remembered, the expired first to go, then the oldest failure.
 
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::config::{LOGIN_FAILURE_ADDRESSES_MAX, LOGIN_FAILURE_DELAY, LOGIN_FAILURE_MEMORY};
+use crate::config::{
+    LOGIN_FAILURE_ADDRESSES_MAX, LOGIN_FAILURE_DELAY, LOGIN_FAILURE_MEMORY, LOGIN_WAIT_MAX,
+};
 use crate::util::hash::FastMap;
 
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +28,15 @@ struct Address {
     next_answer: Instant,
 }
 
+/// When a login is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginTurn {
+    Now,
+    At(Instant),
+    /// Too many logins wait already: refused without a check.
+    Refused,
+}
+
 /// One shard's memory of failed logins.
 #[derive(Debug, Default)]
 pub struct LoginDelays {
@@ -30,18 +44,26 @@ pub struct LoginDelays {
 }
 
 impl LoginDelays {
-    /// When a login from `ip` arriving `now` may be answered: None for at
-    /// once. Each answer held takes its turn, one `LOGIN_FAILURE_DELAY`
-    /// after the one before.
-    pub fn answer_at(&mut self, ip: IpAddr, now: Instant) -> Option<Instant> {
-        let address = self.addresses.get_mut(&ip)?;
+    /// When a login from `ip` arriving `now` is answered. Each answer held
+    /// takes its turn, one `LOGIN_FAILURE_DELAY` after the one before.
+    pub fn turn(&mut self, ip: IpAddr, now: Instant) -> LoginTurn {
+        let Some(address) = self.addresses.get_mut(&ip) else {
+            return LoginTurn::Now;
+        };
         if now.duration_since(address.last_failure) >= LOGIN_FAILURE_MEMORY {
             self.addresses.remove(&ip);
-            return None;
+            return LoginTurn::Now;
         }
         let at = address.next_answer.max(now);
+        if at.duration_since(now) > LOGIN_WAIT_MAX {
+            return LoginTurn::Refused;
+        }
         address.next_answer = at + LOGIN_FAILURE_DELAY;
-        (at > now).then_some(at)
+        if at > now {
+            LoginTurn::At(at)
+        } else {
+            LoginTurn::Now
+        }
     }
 
     /// A login from `ip` failed `now`.
@@ -93,9 +115,9 @@ mod tests {
     fn an_address_without_failures_is_answered_at_once() {
         let mut delays = LoginDelays::default();
         let now = Instant::now();
-        assert_eq!(delays.answer_at(ip(1), now), None);
+        assert_eq!(delays.turn(ip(1), now), LoginTurn::Now);
         delays.failed(ip(2), now);
-        assert_eq!(delays.answer_at(ip(1), now), None);
+        assert_eq!(delays.turn(ip(1), now), LoginTurn::Now);
     }
 
     #[test]
@@ -104,12 +126,35 @@ mod tests {
         let t0 = Instant::now();
         delays.failed(ip(1), t0);
         let d = LOGIN_FAILURE_DELAY;
-        assert_eq!(delays.answer_at(ip(1), t0), Some(t0 + d));
-        assert_eq!(delays.answer_at(ip(1), t0), Some(t0 + 2 * d));
+        assert_eq!(delays.turn(ip(1), t0), LoginTurn::At(t0 + d));
+        assert_eq!(delays.turn(ip(1), t0), LoginTurn::At(t0 + 2 * d));
         // Later than its turn: answered at once, and the next waits a delay.
         let late = t0 + 10 * d;
-        assert_eq!(delays.answer_at(ip(1), late), None);
-        assert_eq!(delays.answer_at(ip(1), late), Some(late + d));
+        assert_eq!(delays.turn(ip(1), late), LoginTurn::Now);
+        assert_eq!(delays.turn(ip(1), late), LoginTurn::At(late + d));
+    }
+
+    #[test]
+    fn logins_past_the_longest_wait_are_refused_and_book_no_turn() {
+        let mut delays = LoginDelays::default();
+        let t0 = Instant::now();
+        delays.failed(ip(1), t0);
+        let mut booked = 0;
+        for _ in 0..1000 {
+            match delays.turn(ip(1), t0) {
+                LoginTurn::At(at) => {
+                    assert!(at.duration_since(t0) <= LOGIN_WAIT_MAX);
+                    booked += 1;
+                }
+                LoginTurn::Refused => {}
+                LoginTurn::Now => panic!("answered at once after a failure"),
+            }
+        }
+        let most = (LOGIN_WAIT_MAX.as_millis() / LOGIN_FAILURE_DELAY.as_millis()) as usize;
+        assert_eq!(booked, most);
+        // Once the turns have passed, logins are answered again.
+        let later = t0 + LOGIN_WAIT_MAX + 2 * LOGIN_FAILURE_DELAY;
+        assert_eq!(delays.turn(ip(1), later), LoginTurn::Now);
     }
 
     #[test]
@@ -118,7 +163,7 @@ mod tests {
         let t0 = Instant::now();
         delays.failed(ip(1), t0);
         let later = t0 + LOGIN_FAILURE_MEMORY + Duration::from_millis(1);
-        assert_eq!(delays.answer_at(ip(1), later), None);
+        assert_eq!(delays.turn(ip(1), later), LoginTurn::Now);
         assert_eq!(delays.len(), 0);
     }
 
@@ -131,6 +176,6 @@ mod tests {
         }
         assert_eq!(delays.len(), LOGIN_FAILURE_ADDRESSES_MAX);
         // The oldest went first.
-        assert_eq!(delays.answer_at(ip(0), t0), None);
+        assert_eq!(delays.turn(ip(0), t0), LoginTurn::Now);
     }
 }
