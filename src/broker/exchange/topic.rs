@@ -133,63 +133,63 @@ fn remove(node: &mut Node, words: &[&str], destination: &Destination) -> bool {
 }
 
 fn match_words(node: &Node, words: &[&str], out: &mut Vec<Destination>) {
-    let mut walk = Walk {
-        words,
-        out,
-        seen: None,
-    };
-    walk.visit(node, 0, 0);
+    let mut seen = None;
+    visit(node, words, 0, 0, out, &mut seen);
 }
 
-/// One routing key's walk through the trie.
-struct Walk<'a, 'w> {
-    words: &'a [&'w str],
-    out: &'a mut Vec<Destination>,
-    /// The states already walked below a second `#`: (node address, word
-    /// position, true for "in the `#` loop"). Made on first need only.
-    seen: Option<FastSet<(usize, usize, bool)>>,
-}
+/// The states a walk has met below a second `#`: (node address, word
+/// position, true for "in the `#` loop"). Made on first need only.
+type Seen = Option<FastSet<(usize, usize, bool)>>;
 
-impl Walk<'_, '_> {
-    /// True the first time a state is met. States above a second `#`
-    /// can be met only once, and are not recorded.
-    fn first_time(&mut self, node: &Node, at: usize, in_hash: bool, hashes: u32) -> bool {
-        if hashes < 2 {
-            return true;
-        }
-        let key = (node as *const Node as usize, at, in_hash);
-        self.seen.get_or_insert_with(FastSet::default).insert(key)
+/// Matches `words[at..]` against `node`, which `hashes` `#` words lead to
+/// from the root.
+fn visit(
+    node: &Node,
+    words: &[&str],
+    at: usize,
+    hashes: u32,
+    out: &mut Vec<Destination>,
+    seen: &mut Seen,
+) {
+    // Above a second `#`, a state can be met only once.
+    if hashes >= 2 && !first_time(seen, node, at, false) {
+        return;
     }
-
-    /// Matches the words from `at` on against `node`, which `hashes` `#`
-    /// words lead to from the root.
-    fn visit(&mut self, node: &Node, at: usize, hashes: u32) {
-        if !self.first_time(node, at, false, hashes) {
-            return;
-        }
-        if let Some(hash) = node.hash.as_deref() {
-            // `#` swallows zero or more words: its child is tried at every
-            // position from here on. A position already tried from this
-            // `#` means every later one was tried too.
-            let hashes = hashes + 1;
-            for from in at..=self.words.len() {
-                if !self.first_time(hash, from, true, hashes) {
+    if let Some(hash) = node.hash.as_deref() {
+        // `#` swallows zero or more words: its child is tried at every
+        // position from here on.
+        if hashes == 0 {
+            for from in at..=words.len() {
+                visit(hash, words, from, 1, out, seen);
+            }
+        } else {
+            // A position already tried from this `#` means every later one
+            // was tried too.
+            for from in at..=words.len() {
+                if !first_time(seen, hash, from, true) {
                     break;
                 }
-                self.visit(hash, from, hashes);
+                visit(hash, words, from, hashes + 1, out, seen);
             }
         }
-        let Some(word) = self.words.get(at) else {
-            self.out.extend(node.destinations.iter().cloned());
-            return;
-        };
-        if let Some(child) = node.words.get(*word) {
-            self.visit(child, at + 1, hashes);
-        }
-        if let Some(star) = node.star.as_deref() {
-            self.visit(star, at + 1, hashes);
-        }
     }
+    let Some(word) = words.get(at) else {
+        out.extend(node.destinations.iter().cloned());
+        return;
+    };
+    if let Some(child) = node.words.get(*word) {
+        visit(child, words, at + 1, hashes, out, seen);
+    }
+    if let Some(star) = node.star.as_deref() {
+        visit(star, words, at + 1, hashes, out, seen);
+    }
+}
+
+/// True the first time a state is met.
+#[cold]
+fn first_time(seen: &mut Seen, node: &Node, at: usize, in_hash: bool) -> bool {
+    let key = (node as *const Node as usize, at, in_hash);
+    seen.get_or_insert_with(FastSet::default).insert(key)
 }
 
 #[cfg(test)]
@@ -395,13 +395,9 @@ mod tests {
     fn states_walked(router: &TopicRouter, key: &str) -> usize {
         let words: Vec<&str> = split_words(key).collect();
         let mut out = Vec::new();
-        let mut walk = Walk {
-            words: &words,
-            out: &mut out,
-            seen: None,
-        };
-        walk.visit(&router.root, 0, 0);
-        walk.seen.map_or(0, |seen| seen.len())
+        let mut seen = None;
+        visit(&router.root, &words, 0, 0, &mut out, &mut seen);
+        seen.map_or(0, |seen| seen.len())
     }
 
     #[test]
