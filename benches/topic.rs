@@ -80,7 +80,7 @@ fn main() {
         "lazy.orange.male.rabbit",
         "#.rabbit, key of 4 words",
     );
-    let hashes = vec!["#"; 12].join(".") + ".z";
+    let hashes = ["#"; 12].join(".") + ".z";
     for &n in sizes {
         let key = vec!["a"; n].join(".");
         case(
@@ -89,7 +89,7 @@ fn main() {
             &format!("#.#.#.#.#.#.#.#.#.#.#.#.z, key of {} words", n),
         );
     }
-    let alternating = vec!["#.a"; 8].join(".") + ".z";
+    let alternating = ["#.a"; 8].join(".") + ".z";
     for &n in sizes {
         let key = vec!["a"; n].join(".");
         case(

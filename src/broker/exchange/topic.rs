@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn many_hashes_against_a_long_key_cost_nodes_times_words() {
-        let pattern = vec!["#"; 12].join(".") + ".z";
+        let pattern = ["#"; 12].join(".") + ".z";
         let mut router = TopicRouter::default();
         router.bind(&binding(&pattern, 1));
         // 256 empty words: the longest key a short string can hold.
@@ -410,13 +410,13 @@ mod tests {
         assert!(routed(&router, &key).is_empty());
         let nodes = 14;
         assert!(states_walked(&router, &key) <= nodes * 2 * 257);
-        let key = vec!["a"; 127].join(".") + ".z";
+        let key = ["a"; 127].join(".") + ".z";
         assert_eq!(routed(&router, &key), vec![1]);
-        let alternating = vec!["#.a"; 20].join(".") + ".#.z";
+        let alternating = ["#.a"; 20].join(".") + ".#.z";
         router.bind(&binding(&alternating, 2));
-        let key = vec!["a"; 126].join(".") + ".y";
+        let key = ["a"; 126].join(".") + ".y";
         assert!(routed(&router, &key).is_empty());
-        let key = vec!["a"; 126].join(".") + ".z";
+        let key = ["a"; 126].join(".") + ".z";
         assert_eq!(routed(&router, &key), vec![1, 2]);
     }
 
