@@ -63,6 +63,32 @@ pub const MAILBOX_BATCHES_MAX: usize = 1024;
 /// Messages in one shard's overflow towards a peer before its readers pause.
 pub const MAILBOX_OVERFLOW_MAX: usize = 65_536;
 
+/// RabbitMQ's default `max_message_size` (128 MiB): a content header
+/// announcing a larger body is refused with 406 PRECONDITION_FAILED.
+pub const MESSAGE_SIZE_MAX: u64 = 128 << 20;
+/// The largest `--max-message-size` accepted: RabbitMQ's own ceiling
+/// (`?MAX_MSG_SIZE`, 512 MiB).
+pub const MESSAGE_SIZE_LIMIT: u64 = 512 << 20;
+/// CC and BCC routing keys one publish may carry together. RabbitMQ has no
+/// such limit; every key routes the message once more, so without one a
+/// header frame of 20,000 keys costs seconds per publish. A header frame
+/// (at most `frame_max`) holds about 26,000 of the smallest keys, so this
+/// is generous for real use and refuses only the abusive.
+pub const SENDER_SELECTED_KEYS_MAX: usize = 1024;
+/// After a failed login, the next login from the same address on the same
+/// shard is answered no sooner than this after the one before (RabbitMQ
+/// answers at once; warren slows password guessing).
+pub const LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(1);
+/// The longest a login waits for its turn: one whose turn is further off
+/// is refused at once, unchecked, so that a flood of logins from one
+/// address cannot book its turns for ever.
+pub const LOGIN_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How long an address stays slowed after its last failed login.
+pub const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(60);
+/// Addresses with recent failed logins a shard remembers; past it, the
+/// ones whose memory has expired are forgotten first, then the oldest.
+pub const LOGIN_FAILURE_ADDRESSES_MAX: usize = 4096;
+
 /// The size at which a shard's message store starts a new segment file.
 /// Larger segments mean fewer files; smaller ones give disk space back
 /// sooner, since a segment is deleted only once all of its messages are gone.
@@ -83,6 +109,8 @@ pub struct Config {
     pub frame_size_max: u32,
     pub channel_max: u16,
     pub heartbeat_s: u16,
+    /// `--max-message-size`: the largest body a publish may announce.
+    pub message_size_max: u64,
     /// `--vm-memory-high-watermark`: above it, publishers are blocked.
     pub memory_high_watermark: MemoryWatermark,
     /// `--disk-free-limit`: below it on the data directory's disk, too.
@@ -103,6 +131,7 @@ impl Default for Config {
             frame_size_max: FRAME_SIZE_MAX,
             channel_max: CHANNEL_MAX,
             heartbeat_s: HEARTBEAT_S,
+            message_size_max: MESSAGE_SIZE_MAX,
             memory_high_watermark: MemoryWatermark::default(),
             disk_free_limit: DiskFreeLimit::default(),
             segment_size: SEGMENT_SIZE,
@@ -113,3 +142,6 @@ impl Default for Config {
 const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
 const _: () = assert!(SEGMENT_SIZE >= SEGMENT_SIZE_MIN);
 const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);
+const _: () = assert!(MESSAGE_SIZE_MAX <= MESSAGE_SIZE_LIMIT);
+const _: () = assert!(LOGIN_FAILURE_DELAY.as_millis() < LOGIN_WAIT_MAX.as_millis());
+const _: () = assert!(LOGIN_WAIT_MAX.as_millis() < HANDSHAKE_TIMEOUT.as_millis());

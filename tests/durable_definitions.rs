@@ -537,7 +537,7 @@ fn definitions_file_is_replaced_atomically(shards: usize) {
     entries.sort();
     assert_eq!(
         entries,
-        ["broker.log", "definitions.json", "messages"],
+        [".lock", "broker.log", "definitions.json", "messages"],
         "no temp file is left"
     );
     let defs = read_definitions(&broker);

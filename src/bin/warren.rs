@@ -48,6 +48,11 @@ struct Args {
     /// deleted once every message in it is gone.
     #[arg(long, default_value_t = config::SEGMENT_SIZE, value_name = "BYTES")]
     segment_size: u64,
+    /// The largest message body a client may publish, in bytes (RabbitMQ's
+    /// max_message_size; at most 536870912). A larger one closes the
+    /// channel with 406 PRECONDITION_FAILED.
+    #[arg(long, default_value_t = config::MESSAGE_SIZE_MAX, value_name = "BYTES")]
+    max_message_size: u64,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -105,6 +110,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.max_message_size > config::MESSAGE_SIZE_LIMIT {
+        error!(
+            max_message_size = args.max_message_size,
+            limit = config::MESSAGE_SIZE_LIMIT,
+            "--max-message-size is larger than the largest allowed"
+        );
+        return ExitCode::FAILURE;
+    }
     let config = Config {
         listen,
         data_dir: args.data_dir,
@@ -115,12 +128,10 @@ fn main() -> ExitCode {
         memory_high_watermark,
         disk_free_limit,
         segment_size: args.segment_size.max(config::SEGMENT_SIZE_MIN),
+        message_size_max: args.max_message_size,
         ..Config::default()
     };
-    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-        error!(dir = %config.data_dir.display(), error = %e, "cannot create the data directory");
-        return ExitCode::FAILURE;
-    }
+    // The data directory is created (0700) and locked by shard::run.
     match warren::shard::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -67,11 +67,14 @@ enum Body {
 }
 
 impl Body {
-    fn push(&mut self, payload: Bytes, total: u64) {
+    /// Appends a body frame. The buffer grows with what has arrived, never
+    /// with the size the header announced: a client may announce any size
+    /// up to `max_message_size` and then send nothing.
+    fn push(&mut self, payload: Bytes) {
         *self = match std::mem::replace(self, Body::Empty) {
             Body::Empty => Body::One(payload),
             Body::One(first) => {
-                let mut joined = BytesMut::with_capacity(total as usize);
+                let mut joined = BytesMut::with_capacity(first.len() + payload.len());
                 joined.extend_from_slice(&first);
                 joined.extend_from_slice(&payload);
                 Body::Many(joined)
@@ -90,6 +93,21 @@ impl Body {
             Body::Many(joined) => joined.freeze(),
         }
     }
+}
+
+/// RabbitMQ's refusal of a body over `max_message_size`
+/// (rabbit_channel:check_msg_size). RabbitMQ reads the whole body before it
+/// refuses it; warren refuses on the content header, before reading any.
+fn message_too_large(body_size: u64, message_size_max: u64) -> AmqpError {
+    let configured = if message_size_max == crate::config::MESSAGE_SIZE_LIMIT {
+        ""
+    } else {
+        "configured "
+    };
+    AmqpError::precondition_failed(format!(
+        "message size {} is larger than {}max size {}",
+        body_size, configured, message_size_max
+    ))
 }
 
 /// Publisher confirms: publish sequence numbers waiting for their queues.
@@ -672,6 +690,10 @@ impl Connection {
             ));
             return self.connection_error(error, env.now);
         }
+        if header.body_size > env.config.message_size_max {
+            let error = message_too_large(header.body_size, env.config.message_size_max);
+            return self.fail(channel, error.with_method(60, 40), env.now);
+        }
         let complete = header.body_size == 0;
         content.header = Some(header);
         if complete {
@@ -699,7 +721,7 @@ impl Connection {
             );
             return;
         }
-        content.body.push(payload, body_size);
+        content.body.push(payload);
         if content.received == body_size {
             self.complete_publish(channel, env);
         }
@@ -722,6 +744,10 @@ impl Connection {
         match self.channels.get(&shape.channel) {
             Some(ch) if !ch.closing && ch.content.is_none() => {}
             _ => return false,
+        }
+        // A body over the limit is refused by the general path.
+        if shape.body.len() as u64 > env.config.message_size_max {
+            return false;
         }
         let frames = buf.split_to(shape.len).freeze();
         let body = frames.slice(shape.body.clone());

@@ -13,6 +13,7 @@
 //! except close-ok, as the spec asks.
 
 use crate::util::hash::FastMap;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
 use crate::broker::channel::Channel;
+use crate::broker::login_delay::{LoginDelays, LoginTurn};
 use crate::broker::metadata::MetaRequest;
 use crate::broker::vhost::{Routed, Vhost};
 use crate::broker::{ChannelReply, ShardMsg};
@@ -223,6 +225,16 @@ pub struct Env<'a> {
     /// The node's raised resource alarms: while any is, a publish blocks
     /// its connection.
     pub alarms: AlarmSet,
+    /// The shard's memory of failed logins, by address.
+    pub login_delays: &'a RefCell<LoginDelays>,
+}
+
+/// A login held back because its address failed to log in lately.
+#[derive(Debug)]
+struct HeldLogin {
+    answer_at: Instant,
+    mechanism: ShortStr,
+    response: Bytes,
 }
 
 pub struct Connection {
@@ -261,6 +273,8 @@ pub struct Connection {
     pub(crate) route_keys: Vec<String>,
     /// The client closed the connection: it closes the socket too.
     pub closed_by_client: bool,
+    /// A login waiting for its turn (see `broker::login_delay`).
+    held_login: Option<HeldLogin>,
     /// Blocked by a resource alarm: it published while one was raised, and
     /// nothing more is read from it until the alarm clears (RabbitMQ's
     /// "blocked"; a connection that has not published yet is "blocking"
@@ -300,6 +314,7 @@ impl Connection {
             route_cache: RouteCache::default(),
             route_keys: Vec::new(),
             closed_by_client: false,
+            held_login: None,
             blocked: false,
         }
     }
@@ -363,6 +378,16 @@ impl Connection {
         let result = loop {
             if self.phase == Phase::Closed {
                 break Input::Closed;
+            }
+            if let Some(held) = self.held_login.take() {
+                if held.answer_at > env.now {
+                    self.held_login = Some(held);
+                    self.paused = true;
+                    break Input::Paused;
+                }
+                self.paused = false;
+                self.log_in(held.mechanism.as_str(), &held.response, env);
+                continue;
             }
             if self.paused || self.blocked {
                 break Input::Paused;
@@ -491,30 +516,28 @@ impl Connection {
         match (&self.phase, method) {
             (Phase::StartOk, Method::ConnectionStartOk(m)) => {
                 self.capabilities = capabilities(&m.client_properties);
-                let peer_ip = self.peer.ip();
-                match env
-                    .users
-                    .authenticate(m.mechanism.as_str(), &m.response, peer_ip)
-                {
-                    Ok(user) => {
-                        self.user = user.name.clone();
-                        self.wire.method(
-                            0,
-                            &ConnectionTune {
-                                channel_max: env.config.channel_max,
-                                frame_max: env.config.frame_size_max,
-                                heartbeat: env.config.heartbeat_s,
-                            }
-                            .into(),
-                        );
-                        self.phase = Phase::TuneOk;
-                        Ok(())
+                let turn = env.login_delays.borrow_mut().turn(self.peer.ip(), env.now);
+                match turn {
+                    LoginTurn::Now => self.log_in(m.mechanism.as_str(), &m.response, env),
+                    // Held until the tick lets it go; nothing else of the
+                    // shard waits.
+                    LoginTurn::At(answer_at) => {
+                        self.held_login = Some(HeldLogin {
+                            answer_at,
+                            mechanism: m.mechanism,
+                            response: m.response,
+                        });
+                        self.pause();
                     }
-                    Err(failure) => {
+                    LoginTurn::Refused => {
+                        warn!(peer = %self.peer, "login refused unchecked: too many logins wait after failures from this address");
+                        let failure = AuthFailure::Refused {
+                            user: String::new(),
+                        };
                         self.refuse_login(m.mechanism.as_str(), failure, env.now);
-                        Ok(())
                     }
                 }
+                Ok(())
             }
             (Phase::TuneOk, Method::ConnectionTuneOk(m)) => {
                 let server_max = env.config.frame_size_max;
@@ -586,6 +609,31 @@ impl Connection {
         }
     }
 
+    /// Checks the credentials of connection.start-ok: tune, or refusal.
+    fn log_in(&mut self, mechanism: &str, response: &Bytes, env: &Env) {
+        match env.users.authenticate(mechanism, response, self.peer.ip()) {
+            Ok(user) => {
+                self.user = user.name.clone();
+                self.wire.method(
+                    0,
+                    &ConnectionTune {
+                        channel_max: env.config.channel_max,
+                        frame_max: env.config.frame_size_max,
+                        heartbeat: env.config.heartbeat_s,
+                    }
+                    .into(),
+                );
+                self.phase = Phase::TuneOk;
+            }
+            Err(failure) => {
+                env.login_delays
+                    .borrow_mut()
+                    .failed(self.peer.ip(), env.now);
+                self.refuse_login(mechanism, failure, env.now);
+            }
+        }
+    }
+
     fn refuse_login(&mut self, mechanism: &str, failure: AuthFailure, now: Instant) {
         let text = match &failure {
             AuthFailure::LoopbackOnly { user } => {
@@ -599,7 +647,11 @@ impl Connection {
                 mechanism
             ),
         };
-        warn!(peer = %self.peer, ?failure, "login refused");
+        let user = match &failure {
+            AuthFailure::Refused { user } | AuthFailure::LoopbackOnly { user } => user.as_str(),
+            AuthFailure::Malformed | AuthFailure::UnknownMechanism => "",
+        };
+        warn!(peer = %self.peer, user, mechanism, ?failure, "login refused");
         if self.capabilities.authentication_failure_close
             && failure != AuthFailure::UnknownMechanism
         {
@@ -737,6 +789,13 @@ impl Connection {
 
     /// The heartbeat and deadline checks of the shard's tick.
     pub fn tick(&mut self, now: Instant) {
+        if self
+            .held_login
+            .as_ref()
+            .is_some_and(|held| now >= held.answer_at)
+        {
+            self.resume();
+        }
         match self.phase {
             Phase::CloseSent { deadline } if now >= deadline => {
                 self.phase = Phase::Closed;

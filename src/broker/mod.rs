@@ -13,6 +13,7 @@ pub mod connection;
 mod dead_letter;
 pub mod delayed;
 pub mod exchange;
+pub mod login_delay;
 pub mod metadata;
 pub mod queue;
 pub mod sender_selected;
@@ -226,6 +227,8 @@ pub struct ShardState {
     pub saturated: bool,
     /// Connections in flow.
     flow: Vec<FlowWait>,
+    /// Addresses whose logins failed lately, and when they are next answered.
+    login_delays: std::cell::RefCell<login_delay::LoginDelays>,
 }
 
 /// Where a queue on this shard hands its deliveries: a consumer on this
@@ -309,6 +312,7 @@ impl ShardState {
             backpressure_released: Notify::new(),
             saturated: false,
             flow: Vec::new(),
+            login_delays: Default::default(),
             alarms: alarm_board.raised(),
             alarm_board,
         }
@@ -1169,6 +1173,7 @@ impl ShardState {
                 config,
                 now,
                 alarms,
+                login_delays,
                 ..
             } = self;
             let Some(connection) = connections.get_mut(&id) else {
@@ -1180,6 +1185,7 @@ impl ShardState {
                 config,
                 now: *now,
                 alarms: *alarms,
+                login_delays,
             };
             match connection.input(buf, &env) {
                 Some(input) => break input,

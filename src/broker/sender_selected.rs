@@ -15,10 +15,15 @@
 //! with, BCC ones included, though its x-death lists only the routing key
 //! and the CC keys.
 //!
+//! Unlike RabbitMQ, warren refuses a publish whose CC and BCC together
+//! hold more than `config::SENDER_SELECTED_KEYS_MAX` routing keys, with 406
+//! PRECONDITION_FAILED, as each key routes the message once more.
+//!
 //! A publish without headers pays one flag test; one with headers but no
 //! CC or BCC pays a walk over the raw table, with nothing decoded or
 //! allocated.
 
+use crate::config::SENDER_SELECTED_KEYS_MAX;
 use warren_protocol::{AmqpError, FieldValue, Properties};
 
 pub const CC_HEADER: &str = "CC";
@@ -44,6 +49,22 @@ pub fn routing_keys(
         return Ok(None);
     }
     let [cc, bcc] = properties.header_values([CC_HEADER, BCC_HEADER]);
+    let key_count: usize = [&cc, &bcc]
+        .into_iter()
+        .map(|value| match value {
+            Some(FieldValue::Array(routes)) => routes
+                .iter()
+                .filter(|route| matches!(route, FieldValue::LongStr(_)))
+                .count(),
+            _ => 0,
+        })
+        .sum();
+    if key_count > SENDER_SELECTED_KEYS_MAX {
+        return Err(AmqpError::precondition_failed(format!(
+            "invalid message: CC and BCC hold {} routing keys, more than the {} allowed",
+            key_count, SENDER_SELECTED_KEYS_MAX
+        )));
+    }
     let mut bcc_at = 0;
     for (header, value) in [(CC_HEADER, &cc), (BCC_HEADER, &bcc)] {
         bcc_at = keys.len();
@@ -148,6 +169,26 @@ mod tests {
         let removed = routing_keys(&p, &mut keys).unwrap().unwrap();
         assert_eq!(keys, ["one"]);
         assert_eq!(removed.properties.headers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn more_keys_than_the_limit_are_refused() {
+        let keys = |n: usize| FieldValue::Array(vec![ls("k"); n]);
+        let half = SENDER_SELECTED_KEYS_MAX / 2;
+        let p = with_headers(vec![("CC", keys(half)), ("BCC", keys(half))]);
+        let mut out = Vec::new();
+        assert!(routing_keys(&p, &mut out).is_ok());
+        assert_eq!(out.len(), SENDER_SELECTED_KEYS_MAX);
+        let p = with_headers(vec![("CC", keys(half)), ("BCC", keys(half + 1))]);
+        let error = routing_keys(&p, &mut out).unwrap_err();
+        assert_eq!(
+            error.reply_text().as_str(),
+            format!(
+                "PRECONDITION_FAILED - invalid message: CC and BCC hold {} routing keys, more than the {} allowed",
+                SENDER_SELECTED_KEYS_MAX + 1,
+                SENDER_SELECTED_KEYS_MAX
+            )
+        );
     }
 
     #[test]

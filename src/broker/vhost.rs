@@ -9,7 +9,7 @@
 //! The definitions themselves (`QueueMeta`, `MetaChange`, the exchanges'
 //! declared shapes) live in `metadata`; this is their routing replica.
 
-use crate::util::hash::FastMap;
+use crate::util::hash::{FastMap, FastSet};
 
 use crate::broker::delayed;
 use crate::broker::exchange::Exchange;
@@ -143,7 +143,20 @@ impl Vhost {
     ) {
         out.clear();
         scratch.clear();
-        let keys = std::iter::once(routing_key).chain(extra_keys.iter().map(AsRef::as_ref));
+        // A publish with CC or BCC keys routes with each distinct key once.
+        let mut distinct: Vec<&str> = Vec::new();
+        if !extra_keys.is_empty() {
+            distinct.push(routing_key);
+            distinct.extend(extra_keys.iter().map(AsRef::as_ref));
+            distinct.sort_unstable();
+            distinct.dedup();
+        }
+        let keys: &[&str] = if distinct.is_empty() {
+            std::slice::from_ref(&routing_key)
+        } else {
+            &distinct
+        };
+        let mut seen = None;
         let mut delay = DelayLookup::default();
         if exchange.def.delayed {
             if let Some(delay_ms) = delay.get(properties) {
@@ -155,14 +168,12 @@ impl Vhost {
         if exchange.def.name.is_empty() {
             // The default exchange binds every queue by its own name.
             for key in keys {
-                if let Some(meta) = self.queues.get(key) {
+                if let Some(meta) = self.queues.get(*key) {
                     out.queues.push(meta.queue_ref());
                 }
             }
         } else {
-            for key in keys.clone() {
-                exchange.route(key, properties, scratch);
-            }
+            route_with_keys(exchange, keys, properties, scratch, &mut seen);
             let mut visited: Vec<ShortStr> = Vec::new();
             let mut at = 0;
             while at < scratch.len() {
@@ -182,9 +193,7 @@ impl Vhost {
                                 out.delay_ms = delay_ms;
                             }
                             None => {
-                                for key in keys.clone() {
-                                    next.route(key, properties, scratch);
-                                }
+                                route_with_keys(next, keys, properties, scratch, &mut seen);
                             }
                         }
                     }
@@ -223,6 +232,38 @@ impl DefinitionsView for Vhost {
 
     fn queues(&self) -> impl Iterator<Item = &QueueMeta> {
         self.queues.values()
+    }
+}
+
+/// Appends `exchange`'s destinations for a message routed with `keys` to
+/// `scratch`. With one key, as `Exchange::route`. With several (CC and
+/// BCC), an exchange whose type ignores the routing key (fanout, headers)
+/// routes once, as RabbitMQ's do, and each destination is appended once
+/// (`seen`, made on first need): 1,024 keys on a topic exchange whose `#`
+/// binds 2,000 queues append 2,000 destinations, not two million.
+fn route_with_keys(
+    exchange: &Exchange,
+    keys: &[&str],
+    properties: &Properties,
+    scratch: &mut Vec<Destination>,
+    seen: &mut Option<FastSet<Destination>>,
+) {
+    let [first, rest @ ..] = keys else {
+        return;
+    };
+    if rest.is_empty() || !exchange.def.kind.routes_by_key() {
+        exchange.route(first, properties, scratch);
+        return;
+    }
+    let seen = seen.get_or_insert_with(|| scratch.iter().cloned().collect());
+    let mut one = Vec::new();
+    for key in keys {
+        exchange.route(key, properties, &mut one);
+        for destination in one.drain(..) {
+            if seen.insert(destination.clone()) {
+                scratch.push(destination);
+            }
+        }
     }
 }
 

@@ -26,6 +26,11 @@ pub enum ExchangeKind {
 }
 
 impl ExchangeKind {
+    /// False for the types whose routing ignores the routing key.
+    pub fn routes_by_key(self) -> bool {
+        matches!(self, ExchangeKind::Direct | ExchangeKind::Topic)
+    }
+
     pub fn parse(name: &str) -> Option<ExchangeKind> {
         match name {
             "direct" => Some(ExchangeKind::Direct),

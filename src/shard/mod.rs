@@ -32,6 +32,8 @@ use crate::store::recovery::ShardRecovery;
 use crate::util::signal::Notify;
 
 pub mod alarms;
+pub mod data_dir;
+pub mod fatal;
 pub mod shutdown;
 
 type Batch = Vec<ShardMsg>;
@@ -70,6 +72,10 @@ pub enum BootError {
     },
     /// The message store cannot be read or rewritten at start (recovery).
     Recovery(std::io::Error),
+    /// The data directory cannot be created, or another broker holds it.
+    DataDir(data_dir::DataDirError),
+    /// A shard stopped with an error after start-up.
+    ShardFailed(String),
 }
 
 /// What is wrong with a definitions file at start.
@@ -112,6 +118,8 @@ impl std::fmt::Display for BootError {
                 write!(f, "cannot use the definitions in {}: {}", path.display(), problem)
             }
             BootError::Recovery(e) => write!(f, "cannot recover the message store: {}", e),
+            BootError::DataDir(e) => write!(f, "{}", e),
+            BootError::ShardFailed(e) => write!(f, "a shard stopped with an error: {}", e),
         }
     }
 }
@@ -156,6 +164,13 @@ pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
 /// Starts every shard and blocks until they stop.
 pub fn run(config: Config) -> Result<(), BootError> {
     let shard_count = config.shards.max(1);
+    // A panic on any thread ends the process, rather than leave it serving
+    // without a shard.
+    fatal::install();
+    // Before anything is read: a second broker on this directory would
+    // recover from files the first one is still writing.
+    data_dir::restrict_new_files();
+    let _data_dir_lock = data_dir::lock(&config.data_dir).map_err(BootError::DataDir)?;
     // Definitions first: a file that cannot be used stops the broker before
     // it listens.
     let boot = load_definitions(&config, shard_count)?;
@@ -249,12 +264,14 @@ pub fn run(config: Config) -> Result<(), BootError> {
         shards = shard_count,
         "ready to accept connections"
     );
+    let mut stopped = Ok(());
     for handle in handles {
         if let Err(e) = handle.join() {
             error!(error = %e, "shard stopped with an error");
+            stopped = Err(BootError::ShardFailed(e.to_string()));
         }
     }
-    Ok(())
+    stopped
 }
 
 /// What the definitions at boot give each shard.
@@ -615,6 +632,17 @@ async fn shard_main(
     }
 
     let _ = ready.send(());
+    #[cfg(debug_assertions)]
+    if fatal::debug_panic_requested(id.index()) {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(config::TICK).await;
+            panic!(
+                "WARREN_DEBUG_PANIC_SHARD asked shard {} to panic",
+                id.index()
+            );
+        })
+        .detach();
+    }
     // The spawned tasks do the work until a shutdown has closed the clients.
     stopped.wait().await;
     // Everything the store holds is written and synced before the exit.
