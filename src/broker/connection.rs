@@ -27,7 +27,7 @@ use crate::broker::vhost::{Routed, Vhost, DEFAULT_VHOST};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
 use crate::model::alarms::AlarmSet;
-use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
+use crate::model::ids::{ConnRef, QueueId, ShardId};
 use crate::model::message::Message;
 use crate::util::signal::Notify;
 use warren_protocol::frame::{write_method_args, FRAME_METHOD};
@@ -301,10 +301,6 @@ impl Connection {
             closed_by_client: false,
             blocked: false,
         }
-    }
-
-    pub fn id(&self) -> ConnId {
-        self.conn.conn
     }
 
     pub fn is_closed(&self) -> bool {

@@ -487,10 +487,6 @@ impl Queue {
         }
     }
 
-    pub fn id(&self) -> QueueId {
-        self.meta.id
-    }
-
     pub fn name(&self) -> &ShortStr {
         &self.meta.name
     }
