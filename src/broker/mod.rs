@@ -6,7 +6,10 @@
 //!
 //! Work that crosses shards is a `ShardMsg`. A message addressed to this
 //! shard goes through the same path as one from a peer (the `local` queue),
-//! so local and remote queues behave identically, in the same order.
+//! so local and remote queues behave identically, in the same order; only
+//! `runs_now` lets such work skip that queue, when nothing waits in it.
+//! Queue operations get the queue's context and the sink their deliveries
+//! go to from `queue_parts`, through `with_queue` for one queue.
 
 pub mod auth;
 pub mod channel;
