@@ -4,6 +4,11 @@
 //! publisher confirms and transactions. Definition changes go to the
 //! metadata owner and pause the connection until it answers, so a client's
 //! methods take effect in the order it sent them.
+//!
+//! Each method a client may send on a channel is one function named after
+//! it (`basic_publish`, `queue_declare`, `tx_commit`, ...), called from the
+//! one flat `match` of `channel_method`; `channel_frame_method` first
+//! decides whether the channel takes methods at all.
 
 use std::collections::VecDeque;
 
@@ -24,10 +29,13 @@ use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConsumerId, QueueRef, ShardId};
 use crate::model::message::Message;
 use warren_protocol::{
-    AmqpError, BasicAck, BasicCancel, BasicCancelOk, BasicConsumeOk, BasicGetEmpty, BasicGetOk,
-    BasicNack, BasicPublish, BasicQosOk, BasicRecoverOk, BasicReturn, ChannelCloseOk,
-    ChannelFlowOk, ChannelOpenOk, ConfirmSelectOk, ContentHeader, Method, Properties, PublishShape,
-    QueuePurgeOk, ShortStr, TxCommitOk, TxRollbackOk, TxSelectOk,
+    AmqpError, BasicAck, BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicGet,
+    BasicGetEmpty, BasicGetOk, BasicNack, BasicPublish, BasicQos, BasicQosOk, BasicRecover,
+    BasicRecoverAsync, BasicRecoverOk, BasicReject, BasicReturn, ChannelCloseOk, ChannelFlow,
+    ChannelFlowOk, ChannelOpenOk, ConfirmSelect, ConfirmSelectOk, ContentHeader, ExchangeBind,
+    ExchangeDeclare, ExchangeDelete, ExchangeUnbind, Method, Properties, PublishShape, QueueBind,
+    QueueDeclare, QueueDelete, QueuePurge, QueuePurgeOk, QueueUnbind, ShortStr, TxCommit,
+    TxCommitOk, TxRollback, TxRollbackOk, TxSelect, TxSelectOk,
 };
 
 /// The class id of `basic`, the only content class.
@@ -346,288 +354,409 @@ impl Connection {
         }
     }
 
+    /// One method on an open channel that waits for no content, passed to
+    /// the function named after it (the flat dispatch of LavinMQ's
+    /// `process_frame`). A handler that no longer finds its channel drops
+    /// the method.
     fn channel_method(&mut self, id: u16, method: Method, env: &Env) -> Result<(), AmqpError> {
+        match method {
+            Method::ChannelOpen(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
+            Method::ChannelClose(_) => self.channel_close(id),
+            Method::ChannelCloseOk(_) => Ok(()),
+            Method::ChannelFlow(m) => self.channel_flow(id, m),
+            Method::ChannelFlowOk(_) => Ok(()),
+            Method::ExchangeDeclare(m) => self.exchange_declare(id, m),
+            Method::ExchangeDelete(m) => self.exchange_delete(id, m),
+            Method::ExchangeBind(m) => self.exchange_bind(id, m),
+            Method::ExchangeUnbind(m) => self.exchange_unbind(id, m),
+            Method::QueueDeclare(m) => self.queue_declare(id, m),
+            Method::QueueBind(m) => self.queue_bind(id, m),
+            Method::QueueUnbind(m) => self.queue_unbind(id, m),
+            Method::QueueDelete(m) => self.queue_delete(id, m),
+            Method::QueuePurge(m) => self.queue_purge(id, m, env),
+            Method::BasicQos(m) => self.basic_qos(id, m),
+            Method::BasicConsume(m) => self.basic_consume(id, m, env),
+            Method::BasicCancel(m) => self.basic_cancel(id, m),
+            Method::BasicPublish(m) => self.basic_publish(id, m, env),
+            Method::BasicGet(m) => self.basic_get(id, m, env),
+            Method::BasicAck(m) => self.basic_ack(id, m),
+            Method::BasicReject(m) => self.basic_reject(id, m),
+            Method::BasicNack(m) => self.basic_nack(id, m),
+            Method::BasicRecover(m) => self.basic_recover(id, m),
+            Method::BasicRecoverAsync(m) => self.basic_recover_async(id, m),
+            Method::ConfirmSelect(m) => self.confirm_select(id, m),
+            Method::TxSelect(m) => self.tx_select(id, m),
+            Method::TxCommit(m) => self.tx_commit(id, m),
+            Method::TxRollback(m) => self.tx_rollback(id, m),
+            other => Err(AmqpError::command_invalid(format!(
+                "unexpected method {} from a client",
+                other.name()
+            ))),
+        }
+    }
+
+    fn channel_close(&mut self, id: u16) -> Result<(), AmqpError> {
+        self.release_channel(id);
+        self.channels.remove(&id);
+        self.wire.method(id, &ChannelCloseOk {}.into());
+        Ok(())
+    }
+
+    fn channel_flow(&mut self, id: u16, m: ChannelFlow) -> Result<(), AmqpError> {
+        self.wire
+            .method(id, &ChannelFlowOk { active: m.active }.into());
+        Ok(())
+    }
+
+    fn exchange_declare(&mut self, id: u16, m: ExchangeDeclare) -> Result<(), AmqpError> {
+        self.meta(id, m.nowait, MetaRequest::ExchangeDeclare(m));
+        Ok(())
+    }
+
+    fn exchange_delete(&mut self, id: u16, m: ExchangeDelete) -> Result<(), AmqpError> {
+        self.meta(id, m.nowait, MetaRequest::ExchangeDelete(m));
+        Ok(())
+    }
+
+    fn exchange_bind(&mut self, id: u16, m: ExchangeBind) -> Result<(), AmqpError> {
+        self.meta(id, m.nowait, MetaRequest::ExchangeBind(m));
+        Ok(())
+    }
+
+    fn exchange_unbind(&mut self, id: u16, m: ExchangeUnbind) -> Result<(), AmqpError> {
+        self.meta(id, m.nowait, MetaRequest::ExchangeUnbind(m));
+        Ok(())
+    }
+
+    fn queue_declare(&mut self, id: u16, m: QueueDeclare) -> Result<(), AmqpError> {
+        self.meta(id, m.nowait, MetaRequest::QueueDeclare(m));
+        Ok(())
+    }
+
+    fn queue_bind(&mut self, id: u16, mut m: QueueBind) -> Result<(), AmqpError> {
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
-        match method {
-            Method::ChannelOpen(_) => {
-                return Err(AmqpError::channel_error("second 'channel.open' seen"));
-            }
-            Method::ChannelClose(_) => {
-                self.release_channel(id);
-                self.channels.remove(&id);
-                self.wire.method(id, &ChannelCloseOk {}.into());
-            }
-            Method::ChannelCloseOk(_) => {}
-            Method::ChannelFlow(m) => {
-                self.wire
-                    .method(id, &ChannelFlowOk { active: m.active }.into());
-            }
-            Method::ChannelFlowOk(_) => {}
-            Method::ExchangeDeclare(m) => self.meta(id, m.nowait, MetaRequest::ExchangeDeclare(m)),
-            Method::ExchangeDelete(m) => self.meta(id, m.nowait, MetaRequest::ExchangeDelete(m)),
-            Method::ExchangeBind(m) => self.meta(id, m.nowait, MetaRequest::ExchangeBind(m)),
-            Method::ExchangeUnbind(m) => self.meta(id, m.nowait, MetaRequest::ExchangeUnbind(m)),
-            Method::QueueDeclare(m) => self.meta(id, m.nowait, MetaRequest::QueueDeclare(m)),
-            Method::QueueBind(mut m) => {
-                let shortcut = m.queue.is_empty();
-                m.queue = ch.expand_queue(m.queue)?;
-                if shortcut && m.routing_key.is_empty() {
-                    m.routing_key = m.queue.clone();
-                }
-                self.meta(id, m.nowait, MetaRequest::QueueBind(m))
-            }
-            Method::QueueUnbind(mut m) => {
-                m.queue = ch.expand_queue(m.queue)?;
-                self.meta(id, false, MetaRequest::QueueUnbind(m))
-            }
-            Method::QueueDelete(mut m) => {
-                m.queue = ch.expand_queue(m.queue)?;
-                self.meta(id, m.nowait, MetaRequest::QueueDelete(m))
-            }
-            Method::QueuePurge(m) => {
-                let name = ch.expand_queue(m.queue)?;
-                let meta = lookup_queue(env, &name)?;
-                check_exclusive(meta, Some(self.conn))?;
-                ch.waiting_nowait = m.nowait;
-                let queue = meta.queue_ref();
-                let msg = ShardMsg::Purge {
-                    queue: queue.id,
-                    conn: self.conn,
-                    channel: id,
-                    nowait: m.nowait,
+        let shortcut = m.queue.is_empty();
+        m.queue = ch.expand_queue(m.queue)?;
+        if shortcut && m.routing_key.is_empty() {
+            m.routing_key = m.queue.clone();
+        }
+        self.meta(id, m.nowait, MetaRequest::QueueBind(m));
+        Ok(())
+    }
+
+    fn queue_unbind(&mut self, id: u16, mut m: QueueUnbind) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        m.queue = ch.expand_queue(m.queue)?;
+        self.meta(id, false, MetaRequest::QueueUnbind(m));
+        Ok(())
+    }
+
+    fn queue_delete(&mut self, id: u16, mut m: QueueDelete) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        m.queue = ch.expand_queue(m.queue)?;
+        self.meta(id, m.nowait, MetaRequest::QueueDelete(m));
+        Ok(())
+    }
+
+    fn queue_purge(&mut self, id: u16, m: QueuePurge, env: &Env) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let name = ch.expand_queue(m.queue)?;
+        let meta = lookup_queue(env, &name)?;
+        check_exclusive(meta, Some(self.conn))?;
+        ch.waiting_nowait = m.nowait;
+        let queue = meta.queue_ref();
+        let msg = ShardMsg::Purge {
+            queue: queue.id,
+            conn: self.conn,
+            channel: id,
+            nowait: m.nowait,
+        };
+        self.effects.push((queue.shard, msg));
+        self.pause();
+        Ok(())
+    }
+
+    fn basic_qos(&mut self, id: u16, m: BasicQos) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        if m.prefetch_size != 0 {
+            return Err(AmqpError::not_implemented(format!(
+                "prefetch_size!=0 ({})",
+                m.prefetch_size
+            )));
+        }
+        if m.global {
+            ch.channel_prefetch = m.prefetch_count;
+        } else {
+            ch.consumer_prefetch = m.prefetch_count;
+        }
+        self.wire.method(id, &BasicQosOk {}.into());
+        Ok(())
+    }
+
+    fn basic_consume(&mut self, id: u16, m: BasicConsume, env: &Env) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let name = ch.expand_queue(m.queue)?;
+        let meta = lookup_queue(env, &name)?;
+        check_exclusive(meta, Some(self.conn))?;
+        let tag = if m.consumer_tag.is_empty() {
+            generated_name("amq.ctag-", &mut self.name_state)
+        } else {
+            m.consumer_tag
+        };
+        if ch.consumers.contains_key(tag.as_str()) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{}'",
+                tag
+            )));
+        }
+        let queue = meta.queue_ref();
+        ch.consumers
+            .insert(tag.clone(), ChannelConsumer { queue, id: None });
+        ch.pending_consumer = Some(tag.clone());
+        let spec = ConsumerSpec {
+            conn: self.conn,
+            channel: id,
+            tag,
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            prefetch_count: ch.effective_prefetch(),
+        };
+        self.effects.push((
+            queue.shard,
+            ShardMsg::Consume {
+                queue: queue.id,
+                spec,
+                nowait: m.nowait,
+            },
+        ));
+        self.pause();
+        Ok(())
+    }
+
+    fn basic_cancel(&mut self, id: u16, m: BasicCancel) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(consumer) = ch.consumers.get(m.consumer_tag.as_str()) else {
+            // RabbitMQ answers a cancel of an unknown tag with cancel-ok.
+            if !m.nowait {
+                let ok = BasicCancelOk {
+                    consumer_tag: m.consumer_tag,
                 };
-                self.effects.push((queue.shard, msg));
-                self.pause();
+                self.wire.method(id, &ok.into());
             }
-            Method::BasicQos(m) => {
-                if m.prefetch_size != 0 {
-                    return Err(AmqpError::not_implemented(format!(
-                        "prefetch_size!=0 ({})",
-                        m.prefetch_size
-                    )));
-                }
-                if m.global {
-                    ch.channel_prefetch = m.prefetch_count;
-                } else {
-                    ch.consumer_prefetch = m.prefetch_count;
-                }
-                self.wire.method(id, &BasicQosOk {}.into());
-            }
-            Method::BasicConsume(m) => {
-                let name = ch.expand_queue(m.queue)?;
-                let meta = lookup_queue(env, &name)?;
-                check_exclusive(meta, Some(self.conn))?;
-                let tag = if m.consumer_tag.is_empty() {
-                    generated_name("amq.ctag-", &mut self.name_state)
-                } else {
-                    m.consumer_tag
-                };
-                if ch.consumers.contains_key(tag.as_str()) {
-                    return Err(AmqpError::not_allowed(format!(
-                        "attempt to reuse consumer tag '{}'",
-                        tag
-                    )));
-                }
-                let queue = meta.queue_ref();
-                ch.consumers
-                    .insert(tag.clone(), ChannelConsumer { queue, id: None });
-                ch.pending_consumer = Some(tag.clone());
-                let spec = ConsumerSpec {
-                    conn: self.conn,
-                    channel: id,
-                    tag,
-                    no_ack: m.no_ack,
-                    exclusive: m.exclusive,
-                    prefetch_count: ch.effective_prefetch(),
-                };
-                self.effects.push((
-                    queue.shard,
-                    ShardMsg::Consume {
-                        queue: queue.id,
-                        spec,
-                        nowait: m.nowait,
-                    },
-                ));
-                self.pause();
-            }
-            Method::BasicCancel(m) => {
-                let Some(consumer) = ch.consumers.get(m.consumer_tag.as_str()) else {
-                    // RabbitMQ answers a cancel of an unknown tag with cancel-ok.
-                    if !m.nowait {
-                        let ok = BasicCancelOk {
-                            consumer_tag: m.consumer_tag,
-                        };
-                        self.wire.method(id, &ok.into());
+            return Ok(());
+        };
+        let queue = consumer.queue;
+        if m.nowait {
+            ch.forget_consumer(m.consumer_tag.as_str());
+        } else {
+            // The consumer stays until the queue confirms: deliveries
+            // already on their way still reach the client, and once
+            // cancel-ok is out the queue has stopped, as in RabbitMQ.
+            self.pause();
+        }
+        let msg = ShardMsg::Cancel {
+            queue: queue.id,
+            conn: self.conn,
+            channel: id,
+            tag: m.consumer_tag,
+            answer: !m.nowait,
+        };
+        self.effects.push((queue.shard, msg));
+        Ok(())
+    }
+
+    /// The method frame of a publish: its header and body frames follow
+    /// (`channel_frame_header`, `channel_frame_body`).
+    fn basic_publish(&mut self, id: u16, m: BasicPublish, env: &Env) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        if m.immediate {
+            return Err(AmqpError::not_implemented("immediate=true"));
+        }
+        check_publish_exchange(env, &m.exchange)?;
+        ch.content = Some(Content {
+            publish: m,
+            header: None,
+            body: Body::Empty,
+            received: 0,
+        });
+        Ok(())
+    }
+
+    fn basic_get(&mut self, id: u16, m: BasicGet, env: &Env) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let name = ch.expand_queue(m.queue)?;
+        let meta = lookup_queue(env, &name)?;
+        check_exclusive(meta, Some(self.conn))?;
+        let queue = meta.queue_ref();
+        let msg = ShardMsg::Get {
+            queue: queue.id,
+            conn: self.conn,
+            channel: id,
+            no_ack: m.no_ack,
+        };
+        self.effects.push((queue.shard, msg));
+        self.pause();
+        Ok(())
+    }
+
+    fn basic_ack(&mut self, id: u16, m: BasicAck) -> Result<(), AmqpError> {
+        self.settle(id, m.delivery_tag, m.multiple, Settle::Ack)
+    }
+
+    fn basic_reject(&mut self, id: u16, m: BasicReject) -> Result<(), AmqpError> {
+        let settle = if m.requeue {
+            Settle::Requeue
+        } else {
+            Settle::Discard
+        };
+        self.settle(id, m.delivery_tag, false, settle)
+    }
+
+    fn basic_nack(&mut self, id: u16, m: BasicNack) -> Result<(), AmqpError> {
+        let settle = if m.requeue {
+            Settle::Requeue
+        } else {
+            Settle::Discard
+        };
+        self.settle(id, m.delivery_tag, m.multiple, settle)
+    }
+
+    fn basic_recover(&mut self, id: u16, m: BasicRecover) -> Result<(), AmqpError> {
+        if !m.requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        self.requeue_unacked(id);
+        self.wire.method(id, &BasicRecoverOk {}.into());
+        Ok(())
+    }
+
+    fn basic_recover_async(&mut self, id: u16, m: BasicRecoverAsync) -> Result<(), AmqpError> {
+        if !m.requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        self.requeue_unacked(id);
+        Ok(())
+    }
+
+    fn confirm_select(&mut self, id: u16, m: ConfirmSelect) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        if ch.tx.is_some() {
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        ch.confirms.get_or_insert_with(Confirms::new);
+        if !m.nowait {
+            self.wire.method(id, &ConfirmSelectOk {}.into());
+        }
+        Ok(())
+    }
+
+    fn tx_select(&mut self, id: u16, _: TxSelect) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        if ch.confirms.is_some() {
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from confirm to tx mode",
+            ));
+        }
+        ch.tx.get_or_insert_with(Vec::new);
+        self.wire.method(id, &TxSelectOk {}.into());
+        Ok(())
+    }
+
+    fn tx_commit(&mut self, id: u16, _: TxCommit) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(ops) = ch.tx.as_mut().map(std::mem::take) else {
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
+        };
+        // Each committed publish answers the channel once its queue
+        // has it, after the fsync when it is stored: commit-ok means
+        // every persistent publish of the transaction is on disk.
+        let target = ConfirmTarget {
+            conn: self.conn,
+            channel: id,
+            publish_seq: ConfirmTarget::TX_COMMIT,
+        };
+        let mut waiting = 0u32;
+        for op in ops {
+            match op {
+                TxOp::Settle { taken, settle } => self.settle_taken(id, taken, settle),
+                TxOp::Publish(shard, mut msg) => {
+                    if let ShardMsg::Enqueue { confirm, .. } = &mut msg {
+                        *confirm = Some(target);
+                        waiting += 1;
                     }
-                    return Ok(());
-                };
-                let queue = consumer.queue;
-                if m.nowait {
-                    ch.forget_consumer(m.consumer_tag.as_str());
-                } else {
-                    // The consumer stays until the queue confirms: deliveries
-                    // already on their way still reach the client, and once
-                    // cancel-ok is out the queue has stopped, as in RabbitMQ.
-                    self.pause();
+                    self.effects.push((shard, msg))
                 }
-                let msg = ShardMsg::Cancel {
-                    queue: queue.id,
-                    conn: self.conn,
-                    channel: id,
-                    tag: m.consumer_tag,
-                    answer: !m.nowait,
-                };
-                self.effects.push((queue.shard, msg));
-            }
-            Method::BasicPublish(m) => {
-                if m.immediate {
-                    return Err(AmqpError::not_implemented("immediate=true"));
-                }
-                check_publish_exchange(env, &m.exchange)?;
-                ch.content = Some(Content {
-                    publish: m,
-                    header: None,
-                    body: Body::Empty,
-                    received: 0,
-                });
-            }
-            Method::BasicGet(m) => {
-                let name = ch.expand_queue(m.queue)?;
-                let meta = lookup_queue(env, &name)?;
-                check_exclusive(meta, Some(self.conn))?;
-                let queue = meta.queue_ref();
-                let msg = ShardMsg::Get {
-                    queue: queue.id,
-                    conn: self.conn,
-                    channel: id,
-                    no_ack: m.no_ack,
-                };
-                self.effects.push((queue.shard, msg));
-                self.pause();
-            }
-            Method::BasicAck(m) => self.settle(id, m.delivery_tag, m.multiple, Settle::Ack)?,
-            Method::BasicReject(m) => {
-                let settle = if m.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Discard
-                };
-                self.settle(id, m.delivery_tag, false, settle)?
-            }
-            Method::BasicNack(m) => {
-                let settle = if m.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Discard
-                };
-                self.settle(id, m.delivery_tag, m.multiple, settle)?
-            }
-            Method::BasicRecover(m) => {
-                if !m.requeue {
-                    return Err(AmqpError::not_implemented("requeue=false"));
-                }
-                self.requeue_unacked(id);
-                self.wire.method(id, &BasicRecoverOk {}.into());
-            }
-            Method::BasicRecoverAsync(m) => {
-                if !m.requeue {
-                    return Err(AmqpError::not_implemented("requeue=false"));
-                }
-                self.requeue_unacked(id);
-            }
-            Method::ConfirmSelect(m) => {
-                if ch.tx.is_some() {
-                    return Err(AmqpError::precondition_failed(
-                        "cannot switch from tx to confirm mode",
-                    ));
-                }
-                ch.confirms.get_or_insert_with(Confirms::new);
-                if !m.nowait {
-                    self.wire.method(id, &ConfirmSelectOk {}.into());
-                }
-            }
-            Method::TxSelect(_) => {
-                if ch.confirms.is_some() {
-                    return Err(AmqpError::precondition_failed(
-                        "cannot switch from confirm to tx mode",
-                    ));
-                }
-                ch.tx.get_or_insert_with(Vec::new);
-                self.wire.method(id, &TxSelectOk {}.into());
-            }
-            Method::TxCommit(_) => {
-                let Some(ops) = ch.tx.as_mut().map(std::mem::take) else {
-                    return Err(AmqpError::precondition_failed(
-                        "channel is not transactional",
-                    ));
-                };
-                // Each committed publish answers the channel once its queue
-                // has it, after the fsync when it is stored: commit-ok means
-                // every persistent publish of the transaction is on disk.
-                let target = ConfirmTarget {
-                    conn: self.conn,
-                    channel: id,
-                    publish_seq: ConfirmTarget::TX_COMMIT,
-                };
-                let mut waiting = 0u32;
-                for op in ops {
-                    match op {
-                        TxOp::Settle { taken, settle } => self.settle_taken(id, taken, settle),
-                        TxOp::Publish(shard, mut msg) => {
-                            if let ShardMsg::Enqueue { confirm, .. } = &mut msg {
-                                *confirm = Some(target);
-                                waiting += 1;
-                            }
-                            self.effects.push((shard, msg))
-                        }
-                        TxOp::Return {
-                            method,
-                            properties,
-                            body,
-                        } => self.wire.content(id, &method, &properties, &body),
-                    }
-                }
-                if waiting == 0 {
-                    self.wire.method(id, &TxCommitOk {}.into());
-                } else {
-                    if let Some(ch) = self.channels.get_mut(&id) {
-                        ch.tx_commit_waiting = waiting;
-                    }
-                    self.pause();
-                }
-            }
-            Method::TxRollback(_) => {
-                let Some(ops) = ch.tx.as_mut() else {
-                    return Err(AmqpError::precondition_failed(
-                        "channel is not transactional",
-                    ));
-                };
-                // Publishes are dropped; acknowledged deliveries go back
-                // among the unacked ones, in tag order, not to their queues
-                // (RabbitMQ's tx.rollback).
-                let mut restored = false;
-                for op in ops.drain(..) {
-                    if let TxOp::Settle { taken, .. } = op {
-                        ch.unacked.extend(taken);
-                        restored = true;
-                    }
-                }
-                if restored {
-                    ch.unacked
-                        .make_contiguous()
-                        .sort_unstable_by_key(|u| u.delivery_tag);
-                }
-                self.wire.method(id, &TxRollbackOk {}.into());
-            }
-            other => {
-                return Err(AmqpError::command_invalid(format!(
-                    "unexpected method {} from a client",
-                    other.name()
-                )));
+                TxOp::Return {
+                    method,
+                    properties,
+                    body,
+                } => self.wire.content(id, &method, &properties, &body),
             }
         }
+        if waiting == 0 {
+            self.wire.method(id, &TxCommitOk {}.into());
+        } else {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.tx_commit_waiting = waiting;
+            }
+            self.pause();
+        }
+        Ok(())
+    }
+
+    fn tx_rollback(&mut self, id: u16, _: TxRollback) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(ops) = ch.tx.as_mut() else {
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
+        };
+        // Publishes are dropped; acknowledged deliveries go back
+        // among the unacked ones, in tag order, not to their queues
+        // (RabbitMQ's tx.rollback).
+        let mut restored = false;
+        for op in ops.drain(..) {
+            if let TxOp::Settle { taken, .. } = op {
+                ch.unacked.extend(taken);
+                restored = true;
+            }
+        }
+        if restored {
+            ch.unacked
+                .make_contiguous()
+                .sort_unstable_by_key(|u| u.delivery_tag);
+        }
+        self.wire.method(id, &TxRollbackOk {}.into());
         Ok(())
     }
 
@@ -1546,8 +1675,6 @@ fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
     )
 }
 
-/// What basic.publish requires of its exchange: that it exists and is not
-/// internal.
 /// A routed message goes to its queue's shard now, or waits for the
 /// commit of the channel's transaction.
 fn hand_over(
@@ -1562,6 +1689,8 @@ fn hand_over(
     }
 }
 
+/// What basic.publish requires of its exchange: that it exists and is not
+/// internal.
 fn check_publish_exchange(env: &Env, name: &str) -> Result<(), AmqpError> {
     match env.vhost.exchanges.get(name) {
         None => Err(no_exchange(name)),

@@ -30,7 +30,7 @@ use crate::metadata::auth::{AuthFailure, Users, MECHANISMS};
 use crate::metadata::exchange::Destination;
 use crate::metadata::vhost::DEFAULT_VHOST;
 use crate::model::alarms::AlarmSet;
-use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
+use crate::model::ids::{ConnRef, QueueId, ShardId};
 use crate::model::message::Message;
 use crate::util::signal::Notify;
 use warren_protocol::frame::{write_method_args, FRAME_METHOD};
@@ -317,10 +317,6 @@ impl Connection {
             held_login: None,
             blocked: false,
         }
-    }
-
-    pub fn id(&self) -> ConnId {
-        self.conn.conn
     }
 
     pub fn is_closed(&self) -> bool {

@@ -6,7 +6,10 @@
 //!
 //! Work that crosses shards is a `ShardMsg`. A message addressed to this
 //! shard goes through the same path as one from a peer (the `local` queue),
-//! so local and remote queues behave identically, in the same order.
+//! so local and remote queues behave identically, in the same order; only
+//! `runs_now` lets such work skip that queue, when nothing waits in it.
+//! Queue operations get the queue's context and the sink their deliveries
+//! go to from `queue_parts`, through `with_queue` for one queue.
 
 pub mod channel;
 pub mod connection;
@@ -198,7 +201,10 @@ pub struct ShardState {
     /// Set when an outbox has something; the shard's flusher waits on it.
     pub outbox_ready: Notify,
     local: VecDeque<ShardMsg>,
+    /// Deliveries a queue could not write at once (`ShardDeliveries`).
     deliveries: Vec<Delivery>,
+    /// Deliveries whose channel or consumer was gone: back to their queue.
+    bounced: Vec<Delivery>,
     confirm_dirty: Vec<(ConnId, u16)>,
     pub timers: Timers,
     /// The shard's message log: persistent messages of durable queues.
@@ -213,9 +219,9 @@ pub struct ShardState {
     next_rpc_id: u64,
     rpc_pending: FastMap<u64, OneshotSender<RpcReply>>,
     pub meta_inbox: MetaInbox,
-    /// True while some outbox is over its limit: readers stop reading.
+    /// True while some outbox is over its limit: readers stop reading (they
+    /// look again every tick).
     pub backpressure: bool,
-    pub backpressure_released: Notify,
     /// The node's resource alarms as this shard last read them.
     pub alarms: AlarmSet,
     /// Where shards publish their memory use and read the alarm state.
@@ -231,6 +237,18 @@ pub struct ShardState {
     login_delays: std::cell::RefCell<login_delay::LoginDelays>,
 }
 
+/// Whether work made on shard `this` for shard `target` runs now, or
+/// queues behind the local work waiting in `local`: the one place that
+/// decides. Local work runs in the order it was made; with none waiting,
+/// work for this shard would be next anyway, so it runs at once, which
+/// spares two moves of the message on the busiest path. Behind local work
+/// it waits its turn: a delivery must reach its channel after any reply
+/// sent before it (a consume-ok precedes the consumer's first delivery).
+/// Work for another shard always goes through its mailbox.
+fn runs_now(this: ShardId, local: &VecDeque<ShardMsg>, target: ShardId) -> bool {
+    target == this && local.is_empty()
+}
+
 /// Where a queue on this shard hands its deliveries: a consumer on this
 /// shard is written to at once, from the queue's copy of the message, so
 /// that a delivery costs no clone of the message and no move of it. A
@@ -239,8 +257,8 @@ pub struct ShardState {
 /// delivery, sent on afterwards.
 struct ShardDeliveries<'a> {
     shard: ShardId,
-    /// No local work is waiting.
-    direct: bool,
+    /// Local work waiting (see `runs_now`).
+    local: &'a VecDeque<ShardMsg>,
     connections: &'a mut FastMap<ConnId, Connection>,
     later: &'a mut Vec<Delivery>,
     /// Deliveries whose channel or consumer was gone: back to the queue.
@@ -249,7 +267,7 @@ struct ShardDeliveries<'a> {
 
 impl DeliverySink for ShardDeliveries<'_> {
     fn kept(&mut self, head: DeliveryHead, message: &Message) {
-        if head.conn.shard != self.shard || !self.direct {
+        if !runs_now(self.shard, self.local, head.conn.shard) {
             self.later.push(head.with(message.clone()));
             return;
         }
@@ -263,7 +281,7 @@ impl DeliverySink for ShardDeliveries<'_> {
     }
 
     fn given(&mut self, head: DeliveryHead, message: Message) {
-        if head.conn.shard != self.shard || !self.direct {
+        if !runs_now(self.shard, self.local, head.conn.shard) {
             self.later.push(head.with(message));
             return;
         }
@@ -297,6 +315,7 @@ impl ShardState {
             outbox_ready: Notify::new(),
             local: VecDeque::new(),
             deliveries: Vec::new(),
+            bounced: Vec::new(),
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
             store: MessageStore::new(segment_size, &[]),
@@ -309,7 +328,6 @@ impl ShardState {
             rpc_pending: FastMap::default(),
             meta_inbox: MetaInbox::default(),
             backpressure: false,
-            backpressure_released: Notify::new(),
             saturated: false,
             flow: Vec::new(),
             login_delays: Default::default(),
@@ -342,6 +360,11 @@ impl ShardState {
             }
             batch.push(msg);
         }
+    }
+
+    /// See `runs_now`.
+    fn runs_now(&self, shard: ShardId) -> bool {
+        runs_now(self.id, &self.local, shard)
     }
 
     pub fn send_meta(&mut self, from: Option<(ConnRef, u16)>, request: MetaRequest) {
@@ -417,10 +440,10 @@ impl ShardState {
                 consumer,
                 settle,
             } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx =
-                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-                    q.settle(seq, consumer, settle, &mut ctx);
+                if self
+                    .with_queue(queue, |q, _, ctx| q.settle(seq, consumer, settle, ctx))
+                    .is_some()
+                {
                     self.dispatch(queue);
                 }
             }
@@ -431,13 +454,13 @@ impl ShardState {
                 consumer,
                 settle,
             } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx =
-                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-                    q.settle(first, consumer, settle, &mut ctx);
+                let settled = self.with_queue(queue, |q, _, ctx| {
+                    q.settle(first, consumer, settle, ctx);
                     for seq in more {
-                        q.settle(seq, consumer, settle, &mut ctx);
+                        q.settle(seq, consumer, settle, ctx);
                     }
+                });
+                if settled.is_some() {
                     self.dispatch(queue);
                 }
             }
@@ -460,13 +483,12 @@ impl ShardState {
                 tag,
                 answer,
             } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx =
-                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-                    if q.cancel_consumer(conn, channel, &tag, &mut ctx) && q.should_auto_delete() {
-                        let queue = q.meta.queue_ref();
-                        self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
-                    }
+                let unused = self.with_queue(queue, |q, _, ctx| {
+                    (q.cancel_consumer(conn, channel, &tag, ctx) && q.should_auto_delete())
+                        .then(|| q.meta.queue_ref())
+                });
+                if let Some(queue) = unused.flatten() {
+                    self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
                 }
                 if answer {
                     self.reply(conn, channel, ChannelReply::CancelOk { tag });
@@ -484,13 +506,9 @@ impl ShardState {
                 channel,
                 nowait,
             } => {
-                let reply = match self.queues.get_mut(&queue) {
-                    Some(q) => ChannelReply::PurgeOk {
-                        message_count: q.purge(&mut QueueCtx::new(
-                            &mut self.timers,
-                            &mut self.dead_letters,
-                            &mut self.store,
-                        )),
+                let reply = match self.with_queue(queue, |q, _, ctx| q.purge(ctx)) {
+                    Some(message_count) => ChannelReply::PurgeOk {
+                        message_count,
                         nowait,
                     },
                     None => ChannelReply::Error(no_queue_by_id()),
@@ -550,20 +568,20 @@ impl ShardState {
     }
 
     fn get(&mut self, queue: QueueId, conn: ConnRef, channel: u16, no_ack: bool) {
-        let Some(q) = self.queues.get_mut(&queue) else {
-            self.reply(conn, channel, ChannelReply::Error(no_queue_by_id()));
-            return;
-        };
-        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-        match q.get(no_ack, &mut ctx) {
-            None => self.reply(conn, channel, ChannelReply::GetEmpty),
-            Some((queued, remaining)) => {
+        let got = self.with_queue(queue, |q, _, ctx| {
+            q.get(no_ack, ctx)
+                .map(|(queued, remaining)| (q.meta.queue_ref(), queued, remaining))
+        });
+        match got {
+            None => self.reply(conn, channel, ChannelReply::Error(no_queue_by_id())),
+            Some(None) => self.reply(conn, channel, ChannelReply::GetEmpty),
+            Some(Some((queue, queued, remaining))) => {
                 let delivery = Delivery {
                     head: DeliveryHead {
                         conn,
                         channel,
                         consumer: ConsumerId::GET,
-                        queue: q.meta.queue_ref(),
+                        queue,
                         seq: queued.seq,
                         redelivered: queued.redelivered,
                         no_ack,
@@ -630,6 +648,38 @@ impl ShardState {
         }
     }
 
+    /// The shard's state split for work on its queues: the queues, the sink
+    /// their deliveries go to and the context their operations take. The
+    /// one place both are built; `with_queue` uses it for one queue.
+    fn queue_parts(
+        &mut self,
+    ) -> (
+        &mut FastMap<QueueId, Queue>,
+        ShardDeliveries<'_>,
+        QueueCtx<'_>,
+    ) {
+        let ShardState {
+            id,
+            queues,
+            connections,
+            local,
+            deliveries,
+            bounced,
+            timers,
+            dead_letters,
+            store,
+            ..
+        } = self;
+        let out = ShardDeliveries {
+            shard: *id,
+            local,
+            connections,
+            later: deliveries,
+            bounced,
+        };
+        (queues, out, QueueCtx::new(timers, dead_letters, store))
+    }
+
     /// Runs `work` on a queue of this shard, its deliveries going to the
     /// shard's `ShardDeliveries`; then sends on those that could not be
     /// written at once. None if the queue is gone.
@@ -638,53 +688,35 @@ impl ShardState {
         queue: QueueId,
         work: impl FnOnce(&mut Queue, &mut ShardDeliveries<'_>, &mut QueueCtx<'_>) -> R,
     ) -> Option<R> {
-        let mut bounced = Vec::new();
-        let ShardState {
-            id,
-            queues,
-            connections,
-            local,
-            deliveries,
-            timers,
-            dead_letters,
-            store,
-            ..
-        } = self;
+        let (queues, mut out, mut ctx) = self.queue_parts();
         let q = queues.get_mut(&queue)?;
-        let mut out = ShardDeliveries {
-            shard: *id,
-            direct: local.is_empty(),
-            connections,
-            later: deliveries,
-            bounced: &mut bounced,
-        };
-        let result = work(q, &mut out, &mut QueueCtx::new(timers, dead_letters, store));
-        self.deliver_later(bounced);
+        let result = work(q, &mut out, &mut ctx);
+        self.deliver_later();
         Some(result)
     }
 
     /// The deliveries a queue could not write at once: those for other
     /// shards, or queued behind local work, and the bounced ones.
-    fn deliver_later(&mut self, bounced: Vec<Delivery>) {
+    fn deliver_later(&mut self) {
         if !self.deliveries.is_empty() {
             let deliveries = std::mem::take(&mut self.deliveries);
             self.route_deliveries(deliveries);
         }
-        for delivery in bounced {
-            self.bounce(delivery);
+        if !self.bounced.is_empty() {
+            let mut bounced = std::mem::take(&mut self.bounced);
+            for delivery in bounced.drain(..) {
+                self.bounce(delivery);
+            }
+            self.bounced = bounced;
         }
     }
 
     /// Sends a queue's deliveries to their consumers' connections, and keeps
     /// the vector for the next time.
     fn route_deliveries(&mut self, mut deliveries: Vec<Delivery>) {
-        // A local delivery must reach its channel after any reply sent
-        // before it (a consume-ok precedes the consumer's first delivery), so
-        // it waits behind local work; with none waiting it is written now,
-        // which spares two moves of the message on the busiest path.
         let mut drain = deliveries.drain(..).peekable();
         while let Some(delivery) = drain.next() {
-            if delivery.head.conn.shard != self.id || !self.local.is_empty() {
+            if !self.runs_now(delivery.head.conn.shard) {
                 self.send(delivery.head.conn.shard, ShardMsg::Deliver(delivery));
                 continue;
             }
@@ -789,9 +821,7 @@ impl ShardState {
                 channel,
                 publish_seq,
             });
-            // Local work runs in order; with none waiting, this publish
-            // would be next anyway, so it runs now.
-            if !self.local.is_empty() {
+            if !self.runs_now(self.id) {
                 let msg = ShardMsg::Enqueue {
                     queue,
                     message,
@@ -803,7 +833,7 @@ impl ShardState {
             }
         }
         for (shard, msg) in effects.drain(..) {
-            if shard != self.id || !self.local.is_empty() {
+            if !self.runs_now(shard) {
                 self.send(shard, msg);
             } else if let ShardMsg::Enqueue {
                 queue,
@@ -841,24 +871,19 @@ impl ShardState {
                 }
                 RpcReply::Applied
             }
-            RpcRequest::QueueStats(queue) => match self.queues.get_mut(&queue) {
-                Some(q) => {
+            RpcRequest::QueueStats(queue) => self
+                .with_queue(queue, |q, _, ctx| {
                     // A redeclare is a use of the queue (x-expires).
-                    q.touch(&mut QueueCtx::new(
-                        &mut self.timers,
-                        &mut self.dead_letters,
-                        &mut self.store,
-                    ));
+                    q.touch(ctx);
                     RpcReply::QueueStats {
                         message_count: q.message_count(),
                         consumer_count: q.consumer_count(),
                     }
-                }
-                None => RpcReply::QueueStats {
+                })
+                .unwrap_or(RpcReply::QueueStats {
                     message_count: 0,
                     consumer_count: 0,
-                },
-            },
+                }),
             RpcRequest::CheckDelete {
                 queue,
                 if_unused,
@@ -888,22 +913,13 @@ impl ShardState {
         let emptied = self.vhost.apply(change);
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
-                let mut queue = Queue::new(meta.clone());
-                queue.touch(&mut QueueCtx::new(
-                    &mut self.timers,
-                    &mut self.dead_letters,
-                    &mut self.store,
-                ));
-                self.queues.insert(meta.id, queue);
+                self.queues.insert(meta.id, Queue::new(meta.clone()));
+                self.with_queue(meta.id, |q, _, ctx| q.touch(ctx));
             }
             MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(name),
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
-                if let Some(mut q) = self.queues.remove(&queue.id) {
-                    q.forget_all(&mut QueueCtx::new(
-                        &mut self.timers,
-                        &mut self.dead_letters,
-                        &mut self.store,
-                    ));
+                self.with_queue(queue.id, |q, _, ctx| q.forget_all(ctx));
+                if let Some(q) = self.queues.remove(&queue.id) {
                     let cancelled: Vec<(ConnRef, u16, ShortStr)> = q
                         .consumer_specs()
                         .map(|s| (s.conn, s.channel, s.tag.clone()))
@@ -922,18 +938,19 @@ impl ShardState {
     /// lets them dispatch (expiring what expired while the broker was down).
     pub fn restore_messages(&mut self, queues: Vec<(QueueId, Vec<RecoveredMessage>)>) {
         for (queue, messages) in queues {
-            let Some(q) = self.queues.get_mut(&queue) else {
+            if !self.queues.contains_key(&queue) {
                 // Not this shard's queue after all: its records are void.
                 for (at, message) in messages.iter().enumerate() {
                     self.store
                         .append_removal(queue.0, at as u64 + 1, message.segment);
                 }
                 continue;
-            };
-            let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-            for message in messages {
-                q.restore(message, &mut ctx);
             }
+            self.with_queue(queue, |q, _, ctx| {
+                for message in messages {
+                    q.restore(message, ctx);
+                }
+            });
             self.dispatch(queue);
         }
         self.run_local();
@@ -947,8 +964,8 @@ impl ShardState {
         let Some(from) = self.store.compaction_candidate() else {
             return;
         };
-        let mut ctx = QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-        for q in self.queues.values_mut() {
+        let (queues, _, mut ctx) = self.queue_parts();
+        for q in queues.values_mut() {
             q.relocate(from, &mut ctx);
         }
         tracing::debug!(segment = from, "store segment compacted");
@@ -985,20 +1002,14 @@ impl ShardState {
     fn timer_fired(&mut self, event: TimerEvent) {
         match event {
             TimerEvent::MessageExpiry { queue, level, seq } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx =
-                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-                    q.expire(level, seq, &mut ctx);
-                }
+                self.with_queue(queue, |q, _, ctx| q.expire(level, seq, ctx));
             }
             TimerEvent::QueueExpiry { queue } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    let mut ctx =
-                        QueueCtx::new(&mut self.timers, &mut self.dead_letters, &mut self.store);
-                    if q.expiry_due(&mut ctx) {
-                        let queue = q.meta.queue_ref();
-                        self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
-                    }
+                let expired = self.with_queue(queue, |q, _, ctx| {
+                    q.expiry_due(ctx).then(|| q.meta.queue_ref())
+                });
+                if let Some(queue) = expired.flatten() {
+                    self.send_meta(None, MetaRequest::QueueAutoDelete { queue });
                 }
             }
             TimerEvent::Delayed { id } => self.delayed_due(id),

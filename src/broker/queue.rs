@@ -488,10 +488,6 @@ impl Queue {
         }
     }
 
-    pub fn id(&self) -> QueueId {
-        self.meta.id
-    }
-
     pub fn name(&self) -> &ShortStr {
         &self.meta.name
     }
