@@ -1161,7 +1161,9 @@ impl ShardState {
         (id, signals.0, signals.1)
     }
 
-    /// Feeds bytes read from a connection's socket to its state machine.
+    /// Feeds bytes read from a connection's socket to its state machine,
+    /// carrying out the effects it hands over on the way; never returns
+    /// `HandOver`.
     pub fn connection_input(&mut self, id: ConnId, buf: &mut bytes::BytesMut) -> connection::Input {
         self.now = Instant::now();
         let input = loop {
@@ -1185,8 +1187,8 @@ impl ShardState {
                 alarms: *alarms,
             };
             match connection.input(buf, &env) {
-                Some(input) => break input,
-                None => self.drain_connection_effects(id),
+                connection::Input::HandOver => self.drain_connection_effects(id),
+                input => break input,
             }
         };
         self.finish_connection_turn(id);

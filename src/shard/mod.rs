@@ -31,6 +31,7 @@ use crate::store::recovery::ShardRecovery;
 use crate::util::signal::Notify;
 
 pub mod alarms;
+pub mod host;
 pub mod shutdown;
 
 type Batch = Vec<ShardMsg>;
@@ -56,7 +57,7 @@ pub enum BootError {
         needed: u64,
         have: u64,
     },
-    Bind(std::io::Error),
+    Bind(net::listener::ListenError),
     Executor(String),
     /// A definitions file (warren's own or an import) cannot be used.
     Definitions {
@@ -78,7 +79,7 @@ impl std::fmt::Display for BootError {
                 needed / 1024,
                 have / 1024
             ),
-            BootError::Bind(e) => write!(f, "cannot listen: {}", e),
+            BootError::Bind(e) => write!(f, "{}", e),
             BootError::Executor(e) => write!(f, "cannot start a shard: {}", e),
             BootError::Definitions { path, problem } => {
                 write!(f, "cannot use the definitions in {}: {}", path.display(), problem)
@@ -150,6 +151,12 @@ pub fn run(config: Config) -> Result<(), BootError> {
     .map_err(|e| BootError::Store(e.to_string()))?;
     let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
+    // Each client takes a file descriptor: the soft limit (often 1024)
+    // would cap the clients long before the hard one.
+    match net::listener::raise_fd_limit() {
+        Ok(fds) => debug!(fds, "RLIMIT_NOFILE"),
+        Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     shutdown::install();
     let (sockets, bound) =
         net::listener::bind_all(&config.listen, shard_count).map_err(BootError::Bind)?;
@@ -558,33 +565,14 @@ async fn shard_main(
 
     for (fd, stop) in fds.into_iter().zip(stop_accepting) {
         use std::os::fd::FromRawFd;
-        // SAFETY: the fd is a listening socket bound for this shard alone.
+        // SAFETY: the fd is a listening socket bound for this shard alone,
+        // and nothing else owns or closes it.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        let state = state.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let accepted =
-                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                        stop.wait().await;
-                        None
-                    })
-                    .await;
-                // Stopping: the listener is dropped, so new clients are refused.
-                let Some(accepted) = accepted else {
-                    return;
-                };
-                match accepted {
-                    Ok(stream) => {
-                        glommio::spawn_local(net::connection::serve(stream, state.clone()))
-                            .detach();
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        glommio::timer::sleep(config::TICK).await;
-                    }
-                }
-            }
-        })
+        glommio::spawn_local(net::listener::accept_loop(
+            listener,
+            host::ShardHost(state.clone()),
+            stop,
+        ))
         .detach();
     }
 
