@@ -158,8 +158,8 @@ impl Summary {
                 "confirmed_rate": number(s.confirmed_rate),
                 "returned_rate": number(s.returned_rate),
                 "received_rate": number(s.received_rate),
-                "p50_ms": number(s.p50_ms),
-                "p99_ms": number(s.p99_ms),
+                "p50_ms": s.p50_ms.map(number),
+                "p99_ms": s.p99_ms.map(number),
             })).collect::<Vec<_>>(),
             "notes": self.notes,
         })
