@@ -94,11 +94,12 @@ impl std::error::Error for BootError {}
 /// Raises RLIMIT_MEMLOCK as far as allowed; fails if still below `needed`.
 /// loadgen uses it too: it runs on glommio as well.
 pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit writes into the struct it is given, which lives
+    // across the call.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     if limit.rlim_cur >= needed {
         return Ok(());
@@ -108,13 +109,16 @@ pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
         rlim_max: libc::RLIM_INFINITY,
     };
     // Root (CAP_SYS_RESOURCE) may lift the hard limit too; others only up to it.
+    // SAFETY: setrlimit only reads the struct it is given.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         let to_hard = libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
         };
+        // SAFETY: as above, setrlimit only reads the struct.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_hard) };
     }
+    // SAFETY: as above, getrlimit writes into a struct that outlives the call.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     if limit.rlim_cur >= needed {
         Ok(())
