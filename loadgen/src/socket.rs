@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use futures_lite::future::poll_fn;
@@ -38,7 +39,7 @@ pub async fn read_into(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize>
         let n = data.len();
         buf.extend_from_slice(data);
         stream.consume(n);
-        std::task::Poll::Ready(Ok(n))
+        Poll::Ready(Ok(n))
     })
     .await
 }

@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -213,17 +214,11 @@ async fn read_at_most(stream: &Stream, buf: &mut BytesMut, limit: usize) -> io::
     poll_fn(|cx| {
         let mut stream = stream.borrow_mut();
         let mut stream = Pin::new(&mut *stream);
-        let n = match stream.as_mut().poll_fill_buf(cx) {
-            std::task::Poll::Ready(Ok(data)) => {
-                let n = data.len().min(limit);
-                buf.extend_from_slice(&data[..n]);
-                n
-            }
-            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => return std::task::Poll::Pending,
-        };
+        let data = futures_lite::ready!(stream.as_mut().poll_fill_buf(cx))?;
+        let n = data.len().min(limit);
+        buf.extend_from_slice(&data[..n]);
         stream.consume(n);
-        std::task::Poll::Ready(Ok(n))
+        Poll::Ready(Ok(n))
     })
     .await
 }
