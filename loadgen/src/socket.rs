@@ -17,8 +17,10 @@ use glommio::net::{Preallocated, TcpStream};
 /// that the kernel writes into initialised memory (see `read_into`).
 pub type Stream = Rc<RefCell<TcpStream<Preallocated>>>;
 
-/// The socket's receive buffer.
-const RECEIVE_BUFFER_SIZE: usize = 64 * 1024;
+/// The socket's receive buffer: as large as the connection's read buffer
+/// (`client::READ_BUFFER_SIZE`), so that a busy consumer takes as much per
+/// recv(2) as it did reading into that buffer directly.
+const RECEIVE_BUFFER_SIZE: usize = crate::client::READ_BUFFER_SIZE;
 
 /// Wraps a connected socket for `read_into` and `write_all`.
 pub fn stream(socket: TcpStream) -> Stream {
