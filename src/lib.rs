@@ -12,7 +12,9 @@
 //!   their arguments, exchanges and bindings as declared, changes to them)
 //!   and RabbitMQ's definitions JSON format; below `store` and `broker`.
 //! - `shard`: one glommio executor per CPU, the mailbox mesh, the tick.
-//! - `net`: listening sockets and each connection's reader and writer tasks.
+//! - `net`: listening sockets, the accept loop, and each connection's reader
+//!   and writer tasks; it sees the shard only through `ConnectionHost`
+//!   (implemented in `shard::host`).
 //! - `store`: what is kept under `--data-dir`: the definitions file and the
 //!   message store (each shard's segment log of persistent messages); it
 //!   never sees a broker type (confirms are opaque tokens to it).
@@ -20,7 +22,8 @@
 //!
 //! # A message's way
 //!
-//! `net::connection` reads bytes → `broker::connection` parses frames →
+//! `net::connection` reads bytes → `shard::host` hands them to
+//! `broker::connection`, which parses frames →
 //! `broker::channel` assembles method + header + body and routes it on the
 //! shard's replica (`broker::vhost`, `broker::exchange::*`) → a
 //! `ShardMsg::Enqueue` per queue, run at once for local queues or batched

@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -53,7 +52,7 @@ pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> std::io::Result<u
     if buf.capacity() - buf.len() < READ_BUFFER_SIZE / 4 {
         buf.reserve(READ_BUFFER_SIZE);
     }
-    crate::socket::read_into_spare(stream, buf).await
+    crate::socket::read_into(stream, buf).await
 }
 
 /// Runs `fut` with a deadline.
@@ -94,7 +93,7 @@ impl Connection {
             .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
         stream.set_nodelay(true)?;
         let mut conn = Connection {
-            stream: Rc::new(RefCell::new(stream)),
+            stream: crate::socket::stream(stream),
             read_buf: BytesMut::with_capacity(READ_BUFFER_SIZE),
             write_buf: BytesMut::with_capacity(64 * 1024),
             frame_max: FRAME_MIN_SIZE,

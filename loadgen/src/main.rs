@@ -10,7 +10,7 @@
 //! - `body`: the stamp every body carries; `clock`: the process-wide time origin.
 //! - `tracker`: sequence bitmaps for lost, duplicated and out-of-order messages.
 //! - `stats`: per-executor counters and histograms, and the events sent to `main`.
-//! - `report`: the summary, .hgrm, JSON and HTML; `json`: the hand-written JSON.
+//! - `report`: the summary, .hgrm, JSON (serde_json) and HTML.
 //!
 //! The main thread starts the executors, steps them through the phases (set-up,
 //! consumers, producers, stop, drain, teardown), prints progress every second from the
@@ -24,7 +24,6 @@ mod clock;
 mod consumer;
 mod error;
 mod executor;
-mod json;
 mod producer;
 mod report;
 mod socket;
@@ -204,7 +203,7 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let summary = summarize(&plan, &mut g, timing);
     if json {
-        println!("{}", summary.to_json().render());
+        println!("{}", summary.to_json());
     } else {
         print!("{}", summary.to_text());
     }

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use hdrhistogram::Histogram;
 
-use crate::json::Json;
 use crate::stats::Counters;
+use serde_json::{json, Map, Value};
 
 /// The percentiles the summary lists (besides max).
 pub const PERCENTILES: [(f64, &str); 7] = [
@@ -109,88 +109,60 @@ impl Summary {
         rate(self.totals.confirmed, self.producing_s)
     }
 
-    pub fn to_json(&self) -> Json {
+    pub fn to_json(&self) -> Value {
         let t = &self.totals;
-        Json::obj()
-            .with("id", self.id.as_str())
-            .with("uri", self.uri.as_str())
-            .with("producers", self.producers)
-            .with("consumers", self.consumers)
-            .with(
-                "queues",
-                self.queues
-                    .iter()
-                    .map(|q| Json::from(q.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .with("body_size", self.body_size)
-            .with(
-                "rate_per_producer",
-                (self.rate_per_producer > 0.0).then_some(self.rate_per_producer),
-            )
-            .with("confirm_max", self.confirm_max)
-            .with("producing_s", self.producing_s)
-            .with("consuming_s", self.consuming_s)
-            .with("sent", t.published)
-            .with("confirmed", t.confirmed)
-            .with("nacked", t.nacked)
-            .with("returned", t.returned)
-            .with("unconfirmed", self.unconfirmed)
-            .with("received", t.received)
-            .with("redelivered", t.redelivered)
-            .with("lost", self.lost)
-            .with("lost_confirmed", self.lost_confirmed)
-            .with("duplicated", self.duplicated)
-            .with("out_of_order", self.out_of_order)
-            .with("foreign", self.foreign)
-            .with("send_rate", self.send_rate())
-            .with("confirm_rate", self.confirm_rate())
-            .with("receive_rate", self.receive_rate())
-            .with("rate_kept", self.rate_kept())
-            .with("due_unsent", self.due_unsent)
-            .with("behind_ms_max", self.behind_ms_max)
-            .with("latency_e2e_ms", histogram_json(&self.e2e))
-            .with("latency_confirm_ms", histogram_json(&self.confirm))
-            .with(
-                "per_producer_queue",
-                self.pairs
-                    .iter()
-                    .map(|p| {
-                        Json::obj()
-                            .with("producer", p.producer)
-                            .with("queue", p.queue.as_str())
-                            .with("sent", p.sent)
-                            .with("received", p.received)
-                            .with("lost", p.lost)
-                            .with("lost_confirmed", p.lost_confirmed)
-                            .with("duplicated", p.duplicated)
-                            .with("out_of_order", p.out_of_order)
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .with(
-                "timeline",
-                self.timeline
-                    .iter()
-                    .map(|s| {
-                        Json::obj()
-                            .with("t_s", s.t_s)
-                            .with("sent_rate", s.sent_rate)
-                            .with("confirmed_rate", s.confirmed_rate)
-                            .with("returned_rate", s.returned_rate)
-                            .with("received_rate", s.received_rate)
-                            .with("p50_ms", s.p50_ms)
-                            .with("p99_ms", s.p99_ms)
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .with(
-                "notes",
-                self.notes
-                    .iter()
-                    .map(|n| Json::from(n.as_str()))
-                    .collect::<Vec<_>>(),
-            )
+        json!({
+            "id": self.id,
+            "uri": self.uri,
+            "producers": self.producers,
+            "consumers": self.consumers,
+            "queues": self.queues,
+            "body_size": self.body_size,
+            "rate_per_producer": (self.rate_per_producer > 0.0).then(|| number(self.rate_per_producer)),
+            "confirm_max": self.confirm_max,
+            "producing_s": number(self.producing_s),
+            "consuming_s": number(self.consuming_s),
+            "sent": t.published,
+            "confirmed": t.confirmed,
+            "nacked": t.nacked,
+            "returned": t.returned,
+            "unconfirmed": self.unconfirmed,
+            "received": t.received,
+            "redelivered": t.redelivered,
+            "lost": self.lost,
+            "lost_confirmed": self.lost_confirmed,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "foreign": self.foreign,
+            "send_rate": number(self.send_rate()),
+            "confirm_rate": number(self.confirm_rate()),
+            "receive_rate": number(self.receive_rate()),
+            "rate_kept": self.rate_kept(),
+            "due_unsent": self.due_unsent,
+            "behind_ms_max": number(self.behind_ms_max),
+            "latency_e2e_ms": histogram_json(&self.e2e),
+            "latency_confirm_ms": histogram_json(&self.confirm),
+            "per_producer_queue": self.pairs.iter().map(|p| json!({
+                "producer": p.producer,
+                "queue": p.queue,
+                "sent": p.sent,
+                "received": p.received,
+                "lost": p.lost,
+                "lost_confirmed": p.lost_confirmed,
+                "duplicated": p.duplicated,
+                "out_of_order": p.out_of_order,
+            })).collect::<Vec<_>>(),
+            "timeline": self.timeline.iter().map(|s| json!({
+                "t_s": number(s.t_s),
+                "sent_rate": number(s.sent_rate),
+                "confirmed_rate": number(s.confirmed_rate),
+                "returned_rate": number(s.returned_rate),
+                "received_rate": number(s.received_rate),
+                "p50_ms": s.p50_ms.map(number),
+                "p99_ms": s.p99_ms.map(number),
+            })).collect::<Vec<_>>(),
+            "notes": self.notes,
+        })
     }
 
     pub fn to_text(&self) -> String {
@@ -303,16 +275,28 @@ impl Summary {
     }
 }
 
-fn histogram_json(h: &Histogram<u64>) -> Json {
-    let mut json = Json::obj().with("count", h.len());
+fn histogram_json(h: &Histogram<u64>) -> Value {
+    let mut json = Map::new();
+    json.insert("count".into(), h.len().into());
     if h.is_empty() {
-        return json;
+        return Value::Object(json);
     }
-    json = json.with("mean", h.mean() / 1_000.0);
+    json.insert("mean".into(), number(h.mean() / 1_000.0));
     for (p, name) in PERCENTILES {
-        json = json.with(name, us_to_ms(h.value_at_percentile(p)));
+        json.insert(name.into(), number(us_to_ms(h.value_at_percentile(p))));
     }
-    json.with("max", us_to_ms(h.max()))
+    json.insert("max".into(), number(us_to_ms(h.max())));
+    Value::Object(json)
+}
+
+/// A number for the JSON summary, to three decimals (latencies in ms to the
+/// microsecond, rates to 0.001/s); null when it is not finite.
+fn number(x: f64) -> Value {
+    if x.is_finite() {
+        Value::from((x * 1_000.0).round() / 1_000.0)
+    } else {
+        Value::Null
+    }
 }
 
 /// HdrHistogram's percentile distribution text, values in milliseconds (recorded in
@@ -381,7 +365,10 @@ pub fn write_report(dir: &Path, summary: &Summary) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("latency-e2e.hgrm"), hgrm(&summary.e2e))?;
     std::fs::write(dir.join("latency-confirm.hgrm"), hgrm(&summary.confirm))?;
-    std::fs::write(dir.join("summary.json"), summary.to_json().render() + "\n")?;
+    std::fs::write(
+        dir.join("summary.json"),
+        summary.to_json().to_string() + "\n",
+    )?;
     std::fs::write(dir.join("report.html"), html(summary))?;
     Ok(())
 }

@@ -5,31 +5,45 @@ use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_lite::future::poll_fn;
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncBufRead, AsyncWrite};
+use glommio::net::{Preallocated, TcpStream};
 
 /// A socket shared by a connection's reader and writer tasks, borrowed only
-/// inside a single poll.
-pub type Stream = Rc<RefCell<TcpStream>>;
+/// inside a single poll. It reads through a receive buffer of its own, so
+/// that the kernel writes into initialised memory (see `read_into`).
+pub type Stream = Rc<RefCell<TcpStream<Preallocated>>>;
 
-/// Reads whatever the socket has into the spare capacity of `buf`; 0 is EOF.
-pub async fn read_into_spare(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
-    let n = poll_fn(|cx| {
-        let spare = buf.chunk_mut();
-        let len = spare.len();
-        // SAFETY: recv(2) only writes into this memory and we only expose
-        // the bytes it reports as written (set by advance_mut below).
-        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), len) };
+/// The socket's receive buffer: as large as the connection's read buffer
+/// (`client::READ_BUFFER_SIZE`), so that a busy consumer takes as much per
+/// recv(2) as it did reading into that buffer directly.
+const RECEIVE_BUFFER_SIZE: usize = crate::client::READ_BUFFER_SIZE;
+
+/// Wraps a connected socket for `read_into` and `write_all`.
+pub fn stream(socket: TcpStream) -> Stream {
+    Rc::new(RefCell::new(
+        socket.buffered_with(Preallocated::new(RECEIVE_BUFFER_SIZE)),
+    ))
+}
+
+/// Reads whatever the socket has, appending it to `buf`; 0 is EOF. The
+/// kernel writes into the stream's receive buffer and what arrived is
+/// copied: recv(2) into `buf`'s spare capacity would need a `&mut [u8]`
+/// over uninitialised memory.
+pub async fn read_into(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| {
         let mut stream = stream.borrow_mut();
-        Pin::new(&mut *stream).poll_read(cx, spare)
+        let mut stream = Pin::new(&mut *stream);
+        let data = futures_lite::ready!(stream.as_mut().poll_fill_buf(cx))?;
+        let n = data.len();
+        buf.extend_from_slice(data);
+        stream.consume(n);
+        Poll::Ready(Ok(n))
     })
-    .await?;
-    // SAFETY: the kernel initialised exactly n bytes of the spare capacity.
-    unsafe { buf.advance_mut(n) };
-    Ok(n)
+    .await
 }
 
 /// Writes all of `data`.

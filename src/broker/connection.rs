@@ -55,12 +55,18 @@ pub struct LocalPublish {
 /// Effects `input` gathers before the shard carries them out.
 const EFFECTS_PER_HAND_OVER: usize = 32;
 
-/// What the reader task should do after `input`.
+/// What `Connection::input` stopped at: the contract between the
+/// connection and its shard (`ShardState::connection_input`), which passes
+/// everything but `HandOver` on to the socket's reader.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Input {
-    /// Read more bytes.
+    /// Every complete frame in the buffer was handled: read more bytes.
     NeedMore,
-    /// Waiting for another shard's answer: wait for `reader` before parsing on.
+    /// The effects gathered a batch (`EFFECTS_PER_HAND_OVER`): the shard
+    /// carries them out, then calls `input` again on the same buffer.
+    HandOver,
+    /// Waiting for another shard's answer, or for a resource alarm to clear:
+    /// wait for `reader` before parsing on.
     Paused,
     /// Parsed a turn's worth: yield, then call `input` again.
     Yield,
@@ -366,10 +372,10 @@ impl Connection {
 
     /// Parses and handles the complete frames in `buf`: all of them, a
     /// turn's budget of bytes, or until `effects` holds a batch for the
-    /// shard to carry out (None: call again once they are handed over).
+    /// shard to carry out (`HandOver`: call again once they are).
     /// A small batch stays in the CPU's nearest cache between the frame
     /// that made it and the queue that takes it.
-    pub fn input(&mut self, buf: &mut BytesMut, env: &Env) -> Option<Input> {
+    pub fn input(&mut self, buf: &mut BytesMut, env: &Env) -> Input {
         self.last_read = env.now;
         let result = loop {
             if self.phase == Phase::Closed {
@@ -410,7 +416,7 @@ impl Connection {
                             break Input::Yield;
                         }
                         if self.effect_count() >= EFFECTS_PER_HAND_OVER {
-                            return None;
+                            return Input::HandOver;
                         }
                         continue;
                     }
@@ -436,12 +442,12 @@ impl Connection {
                 break Input::Yield;
             }
             if self.effect_count() >= EFFECTS_PER_HAND_OVER {
-                return None;
+                return Input::HandOver;
             }
         };
         self.parsed_in_turn = 0;
         self.flush_all_confirms();
-        Some(result)
+        result
     }
 
     /// Checks the 8-byte protocol header; false if more bytes are needed.

@@ -1173,7 +1173,9 @@ impl ShardState {
         (id, signals.0, signals.1)
     }
 
-    /// Feeds bytes read from a connection's socket to its state machine.
+    /// Feeds bytes read from a connection's socket to its state machine,
+    /// carrying out the effects it hands over on the way; never returns
+    /// `HandOver`.
     pub fn connection_input(&mut self, id: ConnId, buf: &mut bytes::BytesMut) -> connection::Input {
         self.now = Instant::now();
         let input = loop {
@@ -1199,8 +1201,8 @@ impl ShardState {
                 login_delays,
             };
             match connection.input(buf, &env) {
-                Some(input) => break input,
-                None => self.drain_connection_effects(id),
+                connection::Input::HandOver => self.drain_connection_effects(id),
+                input => break input,
             }
         };
         self.finish_connection_turn(id);

@@ -1,82 +1,150 @@
 //! The two tasks of a connection. The reader reads into a large buffer and
-//! hands it to the connection's state machine, which parses every complete
-//! frame in it; the writer sleeps until the state machine has output, then
-//! writes all of it at once. Neither holds the shard's state across an await.
+//! hands it to the connection's host (the shard that owns the connection),
+//! which parses every complete frame in it and says what the reader does
+//! next; the writer sleeps until the host has output, then writes all of it
+//! at once. Neither holds the host's state across an await.
+//!
+//! `ConnectionHost` is all a socket sees of the broker: this module imports
+//! only `util` and `config` of warren, and `shard/` implements the trait.
 
 use std::cell::RefCell;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_lite::future::{self, poll_fn};
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncBufRead, AsyncWrite};
+use glommio::net::{Preallocated, TcpStream};
 use tracing::debug;
 
-use crate::broker::connection::Input;
-use crate::broker::ShardState;
 use crate::config;
-use crate::model::ids::ConnId;
 use crate::util::signal::Notify;
 
-type Shared = Rc<RefCell<ShardState>>;
-/// A socket shared by a connection's reader and writer tasks (and loadgen's).
-pub type Stream = Rc<RefCell<TcpStream>>;
+/// A socket shared by a connection's reader and writer tasks, borrowed only
+/// inside a single poll. It reads through a receive buffer of its own, so
+/// that the kernel writes into initialised memory, and the reader copies
+/// what arrived into the connection's buffer (see `read_at_most`).
+pub type Stream = Rc<RefCell<TcpStream<Preallocated>>>;
 
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
+/// The socket's receive buffer: one turn's budget, so that a turn takes one
+/// recv(2).
+const RECEIVE_BUFFER_SIZE: usize = config::READ_BYTES_PER_TURN_MAX;
 
-pub async fn serve(stream: TcpStream, state: Shared) {
+/// What the reader does after the host has taken the bytes it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Every complete frame was handled: read more bytes.
+    Read,
+    /// A turn's worth was handled: let the shard's other tasks run, then
+    /// hand the buffer over again before reading.
+    Yield,
+    /// The connection waits for something else (another shard's answer, a
+    /// resource alarm to clear): wait for the reader's wake-up, then hand
+    /// the buffer over again.
+    Paused,
+    /// The connection is done: stop reading; the writer flushes and closes.
+    Closed,
+}
+
+/// After `take_output`: whether the connection still writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Open,
+    /// Closed, or gone: write what was taken, then close the socket.
+    Closed,
+}
+
+/// What `open` gives a new connection's tasks.
+pub struct Opened<Id> {
+    pub id: Id,
+    /// Wakes the reader: paused input may go on, flow control let go, or the
+    /// connection was closed while the reader waited for bytes.
+    pub reader: Notify,
+    /// Wakes the writer: output is waiting, or the connection closed.
+    pub writer: Notify,
+}
+
+/// Everything a connection's socket tasks need of the shard that owns the
+/// connection. Each call is complete in itself (no borrow is held across an
+/// await).
+pub trait ConnectionHost {
+    type Id: Copy;
+    /// Registers a new connection from `peer`.
+    fn open(&self, peer: SocketAddr) -> Opened<Self::Id>;
+    /// Hands over the bytes read so far; the host consumes the complete
+    /// frames from the front of `buf` and says what to do next.
+    fn input(&self, id: Self::Id, buf: &mut BytesMut) -> Next;
+    /// Swaps the connection's pending output into `out` (which is empty).
+    fn take_output(&self, id: Self::Id, out: &mut BytesMut) -> Output;
+    /// Backpressure: true while the reader must not read (the shard's
+    /// mailboxes are backed up, or the client does not read what we write).
+    fn must_wait_to_read(&self, id: Self::Id) -> bool;
+    /// Flow control: true if the reader is to wait for its wake-up before
+    /// reading on; `leave_flow` once it was woken.
+    fn in_flow(&self, id: Self::Id) -> bool;
+    fn leave_flow(&self, id: Self::Id);
+    fn is_closed(&self, id: Self::Id) -> bool;
+    /// True if the client asked to close (it then closes the socket first).
+    fn closed_by_client(&self, id: Self::Id) -> bool;
+    /// The socket failed or reached its end.
+    fn lost(&self, id: Self::Id);
+    /// Both tasks are done: the connection is forgotten.
+    fn remove(&self, id: Self::Id);
+}
+
+/// Serves one accepted connection until both of its tasks are done.
+pub async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream, host: H) {
     let _ = stream.set_nodelay(true);
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    let (id, reader_wake, writer_wake) = state.borrow_mut().open_connection(peer);
-    let stream: Stream = Rc::new(RefCell::new(stream));
-    let writer = glommio::spawn_local(write_loop(
-        stream.clone(),
-        state.clone(),
-        id,
-        writer_wake.clone(),
+    let Opened { id, reader, writer } = host.open(peer);
+    let stream: Stream = Rc::new(RefCell::new(
+        stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_SIZE)),
     ));
-    read_loop(&stream, &state, id, &reader_wake).await;
-    state.borrow_mut().connection_lost(id);
-    writer_wake.notify();
-    writer.await;
-    state.borrow_mut().remove_connection(id);
+    let write_task =
+        glommio::spawn_local(write_loop(stream.clone(), host.clone(), id, writer.clone()));
+    read_loop(&stream, &host, id, &reader).await;
+    host.lost(id);
+    writer.notify();
+    write_task.await;
+    host.remove(id);
     debug!(%peer, "connection closed");
 }
 
-async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
+async fn read_loop<H: ConnectionHost>(stream: &Stream, host: &H, id: H::Id, wake: &Notify) {
     let mut buf = BytesMut::with_capacity(config::READ_BUFFER_SIZE);
     // A socket that always has bytes never makes a read wait, so the loop
     // yields by itself after a budget of bytes: otherwise one publisher
     // would starve every other task of its shard (consumers, mailboxes).
     let mut read_since_yield = 0usize;
     loop {
-        let input = state.borrow_mut().connection_input(id, &mut buf);
-        match input {
-            Input::NeedMore => {}
-            Input::Yield => {
-                if !wait_in_flow(state, id, wake).await {
+        match host.input(id, &mut buf) {
+            Next::Read => {}
+            Next::Yield => {
+                if !wait_in_flow(host, id, wake).await {
                     glommio::executor().yield_task_queue_now().await;
                 }
                 continue;
             }
-            Input::Paused => {
+            Next::Paused => {
                 wake.wait().await;
                 continue;
             }
-            Input::Closed => return,
+            Next::Closed => return,
         }
         // Backpressure: a full mailbox or a client that does not read its
         // deliveries stops us reading, so nothing piles up without bound.
-        while state.borrow().should_stop_reading(id) {
+        while host.must_wait_to_read(id) {
             glommio::timer::sleep(config::TICK).await;
         }
-        wait_in_flow(state, id, wake).await;
+        wait_in_flow(host, id, wake).await;
         if buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
             buf.reserve(config::READ_BUFFER_SIZE);
         }
@@ -92,10 +160,10 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
         )
         .await;
         match read {
-            // Woken while waiting for bytes: the state machine may have
-            // closed the connection (heartbeat timeout); look again.
+            // Woken while waiting for bytes: the host may have closed the
+            // connection (heartbeat timeout); look again.
             None => {
-                if state.borrow().connection_is_closed(id) {
+                if host.is_closed(id) {
                     return;
                 }
             }
@@ -117,12 +185,12 @@ async fn read_loop(stream: &Stream, state: &Shared, id: ConnId, wake: &Notify) {
 /// drained as fast, and the shard has no time to spare; its consumers go
 /// first. Waits until the queue has drained or the tick lets it go (either
 /// wakes the reader). True if it waited.
-async fn wait_in_flow(state: &Shared, id: ConnId, wake: &Notify) -> bool {
-    if !state.borrow_mut().in_flow(id) {
+async fn wait_in_flow<H: ConnectionHost>(host: &H, id: H::Id, wake: &Notify) -> bool {
+    if !host.in_flow(id) {
         return false;
     }
     wake.wait().await;
-    state.borrow_mut().leave_flow(id);
+    host.leave_flow(id);
     true
 }
 
@@ -133,26 +201,26 @@ async fn next_reactor_turn() {
     glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }
 
-/// Reads whatever the socket has into the spare capacity of `buf`; 0 is EOF.
+/// Reads whatever the socket has, appending it to `buf`; 0 is EOF.
 pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
     read_at_most(stream, buf, usize::MAX).await
 }
 
-/// `read_some`, taking at most `limit` bytes.
+/// `read_some`, taking at most `limit` bytes. The kernel writes into the
+/// stream's own (initialised) receive buffer, and what arrived is copied
+/// to the end of `buf`: recv(2) into `buf`'s spare capacity would need a
+/// `&mut [u8]` over uninitialised memory.
 async fn read_at_most(stream: &Stream, buf: &mut BytesMut, limit: usize) -> io::Result<usize> {
-    let n = poll_fn(|cx| {
-        let spare = buf.chunk_mut();
-        let len = spare.len().min(limit);
-        // SAFETY: recv(2) only writes into this memory and we only expose
-        // the bytes it reports as written (set by advance_mut below).
-        let spare = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), len) };
+    poll_fn(|cx| {
         let mut stream = stream.borrow_mut();
-        Pin::new(&mut *stream).poll_read(cx, spare)
+        let mut stream = Pin::new(&mut *stream);
+        let data = futures_lite::ready!(stream.as_mut().poll_fill_buf(cx))?;
+        let n = data.len().min(limit);
+        buf.extend_from_slice(&data[..n]);
+        stream.consume(n);
+        Poll::Ready(Ok(n))
     })
-    .await?;
-    // SAFETY: the kernel initialised exactly n bytes of the spare capacity.
-    unsafe { buf.advance_mut(n) };
-    Ok(n)
+    .await
 }
 
 /// Writes all of `data`.
@@ -171,25 +239,21 @@ pub async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn write_loop(stream: Stream, state: Shared, id: ConnId, wake: Notify) {
+async fn write_loop<H: ConnectionHost>(stream: Stream, host: H, id: H::Id, wake: Notify) {
     let mut spare = BytesMut::with_capacity(64 * 1024);
     loop {
-        let closed = loop {
-            // A connection that is gone counts as closed.
-            let closed = state
-                .borrow_mut()
-                .take_output(id, &mut spare)
-                .unwrap_or(true);
+        let output = loop {
+            let output = host.take_output(id, &mut spare);
             if spare.is_empty() {
-                break closed;
+                break output;
             }
             if write_all(&stream, &spare).await.is_err() {
-                state.borrow_mut().connection_lost(id);
+                host.lost(id);
                 return;
             }
             spare.clear();
         };
-        if closed {
+        if output == Output::Closed {
             break;
         }
         wake.wait().await;
@@ -197,7 +261,7 @@ async fn write_loop(stream: Stream, state: Shared, id: ConnId, wake: Notify) {
     // Unless the client closed the connection (then it closes the socket,
     // as with RabbitMQ), close our side first and let the client close its
     // own, so that the last frames we wrote are not lost to a reset.
-    let by_client = state.borrow().connection_closed_by_client(id);
+    let by_client = host.closed_by_client(id);
     if !by_client {
         let _ = poll_fn(|cx| {
             let mut stream = stream.borrow_mut();

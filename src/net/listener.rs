@@ -1,124 +1,103 @@
-//! Listening sockets, made by hand so that every shard can bind the same
-//! address with SO_REUSEPORT (the kernel then spreads connections over the
-//! shards) and so that an IPv6 wildcard stays IPv6-only, leaving the IPv4
-//! wildcard to its own socket, as RabbitMQ listens on both.
+//! Listening sockets and the accept loop. Every shard binds the same address
+//! with SO_REUSEPORT (the kernel then spreads connections over the shards),
+//! an IPv6 wildcard stays IPv6-only so that the IPv4 wildcard has its own
+//! socket, as RabbitMQ listens on both, and a start is refused while another
+//! process listens on the address. The accept loop survives running out of
+//! file descriptors: it says so once, backs off, and accepts again once
+//! connections have closed. Imports only `util` and `config` of warren.
 
 use std::io;
-use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
-fn check(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
+use glommio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use crate::config;
+use crate::net::connection::{self, ConnectionHost};
+use crate::util::signal::Notify;
+
+/// Connections the kernel queues for a listening socket before accept.
+const BACKLOG: i32 = 1024;
+/// How long the start-up probe retries an address that is in use. A broker
+/// killed a moment ago still holds its sockets for a few milliseconds while
+/// the kernel tears its io_uring down; a live process holds them for good.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+const PROBE_RETRY: Duration = Duration::from_millis(20);
+/// How long the accept loop waits before trying again while the process has
+/// no file descriptor to spare: the connections waiting in the backlog stay
+/// there, and the open ones are served meanwhile.
+const FD_EXHAUSTED_BACKOFF: Duration = Duration::from_millis(50);
+/// An episode of file-descriptor exhaustion ends with the first accept that
+/// comes this long after the last failed one: at the limit, every close
+/// lets one accept through before the next fails, and that is one episode,
+/// not one per close.
+const FD_EXHAUSTED_QUIET: Duration = Duration::from_secs(1);
+
+/// Why the listeners could not be set up.
+#[derive(Debug)]
+pub enum ListenError {
+    /// Another process listens on the address.
+    InUse(SocketAddr),
+    Io(SocketAddr, io::Error),
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenError::InUse(addr) => write!(
+                f,
+                "{} is in use: another process listens on it (another warren, or RabbitMQ?)",
+                addr
+            ),
+            ListenError::Io(addr, e) => write!(f, "cannot listen on {}: {}", addr, e),
+        }
     }
 }
 
-fn set_option(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: fd is a socket we own and value lives across the call.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
-}
+impl std::error::Error for ListenError {}
 
-fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn local_port(fd: RawFd) -> io::Result<u16> {
-    // SAFETY: getsockname writes at most `len` bytes into storage.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    check(unsafe {
-        libc::getsockname(fd, &mut storage as *mut _ as *mut libc::sockaddr, &mut len)
-    })?;
-    let port = match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says it is a sockaddr_in.
-            let sin = unsafe { &*(&storage as *const _ as *const libc::sockaddr_in) };
-            u16::from_be(sin.sin_port)
-        }
-        _ => {
-            // SAFETY: the family says it is a sockaddr_in6.
-            let sin6 = unsafe { &*(&storage as *const _ as *const libc::sockaddr_in6) };
-            u16::from_be(sin6.sin6_port)
-        }
-    };
-    Ok(port)
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // A port held only by connections in TIME_WAIT is free to listen on.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
 }
 
 /// Binds one listening socket with SO_REUSEPORT.
 pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
-    let domain = if addr.is_ipv6() {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = check(unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    })?;
-    // SAFETY: fd was just returned by socket(2) and nobody else owns it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    if addr.is_ipv6() {
-        set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    let socket = socket_for(addr)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Fails if another process listens on `addr`. SO_REUSEPORT would let the
+/// shards bind beside a listener of the same user (another warren) and
+/// share its connections; a socket without it cannot bind while anyone
+/// listens there.
+fn ensure_free(addr: SocketAddr) -> Result<(), ListenError> {
+    let deadline = Instant::now() + PROBE_DEADLINE;
+    loop {
+        let probe = socket_for(addr).and_then(|s| s.bind(&addr.into()));
+        match probe {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if Instant::now() >= deadline {
+                    return Err(ListenError::InUse(addr));
+                }
+                std::thread::sleep(PROBE_RETRY);
+            }
+            Err(e) => return Err(ListenError::Io(addr, e)),
+        }
     }
-    let (storage, len) = to_raw(&addr);
-    // SAFETY: storage holds a valid address of length len.
-    check(unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) })?;
-    check(unsafe { libc::listen(fd, backlog) })?;
-    Ok(owned)
 }
 
 /// One socket per shard for each address. A port of 0 is resolved by the
@@ -126,22 +105,138 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 pub fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
-) -> io::Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>)> {
+) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), ListenError> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for addr in addrs {
         let mut addr = *addr;
+        if addr.port() != 0 {
+            ensure_free(addr)?;
+        }
         for sockets in per_shard.iter_mut() {
-            let fd = bind(addr, 1024)?;
+            let fd = bind(addr, BACKLOG).map_err(|e| ListenError::Io(addr, e))?;
             if addr.port() == 0 {
-                use std::os::fd::AsRawFd;
-                addr.set_port(local_port(fd.as_raw_fd())?);
+                addr.set_port(local_port(&fd).map_err(|e| ListenError::Io(addr, e))?);
             }
             sockets.push(fd);
         }
         bound.push(addr);
     }
     Ok((per_shard, bound))
+}
+
+fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+    let socket = socket2::SockRef::from(fd);
+    socket
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::other("not an inet socket"))
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit, so that the number of clients is
+/// bounded by what the system allows rather than the shell's default soft
+/// limit (often 1024). Returns the limit in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives
+    // across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// An episode of file-descriptor exhaustion: when it began, the last
+/// accept that failed, and how many did.
+struct Exhaustion {
+    since: Instant,
+    last: Instant,
+    failed: u64,
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Accepts connections on one of the shard's listening sockets and serves
+/// each on `host`, until `stop` (then the socket is closed, so that new
+/// clients are refused).
+pub async fn accept_loop<H: ConnectionHost + Clone + 'static>(
+    listener: TcpListener,
+    host: H,
+    stop: Notify,
+) {
+    // An episode of file-descriptor exhaustion gets one line when it starts
+    // and one when it ends, however many accepts fail in between.
+    let mut exhaustion: Option<Exhaustion> = None;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        match accepted {
+            Ok(stream) => {
+                if let Some(episode) =
+                    exhaustion.take_if(|e| e.last.elapsed() >= FD_EXHAUSTED_QUIET)
+                {
+                    info!(
+                        failed_accepts = episode.failed,
+                        lasted_ms = episode.since.elapsed().as_millis() as u64,
+                        "file descriptors available again: accepting connections"
+                    );
+                }
+                glommio::spawn_local(connection::serve(stream, host.clone())).detach();
+            }
+            Err(e) => {
+                let e = io::Error::from(e);
+                if !is_fd_exhaustion(&e) {
+                    warn!(error = %e, "accept failed");
+                    glommio::timer::sleep(config::TICK).await;
+                    continue;
+                }
+                let now = Instant::now();
+                match &mut exhaustion {
+                    Some(episode) => {
+                        episode.failed += 1;
+                        episode.last = now;
+                    }
+                    None => {
+                        warn!(
+                            error = %e,
+                            "out of file descriptors: new connections wait in the backlog \
+                             until open ones close (raise `ulimit -n`, or LimitNOFILE= in \
+                             the systemd unit)"
+                        );
+                        exhaustion = Some(Exhaustion {
+                            since: now,
+                            last: now,
+                            failed: 1,
+                        });
+                    }
+                }
+                glommio::timer::sleep(FD_EXHAUSTED_BACKOFF).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,8 +250,26 @@ mod tests {
         assert_eq!(sockets.len(), 3);
         assert_ne!(bound[0].port(), 0);
         for shard in &sockets {
-            use std::os::fd::AsRawFd;
-            assert_eq!(local_port(shard[0].as_raw_fd()).unwrap(), bound[0].port());
+            assert_eq!(local_port(&shard[0]).unwrap(), bound[0].port());
         }
+    }
+
+    #[test]
+    fn an_address_another_listener_holds_is_refused() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        match bind_all(&[addr], 1) {
+            Err(ListenError::InUse(refused)) => assert_eq!(refused, addr),
+            other => panic!("expected InUse, got {:?}", other.map(|(_, bound)| bound)),
+        }
+    }
+
+    #[test]
+    fn a_reuseport_listener_is_refused_too() {
+        let (_sockets, bound) = bind_all(&["127.0.0.1:0".parse().unwrap()], 1).unwrap();
+        assert!(matches!(
+            bind_all(&bound, 1),
+            Err(ListenError::InUse(addr)) if addr == bound[0]
+        ));
     }
 }

@@ -1,7 +1,9 @@
-//! Sockets: the listening sockets every shard shares through SO_REUSEPORT,
-//! and the two tasks that serve one connection (a reader that feeds bytes to
-//! the connection's state machine, and a writer that flushes its output,
-//! many frames per write).
+//! Sockets: the listening sockets every shard shares through SO_REUSEPORT
+//! and the accept loop, and the two tasks that serve one connection (a
+//! reader that feeds bytes to the connection's host, and a writer that
+//! flushes its output, many frames per write). The shard is seen only
+//! through `connection::ConnectionHost`: this module imports `util` and
+//! `config` of warren, never `broker`.
 
 pub mod connection;
 pub mod listener;

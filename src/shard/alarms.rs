@@ -139,6 +139,7 @@ impl Monitor {
 fn total_memory_bytes() -> u64 {
     // SAFETY: sysinfo fills the struct it is given; all-zero is valid.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo writes into the struct it is given, which outlives the call.
     let ram = if unsafe { libc::sysinfo(&mut info) } == 0 {
         info.totalram as u64 * info.mem_unit.max(1) as u64
     } else {
@@ -170,6 +171,7 @@ fn disk_free_bytes(dir: &Path) -> std::io::Result<u64> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: statvfs writes into the struct it is given; all-zero is valid.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` outlives the call.
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -34,6 +34,7 @@ use crate::util::signal::Notify;
 pub mod alarms;
 pub mod data_dir;
 pub mod fatal;
+pub mod host;
 pub mod shutdown;
 
 type Batch = Vec<ShardMsg>;
@@ -60,7 +61,7 @@ pub enum BootError {
     /// RLIMIT_MEMLOCK is below what io_uring needs and cannot be raised.
     Memlock { needed: u64, have: u64 },
     /// The listening sockets cannot be bound.
-    Bind(std::io::Error),
+    Bind(net::listener::ListenError),
     /// An executor thread cannot be started.
     Executor(GlommioError<()>),
     /// A shard stopped before it was ready to accept connections.
@@ -111,7 +112,7 @@ impl std::fmt::Display for BootError {
                 needed / 1024,
                 have / 1024
             ),
-            BootError::Bind(e) => write!(f, "cannot listen: {}", e),
+            BootError::Bind(e) => write!(f, "{}", e),
             BootError::Executor(e) => write!(f, "cannot start a shard: {}", e),
             BootError::ShardStopped => write!(f, "cannot start a shard: a shard stopped during start-up"),
             BootError::Definitions { path, problem } => {
@@ -129,11 +130,12 @@ impl std::error::Error for BootError {}
 /// Raises RLIMIT_MEMLOCK as far as allowed; fails if still below `needed`.
 /// loadgen uses it too: it runs on glommio as well.
 pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
-    // SAFETY: getrlimit/setrlimit with a valid struct.
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit writes into the struct it is given, which lives
+    // across the call.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     if limit.rlim_cur >= needed {
         return Ok(());
@@ -143,13 +145,16 @@ pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
         rlim_max: libc::RLIM_INFINITY,
     };
     // Root (CAP_SYS_RESOURCE) may lift the hard limit too; others only up to it.
+    // SAFETY: setrlimit only reads the struct it is given.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         let to_hard = libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
         };
+        // SAFETY: as above, setrlimit only reads the struct.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_hard) };
     }
+    // SAFETY: as above, getrlimit writes into a struct that outlives the call.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     if limit.rlim_cur >= needed {
         Ok(())
@@ -193,6 +198,12 @@ pub fn run(config: Config) -> Result<(), BootError> {
     .map_err(BootError::Recovery)?;
     let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
+    // Each client takes a file descriptor: the soft limit (often 1024)
+    // would cap the clients long before the hard one.
+    match net::listener::raise_fd_limit() {
+        Ok(fds) => debug!(fds, "RLIMIT_NOFILE"),
+        Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     shutdown::install();
     let (sockets, bound) =
         net::listener::bind_all(&config.listen, shard_count).map_err(BootError::Bind)?;
@@ -601,33 +612,14 @@ async fn shard_main(
 
     for (fd, stop) in fds.into_iter().zip(stop_accepting) {
         use std::os::fd::FromRawFd;
-        // SAFETY: the fd is a listening socket bound for this shard alone.
+        // SAFETY: the fd is a listening socket bound for this shard alone,
+        // and nothing else owns or closes it.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        let state = state.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let accepted =
-                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                        stop.wait().await;
-                        None
-                    })
-                    .await;
-                // Stopping: the listener is dropped, so new clients are refused.
-                let Some(accepted) = accepted else {
-                    return;
-                };
-                match accepted {
-                    Ok(stream) => {
-                        glommio::spawn_local(net::connection::serve(stream, state.clone()))
-                            .detach();
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        glommio::timer::sleep(config::TICK).await;
-                    }
-                }
-            }
-        })
+        glommio::spawn_local(net::listener::accept_loop(
+            listener,
+            host::ShardHost(state.clone()),
+            stop,
+        ))
         .detach();
     }
 

@@ -64,8 +64,13 @@ impl Hasher for FastHasher {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
+            // The tail is padded with zeros, so its length goes into the
+            // byte the padding never reaches: otherwise "a" and "a\0" would
+            // be the same word, and every name ending in NULs would collide
+            // with the name without them.
             let mut last = [0u8; 8];
             last[..rest.len()].copy_from_slice(rest);
+            last[7] = rest.len() as u8;
             self.add(u64::from_le_bytes(last));
         }
     }
@@ -132,5 +137,19 @@ mod tests {
         assert_ne!(build.hash_one("queue-1"), build.hash_one("queue-2"));
         assert_ne!(build.hash_one("abcdefgh1"), build.hash_one("abcdefgh2"));
         assert_ne!(build.hash_one(""), build.hash_one("\0"));
+    }
+
+    #[test]
+    fn trailing_nuls_change_the_hash() {
+        let build = FastBuild::default();
+        assert_ne!(build.hash_one("a"), build.hash_one("a\0"));
+        assert_ne!(build.hash_one("a\0"), build.hash_one("a\0\0"));
+        assert_ne!(build.hash_one("abcdefgh"), build.hash_one("abcdefgh\0"));
+        assert_ne!(build.hash_one(&b"ab"[..]), build.hash_one(&b"ab\0"[..]));
+        let mut one = build.build_hasher();
+        one.write(b"queue");
+        let mut other = build.build_hasher();
+        other.write(b"queue\0\0");
+        assert_ne!(one.finish(), other.finish());
     }
 }

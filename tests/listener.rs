@@ -1,0 +1,204 @@
+//! The listener's limits: a broker refuses to start on an address another
+//! process listens on, and a broker out of file descriptors stays up, says
+//! so once, serves the connections it has, and accepts again once some close.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+const FD_EXHAUSTED: &str = "out of file descriptors";
+const FD_AVAILABLE: &str = "file descriptors available again";
+
+#[test]
+fn a_second_broker_on_the_same_address_refuses_to_start() {
+    let broker = Broker::start(2);
+    if broker.is_external() {
+        eprintln!("skipped: needs a warren of its own");
+        return;
+    }
+    let addr = broker.addr().to_string();
+    let data_dir = fresh_temp_dir("warren-test-in-use");
+    let (status, output) = start_expecting_exit(1, &data_dir, &["--listen", &addr]);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains(&format!("{addr} is in use")),
+        "the error names the address: {output}"
+    );
+}
+
+/// A warren child whose RLIMIT_NOFILE (soft and hard) is `fds`.
+struct LimitedBroker {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    data_dir: std::path::PathBuf,
+}
+
+impl LimitedBroker {
+    fn start(fds: u64) -> LimitedBroker {
+        let data_dir = fresh_temp_dir("warren-test-fds");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+        command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+                "--log-level",
+                "info",
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and calls
+        // only setrlimit(2), which is async-signal-safe, on a local struct.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: fds,
+                    rlim_max: fds,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("start warren");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                    if let Some(addr) = ready_address(&line) {
+                        let _ = tx.send(addr);
+                    }
+                }
+            });
+        }
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("warren not ready:\n{}", log.lock().unwrap());
+        };
+        LimitedBroker {
+            child,
+            addr,
+            log,
+            data_dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn lines_with(&self, text: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(text)).count()
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LimitedBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn ready_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("ready to accept connections") {
+        return None;
+    }
+    let start = line.find("address=")? + "address=".len();
+    let rest = line[start..].trim_start_matches(['"', '\'']);
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',' || c == '\u{1b}')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Sends the protocol header and reads the start of connection.start: a
+/// frame of type 1 on channel 0 (false if the broker does not answer).
+fn gets_connection_start(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    if stream.write_all(PROTOCOL_HEADER).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 3];
+    stream.read_exact(&mut head).is_ok() && head == [1, 0, 0]
+}
+
+#[test]
+fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again() {
+    // What the broker holds at rest (io_uring rings, store files, the
+    // listener...), measured on a first run, plus room for a few clients.
+    let baseline = {
+        let probe = LimitedBroker::start(1024);
+        let mut first = TcpStream::connect(probe.addr).unwrap();
+        assert!(gets_connection_start(&mut first), "{}", probe.log());
+        probe.open_fds() as u64
+    };
+    let broker = LimitedBroker::start(baseline + 4);
+
+    let mut early = TcpStream::connect(broker.addr).unwrap();
+    // Connections beyond the limit complete in the kernel's backlog; the
+    // broker cannot accept them.
+    let mut flood = Vec::new();
+    for _ in 0..32 {
+        flood.push(TcpStream::connect(broker.addr).unwrap());
+        if broker.lines_with(FD_EXHAUSTED) > 0 {
+            break;
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || broker.lines_with(FD_EXHAUSTED)
+            > 0),
+        "no exhaustion line:\n{}",
+        broker.log()
+    );
+    // An open connection is still served meanwhile.
+    assert!(gets_connection_start(&mut early), "{}", broker.log());
+    // A few more failing accepts (the loop backs off 50 ms between them)
+    // are one episode: still one line.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(broker.lines_with(FD_EXHAUSTED), 1, "{}", broker.log());
+
+    drop(flood);
+    drop(early);
+    // Served again, and the episode over: its end is logged by the first
+    // accept a second after the last failed one.
+    let recovered = wait_until(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(100));
+        TcpStream::connect(broker.addr)
+            .map(|mut s| gets_connection_start(&mut s))
+            .unwrap_or(false)
+            && broker.lines_with(FD_AVAILABLE) == 1
+    });
+    assert!(recovered, "not accepting again:\n{}", broker.log());
+    assert_eq!(broker.lines_with(FD_EXHAUSTED), 1, "{}", broker.log());
+}
