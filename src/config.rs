@@ -26,7 +26,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for `connection.close-ok` after closing a connection ourselves.
 pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often each shard's timer tick runs: heartbeats, mailbox retries, and the
-/// guarantee that an executor never parks forever (RUNTIME-NOTES).
+/// guarantee that an executor never parks forever (docs/runtime.md).
 pub const TICK: Duration = Duration::from_millis(5);
 /// Bytes a connection's reader asks the socket for at once.
 pub const READ_BUFFER_SIZE: usize = 128 * 1024;

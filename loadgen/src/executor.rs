@@ -200,7 +200,7 @@ pub async fn wait_for(ctx: &ExecCtx, phase: Phase) -> bool {
 
 /// Sends statistics to the main thread every few ticks and passes the stop order on
 /// to consumers. The tick also keeps the executor from parking for good (a glommio
-/// 0.9 issue, see RUNTIME-NOTES.md).
+/// 0.9 issue, see docs/runtime.md).
 async fn ticker(ctx: Rc<ExecCtx>) {
     let mut ticks = 0u32;
     let mut stops_fired = false;

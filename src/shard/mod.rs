@@ -128,42 +128,9 @@ impl std::fmt::Display for BootError {
 impl std::error::Error for BootError {}
 
 /// Raises RLIMIT_MEMLOCK as far as allowed; fails if still below `needed`.
-/// loadgen uses it too: it runs on glommio as well.
 pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given, which lives
-    // across the call.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    if limit.rlim_cur >= needed {
-        return Ok(());
-    }
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // Root (CAP_SYS_RESOURCE) may lift the hard limit too; others only up to it.
-    // SAFETY: setrlimit only reads the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        let to_hard = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: as above, setrlimit only reads the struct.
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &to_hard) };
-    }
-    // SAFETY: as above, getrlimit writes into a struct that outlives the call.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    if limit.rlim_cur >= needed {
-        Ok(())
-    } else {
-        Err(BootError::Memlock {
-            needed,
-            have: limit.rlim_cur,
-        })
-    }
+    crate::util::rlimit::raise_memlock(needed)
+        .map_err(|have| BootError::Memlock { needed, have })
 }
 
 /// Starts every shard and blocks until they stop.
@@ -413,7 +380,7 @@ async fn shard_main(
     shard_count: usize,
 ) {
     // Joining the mesh waits on wake-ups from the other executors' threads,
-    // which glommio 0.9 can miss while parked (RUNTIME-NOTES): a timer keeps
+    // which glommio 0.9 can miss while parked (docs/runtime.md): a timer keeps
     // the executor polling until the join is done and the tick takes over.
     let joined = Rc::new(std::cell::Cell::new(false));
     {
@@ -513,7 +480,7 @@ async fn shard_main(
     let stopped = Notify::new();
 
     // The tick: heartbeats, deadlines, mailbox retries, shutdown, and an
-    // upper bound on how long the executor can stay parked (RUNTIME-NOTES).
+    // upper bound on how long the executor can stay parked (docs/runtime.md).
     {
         let state = state.clone();
         let senders = senders.clone();
@@ -745,7 +712,7 @@ async fn run_store(
 }
 
 /// Sends each peer its outgoing batch. A full mailbox keeps the batch here
-/// (never awaiting on a full channel: see RUNTIME-NOTES, glommio #555) and,
+/// (never awaiting on a full channel: see docs/runtime.md, glommio #555) and,
 /// past a limit, makes the readers stop until it drains.
 fn flush(state: &Shared, senders: &Senders<Batch>) {
     let mut state = state.borrow_mut();

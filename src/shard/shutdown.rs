@@ -5,7 +5,7 @@
 //! The signals are blocked in every thread and taken by one thread with
 //! sigwait(2), which sets a flag; the shards look at it from their tick (a
 //! foreign thread's wake-up of a glommio executor is unreliable, see
-//! RUNTIME-NOTES), so no signal handler runs inside an executor.
+//! docs/runtime.md), so no signal handler runs inside an executor.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

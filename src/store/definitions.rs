@@ -156,9 +156,9 @@ impl DefinitionsSink for DefinitionsFile {
 mod tests {
     use super::*;
 
-    /// glommio's reactor needs locked memory (see `shard::raise_memlock`).
+    /// glommio's reactor needs locked memory (see `util::rlimit::raise_memlock`).
     fn executor() -> glommio::LocalExecutorBuilder {
-        crate::shard::raise_memlock(4 << 20).expect("locked memory for io_uring");
+        crate::util::rlimit::raise_memlock(4 << 20).expect("locked memory for io_uring");
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20)
     }
 

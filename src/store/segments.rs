@@ -244,7 +244,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn executor() -> glommio::LocalExecutorBuilder {
-        crate::shard::raise_memlock(4 << 20).expect("locked memory for io_uring");
+        crate::util::rlimit::raise_memlock(4 << 20).expect("locked memory for io_uring");
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20)
     }
 

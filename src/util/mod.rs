@@ -8,10 +8,12 @@
 //! - `json`: a small JSON reader and writer that keeps key order.
 //! - `digest`: SHA-256/512 and MD5, for RabbitMQ's password hashes.
 //! - `crc32c`: the checksum of the message store's records.
+//! - `rlimit`: raising RLIMIT_MEMLOCK, which io_uring needs.
 
 pub mod crc32c;
 pub mod digest;
 pub mod hash;
 pub mod json;
+pub mod rlimit;
 pub mod signal;
 pub mod timer_wheel;
