@@ -13,23 +13,23 @@ use crate::model::alarms::{DiskFreeLimit, MemoryWatermark};
 /// AMQP's well-known port, as RabbitMQ listens on it.
 pub const AMQP_PORT: u16 = 5672;
 /// RabbitMQ's default `frame_max` (128 KiB).
-pub const FRAME_SIZE_MAX: u32 = 131_072;
+pub(crate) const FRAME_SIZE_MAX: u32 = 131_072;
 /// The spec's minimum `frame_max`; a client may not negotiate less.
-pub const FRAME_SIZE_MIN: u32 = 4096;
+pub(crate) const FRAME_SIZE_MIN: u32 = 4096;
 /// RabbitMQ's default `channel_max`.
-pub const CHANNEL_MAX: u16 = 2047;
+pub(crate) const CHANNEL_MAX: u16 = 2047;
 /// RabbitMQ's default heartbeat timeout, in seconds.
-pub const HEARTBEAT_S: u16 = 60;
+pub(crate) const HEARTBEAT_S: u16 = 60;
 /// How long a client may take between the protocol header and `connection.open`
 /// (RabbitMQ's handshake_timeout is 10 s).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for `connection.close-ok` after closing a connection ourselves.
-pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often each shard's timer tick runs: heartbeats, mailbox retries, and the
 /// guarantee that an executor never parks forever (docs/runtime.md).
-pub const TICK: Duration = Duration::from_millis(5);
+pub(crate) const TICK: Duration = Duration::from_millis(5);
 /// Bytes a connection's reader asks the socket for at once.
-pub const READ_BUFFER_SIZE: usize = 128 * 1024;
+pub(crate) const READ_BUFFER_SIZE: usize = 128 * 1024;
 /// Bytes a connection reads (and handles) before it waits for the next
 /// reactor turn, so one publisher cannot starve the rest of its shard: its
 /// consumers above all, whose acks wait behind it. Before flow control, a
@@ -38,7 +38,7 @@ pub const READ_BUFFER_SIZE: usize = 128 * 1024;
 /// 32 KiB); with flow control holding publishers whose queues grow, 64 KiB
 /// measured best both with acks (~0.9 against ~1.0 CPU-s per million at
 /// 32 KiB) and with autoack (~0.52 against ~0.63), as fewer turns cost less.
-pub const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
+pub(crate) const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// Flow control: on a shard that was busy for at least this fraction of
 /// its last tick, a connection publishing into a local queue with more than
 /// `FLOW_READY_HIGH` ready messages and consumers waits, before it reads
@@ -47,21 +47,21 @@ pub const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// than a consumer with acks, fills the queue faster than the consumers
 /// drain it, and a growing queue costs fresh memory (page faults) and cache
 /// misses for every message. A shard with time to spare never slows one.
-pub const FLOW_BUSY_FRACTION: f64 = 0.9;
+pub(crate) const FLOW_BUSY_FRACTION: f64 = 0.9;
 /// A saturated shard stays so until a tick in which it was busy for less
 /// than this fraction: holding a publisher idles the shard, and without
 /// the hysteresis that alone would end the hold at the next tick.
-pub const FLOW_CALM_FRACTION: f64 = 0.5;
-pub const FLOW_READY_HIGH: usize = 4096;
-pub const FLOW_READY_LOW: usize = 1024;
+pub(crate) const FLOW_CALM_FRACTION: f64 = 0.5;
+pub(crate) const FLOW_READY_HIGH: usize = 4096;
+pub(crate) const FLOW_READY_LOW: usize = 1024;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
-pub const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;
+pub(crate) const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;
 /// Batches a mailbox between two shards holds before the sender keeps an
 /// overflow batch locally and stops reading the sockets that feed it.
-pub const MAILBOX_BATCHES_MAX: usize = 1024;
+pub(crate) const MAILBOX_BATCHES_MAX: usize = 1024;
 /// Messages in one shard's overflow towards a peer before its readers pause.
-pub const MAILBOX_OVERFLOW_MAX: usize = 65_536;
+pub(crate) const MAILBOX_OVERFLOW_MAX: usize = 65_536;
 
 /// RabbitMQ's default `max_message_size` (128 MiB): a content header
 /// announcing a larger body is refused with 406 PRECONDITION_FAILED.
@@ -74,20 +74,20 @@ pub const MESSAGE_SIZE_LIMIT: u64 = 512 << 20;
 /// header frame of 20,000 keys costs seconds per publish. A header frame
 /// (at most `frame_max`) holds about 26,000 of the smallest keys, so this
 /// is generous for real use and refuses only the abusive.
-pub const SENDER_SELECTED_KEYS_MAX: usize = 1024;
+pub(crate) const SENDER_SELECTED_KEYS_MAX: usize = 1024;
 /// After a failed login, the next login from the same address on the same
 /// shard is answered no sooner than this after the one before (RabbitMQ
 /// answers at once; warren slows password guessing).
-pub const LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(1);
 /// The longest a login waits for its turn: one whose turn is further off
 /// is refused at once, unchecked, so that a flood of logins from one
 /// address cannot book its turns for ever.
-pub const LOGIN_WAIT_MAX: Duration = Duration::from_secs(5);
+pub(crate) const LOGIN_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How long an address stays slowed after its last failed login.
-pub const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(60);
+pub(crate) const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 /// Addresses with recent failed logins a shard remembers; past it, the
 /// ones whose memory has expired are forgotten first, then the oldest.
-pub const LOGIN_FAILURE_ADDRESSES_MAX: usize = 4096;
+pub(crate) const LOGIN_FAILURE_ADDRESSES_MAX: usize = 4096;
 
 /// The size at which a shard's message store starts a new segment file.
 /// Larger segments mean fewer files; smaller ones give disk space back

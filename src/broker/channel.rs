@@ -192,10 +192,10 @@ enum TxOp {
 }
 
 #[derive(Debug)]
-pub struct Channel {
-    pub id: u16,
+pub(crate) struct Channel {
+    pub(crate) id: u16,
     /// We sent channel.close and wait for close-ok.
-    pub closing: bool,
+    pub(crate) closing: bool,
     content: Option<Content>,
     next_delivery_tag: u64,
     unacked: VecDeque<Unacked>,
@@ -1319,7 +1319,7 @@ impl Connection {
 
     /// Writes a delivery to its channel. Returns it if the channel or the
     /// consumer is gone, so the shard can put the message back.
-    pub fn deliver(&mut self, delivery: Delivery) -> Option<Delivery> {
+    pub(crate) fn deliver(&mut self, delivery: Delivery) -> Option<Delivery> {
         if delivery.message_count.is_some() {
             match self.channels.get(&delivery.head.channel) {
                 Some(ch) if !ch.closing => {}
@@ -1342,7 +1342,7 @@ impl Connection {
     /// `deliver` for a message the queue keeps until the ack, written from
     /// the queue's copy. False if the channel or consumer is gone: the
     /// caller returns the message to its queue.
-    pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
+    pub(crate) fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
         match self.write_to_consumer(head, message, false) {
             Consumed::Written => true,
             Consumed::Held => {
@@ -1456,7 +1456,7 @@ impl Connection {
 
     /// True if the channel has confirms ready to send. A transactional
     /// publish's answer counts down its commit instead.
-    pub fn confirm_resolved(&mut self, channel: u16, seq: u64, accepted: bool) -> bool {
+    pub(crate) fn confirm_resolved(&mut self, channel: u16, seq: u64, accepted: bool) -> bool {
         if seq == ConfirmTarget::TX_COMMIT {
             let Some(ch) = self.channels.get_mut(&channel) else {
                 return false;
@@ -1478,7 +1478,7 @@ impl Connection {
 
     /// Sends basic.ack (coalesced with `multiple`) and basic.nack for every
     /// publish at the front of the channel's confirm queue that is complete.
-    pub fn flush_confirms(&mut self, channel: u16) {
+    pub(crate) fn flush_confirms(&mut self, channel: u16) {
         let Some(confirms) = self
             .channels
             .get_mut(&channel)

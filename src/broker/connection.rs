@@ -46,10 +46,10 @@ use warren_protocol::{
 /// message, and the channel and sequence number of its confirm, if the
 /// channel is in confirm mode.
 #[derive(Debug)]
-pub struct LocalPublish {
-    pub queue: QueueId,
-    pub message: Message,
-    pub confirm: Option<(u16, u64)>,
+pub(crate) struct LocalPublish {
+    pub(crate) queue: QueueId,
+    pub(crate) message: Message,
+    pub(crate) confirm: Option<(u16, u64)>,
 }
 
 /// Effects `input` gathers before the shard carries them out.
@@ -59,7 +59,7 @@ const EFFECTS_PER_HAND_OVER: usize = 32;
 /// connection and its shard (`ShardState::connection_input`), which passes
 /// everything but `HandOver` on to the socket's reader.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Input {
+pub(crate) enum Input {
     /// Every complete frame in the buffer was handled: read more bytes.
     NeedMore,
     /// The effects gathered a batch (`EFFECTS_PER_HAND_OVER`): the shard
@@ -75,12 +75,12 @@ pub enum Input {
 }
 
 /// The outgoing side: frames waiting for the writer task.
-pub struct Wire {
-    pub out: BytesMut,
-    pub frame_max: u32,
+pub(crate) struct Wire {
+    pub(crate) out: BytesMut,
+    pub(crate) frame_max: u32,
     /// Woken when `out` goes from empty to non-empty.
-    pub writer: Notify,
-    pub last_write: Instant,
+    pub(crate) writer: Notify,
+    pub(crate) last_write: Instant,
 }
 
 impl Wire {
@@ -90,14 +90,14 @@ impl Wire {
         }
     }
 
-    pub fn method(&mut self, channel: u16, method: &Method) {
+    pub(crate) fn method(&mut self, channel: u16, method: &Method) {
         let was_empty = self.out.is_empty();
         write_method(&mut self.out, channel, method);
         self.wake(was_empty);
     }
 
     /// A content-bearing method followed by its header and body frames.
-    pub fn content(
+    pub(crate) fn content(
         &mut self,
         channel: u16,
         method: &Method,
@@ -200,10 +200,10 @@ impl RouteCache {
 
 /// What the client said it understands, from client-properties.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Capabilities {
-    pub consumer_cancel_notify: bool,
-    pub authentication_failure_close: bool,
-    pub connection_blocked: bool,
+pub(crate) struct Capabilities {
+    pub(crate) consumer_cancel_notify: bool,
+    pub(crate) authentication_failure_close: bool,
+    pub(crate) connection_blocked: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -223,16 +223,16 @@ enum Phase {
 }
 
 /// The shared, read-only state a connection needs while handling frames.
-pub struct Env<'a> {
-    pub vhost: &'a Vhost,
-    pub users: &'a Users,
-    pub config: &'a Config,
-    pub now: Instant,
+pub(crate) struct Env<'a> {
+    pub(crate) vhost: &'a Vhost,
+    pub(crate) users: &'a Users,
+    pub(crate) config: &'a Config,
+    pub(crate) now: Instant,
     /// The node's raised resource alarms: while any is, a publish blocks
     /// its connection.
-    pub alarms: AlarmSet,
+    pub(crate) alarms: AlarmSet,
     /// The shard's memory of failed logins, by address.
-    pub login_delays: &'a RefCell<LoginDelays>,
+    pub(crate) login_delays: &'a RefCell<LoginDelays>,
 }
 
 /// A login held back because its address failed to log in lately.
@@ -243,13 +243,13 @@ struct HeldLogin {
     response: Bytes,
 }
 
-pub struct Connection {
-    pub conn: ConnRef,
-    pub peer: SocketAddr,
+pub(crate) struct Connection {
+    pub(crate) conn: ConnRef,
+    pub(crate) peer: SocketAddr,
     phase: Phase,
-    pub wire: Wire,
+    pub(crate) wire: Wire,
     /// Woken when a paused connection may parse again.
-    pub reader: Notify,
+    pub(crate) reader: Notify,
     paused: bool,
     /// Bytes parsed since the reader's turn began (`input` may be called
     /// several times in one turn).
@@ -278,7 +278,7 @@ pub struct Connection {
     /// A publish's CC and BCC routing keys.
     pub(crate) route_keys: Vec<String>,
     /// The client closed the connection: it closes the socket too.
-    pub closed_by_client: bool,
+    pub(crate) closed_by_client: bool,
     /// A login waiting for its turn (see `broker::login_delay`).
     held_login: Option<HeldLogin>,
     /// Blocked by a resource alarm: it published while one was raised, and
@@ -289,7 +289,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(conn: ConnRef, peer: SocketAddr, config: &Config, now: Instant) -> Connection {
+    pub(crate) fn new(
+        conn: ConnRef,
+        peer: SocketAddr,
+        config: &Config,
+        now: Instant,
+    ) -> Connection {
         Connection {
             conn,
             peer,
@@ -325,13 +330,13 @@ impl Connection {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
     }
 
     /// The publishes to this shard's queues, then the other effects, in
     /// the order they were made (see `local_publishes`).
-    pub fn take_effects(&mut self) -> (Vec<LocalPublish>, Vec<(ShardId, ShardMsg)>) {
+    pub(crate) fn take_effects(&mut self) -> (Vec<LocalPublish>, Vec<(ShardId, ShardMsg)>) {
         (
             std::mem::take(&mut self.local_publishes),
             std::mem::take(&mut self.effects),
@@ -340,7 +345,7 @@ impl Connection {
 
     /// Gives back the emptied vectors, to be filled again without
     /// allocating.
-    pub fn restore_effects(
+    pub(crate) fn restore_effects(
         &mut self,
         local_publishes: Vec<LocalPublish>,
         effects: Vec<(ShardId, ShardMsg)>,
@@ -375,7 +380,7 @@ impl Connection {
     /// shard to carry out (`HandOver`: call again once they are).
     /// A small batch stays in the CPU's nearest cache between the frame
     /// that made it and the queue that takes it.
-    pub fn input(&mut self, buf: &mut BytesMut, env: &Env) -> Input {
+    pub(crate) fn input(&mut self, buf: &mut BytesMut, env: &Env) -> Input {
         self.last_read = env.now;
         let result = loop {
             if self.phase == Phase::Closed {
@@ -759,7 +764,7 @@ impl Connection {
     }
 
     /// The socket is gone: release everything without a word to the client.
-    pub fn lost(&mut self) {
+    pub(crate) fn lost(&mut self) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -790,7 +795,7 @@ impl Connection {
     }
 
     /// The heartbeat and deadline checks of the shard's tick.
-    pub fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         if self
             .held_login
             .as_ref()
@@ -830,7 +835,7 @@ impl Connection {
 
     /// Handles the answer to a request this connection sent to a shard.
     /// Returns the reply back if its channel is gone, so the caller can undo it.
-    pub fn on_reply(
+    pub(crate) fn on_reply(
         &mut self,
         channel: u16,
         reply: ChannelReply,

@@ -41,10 +41,10 @@ use crate::util::timer_wheel::TimerId;
 use warren_protocol::{FieldValue, Properties, ShortStr};
 
 /// The header holding a message's delay in milliseconds.
-pub const DELAY_HEADER: &str = "x-delay";
+pub(crate) const DELAY_HEADER: &str = "x-delay";
 
 /// The longest delay the plugin honours: Erlang's largest timer.
-pub const DELAY_MS_MAX: i64 = u32::MAX as i64;
+pub(crate) const DELAY_MS_MAX: i64 = u32::MAX as i64;
 
 /// A message a delayed exchange is to hold: sent by a channel to its own
 /// shard (through a transaction's commit when there is one).
@@ -62,7 +62,7 @@ pub struct DelayedPublish {
 
 /// A message held by a delayed exchange until its timer fires.
 #[derive(Debug)]
-pub struct Held {
+pub(crate) struct Held {
     exchange: ShortStr,
     message: Message,
     extra_keys: Vec<String>,

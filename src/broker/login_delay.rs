@@ -30,7 +30,7 @@ struct Address {
 
 /// When a login is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginTurn {
+pub(crate) enum LoginTurn {
     Now,
     At(Instant),
     /// Too many logins wait already: refused without a check.
@@ -39,14 +39,14 @@ pub enum LoginTurn {
 
 /// One shard's memory of failed logins.
 #[derive(Debug, Default)]
-pub struct LoginDelays {
+pub(crate) struct LoginDelays {
     addresses: FastMap<IpAddr, Address>,
 }
 
 impl LoginDelays {
     /// When a login from `ip` arriving `now` is answered. Each answer held
     /// takes its turn, one `LOGIN_FAILURE_DELAY` after the one before.
-    pub fn turn(&mut self, ip: IpAddr, now: Instant) -> LoginTurn {
+    pub(crate) fn turn(&mut self, ip: IpAddr, now: Instant) -> LoginTurn {
         let Some(address) = self.addresses.get_mut(&ip) else {
             return LoginTurn::Now;
         };
@@ -67,7 +67,7 @@ impl LoginDelays {
     }
 
     /// A login from `ip` failed `now`.
-    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+    pub(crate) fn failed(&mut self, ip: IpAddr, now: Instant) {
         if !self.addresses.contains_key(&ip) && self.addresses.len() >= LOGIN_FAILURE_ADDRESSES_MAX
         {
             self.make_room(now);

@@ -62,7 +62,7 @@ pub enum MetaRequest {
 }
 
 /// The -ok method to send back to the client.
-pub type MetaReply = Method;
+pub(crate) type MetaReply = Method;
 
 #[derive(Debug)]
 pub enum RpcRequest {
@@ -93,12 +93,12 @@ const REQUESTS_PER_WRITE_MAX: usize = 64;
 
 /// Where the owner starts after the definitions were restored at boot.
 #[derive(Clone, Debug)]
-pub struct OwnerStart {
-    pub next_queue_id: u64,
-    pub next_shard: usize,
+pub(crate) struct OwnerStart {
+    pub(crate) next_queue_id: u64,
+    pub(crate) next_shard: usize,
     /// The definitions file as written at boot, so an unchanged state is
     /// not written again.
-    pub written: Option<String>,
+    pub(crate) written: Option<String>,
 }
 
 impl Default for OwnerStart {
@@ -114,7 +114,7 @@ impl Default for OwnerStart {
 /// Serves metadata requests on shard 0 until the shard stops: a batch at a
 /// time, then one write of the definitions if the batch changed durable
 /// ones, then the batch's answers.
-pub async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, sink: S) {
+pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, sink: S) {
     let notify = state.borrow().meta_inbox.notify.clone();
     let mut owner = Owner {
         state,
@@ -669,7 +669,7 @@ impl Owner {
 }
 
 /// A random-looking unique name: prefix + 22 URL-safe base64 characters.
-pub fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
+pub(crate) fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -697,15 +697,15 @@ fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
 }
 
-pub fn no_queue(name: &str) -> AmqpError {
+pub(crate) fn no_queue(name: &str) -> AmqpError {
     AmqpError::not_found(format!("no queue '{}' in vhost '/'", name))
 }
 
-pub fn no_exchange(name: &str) -> AmqpError {
+pub(crate) fn no_exchange(name: &str) -> AmqpError {
     AmqpError::not_found(format!("no exchange '{}' in vhost '/'", name))
 }
 
-pub fn locked(name: &str) -> AmqpError {
+pub(crate) fn locked(name: &str) -> AmqpError {
     AmqpError::resource_locked(format!(
         "cannot obtain exclusive access to locked queue '{}' in vhost '/'. It could be \
          originally declared on another connection or the exclusive property value does \
@@ -715,7 +715,7 @@ pub fn locked(name: &str) -> AmqpError {
 }
 
 /// 405 unless the queue is not exclusive or belongs to `conn`.
-pub fn check_exclusive(meta: &QueueMeta, conn: Option<ConnRef>) -> Result<(), AmqpError> {
+pub(crate) fn check_exclusive(meta: &QueueMeta, conn: Option<ConnRef>) -> Result<(), AmqpError> {
     match meta.exclusive_owner {
         Some(owner) if Some(owner) != conn => Err(locked(&meta.name)),
         _ => Ok(()),

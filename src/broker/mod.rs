@@ -11,17 +11,17 @@
 //! Queue operations get the queue's context and the sink their deliveries
 //! go to from `queue_parts`, through `with_queue` for one queue.
 
-pub mod channel;
-pub mod connection;
+pub(crate) mod channel;
+pub(crate) mod connection;
 mod dead_letter;
 pub mod delayed;
 pub mod exchange;
-pub mod login_delay;
-pub mod metadata;
+pub(crate) mod login_delay;
+pub(crate) mod metadata;
 pub mod queue;
 pub mod sender_selected;
 pub mod timers;
-pub mod vhost;
+pub(crate) mod vhost;
 
 use std::collections::VecDeque;
 
@@ -34,7 +34,7 @@ use crate::model::alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
 use crate::metadata::auth::Users;
-use crate::metadata::vhost::{MetaChange, DEFAULT_VHOST};
+use crate::metadata::vhost::MetaChange;
 use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
@@ -65,7 +65,7 @@ impl ConfirmTarget {
     /// The `publish_seq` of a committed transactional publish: tx.commit-ok
     /// waits until every one of them is in its queue (and, if stored, on
     /// disk). Confirm sequence numbers start at 1, so 0 is free.
-    pub const TX_COMMIT: u64 = 0;
+    pub(crate) const TX_COMMIT: u64 = 0;
 }
 
 /// What a paused or waiting channel hears back from another shard (or from
@@ -182,33 +182,33 @@ const _: fn() = || {
 
 /// Requests waiting for the metadata owner's task, on shard 0 only.
 #[derive(Default)]
-pub struct MetaInbox {
-    pub requests: VecDeque<(Option<(ConnRef, u16)>, MetaRequest)>,
-    pub notify: Notify,
+pub(crate) struct MetaInbox {
+    pub(crate) requests: VecDeque<(Option<(ConnRef, u16)>, MetaRequest)>,
+    pub(crate) notify: Notify,
 }
 
-pub struct ShardState {
-    pub id: ShardId,
-    pub shard_count: usize,
-    pub config: Rc<Config>,
-    pub users: Rc<Users>,
-    pub vhost: Vhost,
-    pub queues: FastMap<QueueId, Queue>,
-    pub connections: FastMap<ConnId, Connection>,
-    pub now: Instant,
+pub(crate) struct ShardState {
+    pub(crate) id: ShardId,
+    pub(crate) shard_count: usize,
+    pub(crate) config: Rc<Config>,
+    pub(crate) users: Rc<Users>,
+    pub(crate) vhost: Vhost,
+    pub(crate) queues: FastMap<QueueId, Queue>,
+    pub(crate) connections: FastMap<ConnId, Connection>,
+    pub(crate) now: Instant,
     /// Outgoing batches, one per peer shard (this shard's own slot stays empty).
-    pub outbox: Vec<Vec<ShardMsg>>,
+    pub(crate) outbox: Vec<Vec<ShardMsg>>,
     /// Set when an outbox has something; the shard's flusher waits on it.
-    pub outbox_ready: Notify,
+    pub(crate) outbox_ready: Notify,
     local: VecDeque<ShardMsg>,
     /// Deliveries a queue could not write at once (`ShardDeliveries`).
     deliveries: Vec<Delivery>,
     /// Deliveries whose channel or consumer was gone: back to their queue.
     bounced: Vec<Delivery>,
     confirm_dirty: Vec<(ConnId, u16)>,
-    pub timers: Timers,
+    pub(crate) timers: Timers,
     /// The shard's message log: persistent messages of durable queues.
-    pub store: MessageStore<ConfirmTarget>,
+    pub(crate) store: MessageStore<ConfirmTarget>,
     dead_letters: Vec<DeadLetter>,
     /// Queues whose dead-letter cycle was logged: once each, as RabbitMQ does.
     dead_letter_cycles_logged: crate::util::hash::FastSet<ShortStr>,
@@ -218,19 +218,19 @@ pub struct ShardState {
     next_conn_id: u64,
     next_rpc_id: u64,
     rpc_pending: FastMap<u64, OneshotSender<RpcReply>>,
-    pub meta_inbox: MetaInbox,
+    pub(crate) meta_inbox: MetaInbox,
     /// True while some outbox is over its limit: readers stop reading (they
     /// look again every tick).
-    pub backpressure: bool,
+    pub(crate) backpressure: bool,
     /// The node's resource alarms as this shard last read them.
-    pub alarms: AlarmSet,
+    pub(crate) alarms: AlarmSet,
     /// Where shards publish their memory use and read the alarm state.
-    pub alarm_board: Arc<AlarmBoard>,
+    pub(crate) alarm_board: Arc<AlarmBoard>,
     /// The shard was busy for nearly all of its last tick: publishers into
     /// queues that their consumers are not keeping up with give way to
     /// those consumers (flow control, as RabbitMQ's credit flow slows
     /// publishers its queues cannot keep up with).
-    pub saturated: bool,
+    pub(crate) saturated: bool,
     /// Connections in flow.
     flow: Vec<FlowWait>,
     /// Addresses whose logins failed lately, and when they are next answered.
@@ -294,7 +294,7 @@ impl DeliverySink for ShardDeliveries<'_> {
 }
 
 impl ShardState {
-    pub fn new(
+    pub(crate) fn new(
         id: ShardId,
         shard_count: usize,
         config: Rc<Config>,
@@ -307,7 +307,7 @@ impl ShardState {
             shard_count,
             config,
             users,
-            vhost: Vhost::new(DEFAULT_VHOST),
+            vhost: Vhost::new(),
             queues: FastMap::default(),
             connections: FastMap::default(),
             now: Instant::now(),
@@ -336,13 +336,13 @@ impl ShardState {
         }
     }
 
-    pub fn next_conn_id(&mut self) -> ConnId {
+    pub(crate) fn next_conn_id(&mut self) -> ConnId {
         let id = ConnId(self.next_conn_id);
         self.next_conn_id += 1;
         id
     }
 
-    pub fn conn_ref(&self, conn: ConnId) -> ConnRef {
+    pub(crate) fn conn_ref(&self, conn: ConnId) -> ConnRef {
         ConnRef {
             shard: self.id,
             conn,
@@ -350,7 +350,7 @@ impl ShardState {
     }
 
     /// Sends a message to a shard; to this one, it runs at the end of the turn.
-    pub fn send(&mut self, shard: ShardId, msg: ShardMsg) {
+    pub(crate) fn send(&mut self, shard: ShardId, msg: ShardMsg) {
         if shard == self.id {
             self.local.push_back(msg);
         } else {
@@ -367,12 +367,12 @@ impl ShardState {
         runs_now(self.id, &self.local, shard)
     }
 
-    pub fn send_meta(&mut self, from: Option<(ConnRef, u16)>, request: MetaRequest) {
+    pub(crate) fn send_meta(&mut self, from: Option<(ConnRef, u16)>, request: MetaRequest) {
         self.send(ShardId(0), ShardMsg::Meta { from, request });
     }
 
     /// Starts an RPC to a shard; the reply arrives through `rpc_pending`.
-    pub fn start_rpc(
+    pub(crate) fn start_rpc(
         &mut self,
         shard: ShardId,
         request: RpcRequest,
@@ -392,7 +392,7 @@ impl ShardState {
     }
 
     /// Handles a batch from a peer shard, then everything it caused locally.
-    pub fn handle_batch(&mut self, batch: Vec<ShardMsg>) {
+    pub(crate) fn handle_batch(&mut self, batch: Vec<ShardMsg>) {
         for msg in batch {
             self.handle_msg(msg);
         }
@@ -401,7 +401,7 @@ impl ShardState {
 
     /// Runs messages this shard sent itself until none are left, then emits
     /// the publisher confirms that became due.
-    pub fn run_local(&mut self) {
+    pub(crate) fn run_local(&mut self) {
         loop {
             while let Some(msg) = self.local.pop_front() {
                 self.handle_msg(msg);
@@ -537,7 +537,7 @@ impl ShardState {
         }
     }
 
-    pub fn reply(&mut self, conn: ConnRef, channel: u16, reply: ChannelReply) {
+    pub(crate) fn reply(&mut self, conn: ConnRef, channel: u16, reply: ChannelReply) {
         self.send(
             conn.shard,
             ShardMsg::ToChannel {
@@ -796,7 +796,7 @@ impl ShardState {
     }
 
     /// Moves what a connection queued for other shards into the mailboxes.
-    pub fn drain_connection_effects(&mut self, conn: ConnId) {
+    pub(crate) fn drain_connection_effects(&mut self, conn: ConnId) {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
@@ -909,7 +909,7 @@ impl ShardState {
 
     /// Applies a definitions change to the replica, and to the queues this
     /// shard owns. Returns auto-delete exchanges it left unused.
-    pub fn apply_change(&mut self, change: &MetaChange) -> Vec<ShortStr> {
+    pub(crate) fn apply_change(&mut self, change: &MetaChange) -> Vec<ShortStr> {
         let emptied = self.vhost.apply(change);
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
@@ -936,7 +936,7 @@ impl ShardState {
 
     /// Gives the queues the messages the store recovered at start, then
     /// lets them dispatch (expiring what expired while the broker was down).
-    pub fn restore_messages(&mut self, queues: Vec<(QueueId, Vec<RecoveredMessage>)>) {
+    pub(crate) fn restore_messages(&mut self, queues: Vec<(QueueId, Vec<RecoveredMessage>)>) {
         for (queue, messages) in queues {
             if !self.queues.contains_key(&queue) {
                 // Not this shard's queue after all: its records are void.
@@ -960,7 +960,7 @@ impl ShardState {
     /// being deleted (see `MessageStore::compaction_candidate`): its live
     /// messages are copied forward. Scans every queue of the shard, which
     /// happens at most once per two segments' worth of records.
-    pub fn compact_store(&mut self) {
+    pub(crate) fn compact_store(&mut self) {
         let Some(from) = self.store.compaction_candidate() else {
             return;
         };
@@ -974,7 +974,7 @@ impl ShardState {
     /// The store wrote and synced a batch (or failed to: then `written` is
     /// false and the publishers get nacks): the confirms that waited for it
     /// go out.
-    pub fn store_written(&mut self, confirms: Vec<ConfirmTarget>, written: bool) {
+    pub(crate) fn store_written(&mut self, confirms: Vec<ConfirmTarget>, written: bool) {
         self.store.stats.confirms += confirms.len() as u64;
         for &target in &confirms {
             self.send(
@@ -990,7 +990,7 @@ impl ShardState {
     }
 
     /// Fires the timers that are due, then runs what they caused.
-    pub fn run_timers(&mut self) {
+    pub(crate) fn run_timers(&mut self) {
         let mut fired = self.timers.take_due();
         for (_, event) in fired.drain(..) {
             self.timer_fired(event);
@@ -1017,7 +1017,7 @@ impl ShardState {
     }
 
     /// The timer tick: heartbeats and handshake/close deadlines.
-    pub fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         self.now = now;
         self.release_flow_waited_a_tick();
         let ids: Vec<ConnId> = self.connections.keys().copied().collect();
@@ -1035,7 +1035,7 @@ impl ShardState {
 
     /// After a connection did something: its effects into the mailboxes and
     /// the local work they cause run.
-    pub fn finish_connection_turn(&mut self, id: ConnId) {
+    pub(crate) fn finish_connection_turn(&mut self, id: ConnId) {
         self.drain_connection_effects(id);
         self.run_local();
         // Deliveries run above may have bounced and queued new effects.
@@ -1044,7 +1044,7 @@ impl ShardState {
     }
 
     /// The broker is stopping: every client connection is told so.
-    pub fn shut_down_connections(&mut self, now: Instant) {
+    pub(crate) fn shut_down_connections(&mut self, now: Instant) {
         let ids: Vec<ConnId> = self.connections.keys().copied().collect();
         for id in ids {
             if let Some(connection) = self.connections.get_mut(&id) {
@@ -1060,7 +1060,7 @@ impl ShardState {
 
     /// Publishes what this shard's queues hold, for the deciding shard to add up
     /// (`broker::alarms`). O(queues): called on the alarm check only.
-    pub fn publish_memory_use(&self) {
+    pub(crate) fn publish_memory_use(&self) {
         let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();
         self.alarm_board
             .publish_queued_bytes(self.id.index(), queued);
@@ -1068,7 +1068,7 @@ impl ShardState {
 
     /// Takes the node's alarm state; once no alarm is raised, blocked
     /// connections are unblocked and read again.
-    pub fn set_alarms(&mut self, alarms: AlarmSet) {
+    pub(crate) fn set_alarms(&mut self, alarms: AlarmSet) {
         if alarms == self.alarms {
             return;
         }
@@ -1081,7 +1081,7 @@ impl ShardState {
         }
     }
 
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.connections.len()
     }
 
@@ -1090,7 +1090,7 @@ impl ShardState {
     /// then waits until the queue has drained (its reader is woken), or
     /// for one to two ticks. Leaves flow once the queue has drained, lost
     /// its consumers or gone, or the shard has time to spare.
-    pub fn in_flow(&mut self, id: ConnId) -> bool {
+    pub(crate) fn in_flow(&mut self, id: ConnId) -> bool {
         let Some(at) = self.flow.iter().position(|w| w.conn == id) else {
             return false;
         };
@@ -1107,7 +1107,7 @@ impl ShardState {
     }
 
     /// The connection's reader was woken while in flow: it reads again.
-    pub fn leave_flow(&mut self, id: ConnId) {
+    pub(crate) fn leave_flow(&mut self, id: ConnId) {
         self.flow.retain(|w| w.conn != id);
     }
 
@@ -1138,7 +1138,7 @@ impl ShardState {
     }
 
     /// Called by the socket tasks once both of them are done.
-    pub fn remove_connection(&mut self, id: ConnId) {
+    pub(crate) fn remove_connection(&mut self, id: ConnId) {
         self.leave_flow(id);
         self.connection_lost(id);
         self.connections.remove(&id);
@@ -1164,7 +1164,10 @@ fn no_queue_by_id() -> AmqpError {
 impl ShardState {
     /// Registers a new connection; returns its id and the reader's and
     /// writer's wake-up signals.
-    pub fn open_connection(&mut self, peer: std::net::SocketAddr) -> (ConnId, Notify, Notify) {
+    pub(crate) fn open_connection(
+        &mut self,
+        peer: std::net::SocketAddr,
+    ) -> (ConnId, Notify, Notify) {
         let id = self.next_conn_id();
         let conn = self.conn_ref(id);
         let connection = Connection::new(conn, peer, &self.config, self.now);
@@ -1176,7 +1179,11 @@ impl ShardState {
     /// Feeds bytes read from a connection's socket to its state machine,
     /// carrying out the effects it hands over on the way; never returns
     /// `HandOver`.
-    pub fn connection_input(&mut self, id: ConnId, buf: &mut bytes::BytesMut) -> connection::Input {
+    pub(crate) fn connection_input(
+        &mut self,
+        id: ConnId,
+        buf: &mut bytes::BytesMut,
+    ) -> connection::Input {
         self.now = Instant::now();
         let input = loop {
             let ShardState {
@@ -1209,20 +1216,20 @@ impl ShardState {
         input
     }
 
-    pub fn connection_is_closed(&self, id: ConnId) -> bool {
+    pub(crate) fn connection_is_closed(&self, id: ConnId) -> bool {
         self.connections.get(&id).is_none_or(|c| c.is_closed())
     }
 
     /// True if the client sent connection.close: as RabbitMQ does, we
     /// answer close-ok and leave closing the socket to the client.
-    pub fn connection_closed_by_client(&self, id: ConnId) -> bool {
+    pub(crate) fn connection_closed_by_client(&self, id: ConnId) -> bool {
         self.connections
             .get(&id)
             .is_some_and(|c| c.closed_by_client)
     }
 
     /// The socket failed or the reader finished: release what is left.
-    pub fn connection_lost(&mut self, id: ConnId) {
+    pub(crate) fn connection_lost(&mut self, id: ConnId) {
         if let Some(connection) = self.connections.get_mut(&id) {
             connection.lost();
         }
@@ -1231,7 +1238,7 @@ impl ShardState {
 
     /// Swaps the connection's pending output into `spare`. None if the
     /// connection is gone; otherwise whether it is closed.
-    pub fn take_output(&mut self, id: ConnId, spare: &mut bytes::BytesMut) -> Option<bool> {
+    pub(crate) fn take_output(&mut self, id: ConnId, spare: &mut bytes::BytesMut) -> Option<bool> {
         let connection = self.connections.get_mut(&id)?;
         std::mem::swap(&mut connection.wire.out, spare);
         if !spare.is_empty() {
@@ -1242,7 +1249,7 @@ impl ShardState {
 
     /// True while this connection should not read: the shard's mailboxes are
     /// backed up, or the client is not reading what we write.
-    pub fn should_stop_reading(&self, id: ConnId) -> bool {
+    pub(crate) fn should_stop_reading(&self, id: ConnId) -> bool {
         self.backpressure
             || self
                 .connections

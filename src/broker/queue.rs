@@ -28,12 +28,12 @@ const NEVER: u64 = u64::MAX;
 const PERSISTENT: u8 = 2;
 
 #[derive(Clone, Debug)]
-pub struct QueuedMessage {
+pub(crate) struct QueuedMessage {
     /// Position in the queue: requeued messages go back to their place.
-    pub seq: u64,
-    pub redelivered: bool,
+    pub(crate) seq: u64,
+    pub(crate) redelivered: bool,
     /// Priority level: 0 unless the queue has `x-max-priority`.
-    pub level: u8,
+    pub(crate) level: u8,
     /// When the message expires, in shard milliseconds (`Timers::now_ms`);
     /// `NEVER` if it does not. (Not an `Option`: eight bytes fewer make a
     /// ready slot 128 bytes, which moves inline.)
@@ -41,13 +41,13 @@ pub struct QueuedMessage {
     /// The store segment holding its publish record; 0 if it is not
     /// stored (transient, or its queue is not durable). It fits in the
     /// padding after `level`.
-    pub segment: u32,
-    pub message: Message,
+    pub(crate) segment: u32,
+    pub(crate) message: Message,
 }
 
 impl QueuedMessage {
     /// When the message expires, in shard milliseconds, if it does.
-    pub fn expires_at_ms(&self) -> Option<u64> {
+    pub(crate) fn expires_at_ms(&self) -> Option<u64> {
         (self.expires_at_ms != NEVER).then_some(self.expires_at_ms)
     }
 }
@@ -77,7 +77,7 @@ pub enum DeathReason {
 }
 
 impl DeathReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
@@ -99,8 +99,8 @@ pub struct DeadLetter {
 /// where dead letters go, and the shard's message store.
 pub struct QueueCtx<'a> {
     pub timers: &'a mut Timers,
-    pub dead: &'a mut Vec<DeadLetter>,
-    pub store: &'a mut MessageStore<ConfirmTarget>,
+    pub(crate) dead: &'a mut Vec<DeadLetter>,
+    pub(crate) store: &'a mut MessageStore<ConfirmTarget>,
     now_ms: Option<u64>,
 }
 
@@ -120,7 +120,7 @@ impl<'a> QueueCtx<'a> {
 
     /// The clock is read once per operation, and only when a deadline is
     /// involved.
-    pub fn now_ms(&mut self) -> u64 {
+    pub(crate) fn now_ms(&mut self) -> u64 {
         match self.now_ms {
             Some(now) => now,
             None => {
@@ -156,7 +156,7 @@ pub struct DeliveryHead {
 
 impl DeliveryHead {
     /// A consumer's delivery of `message`.
-    pub fn with(self, message: Message) -> Delivery {
+    pub(crate) fn with(self, message: Message) -> Delivery {
         Delivery {
             head: self,
             message_count: None,
@@ -431,7 +431,7 @@ impl Unacked {
 
 #[derive(Debug)]
 pub struct Queue {
-    pub meta: QueueMeta,
+    pub(crate) meta: QueueMeta,
     ready: Ready,
     unacked: Unacked,
     /// `Message::memory_size` of the unacknowledged messages.
@@ -488,29 +488,29 @@ impl Queue {
         }
     }
 
-    pub fn name(&self) -> &ShortStr {
+    pub(crate) fn name(&self) -> &ShortStr {
         &self.meta.name
     }
 
     /// Messages ready for delivery (what queue.declare-ok and purge count).
-    pub fn message_count(&self) -> u32 {
+    pub(crate) fn message_count(&self) -> u32 {
         self.ready.count as u32
     }
 
     /// What the memory alarm counts for this queue: its ready and its
     /// unacknowledged messages (`Message::memory_size`).
-    pub fn memory_bytes(&self) -> u64 {
+    pub(crate) fn memory_bytes(&self) -> u64 {
         self.ready.memory_bytes + self.unacked_memory_bytes
     }
 
-    pub fn consumer_count(&self) -> u32 {
+    pub(crate) fn consumer_count(&self) -> u32 {
         self.consumers.len() as u32
     }
 
     /// Flow control's test: more ready messages than its consumers are
     /// taking, while it has consumers to take them. A queue without
     /// consumers is a buffer, and filling it is what it is for.
-    pub fn outpaces_consumers(&self) -> bool {
+    pub(crate) fn outpaces_consumers(&self) -> bool {
         self.ready.count > crate::config::FLOW_READY_HIGH
             && !self.consumers.is_empty()
             && self.flow_stalled_at != Some(self.deliveries)
@@ -518,17 +518,17 @@ impl Queue {
 
     /// Whether a publisher in flow still waits: until the backlog is down
     /// to the low mark (hysteresis, so that it does not pause again at once).
-    pub fn outpaces_consumers_still(&self) -> bool {
+    pub(crate) fn outpaces_consumers_still(&self) -> bool {
         self.ready.count > crate::config::FLOW_READY_LOW && !self.consumers.is_empty()
     }
 
-    pub fn deliveries(&self) -> u64 {
+    pub(crate) fn deliveries(&self) -> u64 {
         self.deliveries
     }
 
     /// A publisher waited a whole tick in flow and these consumers took
     /// nothing meanwhile (`deliveries` is still `since`).
-    pub fn flow_waited_in_vain(&mut self, since: u64) {
+    pub(crate) fn flow_waited_in_vain(&mut self, since: u64) {
         if self.deliveries == since {
             self.flow_stalled_at = Some(since);
         }
@@ -630,7 +630,7 @@ impl Queue {
     /// before it: its sequence number is the one recovery wrote. A deadline
     /// that passed while the broker was down makes it expire at the next
     /// dispatch (dead-lettered if the queue says so).
-    pub fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
+    pub(crate) fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let top_level = (self.ready.levels.len() - 1) as u8;
@@ -651,7 +651,7 @@ impl Queue {
     /// into the store's active segment (compaction: see
     /// `MessageStore::compaction_candidate`). A message delivered and not
     /// acknowledged, or delivered before, is copied as delivered.
-    pub fn relocate(&mut self, from: u32, ctx: &mut QueueCtx) {
+    pub(crate) fn relocate(&mut self, from: u32, ctx: &mut QueueCtx) {
         if !self.meta.durable {
             return;
         }
@@ -689,7 +689,7 @@ impl Queue {
     }
 
     /// The queue is being deleted: every stored message of it is gone.
-    pub fn forget_all(&mut self, ctx: &mut QueueCtx) {
+    pub(crate) fn forget_all(&mut self, ctx: &mut QueueCtx) {
         let id = self.meta.id;
         self.expire_now.clear();
         self.ready.clear(|timer, queued| {
@@ -755,7 +755,7 @@ impl Queue {
     }
 
     /// A message timer fired: the message expires if it is still ready.
-    pub fn expire(&mut self, level: u8, seq: u64, ctx: &mut QueueCtx) {
+    pub(crate) fn expire(&mut self, level: u8, seq: u64, ctx: &mut QueueCtx) {
         let now = ctx.now_ms();
         let due = self
             .ready
@@ -794,7 +794,7 @@ impl Queue {
     }
 
     /// Removes a consumer; true if it was there.
-    pub fn cancel_consumer(
+    pub(crate) fn cancel_consumer(
         &mut self,
         conn: ConnRef,
         channel: u16,
@@ -822,7 +822,7 @@ impl Queue {
 
     /// Records a use (basic.get, redeclare, the last consumer leaving) and
     /// sets the `x-expires` timer from it.
-    pub fn touch(&mut self, ctx: &mut QueueCtx) {
+    pub(crate) fn touch(&mut self, ctx: &mut QueueCtx) {
         let Some(expires) = self.meta.args.expires_ms else {
             return;
         };
@@ -842,7 +842,7 @@ impl Queue {
     /// whole period and should be deleted. If it was used meanwhile, the
     /// timer is set again from the last use; with consumers, the last one
     /// to leave sets it.
-    pub fn expiry_due(&mut self, ctx: &mut QueueCtx) -> bool {
+    pub(crate) fn expiry_due(&mut self, ctx: &mut QueueCtx) -> bool {
         self.expiry_armed = false;
         let Some(expires) = self.meta.args.expires_ms else {
             return false;
@@ -860,13 +860,13 @@ impl Queue {
 
     /// RabbitMQ deletes an auto-delete queue when its last consumer goes,
     /// but never before it had one.
-    pub fn should_auto_delete(&self) -> bool {
+    pub(crate) fn should_auto_delete(&self) -> bool {
         self.meta.auto_delete && self.had_consumers && self.consumers.is_empty()
     }
 
     /// The consumers' tags and where they are, for basic.cancel notifications
     /// when the queue is deleted.
-    pub fn consumer_specs(&self) -> impl Iterator<Item = &ConsumerSpec> {
+    pub(crate) fn consumer_specs(&self) -> impl Iterator<Item = &ConsumerSpec> {
         self.consumers.iter().map(|c| &c.spec)
     }
 
@@ -900,7 +900,7 @@ impl Queue {
     }
 
     /// basic.get: the head message, and how many remain after it.
-    pub fn get(&mut self, no_ack: bool, ctx: &mut QueueCtx) -> Option<(QueuedMessage, u32)> {
+    pub(crate) fn get(&mut self, no_ack: bool, ctx: &mut QueueCtx) -> Option<(QueuedMessage, u32)> {
         self.touch(ctx);
         let queued = self.next_ready(ctx)?;
         let remaining = self.ready.count as u32;
@@ -1024,7 +1024,7 @@ impl Queue {
 /// A per-message `expiration` property: milliseconds as a decimal string,
 /// read as RabbitMQ reads it (`rabbit_basic:parse_expiration`, which uses
 /// Erlang's `string:to_integer`). The error is RabbitMQ's term, printed.
-pub fn parse_expiration(value: &str) -> Result<u64, String> {
+pub(crate) fn parse_expiration(value: &str) -> Result<u64, String> {
     let digits_from = usize::from(value.starts_with(['+', '-']));
     let digits_len = value[digits_from..]
         .bytes()

@@ -26,8 +26,8 @@
 use crate::config::SENDER_SELECTED_KEYS_MAX;
 use warren_protocol::{AmqpError, FieldValue, Properties};
 
-pub const CC_HEADER: &str = "CC";
-pub const BCC_HEADER: &str = "BCC";
+pub(crate) const CC_HEADER: &str = "CC";
+pub(crate) const BCC_HEADER: &str = "BCC";
 
 /// What a publish with a BCC header is stored as.
 #[derive(Debug, PartialEq)]

@@ -33,7 +33,7 @@ pub struct Timers {
     /// When the timer task will next wake, in shard milliseconds.
     planned_ms: u64,
     /// Wakes the timer task when a deadline earlier than `planned_ms` arrives.
-    pub wake: Notify,
+    pub(crate) wake: Notify,
     fired: Vec<(u64, TimerEvent)>,
 }
 
@@ -59,25 +59,25 @@ impl Timers {
 
     /// Milliseconds since the shard started: the wheel's time base. Read only
     /// where a deadline is involved, so plain publishes never read the clock.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
     /// A deadline in shard milliseconds as Unix time in milliseconds.
-    pub fn epoch_ms_of(&self, shard_ms: u64) -> u64 {
+    pub(crate) fn epoch_ms_of(&self, shard_ms: u64) -> u64 {
         self.started_epoch_ms.saturating_add(shard_ms)
     }
 
     /// A Unix-time deadline (ms) in shard milliseconds; one that passed
     /// before the shard started is 0, already due.
-    pub fn shard_ms_of_epoch(&self, epoch_ms: u64) -> u64 {
+    pub(crate) fn shard_ms_of_epoch(&self, epoch_ms: u64) -> u64 {
         epoch_ms.saturating_sub(self.started_epoch_ms)
     }
 
     /// The deadline `delay_ms` from now, rounded up to the next whole
     /// millisecond, so the timer never fires before `delay_ms` has passed
     /// (`now_ms` rounds down).
-    pub fn deadline_after_ms(&self, delay_ms: u64) -> u64 {
+    pub(crate) fn deadline_after_ms(&self, delay_ms: u64) -> u64 {
         let elapsed = self.started.elapsed();
         let partial_ms = !elapsed.subsec_nanos().is_multiple_of(1_000_000);
         let started_ms = elapsed.as_millis() as u64 + u64::from(partial_ms);
@@ -85,13 +85,13 @@ impl Timers {
     }
 
     /// Seconds since the Unix epoch: AMQP timestamps (x-death `time`) are seconds.
-    pub fn unix_seconds() -> u64 {
+    pub(crate) fn unix_seconds() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
 
-    pub fn insert(&mut self, deadline_ms: u64, event: TimerEvent) -> TimerId {
+    pub(crate) fn insert(&mut self, deadline_ms: u64, event: TimerEvent) -> TimerId {
         let id = self.wheel.insert(deadline_ms, event);
         if deadline_ms < self.planned_ms {
             self.planned_ms = deadline_ms;
@@ -100,7 +100,7 @@ impl Timers {
         id
     }
 
-    pub fn cancel(&mut self, id: TimerId) {
+    pub(crate) fn cancel(&mut self, id: TimerId) {
         self.wheel.cancel(id);
     }
 
@@ -109,12 +109,12 @@ impl Timers {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.wheel.is_empty()
+        self.len() == 0
     }
 
     /// Takes every timer due by now, in deadline order. Give the vector back
     /// with `restore_fired` so that firing allocates nothing.
-    pub fn take_due(&mut self) -> Vec<(u64, TimerEvent)> {
+    pub(crate) fn take_due(&mut self) -> Vec<(u64, TimerEvent)> {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         let now = self.now_ms();
@@ -122,14 +122,14 @@ impl Timers {
         fired
     }
 
-    pub fn restore_fired(&mut self, mut fired: Vec<(u64, TimerEvent)>) {
+    pub(crate) fn restore_fired(&mut self, mut fired: Vec<(u64, TimerEvent)>) {
         fired.clear();
         self.fired = fired;
     }
 
     /// How long the timer task may sleep, and records when it will wake.
     /// `next_deadline` is a lower bound, so waking early only costs a turn.
-    pub fn plan_sleep(&mut self) -> Duration {
+    pub(crate) fn plan_sleep(&mut self) -> Duration {
         let now = self.now_ms();
         let next = self
             .wheel

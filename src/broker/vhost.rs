@@ -19,10 +19,9 @@ use crate::model::ids::{QueueId, QueueRef};
 use warren_protocol::{Properties, ShortStr};
 
 #[derive(Debug)]
-pub struct Vhost {
-    pub name: ShortStr,
-    pub exchanges: FastMap<ShortStr, Exchange>,
-    pub queues: FastMap<ShortStr, QueueMeta>,
+pub(crate) struct Vhost {
+    pub(crate) exchanges: FastMap<ShortStr, Exchange>,
+    pub(crate) queues: FastMap<ShortStr, QueueMeta>,
     queue_names: FastMap<QueueId, ShortStr>,
     /// Changes applied so far: a routing result remembered at one
     /// generation holds until the next change.
@@ -31,9 +30,8 @@ pub struct Vhost {
 
 impl Vhost {
     /// A vhost with the exchanges RabbitMQ declares in every vhost.
-    pub fn new(name: &str) -> Vhost {
+    pub(crate) fn new() -> Vhost {
         let mut vhost = Vhost {
-            name: ShortStr::from(name),
             exchanges: FastMap::default(),
             queues: FastMap::default(),
             queue_names: FastMap::default(),
@@ -48,11 +46,11 @@ impl Vhost {
     }
 
     /// How many changes this replica has applied.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
-    pub fn queue_by_id(&self, id: QueueId) -> Option<&QueueMeta> {
+    pub(crate) fn queue_by_id(&self, id: QueueId) -> Option<&QueueMeta> {
         self.queue_names
             .get(&id)
             .and_then(|name| self.queues.get(name))
@@ -60,7 +58,7 @@ impl Vhost {
 
     /// Applies a change; returns auto-delete exchanges it left without
     /// bindings (only the metadata owner acts on them).
-    pub fn apply(&mut self, change: &MetaChange) -> Vec<ShortStr> {
+    pub(crate) fn apply(&mut self, change: &MetaChange) -> Vec<ShortStr> {
         self.generation += 1;
         let mut emptied = Vec::new();
         match change {
@@ -115,7 +113,7 @@ impl Vhost {
     }
 
     /// True if some exchange other than `name` itself has a binding to it.
-    pub fn exchange_is_destination(&self, name: &ShortStr) -> bool {
+    pub(crate) fn exchange_is_destination(&self, name: &ShortStr) -> bool {
         let destination = Destination::Exchange(name.clone());
         self.exchanges
             .values()
@@ -132,7 +130,7 @@ impl Vhost {
     /// `out.delayed` instead of routing further, as the plugin's route
     /// returns no queues for a message it delays. `scratch` and `out` are
     /// reused between publishes, so routing allocates nothing.
-    pub fn route<K: AsRef<str>>(
+    pub(crate) fn route<K: AsRef<str>>(
         &self,
         exchange: &Exchange,
         routing_key: &str,
@@ -269,24 +267,24 @@ fn route_with_keys(
 
 /// Where routing sent one message.
 #[derive(Debug, Default)]
-pub struct Routed {
+pub(crate) struct Routed {
     /// The queues to enqueue it on now.
-    pub queues: Vec<QueueRef>,
+    pub(crate) queues: Vec<QueueRef>,
     /// The `x-delayed-message` exchanges holding it: each routes its copy
     /// from itself when `delay_ms` has passed.
-    pub delayed: Vec<ShortStr>,
-    pub delay_ms: u64,
+    pub(crate) delayed: Vec<ShortStr>,
+    pub(crate) delay_ms: u64,
 }
 
 impl Routed {
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.queues.clear();
         self.delayed.clear();
         self.delay_ms = 0;
     }
 
     /// How many destinations took the message: queues and holding exchanges.
-    pub fn destination_count(&self) -> usize {
+    pub(crate) fn destination_count(&self) -> usize {
         self.queues.len() + self.delayed.len()
     }
 }

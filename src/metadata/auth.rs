@@ -24,15 +24,15 @@ const LOOPBACK_USERS: &[&str] = &["guest"];
 /// against them yet (see README), only requires that a user has them to
 /// open the vhost.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Permission {
-    pub configure: String,
-    pub write: String,
-    pub read: String,
+pub(crate) struct Permission {
+    pub(crate) configure: String,
+    pub(crate) write: String,
+    pub(crate) read: String,
 }
 
 impl Permission {
     /// ".*" for everything, as RabbitMQ gives guest and the default user.
-    pub fn full() -> Permission {
+    pub(crate) fn full() -> Permission {
         Permission {
             configure: ".*".into(),
             write: ".*".into(),
@@ -42,19 +42,19 @@ impl Permission {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
+pub(crate) struct User {
+    pub(crate) name: String,
     /// None for a user without a password, who cannot log in with one (as
     /// RabbitMQ allows for users who authenticate otherwise).
-    pub password: Option<PasswordHash>,
-    pub tags: Vec<String>,
+    pub(crate) password: Option<PasswordHash>,
+    pub(crate) tags: Vec<String>,
     /// Permissions on "/", the only vhost; None means no access.
-    pub permission: Option<Permission>,
+    pub(crate) permission: Option<Permission>,
     loopback_only: bool,
 }
 
 impl User {
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         password: Option<PasswordHash>,
         tags: Vec<String>,
@@ -72,7 +72,7 @@ impl User {
 
     /// A user as RabbitMQ creates its default user: administrator, with
     /// every permission on "/".
-    pub fn administrator(name: &str, password: &str) -> User {
+    pub(crate) fn administrator(name: &str, password: &str) -> User {
         User::new(
             name.to_string(),
             Some(PasswordHash::new(HashingAlgorithm::Sha256, password)),
@@ -83,12 +83,12 @@ impl User {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct Users {
+pub(crate) struct Users {
     users: HashMap<String, User>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum AuthFailure {
+pub(crate) enum AuthFailure {
     /// Unknown user or wrong password.
     Refused {
         user: String,
@@ -102,12 +102,12 @@ pub enum AuthFailure {
     UnknownMechanism,
 }
 
-pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+pub(crate) const MECHANISMS: &str = "PLAIN AMQPLAIN";
 
 impl Users {
     /// The users of a fresh node: `guest/guest` (loopback only), plus the
     /// configured default user.
-    pub fn new(default_user: Option<(String, String)>) -> Users {
+    pub(crate) fn new(default_user: Option<(String, String)>) -> Users {
         let mut users = vec![User::administrator("guest", "guest")];
         if let Some((name, password)) = default_user {
             users.push(User::administrator(&name, &password));
@@ -116,33 +116,25 @@ impl Users {
     }
 
     /// Exactly these users (a later one of the same name replaces an earlier).
-    pub fn from_users(list: Vec<User>) -> Users {
+    pub(crate) fn from_users(list: Vec<User>) -> Users {
         Users {
             users: list.into_iter().map(|u| (u.name.clone(), u)).collect(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
-    pub fn get(&self, name: &str) -> Option<&User> {
-        self.users.get(name)
-    }
-
     /// Every user, sorted by name (so the definitions file is stable).
-    pub fn sorted(&self) -> Vec<&User> {
+    pub(crate) fn sorted(&self) -> Vec<&User> {
         let mut all: Vec<&User> = self.users.values().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
     /// True if `user` has permissions on "/" (`rabbit_access_control:check_vhost_access`).
-    pub fn may_open_vhost(&self, user: &str) -> bool {
+    pub(crate) fn may_open_vhost(&self, user: &str) -> bool {
         self.users.get(user).is_some_and(|u| u.permission.is_some())
     }
 
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         mechanism: &str,
         response: &Bytes,

@@ -66,14 +66,14 @@ use crate::util::json::{self, Json};
 use warren_protocol::{FieldTable, FieldValue, ShortStr};
 
 /// The RabbitMQ release whose behaviour (and definitions format) warren follows.
-pub const RABBITMQ_VERSION: &str = "3.10.8";
+pub(crate) const RABBITMQ_VERSION: &str = "3.10.8";
 
 /// The member holding arguments' exact AMQP types (see the module doc).
 const TYPED_ARGUMENTS: &str = "warren_typed_arguments";
 
 /// Where definitions come from; the two differ only in what is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// warren's own `<data-dir>/definitions.json`.
     DataDir,
     /// A RabbitMQ export given with `--definitions`.
@@ -81,15 +81,15 @@ pub enum Source {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct QueueDef {
-    pub name: ShortStr,
-    pub durable: bool,
-    pub auto_delete: bool,
-    pub arguments: FieldTable,
+pub(crate) struct QueueDef {
+    pub(crate) name: ShortStr,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DestinationKind {
+pub(crate) enum DestinationKind {
     Queue,
     Exchange,
 }
@@ -104,44 +104,44 @@ impl DestinationKind {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct BindingDef {
-    pub source: ShortStr,
-    pub destination: ShortStr,
-    pub destination_kind: DestinationKind,
-    pub routing_key: ShortStr,
-    pub arguments: FieldTable,
+pub(crate) struct BindingDef {
+    pub(crate) source: ShortStr,
+    pub(crate) destination: ShortStr,
+    pub(crate) destination_kind: DestinationKind,
+    pub(crate) routing_key: ShortStr,
+    pub(crate) arguments: FieldTable,
 }
 
 /// Everything in one definitions file that warren keeps, for vhost "/".
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Definitions {
+pub(crate) struct Definitions {
     /// Users with their permissions on "/".
-    pub users: Vec<User>,
-    pub exchanges: Vec<ExchangeDef>,
-    pub queues: Vec<QueueDef>,
-    pub bindings: Vec<BindingDef>,
+    pub(crate) users: Vec<User>,
+    pub(crate) exchanges: Vec<ExchangeDef>,
+    pub(crate) queues: Vec<QueueDef>,
+    pub(crate) bindings: Vec<BindingDef>,
 }
 
 /// Definitions read from a file, and what was skipped on the way.
 #[derive(Debug)]
-pub struct Parsed {
-    pub definitions: Definitions,
-    pub warnings: Vec<String>,
+pub(crate) struct Parsed {
+    pub(crate) definitions: Definitions,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What every shard applies at start, before it accepts a connection.
 #[derive(Debug, Default)]
-pub struct RestorePlan {
-    pub changes: Vec<MetaChange>,
+pub(crate) struct RestorePlan {
+    pub(crate) changes: Vec<MetaChange>,
     /// The metadata owner carries on numbering and placing queues from here.
-    pub next_queue_id: u64,
-    pub next_shard: usize,
-    pub warnings: Vec<String>,
+    pub(crate) next_queue_id: u64,
+    pub(crate) next_shard: usize,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Definitions {
     /// Reads a definitions document. Errors name the definition at fault.
-    pub fn from_json(text: &str, source: Source) -> Result<Parsed, String> {
+    pub(crate) fn from_json(text: &str, source: Source) -> Result<Parsed, String> {
         let doc = json::parse(text).map_err(|e| e.to_string())?;
         if doc.as_object().is_none() {
             return Err(format!(
@@ -244,7 +244,7 @@ impl Definitions {
     }
 
     /// The file warren writes: RabbitMQ's format, keys sorted, indented.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let mut users: Vec<&User> = self.users.iter().collect();
         users.sort_by(|a, b| a.name.cmp(&b.name));
         let user_json = users
@@ -381,7 +381,7 @@ impl Definitions {
     /// exchanges and queues that already exist are kept as they are
     /// (`rabbit_exchange:declare` and `rabbit_amqqueue:declare` return the
     /// existing one), bindings are added.
-    pub fn merge(&mut self, import: Definitions) {
+    pub(crate) fn merge(&mut self, import: Definitions) {
         for user in import.users {
             match self.users.iter_mut().find(|u| u.name == user.name) {
                 Some(existing) => {
@@ -414,7 +414,7 @@ impl Definitions {
     /// The default exchanges are left out (RabbitMQ does not export them),
     /// and so are exclusive queues, transient objects, and bindings unless
     /// both ends are durable.
-    pub fn snapshot(vhost: &impl DefinitionsView, users: &Users) -> Definitions {
+    pub(crate) fn snapshot(vhost: &impl DefinitionsView, users: &Users) -> Definitions {
         let mut exchanges: Vec<&ExchangeDef> = vhost
             .exchanges()
             .map(|(def, _)| def)
@@ -467,7 +467,7 @@ impl Definitions {
     /// The changes that re-create these exchanges, queues and bindings on
     /// a fresh broker of `shard_count` shards. Queues get new ids and are
     /// spread over the shards as the metadata owner would place them.
-    pub fn restore_plan(&self, shard_count: usize) -> Result<RestorePlan, String> {
+    pub(crate) fn restore_plan(&self, shard_count: usize) -> Result<RestorePlan, String> {
         let shard_count = shard_count.max(1);
         let mut vhost = Catalog::new();
         let mut plan = RestorePlan {
@@ -579,7 +579,7 @@ fn is_default_exchange(name: &str) -> bool {
 }
 
 /// A binding survives a restart when both its ends do.
-pub fn binding_is_durable(vhost: &impl DefinitionsView, binding: &Binding) -> bool {
+pub(crate) fn binding_is_durable(vhost: &impl DefinitionsView, binding: &Binding) -> bool {
     let exchange_durable = |name: &str| vhost.exchange(name).is_some_and(|(def, _)| def.durable);
     let destination = match &binding.destination {
         Destination::Exchange(name) => exchange_durable(name),
@@ -593,7 +593,10 @@ pub fn binding_is_durable(vhost: &impl DefinitionsView, binding: &Binding) -> bo
 /// True if applying `change` to `vhost` (not yet applied) alters what
 /// [`Definitions::snapshot`] returns, so the definitions file must be
 /// written again. Cheap, so that declaring transient queues costs nothing.
-pub fn changes_durable_definitions(vhost: &impl DefinitionsView, change: &MetaChange) -> bool {
+pub(crate) fn changes_durable_definitions(
+    vhost: &impl DefinitionsView,
+    change: &MetaChange,
+) -> bool {
     match change {
         MetaChange::ExchangeCreated(def) => def.durable,
         MetaChange::ExchangeDeleted(name) => {
@@ -961,7 +964,7 @@ fn json_to_value(value: &Json, ctx: &str) -> Result<FieldValue, String> {
 }
 
 /// `rabbit_misc:amqp_table`: a field table as JSON, the way RabbitMQ exports it.
-pub fn table_to_json(table: &FieldTable) -> Json {
+pub(crate) fn table_to_json(table: &FieldTable) -> Json {
     Json::Object(
         table
             .iter()

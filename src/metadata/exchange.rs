@@ -8,7 +8,7 @@ use crate::model::ids::QueueRef;
 use warren_protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
 
 /// The exchanges RabbitMQ declares in every vhost, with their types.
-pub const DEFAULT_EXCHANGES: [(&str, ExchangeKind); 6] = [
+pub(crate) const DEFAULT_EXCHANGES: [(&str, ExchangeKind); 6] = [
     ("", ExchangeKind::Direct),
     ("amq.direct", ExchangeKind::Direct),
     ("amq.fanout", ExchangeKind::Fanout),
@@ -27,11 +27,11 @@ pub enum ExchangeKind {
 
 impl ExchangeKind {
     /// False for the types whose routing ignores the routing key.
-    pub fn routes_by_key(self) -> bool {
+    pub(crate) fn routes_by_key(self) -> bool {
         matches!(self, ExchangeKind::Direct | ExchangeKind::Topic)
     }
 
-    pub fn parse(name: &str) -> Option<ExchangeKind> {
+    pub(crate) fn parse(name: &str) -> Option<ExchangeKind> {
         match name {
             "direct" => Some(ExchangeKind::Direct),
             "fanout" => Some(ExchangeKind::Fanout),
@@ -41,7 +41,7 @@ impl ExchangeKind {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ExchangeKind::Direct => "direct",
             ExchangeKind::Fanout => "fanout",
@@ -52,9 +52,9 @@ impl ExchangeKind {
 }
 
 /// The exchange type of the delayed-message plugin.
-pub const DELAYED_TYPE: &str = "x-delayed-message";
+pub(crate) const DELAYED_TYPE: &str = "x-delayed-message";
 /// The argument naming a delayed exchange's routing type.
-pub const DELAYED_TYPE_ARGUMENT: &str = "x-delayed-type";
+pub(crate) const DELAYED_TYPE_ARGUMENT: &str = "x-delayed-type";
 
 /// Where a binding leads: a queue, or another exchange (exchange-to-exchange
 /// bindings, a RabbitMQ extension).
@@ -74,7 +74,7 @@ pub struct Binding {
 
 impl Binding {
     /// RabbitMQ identifies a binding by source, destination, key and arguments.
-    pub fn same_as(&self, other: &Binding) -> bool {
+    pub(crate) fn same_as(&self, other: &Binding) -> bool {
         self.source == other.source
             && self.destination == other.destination
             && self.routing_key == other.routing_key
@@ -99,7 +99,7 @@ pub struct ExchangeDef {
 
 impl ExchangeDef {
     /// One of the exchanges every vhost has (`DEFAULT_EXCHANGES`).
-    pub fn default_exchange(name: &str, kind: ExchangeKind) -> ExchangeDef {
+    pub(crate) fn default_exchange(name: &str, kind: ExchangeKind) -> ExchangeDef {
         ExchangeDef {
             name: ShortStr::from(name),
             kind,
@@ -112,7 +112,7 @@ impl ExchangeDef {
     }
 
     /// The type as declared and as RabbitMQ lists it.
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         if self.delayed {
             DELAYED_TYPE
         } else {
@@ -122,7 +122,7 @@ impl ExchangeDef {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatchMode {
+pub(crate) enum MatchMode {
     All,
     Any,
     AllWithX,
@@ -132,7 +132,7 @@ pub enum MatchMode {
 impl MatchMode {
     /// Reads `x-match` from binding arguments; None for an invalid value
     /// (RabbitMQ refuses such a binding with 406).
-    pub fn from_arguments(arguments: &FieldTable) -> Option<MatchMode> {
+    pub(crate) fn from_arguments(arguments: &FieldTable) -> Option<MatchMode> {
         match arguments.get("x-match") {
             None => Some(MatchMode::All),
             Some(value) => match value.as_str() {
@@ -146,7 +146,7 @@ impl MatchMode {
     }
 }
 
-pub fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
+pub(crate) fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
     AmqpError::command_invalid(format!(
         "unknown exchange type '{}'",
         String::from_utf8_lossy(kind)
@@ -157,7 +157,7 @@ pub fn unknown_exchange_type(kind: &[u8]) -> AmqpError {
 /// plugin's `validate/1` checks `x-delayed-type` (first entry of the key):
 /// a string (longstr or byte array) naming a known type other than
 /// x-delayed-message itself.
-pub fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
+pub(crate) fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, AmqpError> {
     match arguments
         .get(DELAYED_TYPE_ARGUMENT)
         .and_then(FieldValue::as_bytes)

@@ -21,9 +21,9 @@
 //! - `definitions`: the RabbitMQ definitions JSON format, and the plan that
 //!   restores it at start.
 
-pub mod auth;
-pub mod definitions;
+pub(crate) mod auth;
+pub(crate) mod definitions;
 pub mod exchange;
-pub mod password;
-pub mod queue_args;
+pub(crate) mod password;
+pub(crate) mod queue_args;
 pub mod vhost;

@@ -14,10 +14,10 @@
 use crate::util::digest;
 
 /// Bytes of salt in front of every stored hash (`rabbit_password:generate_salt`).
-pub const SALT_LEN: usize = 4;
+pub(crate) const SALT_LEN: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HashingAlgorithm {
+pub(crate) enum HashingAlgorithm {
     Sha256,
     Sha512,
     Md5,
@@ -25,7 +25,7 @@ pub enum HashingAlgorithm {
 
 impl HashingAlgorithm {
     /// The module name RabbitMQ writes as `hashing_algorithm`.
-    pub fn rabbit_name(self) -> &'static str {
+    pub(crate) fn rabbit_name(self) -> &'static str {
         match self {
             HashingAlgorithm::Sha256 => "rabbit_password_hashing_sha256",
             HashingAlgorithm::Sha512 => "rabbit_password_hashing_sha512",
@@ -33,7 +33,7 @@ impl HashingAlgorithm {
         }
     }
 
-    pub fn parse(name: &str) -> Option<HashingAlgorithm> {
+    pub(crate) fn parse(name: &str) -> Option<HashingAlgorithm> {
         [
             HashingAlgorithm::Sha256,
             HashingAlgorithm::Sha512,
@@ -43,7 +43,7 @@ impl HashingAlgorithm {
         .find(|a| a.rabbit_name() == name)
     }
 
-    pub fn digest_len(self) -> usize {
+    pub(crate) fn digest_len(self) -> usize {
         match self {
             HashingAlgorithm::Sha256 => 32,
             HashingAlgorithm::Sha512 => 64,
@@ -62,8 +62,8 @@ impl HashingAlgorithm {
 
 /// A salted password hash: what RabbitMQ keeps instead of the password.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PasswordHash {
-    pub algorithm: HashingAlgorithm,
+pub(crate) struct PasswordHash {
+    pub(crate) algorithm: HashingAlgorithm,
     /// salt ++ digest, exactly as RabbitMQ stores it (before base64).
     salted: Vec<u8>,
 }
@@ -76,7 +76,7 @@ impl std::fmt::Debug for PasswordHash {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum HashError {
+pub(crate) enum HashError {
     NotBase64,
     /// The decoded hash is not salt + one digest long.
     Length {
@@ -100,11 +100,11 @@ impl std::fmt::Display for HashError {
 
 impl PasswordHash {
     /// Hashes `password` with a fresh random salt.
-    pub fn new(algorithm: HashingAlgorithm, password: &str) -> PasswordHash {
+    pub(crate) fn new(algorithm: HashingAlgorithm, password: &str) -> PasswordHash {
         PasswordHash::with_salt(algorithm, random_salt(), password)
     }
 
-    pub fn with_salt(
+    pub(crate) fn with_salt(
         algorithm: HashingAlgorithm,
         salt: [u8; SALT_LEN],
         password: &str,
@@ -118,7 +118,10 @@ impl PasswordHash {
     }
 
     /// Reads RabbitMQ's `password_hash` (base64).
-    pub fn from_base64(algorithm: HashingAlgorithm, text: &str) -> Result<PasswordHash, HashError> {
+    pub(crate) fn from_base64(
+        algorithm: HashingAlgorithm,
+        text: &str,
+    ) -> Result<PasswordHash, HashError> {
         let salted = base64_decode(text).ok_or(HashError::NotBase64)?;
         let expected = SALT_LEN + algorithm.digest_len();
         if salted.len() != expected {
@@ -130,14 +133,14 @@ impl PasswordHash {
         Ok(PasswordHash { algorithm, salted })
     }
 
-    pub fn to_base64(&self) -> String {
+    pub(crate) fn to_base64(&self) -> String {
         base64_encode(&self.salted)
     }
 
     /// True if `password` hashes, with this hash's salt, to this hash
     /// (`rabbit_password:hash/2` and a comparison, as
     /// `rabbit_auth_backend_internal` checks a login).
-    pub fn verify(&self, password: &str) -> bool {
+    pub(crate) fn verify(&self, password: &str) -> bool {
         let mut salt = [0u8; SALT_LEN];
         salt.copy_from_slice(&self.salted[..SALT_LEN]);
         let candidate = PasswordHash::with_salt(self.algorithm, salt, password);
@@ -175,7 +178,7 @@ const BASE64_ALPHABET: &[u8; 64] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 (RFC 4648 section 4) with padding, as Erlang's `base64:encode`.
-pub fn base64_encode(data: &[u8]) -> String {
+pub(crate) fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let bytes = [
@@ -196,7 +199,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 }
 
 /// Standard base64; padding may be left out. None for anything else.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let trimmed = text.trim_end_matches('=');
     if text.len() - trimmed.len() > 2 || trimmed.len() % 4 == 1 {
         return None;

@@ -49,15 +49,15 @@ use warren_protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
 
 /// The longest `x-message-ttl` and `x-expires` RabbitMQ accepts: ten years in
 /// milliseconds (`rabbit_misc:check_expiry`).
-pub const EXPIRY_MS_MAX: u64 = 315_360_000_000;
+pub(crate) const EXPIRY_MS_MAX: u64 = 315_360_000_000;
 
 /// The highest `x-max-priority` (`?MAX_SUPPORTED_PRIORITY`).
-pub const PRIORITY_MAX: u8 = 255;
+pub(crate) const PRIORITY_MAX: u8 = 255;
 
 /// The arguments RabbitMQ compares when a classic queue is declared again, in
 /// the order it compares them (`rabbit_classic_queue:capabilities()`,
 /// `queue_arguments`): the first difference is the one reported.
-pub const EQUIVALENT_QUEUE_ARGUMENTS: &[&str] = &[
+pub(crate) const EQUIVALENT_QUEUE_ARGUMENTS: &[&str] = &[
     "x-expires",
     "x-message-ttl",
     "x-dead-letter-exchange",
@@ -105,20 +105,12 @@ pub enum Overflow {
 }
 
 impl Overflow {
-    pub fn parse(name: &[u8]) -> Option<Overflow> {
+    pub(crate) fn parse(name: &[u8]) -> Option<Overflow> {
         match name {
             b"drop-head" => Some(Overflow::DropHead),
             b"reject-publish" => Some(Overflow::RejectPublish),
             b"reject-publish-dlx" => Some(Overflow::RejectPublishDlx),
             _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Overflow::DropHead => "drop-head",
-            Overflow::RejectPublish => "reject-publish",
-            Overflow::RejectPublishDlx => "reject-publish-dlx",
         }
     }
 }
@@ -162,7 +154,7 @@ pub struct QueueArgs {
 impl QueueArgs {
     /// Checks a new queue's arguments as RabbitMQ 3.10 does and parses them.
     /// `queue` is the queue's name, which the error texts quote.
-    pub fn parse(queue: &str, args: &FieldTable) -> Result<QueueArgs, AmqpError> {
+    pub(crate) fn parse(queue: &str, args: &FieldTable) -> Result<QueueArgs, AmqpError> {
         if let Some(value) = args.get(DEAD_LETTER_EXCHANGE) {
             if !matches!(value, FieldValue::LongStr(_)) {
                 return Err(AmqpError::precondition_failed(format!(
@@ -233,7 +225,7 @@ impl QueueArgs {
 /// type ~p"). RabbitMQ crashes on an unknown or non-string `x-queue-type`
 /// here (541, closing the connection); warren leaves those to
 /// [`QueueArgs::parse`] and its 406.
-pub fn check_server_named(args: &FieldTable) -> Result<(), AmqpError> {
+pub(crate) fn check_server_named(args: &FieldTable) -> Result<(), AmqpError> {
     let module = match args.get(QUEUE_TYPE) {
         Some(FieldValue::LongStr(kind)) if kind.as_ref() == b"quorum" => "rabbit_quorum_queue",
         Some(FieldValue::LongStr(kind)) if kind.as_ref() == b"stream" => "rabbit_stream_queue",
@@ -251,7 +243,7 @@ pub fn check_server_named(args: &FieldTable) -> Result<(), AmqpError> {
 /// Erlang term. So 1000 as a byte, a signedint or a long are equal, as are a
 /// longstr and a byte array with the same bytes; 1000 and 1000.0 are not.
 /// A missing `x-queue-type` equals "classic".
-pub fn check_equivalent(
+pub(crate) fn check_equivalent(
     queue: &str,
     received: &FieldTable,
     current: &FieldTable,
@@ -276,7 +268,7 @@ pub fn check_equivalent(
 /// (`old`) as `rabbit_misc:assert_args_equivalence1` does, for a `what`
 /// ("queue", "exchange") named `name`: equal when both are missing or both
 /// are the same Erlang term, otherwise 406 with RabbitMQ's text.
-pub fn check_arg_equivalent(
+pub(crate) fn check_arg_equivalent(
     what: &str,
     name: &str,
     key: &str,

@@ -13,7 +13,7 @@ use crate::metadata::queue_args::QueueArgs;
 use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use warren_protocol::{FieldTable, ShortStr};
 
-pub const DEFAULT_VHOST: &str = "/";
+pub(crate) const DEFAULT_VHOST: &str = "/";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueMeta {
@@ -30,7 +30,7 @@ pub struct QueueMeta {
 }
 
 impl QueueMeta {
-    pub fn queue_ref(&self) -> QueueRef {
+    pub(crate) fn queue_ref(&self) -> QueueRef {
         QueueRef {
             id: self.id,
             shard: self.shard,
@@ -38,7 +38,7 @@ impl QueueMeta {
     }
 
     /// Survives a restart: durable and not exclusive.
-    pub fn is_durable(&self) -> bool {
+    pub(crate) fn is_durable(&self) -> bool {
         self.durable && self.exclusive_owner.is_none()
     }
 }
@@ -57,7 +57,7 @@ pub enum MetaChange {
 
 /// A vhost's definitions, read-only: what the definitions format needs to
 /// write a snapshot and to tell whether a change alters it.
-pub trait DefinitionsView {
+pub(crate) trait DefinitionsView {
     /// An exchange's declaration and its bindings (as source), in the
     /// order they were made.
     fn exchange(&self, name: &str) -> Option<(&ExchangeDef, &[Binding])>;
@@ -72,14 +72,14 @@ pub trait DefinitionsView {
 /// A vhost's definitions without routing: exchanges with their bindings and
 /// queues, changed by the same `MetaChange`s as the broker's replicas.
 #[derive(Clone, Debug)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     exchanges: BTreeMap<ShortStr, (ExchangeDef, Vec<Binding>)>,
     queues: BTreeMap<ShortStr, QueueMeta>,
 }
 
 impl Catalog {
     /// A vhost with the exchanges RabbitMQ declares in every vhost.
-    pub fn new() -> Catalog {
+    pub(crate) fn new() -> Catalog {
         let mut catalog = Catalog {
             exchanges: BTreeMap::new(),
             queues: BTreeMap::new(),
@@ -94,7 +94,7 @@ impl Catalog {
 
     /// Applies a change as `broker::vhost::Vhost::apply` does, without
     /// reporting emptied auto-delete exchanges (the owner acts on those).
-    pub fn apply(&mut self, change: &MetaChange) {
+    pub(crate) fn apply(&mut self, change: &MetaChange) {
         match change {
             MetaChange::ExchangeCreated(def) => {
                 self.exchanges

@@ -42,16 +42,16 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// How often shards publish their memory use and pick up the alarm state.
-pub const ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the deciding shard asks the filesystem for the data directory's free space.
-pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// RabbitMQ's default `vm_memory_high_watermark.relative`.
-pub const MEMORY_HIGH_WATERMARK_DEFAULT: f64 = 0.4;
+pub(crate) const MEMORY_HIGH_WATERMARK_DEFAULT: f64 = 0.4;
 /// RabbitMQ's default `disk_free_limit` ("50MB", powers of ten).
-pub const DISK_FREE_LIMIT_DEFAULT_BYTES: u64 = 50_000_000;
+pub(crate) const DISK_FREE_LIMIT_DEFAULT_BYTES: u64 = 50_000_000;
 /// What a queued message costs beyond its bytes: the queue's slot, the
 /// message struct and its handles, a deque slot while unacknowledged.
-pub const MESSAGE_OVERHEAD_BYTES: u64 = 160;
+pub(crate) const MESSAGE_OVERHEAD_BYTES: u64 = 160;
 
 /// `--vm-memory-high-watermark`: a fraction of RAM or a number of bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +68,7 @@ impl Default for MemoryWatermark {
 
 impl MemoryWatermark {
     /// The watermark in bytes, for a machine with `total_memory` bytes.
-    pub fn bytes(self, total_memory: u64) -> u64 {
+    pub(crate) fn bytes(self, total_memory: u64) -> u64 {
         match self {
             MemoryWatermark::Relative(fraction) => (fraction * total_memory as f64) as u64,
             MemoryWatermark::Absolute(bytes) => bytes,
@@ -131,7 +131,7 @@ impl Default for DiskFreeLimit {
 }
 
 impl DiskFreeLimit {
-    pub fn bytes(self, total_memory: u64) -> u64 {
+    pub(crate) fn bytes(self, total_memory: u64) -> u64 {
         match self {
             DiskFreeLimit::Absolute(bytes) => bytes,
             DiskFreeLimit::MemRelative(factor) => (factor * total_memory as f64) as u64,
@@ -172,7 +172,7 @@ impl std::str::FromStr for DiskFreeLimit {
 /// `rabbit_resource_monitor_misc:parse_information_unit` reads it: digits,
 /// then optionally kB/MB/GB (powers of 1000, any case of the first letter)
 /// or k/M/G/kiB/MiB/GiB (powers of 1024). None for anything else.
-pub fn parse_information_unit(text: &str) -> Option<u64> {
+pub(crate) fn parse_information_unit(text: &str) -> Option<u64> {
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -195,7 +195,7 @@ pub fn parse_information_unit(text: &str) -> Option<u64> {
 
 /// A resource whose alarm blocks publishers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resource {
+pub(crate) enum Resource {
     Memory,
     Disk,
 }
@@ -207,31 +207,24 @@ impl Resource {
             Resource::Disk => 2,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Resource::Memory => "memory",
-            Resource::Disk => "disk",
-        }
-    }
 }
 
 /// The alarms raised on the node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AlarmSet(u8);
+pub(crate) struct AlarmSet(u8);
 
 impl AlarmSet {
-    pub const NONE: AlarmSet = AlarmSet(0);
+    pub(crate) const NONE: AlarmSet = AlarmSet(0);
 
-    pub fn is_empty(self) -> bool {
+    pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
     }
 
-    pub fn contains(self, resource: Resource) -> bool {
+    pub(crate) fn contains(self, resource: Resource) -> bool {
         self.0 & resource.bit() != 0
     }
 
-    pub fn with(self, resource: Resource, raised: bool) -> AlarmSet {
+    pub(crate) fn with(self, resource: Resource, raised: bool) -> AlarmSet {
         if raised {
             AlarmSet(self.0 | resource.bit())
         } else {
@@ -242,7 +235,7 @@ impl AlarmSet {
     /// The reason `connection.blocked` carries, in RabbitMQ's words
     /// (`rabbit_reader`'s "low on memory" / "low on disk"). With both alarms
     /// raised, memory is named, as it is usually the one to act on first.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         if self.contains(Resource::Memory) {
             "low on memory"
         } else if self.contains(Resource::Disk) {
@@ -258,13 +251,13 @@ impl AlarmSet {
 /// the deciding shard. Read and written on the alarm check, never per
 /// message.
 #[derive(Debug)]
-pub struct AlarmBoard {
+pub(crate) struct AlarmBoard {
     queued_bytes: Box<[AtomicU64]>,
     raised: AtomicU8,
 }
 
 impl AlarmBoard {
-    pub fn new(shard_count: usize) -> AlarmBoard {
+    pub(crate) fn new(shard_count: usize) -> AlarmBoard {
         AlarmBoard {
             queued_bytes: (0..shard_count.max(1)).map(|_| AtomicU64::new(0)).collect(),
             raised: AtomicU8::new(0),
@@ -272,25 +265,25 @@ impl AlarmBoard {
     }
 
     /// A shard's bytes held in its queues.
-    pub fn publish_queued_bytes(&self, shard: usize, bytes: u64) {
+    pub(crate) fn publish_queued_bytes(&self, shard: usize, bytes: u64) {
         if let Some(slot) = self.queued_bytes.get(shard) {
             slot.store(bytes, Ordering::Relaxed);
         }
     }
 
     /// The sum of every shard's last published figure.
-    pub fn queued_bytes(&self) -> u64 {
+    pub(crate) fn queued_bytes(&self) -> u64 {
         self.queued_bytes
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
             .sum()
     }
 
-    pub fn raised(&self) -> AlarmSet {
+    pub(crate) fn raised(&self) -> AlarmSet {
         AlarmSet(self.raised.load(Ordering::Acquire))
     }
 
-    pub fn set_raised(&self, alarms: AlarmSet) {
+    pub(crate) fn set_raised(&self, alarms: AlarmSet) {
         self.raised.store(alarms.0, Ordering::Release);
     }
 }

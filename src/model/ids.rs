@@ -7,7 +7,7 @@ use std::fmt;
 pub struct ShardId(pub u16);
 
 impl ShardId {
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self.0 as usize
     }
 }
@@ -45,5 +45,5 @@ pub struct QueueRef {
 pub struct ConsumerId(pub u64);
 
 impl ConsumerId {
-    pub const GET: ConsumerId = ConsumerId(0);
+    pub(crate) const GET: ConsumerId = ConsumerId(0);
 }

@@ -25,7 +25,7 @@ pub struct Message {
     /// The exchange name, the routing key and the property list, at the
     /// offsets below (the list runs to the end).
     head: Bytes,
-    pub body: Bytes,
+    pub(crate) body: Bytes,
     exchange_len: u8,
     routing_key_len: u8,
     routing_key_at: u16,
@@ -71,7 +71,7 @@ impl Message {
     /// names are checked here (`ShortStr::check`: `exchange()` and
     /// `routing_key()` rely on it); the caller validates the property list
     /// (`Properties::from_wire`) before the message goes anywhere.
-    pub fn in_frames(
+    pub(crate) fn in_frames(
         frames: &Bytes,
         exchange: Range<usize>,
         routing_key: Range<usize>,
@@ -95,11 +95,11 @@ impl Message {
         })
     }
 
-    pub fn exchange(&self) -> &str {
+    pub(crate) fn exchange(&self) -> &str {
         self.str_at(0, self.exchange_len)
     }
 
-    pub fn routing_key(&self) -> &str {
+    pub(crate) fn routing_key(&self) -> &str {
         self.str_at(self.routing_key_at as usize, self.routing_key_len)
     }
 
@@ -114,36 +114,36 @@ impl Message {
     }
 
     /// The exchange name as a `ShortStr` (a slice of the head).
-    pub fn exchange_name(&self) -> ShortStr {
+    pub(crate) fn exchange_name(&self) -> ShortStr {
         ShortStr::from_bytes(self.head.slice(0..self.exchange_len as usize)).unwrap_or_default()
     }
 
     /// The routing key as a `ShortStr` (a slice of the head).
-    pub fn routing_key_name(&self) -> ShortStr {
+    pub(crate) fn routing_key_name(&self) -> ShortStr {
         let at = self.routing_key_at as usize;
         ShortStr::from_bytes(self.head.slice(at..at + self.routing_key_len as usize))
             .unwrap_or_default()
     }
 
     /// The properties (a slice of the head).
-    pub fn properties(&self) -> Properties {
+    pub(crate) fn properties(&self) -> Properties {
         Properties::from_validated(
             self.property_flags,
             self.head.slice(self.properties_at as usize..),
         )
     }
 
-    pub fn property_flags(&self) -> u16 {
+    pub(crate) fn property_flags(&self) -> u16 {
         self.property_flags
     }
 
     /// The property list, flags excluded.
-    pub fn properties_raw(&self) -> &[u8] {
+    pub(crate) fn properties_raw(&self) -> &[u8] {
         &self.head[self.properties_at as usize..]
     }
 
     /// `delivery-mode`, read in place.
-    pub fn delivery_mode(&self) -> Option<u8> {
+    pub(crate) fn delivery_mode(&self) -> Option<u8> {
         properties::octet_in(
             self.property_flags,
             &self.head,
@@ -153,7 +153,7 @@ impl Message {
     }
 
     /// `priority`, read in place.
-    pub fn priority(&self) -> Option<u8> {
+    pub(crate) fn priority(&self) -> Option<u8> {
         properties::octet_in(
             self.property_flags,
             &self.head,
@@ -163,30 +163,30 @@ impl Message {
     }
 
     /// `expiration`, read only if set.
-    pub fn expiration(&self) -> Option<ShortStr> {
+    pub(crate) fn expiration(&self) -> Option<ShortStr> {
         if self.property_flags & flag::EXPIRATION == 0 {
             return None;
         }
         self.properties().expiration()
     }
 
-    pub fn bcc_keys(&self) -> Option<&[String]> {
+    pub(crate) fn bcc_keys(&self) -> Option<&[String]> {
         self.bcc_keys.as_deref().map(Vec::as_slice)
     }
 
     /// Keeps `other`'s BCC keys.
-    pub fn with_bcc_keys_of(mut self, other: &Message) -> Message {
+    pub(crate) fn with_bcc_keys_of(mut self, other: &Message) -> Message {
         self.bcc_keys = other.bcc_keys.clone();
         self
     }
 
-    pub fn body_size(&self) -> u64 {
+    pub(crate) fn body_size(&self) -> u64 {
         self.body.len() as u64
     }
 
     /// What holding this message costs, as the memory alarm counts it
     /// (`broker::alarms`): its bytes and a fixed overhead.
-    pub fn memory_size(&self) -> u64 {
+    pub(crate) fn memory_size(&self) -> u64 {
         (self.body.len() + self.head.len()) as u64 + crate::model::alarms::MESSAGE_OVERHEAD_BYTES
     }
 }

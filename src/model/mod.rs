@@ -3,6 +3,6 @@
 //! (`alarms`). It imports only `util` and the codec crate, so both the broker
 //! and the store can name a `Message` without naming each other.
 
-pub mod alarms;
+pub(crate) mod alarms;
 pub mod ids;
 pub mod message;

@@ -28,7 +28,7 @@ use crate::util::signal::Notify;
 /// inside a single poll. It reads through a receive buffer of its own, so
 /// that the kernel writes into initialised memory, and the reader copies
 /// what arrived into the connection's buffer (see `read_at_most`).
-pub type Stream = Rc<RefCell<TcpStream<Preallocated>>>;
+pub(crate) type Stream = Rc<RefCell<TcpStream<Preallocated>>>;
 
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
@@ -38,7 +38,7 @@ const RECEIVE_BUFFER_SIZE: usize = config::READ_BYTES_PER_TURN_MAX;
 
 /// What the reader does after the host has taken the bytes it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Every complete frame was handled: read more bytes.
     Read,
     /// A turn's worth was handled: let the shard's other tasks run, then
@@ -54,26 +54,26 @@ pub enum Next {
 
 /// After `take_output`: whether the connection still writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
+pub(crate) enum Output {
     Open,
     /// Closed, or gone: write what was taken, then close the socket.
     Closed,
 }
 
 /// What `open` gives a new connection's tasks.
-pub struct Opened<Id> {
-    pub id: Id,
+pub(crate) struct Opened<Id> {
+    pub(crate) id: Id,
     /// Wakes the reader: paused input may go on, flow control let go, or the
     /// connection was closed while the reader waited for bytes.
-    pub reader: Notify,
+    pub(crate) reader: Notify,
     /// Wakes the writer: output is waiting, or the connection closed.
-    pub writer: Notify,
+    pub(crate) writer: Notify,
 }
 
 /// Everything a connection's socket tasks need of the shard that owns the
 /// connection. Each call is complete in itself (no borrow is held across an
 /// await).
-pub trait ConnectionHost {
+pub(crate) trait ConnectionHost {
     type Id: Copy;
     /// Registers a new connection from `peer`.
     fn open(&self, peer: SocketAddr) -> Opened<Self::Id>;
@@ -99,7 +99,7 @@ pub trait ConnectionHost {
 }
 
 /// Serves one accepted connection until both of its tasks are done.
-pub async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream, host: H) {
+pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream, host: H) {
     let _ = stream.set_nodelay(true);
     let Ok(peer) = stream.peer_addr() else {
         return;
@@ -202,7 +202,7 @@ async fn next_reactor_turn() {
 }
 
 /// Reads whatever the socket has, appending it to `buf`; 0 is EOF.
-pub async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+pub(crate) async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
     read_at_most(stream, buf, usize::MAX).await
 }
 
@@ -224,7 +224,7 @@ async fn read_at_most(stream: &Stream, buf: &mut BytesMut, limit: usize) -> io::
 }
 
 /// Writes all of `data`.
-pub async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let n = poll_fn(|cx| {
             let mut stream = stream.borrow_mut();

@@ -70,7 +70,7 @@ fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
 }
 
 /// Binds one listening socket with SO_REUSEPORT.
-pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     let socket = socket_for(addr)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -102,7 +102,7 @@ fn ensure_free(addr: SocketAddr) -> Result<(), ListenError> {
 
 /// One socket per shard for each address. A port of 0 is resolved by the
 /// first bind, and the other shards bind the port it got.
-pub fn bind_all(
+pub(crate) fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
 ) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), ListenError> {
@@ -137,7 +137,7 @@ fn local_port(fd: &OwnedFd) -> io::Result<u16> {
 /// Raises RLIMIT_NOFILE to its hard limit, so that the number of clients is
 /// bounded by what the system allows rather than the shell's default soft
 /// limit (often 1024). Returns the limit in force.
-pub fn raise_fd_limit() -> io::Result<u64> {
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -176,7 +176,7 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 /// Accepts connections on one of the shard's listening sockets and serves
 /// each on `host`, until `stop` (then the socket is closed, so that new
 /// clients are refused).
-pub async fn accept_loop<H: ConnectionHost + Clone + 'static>(
+pub(crate) async fn accept_loop<H: ConnectionHost + Clone + 'static>(
     listener: TcpListener,
     host: H,
     stop: Notify,

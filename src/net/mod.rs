@@ -5,5 +5,5 @@
 //! through `connection::ConnectionHost`: this module imports `util` and
 //! `config` of warren, never `broker`.
 
-pub mod connection;
-pub mod listener;
+pub(crate) mod connection;
+pub(crate) mod listener;

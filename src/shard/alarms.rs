@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::model::alarms::{AlarmBoard, AlarmSet, Resource, DISK_CHECK_INTERVAL};
 
-pub struct Monitor {
+pub(crate) struct Monitor {
     board: Arc<AlarmBoard>,
     data_dir: PathBuf,
     memory_limit_bytes: u64,
@@ -32,7 +32,7 @@ impl Monitor {
     /// Works the limits out and checks the disk once, so that a node that
     /// starts short of disk blocks its first publisher. Blocking I/O: called
     /// before the executors run.
-    pub fn new(config: &Config, board: Arc<AlarmBoard>) -> Monitor {
+    pub(crate) fn new(config: &Config, board: Arc<AlarmBoard>) -> Monitor {
         let total_memory_bytes = total_memory_bytes();
         let memory_limit_bytes = config.memory_high_watermark.bytes(total_memory_bytes);
         let disk_free_limit_bytes = config.disk_free_limit.bytes(total_memory_bytes);
@@ -65,7 +65,7 @@ impl Monitor {
 
     /// Adds the shards' published memory use to the baseline, polls the disk
     /// when due, and publishes the alarms.
-    pub fn check(&mut self, now: Instant) {
+    pub(crate) fn check(&mut self, now: Instant) {
         let baseline = *self.baseline_bytes.get_or_insert_with(resident_bytes);
         let used_bytes = baseline + self.board.queued_bytes();
         let memory = used_bytes > self.memory_limit_bytes;

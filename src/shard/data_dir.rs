@@ -19,7 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside the data directory.
-pub const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
 /// Permission bits no file or directory the broker creates has: group and
 /// others get nothing.
@@ -70,12 +70,12 @@ impl fmt::Display for DataDirError {
 
 /// The held lock: dropping it (or exiting) lets the directory go.
 #[derive(Debug)]
-pub struct DataDirLock {
+pub(crate) struct DataDirLock {
     _file: File,
 }
 
 /// Makes everything the process creates from now on private to its owner.
-pub fn restrict_new_files() {
+pub(crate) fn restrict_new_files() {
     // SAFETY: umask(2) only changes this process's file creation mask.
     unsafe {
         libc::umask(UMASK);
@@ -83,7 +83,7 @@ pub fn restrict_new_files() {
 }
 
 /// Creates the data directory (0700) if it is missing and takes its lock.
-pub fn lock(dir: &Path) -> Result<DataDirLock, DataDirError> {
+pub(crate) fn lock(dir: &Path) -> Result<DataDirLock, DataDirError> {
     let io_error = |error| DataDirError::Io {
         dir: dir.to_path_buf(),
         error,

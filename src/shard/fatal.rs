@@ -9,10 +9,10 @@
 use std::panic::PanicHookInfo;
 
 /// The exit status after a panic (EX_SOFTWARE, "internal software error").
-pub const PANIC_EXIT_CODE: i32 = 70;
+pub(crate) const PANIC_EXIT_CODE: i32 = 70;
 
 /// Installs the hook for the whole process.
-pub fn install() {
+pub(crate) fn install() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let report = describe(thread.name().unwrap_or("unnamed"), info);
@@ -62,7 +62,7 @@ fn describe(thread: &str, info: &PanicHookInfo<'_>) -> Report {
 /// once it is ready, so that the tests can watch the broker stop. Release
 /// builds have no such switch.
 #[cfg(debug_assertions)]
-pub fn debug_panic_requested(shard: usize) -> bool {
+pub(crate) fn debug_panic_requested(shard: usize) -> bool {
     std::env::var("WARREN_DEBUG_PANIC_SHARD")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

@@ -14,7 +14,7 @@ use crate::net::connection::{ConnectionHost, Next, Opened, Output};
 
 /// A handle on the shard's state for its connections' socket tasks.
 #[derive(Clone)]
-pub struct ShardHost(pub Rc<RefCell<ShardState>>);
+pub(crate) struct ShardHost(pub Rc<RefCell<ShardState>>);
 
 impl ConnectionHost for ShardHost {
     type Id = ConnId;

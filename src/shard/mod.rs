@@ -22,7 +22,7 @@ use crate::broker::{metadata, ShardMsg, ShardState};
 use crate::config::{self, Config};
 use crate::metadata::auth::Users;
 use crate::metadata::definitions::{Definitions, RestorePlan, Source};
-use crate::metadata::vhost::{MetaChange, QueueMeta, DEFAULT_VHOST};
+use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
 use crate::model::ids::ShardId;
 use crate::net;
@@ -31,11 +31,11 @@ use crate::store::log::{MessageStore, StoreStats};
 use crate::store::recovery::ShardRecovery;
 use crate::util::signal::Notify;
 
-pub mod alarms;
-pub mod data_dir;
-pub mod fatal;
-pub mod host;
-pub mod shutdown;
+pub(crate) mod alarms;
+pub(crate) mod data_dir;
+pub(crate) mod fatal;
+pub(crate) mod host;
+pub(crate) mod shutdown;
 
 type Batch = Vec<ShardMsg>;
 type Shared = Rc<RefCell<ShardState>>;
@@ -128,9 +128,8 @@ impl std::fmt::Display for BootError {
 impl std::error::Error for BootError {}
 
 /// Raises RLIMIT_MEMLOCK as far as allowed; fails if still below `needed`.
-pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
-    crate::util::rlimit::raise_memlock(needed)
-        .map_err(|have| BootError::Memlock { needed, have })
+pub(crate) fn raise_memlock(needed: u64) -> Result<(), BootError> {
+    crate::util::rlimit::raise_memlock(needed).map_err(|have| BootError::Memlock { needed, have })
 }
 
 /// Starts every shard and blocks until they stop.
@@ -348,7 +347,7 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
     }
     // The file holds exactly what the shards will have: a replica built
     // from the same changes.
-    let mut replica = Vhost::new(DEFAULT_VHOST);
+    let mut replica = Vhost::new();
     for change in &plan.changes {
         replica.apply(change);
     }

@@ -15,9 +15,9 @@ use tracing::{info, warn};
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// How long the shards wait for clients to answer connection.close.
-pub const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
+pub(crate) const CLOSE_DEADLINE: Duration = Duration::from_secs(3);
 
-pub fn requested() -> bool {
+pub(crate) fn requested() -> bool {
     REQUESTED.load(Ordering::Acquire)
 }
 
@@ -35,7 +35,7 @@ fn stop_signals() -> libc::sigset_t {
 /// Blocks SIGTERM and SIGINT in the calling thread and every thread it
 /// starts afterwards (the shards), then starts the thread that waits for
 /// them. Call before the shards are spawned.
-pub fn install() {
+pub(crate) fn install() {
     let set = stop_signals();
     // SAFETY: a valid, initialised signal set; no old mask is asked for.
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };

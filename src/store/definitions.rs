@@ -28,12 +28,12 @@ use glommio::io::{Directory, OpenOptions};
 
 use std::future::Future;
 
-pub const FILE_NAME: &str = "definitions.json";
+pub(crate) const FILE_NAME: &str = "definitions.json";
 const TEMP_FILE_NAME: &str = "definitions.json.tmp";
 /// Owner read and write only: the file holds password hashes.
 const FILE_MODE: u32 = 0o600;
 
-pub fn path(data_dir: &Path) -> PathBuf {
+pub(crate) fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
@@ -43,7 +43,7 @@ fn temp_path(data_dir: &Path) -> PathBuf {
 
 /// The file's text, or None if there is none (a fresh node). Removes a
 /// temp file an interrupted write left behind. Blocking: for start-up.
-pub fn read(data_dir: &Path) -> io::Result<Option<String>> {
+pub(crate) fn read(data_dir: &Path) -> io::Result<Option<String>> {
     match std::fs::remove_file(temp_path(data_dir)) {
         Ok(()) => tracing::warn!(
             file = %temp_path(data_dir).display(),
@@ -63,7 +63,7 @@ pub fn read(data_dir: &Path) -> io::Result<Option<String>> {
 
 /// Replaces the file atomically with blocking calls. For start-up, before
 /// any executor runs.
-pub fn write_blocking(data_dir: &Path, contents: &str) -> io::Result<()> {
+pub(crate) fn write_blocking(data_dir: &Path, contents: &str) -> io::Result<()> {
     let temp = temp_path(data_dir);
     let result = (|| {
         use std::os::unix::fs::OpenOptionsExt;
@@ -88,7 +88,7 @@ pub fn write_blocking(data_dir: &Path, contents: &str) -> io::Result<()> {
 /// Where the metadata owner makes durable definitions durable: the file in
 /// the data directory ([`DefinitionsFile`]), or nothing in tests. The owner
 /// (`broker::metadata`) takes a sink from below, so the store never names it.
-pub trait DefinitionsSink {
+pub(crate) trait DefinitionsSink {
     /// Replaces the stored definitions with `contents`, durably.
     fn store(&self, contents: String) -> impl Future<Output = io::Result<()>>;
 }
@@ -101,12 +101,12 @@ impl DefinitionsSink for () {
 }
 
 /// The metadata owner's way to the file, on shard 0's executor.
-pub struct DefinitionsFile {
+pub(crate) struct DefinitionsFile {
     data_dir: PathBuf,
 }
 
 impl DefinitionsFile {
-    pub fn new(data_dir: PathBuf) -> DefinitionsFile {
+    pub(crate) fn new(data_dir: PathBuf) -> DefinitionsFile {
         DefinitionsFile { data_dir }
     }
 

@@ -30,22 +30,24 @@
 //! this trait would put a boxed or generic future on every batch write of
 //! the DMA path for no gain in what the tests can show.
 
+#[cfg(test)]
+use crate::store::log::Batch;
+#[cfg(test)]
+use crate::store::{record, segments};
+#[cfg(test)]
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use crate::store::log::Batch;
-use crate::store::{record, segments};
-
 /// A directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    pub is_dir: bool,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) is_dir: bool,
 }
 
 /// The file operations the store's synchronous parts need.
-pub trait Disk {
+pub(crate) trait Disk {
     /// An open file, for writing.
     type File;
 
@@ -88,7 +90,7 @@ pub trait Disk {
 
 /// The real disk, through blocking `std::fs` calls (start-up only).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct StdDisk;
+pub(crate) struct StdDisk;
 
 impl Disk for StdDisk {
     type File = std::fs::File;
@@ -157,7 +159,8 @@ impl Disk for StdDisk {
 /// and padded to `alignment`, appended to its segment (created, and its
 /// name synced, on first use), then every file touched synced once.
 /// `ends` is each open segment's length. Returns the bytes written.
-pub fn append_batch<D: Disk, T>(
+#[cfg(test)]
+pub(crate) fn append_batch<D: Disk, T>(
     disk: &D,
     dir: &Path,
     files: &mut BTreeMap<u32, (D::File, u64)>,
@@ -193,7 +196,8 @@ pub fn append_batch<D: Disk, T>(
 
 /// Deletes reclaimed segments, then syncs the directory, as
 /// `segments::SegmentFiles::delete` does.
-pub fn remove_segments<D: Disk>(
+#[cfg(test)]
+pub(crate) fn remove_segments<D: Disk>(
     disk: &D,
     dir: &Path,
     files: &mut BTreeMap<u32, (D::File, u64)>,
@@ -211,7 +215,7 @@ pub fn remove_segments<D: Disk>(
 }
 
 #[cfg(test)]
-pub use mem::MemDisk;
+pub(crate) use mem::MemDisk;
 
 #[cfg(test)]
 mod mem {
@@ -241,26 +245,26 @@ mod mem {
 
     /// A disk in memory that can crash (see the module doc).
     #[derive(Debug, Default)]
-    pub struct MemDisk {
+    pub(crate) struct MemDisk {
         state: RefCell<State>,
     }
 
     /// A file of a `MemDisk`: its inode.
     #[derive(Debug)]
-    pub struct MemFile(usize);
+    pub(crate) struct MemFile(usize);
 
     fn not_found(path: &Path) -> io::Error {
         io::Error::new(io::ErrorKind::NotFound, path.display().to_string())
     }
 
     impl MemDisk {
-        pub fn new() -> MemDisk {
+        pub(crate) fn new() -> MemDisk {
             MemDisk::default()
         }
 
         /// Bytes written to files and not yet synced, by path (what a
         /// crash may tear).
-        pub fn unsynced(&self) -> BTreeMap<PathBuf, usize> {
+        pub(crate) fn unsynced(&self) -> BTreeMap<PathBuf, usize> {
             let state = self.state.borrow();
             state
                 .durable_files
@@ -277,7 +281,7 @@ mod mem {
         /// directory syncs, each file's durable bytes, and of the bytes
         /// written after them (when the file only grew since) the first
         /// `keep(path, unsynced_len)` ones: a torn write.
-        pub fn crash_image(&self, mut keep: impl FnMut(&Path, usize) -> usize) -> MemDisk {
+        pub(crate) fn crash_image(&self, mut keep: impl FnMut(&Path, usize) -> usize) -> MemDisk {
             let state = self.state.borrow();
             let mut image = State::default();
             for dir in &state.durable_dirs {
@@ -313,11 +317,6 @@ mod mem {
             MemDisk {
                 state: RefCell::new(image),
             }
-        }
-
-        /// The paths of the files that exist now.
-        pub fn files(&self) -> Vec<PathBuf> {
-            self.state.borrow().files.keys().cloned().collect()
         }
     }
 

@@ -48,21 +48,21 @@ const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 
 /// Records for one segment, not yet written.
 #[derive(Debug)]
-pub struct Chunk {
-    pub segment: u32,
+pub(crate) struct Chunk {
+    pub(crate) segment: u32,
     /// Header room (filled when sealed) and the records.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// What one group commit writes, and what waits for it.
 #[derive(Debug)]
-pub struct Batch<T> {
-    pub chunks: Vec<Chunk>,
+pub(crate) struct Batch<T> {
+    pub(crate) chunks: Vec<Chunk>,
     /// The tokens given to `defer_confirm` before this batch was taken,
     /// handed back once it is on disk (publisher confirms and transaction
     /// commits, to the broker; the store never looks inside them).
-    pub confirms: Vec<T>,
-    pub records: u64,
+    pub(crate) confirms: Vec<T>,
+    pub(crate) records: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,13 +88,13 @@ struct Segment {
 
 /// Counters for the debug log line the store task writes.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct StoreStats {
-    pub fsyncs: u64,
-    pub records: u64,
-    pub bytes: u64,
-    pub confirms: u64,
+pub(crate) struct StoreStats {
+    pub(crate) fsyncs: u64,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+    pub(crate) confirms: u64,
     /// Time spent writing and syncing batches, in microseconds.
-    pub write_us: u64,
+    pub(crate) write_us: u64,
 }
 
 /// The shard's message log, in memory. `T` is whatever the caller wants
@@ -122,8 +122,8 @@ pub struct MessageStore<T> {
     /// rebuilds the store from what is on disk).
     write_failed: bool,
     /// Set when records are pending; the store task waits on it.
-    pub ready: Notify,
-    pub stats: StoreStats,
+    pub(crate) ready: Notify,
+    pub(crate) stats: StoreStats,
 }
 
 impl<T> MessageStore<T> {
@@ -215,7 +215,7 @@ impl<T> MessageStore<T> {
     }
 
     /// Appends a publish; returns the segment that holds it.
-    pub fn append_publish(&mut self, head: &PublishHead) -> u32 {
+    pub(crate) fn append_publish(&mut self, head: &PublishHead) -> u32 {
         let buf = self.chunk();
         let before = buf.len();
         record::put_publish(buf, head);
@@ -228,7 +228,7 @@ impl<T> MessageStore<T> {
     }
 
     /// The message `seq` of `queue_id`, stored in `segment`, is gone.
-    pub fn append_removal(&mut self, queue_id: u64, seq: u64, segment: u32) {
+    pub(crate) fn append_removal(&mut self, queue_id: u64, seq: u64, segment: u32) {
         let buf = self.chunk();
         let before = buf.len();
         record::put_removal(buf, queue_id, seq);
@@ -246,7 +246,7 @@ impl<T> MessageStore<T> {
     /// record's delivered flag. `from` loses the message without a removal
     /// record, so it may go once the batch holding the copy is on disk.
     /// Returns the message's new segment.
-    pub fn append_moved(&mut self, head: &PublishHead, from: u32) -> u32 {
+    pub(crate) fn append_moved(&mut self, head: &PublishHead, from: u32) -> u32 {
         let segment = self.append_publish(head);
         let batch = self.batches_taken + 1;
         if let Some(s) = self.segment_mut(from) {
@@ -266,7 +266,7 @@ impl<T> MessageStore<T> {
     /// old message (a queue nobody consumes beside a busy one) cannot keep
     /// the whole log. The copy costs at most one segment per
     /// `PINNED_SEGMENTS_MAX` segments given back.
-    pub fn compaction_candidate(&self) -> Option<u32> {
+    pub(crate) fn compaction_candidate(&self) -> Option<u32> {
         // One compaction at a time: the last one's segments go first.
         if self.write_failed
             || self
@@ -294,7 +294,7 @@ impl<T> MessageStore<T> {
     }
 
     /// The message was handed to a consumer that must acknowledge it.
-    pub fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
+    pub(crate) fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
         let buf = self.chunk();
         let before = buf.len();
         record::put_delivered(buf, queue_id, seq);
@@ -310,7 +310,7 @@ impl<T> MessageStore<T> {
     }
 
     /// Sends this confirm once the records appended so far are on disk.
-    pub fn defer_confirm(&mut self, target: T) {
+    pub(crate) fn defer_confirm(&mut self, target: T) {
         if self.waiting.is_empty() && self.chunks.is_empty() {
             self.ready.notify();
         }
@@ -318,12 +318,12 @@ impl<T> MessageStore<T> {
     }
 
     /// True if nothing waits to be written.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.chunks.is_empty() && self.waiting.is_empty()
     }
 
     /// Everything appended since the last batch: the next group commit.
-    pub fn take_batch(&mut self) -> Option<Batch<T>> {
+    pub(crate) fn take_batch(&mut self) -> Option<Batch<T>> {
         if self.is_idle() {
             return None;
         }
@@ -349,7 +349,7 @@ impl<T> MessageStore<T> {
     }
 
     /// A batch was written and synced: its buffers come back for reuse.
-    pub fn batch_written(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>, bytes: u64) {
+    pub(crate) fn batch_written(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>, bytes: u64) {
         self.stats.fsyncs += 1;
         self.stats.bytes += bytes;
         self.batches_written += 1;
@@ -361,7 +361,7 @@ impl<T> MessageStore<T> {
     }
 
     /// A batch's confirm list, once sent, comes back for the next batch.
-    pub fn recycle_confirms(&mut self, mut confirms: Vec<T>) {
+    pub(crate) fn recycle_confirms(&mut self, mut confirms: Vec<T>) {
         confirms.clear();
         self.spare_confirms = confirms;
     }
@@ -369,17 +369,18 @@ impl<T> MessageStore<T> {
     /// A batch could not be written or synced: from now on nothing is
     /// deleted or compacted, since records the deletions rely on may be
     /// missing from the disk.
-    pub fn batch_failed(&mut self) {
+    pub(crate) fn batch_failed(&mut self) {
         self.write_failed = true;
     }
 
     /// The active segment (records go there; it is never reclaimed).
-    pub fn active_segment(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn active_segment(&self) -> u32 {
         self.active
     }
 
     /// Segments that may be deleted now; they are marked as being deleted.
-    pub fn reclaimable(&mut self) -> Vec<u32> {
+    pub(crate) fn reclaimable(&mut self) -> Vec<u32> {
         let mut out = Vec::new();
         if self.write_failed {
             return out;
@@ -415,7 +416,7 @@ impl<T> MessageStore<T> {
     }
 
     /// The segment's file is gone (and the directory synced).
-    pub fn segment_deleted(&mut self, number: u32) {
+    pub(crate) fn segment_deleted(&mut self, number: u32) {
         if let Some(s) = self.segment_mut(number) {
             s.fate = SegmentFate::Deleted;
         }
@@ -429,7 +430,7 @@ impl<T> MessageStore<T> {
     }
 
     /// Segments not deleted yet (for logs and tests).
-    pub fn segment_count(&self) -> usize {
+    pub(crate) fn segment_count(&self) -> usize {
         self.segments
             .iter()
             .filter(|s| s.fate != SegmentFate::Deleted)

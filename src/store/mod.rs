@@ -18,9 +18,9 @@
 //! Like `shard/` and `net/`, this module may name glommio: its writes go
 //! through io_uring so that a shard never blocks on the disk.
 
-pub mod definitions;
-pub mod disk;
+pub(crate) mod definitions;
+pub(crate) mod disk;
 pub mod log;
-pub mod record;
-pub mod recovery;
-pub mod segments;
+pub(crate) mod record;
+pub(crate) mod recovery;
+pub(crate) mod segments;

@@ -48,8 +48,8 @@ use crate::util::crc32c;
 use warren_protocol::{Properties, ShortStr};
 
 /// Chunks start at multiples of this many bytes.
-pub const BLOCK: usize = 512;
-pub const CHUNK_HEADER_LEN: usize = 16;
+pub(crate) const BLOCK: usize = 512;
+pub(crate) const CHUNK_HEADER_LEN: usize = 16;
 const MAGIC: u32 = 0x5752_4E43;
 
 const PUBLISH: u8 = 1;
@@ -59,14 +59,14 @@ const FLAG_DELIVERED: u8 = 1;
 const NEVER: u64 = u64::MAX;
 
 /// Starts a chunk in `buf` (empty): room for the header, filled by `seal`.
-pub fn open_chunk(buf: &mut Vec<u8>) {
+pub(crate) fn open_chunk(buf: &mut Vec<u8>) {
     debug_assert!(buf.is_empty());
     buf.extend_from_slice(&[0u8; CHUNK_HEADER_LEN]);
 }
 
 /// Fills in the header of the chunk in `buf` and pads it with zeros to a
 /// multiple of `alignment`.
-pub fn seal_chunk(buf: &mut Vec<u8>, alignment: usize) {
+pub(crate) fn seal_chunk(buf: &mut Vec<u8>, alignment: usize) {
     debug_assert!(buf.len() >= CHUNK_HEADER_LEN);
     let payload_len = (buf.len() - CHUNK_HEADER_LEN) as u32;
     let payload_crc = crc32c::checksum(&buf[CHUNK_HEADER_LEN..]);
@@ -87,20 +87,20 @@ fn put_str8(buf: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// What a publish record says besides the message.
-pub struct PublishHead<'a> {
-    pub queue_id: u64,
-    pub seq: u64,
-    pub delivered: bool,
-    pub level: u8,
-    pub expires_at_epoch_ms: Option<u64>,
-    pub vhost: &'a str,
-    pub queue_name: &'a str,
-    pub message: &'a Message,
+pub(crate) struct PublishHead<'a> {
+    pub(crate) queue_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) delivered: bool,
+    pub(crate) level: u8,
+    pub(crate) expires_at_epoch_ms: Option<u64>,
+    pub(crate) vhost: &'a str,
+    pub(crate) queue_name: &'a str,
+    pub(crate) message: &'a Message,
 }
 
 /// Appends a publish record: the message's bytes are copied once, here,
 /// straight into the chunk.
-pub fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
+pub(crate) fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
     let message = head.message;
     let raw = message.properties_raw();
     let bcc: &[String] = message.bcc_keys().unwrap_or(&[]);
@@ -129,13 +129,13 @@ pub fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
     buf.extend_from_slice(&message.body);
 }
 
-pub fn put_removal(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
+pub(crate) fn put_removal(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
     buf.push(REMOVAL);
     buf.extend_from_slice(&queue_id.to_be_bytes());
     buf.extend_from_slice(&seq.to_be_bytes());
 }
 
-pub fn put_delivered(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
+pub(crate) fn put_delivered(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
     buf.push(DELIVERED);
     buf.extend_from_slice(&queue_id.to_be_bytes());
     buf.extend_from_slice(&seq.to_be_bytes());
@@ -143,19 +143,19 @@ pub fn put_delivered(buf: &mut Vec<u8>, queue_id: u64, seq: u64) {
 
 /// A stored message as recovery reads it back.
 #[derive(Debug)]
-pub struct StoredPublish {
-    pub queue_id: u64,
-    pub seq: u64,
-    pub delivered: bool,
-    pub level: u8,
-    pub expires_at_epoch_ms: Option<u64>,
-    pub vhost: String,
-    pub queue_name: String,
-    pub message: Message,
+pub(crate) struct StoredPublish {
+    pub(crate) queue_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) delivered: bool,
+    pub(crate) level: u8,
+    pub(crate) expires_at_epoch_ms: Option<u64>,
+    pub(crate) vhost: String,
+    pub(crate) queue_name: String,
+    pub(crate) message: Message,
 }
 
 #[derive(Debug)]
-pub enum Record {
+pub(crate) enum Record {
     Publish(Box<StoredPublish>),
     Removal { queue_id: u64, seq: u64 },
     Delivered { queue_id: u64, seq: u64 },
@@ -163,7 +163,7 @@ pub enum Record {
 
 /// What the reader found at an offset.
 #[derive(Debug)]
-pub enum ChunkRead {
+pub(crate) enum ChunkRead {
     /// A good chunk's payload, and where the next chunk may start.
     Chunk { payload: Bytes, next: usize },
     /// Zeros: padding (or a block never written). Skip one block.
@@ -175,7 +175,7 @@ pub enum ChunkRead {
 }
 
 /// Reads the chunk at `at` (a multiple of BLOCK) of `file`.
-pub fn read_chunk(file: &Bytes, at: usize) -> ChunkRead {
+pub(crate) fn read_chunk(file: &Bytes, at: usize) -> ChunkRead {
     if at + CHUNK_HEADER_LEN > file.len() {
         return if file[at.min(file.len())..].iter().all(|&b| b == 0) {
             ChunkRead::End
@@ -255,7 +255,7 @@ impl Cursor {
 /// Decodes every record of a chunk's payload. A payload whose checksum
 /// matched but that does not decode is a bug or a foreign file: an error,
 /// never a half-read message.
-pub fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
+pub(crate) fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
     let mut c = Cursor {
         data: payload,
         at: 0,

@@ -45,7 +45,7 @@ use crate::store::disk::{Disk, StdDisk};
 use crate::store::record::{self, ChunkRead, PublishHead, Record, StoredPublish};
 use crate::store::segments;
 
-pub const DIR_NAME: &str = "messages";
+pub(crate) const DIR_NAME: &str = "messages";
 const CURRENT: &str = "CURRENT";
 const CURRENT_TEMP: &str = "CURRENT.tmp";
 /// Recovered messages are written in chunks of about this size.
@@ -55,28 +55,28 @@ const ALIGNMENT: usize = 4096;
 
 /// A message of a durable queue, as the queue takes it back at start.
 #[derive(Debug)]
-pub struct RecoveredMessage {
+pub(crate) struct RecoveredMessage {
     /// Delivered before (with an ack pending) or requeued: redelivered.
-    pub redelivered: bool,
+    pub(crate) redelivered: bool,
     /// The segment of the new generation that holds it.
-    pub segment: u32,
-    pub level: u8,
-    pub expires_at_epoch_ms: Option<u64>,
-    pub message: Message,
+    pub(crate) segment: u32,
+    pub(crate) level: u8,
+    pub(crate) expires_at_epoch_ms: Option<u64>,
+    pub(crate) message: Message,
 }
 
 /// What one shard starts with.
 #[derive(Debug, Default)]
-pub struct ShardRecovery {
+pub(crate) struct ShardRecovery {
     /// `messages/<gen>/shard-<n>`: where the shard's store writes.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Each queue's messages, in order.
-    pub queues: Vec<(QueueId, Vec<RecoveredMessage>)>,
+    pub(crate) queues: Vec<(QueueId, Vec<RecoveredMessage>)>,
     /// Messages in segments 1, 2, ...: the store's next segment follows.
-    pub live_per_segment: Vec<u64>,
+    pub(crate) live_per_segment: Vec<u64>,
 }
 
-pub fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
+pub(crate) fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
     data_dir
         .join(DIR_NAME)
         .join(generation.to_string())
@@ -85,7 +85,7 @@ pub fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
 
 /// Reads the last generation, writes the next, switches to it. `queues`
 /// are the queues this run restores (with their new ids and shards).
-pub fn recover(
+pub(crate) fn recover(
     data_dir: &Path,
     queues: &[QueueMeta],
     shard_count: usize,
@@ -95,7 +95,7 @@ pub fn recover(
 }
 
 /// [`recover`] on any [`Disk`].
-pub fn recover_on<D: Disk>(
+pub(crate) fn recover_on<D: Disk>(
     disk: &D,
     data_dir: &Path,
     queues: &[QueueMeta],
@@ -264,7 +264,11 @@ fn replay_generation<D: Disk>(
 }
 
 /// Applies a segment's good chunks to `live`; stops at a bad one.
-pub fn replay_segment(path: &Path, file: &Bytes, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
+pub(crate) fn replay_segment(
+    path: &Path,
+    file: &Bytes,
+    live: &mut BTreeMap<(u64, u64), StoredPublish>,
+) {
     let mut at = 0usize;
     loop {
         match record::read_chunk(file, at) {

@@ -19,12 +19,12 @@ use crate::store::log::Batch;
 use crate::store::record;
 
 /// The file name of segment `number`: zero-padded so names sort like numbers.
-pub fn file_name(number: u32) -> String {
+pub(crate) fn file_name(number: u32) -> String {
     format!("{:010}.seg", number)
 }
 
 /// The segment number a file name stands for.
-pub fn parse_file_name(name: &str) -> Option<u32> {
+pub(crate) fn parse_file_name(name: &str) -> Option<u32> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
@@ -41,7 +41,7 @@ struct OpenSegment {
     synced: bool,
 }
 
-pub struct SegmentFiles {
+pub(crate) struct SegmentFiles {
     dir: PathBuf,
     open: Vec<OpenSegment>,
     /// None until the first file is opened; then whether O_DIRECT works.
@@ -50,7 +50,7 @@ pub struct SegmentFiles {
 
 impl SegmentFiles {
     /// The shard's segment directory, created at start (`recovery`).
-    pub fn new(dir: PathBuf) -> SegmentFiles {
+    pub(crate) fn new(dir: PathBuf) -> SegmentFiles {
         if is_tmpfs(&dir) {
             info!(
                 dir = %dir.display(),
@@ -132,7 +132,7 @@ impl SegmentFiles {
 
     /// Writes a batch's chunks and syncs every file they went to. Returns
     /// the bytes written.
-    pub async fn write<T>(&mut self, batch: &mut Batch<T>) -> io::Result<u64> {
+    pub(crate) async fn write<T>(&mut self, batch: &mut Batch<T>) -> io::Result<u64> {
         let mut written = 0u64;
         for chunk in &mut batch.chunks {
             let at = self.open_segment(chunk.segment).await?;
@@ -160,7 +160,7 @@ impl SegmentFiles {
     }
 
     /// Deletes these segments' files, then syncs the directory.
-    pub async fn delete(&mut self, numbers: &[u32]) -> io::Result<()> {
+    pub(crate) async fn delete(&mut self, numbers: &[u32]) -> io::Result<()> {
         for &number in numbers {
             if let Some(at) = self.open.iter().position(|s| s.number == number) {
                 let segment = self.open.remove(at);
@@ -176,7 +176,8 @@ impl SegmentFiles {
         sync_dir(&self.dir).await
     }
 
-    pub async fn close_all(&mut self) {
+    #[cfg(test)]
+    pub(crate) async fn close_all(&mut self) {
         for segment in std::mem::take(&mut self.open) {
             close(segment.file).await;
         }

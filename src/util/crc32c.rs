@@ -6,7 +6,7 @@
 //! anything else uses a table, a byte at a time.
 
 /// The CRC32C of `data`.
-pub fn checksum(data: &[u8]) -> u32 {
+pub(crate) fn checksum(data: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("sse4.2") {

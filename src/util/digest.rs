@@ -8,7 +8,7 @@
 //! RabbitMQ 3.10 itself produced.
 
 /// SHA-256 of `data` (FIPS 180-4, section 6.2).
-pub fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let mut h = SHA256_H;
     for block in padded(data, 64, false).chunks_exact(64) {
         let mut w = [0u32; 64];
@@ -56,7 +56,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// SHA-512 of `data` (FIPS 180-4, section 6.4).
-pub fn sha512(data: &[u8]) -> [u8; 64] {
+pub(crate) fn sha512(data: &[u8]) -> [u8; 64] {
     let mut h = SHA512_H;
     for block in padded(data, 128, false).chunks_exact(128) {
         let mut w = [0u64; 80];
@@ -107,7 +107,7 @@ pub fn sha512(data: &[u8]) -> [u8; 64] {
 
 /// MD5 of `data` (RFC 1321). Broken as a digest, but RabbitMQ before 3.6
 /// hashed passwords with it, and exports from those nodes still say so.
-pub fn md5(data: &[u8]) -> [u8; 16] {
+pub(crate) fn md5(data: &[u8]) -> [u8; 16] {
     let mut h: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
     for block in padded(data, 64, true).chunks_exact(64) {
         let mut m = [0u32; 16];

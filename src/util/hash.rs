@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 
-pub type FastMap<K, V> = HashMap<K, V, FastBuild>;
-pub type FastSet<K> = HashSet<K, FastBuild>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, FastBuild>;
+pub(crate) type FastSet<K> = HashSet<K, FastBuild>;
 
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -24,7 +24,7 @@ fn process_seed() -> u64 {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct FastBuild {
+pub(crate) struct FastBuild {
     seed: u64,
 }
 
@@ -44,7 +44,7 @@ impl BuildHasher for FastBuild {
     }
 }
 
-pub struct FastHasher {
+pub(crate) struct FastHasher {
     state: u64,
 }
 

@@ -17,10 +17,10 @@ use std::fmt::Write as _;
 
 /// Deepest nesting the parser accepts: definitions nest four or five
 /// levels (an argument table inside a queue inside the document).
-pub const DEPTH_MAX: usize = 64;
+pub(crate) const DEPTH_MAX: usize = 64;
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Json {
+pub(crate) enum Json {
     Null,
     Bool(bool),
     Int(i64),
@@ -34,10 +34,10 @@ pub enum Json {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JsonError {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
+pub(crate) struct JsonError {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+    pub(crate) message: String,
 }
 
 impl std::fmt::Display for JsonError {
@@ -54,35 +54,36 @@ impl std::error::Error for JsonError {}
 
 impl Json {
     /// The last member named `key`, if this is an object.
-    pub fn get(&self, key: &str) -> Option<&Json> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Json> {
         match self {
             Json::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Json::Str(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_bool(&self) -> Option<bool> {
+    pub(crate) fn as_bool(&self) -> Option<bool> {
         match self {
             Json::Bool(b) => Some(*b),
             _ => None,
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Json]> {
+    #[cfg(test)]
+    pub(crate) fn as_array(&self) -> Option<&[Json]> {
         match self {
             Json::Array(items) => Some(items),
             _ => None,
         }
     }
 
-    pub fn as_object(&self) -> Option<&[(String, Json)]> {
+    pub(crate) fn as_object(&self) -> Option<&[(String, Json)]> {
         match self {
             Json::Object(members) => Some(members),
             _ => None,
@@ -90,7 +91,7 @@ impl Json {
     }
 
     /// What kind of value this is, for error messages.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Json::Null => "null",
             Json::Bool(_) => "a boolean",
@@ -102,12 +103,12 @@ impl Json {
     }
 
     /// Shorthand for building objects in code.
-    pub fn object<K: Into<String>>(members: impl IntoIterator<Item = (K, Json)>) -> Json {
+    pub(crate) fn object<K: Into<String>>(members: impl IntoIterator<Item = (K, Json)>) -> Json {
         Json::Object(members.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 
     /// Indented with two spaces, one member or item per line, ending in a newline.
-    pub fn to_pretty_string(&self) -> String {
+    pub(crate) fn to_pretty_string(&self) -> String {
         let mut out = String::new();
         write_value(self, 0, &mut out);
         out.push('\n');
@@ -116,7 +117,7 @@ impl Json {
 }
 
 /// Parses one JSON document (whitespace around it allowed, nothing else).
-pub fn parse(text: &str) -> Result<Json, JsonError> {
+pub(crate) fn parse(text: &str) -> Result<Json, JsonError> {
     let mut parser = Parser {
         bytes: text.as_bytes(),
         at: 0,

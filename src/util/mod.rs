@@ -10,10 +10,10 @@
 //! - `crc32c`: the checksum of the message store's records.
 //! - `rlimit`: raising RLIMIT_MEMLOCK, which io_uring needs.
 
-pub mod crc32c;
-pub mod digest;
-pub mod hash;
-pub mod json;
-pub mod rlimit;
-pub mod signal;
+pub(crate) mod crc32c;
+pub(crate) mod digest;
+pub(crate) mod hash;
+pub(crate) mod json;
+pub(crate) mod rlimit;
+pub(crate) mod signal;
 pub mod timer_wheel;

@@ -4,7 +4,7 @@
 /// could reach if that is still below `needed`. glommio's reactors need
 /// locked memory for io_uring; the broker raises it at start and the
 /// store's tests before they start an executor.
-pub fn raise_memlock(needed: u64) -> Result<(), u64> {
+pub(crate) fn raise_memlock(needed: u64) -> Result<(), u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -37,4 +37,3 @@ pub fn raise_memlock(needed: u64) -> Result<(), u64> {
         Err(limit.rlim_cur)
     }
 }
-

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 #[derive(Clone, Default)]
-pub struct Notify {
+pub(crate) struct Notify {
     inner: Rc<NotifyInner>,
 }
 
@@ -20,12 +20,12 @@ struct NotifyInner {
 }
 
 impl Notify {
-    pub fn new() -> Notify {
+    pub(crate) fn new() -> Notify {
         Notify::default()
     }
 
     /// Sets the flag and wakes the waiter, if any.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.inner.set.set(true);
         if let Some(waker) = self.inner.waker.borrow_mut().take() {
             waker.wake();
@@ -33,12 +33,12 @@ impl Notify {
     }
 
     /// Resolves once the flag is set, and clears it.
-    pub fn wait(&self) -> NotifyWait<'_> {
+    pub(crate) fn wait(&self) -> NotifyWait<'_> {
         NotifyWait { notify: self }
     }
 }
 
-pub struct NotifyWait<'a> {
+pub(crate) struct NotifyWait<'a> {
     notify: &'a Notify,
 }
 
@@ -55,7 +55,7 @@ impl Future for NotifyWait<'_> {
     }
 }
 
-pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
+pub(crate) fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
     let slot = Rc::new(RefCell::new(Slot {
         value: None,
         waker: None,
@@ -73,12 +73,12 @@ struct Slot<T> {
     closed: bool,
 }
 
-pub struct OneshotSender<T> {
+pub(crate) struct OneshotSender<T> {
     slot: Rc<RefCell<Slot<T>>>,
 }
 
 impl<T> OneshotSender<T> {
-    pub fn send(self, value: T) {
+    pub(crate) fn send(self, value: T) {
         let waker = {
             let mut slot = self.slot.borrow_mut();
             slot.value = Some(value);
@@ -103,7 +103,7 @@ impl<T> Drop for OneshotSender<T> {
     }
 }
 
-pub struct OneshotReceiver<T> {
+pub(crate) struct OneshotReceiver<T> {
     slot: Rc<RefCell<Slot<T>>>,
 }
 

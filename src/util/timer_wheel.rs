@@ -144,7 +144,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// The number of pending timers.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
@@ -256,7 +256,7 @@ impl<T> TimerWheel<T> {
     ///   a value at or before the wheel's time, which means "advance now".
     /// - The due and overflow lists keep their minimum as a bound that a
     ///   `cancel` may leave early; such a value is still a lower bound.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
         if self.lists[DUE].head != NIL {
             return Some(self.due_deadline_min);
         }

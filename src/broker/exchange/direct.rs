@@ -6,19 +6,19 @@ use crate::metadata::exchange::{Binding, Destination};
 use warren_protocol::ShortStr;
 
 #[derive(Debug, Default)]
-pub struct DirectRouter {
+pub(crate) struct DirectRouter {
     by_key: FastMap<ShortStr, Vec<Destination>>,
 }
 
 impl DirectRouter {
-    pub fn bind(&mut self, binding: &Binding) {
+    pub(crate) fn bind(&mut self, binding: &Binding) {
         self.by_key
             .entry(binding.routing_key.clone())
             .or_default()
             .push(binding.destination.clone());
     }
 
-    pub fn unbind(&mut self, binding: &Binding) {
+    pub(crate) fn unbind(&mut self, binding: &Binding) {
         if let Some(destinations) = self.by_key.get_mut(binding.routing_key.as_str()) {
             if let Some(at) = destinations.iter().position(|d| d == &binding.destination) {
                 destinations.swap_remove(at);
@@ -29,7 +29,7 @@ impl DirectRouter {
         }
     }
 
-    pub fn route(&self, routing_key: &str, out: &mut Vec<Destination>) {
+    pub(crate) fn route(&self, routing_key: &str, out: &mut Vec<Destination>) {
         if let Some(destinations) = self.by_key.get(routing_key) {
             out.extend(destinations.iter().cloned());
         }

@@ -3,16 +3,16 @@
 use crate::metadata::exchange::{Binding, Destination};
 
 #[derive(Debug, Default)]
-pub struct FanoutRouter {
+pub(crate) struct FanoutRouter {
     destinations: Vec<Destination>,
 }
 
 impl FanoutRouter {
-    pub fn bind(&mut self, binding: &Binding) {
+    pub(crate) fn bind(&mut self, binding: &Binding) {
         self.destinations.push(binding.destination.clone());
     }
 
-    pub fn unbind(&mut self, binding: &Binding) {
+    pub(crate) fn unbind(&mut self, binding: &Binding) {
         if let Some(at) = self
             .destinations
             .iter()
@@ -22,7 +22,7 @@ impl FanoutRouter {
         }
     }
 
-    pub fn route(&self, out: &mut Vec<Destination>) {
+    pub(crate) fn route(&self, out: &mut Vec<Destination>) {
         out.extend(self.destinations.iter().cloned());
     }
 }

@@ -15,16 +15,16 @@ struct Entry {
 }
 
 #[derive(Debug, Default)]
-pub struct HeadersRouter {
+pub(crate) struct HeadersRouter {
     entries: Vec<Entry>,
 }
 
 impl HeadersRouter {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn bind(&mut self, binding: &Binding) {
+    pub(crate) fn bind(&mut self, binding: &Binding) {
         self.entries.push(Entry {
             mode: MatchMode::from_arguments(&binding.arguments).unwrap_or(MatchMode::All),
             arguments: binding.arguments.clone(),
@@ -32,7 +32,7 @@ impl HeadersRouter {
         });
     }
 
-    pub fn unbind(&mut self, binding: &Binding) {
+    pub(crate) fn unbind(&mut self, binding: &Binding) {
         if let Some(at) = self
             .entries
             .iter()
@@ -42,7 +42,7 @@ impl HeadersRouter {
         }
     }
 
-    pub fn route(&self, headers: &FieldTable, out: &mut Vec<Destination>) {
+    pub(crate) fn route(&self, headers: &FieldTable, out: &mut Vec<Destination>) {
         for entry in &self.entries {
             if headers_match(entry.mode, &entry.arguments, headers) {
                 out.push(entry.destination.clone());
@@ -51,7 +51,7 @@ impl HeadersRouter {
     }
 }
 
-pub fn headers_match(mode: MatchMode, arguments: &FieldTable, headers: &FieldTable) -> bool {
+pub(crate) fn headers_match(mode: MatchMode, arguments: &FieldTable, headers: &FieldTable) -> bool {
     let with_x = matches!(mode, MatchMode::AllWithX | MatchMode::AnyWithX);
     let all = matches!(mode, MatchMode::All | MatchMode::AllWithX);
     let mut any_matched = false;

@@ -13,9 +13,9 @@
 //! holds a message with a positive `x-delay` instead of routing it (see
 //! `broker::delayed`).
 
-pub mod direct;
-pub mod fanout;
-pub mod headers;
+pub(crate) mod direct;
+pub(crate) mod fanout;
+pub(crate) mod headers;
 pub mod topic;
 
 use crate::metadata::exchange::{Binding, Destination, ExchangeDef, ExchangeKind};
@@ -23,7 +23,7 @@ use warren_protocol::Properties;
 
 /// The routing structure of one exchange type.
 #[derive(Debug)]
-pub enum Router {
+pub(crate) enum Router {
     Direct(direct::DirectRouter),
     Fanout(fanout::FanoutRouter),
     Topic(topic::TopicRouter),
@@ -42,15 +42,15 @@ impl Router {
 }
 
 #[derive(Debug)]
-pub struct Exchange {
-    pub def: ExchangeDef,
+pub(crate) struct Exchange {
+    pub(crate) def: ExchangeDef,
     router: Router,
     /// Bindings whose source is this exchange, in the order they were made.
-    pub bindings: Vec<Binding>,
+    pub(crate) bindings: Vec<Binding>,
 }
 
 impl Exchange {
-    pub fn new(def: ExchangeDef) -> Exchange {
+    pub(crate) fn new(def: ExchangeDef) -> Exchange {
         Exchange {
             router: Router::new(def.kind),
             def,
@@ -59,7 +59,7 @@ impl Exchange {
     }
 
     /// Adds a binding; false if an identical one already exists.
-    pub fn bind(&mut self, binding: Binding) -> bool {
+    pub(crate) fn bind(&mut self, binding: Binding) -> bool {
         if self.bindings.iter().any(|b| b.same_as(&binding)) {
             return false;
         }
@@ -74,7 +74,7 @@ impl Exchange {
     }
 
     /// Removes a binding; false if there was none.
-    pub fn unbind(&mut self, binding: &Binding) -> bool {
+    pub(crate) fn unbind(&mut self, binding: &Binding) -> bool {
         let Some(at) = self.bindings.iter().position(|b| b.same_as(binding)) else {
             return false;
         };
@@ -89,7 +89,7 @@ impl Exchange {
     }
 
     /// Removes every binding to `destination`; returns how many went.
-    pub fn unbind_destination(&mut self, destination: &Destination) -> usize {
+    pub(crate) fn unbind_destination(&mut self, destination: &Destination) -> usize {
         let doomed: Vec<Binding> = self
             .bindings
             .iter()
@@ -104,7 +104,12 @@ impl Exchange {
 
     /// Appends this exchange's destinations for a message to `out` (possibly
     /// with duplicates; the caller deduplicates once for the whole route).
-    pub fn route(&self, routing_key: &str, properties: &Properties, out: &mut Vec<Destination>) {
+    pub(crate) fn route(
+        &self,
+        routing_key: &str,
+        properties: &Properties,
+        out: &mut Vec<Destination>,
+    ) {
         match &self.router {
             Router::Direct(r) => r.route(routing_key, out),
             Router::Fanout(r) => r.route(out),

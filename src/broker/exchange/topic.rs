@@ -70,7 +70,7 @@ impl TopicRouter {
         node.destinations.push(binding.destination.clone());
     }
 
-    pub fn unbind(&mut self, binding: &Binding) {
+    pub(crate) fn unbind(&mut self, binding: &Binding) {
         let words: Vec<&str> = split_words(binding.routing_key.as_str()).collect();
         remove(&mut self.root, &words, &binding.destination);
     }
