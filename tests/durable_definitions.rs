@@ -1039,9 +1039,9 @@ fn many_changes_survive_kill_9(shards: usize) {
     }
     let note = table(&[("x-note", AMQPValue::LongString("n".repeat(8 << 10).into()))]);
     let exchange = |i: usize| format!("m.x{:02}", i % 20);
-    let exchange_deleted = |i: usize| (i % 20) % 4 == 0;
-    let queue_deleted = |i: usize| i % 3 == 0;
-    let unbound = |i: usize| i % 5 == 0;
+    let exchange_deleted = |i: usize| (i % 20).is_multiple_of(4);
+    let queue_deleted = |i: usize| i.is_multiple_of(3);
+    let unbound = |i: usize| i.is_multiple_of(5);
     let url = broker.url();
     run_for(RESTART_TEST_DEADLINE, async {
         let (_conn, ch) = open(&url).await;

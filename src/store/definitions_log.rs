@@ -889,7 +889,8 @@ mod tests {
         // Replays compact_on one step at a time, crashing after each, with
         // every unsynced tail torn at a few lengths.
         let temp = definitions::temp_path(&data_dir());
-        let steps: Vec<Box<dyn Fn(&MemDisk, &mut Option<<MemDisk as Disk>::File>)>> = vec![
+        type Step<'a> = Box<dyn Fn(&MemDisk, &mut Option<<MemDisk as Disk>::File>) + 'a>;
+        let steps: Vec<Step> = vec![
             Box::new(|disk, file| *file = Some(disk.create(&temp).unwrap())),
             Box::new(|disk, file| {
                 disk.write_at(file.as_mut().unwrap(), 0, contents.as_bytes())
