@@ -96,6 +96,13 @@ pub const SEGMENT_SIZE: u64 = 32 << 20;
 /// The smallest segment size accepted (`--segment-size`).
 pub const SEGMENT_SIZE_MIN: u64 = 4096;
 
+/// The definitions log (`<data-dir>/definitions.log`) is compacted into
+/// `definitions.json` once it would grow past the file's size, but never
+/// below this many bytes, so that a small file is not rewritten every few
+/// durable declares (a queue declare's record is about 30 bytes plus its
+/// name and arguments).
+pub const DEFINITIONS_LOG_MIN_BYTES: u64 = 64 * 1024;
+
 /// What `warren` was started with; see `src/bin/warren.rs` for the flags.
 #[derive(Clone, Debug)]
 pub struct Config {

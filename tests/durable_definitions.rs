@@ -1,10 +1,14 @@
-//! Durable definitions survive a restart; `--definitions` imports a RabbitMQ
-//! export; a bad definitions file stops the broker with a clear message.
+//! Durable definitions survive a restart and a kill -9; `--definitions`
+//! imports a RabbitMQ export; a bad definitions file stops the broker with a
+//! clear message.
 //!
 //! Each test starts the real broker (1 and 2 shards), drives it with lapin,
-//! restarts it on the same data directory and port (SIGTERM, then start
-//! again), and checks exactly what came back: passive declares, publishing
-//! through the restored bindings, and argument equivalence on redeclare.
+//! restarts it on the same data directory and port (SIGTERM or SIGKILL, then
+//! start again), and checks exactly what came back: passive declares,
+//! publishing through the restored bindings, argument equivalence on
+//! redeclare, and the definitions file, which every start brings up to date
+//! with the definitions log (`definitions.log`, the changes made since the
+//! file was last written).
 
 mod common;
 use common::*;
@@ -45,6 +49,42 @@ fn definitions_file(broker: &Broker) -> PathBuf {
         .data_dir()
         .expect("a warren child")
         .join("definitions.json")
+}
+
+fn definitions_log(broker: &Broker) -> PathBuf {
+    broker
+        .data_dir()
+        .expect("a warren child")
+        .join("definitions.log")
+}
+
+/// Bytes of a log that holds no change: its header.
+const EMPTY_LOG_LEN: u64 = 16;
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .len()
+}
+
+/// The bindings in a definitions file as "source>type:destination:key", sorted.
+fn bindings_in(defs: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = defs["bindings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("bindings is not an array: {defs}"))
+        .iter()
+        .map(|b| {
+            format!(
+                "{}>{}:{}:{}",
+                b["source"].as_str().unwrap(),
+                b["destination_type"].as_str().unwrap(),
+                b["destination"].as_str().unwrap(),
+                b["routing_key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// The definitions file as JSON (read with serde_json, an independent parser).
@@ -243,8 +283,9 @@ fn durable_definitions_survive_a_restart(shards: usize) {
         close(conn).await;
     });
 
-    // The file says what will survive, and is already written (declare-ok
-    // came after the write).
+    // The file says what survived: the start wrote it, the log replayed on
+    // it (while the broker ran, the changes were in the log).
+    broker.restart();
     let defs = read_definitions(&broker);
     assert_eq!(
         names_in(&defs, "exchanges"),
@@ -269,7 +310,6 @@ fn durable_definitions_survive_a_restart(shards: usize) {
     );
     assert_eq!(defs["bindings"].as_array().unwrap().len(), 8, "{defs}");
 
-    broker.restart();
     let url = broker.url();
     run_for(RESTART_TEST_DEADLINE, async {
         let conn = connect(&url).await;
@@ -397,11 +437,13 @@ fn durable_definitions_survive_a_restart(shards: usize) {
         );
 
         // x-expires counts from the start: unused for 3 s, the queue goes.
-        // Watched through the definitions file, since a passive declare is a
-        // use of the queue and would keep it alive.
-        let file = definitions_file(&broker);
+        // Watched through the definitions log (the start emptied it, so the
+        // name appears in it only once the queue's deletion is logged),
+        // since a passive declare is a use of the queue and would keep it
+        // alive.
+        let log = definitions_log(&broker);
         let expired = eventually(Duration::from_secs(15), || {
-            std::fs::read_to_string(&file).is_ok_and(|t| !t.contains("\"d.expires\""))
+            std::fs::read(&log).is_ok_and(|b| b.windows(9).any(|w| w == b"d.expires"))
         })
         .await;
         assert!(expired, "d.expires expires after the restart");
@@ -464,22 +506,28 @@ with_shards!(
     durable_definitions_survive_a_restart
 );
 
-fn definitions_file_is_replaced_atomically(shards: usize) {
-    let broker = Broker::start(shards);
+fn durable_changes_are_logged(shards: usize) {
+    let mut broker = Broker::start(shards);
     if broker.is_external() {
         return;
     }
     let file = definitions_file(&broker);
+    let log = definitions_log(&broker);
     let inode = |path: &Path| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).expect("definitions.json").ino()
     };
     let url = broker.url();
     run_for(RESTART_TEST_DEADLINE, async {
-        let (conn, ch) = open(&url).await;
+        let (_conn, ch) = open(&url).await;
         let before = std::fs::read_to_string(&file).unwrap();
         let before_inode = inode(&file);
-        // Transient, exclusive and server-named things never touch the file.
+        assert_eq!(
+            file_len(&log),
+            EMPTY_LOG_LEN,
+            "a start leaves the log empty"
+        );
+        // Transient, exclusive and server-named things are never written.
         declare_x(
             &ch,
             "t.x",
@@ -508,28 +556,35 @@ fn definitions_file_is_replaced_atomically(shards: usize) {
         let _server_named = declare_server_named(&ch).await;
         bind(&ch, "t.q", "amq.direct", "k").await;
         bind(&ch, "x.q", "amq.direct", "k").await;
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
-        assert_eq!(inode(&file), before_inode, "the file was not rewritten");
+        assert_eq!(file_len(&log), EMPTY_LOG_LEN);
 
-        // Each durable change is in the file by the time the client hears -ok.
+        // Each durable change is in the log by the time the client hears
+        // -ok: a record of its own, far smaller than the file; the file
+        // itself is left alone (it is rewritten only when the log outgrows it).
         for i in 0..20 {
             let name = format!("durable-{i}");
+            let len = file_len(&log);
             declare_q(&ch, &name, durable_queue(), FieldTable::default()).await;
-            let text = std::fs::read_to_string(&file).unwrap();
-            assert!(text.contains(&format!("\"name\": \"{name}\"")), "{text}");
+            let grown = file_len(&log) - len;
+            assert!((10..100).contains(&grown), "a declare wrote {grown} bytes");
+            let text = std::fs::read(&log).unwrap();
+            assert!(text.windows(name.len()).any(|w| w == name.as_bytes()));
             if i % 2 == 0 {
+                let len = file_len(&log);
                 step(
                     "queue.delete",
                     ch.queue_delete(&name, QueueDeleteOptions::default()),
                 )
                 .await
                 .expect("queue.delete");
-                let text = std::fs::read_to_string(&file).unwrap();
-                assert!(!text.contains(&format!("\"name\": \"{name}\"")), "{text}");
+                assert!(file_len(&log) > len, "the delete is logged");
             }
         }
-        close(conn).await;
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+        assert_eq!(inode(&file), before_inode, "the file was not rewritten");
+        // No close, no SIGTERM.
     });
+    broker.crash_and_restart();
     let mut entries: Vec<String> = std::fs::read_dir(broker.data_dir().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -537,11 +592,25 @@ fn definitions_file_is_replaced_atomically(shards: usize) {
     entries.sort();
     assert_eq!(
         entries,
-        [".lock", "broker.log", "definitions.json", "messages"],
+        [
+            ".lock",
+            "broker.log",
+            "definitions.json",
+            "definitions.log",
+            "messages"
+        ],
         "no temp file is left"
     );
+    // The start replayed the log into the file and emptied the log.
     let defs = read_definitions(&broker);
-    assert_eq!(names_in(&defs, "queues").len(), 10);
+    let expected: Vec<String> = (0..20)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("durable-{i}"))
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(names_in(&defs, "queues"), expected_sorted);
+    assert_eq!(file_len(&log), EMPTY_LOG_LEN);
 }
 
 fn declare_ok_means_durable(shards: usize) {
@@ -574,8 +643,8 @@ with_shards!(
 );
 
 with_shards!(
-    the_definitions_file_is_replaced_atomically_and_only_for_durable_changes,
-    definitions_file_is_replaced_atomically
+    durable_changes_are_logged_before_their_ok_and_transient_ones_never_written,
+    durable_changes_are_logged
 );
 
 fn a_rabbitmq_export_is_imported(shards: usize) {
@@ -871,19 +940,23 @@ with_shards!(
     bad_definitions_stop_the_broker_with_a_clear_message
 );
 
-/// A directory where the definitions file goes makes every write of it fail
-/// (the rename onto it is refused). A durable declare made then must not be
-/// answered declare-ok: the client gets 541 INTERNAL_ERROR (a connection
-/// error, as RabbitMQ answers an operation that failed inside the broker),
-/// other clients keep publishing and getting, and once the disk takes the
-/// file again the next declare succeeds and the file catches up.
+/// A directory where the definitions file goes makes every rewrite of it
+/// fail (the rename onto it is refused). Durable declares are still appended
+/// to the log, until the log outgrows the file and the file must be
+/// rewritten: the durable declare that needs it must not be answered
+/// declare-ok. The client gets 541 INTERNAL_ERROR (a connection error, as
+/// RabbitMQ answers an operation that failed inside the broker), other
+/// clients keep publishing and getting, and once the disk takes the file
+/// again the next declare succeeds and the file catches up.
 fn failed_definitions_write(shards: usize) {
-    let broker = Broker::start(shards);
+    let mut broker = Broker::start(shards);
     if broker.is_external() {
         return;
     }
     let url = broker.url();
     let file = definitions_file(&broker);
+    let mut logged = Vec::new();
+    let mut lost = String::new();
     run_for(RESTART_TEST_DEADLINE, async {
         let (other, other_ch) = open(&url).await;
         declare_q(&other_ch, "w.kept", durable_queue(), FieldTable::default()).await;
@@ -892,11 +965,28 @@ fn failed_definitions_write(shards: usize) {
         std::fs::create_dir(&file).unwrap();
         std::fs::write(file.join("in-the-way"), b"").unwrap();
 
+        // 8 KiB records: the log outgrows its 64 KiB floor within a few.
+        let note = table(&[("x-note", AMQPValue::LongString("n".repeat(8 << 10).into()))]);
         let (conn, ch) = open(&url).await;
-        let result = ch
-            .queue_declare("w.lost", durable_queue(), FieldTable::default())
-            .await;
-        let text = expect_code(result, 541);
+        let mut failure = None;
+        for i in 0..64 {
+            let name = format!("w.big-{i:02}");
+            match ch.queue_declare(&name, durable_queue(), note.clone()).await {
+                Ok(_) => logged.push(name),
+                Err(e) => {
+                    failure = Some(e);
+                    lost = name;
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("a declare fails once the file must be rewritten");
+        assert!(
+            logged.len() >= 4,
+            "{} declares were logged first",
+            logged.len()
+        );
+        let text = expect_code::<()>(Err(failure), 541);
         assert!(text.contains("definitions"), "{text}");
         wait_connection_closed(&conn).await;
 
@@ -909,11 +999,15 @@ fn failed_definitions_write(shards: usize) {
         declare_q(&other_ch, "w.after", durable_queue(), FieldTable::default()).await;
         // The failed declare's queue was applied in memory before the write
         // failed (as after any 541, the client cannot know); the first
-        // write that succeeds stores it too.
-        assert_eq!(
-            names_in(&read_definitions(&broker), "queues"),
-            ["w.after", "w.kept", "w.lost"]
-        );
+        // write that succeeds (a rewrite of the whole file: the one for
+        // w.after, or one for the closed connection's cleanup just before)
+        // stores it too.
+        let mut expected = logged.clone();
+        expected.extend(["w.kept".to_string(), lost.clone()]);
+        expected.sort();
+        let mut in_file = names_in(&read_definitions(&broker), "queues");
+        in_file.retain(|q| q != "w.after");
+        assert_eq!(in_file, expected);
         close(other).await;
     });
     assert!(
@@ -921,9 +1015,182 @@ fn failed_definitions_write(shards: usize) {
         "{}",
         broker.log()
     );
+    broker.crash_and_restart();
+    let mut expected = logged;
+    expected.extend(["w.after".to_string(), "w.kept".to_string(), lost]);
+    expected.sort();
+    assert_eq!(names_in(&read_definitions(&broker), "queues"), expected);
 }
 
 with_shards!(
     a_failed_definitions_write_fails_the_declare_with_541_and_the_broker_stays_up,
     failed_definitions_write
+);
+
+/// Many durable exchanges, queues and bindings declared, some deleted (with
+/// the bindings that go with them), a few queues with large arguments so
+/// that the log is compacted into the file while the broker runs; then a
+/// kill -9 right after the last -ok, and exactly the expected definitions
+/// come back. Twice, so that the second run's changes go to a log started
+/// after a recovery.
+fn many_changes_survive_kill_9(shards: usize) {
+    let mut broker = Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    let note = table(&[("x-note", AMQPValue::LongString("n".repeat(8 << 10).into()))]);
+    let exchange = |i: usize| format!("m.x{:02}", i % 20);
+    let exchange_deleted = |i: usize| (i % 20).is_multiple_of(4);
+    let queue_deleted = |i: usize| i.is_multiple_of(3);
+    let unbound = |i: usize| i.is_multiple_of(5);
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        for i in 0..20 {
+            declare_x(&ch, &exchange(i), ExchangeKind::Topic, durable_exchange()).await;
+        }
+        step(
+            "exchange.bind",
+            ch.exchange_bind(
+                "m.x02",
+                "m.x01",
+                "#",
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.bind");
+        step(
+            "exchange.bind",
+            ch.exchange_bind(
+                "m.x04",
+                "m.x01",
+                "gone",
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.bind");
+        for i in 0..200 {
+            let args = if i % 10 == 7 {
+                note.clone()
+            } else {
+                FieldTable::default()
+            };
+            let queue = format!("m.q{i:03}");
+            declare_q(&ch, &queue, durable_queue(), args).await;
+            bind(&ch, &queue, &exchange(i), &format!("k{i}")).await;
+        }
+        for i in 0..200 {
+            let queue = format!("m.q{i:03}");
+            if queue_deleted(i) {
+                step(
+                    "queue.delete",
+                    ch.queue_delete(&queue, QueueDeleteOptions::default()),
+                )
+                .await
+                .expect("queue.delete");
+            } else if unbound(i) {
+                step(
+                    "queue.unbind",
+                    ch.queue_unbind(
+                        &queue,
+                        &exchange(i),
+                        &format!("k{i}"),
+                        FieldTable::default(),
+                    ),
+                )
+                .await
+                .expect("queue.unbind");
+            }
+        }
+        for i in (0..20).filter(|&i| exchange_deleted(i)) {
+            step(
+                "exchange.delete",
+                ch.exchange_delete(&exchange(i), ExchangeDeleteOptions::default()),
+            )
+            .await
+            .expect("exchange.delete");
+        }
+        // No close: killed right after the last -ok.
+    });
+    broker.crash_and_restart();
+
+    let mut exchanges: Vec<String> = (0..20)
+        .filter(|&i| !exchange_deleted(i))
+        .map(exchange)
+        .collect();
+    exchanges.sort();
+    let queues: Vec<String> = (0..200)
+        .filter(|&i| !queue_deleted(i))
+        .map(|i| format!("m.q{i:03}"))
+        .collect();
+    let mut bindings: Vec<String> = (0..200)
+        .filter(|&i| !queue_deleted(i) && !unbound(i) && !exchange_deleted(i))
+        .map(|i| format!("{}>queue:m.q{i:03}:k{i}", exchange(i)))
+        .collect();
+    bindings.push("m.x01>exchange:m.x02:#".to_string());
+    bindings.sort();
+    let defs = read_definitions(&broker);
+    assert_eq!(names_in(&defs, "exchanges"), exchanges);
+    assert_eq!(names_in(&defs, "queues"), queues);
+    assert_eq!(bindings_in(&defs), bindings);
+    let big = defs["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "m.q007")
+        .expect("m.q007");
+    assert_eq!(
+        big["arguments"]["x-note"].as_str().map(str::len),
+        Some(8 << 10)
+    );
+    assert_eq!(file_len(&definitions_log(&broker)), EMPTY_LOG_LEN);
+
+    // A second run on the recovered definitions: the restored bindings
+    // route, and more changes made now survive another kill -9.
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open(&url).await;
+        publish(&ch, "m.x01", "k1", b"routed").await;
+        wait_message_count(&conn, "m.q001", 1).await;
+        publish(&ch, "m.x01", "k2", b"through m.x02").await;
+        wait_message_count(&conn, "m.q002", 1).await;
+        for i in [1, 2, 4] {
+            step(
+                "queue.delete",
+                ch.queue_delete(&format!("m.q{i:03}"), QueueDeleteOptions::default()),
+            )
+            .await
+            .expect("queue.delete");
+        }
+        declare_q(&ch, "m.q004", durable_queue(), FieldTable::default()).await;
+        declare_x(&ch, "m.x00", ExchangeKind::Fanout, durable_exchange()).await;
+        bind(&ch, "m.q004", "m.x00", "").await;
+    });
+    broker.crash_and_restart();
+    let defs = read_definitions(&broker);
+    exchanges.push("m.x00".to_string());
+    exchanges.sort();
+    let queues: Vec<String> = queues
+        .into_iter()
+        .filter(|q| q != "m.q001" && q != "m.q002")
+        .chain(["m.q004".to_string()])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    bindings
+        .retain(|b| !b.contains(":m.q001:") && !b.contains(":m.q002:") && !b.contains(":m.q004:"));
+    bindings.push("m.x00>queue:m.q004:".to_string());
+    bindings.sort();
+    assert_eq!(names_in(&defs, "exchanges"), exchanges);
+    assert_eq!(names_in(&defs, "queues"), queues);
+    assert_eq!(bindings_in(&defs), bindings);
+}
+
+with_shards!(
+    many_durable_changes_and_deletes_survive_a_kill_9_exactly,
+    many_changes_survive_kill_9
 );

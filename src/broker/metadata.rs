@@ -7,25 +7,27 @@
 //!
 //! Durable definitions are made durable here too: when a batch of requests
 //! changed any (a durable exchange or queue, a binding between durable
-//! ends), the owner writes the whole definitions file through its
-//! [`DefinitionsSink`] before it answers the batch's requests, so a
-//! declare-ok for a durable queue means the queue survives a restart.
+//! ends), the owner hands the batch's changes (`DefChange`s, by name) to
+//! its [`DefinitionsSink`], which appends them to the definitions log with
+//! one sync (or, now and then, rewrites the whole definitions file instead;
+//! see `store::definitions_log`), before it answers the batch's requests,
+//! so a declare-ok for a durable queue means the queue survives a restart.
 //! When that write fails, every request of the batch is answered with 541
 //! INTERNAL_ERROR (a connection error, as RabbitMQ answers an operation
 //! that failed inside the broker), and so is every later batch until a
 //! write succeeds: nothing is acknowledged that is not on disk. The changes
 //! stay applied in memory (they were routed on already), so a client that
 //! saw the error may find the object there, as after any 541; the next
-//! successful write stores them.
+//! successful write (a rewrite of the whole file) stores them.
 //! Requests that arrive while one is handled join the batch, and the batch
 //! costs one write (group commit). Transient and exclusive declares never
 //! write.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::broker::{ChannelReply, ShardState};
-use crate::metadata::definitions::{self, Definitions};
+use crate::metadata::definitions::Definitions;
 use crate::metadata::exchange::{
     delayed_type, unknown_exchange_type, Binding, Destination, ExchangeDef, ExchangeKind,
     MatchMode, DELAYED_TYPE, DELAYED_TYPE_ARGUMENT,
@@ -34,6 +36,7 @@ use crate::metadata::queue_args::{self, QueueArgs};
 use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::store::definitions::DefinitionsSink;
+use crate::store::definitions_log::DefChange;
 use crate::util::signal::oneshot;
 use warren_protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
@@ -96,9 +99,6 @@ const REQUESTS_PER_WRITE_MAX: usize = 64;
 pub(crate) struct OwnerStart {
     pub(crate) next_queue_id: u64,
     pub(crate) next_shard: usize,
-    /// The definitions file as written at boot, so an unchanged state is
-    /// not written again.
-    pub(crate) written: Option<String>,
 }
 
 impl Default for OwnerStart {
@@ -106,7 +106,6 @@ impl Default for OwnerStart {
         OwnerStart {
             next_queue_id: 1,
             next_shard: 0,
-            written: None,
         }
     }
 }
@@ -114,15 +113,15 @@ impl Default for OwnerStart {
 /// Serves metadata requests on shard 0 until the shard stops: a batch at a
 /// time, then one write of the definitions if the batch changed durable
 /// ones, then the batch's answers.
-pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, sink: S) {
+pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerStart, mut sink: S) {
     let notify = state.borrow().meta_inbox.notify.clone();
     let mut owner = Owner {
         state,
         next_queue_id: start.next_queue_id,
         next_name: 0x9e37_79b9_7f4a_7c15,
         next_shard: start.next_shard,
-        durable_changed: Cell::new(false),
-        written: start.written,
+        unwritten: RefCell::new(Vec::new()),
+        failed: false,
     };
     loop {
         notify.wait().await;
@@ -147,7 +146,7 @@ pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerSta
             // file lags what the shards hold, every answer of the batch is
             // 541 INTERNAL_ERROR, as RabbitMQ closes the connection of a
             // channel whose operation failed inside the broker.
-            let stored = owner.write_definitions(&sink).await;
+            let stored = owner.write_definitions(&mut sink).await;
             let mut state = owner.state.borrow_mut();
             for (conn, channel, result) in replies {
                 let result = match &stored {
@@ -169,11 +168,11 @@ struct Owner {
     next_queue_id: u64,
     next_name: u64,
     next_shard: usize,
-    /// Set by a commit that changed durable definitions; cleared once they
-    /// are written.
-    durable_changed: Cell<bool>,
-    /// The definitions file's contents as last written.
-    written: Option<String>,
+    /// The durable changes made since the last successful write, in order.
+    unwritten: RefCell<Vec<DefChange>>,
+    /// The last write failed: the next batch writes even if it changed
+    /// nothing durable.
+    failed: bool,
 }
 
 impl Owner {
@@ -184,29 +183,28 @@ impl Owner {
         receiver.await.unwrap_or(RpcReply::Applied)
     }
 
-    /// Writes the definitions file if durable definitions changed since it
-    /// was last written. A failed write is logged and returned (the batch's
-    /// requests fail with it); it is tried again before the next batch is
-    /// answered, so the file catches up as soon as the disk takes it.
-    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &S) -> std::io::Result<()> {
-        if !self.durable_changed.get() {
+    /// Makes the durable changes since the last write durable (appended to
+    /// the log, or the whole file rewritten). A failed write is logged and
+    /// returned (the batch's requests fail with it); it is tried again
+    /// before the next batch is answered, as a rewrite of the whole file,
+    /// so the file catches up as soon as the disk takes it.
+    async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &mut S) -> std::io::Result<()> {
+        let changes = std::mem::take(&mut *self.unwritten.borrow_mut());
+        if changes.is_empty() && !self.failed {
             return Ok(());
         }
-        let contents = {
-            let state = self.state.borrow();
+        let state = &self.state;
+        let snapshot = || {
+            let state = state.borrow();
             Definitions::snapshot(&state.vhost, &state.users).to_json()
         };
-        if self.written.as_deref() == Some(contents.as_str()) {
-            self.durable_changed.set(false);
-            return Ok(());
-        }
-        match sink.store(contents.clone()).await {
+        match sink.store(&changes, snapshot).await {
             Ok(()) => {
-                self.written = Some(contents);
-                self.durable_changed.set(false);
+                self.failed = false;
                 Ok(())
             }
             Err(e) => {
+                self.failed = true;
                 tracing::error!(
                     error = %e,
                     "cannot write the definitions file: the metadata requests waiting for it \
@@ -224,8 +222,8 @@ impl Owner {
             let mut state = self.state.borrow_mut();
             let mut at = 0;
             while at < changes.len() {
-                if definitions::changes_durable_definitions(&state.vhost, &changes[at]) {
-                    self.durable_changed.set(true);
+                if let Some(change) = DefChange::durable(&state.vhost, &changes[at]) {
+                    self.unwritten.borrow_mut().push(change);
                 }
                 let emptied = state.apply_change(&changes[at]);
                 for name in emptied {

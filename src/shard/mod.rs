@@ -185,8 +185,8 @@ pub fn run(config: Config) -> Result<(), BootError> {
     let owner_start = OwnerStart {
         next_queue_id: boot.plan.next_queue_id,
         next_shard: boot.plan.next_shard,
-        written: Some(boot.written),
     };
+    let log_start = boot.log_start;
     let alarm_board = Arc::new(AlarmBoard::new(shard_count));
     // Measured before the first shard runs, so that a disk already short
     // of space blocks the first publisher.
@@ -220,6 +220,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
                     users,
                     restore,
                     owner_start,
+                    log_start,
                     alarm_board,
                     monitor,
                     messages,
@@ -258,6 +259,7 @@ struct ShardBoot {
     restore: Arc<Vec<MetaChange>>,
     /// For the metadata owner on shard 0.
     owner_start: OwnerStart,
+    log_start: store::definitions::LogStart,
     alarm_board: Arc<AlarmBoard>,
     /// The first shard's: it decides the node's resource alarms.
     monitor: Option<alarms::Monitor>,
@@ -266,13 +268,14 @@ struct ShardBoot {
 }
 
 /// The users and the exchanges, queues and bindings to re-create, from
-/// `<data-dir>/definitions.json` and `--definitions`; then the definitions
-/// file is written once, so it holds an import before the first client
-/// comes. Blocking file I/O: no executor runs yet.
+/// `<data-dir>/definitions.json` with `definitions.log` replayed on it, and
+/// `--definitions`; then the definitions file is written once and the log
+/// emptied, so the file holds everything (an import too) before the first
+/// client comes. Blocking file I/O: no executor runs yet.
 struct BootDefinitions {
     users: Users,
     plan: RestorePlan,
-    written: String,
+    log_start: store::definitions::LogStart,
 }
 
 fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitions, BootError> {
@@ -281,9 +284,9 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
         path: path.clone(),
         problem,
     };
-    let stored = store::definitions::read(&config.data_dir)
+    let stored = store::definitions_log::load_on(&store::disk::StdDisk, &config.data_dir)
         .map_err(|e| refused(&own_path, DefinitionsProblem::Read(e)))?;
-    let mut definitions = match stored {
+    let mut definitions = match stored.file {
         None => Definitions::default(),
         Some(text) => {
             let parsed = Definitions::from_json(&text, Source::DataDir)
@@ -299,6 +302,31 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
             parsed.definitions
         }
     };
+    let log = stored.log;
+    let mut generation = store::definitions_log::next_generation(log.generation);
+    if log.torn_bytes > 0 {
+        warn!(
+            file = %store::definitions_log::path(&config.data_dir).display(),
+            bytes = log.torn_bytes,
+            "dropped the torn end of the definitions log (a change never acknowledged)"
+        );
+    }
+    if !log.changes.is_empty() {
+        store::definitions_log::replay(&mut definitions, &log.changes);
+        definitions
+            .restore_plan(shard_count)
+            .map_err(|problem| refused(&own_path, DefinitionsProblem::Invalid(problem)))?;
+        if config.definitions_import.is_some() {
+            // The log's changes go into the file before an import is merged:
+            // were the log replayed again after a crash, on a file that
+            // holds the import, a delete in it could remove what the import
+            // brought back.
+            store::definitions::write_blocking(&config.data_dir, &definitions.to_json())
+                .and_then(|()| store::definitions_log::reset_blocking(&config.data_dir, generation))
+                .map_err(|e| refused(&own_path, DefinitionsProblem::Write(e)))?;
+            generation = store::definitions_log::next_generation(Some(generation));
+        }
+    }
     if let Some(import_path) = &config.definitions_import {
         let text = std::fs::read_to_string(import_path)
             .map_err(|e| refused(import_path, DefinitionsProblem::Read(e)))?;
@@ -353,6 +381,7 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
     }
     let written = Definitions::snapshot(&replica, &users).to_json();
     store::definitions::write_blocking(&config.data_dir, &written)
+        .and_then(|()| store::definitions_log::reset_blocking(&config.data_dir, generation))
         .map_err(|e| refused(&own_path, DefinitionsProblem::Write(e)))?;
     let count = |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|c| kind(c)).count();
     info!(
@@ -361,12 +390,16 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
         exchanges = count(|c| matches!(c, MetaChange::ExchangeCreated(_))),
         queues = count(|c| matches!(c, MetaChange::QueueCreated(_))),
         bindings = count(|c| matches!(c, MetaChange::BindingAdded(_))),
+        logged_changes = log.changes.len(),
         "definitions restored"
     );
     Ok(BootDefinitions {
         users,
         plan,
-        written,
+        log_start: store::definitions::LogStart {
+            generation,
+            file_bytes: written.len() as u64,
+        },
     })
 }
 
@@ -572,7 +605,8 @@ async fn shard_main(
     }
 
     if id == ShardId(0) {
-        let sink = store::definitions::DefinitionsFile::new(config.data_dir.clone());
+        let sink =
+            store::definitions::DefinitionsFile::new(config.data_dir.clone(), boot.log_start);
         glommio::spawn_local(metadata::run_owner(state.clone(), boot.owner_start, sink)).detach();
     }
 

@@ -12,53 +12,43 @@
 //! ```
 //!
 //! A temp file found at start is what a crash between 1 and 2 left; it
-//! is removed (the complete file beside it is the truth). The file is
+//! is removed (by `definitions_log::load_on`) (the complete file beside it is the truth). The file is
 //! created readable by its owner only (0600): it holds password hashes.
 //!
+//! The file is not rewritten for every durable change: the changes are
+//! appended to `definitions.log` beside it (`store::definitions_log`), and
+//! the file is rewritten only when the log has grown past it (compaction),
+//! and at every start. So while the broker runs, the file alone may lag
+//! behind the definitions by the changes in the log; what `--definitions`
+//! imports and what an export reads is the file as of the last compaction,
+//! and a stopped broker's file is brought up to date at its next start.
+//!
 //! At start the file is read and written with plain blocking calls: no
-//! executor runs yet. While the broker runs, the metadata owner writes it
-//! through [`DefinitionsFile`], whose steps are io_uring operations
-//! (glommio's `BufferedFile`, `rename`, `Directory::sync`), so shard 0's
-//! connections keep being served while the disk syncs.
+//! executor runs yet. While the broker runs, the metadata owner writes the
+//! log and the file through [`DefinitionsFile`], whose steps are io_uring
+//! operations (glommio's `BufferedFile`, `rename`, `Directory::sync`), so
+//! shard 0's connections keep being served while the disk syncs.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use glommio::io::{Directory, OpenOptions};
+use glommio::io::{BufferedFile, Directory, OpenOptions};
 
 use std::future::Future;
+
+use crate::store::definitions_log::{self, CompactionRule, DefChange};
 
 pub(crate) const FILE_NAME: &str = "definitions.json";
 const TEMP_FILE_NAME: &str = "definitions.json.tmp";
 /// Owner read and write only: the file holds password hashes.
-const FILE_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o600;
 
 pub(crate) fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
-fn temp_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn temp_path(data_dir: &Path) -> PathBuf {
     data_dir.join(TEMP_FILE_NAME)
-}
-
-/// The file's text, or None if there is none (a fresh node). Removes a
-/// temp file an interrupted write left behind. Blocking: for start-up.
-pub(crate) fn read(data_dir: &Path) -> io::Result<Option<String>> {
-    match std::fs::remove_file(temp_path(data_dir)) {
-        Ok(()) => tracing::warn!(
-            file = %temp_path(data_dir).display(),
-            "removed a definitions file left half-written by an earlier run"
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    match std::fs::read(path(data_dir)) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Replaces the file atomically with blocking calls. For start-up, before
@@ -85,31 +75,67 @@ pub(crate) fn write_blocking(data_dir: &Path, contents: &str) -> io::Result<()> 
     result
 }
 
-/// Where the metadata owner makes durable definitions durable: the file in
-/// the data directory ([`DefinitionsFile`]), or nothing in tests. The owner
-/// (`broker::metadata`) takes a sink from below, so the store never names it.
+/// Where the metadata owner makes durable definitions durable: the log and
+/// the file in the data directory ([`DefinitionsFile`]), or nothing in
+/// tests. The owner (`broker::metadata`) takes a sink from below, so the
+/// store never names it.
 pub(crate) trait DefinitionsSink {
-    /// Replaces the stored definitions with `contents`, durably.
-    fn store(&self, contents: String) -> impl Future<Output = io::Result<()>>;
+    /// Makes `changes` durable: appended to the log, or, when the log has
+    /// grown past the file (or an earlier write failed), by writing the
+    /// whole file from `snapshot` (which holds every change made, these
+    /// included) and emptying the log.
+    fn store(
+        &mut self,
+        changes: &[DefChange],
+        snapshot: impl FnOnce() -> String,
+    ) -> impl Future<Output = io::Result<()>>;
 }
 
 /// Keeps nothing: for a broker without a data directory (tests).
 impl DefinitionsSink for () {
-    fn store(&self, _contents: String) -> impl Future<Output = io::Result<()>> {
+    fn store(
+        &mut self,
+        _changes: &[DefChange],
+        _snapshot: impl FnOnce() -> String,
+    ) -> impl Future<Output = io::Result<()>> {
         std::future::ready(Ok(()))
     }
 }
 
-/// The metadata owner's way to the file, on shard 0's executor.
+/// Where the log stands after start: what the metadata owner's
+/// [`DefinitionsFile`] carries on from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogStart {
+    /// The generation of the empty log start-up left.
+    pub(crate) generation: u64,
+    /// The size of the file start-up wrote.
+    pub(crate) file_bytes: u64,
+}
+
+/// The metadata owner's way to the log and the file, on shard 0's executor.
 pub(crate) struct DefinitionsFile {
     data_dir: PathBuf,
+    /// The log, opened at the first append.
+    log: Option<BufferedFile>,
+    generation: u64,
+    rule: CompactionRule,
+    /// A write failed: what the log holds past its last synced record is
+    /// unknown, so the next store compacts (which empties the log).
+    broken: bool,
 }
 
 impl DefinitionsFile {
-    pub(crate) fn new(data_dir: PathBuf) -> DefinitionsFile {
-        DefinitionsFile { data_dir }
+    pub(crate) fn new(data_dir: PathBuf, start: LogStart) -> DefinitionsFile {
+        DefinitionsFile {
+            data_dir,
+            log: None,
+            generation: start.generation,
+            rule: CompactionRule::after_compaction(start.file_bytes),
+            broken: false,
+        }
     }
 
+    /// Steps 1 to 3 of the module doc.
     async fn write(&self, contents: String) -> io::Result<()> {
         let temp = temp_path(&self.data_dir);
         let file = OpenOptions::new()
@@ -119,35 +145,108 @@ impl DefinitionsFile {
             .mode(FILE_MODE)
             .buffered_open(&temp)
             .await?;
-        let bytes = contents.into_bytes();
-        let mut at = 0;
-        while at < bytes.len() {
-            // A write may take less than it was given (see write(2)).
-            let written = file.write_at(bytes[at..].to_vec(), at as u64).await?;
-            if written == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "the disk took no bytes",
-                ));
-            }
-            at += written;
-        }
+        write_all_at(&file, contents.into_bytes(), 0).await?;
         file.fdatasync().await?;
         file.close().await?;
         glommio::io::rename(&temp, path(&self.data_dir)).await?;
-        let directory = Directory::open(&self.data_dir).await?;
-        directory.sync().await?;
-        directory.close().await?;
+        sync_dir(&self.data_dir).await
+    }
+
+    /// `definitions_log::append_on` over io_uring.
+    async fn append(&mut self, records: Vec<u8>) -> io::Result<()> {
+        let log = match self.log.take() {
+            Some(log) => log,
+            // Start-up created the log (and synced its name).
+            None => {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .mode(FILE_MODE)
+                    .buffered_open(definitions_log::path(&self.data_dir))
+                    .await?
+            }
+        };
+        let len = records.len() as u64;
+        let result = async {
+            write_all_at(&log, records, self.rule.log_bytes).await?;
+            log.fdatasync().await
+        }
+        .await;
+        self.log = Some(log);
+        result?;
+        self.rule.log_bytes += len;
+        Ok(())
+    }
+
+    /// `definitions_log::compact_on` over io_uring: the file first, then
+    /// the log emptied under a new generation.
+    async fn compact(&mut self, contents: String) -> io::Result<()> {
+        let file_bytes = contents.len() as u64;
+        let result = self.write(contents).await;
+        if result.is_err() {
+            let _ = glommio::io::remove(temp_path(&self.data_dir)).await;
+            return result;
+        }
+        if let Some(log) = self.log.take() {
+            let _ = log.close().await;
+        }
+        self.generation = definitions_log::next_generation(Some(self.generation));
+        let log = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .buffered_open(definitions_log::path(&self.data_dir))
+            .await?;
+        write_all_at(&log, definitions_log::header(self.generation).to_vec(), 0).await?;
+        log.fdatasync().await?;
+        sync_dir(&self.data_dir).await?;
+        self.log = Some(log);
+        self.rule = CompactionRule::after_compaction(file_bytes);
         Ok(())
     }
 }
 
-impl DefinitionsSink for DefinitionsFile {
-    async fn store(&self, contents: String) -> io::Result<()> {
-        let result = self.write(contents).await;
-        if result.is_err() {
-            let _ = glommio::io::remove(temp_path(&self.data_dir)).await;
+/// Writes all of `bytes` at `at`: a write may take less than it was given
+/// (see write(2)).
+async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, at: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let written = file
+            .write_at(bytes[done..].to_vec(), at + done as u64)
+            .await?;
+        if written == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the disk took no bytes",
+            ));
         }
+        done += written;
+    }
+    Ok(())
+}
+
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let directory = Directory::open(dir).await?;
+    directory.sync().await?;
+    directory.close().await?;
+    Ok(())
+}
+
+impl DefinitionsSink for DefinitionsFile {
+    async fn store(
+        &mut self,
+        changes: &[DefChange],
+        snapshot: impl FnOnce() -> String,
+    ) -> io::Result<()> {
+        let mut records = Vec::new();
+        definitions_log::encode(&mut records, self.generation, changes);
+        let result = if self.broken || self.rule.compact_instead(records.len() as u64) {
+            self.compact(snapshot()).await
+        } else {
+            self.append(records).await
+        };
+        self.broken = result.is_err();
         result
     }
 }
@@ -168,6 +267,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// The file's text as start-up reads it.
+    fn read(dir: &Path) -> io::Result<Option<String>> {
+        definitions_log::load_on(&crate::store::disk::StdDisk, dir).map(|stored| stored.file)
     }
 
     fn entries(dir: &Path) -> Vec<String> {
@@ -203,26 +307,65 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    fn queue(name: &str) -> DefChange {
+        DefChange::QueueDeclared(crate::metadata::definitions::QueueDef {
+            name: name.into(),
+            durable: true,
+            auto_delete: false,
+            arguments: Default::default(),
+        })
+    }
+
+    /// Appends go to the log and leave the file alone; once the log would
+    /// outgrow the file, the file is replaced (no temp file left) and the
+    /// log emptied under a new generation.
     #[test]
-    fn the_io_uring_write_replaces_the_file_and_leaves_no_temp_file() {
+    fn the_io_uring_writes_append_then_compact() {
+        use crate::store::definitions_log::{load_on, reset_blocking};
+        use crate::store::disk::StdDisk;
         let dir = temp_dir("uring");
         write_blocking(&dir, "old\n").unwrap();
-        let sink = DefinitionsFile::new(dir.clone());
+        reset_blocking(&dir, 5).unwrap();
+        let start = LogStart {
+            generation: 5,
+            file_bytes: 4,
+        };
+        let many: Vec<DefChange> = (0..5000).map(|i| queue(&format!("q{i}"))).collect();
         let big = "x".repeat(300_000);
         let expected = big.clone();
+        let dir2 = dir.clone();
         executor()
             .spawn(move || async move {
-                sink.store("first\n".to_string()).await.unwrap();
-                sink.store(big).await.unwrap();
+                // Not Send (it holds a glommio file): made on the executor.
+                let mut sink = DefinitionsFile::new(dir2.clone(), start);
+                sink.store(&[queue("a")], || unreachable!("no compaction yet"))
+                    .await
+                    .unwrap();
+                sink.store(&[queue("b"), queue("c")], || unreachable!())
+                    .await
+                    .unwrap();
+                let stored = load_on(&StdDisk, &dir2).unwrap();
+                assert_eq!(stored.file.as_deref(), Some("old\n"));
+                assert_eq!(stored.log.generation, Some(5));
+                assert_eq!(stored.log.changes, [queue("a"), queue("b"), queue("c")]);
+                // More than DEFINITIONS_LOG_MIN_BYTES of records.
+                sink.store(&many, || big).await.unwrap();
+                sink.store(&[queue("d")], || unreachable!()).await.unwrap();
             })
             .unwrap()
             .join()
             .unwrap();
-        assert_eq!(read(&dir).unwrap().as_deref(), Some(expected.as_str()));
-        assert_eq!(entries(&dir), [FILE_NAME]);
+        let stored = load_on(&StdDisk, &dir).unwrap();
+        assert_eq!(stored.file.as_deref(), Some(expected.as_str()));
+        assert_eq!(stored.log.generation, Some(6));
+        assert_eq!(stored.log.changes, [queue("d")]);
+        assert_eq!(stored.log.torn_bytes, 0);
+        assert_eq!(entries(&dir), [FILE_NAME, definitions_log::FILE_NAME]);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path(&dir)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, FILE_MODE, "{mode:o}");
+        for file in [path(&dir), definitions_log::path(&dir)] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, FILE_MODE, "{mode:o}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -231,9 +374,19 @@ mod tests {
         let dir = temp_dir("missing");
         let gone = dir.join("no-such-dir");
         assert!(write_blocking(&gone, "x").is_err());
-        let sink = DefinitionsFile::new(gone.clone());
+        let start = LogStart {
+            generation: 1,
+            file_bytes: 0,
+        };
+        let gone2 = gone.clone();
         let failed = executor()
-            .spawn(move || async move { sink.store("x".to_string()).await.is_err() })
+            .spawn(move || async move {
+                let mut sink = DefinitionsFile::new(gone2, start);
+                let append = sink.store(&[queue("a")], String::new).await.is_err();
+                // After a failure the next store compacts; it fails too.
+                let compact = sink.store(&[], || "x".to_string()).await.is_err();
+                append && compact
+            })
             .unwrap()
             .join()
             .unwrap();

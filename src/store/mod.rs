@@ -8,7 +8,9 @@
 //! - `recovery`: reading the last run's log at start and rewriting it for
 //!   this run (generations);
 //! - `definitions`: the definitions file (atomic replace) and the
-//!   `DefinitionsSink` the metadata owner writes through.
+//!   `DefinitionsSink` the metadata owner writes through;
+//! - `definitions_log`: the log of durable definition changes beside the
+//!   file (a record per change, compacted into the file), and its replay.
 //!
 //! The store imports `metadata`, `model`, `util`, `config` and the codec,
 //! never `broker`: a publisher confirm is an opaque token it hands back once
@@ -19,6 +21,7 @@
 //! through io_uring so that a shard never blocks on the disk.
 
 pub(crate) mod definitions;
+pub(crate) mod definitions_log;
 pub(crate) mod disk;
 pub mod log;
 pub(crate) mod record;
