@@ -129,7 +129,8 @@ impl std::error::Error for BootError {}
 
 /// Raises RLIMIT_MEMLOCK as far as allowed; fails if still below `needed`.
 pub fn raise_memlock(needed: u64) -> Result<(), BootError> {
-    crate::util::rlimit::raise_memlock(needed).map_err(|have| BootError::Memlock { needed, have })
+    crate::util::rlimit::raise_memlock(needed)
+        .map_err(|have| BootError::Memlock { needed, have })
 }
 
 /// Starts every shard and blocks until they stop.

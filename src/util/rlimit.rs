@@ -37,3 +37,4 @@ pub fn raise_memlock(needed: u64) -> Result<(), u64> {
         Err(limit.rlim_cur)
     }
 }
+
