@@ -57,6 +57,27 @@ pub(crate) const FLOW_READY_LOW: usize = 1024;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub(crate) const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;
+/// Bytes of a connection's output (frames queued plus the write in progress)
+/// above which its queues stop handing it deliveries, until the writer has
+/// got the output down to `DELIVERY_OUTPUT_BYTES_RESUME`. A consumer whose
+/// socket is full, above all an autoack one, which has no prefetch to stop
+/// it, then leaves its messages in their queues, where they count toward the
+/// memory alarm, instead of piling up in its output buffer: credit, not
+/// memory (RabbitMQ's credit flow between queue, channel and writer). The
+/// cost is one comparison per delivery and two shard messages per consumer
+/// each time a connection fills up and drains.
+pub(crate) const DELIVERY_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// See `DELIVERY_OUTPUT_BYTES_MAX`: the hysteresis that keeps a consumer
+/// barely keeping up from being stopped and started for every message.
+pub(crate) const DELIVERY_OUTPUT_BYTES_RESUME: usize = DELIVERY_OUTPUT_BYTES_MAX / 4;
+/// Publishes a channel's open transaction may hold before tx.commit.
+/// RabbitMQ 3.10 has no such limit (the channel process keeps every
+/// uncommitted publish in a queue of its own); warren refuses the next
+/// publish with 406 PRECONDITION_FAILED, closing the channel, so that one
+/// transaction cannot hold an unbounded count of messages. Their bytes also
+/// count toward the memory alarm, which blocks the publisher first when
+/// its messages are large.
+pub(crate) const TX_PUBLISHES_MAX: u32 = 65_536;
 /// Batches a mailbox between two shards holds before the sender keeps an
 /// overflow batch locally and stops reading the sockets that feed it.
 pub(crate) const MAILBOX_BATCHES_MAX: usize = 1024;
@@ -101,7 +122,7 @@ pub const SEGMENT_SIZE_MIN: u64 = 4096;
 /// below this many bytes, so that a small file is not rewritten every few
 /// durable declares (a queue declare's record is about 30 bytes plus its
 /// name and arguments).
-pub const DEFINITIONS_LOG_MIN_BYTES: u64 = 64 * 1024;
+pub(crate) const DEFINITIONS_LOG_MIN_BYTES: u64 = 64 * 1024;
 
 /// What `warren` was started with; see `src/bin/warren.rs` for the flags.
 #[derive(Clone, Debug)]
@@ -150,5 +171,6 @@ const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
 const _: () = assert!(SEGMENT_SIZE >= SEGMENT_SIZE_MIN);
 const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);
 const _: () = assert!(MESSAGE_SIZE_MAX <= MESSAGE_SIZE_LIMIT);
+const _: () = assert!(DELIVERY_OUTPUT_BYTES_RESUME < DELIVERY_OUTPUT_BYTES_MAX);
 const _: () = assert!(LOGIN_FAILURE_DELAY.as_millis() < LOGIN_WAIT_MAX.as_millis());
 const _: () = assert!(LOGIN_WAIT_MAX.as_millis() < HANDSHAKE_TIMEOUT.as_millis());

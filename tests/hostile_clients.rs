@@ -184,9 +184,12 @@ impl Raw {
     fn start_ok(&mut self, user: &str, pass: &str) {
         self.send(b"AMQP\x00\x00\x09\x01").unwrap();
         self.next(); // connection.start
-                     // client-properties announcing authentication_failure_close.
+                     // client-properties announcing the capabilities.
         let mut caps = Vec::new();
         shortstr(&mut caps, "authentication_failure_close");
+        caps.extend_from_slice(b"t\x01");
+        // And connection.blocked, for the memory scenarios.
+        shortstr(&mut caps, "connection.blocked");
         caps.extend_from_slice(b"t\x01");
         let mut props = Vec::new();
         shortstr(&mut props, "capabilities");
@@ -833,3 +836,503 @@ both_shards!(
         );
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// Memory: every buffer of client data counts toward the alarm and has a bound
+// ---------------------------------------------------------------------------------------
+
+/// The watermark of the memory scenarios: small, so that they stay fast;
+/// each floods several times as much.
+const WATERMARK_BYTES: u64 = 64 << 20;
+const WATERMARK: &str = "64MiB";
+/// What one scenario sends at most: four times the watermark.
+const FLOOD_BYTES_MAX: u64 = 4 * WATERMARK_BYTES;
+/// Bodies of the flooding publishers.
+const FLOOD_BODY_BYTES: usize = 64 * 1024;
+const MEMORY_DEADLINE: Duration = Duration::from_secs(120);
+
+const CONNECTION_BLOCKED: (u16, u16) = (10, 60);
+const CONFIRM_SELECT: (u16, u16) = (85, 10);
+const CONFIRM_SELECT_OK: (u16, u16) = (85, 11);
+const TX_SELECT: (u16, u16) = (90, 10);
+const TX_SELECT_OK: (u16, u16) = (90, 11);
+const TX_COMMIT: (u16, u16) = (90, 20);
+const TX_COMMIT_OK: (u16, u16) = (90, 21);
+const BASIC_CONSUME: (u16, u16) = (60, 20);
+const BASIC_CONSUME_OK: (u16, u16) = (60, 21);
+const BASIC_DELIVER: (u16, u16) = (60, 60);
+const BASIC_ACK: (u16, u16) = (60, 80);
+
+/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
+fn proc_status_bytes(b: &Broker, field: &str) -> u64 {
+    let pid = b.pid().expect("a broker started by the test");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
+}
+
+/// A broker with the scenarios' watermark, and its resident size once it is
+/// ready.
+fn memory_broker(shards: usize) -> (Broker, u64) {
+    let b = Broker::start_with(shards, &["--vm-memory-high-watermark", WATERMARK]);
+    let baseline = proc_status_bytes(&b, "VmRSS:");
+    (b, baseline)
+}
+
+/// The broker's peak resident size stayed within 1.25x the watermark (above
+/// its size at start).
+fn assert_peak_within_watermark(b: &Broker, baseline: u64, what: &str) {
+    let peak = proc_status_bytes(b, "VmHWM:");
+    let limit = WATERMARK_BYTES + WATERMARK_BYTES / 4 + baseline;
+    eprintln!(
+        "{what}: peak RSS {} MiB, baseline {} MiB, limit {} MiB",
+        peak >> 20,
+        baseline >> 20,
+        limit >> 20
+    );
+    assert!(
+        peak <= limit,
+        "{what}: peak RSS {peak} > {limit} (baseline {baseline})\n{}",
+        b.log()
+    );
+}
+
+/// A body whose first eight bytes are its index.
+fn indexed_body(i: u64, len: usize) -> Vec<u8> {
+    let mut body = vec![b'm'; len.max(8)];
+    body[..8].copy_from_slice(&i.to_be_bytes());
+    body
+}
+
+/// A whole publish (method, header, body frames) of `body`, with a headers
+/// table if given, cut into frames of at most `frame_max`.
+fn publish_bytes(
+    channel: u16,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    headers: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = publish_frame(channel, exchange, key);
+    out.extend_from_slice(&header_frame(channel, body.len() as u64, headers));
+    for chunk in body.chunks(131_072 - 8) {
+        out.extend_from_slice(&frame(FRAME_BODY, channel, chunk));
+    }
+    out
+}
+
+/// What the broker told a flooding client, gathered by a thread of its own
+/// so that the client can write while nobody reads.
+#[derive(Default)]
+struct Heard {
+    blocked: std::sync::atomic::AtomicBool,
+    /// The highest delivery tag a basic.ack confirmed.
+    acked: std::sync::atomic::AtomicU64,
+    commit_oks: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+fn listen(raw: &Raw) -> std::sync::Arc<Heard> {
+    use std::sync::atomic::Ordering;
+    let heard = std::sync::Arc::new(Heard::default());
+    let mut reader = Raw {
+        sock: raw.sock.try_clone().expect("clone socket"),
+        buf: Vec::new(),
+    };
+    reader.sock.set_read_timeout(None).unwrap();
+    let h = heard.clone();
+    std::thread::spawn(move || loop {
+        let f = match reader.read_frame() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("listener: {e}");
+                h.closed.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        if f.is(CONNECTION_BLOCKED) {
+            h.blocked.store(true, Ordering::SeqCst);
+        } else if f.is(BASIC_ACK) {
+            let tag = u64::from_be_bytes(f.payload[4..12].try_into().unwrap());
+            h.acked.fetch_max(tag, Ordering::SeqCst);
+        } else if f.is(TX_COMMIT_OK) {
+            h.commit_oks.fetch_add(1, Ordering::SeqCst);
+        } else if f.is(CONNECTION_CLOSE) {
+            h.closed.store(true, Ordering::SeqCst);
+        }
+    });
+    heard
+}
+
+/// Writes `bytes` until they are all out, or the broker has blocked the
+/// connection and stopped reading: then returns what is left. Writes wait
+/// at most a short while, so that connection.blocked is noticed while the
+/// socket is full; a socket full for `MEMORY_DEADLINE` without it fails.
+fn write_until_blocked<'a>(raw: &mut Raw, heard: &Heard, bytes: &'a [u8]) -> &'a [u8] {
+    use std::sync::atomic::Ordering;
+    raw.sock
+        .set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut left = bytes;
+    let stalled_since = Instant::now();
+    while !left.is_empty() {
+        match raw.sock.write(left) {
+            Ok(n) => left = &left[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if heard.blocked.load(Ordering::SeqCst) {
+                    return left;
+                }
+                assert!(
+                    stalled_since.elapsed() < MEMORY_DEADLINE,
+                    "the broker stopped reading and sent no connection.blocked"
+                );
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    left
+}
+
+/// Writes what `next` makes until the broker blocks the connection (more
+/// than FLOOD_BYTES_MAX fails the test). Returns how many pieces were
+/// begun, and what is left of the last one, to be written once unblocked.
+fn flood(
+    raw: &mut Raw,
+    heard: &Heard,
+    what: &str,
+    mut next: impl FnMut(u64) -> Vec<u8>,
+) -> (u64, Vec<u8>) {
+    use std::sync::atomic::Ordering;
+    let mut sent_bytes = 0u64;
+    let mut sent = 0u64;
+    while !heard.blocked.load(Ordering::SeqCst) {
+        assert!(
+            sent_bytes < FLOOD_BYTES_MAX,
+            "{what}: {sent_bytes} bytes went out and the connection was never blocked"
+        );
+        let piece = next(sent);
+        sent += 1;
+        sent_bytes += piece.len() as u64;
+        let left = write_until_blocked(raw, heard, &piece);
+        if !left.is_empty() {
+            return (sent, left.to_vec());
+        }
+    }
+    (sent, Vec::new())
+}
+
+/// Writes the rest of a flood once the connection is read again, on a
+/// thread of its own.
+fn finish_later(raw: &Raw, rest: Vec<u8>) -> std::thread::JoinHandle<()> {
+    let mut sock = raw.sock.try_clone().unwrap();
+    sock.set_write_timeout(None).unwrap();
+    std::thread::spawn(move || sock.write_all(&rest).expect("the rest of the flood"))
+}
+
+/// The client goes as a process that dies does: a reset, since what it
+/// sent is still queued behind the broker's closed receive window (a FIN
+/// would wait behind it).
+fn vanish(raw: Raw, heard: &Heard) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads the linger struct, which outlives the call.
+    let set = unsafe {
+        libc::setsockopt(
+            raw.sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER");
+    raw.sock.shutdown(std::net::Shutdown::Read).unwrap();
+    wait_for("the listener to stop", || {
+        heard.closed.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    drop(raw);
+}
+
+/// Raw client with channel 1 open, its frames heard by a thread.
+fn raw_client(b: &Broker) -> (Raw, std::sync::Arc<Heard>) {
+    let mut c = Raw::handshake(b);
+    c.open_channel(1);
+    let heard = listen(&c);
+    (c, heard)
+}
+
+fn confirm_select(b: &Broker) -> (Raw, std::sync::Arc<Heard>) {
+    let mut c = Raw::handshake(b);
+    c.open_channel(1);
+    c.send(&method_frame(1, CONFIRM_SELECT, b"\x00")).unwrap();
+    c.expect(CONFIRM_SELECT_OK);
+    let heard = listen(&c);
+    (c, heard)
+}
+
+/// Waits (bounded) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    assert!(common::wait_until(MEMORY_DEADLINE, &mut cond), "{what}");
+}
+
+both_shards!(
+    an_autoack_consumer_that_never_reads_leaves_messages_in_the_queue,
+    |shards: usize| {
+        use std::sync::atomic::Ordering;
+        let (b, baseline) = memory_broker(shards);
+        let queue = unique("unread");
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            declare_queue(&ch, &queue).await;
+        });
+        // The consumer: autoack, and it never reads its socket.
+        let mut consumer = Raw::handshake(&b);
+        consumer.open_channel(1);
+        let mut args = 0u16.to_be_bytes().to_vec();
+        shortstr(&mut args, &queue);
+        shortstr(&mut args, "never-reads");
+        args.push(0b0000_0010); // no-ack
+        args.extend_from_slice(&0u32.to_be_bytes());
+        consumer
+            .send(&method_frame(1, BASIC_CONSUME, &args))
+            .unwrap();
+        consumer.expect(BASIC_CONSUME_OK);
+
+        let (mut publisher, heard) = confirm_select(&b);
+        let (sent, rest) = flood(&mut publisher, &heard, "autoack consumer", |i| {
+            publish_bytes(1, "", &queue, &indexed_body(i, FLOOD_BODY_BYTES), None)
+        });
+        let rest = finish_later(&publisher, rest);
+        assert_peak_within_watermark(&b, baseline, "autoack consumer that never reads");
+        let confirmed = heard.acked.load(Ordering::SeqCst);
+        assert!(confirmed > 0 && confirmed <= sent);
+
+        // The consumer reads at last: every message arrives, in order, the
+        // blocked publisher's last ones too once the alarm clears.
+        let mut expected = 0u64;
+        let mut body_due = false;
+        while expected < sent {
+            let f = consumer.next();
+            if f.is(BASIC_DELIVER) {
+                body_due = true;
+            } else if f.ty == FRAME_BODY && body_due {
+                body_due = false;
+                let index = u64::from_be_bytes(f.payload[..8].try_into().unwrap());
+                assert_eq!(index, expected, "a message was lost or reordered");
+                expected += 1;
+            }
+        }
+        rest.join().unwrap();
+        normal_client_works(&b);
+    }
+);
+
+both_shards!(
+    an_open_transaction_counts_and_is_bounded,
+    |shards: usize| {
+        use std::sync::atomic::Ordering;
+        let (b, baseline) = memory_broker(shards);
+        let queue = unique("tx");
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            declare_queue(&ch, &queue).await;
+        });
+        let mut c = Raw::handshake(&b);
+        c.open_channel(1);
+        c.send(&method_frame(1, TX_SELECT, &[])).unwrap();
+        c.expect(TX_SELECT_OK);
+        let heard = listen(&c);
+        // A committed transaction: these must survive.
+        const COMMITTED: u64 = 20;
+        for i in 0..COMMITTED {
+            c.send(&publish_bytes(1, "", &queue, &indexed_body(i, 1000), None))
+                .unwrap();
+        }
+        c.send(&method_frame(1, TX_COMMIT, &[])).unwrap();
+        wait_for("tx.commit-ok", || {
+            heard.commit_oks.load(Ordering::SeqCst) == 1
+        });
+        // Then one never committed, until the alarm blocks it.
+        flood(&mut c, &heard, "open transaction", |i| {
+            publish_bytes(1, "", &queue, &indexed_body(i, FLOOD_BODY_BYTES), None)
+        });
+        assert_peak_within_watermark(&b, baseline, "open transaction");
+        // The client goes: its transaction with it, and the alarm clears.
+        vanish(c, &heard);
+
+        // A transaction may hold TX_PUBLISHES_MAX (65,536) publishes, no more.
+        let mut limited = Raw::handshake(&b);
+        limited.open_channel(1);
+        limited.send(&method_frame(1, TX_SELECT, &[])).unwrap();
+        limited.expect(TX_SELECT_OK);
+        let one = publish_bytes(1, "", &queue, &[], None);
+        let mut all = Vec::with_capacity(one.len() * 65_537);
+        for _ in 0..65_537 {
+            all.extend_from_slice(&one);
+        }
+        limited.send(&all).unwrap();
+        // The alarm may not have cleared yet: blocked, then unblocked.
+        let close = loop {
+            let f = limited.next();
+            if !f.is(CONNECTION_BLOCKED) && !f.is((10, 61)) {
+                break f;
+            }
+        };
+        assert!(
+            close.is(CHANNEL_CLOSE),
+            "expected channel.close, got {close:?}"
+        );
+        let (code, text) = close.close_reason();
+        assert_eq!(code, 406, "{text}");
+        assert!(text.contains("65536 uncommitted publishes"), "{text}");
+
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            for i in 0..COMMITTED {
+                let got = get_within(&ch, &queue, STEP_DEADLINE).await;
+                assert_eq!(got.delivery.data, indexed_body(i, 1000));
+            }
+            assert!(
+                get(&ch, &queue, true).await.is_none(),
+                "an uncommitted publish arrived"
+            );
+        });
+        normal_client_works(&b);
+    }
+);
+
+both_shards!(
+    messages_held_by_a_delayed_exchange_count,
+    |shards: usize| {
+        use std::sync::atomic::Ordering;
+        let (b, baseline) = memory_broker(shards);
+        let queue = unique("delayed-q");
+        let exchange = unique("delayed-x");
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            declare_queue(&ch, &queue).await;
+            step(
+                "exchange.declare",
+                ch.exchange_declare(
+                    &exchange,
+                    lapin::ExchangeKind::Custom("x-delayed-message".into()),
+                    ExchangeDeclareOptions::default(),
+                    table(&[("x-delayed-type", ls("direct"))]),
+                ),
+            )
+            .await
+            .unwrap();
+            bind(&ch, &queue, &exchange, "k").await;
+        });
+        // x-delay = 3000 (a signed 32-bit integer).
+        let mut headers = Vec::new();
+        shortstr(&mut headers, "x-delay");
+        headers.push(b'I');
+        headers.extend_from_slice(&3000i32.to_be_bytes());
+        let (mut publisher, heard) = confirm_select(&b);
+        let (sent, rest) = flood(&mut publisher, &heard, "delayed exchange", |i| {
+            publish_bytes(
+                1,
+                &exchange,
+                "k",
+                &indexed_body(i, FLOOD_BODY_BYTES),
+                Some(&headers),
+            )
+        });
+        let rest = finish_later(&publisher, rest);
+        assert_peak_within_watermark(&b, baseline, "delayed exchange");
+        let confirmed = heard.acked.load(Ordering::SeqCst);
+        assert!(confirmed > 0 && confirmed <= sent);
+        // Every message reaches the queue after its delay, the blocked
+        // publisher's last ones once the alarm clears.
+        run_for(MEMORY_DEADLINE, async {
+            let (_conn, ch) = open(&b.url()).await;
+            step("basic.qos", ch.basic_qos(100, BasicQosOptions::default()))
+                .await
+                .unwrap();
+            let mut consumer = consume(&ch, &queue, "drain", BasicConsumeOptions::default()).await;
+            let mut seen = vec![false; sent as usize];
+            for _ in 0..sent {
+                let d = step("delivery", async { next_delivery(&mut consumer).await }).await;
+                let index = u64::from_be_bytes(d.data[..8].try_into().unwrap()) as usize;
+                assert!(!seen[index], "message {index} twice");
+                seen[index] = true;
+                d.ack(BasicAckOptions::default()).await.unwrap();
+            }
+        });
+        rest.join().unwrap();
+        normal_client_works(&b);
+    }
+);
+
+both_shards!(partially_received_bodies_count, |shards: usize| {
+    use std::sync::atomic::Ordering;
+    let (b, baseline) = memory_broker(shards);
+    let queue = unique("kept");
+    // Confirmed before the flood: they must survive it.
+    const CONFIRMED: usize = 10;
+    run(async {
+        let (_conn, ch) = open_confirming(&b.url()).await;
+        declare_queue(&ch, &queue).await;
+        for i in 0..CONFIRMED {
+            publish_confirmed(
+                &ch,
+                "",
+                &queue,
+                BasicPublishOptions::default(),
+                &indexed_body(i as u64, 1000),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    // Four clients each announce a 100 MiB body (under the 128 MiB
+    // maximum) and send it frame by frame.
+    const ANNOUNCED: u64 = 100 << 20;
+    let chunk = vec![7u8; 131_072 - 8];
+    let floods: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut c, heard) = raw_client(&b);
+            let queue = queue.clone();
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                c.send(&publish_frame(1, "", &queue)).unwrap();
+                c.send(&header_frame(1, ANNOUNCED, None)).unwrap();
+                let mut sent = 0u64;
+                while !heard.blocked.load(Ordering::SeqCst) {
+                    assert!(sent < ANNOUNCED, "a whole body went out unblocked");
+                    write_until_blocked(&mut c, &heard, &frame(FRAME_BODY, 1, &chunk));
+                    sent += chunk.len() as u64;
+                }
+                (c, heard)
+            })
+        })
+        .collect();
+    let clients: Vec<(Raw, std::sync::Arc<Heard>)> =
+        floods.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_peak_within_watermark(&b, baseline, "partial bodies");
+    for (c, heard) in clients {
+        vanish(c, &heard);
+    }
+    run(async {
+        let (_conn, ch) = open(&b.url()).await;
+        for i in 0..CONFIRMED {
+            let got = get_within(&ch, &queue, STEP_DEADLINE).await;
+            assert_eq!(got.delivery.data, indexed_body(i as u64, 1000));
+        }
+    });
+    normal_client_works(&b);
+});

@@ -94,6 +94,16 @@ impl Body {
         }
     }
 
+    /// Bytes the body holds while it is assembled: a joined body's whole
+    /// buffer, which grows ahead of what arrived.
+    fn held_bytes(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::One(bytes) => bytes.len() as u64,
+            Body::Many(joined) => joined.capacity() as u64,
+        }
+    }
+
     fn freeze(self) -> Bytes {
         match self {
             Body::Empty => Bytes::new(),
@@ -209,6 +219,10 @@ pub(crate) struct Channel {
     channel_prefetch: u16,
     confirms: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
+    /// Publishes in `tx` (at most `TX_PUBLISHES_MAX`) and the bytes of
+    /// their messages, which count toward the memory alarm.
+    tx_publishes: u32,
+    tx_bytes: u64,
     /// Publishes of the last tx.commit not yet in their queues (and, when
     /// stored, not yet on disk); commit-ok goes out when this reaches 0.
     tx_commit_waiting: u32,
@@ -245,6 +259,8 @@ impl Channel {
             channel_prefetch: 0,
             confirms: None,
             tx: None,
+            tx_publishes: 0,
+            tx_bytes: 0,
             tx_commit_waiting: 0,
             last_queue: None,
             waiting_nowait: false,
@@ -252,6 +268,25 @@ impl Channel {
             consumer_unacked: 0,
             held: VecDeque::new(),
         }
+    }
+
+    /// Client data the channel holds: the body being assembled and the
+    /// publishes of its open transaction.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.content.as_ref().map_or(0, |c| c.body.held_bytes()) + self.tx_bytes
+    }
+
+    /// The transaction's publishes were committed, rolled back or dropped.
+    fn tx_emptied(&mut self) {
+        self.tx_publishes = 0;
+        self.tx_bytes = 0;
+    }
+
+    /// The consumers the queues acknowledged, by queue.
+    pub(crate) fn consumer_ids(&self) -> impl Iterator<Item = (QueueRef, ConsumerId)> + '_ {
+        self.consumers
+            .values()
+            .filter_map(|c| c.id.map(|id| (c.queue, id)))
     }
 
     fn expand_queue(&self, name: ShortStr) -> Result<ShortStr, AmqpError> {
@@ -695,6 +730,7 @@ impl Connection {
                 "channel is not transactional",
             ));
         };
+        ch.tx_emptied();
         // Each committed publish answers the channel once its queue
         // has it, after the fsync when it is stored: commit-ok means
         // every persistent publish of the transaction is on disk.
@@ -741,6 +777,8 @@ impl Connection {
                 "channel is not transactional",
             ));
         };
+        ch.tx_publishes = 0;
+        ch.tx_bytes = 0;
         // Publishes are dropped; acknowledged deliveries go back
         // among the unacked ones, in tag order, not to their queues
         // (RabbitMQ's tx.rollback).
@@ -992,6 +1030,16 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
+        if ch.tx.is_some() {
+            if ch.tx_publishes >= crate::config::TX_PUBLISHES_MAX {
+                return Err(AmqpError::precondition_failed(format!(
+                    "transaction holds {} uncommitted publishes, the most a channel may",
+                    crate::config::TX_PUBLISHES_MAX
+                )));
+            }
+            ch.tx_publishes += 1;
+            ch.tx_bytes += message.memory_size();
+        }
         // A delayed exchange holding the message counts as one destination:
         // it confirms once it holds the message, as the plugin does.
         let destination_count = self.routed.destination_count();
@@ -1230,6 +1278,7 @@ impl Connection {
         ch.content = None;
         ch.confirms = None;
         ch.tx = None;
+        ch.tx_emptied();
     }
 
     pub(crate) fn channel_reply(

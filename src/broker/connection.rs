@@ -33,7 +33,7 @@ use crate::model::alarms::AlarmSet;
 use crate::model::ids::{ConnRef, QueueId, ShardId};
 use crate::model::message::Message;
 use crate::util::signal::Notify;
-use warren_protocol::frame::{write_method_args, FRAME_METHOD};
+use warren_protocol::frame::{write_method_args, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use warren_protocol::method::MethodArgs;
 use warren_protocol::{
     close_method, parse_frame, peek_publish, write_body, write_content_header, write_deliver,
@@ -81,9 +81,17 @@ pub(crate) struct Wire {
     /// Woken when `out` goes from empty to non-empty.
     pub(crate) writer: Notify,
     pub(crate) last_write: Instant,
+    /// Bytes the writer took from `out` and is writing still: output the
+    /// connection holds as much as `out` (see `held_bytes`).
+    pub(crate) writing_bytes: usize,
 }
 
 impl Wire {
+    /// Output waiting for the socket: queued frames and the write in progress.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.out.len() + self.writing_bytes
+    }
+
     fn wake(&mut self, was_empty: bool) {
         if was_empty {
             self.writer.notify();
@@ -286,6 +294,10 @@ pub(crate) struct Connection {
     /// "blocked"; a connection that has not published yet is "blocking"
     /// and keeps being read, so consumers can ack and drain the queues).
     blocked: bool,
+    /// The output went over `DELIVERY_OUTPUT_BYTES_MAX`: this connection's
+    /// consumers were (or are being) stopped at their queues until the
+    /// writer has drained it (`ShardState::output_flow`).
+    pub(crate) output_full: bool,
 }
 
 impl Connection {
@@ -306,6 +318,7 @@ impl Connection {
                 frame_max: config::FRAME_SIZE_MIN,
                 writer: Notify::new(),
                 last_write: now,
+                writing_bytes: 0,
             },
             reader: Notify::new(),
             paused: false,
@@ -327,7 +340,42 @@ impl Connection {
             closed_by_client: false,
             held_login: None,
             blocked: false,
+            output_full: false,
         }
+    }
+
+    /// True once, when a delivery just took the output over
+    /// `DELIVERY_OUTPUT_BYTES_MAX`: the caller stops the consumers. One
+    /// comparison per delivery.
+    pub(crate) fn output_filled(&mut self) -> bool {
+        if self.output_full || self.wire.held_bytes() <= config::DELIVERY_OUTPUT_BYTES_MAX {
+            return false;
+        }
+        self.output_full = true;
+        true
+    }
+
+    /// True once, when the writer has taken the output down to
+    /// `DELIVERY_OUTPUT_BYTES_RESUME` after it filled: the caller lets the
+    /// consumers go on.
+    pub(crate) fn output_drained(&mut self) -> bool {
+        if !self.output_full || self.wire.held_bytes() > config::DELIVERY_OUTPUT_BYTES_RESUME {
+            return false;
+        }
+        self.output_full = false;
+        true
+    }
+
+    /// Bytes of client data this connection holds outside the queues, for
+    /// the memory alarm: output not yet written, bodies being assembled and
+    /// publishes of open transactions. O(channels): for the alarm check.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.wire.held_bytes() as u64
+            + self
+                .channels
+                .values()
+                .map(|ch| ch.held_bytes())
+                .sum::<u64>()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -408,7 +456,11 @@ impl Connection {
             // One test per frame while no alarm is raised. With one, the
             // publish that finds it is left unread in the buffer: nothing
             // more enters the broker from this connection until it clears.
-            if !env.alarms.is_empty() && self.phase == Phase::Running && starts_with_publish(buf) {
+            // So is the header or body frame of a publish begun before the
+            // alarm: RabbitMQ reads a content on until the next publish,
+            // but a body being assembled is memory the alarm counts, and a
+            // client sending a large one slowly would hold it past any limit.
+            if !env.alarms.is_empty() && self.phase == Phase::Running && starts_with_content(buf) {
                 self.block(env.alarms);
                 break Input::Paused;
             }
@@ -902,7 +954,12 @@ fn capabilities(client_properties: &FieldTable) -> Capabilities {
 }
 
 /// True if `buf` starts with a basic.publish method frame (its first 11
-/// bytes are enough: frame type, channel, size, class 60, method 40).
-fn starts_with_publish(buf: &[u8]) -> bool {
-    buf.len() >= 11 && buf[0] == FRAME_METHOD && buf[7..11] == [0, 60, 0, 40]
+/// bytes are enough: frame type, channel, size, class 60, method 40), or
+/// with a content header or body frame, which only a publish has.
+fn starts_with_content(buf: &[u8]) -> bool {
+    match buf.first() {
+        Some(&FRAME_METHOD) => buf.len() >= 11 && buf[7..11] == [0, 60, 0, 40],
+        Some(&FRAME_HEADER) | Some(&FRAME_BODY) => true,
+        _ => false,
+    }
 }

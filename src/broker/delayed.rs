@@ -28,7 +28,10 @@
 //!   long there where RabbitMQ would wrap the value.
 //!
 //! Held messages live in memory until the persistence work lands; the plugin
-//! keeps them in Mnesia, on disk, and they survive a restart.
+//! keeps them in Mnesia, on disk, and they survive a restart. Their bytes
+//! (`ShardState::delayed_bytes`, kept as they come and go) count toward the
+//! memory alarm, so a publisher filling a delayed exchange is blocked as one
+//! filling a queue is.
 
 use bytes::Bytes;
 
@@ -138,6 +141,7 @@ impl ShardState {
             self.next_delayed_id += 1;
             let deadline_ms = self.timers.deadline_after_ms(delay_ms);
             let timer = self.timers.insert(deadline_ms, TimerEvent::Delayed { id });
+            self.delayed_bytes += message.memory_size();
             self.delayed.insert(
                 id,
                 Held {
@@ -164,6 +168,9 @@ impl ShardState {
         let Some(held) = self.delayed.remove(&id) else {
             return;
         };
+        self.delayed_bytes = self
+            .delayed_bytes
+            .saturating_sub(held.message.memory_size());
         let Some(exchange) = self.vhost.exchanges.get(held.exchange.as_str()) else {
             return;
         };
@@ -205,11 +212,15 @@ impl ShardState {
     /// than when their timers fire.
     pub(crate) fn drop_delayed_of(&mut self, exchange: &ShortStr) {
         let ShardState {
-            delayed, timers, ..
+            delayed,
+            delayed_bytes,
+            timers,
+            ..
         } = self;
         delayed.retain(|_, held| {
             if held.exchange == *exchange {
                 timers.cancel(held.timer);
+                *delayed_bytes = delayed_bytes.saturating_sub(held.message.memory_size());
                 false
             } else {
                 true

@@ -132,6 +132,14 @@ pub enum ShardMsg {
         spec: ConsumerSpec,
         nowait: bool,
     },
+    /// The consumer's connection has more output than it may hold
+    /// (`full`), or has written it down again: the queue stops or restarts
+    /// handing the consumer messages.
+    ConsumerOutput {
+        queue: QueueId,
+        consumer: ConsumerId,
+        full: bool,
+    },
     Cancel {
         queue: QueueId,
         conn: ConnRef,
@@ -214,6 +222,11 @@ pub(crate) struct ShardState {
     dead_letter_cycles_logged: crate::util::hash::FastSet<ShortStr>,
     /// Messages held by delayed exchanges, by the id their timer carries.
     delayed: FastMap<u64, Held>,
+    /// The bytes of the messages in `delayed`, for the memory alarm.
+    delayed_bytes: u64,
+    /// Connections whose output just went over its bound: their consumers
+    /// are stopped at the end of the turn (`stop_filled_consumers`).
+    output_filled: Vec<ConnId>,
     next_delayed_id: u64,
     next_conn_id: u64,
     next_rpc_id: u64,
@@ -263,6 +276,8 @@ struct ShardDeliveries<'a> {
     later: &'a mut Vec<Delivery>,
     /// Deliveries whose channel or consumer was gone: back to the queue.
     bounced: &'a mut Vec<Delivery>,
+    /// Connections a delivery took over their output bound.
+    filled: &'a mut Vec<ConnId>,
 }
 
 impl DeliverySink for ShardDeliveries<'_> {
@@ -271,10 +286,16 @@ impl DeliverySink for ShardDeliveries<'_> {
             self.later.push(head.with(message.clone()));
             return;
         }
-        let written = self
-            .connections
-            .get_mut(&head.conn.conn)
-            .is_some_and(|connection| connection.deliver_kept(&head, message));
+        let written = match self.connections.get_mut(&head.conn.conn) {
+            Some(connection) => {
+                let written = connection.deliver_kept(&head, message);
+                if connection.output_filled() {
+                    self.filled.push(head.conn.conn);
+                }
+                written
+            }
+            None => false,
+        };
         if !written {
             self.bounced.push(head.with(message.clone()));
         }
@@ -289,6 +310,9 @@ impl DeliverySink for ShardDeliveries<'_> {
         // gone, as `bounce` would.
         if let Some(connection) = self.connections.get_mut(&head.conn.conn) {
             connection.deliver(head.with(message));
+            if connection.output_filled() {
+                self.filled.push(head.conn.conn);
+            }
         }
     }
 }
@@ -322,6 +346,8 @@ impl ShardState {
             dead_letters: Vec::new(),
             dead_letter_cycles_logged: Default::default(),
             delayed: FastMap::default(),
+            delayed_bytes: 0,
+            output_filled: Vec::new(),
             next_delayed_id: 1,
             next_conn_id: 1,
             next_rpc_id: 1,
@@ -406,6 +432,10 @@ impl ShardState {
             while let Some(msg) = self.local.pop_front() {
                 self.handle_msg(msg);
             }
+            if !self.output_filled.is_empty() {
+                self.stop_filled_consumers();
+                continue;
+            }
             if self.dead_letters.is_empty() {
                 break;
             }
@@ -476,6 +506,17 @@ impl ShardState {
                 spec,
                 nowait,
             } => self.consume(queue, spec, nowait),
+            ShardMsg::ConsumerOutput {
+                queue,
+                consumer,
+                full,
+            } => {
+                let known =
+                    self.with_queue(queue, |q, _, _| q.set_consumer_stopped(consumer, full));
+                if !full && known == Some(true) {
+                    self.dispatch(queue);
+                }
+            }
             ShardMsg::Cancel {
                 queue,
                 conn,
@@ -668,6 +709,7 @@ impl ShardState {
             timers,
             dead_letters,
             store,
+            output_filled,
             ..
         } = self;
         let out = ShardDeliveries {
@@ -676,6 +718,7 @@ impl ShardState {
             connections,
             later: deliveries,
             bounced,
+            filled: output_filled,
         };
         (queues, out, QueueCtx::new(timers, dead_letters, store))
     }
@@ -731,6 +774,9 @@ impl ShardState {
             while let Some(next) = drain.next_if(|d| d.head.conn == conn && bounced.is_none()) {
                 bounced = connection.deliver(next);
             }
+            if connection.output_filled() {
+                self.output_filled.push(conn.conn);
+            }
             if let Some(delivery) = bounced {
                 self.bounce(delivery);
             }
@@ -740,8 +786,15 @@ impl ShardState {
     }
 
     fn deliver(&mut self, delivery: Delivery) {
-        let bounced = match self.connections.get_mut(&delivery.head.conn.conn) {
-            Some(connection) => connection.deliver(delivery),
+        let conn = delivery.head.conn.conn;
+        let bounced = match self.connections.get_mut(&conn) {
+            Some(connection) => {
+                let bounced = connection.deliver(delivery);
+                if connection.output_filled() {
+                    self.output_filled.push(conn);
+                }
+                bounced
+            }
             None => Some(delivery),
         };
         if let Some(delivery) = bounced {
@@ -772,10 +825,65 @@ impl ShardState {
             return;
         };
         let now = self.now;
-        if let Some(orphan) = connection.on_reply(channel, reply, now) {
-            self.orphan_reply(conn, channel, orphan);
+        let consumer = match &reply {
+            ChannelReply::ConsumeOk {
+                queue, consumer, ..
+            } => Some((*queue, *consumer)),
+            _ => None,
+        };
+        match connection.on_reply(channel, reply, now) {
+            Some(orphan) => self.orphan_reply(conn, channel, orphan),
+            // A consumer that starts while its connection's output is full
+            // waits, as its elder siblings do, until it drains.
+            None if connection.output_full => {
+                if let Some((queue, consumer)) = consumer {
+                    self.send(
+                        queue.shard,
+                        ShardMsg::ConsumerOutput {
+                            queue: queue.id,
+                            consumer,
+                            full: true,
+                        },
+                    );
+                }
+            }
+            None => {}
         }
         self.drain_connection_effects(conn);
+    }
+
+    /// Stops, at their queues, the consumers of connections whose output
+    /// went over `DELIVERY_OUTPUT_BYTES_MAX`.
+    fn stop_filled_consumers(&mut self) {
+        let filled = std::mem::take(&mut self.output_filled);
+        for &conn in &filled {
+            self.send_consumer_output(conn, true);
+        }
+        self.output_filled = filled;
+        self.output_filled.clear();
+    }
+
+    /// Tells the queues of every consumer of a connection that its output
+    /// is full, or written down again.
+    fn send_consumer_output(&mut self, conn: ConnId, full: bool) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        let consumers: Vec<(QueueRef, ConsumerId)> = connection
+            .channels
+            .values()
+            .flat_map(|ch| ch.consumer_ids())
+            .collect();
+        for (queue, consumer) in consumers {
+            self.send(
+                queue.shard,
+                ShardMsg::ConsumerOutput {
+                    queue: queue.id,
+                    consumer,
+                    full,
+                },
+            );
+        }
     }
 
     /// A reply whose channel has gone: undo what it set up.
@@ -1062,8 +1170,9 @@ impl ShardState {
     /// (`broker::alarms`). O(queues): called on the alarm check only.
     pub(crate) fn publish_memory_use(&self) {
         let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();
+        let connections: u64 = self.connections.values().map(Connection::held_bytes).sum();
         self.alarm_board
-            .publish_queued_bytes(self.id.index(), queued);
+            .publish_queued_bytes(self.id.index(), queued + connections + self.delayed_bytes);
     }
 
     /// Takes the node's alarm state; once no alarm is raised, blocked
@@ -1241,10 +1350,17 @@ impl ShardState {
     pub(crate) fn take_output(&mut self, id: ConnId, spare: &mut bytes::BytesMut) -> Option<bool> {
         let connection = self.connections.get_mut(&id)?;
         std::mem::swap(&mut connection.wire.out, spare);
+        // What the writer took before was written: it asks again only then.
+        connection.wire.writing_bytes = spare.len();
         if !spare.is_empty() {
             connection.wire.last_write = self.now;
         }
-        Some(connection.is_closed())
+        let closed = connection.is_closed();
+        if connection.output_drained() {
+            self.send_consumer_output(id, false);
+            self.run_local();
+        }
+        Some(closed)
     }
 
     /// True while this connection should not read: the shard's mailboxes are

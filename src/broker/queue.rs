@@ -213,13 +213,17 @@ struct Consumer {
     id: ConsumerId,
     spec: ConsumerSpec,
     in_flight: u32,
+    /// Its connection's output is full (`DELIVERY_OUTPUT_BYTES_MAX`): it
+    /// takes nothing until the connection says it drained.
+    stopped: bool,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
-        self.spec.no_ack
-            || self.spec.prefetch_count == 0
-            || self.in_flight < self.spec.prefetch_count
+        !self.stopped
+            && (self.spec.no_ack
+                || self.spec.prefetch_count == 0
+                || self.in_flight < self.spec.prefetch_count)
     }
 }
 
@@ -788,9 +792,22 @@ impl Queue {
             id,
             spec,
             in_flight: 0,
+            stopped: false,
         });
         self.had_consumers = true;
         Ok(id)
+    }
+
+    /// Stops or restarts a consumer whose connection's output filled or
+    /// drained. True if it was there (the caller dispatches after a restart).
+    pub(crate) fn set_consumer_stopped(&mut self, consumer: ConsumerId, stopped: bool) -> bool {
+        match self.consumers.iter_mut().find(|c| c.id == consumer) {
+            Some(c) => {
+                c.stopped = stopped;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes a consumer; true if it was there.

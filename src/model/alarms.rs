@@ -14,22 +14,31 @@
 //!
 //! RabbitMQ compares the Erlang VM's total memory with the watermark. warren
 //! compares *the process's resident size at start* (code, io_uring memory,
-//! mailboxes: a fixed baseline) *plus the bytes of every message held in a
-//! queue*, ready or waiting for an ack (body, properties, exchange and
-//! routing key, and a fixed per-message overhead for the broker's own
-//! structures). Why not the live RSS: freed memory often stays in the
-//! allocator (and RSS with it), so an alarm set on RSS might never clear
-//! after consumers drain the queues; message bytes fall exactly when
-//! messages leave, so unblocking is reliable and testable. What this does not
-//! count: connection buffers, messages in transit between shards, messages
-//! held by delayed exchanges or uncommitted transactions, and a read buffer
-//! kept alive by one small message sliced from it (bodies are slices of the
-//! buffer they arrived in). The relative default (0.4) leaves room for them.
+//! mailboxes: a fixed baseline) *plus the bytes of client data it holds*:
+//! every message in a queue, ready or waiting for an ack (body, properties,
+//! exchange and routing key, and a fixed per-message overhead for the
+//! broker's own structures); every message held by a delayed exchange;
+//! every publish of an open transaction; every body being assembled from
+//! its frames; and every connection's output not yet written. Why not the
+//! live RSS: freed memory often stays in the allocator (and RSS with it), so
+//! an alarm set on RSS might never clear after consumers drain the queues;
+//! these bytes fall exactly when messages leave, so unblocking is reliable
+//! and testable. Each of those buffers also has a bound of its own, so that
+//! none grows without limit while the alarm blocks publishers: a connection's
+//! output stops its consumers at their queues past
+//! `config::DELIVERY_OUTPUT_BYTES_MAX`, a transaction holds at most
+//! `config::TX_PUBLISHES_MAX` publishes, a body at most `--max-message-size`,
+//! and a connection in the middle of a publish is blocked at its next
+//! content frame. What this does not count: messages in transit between
+//! shards, and a read buffer kept alive by one small message sliced from it
+//! (bodies are slices of the buffer they arrived in). The relative default
+//! (0.4) leaves room for them.
 //!
 //! # No locks on the message path
 //!
-//! Each queue keeps its own byte count (plain integers on its shard). Every
-//! `ALARM_CHECK_INTERVAL` each shard sums its queues (O(queues), off the
+//! Each queue keeps its own byte count, and each shard one for its delayed
+//! messages (plain integers on its shard). Every `ALARM_CHECK_INTERVAL` each
+//! shard sums its queues and connections (O(queues + channels), off the
 //! message path) and stores the sum in its own slot of the `AlarmBoard`.
 //! One shard alone (the first started) decides: it adds the slots to the
 //! baseline, compares with the watermark, polls the disk, logs alarm
@@ -42,7 +51,10 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// How often shards publish their memory use and pick up the alarm state.
-pub(crate) const ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// What a fast publisher adds between two checks is how far memory can go
+/// past the watermark (at 100 ms a flood over loopback went a third past a
+/// 64 MiB one); each check sums a shard's queues and channels.
+pub(crate) const ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(25);
 /// How often the deciding shard asks the filesystem for the data directory's free space.
 pub(crate) const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// RabbitMQ's default `vm_memory_high_watermark.relative`.
@@ -264,7 +276,7 @@ impl AlarmBoard {
         }
     }
 
-    /// A shard's bytes held in its queues.
+    /// The bytes of client data a shard holds (see the module doc).
     pub(crate) fn publish_queued_bytes(&self, shard: usize, bytes: u64) {
         if let Some(slot) = self.queued_bytes.get(shard) {
             slot.store(bytes, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -35,6 +36,8 @@ const LINGER: Duration = Duration::from_secs(1);
 /// The socket's receive buffer: one turn's budget, so that a turn takes one
 /// recv(2).
 const RECEIVE_BUFFER_SIZE: usize = config::READ_BYTES_PER_TURN_MAX;
+/// How often a paused connection's socket is asked whether the client hung up.
+const PAUSED_HANG_UP_CHECK: Duration = Duration::from_millis(100);
 
 /// What the reader does after the host has taken the bytes it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +108,13 @@ pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream
         return;
     };
     let Opened { id, reader, writer } = host.open(peer);
+    let fd = stream.as_raw_fd();
     let stream: Stream = Rc::new(RefCell::new(
         stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_SIZE)),
     ));
     let write_task =
         glommio::spawn_local(write_loop(stream.clone(), host.clone(), id, writer.clone()));
-    read_loop(&stream, &host, id, &reader).await;
+    read_loop(&stream, fd, &host, id, &reader).await;
     host.lost(id);
     writer.notify();
     write_task.await;
@@ -118,7 +122,13 @@ pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream
     debug!(%peer, "connection closed");
 }
 
-async fn read_loop<H: ConnectionHost>(stream: &Stream, host: &H, id: H::Id, wake: &Notify) {
+async fn read_loop<H: ConnectionHost>(
+    stream: &Stream,
+    fd: RawFd,
+    host: &H,
+    id: H::Id,
+    wake: &Notify,
+) {
     let mut buf = BytesMut::with_capacity(config::READ_BUFFER_SIZE);
     // A socket that always has bytes never makes a read wait, so the loop
     // yields by itself after a budget of bytes: otherwise one publisher
@@ -134,7 +144,9 @@ async fn read_loop<H: ConnectionHost>(stream: &Stream, host: &H, id: H::Id, wake
                 continue;
             }
             Next::Paused => {
-                wake.wait().await;
+                if !wait_unless_hung_up(fd, wake).await {
+                    return;
+                }
                 continue;
             }
             Next::Closed => return,
@@ -192,6 +204,49 @@ async fn wait_in_flow<H: ConnectionHost>(host: &H, id: H::Id, wake: &Notify) -> 
     wake.wait().await;
     host.leave_flow(id);
     true
+}
+
+/// Waits for the reader's wake-up; false if the client hung up meanwhile.
+/// A paused connection is not read, so its end of stream would not be seen
+/// (nor would its heartbeats, which a blocked connection is spared): a
+/// client blocked by a resource alarm that goes away must still release
+/// what it holds (an open transaction, a body half received), or the alarm
+/// it helped raise might never clear. So the socket is asked, every
+/// `PAUSED_HANG_UP_CHECK`, whether the peer closed it.
+async fn wait_unless_hung_up(fd: RawFd, wake: &Notify) -> bool {
+    loop {
+        let woken = future::or(
+            async {
+                wake.wait().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(PAUSED_HANG_UP_CHECK).await;
+                false
+            },
+        )
+        .await;
+        if woken {
+            return true;
+        }
+        if peer_hung_up(fd) {
+            return false;
+        }
+    }
+}
+
+/// True if the peer closed the connection (a FIN, even behind unread data,
+/// or a reset), without reading anything.
+fn peer_hung_up(fd: RawFd) -> bool {
+    let mut poll_fd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd it is given, which
+    // outlives the call; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+    ready > 0 && poll_fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Waits until the executor has polled io_uring again, so that every other

@@ -190,6 +190,12 @@ impl Broker {
     }
 
     /// True when the tests run against `WARREN_TEST_AMQP_URL` rather than a warren child.
+    /// The broker process's id (None for an external broker), to read its
+    /// /proc entries.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_external(&self) -> bool {
         self.external_url.is_some()
     }
