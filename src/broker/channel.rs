@@ -215,6 +215,11 @@ pub struct Channel {
     /// For the empty-queue-name shortcut of the spec.
     last_queue: Option<ShortStr>,
     waiting_nowait: bool,
+    /// The class and method ids of the last method the channel began: an
+    /// answer that comes back later from another shard (a refused declare,
+    /// consume or get) is about it, since the connection reads nothing more
+    /// while it waits, and RabbitMQ's close names the method that failed.
+    method_ids: (u16, u16),
     pending_consumer: Option<ShortStr>,
     /// Deliveries to consumers not acknowledged yet (basic.get ones excluded).
     consumer_unacked: u32,
@@ -248,6 +253,7 @@ impl Channel {
             tx_commit_waiting: 0,
             last_queue: None,
             waiting_nowait: false,
+            method_ids: (0, 0),
             pending_consumer: None,
             consumer_unacked: 0,
             held: VecDeque::new(),
@@ -297,15 +303,15 @@ impl Connection {
         let (class_id, method_id) = (method.class_id(), method.method_id());
         let Some(ch) = self.channels.get_mut(&channel) else {
             match method {
-                // RabbitMQ limits how many channels are open, not their numbers.
+                // RabbitMQ limits how many channels are open, not their numbers,
+                // and refuses one before the method runs: the close names none.
                 Method::ChannelOpen(_) if self.channels.len() >= self.channel_max as usize => {
                     let open = self.channels.len();
                     self.connection_error(
                         AmqpError::not_allowed(format!(
                             "number of channels opened ({}) has reached the negotiated channel_max ({})",
                             open, self.channel_max
-                        ))
-                        .with_method(class_id, method_id),
+                        )),
                         now,
                     )
                 }
@@ -338,17 +344,21 @@ impl Connection {
             }
             return;
         }
-        if ch.content.is_some() {
+        if let Some(content) = &ch.content {
+            // rabbit_command_assembler: the close names the publish whose
+            // content was interrupted, not the method that interrupted it.
+            let expected = if content.header.is_some() {
+                "expected content body, got non content body frame instead"
+            } else {
+                "expected content header for class 60, got non content header frame instead"
+            };
             self.connection_error(
-                AmqpError::unexpected_frame(format!(
-                    "expected content header for class 60, got non content header frame instead ({})",
-                    method.name()
-                ))
-                .with_method(class_id, method_id),
+                AmqpError::unexpected_frame(expected).with_method(60, 40),
                 now,
             );
             return;
         }
+        ch.method_ids = (class_id, method_id);
         if let Err(error) = self.channel_method(channel, method, env) {
             self.fail(channel, error.with_method(class_id, method_id), now);
         }
@@ -402,9 +412,14 @@ impl Connection {
         Ok(())
     }
 
+    /// RabbitMQ 3.x acknowledges `active=true` and refuses `active=false`
+    /// with a connection error (rabbit_channel: `protocol_error(not_implemented,
+    /// "active=false")`): clients that need to stop deliveries use basic.qos.
     fn channel_flow(&mut self, id: u16, m: ChannelFlow) -> Result<(), AmqpError> {
-        self.wire
-            .method(id, &ChannelFlowOk { active: m.active }.into());
+        if !m.active {
+            return Err(AmqpError::not_implemented("active=false"));
+        }
+        self.wire.method(id, &ChannelFlowOk { active: true }.into());
         Ok(())
     }
 
@@ -800,7 +815,8 @@ impl Connection {
                     "expected content body, got non content body frame instead"
                 } else {
                     "expected content header for class 60, got non content header frame instead"
-                }))
+                })
+                .with_method(60, 40))
             }
             Some(content) => Ok(Some(content)),
         }
@@ -814,9 +830,10 @@ impl Connection {
         };
         if header.class_id != BASIC_CLASS {
             let error = AmqpError::unexpected_frame(format!(
-                "expected content header for class 60, got class {}",
+                "expected content header for class 60, got one for class {} instead",
                 header.class_id
-            ));
+            ))
+            .with_method(60, 40);
             return self.connection_error(error, env.now);
         }
         if header.body_size > env.config.message_size_max {
@@ -845,7 +862,8 @@ impl Connection {
                 AmqpError::frame_error(format!(
                     "content body frame exceeds remaining content size ({} > {})",
                     received, body_size
-                )),
+                ))
+                .with_method(60, 40),
                 now,
             );
             return;
@@ -1296,6 +1314,11 @@ impl Connection {
                 if let Some(tag) = ch.pending_consumer.take() {
                     ch.forget_consumer(tag.as_str());
                 }
+                let error = if error.class_id == 0 {
+                    error.with_method(ch.method_ids.0, ch.method_ids.1)
+                } else {
+                    error
+                };
                 self.resume();
                 self.fail(id, error, now);
             }
