@@ -212,6 +212,10 @@ pub struct Channel {
     /// Publishes of the last tx.commit not yet in their queues (and, when
     /// stored, not yet on disk); commit-ok goes out when this reaches 0.
     tx_commit_waiting: u32,
+    /// A queue of the last tx.commit refused one of its publishes (an
+    /// `x-overflow: reject-publish` limit): the commit fails as RabbitMQ's
+    /// does, with 406 "partial tx completion", once every answer is in.
+    tx_commit_refused: bool,
     /// For the empty-queue-name shortcut of the spec.
     last_queue: Option<ShortStr>,
     waiting_nowait: bool,
@@ -223,8 +227,9 @@ pub struct Channel {
     pending_consumer: Option<ShortStr>,
     /// Deliveries to consumers not acknowledged yet (basic.get ones excluded).
     consumer_unacked: u32,
-    /// Deliveries waiting for the channel's prefetch (global=true) to allow them.
-    held: VecDeque<Delivery>,
+    /// Consumers whose queue got a delivery back because the channel's
+    /// global prefetch was reached; resumed once it is not.
+    limited: Vec<(QueueRef, ConsumerId)>,
 }
 
 impl Channel {
@@ -251,12 +256,13 @@ impl Channel {
             confirms: None,
             tx: None,
             tx_commit_waiting: 0,
+            tx_commit_refused: false,
             last_queue: None,
             waiting_nowait: false,
             method_ids: (0, 0),
             pending_consumer: None,
             consumer_unacked: 0,
-            held: VecDeque::new(),
+            limited: Vec::new(),
         }
     }
 
@@ -515,6 +521,8 @@ impl Connection {
             ch.consumer_prefetch = m.prefetch_count;
         }
         self.wire.method(id, &BasicQosOk {}.into());
+        // A larger (or no) global limit lets the limited consumers go on.
+        self.resume_limited(id);
         Ok(())
     }
 
@@ -1007,6 +1015,16 @@ impl Connection {
             }
             properties
         };
+        // RabbitMQ refuses a delivery-mode other than 1 or 2 once the
+        // exchange is known to exist (rabbit_basic:message).
+        if let Some(mode) = message.delivery_mode() {
+            if !matches!(mode, 1 | 2) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid message: {{delivery_mode_unknown,{}}}",
+                    mode
+                )));
+            }
+        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -1161,7 +1179,7 @@ impl Connection {
                 ch.count_settled(&u);
                 self.effects.push(settle_msg(&u, settle));
             }
-            self.release_held(id);
+            self.resume_limited(id);
             return Ok(());
         }
         // Drained in place: nothing allocated for a multiple ack.
@@ -1176,7 +1194,7 @@ impl Connection {
             unacked.drain(range),
             settle,
         );
-        self.release_held(id);
+        self.resume_limited(id);
         Ok(())
     }
 
@@ -1191,7 +1209,7 @@ impl Connection {
             taken.into_iter(),
             settle,
         );
-        self.release_held(id);
+        self.resume_limited(id);
     }
 
     fn requeue_unacked(&mut self, id: u16) {
@@ -1201,7 +1219,7 @@ impl Connection {
             }
             ch.consumer_unacked = 0;
         }
-        self.release_held(id);
+        self.resume_limited(id);
     }
 
     /// Cancels a channel's consumers and returns its unacknowledged messages
@@ -1242,9 +1260,7 @@ impl Connection {
             self.effects.push(settle_msg(&u, Settle::Requeue));
         }
         ch.consumer_unacked = 0;
-        for delivery in ch.held.drain(..) {
-            self.effects.push(bounce(&delivery));
-        }
+        ch.limited.clear();
         ch.content = None;
         ch.confirms = None;
         ch.tx = None;
@@ -1352,10 +1368,10 @@ impl Connection {
             self.resume();
             return None;
         }
-        match self.write_to_consumer(&delivery.head, &delivery.message, false) {
+        match self.write_to_consumer(&delivery.head, &delivery.message) {
             Consumed::Written => None,
-            Consumed::Held => {
-                self.hold(delivery);
+            Consumed::Limited => {
+                self.give_back(&delivery.head);
                 None
             }
             Consumed::Gone => Some(delivery),
@@ -1366,10 +1382,11 @@ impl Connection {
     /// the queue's copy. False if the channel or consumer is gone: the
     /// caller returns the message to its queue.
     pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
-        match self.write_to_consumer(head, message, false) {
+        match self.write_to_consumer(head, message) {
             Consumed::Written => true,
-            Consumed::Held => {
-                self.hold(head.with(message.clone()));
+            // The queue gets it back with the Return, in order after this.
+            Consumed::Limited => {
+                self.give_back(head);
                 true
             }
             Consumed::Gone => false,
@@ -1378,14 +1395,7 @@ impl Connection {
 
     /// Writes a consumer's delivery, with one lookup of the channel and one
     /// of the consumer tag: the path of every message a consumer receives.
-    /// A delivery `released` from the channel's held ones is not held again
-    /// behind those still waiting: it was first among them.
-    fn write_to_consumer(
-        &mut self,
-        head: &DeliveryHead,
-        message: &Message,
-        released: bool,
-    ) -> Consumed {
+    fn write_to_consumer(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
         let Some(ch) = self.channels.get_mut(&head.channel) else {
             return Consumed::Gone;
         };
@@ -1395,9 +1405,8 @@ impl Connection {
         let Some(tag) = ch.consumer_tags.get(&(head.queue, head.consumer)) else {
             return Consumed::Gone;
         };
-        let behind_held = !released && !ch.held.is_empty();
-        if !head.no_ack && (ch.at_channel_prefetch() || behind_held) {
-            return Consumed::Held;
+        if !head.no_ack && ch.at_channel_prefetch() {
+            return Consumed::Limited;
         }
         let delivery_tag = take_delivery_tag(
             &mut ch.next_delivery_tag,
@@ -1415,12 +1424,27 @@ impl Connection {
         Consumed::Written
     }
 
-    /// The channel's shared limit is reached: the message waits here,
-    /// already assigned to its consumer, until an ack.
-    fn hold(&mut self, delivery: Delivery) {
-        if let Some(ch) = self.channels.get_mut(&delivery.head.channel) {
-            ch.held.push_back(delivery);
+    /// The channel's global prefetch is reached: the delivery goes back to
+    /// its queue, to the head, for any consumer with room (RabbitMQ's queue
+    /// asks the channel's limiter before it delivers, with the same effect),
+    /// and its consumer waits for `resume_limited`.
+    fn give_back(&mut self, head: &DeliveryHead) {
+        let Some(ch) = self.channels.get_mut(&head.channel) else {
+            return;
+        };
+        let consumer = (head.queue, head.consumer);
+        if !ch.limited.contains(&consumer) {
+            ch.limited.push(consumer);
         }
+        self.effects.push((
+            head.queue.shard,
+            ShardMsg::Settle {
+                queue: head.queue.id,
+                seq: head.seq,
+                consumer: head.consumer,
+                settle: Settle::Return,
+            },
+        ));
     }
 
     /// A basic.get's answer with its message.
@@ -1451,29 +1475,23 @@ impl Connection {
     }
 
     /// Writes held deliveries while the channel's prefetch allows.
-    fn release_held(&mut self, id: u16) {
-        loop {
-            let Some(ch) = self.channels.get_mut(&id) else {
-                return;
-            };
-            if ch.at_channel_prefetch() {
-                return;
-            }
-            let Some(delivery) = ch.held.pop_front() else {
-                return;
-            };
-            match self.write_to_consumer(&delivery.head, &delivery.message, true) {
-                Consumed::Written => {}
-                Consumed::Gone => self.effects.push(bounce(&delivery)),
-                // Not at the prefetch limit (checked above): unreachable,
-                // but the delivery keeps its place if it were.
-                Consumed::Held => {
-                    if let Some(ch) = self.channels.get_mut(&id) {
-                        ch.held.push_front(delivery);
-                    }
-                    return;
-                }
-            }
+    /// Below its global prefetch again, the channel resumes the consumers
+    /// whose queues it gave deliveries back to.
+    fn resume_limited(&mut self, id: u16) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.limited.is_empty() || ch.at_channel_prefetch() {
+            return;
+        }
+        for (queue, consumer) in ch.limited.drain(..) {
+            self.effects.push((
+                queue.shard,
+                ShardMsg::ConsumerResume {
+                    queue: queue.id,
+                    consumer,
+                },
+            ));
         }
     }
 
@@ -1486,8 +1504,16 @@ impl Connection {
             };
             if ch.tx_commit_waiting > 0 {
                 ch.tx_commit_waiting -= 1;
+                ch.tx_commit_refused |= !accepted;
                 if ch.tx_commit_waiting == 0 {
-                    self.wire.method(channel, &TxCommitOk {}.into());
+                    if std::mem::take(&mut ch.tx_commit_refused) {
+                        let error = AmqpError::precondition_failed("partial tx completion")
+                            .with_method(90, 20);
+                        // A soft error: `now` only dates a connection close.
+                        self.fail(channel, error, Instant::now());
+                    } else {
+                        self.wire.method(channel, &TxCommitOk {}.into());
+                    }
                     self.resume();
                 }
             }
@@ -1573,8 +1599,8 @@ fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u6
 /// What became of a consumer's delivery at its channel.
 enum Consumed {
     Written,
-    /// The channel's prefetch is reached: the caller holds the delivery.
-    Held,
+    /// The channel's global prefetch is reached: the delivery goes back.
+    Limited,
     /// The channel or the consumer is gone.
     Gone,
 }
@@ -1681,19 +1707,6 @@ fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, S
             more,
             consumer: first.consumer,
             settle,
-        },
-    )
-}
-
-/// Returns a delivery the client never saw to its queue.
-fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
-    (
-        delivery.head.queue.shard,
-        ShardMsg::Settle {
-            queue: delivery.head.queue.id,
-            seq: delivery.head.seq,
-            consumer: delivery.head.consumer,
-            settle: Settle::Requeue,
         },
     )
 }

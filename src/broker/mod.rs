@@ -114,6 +114,12 @@ pub enum ShardMsg {
         consumer: ConsumerId,
         settle: Settle,
     },
+    /// A consumer's channel has room under its global prefetch again: the
+    /// queue delivers to the consumer once more (after `Settle::Return`).
+    ConsumerResume {
+        queue: QueueId,
+        consumer: ConsumerId,
+    },
     /// Several deliveries of one queue to one consumer, settled alike (a
     /// multiple ack).
     SettleMany {
@@ -444,6 +450,11 @@ impl ShardState {
                     .with_queue(queue, |q, _, ctx| q.settle(seq, consumer, settle, ctx))
                     .is_some()
                 {
+                    self.dispatch(queue);
+                }
+            }
+            ShardMsg::ConsumerResume { queue, consumer } => {
+                if self.with_queue(queue, |q, _, _| q.resume(consumer)) == Some(true) {
                     self.dispatch(queue);
                 }
             }

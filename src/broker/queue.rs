@@ -192,6 +192,11 @@ pub enum Settle {
     Ack,
     /// Back into the queue at its old position, marked redelivered.
     Requeue,
+    /// The consumer's channel could not take the delivery, its global
+    /// prefetch being reached: back at its old position as it was, and the
+    /// consumer gets nothing more until its channel resumes it
+    /// (RabbitMQ's limiter blocking a consumer).
+    Return,
     /// Rejected without requeue: gone (dead-lettering comes with its issue).
     Discard,
 }
@@ -213,13 +218,16 @@ struct Consumer {
     id: ConsumerId,
     spec: ConsumerSpec,
     in_flight: u32,
+    /// Its channel gave a delivery back (`Settle::Return`) and has not
+    /// resumed it yet.
+    limited: bool,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
         self.spec.no_ack
-            || self.spec.prefetch_count == 0
-            || self.in_flight < self.spec.prefetch_count
+            || (!self.limited
+                && (self.spec.prefetch_count == 0 || self.in_flight < self.spec.prefetch_count))
     }
 }
 
@@ -788,6 +796,7 @@ impl Queue {
             id,
             spec,
             in_flight: 0,
+            limited: false,
         });
         self.had_consumers = true;
         Ok(id)
@@ -878,6 +887,7 @@ impl Queue {
         debug_assert_eq!(holder, consumer);
         if let Some(c) = self.consumers.iter_mut().find(|c| c.id == holder) {
             c.in_flight = c.in_flight.saturating_sub(1);
+            c.limited |= settle == Settle::Return;
         }
         match settle {
             Settle::Ack => forget(self.meta.id, &queued, ctx.store),
@@ -885,8 +895,9 @@ impl Queue {
                 forget(self.meta.id, &queued, ctx.store);
                 self.dead_letter(queued.message, DeathReason::Rejected, ctx)
             }
-            Settle::Requeue => {
-                queued.redelivered = true;
+            Settle::Requeue | Settle::Return => {
+                // A returned message was never seen by the client.
+                queued.redelivered |= settle == Settle::Requeue;
                 // A message whose TTL ran out while it was delivered expires
                 // when it comes back, as in RabbitMQ.
                 if queued.expires_at_ms().is_some_and(|at| at <= ctx.now_ms()) {
@@ -896,6 +907,18 @@ impl Queue {
                     self.add_ready(queued, ctx);
                 }
             }
+        }
+    }
+
+    /// The consumer's channel has room again: it receives once more. False
+    /// if the queue has no such consumer.
+    pub fn resume(&mut self, consumer: ConsumerId) -> bool {
+        match self.consumers.iter_mut().find(|c| c.id == consumer) {
+            Some(c) => {
+                c.limited = false;
+                true
+            }
+            None => false,
         }
     }
 
