@@ -309,7 +309,7 @@ broker_test!(global_and_per_consumer_prefetch_both_apply, |b| {
         first.ack(BasicAckOptions::default()).await.unwrap();
         let (more1, more2) = drain_two(&mut k1, &mut k2).await;
         assert_eq!(more1.len() + more2.len(), 1, "one ack, one delivery");
-        assert!(one.len() - usize::from(one.first().is_some()) + more1.len() <= 2);
+        assert!(one.len() - usize::from(!one.is_empty()) + more1.len() <= 2);
         assert!(two.len() + more2.len() <= 2);
         for q in [&q1, &q2] {
             pch.queue_delete(q, QueueDeleteOptions::default())
