@@ -318,3 +318,46 @@ broker_test!(global_and_per_consumer_prefetch_both_apply, |b| {
         }
     })
 });
+
+// A global limit set after the consumer started applies to it too, as RabbitMQ's limiter
+// does; the messages it may not take stay ready for other consumers.
+broker_test!(
+    a_global_prefetch_set_after_consume_limits_the_consumer,
+    |b| {
+        run(async {
+            let (conn, pch) = open_confirming(&b.url()).await;
+            let q = unique("qos-late");
+            declare_queue(&pch, &q).await;
+            let (_cc, ch) = open(&b.url()).await;
+            let mut k = consume(&ch, &q, "late", BasicConsumeOptions::default()).await;
+            ch.basic_qos(2, BasicQosOptions { global: true })
+                .await
+                .unwrap();
+            let bodies: Vec<&[u8]> = vec![b"m"; 6];
+            fill_queue(&pch, &q, &bodies).await;
+            let mut got = vec![next_delivery(&mut k).await, next_delivery(&mut k).await];
+            assert_no_delivery(&mut k).await;
+            assert_eq!(message_count(&conn, &q).await, 4);
+            // Another channel's consumer takes what this one may not.
+            let (_oc, other) = open(&b.url()).await;
+            let mut o = consume(&other, &q, "other", BasicConsumeOptions::default()).await;
+            for _ in 0..4 {
+                next_delivery(&mut o)
+                    .await
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+            }
+            assert_no_delivery(&mut k).await;
+            got.pop()
+                .unwrap()
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            assert_no_delivery(&mut k).await;
+            pch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);

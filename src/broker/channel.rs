@@ -1379,18 +1379,17 @@ impl Connection {
     }
 
     /// `deliver` for a message the queue keeps until the ack, written from
-    /// the queue's copy. False if the channel or consumer is gone: the
-    /// caller returns the message to its queue.
-    pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
-        match self.write_to_consumer(head, message) {
-            Consumed::Written => true,
-            // The queue gets it back with the Return, in order after this.
-            Consumed::Limited => {
-                self.give_back(head);
-                true
-            }
-            Consumed::Gone => false,
-        }
+    /// the queue's copy. Gone if the channel or consumer is gone: the caller
+    /// returns the message to its queue. Limited if the channel is at its
+    /// global prefetch: the caller, which holds the queue, hands the message
+    /// to `deliver` afterwards, which gives it back.
+    pub fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
+        self.write_to_consumer(head, message)
+    }
+
+    /// True if the connection has work for the shard to carry out.
+    pub fn has_effects(&self) -> bool {
+        self.effect_count() > 0
     }
 
     /// Writes a consumer's delivery, with one lookup of the channel and one
@@ -1597,7 +1596,7 @@ fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u6
 }
 
 /// What became of a consumer's delivery at its channel.
-enum Consumed {
+pub enum Consumed {
     Written,
     /// The channel's global prefetch is reached: the delivery goes back.
     Limited,

@@ -356,7 +356,7 @@ impl Connection {
     }
 
     /// Effects made and not yet handed over.
-    fn effect_count(&self) -> usize {
+    pub(crate) fn effect_count(&self) -> usize {
         self.local_publishes.len() + self.effects.len()
     }
 

@@ -277,12 +277,15 @@ impl DeliverySink for ShardDeliveries<'_> {
             self.later.push(head.with(message.clone()));
             return;
         }
-        let written = self
-            .connections
-            .get_mut(&head.conn.conn)
-            .is_some_and(|connection| connection.deliver_kept(&head, message));
-        if !written {
-            self.bounced.push(head.with(message.clone()));
+        let consumed = match self.connections.get_mut(&head.conn.conn) {
+            Some(connection) => connection.deliver_kept(&head, message),
+            None => channel::Consumed::Gone,
+        };
+        match consumed {
+            channel::Consumed::Written => {}
+            // Given back by `deliver` once the queue is free again.
+            channel::Consumed::Limited => self.later.push(head.with(message.clone())),
+            channel::Consumed::Gone => self.bounced.push(head.with(message.clone())),
         }
     }
 
@@ -742,8 +745,14 @@ impl ShardState {
             while let Some(next) = drain.next_if(|d| d.head.conn == conn && bounced.is_none()) {
                 bounced = connection.deliver(next);
             }
+            let given_back = connection.has_effects();
             if let Some(delivery) = bounced {
                 self.bounce(delivery);
+            }
+            // Deliveries the channel gave back (its global prefetch) go to
+            // their queues now, not at the connection's next input.
+            if given_back {
+                self.drain_connection_effects(conn.conn);
             }
         }
         drop(drain);
@@ -751,12 +760,16 @@ impl ShardState {
     }
 
     fn deliver(&mut self, delivery: Delivery) {
-        let bounced = match self.connections.get_mut(&delivery.head.conn.conn) {
-            Some(connection) => connection.deliver(delivery),
-            None => Some(delivery),
+        let conn = delivery.head.conn.conn;
+        let (bounced, given_back) = match self.connections.get_mut(&conn) {
+            Some(connection) => (connection.deliver(delivery), connection.has_effects()),
+            None => (Some(delivery), false),
         };
         if let Some(delivery) = bounced {
             self.bounce(delivery);
+        }
+        if given_back {
+            self.drain_connection_effects(conn);
         }
     }
 
