@@ -25,6 +25,11 @@ pub(crate) const HEARTBEAT_S: u16 = 60;
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for `connection.close-ok` after closing a connection ourselves.
 pub(crate) const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection whose handshake failed in a way RabbitMQ answers without a
+/// close frame (a refused connection.tune-ok) stays open, silent, before its socket is
+/// closed: RabbitMQ's `SILENT_CLOSE_DELAY`, which keeps a failing client from
+/// hammering the broker.
+pub(crate) const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 /// How often each shard's timer tick runs: heartbeats, mailbox retries, and the
 /// guarantee that an executor never parks forever (docs/runtime.md).
 pub(crate) const TICK: Duration = Duration::from_millis(5);

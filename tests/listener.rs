@@ -202,3 +202,25 @@ fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again() {
     assert!(recovered, "not accepting again:\n{}", broker.log());
     assert_eq!(broker.lines_with(FD_EXHAUSTED), 1, "{}", broker.log());
 }
+
+/// A lone IPv6 wildcard listener takes IPv4 clients too (dual-stack, as Linux's default and
+/// RabbitMQ's `[::]` listener); the default pair 0.0.0.0 and [::] keeps IPv6 to itself,
+/// which the listener's unit tests check.
+#[test]
+fn a_lone_ipv6_wildcard_takes_ipv4_clients() {
+    let Some(broker) = Broker::start_listening(2, "[::]:0") else {
+        eprintln!("skipped: needs a warren of its own");
+        return;
+    };
+    let port = broker.addr().port();
+    for ip in ["127.0.0.1", "::1"] {
+        let mut sock = TcpStream::connect((ip, port)).unwrap_or_else(|e| panic!("{ip}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sock.write_all(PROTOCOL_HEADER).unwrap();
+        let mut head = [0u8; 11];
+        sock.read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("{ip}: no connection.start: {e}"));
+        // A method frame on channel 0: connection.start (class 10, method 10).
+        assert_eq!((head[0], &head[7..11]), (1, &[0, 10, 0, 10][..]), "{ip}");
+    }
+}

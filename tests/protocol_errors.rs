@@ -32,6 +32,12 @@ const CONNECTION_CLOSE: (u16, u16) = (10, 50);
 const CONNECTION_CLOSE_OK: (u16, u16) = (10, 51);
 const CHANNEL_OPEN: (u16, u16) = (20, 10);
 const CHANNEL_OPEN_OK: (u16, u16) = (20, 11);
+const CHANNEL_FLOW: (u16, u16) = (20, 20);
+const CHANNEL_FLOW_OK: (u16, u16) = (20, 21);
+const CHANNEL_CLOSE: (u16, u16) = (20, 40);
+const CHANNEL_CLOSE_OK: (u16, u16) = (20, 41);
+const CONNECTION_UPDATE_SECRET: (u16, u16) = (10, 70);
+const CONNECTION_UPDATE_SECRET_OK: (u16, u16) = (10, 71);
 const QUEUE_DECLARE: (u16, u16) = (50, 10);
 const QUEUE_DECLARE_OK: (u16, u16) = (50, 11);
 const BASIC_PUBLISH: (u16, u16) = (60, 40);
@@ -229,6 +235,8 @@ struct Conn {
     sock: TcpStream,
     buf: Vec<u8>,
     tune: Tune,
+    /// The class and method ids of the last close `expect_connection_close` saw.
+    close_ids: (u16, u16),
 }
 
 impl Conn {
@@ -242,6 +250,7 @@ impl Conn {
             sock,
             buf: Vec::new(),
             tune: Tune::default(),
+            close_ids: (0, 0),
         }
     }
 
@@ -420,6 +429,7 @@ impl Conn {
         let text = r.shortstr();
         let (class, method) = (r.u16(), r.u16());
         eprintln!("connection.close {got} {text:?} class={class} method={method}");
+        self.close_ids = (class, method);
         assert_eq!(got, code, "connection.close reply code (text {text:?})");
         let name = reply_name(code);
         assert!(
@@ -429,6 +439,24 @@ impl Conn {
         self.send_method(0, CONNECTION_CLOSE_OK, &[]);
         self.expect_eof();
         text
+    }
+
+    /// Expects channel.close with `code` on `channel` and answers close-ok. Returns the
+    /// reply text and the class and method ids the close names.
+    fn expect_channel_close(&mut self, channel: u16, code: u16) -> (String, (u16, u16)) {
+        let f = self.next();
+        assert!(
+            f.is(CHANNEL_CLOSE) && f.channel == channel,
+            "expected channel.close {code} on channel {channel}, got {f:?}"
+        );
+        let mut r = f.args();
+        let got = r.u16();
+        let text = r.shortstr();
+        let ids = (r.u16(), r.u16());
+        eprintln!("channel.close {got} {text:?} ids={ids:?}");
+        assert_eq!(got, code, "channel.close reply code (text {text:?})");
+        self.send_method(channel, CHANNEL_CLOSE_OK, &[]);
+        (text, ids)
     }
 
     /// Expects no frame within `wait` (the socket may be closed or stay open).
@@ -661,6 +689,7 @@ broker_test!(method_on_unopened_channel_is_channel_error, |b| {
     c.send_method(5, QUEUE_DECLARE, &args);
     let text = c.expect_connection_close(504);
     assert!(text.contains("expected 'channel.open'"), "{text:?}");
+    assert_eq!(c.close_ids, QUEUE_DECLARE);
     assert_still_serving(b);
 });
 
@@ -752,6 +781,8 @@ broker_test!(body_without_publish_is_unexpected_frame, |b| {
     c.open_channel(1);
     c.send(&frame(FRAME_BODY, 1, b"hello"));
     c.expect_connection_close(505);
+    // No method caused it: RabbitMQ names none.
+    assert_eq!(c.close_ids, (0, 0));
     assert_still_serving(b);
 });
 
@@ -768,7 +799,13 @@ broker_test!(body_without_content_header_is_unexpected_frame, |b| {
     c.open_channel(1);
     c.send_method(1, BASIC_PUBLISH, &basic_publish_args("", "q"));
     c.send(&frame(FRAME_BODY, 1, b"hello"));
-    c.expect_connection_close(505);
+    let text = c.expect_connection_close(505);
+    // RabbitMQ's close names the publish whose content went wrong.
+    assert_eq!(
+        text,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+    );
+    assert_eq!(c.close_ids, BASIC_PUBLISH);
     assert_still_serving(b);
 });
 
@@ -781,6 +818,7 @@ broker_test!(method_inside_content_is_unexpected_frame, |b| {
     // 5 of 10 body octets sent; a method now interrupts the content.
     c.send_method(1, BASIC_PUBLISH, &basic_publish_args("", "q"));
     c.expect_connection_close(505);
+    assert_eq!(c.close_ids, BASIC_PUBLISH);
     assert_still_serving(b);
 });
 
@@ -794,6 +832,8 @@ broker_test!(channel_above_channel_max_is_refused, |b| {
     c.open_channel(2);
     c.send_method(3, CHANNEL_OPEN, &Args::default().shortstr("").bytes());
     c.expect_connection_close(530);
+    // RabbitMQ refuses the channel before any method on it runs, and names none.
+    assert_eq!(c.close_ids, (0, 0));
     assert_still_serving(b);
 });
 
@@ -1032,5 +1072,193 @@ broker_test!(open_unknown_vhost_is_not_allowed, |b| {
     c.tune_ok(&h, &tune);
     c.open("/nope");
     c.expect_connection_close(530);
+    assert_still_serving(b);
+});
+
+// ---------------------------------------------------------------------------------------
+// Answers as RabbitMQ 3.10 gives them (issue 15): channel.flow, the method a close names,
+// connection.update-secret, connection.tune-ok negotiation, protocol headers
+// ---------------------------------------------------------------------------------------
+
+broker_test!(channel_flow_active_is_acknowledged, |b| {
+    let mut c = Conn::handshake(b, &Handshake::default());
+    c.open_channel(1);
+    c.send_method(1, CHANNEL_FLOW, &[1]);
+    let f = c.expect(CHANNEL_FLOW_OK);
+    assert_eq!((f.channel, f.args().take(1)[0]), (1, 1));
+    // The channel still works.
+    let f = c.declare_queue(1, &unique("flow"));
+    assert!(f.is(QUEUE_DECLARE_OK), "{f:?}");
+});
+
+// rabbit_channel: `protocol_error(not_implemented, "active=false")`, a hard error.
+broker_test!(channel_flow_inactive_is_not_implemented, |b| {
+    let mut c = Conn::handshake(b, &Handshake::default());
+    c.open_channel(1);
+    c.send_method(1, CHANNEL_FLOW, &[0]);
+    let text = c.expect_connection_close(540);
+    assert_eq!(text, "NOT_IMPLEMENTED - active=false");
+    assert_eq!(c.close_ids, CHANNEL_FLOW);
+    assert_still_serving(b);
+});
+
+broker_test!(a_refused_declare_names_queue_declare, |b| {
+    let mut c = Conn::handshake(b, &Handshake::default());
+    c.open_channel(1);
+    let name = unique("inequivalent");
+    let declare = |durable: bool| {
+        Args::default()
+            .u16(0)
+            .shortstr(&name)
+            .u8(if durable { 0b10 } else { 0 })
+            .table(&[])
+            .bytes()
+    };
+    c.send_method(1, QUEUE_DECLARE, &declare(false));
+    c.expect(QUEUE_DECLARE_OK);
+    c.send_method(1, QUEUE_DECLARE, &declare(true));
+    let (text, ids) = c.expect_channel_close(1, 406);
+    assert!(text.contains("inequivalent arg 'durable'"), "{text:?}");
+    assert_eq!(ids, QUEUE_DECLARE);
+    // A refused passive declare, answered by the shard that owns the metadata, too.
+    c.open_channel(2);
+    let passive = Args::default()
+        .u16(0)
+        .shortstr(&unique("missing"))
+        .u8(0b1)
+        .table(&[])
+        .bytes();
+    c.send_method(2, QUEUE_DECLARE, &passive);
+    let (_, ids) = c.expect_channel_close(2, 404);
+    assert_eq!(ids, QUEUE_DECLARE);
+    // Clean up the non-exclusive queue.
+    c.open_channel(3);
+    let delete = Args::default().u16(0).shortstr(&name).u8(0).bytes();
+    c.send_method(3, (50, 40), &delete);
+    c.expect((50, 41));
+});
+
+broker_test!(a_publish_to_a_missing_exchange_names_basic_publish, |b| {
+    let mut c = Conn::handshake(b, &Handshake::default());
+    c.open_channel(1);
+    c.send_method(
+        1,
+        BASIC_PUBLISH,
+        &basic_publish_args(&unique("no-such-x"), "rk"),
+    );
+    c.send(&content_header_frame(1, 0));
+    let (text, ids) = c.expect_channel_close(1, 404);
+    assert!(text.starts_with("NOT_FOUND - no exchange"), "{text:?}");
+    assert_eq!(ids, BASIC_PUBLISH);
+    // A basic.get on a missing queue: refused by the queue's shard, named as basic.get.
+    c.open_channel(2);
+    let get = Args::default()
+        .u16(0)
+        .shortstr(&unique("no-such-q"))
+        .u8(0)
+        .bytes();
+    c.send_method(2, (60, 70), &get);
+    let (_, ids) = c.expect_channel_close(2, 404);
+    assert_eq!(ids, (60, 70));
+});
+
+broker_test!(a_content_header_of_another_class_names_basic_publish, |b| {
+    let mut c = Conn::handshake(b, &Handshake::default());
+    c.open_channel(1);
+    c.send_method(1, BASIC_PUBLISH, &basic_publish_args("", "q"));
+    let header = Args::default().u16(61).u16(0).u64(0).u16(0).bytes();
+    c.send(&frame(FRAME_HEADER, 1, &header));
+    let text = c.expect_connection_close(505);
+    assert_eq!(
+        text,
+        "UNEXPECTED_FRAME - expected content header for class 60, got one for class 61 instead"
+    );
+    assert_eq!(c.close_ids, BASIC_PUBLISH);
+    assert_still_serving(b);
+});
+
+// RabbitMQ 3.10's internal user database accepts any new secret for a PLAIN login
+// (rabbit_auth_backend_internal:update_state keeps the user): update-secret-ok, and the
+// connection goes on.
+broker_test!(update_secret_is_acknowledged, |b| {
+    let mut c = Conn::handshake(b, &Handshake::default());
+    c.open_channel(1);
+    for secret in [&b"guest"[..], b"another"] {
+        let args = Args::default().longstr(secret).shortstr("rotation").bytes();
+        c.send_method(0, CONNECTION_UPDATE_SECRET, &args);
+        let f = c.expect(CONNECTION_UPDATE_SECRET_OK);
+        assert_eq!(f.channel, 0);
+    }
+    let f = c.declare_queue(1, &unique("secret"));
+    assert!(f.is(QUEUE_DECLARE_OK), "{f:?}");
+});
+
+/// Sends connection.tune-ok with these values and expects what RabbitMQ 3.10 does with a
+/// refused negotiation: no close frame, silence, then the socket closed (after its 3 s
+/// SILENT_CLOSE_DELAY).
+fn refused_tune_ok(b: &Broker, channel_max: u16, frame_max: u32) {
+    let mut c = Conn::connect(b);
+    c.send(PROTOCOL_HEADER);
+    c.expect(CONNECTION_START);
+    c.send_start_ok(&Handshake::default());
+    c.expect(CONNECTION_TUNE);
+    let args = Args::default()
+        .u16(channel_max)
+        .u32(frame_max)
+        .u16(0)
+        .bytes();
+    c.send_method(0, CONNECTION_TUNE_OK, &args);
+    c.open("/");
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match c.read_frame() {
+        Err(e) if is_closed(&e) => {}
+        other => {
+            panic!("tune-ok {channel_max}/{frame_max}: expected the socket closed, got {other:?}")
+        }
+    }
+}
+
+broker_test!(tune_ok_outside_the_servers_limits_is_refused, |b| {
+    let mut c = Conn::connect(b);
+    c.send(PROTOCOL_HEADER);
+    c.expect(CONNECTION_START);
+    c.send_start_ok(&Handshake::default());
+    let tune = c.expect(CONNECTION_TUNE);
+    let mut r = tune.args();
+    let (channel_max, frame_max) = (r.u16(), r.u32());
+    drop(c);
+    // channel_max 0 means "no limit", above the server's.
+    refused_tune_ok(b, 0, frame_max);
+    refused_tune_ok(b, channel_max + 1, frame_max);
+    // frame_max 0 is "no limit" too; below 4096 is under the protocol's minimum.
+    refused_tune_ok(b, channel_max, 0);
+    refused_tune_ok(b, channel_max, 4095);
+    refused_tune_ok(b, channel_max, frame_max + 1);
+    // At the limits, and below the server's, the connection opens.
+    for (cm, fm) in [(channel_max, frame_max), (1, 4096)] {
+        let h = Handshake {
+            channel_max: cm,
+            frame_max: fm,
+            ..Handshake::default()
+        };
+        let mut c = Conn::handshake(b, &h);
+        c.open_channel(1);
+    }
+    assert_still_serving(b);
+});
+
+// AMQP 0-9's header RabbitMQ serves as 0-9-1; 0-8's and 1.0's get 0-9-1's header back.
+broker_test!(protocol_headers_of_other_versions, |b| {
+    let mut c = Conn::connect(b);
+    c.send(b"AMQP\x01\x01\x00\x09");
+    let f = c.expect(CONNECTION_START);
+    let mut r = f.args();
+    assert_eq!((r.take(1)[0], r.take(1)[0]), (0, 9));
+    refused_header(b, b"AMQP\x01\x01\x00\x08");
+    refused_header(b, b"AMQP\x00\x01\x00\x00");
+    refused_header(b, b"AMQP\x03\x01\x00\x00");
+    refused_header(b, b"AMQP\x00\x00\x0a\x00");
     assert_still_serving(b);
 });

@@ -226,14 +226,24 @@ pub(crate) struct Channel {
     /// Publishes of the last tx.commit not yet in their queues (and, when
     /// stored, not yet on disk); commit-ok goes out when this reaches 0.
     tx_commit_waiting: u32,
+    /// A queue of the last tx.commit refused one of its publishes (an
+    /// `x-overflow: reject-publish` limit): the commit fails as RabbitMQ's
+    /// does, with 406 "partial tx completion", once every answer is in.
+    tx_commit_refused: bool,
     /// For the empty-queue-name shortcut of the spec.
     last_queue: Option<ShortStr>,
     waiting_nowait: bool,
+    /// The class and method ids of the last method the channel began: an
+    /// answer that comes back later from another shard (a refused declare,
+    /// consume or get) is about it, since the connection reads nothing more
+    /// while it waits, and RabbitMQ's close names the method that failed.
+    method_ids: (u16, u16),
     pending_consumer: Option<ShortStr>,
     /// Deliveries to consumers not acknowledged yet (basic.get ones excluded).
     consumer_unacked: u32,
-    /// Deliveries waiting for the channel's prefetch (global=true) to allow them.
-    held: VecDeque<Delivery>,
+    /// Consumers whose queue got a delivery back because the channel's
+    /// global prefetch was reached; resumed once it is not.
+    limited: Vec<(QueueRef, ConsumerId)>,
 }
 
 impl Channel {
@@ -262,11 +272,13 @@ impl Channel {
             tx_publishes: 0,
             tx_bytes: 0,
             tx_commit_waiting: 0,
+            tx_commit_refused: false,
             last_queue: None,
             waiting_nowait: false,
+            method_ids: (0, 0),
             pending_consumer: None,
             consumer_unacked: 0,
-            held: VecDeque::new(),
+            limited: Vec::new(),
         }
     }
 
@@ -332,15 +344,15 @@ impl Connection {
         let (class_id, method_id) = (method.class_id(), method.method_id());
         let Some(ch) = self.channels.get_mut(&channel) else {
             match method {
-                // RabbitMQ limits how many channels are open, not their numbers.
+                // RabbitMQ limits how many channels are open, not their numbers,
+                // and refuses one before the method runs: the close names none.
                 Method::ChannelOpen(_) if self.channels.len() >= self.channel_max as usize => {
                     let open = self.channels.len();
                     self.connection_error(
                         AmqpError::not_allowed(format!(
                             "number of channels opened ({}) has reached the negotiated channel_max ({})",
                             open, self.channel_max
-                        ))
-                        .with_method(class_id, method_id),
+                        )),
                         now,
                     )
                 }
@@ -373,17 +385,21 @@ impl Connection {
             }
             return;
         }
-        if ch.content.is_some() {
+        if let Some(content) = &ch.content {
+            // rabbit_command_assembler: the close names the publish whose
+            // content was interrupted, not the method that interrupted it.
+            let expected = if content.header.is_some() {
+                "expected content body, got non content body frame instead"
+            } else {
+                "expected content header for class 60, got non content header frame instead"
+            };
             self.connection_error(
-                AmqpError::unexpected_frame(format!(
-                    "expected content header for class 60, got non content header frame instead ({})",
-                    method.name()
-                ))
-                .with_method(class_id, method_id),
+                AmqpError::unexpected_frame(expected).with_method(60, 40),
                 now,
             );
             return;
         }
+        ch.method_ids = (class_id, method_id);
         if let Err(error) = self.channel_method(channel, method, env) {
             self.fail(channel, error.with_method(class_id, method_id), now);
         }
@@ -437,9 +453,14 @@ impl Connection {
         Ok(())
     }
 
+    /// RabbitMQ 3.x acknowledges `active=true` and refuses `active=false`
+    /// with a connection error (rabbit_channel: `protocol_error(not_implemented,
+    /// "active=false")`): clients that need to stop deliveries use basic.qos.
     fn channel_flow(&mut self, id: u16, m: ChannelFlow) -> Result<(), AmqpError> {
-        self.wire
-            .method(id, &ChannelFlowOk { active: m.active }.into());
+        if !m.active {
+            return Err(AmqpError::not_implemented("active=false"));
+        }
+        self.wire.method(id, &ChannelFlowOk { active: true }.into());
         Ok(())
     }
 
@@ -535,6 +556,8 @@ impl Connection {
             ch.consumer_prefetch = m.prefetch_count;
         }
         self.wire.method(id, &BasicQosOk {}.into());
+        // A larger (or no) global limit lets the limited consumers go on.
+        self.resume_limited(id);
         Ok(())
     }
 
@@ -838,7 +861,8 @@ impl Connection {
                     "expected content body, got non content body frame instead"
                 } else {
                     "expected content header for class 60, got non content header frame instead"
-                }))
+                })
+                .with_method(60, 40))
             }
             Some(content) => Ok(Some(content)),
         }
@@ -852,9 +876,10 @@ impl Connection {
         };
         if header.class_id != BASIC_CLASS {
             let error = AmqpError::unexpected_frame(format!(
-                "expected content header for class 60, got class {}",
+                "expected content header for class 60, got one for class {} instead",
                 header.class_id
-            ));
+            ))
+            .with_method(60, 40);
             return self.connection_error(error, env.now);
         }
         if header.body_size > env.config.message_size_max {
@@ -883,7 +908,8 @@ impl Connection {
                 AmqpError::frame_error(format!(
                     "content body frame exceeds remaining content size ({} > {})",
                     received, body_size
-                )),
+                ))
+                .with_method(60, 40),
                 now,
             );
             return;
@@ -1027,6 +1053,16 @@ impl Connection {
             }
             properties
         };
+        // RabbitMQ refuses a delivery-mode other than 1 or 2 once the
+        // exchange is known to exist (rabbit_basic:message).
+        if let Some(mode) = message.delivery_mode() {
+            if !matches!(mode, 1 | 2) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid message: {{delivery_mode_unknown,{}}}",
+                    mode
+                )));
+            }
+        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -1191,7 +1227,7 @@ impl Connection {
                 ch.count_settled(&u);
                 self.effects.push(settle_msg(&u, settle));
             }
-            self.release_held(id);
+            self.resume_limited(id);
             return Ok(());
         }
         // Drained in place: nothing allocated for a multiple ack.
@@ -1206,7 +1242,7 @@ impl Connection {
             unacked.drain(range),
             settle,
         );
-        self.release_held(id);
+        self.resume_limited(id);
         Ok(())
     }
 
@@ -1221,7 +1257,7 @@ impl Connection {
             taken.into_iter(),
             settle,
         );
-        self.release_held(id);
+        self.resume_limited(id);
     }
 
     fn requeue_unacked(&mut self, id: u16) {
@@ -1231,7 +1267,7 @@ impl Connection {
             }
             ch.consumer_unacked = 0;
         }
-        self.release_held(id);
+        self.resume_limited(id);
     }
 
     /// Cancels a channel's consumers and returns its unacknowledged messages
@@ -1272,9 +1308,7 @@ impl Connection {
             self.effects.push(settle_msg(&u, Settle::Requeue));
         }
         ch.consumer_unacked = 0;
-        for delivery in ch.held.drain(..) {
-            self.effects.push(bounce(&delivery));
-        }
+        ch.limited.clear();
         ch.content = None;
         ch.confirms = None;
         ch.tx = None;
@@ -1345,6 +1379,11 @@ impl Connection {
                 if let Some(tag) = ch.pending_consumer.take() {
                     ch.forget_consumer(tag.as_str());
                 }
+                let error = if error.class_id == 0 {
+                    error.with_method(ch.method_ids.0, ch.method_ids.1)
+                } else {
+                    error
+                };
                 self.resume();
                 self.fail(id, error, now);
             }
@@ -1378,10 +1417,10 @@ impl Connection {
             self.resume();
             return None;
         }
-        match self.write_to_consumer(&delivery.head, &delivery.message, false) {
+        match self.write_to_consumer(&delivery.head, &delivery.message) {
             Consumed::Written => None,
-            Consumed::Held => {
-                self.hold(delivery);
+            Consumed::Limited => {
+                self.give_back(&delivery.head);
                 None
             }
             Consumed::Gone => Some(delivery),
@@ -1389,29 +1428,22 @@ impl Connection {
     }
 
     /// `deliver` for a message the queue keeps until the ack, written from
-    /// the queue's copy. False if the channel or consumer is gone: the
-    /// caller returns the message to its queue.
-    pub(crate) fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> bool {
-        match self.write_to_consumer(head, message, false) {
-            Consumed::Written => true,
-            Consumed::Held => {
-                self.hold(head.with(message.clone()));
-                true
-            }
-            Consumed::Gone => false,
-        }
+    /// the queue's copy. Gone if the channel or consumer is gone: the caller
+    /// returns the message to its queue. Limited if the channel is at its
+    /// global prefetch: the caller, which holds the queue, hands the message
+    /// to `deliver` afterwards, which gives it back.
+    pub(crate) fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
+        self.write_to_consumer(head, message)
+    }
+
+    /// True if the connection has work for the shard to carry out.
+    pub(crate) fn has_effects(&self) -> bool {
+        self.effect_count() > 0
     }
 
     /// Writes a consumer's delivery, with one lookup of the channel and one
     /// of the consumer tag: the path of every message a consumer receives.
-    /// A delivery `released` from the channel's held ones is not held again
-    /// behind those still waiting: it was first among them.
-    fn write_to_consumer(
-        &mut self,
-        head: &DeliveryHead,
-        message: &Message,
-        released: bool,
-    ) -> Consumed {
+    fn write_to_consumer(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
         let Some(ch) = self.channels.get_mut(&head.channel) else {
             return Consumed::Gone;
         };
@@ -1421,9 +1453,8 @@ impl Connection {
         let Some(tag) = ch.consumer_tags.get(&(head.queue, head.consumer)) else {
             return Consumed::Gone;
         };
-        let behind_held = !released && !ch.held.is_empty();
-        if !head.no_ack && (ch.at_channel_prefetch() || behind_held) {
-            return Consumed::Held;
+        if !head.no_ack && ch.at_channel_prefetch() {
+            return Consumed::Limited;
         }
         let delivery_tag = take_delivery_tag(
             &mut ch.next_delivery_tag,
@@ -1441,12 +1472,27 @@ impl Connection {
         Consumed::Written
     }
 
-    /// The channel's shared limit is reached: the message waits here,
-    /// already assigned to its consumer, until an ack.
-    fn hold(&mut self, delivery: Delivery) {
-        if let Some(ch) = self.channels.get_mut(&delivery.head.channel) {
-            ch.held.push_back(delivery);
+    /// The channel's global prefetch is reached: the delivery goes back to
+    /// its queue, to the head, for any consumer with room (RabbitMQ's queue
+    /// asks the channel's limiter before it delivers, with the same effect),
+    /// and its consumer waits for `resume_limited`.
+    fn give_back(&mut self, head: &DeliveryHead) {
+        let Some(ch) = self.channels.get_mut(&head.channel) else {
+            return;
+        };
+        let consumer = (head.queue, head.consumer);
+        if !ch.limited.contains(&consumer) {
+            ch.limited.push(consumer);
         }
+        self.effects.push((
+            head.queue.shard,
+            ShardMsg::Settle {
+                queue: head.queue.id,
+                seq: head.seq,
+                consumer: head.consumer,
+                settle: Settle::Return,
+            },
+        ));
     }
 
     /// A basic.get's answer with its message.
@@ -1477,29 +1523,23 @@ impl Connection {
     }
 
     /// Writes held deliveries while the channel's prefetch allows.
-    fn release_held(&mut self, id: u16) {
-        loop {
-            let Some(ch) = self.channels.get_mut(&id) else {
-                return;
-            };
-            if ch.at_channel_prefetch() {
-                return;
-            }
-            let Some(delivery) = ch.held.pop_front() else {
-                return;
-            };
-            match self.write_to_consumer(&delivery.head, &delivery.message, true) {
-                Consumed::Written => {}
-                Consumed::Gone => self.effects.push(bounce(&delivery)),
-                // Not at the prefetch limit (checked above): unreachable,
-                // but the delivery keeps its place if it were.
-                Consumed::Held => {
-                    if let Some(ch) = self.channels.get_mut(&id) {
-                        ch.held.push_front(delivery);
-                    }
-                    return;
-                }
-            }
+    /// Below its global prefetch again, the channel resumes the consumers
+    /// whose queues it gave deliveries back to.
+    fn resume_limited(&mut self, id: u16) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.limited.is_empty() || ch.at_channel_prefetch() {
+            return;
+        }
+        for (queue, consumer) in ch.limited.drain(..) {
+            self.effects.push((
+                queue.shard,
+                ShardMsg::ConsumerResume {
+                    queue: queue.id,
+                    consumer,
+                },
+            ));
         }
     }
 
@@ -1512,8 +1552,16 @@ impl Connection {
             };
             if ch.tx_commit_waiting > 0 {
                 ch.tx_commit_waiting -= 1;
+                ch.tx_commit_refused |= !accepted;
                 if ch.tx_commit_waiting == 0 {
-                    self.wire.method(channel, &TxCommitOk {}.into());
+                    if std::mem::take(&mut ch.tx_commit_refused) {
+                        let error = AmqpError::precondition_failed("partial tx completion")
+                            .with_method(90, 20);
+                        // A soft error: `now` only dates a connection close.
+                        self.fail(channel, error, Instant::now());
+                    } else {
+                        self.wire.method(channel, &TxCommitOk {}.into());
+                    }
                     self.resume();
                 }
             }
@@ -1597,10 +1645,10 @@ fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u6
 }
 
 /// What became of a consumer's delivery at its channel.
-enum Consumed {
+pub(crate) enum Consumed {
     Written,
-    /// The channel's prefetch is reached: the caller holds the delivery.
-    Held,
+    /// The channel's global prefetch is reached: the delivery goes back.
+    Limited,
     /// The channel or the consumer is gone.
     Gone,
 }
@@ -1707,19 +1755,6 @@ fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, S
             more,
             consumer: first.consumer,
             settle,
-        },
-    )
-}
-
-/// Returns a delivery the client never saw to its queue.
-fn bounce(delivery: &Delivery) -> (ShardId, ShardMsg) {
-    (
-        delivery.head.queue.shard,
-        ShardMsg::Settle {
-            queue: delivery.head.queue.id,
-            seq: delivery.head.seq,
-            consumer: delivery.head.consumer,
-            settle: Settle::Requeue,
         },
     )
 }

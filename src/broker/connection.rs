@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::channel::Channel;
 use crate::broker::login_delay::{LoginDelays, LoginTurn};
@@ -38,8 +38,9 @@ use warren_protocol::method::MethodArgs;
 use warren_protocol::{
     close_method, parse_frame, peek_publish, write_body, write_content_header, write_deliver,
     write_heartbeat, write_method, AmqpError, ConnectionBlocked, ConnectionCloseOk,
-    ConnectionOpenOk, ConnectionStart, ConnectionTune, ConnectionUnblocked, Deliver, FieldTable,
-    FieldValue, Frame, Method, Properties, ShortStr, PROTOCOL_HEADER,
+    ConnectionOpenOk, ConnectionStart, ConnectionTune, ConnectionUnblocked,
+    ConnectionUpdateSecretOk, Deliver, FieldTable, FieldValue, Frame, Method, Properties, ShortStr,
+    PROTOCOL_HEADER,
 };
 
 /// A publish for a queue of the connection's own shard: the queue, the
@@ -408,7 +409,7 @@ impl Connection {
     }
 
     /// Effects made and not yet handed over.
-    fn effect_count(&self) -> usize {
+    pub(crate) fn effect_count(&self) -> usize {
         self.local_publishes.len() + self.effects.len()
     }
 
@@ -508,10 +509,12 @@ impl Connection {
     }
 
     /// Checks the 8-byte protocol header; false if more bytes are needed.
+    /// RabbitMQ also takes AMQP 0-9's header (`AMQP\x01\x01\x00\x09`) as
+    /// 0-9-1, whose framing it shares; any other header, AMQP 0-8 and 1.0
+    /// included, gets ours back and the socket closed, as the spec says.
     fn protocol_header(&mut self, buf: &mut BytesMut) -> bool {
         let n = buf.len().min(PROTOCOL_HEADER.len());
-        if buf[..n] != PROTOCOL_HEADER[..n] {
-            // The spec: answer with the header we speak, then close.
+        if buf[..n] != PROTOCOL_HEADER[..n] && buf[..n] != PROTOCOL_HEADER_0_9[..n] {
             self.wire.raw(PROTOCOL_HEADER);
             self.phase = Phase::Closed;
             buf.clear();
@@ -599,28 +602,37 @@ impl Connection {
                 Ok(())
             }
             (Phase::TuneOk, Method::ConnectionTuneOk(m)) => {
-                let server_max = env.config.frame_size_max;
-                if m.frame_max != 0 && m.frame_max < config::FRAME_SIZE_MIN {
-                    return Err(AmqpError::not_allowed(format!(
-                        "frame_max={} < {} min size",
-                        m.frame_max,
-                        config::FRAME_SIZE_MIN
-                    )));
-                }
-                if m.frame_max > server_max {
-                    return Err(AmqpError::not_allowed(format!(
-                        "frame_max={} > {} max size",
-                        m.frame_max, server_max
-                    )));
+                let refusal = negotiation_refusal(
+                    "frame_max",
+                    m.frame_max,
+                    config::FRAME_SIZE_MIN,
+                    env.config.frame_size_max,
+                )
+                .or_else(|| {
+                    negotiation_refusal(
+                        "channel_max",
+                        m.channel_max.into(),
+                        1,
+                        env.config.channel_max.into(),
+                    )
+                });
+                if let Some(why) = refusal {
+                    // RabbitMQ 3.10 sends no close frame here: it logs, stays
+                    // silent for SILENT_CLOSE_DELAY and drops the socket.
+                    error!(peer = %self.peer, reason = %why, "failed to negotiate connection parameters");
+                    self.phase = Phase::CloseSent {
+                        deadline: env.now + config::SILENT_CLOSE_DELAY,
+                    };
+                    return Ok(());
                 }
                 self.wire.frame_max = if m.frame_max == 0 {
-                    server_max
+                    env.config.frame_size_max
                 } else {
                     m.frame_max
                 };
                 self.channel_max = match m.channel_max {
                     0 => env.config.channel_max,
-                    n => n.min(env.config.channel_max),
+                    n => n,
                 };
                 self.heartbeat_s = m.heartbeat;
                 self.phase = Phase::Open;
@@ -654,9 +666,15 @@ impl Connection {
                 self.phase = Phase::Closed;
                 Ok(())
             }
-            (Phase::Running, Method::ConnectionUpdateSecret(_)) => Err(AmqpError::not_implemented(
-                "connection.update-secret is not supported",
-            )),
+            // RabbitMQ 3.10 with its internal user database accepts any new
+            // secret (rabbit_auth_backend_internal:update_state keeps the user
+            // as it is) and answers update-secret-ok; so do we, whose users
+            // are that database.
+            (Phase::Running, Method::ConnectionUpdateSecret(m)) => {
+                info!(peer = %self.peer, user = %self.user, reason = %m.reason, "user updated secret");
+                self.wire.method(0, &ConnectionUpdateSecretOk {}.into());
+                Ok(())
+            }
             (Phase::Running, method) => Err(AmqpError::channel_error(format!(
                 "unexpected method {} in connection state running",
                 method.name()
@@ -903,6 +921,32 @@ impl Connection {
         }
         self.channel_reply(channel, reply, now)
     }
+}
+
+/// The protocol header of AMQP 0-9, which RabbitMQ serves as 0-9-1.
+const PROTOCOL_HEADER_0_9: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
+
+/// RabbitMQ's check of a value the client chose in connection.tune-ok
+/// (rabbit_reader:validate_negotiated_integer_value): below the protocol's
+/// minimum, or 0 ("no limit") or above the server's own limit when it has one,
+/// is refused, with RabbitMQ's words.
+fn negotiation_refusal(field: &str, client: u32, min: u32, server: u32) -> Option<String> {
+    if client != 0 && client < min {
+        return Some(format!(
+            "negotiated {field} = {client} is lower than the minimum allowed value ({min})"
+        ));
+    }
+    if server != 0 && (client == 0 || client > server) {
+        let detail = if field == "channel_max" && client == 0 {
+            " (no limit)"
+        } else {
+            ""
+        };
+        return Some(format!(
+            "negotiated {field} = {client}{detail} is higher than the maximum allowed value ({server})"
+        ));
+    }
+    None
 }
 
 fn start_method() -> Method {

@@ -41,7 +41,8 @@ use crate::util::signal::oneshot;
 use warren_protocol::{
     AmqpError, ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
     ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, FieldTable, Method, QueueBind, QueueBindOk,
-    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind, QueueUnbindOk, ShortStr,
+    QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueueUnbind, QueueUnbindOk,
+    ReplyCode, ShortStr,
 };
 
 #[derive(Debug)]
@@ -264,10 +265,14 @@ impl Owner {
                 self.bind(binding).await?;
                 Ok(ExchangeBindOk {}.into())
             }
+            // RabbitMQ 3.10 answers unbind-ok when an exchange or the queue
+            // of the binding is missing: there is no such binding to remove.
             MetaRequest::ExchangeUnbind(m) => {
                 let binding =
-                    self.exchange_binding(&m.source, &m.destination, &m.routing_key, &m.arguments)?;
-                self.unbind(binding).await;
+                    self.exchange_binding(&m.source, &m.destination, &m.routing_key, &m.arguments);
+                if let Some(binding) = unless_missing(binding)? {
+                    self.unbind(binding).await;
+                }
                 Ok(ExchangeUnbindOk {}.into())
             }
             MetaRequest::QueueDeclare(m) => self.queue_declare(m, conn).await,
@@ -280,8 +285,10 @@ impl Owner {
             }
             MetaRequest::QueueUnbind(m) => {
                 let binding =
-                    self.queue_binding(&m.queue, &m.exchange, &m.routing_key, &m.arguments, conn)?;
-                self.unbind(binding).await;
+                    self.queue_binding(&m.queue, &m.exchange, &m.routing_key, &m.arguments, conn);
+                if let Some(binding) = unless_missing(binding)? {
+                    self.unbind(binding).await;
+                }
                 Ok(QueueUnbindOk {}.into())
             }
             MetaRequest::QueueAutoDelete { queue } => {
@@ -420,10 +427,10 @@ impl Owner {
             let state = self.state.borrow();
             match state.vhost.exchanges.get(m.exchange.as_str()) {
                 None => (false, false),
-                Some(e) => (
-                    true,
-                    !e.bindings.is_empty() || state.vhost.exchange_is_destination(&m.exchange),
-                ),
+                // As RabbitMQ's if-unused (rabbit_binding:has_for_source):
+                // only the exchange's own bindings count, not those of other
+                // exchanges to it, which go with it.
+                Some(e) => (true, !e.bindings.is_empty()),
             }
         };
         if !exists {
@@ -717,6 +724,16 @@ pub(crate) fn check_exclusive(meta: &QueueMeta, conn: Option<ConnRef>) -> Result
     match meta.exclusive_owner {
         Some(owner) if Some(owner) != conn => Err(locked(&meta.name)),
         _ => Ok(()),
+    }
+}
+
+/// A binding to remove, or None when its exchange or queue is missing (404),
+/// which unbind answers as done.
+fn unless_missing(binding: Result<Binding, AmqpError>) -> Result<Option<Binding>, AmqpError> {
+    match binding {
+        Ok(binding) => Ok(Some(binding)),
+        Err(error) if error.code == ReplyCode::NotFound => Ok(None),
+        Err(error) => Err(error),
     }
 }
 

@@ -114,6 +114,12 @@ pub enum ShardMsg {
         consumer: ConsumerId,
         settle: Settle,
     },
+    /// A consumer's channel has room under its global prefetch again: the
+    /// queue delivers to the consumer once more (after `Settle::Return`).
+    ConsumerResume {
+        queue: QueueId,
+        consumer: ConsumerId,
+    },
     /// Several deliveries of one queue to one consumer, settled alike (a
     /// multiple ack).
     SettleMany {
@@ -286,18 +292,21 @@ impl DeliverySink for ShardDeliveries<'_> {
             self.later.push(head.with(message.clone()));
             return;
         }
-        let written = match self.connections.get_mut(&head.conn.conn) {
+        let consumed = match self.connections.get_mut(&head.conn.conn) {
             Some(connection) => {
-                let written = connection.deliver_kept(&head, message);
+                let consumed = connection.deliver_kept(&head, message);
                 if connection.output_filled() {
                     self.filled.push(head.conn.conn);
                 }
-                written
+                consumed
             }
-            None => false,
+            None => channel::Consumed::Gone,
         };
-        if !written {
-            self.bounced.push(head.with(message.clone()));
+        match consumed {
+            channel::Consumed::Written => {}
+            // Given back by `deliver` once the queue is free again.
+            channel::Consumed::Limited => self.later.push(head.with(message.clone())),
+            channel::Consumed::Gone => self.bounced.push(head.with(message.clone())),
         }
     }
 
@@ -474,6 +483,11 @@ impl ShardState {
                     .with_queue(queue, |q, _, ctx| q.settle(seq, consumer, settle, ctx))
                     .is_some()
                 {
+                    self.dispatch(queue);
+                }
+            }
+            ShardMsg::ConsumerResume { queue, consumer } => {
+                if self.with_queue(queue, |q, _, _| q.resume(consumer)) == Some(true) {
                     self.dispatch(queue);
                 }
             }
@@ -777,8 +791,14 @@ impl ShardState {
             if connection.output_filled() {
                 self.output_filled.push(conn.conn);
             }
+            let given_back = connection.has_effects();
             if let Some(delivery) = bounced {
                 self.bounce(delivery);
+            }
+            // Deliveries the channel gave back (its global prefetch) go to
+            // their queues now, not at the connection's next input.
+            if given_back {
+                self.drain_connection_effects(conn.conn);
             }
         }
         drop(drain);
@@ -787,18 +807,21 @@ impl ShardState {
 
     fn deliver(&mut self, delivery: Delivery) {
         let conn = delivery.head.conn.conn;
-        let bounced = match self.connections.get_mut(&conn) {
+        let (bounced, given_back) = match self.connections.get_mut(&conn) {
             Some(connection) => {
                 let bounced = connection.deliver(delivery);
                 if connection.output_filled() {
                     self.output_filled.push(conn);
                 }
-                bounced
+                (bounced, connection.has_effects())
             }
-            None => Some(delivery),
+            None => (Some(delivery), false),
         };
         if let Some(delivery) = bounced {
             self.bounce(delivery);
+        }
+        if given_back {
+            self.drain_connection_effects(conn);
         }
     }
 

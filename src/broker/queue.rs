@@ -99,8 +99,8 @@ pub struct DeadLetter {
 /// where dead letters go, and the shard's message store.
 pub struct QueueCtx<'a> {
     pub timers: &'a mut Timers,
-    pub(crate) dead: &'a mut Vec<DeadLetter>,
-    pub(crate) store: &'a mut MessageStore<ConfirmTarget>,
+    pub dead: &'a mut Vec<DeadLetter>,
+    pub store: &'a mut MessageStore<ConfirmTarget>,
     now_ms: Option<u64>,
 }
 
@@ -192,6 +192,11 @@ pub enum Settle {
     Ack,
     /// Back into the queue at its old position, marked redelivered.
     Requeue,
+    /// The consumer's channel could not take the delivery, its global
+    /// prefetch being reached: back at its old position as it was, and the
+    /// consumer gets nothing more until its channel resumes it
+    /// (RabbitMQ's limiter blocking a consumer).
+    Return,
     /// Rejected without requeue: gone (dead-lettering comes with its issue).
     Discard,
 }
@@ -216,14 +221,18 @@ struct Consumer {
     /// Its connection's output is full (`DELIVERY_OUTPUT_BYTES_MAX`): it
     /// takes nothing until the connection says it drained.
     stopped: bool,
+    /// Its channel gave a delivery back (`Settle::Return`) and has not
+    /// resumed it yet.
+    limited: bool,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
         !self.stopped
             && (self.spec.no_ack
-                || self.spec.prefetch_count == 0
-                || self.in_flight < self.spec.prefetch_count)
+                || (!self.limited
+                    && (self.spec.prefetch_count == 0
+                        || self.in_flight < self.spec.prefetch_count)))
     }
 }
 
@@ -793,6 +802,7 @@ impl Queue {
             spec,
             in_flight: 0,
             stopped: false,
+            limited: false,
         });
         self.had_consumers = true;
         Ok(id)
@@ -895,6 +905,7 @@ impl Queue {
         debug_assert_eq!(holder, consumer);
         if let Some(c) = self.consumers.iter_mut().find(|c| c.id == holder) {
             c.in_flight = c.in_flight.saturating_sub(1);
+            c.limited |= settle == Settle::Return;
         }
         match settle {
             Settle::Ack => forget(self.meta.id, &queued, ctx.store),
@@ -902,8 +913,9 @@ impl Queue {
                 forget(self.meta.id, &queued, ctx.store);
                 self.dead_letter(queued.message, DeathReason::Rejected, ctx)
             }
-            Settle::Requeue => {
-                queued.redelivered = true;
+            Settle::Requeue | Settle::Return => {
+                // A returned message was never seen by the client.
+                queued.redelivered |= settle == Settle::Requeue;
                 // A message whose TTL ran out while it was delivered expires
                 // when it comes back, as in RabbitMQ.
                 if queued.expires_at_ms().is_some_and(|at| at <= ctx.now_ms()) {
@@ -913,6 +925,18 @@ impl Queue {
                     self.add_ready(queued, ctx);
                 }
             }
+        }
+    }
+
+    /// The consumer's channel has room again: it receives once more. False
+    /// if the queue has no such consumer.
+    pub(crate) fn resume(&mut self, consumer: ConsumerId) -> bool {
+        match self.consumers.iter_mut().find(|c| c.id == consumer) {
+            Some(c) => {
+                c.limited = false;
+                true
+            }
+            None => false,
         }
     }
 

@@ -112,14 +112,6 @@ impl Vhost {
         }
     }
 
-    /// True if some exchange other than `name` itself has a binding to it.
-    pub(crate) fn exchange_is_destination(&self, name: &ShortStr) -> bool {
-        let destination = Destination::Exchange(name.clone());
-        self.exchanges
-            .values()
-            .any(|e| e.bindings.iter().any(|b| b.destination == destination))
-    }
-
     /// Where a message published to `exchange` goes, in `out`: the queues it
     /// reaches now, deduplicated, and the delayed exchanges that hold it.
     /// The message is routed with `routing_key` and then each of `extra_keys`

@@ -1,7 +1,9 @@
 //! Listening sockets and the accept loop. Every shard binds the same address
-//! with SO_REUSEPORT (the kernel then spreads connections over the shards),
-//! an IPv6 wildcard stays IPv6-only so that the IPv4 wildcard has its own
-//! socket, as RabbitMQ listens on both, and a start is refused while another
+//! with SO_REUSEPORT (the kernel then spreads connections over the shards).
+//! An IPv6 socket is dual-stack (it takes IPv4 clients too, as Linux's default
+//! and RabbitMQ's `[::]` listener do) unless an IPv4 address on the same port
+//! is listened on as well, as in the default pair 0.0.0.0 and [::]: then it
+//! stays IPv6-only so that the IPv4 socket has its clients. A start is refused while another
 //! process listens on the address. The accept loop survives running out of
 //! file descriptors: it says so once, backs off, and accepts again once
 //! connections have closed. Imports only `util` and `config` of warren.
@@ -59,19 +61,26 @@ impl std::fmt::Display for ListenError {
 
 impl std::error::Error for ListenError {}
 
-fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
+/// Whether the IPv6 socket for `addr` is IPv6-only: when one of `addrs` is an
+/// IPv4 address on the same port, which then serves the IPv4 clients.
+fn only_v6(addr: SocketAddr, addrs: &[SocketAddr]) -> bool {
+    addr.is_ipv6() && addrs.iter().any(|a| a.is_ipv4() && a.port() == addr.port())
+}
+
+fn socket_for(addr: SocketAddr, only_v6: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A port held only by connections in TIME_WAIT is free to listen on.
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        // Set either way: the sysctl net.ipv6.bindv6only may have changed the default.
+        socket.set_only_v6(only_v6)?;
     }
     Ok(socket)
 }
 
 /// Binds one listening socket with SO_REUSEPORT.
-pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
-    let socket = socket_for(addr)?;
+pub(crate) fn bind(addr: SocketAddr, only_v6: bool, backlog: i32) -> io::Result<OwnedFd> {
+    let socket = socket_for(addr, only_v6)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -83,10 +92,10 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 /// shards bind beside a listener of the same user (another warren) and
 /// share its connections; a socket without it cannot bind while anyone
 /// listens there.
-fn ensure_free(addr: SocketAddr) -> Result<(), ListenError> {
+fn ensure_free(addr: SocketAddr, only_v6: bool) -> Result<(), ListenError> {
     let deadline = Instant::now() + PROBE_DEADLINE;
     loop {
-        let probe = socket_for(addr).and_then(|s| s.bind(&addr.into()));
+        let probe = socket_for(addr, only_v6).and_then(|s| s.bind(&addr.into()));
         match probe {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -109,12 +118,13 @@ pub(crate) fn bind_all(
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for addr in addrs {
+        let only_v6 = only_v6(*addr, addrs);
         let mut addr = *addr;
         if addr.port() != 0 {
-            ensure_free(addr)?;
+            ensure_free(addr, only_v6)?;
         }
         for sockets in per_shard.iter_mut() {
-            let fd = bind(addr, BACKLOG).map_err(|e| ListenError::Io(addr, e))?;
+            let fd = bind(addr, only_v6, BACKLOG).map_err(|e| ListenError::Io(addr, e))?;
             if addr.port() == 0 {
                 addr.set_port(local_port(&fd).map_err(|e| ListenError::Io(addr, e))?);
             }
@@ -262,6 +272,16 @@ mod tests {
             Err(ListenError::InUse(refused)) => assert_eq!(refused, addr),
             other => panic!("expected InUse, got {:?}", other.map(|(_, bound)| bound)),
         }
+    }
+
+    #[test]
+    fn a_lone_ipv6_wildcard_is_dual_stack_and_a_pair_is_not() {
+        let v6: SocketAddr = "[::]:5672".parse().unwrap();
+        let v4: SocketAddr = "0.0.0.0:5672".parse().unwrap();
+        assert!(!only_v6(v6, &[v6]));
+        assert!(only_v6(v6, &[v4, v6]));
+        assert!(!only_v6(v6, &["0.0.0.0:5673".parse().unwrap(), v6]));
+        assert!(!only_v6(v4, &[v4, v6]));
     }
 
     #[test]

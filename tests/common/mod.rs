@@ -80,6 +80,29 @@ impl Broker {
         }
     }
 
+    /// Starts warren listening on `listen` (e.g. "[::]:0") instead of 127.0.0.1:0; None
+    /// with an external broker, whose listeners the test cannot choose.
+    pub fn start_listening(shards: usize, listen: &str) -> Option<Broker> {
+        if external_url().is_some() {
+            return None;
+        }
+        let data_dir = fresh_temp_dir("warren-test");
+        match spawn_warren(shards, &data_dir, listen, &[]) {
+            Ok((child, addr)) => Some(Broker {
+                child: Some(child),
+                data_dir: Some(data_dir),
+                addr,
+                external_url: None,
+                shards,
+                extra_args: Vec::new(),
+            }),
+            Err(why) => {
+                let _ = fs::remove_dir_all(&data_dir);
+                panic!("{why}");
+            }
+        }
+    }
+
     fn external(url: String, shards: usize) -> Broker {
         let addr = addr_of_url(&url);
         Broker {
