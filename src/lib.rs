@@ -3,22 +3,27 @@
 //!
 //! # Layout
 //!
-//! - `protocol`: bytes ⇄ frames ⇄ methods; no sockets, no broker types.
-//! - `broker`: AMQP semantics on one shard (connections, channels, exchange
-//!   routers, queues, the metadata owner and each shard's replica);
-//!   synchronous, no I/O (the metadata owner writes through a sink that
-//!   `store` provides).
-//! - `metadata`: the definitions as data (users, passwords, queues and
-//!   their arguments, exchanges and bindings as declared, changes to them)
-//!   and RabbitMQ's definitions JSON format; below `store` and `broker`.
-//! - `shard`: one glommio executor per CPU, the mailbox mesh, the tick.
-//! - `net`: listening sockets, the accept loop, and each connection's reader
-//!   and writer tasks; it sees the shard only through `ConnectionHost`
-//!   (implemented in `shard::host`).
-//! - `store`: what is kept under `--data-dir`: the definitions file and the
-//!   message store (each shard's segment log of persistent messages); it
-//!   never sees a broker type (confirms are opaque tokens to it).
-//! - `config`: defaults and every limit.
+//! Each folder is a layer and imports go one way only; `tests/layers.rs`
+//! reads every `crate::` path and fails on an import the table does not
+//! allow (and on a cycle in the table):
+//!
+//! | layer | what it holds | may import |
+//! | --- | --- | --- |
+//! | `util` | std-only helpers: hasher, timer wheel, notify, JSON, digests, CRC32C, rlimit | nothing |
+//! | `model` | ids, `Message`, the alarm state shards share | `util` |
+//! | `config` | `Config`, defaults and every limit | `util`, `model` |
+//! | `metadata` | users, passwords, queues and exchanges as declared, the definitions JSON format | `util`, `model`, `config` |
+//! | `store` | the definitions file and log, the message store (segment logs, recovery) | the above |
+//! | `broker` | AMQP semantics on one shard, synchronous and without I/O | the above and `store` |
+//! | `net` | listening sockets and each connection's reader and writer | `util`, `config` |
+//! | `shard` | the composition root: executors, mailboxes, tasks, boot | everything |
+//!
+//! The AMQP codec (bytes ⇄ frames ⇄ methods and field tables) is its own
+//! crate, `warren-protocol` (`protocol/`), which every layer may use and
+//! which `loadgen` and the fuzz targets use too. `net` sees a shard only
+//! through `net::connection::ConnectionHost` (implemented in
+//! `shard::host`); `store` never sees a broker type (publisher confirms are
+//! opaque tokens to it).
 //!
 //! # A message's way
 //!

@@ -10,6 +10,9 @@
 //! `runs_now` lets such work skip that queue, when nothing waits in it.
 //! Queue operations get the queue's context and the sink their deliveries
 //! go to from `queue_parts`, through `with_queue` for one queue.
+//!
+//! It imports `store`, `metadata`, `config`, `model`, `util` and the codec,
+//! never `net` or `shard` (tests/layers.rs keeps it so).
 
 pub(crate) mod channel;
 pub(crate) mod connection;

@@ -2,7 +2,8 @@
 //! queues and its replica of the definitions, talking to the others only
 //! through the channel mesh (bounded SPSC channels carrying batches of
 //! `ShardMsg`). This module, `net/` and `store/` are the only ones that
-//! name glommio.
+//! name glommio. It is the composition root: it may import every other
+//! layer, and none imports it.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{IntoRawFd, OwnedFd};

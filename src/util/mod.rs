@@ -1,5 +1,5 @@
 //! Helpers that know nothing of AMQP or of the broker: they use only `std`
-//! (and `bytes`), and every other folder may use them. Nothing here imports
+//! (with `bytes` and `libc`), and every other folder may use them. Nothing here imports
 //! another folder of the crate.
 //!
 //! - `hash`: the map hasher for the broker's short keys.
