@@ -389,7 +389,7 @@ impl Connection {
                 break Input::Paused;
             }
             if self.phase == Phase::ProtocolHeader {
-                if !self.protocol_header(buf) {
+                if !self.protocol_header(buf, env) {
                     break Input::NeedMore;
                 }
                 continue;
@@ -445,7 +445,7 @@ impl Connection {
     }
 
     /// Checks the 8-byte protocol header; false if more bytes are needed.
-    fn protocol_header(&mut self, buf: &mut BytesMut) -> bool {
+    fn protocol_header(&mut self, buf: &mut BytesMut, env: &Env) -> bool {
         let n = buf.len().min(PROTOCOL_HEADER.len());
         if buf[..n] != PROTOCOL_HEADER[..n] {
             // The spec: answer with the header we speak, then close.
@@ -458,7 +458,9 @@ impl Connection {
             return false;
         }
         let _ = buf.split_to(PROTOCOL_HEADER.len());
-        self.wire.method(0, &start_method());
+        // Tests of placement need to know which shard they reached.
+        let shard = env.config.placement_test.map(|_| self.conn.shard);
+        self.wire.method(0, &start_method(shard));
         self.phase = Phase::StartOk;
         true
     }
@@ -842,7 +844,9 @@ impl Connection {
     }
 }
 
-fn start_method() -> Method {
+/// connection.start; `shard` is named only for tests of placement
+/// (`config::PlacementTest`).
+fn start_method(shard: Option<ShardId>) -> Method {
     let mut capabilities = FieldTable::default();
     for name in [
         "publisher_confirms",
@@ -868,6 +872,9 @@ fn start_method() -> Method {
     properties.insert("platform", text("Rust"));
     properties.insert("product", text("warren"));
     properties.insert("version", text(env!("CARGO_PKG_VERSION")));
+    if let Some(shard) = shard {
+        properties.insert("warren_shard", FieldValue::I32(i32::from(shard.0)));
+    }
     ConnectionStart {
         version_major: 0,
         version_minor: 9,
