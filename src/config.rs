@@ -64,6 +64,12 @@ pub const FLOW_READY_LOW: usize = 1024;
 /// enough that a grant's round trip (a peer's wake-up, ~0.1 ms) never
 /// stalls a publisher that is not being held.
 pub const FLOW_CREDIT_MESSAGES: i64 = 16_384;
+/// A queue holding back credit lets it go once its consumers have taken
+/// nothing for this long: stalled consumers slow no publisher, and the
+/// queue buffers for them. Longer than the local flow's tick, since a
+/// delivery's round trip through another shard takes longer on a loaded
+/// machine.
+pub const FLOW_CREDIT_STALL: Duration = Duration::from_millis(100);
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;

@@ -460,7 +460,7 @@ impl ShardState {
             self.credit_held.push(CreditHold {
                 queue,
                 deliveries,
-                ticked: false,
+                progress_at: self.now,
             });
         }
     }
@@ -496,12 +496,15 @@ impl ShardState {
     }
 
     /// The tick lets holds go whose queue is gone or whose consumers took
-    /// nothing for a whole tick (stalled consumers slow no publisher, as in
-    /// `release_flow_waited_a_tick`); then the credit they held goes back.
+    /// nothing for `FLOW_CREDIT_STALL` (stalled consumers slow no
+    /// publisher, as in `release_flow_waited_a_tick`, but a delivery's
+    /// round trip through another shard can take longer than a tick on a
+    /// loaded machine); then the credit they held goes back.
     fn release_credit_holds(&mut self) {
         if self.credit_held.is_empty() {
             return;
         }
+        let now = self.now;
         let queues = &mut self.queues;
         self.credit_held.retain_mut(|hold| {
             let Some(q) = queues.get_mut(&hold.queue) else {
@@ -510,9 +513,12 @@ impl ShardState {
             if !q.outpaces_consumers_still() {
                 return false;
             }
-            if !hold.ticked || q.deliveries() != hold.deliveries {
-                hold.ticked = true;
+            if q.deliveries() != hold.deliveries {
                 hold.deliveries = q.deliveries();
+                hold.progress_at = now;
+                return true;
+            }
+            if now.saturating_duration_since(hold.progress_at) < crate::config::FLOW_CREDIT_STALL {
                 return true;
             }
             q.flow_waited_in_vain(hold.deliveries);
@@ -1011,6 +1017,7 @@ impl ShardState {
                     queue,
                     deliveries,
                     ticked: false,
+                    progress_at: self.now,
                 });
             }
         }
@@ -1282,8 +1289,16 @@ impl ShardState {
     /// tick before (timers of their own would cost a submission and a
     /// cancellation per wait). A queue whose consumers took nothing
     /// meanwhile has stalled consumers, which slow no publisher.
+    ///
+    /// A publisher into a queue whose consumers are on other shards waits
+    /// longer: until the queue has drained, or its consumers have taken
+    /// nothing for `FLOW_CREDIT_STALL`, as a publisher on another shard
+    /// waits for credit (`release_credit_holds`). Let go after a tick, it
+    /// would outrun consumers whose deliveries take hops between shards.
     fn release_flow_waited_a_tick(&mut self) {
         let ShardState {
+            id,
+            now,
             flow,
             queues,
             connections,
@@ -1293,6 +1308,20 @@ impl ShardState {
             if !wait.ticked {
                 wait.ticked = true;
                 return true;
+            }
+            if let Some(q) = queues.get(&wait.queue) {
+                if q.outpaces_consumers_still() && q.consumer_specs().any(|c| c.conn.shard != *id) {
+                    if q.deliveries() != wait.deliveries {
+                        wait.deliveries = q.deliveries();
+                        wait.progress_at = *now;
+                        return true;
+                    }
+                    if now.saturating_duration_since(wait.progress_at)
+                        < crate::config::FLOW_CREDIT_STALL
+                    {
+                        return true;
+                    }
+                }
             }
             if let Some(q) = queues.get_mut(&wait.queue) {
                 q.flow_waited_in_vain(wait.deliveries);
@@ -1321,16 +1350,18 @@ struct FlowWait {
     deliveries: u64,
     /// A tick passed since the wait began: the next one ends it.
     ticked: bool,
+    /// When the queue's deliveries count last changed (for a queue whose
+    /// consumers are on other shards; `deliveries` follows it then).
+    progress_at: Instant,
 }
 
 /// A queue holding back the credit of the shards that publish into it
 /// (`ShardState::credit_held`).
 struct CreditHold {
     queue: QueueId,
-    /// The queue's deliveries count at the last tick.
+    /// The queue's deliveries count when it last changed, and when.
     deliveries: u64,
-    /// A tick passed since the hold began.
-    ticked: bool,
+    progress_at: Instant,
 }
 
 fn no_queue_by_id() -> AmqpError {
