@@ -266,7 +266,7 @@ fn one_to_one(b: &Broker, p: u16, q: u16, c: u16) {
         seen[seq as usize] = true;
         received += 1;
         last_tag = tag;
-        if received % ACK_EVERY == 0 {
+        if received.is_multiple_of(ACK_EVERY) {
             consumer.send_on(
                 1,
                 BasicAck {
@@ -276,7 +276,7 @@ fn one_to_one(b: &Broker, p: u16, q: u16, c: u16) {
                 .into(),
             );
         }
-        if received % 10_000 == 0 {
+        if received.is_multiple_of(10_000) {
             backlog_max = backlog_max.max(control.declare(&queue, true));
         }
     }

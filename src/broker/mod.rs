@@ -10,6 +10,12 @@
 //! `runs_now` lets such work skip that queue, when nothing waits in it.
 //! Queue operations get the queue's context and the sink their deliveries
 //! go to from `queue_parts`, through `with_queue` for one queue.
+//!
+//! Flow control lives here too: a publisher into a local queue its
+//! consumers do not keep up with waits (`in_flow`, `FlowWait`); one into
+//! another shard's queue spends that shard's credit, which the queue's
+//! shard grants back per mailbox batch and holds while one of its queues
+//! outpaces its consumers (`ShardMsg::Credit`, `handle_batch`).
 
 pub mod channel;
 pub mod connection;
