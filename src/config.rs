@@ -59,6 +59,22 @@ pub(crate) const FLOW_BUSY_FRACTION: f64 = 0.9;
 pub(crate) const FLOW_CALM_FRACTION: f64 = 0.5;
 pub(crate) const FLOW_READY_HIGH: usize = 4096;
 pub(crate) const FLOW_READY_LOW: usize = 1024;
+/// Flow control across shards (in the spirit of RabbitMQ's credit flow,
+/// counted per pair of shards and granted per mailbox batch): the enqueues
+/// one shard may have sent another and not had granted back. The queue's
+/// shard grants them back as it takes them, unless one of its queues
+/// outpaces its consumers (`FLOW_READY_HIGH`); then not until that queue
+/// is down to `FLOW_READY_LOW`, or its consumers stall for a tick. It
+/// bounds what a publisher can pile up on another shard, and is large
+/// enough that a grant's round trip (a peer's wake-up, ~0.1 ms) never
+/// stalls a publisher that is not being held.
+pub(crate) const FLOW_CREDIT_MESSAGES: i64 = 16_384;
+/// A queue holding back credit lets it go once its consumers have taken
+/// nothing for this long: stalled consumers slow no publisher, and the
+/// queue buffers for them. Longer than the local flow's tick, since a
+/// delivery's round trip through another shard takes longer on a loaded
+/// machine.
+pub(crate) const FLOW_CREDIT_STALL: Duration = Duration::from_millis(100);
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub(crate) const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;
@@ -150,6 +166,47 @@ pub struct Config {
     pub disk_free_limit: DiskFreeLimit,
     /// Bytes per message store segment file (`--segment-size`).
     pub segment_size: u64,
+    /// `--spin-before-park-us`: how long an idle shard polls before it
+    /// sleeps in io_uring (zero: it sleeps at once).
+    pub spin_before_park: Duration,
+    /// For tests and benchmarks only (`WARREN_TEST_PLACEMENT`): see
+    /// `PlacementTest`. None in any real use.
+    pub placement_test: Option<PlacementTest>,
+}
+
+/// The environment variable that turns on `PlacementTest`, for tests and
+/// benchmarks only: `WARREN_TEST_PLACEMENT=` (empty) makes every
+/// connection.start name the shard that accepted the connection (server
+/// property `warren_shard`), so that a client can reconnect until it
+/// lands on the shard it wants (loadgen's hidden `--producer-shard` and
+/// `--consumer-shard`); `WARREN_TEST_PLACEMENT=queue=N` also puts every
+/// queue declared on shard N (modulo the shard count). Together they
+/// force each placement of publisher, queue and consumer.
+pub const PLACEMENT_TEST_ENV: &str = "WARREN_TEST_PLACEMENT";
+
+/// Placement forced for tests and benchmarks (`PLACEMENT_TEST_ENV`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlacementTest {
+    /// Every queue lives on this shard (modulo the shard count).
+    pub queue_shard: Option<usize>,
+}
+
+impl PlacementTest {
+    /// Reads `PLACEMENT_TEST_ENV`'s value: empty, or `queue=N`.
+    pub fn parse(value: &str) -> Result<PlacementTest, String> {
+        let mut placement = PlacementTest::default();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("queue", shard)) => {
+                    placement.queue_shard = Some(shard.parse().map_err(|_| {
+                        format!("{PLACEMENT_TEST_ENV}: queue={shard} is not a shard number")
+                    })?)
+                }
+                _ => return Err(format!("{PLACEMENT_TEST_ENV}: cannot read {part:?}")),
+            }
+        }
+        Ok(placement)
+    }
 }
 
 impl Default for Config {
@@ -168,6 +225,8 @@ impl Default for Config {
             memory_high_watermark: MemoryWatermark::default(),
             disk_free_limit: DiskFreeLimit::default(),
             segment_size: SEGMENT_SIZE,
+            spin_before_park: Duration::ZERO,
+            placement_test: None,
         }
     }
 }

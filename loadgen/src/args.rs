@@ -104,6 +104,15 @@ pub struct Args {
     /// A name for this run, shown in reports.
     #[arg(long, default_value = "loadgen")]
     pub id: String,
+    /// For tests and benchmarks of warren's placement only: producer
+    /// connections reconnect until they land on this shard of a warren
+    /// started with WARREN_TEST_PLACEMENT (it names its shard in
+    /// connection.start). Other brokers do not say, and are refused.
+    #[arg(long, hide = true)]
+    pub producer_shard: Option<u16>,
+    /// The same for consumer connections.
+    #[arg(long, hide = true)]
+    pub consumer_shard: Option<u16>,
 }
 
 /// One producer connection: its executor and the producers (channels) on it.

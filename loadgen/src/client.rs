@@ -30,6 +30,13 @@ pub const READ_BUFFER_SIZE: usize = 256 * 1024;
 const FRAME_MAX_WANTED: u32 = 131_072;
 /// How long set-up steps may take before loadgen gives up on the broker.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server property in which a warren started with WARREN_TEST_PLACEMENT
+/// names the shard that accepted the connection.
+const SHARD_PROPERTY: &str = "warren_shard";
+/// Connections `open_on_shard` tries before it gives up: with the kernel
+/// spreading connections at random over N shards, 64 misses in a row are
+/// as good as impossible at the shard counts tests use.
+const SHARD_ATTEMPTS_MAX: usize = 64;
 
 pub use crate::socket::{write_all, Stream};
 
@@ -88,6 +95,44 @@ pub fn close_error(method: &Method) -> Option<Error> {
 impl Connection {
     /// Connects and runs the handshake up to connection.open-ok.
     pub async fn open(addr: SocketAddr, uri: &AmqpUri, name: &str) -> Result<Connection> {
+        Ok(Self::open_once(addr, uri, name).await?.0)
+    }
+
+    /// `open`, reconnecting until the connection lands on warren's shard
+    /// `shard` (tests and benchmarks of placement only: the kernel spreads
+    /// connections over the shards, and a warren started with
+    /// WARREN_TEST_PLACEMENT names its shard in connection.start).
+    pub async fn open_on_shard(
+        addr: SocketAddr,
+        uri: &AmqpUri,
+        name: &str,
+        shard: Option<u16>,
+    ) -> Result<Connection> {
+        let Some(wanted) = shard else {
+            return Self::open(addr, uri, name).await;
+        };
+        for _ in 0..SHARD_ATTEMPTS_MAX {
+            let (conn, landed) = Self::open_once(addr, uri, name).await?;
+            match landed {
+                None => {
+                    return Err(Error::new(
+                        "the broker does not name its shard: start warren with WARREN_TEST_PLACEMENT set",
+                    ))
+                }
+                Some(landed) if landed == wanted => return Ok(conn),
+                Some(_) => drop(conn),
+            }
+        }
+        Err(Error::new(format!(
+            "no connection landed on shard {wanted} in {SHARD_ATTEMPTS_MAX} attempts"
+        )))
+    }
+
+    async fn open_once(
+        addr: SocketAddr,
+        uri: &AmqpUri,
+        name: &str,
+    ) -> Result<(Connection, Option<u16>)> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
@@ -100,13 +145,15 @@ impl Connection {
             channel_max: 0,
             held: VecDeque::new(),
         };
-        with_timeout("the AMQP handshake", RPC_TIMEOUT, conn.handshake(uri, name)).await?;
-        Ok(conn)
+        let shard =
+            with_timeout("the AMQP handshake", RPC_TIMEOUT, conn.handshake(uri, name)).await?;
+        Ok((conn, shard))
     }
 
-    async fn handshake(&mut self, uri: &AmqpUri, name: &str) -> Result<()> {
+    /// Returns the shard warren names in connection.start, if it does.
+    async fn handshake(&mut self, uri: &AmqpUri, name: &str) -> Result<Option<u16>> {
         write_all(&self.stream, PROTOCOL_HEADER).await?;
-        match self.next_method().await? {
+        let shard = match self.next_method().await? {
             (0, Method::ConnectionStart(start)) => {
                 let mechanisms = String::from_utf8_lossy(&start.mechanisms).to_string();
                 if !mechanisms.split(' ').any(|m| m == "PLAIN") {
@@ -114,9 +161,13 @@ impl Connection {
                         "the broker does not offer PLAIN authentication (offers {mechanisms})"
                     )));
                 }
+                match start.server_properties.get(SHARD_PROPERTY) {
+                    Some(FieldValue::I32(shard)) => u16::try_from(*shard).ok(),
+                    _ => None,
+                }
             }
             (_, other) => return Err(unexpected("connection.start", &other)),
-        }
+        };
         let mut capabilities = FieldTable::new();
         for cap in [
             "publisher_confirms",
@@ -195,7 +246,7 @@ impl Connection {
         )
         .await?;
         match self.next_method().await? {
-            (0, Method::ConnectionOpenOk(_)) => Ok(()),
+            (0, Method::ConnectionOpenOk(_)) => Ok(shard),
             (_, Method::ConnectionClose(c)) => Err(Error::new(format!(
                 "the broker refused vhost {:?}: {} {}",
                 uri.vhost, c.reply_code, c.reply_text

@@ -43,10 +43,11 @@ pub async fn run(
     stop: Rc<Signal>,
 ) -> Result<()> {
     let args = &ctx.plan.args;
-    let mut conn = Connection::open(
+    let mut conn = Connection::open_on_shard(
         ctx.plan.addr,
         &ctx.plan.uri,
         &format!("loadgen consumer {index}"),
+        args.consumer_shard,
     )
     .await?;
     let mut channels: Vec<ChannelState> = Vec::new();

@@ -88,10 +88,11 @@ fn scheduled_ns(start_ns: u64, rate: f64, sequence: u64) -> u64 {
 
 pub async fn run(ctx: Rc<ExecCtx>, index: usize, plan: ProducerConn) -> Result<()> {
     let args = &ctx.plan.args;
-    let mut conn = Connection::open(
+    let mut conn = Connection::open_on_shard(
         ctx.plan.addr,
         &ctx.plan.uri,
         &format!("loadgen producer {index}"),
+        args.producer_shard,
     )
     .await?;
     let confirm_max = args.confirm.filter(|&c| c > 0);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing::error;
+use tracing::{error, warn};
 
 use warren::config::{self, Config};
 
@@ -53,6 +53,12 @@ struct Args {
     /// channel with 406 PRECONDITION_FAILED.
     #[arg(long, default_value_t = config::MESSAGE_SIZE_MAX, value_name = "BYTES")]
     max_message_size: u64,
+    /// Microseconds an idle shard keeps polling before it sleeps: spares
+    /// the wake-up (~0.1 ms) of a shard whose consumers' queues live on
+    /// another shard, at the cost of that much CPU after each burst of
+    /// work. Works only on pinned shards. See tuning.md.
+    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    spin_before_park_us: u64,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -118,6 +124,24 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Tests and benchmarks only: see config::PlacementTest.
+    let placement_test = match std::env::var(config::PLACEMENT_TEST_ENV) {
+        Err(_) => None,
+        Ok(value) => match config::PlacementTest::parse(&value) {
+            Ok(placement) => {
+                warn!(
+                    ?placement,
+                    "placement forced for tests ({})",
+                    config::PLACEMENT_TEST_ENV
+                );
+                Some(placement)
+            }
+            Err(e) => {
+                error!("{}", e);
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let config = Config {
         listen,
         data_dir: args.data_dir,
@@ -129,6 +153,8 @@ fn main() -> ExitCode {
         disk_free_limit,
         segment_size: args.segment_size.max(config::SEGMENT_SIZE_MIN),
         message_size_max: args.max_message_size,
+        placement_test,
+        spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
         ..Config::default()
     };
     // The data directory is created (0700) and locked by shard::run.

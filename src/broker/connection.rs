@@ -449,7 +449,7 @@ impl Connection {
                 break Input::Paused;
             }
             if self.phase == Phase::ProtocolHeader {
-                if !self.protocol_header(buf) {
+                if !self.protocol_header(buf, env) {
                     break Input::NeedMore;
                 }
                 continue;
@@ -512,7 +512,7 @@ impl Connection {
     /// RabbitMQ also takes AMQP 0-9's header (`AMQP\x01\x01\x00\x09`) as
     /// 0-9-1, whose framing it shares; any other header, AMQP 0-8 and 1.0
     /// included, gets ours back and the socket closed, as the spec says.
-    fn protocol_header(&mut self, buf: &mut BytesMut) -> bool {
+    fn protocol_header(&mut self, buf: &mut BytesMut, env: &Env) -> bool {
         let n = buf.len().min(PROTOCOL_HEADER.len());
         if buf[..n] != PROTOCOL_HEADER[..n] && buf[..n] != PROTOCOL_HEADER_0_9[..n] {
             self.wire.raw(PROTOCOL_HEADER);
@@ -524,7 +524,9 @@ impl Connection {
             return false;
         }
         let _ = buf.split_to(PROTOCOL_HEADER.len());
-        self.wire.method(0, &start_method());
+        // Tests of placement need to know which shard they reached.
+        let shard = env.config.placement_test.map(|_| self.conn.shard);
+        self.wire.method(0, &start_method(shard));
         self.phase = Phase::StartOk;
         true
     }
@@ -949,7 +951,9 @@ fn negotiation_refusal(field: &str, client: u32, min: u32, server: u32) -> Optio
     None
 }
 
-fn start_method() -> Method {
+/// connection.start; `shard` is named only for tests of placement
+/// (`config::PlacementTest`).
+fn start_method(shard: Option<ShardId>) -> Method {
     let mut capabilities = FieldTable::default();
     for name in [
         "publisher_confirms",
@@ -975,6 +979,9 @@ fn start_method() -> Method {
     properties.insert("platform", text("Rust"));
     properties.insert("product", text("warren"));
     properties.insert("version", text(env!("CARGO_PKG_VERSION")));
+    if let Some(shard) = shard {
+        properties.insert("warren_shard", FieldValue::I32(i32::from(shard.0)));
+    }
     ConnectionStart {
         version_major: 0,
         version_minor: 9,

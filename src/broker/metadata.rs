@@ -617,7 +617,15 @@ impl Owner {
     /// Exclusive and server-named queues live with their connection; the
     /// rest are spread over the shards in turn.
     fn place(&mut self, m: &QueueDeclare, conn: Option<ConnRef>) -> ShardId {
-        let shard_count = self.state.borrow().shard_count;
+        let (shard_count, forced) = {
+            let state = self.state.borrow();
+            let forced = state.config.placement_test.and_then(|p| p.queue_shard);
+            (state.shard_count, forced)
+        };
+        // Tests and benchmarks of placement only (`config::PlacementTest`).
+        if let Some(shard) = forced {
+            return ShardId((shard % shard_count) as u16);
+        }
         if let Some(conn) = conn {
             if m.exclusive || m.queue.is_empty() || shard_count == 1 {
                 return conn.shard;

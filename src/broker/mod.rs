@@ -13,6 +13,12 @@
 //!
 //! It imports `store`, `metadata`, `config`, `model`, `util` and the codec,
 //! never `net` or `shard` (tests/layers.rs keeps it so).
+//!
+//! Flow control lives here too: a publisher into a local queue its
+//! consumers do not keep up with waits (`in_flow`, `FlowWait`); one into
+//! another shard's queue spends that shard's credit, which the queue's
+//! shard grants back per mailbox batch and holds while one of its queues
+//! outpaces its consumers (`ShardMsg::Credit`, `handle_batch`).
 
 pub(crate) mod channel;
 pub(crate) mod connection;
@@ -188,6 +194,13 @@ pub enum ShardMsg {
         id: u64,
         reply: RpcReply,
     },
+    /// Flow control across shards: `from` has taken `messages` more of the
+    /// enqueues this shard sent it, and its queues are not outpacing their
+    /// consumers; this shard may send that many more (`ShardState::credit`).
+    Credit {
+        from: ShardId,
+        messages: u32,
+    },
 }
 
 // Everything that crosses shards must be Send; this fails to compile if a
@@ -255,6 +268,19 @@ pub(crate) struct ShardState {
     pub(crate) saturated: bool,
     /// Connections in flow.
     flow: Vec<FlowWait>,
+    /// Flow control across shards, sending side: the enqueues this shard
+    /// may still send each peer before its publishers into that peer wait
+    /// (`config::FLOW_CREDIT_MESSAGES` to start with; below zero by at
+    /// most what the publishers read in the turn that used the last).
+    credit: Vec<i64>,
+    /// Publishing connections waiting for credit from a peer shard.
+    credit_waits: Vec<(ConnId, ShardId)>,
+    /// Flow control across shards, receiving side: enqueues taken from each
+    /// peer and not yet granted back as credit.
+    credit_owed: Vec<u32>,
+    /// Queues of this shard that outpace their consumers on a saturated
+    /// node: while any is here, no credit goes back to any peer.
+    credit_held: Vec<CreditHold>,
     /// Addresses whose logins failed lately, and when they are next answered.
     login_delays: std::cell::RefCell<login_delay::LoginDelays>,
 }
@@ -368,6 +394,10 @@ impl ShardState {
             backpressure: false,
             saturated: false,
             flow: Vec::new(),
+            credit: vec![crate::config::FLOW_CREDIT_MESSAGES; shard_count],
+            credit_waits: Vec::new(),
+            credit_owed: vec![0; shard_count],
+            credit_held: Vec::new(),
             login_delays: Default::default(),
             alarms: alarm_board.raised(),
             alarm_board,
@@ -392,6 +422,9 @@ impl ShardState {
         if shard == self.id {
             self.local.push_back(msg);
         } else {
+            if matches!(msg, ShardMsg::Enqueue { .. }) {
+                self.credit[shard.index()] -= 1;
+            }
             let batch = &mut self.outbox[shard.index()];
             if batch.is_empty() {
                 self.outbox_ready.notify();
@@ -429,12 +462,115 @@ impl ShardState {
         self.send(shard, ShardMsg::Rpc { from, id, request });
     }
 
-    /// Handles a batch from a peer shard, then everything it caused locally.
-    pub(crate) fn handle_batch(&mut self, batch: Vec<ShardMsg>) {
+    /// Handles a batch from a peer shard, then everything it caused
+    /// locally. The peer's enqueues are granted back as credit at once,
+    /// unless one of this shard's queues outpaces its consumers: then the
+    /// credit waits until those queues drain.
+    ///
+    /// Unlike a local publisher, one on another shard is held whether or
+    /// not a shard is saturated: its work is done on its own shard, so the
+    /// idle time of the queue's says nothing about whether the consumers
+    /// can keep up (their deliveries wait on hops between shards, and
+    /// their connections may share the publisher's shard); the backlog is
+    /// the only sign. Consumers that take nothing for a tick still slow no
+    /// publisher (`release_credit_holds`).
+    pub(crate) fn handle_batch(&mut self, peer: ShardId, batch: Vec<ShardMsg>) {
+        let mut enqueued = 0u32;
         for msg in batch {
-            self.handle_msg(msg);
+            match msg {
+                ShardMsg::Enqueue {
+                    queue,
+                    message,
+                    confirm,
+                } => {
+                    enqueued += 1;
+                    if let Some(deliveries) = self.enqueue(queue, message, confirm, true) {
+                        self.hold_credit(queue, deliveries);
+                    }
+                }
+                msg => self.handle_msg(msg),
+            }
+        }
+        self.credit_owed[peer.index()] += enqueued;
+        if self.credit_held.is_empty() {
+            self.grant_credit();
         }
         self.run_local();
+    }
+
+    /// A queue outpaces its consumers: credit waits until it has drained.
+    fn hold_credit(&mut self, queue: QueueId, deliveries: u64) {
+        if !self.credit_held.iter().any(|h| h.queue == queue) {
+            self.credit_held.push(CreditHold {
+                queue,
+                deliveries,
+                progress_at: self.now,
+            });
+        }
+    }
+
+    /// Sends each peer the credit owed to it: one message per peer.
+    fn grant_credit(&mut self) {
+        for peer in 0..self.shard_count {
+            let messages = std::mem::take(&mut self.credit_owed[peer]);
+            if messages > 0 {
+                let from = self.id;
+                self.send(ShardId(peer as u16), ShardMsg::Credit { from, messages });
+            }
+        }
+    }
+
+    /// A peer granted credit: the publishers that waited for it read again.
+    fn credit_granted(&mut self, from: ShardId, messages: u32) {
+        let credit = &mut self.credit[from.index()];
+        *credit += i64::from(messages);
+        if *credit <= 0 {
+            return;
+        }
+        let connections = &self.connections;
+        self.credit_waits.retain(|&(conn, shard)| {
+            if shard != from {
+                return true;
+            }
+            if let Some(connection) = connections.get(&conn) {
+                connection.reader.notify();
+            }
+            false
+        });
+    }
+
+    /// The tick lets holds go whose queue is gone or whose consumers took
+    /// nothing for `FLOW_CREDIT_STALL` (stalled consumers slow no
+    /// publisher, as in `release_flow_waited_a_tick`, but a delivery's
+    /// round trip through another shard can take longer than a tick on a
+    /// loaded machine); then the credit they held goes back.
+    fn release_credit_holds(&mut self) {
+        if self.credit_held.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let queues = &mut self.queues;
+        self.credit_held.retain_mut(|hold| {
+            let Some(q) = queues.get_mut(&hold.queue) else {
+                return false;
+            };
+            if !q.outpaces_consumers_still() {
+                return false;
+            }
+            if q.deliveries() != hold.deliveries {
+                hold.deliveries = q.deliveries();
+                hold.progress_at = now;
+                return true;
+            }
+            if now.saturating_duration_since(hold.progress_at) < crate::config::FLOW_CREDIT_STALL {
+                return true;
+            }
+            q.flow_waited_in_vain(hold.deliveries);
+            false
+        });
+        if self.credit_held.is_empty() {
+            self.grant_credit();
+        }
     }
 
     /// Runs messages this shard sent itself until none are left, then emits
@@ -472,7 +608,8 @@ impl ShardState {
                 message,
                 confirm,
             } => {
-                self.enqueue(queue, message, confirm);
+                let saturated = self.saturated;
+                self.enqueue(queue, message, confirm, saturated);
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
             ShardMsg::Delay(publish) => self.hold_delayed(*publish),
@@ -592,6 +729,7 @@ impl ShardState {
                     pending.send(reply);
                 }
             }
+            ShardMsg::Credit { from, messages } => self.credit_granted(from, messages),
         }
     }
 
@@ -653,23 +791,30 @@ impl ShardState {
     }
 
     /// A publish reaches its local queue. If it leaves the queue with more
-    /// ready messages than flow control allows while the shard is
-    /// saturated, the publisher should let the consumers catch up: the
-    /// queue's deliveries count, for its flow wait, is returned.
+    /// ready messages than flow control allows while `saturated` (always
+    /// for a publisher on another shard: see `handle_batch`), the publisher
+    /// should let the consumers catch up: the queue's deliveries count, for
+    /// its flow wait, is returned. A local publisher is held on a shard
+    /// with time to spare too when a consumer of the queue is on another
+    /// shard: that consumer's pace is set by hops between shards, which
+    /// this shard's idle time says nothing about.
     fn enqueue(
         &mut self,
         queue: QueueId,
         message: Message,
         confirm: Option<ConfirmTarget>,
+        saturated: bool,
     ) -> Option<u64> {
-        let saturated = self.saturated;
+        let shard = self.id;
         let (enqueued, in_flow) = self
             .with_queue(queue, |q, out, ctx| {
                 // One clock reading for both steps: a TTL-0 message goes to
                 // a waiting consumer however long they take.
                 let enqueued = q.publish(message, out, ctx);
                 q.dispatch(out, ctx);
-                let in_flow = (saturated && q.outpaces_consumers()).then(|| q.deliveries());
+                let in_flow = (q.outpaces_consumers()
+                    && (saturated || q.consumer_specs().any(|c| c.conn.shard != shard)))
+                .then(|| q.deliveries());
                 (enqueued, in_flow)
             })
             .unwrap_or((Enqueued::Accepted, None));
@@ -692,6 +837,12 @@ impl ShardState {
             q.dispatch(out, ctx);
             !q.outpaces_consumers_still()
         });
+        if drained == Some(true) && !self.credit_held.is_empty() {
+            self.credit_held.retain(|hold| hold.queue != queue);
+            if self.credit_held.is_empty() {
+                self.grant_credit();
+            }
+        }
         if drained == Some(true) && !self.flow.is_empty() {
             let connections = &self.connections;
             self.flow.retain(|wait| {
@@ -962,12 +1113,21 @@ impl ShardState {
                     confirm,
                 };
                 self.send(self.id, msg);
-            } else if let Some(deliveries) = self.enqueue(queue, message, confirm) {
+            } else if let Some(deliveries) = self.enqueue(queue, message, confirm, self.saturated) {
                 flow_for = Some((queue, deliveries));
             }
         }
+        let mut credit_for: Option<ShardId> = None;
         for (shard, msg) in effects.drain(..) {
-            if !self.runs_now(shard) {
+            if shard != self.id {
+                // Only publishes wait for credit: acks, nacks and the rest
+                // always go, or a held publisher could hold its consumers.
+                let publish = matches!(msg, ShardMsg::Enqueue { .. });
+                self.send(shard, msg);
+                if publish && self.credit[shard.index()] <= 0 {
+                    credit_for = Some(shard);
+                }
+            } else if !self.runs_now(shard) {
                 self.send(shard, msg);
             } else if let ShardMsg::Enqueue {
                 queue,
@@ -975,7 +1135,7 @@ impl ShardState {
                 confirm,
             } = msg
             {
-                if let Some(deliveries) = self.enqueue(queue, message, confirm) {
+                if let Some(deliveries) = self.enqueue(queue, message, confirm, self.saturated) {
                     flow_for = Some((queue, deliveries));
                 }
             } else {
@@ -985,6 +1145,11 @@ impl ShardState {
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.restore_effects(publishes, effects);
         }
+        if let Some(shard) = credit_for {
+            if !self.credit_waits.iter().any(|&(c, _)| c == conn) {
+                self.credit_waits.push((conn, shard));
+            }
+        }
         if let Some((queue, deliveries)) = flow_for {
             if !self.flow.iter().any(|w| w.conn == conn) {
                 self.flow.push(FlowWait {
@@ -992,6 +1157,7 @@ impl ShardState {
                     queue,
                     deliveries,
                     ticked: false,
+                    progress_at: self.now,
                 });
             }
         }
@@ -1154,6 +1320,7 @@ impl ShardState {
     pub(crate) fn tick(&mut self, now: Instant) {
         self.now = now;
         self.release_flow_waited_a_tick();
+        self.release_credit_holds();
         let ids: Vec<ConnId> = self.connections.keys().copied().collect();
         for id in ids {
             if let Some(connection) = self.connections.get_mut(&id) {
@@ -1221,20 +1388,32 @@ impl ShardState {
     }
 
     /// True while this connection is in flow: it published into a queue
-    /// whose consumers are not keeping up while the shard is saturated. It
-    /// then waits until the queue has drained (its reader is woken), or
-    /// for one to two ticks. Leaves flow once the queue has drained, lost
-    /// its consumers or gone, or the shard has time to spare.
+    /// whose consumers are not keeping up while the shard is saturated (or
+    /// they are on other shards: see `enqueue`), or into another shard
+    /// that has not granted it credit (`handle_batch`). It then waits until
+    /// the queue has drained or the credit comes (its reader is woken), or
+    /// for one to two ticks for a local queue. Leaves flow once the queue
+    /// has drained, lost its consumers or gone, or the shard has time to
+    /// spare.
     pub(crate) fn in_flow(&mut self, id: ConnId) -> bool {
+        // Flow across shards: waiting for a peer's credit.
+        if let Some(at) = self.credit_waits.iter().position(|&(c, _)| c == id) {
+            let shard = self.credit_waits[at].1;
+            if self.credit[shard.index()] > 0 {
+                self.credit_waits.swap_remove(at);
+            } else {
+                return true;
+            }
+        }
         let Some(at) = self.flow.iter().position(|w| w.conn == id) else {
             return false;
         };
         let queue = self.flow[at].queue;
-        let still = self.saturated
-            && self
-                .queues
-                .get(&queue)
-                .is_some_and(Queue::outpaces_consumers_still);
+        let (shard, saturated) = (self.id, self.saturated);
+        let still = self.queues.get(&queue).is_some_and(|q| {
+            q.outpaces_consumers_still()
+                && (saturated || q.consumer_specs().any(|c| c.conn.shard != shard))
+        });
         if !still {
             self.flow.swap_remove(at);
         }
@@ -1244,14 +1423,23 @@ impl ShardState {
     /// The connection's reader was woken while in flow: it reads again.
     pub(crate) fn leave_flow(&mut self, id: ConnId) {
         self.flow.retain(|w| w.conn != id);
+        self.credit_waits.retain(|&(c, _)| c != id);
     }
 
     /// The tick lets go of publishers that have waited in flow since the
     /// tick before (timers of their own would cost a submission and a
     /// cancellation per wait). A queue whose consumers took nothing
     /// meanwhile has stalled consumers, which slow no publisher.
+    ///
+    /// A publisher into a queue whose consumers are on other shards waits
+    /// longer: until the queue has drained, or its consumers have taken
+    /// nothing for `FLOW_CREDIT_STALL`, as a publisher on another shard
+    /// waits for credit (`release_credit_holds`). Let go after a tick, it
+    /// would outrun consumers whose deliveries take hops between shards.
     fn release_flow_waited_a_tick(&mut self) {
         let ShardState {
+            id,
+            now,
             flow,
             queues,
             connections,
@@ -1261,6 +1449,20 @@ impl ShardState {
             if !wait.ticked {
                 wait.ticked = true;
                 return true;
+            }
+            if let Some(q) = queues.get(&wait.queue) {
+                if q.outpaces_consumers_still() && q.consumer_specs().any(|c| c.conn.shard != *id) {
+                    if q.deliveries() != wait.deliveries {
+                        wait.deliveries = q.deliveries();
+                        wait.progress_at = *now;
+                        return true;
+                    }
+                    if now.saturating_duration_since(wait.progress_at)
+                        < crate::config::FLOW_CREDIT_STALL
+                    {
+                        return true;
+                    }
+                }
             }
             if let Some(q) = queues.get_mut(&wait.queue) {
                 q.flow_waited_in_vain(wait.deliveries);
@@ -1289,6 +1491,18 @@ struct FlowWait {
     deliveries: u64,
     /// A tick passed since the wait began: the next one ends it.
     ticked: bool,
+    /// When the queue's deliveries count last changed (for a queue whose
+    /// consumers are on other shards; `deliveries` follows it then).
+    progress_at: Instant,
+}
+
+/// A queue holding back the credit of the shards that publish into it
+/// (`ShardState::credit_held`).
+struct CreditHold {
+    queue: QueueId,
+    /// The queue's deliveries count when it last changed, and when.
+    deliveries: u64,
+    progress_at: Instant,
 }
 
 fn no_queue_by_id() -> AmqpError {

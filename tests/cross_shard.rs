@@ -1,0 +1,330 @@
+//! One publisher, one queue and one consumer at 2 shards, in every
+//! placement (publisher, queue and consumer each on shard 0 or 1), forced
+//! through the test-only placement switch (`WARREN_TEST_PLACEMENT`: the
+//! queue's shard is forced, and each connection reconnects until it lands
+//! on the shard it wants, which the broker then names in connection.start).
+//!
+//! Each run checks that every message is delivered exactly once, and,
+//! where flow control holds the publisher whatever the shards' load (the
+//! publisher or the consumer on another shard than the queue), that the
+//! queue's backlog stays bounded while the publisher writes faster than the
+//! broker can deliver. With all three on one shard, flow control holds the
+//! publisher only on a saturated shard, which depends on the machine's
+//! load, so only exactly-once is checked there.
+//!
+//! The client is raw (warren's own codec over a blocking socket): lapin
+//! does not show the server properties that name the shard.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use warren_protocol::{
+    parse_frame, write_body, write_content_header, write_method, BasicAck, BasicConsume,
+    BasicProperties, BasicPublish, BasicQos, ChannelOpen, ConnectionOpen, ConnectionStartOk,
+    ConnectionTuneOk, FieldTable, FieldValue, Frame, Method, QueueDeclare, PROTOCOL_HEADER,
+};
+
+/// Messages per run: enough for a publisher unheld to pile up far more
+/// than `BACKLOG_MAX` on the queue.
+const MESSAGES: u64 = 300_000;
+/// The most ready messages the queue may hold during a run where flow
+/// control across shards applies: its high mark (4096) plus the credit a
+/// shard may have in flight (16,384) plus what a publisher reads in a turn,
+/// with room for the consumers stalling now and then on a loaded machine.
+const BACKLOG_MAX: u32 = 80_000;
+const PREFETCH: u16 = 200;
+const ACK_EVERY: u64 = 50;
+const FRAME_MAX: u32 = 131_072;
+/// Reconnections before a connection gives up landing on its shard.
+const LANDING_ATTEMPTS_MAX: usize = 64;
+/// Longest a socket read or write may block: a stuck run fails, not hangs.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A blocking AMQP client with one channel (1).
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    /// Connects until the broker says the connection is on `shard`.
+    fn on_shard(addr: SocketAddr, shard: u16) -> Raw {
+        for _ in 0..LANDING_ATTEMPTS_MAX {
+            let (raw, landed) = Raw::connect(addr);
+            if landed == shard {
+                return raw;
+            }
+        }
+        panic!("no connection landed on shard {shard} in {LANDING_ATTEMPTS_MAX} attempts");
+    }
+
+    fn connect(addr: SocketAddr) -> (Raw, u16) {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::with_capacity(256 * 1024),
+        };
+        raw.stream.write_all(PROTOCOL_HEADER).unwrap();
+        let shard = match raw.method() {
+            Method::ConnectionStart(start) => match start.server_properties.get("warren_shard") {
+                Some(FieldValue::I32(shard)) => *shard as u16,
+                other => panic!("warren_shard missing from connection.start: {other:?}"),
+            },
+            other => panic!("expected connection.start, got {other:?}"),
+        };
+        raw.send(
+            ConnectionStartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: b"\0guest\0guest".to_vec().into(),
+                locale: "en_US".into(),
+            }
+            .into(),
+        );
+        match raw.method() {
+            Method::ConnectionTune(_) => {}
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+        raw.send(
+            ConnectionTuneOk {
+                channel_max: 16,
+                frame_max: FRAME_MAX,
+                heartbeat: 0,
+            }
+            .into(),
+        );
+        raw.send(
+            ConnectionOpen {
+                virtual_host: "/".into(),
+            }
+            .into(),
+        );
+        match raw.method() {
+            Method::ConnectionOpenOk(_) => {}
+            other => panic!("expected connection.open-ok, got {other:?}"),
+        }
+        raw.send_on(1, ChannelOpen {}.into());
+        match raw.method() {
+            Method::ChannelOpenOk(_) => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
+        (raw, shard)
+    }
+
+    fn send(&mut self, method: Method) {
+        self.send_on(0, method);
+    }
+
+    fn send_on(&mut self, channel: u16, method: Method) {
+        let mut out = BytesMut::new();
+        write_method(&mut out, channel, &method);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn frame(&mut self) -> Frame {
+        loop {
+            if let Some(frame) = parse_frame(&mut self.buf, FRAME_MAX).expect("a valid frame") {
+                return frame;
+            }
+            self.buf.reserve(64 * 1024);
+            let spare = self.buf.capacity() - self.buf.len();
+            let start = self.buf.len();
+            self.buf.resize(start + spare, 0);
+            let n = self.stream.read(&mut self.buf[start..]).expect("read");
+            self.buf.truncate(start + n);
+            assert!(n > 0, "the broker closed the connection");
+        }
+    }
+
+    fn method(&mut self) -> Method {
+        match self.frame() {
+            Frame::Method { method, .. } => method,
+            other => panic!("expected a method, got {other:?}"),
+        }
+    }
+
+    /// queue.declare on channel 1; the ready messages it counts.
+    fn declare(&mut self, queue: &str, passive: bool) -> u32 {
+        self.send_on(
+            1,
+            QueueDeclare {
+                queue: queue.into(),
+                passive,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            }
+            .into(),
+        );
+        match self.method() {
+            Method::QueueDeclareOk(ok) => ok.message_count,
+            other => panic!("expected queue.declare-ok, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes `MESSAGES` messages whose bodies are their sequence numbers,
+/// as fast as the socket takes them; gives the connection back, open.
+fn publish_all(mut publisher: Raw, queue: String) -> Raw {
+    let properties = BasicProperties::default().encode();
+    let mut out = BytesMut::with_capacity(256 * 1024);
+    for seq in 0..MESSAGES {
+        let publish = BasicPublish {
+            exchange: "".into(),
+            routing_key: queue.as_str().into(),
+            mandatory: false,
+            immediate: false,
+        };
+        write_method(&mut out, 1, &publish.into());
+        write_content_header(&mut out, 1, 60, 8, &properties);
+        write_body(&mut out, 1, &seq.to_be_bytes(), FRAME_MAX);
+        if out.len() > 128 * 1024 {
+            publisher.stream.write_all(&out).unwrap();
+            out.clear();
+        }
+    }
+    publisher.stream.write_all(&out).unwrap();
+    publisher
+}
+
+/// One run of 1 → 1 with the publisher on shard `p`, the queue on the
+/// broker's forced shard `q`, the consumer on shard `c`.
+fn one_to_one(b: &Broker, p: u16, q: u16, c: u16) {
+    let addr = b.addr();
+    let queue = unique(&format!("cross-p{p}-q{q}-c{c}"));
+    let mut control = Raw::connect(addr).0;
+    control.declare(&queue, false);
+    let mut consumer = Raw::on_shard(addr, c);
+    consumer.send_on(
+        1,
+        BasicQos {
+            prefetch_size: 0,
+            prefetch_count: PREFETCH,
+            global: false,
+        }
+        .into(),
+    );
+    match consumer.method() {
+        Method::BasicQosOk(_) => {}
+        other => panic!("expected basic.qos-ok, got {other:?}"),
+    }
+    consumer.send_on(
+        1,
+        BasicConsume {
+            queue: queue.as_str().into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }
+        .into(),
+    );
+    match consumer.method() {
+        Method::BasicConsumeOk(_) => {}
+        other => panic!("expected basic.consume-ok, got {other:?}"),
+    }
+    let publisher = Raw::on_shard(addr, p);
+    let publishing = {
+        let queue = queue.clone();
+        std::thread::spawn(move || publish_all(publisher, queue))
+    };
+    let bounded = p != q || c != q;
+    let mut seen = vec![false; MESSAGES as usize];
+    let mut received = 0u64;
+    let mut backlog_max = 0u32;
+    let mut last_tag = 0u64;
+    while received < MESSAGES {
+        let tag = match consumer.frame() {
+            Frame::Method {
+                method: Method::BasicDeliver(deliver),
+                ..
+            } => deliver.delivery_tag,
+            other => panic!("expected basic.deliver, got {other:?}"),
+        };
+        match consumer.frame() {
+            Frame::Header { .. } => {}
+            other => panic!("expected a content header, got {other:?}"),
+        }
+        let seq = match consumer.frame() {
+            Frame::Body { mut payload, .. } => payload.get_u64(),
+            other => panic!("expected a body, got {other:?}"),
+        };
+        assert!(seq < MESSAGES, "a body that was never published: {seq}");
+        assert!(!seen[seq as usize], "message {seq} delivered twice");
+        seen[seq as usize] = true;
+        received += 1;
+        last_tag = tag;
+        if received.is_multiple_of(ACK_EVERY) {
+            consumer.send_on(
+                1,
+                BasicAck {
+                    delivery_tag: tag,
+                    multiple: true,
+                }
+                .into(),
+            );
+        }
+        if received.is_multiple_of(10_000) {
+            backlog_max = backlog_max.max(control.declare(&queue, true));
+        }
+    }
+    consumer.send_on(
+        1,
+        BasicAck {
+            delivery_tag: last_tag,
+            multiple: true,
+        }
+        .into(),
+    );
+    // The publisher's connection stays open until every message is
+    // consumed: closing it is no part of what is checked.
+    let _publisher = publishing.join().expect("the publisher finished");
+    assert!(seen.iter().all(|&s| s), "every message was delivered");
+    assert_eq!(
+        control.declare(&queue, true),
+        0,
+        "nothing left in the queue"
+    );
+    if bounded {
+        assert!(
+            backlog_max <= BACKLOG_MAX,
+            "P{p} Q{q} C{c}: the queue held {backlog_max} ready messages, more than {BACKLOG_MAX}"
+        );
+    }
+    eprintln!("P{p} Q{q} C{c}: {received} delivered once each, backlog at most {backlog_max}");
+}
+
+/// Starts a broker with every queue on shard `q` and runs the four
+/// placements of publisher and consumer against it.
+fn placements_with_queue_on(q: u16) {
+    if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
+        eprintln!("placement is warren's own: nothing to test on an external broker");
+        return;
+    }
+    // Read by the broker at start, from the environment it inherits.
+    std::env::set_var("WARREN_TEST_PLACEMENT", format!("queue={q}"));
+    let b = Broker::start(2);
+    for (p, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        one_to_one(&b, p, q, c);
+    }
+}
+
+// One test: the placement switch is read from the environment at start,
+// which tests running in parallel in this process would share.
+#[test]
+fn one_to_one_delivers_once_with_bounded_backlog_in_every_placement_at_2_shards() {
+    placements_with_queue_on(0);
+    placements_with_queue_on(1);
+}
