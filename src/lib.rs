@@ -19,6 +19,8 @@
 //!   message store (each shard's segment log of persistent messages); it
 //!   never sees a broker type (confirms are opaque tokens to it).
 //! - `config`: defaults and every limit.
+//! - `fuzzing` (feature `fuzzing`): a one-shard broker driven in-process,
+//!   and the parsers, for the fuzz targets under `fuzz/`; not an API.
 //!
 //! # A message's way
 //!
@@ -39,6 +41,8 @@
 
 pub mod broker;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metadata;
 pub mod model;
 pub mod net;

@@ -22,7 +22,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("net", &["util", "config"]),
     (
         "shard",
-        &["util", "model", "config", "metadata", "store", "broker", "net"],
+        &[
+            "util", "model", "config", "metadata", "store", "broker", "net",
+        ],
+    ),
+    (
+        "fuzzing",
+        &["util", "model", "config", "metadata", "store", "broker"],
     ),
 ];
 
@@ -48,7 +54,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// top-level file (`config.rs` is the layer `config`).
 fn layer_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -186,7 +197,9 @@ fn dependencies(manifest: &Path) -> Vec<String> {
 fn the_codec_and_loadgen_stand_apart_from_the_broker() {
     let codec = dependencies(&root().join("protocol/Cargo.toml"));
     assert!(
-        !codec.iter().any(|d| d.starts_with("warren") || d == "loadgen"),
+        !codec
+            .iter()
+            .any(|d| d.starts_with("warren") || d == "loadgen"),
         "the codec crate depends on a crate of the workspace: {codec:?}"
     );
     let loadgen = dependencies(&root().join("loadgen/Cargo.toml"));
