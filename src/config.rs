@@ -35,6 +35,14 @@ pub(crate) const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 pub(crate) const TICK: Duration = Duration::from_millis(5);
 /// Bytes a connection's reader asks the socket for at once.
 pub(crate) const READ_BUFFER_SIZE: usize = 128 * 1024;
+/// What a connection's receive buffer and read buffer start with. The
+/// receive buffer doubles each time a read fills it, up to
+/// `READ_BYTES_PER_TURN_MAX`, and the read buffer then grows by
+/// `READ_BUFFER_SIZE` at a time; an idle connection, which only ever reads
+/// its handshake, keeps the small ones (a real client's start-ok is a few
+/// hundred bytes). 64 + 128 KiB at once made 10,000 idle connections cost
+/// 28 KiB each (tuning.md).
+pub(crate) const RECEIVE_BUFFER_SIZE_MIN: usize = 1024;
 /// Bytes a connection reads (and handles) before it waits for the next
 /// reactor turn, so one publisher cannot starve the rest of its shard: its
 /// consumers above all, whose acks wait behind it. Before flow control, a
@@ -234,6 +242,7 @@ impl Default for Config {
 const _: () = assert!(FRAME_SIZE_MAX >= FRAME_SIZE_MIN);
 const _: () = assert!(SEGMENT_SIZE >= SEGMENT_SIZE_MIN);
 const _: () = assert!(READ_BUFFER_SIZE as u32 >= FRAME_SIZE_MAX);
+const _: () = assert!(RECEIVE_BUFFER_SIZE_MIN < READ_BYTES_PER_TURN_MAX);
 const _: () = assert!(MESSAGE_SIZE_MAX <= MESSAGE_SIZE_LIMIT);
 const _: () = assert!(DELIVERY_OUTPUT_BYTES_RESUME < DELIVERY_OUTPUT_BYTES_MAX);
 const _: () = assert!(LOGIN_FAILURE_DELAY.as_millis() < LOGIN_WAIT_MAX.as_millis());

@@ -25,6 +25,10 @@
 //! `shard::host`); `store` never sees a broker type (publisher confirms are
 //! opaque tokens to it).
 //!
+//! With the feature `fuzzing`, `fuzzing` drives a one-shard broker
+//! in-process, and the parsers, for the fuzz targets under `fuzz/`; it is
+//! not an API.
+//!
 //! # A message's way
 //!
 //! `net::connection` reads bytes → `shard::host` hands them to
@@ -44,9 +48,11 @@
 
 pub mod broker;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metadata;
 pub mod model;
-pub mod net;
+pub(crate) mod net;
 pub mod shard;
 pub mod store;
 pub mod util;

@@ -26,6 +26,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "util", "model", "config", "metadata", "store", "broker", "net",
         ],
     ),
+    (
+        "fuzzing",
+        &["util", "model", "config", "metadata", "store", "broker"],
+    ),
 ];
 
 fn root() -> PathBuf {

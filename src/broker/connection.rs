@@ -313,7 +313,10 @@ impl Connection {
             peer,
             phase: Phase::ProtocolHeader,
             wire: Wire {
-                out: BytesMut::with_capacity(16 * 1024),
+                // Grows with what is written: an idle connection keeps
+                // only its handshake's worth (the writer task swaps its
+                // buffer with this one, so a busy one keeps both large).
+                out: BytesMut::new(),
                 // Until tune-ok, frames are read with the spec's minimum, as
                 // RabbitMQ does.
                 frame_max: config::FRAME_SIZE_MIN,

@@ -1,7 +1,7 @@
-//! The two tasks of a connection. The reader reads into a large buffer and
-//! hands it to the connection's host (the shard that owns the connection),
-//! which parses every complete frame in it and says what the reader does
-//! next; the writer sleeps until the host has output, then writes all of it
+//! The two tasks of a connection. The reader reads into a buffer that grows
+//! with what the client sends, and hands it to the connection's host (the
+//! shard that owns the connection), which parses every complete frame in it
+//! and says what the reader does next; the writer sleeps until the host has output, then writes all of it
 //! at once. Neither holds the host's state across an await.
 //!
 //! `ConnectionHost` is all a socket sees of the broker: this module imports
@@ -18,24 +18,19 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::future::{self, poll_fn};
-use futures_lite::{AsyncBufRead, AsyncWrite};
-use glommio::net::{Preallocated, TcpStream};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
 use tracing::debug;
 
 use crate::config;
 use crate::util::signal::Notify;
 
 /// A socket shared by a connection's reader and writer tasks, borrowed only
-/// inside a single poll. It reads through a receive buffer of its own, so
-/// that the kernel writes into initialised memory, and the reader copies
-/// what arrived into the connection's buffer (see `read_at_most`).
-pub(crate) type Stream = Rc<RefCell<TcpStream<Preallocated>>>;
+/// inside a single poll.
+pub(crate) type Stream = Rc<RefCell<TcpStream>>;
 
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
-/// The socket's receive buffer: one turn's budget, so that a turn takes one
-/// recv(2).
-const RECEIVE_BUFFER_SIZE: usize = config::READ_BYTES_PER_TURN_MAX;
 /// How often a paused connection's socket is asked whether the client hung up.
 const PAUSED_HANG_UP_CHECK: Duration = Duration::from_millis(100);
 
@@ -109,9 +104,7 @@ pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream
     };
     let Opened { id, reader, writer } = host.open(peer);
     let fd = stream.as_raw_fd();
-    let stream: Stream = Rc::new(RefCell::new(
-        stream.buffered_with(Preallocated::new(RECEIVE_BUFFER_SIZE)),
-    ));
+    let stream: Stream = Rc::new(RefCell::new(stream));
     let write_task =
         glommio::spawn_local(write_loop(stream.clone(), host.clone(), id, writer.clone()));
     read_loop(&stream, fd, &host, id, &reader).await;
@@ -129,7 +122,11 @@ async fn read_loop<H: ConnectionHost>(
     id: H::Id,
     wake: &Notify,
 ) {
-    let mut buf = BytesMut::with_capacity(config::READ_BUFFER_SIZE);
+    // Both buffers start small and grow with what the client sends: most
+    // connections are idle or quiet, and an idle one then costs a few KiB,
+    // not the 64 + 128 KiB a busy one reads with (tuning.md).
+    let mut receive = ReceiveBuffer::new();
+    let mut buf = BytesMut::with_capacity(config::RECEIVE_BUFFER_SIZE_MIN);
     // A socket that always has bytes never makes a read wait, so the loop
     // yields by itself after a budget of bytes: otherwise one publisher
     // would starve every other task of its shard (consumers, mailboxes).
@@ -157,14 +154,14 @@ async fn read_loop<H: ConnectionHost>(
             glommio::timer::sleep(config::TICK).await;
         }
         wait_in_flow(host, id, wake).await;
-        if buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
+        if receive.is_full_size() && buf.capacity() - buf.len() < config::READ_BUFFER_SIZE / 4 {
             buf.reserve(config::READ_BUFFER_SIZE);
         }
         // A read takes no more than a turn's budget: all of it is parsed and
         // handled before anything else of the shard runs (consumers' acks,
         // and so their next deliveries, among them).
         let read = future::or(
-            async { Some(read_at_most(stream, &mut buf, config::READ_BYTES_PER_TURN_MAX).await) },
+            async { Some(receive.read(stream, &mut buf).await) },
             async {
                 wake.wait().await;
                 None
@@ -256,23 +253,45 @@ async fn next_reactor_turn() {
     glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
 }
 
-/// Reads whatever the socket has, appending it to `buf`; 0 is EOF.
-pub(crate) async fn read_some(stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
-    read_at_most(stream, buf, usize::MAX).await
+/// Where the kernel writes what a connection receives: initialised memory
+/// (recv(2) into `BytesMut`'s spare capacity would need a `&mut [u8]` over
+/// uninitialised memory), copied to the end of the connection's buffer.
+/// It starts at `RECEIVE_BUFFER_SIZE_MIN` and doubles, up to a turn's
+/// budget, each time a read fills it: a busy connection soon takes a turn's
+/// worth per recv(2), and an idle one never pays for it.
+struct ReceiveBuffer {
+    bytes: Vec<u8>,
 }
 
-/// `read_some`, taking at most `limit` bytes. The kernel writes into the
-/// stream's own (initialised) receive buffer, and what arrived is copied
-/// to the end of `buf`: recv(2) into `buf`'s spare capacity would need a
-/// `&mut [u8]` over uninitialised memory.
-async fn read_at_most(stream: &Stream, buf: &mut BytesMut, limit: usize) -> io::Result<usize> {
+impl ReceiveBuffer {
+    fn new() -> ReceiveBuffer {
+        ReceiveBuffer {
+            bytes: vec![0; config::RECEIVE_BUFFER_SIZE_MIN],
+        }
+    }
+
+    fn is_full_size(&self) -> bool {
+        self.bytes.len() >= config::READ_BYTES_PER_TURN_MAX
+    }
+
+    /// Reads whatever the socket has (at most a turn's budget), appending
+    /// it to `buf`; 0 is EOF.
+    async fn read(&mut self, stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
+        let n = read_into(stream, &mut self.bytes, buf).await?;
+        if n == self.bytes.len() && !self.is_full_size() {
+            let size = (self.bytes.len() * 2).min(config::READ_BYTES_PER_TURN_MAX);
+            self.bytes.resize(size, 0);
+        }
+        Ok(n)
+    }
+}
+
+/// One recv(2) into `receive`, whose bytes are appended to `buf`.
+async fn read_into(stream: &Stream, receive: &mut [u8], buf: &mut BytesMut) -> io::Result<usize> {
     poll_fn(|cx| {
         let mut stream = stream.borrow_mut();
-        let mut stream = Pin::new(&mut *stream);
-        let data = futures_lite::ready!(stream.as_mut().poll_fill_buf(cx))?;
-        let n = data.len().min(limit);
-        buf.extend_from_slice(&data[..n]);
-        stream.consume(n);
+        let n = futures_lite::ready!(Pin::new(&mut *stream).poll_read(cx, receive))?;
+        buf.extend_from_slice(&receive[..n]);
         Poll::Ready(Ok(n))
     })
     .await
@@ -295,7 +314,9 @@ pub(crate) async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()
 }
 
 async fn write_loop<H: ConnectionHost>(stream: Stream, host: H, id: H::Id, wake: Notify) {
-    let mut spare = BytesMut::with_capacity(64 * 1024);
+    // Swapped with the connection's output buffer at each write, so the two
+    // take turns: it needs no capacity of its own to start with.
+    let mut spare = BytesMut::new();
     loop {
         let output = loop {
             let output = host.take_output(id, &mut spare);
@@ -326,13 +347,17 @@ async fn write_loop<H: ConnectionHost>(stream: Stream, host: H, id: H::Id, wake:
     }
     let linger = if by_client { LINGER * 10 } else { LINGER };
     let deadline = Instant::now() + linger;
-    let mut sink = BytesMut::with_capacity(4096);
+    let mut receive = [0u8; 512];
+    let mut sink = BytesMut::with_capacity(receive.len());
     while Instant::now() < deadline {
         sink.clear();
-        let read = future::or(async { Some(read_some(&stream, &mut sink).await) }, async {
-            glommio::timer::sleep(linger).await;
-            None
-        })
+        let read = future::or(
+            async { Some(read_into(&stream, &mut receive, &mut sink).await) },
+            async {
+                glommio::timer::sleep(linger).await;
+                None
+            },
+        )
         .await;
         match read {
             Some(Ok(n)) if n > 0 => continue,
