@@ -1074,6 +1074,9 @@ impl Connection {
                 )));
             }
             ch.tx_publishes += 1;
+            // Held until commit in allocations of its own: a slice of the
+            // read buffer would keep the whole buffer alive, uncounted.
+            message = message.detached();
             ch.tx_bytes += message.memory_size();
         }
         // A delayed exchange holding the message counts as one destination:

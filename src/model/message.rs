@@ -175,6 +175,21 @@ impl Message {
     }
 
     /// Keeps `other`'s BCC keys.
+    /// The same message in allocations of its own. A message fresh from a
+    /// publish is slices of its connection's read buffer, which a message
+    /// held for long (by a transaction or a delayed exchange) would keep
+    /// alive whole while the memory alarm counts only the message.
+    pub(crate) fn detached(&self) -> Message {
+        Message::new(
+            self.exchange(),
+            self.routing_key(),
+            &self.properties(),
+            Bytes::copy_from_slice(&self.body),
+            None,
+        )
+        .with_bcc_keys_of(self)
+    }
+
     pub(crate) fn with_bcc_keys_of(mut self, other: &Message) -> Message {
         self.bcc_keys = other.bcc_keys.clone();
         self
