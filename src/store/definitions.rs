@@ -32,11 +32,12 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use glommio::io::{BufferedFile, Directory, OpenOptions};
+use glommio::io::{BufferedFile, OpenOptions};
 
 use std::future::Future;
 
 use crate::store::definitions_log::{self, CompactionRule, DefChange};
+use crate::store::segments;
 
 pub(crate) const FILE_NAME: &str = "definitions.json";
 const TEMP_FILE_NAME: &str = "definitions.json.tmp";
@@ -149,7 +150,7 @@ impl DefinitionsFile {
         file.fdatasync().await?;
         file.close().await?;
         glommio::io::rename(&temp, path(&self.data_dir)).await?;
-        sync_dir(&self.data_dir).await
+        segments::sync_dir(&self.data_dir).await
     }
 
     /// `definitions_log::append_on` over io_uring.
@@ -200,7 +201,7 @@ impl DefinitionsFile {
             .await?;
         write_all_at(&log, definitions_log::header(self.generation).to_vec(), 0).await?;
         log.fdatasync().await?;
-        sync_dir(&self.data_dir).await?;
+        segments::sync_dir(&self.data_dir).await?;
         self.log = Some(log);
         self.rule = CompactionRule::after_compaction(file_bytes);
         Ok(())
@@ -223,13 +224,6 @@ async fn write_all_at(file: &BufferedFile, bytes: Vec<u8>, at: u64) -> io::Resul
         }
         done += written;
     }
-    Ok(())
-}
-
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let directory = Directory::open(dir).await?;
-    directory.sync().await?;
-    directory.close().await?;
     Ok(())
 }
 

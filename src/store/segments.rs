@@ -217,7 +217,9 @@ async fn write_all(file: &SegmentFile, bytes: &[u8], at: u64) -> io::Result<()> 
     Ok(())
 }
 
-async fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes a directory's entries durable (files created, renamed or removed
+/// in it): the segment files' and the definitions file's.
+pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
     let directory = Directory::open(dir).await?;
     directory.sync().await?;
     directory.close().await?;
