@@ -153,6 +153,26 @@ pub const SEGMENT_SIZE_MIN: u64 = 4096;
 /// name and arguments).
 pub(crate) const DEFINITIONS_LOG_MIN_BYTES: u64 = 64 * 1024;
 
+/// RabbitMQ's management port: the management API's default listener.
+pub const MANAGEMENT_PORT: u16 = 15672;
+/// Control-plane requests waiting for one shard: past it, the management
+/// API answers 503 rather than pile requests up on a shard that does not
+/// drain them.
+pub(crate) const CONTROL_REQUESTS_MAX: usize = 1024;
+/// Control-plane requests a shard answers per tick, so that a burst of
+/// API calls cannot take a saturated shard's tick for itself.
+pub(crate) const CONTROL_REQUESTS_PER_TICK: usize = 64;
+/// How long the management API waits for a shard's answer before it
+/// answers 503.
+pub(crate) const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// RabbitMQ's default and largest `page_size` for paged lists.
+pub(crate) const MANAGEMENT_PAGE_SIZE: usize = 100;
+pub(crate) const MANAGEMENT_PAGE_SIZE_MAX: usize = 500;
+/// Messages one "get messages" request may take.
+pub(crate) const MANAGEMENT_GET_COUNT_MAX: u32 = 10_000;
+/// Rates are computed over readings at least this far apart.
+pub(crate) const MANAGEMENT_RATE_SAMPLE_MIN: Duration = Duration::from_secs(1);
+
 /// What `warren` was started with; see `src/bin/warren.rs` for the flags.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -180,6 +200,9 @@ pub struct Config {
     /// For tests and benchmarks only (`WARREN_TEST_PLACEMENT`): see
     /// `PlacementTest`. None in any real use.
     pub placement_test: Option<PlacementTest>,
+    /// `--management-listen`: where the management HTTP API listens; empty
+    /// for none (`--no-management`).
+    pub management_listen: Vec<SocketAddr>,
 }
 
 /// The environment variable that turns on `PlacementTest`, for tests and
@@ -235,6 +258,7 @@ impl Default for Config {
             segment_size: SEGMENT_SIZE,
             spin_before_park: Duration::ZERO,
             placement_test: None,
+            management_listen: Vec::new(),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | `store` | the definitions file and log, the message store (segment logs, recovery) | the above |
 //! | `broker` | AMQP semantics on one shard, synchronous and without I/O | the above and `store` |
 //! | `net` | listening sockets and each connection's reader and writer | `util`, `config` |
+//! | `mgmt` | the control-plane thread: the management HTTP API, which asks shards over `broker::control` | `util`, `model`, `config`, `metadata`, `broker` |
 //! | `shard` | the composition root: executors, mailboxes, tasks, boot | everything |
 //!
 //! The AMQP codec (bytes ⇄ frames ⇄ methods and field tables) is its own
@@ -51,6 +52,7 @@ pub mod config;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod metadata;
+pub(crate) mod mgmt;
 pub mod model;
 pub(crate) mod net;
 pub mod shard;

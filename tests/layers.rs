@@ -20,10 +20,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["util", "model", "config", "metadata"]),
     ("broker", &["util", "model", "config", "metadata", "store"]),
     ("net", &["util", "config"]),
+    ("mgmt", &["util", "model", "config", "metadata", "broker"]),
     (
         "shard",
         &[
-            "util", "model", "config", "metadata", "store", "broker", "net",
+            "util", "model", "config", "metadata", "store", "broker", "net", "mgmt",
         ],
     ),
     (

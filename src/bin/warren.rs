@@ -59,6 +59,13 @@ struct Args {
     /// work. Works only on pinned shards. See tuning.md.
     #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     spin_before_park_us: u64,
+    /// Address of the management HTTP API (RabbitMQ's, on its own thread);
+    /// repeat for several. Default: 0.0.0.0:15672 and [::]:15672.
+    #[arg(long, value_name = "ADDR:PORT")]
+    management_listen: Vec<SocketAddr>,
+    /// Run without the management HTTP API.
+    #[arg(long, conflicts_with = "management_listen")]
+    no_management: bool,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -91,6 +98,17 @@ fn main() -> ExitCode {
         both
     } else {
         args.listen
+    };
+    let management_listen = if args.no_management {
+        Vec::new()
+    } else if args.management_listen.is_empty() {
+        let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::MANAGEMENT_PORT))];
+        if ipv6_available() {
+            both.push(SocketAddr::from(([0u16; 8], config::MANAGEMENT_PORT)));
+        }
+        both
+    } else {
+        args.management_listen
     };
     let default_user = match (args.default_user, args.default_pass) {
         (Some(user), Some(pass)) => Some((user, pass)),
@@ -155,6 +173,7 @@ fn main() -> ExitCode {
         message_size_max: args.max_message_size,
         placement_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
+        management_listen,
         ..Config::default()
     };
     // The data directory is created (0700) and locked by shard::run.

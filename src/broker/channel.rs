@@ -247,6 +247,19 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
+    /// What the management API shows of this channel.
+    pub(crate) fn info(&self) -> crate::broker::control::ChannelInfo {
+        crate::broker::control::ChannelInfo {
+            number: self.id,
+            consumers: self.consumers.len() as u32,
+            unacked: self.unacked.len() as u32,
+            prefetch_count: self.consumer_prefetch,
+            global_prefetch_count: self.channel_prefetch,
+            confirm: self.confirms.is_some(),
+            transactional: self.tx.is_some(),
+        }
+    }
+
     /// Removes a consumer by tag, from both maps.
     fn forget_consumer(&mut self, tag: &str) -> Option<ChannelConsumer> {
         let consumer = self.consumers.remove(tag)?;
@@ -1018,6 +1031,7 @@ impl Connection {
         mandatory: bool,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        self.published += 1;
         let properties = message.properties();
         if let Some(user_id) = properties.user_id() {
             if user_id.as_str() != self.user {

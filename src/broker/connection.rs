@@ -299,6 +299,10 @@ pub(crate) struct Connection {
     /// consumers were (or are being) stopped at their queues until the
     /// writer has drained it (`ShardState::output_flow`).
     pub(crate) output_full: bool,
+    /// Messages published on this connection, for the management API.
+    pub(crate) published: u64,
+    /// When it was accepted, for the management API (`connected_at`).
+    opened_at_epoch_ms: u64,
 }
 
 impl Connection {
@@ -342,6 +346,10 @@ impl Connection {
             route_cache: RouteCache::default(),
             route_keys: Vec::new(),
             closed_by_client: false,
+            published: 0,
+            opened_at_epoch_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             held_login: None,
             blocked: false,
             output_full: false,
@@ -818,6 +826,15 @@ impl Connection {
 
     /// The broker is stopping: connection.close 320, in RabbitMQ's words.
     pub(crate) fn shut_down(&mut self, now: Instant) {
+        self.force_close(
+            "broker forced connection closure with reason 'shutdown'".to_string(),
+            now,
+        );
+    }
+
+    /// connection.close 320 CONNECTION_FORCED with `reason` (the broker
+    /// stopping, or an operator closing it through the management API).
+    pub(crate) fn force_close(&mut self, reason: String, now: Instant) {
         // A blocked connection is read again, so that its close-ok arrives.
         if self.blocked {
             self.blocked = false;
@@ -829,12 +846,31 @@ impl Connection {
                 self.phase = Phase::Closed;
             }
             Phase::ClosingByClient => {}
-            _ => self.connection_error(
-                AmqpError::connection_forced(
-                    "broker forced connection closure with reason 'shutdown'",
-                ),
-                now,
-            ),
+            _ => self.connection_error(AmqpError::connection_forced(reason), now),
+        }
+    }
+
+    /// What the management API shows of this connection and its channels.
+    pub(crate) fn info(&self) -> crate::broker::control::ConnectionInfo {
+        let state = match self.phase {
+            Phase::Running if self.blocked => "blocked",
+            Phase::Running => "running",
+            Phase::CloseSent { .. } | Phase::ClosingByClient | Phase::Closed => "closing",
+            _ => "starting",
+        };
+        let mut channels: Vec<_> = self.channels.values().map(|c| c.info()).collect();
+        channels.sort_by_key(|c| c.number);
+        crate::broker::control::ConnectionInfo {
+            conn: self.conn,
+            peer: self.peer,
+            user: self.user.clone(),
+            state,
+            connected_at_ms: self.opened_at_epoch_ms,
+            channel_max: self.channel_max,
+            frame_max: self.wire.frame_max,
+            heartbeat_s: self.heartbeat_s,
+            published: self.published,
+            channels,
         }
     }
 

@@ -26,6 +26,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::broker::control::ControlReply;
 use crate::broker::{ChannelReply, ShardState};
 use crate::metadata::definitions::Definitions;
 use crate::metadata::exchange::{
@@ -128,15 +129,18 @@ pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerSta
         notify.wait().await;
         loop {
             let mut replies = Vec::new();
+            let mut control_replies = Vec::new();
             let mut handled = 0;
             while handled < REQUESTS_PER_WRITE_MAX {
                 let next = owner.state.borrow_mut().meta_inbox.requests.pop_front();
-                let Some((from, request)) = next else {
+                let Some((from, request, control)) = next else {
                     break;
                 };
                 let result = owner.handle(from, request).await;
                 if let Some((conn, channel)) = from {
                     replies.push((conn, channel, result));
+                } else if let Some(reply) = control {
+                    control_replies.push((reply, result));
                 }
                 handled += 1;
             }
@@ -158,6 +162,17 @@ pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerSta
                     ))),
                 };
                 state.reply(conn, channel, ChannelReply::Meta(result));
+            }
+            // The management API's requests, answered on the same terms.
+            for (reply, result) in control_replies {
+                let result = match &stored {
+                    Ok(()) => result,
+                    Err(e) => Err(AmqpError::internal_error(format!(
+                        "cannot make the definitions durable: {}",
+                        e
+                    ))),
+                };
+                reply(ControlReply::Meta(result));
             }
             state.run_local();
         }

@@ -22,6 +22,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod connection;
+pub mod control;
 mod dead_letter;
 pub mod delayed;
 pub mod exchange;
@@ -213,7 +214,12 @@ const _: fn() = || {
 /// Requests waiting for the metadata owner's task, on shard 0 only.
 #[derive(Default)]
 pub(crate) struct MetaInbox {
-    pub(crate) requests: VecDeque<(Option<(ConnRef, u16)>, MetaRequest)>,
+    /// Each from a channel, or from the control plane (with its reply).
+    pub(crate) requests: VecDeque<(
+        Option<(ConnRef, u16)>,
+        MetaRequest,
+        Option<control::ReplyFn>,
+    )>,
     pub(crate) notify: Notify,
 }
 
@@ -283,6 +289,9 @@ pub(crate) struct ShardState {
     credit_held: Vec<CreditHold>,
     /// Addresses whose logins failed lately, and when they are next answered.
     login_delays: std::cell::RefCell<login_delay::LoginDelays>,
+    /// Messages published by this shard's connections that have closed
+    /// (the open ones count their own), for the management API.
+    pub(crate) published_by_closed: u64,
 }
 
 /// Whether work made on shard `this` for shard `target` runs now, or
@@ -399,6 +408,7 @@ impl ShardState {
             credit_owed: vec![0; shard_count],
             credit_held: Vec::new(),
             login_delays: Default::default(),
+            published_by_closed: 0,
             alarms: alarm_board.raised(),
             alarm_board,
         }
@@ -717,7 +727,7 @@ impl ShardState {
             } => self.channel_reply(conn, channel, reply),
             ShardMsg::Meta { from, request } => {
                 debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
-                self.meta_inbox.requests.push_back((from, request));
+                self.meta_inbox.requests.push_back((from, request, None));
                 self.meta_inbox.notify.notify();
             }
             ShardMsg::Rpc { from, id, request } => {
@@ -1478,7 +1488,9 @@ impl ShardState {
     pub(crate) fn remove_connection(&mut self, id: ConnId) {
         self.leave_flow(id);
         self.connection_lost(id);
-        self.connections.remove(&id);
+        if let Some(connection) = self.connections.remove(&id) {
+            self.published_by_closed += connection.published;
+        }
     }
 }
 

@@ -374,6 +374,10 @@ struct Unacked {
 }
 
 impl Unacked {
+    fn len(&self) -> usize {
+        self.in_order_live + self.out_of_order.len()
+    }
+
     fn insert(&mut self, seq: u64, held: Held) {
         if self.in_order.back().is_none_or(|&(last, _)| last < seq) {
             self.in_order.push_back((seq, Some(held)));
@@ -468,6 +472,24 @@ pub struct Queue {
     /// consumers in vain: a stalled consumer slows no publisher, until it
     /// takes a message again.
     flow_stalled_at: Option<u64>,
+    /// What the management API shows as the queue's message_stats: owned
+    /// by the queue's shard, summed by nobody, read on request.
+    pub(crate) stats: QueueStats,
+}
+
+/// A queue's counts since it was created, as RabbitMQ's management API
+/// names them (`message_stats`); rates are computed by the control plane
+/// from two readings. Plain fields on the queue, which its shard alone
+/// touches: no shared counter, no branch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub publish: u64,
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    pub ack: u64,
+    pub redeliver: u64,
 }
 
 /// What became of a publish.
@@ -498,7 +520,13 @@ impl Queue {
             expiry_armed: false,
             deliveries: 0,
             flow_stalled_at: None,
+            stats: QueueStats::default(),
         }
+    }
+
+    /// Messages delivered (or got) and not acknowledged yet.
+    pub(crate) fn unacked_count(&self) -> u32 {
+        self.unacked.len() as u32
     }
 
     pub(crate) fn name(&self) -> &ShortStr {
@@ -591,6 +619,7 @@ impl Queue {
             }
             return Enqueued::Rejected;
         }
+        self.stats.publish += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
         let level = self.level_of(&message);
@@ -908,7 +937,10 @@ impl Queue {
             c.limited |= settle == Settle::Return;
         }
         match settle {
-            Settle::Ack => forget(self.meta.id, &queued, ctx.store),
+            Settle::Ack => {
+                self.stats.ack += 1;
+                forget(self.meta.id, &queued, ctx.store)
+            }
             Settle::Discard => {
                 forget(self.meta.id, &queued, ctx.store);
                 self.dead_letter(queued.message, DeathReason::Rejected, ctx)
@@ -945,6 +977,12 @@ impl Queue {
         self.touch(ctx);
         let queued = self.next_ready(ctx)?;
         let remaining = self.ready.count as u32;
+        if no_ack {
+            self.stats.get_no_ack += 1;
+        } else {
+            self.stats.get += 1;
+        }
+        self.stats.redeliver += u64::from(queued.redelivered);
         if no_ack {
             forget(self.meta.id, &queued, ctx.store);
         } else {
@@ -1040,6 +1078,11 @@ impl Queue {
         let queue_id = self.meta.id;
         let consumer = &mut self.consumers[at];
         self.deliveries += 1;
+        // Branch-free: the delivery path's counters cost two additions.
+        let no_ack = u64::from(consumer.spec.no_ack);
+        self.stats.deliver_no_ack += no_ack;
+        self.stats.deliver += 1 - no_ack;
+        self.stats.redeliver += u64::from(queued.redelivered);
         let head = DeliveryHead {
             conn: consumer.spec.conn,
             channel: consumer.spec.channel,

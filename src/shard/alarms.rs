@@ -63,6 +63,11 @@ impl Monitor {
         monitor
     }
 
+    /// The memory high watermark and the disk free limit, in bytes.
+    pub(crate) fn limits_bytes(&self) -> (u64, u64) {
+        (self.memory_limit_bytes, self.disk_free_limit_bytes)
+    }
+
     /// Adds the shards' published memory use to the baseline, polls the disk
     /// when due, and publishes the alarms.
     pub(crate) fn check(&mut self, now: Instant) {
@@ -155,7 +160,7 @@ fn total_memory_bytes() -> u64 {
 }
 
 /// The process's resident set size, from /proc/self/statm.
-fn resident_bytes() -> u64 {
+pub(crate) fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     std::fs::read_to_string("/proc/self/statm")

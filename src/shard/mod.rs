@@ -78,6 +78,8 @@ pub enum BootError {
     DataDir(data_dir::DataDirError),
     /// A shard stopped with an error after start-up.
     ShardFailed(String),
+    /// The management API cannot listen.
+    Management(crate::mgmt::ManagementError),
 }
 
 /// What is wrong with a definitions file at start.
@@ -122,6 +124,7 @@ impl std::fmt::Display for BootError {
             BootError::Recovery(e) => write!(f, "cannot recover the message store: {}", e),
             BootError::DataDir(e) => write!(f, "{}", e),
             BootError::ShardFailed(e) => write!(f, "a shard stopped with an error: {}", e),
+            BootError::Management(e) => write!(f, "{}", e),
         }
     }
 }
@@ -192,6 +195,30 @@ pub fn run(config: Config) -> Result<(), BootError> {
     // Measured before the first shard runs, so that a disk already short
     // of space blocks the first publisher.
     let mut monitor = Some(alarms::Monitor::new(&config, alarm_board.clone()));
+    // The control plane: one request channel per shard, drained by the
+    // shard's tick; the management API's thread holds the senders.
+    let (control_senders, control_receivers): (Vec<_>, Vec<_>) = (0..shard_count)
+        .map(|_| crossbeam_channel::bounded(config::CONTROL_REQUESTS_MAX))
+        .unzip();
+    if !config.management_listen.is_empty() {
+        let (memory_limit_bytes, disk_free_limit_bytes) = monitor
+            .as_ref()
+            .map_or((0, 0), alarms::Monitor::limits_bytes);
+        let node = crate::mgmt::NodeInfo {
+            name: crate::mgmt::node_name(),
+            shard_count,
+            started: Instant::now(),
+            amqp_listeners: bound.clone(),
+            management_listeners: Vec::new(),
+            alarm_board: alarm_board.clone(),
+            memory_limit_bytes,
+            disk_free_limit_bytes,
+            resident_bytes: alarms::resident_bytes,
+        };
+        crate::mgmt::start(&config.management_listen, control_senders, node)
+            .map_err(BootError::Management)?;
+    }
+    let mut control_receivers = control_receivers.into_iter();
     let config = Arc::new(config);
     let mesh: MeshBuilder<Batch, Full> =
         MeshBuilder::full(shard_count, config::MAILBOX_BATCHES_MAX);
@@ -213,6 +240,9 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let monitor = monitor.take();
         let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
         let messages = recovered.next().unwrap_or_default();
+        let control = control_receivers
+            .next()
+            .unwrap_or_else(|| crossbeam_channel::bounded(0).1);
         let mut builder = LocalExecutorBuilder::new(placement);
         // Spinning spares a shard the wake-up through its eventfd (~0.1 ms)
         // when a peer's batch comes soon after it ran out of work: the
@@ -233,6 +263,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
                     alarm_board,
                     monitor,
                     messages,
+                    control,
                 };
                 shard_main(config, boot, mesh, fds, ready, shard_count).await;
             })
@@ -274,6 +305,8 @@ struct ShardBoot {
     monitor: Option<alarms::Monitor>,
     /// The shard's queues' stored messages, and its store directory.
     messages: ShardRecovery,
+    /// The control plane's requests for this shard, answered from the tick.
+    control: crossbeam_channel::Receiver<crate::broker::control::Control>,
 }
 
 /// The users and the exchanges, queues and bindings to re-create, from
@@ -520,9 +553,11 @@ async fn shard_main(
     let stop_accepting: Vec<Notify> = fds.iter().map(|_| Notify::new()).collect();
     let stopped = Notify::new();
 
-    // The tick: heartbeats, deadlines, mailbox retries, shutdown, and an
-    // upper bound on how long the executor can stay parked (docs/runtime.md).
+    // The tick: heartbeats, deadlines, mailbox retries, shutdown, the
+    // control plane's requests, and an upper bound on how long the
+    // executor can stay parked (docs/runtime.md).
     {
+        let control = boot.control;
         let state = state.clone();
         let senders = senders.clone();
         let stop_accepting = stop_accepting.clone();
@@ -548,6 +583,15 @@ async fn shard_main(
                 };
                 shard.saturated = saturated;
                 shard.tick(now);
+                // Polled, never woken: glommio 0.9 misses wake-ups from
+                // foreign threads (docs/runtime.md). An empty channel costs
+                // one check per tick.
+                for _ in 0..config::CONTROL_REQUESTS_PER_TICK {
+                    match control.try_recv() {
+                        Ok(request) => shard.control(request),
+                        Err(_) => break,
+                    }
+                }
                 drop(shard);
                 if shutdown::requested() {
                     match stopping_since {

@@ -1,0 +1,444 @@
+//! The control plane's questions to one shard, and the shard's answers.
+//!
+//! The management API runs on a thread of its own (`mgmt`), never on a
+//! shard. It asks each shard through a channel the shard drains from its
+//! tick (`ShardState::control`); the shard answers from its own state, at
+//! a point where nothing else touches it, through the `ReplyFn` the
+//! request carries. Definitions change through the metadata owner exactly
+//! as an AMQP declare does (`ControlRequest::Meta`, shard 0 only). Nothing
+//! here is on the message path: the figures a report carries (a queue's
+//! `QueueStats`, a connection's publish count) are plain fields their
+//! shard alone updates, read here on request.
+//!
+//! Every type here is `Send` (it crosses threads); it imports what
+//! `broker` may import.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+
+use crate::broker::metadata::MetaRequest;
+use crate::broker::queue::QueueStats;
+use crate::metadata::exchange::ExchangeDef;
+use crate::metadata::vhost::QueueMeta;
+use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
+use warren_protocol::{AmqpError, BasicProperties, FieldTable, Method, ShortStr};
+
+/// How a shard answers: called once, on the shard's thread.
+pub type ReplyFn = Box<dyn FnOnce(ControlReply) + Send>;
+
+/// A question for one shard and where its answer goes.
+pub struct Control {
+    pub request: ControlRequest,
+    pub reply: ReplyFn,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with the messages `ControlRequest::Get` takes, as the
+/// management API's `ackmode` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetAckMode {
+    /// `ack_requeue_true`, `reject_requeue_true`: back in place, redelivered.
+    Requeue,
+    /// `ack_requeue_false`: gone.
+    Ack,
+    /// `reject_requeue_false`: rejected, so dead-lettered if the queue says so.
+    Reject,
+}
+
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// What this shard holds: its queues and/or its connections (with their
+    /// channels) and the consumers of its queues.
+    Report { queues: bool, connections: bool },
+    /// The definitions as this shard's replica has them, and (on shard 0)
+    /// the users in the definitions file's JSON.
+    Definitions,
+    /// HTTP basic auth: the user's tags if the password is right (and the
+    /// user may log in from `peer`, as `loopback_users` says).
+    Authenticate {
+        user: String,
+        password: String,
+        peer: IpAddr,
+    },
+    /// A definitions change, for the metadata owner (shard 0).
+    Meta(MetaRequest),
+    /// Removes the queue's ready messages (queue.purge).
+    Purge(QueueId),
+    /// Takes up to `count` messages from the head of the queue.
+    Get {
+        queue: QueueId,
+        count: u32,
+        ack_mode: GetAckMode,
+    },
+    /// Publishes one message to an exchange, as basic.publish without a
+    /// channel would (no confirm, not mandatory).
+    Publish {
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        properties: BasicProperties,
+        body: Bytes,
+    },
+    /// Closes a connection with 320 CONNECTION_FORCED and this text.
+    CloseConnection { conn: ConnId, reason: String },
+}
+
+#[derive(Debug)]
+pub enum ControlReply {
+    Report(ShardReport),
+    Definitions(DefinitionsReport),
+    /// The user's name and tags, or None when authentication failed.
+    User(Option<(String, Vec<String>)>),
+    Meta(Result<Method, AmqpError>),
+    /// The count purged, or None if the queue is not on this shard.
+    Purged(Option<u32>),
+    /// None if the queue is not on this shard.
+    Messages(Option<Vec<GotMessage>>),
+    /// Whether the message reached a queue; Err if the exchange is missing.
+    Routed(Result<bool, AmqpError>),
+    /// False if no such connection was open on this shard.
+    Closed(bool),
+}
+
+/// One shard's state, as `ControlRequest::Report` asked for it.
+#[derive(Debug)]
+pub struct ShardReport {
+    pub shard: ShardId,
+    pub queues: Vec<QueueInfo>,
+    pub connections: Vec<ConnectionInfo>,
+    pub consumers: Vec<ConsumerInfo>,
+    /// Messages published by this shard's connections since it started,
+    /// closed ones included.
+    pub published: u64,
+    /// Bytes this shard's queues hold (what the memory alarm counts).
+    pub queue_memory_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct QueueInfo {
+    pub meta: QueueMeta,
+    pub ready: u32,
+    pub unacked: u32,
+    pub consumers: u32,
+    pub memory_bytes: u64,
+    pub stats: QueueStats,
+}
+
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub conn: ConnRef,
+    pub peer: SocketAddr,
+    pub user: String,
+    /// running, blocked, closing, starting (RabbitMQ's connection states).
+    pub state: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat_s: u16,
+    pub published: u64,
+    pub channels: Vec<ChannelInfo>,
+}
+
+#[derive(Debug)]
+pub struct ChannelInfo {
+    pub number: u16,
+    pub consumers: u32,
+    pub unacked: u32,
+    /// basic.qos global=false, for consumers created after it.
+    pub prefetch_count: u16,
+    /// basic.qos global=true.
+    pub global_prefetch_count: u16,
+    pub confirm: bool,
+    pub transactional: bool,
+}
+
+#[derive(Debug)]
+pub struct ConsumerInfo {
+    pub queue: ShortStr,
+    pub conn: ConnRef,
+    pub channel: u16,
+    pub tag: ShortStr,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub prefetch_count: u32,
+}
+
+/// One binding as the replica has it, its destination by name.
+#[derive(Debug)]
+pub struct BindingInfo {
+    pub source: ShortStr,
+    pub destination: ShortStr,
+    /// "queue" or "exchange", as RabbitMQ's `destination_type`.
+    pub destination_type: &'static str,
+    pub routing_key: ShortStr,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Default)]
+pub struct DefinitionsReport {
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueMeta>,
+    pub bindings: Vec<BindingInfo>,
+    /// The durable definitions and the users, as the definitions file
+    /// holds them (RabbitMQ's export format).
+    pub export_json: String,
+}
+
+/// A message `ControlRequest::Get` took.
+#[derive(Debug)]
+pub struct GotMessage {
+    pub exchange: ShortStr,
+    pub routing_key: ShortStr,
+    pub redelivered: bool,
+    pub properties: BasicProperties,
+    pub body: Bytes,
+    /// Ready messages left behind it.
+    pub message_count: u32,
+}
+
+// The control plane's types cross threads.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Control>();
+    assert_send::<ControlReply>();
+};
+
+impl super::ShardState {
+    /// Answers one control-plane request (called from the shard's tick).
+    pub(crate) fn control(&mut self, control: Control) {
+        let Control { request, reply } = control;
+        match request {
+            ControlRequest::Report {
+                queues,
+                connections,
+            } => reply(ControlReply::Report(self.report(queues, connections))),
+            ControlRequest::Definitions => reply(ControlReply::Definitions(self.definitions())),
+            ControlRequest::Authenticate {
+                user,
+                password,
+                peer,
+            } => {
+                let mut response = Vec::with_capacity(user.len() + password.len() + 2);
+                response.push(0);
+                response.extend_from_slice(user.as_bytes());
+                response.push(0);
+                response.extend_from_slice(password.as_bytes());
+                let found = self
+                    .users
+                    .authenticate("PLAIN", &Bytes::from(response), peer)
+                    .ok()
+                    .map(|u| (u.name.clone(), u.tags.clone()));
+                reply(ControlReply::User(found));
+            }
+            ControlRequest::Meta(request) => {
+                debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
+                self.meta_inbox
+                    .requests
+                    .push_back((None, request, Some(reply)));
+                self.meta_inbox.notify.notify();
+            }
+            ControlRequest::Purge(queue) => {
+                let purged = self.with_queue(queue, |q, _, ctx| q.purge(ctx));
+                reply(ControlReply::Purged(purged));
+            }
+            ControlRequest::Get {
+                queue,
+                count,
+                ack_mode,
+            } => {
+                let got = self.with_queue(queue, |q, _, ctx| {
+                    let mut taken = Vec::new();
+                    let mut seqs = Vec::new();
+                    while taken.len() < count as usize {
+                        let Some((queued, message_count)) = q.get(false, ctx) else {
+                            break;
+                        };
+                        seqs.push(queued.seq);
+                        taken.push(GotMessage {
+                            exchange: queued.message.exchange_name(),
+                            routing_key: queued.message.routing_key_name(),
+                            redelivered: queued.redelivered,
+                            properties: queued.message.properties().decode(),
+                            body: queued.message.body.clone(),
+                            message_count,
+                        });
+                    }
+                    // Settled only once all are taken, so that a requeued
+                    // message is not taken again.
+                    let settle = match ack_mode {
+                        GetAckMode::Requeue => super::Settle::Requeue,
+                        GetAckMode::Ack => super::Settle::Ack,
+                        GetAckMode::Reject => super::Settle::Discard,
+                    };
+                    for seq in seqs {
+                        q.settle(seq, crate::model::ids::ConsumerId::GET, settle, ctx);
+                    }
+                    taken
+                });
+                if got.is_some() {
+                    self.dispatch(queue);
+                }
+                reply(ControlReply::Messages(got));
+            }
+            ControlRequest::Publish {
+                exchange,
+                routing_key,
+                properties,
+                body,
+            } => {
+                let routed = self.publish_from_control(&exchange, &routing_key, &properties, body);
+                reply(ControlReply::Routed(routed));
+            }
+            ControlRequest::CloseConnection { conn, reason } => {
+                let now = self.now;
+                let closed = match self.connections.get_mut(&conn) {
+                    Some(connection) => {
+                        connection.force_close(reason, now);
+                        if connection.is_closed() {
+                            connection.reader.notify();
+                            connection.wire.writer.notify();
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                if closed {
+                    self.finish_connection_turn(conn);
+                }
+                reply(ControlReply::Closed(closed));
+            }
+        }
+        self.run_local();
+    }
+
+    fn report(&self, queues: bool, connections: bool) -> ShardReport {
+        let mut report = ShardReport {
+            shard: self.id,
+            queues: Vec::new(),
+            connections: Vec::new(),
+            consumers: Vec::new(),
+            published: self.published_by_closed,
+            queue_memory_bytes: 0,
+        };
+        for connection in self.connections.values() {
+            report.published += connection.published;
+            if connections {
+                report.connections.push(connection.info());
+            }
+        }
+        for queue in self.queues.values() {
+            report.queue_memory_bytes += queue.memory_bytes();
+            if !queues {
+                continue;
+            }
+            report.queues.push(QueueInfo {
+                meta: queue.meta.clone(),
+                ready: queue.message_count(),
+                unacked: queue.unacked_count(),
+                consumers: queue.consumer_count(),
+                memory_bytes: queue.memory_bytes(),
+                stats: queue.stats,
+            });
+            if connections {
+                for spec in queue.consumer_specs() {
+                    report.consumers.push(ConsumerInfo {
+                        queue: queue.meta.name.clone(),
+                        conn: spec.conn,
+                        channel: spec.channel,
+                        tag: spec.tag.clone(),
+                        no_ack: spec.no_ack,
+                        exclusive: spec.exclusive,
+                        prefetch_count: spec.prefetch_count,
+                    });
+                }
+            }
+        }
+        report
+    }
+
+    fn definitions(&self) -> DefinitionsReport {
+        use crate::metadata::exchange::Destination;
+        let mut report = DefinitionsReport {
+            export_json: crate::metadata::definitions::Definitions::snapshot(
+                &self.vhost,
+                &self.users,
+            )
+            .to_json(),
+            ..DefinitionsReport::default()
+        };
+        for exchange in self.vhost.exchanges.values() {
+            report.exchanges.push(exchange.def.clone());
+            for binding in &exchange.bindings {
+                let (destination, destination_type) = match &binding.destination {
+                    Destination::Exchange(name) => (name.clone(), "exchange"),
+                    Destination::Queue(queue) => match self.vhost.queue_by_id(queue.id) {
+                        Some(meta) => (meta.name.clone(), "queue"),
+                        None => continue,
+                    },
+                };
+                report.bindings.push(BindingInfo {
+                    source: binding.source.clone(),
+                    destination,
+                    destination_type,
+                    routing_key: binding.routing_key.clone(),
+                    arguments: binding.arguments.clone(),
+                });
+            }
+        }
+        report.queues = self.vhost.queues.values().cloned().collect();
+        report
+    }
+
+    /// Routes a message published through the management API and hands it
+    /// to its queues, as a channel's publish would (no confirm; delayed
+    /// exchanges do not hold it).
+    fn publish_from_control(
+        &mut self,
+        exchange: &ShortStr,
+        routing_key: &ShortStr,
+        properties: &BasicProperties,
+        body: Bytes,
+    ) -> Result<bool, AmqpError> {
+        let Some(target) = self.vhost.exchanges.get(exchange.as_str()) else {
+            return Err(crate::broker::metadata::no_exchange(exchange));
+        };
+        let properties = properties.encode();
+        let mut scratch = Vec::new();
+        let mut routed = crate::broker::vhost::Routed::default();
+        let no_keys: &[&str] = &[];
+        self.vhost.route(
+            target,
+            routing_key.as_str(),
+            no_keys,
+            &properties,
+            &mut scratch,
+            &mut routed,
+        );
+        let message = crate::model::message::Message::new(
+            exchange.as_str(),
+            routing_key.as_str(),
+            &properties,
+            body,
+            None,
+        );
+        for queue in &routed.queues {
+            self.send(
+                queue.shard,
+                super::ShardMsg::Enqueue {
+                    queue: queue.id,
+                    message: message.clone(),
+                    confirm: None,
+                },
+            );
+        }
+        Ok(!routed.queues.is_empty())
+    }
+}

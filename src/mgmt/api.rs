@@ -1,0 +1,1914 @@
+//! The management API's routes and handlers: RabbitMQ 3.10's paths and
+//! JSON shapes for what tools read and do most.
+//!
+//! Every handler authenticates (`auth`), checks the vhost in its path
+//! (warren has one, "/"; the vhost is carried through every handler so
+//! that more can be served without new paths), asks the shards through
+//! the control plane, and builds its answer on this thread.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::broker::control::{
+    ConnectionInfo, ControlReply, ControlRequest, DefinitionsReport, GetAckMode, QueueInfo,
+    ShardReport,
+};
+use crate::broker::metadata::MetaRequest;
+use crate::metadata::exchange::ExchangeDef;
+use crate::metadata::vhost::QueueMeta;
+use crate::mgmt::auth::{authenticate, ApiUser, Level};
+use crate::mgmt::error::ApiError;
+use crate::mgmt::json::{
+    base64_decode, base64_encode, json_to_table, properties_from_json, properties_to_json,
+    short_str, table_to_json,
+};
+use crate::mgmt::list::{self, Params};
+use crate::mgmt::plane::Plane;
+use crate::mgmt::rates::{Rates, QUEUE_FIELDS};
+use crate::mgmt::NodeInfo;
+use crate::model::alarms::Resource;
+use crate::model::ids::{ConnId, ShardId};
+use warren_protocol::{
+    ExchangeBind, ExchangeDeclare, ExchangeDelete, ExchangeUnbind, FieldTable, Method, QueueBind,
+    QueueDeclare, QueueDelete, QueueUnbind, ShortStr,
+};
+
+/// The one vhost warren has.
+const VHOST: &str = "/";
+
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) plane: Plane,
+    pub(crate) node: Arc<NodeInfo>,
+    /// Only this thread touches it; the mutex is for axum's `Sync` bound.
+    pub(crate) rates: Arc<Mutex<Rates>>,
+}
+
+type Peer = ConnectInfo<SocketAddr>;
+type ApiResult = Result<Response, ApiError>;
+
+pub(crate) fn router(app: App) -> Router {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+        .route("/api/extensions", get(extensions))
+        .route("/api/connections", get(connections))
+        .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
+        .route(
+            "/api/connections/{name}",
+            get(connection).delete(close_connection),
+        )
+        .route("/api/channels", get(channels))
+        .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
+        .route("/api/consumers", get(consumers))
+        .route("/api/consumers/{vhost}", get(vhost_consumers))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}", get(vhost_exchanges))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchange).put(put_exchange).delete(delete_exchange),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(publish))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(exchange_bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(exchange_bindings_destination),
+        )
+        .route("/api/queues", get(queues))
+        .route("/api/queues/{vhost}", get(vhost_queues))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queue).put(put_queue).delete(delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(purge_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(get_messages))
+        .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
+        .route("/api/bindings", get(bindings))
+        .route("/api/bindings/{vhost}", get(vhost_bindings))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(bindings_between).post(create_binding),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(binding).delete(delete_binding),
+        )
+        .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts/{vhost}", get(vhost))
+        .route("/api/users", get(users))
+        .route("/api/users/{user}", get(user))
+        .route("/api/permissions", get(permissions))
+        .route("/api/permissions/{vhost}/{user}", get(permission))
+        .route("/api/policies", get(policies))
+        .route("/api/policies/{vhost}", get(policies))
+        .route(
+            "/api/definitions",
+            get(export_definitions).post(import_definitions),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(export_vhost_definitions).post(import_vhost_definitions),
+        )
+        .route("/api/health/checks/alarms", get(health_alarms))
+        .route("/api/health/checks/local-alarms", get(health_alarms))
+        .route("/api/aliveness-test/{vhost}", get(aliveness_test))
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(app)
+}
+
+pub(crate) fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = body.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn created() -> Response {
+    StatusCode::CREATED.into_response()
+}
+
+/// The vhost in a path: 404 for one warren does not have.
+fn check_vhost(vhost: &str) -> Result<(), ApiError> {
+    if vhost == VHOST {
+        Ok(())
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(body).map_err(|_| ApiError::bad_request("not_json"))
+}
+
+fn name(s: &str) -> Result<ShortStr, ApiError> {
+    short_str(s, "name").map_err(ApiError::bad_request)
+}
+
+fn flag(body: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" => Ok(true),
+        Some(Value::String(s)) if s == "false" => Ok(false),
+        Some(_) => Err(ApiError::bad_request(format!("{key}: not a boolean"))),
+    }
+}
+
+fn arguments(body: &Value) -> Result<FieldTable, ApiError> {
+    json_to_table(body.get("arguments").unwrap_or(&Value::Null), "arguments")
+        .map_err(ApiError::bad_request)
+}
+
+impl App {
+    async fn user(
+        &self,
+        headers: &HeaderMap,
+        peer: &Peer,
+        level: Level,
+    ) -> Result<ApiUser, ApiError> {
+        authenticate(&self.plane, headers, peer.0.ip(), level).await
+    }
+
+    async fn reports(&self, queues: bool, connections: bool) -> Result<Vec<ShardReport>, ApiError> {
+        let replies = self
+            .plane
+            .ask_all(|| ControlRequest::Report {
+                queues,
+                connections,
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                ControlReply::Report(report) => Some(report),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn definitions(&self) -> Result<DefinitionsReport, ApiError> {
+        match self.plane.ask(0, ControlRequest::Definitions).await? {
+            ControlReply::Definitions(report) => Ok(report),
+            _ => Err(ApiError::internal("unexpected answer")),
+        }
+    }
+
+    async fn meta(&self, request: MetaRequest) -> Result<Method, ApiError> {
+        match self.plane.ask(0, ControlRequest::Meta(request)).await? {
+            ControlReply::Meta(result) => result.map_err(ApiError::from_amqp),
+            _ => Err(ApiError::internal("unexpected answer")),
+        }
+    }
+
+    /// The queue as the replica has it (which shard owns it, its id).
+    async fn queue_meta(&self, queue: &str) -> Result<QueueMeta, ApiError> {
+        self.definitions()
+            .await?
+            .queues
+            .into_iter()
+            .find(|q| q.name.as_str() == queue)
+            .ok_or_else(ApiError::not_found)
+    }
+}
+
+// ---------------------------------------------------------------- queues
+
+#[derive(Serialize)]
+struct Rate {
+    rate: f64,
+}
+
+#[derive(Serialize)]
+struct QueueMessageStats {
+    publish: u64,
+    publish_details: Rate,
+    deliver: u64,
+    deliver_details: Rate,
+    deliver_no_ack: u64,
+    deliver_no_ack_details: Rate,
+    get: u64,
+    get_details: Rate,
+    get_no_ack: u64,
+    get_no_ack_details: Rate,
+    deliver_get: u64,
+    deliver_get_details: Rate,
+    ack: u64,
+    ack_details: Rate,
+    redeliver: u64,
+    redeliver_details: Rate,
+}
+
+#[derive(Serialize)]
+struct QueueJson {
+    name: String,
+    vhost: &'static str,
+    durable: bool,
+    auto_delete: bool,
+    exclusive: bool,
+    arguments: Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    node: String,
+    state: &'static str,
+    policy: Option<String>,
+    effective_policy_definition: Value,
+    consumers: u32,
+    messages: u64,
+    messages_details: Rate,
+    messages_ready: u32,
+    messages_ready_details: Rate,
+    messages_unacknowledged: u32,
+    messages_unacknowledged_details: Rate,
+    memory: u64,
+    message_stats: QueueMessageStats,
+    /// warren's own: the shard that owns the queue.
+    warren_shard: u16,
+}
+
+/// A queue's counts for `Readings`, in `QUEUE_FIELDS` order.
+fn queue_counts(q: &QueueInfo) -> [u64; QUEUE_FIELDS] {
+    let s = &q.stats;
+    [
+        s.publish,
+        s.deliver,
+        s.deliver_no_ack,
+        s.get,
+        s.get_no_ack,
+        s.ack,
+        s.redeliver,
+        u64::from(q.ready) + u64::from(q.unacked),
+        u64::from(q.ready),
+        u64::from(q.unacked),
+    ]
+}
+
+fn message_stats(c: &[u64; QUEUE_FIELDS], r: &[f64; QUEUE_FIELDS]) -> QueueMessageStats {
+    QueueMessageStats {
+        publish: c[0],
+        publish_details: Rate { rate: r[0] },
+        deliver: c[1],
+        deliver_details: Rate { rate: r[1] },
+        deliver_no_ack: c[2],
+        deliver_no_ack_details: Rate { rate: r[2] },
+        get: c[3],
+        get_details: Rate { rate: r[3] },
+        get_no_ack: c[4],
+        get_no_ack_details: Rate { rate: r[4] },
+        deliver_get: c[1] + c[2] + c[3] + c[4],
+        deliver_get_details: Rate {
+            rate: r[1] + r[2] + r[3] + r[4],
+        },
+        ack: c[5],
+        ack_details: Rate { rate: r[5] },
+        redeliver: c[6],
+        redeliver_details: Rate { rate: r[6] },
+    }
+}
+
+impl App {
+    fn queue_json(&self, q: &QueueInfo, rates: &mut Rates, now: Instant) -> QueueJson {
+        let counts = queue_counts(q);
+        let r = rates
+            .queues
+            .entry((q.meta.shard.0, q.meta.id.0))
+            .or_default()
+            .observe(now, counts);
+        QueueJson {
+            name: q.meta.name.as_str().to_string(),
+            vhost: VHOST,
+            durable: q.meta.durable,
+            auto_delete: q.meta.auto_delete,
+            exclusive: q.meta.exclusive_owner.is_some(),
+            arguments: table_to_json(&q.meta.arguments),
+            kind: "classic",
+            node: self.node.name.clone(),
+            state: "running",
+            policy: None,
+            effective_policy_definition: json!({}),
+            consumers: q.consumers,
+            messages: counts[7],
+            messages_details: Rate { rate: r[7] },
+            messages_ready: q.ready,
+            messages_ready_details: Rate { rate: r[8] },
+            messages_unacknowledged: q.unacked,
+            messages_unacknowledged_details: Rate { rate: r[9] },
+            memory: q.memory_bytes,
+            message_stats: message_stats(&counts, &r),
+            warren_shard: q.meta.shard.0,
+        }
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueJson>, ApiError> {
+        let reports = self.reports(true, false).await?;
+        let now = Instant::now();
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        let mut items = Vec::new();
+        for report in &reports {
+            for q in &report.queues {
+                seen.insert((q.meta.shard.0, q.meta.id.0));
+                items.push(self.queue_json(q, &mut rates, now));
+            }
+        }
+        // Readings of deleted queues go with them.
+        rates.queues.retain(|key, _| seen.contains(key));
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(items)
+    }
+
+    /// One queue's report, from the shard that owns it.
+    async fn queue_report(&self, vhost: &str, name: &str) -> Result<QueueInfo, ApiError> {
+        check_vhost(vhost)?;
+        let meta = self.queue_meta(name).await?;
+        let reports = self.reports(true, false).await?;
+        reports
+            .into_iter()
+            .filter(|r| r.shard == meta.shard)
+            .flat_map(|r| r.queues)
+            .find(|q| q.meta.id == meta.id)
+            .ok_or_else(ApiError::not_found)
+    }
+}
+
+async fn queues(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    let items = app.queue_list().await?;
+    list::respond(items, |q| q.name.as_str(), &params)
+}
+
+async fn vhost_queues(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let items = app.queue_list().await?;
+    list::respond(items, |q| q.name.as_str(), &params)
+}
+
+async fn queue(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    let info = app.queue_report(&vhost, &name).await?;
+    let mut rates = app.rates.lock().unwrap_or_else(|e| e.into_inner());
+    let json = app.queue_json(&info, &mut rates, Instant::now());
+    Ok(json_response(&json))
+}
+
+async fn put_queue(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, queue)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let queue = name(&queue)?;
+    let declare = |passive: bool| -> Result<QueueDeclare, ApiError> {
+        Ok(QueueDeclare {
+            queue: queue.clone(),
+            passive,
+            durable: flag(&body, "durable", true)?,
+            exclusive: false,
+            auto_delete: flag(&body, "auto_delete", false)?,
+            nowait: false,
+            arguments: arguments(&body)?,
+        })
+    };
+    // RabbitMQ answers 201 for a queue it created and 204 for one that
+    // was there (and equivalent).
+    let existed = app
+        .meta(MetaRequest::QueueDeclare(declare(true)?))
+        .await
+        .is_ok();
+    app.meta(MetaRequest::QueueDeclare(declare(false)?)).await?;
+    Ok(if existed { no_content() } else { created() })
+}
+
+async fn delete_queue(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, queue)): Path<(String, String)>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    app.queue_meta(&queue).await?;
+    let yes = |key: &str| params.get(key).is_some_and(|v| v == "true");
+    app.meta(MetaRequest::QueueDelete(QueueDelete {
+        queue: name(&queue)?,
+        if_unused: yes("if-unused"),
+        if_empty: yes("if-empty"),
+        nowait: false,
+    }))
+    .await?;
+    Ok(no_content())
+}
+
+async fn purge_queue(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, queue)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let meta = app.queue_meta(&queue).await?;
+    match app
+        .plane
+        .ask(meta.shard.index(), ControlRequest::Purge(meta.id))
+        .await?
+    {
+        ControlReply::Purged(Some(_)) => Ok(no_content()),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn get_messages(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, queue)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let count = body
+        .get("count")
+        .and_then(|c| {
+            c.as_u64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+        })
+        .ok_or_else(|| ApiError::bad_request("count: not an integer"))?;
+    let count = count.min(crate::config::MANAGEMENT_GET_COUNT_MAX as u64) as u32;
+    let ack_mode = match body.get("ackmode").and_then(Value::as_str) {
+        Some("ack_requeue_true") | Some("reject_requeue_true") => GetAckMode::Requeue,
+        Some("ack_requeue_false") => GetAckMode::Ack,
+        Some("reject_requeue_false") => GetAckMode::Reject,
+        _ => return Err(ApiError::bad_request("ackmode: not one of ack_requeue_true, ack_requeue_false, reject_requeue_true, reject_requeue_false")),
+    };
+    let encoding = body
+        .get("encoding")
+        .and_then(Value::as_str)
+        .unwrap_or("auto");
+    if encoding != "auto" && encoding != "base64" {
+        return Err(ApiError::bad_request("encoding: not auto or base64"));
+    }
+    let truncate = body.get("truncate").and_then(|t| {
+        t.as_u64()
+            .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
+    });
+    let meta = app.queue_meta(&queue).await?;
+    let reply = app
+        .plane
+        .ask(
+            meta.shard.index(),
+            ControlRequest::Get {
+                queue: meta.id,
+                count,
+                ack_mode,
+            },
+        )
+        .await?;
+    let ControlReply::Messages(Some(messages)) = reply else {
+        return Err(ApiError::not_found());
+    };
+    let items: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut body: &[u8] = &m.body;
+            if let Some(limit) = truncate {
+                body = &body[..body.len().min(limit as usize)];
+            }
+            let (payload, payload_encoding) = match std::str::from_utf8(body) {
+                Ok(text) if encoding == "auto" => (text.to_string(), "string"),
+                _ => (base64_encode(body), "base64"),
+            };
+            let properties = properties_to_json(&m.properties);
+            // RabbitMQ renders empty properties as [] (an empty Erlang list).
+            let properties = match &properties {
+                Value::Object(map) if map.is_empty() => json!([]),
+                _ => properties,
+            };
+            json!({
+                "payload_bytes": m.body.len(),
+                "redelivered": m.redelivered,
+                "exchange": m.exchange.as_str(),
+                "routing_key": m.routing_key.as_str(),
+                "message_count": m.message_count,
+                "properties": properties,
+                "payload": payload,
+                "payload_encoding": payload_encoding,
+            })
+        })
+        .collect();
+    Ok(json_response(&items))
+}
+
+// ------------------------------------------------------------- exchanges
+
+#[derive(Serialize)]
+struct ExchangeJson {
+    name: String,
+    vhost: &'static str,
+    #[serde(rename = "type")]
+    kind: String,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: Value,
+    policy: Option<String>,
+    user_who_performed_action: &'static str,
+}
+
+fn exchange_json(def: &ExchangeDef) -> ExchangeJson {
+    ExchangeJson {
+        name: def.name.as_str().to_string(),
+        vhost: VHOST,
+        kind: def.type_name().to_string(),
+        durable: def.durable,
+        auto_delete: def.auto_delete,
+        internal: def.internal,
+        arguments: table_to_json(&def.arguments),
+        policy: None,
+        user_who_performed_action: "rmq-internal",
+    }
+}
+
+impl App {
+    async fn exchange_list(&self) -> Result<Vec<ExchangeJson>, ApiError> {
+        let mut items: Vec<ExchangeJson> = self
+            .definitions()
+            .await?
+            .exchanges
+            .iter()
+            .map(exchange_json)
+            .collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(items)
+    }
+}
+
+/// The default exchange is "amq.default" in the API's paths.
+fn exchange_name(name: &str) -> &str {
+    if name == "amq.default" {
+        ""
+    } else {
+        name
+    }
+}
+
+async fn exchanges(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    list::respond(app.exchange_list().await?, |e| e.name.as_str(), &params)
+}
+
+async fn vhost_exchanges(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    list::respond(app.exchange_list().await?, |e| e.name.as_str(), &params)
+}
+
+async fn exchange(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let wanted = exchange_name(&name);
+    let definitions = app.definitions().await?;
+    let def = definitions
+        .exchanges
+        .iter()
+        .find(|e| e.name.as_str() == wanted)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json_response(&exchange_json(def)))
+}
+
+async fn put_exchange(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, exchange)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let kind = body
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("type: missing"))?;
+    if exchange.starts_with("amq.") {
+        // RabbitMQ's answer to a declare of a reserved name.
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "not_authorised",
+            reason: "Access refused.".into(),
+        });
+    }
+    let declare = |passive: bool| -> Result<ExchangeDeclare, ApiError> {
+        Ok(ExchangeDeclare {
+            exchange: name(&exchange)?,
+            kind: name(kind)?,
+            passive,
+            durable: flag(&body, "durable", true)?,
+            auto_delete: flag(&body, "auto_delete", false)?,
+            internal: flag(&body, "internal", false)?,
+            nowait: false,
+            arguments: arguments(&body)?,
+        })
+    };
+    let existed = app
+        .meta(MetaRequest::ExchangeDeclare(declare(true)?))
+        .await
+        .is_ok();
+    app.meta(MetaRequest::ExchangeDeclare(declare(false)?))
+        .await?;
+    Ok(if existed { no_content() } else { created() })
+}
+
+async fn delete_exchange(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, exchange)): Path<(String, String)>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let wanted = exchange_name(&exchange);
+    let exists = app
+        .definitions()
+        .await?
+        .exchanges
+        .iter()
+        .any(|e| e.name.as_str() == wanted);
+    if !exists {
+        return Err(ApiError::not_found());
+    }
+    app.meta(MetaRequest::ExchangeDelete(ExchangeDelete {
+        exchange: name(wanted)?,
+        if_unused: params.get("if-unused").is_some_and(|v| v == "true"),
+        nowait: false,
+    }))
+    .await?;
+    Ok(no_content())
+}
+
+async fn publish(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, exchange)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    let routing_key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("routing_key: missing"))?;
+    let payload = body
+        .get("payload")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("payload: missing"))?;
+    let payload = match body.get("payload_encoding").and_then(Value::as_str) {
+        Some("string") | None => payload.as_bytes().to_vec(),
+        Some("base64") => {
+            base64_decode(payload).ok_or_else(|| ApiError::bad_request("payload: not base64"))?
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "payload_encoding: not string or base64",
+            ))
+        }
+    };
+    let properties = properties_from_json(body.get("properties").unwrap_or(&Value::Null))
+        .map_err(ApiError::bad_request)?;
+    let reply = app
+        .plane
+        .ask(
+            0,
+            ControlRequest::Publish {
+                exchange: name(exchange_name(&exchange))?,
+                routing_key: name(routing_key)?,
+                properties,
+                body: bytes::Bytes::from(payload),
+            },
+        )
+        .await?;
+    match reply {
+        ControlReply::Routed(Ok(routed)) => Ok(json_response(&json!({ "routed": routed }))),
+        ControlReply::Routed(Err(_)) => Err(ApiError::not_found()),
+        _ => Err(ApiError::internal("unexpected answer")),
+    }
+}
+
+// -------------------------------------------------------------- bindings
+
+#[derive(Serialize)]
+struct BindingJson {
+    source: String,
+    vhost: &'static str,
+    destination: String,
+    destination_type: &'static str,
+    routing_key: String,
+    arguments: Value,
+    properties_key: String,
+}
+
+/// RabbitMQ's `properties_key`: the routing key (or "~" if empty), and a
+/// hash of the arguments when there are any.
+fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+    let key = if routing_key.is_empty() {
+        "~".to_string()
+    } else {
+        percent_encode(routing_key)
+    };
+    if arguments.iter().next().is_none() {
+        return key;
+    }
+    let text = table_to_json(arguments).to_string();
+    // FNV-1a: any stable digest of the arguments tells bindings apart.
+    let digest = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "{key}~{}",
+        base64_encode(&digest.to_be_bytes()).trim_end_matches('=')
+    )
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn default_bindings(definitions: &DefinitionsReport) -> Vec<BindingJson> {
+    // RabbitMQ lists every queue's implicit binding to the default exchange.
+    definitions
+        .queues
+        .iter()
+        .map(|q| BindingJson {
+            source: String::new(),
+            vhost: VHOST,
+            destination: q.name.as_str().to_string(),
+            destination_type: "queue",
+            routing_key: q.name.as_str().to_string(),
+            arguments: json!({}),
+            properties_key: percent_encode(q.name.as_str()),
+        })
+        .collect()
+}
+
+fn binding_list(definitions: &DefinitionsReport) -> Vec<BindingJson> {
+    let mut items = default_bindings(definitions);
+    items.sort_by(|a, b| a.destination.cmp(&b.destination));
+    let mut explicit: Vec<BindingJson> = definitions
+        .bindings
+        .iter()
+        .map(|b| BindingJson {
+            source: b.source.as_str().to_string(),
+            vhost: VHOST,
+            destination: b.destination.as_str().to_string(),
+            destination_type: b.destination_type,
+            routing_key: b.routing_key.as_str().to_string(),
+            arguments: table_to_json(&b.arguments),
+            properties_key: properties_key(b.routing_key.as_str(), &b.arguments),
+        })
+        .collect();
+    explicit.sort_by(|a, b| {
+        (&a.source, &a.destination, &a.routing_key).cmp(&(
+            &b.source,
+            &b.destination,
+            &b.routing_key,
+        ))
+    });
+    items.extend(explicit);
+    items
+}
+
+async fn bindings(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    let items = binding_list(&app.definitions().await?);
+    list::respond(items, |b| b.source.as_str(), &params)
+}
+
+async fn vhost_bindings(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let items = binding_list(&app.definitions().await?);
+    list::respond(items, |b| b.source.as_str(), &params)
+}
+
+async fn filtered_bindings(
+    app: &App,
+    keep: impl Fn(&BindingJson) -> bool,
+) -> Result<Vec<BindingJson>, ApiError> {
+    let definitions = app.definitions().await?;
+    Ok(binding_list(&definitions)
+        .into_iter()
+        .filter(keep)
+        .collect())
+}
+
+async fn exchange_bindings_source(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, exchange)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let wanted = exchange_name(&exchange).to_string();
+    let items = filtered_bindings(&app, |b| b.source == wanted).await?;
+    Ok(json_response(&items))
+}
+
+async fn exchange_bindings_destination(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, exchange)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let items = filtered_bindings(&app, |b| {
+        b.destination_type == "exchange" && b.destination == exchange
+    })
+    .await?;
+    Ok(json_response(&items))
+}
+
+async fn queue_bindings(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, queue)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let items = filtered_bindings(&app, |b| {
+        b.destination_type == "queue" && b.destination == queue
+    })
+    .await?;
+    Ok(json_response(&items))
+}
+
+/// "q" or "e" in a binding path.
+fn destination_type(kind: &str) -> Result<&'static str, ApiError> {
+    match kind {
+        "q" => Ok("queue"),
+        "e" => Ok("exchange"),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn bindings_between(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let kind = destination_type(&kind)?;
+    let source = exchange_name(&source).to_string();
+    let items = filtered_bindings(&app, |b| {
+        b.source == source && b.destination_type == kind && b.destination == destination
+    })
+    .await?;
+    Ok(json_response(&items))
+}
+
+async fn binding(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let kind = destination_type(&kind)?;
+    let source = exchange_name(&source).to_string();
+    let items = filtered_bindings(&app, |b| {
+        b.source == source
+            && b.destination_type == kind
+            && b.destination == destination
+            && b.properties_key == props
+    })
+    .await?;
+    match items.into_iter().next() {
+        Some(item) => Ok(json_response(&item)),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+async fn create_binding(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let kind = destination_type(&kind)?;
+    let body = parse_body(&body)?;
+    let routing_key = body
+        .get("routing_key")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let arguments = arguments(&body)?;
+    let request = if kind == "queue" {
+        MetaRequest::QueueBind(QueueBind {
+            queue: name(&destination)?,
+            exchange: name(exchange_name(&source))?,
+            routing_key: name(routing_key)?,
+            nowait: false,
+            arguments: arguments.clone(),
+        })
+    } else {
+        MetaRequest::ExchangeBind(ExchangeBind {
+            destination: name(&destination)?,
+            source: name(exchange_name(&source))?,
+            routing_key: name(routing_key)?,
+            nowait: false,
+            arguments: arguments.clone(),
+        })
+    };
+    app.meta(request).await?;
+    let mut response = created();
+    let location = format!(
+        "/api/bindings/{}/e/{}/{}/{}/{}",
+        percent_encode(&vhost),
+        percent_encode(&source),
+        &kind[..1],
+        percent_encode(&destination),
+        properties_key(routing_key, &arguments)
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+async fn delete_binding(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    let kind = destination_type(&kind)?;
+    let source = exchange_name(&source).to_string();
+    let definitions = app.definitions().await?;
+    let found = definitions.bindings.iter().find(|b| {
+        b.source.as_str() == source
+            && b.destination_type == kind
+            && b.destination.as_str() == destination
+            && properties_key(b.routing_key.as_str(), &b.arguments) == props
+    });
+    let Some(found) = found else {
+        return Err(ApiError::not_found());
+    };
+    let request = if kind == "queue" {
+        MetaRequest::QueueUnbind(QueueUnbind {
+            queue: found.destination.clone(),
+            exchange: found.source.clone(),
+            routing_key: found.routing_key.clone(),
+            arguments: found.arguments.clone(),
+        })
+    } else {
+        MetaRequest::ExchangeUnbind(ExchangeUnbind {
+            destination: found.destination.clone(),
+            source: found.source.clone(),
+            routing_key: found.routing_key.clone(),
+            nowait: false,
+            arguments: found.arguments.clone(),
+        })
+    };
+    app.meta(request).await?;
+    Ok(no_content())
+}
+
+// ------------------------------------------- connections, channels, consumers
+
+/// A connection's name in the API: its peer, and where warren keeps it
+/// (shard and connection id), which is how DELETE finds it.
+fn connection_name(c: &ConnectionInfo) -> String {
+    format!("{} -> warren/{}/{}", c.peer, c.conn.shard.0, c.conn.conn.0)
+}
+
+fn parse_connection_name(name: &str) -> Option<(ShardId, ConnId)> {
+    let (_, place) = name.rsplit_once(" -> warren/")?;
+    let (shard, conn) = place.split_once('/')?;
+    Some((ShardId(shard.parse().ok()?), ConnId(conn.parse().ok()?)))
+}
+
+impl App {
+    fn connection_json(&self, c: &ConnectionInfo) -> Value {
+        json!({
+            "name": connection_name(c),
+            "node": self.node.name,
+            "vhost": VHOST,
+            "user": c.user,
+            "user_who_performed_action": c.user,
+            "state": c.state,
+            "type": "network",
+            "protocol": "AMQP 0-9-1",
+            "auth_mechanism": "PLAIN",
+            "ssl": false,
+            "peer_host": c.peer.ip().to_string(),
+            "peer_port": c.peer.port(),
+            "host": self.node.amqp_host(),
+            "port": self.node.amqp_port(),
+            "connected_at": c.connected_at_ms,
+            "channels": c.channels.len(),
+            "channel_max": c.channel_max,
+            "frame_max": c.frame_max,
+            "timeout": c.heartbeat_s,
+            "client_properties": {},
+            "warren_shard": c.conn.shard.0,
+            "warren_published": c.published,
+        })
+    }
+
+    /// Connections a user may see: all for monitoring and administrator,
+    /// its own for the rest (as RabbitMQ).
+    async fn connection_infos(&self, user: &ApiUser) -> Result<Vec<ConnectionInfo>, ApiError> {
+        let all = user.has(Level::Monitoring);
+        let mut out: Vec<ConnectionInfo> = self
+            .reports(false, true)
+            .await?
+            .into_iter()
+            .flat_map(|r| r.connections)
+            .filter(|c| all || c.user == user.name)
+            .collect();
+        out.sort_by_key(|c| (c.conn.shard.0, c.conn.conn.0));
+        Ok(out)
+    }
+}
+
+async fn connections(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let items: Vec<Value> = app
+        .connection_infos(&user)
+        .await?
+        .iter()
+        .map(|c| app.connection_json(c))
+        .collect();
+    list::respond(items, |c| c["name"].as_str().unwrap_or(""), &params)
+}
+
+async fn vhost_connections(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    check_vhost(&vhost)?;
+    connections(State(app), peer, headers, Query(params)).await
+}
+
+async fn connection(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let found = app
+        .connection_infos(&user)
+        .await?
+        .into_iter()
+        .find(|c| connection_name(c) == name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json_response(&app.connection_json(&found)))
+}
+
+async fn close_connection(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let (shard, conn) = parse_connection_name(&name).ok_or_else(ApiError::not_found)?;
+    if shard.index() >= app.plane.shard_count() {
+        return Err(ApiError::not_found());
+    }
+    if !user.has(Level::Administrator) {
+        // Others may close only their own connections, as in RabbitMQ.
+        let own = app
+            .connection_infos(&user)
+            .await?
+            .iter()
+            .any(|c| c.conn.shard == shard && c.conn.conn == conn);
+        if !own {
+            return Err(ApiError::not_found());
+        }
+    }
+    // RabbitMQ's reason, unless the client gave one (X-Reason).
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_string();
+    match app
+        .plane
+        .ask(
+            shard.index(),
+            ControlRequest::CloseConnection { conn, reason },
+        )
+        .await?
+    {
+        ControlReply::Closed(true) => Ok(no_content()),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn channels(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let mut items = Vec::new();
+    for c in app.connection_infos(&user).await? {
+        let connection_name = connection_name(&c);
+        for ch in &c.channels {
+            items.push(json!({
+                "name": format!("{} ({})", connection_name, ch.number),
+                "node": app.node.name,
+                "vhost": VHOST,
+                "user": c.user,
+                "user_who_performed_action": c.user,
+                "number": ch.number,
+                "state": "running",
+                "consumer_count": ch.consumers,
+                "messages_unacknowledged": ch.unacked,
+                "messages_unconfirmed": 0,
+                "messages_uncommitted": 0,
+                "acks_uncommitted": 0,
+                "prefetch_count": ch.prefetch_count,
+                "global_prefetch_count": ch.global_prefetch_count,
+                "confirm": ch.confirm,
+                "transactional": ch.transactional,
+                "connection_details": {
+                    "name": connection_name,
+                    "peer_host": c.peer.ip().to_string(),
+                    "peer_port": c.peer.port(),
+                },
+            }));
+        }
+    }
+    list::respond(items, |c| c["name"].as_str().unwrap_or(""), &params)
+}
+
+async fn vhost_channels(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    check_vhost(&vhost)?;
+    channels(State(app), peer, headers, Query(params)).await
+}
+
+async fn consumers(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    let reports = app.reports(true, true).await?;
+    let connections: HashMap<(u16, u64), &ConnectionInfo> = reports
+        .iter()
+        .flat_map(|r| r.connections.iter())
+        .map(|c| ((c.conn.shard.0, c.conn.conn.0), c))
+        .collect();
+    let mut items = Vec::new();
+    for report in &reports {
+        for consumer in &report.consumers {
+            let connection = connections.get(&(consumer.conn.shard.0, consumer.conn.conn.0));
+            let (connection_name, peer_host, peer_port, user) = match connection {
+                Some(c) => (
+                    connection_name(c),
+                    c.peer.ip().to_string(),
+                    c.peer.port(),
+                    c.user.clone(),
+                ),
+                None => (String::new(), String::new(), 0, String::new()),
+            };
+            items.push(json!({
+                "consumer_tag": consumer.tag.as_str(),
+                "queue": {"name": consumer.queue.as_str(), "vhost": VHOST},
+                "channel_details": {
+                    "name": format!("{} ({})", connection_name, consumer.channel),
+                    "connection_name": connection_name,
+                    "node": app.node.name,
+                    "number": consumer.channel,
+                    "peer_host": peer_host,
+                    "peer_port": peer_port,
+                    "user": user,
+                },
+                "ack_required": !consumer.no_ack,
+                "exclusive": consumer.exclusive,
+                "prefetch_count": consumer.prefetch_count,
+                "active": true,
+                "activity_status": "up",
+                "arguments": {},
+            }));
+        }
+    }
+    list::respond(items, |c| c["consumer_tag"].as_str().unwrap_or(""), &params)
+}
+
+async fn vhost_consumers(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult {
+    check_vhost(&vhost)?;
+    consumers(State(app), peer, headers, Query(params)).await
+}
+
+// --------------------------------------------------------- node, overview
+
+async fn whoami(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    Ok(json_response(
+        &json!({"name": user.name, "tags": user.tags}),
+    ))
+}
+
+async fn extensions(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    Ok(json_response(&json!([])))
+}
+
+async fn policies(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Policymaker).await?;
+    Ok(json_response(&json!([])))
+}
+
+impl App {
+    fn node_json(&self, reports: &[ShardReport]) -> Value {
+        let alarms = self.node.alarm_board.raised();
+        let node = &self.node;
+        let queue_memory: u64 = reports.iter().map(|r| r.queue_memory_bytes).sum();
+        json!({
+            "name": node.name,
+            "type": "disc",
+            "running": true,
+            "os_pid": std::process::id().to_string(),
+            "uptime": node.started.elapsed().as_millis() as u64,
+            "mem_used": (node.resident_bytes)(),
+            "mem_limit": node.memory_limit_bytes,
+            "mem_alarm": alarms.contains(Resource::Memory),
+            "disk_free_limit": node.disk_free_limit_bytes,
+            "disk_free_alarm": alarms.contains(Resource::Disk),
+            "processors": node.shard_count,
+            "partitions": [],
+            "applications": [],
+            "being_drained": false,
+            "warren_shards": node.shard_count,
+            "warren_queue_memory": queue_memory,
+        })
+    }
+}
+
+async fn nodes(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Monitoring).await?;
+    let reports = app.reports(false, false).await?;
+    Ok(json_response(&json!([app.node_json(&reports)])))
+}
+
+async fn node(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Monitoring).await?;
+    if name != app.node.name {
+        return Err(ApiError::not_found());
+    }
+    let reports = app.reports(false, false).await?;
+    Ok(json_response(&app.node_json(&reports)))
+}
+
+async fn overview(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let reports = app.reports(true, true).await?;
+    let definitions = app.definitions().await?;
+    let mut totals = [0u64; QUEUE_FIELDS];
+    let (mut queues, mut connections, mut channels, mut consumers) = (0, 0, 0, 0);
+    let mut published = 0;
+    for report in &reports {
+        published += report.published;
+        connections += report.connections.len();
+        channels += report
+            .connections
+            .iter()
+            .map(|c| c.channels.len())
+            .sum::<usize>();
+        consumers += report.consumers.len();
+        for q in &report.queues {
+            queues += 1;
+            for (total, count) in totals.iter_mut().zip(queue_counts(q)) {
+                *total += count;
+            }
+        }
+    }
+    // The node's publish count is what its connections published, not
+    // what its queues took (a fanout publish counts once).
+    totals[0] = published;
+    let rates = app
+        .rates
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .overview
+        .observe(Instant::now(), totals);
+    let node = &app.node;
+    let listeners: Vec<Value> = node
+        .amqp_listeners
+        .iter()
+        .map(|a| json!({"node": node.name, "protocol": "amqp", "ip_address": a.ip().to_string(), "port": a.port(), "socket_opts": []}))
+        .chain(node.management_listeners.iter().map(|a| {
+            json!({"node": node.name, "protocol": "http", "ip_address": a.ip().to_string(), "port": a.port(), "socket_opts": []})
+        }))
+        .collect();
+    let mut body = json!({
+        "management_version": crate::mgmt::RABBITMQ_VERSION,
+        "rates_mode": "basic",
+        "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600], "detailed": [600]},
+        "exchange_types": [
+            {"name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": true},
+            {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
+            {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
+            {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
+            {"name": "x-delayed-message", "description": "Delayed Message Exchange", "enabled": true},
+        ],
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "product_name": "warren",
+        "rabbitmq_version": crate::mgmt::RABBITMQ_VERSION,
+        "cluster_name": node.name,
+        "erlang_version": "none (warren is written in Rust)",
+        "erlang_full_version": "none",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "message_stats": {
+            "publish": totals[0], "publish_details": {"rate": rates[0]},
+            "deliver": totals[1], "deliver_details": {"rate": rates[1]},
+            "deliver_no_ack": totals[2], "deliver_no_ack_details": {"rate": rates[2]},
+            "get": totals[3], "get_details": {"rate": rates[3]},
+            "get_no_ack": totals[4], "get_no_ack_details": {"rate": rates[4]},
+            "deliver_get": totals[1] + totals[2] + totals[3] + totals[4],
+            "deliver_get_details": {"rate": rates[1] + rates[2] + rates[3] + rates[4]},
+            "ack": totals[5], "ack_details": {"rate": rates[5]},
+            "redeliver": totals[6], "redeliver_details": {"rate": rates[6]},
+        },
+        "queue_totals": {
+            "messages": totals[7], "messages_details": {"rate": rates[7]},
+            "messages_ready": totals[8], "messages_ready_details": {"rate": rates[8]},
+            "messages_unacknowledged": totals[9], "messages_unacknowledged_details": {"rate": rates[9]},
+        },
+        "object_totals": {
+            "channels": channels,
+            "connections": connections,
+            "consumers": consumers,
+            "exchanges": definitions.exchanges.len(),
+            "queues": queues,
+        },
+        "statistics_db_event_queue": 0,
+        "node": node.name,
+        "listeners": listeners,
+        "contexts": node.management_listeners.iter().map(|a| json!({"node": node.name, "description": "RabbitMQ Management", "path": "/", "port": a.port().to_string()})).collect::<Vec<_>>(),
+        "warren_shards": node.shard_count,
+    });
+    if !user.has(Level::Monitoring) {
+        // RabbitMQ leaves the node's listeners out for plain management users.
+        if let Some(map) = body.as_object_mut() {
+            map.remove("listeners");
+            map.remove("contexts");
+        }
+    }
+    Ok(json_response(&body))
+}
+
+async fn health_alarms(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    let raised = app.node.alarm_board.raised();
+    if raised.is_empty() {
+        return Ok(json_response(&json!({"status": "ok"})));
+    }
+    let mut alarms = Vec::new();
+    for (resource, name) in [(Resource::Memory, "memory"), (Resource::Disk, "disk")] {
+        if raised.contains(resource) {
+            alarms.push(json!({"node": app.node.name, "resource": name}));
+        }
+    }
+    let body = json!({"status": "failed", "reason": "resource alarm(s) in effect in the cluster", "alarms": alarms});
+    let mut response = json_response(&body);
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    Ok(response)
+}
+
+/// RabbitMQ's aliveness test: declares the queue `aliveness-test`,
+/// publishes a message to it through the default exchange and gets it back.
+async fn aliveness_test(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    const QUEUE: &str = "aliveness-test";
+    app.meta(MetaRequest::QueueDeclare(QueueDeclare {
+        queue: ShortStr::from(QUEUE),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
+    .await?;
+    let meta = app.queue_meta(QUEUE).await?;
+    let reply = app
+        .plane
+        .ask(
+            0,
+            ControlRequest::Publish {
+                exchange: ShortStr::from(""),
+                routing_key: ShortStr::from(QUEUE),
+                properties: Default::default(),
+                body: bytes::Bytes::from_static(b"test_message"),
+            },
+        )
+        .await?;
+    if !matches!(reply, ControlReply::Routed(Ok(true))) {
+        return Err(ApiError::internal("aliveness test message was not routed"));
+    }
+    // The publish reaches the queue's shard through a mailbox: try a few
+    // times, within the control plane's own deadline.
+    let deadline = Instant::now() + crate::config::CONTROL_REPLY_TIMEOUT;
+    loop {
+        let reply = app
+            .plane
+            .ask(
+                meta.shard.index(),
+                ControlRequest::Get {
+                    queue: meta.id,
+                    count: 1,
+                    ack_mode: GetAckMode::Ack,
+                },
+            )
+            .await?;
+        if let ControlReply::Messages(Some(messages)) = reply {
+            if !messages.is_empty() {
+                return Ok(json_response(&json!({"status": "ok"})));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ApiError::internal("aliveness test message did not arrive"));
+        }
+        tokio::time::sleep(crate::config::TICK).await;
+    }
+}
+
+// ------------------------------------------- vhosts, users, permissions
+
+fn vhost_json(node: &str) -> Value {
+    json!({
+        "name": VHOST,
+        "description": "Default virtual host",
+        "tags": [],
+        "default_queue_type": "classic",
+        "metadata": {"description": "Default virtual host", "tags": []},
+        "tracing": false,
+        "cluster_state": {node: "running"},
+    })
+}
+
+async fn vhosts(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    Ok(json_response(&json!([vhost_json(&app.node.name)])))
+}
+
+async fn vhost(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Management).await?;
+    check_vhost(&vhost)?;
+    Ok(json_response(&vhost_json(&app.node.name)))
+}
+
+impl App {
+    /// The definitions export as JSON, with RabbitMQ's top-level members.
+    async fn export(&self) -> Result<Value, ApiError> {
+        let definitions = self.definitions().await?;
+        let mut export: Value = serde_json::from_str(&definitions.export_json)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(map) = export.as_object_mut() {
+            map.insert(
+                "rabbit_version".into(),
+                json!(crate::mgmt::RABBITMQ_VERSION),
+            );
+            map.insert(
+                "rabbitmq_version".into(),
+                json!(crate::mgmt::RABBITMQ_VERSION),
+            );
+            map.insert("product_name".into(), json!("warren"));
+            map.insert("product_version".into(), json!(env!("CARGO_PKG_VERSION")));
+            map.entry("vhosts")
+                .or_insert_with(|| json!([{"name": VHOST, "limits": [], "metadata": {"description": "Default virtual host", "tags": []}}]));
+            for key in [
+                "permissions",
+                "topic_permissions",
+                "parameters",
+                "global_parameters",
+                "policies",
+                "users",
+                "queues",
+                "exchanges",
+                "bindings",
+            ] {
+                map.entry(key).or_insert_with(|| json!([]));
+            }
+        }
+        Ok(export)
+    }
+}
+
+async fn users(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    let export = app.export().await?;
+    Ok(json_response(&export["users"]))
+}
+
+async fn user(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    let export = app.export().await?;
+    export["users"]
+        .as_array()
+        .and_then(|users| users.iter().find(|u| u["name"] == name.as_str()))
+        .map(json_response)
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn permissions(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    let export = app.export().await?;
+    Ok(json_response(&export["permissions"]))
+}
+
+async fn permission(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    check_vhost(&vhost)?;
+    let export = app.export().await?;
+    export["permissions"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|p| p["user"] == name.as_str() && p["vhost"] == vhost.as_str())
+        })
+        .map(json_response)
+        .ok_or_else(ApiError::not_found)
+}
+
+// ---------------------------------------------------------- definitions
+
+async fn export_definitions(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    Ok(json_response(&app.export().await?))
+}
+
+async fn export_vhost_definitions(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    check_vhost(&vhost)?;
+    let export = app.export().await?;
+    // A vhost's export holds only what lives in it, without "vhost" members.
+    let mut out = serde_json::Map::new();
+    for key in [
+        "rabbit_version",
+        "rabbitmq_version",
+        "product_name",
+        "product_version",
+    ] {
+        out.insert(key.into(), export[key].clone());
+    }
+    for key in ["queues", "exchanges", "bindings", "policies", "parameters"] {
+        let items: Vec<Value> = export[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| {
+                        let mut item = item.clone();
+                        if let Some(map) = item.as_object_mut() {
+                            map.remove("vhost");
+                        }
+                        item
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(key.into(), Value::Array(items));
+    }
+    Ok(json_response(&Value::Object(out)))
+}
+
+async fn import_definitions(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    import(&app, &body, None).await
+}
+
+async fn import_vhost_definitions(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    check_vhost(&vhost)?;
+    import(&app, &body, Some(&vhost)).await
+}
+
+/// Imports exchanges, queues and bindings through the metadata owner, one
+/// declare at a time, as a client's declares would; users are not changed
+/// at runtime (a user in the file that the broker lacks is refused).
+async fn import(app: &App, body: &Bytes, vhost: Option<&str>) -> ApiResult {
+    let mut value = parse_body(body)?;
+    if let Some(vhost) = vhost {
+        // A vhost's export names no vhost in its items: they are in this one.
+        for key in ["queues", "exchanges", "bindings"] {
+            if let Some(items) = value.get_mut(key).and_then(Value::as_array_mut) {
+                for item in items {
+                    if let Some(map) = item.as_object_mut() {
+                        map.insert("vhost".into(), json!(vhost));
+                    }
+                }
+            }
+        }
+    }
+    let text = value.to_string();
+    let parsed = crate::metadata::definitions::Definitions::from_json(
+        &text,
+        crate::metadata::definitions::Source::Import,
+    )
+    .map_err(ApiError::bad_request)?;
+    let definitions = parsed.definitions;
+    if !definitions.users.is_empty() {
+        let current = app.export().await?;
+        let known: Vec<&str> = current["users"]
+            .as_array()
+            .map(|users| users.iter().filter_map(|u| u["name"].as_str()).collect())
+            .unwrap_or_default();
+        if let Some(user) = definitions
+            .users
+            .iter()
+            .find(|u| !known.contains(&u.name.as_str()))
+        {
+            return Err(ApiError::bad_request(format!(
+                "user '{}' does not exist: warren adds users from a definitions file at start \
+                 (--definitions), not through the API",
+                user.name
+            )));
+        }
+    }
+    for exchange in &definitions.exchanges {
+        app.meta(MetaRequest::ExchangeDeclare(ExchangeDeclare {
+            exchange: exchange.name.clone(),
+            kind: ShortStr::from(exchange.type_name()),
+            passive: false,
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            internal: exchange.internal,
+            nowait: false,
+            arguments: exchange.arguments.clone(),
+        }))
+        .await?;
+    }
+    for queue in &definitions.queues {
+        app.meta(MetaRequest::QueueDeclare(QueueDeclare {
+            queue: queue.name.clone(),
+            passive: false,
+            durable: queue.durable,
+            exclusive: false,
+            auto_delete: queue.auto_delete,
+            nowait: false,
+            arguments: queue.arguments.clone(),
+        }))
+        .await?;
+    }
+    for binding in &definitions.bindings {
+        let request = match binding.destination_kind {
+            crate::metadata::definitions::DestinationKind::Queue => {
+                MetaRequest::QueueBind(QueueBind {
+                    queue: binding.destination.clone(),
+                    exchange: binding.source.clone(),
+                    routing_key: binding.routing_key.clone(),
+                    nowait: false,
+                    arguments: binding.arguments.clone(),
+                })
+            }
+            crate::metadata::definitions::DestinationKind::Exchange => {
+                MetaRequest::ExchangeBind(ExchangeBind {
+                    destination: binding.destination.clone(),
+                    source: binding.source.clone(),
+                    routing_key: binding.routing_key.clone(),
+                    nowait: false,
+                    arguments: binding.arguments.clone(),
+                })
+            }
+        };
+        app.meta(request).await?;
+    }
+    Ok(no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_names_round_trip() {
+        assert_eq!(
+            parse_connection_name("127.0.0.1:5000 -> warren/1/42"),
+            Some((ShardId(1), ConnId(42)))
+        );
+        assert_eq!(
+            parse_connection_name("127.0.0.1:5000 -> 127.0.0.1:5672"),
+            None
+        );
+    }
+
+    #[test]
+    fn properties_keys_are_rabbitmqs_for_plain_bindings() {
+        assert_eq!(properties_key("", &FieldTable::default()), "~");
+        assert_eq!(properties_key("a.b", &FieldTable::default()), "a.b");
+        assert_eq!(properties_key("a b", &FieldTable::default()), "a%20b");
+    }
+}
