@@ -455,7 +455,7 @@ async fn put_queue(
         Ok(QueueDeclare {
             queue: queue.clone(),
             passive,
-            durable: flag(&body, "durable", true)?,
+            durable: flag(&body, "durable", false)?,
             exclusive: false,
             auto_delete: flag(&body, "auto_delete", false)?,
             nowait: false,
@@ -463,7 +463,7 @@ async fn put_queue(
         })
     };
     // RabbitMQ answers 201 for a queue it created and 204 for one that
-    // was there (and equivalent).
+    // was there (and equivalent); without "durable" it is not durable.
     let existed = app
         .meta(MetaRequest::QueueDeclare(declare(true)?))
         .await
@@ -697,10 +697,8 @@ async fn put_exchange(
     app.user(&headers, &peer, Level::Management).await?;
     check_vhost(&vhost)?;
     let body = parse_body(&body)?;
-    let kind = body
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("type: missing"))?;
+    // RabbitMQ 3.10's defaults for a PUT: a direct exchange, not durable.
+    let kind = body.get("type").and_then(Value::as_str).unwrap_or("direct");
     if exchange.starts_with("amq.") {
         // RabbitMQ's answer to a declare of a reserved name.
         return Err(ApiError {
@@ -714,7 +712,7 @@ async fn put_exchange(
             exchange: name(&exchange)?,
             kind: name(kind)?,
             passive,
-            durable: flag(&body, "durable", true)?,
+            durable: flag(&body, "durable", false)?,
             auto_delete: flag(&body, "auto_delete", false)?,
             internal: flag(&body, "internal", false)?,
             nowait: false,
@@ -803,7 +801,13 @@ async fn publish(
         .await?;
     match reply {
         ControlReply::Routed(Ok(routed)) => Ok(json_response(&json!({ "routed": routed }))),
-        ControlReply::Routed(Err(_)) => Err(ApiError::not_found()),
+        // RabbitMQ reports the channel error it got, as a 400.
+        ControlReply::Routed(Err(e)) => Err(ApiError::bad_request(format!(
+            "{} {} - {}",
+            e.code.code(),
+            e.code.name(),
+            e.text
+        ))),
         _ => Err(ApiError::internal("unexpected answer")),
     }
 }
@@ -1616,8 +1620,11 @@ async fn aliveness_test(
 
 // ------------------------------------------- vhosts, users, permissions
 
-fn vhost_json(node: &str) -> Value {
+fn vhost_json(node: &str, totals: &[u64; QUEUE_FIELDS]) -> Value {
     json!({
+        "messages": totals[7],
+        "messages_ready": totals[8],
+        "messages_unacknowledged": totals[9],
         "name": VHOST,
         "description": "Default virtual host",
         "tags": [],
@@ -1628,9 +1635,25 @@ fn vhost_json(node: &str) -> Value {
     })
 }
 
+impl App {
+    /// The vhost's queue counts, summed.
+    async fn vhost_totals(&self) -> Result<[u64; QUEUE_FIELDS], ApiError> {
+        let mut totals = [0u64; QUEUE_FIELDS];
+        for report in self.reports(true, false).await? {
+            for q in &report.queues {
+                for (total, count) in totals.iter_mut().zip(queue_counts(q)) {
+                    *total += count;
+                }
+            }
+        }
+        Ok(totals)
+    }
+}
+
 async fn vhosts(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
     app.user(&headers, &peer, Level::Management).await?;
-    Ok(json_response(&json!([vhost_json(&app.node.name)])))
+    let totals = app.vhost_totals().await?;
+    Ok(json_response(&json!([vhost_json(&app.node.name, &totals)])))
 }
 
 async fn vhost(
@@ -1641,7 +1664,8 @@ async fn vhost(
 ) -> ApiResult {
     app.user(&headers, &peer, Level::Management).await?;
     check_vhost(&vhost)?;
-    Ok(json_response(&vhost_json(&app.node.name)))
+    let totals = app.vhost_totals().await?;
+    Ok(json_response(&vhost_json(&app.node.name, &totals)))
 }
 
 impl App {

@@ -69,15 +69,22 @@ pub(crate) async fn authenticate(
         return Err(ApiError::not_authorized("Login failed"));
     };
     let user = ApiUser { name, tags };
+    // RabbitMQ's words (and spelling) for a user without the tag needed.
+    let refused = |reason: &str| ApiError {
+        status: axum::http::StatusCode::UNAUTHORIZED,
+        error: "not_authorised",
+        reason: reason.into(),
+    };
     if !user.has(Level::Management) {
-        return Err(ApiError::not_authorized("Not management user"));
+        return Err(refused("Not management user"));
     }
     if !user.has(level) {
-        return Err(ApiError {
-            status: axum::http::StatusCode::UNAUTHORIZED,
-            error: "not_authorised",
-            reason: "Not administrator user".into(),
-        });
+        return Err(refused(match level {
+            Level::Management => "Not management user",
+            Level::Policymaker => "Not policymaker user",
+            Level::Monitoring => "Not monitor user",
+            Level::Administrator => "Not administrator user",
+        }));
     }
     Ok(user)
 }

@@ -33,25 +33,31 @@ pub(crate) fn respond<T: Serialize>(
     }
     let page = match params.get("page") {
         None => None,
-        Some(page) => {
-            let page: usize = page
+        Some(page_text) => {
+            let size_text = params.get("page_size");
+            // RabbitMQ's refusal, naming both parameters as given.
+            let invalid = || ApiError {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                error: "invalid_pagination_parameters",
+                reason: format!(
+                    "Invalid pagination parameters: page number {}, page size {}",
+                    page_text,
+                    size_text.map_or("undefined", String::as_str)
+                ),
+            };
+            let page: usize = page_text
                 .parse()
                 .ok()
                 .filter(|&p| p >= 1)
-                .ok_or_else(|| ApiError::bad_request("page: not a positive integer"))?;
-            let page_size: usize =
-                match params.get("page_size") {
-                    None => config::MANAGEMENT_PAGE_SIZE,
-                    Some(size) => size.parse().ok().filter(|&s| s >= 1).ok_or_else(|| {
-                        ApiError::bad_request("page_size: not a positive integer")
-                    })?,
-                };
-            if page_size > config::MANAGEMENT_PAGE_SIZE_MAX {
-                return Err(ApiError::bad_request(format!(
-                    "page_size: {page_size} is larger than {}",
-                    config::MANAGEMENT_PAGE_SIZE_MAX
-                )));
-            }
+                .ok_or_else(invalid)?;
+            let page_size: usize = match size_text {
+                None => config::MANAGEMENT_PAGE_SIZE,
+                Some(size) => size
+                    .parse()
+                    .ok()
+                    .filter(|&s| (1..=config::MANAGEMENT_PAGE_SIZE_MAX).contains(&s))
+                    .ok_or_else(invalid)?,
+            };
             Some((page, page_size))
         }
     };

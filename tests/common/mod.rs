@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 
 /// The environment variable naming an external broker to test against instead of warren.
 pub const EXTERNAL_URL_VAR: &str = "WARREN_TEST_AMQP_URL";
+/// With `WARREN_TEST_AMQP_URL`, the external broker's management API
+/// (http://HOST:PORT), for the management API's tests.
+pub const EXTERNAL_MANAGEMENT_URL_VAR: &str = "WARREN_TEST_MANAGEMENT_URL";
+/// The log line that names the management API's address.
+const MANAGEMENT_LINE: &str = "management API listening";
 
 const READY_LINE: &str = "ready to accept connections";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -199,6 +204,12 @@ impl Broker {
         self.addr.port()
     }
 
+    /// The shard count it was started with (as the test asked, for an
+    /// external broker).
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`, or the external URL as given.
     pub fn url(&self) -> String {
         match &self.external_url {
@@ -229,6 +240,25 @@ impl Broker {
             Some(d) => fs::read_to_string(d.join("broker.log")).unwrap_or_default(),
             None => String::new(),
         }
+    }
+
+    /// The management API's base URL (http://IP:PORT): the first address
+    /// warren logged, or `WARREN_TEST_MANAGEMENT_URL` for an external broker.
+    /// Warren is started with `--management-listen 127.0.0.1:0` unless the
+    /// test chose otherwise.
+    pub fn management_url(&self) -> Option<String> {
+        if self.is_external() {
+            return std::env::var(EXTERNAL_MANAGEMENT_URL_VAR)
+                .ok()
+                .map(|u| u.trim_end_matches('/').to_string());
+        }
+        // Logged before the ready line, on the same stream: it is in the
+        // log once the broker is ready.
+        self.log()
+            .lines()
+            .filter(|line| line.contains(MANAGEMENT_LINE))
+            .find_map(parse_address)
+            .map(|a| format!("http://{a}"))
     }
 
     /// The broker's data directory (None for an external broker).
@@ -382,6 +412,14 @@ fn warren_args(
     .iter()
     .map(|a| a.to_string())
     .collect();
+    // The management API on a port of its own choosing, never the default
+    // 15672 that parallel tests would fight over.
+    if !extra_args
+        .iter()
+        .any(|a| a == "--management-listen" || a == "--no-management")
+    {
+        args.extend(["--management-listen".to_string(), "127.0.0.1:0".to_string()]);
+    }
     args.extend(extra_args.iter().cloned());
     args
 }

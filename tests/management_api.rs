@@ -1,0 +1,734 @@
+//! The management HTTP API through real clients of RabbitMQ's API: Debian's
+//! `rabbitmqadmin` (the tool shipped with rabbitmq-server) and raw HTTP
+//! (ureq) for the error shapes, with lapin on the AMQP side to make and
+//! check state. Each runs at 1 and 2 shards (queues spread over both).
+//!
+//! Against RabbitMQ: WARREN_TEST_AMQP_URL=amqp://guest:guest@HOST:PORT/%2f
+//! WARREN_TEST_MANAGEMENT_URL=http://HOST:MGMT_PORT (with loopback_users = none).
+
+mod common;
+use common::*;
+
+#[path = "lapin_support/mod.rs"]
+mod lapin_support;
+use lapin_support::*;
+
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RABBITMQADMIN: &str = "/usr/bin/rabbitmqadmin";
+/// How long a condition polled through the API may take to hold.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The API of a broker under test, as the AMQP URL's user.
+struct Api {
+    base: String,
+    host: String,
+    port: u16,
+    user: String,
+    pass: String,
+}
+
+impl Api {
+    fn of(b: &Broker) -> Api {
+        let base = b
+            .management_url()
+            .expect("the broker's management API address (WARREN_TEST_MANAGEMENT_URL?)");
+        let authority = base.trim_start_matches("http://");
+        let (host, port) = authority.rsplit_once(':').expect("host:port");
+        let url = b.url();
+        let creds = url
+            .trim_start_matches("amqp://")
+            .split('@')
+            .next()
+            .unwrap_or("guest:guest");
+        let (user, pass) = creds.split_once(':').unwrap_or(("guest", "guest"));
+        Api {
+            base: base.clone(),
+            host: host.to_string(),
+            port: port.parse().expect("port"),
+            user: user.to_string(),
+            pass: pass.to_string(),
+        }
+    }
+
+    /// One request with these credentials (None: without any); the status
+    /// and the body.
+    fn call_as(
+        &self,
+        creds: Option<(&str, &str)>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, String) {
+        let mut request = ureq::request(method, &format!("{}{}", self.base, path))
+            .timeout(Duration::from_secs(30));
+        if let Some((user, pass)) = creds {
+            let token = base64(format!("{user}:{pass}").as_bytes());
+            request = request.set("Authorization", &format!("Basic {token}"));
+        }
+        let result = match body {
+            Some(body) => request
+                .set("Content-Type", "application/json")
+                .send_string(&body.to_string()),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                (status, response.into_string().unwrap_or_default())
+            }
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_string().unwrap_or_default())
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        self.call_as(Some((&self.user, &self.pass)), method, path, body)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Runs rabbitmqadmin against this API; its standard output.
+    fn rabbitmqadmin(&self, args: &[&str]) -> String {
+        let output = Command::new(RABBITMQADMIN)
+            .args(["-H", &self.host, "-P", &self.port.to_string()])
+            .args(["-u", &self.user, "-p", &self.pass])
+            .args(args)
+            .output()
+            .expect("run rabbitmqadmin (apt-get install rabbitmq-server)");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "rabbitmqadmin {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// `rabbitmqadmin -f raw_json list WHAT COLUMNS...`, parsed.
+    fn list(&self, what: &str, columns: &[&str]) -> Vec<Value> {
+        let mut args = vec!["-f", "raw_json", "list", what];
+        args.extend_from_slice(columns);
+        let out = self.rabbitmqadmin(&args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// Polls `path` until `check` holds, within DEADLINE; the last answer.
+    fn until(&self, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let value = self.get(path);
+            if check(&value) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path} never matched: {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn queue_named<'a>(items: &'a [Value], name: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("no queue {name} in {items:?}"))
+}
+
+/// An error answer in RabbitMQ's shape: {"error": ..., "reason": ...}.
+fn error_of(status_and_body: (u16, String), status: u16) -> (String, String) {
+    let (got, body) = status_and_body;
+    assert_eq!(got, status, "body: {body}");
+    let value: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    let error = value["error"].as_str().expect("error member").to_string();
+    let reason = value["reason"].as_str().expect("reason member").to_string();
+    (error, reason)
+}
+
+broker_test!(
+    rabbitmqadmin_lists_every_shards_queues_with_their_counts,
+    |b| {
+        let api = Api::of(b);
+        let prefix = unique("mgmt-list");
+        let names: Vec<String> = (0..6).map(|i| format!("{prefix}-{i}")).collect();
+        run(async {
+            let (conn, ch) = open_confirming(&b.url()).await;
+            for (i, name) in names.iter().enumerate() {
+                declare_queue(&ch, name).await;
+                let bodies: Vec<&[u8]> = (0..=i).map(|_| &b"m"[..]).collect();
+                fill_queue(&ch, name, &bodies).await;
+            }
+            // One delivery left unacknowledged on the first queue.
+            let consumer_ch = channel(&conn).await;
+            consumer_ch
+                .basic_qos(1, BasicQosOptions::default())
+                .await
+                .unwrap();
+            let mut consumer = consume(
+                &consumer_ch,
+                &names[0],
+                "mgmt-consumer",
+                BasicConsumeOptions::default(),
+            )
+            .await;
+            next_delivery(&mut consumer).await;
+
+            // RabbitMQ updates its figures every few seconds; warren at once.
+            let deadline = Instant::now() + DEADLINE;
+            let listed = loop {
+                let listed = api.list(
+                    "queues",
+                    &[
+                        "name",
+                        "messages",
+                        "messages_ready",
+                        "messages_unacknowledged",
+                        "consumers",
+                    ],
+                );
+                let settled = names.iter().enumerate().all(|(i, name)| {
+                    listed.iter().any(|q| {
+                        q["name"] == name.as_str()
+                            && q["messages"] == i as u64 + 1
+                            && (i > 0 || q["messages_unacknowledged"] == 1)
+                    })
+                });
+                if settled || Instant::now() > deadline {
+                    break listed;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            for (i, name) in names.iter().enumerate() {
+                let q = queue_named(&listed, name);
+                let count = i as u64 + 1;
+                assert_eq!(q["messages"], count, "{q}");
+                if i == 0 {
+                    assert_eq!(q["messages_unacknowledged"], 1, "{q}");
+                    assert_eq!(q["messages_ready"], 0, "{q}");
+                    assert_eq!(q["consumers"], 1, "{q}");
+                } else {
+                    assert_eq!(q["messages_ready"], count, "{q}");
+                    assert_eq!(q["consumers"], 0, "{q}");
+                }
+            }
+            // The queues really are on both shards of a 2-shard warren.
+            if !b.is_external() && b.shards() == 2 {
+                let all = api.get("/api/queues?columns=name,warren_shard");
+                let shards: std::collections::BTreeSet<u64> = all
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+                    .filter_map(|q| q["warren_shard"].as_u64())
+                    .collect();
+                assert_eq!(shards.len(), 2, "{all}");
+            }
+            // One queue by name, through the vhost's path.
+            let one = api.get(&format!("/api/queues/%2F/{}", names[3]));
+            assert_eq!(one["messages"], 4, "{one}");
+            assert_eq!(one["vhost"], "/");
+            assert_eq!(one["durable"], false);
+            drop(consumer);
+            conn.close(200, "bye").await.ok();
+        });
+        for name in &names {
+            api.rabbitmqadmin(&["delete", "queue", &format!("name={name}")]);
+        }
+    }
+);
+
+broker_test!(
+    rabbitmqadmin_declares_publishes_gets_purges_and_deletes,
+    |b| {
+        let api = Api::of(b);
+        let exchange = unique("mgmt-x");
+        let queue = unique("mgmt-q");
+        api.rabbitmqadmin(&[
+            "declare",
+            "exchange",
+            &format!("name={exchange}"),
+            "type=topic",
+            "durable=false",
+        ]);
+        api.rabbitmqadmin(&[
+            "declare",
+            "queue",
+            &format!("name={queue}"),
+            "durable=false",
+        ]);
+        api.rabbitmqadmin(&[
+            "declare",
+            "binding",
+            &format!("source={exchange}"),
+            &format!("destination={queue}"),
+            "routing_key=a.#",
+        ]);
+        let bindings = api.list("bindings", &["source", "destination", "routing_key"]);
+        assert!(
+            bindings
+                .iter()
+                .any(|x| x["source"] == exchange.as_str() && x["routing_key"] == "a.#"),
+            "{bindings:?}"
+        );
+        for body in ["one", "two", "three"] {
+            let out = api.rabbitmqadmin(&[
+                "publish",
+                &format!("exchange={exchange}"),
+                "routing_key=a.b",
+                &format!("payload={body}"),
+            ]);
+            assert!(out.contains("Message published"), "{out}");
+        }
+        let out = api.rabbitmqadmin(&[
+            "publish",
+            &format!("exchange={exchange}"),
+            "routing_key=nowhere",
+            "payload=lost",
+        ]);
+        assert!(out.to_lowercase().contains("not routed"), "{out}");
+        api.until(&format!("/api/queues/%2F/{queue}"), |q| q["messages"] == 3);
+
+        // A get that requeues leaves the message, redelivered.
+        let got = api.rabbitmqadmin(&[
+            "-f",
+            "raw_json",
+            "get",
+            &format!("queue={queue}"),
+            "ackmode=ack_requeue_true",
+        ]);
+        let got: Value = serde_json::from_str(got.trim()).unwrap();
+        assert_eq!(got[0]["payload"], "one", "{got}");
+        assert_eq!(got[0]["routing_key"], "a.b");
+        assert_eq!(got[0]["message_count"], 2);
+        // ...and one that acks takes it: the AMQP side sees the rest.
+        let got = api.rabbitmqadmin(&[
+            "-f",
+            "raw_json",
+            "get",
+            &format!("queue={queue}"),
+            "ackmode=ack_requeue_false",
+        ]);
+        let got: Value = serde_json::from_str(got.trim()).unwrap();
+        assert_eq!(got[0]["payload"], "one", "{got}");
+        assert_eq!(got[0]["redelivered"], true, "{got}");
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            let passive = passive_declare_queue(&ch, &queue).await.unwrap();
+            assert_eq!(passive.message_count(), 2);
+        });
+        api.rabbitmqadmin(&["purge", "queue", &format!("name={queue}")]);
+        api.until(&format!("/api/queues/%2F/{queue}"), |q| q["messages"] == 0);
+        api.rabbitmqadmin(&[
+            "delete",
+            "binding",
+            &format!("source={exchange}"),
+            &format!("destination={queue}"),
+            "destination_type=queue",
+            "properties_key=a.%23",
+        ]);
+        let bindings = api.get(&format!("/api/queues/%2F/{queue}/bindings"));
+        assert!(
+            bindings
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["source"] != exchange.as_str()),
+            "{bindings}"
+        );
+        api.rabbitmqadmin(&["delete", "queue", &format!("name={queue}")]);
+        api.rabbitmqadmin(&["delete", "exchange", &format!("name={exchange}")]);
+        run(async {
+            let (_conn, ch) = open(&b.url()).await;
+            expect_code(passive_declare_queue(&ch, &queue).await, 404);
+        });
+        let (status, _) = api.call("GET", &format!("/api/exchanges/%2F/{exchange}"), None);
+        assert_eq!(status, 404);
+    }
+);
+
+broker_test!(errors_have_rabbitmqs_status_and_json_shape, |b| {
+    let api = Api::of(b);
+    let queue = unique("mgmt-err");
+    // Unauthenticated: 401 (RabbitMQ sends no body without credentials).
+    let (status, _) = api.call_as(None, "GET", "/api/queues", None);
+    assert_eq!(status, 401);
+    let (error, reason) = error_of(
+        api.call_as(Some((&api.user, "wrong")), "GET", "/api/queues", None),
+        401,
+    );
+    assert_eq!(
+        (error.as_str(), reason.as_str()),
+        ("not_authorized", "Login failed")
+    );
+    // Missing objects, vhosts and paths: 404.
+    let not_found = ("Object Not Found".to_string(), "Not Found".to_string());
+    assert_eq!(
+        error_of(
+            api.call("GET", &format!("/api/queues/%2F/{queue}"), None),
+            404
+        ),
+        not_found
+    );
+    assert_eq!(
+        error_of(api.call("GET", "/api/queues/no-such-vhost", None), 404),
+        not_found
+    );
+    assert_eq!(
+        error_of(
+            api.call("DELETE", &format!("/api/queues/%2F/{queue}"), None),
+            404
+        ),
+        not_found
+    );
+    assert_eq!(
+        error_of(api.call("GET", "/api/no-such-thing", None), 404),
+        not_found
+    );
+    // Bad bodies and refused declares: 400.
+    let (status, body) = api.call(
+        "PUT",
+        &format!("/api/queues/%2F/{queue}"),
+        Some(&json!({"durable": true})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let raw = ureq::request("PUT", &format!("{}/api/queues/%2F/{queue}", api.base))
+        .set(
+            "Authorization",
+            &format!(
+                "Basic {}",
+                base64(format!("{}:{}", api.user, api.pass).as_bytes())
+            ),
+        )
+        .set("Content-Type", "application/json")
+        .send_string("{not json");
+    let (status, body) = match raw {
+        Err(ureq::Error::Status(status, response)) => (status, response.into_string().unwrap()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        error_of((status, body), 400),
+        ("bad_request".to_string(), "not_json".to_string())
+    );
+    let (error, reason) = error_of(
+        api.call(
+            "PUT",
+            &format!("/api/queues/%2F/{queue}"),
+            Some(&json!({"durable": false})),
+        ),
+        400,
+    );
+    assert_eq!(error, "bad_request");
+    assert!(
+        reason.starts_with(&format!("inequivalent arg 'durable' for queue '{queue}'")),
+        "{reason}"
+    );
+    let (error, reason) = error_of(api.call("GET", "/api/queues?page=0", None), 400);
+    assert_eq!(error, "invalid_pagination_parameters", "{reason}");
+    // Declaring again as declared: 204.
+    let (status, _) = api.call(
+        "PUT",
+        &format!("/api/queues/%2F/{queue}"),
+        Some(&json!({"durable": true})),
+    );
+    assert_eq!(status, 204);
+    let (status, _) = api.call("DELETE", &format!("/api/queues/%2F/{queue}"), None);
+    assert_eq!(status, 204);
+});
+
+broker_test!(
+    connections_channels_and_consumers_are_listed_and_closed,
+    |b| {
+        let api = Api::of(b);
+        let queue = unique("mgmt-conn");
+        let tag = unique("mgmt-tag");
+        run(async {
+            let (conn, ch) = open(&b.url()).await;
+            declare_queue(&ch, &queue).await;
+            let _consumer = consume(&ch, &queue, &tag, BasicConsumeOptions::default()).await;
+            // The consumer names its connection (other tests' connections
+            // may be listed too).
+            let consumers = api.until("/api/consumers/%2F", |c| {
+                c.as_array()
+                    .is_some_and(|all| all.iter().any(|c| c["consumer_tag"] == tag.as_str()))
+            });
+            let consumer = consumers
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["consumer_tag"] == tag.as_str())
+                .unwrap_or_else(|| panic!("{consumers}"));
+            assert_eq!(consumer["queue"]["name"], queue.as_str());
+            assert_eq!(consumer["ack_required"], true);
+            let name = consumer["channel_details"]["connection_name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let connections = api.until("/api/connections", |c| {
+                c.as_array().is_some_and(|all| {
+                    all.iter()
+                        .any(|c| c["name"] == name.as_str() && c["channels"] == 1)
+                })
+            });
+            let connections = connections.as_array().unwrap();
+            assert!(
+                connections.iter().all(|c| c["vhost"] == "/"),
+                "{connections:?}"
+            );
+            let ours = connections.iter().find(|c| c["name"] == name.as_str());
+            assert_eq!(ours.unwrap()["user"], api.user.as_str());
+            api.until("/api/channels", |c| {
+                c.as_array().is_some_and(|all| {
+                    all.iter().any(|c| {
+                        c["name"].as_str().is_some_and(|n| n.starts_with(&name))
+                            && c["consumer_count"] == 1
+                    })
+                })
+            });
+
+            // Closing it through the API closes it with 320, as RabbitMQ does.
+            let watch = ErrorWatch::connection(&conn);
+            let encoded: String = name
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let (status, body) = api.call("DELETE", &format!("/api/connections/{encoded}"), None);
+            assert_eq!(status, 204, "{body}");
+            let text = watch.expect_code(320).await;
+            assert!(text.contains("Closed via management plugin"), "{text}");
+        });
+        api.until("/api/consumers", |c| {
+            c.as_array()
+                .is_some_and(|all| all.iter().all(|c| c["consumer_tag"] != tag.as_str()))
+        });
+        api.rabbitmqadmin(&["delete", "queue", &format!("name={queue}")]);
+    }
+);
+
+broker_test!(message_stats_count_publishes_deliveries_and_acks, |b| {
+    let api = Api::of(b);
+    let queue = unique("mgmt-stats");
+    run(async {
+        let (_conn, ch) = open_confirming(&b.url()).await;
+        declare_queue(&ch, &queue).await;
+        fill_queue(&ch, &queue, &[b"1", b"2", b"3", b"4", b"5"]).await;
+        let mut consumer = consume(&ch, &queue, "stats", BasicConsumeOptions::default()).await;
+        for _ in 0..5 {
+            let delivery = next_delivery(&mut consumer).await;
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    });
+    // RabbitMQ updates its statistics every few seconds; warren at once.
+    let q = api.until(&format!("/api/queues/%2F/{queue}"), |q| {
+        q["message_stats"]["ack"] == 5
+    });
+    let stats = &q["message_stats"];
+    assert_eq!(stats["publish"], 5, "{q}");
+    assert_eq!(stats["deliver"], 5, "{q}");
+    assert_eq!(stats["deliver_get"], 5, "{q}");
+    assert!(stats["publish_details"]["rate"].is_number(), "{q}");
+    assert_eq!(q["messages"], 0, "{q}");
+    let overview = api.get("/api/overview");
+    assert!(
+        overview["message_stats"]["publish"].as_u64().unwrap() >= 5,
+        "{overview}"
+    );
+    assert!(
+        overview["object_totals"]["queues"].as_u64().unwrap() >= 1,
+        "{overview}"
+    );
+    assert!(overview["rabbitmq_version"].is_string(), "{overview}");
+    api.rabbitmqadmin(&["delete", "queue", &format!("name={queue}")]);
+});
+
+broker_test!(definitions_export_and_import_round_trip, |b| {
+    let api = Api::of(b);
+    let exchange = unique("mgmt-defs-x");
+    let queue = unique("mgmt-defs-q");
+    let (status, body) = api.call(
+        "PUT",
+        &format!("/api/exchanges/%2F/{exchange}"),
+        Some(&json!({"type": "direct", "durable": true})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.call(
+        "PUT",
+        &format!("/api/queues/%2F/{queue}"),
+        Some(&json!({"durable": true, "arguments": {"x-max-length": 10}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.call(
+        "POST",
+        &format!("/api/bindings/%2F/e/{exchange}/q/{queue}"),
+        Some(&json!({"routing_key": "rk"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let export = api.get("/api/definitions");
+    let has = |what: &str, name: &str| {
+        export[what]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == name)
+    };
+    assert!(
+        has("exchanges", &exchange) && has("queues", &queue),
+        "{export}"
+    );
+    assert!(export["users"].as_array().is_some_and(|u| !u.is_empty()));
+    assert!(export["rabbit_version"].is_string());
+
+    api.call("DELETE", &format!("/api/queues/%2F/{queue}"), None);
+    api.call("DELETE", &format!("/api/exchanges/%2F/{exchange}"), None);
+    let (status, _) = api.call("GET", &format!("/api/queues/%2F/{queue}"), None);
+    assert_eq!(status, 404);
+
+    let (status, body) = api.call("POST", "/api/definitions", Some(&export));
+    assert!(status == 204 || status == 201, "{status} {body}");
+    let q = api.get(&format!("/api/queues/%2F/{queue}"));
+    assert_eq!(q["arguments"]["x-max-length"], 10, "{q}");
+    let bindings = api.get(&format!("/api/exchanges/%2F/{exchange}/bindings/source"));
+    assert!(
+        bindings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["destination"] == queue.as_str() && x["routing_key"] == "rk"),
+        "{bindings}"
+    );
+    api.call("DELETE", &format!("/api/queues/%2F/{queue}"), None);
+    api.call("DELETE", &format!("/api/exchanges/%2F/{exchange}"), None);
+});
+
+broker_test!(node_health_vhosts_and_whoami_answer, |b| {
+    let api = Api::of(b);
+    assert_eq!(api.get("/api/aliveness-test/%2F"), json!({"status": "ok"}));
+    assert_eq!(
+        api.get("/api/health/checks/alarms"),
+        json!({"status": "ok"})
+    );
+    let whoami = api.get("/api/whoami");
+    assert_eq!(whoami["name"], api.user.as_str());
+    let nodes = api.list("nodes", &["name", "type", "running"]);
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["running"], true);
+    let vhosts = api.list("vhosts", &["name", "messages"]);
+    assert!(vhosts.iter().any(|v| v["name"] == "/"), "{vhosts:?}");
+    assert_eq!(
+        error_of(
+            api.call("GET", "/api/aliveness-test/no-such-vhost", None),
+            404
+        )
+        .1,
+        "Not Found"
+    );
+    let overview = api.rabbitmqadmin(&["show", "overview"]);
+    assert!(overview.contains("rabbitmq_version"), "{overview}");
+    // Paging and columns, as the web UI and tools ask for them.
+    for i in 0..3 {
+        let (status, _) = api.call("PUT", &format!("/api/queues/%2F/mgmt-page-{i}"), None);
+        assert!(status == 201 || status == 204);
+    }
+    let page = api.get("/api/queues?page=1&page_size=2&name=mgmt-page-&columns=name");
+    assert_eq!(page["filtered_count"], 3, "{page}");
+    assert_eq!(page["page_count"], 2, "{page}");
+    assert_eq!(
+        page["items"],
+        json!([{"name": "mgmt-page-0"}, {"name": "mgmt-page-1"}])
+    );
+    for i in 0..3 {
+        api.call("DELETE", &format!("/api/queues/%2F/mgmt-page-{i}"), None);
+    }
+});
+
+#[test]
+fn a_user_without_a_management_tag_is_refused() {
+    if std::env::var(EXTERNAL_URL_VAR).is_ok() {
+        return; // Users are made from a definitions file at start.
+    }
+    let dir = fresh_temp_dir("warren-mgmt-users");
+    let definitions = dir.join("import.json");
+    std::fs::write(
+        &definitions,
+        json!({
+            "users": [
+                {"name": "plain", "password": "plain", "tags": ""},
+                {"name": "watcher", "password": "plain", "tags": "monitoring"}
+            ],
+            "permissions": [
+                {"user": "plain", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"},
+                {"user": "watcher", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let b = Broker::start_with(1, &["--definitions", definitions.to_str().unwrap()]);
+    let api = Api::of(&b);
+    let (error, reason) = error_of(
+        api.call_as(Some(("plain", "plain")), "GET", "/api/queues", None),
+        401,
+    );
+    assert_eq!(
+        (error.as_str(), reason.as_str()),
+        ("not_authorised", "Not management user")
+    );
+    let (status, _) = api.call_as(Some(("watcher", "plain")), "GET", "/api/nodes", None);
+    assert_eq!(status, 200);
+    let (error, reason) = error_of(
+        api.call_as(Some(("watcher", "plain")), "GET", "/api/users", None),
+        401,
+    );
+    assert_eq!(
+        (error.as_str(), reason.as_str()),
+        ("not_authorised", "Not administrator user")
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_management_api_can_be_turned_off() {
+    if std::env::var(EXTERNAL_URL_VAR).is_ok() {
+        return;
+    }
+    let b = Broker::start_with(1, &["--no-management"]);
+    assert_eq!(b.management_url(), None);
+}
