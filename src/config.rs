@@ -168,6 +168,9 @@ pub(crate) const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// RabbitMQ's default and largest `page_size` for paged lists.
 pub(crate) const MANAGEMENT_PAGE_SIZE: usize = 100;
 pub(crate) const MANAGEMENT_PAGE_SIZE_MAX: usize = 500;
+/// The largest request body the management API reads (a definitions
+/// import): RabbitMQ's default `management.http_max_body_size` (20 MiB).
+pub(crate) const MANAGEMENT_BODY_SIZE_MAX: usize = 20 << 20;
 /// Messages one "get messages" request may take.
 pub(crate) const MANAGEMENT_GET_COUNT_MAX: u32 = 10_000;
 /// Rates are computed over readings at least this far apart.

@@ -58,9 +58,13 @@ pub enum ControlRequest {
     /// What this shard holds: its queues and/or its connections (with their
     /// channels) and the consumers of its queues.
     Report { queues: bool, connections: bool },
-    /// The definitions as this shard's replica has them, and (on shard 0)
-    /// the users in the definitions file's JSON.
-    Definitions,
+    /// The definitions as this shard's replica has them; with `export`,
+    /// also the durable ones and the users in the definitions file's JSON.
+    Definitions { export: bool },
+    /// One queue as the replica has it (where it lives, its arguments).
+    FindQueue(ShortStr),
+    /// One queue's figures, from the shard that owns it.
+    QueueReport(QueueId),
     /// HTTP basic auth: the user's tags if the password is right (and the
     /// user may log in from `peer`, as `loopback_users` says).
     Authenticate {
@@ -80,20 +84,27 @@ pub enum ControlRequest {
     },
     /// Publishes one message to an exchange, as basic.publish without a
     /// channel would (no confirm, not mandatory).
-    Publish {
-        exchange: ShortStr,
-        routing_key: ShortStr,
-        properties: BasicProperties,
-        body: Bytes,
-    },
+    Publish(Box<ControlPublish>),
     /// Closes a connection with 320 CONNECTION_FORCED and this text.
     CloseConnection { conn: ConnId, reason: String },
+}
+
+/// A message published through the management API. Boxed in its request:
+/// it is rare and larger than the rest.
+#[derive(Debug)]
+pub struct ControlPublish {
+    pub exchange: ShortStr,
+    pub routing_key: ShortStr,
+    pub properties: BasicProperties,
+    pub body: Bytes,
 }
 
 #[derive(Debug)]
 pub enum ControlReply {
     Report(ShardReport),
     Definitions(DefinitionsReport),
+    Queue(Option<QueueMeta>),
+    QueueReport(Option<QueueInfo>),
     /// The user's name and tags, or None when authentication failed.
     User(Option<(String, Vec<String>)>),
     Meta(Result<Method, AmqpError>),
@@ -188,8 +199,8 @@ pub struct DefinitionsReport {
     pub queues: Vec<QueueMeta>,
     pub bindings: Vec<BindingInfo>,
     /// The durable definitions and the users, as the definitions file
-    /// holds them (RabbitMQ's export format).
-    pub export_json: String,
+    /// holds them (RabbitMQ's export format), when asked for.
+    pub export_json: Option<String>,
 }
 
 /// A message `ControlRequest::Get` took.
@@ -211,6 +222,17 @@ const _: fn() = || {
     assert_send::<ControlReply>();
 };
 
+fn queue_info(queue: &super::queue::Queue) -> QueueInfo {
+    QueueInfo {
+        meta: queue.meta.clone(),
+        ready: queue.message_count(),
+        unacked: queue.unacked_count(),
+        consumers: queue.consumer_count(),
+        memory_bytes: queue.memory_bytes(),
+        stats: queue.stats,
+    }
+}
+
 impl super::ShardState {
     /// Answers one control-plane request (called from the shard's tick).
     pub(crate) fn control(&mut self, control: Control) {
@@ -220,7 +242,16 @@ impl super::ShardState {
                 queues,
                 connections,
             } => reply(ControlReply::Report(self.report(queues, connections))),
-            ControlRequest::Definitions => reply(ControlReply::Definitions(self.definitions())),
+            ControlRequest::Definitions { export } => {
+                reply(ControlReply::Definitions(self.definitions(export)))
+            }
+            ControlRequest::QueueReport(queue) => {
+                let info = self.queues.get(&queue).map(queue_info);
+                reply(ControlReply::QueueReport(info))
+            }
+            ControlRequest::FindQueue(name) => reply(ControlReply::Queue(
+                self.vhost.queues.get(name.as_str()).cloned(),
+            )),
             ControlRequest::Authenticate {
                 user,
                 password,
@@ -288,12 +319,13 @@ impl super::ShardState {
                 }
                 reply(ControlReply::Messages(got));
             }
-            ControlRequest::Publish {
-                exchange,
-                routing_key,
-                properties,
-                body,
-            } => {
+            ControlRequest::Publish(publish) => {
+                let ControlPublish {
+                    exchange,
+                    routing_key,
+                    properties,
+                    body,
+                } = *publish;
                 let routed = self.publish_from_control(&exchange, &routing_key, &properties, body);
                 reply(ControlReply::Routed(routed));
             }
@@ -339,14 +371,7 @@ impl super::ShardState {
             if !queues {
                 continue;
             }
-            report.queues.push(QueueInfo {
-                meta: queue.meta.clone(),
-                ready: queue.message_count(),
-                unacked: queue.unacked_count(),
-                consumers: queue.consumer_count(),
-                memory_bytes: queue.memory_bytes(),
-                stats: queue.stats,
-            });
+            report.queues.push(queue_info(queue));
             if connections {
                 for spec in queue.consumer_specs() {
                     report.consumers.push(ConsumerInfo {
@@ -364,14 +389,13 @@ impl super::ShardState {
         report
     }
 
-    fn definitions(&self) -> DefinitionsReport {
+    fn definitions(&self, export: bool) -> DefinitionsReport {
         use crate::metadata::exchange::Destination;
         let mut report = DefinitionsReport {
-            export_json: crate::metadata::definitions::Definitions::snapshot(
-                &self.vhost,
-                &self.users,
-            )
-            .to_json(),
+            export_json: export.then(|| {
+                crate::metadata::definitions::Definitions::snapshot(&self.vhost, &self.users)
+                    .to_json()
+            }),
             ..DefinitionsReport::default()
         };
         for exchange in self.vhost.exchanges.values() {

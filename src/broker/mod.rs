@@ -211,15 +211,19 @@ const _: fn() = || {
     assert_send::<ShardMsg>();
 };
 
+/// A metadata request waiting for the owner: where it came from, and the
+/// control plane's reply when it came from there.
+pub(crate) type MetaQueued = (
+    Option<(ConnRef, u16)>,
+    MetaRequest,
+    Option<control::ReplyFn>,
+);
+
 /// Requests waiting for the metadata owner's task, on shard 0 only.
 #[derive(Default)]
 pub(crate) struct MetaInbox {
     /// Each from a channel, or from the control plane (with its reply).
-    pub(crate) requests: VecDeque<(
-        Option<(ConnRef, u16)>,
-        MetaRequest,
-        Option<control::ReplyFn>,
-    )>,
+    pub(crate) requests: VecDeque<MetaQueued>,
     pub(crate) notify: Notify,
 }
 

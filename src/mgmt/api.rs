@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::broker::control::{
-    ConnectionInfo, ControlReply, ControlRequest, DefinitionsReport, GetAckMode, QueueInfo,
-    ShardReport,
+    ConnectionInfo, ControlPublish, ControlReply, ControlRequest, DefinitionsReport, GetAckMode,
+    QueueInfo, ShardReport,
 };
 use crate::broker::metadata::MetaRequest;
 use crate::metadata::exchange::ExchangeDef;
@@ -132,6 +132,9 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/health/checks/local-alarms", get(health_alarms))
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
         .fallback(|| async { ApiError::not_found() })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::config::MANAGEMENT_BODY_SIZE_MAX,
+        ))
         .with_state(app)
 }
 
@@ -220,7 +223,15 @@ impl App {
     }
 
     async fn definitions(&self) -> Result<DefinitionsReport, ApiError> {
-        match self.plane.ask(0, ControlRequest::Definitions).await? {
+        self.definitions_with(false).await
+    }
+
+    async fn definitions_with(&self, export: bool) -> Result<DefinitionsReport, ApiError> {
+        match self
+            .plane
+            .ask(0, ControlRequest::Definitions { export })
+            .await?
+        {
             ControlReply::Definitions(report) => Ok(report),
             _ => Err(ApiError::internal("unexpected answer")),
         }
@@ -235,12 +246,11 @@ impl App {
 
     /// The queue as the replica has it (which shard owns it, its id).
     async fn queue_meta(&self, queue: &str) -> Result<QueueMeta, ApiError> {
-        self.definitions()
-            .await?
-            .queues
-            .into_iter()
-            .find(|q| q.name.as_str() == queue)
-            .ok_or_else(ApiError::not_found)
+        let queue = short_str(queue, "name").map_err(|_| ApiError::not_found())?;
+        match self.plane.ask(0, ControlRequest::FindQueue(queue)).await? {
+            ControlReply::Queue(Some(meta)) => Ok(meta),
+            _ => Err(ApiError::not_found()),
+        }
     }
 }
 
@@ -393,13 +403,14 @@ impl App {
     async fn queue_report(&self, vhost: &str, name: &str) -> Result<QueueInfo, ApiError> {
         check_vhost(vhost)?;
         let meta = self.queue_meta(name).await?;
-        let reports = self.reports(true, false).await?;
-        reports
-            .into_iter()
-            .filter(|r| r.shard == meta.shard)
-            .flat_map(|r| r.queues)
-            .find(|q| q.meta.id == meta.id)
-            .ok_or_else(ApiError::not_found)
+        match self
+            .plane
+            .ask(meta.shard.index(), ControlRequest::QueueReport(meta.id))
+            .await?
+        {
+            ControlReply::QueueReport(Some(info)) => Ok(info),
+            _ => Err(ApiError::not_found()),
+        }
     }
 }
 
@@ -791,12 +802,12 @@ async fn publish(
         .plane
         .ask(
             0,
-            ControlRequest::Publish {
+            ControlRequest::Publish(Box::new(ControlPublish {
                 exchange: name(exchange_name(&exchange))?,
                 routing_key: name(routing_key)?,
                 properties,
                 body: bytes::Bytes::from(payload),
-            },
+            })),
         )
         .await?;
     match reply {
@@ -1580,12 +1591,12 @@ async fn aliveness_test(
         .plane
         .ask(
             0,
-            ControlRequest::Publish {
+            ControlRequest::Publish(Box::new(ControlPublish {
                 exchange: ShortStr::from(""),
                 routing_key: ShortStr::from(QUEUE),
                 properties: Default::default(),
                 body: bytes::Bytes::from_static(b"test_message"),
-            },
+            })),
         )
         .await?;
     if !matches!(reply, ControlReply::Routed(Ok(true))) {
@@ -1671,9 +1682,10 @@ async fn vhost(
 impl App {
     /// The definitions export as JSON, with RabbitMQ's top-level members.
     async fn export(&self) -> Result<Value, ApiError> {
-        let definitions = self.definitions().await?;
-        let mut export: Value = serde_json::from_str(&definitions.export_json)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let definitions = self.definitions_with(true).await?;
+        let text = definitions.export_json.unwrap_or_default();
+        let mut export: Value =
+            serde_json::from_str(&text).map_err(|e| ApiError::internal(e.to_string()))?;
         if let Some(map) = export.as_object_mut() {
             map.insert(
                 "rabbit_version".into(),
