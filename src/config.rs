@@ -173,6 +173,11 @@ pub(crate) const MANAGEMENT_PAGE_SIZE_MAX: usize = 500;
 pub(crate) const MANAGEMENT_BODY_SIZE_MAX: usize = 20 << 20;
 /// Messages one "get messages" request may take.
 pub(crate) const MANAGEMENT_GET_COUNT_MAX: u32 = 10_000;
+/// How long the management API trusts credentials shard 0 accepted
+/// before it asks again (a changed password or tag takes this long).
+pub(crate) const MANAGEMENT_AUTH_CACHE: Duration = Duration::from_secs(1);
+/// Accepted credentials remembered at once; past it, all are forgotten.
+pub(crate) const MANAGEMENT_AUTH_CACHE_ENTRIES_MAX: usize = 1024;
 /// Rates are computed over readings at least this far apart.
 pub(crate) const MANAGEMENT_RATE_SAMPLE_MIN: Duration = Duration::from_secs(1);
 

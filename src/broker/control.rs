@@ -241,7 +241,17 @@ impl super::ShardState {
             ControlRequest::Report {
                 queues,
                 connections,
-            } => reply(ControlReply::Report(self.report(queues, connections))),
+            } => {
+                let started = std::time::Instant::now();
+                let report = self.report(queues, connections);
+                tracing::debug!(
+                    shard = self.id.index(),
+                    queues = report.queues.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "control-plane report"
+                );
+                reply(ControlReply::Report(report))
+            }
             ControlRequest::Definitions { export } => {
                 reply(ControlReply::Definitions(self.definitions(export)))
             }

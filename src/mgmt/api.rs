@@ -53,6 +53,7 @@ pub(crate) struct App {
     pub(crate) node: Arc<NodeInfo>,
     /// Only this thread touches it; the mutex is for axum's `Sync` bound.
     pub(crate) rates: Arc<Mutex<Rates>>,
+    pub(crate) auth_cache: Arc<Mutex<crate::mgmt::auth::AuthCache>>,
 }
 
 type Peer = ConnectInfo<SocketAddr>;
@@ -202,7 +203,7 @@ impl App {
         peer: &Peer,
         level: Level,
     ) -> Result<ApiUser, ApiError> {
-        authenticate(&self.plane, headers, peer.0.ip(), level).await
+        authenticate(&self.plane, &self.auth_cache, headers, peer.0.ip(), level).await
     }
 
     async fn reports(&self, queues: bool, connections: bool) -> Result<Vec<ShardReport>, ApiError> {
@@ -382,8 +383,13 @@ impl App {
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueJson>, ApiError> {
+        let asked = Instant::now();
         let reports = self.reports(true, false).await?;
         let now = Instant::now();
+        tracing::debug!(
+            reports_us = (now - asked).as_micros() as u64,
+            "shards reported their queues"
+        );
         let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = std::collections::HashSet::new();
         let mut items = Vec::new();
@@ -420,9 +426,19 @@ async fn queues(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
+    let started = Instant::now();
     app.user(&headers, &peer, Level::Management).await?;
+    let authenticated = started.elapsed();
     let items = app.queue_list().await?;
-    list::respond(items, |q| q.name.as_str(), &params)
+    let listed = started.elapsed();
+    let response = list::respond(items, |q| q.name.as_str(), &params);
+    tracing::debug!(
+        auth_us = authenticated.as_micros() as u64,
+        list_us = (listed - authenticated).as_micros() as u64,
+        serialise_us = (started.elapsed() - listed).as_micros() as u64,
+        "GET /api/queues"
+    );
+    response
 }
 
 async fn vhost_queues(

@@ -3,11 +3,15 @@
 //! what its vhosts hold, `policymaker` also policies, `monitoring` also
 //! sees every connection and the node, `administrator` everything.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 
 use crate::broker::control::{ControlReply, ControlRequest};
+use crate::config;
 use crate::mgmt::error::ApiError;
 use crate::mgmt::json::base64_decode;
 use crate::mgmt::plane::Plane;
@@ -41,13 +45,56 @@ impl ApiUser {
     }
 }
 
+/// Credentials shard 0 accepted lately, so that a client polling the API
+/// costs the shard one check a second, not one per request (and a request
+/// one round trip to a shard fewer).
+#[derive(Default)]
+pub(crate) struct AuthCache {
+    accepted: HashMap<(String, IpAddr), (ApiUser, Instant)>,
+}
+
 /// The user of a request, if its credentials are right and it may use the
 /// API at `level`; RabbitMQ's 401s otherwise.
 pub(crate) async fn authenticate(
     plane: &Plane,
+    cache: &Mutex<AuthCache>,
     headers: &HeaderMap,
     peer: IpAddr,
     level: Level,
+) -> Result<ApiUser, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let key = (header, peer);
+    let cached = {
+        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .accepted
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < config::MANAGEMENT_AUTH_CACHE)
+            .map(|(user, _)| user.clone())
+    };
+    let user = match cached {
+        Some(user) => user,
+        None => {
+            let user = check_with_shard(plane, headers, peer).await?;
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.accepted.len() >= config::MANAGEMENT_AUTH_CACHE_ENTRIES_MAX {
+                cache.accepted.clear();
+            }
+            cache.accepted.insert(key, (user.clone(), Instant::now()));
+            user
+        }
+    };
+    check_level(user, level)
+}
+
+async fn check_with_shard(
+    plane: &Plane,
+    headers: &HeaderMap,
+    peer: IpAddr,
 ) -> Result<ApiUser, ApiError> {
     let Some((user, password)) = credentials(headers) else {
         return Err(ApiError::not_authorized("Login failed"));
@@ -68,7 +115,10 @@ pub(crate) async fn authenticate(
     }) else {
         return Err(ApiError::not_authorized("Login failed"));
     };
-    let user = ApiUser { name, tags };
+    Ok(ApiUser { name, tags })
+}
+
+fn check_level(user: ApiUser, level: Level) -> Result<ApiUser, ApiError> {
     // RabbitMQ's words (and spelling) for a user without the tag needed.
     let refused = |reason: &str| ApiError {
         status: axum::http::StatusCode::UNAUTHORIZED,

@@ -121,6 +121,7 @@ pub(crate) fn start(
         plane: plane::Plane::new(shards),
         node: Arc::new(node),
         rates: Arc::new(Mutex::new(rates::Rates::default())),
+        auth_cache: Arc::new(Mutex::new(auth::AuthCache::default())),
     };
     for address in &bound {
         info!(address = %address, "management API listening");
