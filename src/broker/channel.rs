@@ -22,7 +22,9 @@ use crate::broker::delayed::DelayedPublish;
 use crate::broker::metadata::{
     check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
 };
-use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle};
+use crate::broker::queue::{
+    consumer_priority, parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle,
+};
 use crate::broker::sender_selected;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
 use crate::metadata::vhost::QueueMeta;
@@ -568,6 +570,7 @@ impl Connection {
         let name = ch.expand_queue(m.queue)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
+        let priority = consumer_priority(&name, &m.arguments)?;
         let tag = if m.consumer_tag.is_empty() {
             generated_name("amq.ctag-", &mut self.name_state)
         } else {
@@ -590,6 +593,7 @@ impl Connection {
             no_ack: m.no_ack,
             exclusive: m.exclusive,
             prefetch_count: ch.effective_prefetch(),
+            priority,
         };
         self.effects.push((
             queue.shard,

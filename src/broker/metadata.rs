@@ -29,8 +29,9 @@ use std::rc::Rc;
 use crate::broker::{ChannelReply, ShardState};
 use crate::metadata::definitions::Definitions;
 use crate::metadata::exchange::{
-    delayed_type, unknown_exchange_type, Binding, Destination, ExchangeDef, ExchangeKind,
-    MatchMode, DELAYED_TYPE, DELAYED_TYPE_ARGUMENT,
+    check_alternate_exchange, delayed_type, unknown_exchange_type, Binding, Destination,
+    ExchangeDef, ExchangeKind, MatchMode, ALTERNATE_EXCHANGE_ARGUMENT, DELAYED_TYPE,
+    DELAYED_TYPE_ARGUMENT,
 };
 use crate::metadata::queue_args::{self, QueueArgs};
 use crate::metadata::vhost::{MetaChange, QueueMeta};
@@ -375,6 +376,13 @@ impl Owner {
                 m.internal,
                 current.internal,
             )?;
+            queue_args::check_arg_equivalent(
+                "exchange",
+                &m.exchange,
+                ALTERNATE_EXCHANGE_ARGUMENT,
+                m.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT),
+                current.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT),
+            )?;
             if current.delayed {
                 // The plugin leaves this to the x-delayed-type's own check,
                 // which compares only alternate-exchange, so RabbitMQ would
@@ -396,6 +404,7 @@ impl Owner {
                 m.exchange
             )));
         }
+        check_alternate_exchange(&m.exchange, &m.arguments)?;
         let kind = match kind {
             Some(kind) => kind,
             None => delayed_type(&m.arguments)?,

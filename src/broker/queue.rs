@@ -1,6 +1,6 @@
 //! A queue, as its owning shard holds it: ready messages in order, messages
 //! delivered but not yet acknowledged, and consumers served round-robin while
-//! they have prefetch credit.
+//! they have prefetch credit, those of a higher `x-priority` first.
 //!
 //! The queue performs no I/O: `dispatch` appends `Delivery`s for the shard to
 //! route to the consumers' connections, wherever they are.
@@ -19,7 +19,7 @@ use crate::store::log::MessageStore;
 use crate::store::record::PublishHead;
 use crate::store::recovery::RecoveredMessage;
 use crate::util::timer_wheel::TimerId;
-use warren_protocol::{AmqpError, ShortStr};
+use warren_protocol::{AmqpError, FieldTable, ShortStr};
 
 /// `QueuedMessage::expires_at_ms` of a message without a TTL.
 const NEVER: u64 = u64::MAX;
@@ -211,6 +211,10 @@ pub struct ConsumerSpec {
     pub exclusive: bool,
     /// Unacknowledged deliveries allowed at once; 0 is unlimited.
     pub prefetch_count: u32,
+    /// Its `x-priority` (0 unless given): consumers of a higher priority
+    /// take messages while they have credit, lower ones only when every
+    /// higher one is blocked, as in RabbitMQ.
+    pub priority: i64,
 }
 
 #[derive(Debug)]
@@ -224,6 +228,20 @@ struct Consumer {
     /// Its channel gave a delivery back (`Settle::Return`) and has not
     /// resumed it yet.
     limited: bool,
+}
+
+/// The consumers of one priority: a run of `Queue::consumers`, which are
+/// kept sorted by priority, highest first, and in arrival order within one
+/// priority. With all priorities equal (the usual case) there is one group,
+/// and choosing a consumer is the plain round-robin it always was.
+#[derive(Debug)]
+struct PriorityGroup {
+    priority: i64,
+    /// One past its last consumer in `Queue::consumers` (it starts where
+    /// the group before it ends).
+    end: usize,
+    /// Where its round-robin resumes, relative to the group's start.
+    next: usize,
 }
 
 impl Consumer {
@@ -450,7 +468,8 @@ pub struct Queue {
     /// `Message::memory_size` of the unacknowledged messages.
     unacked_memory_bytes: u64,
     consumers: Vec<Consumer>,
-    next_consumer: usize,
+    /// `consumers` by priority, highest first (see `PriorityGroup`).
+    groups: Vec<PriorityGroup>,
     next_seq: u64,
     next_consumer_id: u64,
     had_consumers: bool,
@@ -489,7 +508,7 @@ impl Queue {
             unacked: Unacked::default(),
             unacked_memory_bytes: 0,
             consumers: Vec::new(),
-            next_consumer: 0,
+            groups: Vec::new(),
             next_seq: 1,
             next_consumer_id: 1,
             had_consumers: false,
@@ -797,15 +816,78 @@ impl Queue {
         }
         let id = ConsumerId(self.next_consumer_id);
         self.next_consumer_id += 1;
-        self.consumers.push(Consumer {
-            id,
-            spec,
-            in_flight: 0,
-            stopped: false,
-            limited: false,
-        });
+        // A single active consumer queue serves its earliest consumer
+        // whatever the priorities (RabbitMQ 3.10 ignores them there), so
+        // its consumers stay in arrival order.
+        let priority = if self.meta.args.single_active_consumer {
+            0
+        } else {
+            spec.priority
+        };
+        let at = self.group_insert(priority);
+        self.consumers.insert(
+            at,
+            Consumer {
+                id,
+                spec,
+                in_flight: 0,
+                stopped: false,
+                limited: false,
+            },
+        );
         self.had_consumers = true;
         Ok(id)
+    }
+
+    /// Makes room in the groups for one more consumer of `priority`, after
+    /// those of its priority; returns its place in `consumers`.
+    fn group_insert(&mut self, priority: i64) -> usize {
+        let found = self.groups.iter().position(|g| g.priority <= priority);
+        let index = match found {
+            Some(index) if self.groups[index].priority == priority => index,
+            _ => {
+                let index = found.unwrap_or(self.groups.len());
+                let start = index.checked_sub(1).map_or(0, |i| self.groups[i].end);
+                self.groups.insert(
+                    index,
+                    PriorityGroup {
+                        priority,
+                        end: start,
+                        next: 0,
+                    },
+                );
+                index
+            }
+        };
+        let at = self.groups[index].end;
+        for group in &mut self.groups[index..] {
+            group.end += 1;
+        }
+        at
+    }
+
+    /// Takes the consumer at `at` out of its group, keeping the group's
+    /// round-robin where it was.
+    fn group_remove(&mut self, at: usize) {
+        let Some(index) = self.groups.iter().position(|g| at < g.end) else {
+            return;
+        };
+        let start = index.checked_sub(1).map_or(0, |i| self.groups[i].end);
+        for group in &mut self.groups[index..] {
+            group.end -= 1;
+        }
+        let group = &mut self.groups[index];
+        let len = group.end - start;
+        if len == 0 {
+            self.groups.remove(index);
+            return;
+        }
+        if group.next > at - start {
+            group.next -= 1;
+        }
+        if group.next >= len {
+            group.next = 0;
+        }
     }
 
     /// Stops or restarts a consumer whose connection's output filled or
@@ -834,12 +916,7 @@ impl Queue {
             return false;
         };
         self.consumers.remove(at);
-        if self.next_consumer > at {
-            self.next_consumer -= 1;
-        }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
-        }
+        self.group_remove(at);
         if self.consumers.is_empty() {
             // Unused from now on: x-expires counts from here.
             self.touch(ctx);
@@ -1013,21 +1090,29 @@ impl Queue {
     }
 
     /// The consumer the next message goes to: round-robin among those with
-    /// credit, or the single active consumer if it has credit.
+    /// credit in the highest priority that has one, or the single active
+    /// consumer if it has credit.
     fn next_consumer_with_credit(&mut self) -> Option<usize> {
-        let count = self.consumers.len();
-        if count == 0 {
+        if self.consumers.is_empty() {
             return None;
         }
         if self.meta.args.single_active_consumer {
             // Only the earliest consumer still subscribed receives.
             return self.consumers[0].has_credit().then_some(0);
         }
-        let at = (0..count)
-            .map(|i| (self.next_consumer + i) % count)
-            .find(|&i| self.consumers[i].has_credit())?;
-        self.next_consumer = (at + 1) % count;
-        Some(at)
+        let mut start = 0;
+        for group in &mut self.groups {
+            let len = group.end - start;
+            let found = (0..len)
+                .map(|i| (group.next + i) % len)
+                .find(|&i| self.consumers[start + i].has_credit());
+            if let Some(offset) = found {
+                group.next = (offset + 1) % len;
+                return Some(start + offset);
+            }
+            start = group.end;
+        }
+        None
     }
 
     fn deliver_to(
@@ -1060,6 +1145,24 @@ impl Queue {
             self.unacked.insert(head.seq, (queued, head.consumer));
         }
     }
+}
+
+/// A consumer's `x-priority` from basic.consume's arguments (0 without
+/// one), checked as RabbitMQ's `rabbit_amqqueue:check_consume_arguments`
+/// checks it: any integer type, else 406 with `check_int_arg`'s reason
+/// printed as a quoted string.
+pub(crate) fn consumer_priority(queue: &str, arguments: &FieldTable) -> Result<i64, AmqpError> {
+    let Some(value) = arguments.get("x-priority") else {
+        return Ok(0);
+    };
+    value.as_i64().ok_or_else(|| {
+        AmqpError::precondition_failed(format!(
+            "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
+            queue,
+            DEFAULT_VHOST,
+            value.type_name()
+        ))
+    })
 }
 
 /// A per-message `expiration` property: milliseconds as a decimal string,
@@ -1119,6 +1222,7 @@ mod tests {
             no_ack: false,
             exclusive: false,
             prefetch_count,
+            priority: 0,
         }
     }
 
