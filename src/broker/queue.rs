@@ -1330,6 +1330,77 @@ mod tests {
     }
 
     #[test]
+    fn consumers_are_served_by_priority_then_round_robin() {
+        let mut timers = Timers::new();
+        let mut dead = Vec::new();
+        let mut store = MessageStore::new(crate::config::SEGMENT_SIZE, &[]);
+        let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
+        let mut q = queue();
+        let mut add = |q: &mut Queue, tag: &str, priority: i64, prefetch_count: u32| {
+            let mut spec = consumer(prefetch_count);
+            spec.tag = ShortStr::from(tag);
+            spec.priority = priority;
+            q.add_consumer(spec).unwrap()
+        };
+        let low = add(&mut q, "low", 0, 10);
+        let b = add(&mut q, "b", 5, 2);
+        let mid = add(&mut q, "mid", 1, 1);
+        let c = add(&mut q, "c", 5, 2);
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            q.publish(message(), &mut out, &mut ctx);
+        }
+        q.dispatch(&mut out, &mut ctx);
+        let order: Vec<ConsumerId> = out.iter().map(|d| d.head.consumer).collect();
+        assert_eq!(order, [b, c, b, c, mid, low, low, low, low, low]);
+        // Room again at the top: the top takes the next message.
+        let first_of_b = out[0].head.seq;
+        q.settle(first_of_b, b, Settle::Ack, &mut ctx);
+        out.clear();
+        q.publish(message(), &mut out, &mut ctx);
+        assert_eq!(out.iter().map(|d| d.head.consumer).collect::<Vec<_>>(), [b]);
+        // Without the top ones, the next priority down is served.
+        let conn = consumer(0).conn;
+        assert!(q.cancel_consumer(conn, 1, "b", &mut ctx));
+        assert!(q.cancel_consumer(conn, 1, "c", &mut ctx));
+        assert!(q.cancel_consumer(conn, 1, "mid", &mut ctx));
+        out.clear();
+        q.publish(message(), &mut out, &mut ctx);
+        assert_eq!(
+            out.iter().map(|d| d.head.consumer).collect::<Vec<_>>(),
+            [low]
+        );
+        assert_eq!(q.groups.len(), 1);
+        assert_eq!(q.groups[0].end, 1);
+    }
+
+    #[test]
+    fn round_robin_resumes_where_it_was_after_a_cancel() {
+        let mut timers = Timers::new();
+        let mut dead = Vec::new();
+        let mut store = MessageStore::new(crate::config::SEGMENT_SIZE, &[]);
+        let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
+        let mut q = queue();
+        let ids: Vec<ConsumerId> = ["a", "b", "c"]
+            .iter()
+            .map(|tag| {
+                let mut spec = consumer(0);
+                spec.tag = ShortStr::from(*tag);
+                q.add_consumer(spec).unwrap()
+            })
+            .collect();
+        let mut out = Vec::new();
+        q.publish(message(), &mut out, &mut ctx);
+        q.publish(message(), &mut out, &mut ctx);
+        // a and b served; c is next. Cancelling a keeps c next.
+        assert!(q.cancel_consumer(consumer(0).conn, 1, "a", &mut ctx));
+        q.publish(message(), &mut out, &mut ctx);
+        q.publish(message(), &mut out, &mut ctx);
+        let order: Vec<ConsumerId> = out.iter().map(|d| d.head.consumer).collect();
+        assert_eq!(order, [ids[0], ids[1], ids[2], ids[1]]);
+    }
+
+    #[test]
     fn expiration_is_read_as_rabbitmq_reads_it() {
         assert_eq!(parse_expiration("1000"), Ok(1000));
         assert_eq!(parse_expiration("0"), Ok(0));

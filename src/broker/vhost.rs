@@ -312,3 +312,91 @@ impl DelayLookup {
         *self.0.get_or_insert_with(|| delayed::delay_of(properties))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::exchange::{ExchangeKind, ALTERNATE_EXCHANGE_ARGUMENT};
+    use crate::model::ids::ShardId;
+    use warren_protocol::{FieldTable, FieldValue};
+
+    fn exchange(vhost: &mut Vhost, name: &str, kind: ExchangeKind, alternate: Option<&str>) {
+        let mut arguments = FieldTable::default();
+        if let Some(alternate) = alternate {
+            arguments.insert(
+                ALTERNATE_EXCHANGE_ARGUMENT,
+                FieldValue::LongStr(bytes::Bytes::copy_from_slice(alternate.as_bytes())),
+            );
+        }
+        vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef {
+            name: ShortStr::from(name),
+            kind,
+            delayed: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments,
+        }));
+    }
+
+    fn queue(id: u64) -> QueueRef {
+        QueueRef {
+            id: QueueId(id),
+            shard: ShardId((id % 2) as u16),
+        }
+    }
+
+    fn bind(vhost: &mut Vhost, source: &str, destination: Destination, key: &str) {
+        vhost.apply(&MetaChange::BindingAdded(Binding {
+            source: ShortStr::from(source),
+            destination,
+            routing_key: ShortStr::from(key),
+            arguments: FieldTable::default(),
+        }));
+    }
+
+    fn route(vhost: &Vhost, name: &str, key: &str) -> Vec<QueueRef> {
+        let mut scratch = Vec::new();
+        let mut out = Routed::default();
+        let no_keys: [&str; 0] = [];
+        vhost.route(
+            &vhost.exchanges[name],
+            key,
+            &no_keys,
+            &Properties::empty(),
+            &mut scratch,
+            &mut out,
+        );
+        out.queues
+    }
+
+    #[test]
+    fn alternate_exchanges_take_what_an_exchange_routes_nowhere() {
+        let mut vhost = Vhost::new();
+        exchange(&mut vhost, "x1", ExchangeKind::Direct, Some("x2"));
+        exchange(&mut vhost, "x2", ExchangeKind::Topic, Some("x3"));
+        exchange(&mut vhost, "x3", ExchangeKind::Fanout, Some("x1"));
+        bind(&mut vhost, "x1", Destination::Queue(queue(1)), "k");
+        bind(&mut vhost, "x2", Destination::Queue(queue(2)), "a.*");
+        assert_eq!(route(&vhost, "x1", "k"), [queue(1)]);
+        assert_eq!(route(&vhost, "x1", "a.b"), [queue(2)]);
+        // x3 routes nothing and its alternate is x1 again: the loop ends.
+        assert!(route(&vhost, "x1", "z").is_empty());
+        bind(&mut vhost, "x3", Destination::Queue(queue(3)), "");
+        assert_eq!(route(&vhost, "x1", "z"), [queue(3)]);
+        // A missing alternate exchange routes nothing.
+        exchange(&mut vhost, "lone", ExchangeKind::Direct, Some("missing"));
+        assert!(route(&vhost, "lone", "k").is_empty());
+        // An exchange that routes to another exchange routed the message, so
+        // its alternate is not used; the other exchange's alternate is.
+        exchange(&mut vhost, "outer", ExchangeKind::Direct, Some("x3"));
+        exchange(&mut vhost, "inner", ExchangeKind::Direct, Some("x2"));
+        bind(
+            &mut vhost,
+            "outer",
+            Destination::Exchange(ShortStr::from("inner")),
+            "a.b",
+        );
+        assert_eq!(route(&vhost, "outer", "a.b"), [queue(2)]);
+    }
+}
