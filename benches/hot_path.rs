@@ -151,6 +151,7 @@ fn queue_cycle() {
             no_ack: false,
             exclusive: false,
             prefetch_count: 0,
+            priority: 0,
         })
         .unwrap();
     let message = Message::new(

@@ -1336,7 +1336,7 @@ mod tests {
         let mut store = MessageStore::new(crate::config::SEGMENT_SIZE, &[]);
         let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
         let mut q = queue();
-        let mut add = |q: &mut Queue, tag: &str, priority: i64, prefetch_count: u32| {
+        let add = |q: &mut Queue, tag: &str, priority: i64, prefetch_count: u32| {
             let mut spec = consumer(prefetch_count);
             spec.tag = ShortStr::from(tag);
             spec.priority = priority;
