@@ -688,3 +688,40 @@ broker_test!(
         })
     }
 );
+
+// A single active consumer queue keeps its first consumer active whatever the priorities
+// of those that come later; when it goes, the highest-priority one takes over.
+broker_test!(
+    single_active_consumer_hands_over_to_the_highest_priority,
+    |b| {
+        run(async {
+            let (conn, ch) = open_confirming(&b.url()).await;
+            let q = unique("sac-priority-q");
+            let sac = table(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+            step(
+                "queue.declare",
+                ch.queue_declare(&q, QueueDeclareOptions::default(), sac),
+            )
+            .await
+            .unwrap();
+            let cch = channel(&conn).await;
+            let mut first = consume_with(&cch, &q, FieldTable::default()).await.unwrap();
+            let mut second = consume_with(&cch, &q, FieldTable::default()).await.unwrap();
+            let mut high = consume_with(&cch, &q, priority(10)).await.unwrap();
+            publish(&ch, "", &q, b"m1").await;
+            assert_eq!(next_bodies(&mut first, 1).await, ["m1"]);
+            step(
+                "basic.cancel",
+                cch.basic_cancel(first.tag().as_str(), BasicCancelOptions::default()),
+            )
+            .await
+            .unwrap();
+            publish(&ch, "", &q, b"m2").await;
+            assert_eq!(next_bodies(&mut high, 1).await, ["m2"]);
+            assert_no_delivery(&mut second).await;
+            ch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+);

@@ -816,15 +816,21 @@ impl Queue {
         }
         let id = ConsumerId(self.next_consumer_id);
         self.next_consumer_id += 1;
-        // A single active consumer queue serves its earliest consumer
-        // whatever the priorities (RabbitMQ 3.10 ignores them there), so
-        // its consumers stay in arrival order.
-        let priority = if self.meta.args.single_active_consumer {
-            0
+        let at = if self.meta.args.single_active_consumer {
+            // The first consumer is the active one, whatever its priority;
+            // the others wait by priority, so that when it goes the
+            // highest-priority one (the earliest among equals) takes over,
+            // as in RabbitMQ 3.10. Groups are not used here.
+            let waiting = self.consumers.get(1..).unwrap_or_default();
+            self.consumers.len().min(
+                1 + waiting
+                    .iter()
+                    .position(|c| c.spec.priority < spec.priority)
+                    .unwrap_or(waiting.len()),
+            )
         } else {
-            spec.priority
+            self.group_insert(spec.priority)
         };
-        let at = self.group_insert(priority);
         self.consumers.insert(
             at,
             Consumer {
