@@ -11,7 +11,7 @@ use crate::util::hash::FastMap;
 
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::ConfirmTarget;
-use crate::metadata::queue_args::{Overflow, EXPIRY_MS_MAX};
+use crate::metadata::queue_args::{Overflow, QueueType, EXPIRY_MS_MAX};
 use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
@@ -19,7 +19,7 @@ use crate::store::log::MessageStore;
 use crate::store::record::PublishHead;
 use crate::store::recovery::RecoveredMessage;
 use crate::util::timer_wheel::TimerId;
-use warren_protocol::{AmqpError, ShortStr};
+use warren_protocol::{AmqpError, FieldValue, ShortStr};
 
 /// `QueuedMessage::expires_at_ms` of a message without a TTL.
 const NEVER: u64 = u64::MAX;
@@ -27,13 +27,25 @@ const NEVER: u64 = u64::MAX;
 /// `delivery-mode` of a persistent message.
 const PERSISTENT: u8 = 2;
 
+/// The level of a quorum queue's returned messages: served before the
+/// others, in the order they came back (rabbit_fifo's `returns` queue is
+/// taken before its `messages`).
+const RETURNED: u8 = 1;
+
 #[derive(Clone, Debug)]
 pub(crate) struct QueuedMessage {
     /// Position in the queue: requeued messages go back to their place.
     pub(crate) seq: u64,
     pub(crate) redelivered: bool,
-    /// Priority level: 0 unless the queue has `x-max-priority`.
+    /// Priority level: 0 unless the queue has `x-max-priority`. A quorum
+    /// queue has two: 0 for messages in publish order, 1 for returned ones,
+    /// which go out first (`RETURNED`).
     pub(crate) level: u8,
+    /// A quorum queue's count of the times the message came back
+    /// (rabbit_fifo's `delivery_count`), shown as `x-delivery-count`. A
+    /// u16 fits in the padding after `level`; it saturates, so a delivery
+    /// limit above 65534 acts as none.
+    pub(crate) delivery_count: u16,
     /// When the message expires, in shard milliseconds (`Timers::now_ms`);
     /// `NEVER` if it does not. (Not an `Option`: eight bytes fewer make a
     /// ready slot 128 bytes, which moves inline.)
@@ -74,6 +86,8 @@ pub enum DeathReason {
     Rejected,
     Expired,
     Maxlen,
+    /// A quorum queue's message came back more often than `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -82,6 +96,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -269,7 +284,9 @@ impl Ready {
         }
     }
 
-    fn add(&mut self, queued: QueuedMessage, timer: Option<TimerId>) {
+    /// Adds a message at `key` in its level: its `seq`, or for a quorum
+    /// queue's returned message its place among the returned ones.
+    fn add(&mut self, queued: QueuedMessage, key: u64, timer: Option<TimerId>) {
         let level = queued.level as usize;
         self.live[level] += 1;
         self.count += 1;
@@ -277,7 +294,7 @@ impl Ready {
         self.memory_bytes += queued.message.memory_size();
         let deque = &mut self.levels[level];
         let slot = Slot {
-            seq: queued.seq,
+            seq: key,
             queued: Some(queued),
             timer,
         };
@@ -468,6 +485,8 @@ pub struct Queue {
     /// consumers in vain: a stalled consumer slows no publisher, until it
     /// takes a message again.
     flow_stalled_at: Option<u64>,
+    /// A quorum queue's key for the next returned message (`RETURNED`).
+    next_return_key: u64,
 }
 
 /// What became of a publish.
@@ -482,7 +501,11 @@ pub enum Enqueued {
 
 impl Queue {
     pub fn new(meta: QueueMeta) -> Queue {
-        let level_count = meta.args.max_priority.map_or(1, |max| max as usize + 1);
+        let level_count = if meta.args.queue_type == QueueType::Quorum {
+            RETURNED as usize + 1
+        } else {
+            meta.args.max_priority.map_or(1, |max| max as usize + 1)
+        };
         Queue {
             meta,
             ready: Ready::new(level_count),
@@ -498,7 +521,22 @@ impl Queue {
             expiry_armed: false,
             deliveries: 0,
             flow_stalled_at: None,
+            next_return_key: 1,
         }
+    }
+
+    fn is_quorum(&self) -> bool {
+        self.meta.args.queue_type == QueueType::Quorum
+    }
+
+    /// The message as a quorum queue hands it out: with `x-delivery-count`
+    /// once it came back (always, for basic.get), as rabbit_fifo_client
+    /// adds it. Other queues hand out the message as it is.
+    fn as_delivered(&self, queued: &QueuedMessage, get: bool) -> Option<Message> {
+        if !self.is_quorum() || (queued.delivery_count == 0 && !get) {
+            return None;
+        }
+        Some(with_delivery_count(&queued.message, queued.delivery_count))
     }
 
     pub(crate) fn name(&self) -> &ShortStr {
@@ -601,6 +639,7 @@ impl Queue {
             seq,
             redelivered: false,
             level,
+            delivery_count: 0,
             expires_at_ms: expires_at_ms.unwrap_or(NEVER),
             segment: 0,
             message,
@@ -646,11 +685,17 @@ impl Queue {
     pub(crate) fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let top_level = (self.ready.levels.len() - 1) as u8;
+        // A quorum queue's returned messages come back in publish order.
+        let top_level = if self.is_quorum() {
+            0
+        } else {
+            (self.ready.levels.len() - 1) as u8
+        };
         let queued = QueuedMessage {
             seq,
             redelivered: recovered.redelivered,
             level: recovered.level.min(top_level),
+            delivery_count: 0,
             expires_at_ms: recovered
                 .expires_at_epoch_ms
                 .map_or(NEVER, |at| ctx.timers.shard_ms_of_epoch(at)),
@@ -720,10 +765,26 @@ impl Queue {
 
     /// Puts a message among the ready ones, with a timer if it can expire.
     fn add_ready(&mut self, queued: QueuedMessage, ctx: &mut QueueCtx) {
+        let key = queued.seq;
+        self.add_ready_at(queued, key, ctx);
+    }
+
+    /// A quorum queue's message coming back: ahead of the others, behind
+    /// those that came back before it.
+    fn add_returned(&mut self, mut queued: QueuedMessage, ctx: &mut QueueCtx) {
+        queued.level = RETURNED;
+        let key = self.next_return_key;
+        self.next_return_key += 1;
+        self.add_ready_at(queued, key, ctx);
+    }
+
+    /// `add_ready` at `key` in the message's level (see `Ready::add`); the
+    /// expiry timer names the message by the same key.
+    fn add_ready_at(&mut self, queued: QueuedMessage, key: u64, ctx: &mut QueueCtx) {
         let timer = match queued.expires_at_ms() {
             None => None,
             Some(at) if at <= ctx.now_ms() => {
-                self.expire_now.push((queued.level, queued.seq));
+                self.expire_now.push((queued.level, key));
                 None
             }
             Some(at) => Some(ctx.timers.insert(
@@ -731,11 +792,11 @@ impl Queue {
                 TimerEvent::MessageExpiry {
                     queue: self.meta.id,
                     level: queued.level,
-                    seq: queued.seq,
+                    seq: key,
                 },
             )),
         };
-        self.ready.add(queued, timer);
+        self.ready.add(queued, key, timer);
     }
 
     /// The next ready message that has not expired; expired ones met on the
@@ -916,11 +977,24 @@ impl Queue {
             Settle::Requeue | Settle::Return => {
                 // A returned message was never seen by the client.
                 queued.redelivered |= settle == Settle::Requeue;
+                if self.is_quorum() && settle == Settle::Requeue {
+                    // rabbit_fifo counts every return, and one beyond the
+                    // limit dead-letters the message instead.
+                    queued.delivery_count = queued.delivery_count.saturating_add(1);
+                    let limit = self.meta.args.delivery_limit;
+                    if limit.is_some_and(|limit| u64::from(queued.delivery_count) > limit) {
+                        forget(self.meta.id, &queued, ctx.store);
+                        self.dead_letter(queued.message, DeathReason::DeliveryLimit, ctx);
+                        return;
+                    }
+                }
                 // A message whose TTL ran out while it was delivered expires
                 // when it comes back, as in RabbitMQ.
                 if queued.expires_at_ms().is_some_and(|at| at <= ctx.now_ms()) {
                     forget(self.meta.id, &queued, ctx.store);
                     self.dead_letter(queued.message, DeathReason::Expired, ctx);
+                } else if self.is_quorum() {
+                    self.add_returned(queued, ctx);
                 } else {
                     self.add_ready(queued, ctx);
                 }
@@ -943,8 +1017,9 @@ impl Queue {
     /// basic.get: the head message, and how many remain after it.
     pub(crate) fn get(&mut self, no_ack: bool, ctx: &mut QueueCtx) -> Option<(QueuedMessage, u32)> {
         self.touch(ctx);
-        let queued = self.next_ready(ctx)?;
+        let mut queued = self.next_ready(ctx)?;
         let remaining = self.ready.count as u32;
+        let delivered = self.as_delivered(&queued, true);
         if no_ack {
             forget(self.meta.id, &queued, ctx.store);
         } else {
@@ -952,6 +1027,9 @@ impl Queue {
             self.unacked_memory_bytes += queued.message.memory_size();
             self.unacked
                 .insert(queued.seq, (queued.clone(), ConsumerId::GET));
+        }
+        if let Some(message) = delivered {
+            queued.message = message;
         }
         Some((queued, remaining))
     }
@@ -1038,6 +1116,7 @@ impl Queue {
         ctx: &mut QueueCtx,
     ) {
         let queue_id = self.meta.id;
+        let delivered = self.as_delivered(&queued, false);
         let consumer = &mut self.consumers[at];
         self.deliveries += 1;
         let head = DeliveryHead {
@@ -1051,15 +1130,32 @@ impl Queue {
         };
         if consumer.spec.no_ack {
             forget(queue_id, &queued, ctx.store);
-            out.given(head, queued.message);
+            out.given(head, delivered.unwrap_or(queued.message));
         } else {
             mark_delivered(queue_id, &queued, ctx.store);
             consumer.in_flight += 1;
             self.unacked_memory_bytes += queued.message.memory_size();
-            out.kept(head, &queued.message);
+            // The queue keeps the message without the header: it is set
+            // afresh at each delivery, and a dead letter has none.
+            out.kept(head, delivered.as_ref().unwrap_or(&queued.message));
             self.unacked.insert(head.seq, (queued, head.consumer));
         }
     }
+}
+
+/// `message` with the header `x-delivery-count` (a long) set to `count`.
+fn with_delivery_count(message: &Message, count: u16) -> Message {
+    let mut properties = message.properties().decode();
+    let mut headers = properties.headers.take().unwrap_or_default();
+    headers.insert("x-delivery-count", FieldValue::I64(i64::from(count)));
+    properties.headers = Some(headers);
+    Message::new(
+        message.exchange(),
+        message.routing_key(),
+        &properties.encode(),
+        message.body.clone(),
+        message.bcc_keys().map(<[String]>::to_vec),
+    )
 }
 
 /// A per-message `expiration` property: milliseconds as a decimal string,
@@ -1138,6 +1234,7 @@ mod tests {
                 seq,
                 redelivered: false,
                 level: 0,
+                delivery_count: 0,
                 expires_at_ms: NEVER,
                 segment: 0,
                 message: message(),
