@@ -27,19 +27,12 @@ const NEVER: u64 = u64::MAX;
 /// `delivery-mode` of a persistent message.
 const PERSISTENT: u8 = 2;
 
-/// The level of a quorum queue's returned messages: served before the
-/// others, in the order they came back (rabbit_fifo's `returns` queue is
-/// taken before its `messages`).
-const RETURNED: u8 = 1;
-
 #[derive(Clone, Debug)]
 pub(crate) struct QueuedMessage {
     /// Position in the queue: requeued messages go back to their place.
     pub(crate) seq: u64,
     pub(crate) redelivered: bool,
-    /// Priority level: 0 unless the queue has `x-max-priority`. A quorum
-    /// queue has two: 0 for messages in publish order, 1 for returned ones,
-    /// which go out first (`RETURNED`).
+    /// Priority level: 0 unless the queue has `x-max-priority`.
     pub(crate) level: u8,
     /// A quorum queue's count of the times the message came back
     /// (rabbit_fifo's `delivery_count`), shown as `x-delivery-count`. A
@@ -285,7 +278,7 @@ impl Ready {
     }
 
     /// Adds a message at `key` in its level: its `seq`, or for a quorum
-    /// queue's returned message its place among the returned ones.
+    /// queue's returned message its new place at the back.
     fn add(&mut self, queued: QueuedMessage, key: u64, timer: Option<TimerId>) {
         let level = queued.level as usize;
         self.live[level] += 1;
@@ -485,8 +478,6 @@ pub struct Queue {
     /// consumers in vain: a stalled consumer slows no publisher, until it
     /// takes a message again.
     flow_stalled_at: Option<u64>,
-    /// A quorum queue's key for the next returned message (`RETURNED`).
-    next_return_key: u64,
 }
 
 /// What became of a publish.
@@ -501,11 +492,7 @@ pub enum Enqueued {
 
 impl Queue {
     pub fn new(meta: QueueMeta) -> Queue {
-        let level_count = if meta.args.queue_type == QueueType::Quorum {
-            RETURNED as usize + 1
-        } else {
-            meta.args.max_priority.map_or(1, |max| max as usize + 1)
-        };
+        let level_count = meta.args.max_priority.map_or(1, |max| max as usize + 1);
         Queue {
             meta,
             ready: Ready::new(level_count),
@@ -521,7 +508,6 @@ impl Queue {
             expiry_armed: false,
             deliveries: 0,
             flow_stalled_at: None,
-            next_return_key: 1,
         }
     }
 
@@ -685,12 +671,7 @@ impl Queue {
     pub(crate) fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        // A quorum queue's returned messages come back in publish order.
-        let top_level = if self.is_quorum() {
-            0
-        } else {
-            (self.ready.levels.len() - 1) as u8
-        };
+        let top_level = (self.ready.levels.len() - 1) as u8;
         let queued = QueuedMessage {
             seq,
             redelivered: recovered.redelivered,
@@ -769,12 +750,15 @@ impl Queue {
         self.add_ready_at(queued, key, ctx);
     }
 
-    /// A quorum queue's message coming back: ahead of the others, behind
-    /// those that came back before it.
-    fn add_returned(&mut self, mut queued: QueuedMessage, ctx: &mut QueueCtx) {
-        queued.level = RETURNED;
-        let key = self.next_return_key;
-        self.next_return_key += 1;
+    /// A quorum queue's message coming back goes to the back of the queue,
+    /// as if published now: RabbitMQ 3.10's rabbit_fifo turns a return into
+    /// a `requeue` command that appends the message (observed: of 1..5
+    /// with 1, 2 and 3 fetched, 3 and then 1 rejected with requeue, the
+    /// queue hands out 4, 5, 3, 1). Its place is a fresh sequence number,
+    /// while the message keeps its own `seq`, the store's name for it.
+    fn add_returned(&mut self, queued: QueuedMessage, ctx: &mut QueueCtx) {
+        let key = self.next_seq;
+        self.next_seq += 1;
         self.add_ready_at(queued, key, ctx);
     }
 
