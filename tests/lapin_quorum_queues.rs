@@ -436,3 +436,84 @@ broker_test!(messages_of_a_closed_channel_go_to_the_back_in_order, |b| {
         assert_eq!(order, ["3", "4", "1", "2"]);
     })
 });
+
+/// A quorum queue and its persistent messages survive a restart, its type
+/// is in the definitions file as RabbitMQ exports it (`"type": "quorum"`
+/// beside the `x-queue-type` argument), and its delivery limit still holds.
+/// warren only: the test restarts the broker.
+fn a_quorum_queue_survives_a_restart(shards: usize) {
+    let mut broker = Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    let q = unique("qq-restart");
+    run(async {
+        let (_conn, ch) = open_confirming(&broker.url()).await;
+        declare_queue_with(
+            &ch,
+            &q,
+            durable(),
+            table(&[quorum(), ("x-delivery-limit", AMQPValue::LongInt(0))]),
+        )
+        .await
+        .unwrap();
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        publish_props(&ch, "", &q, b"kept", persistent.clone()).await;
+        publish_props(&ch, "", &q, b"kept too", persistent).await;
+    });
+    broker.restart();
+    let defs = std::fs::read_to_string(
+        broker
+            .data_dir()
+            .expect("a data directory")
+            .join("definitions.json"),
+    )
+    .expect("definitions.json");
+    let at = defs
+        .find(&format!("\"name\":\"{q}\""))
+        .or_else(|| defs.find(&format!("\"name\": \"{q}\"")));
+    assert!(at.is_some(), "{q} is not in {defs}");
+    assert!(
+        defs.contains("\"type\":\"quorum\"") || defs.contains("\"type\": \"quorum\""),
+        "{defs}"
+    );
+    run(async {
+        let (conn, ch) = open(&broker.url()).await;
+        declare_queue_with(
+            &ch,
+            &q,
+            durable(),
+            table(&[quorum(), ("x-delivery-limit", AMQPValue::LongInt(0))]),
+        )
+        .await
+        .unwrap();
+        wait_message_count(&conn, &q, 2).await;
+        let got = get(&ch, &q, false).await.expect("a message");
+        assert_eq!(got.delivery.data, b"kept");
+        step(
+            "basic.reject",
+            ch.basic_reject(
+                got.delivery.delivery_tag,
+                BasicRejectOptions { requeue: true },
+            ),
+        )
+        .await
+        .unwrap();
+        // A delivery limit of 0: the first return drops it.
+        wait_message_count(&conn, &q, 1).await;
+        assert_eq!(
+            get(&ch, &q, true).await.expect("a message").delivery.data,
+            b"kept too"
+        );
+    });
+}
+
+#[test]
+fn a_quorum_queue_survives_a_restart_shards_1() {
+    a_quorum_queue_survives_a_restart(1);
+}
+
+#[test]
+fn a_quorum_queue_survives_a_restart_shards_2() {
+    a_quorum_queue_survives_a_restart(2);
+}
