@@ -1335,7 +1335,7 @@ impl Connection {
             }
         }
         for u in ch.unacked.drain(..) {
-            self.effects.push(settle_msg(&u, Settle::Requeue));
+            self.effects.push(settle_msg(&u, Settle::Released));
         }
         ch.consumer_unacked = 0;
         ch.limited.clear();

@@ -1040,7 +1040,7 @@ impl ShardState {
                     queue: queue.id,
                     seq: delivery.head.seq,
                     consumer: delivery.head.consumer,
-                    settle: Settle::Requeue,
+                    settle: Settle::Released,
                 },
             );
         }

@@ -200,6 +200,11 @@ pub enum Settle {
     Ack,
     /// Back into the queue at its old position, marked redelivered.
     Requeue,
+    /// Like `Requeue`, for a delivery whose channel or connection closed
+    /// before it was settled. Only a quorum queue tells the two apart: it
+    /// appends a requeued message but puts a released one back ahead
+    /// (rabbit_fifo returns a gone consumer's messages to the head).
+    Released,
     /// The consumer's channel could not take the delivery, its global
     /// prefetch being reached: back at its old position as it was, and the
     /// consumer gets nothing more until its channel resumes it
@@ -958,10 +963,10 @@ impl Queue {
                 forget(self.meta.id, &queued, ctx.store);
                 self.dead_letter(queued.message, DeathReason::Rejected, ctx)
             }
-            Settle::Requeue | Settle::Return => {
+            Settle::Requeue | Settle::Released | Settle::Return => {
                 // A returned message was never seen by the client.
-                queued.redelivered |= settle == Settle::Requeue;
-                if self.is_quorum() && settle == Settle::Requeue {
+                queued.redelivered |= settle != Settle::Return;
+                if self.is_quorum() && settle != Settle::Return {
                     // rabbit_fifo counts every return, and one beyond the
                     // limit dead-letters the message instead.
                     queued.delivery_count = queued.delivery_count.saturating_add(1);
@@ -977,7 +982,7 @@ impl Queue {
                 if queued.expires_at_ms().is_some_and(|at| at <= ctx.now_ms()) {
                     forget(self.meta.id, &queued, ctx.store);
                     self.dead_letter(queued.message, DeathReason::Expired, ctx);
-                } else if self.is_quorum() {
+                } else if self.is_quorum() && settle == Settle::Requeue {
                     self.add_returned(queued, ctx);
                 } else {
                     self.add_ready(queued, ctx);
