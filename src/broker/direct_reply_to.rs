@@ -122,10 +122,10 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&id) else {
             return false;
         };
-        if !ch
+        if ch
             .reply_consumer
             .as_ref()
-            .is_some_and(|c| c.tag == m.consumer_tag)
+            .is_none_or(|c| c.tag != m.consumer_tag)
         {
             return false;
         }
