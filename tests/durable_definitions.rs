@@ -897,8 +897,8 @@ fn bad_definitions_stop_the_broker_with_a_clear_message(shards: usize) {
             "exchanges[0] ('spread'): unknown exchange type 'x-consistent-hash'",
         ),
         (
-            "quorum.json",
-            r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}]}"#,
+            "stream.json",
+            r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "stream"}}]}"#,
             "queue 'qq': ",
         ),
     ];

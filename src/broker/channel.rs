@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::connection::{Connection, Env, LocalPublish};
 use crate::broker::delayed::DelayedPublish;
+use crate::broker::direct_reply_to::{ReplyConsumer, REPLY_TO_QUEUE};
 use crate::broker::metadata::{
     check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
 };
@@ -234,7 +235,9 @@ pub(crate) struct Channel {
     tx_commit_refused: bool,
     /// For the empty-queue-name shortcut of the spec.
     last_queue: Option<ShortStr>,
-    waiting_nowait: bool,
+    pub(crate) waiting_nowait: bool,
+    /// The consumer of `amq.rabbitmq.reply-to`, if the channel has one.
+    pub(crate) reply_consumer: Option<ReplyConsumer>,
     /// The class and method ids of the last method the channel began: an
     /// answer that comes back later from another shard (a refused declare,
     /// consume or get) is about it, since the connection reads nothing more
@@ -277,6 +280,7 @@ impl Channel {
             tx_commit_refused: false,
             last_queue: None,
             waiting_nowait: false,
+            reply_consumer: None,
             method_ids: (0, 0),
             pending_consumer: None,
             consumer_unacked: 0,
@@ -294,6 +298,16 @@ impl Channel {
     fn tx_emptied(&mut self) {
         self.tx_publishes = 0;
         self.tx_bytes = 0;
+    }
+
+    /// True if a queue consumer has this tag.
+    pub(crate) fn has_consumer(&self, tag: &str) -> bool {
+        self.consumers.contains_key(tag)
+    }
+
+    /// The tag the channel's next delivery gets.
+    pub(crate) fn next_delivery_tag(&self) -> u64 {
+        self.next_delivery_tag
     }
 
     /// The consumers the queues acknowledged, by queue.
@@ -487,6 +501,9 @@ impl Connection {
     }
 
     fn queue_declare(&mut self, id: u16, m: QueueDeclare) -> Result<(), AmqpError> {
+        if let Some(answered) = self.reply_to_declare(id, &m) {
+            return answered;
+        }
         self.meta(id, m.nowait, MetaRequest::QueueDeclare(m));
         Ok(())
     }
@@ -564,6 +581,9 @@ impl Connection {
     }
 
     fn basic_consume(&mut self, id: u16, m: BasicConsume, env: &Env) -> Result<(), AmqpError> {
+        if m.queue.as_str() == REPLY_TO_QUEUE {
+            return self.reply_to_consume(id, m);
+        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -608,6 +628,9 @@ impl Connection {
     }
 
     fn basic_cancel(&mut self, id: u16, m: BasicCancel) -> Result<(), AmqpError> {
+        if self.reply_to_cancel(id, &m) {
+            return Ok(());
+        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -1022,6 +1045,7 @@ impl Connection {
         mandatory: bool,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        self.reply_to_set(id, &mut message, env)?;
         let properties = message.properties();
         if let Some(user_id) = properties.user_id() {
             if user_id.as_str() != self.user {
@@ -1067,6 +1091,9 @@ impl Connection {
                 )));
             }
         }
+        // A reply goes to its channel at once, in a transaction too (as
+        // RabbitMQ routes it at publish).
+        self.reply_to_route(&message);
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -1312,7 +1339,7 @@ impl Connection {
             }
         }
         for u in ch.unacked.drain(..) {
-            self.effects.push(settle_msg(&u, Settle::Requeue));
+            self.effects.push(settle_msg(&u, Settle::Released));
         }
         ch.consumer_unacked = 0;
         ch.limited.clear();
@@ -1782,7 +1809,7 @@ fn hand_over(
 
 /// What basic.publish requires of its exchange: that it exists and is not
 /// internal.
-fn check_publish_exchange(env: &Env, name: &str) -> Result<(), AmqpError> {
+pub(crate) fn check_publish_exchange(env: &Env, name: &str) -> Result<(), AmqpError> {
     match env.vhost.exchanges.get(name) {
         None => Err(no_exchange(name)),
         Some(exchange) if exchange.def.internal => Err(internal_exchange(name)),

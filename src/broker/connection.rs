@@ -967,6 +967,7 @@ fn start_method(shard: Option<ShardId>) -> Method {
         "consumer_priorities",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         capabilities.insert(name, FieldValue::Bool(true));
     }

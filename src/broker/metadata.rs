@@ -602,6 +602,7 @@ impl Owner {
         // Checked before anything is created or counted, so a refused
         // declare leaves no trace.
         let args = QueueArgs::parse(&name, &m.arguments)?;
+        queue_args::check_queue_type_flags(&name, &args, durable, m.exclusive, m.auto_delete)?;
         let shard = self.place(&m, conn);
         let meta = QueueMeta {
             id: QueueId(self.next_queue_id),

@@ -24,6 +24,7 @@ pub(crate) mod channel;
 pub(crate) mod connection;
 mod dead_letter;
 pub mod delayed;
+mod direct_reply_to;
 pub mod exchange;
 pub(crate) mod login_delay;
 pub(crate) mod metadata;
@@ -193,6 +194,24 @@ pub enum ShardMsg {
     RpcReply {
         id: u64,
         reply: RpcReply,
+    },
+    /// A direct reply-to reply for channel `channel` of connection `conn` on
+    /// the receiving shard, if it still consumes replies under `secret`.
+    DirectReply {
+        conn: ConnId,
+        channel: u16,
+        secret: ShortStr,
+        message: Message,
+    },
+    /// queue.declare of a direct reply-to token, answered to `from`'s
+    /// channel by the shard of the token's connection.
+    DirectReplyDeclare {
+        conn: ConnId,
+        channel: u16,
+        secret: ShortStr,
+        queue: ShortStr,
+        from: ConnRef,
+        from_channel: u16,
     },
     /// Flow control across shards: `from` has taken `messages` more of the
     /// enqueues this shard sent it, and its queues are not outpacing their
@@ -730,6 +749,37 @@ impl ShardState {
                 }
             }
             ShardMsg::Credit { from, messages } => self.credit_granted(from, messages),
+            ShardMsg::DirectReply {
+                conn,
+                channel,
+                secret,
+                message,
+            } => {
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.deliver_reply(channel, &secret, &message);
+                    if connection.output_filled() {
+                        self.output_filled.push(conn);
+                    }
+                }
+            }
+            ShardMsg::DirectReplyDeclare {
+                conn,
+                channel,
+                secret,
+                queue,
+                from,
+                from_channel,
+            } => {
+                let consumes = self
+                    .connections
+                    .get(&conn)
+                    .is_some_and(|c| c.has_reply_consumer(channel, &secret));
+                let reply = match direct_reply_to::declare_answer(consumes, queue) {
+                    Ok(ok) => ChannelReply::Meta(Ok(ok.into())),
+                    Err(error) => ChannelReply::Error(error),
+                };
+                self.reply(from, from_channel, reply);
+            }
         }
     }
 
@@ -990,7 +1040,7 @@ impl ShardState {
                     queue: queue.id,
                     seq: delivery.head.seq,
                     consumer: delivery.head.consumer,
-                    settle: Settle::Requeue,
+                    settle: Settle::Released,
                 },
             );
         }

@@ -48,7 +48,7 @@
 //! export of a multi-vhost cluster still brings its "/" part over. Policies,
 //! parameters, topic permissions and user limits are not supported yet and
 //! are skipped with a warning. An unknown exchange type, a queue warren
-//! cannot create (a quorum queue, an invalid argument), a password hash that
+//! cannot create (a stream, an invalid argument), a password hash that
 //! is not one RabbitMQ could have made, or a permission for a missing user
 //! is an error: the broker refuses to start and says which definition.
 
@@ -59,7 +59,7 @@ use crate::metadata::exchange::{
     self, Binding, Destination, ExchangeDef, ExchangeKind, MatchMode, DELAYED_TYPE,
 };
 use crate::metadata::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
-use crate::metadata::queue_args::QueueArgs;
+use crate::metadata::queue_args::{check_queue_type_flags, QueueArgs};
 use crate::metadata::vhost::{Catalog, DefinitionsView, MetaChange, QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{QueueId, ShardId};
 use crate::util::json::{self, Json};
@@ -493,6 +493,11 @@ impl Definitions {
                 continue;
             }
             let args = QueueArgs::parse(&queue.name, &queue.arguments)
+                .and_then(|args| {
+                    let (durable, auto_delete) = (queue.durable, queue.auto_delete);
+                    check_queue_type_flags(&queue.name, &args, durable, false, auto_delete)
+                        .map(|()| args)
+                })
                 .map_err(|e| format!("queue '{}': {}", queue.name, e.text))?;
             // As `metadata::Owner::place` spreads queues nobody owns.
             plan.next_shard = (plan.next_shard + 1) % shard_count;
@@ -1185,7 +1190,7 @@ mod tests {
     fn a_queue_warren_cannot_create_is_an_error() {
         let err = parse(
             r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true,
-            "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}]}"#,
+            "auto_delete": false, "arguments": {"x-queue-type": "stream"}}]}"#,
         )
         .definitions
         .restore_plan(1)

@@ -219,6 +219,10 @@ impl Broker {
         self.child.as_ref().map(|c| c.id())
     }
 
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
     pub fn is_external(&self) -> bool {
         self.external_url.is_some()
     }
