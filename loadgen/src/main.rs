@@ -273,6 +273,9 @@ fn drive(plan: &Plan, control: &Control, g: &mut Gather, json: bool) -> Result<T
     control.advance(Phase::StartProducers);
     let start = clock::instant_at(start_ns);
     let producers = plan.producer_count();
+    // ProducerDone comes once per producer connection: its task publishes for all of the
+    // connection's channels (-X).
+    let producer_conns = plan.producer_conns.len();
     let run_for = plan.args.time.map(Duration::from_secs_f64);
     let mut timing = Timing {
         start,
@@ -350,7 +353,7 @@ fn drive(plan: &Plan, control: &Control, g: &mut Gather, json: bool) -> Result<T
         // Has producing ended (all done, or time up)?
         if timing.producing_end.is_none() {
             let time_up = run_for.is_some_and(|limit| now >= start + limit);
-            if time_up || (producers > 0 && g.producers_done >= producers) {
+            if time_up || (producers > 0 && g.producers_done >= producer_conns) {
                 control.advance(Phase::StopProducers);
                 timing.producing_end = Some(now);
                 drain_started = Some(now);
