@@ -50,7 +50,7 @@ use stats::{new_histogram, ConsumerResult, Counters, Event, ProducerResult};
 
 fn main() -> ExitCode {
     clock::init();
-    let args = Args::parse();
+    let args = Args::parse_from(args::perftest_argv(std::env::args()));
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -150,6 +150,7 @@ fn ms(us: u64) -> f64 {
 fn run(args: Args) -> Result<ExitCode> {
     let json = args.json;
     let plan = Arc::new(Plan::from_args(args)?);
+    client::want_frame_max(plan.args.framemax);
     for note in &plan.notes {
         eprintln!("loadgen: {note}");
     }
