@@ -238,6 +238,13 @@ pub(crate) struct Channel {
     pub(crate) waiting_nowait: bool,
     /// The consumer of `amq.rabbitmq.reply-to`, if the channel has one.
     pub(crate) reply_consumer: Option<ReplyConsumer>,
+    /// A metadata request (declare, delete, bind ...) of this channel awaits its answer.
+    awaiting_meta: bool,
+    /// Consumers of this channel the broker cancelled while `awaiting_meta`: their
+    /// basic.cancel follows the answer, as in RabbitMQ, where a queue.delete's
+    /// delete-ok precedes the cancel of the deleting channel's own consumers (clients
+    /// such as py-amqp fail a queue.delete that sees the cancel first).
+    cancels_after_meta: Vec<ShortStr>,
     /// The class and method ids of the last method the channel began: an
     /// answer that comes back later from another shard (a refused declare,
     /// consume or get) is about it, since the connection reads nothing more
@@ -281,6 +288,8 @@ impl Channel {
             last_queue: None,
             waiting_nowait: false,
             reply_consumer: None,
+            awaiting_meta: false,
+            cancels_after_meta: Vec::new(),
             method_ids: (0, 0),
             pending_consumer: None,
             consumer_unacked: 0,
@@ -851,6 +860,7 @@ impl Connection {
     fn meta(&mut self, channel: u16, nowait: bool, request: MetaRequest) {
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.waiting_nowait = nowait;
+            ch.awaiting_meta = true;
         }
         self.effects.push((
             ShardId(0),
@@ -1407,9 +1417,25 @@ impl Connection {
                 if !ch.waiting_nowait {
                     self.wire.method(id, &method);
                 }
+                ch.awaiting_meta = false;
+                if self.capabilities.consumer_cancel_notify {
+                    for tag in ch.cancels_after_meta.drain(..) {
+                        self.wire.method(
+                            id,
+                            &BasicCancel {
+                                consumer_tag: tag,
+                                nowait: true,
+                            }
+                            .into(),
+                        );
+                    }
+                }
+                ch.cancels_after_meta.clear();
                 self.resume();
             }
             ChannelReply::Meta(Err(error)) | ChannelReply::Error(error) => {
+                ch.awaiting_meta = false;
+                ch.cancels_after_meta.clear();
                 if let Some(tag) = ch.pending_consumer.take() {
                     ch.forget_consumer(tag.as_str());
                 }
@@ -1422,17 +1448,19 @@ impl Connection {
                 self.fail(id, error, now);
             }
             ChannelReply::ConsumerCancelled { tag } => {
-                if ch.forget_consumer(tag.as_str()).is_some()
-                    && self.capabilities.consumer_cancel_notify
-                {
-                    self.wire.method(
-                        id,
-                        &BasicCancel {
-                            consumer_tag: tag,
-                            nowait: true,
-                        }
-                        .into(),
-                    );
+                if ch.forget_consumer(tag.as_str()).is_some() {
+                    if ch.awaiting_meta {
+                        ch.cancels_after_meta.push(tag);
+                    } else if self.capabilities.consumer_cancel_notify {
+                        self.wire.method(
+                            id,
+                            &BasicCancel {
+                                consumer_tag: tag,
+                                nowait: true,
+                            }
+                            .into(),
+                        );
+                    }
                 }
             }
         }
