@@ -164,9 +164,18 @@ impl Reply {
     /// The `reason` of RabbitMQ's error shape `{"error": ..., "reason": ...}`.
     pub fn reason(&self) -> String {
         let field = |k: &str| self.body.get(k).and_then(Value::as_str).map(str::to_string);
-        field("reason")
+        let reason = field("reason")
             .or_else(|| field("error"))
-            .unwrap_or_else(|| format!("HTTP status {}", self.status))
+            .unwrap_or_else(|| format!("HTTP status {}", self.status));
+        // RabbitMQ escapes its reasons for HTML (`&lt;&lt;"nonsense"&gt;&gt;`).
+        reason
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&")
+            .trim_end()
+            .to_string()
     }
 }
 
@@ -235,8 +244,9 @@ impl Client {
         let mut request = self
             .agent
             .request(method, &url)
-            .set("Authorization", &self.authorization)
-            .set("Accept", "application/json");
+            // No `Accept: application/json`: RabbitMQ answers 406 to it on the purge
+            // endpoint (DELETE .../contents), which has no body to offer.
+            .set("Authorization", &self.authorization);
         for (name, value) in headers {
             request = request.set(name, value);
         }
@@ -264,7 +274,8 @@ impl Client {
                 exit::NOPERM,
                 format!(
                     "Error: access refused: the management API at {} did not accept user \"{}\" ({}).\n\
-                     Check the user and password in --url or WARRENCTL_URL.",
+                     Check the user and password in --url or WARRENCTL_URL, and the user's tags \
+                     (most commands need administrator).",
                     self.target,
                     self.target.user,
                     reply.reason()

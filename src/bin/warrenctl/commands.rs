@@ -812,9 +812,15 @@ impl Ctx<'_> {
         if reply.status == 404 {
             self.require_vhost(self.vhost)?;
         }
+        let reason = reply.reason();
+        let text = if reason.starts_with("Validation failed") {
+            reason
+        } else {
+            format!("Validation failed\n\n{reason}")
+        };
         Err(Failure::new(
             code_for_status(reply.status),
-            format!("Error:\nValidation failed\n\n{}", reply.reason()),
+            format!("Error:\n{text}"),
         ))
     }
 

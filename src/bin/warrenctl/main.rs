@@ -233,7 +233,7 @@ enum Command {
         #[arg(long)]
         tags: Option<String>,
         /// The queue type of queues declared without x-queue-type (classic or quorum)
-        #[arg(long)]
+        #[arg(long = "default-queue-type")]
         default_queue_type: Option<String>,
     },
     /// Deletes a virtual host
@@ -258,7 +258,7 @@ enum Command {
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i64,
         /// What the policy applies to
-        #[arg(long, default_value = "all", value_parser = ["queues", "exchanges", "all"])]
+        #[arg(long = "apply-to", default_value = "all", value_parser = ["queues", "exchanges", "all"])]
         apply_to: String,
     },
     /// Clears (removes) a policy
@@ -278,10 +278,10 @@ enum Command {
         /// Name of the queue to delete
         queue: String,
         /// Delete the queue only if it is empty (has no messages ready for delivery)
-        #[arg(short = 'e', long)]
+        #[arg(short = 'e', long = "if-empty")]
         if_empty: bool,
         /// Delete the queue only if it has no consumers
-        #[arg(short = 'u', long)]
+        #[arg(short = 'u', long = "if-unused")]
         if_unused: bool,
     },
     /// Exports definitions in JSON
