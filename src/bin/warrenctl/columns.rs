@@ -198,7 +198,7 @@ pub fn unknown(asked: &[String], allowed: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn path<'a>(object: &'a Value, keys: &[&str]) -> Value {
+fn path(object: &Value, keys: &[&str]) -> Value {
     let mut at = object;
     for key in keys {
         match at.get(key) {
