@@ -1,6 +1,7 @@
-//! The listener's limits: a broker refuses to start on an address another
-//! process listens on, and a broker out of file descriptors stays up, says
-//! so once, serves the connections it has, and accepts again once some close.
+//! The listener's limits, at 1 and 2 shards: a broker refuses to start on an
+//! address another process listens on, raises its soft RLIMIT_NOFILE to the
+//! hard limit, and out of file descriptors stays up, says so once (per
+//! shard), serves the connections it has, and accepts again once some close.
 
 mod common;
 use common::*;
@@ -59,6 +60,11 @@ struct LimitedBroker {
 
 impl LimitedBroker {
     fn start(fds: u64, shards: usize) -> LimitedBroker {
+        LimitedBroker::start_with_limits(fds, fds, shards)
+    }
+
+    /// With a soft limit `soft` and a hard limit `hard`.
+    fn start_with_limits(soft: u64, hard: u64, shards: usize) -> LimitedBroker {
         let data_dir = fresh_temp_dir("warren-test-fds");
         let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
         command
@@ -80,8 +86,8 @@ impl LimitedBroker {
         unsafe {
             command.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: fds,
-                    rlim_max: fds,
+                    rlim_cur: soft,
+                    rlim_max: hard,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -269,6 +275,31 @@ fn out_of_file_descriptors(shards: usize) {
         let got = get_within(&ch, &queue, STEP_DEADLINE).await;
         assert_eq!(got.delivery.data, b"back");
     });
+}
+
+/// The soft RLIMIT_NOFILE (often 1024) would cap the clients long before
+/// the hard one: the broker raises it to the hard limit at start.
+fn raises_the_fd_limit(shards: usize) {
+    let broker = LimitedBroker::start_with_limits(256, 4096, shards);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+    let mut client = TcpStream::connect(broker.addr).unwrap();
+    assert!(gets_connection_start(&mut client), "{}", broker.log());
+}
+
+#[test]
+fn the_fd_limit_is_raised_to_the_hard_limit_1_shard() {
+    raises_the_fd_limit(1);
+}
+
+#[test]
+fn the_fd_limit_is_raised_to_the_hard_limit_2_shards() {
+    raises_the_fd_limit(2);
 }
 
 /// A lone IPv6 wildcard listener takes IPv4 clients too (dual-stack, as Linux's default and
