@@ -1105,7 +1105,7 @@ mod tests {
             append_on(&disk, &mut d.log, &mut d.end, &mut d.allocated, &records).unwrap();
             let len = disk.read(&path(&data_dir())).unwrap().len() as u64;
             assert_eq!(len, d.allocated);
-            assert!(len % step == 0 && len >= d.end && len - d.end < step);
+            assert!(len.is_multiple_of(step) && len >= d.end && len - d.end < step);
         }
         assert!(d.allocated > 2 * step, "the test crossed allocations");
         let stored = load_on(&disk, &data_dir()).unwrap();
