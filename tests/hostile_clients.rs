@@ -1,8 +1,12 @@
 //! Hostile clients: each test sends what a careless or malicious client
 //! could (sizes it never means to send, patterns that backtrack, thousands
-//! of CC keys, deep tables, wrong passwords, a second broker on the same
-//! data directory) against the real broker at 1 and 2 shards, then checks
-//! that a normal client (lapin) is still served, and served correctly.
+//! of CC keys, deep tables, names that are too long or not UTF-8, wrong
+//! passwords, a thousand stalled handshakes, a second broker on the same
+//! data directory, floods that must stay within the memory watermark)
+//! against the real broker at 1 and 2 shards, then checks that a normal
+//! client (lapin) is still served, and served correctly. The listener's
+//! limits (a second broker on the same address, file descriptors) are in
+//! tests/listener.rs, durable declares in tests/durable_definitions.rs.
 
 mod common;
 #[path = "lapin_support/mod.rs"]
