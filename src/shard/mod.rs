@@ -258,6 +258,26 @@ pub fn run(config: Config) -> Result<(), BootError> {
             stopped = Err(BootError::ShardFailed(e.to_string()));
         }
     }
+    if stopped.is_ok() {
+        // Every shard has stopped, the metadata owner with them: the log's
+        // changes go into the definitions file, so that the file is
+        // complete while the broker is down and the next start has no log
+        // to replay. A failure loses nothing: the log stays, and the next
+        // start replays it.
+        match store::definitions_log::compact_blocking(&config.data_dir) {
+            Ok(0) => {}
+            Ok(changes) => info!(
+                file = %store::definitions::path(&config.data_dir).display(),
+                changes,
+                "definitions log written into the definitions file"
+            ),
+            Err(e) => warn!(
+                error = %e,
+                "cannot write the definitions log into the definitions file; the next \
+                 start will"
+            ),
+        }
+    }
     stopped
 }
 
