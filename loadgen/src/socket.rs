@@ -55,7 +55,10 @@ pub fn stream(socket: TcpStream) -> Stream {
 /// signatures are.
 pub async fn tls_stream(socket: TcpStream, host: &str) -> io::Result<Stream> {
     let name = ServerName::try_from(host.to_string()).map_err(io::Error::other)?;
-    let session = ClientConnection::new(client_config(), name).map_err(io::Error::other)?;
+    let mut session = ClientConnection::new(client_config(), name).map_err(io::Error::other)?;
+    // A write hands over a whole batch at once; rustls's default 64 KiB
+    // limit on plaintext waiting to be encrypted would refuse part of it.
+    session.set_buffer_limit(None);
     let stream = stream(socket);
     stream.borrow_mut().tls = Some(Box::new(Tls {
         session,

@@ -520,11 +520,13 @@ async fn write_loop<H: ConnectionHost>(
     // as with RabbitMQ), close our side first and let the client close its
     // own, so that the last frames we wrote are not lost to a reset.
     let by_client = host.closed_by_client(id);
-    if let Some(session) = &session {
-        session.borrow_mut().send_close_notify();
-        let _ = flush_tls(&stream, session, &mut cipher).await;
-    }
     if !by_client {
+        // TLS's own end of stream goes first, so that the client reads a
+        // clean close rather than a truncation.
+        if let Some(session) = &session {
+            session.borrow_mut().send_close_notify();
+            let _ = flush_tls(&stream, session, &mut cipher).await;
+        }
         let _ = poll_fn(|cx| {
             let mut stream = stream.borrow_mut();
             Pin::new(&mut *stream).poll_close(cx)
