@@ -12,6 +12,15 @@ use crate::model::alarms::{DiskFreeLimit, MemoryWatermark};
 
 /// AMQP's well-known port, as RabbitMQ listens on it.
 pub const AMQP_PORT: u16 = 5672;
+/// amqps's well-known port (AMQP over TLS), as RabbitMQ's TLS listener.
+pub const AMQPS_PORT: u16 = 5671;
+/// How long a client may take over its TLS handshake before its socket is
+/// closed (a client that speaks plain AMQP to the TLS port is refused at
+/// its first bytes; this bounds one that sends nothing).
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from a TLS socket at once during the handshake (a TLS record
+/// is at most 16 KiB plus its overhead).
+pub(crate) const TLS_HANDSHAKE_READ_SIZE: usize = 17 * 1024;
 /// RabbitMQ's default `frame_max` (128 KiB).
 pub(crate) const FRAME_SIZE_MAX: u32 = 131_072;
 /// The spec's minimum `frame_max`; a client may not negotiate less.
@@ -186,6 +195,54 @@ pub struct Config {
     /// For tests and benchmarks only (`WARREN_TEST_PLACEMENT`): see
     /// `PlacementTest`. None in any real use.
     pub placement_test: Option<PlacementTest>,
+    /// amqps listeners and their files (`--tls-*`); None: no TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings, after RabbitMQ's `listeners.ssl` and `ssl_options`.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// `--tls-listen`: the amqps addresses.
+    pub listen: Vec<SocketAddr>,
+    /// `--tls-cert`: the server's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// `--tls-key`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// `--tls-ca`: the CA certificates client certificates are verified against.
+    pub ca: Option<PathBuf>,
+    /// `--tls-verify-peer` (RabbitMQ's `verify = verify_peer`): ask clients
+    /// for a certificate and verify the one they send.
+    pub verify_peer: bool,
+    /// `--tls-fail-if-no-peer-cert`: refuse clients that send none.
+    pub fail_if_no_peer_cert: bool,
+    /// `--tls-cert-login-from` (RabbitMQ's `ssl_cert_login_from`): where
+    /// EXTERNAL takes the user name from.
+    pub cert_login_from: CertLoginFrom,
+}
+
+/// RabbitMQ's `ssl_cert_login_from`, for the names warren reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CertLoginFrom {
+    /// The subject's common name (CN).
+    #[default]
+    CommonName,
+    /// The first DNS subject alternative name (else the first e-mail one).
+    SubjectAlternativeName,
+}
+
+impl std::str::FromStr for CertLoginFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CertLoginFrom, String> {
+        match s {
+            "common_name" => Ok(CertLoginFrom::CommonName),
+            "subject_alternative_name" | "subject_alt_name" => {
+                Ok(CertLoginFrom::SubjectAlternativeName)
+            }
+            other => Err(format!(
+                "{other:?}: expected common_name or subject_alternative_name"
+            )),
+        }
+    }
 }
 
 /// The environment variable that turns on `PlacementTest`, for tests and
@@ -241,6 +298,7 @@ impl Default for Config {
             segment_size: SEGMENT_SIZE,
             spin_before_park: Duration::ZERO,
             placement_test: None,
+            tls: None,
         }
     }
 }

@@ -148,7 +148,13 @@ impl Connection {
             .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
         stream.set_nodelay(true)?;
         let mut conn = Connection {
-            stream: crate::socket::stream(stream),
+            stream: if uri.tls {
+                crate::socket::tls_stream(stream, &uri.host)
+                    .await
+                    .map_err(|e| Error::new(format!("TLS with {addr}: {e}")))?
+            } else {
+                crate::socket::stream(stream)
+            },
             read_buf: BytesMut::with_capacity(READ_BUFFER_SIZE),
             write_buf: BytesMut::with_capacity(64 * 1024),
             frame_max: FRAME_MIN_SIZE,

@@ -26,7 +26,7 @@ use crate::broker::metadata::MetaRequest;
 use crate::broker::vhost::{Routed, Vhost};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
-use crate::metadata::auth::{AuthFailure, Users, MECHANISMS};
+use crate::metadata::auth::{AuthFailure, External, Users};
 use crate::metadata::exchange::Destination;
 use crate::metadata::vhost::DEFAULT_VHOST;
 use crate::model::alarms::AlarmSet;
@@ -255,6 +255,13 @@ struct HeldLogin {
 pub(crate) struct Connection {
     pub(crate) conn: ConnRef,
     pub(crate) peer: SocketAddr,
+    /// RabbitMQ's connection name, "PEER -> LOCAL" (as its log lines and
+    /// management API show it).
+    pub(crate) name: String,
+    /// What EXTERNAL logs in with (TLS connections only).
+    external: External,
+    /// The vhost connection.open opened, for the closing log line.
+    vhost_opened: Option<String>,
     phase: Phase,
     pub(crate) wire: Wire,
     /// Woken when a paused connection may parse again.
@@ -304,13 +311,19 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(
         conn: ConnRef,
-        peer: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
+        external: External,
         config: &Config,
         now: Instant,
     ) -> Connection {
+        let name = format!("{peer} -> {local}");
+        info!(connection = %conn.label(), "accepting AMQP connection {} ({})", conn.label(), name);
         Connection {
             conn,
             peer,
+            name,
+            external,
+            vhost_opened: None,
             phase: Phase::ProtocolHeader,
             wire: Wire {
                 // Grows with what is written: an idle connection keeps
@@ -529,7 +542,8 @@ impl Connection {
         let _ = buf.split_to(PROTOCOL_HEADER.len());
         // Tests of placement need to know which shard they reached.
         let shard = env.config.placement_test.map(|_| self.conn.shard);
-        self.wire.method(0, &start_method(shard));
+        self.wire
+            .method(0, &start_method(shard, self.external.mechanisms()));
         self.phase = Phase::StartOk;
         true
     }
@@ -660,7 +674,13 @@ impl Connection {
                 }
                 self.wire.method(0, &ConnectionOpenOk {}.into());
                 self.phase = Phase::Running;
-                info!(peer = %self.peer, user = %self.user, shard = %self.conn.shard, "connection opened");
+                // RabbitMQ's line, word for word.
+                info!(
+                    connection = %self.conn.label(), user = %self.user, vhost = %m.virtual_host,
+                    "connection {} ({}): user '{}' authenticated and granted access to vhost '{}'",
+                    self.conn.label(), self.name, self.user, m.virtual_host
+                );
+                self.vhost_opened = Some(m.virtual_host.as_str().to_string());
                 Ok(())
             }
             (_, Method::ConnectionClose(_)) => {
@@ -693,7 +713,13 @@ impl Connection {
 
     /// Checks the credentials of connection.start-ok: tune, or refusal.
     fn log_in(&mut self, mechanism: &str, response: &Bytes, env: &Env) {
-        match env.users.authenticate(mechanism, response, self.peer.ip()) {
+        let checked = if mechanism == "EXTERNAL" {
+            env.users
+                .authenticate_external(&self.external, self.peer.ip())
+        } else {
+            env.users.authenticate(mechanism, response, self.peer.ip())
+        };
+        match checked {
             Ok(user) => {
                 self.user = user.name.clone();
                 self.wire.method(
@@ -731,9 +757,27 @@ impl Connection {
         };
         let user = match &failure {
             AuthFailure::Refused { user } | AuthFailure::LoopbackOnly { user } => user.as_str(),
-            AuthFailure::Malformed | AuthFailure::UnknownMechanism => "",
+            AuthFailure::Malformed
+            | AuthFailure::UnknownMechanism
+            | AuthFailure::External { .. } => "",
         };
-        warn!(peer = %self.peer, user, mechanism, ?failure, "login refused");
+        // RabbitMQ's words ("Error on AMQP connection ... state: starting"
+        // then "PLAIN login refused: user 'x' - invalid credentials"), on
+        // one line so that journald keeps them in one entry.
+        let reason = match &failure {
+            AuthFailure::Refused { user } => format!("user '{user}' - invalid credentials"),
+            AuthFailure::LoopbackOnly { user } => {
+                format!("user '{user}' can only connect via localhost")
+            }
+            AuthFailure::Malformed => "malformed response".to_string(),
+            AuthFailure::UnknownMechanism => "unsupported mechanism".to_string(),
+            AuthFailure::External { reason } => reason.to_string(),
+        };
+        error!(
+            connection = %self.conn.label(), peer = %self.peer, user, mechanism,
+            "Error on AMQP connection {} ({}, state: starting): {} login refused: {}",
+            self.conn.label(), self.name, mechanism, reason
+        );
         if self.capabilities.authentication_failure_close
             && failure != AuthFailure::UnknownMechanism
         {
@@ -746,6 +790,13 @@ impl Connection {
 
     fn close_by_client(&mut self) {
         self.closed_by_client = true;
+        if let Some(vhost) = &self.vhost_opened {
+            info!(
+                connection = %self.conn.label(), user = %self.user, vhost = %vhost,
+                "closing AMQP connection {} ({}, vhost: '{}', user: '{}')",
+                self.conn.label(), self.name, vhost, self.user
+            );
+        }
         // Close-ok only once the exclusive queues are gone, so that a client
         // that reconnects never sees them.
         if self.release_connection(true) {
@@ -842,6 +893,13 @@ impl Connection {
     pub(crate) fn lost(&mut self) {
         if self.phase == Phase::Closed {
             return;
+        }
+        if let (Some(vhost), false) = (&self.vhost_opened, self.closed_by_client) {
+            warn!(
+                connection = %self.conn.label(), user = %self.user, vhost = %vhost,
+                "closing AMQP connection {} ({}, vhost: '{}', user: '{}'): client unexpectedly closed TCP connection",
+                self.conn.label(), self.name, vhost, self.user
+            );
         }
         self.release_connection(false);
         self.phase = Phase::Closed;
@@ -956,7 +1014,7 @@ fn negotiation_refusal(field: &str, client: u32, min: u32, server: u32) -> Optio
 
 /// connection.start; `shard` is named only for tests of placement
 /// (`config::PlacementTest`).
-fn start_method(shard: Option<ShardId>) -> Method {
+fn start_method(shard: Option<ShardId>, mechanisms: &'static str) -> Method {
     let mut capabilities = FieldTable::default();
     for name in [
         "publisher_confirms",
@@ -990,7 +1048,7 @@ fn start_method(shard: Option<ShardId>) -> Method {
         version_major: 0,
         version_minor: 9,
         server_properties: properties,
-        mechanisms: Bytes::from_static(MECHANISMS.as_bytes()),
+        mechanisms: Bytes::from_static(mechanisms.as_bytes()),
         locales: Bytes::from_static(b"en_US"),
     }
     .into()

@@ -1565,11 +1565,12 @@ impl ShardState {
     /// writer's wake-up signals.
     pub(crate) fn open_connection(
         &mut self,
-        peer: std::net::SocketAddr,
+        addrs: (std::net::SocketAddr, std::net::SocketAddr),
+        external: crate::metadata::auth::External,
     ) -> (ConnId, Notify, Notify) {
         let id = self.next_conn_id();
         let conn = self.conn_ref(id);
-        let connection = Connection::new(conn, peer, &self.config, self.now);
+        let connection = Connection::new(conn, addrs, external, &self.config, self.now);
         let signals = (connection.reader.clone(), connection.wire.writer.clone());
         self.connections.insert(id, connection);
         (id, signals.0, signals.1)

@@ -100,9 +100,42 @@ pub(crate) enum AuthFailure {
     /// The response did not parse as the mechanism requires.
     Malformed,
     UnknownMechanism,
+    /// EXTERNAL found no user to log in as; the reason is
+    /// rabbitmq_auth_mechanism_ssl's.
+    External {
+        reason: &'static str,
+    },
 }
 
 pub(crate) const MECHANISMS: &str = "PLAIN AMQPLAIN";
+/// On a TLS connection: rabbitmq_auth_mechanism_ssl offers EXTERNAL on
+/// every TLS connection, certificate or not ("that leads to a more
+/// comprehensible error message"), and refuses it below when there is none.
+pub(crate) const MECHANISMS_TLS: &str = "PLAIN AMQPLAIN EXTERNAL";
+
+/// What the EXTERNAL mechanism has to go on for one connection: the user
+/// name its TLS client certificate gives (`ssl_cert_login_from`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum External {
+    /// Not a TLS connection: EXTERNAL is not offered.
+    #[default]
+    NotTls,
+    /// Peer verification is off, so a certificate proves nothing.
+    Unsafe,
+    NoCertificate,
+    /// The certificate holds no name where the login is taken from.
+    NoName,
+    User(String),
+}
+
+impl External {
+    pub(crate) fn mechanisms(&self) -> &'static str {
+        match self {
+            External::NotTls => MECHANISMS,
+            _ => MECHANISMS_TLS,
+        }
+    }
+}
 
 impl Users {
     /// The users of a fresh node: `guest/guest` (loopback only), plus the
@@ -153,6 +186,35 @@ impl Users {
             return Err(AuthFailure::LoopbackOnly { user: name });
         }
         Ok(user)
+    }
+}
+
+impl Users {
+    /// EXTERNAL (rabbitmq_auth_mechanism_ssl): the user named by the
+    /// client's verified certificate, who must exist; no password is
+    /// checked. The loopback-only rule holds as for any login.
+    pub(crate) fn authenticate_external(
+        &self,
+        external: &External,
+        peer: IpAddr,
+    ) -> Result<&User, AuthFailure> {
+        // RabbitMQ's reasons, word for word.
+        let reason = match external {
+            External::User(name) => {
+                let Some(user) = self.users.get(name) else {
+                    return Err(AuthFailure::Refused { user: name.clone() });
+                };
+                if user.loopback_only && !peer.is_loopback() && !is_mapped_loopback(peer) {
+                    return Err(AuthFailure::LoopbackOnly { user: name.clone() });
+                }
+                return Ok(user);
+            }
+            External::NotTls => return Err(AuthFailure::UnknownMechanism),
+            External::Unsafe => "TLS configuration is unsafe",
+            External::NoCertificate => "connection has no peer certificate",
+            External::NoName => "no name found",
+        };
+        Err(AuthFailure::External { reason })
     }
 }
 

@@ -6,7 +6,7 @@
 //! layer, and none imports it.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -78,6 +78,8 @@ pub enum BootError {
     DataDir(data_dir::DataDirError),
     /// A shard stopped with an error after start-up.
     ShardFailed(String),
+    /// The TLS certificate, key or CA cannot be used.
+    Tls(String),
 }
 
 /// What is wrong with a definitions file at start.
@@ -122,6 +124,7 @@ impl std::fmt::Display for BootError {
             BootError::Recovery(e) => write!(f, "cannot recover the message store: {}", e),
             BootError::DataDir(e) => write!(f, "{}", e),
             BootError::ShardFailed(e) => write!(f, "a shard stopped with an error: {}", e),
+            BootError::Tls(e) => write!(f, "{}", e),
         }
     }
 }
@@ -171,9 +174,24 @@ pub fn run(config: Config) -> Result<(), BootError> {
         Ok(fds) => debug!(fds, "RLIMIT_NOFILE"),
         Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
     }
-    shutdown::install();
+    // The TLS files are read before anything listens: a bad one stops the
+    // start. SIGHUP reads them again (new handshakes take the new ones).
+    let tls = match &config.tls {
+        None => None,
+        Some(settings) => Some(Arc::new(
+            net::tls::TlsServer::new(settings.clone())
+                .map_err(|e| BootError::Tls(e.to_string()))?,
+        )),
+    };
+    shutdown::install(tls.clone());
     let (sockets, bound) =
         net::listener::bind_all(&config.listen, shard_count).map_err(BootError::Bind)?;
+    let (mut tls_sockets, tls_bound) = match &config.tls {
+        Some(settings) if !settings.listen.is_empty() => {
+            net::listener::bind_all(&settings.listen, shard_count).map_err(BootError::Bind)?
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
     let cpus = config.cpus.clone().unwrap_or_else(|| {
         core_affinity::get_core_ids()
             .unwrap_or_default()
@@ -211,7 +229,17 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let alarm_board = alarm_board.clone();
         // The first shard started decides the alarms for the node (any one would do).
         let monitor = monitor.take();
-        let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
+        let mut fds: Vec<(i32, Option<Arc<net::tls::TlsServer>>)> = sockets
+            .into_iter()
+            .map(|fd| (fd.into_raw_fd(), None))
+            .collect();
+        if let Some(tls_fds) = tls_sockets.get_mut(index) {
+            fds.extend(
+                std::mem::take(tls_fds)
+                    .into_iter()
+                    .map(|fd| (fd.into_raw_fd(), tls.clone())),
+            );
+        }
         let messages = recovered.next().unwrap_or_default();
         let mut builder = LocalExecutorBuilder::new(placement);
         // Spinning spares a shard the wake-up through its eventfd (~0.1 ms)
@@ -246,8 +274,10 @@ pub fn run(config: Config) -> Result<(), BootError> {
         }
     }
     let addresses: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
+    let tls_addresses: Vec<String> = tls_bound.iter().map(|a| a.to_string()).collect();
     info!(
         address = %addresses.join(","),
+        tls_address = %tls_addresses.join(","),
         shards = shard_count,
         "ready to accept connections"
     );
@@ -436,7 +466,7 @@ async fn shard_main(
     config: Arc<Config>,
     boot: ShardBoot,
     mesh: MeshBuilder<Batch, Full>,
-    fds: Vec<i32>,
+    fds: Vec<(i32, Option<Arc<net::tls::TlsServer>>)>,
     ready: crossbeam_channel::Sender<()>,
     shard_count: usize,
 ) {
@@ -639,7 +669,7 @@ async fn shard_main(
         glommio::spawn_local(metadata::run_owner(state.clone(), boot.owner_start, sink)).detach();
     }
 
-    for (fd, stop) in fds.into_iter().zip(stop_accepting) {
+    for ((fd, tls), stop) in fds.into_iter().zip(stop_accepting) {
         use std::os::fd::FromRawFd;
         // SAFETY: the fd is a listening socket bound for this shard alone,
         // and nothing else owns or closes it.
@@ -648,6 +678,7 @@ async fn shard_main(
             listener,
             host::ShardHost(state.clone()),
             stop,
+            tls,
         ))
         .detach();
     }
