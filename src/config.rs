@@ -52,37 +52,47 @@ pub(crate) const RECEIVE_BUFFER_SIZE_MIN: usize = 1024;
 /// measured best both with acks (~0.9 against ~1.0 CPU-s per million at
 /// 32 KiB) and with autoack (~0.52 against ~0.63), as fewer turns cost less.
 pub(crate) const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
-/// Flow control: on a shard that was busy for at least this fraction of
-/// its last tick, a connection publishing into a local queue with more than
+/// Flow control (credit per queue, in the spirit of RabbitMQ's credit
+/// flow): a connection publishing into a queue with more than
 /// `FLOW_READY_HIGH` ready messages and consumers waits, before it reads
-/// again, until the queue is down to `FLOW_READY_LOW` (or for a tick at
-/// most). Without it a publisher, which costs the shard less per message
-/// than a consumer with acks, fills the queue faster than the consumers
-/// drain it, and a growing queue costs fresh memory (page faults) and cache
-/// misses for every message. A shard with time to spare never slows one.
-pub(crate) const FLOW_BUSY_FRACTION: f64 = 0.9;
-/// A saturated shard stays so until a tick in which it was busy for less
-/// than this fraction: holding a publisher idles the shard, and without
-/// the hysteresis that alone would end the hold at the next tick.
-pub(crate) const FLOW_CALM_FRACTION: f64 = 0.5;
+/// again, until the queue is down to `FLOW_READY_LOW`, whatever shard it is
+/// on and however busy the shards are; so a publisher is held to the pace
+/// at which the queue drains, and the queue stays bounded. Without it a
+/// publisher, which costs less per message than a consumer with acks, fills
+/// the queue faster than the consumers drain it, and a growing queue costs
+/// fresh memory (page faults) and cache misses for every message. The gap
+/// between the marks is the hysteresis: the consumers have
+/// `FLOW_READY_LOW` messages to take while the publisher wakes up.
 pub(crate) const FLOW_READY_HIGH: usize = 4096;
 pub(crate) const FLOW_READY_LOW: usize = 1024;
-/// Flow control across shards (in the spirit of RabbitMQ's credit flow,
-/// counted per pair of shards and granted per mailbox batch): the enqueues
-/// one shard may have sent another and not had granted back. The queue's
-/// shard grants them back as it takes them, unless one of its queues
-/// outpaces its consumers (`FLOW_READY_HIGH`); then not until that queue
-/// is down to `FLOW_READY_LOW`, or its consumers stall for a tick. It
-/// bounds what a publisher can pile up on another shard, and is large
-/// enough that a grant's round trip (a peer's wake-up, ~0.1 ms) never
-/// stalls a publisher that is not being held.
-pub(crate) const FLOW_CREDIT_MESSAGES: i64 = 16_384;
-/// A queue holding back credit lets it go once its consumers have taken
-/// nothing for this long: stalled consumers slow no publisher, and the
-/// queue buffers for them. Longer than the local flow's tick, since a
-/// delivery's round trip through another shard takes longer on a loaded
-/// machine.
+/// Flow control across shards: the enqueues a shard may have sent into one
+/// queue of another shard and not had granted back. The queue's shard
+/// grants them back per mailbox batch (one `ShardMsg::Credit` per peer and
+/// batch, listing the queues), unless the queue outpaces its consumers
+/// (`FLOW_READY_HIGH`); then not until it is down to `FLOW_READY_LOW`, or
+/// its consumers stall. A held queue holds only the publishers routing to
+/// it. It bounds what a publisher can pile up on another shard, and is
+/// large enough that a grant's round trip (a peer's wake-up, ~0.1 ms;
+/// milliseconds on a loaded machine) never stalls a publisher that is not
+/// being held.
+pub(crate) const FLOW_CREDIT_MESSAGES: i64 = 8192;
+/// A publisher held by a queue is let go once the queue's consumers have
+/// taken nothing for this long: stalled consumers slow no publisher, and
+/// the queue buffers for them. For consumers on other shards than the
+/// queue, whose deliveries and acks take hops between shards, which on a
+/// loaded machine take longer than a tick.
 pub(crate) const FLOW_CREDIT_STALL: Duration = Duration::from_millis(100);
+/// See `FLOW_CREDIT_STALL`: for a queue whose consumers are all on its own
+/// shard (two ticks: a stall must last at least one whole tick).
+pub(crate) const FLOW_LOCAL_STALL: Duration = Duration::from_millis(10);
+/// Bytes (`Message::memory_size`) of the deliveries a queue may have on
+/// their way to one consumer on another shard, not yet reported arrived.
+/// Bounds what a consumer without prefetch (autoack, or prefetch 0) draws
+/// into the mailbox before its connection's output bound
+/// (`DELIVERY_OUTPUT_BYTES_MAX`) can stop it, and keeps those bytes
+/// counted (`Queue::memory_bytes`). Large enough for a mailbox round trip
+/// at full rate (~1 ms at a million small messages a second).
+pub(crate) const DELIVERY_TRANSIT_BYTES_MAX: u64 = 1 << 20;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub(crate) const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;

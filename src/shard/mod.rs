@@ -529,24 +529,10 @@ async fn shard_main(
         let stopped = stopped.clone();
         glommio::spawn_local(async move {
             let mut stopping_since: Option<Instant> = None;
-            let mut last_tick = Instant::now();
             loop {
                 glommio::timer::sleep(config::TICK).await;
                 let now = Instant::now();
-                // The executor's time running tasks and polling I/O since
-                // the last tick (reading it starts the next count), against
-                // the wall time: parked time is idle time.
-                let busy = glommio::executor().executor_stats().total_runtime();
-                let elapsed = now - last_tick;
-                last_tick = now;
-                let busy_fraction = busy.as_secs_f64() / elapsed.as_secs_f64();
                 let mut shard = state.borrow_mut();
-                let saturated = if shard.saturated {
-                    busy_fraction >= config::FLOW_CALM_FRACTION
-                } else {
-                    busy_fraction >= config::FLOW_BUSY_FRACTION
-                };
-                shard.saturated = saturated;
                 shard.tick(now);
                 drop(shard);
                 if shutdown::requested() {
