@@ -65,17 +65,22 @@ pub(crate) const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// `FLOW_READY_LOW` messages to take while the publisher wakes up.
 pub(crate) const FLOW_READY_HIGH: usize = 4096;
 pub(crate) const FLOW_READY_LOW: usize = 1024;
-/// Flow control across shards: the enqueues a shard may have sent into one
-/// queue of another shard and not had granted back. The queue's shard
-/// grants them back per mailbox batch (one `ShardMsg::Credit` per peer and
-/// batch, listing the queues), unless the queue outpaces its consumers
+/// Flow control across shards: the credit a shard may have spent on one
+/// queue of another shard and not had granted back. An enqueue costs one,
+/// plus one per KiB of its `Message::memory_size` (`flow_credit_cost`), so
+/// that the credit bounds both the messages (8192 small ones) and the
+/// bytes (8 MiB of large ones) in flight towards one queue, which no
+/// shard counts toward the memory alarm while they travel. The queue's
+/// shard grants it back per mailbox batch (one `ShardMsg::Credit` per peer
+/// and batch, listing the queues), unless the queue outpaces its consumers
 /// (`FLOW_READY_HIGH`); then not until it is down to `FLOW_READY_LOW`, or
 /// its consumers stall. A held queue holds only the publishers routing to
-/// it. It bounds what a publisher can pile up on another shard, and is
-/// large enough that a grant's round trip (a peer's wake-up, ~0.1 ms;
+/// it. Large enough that a grant's round trip (a peer's wake-up, ~0.1 ms;
 /// milliseconds on a loaded machine) never stalls a publisher that is not
 /// being held.
-pub(crate) const FLOW_CREDIT_MESSAGES: i64 = 8192;
+pub(crate) const FLOW_CREDIT: i64 = 8192;
+/// See `FLOW_CREDIT`: the bytes of a message that cost one more credit.
+pub(crate) const FLOW_CREDIT_BYTES_PER_UNIT: u64 = 1024;
 /// A publisher held by a queue is let go once the queue's consumers have
 /// taken nothing for this long: stalled consumers slow no publisher, and
 /// the queue buffers for them. For consumers on other shards than the

@@ -196,10 +196,11 @@ pub enum ShardMsg {
         id: u64,
         reply: RpcReply,
     },
-    /// Flow control across shards: the sending shard's queues took these
-    /// many more of the enqueues this shard sent them, and do not outpace
-    /// their consumers; this shard may send each that many more
-    /// (`ShardState::credit`). One per mailbox batch, never per message.
+    /// Flow control across shards: the sending shard's queues took
+    /// enqueues worth this much credit (`flow_credit_cost`) of those this
+    /// shard sent them, and do not outpace their consumers; this shard may
+    /// spend it again (`ShardState::credit`). One per mailbox batch, never
+    /// per message.
     Credit {
         grants: Vec<(QueueId, u32)>,
     },
@@ -276,14 +277,16 @@ pub(crate) struct ShardState {
     flow: Vec<FlowWait>,
     /// Flow control across shards, sending side: the enqueues this shard
     /// may still send each queue of another shard before its publishers
-    /// into that queue wait (`config::FLOW_CREDIT_MESSAGES` to start with;
+    /// into that queue wait (`config::FLOW_CREDIT` to start with, less
+    /// `flow_credit_cost` per enqueue;
     /// below zero by at most what the publishers read in the turn that
     /// used the last).
     credit: FastMap<QueueId, i64>,
     /// Publishing connections waiting for credit for a queue of a peer.
     credit_waits: Vec<(ConnId, QueueId)>,
-    /// Flow control across shards, receiving side: enqueues taken from each
-    /// peer (indexed by shard), per queue, not yet granted back as credit.
+    /// Flow control across shards, receiving side: the credit of the
+    /// enqueues taken from each peer (indexed by shard), per queue, not yet
+    /// granted back.
     credit_owed: Vec<FastMap<QueueId, u32>>,
     /// Queues of this shard that outpace their consumers: no credit goes
     /// back for them to any peer until they drain (or their consumers
@@ -433,11 +436,11 @@ impl ShardState {
         if shard == self.id {
             self.local.push_back(msg);
         } else {
-            if let ShardMsg::Enqueue { queue, .. } = &msg {
+            if let ShardMsg::Enqueue { queue, message, .. } = &msg {
                 *self
                     .credit
                     .entry(*queue)
-                    .or_insert(crate::config::FLOW_CREDIT_MESSAGES) -= 1;
+                    .or_insert(crate::config::FLOW_CREDIT) -= i64::from(flow_credit_cost(message));
             }
             let batch = &mut self.outbox[shard.index()];
             if batch.is_empty() {
@@ -499,10 +502,11 @@ impl ShardState {
                     message,
                     confirm,
                 } => {
+                    let cost = flow_credit_cost(&message);
                     match &mut run {
-                        Some((q, n)) if *q == queue => *n += 1,
+                        Some((q, n)) if *q == queue => *n += cost,
                         _ => {
-                            if let Some((q, n)) = run.replace((queue, 1)) {
+                            if let Some((q, n)) = run.replace((queue, cost)) {
                                 *self.credit_owed[peer.index()].entry(q).or_insert(0) += n;
                             }
                         }
@@ -1598,6 +1602,13 @@ struct CreditHold {
     /// The queue's deliveries count when it last changed, and when.
     deliveries: u64,
     progress_at: Instant,
+}
+
+/// What an enqueue into another shard's queue costs in credit (see
+/// `config::FLOW_CREDIT`): the same on both sides, from the message alone.
+fn flow_credit_cost(message: &Message) -> u32 {
+    let units = message.memory_size() / crate::config::FLOW_CREDIT_BYTES_PER_UNIT;
+    1 + u32::try_from(units).unwrap_or(u32::MAX - 1)
 }
 
 fn no_queue_by_id() -> AmqpError {

@@ -24,7 +24,7 @@ use crate::config::{self, Config};
 use crate::metadata::auth::Users;
 use crate::metadata::definitions::{Definitions, RestorePlan, Source};
 use crate::metadata::vhost::{MetaChange, QueueMeta};
-use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
+use crate::model::alarms::{AlarmBoard, Resource, ALARM_CHECK_INTERVAL};
 use crate::model::ids::ShardId;
 use crate::net;
 use crate::store;
@@ -573,7 +573,14 @@ async fn shard_main(
                 if let Some(monitor) = monitor.as_mut() {
                     monitor.check(Instant::now());
                 }
-                state.borrow_mut().set_alarms(board.raised());
+                // A shard whose figures put the node over the watermark
+                // blocks its own publishers before the deciding shard says so.
+                let raised = board.raised();
+                let raised = raised.with(
+                    Resource::Memory,
+                    raised.contains(Resource::Memory) || board.over_memory_budget(),
+                );
+                state.borrow_mut().set_alarms(raised);
             }
         })
         .detach();
