@@ -85,14 +85,14 @@ pub(crate) const FLOW_CREDIT: i64 = 8192;
 /// See `FLOW_CREDIT`: the bytes of a message that cost one more credit.
 pub(crate) const FLOW_CREDIT_BYTES_PER_UNIT: u64 = 1024;
 /// A publisher held by a queue is let go once the queue's consumers have
-/// taken nothing for this long: stalled consumers slow no publisher, and
-/// the queue buffers for them. For consumers on other shards than the
-/// queue, whose deliveries and acks take hops between shards, which on a
-/// loaded machine take longer than a tick.
-pub(crate) const FLOW_CREDIT_STALL: Duration = Duration::from_millis(100);
-/// See `FLOW_CREDIT_STALL`: for a queue whose consumers are all on its own
-/// shard (two ticks: a stall must last at least one whole tick).
-pub(crate) const FLOW_LOCAL_STALL: Duration = Duration::from_millis(10);
+/// taken nothing for this long: stalled consumers (prefetch used up, no
+/// acks) slow no publisher, and the queue buffers for them until a
+/// consumer takes a message again. Long enough that a consumer merely
+/// descheduled on a loaded machine, or waiting on hops between shards,
+/// does not count as stalled (at 10 ms, a 1 → 1 queue on a machine with a
+/// load average of 15 grew past 100,000 messages); a publisher into a
+/// queue whose consumers are stuck pays it once per stall.
+pub(crate) const FLOW_STALL: Duration = Duration::from_millis(100);
 /// Bytes (`Message::memory_size`) of the deliveries a queue may have on
 /// their way to one consumer on another shard, not yet reported arrived.
 /// Bounds what a consumer without prefetch (autoack, or prefetch 0) draws

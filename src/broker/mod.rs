@@ -487,7 +487,7 @@ impl ShardState {
     /// Unlike a local publisher, one on another shard could not be told
     /// to wait by the queue itself: credit is how it is held, and only
     /// the publishers into the held queue are. Consumers that take nothing
-    /// for `FLOW_CREDIT_STALL` slow no publisher (`release_credit_holds`).
+    /// for `FLOW_STALL` slow no publisher (`release_credit_holds`).
     ///
     /// Deliveries from the peer's queues are reported arrived at the end,
     /// after anything the batch caused (a consumer's connection filling up
@@ -625,7 +625,7 @@ impl ShardState {
     }
 
     /// The tick lets holds go whose queue is gone or whose consumers took
-    /// nothing for `FLOW_CREDIT_STALL` (stalled consumers slow no
+    /// nothing for `FLOW_STALL` (stalled consumers slow no
     /// publisher, as in `release_flow_holds`, but a delivery's
     /// round trip through another shard can take longer than a tick on a
     /// loaded machine); then the credit they held goes back.
@@ -648,7 +648,7 @@ impl ShardState {
                 hold.progress_at = now;
                 return true;
             }
-            if now.saturating_duration_since(hold.progress_at) < crate::config::FLOW_CREDIT_STALL {
+            if now.saturating_duration_since(hold.progress_at) < crate::config::FLOW_STALL {
                 return true;
             }
             q.flow_waited_in_vain(hold.deliveries);
@@ -1536,15 +1536,12 @@ impl ShardState {
     }
 
     /// The tick lets go of publishers whose queue's consumers stalled:
-    /// took nothing for `FLOW_LOCAL_STALL` (all on the queue's shard) or
-    /// `FLOW_CREDIT_STALL` (some on another shard, whose deliveries take
-    /// hops between shards). Stalled consumers slow no publisher; while
-    /// consumers make progress, their publisher is held to their pace.
-    /// (Timers of their own would cost a submission and a cancellation per
-    /// wait.)
+    /// took nothing for `FLOW_STALL`. Stalled consumers slow no publisher;
+    /// while consumers make progress, their publisher is held to their
+    /// pace. (Timers of their own would cost a submission and a
+    /// cancellation per wait.)
     fn release_flow_holds(&mut self) {
         let ShardState {
-            id,
             now,
             flow,
             queues,
@@ -1559,12 +1556,7 @@ impl ShardState {
                         wait.progress_at = *now;
                         return true;
                     }
-                    let stall = if q.consumer_specs().any(|c| c.conn.shard != *id) {
-                        crate::config::FLOW_CREDIT_STALL
-                    } else {
-                        crate::config::FLOW_LOCAL_STALL
-                    };
-                    if now.saturating_duration_since(wait.progress_at) < stall {
+                    if now.saturating_duration_since(wait.progress_at) < crate::config::FLOW_STALL {
                         return true;
                     }
                     q.flow_waited_in_vain(wait.deliveries);
