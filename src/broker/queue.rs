@@ -224,8 +224,10 @@ struct Consumer {
     /// Its channel gave a delivery back (`Settle::Return`) and has not
     /// resumed it yet.
     limited: bool,
-    /// Its connection is on another shard than the queue: its deliveries
-    /// travel through a mailbox, and `transit_bytes` bounds them.
+    /// Its connection is on another shard than the queue, and no
+    /// prefetch bounds its deliveries (autoack, or prefetch 0): those
+    /// travelling through the mailbox are bounded by `transit_bytes`. A
+    /// prefetch bounds them already, and they count as unacknowledged.
     remote: bool,
     /// `Message::memory_size` of the deliveries sent to this (remote)
     /// consumer that its shard has not yet reported arrived
@@ -830,7 +832,8 @@ impl Queue {
         }
         let id = ConsumerId(self.next_consumer_id);
         self.next_consumer_id += 1;
-        let remote = spec.conn.shard != self.meta.shard;
+        let remote =
+            spec.conn.shard != self.meta.shard && (spec.no_ack || spec.prefetch_count == 0);
         self.consumers.push(Consumer {
             id,
             spec,
