@@ -241,6 +241,18 @@ struct Consumer {
     /// Its channel gave a delivery back (`Settle::Return`) and has not
     /// resumed it yet.
     limited: bool,
+    /// Its connection is on another shard than the queue, and no
+    /// prefetch bounds its deliveries (autoack, or prefetch 0): those
+    /// travelling through the mailbox are bounded by `transit_bytes`. A
+    /// prefetch bounds them already, and they count as unacknowledged.
+    remote: bool,
+    /// `Message::memory_size` of the deliveries sent to this (remote)
+    /// consumer that its shard has not yet reported arrived
+    /// (`ShardMsg::Delivered`). Past `DELIVERY_TRANSIT_BYTES_MAX` it takes
+    /// nothing more, so that a consumer without prefetch (autoack, or
+    /// prefetch 0) cannot draw a whole backlog into one mailbox batch
+    /// before its connection can say that its output is full.
+    transit_bytes: u64,
 }
 
 /// The consumers of one priority: a run of `Queue::consumers`, which are
@@ -260,6 +272,7 @@ struct PriorityGroup {
 impl Consumer {
     fn has_credit(&self) -> bool {
         !self.stopped
+            && (!self.remote || self.transit_bytes < crate::config::DELIVERY_TRANSIT_BYTES_MAX)
             && (self.spec.no_ack
                 || (!self.limited
                     && (self.spec.prefetch_count == 0
@@ -559,9 +572,31 @@ impl Queue {
     }
 
     /// What the memory alarm counts for this queue: its ready and its
-    /// unacknowledged messages (`Message::memory_size`).
+    /// unacknowledged messages (`Message::memory_size`), and the autoack
+    /// deliveries on their way to a consumer on another shard (the queue
+    /// no longer holds them, and the consumer's connection does not yet).
+    /// O(consumers): called on the alarm check only.
     pub(crate) fn memory_bytes(&self) -> u64 {
-        self.ready.memory_bytes + self.unacked_memory_bytes
+        let transit: u64 = self
+            .consumers
+            .iter()
+            .filter(|c| c.spec.no_ack)
+            .map(|c| c.transit_bytes)
+            .sum();
+        self.ready.memory_bytes + self.unacked_memory_bytes + transit
+    }
+
+    /// The consumer's shard reports deliveries arrived (`ShardMsg::Delivered`):
+    /// they no longer count against its transit bound. True if the consumer
+    /// is still there (the caller dispatches).
+    pub(crate) fn delivered(&mut self, consumer: ConsumerId, bytes: u64) -> bool {
+        match self.consumers.iter_mut().find(|c| c.id == consumer) {
+            Some(c) => {
+                c.transit_bytes = c.transit_bytes.saturating_sub(bytes);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn consumer_count(&self) -> u32 {
@@ -866,6 +901,8 @@ impl Queue {
         }
         let id = ConsumerId(self.next_consumer_id);
         self.next_consumer_id += 1;
+        let remote =
+            spec.conn.shard != self.meta.shard && (spec.no_ack || spec.prefetch_count == 0);
         let at = if self.meta.args.single_active_consumer {
             // The first consumer is the active one, whatever its priority;
             // the others wait by priority, so that when it goes the
@@ -889,6 +926,8 @@ impl Queue {
                 in_flight: 0,
                 stopped: false,
                 limited: false,
+                remote,
+                transit_bytes: 0,
             },
         );
         self.had_consumers = true;
@@ -1208,6 +1247,9 @@ impl Queue {
             redelivered: queued.redelivered,
             no_ack: consumer.spec.no_ack,
         };
+        if consumer.remote {
+            consumer.transit_bytes += queued.message.memory_size();
+        }
         if consumer.spec.no_ack {
             forget(queue_id, &queued, ctx.store);
             out.given(head, delivered.unwrap_or(queued.message));

@@ -24,7 +24,7 @@ use crate::config::{self, Config};
 use crate::metadata::auth::Users;
 use crate::metadata::definitions::{Definitions, RestorePlan, Source};
 use crate::metadata::vhost::{MetaChange, QueueMeta};
-use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
+use crate::model::alarms::{AlarmBoard, Resource, ALARM_CHECK_INTERVAL};
 use crate::model::ids::ShardId;
 use crate::net;
 use crate::store;
@@ -579,24 +579,10 @@ async fn shard_main(
         let stopped = stopped.clone();
         glommio::spawn_local(async move {
             let mut stopping_since: Option<Instant> = None;
-            let mut last_tick = Instant::now();
             loop {
                 glommio::timer::sleep(config::TICK).await;
                 let now = Instant::now();
-                // The executor's time running tasks and polling I/O since
-                // the last tick (reading it starts the next count), against
-                // the wall time: parked time is idle time.
-                let busy = glommio::executor().executor_stats().total_runtime();
-                let elapsed = now - last_tick;
-                last_tick = now;
-                let busy_fraction = busy.as_secs_f64() / elapsed.as_secs_f64();
                 let mut shard = state.borrow_mut();
-                let saturated = if shard.saturated {
-                    busy_fraction >= config::FLOW_CALM_FRACTION
-                } else {
-                    busy_fraction >= config::FLOW_BUSY_FRACTION
-                };
-                shard.saturated = saturated;
                 shard.tick(now);
                 drop(shard);
                 if shutdown::requested() {
@@ -637,7 +623,14 @@ async fn shard_main(
                 if let Some(monitor) = monitor.as_mut() {
                     monitor.check(Instant::now());
                 }
-                state.borrow_mut().set_alarms(board.raised());
+                // A shard whose figures put the node over the watermark
+                // blocks its own publishers before the deciding shard says so.
+                let raised = board.raised();
+                let raised = raised.with(
+                    Resource::Memory,
+                    raised.contains(Resource::Memory) || board.over_memory_budget(),
+                );
+                state.borrow_mut().set_alarms(raised);
             }
         })
         .detach();
