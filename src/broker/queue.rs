@@ -12,7 +12,7 @@ use crate::util::hash::FastMap;
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::ConfirmTarget;
 use crate::metadata::queue_args::{Overflow, EXPIRY_MS_MAX};
-use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
@@ -616,7 +616,7 @@ impl Queue {
                 delivered: false,
                 level,
                 expires_at_epoch_ms,
-                vhost: DEFAULT_VHOST,
+                vhost: self.meta.vhost.as_str(),
                 queue_name: self.meta.name.as_str(),
                 message: &queued.message,
             });
@@ -681,7 +681,7 @@ impl Queue {
                     delivered,
                     level: queued.level,
                     expires_at_epoch_ms: queued.expires_at_ms().map(|at| timers.epoch_ms_of(at)),
-                    vhost: DEFAULT_VHOST,
+                    vhost: meta.vhost.as_str(),
                     queue_name: meta.name.as_str(),
                     message: &queued.message,
                 },
@@ -1098,6 +1098,7 @@ mod tests {
     fn queue() -> Queue {
         Queue::new(QueueMeta {
             id: QueueId(1),
+            vhost: ShortStr::from("/"),
             name: ShortStr::from("q"),
             shard: ShardId(0),
             durable: false,
