@@ -1117,3 +1117,194 @@ fn check_equivalent_flag(
         if current { "true" } else { "false" },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! The owner's access-control operations, driven in-process on a
+    //! broker of one shard (as `fuzzing` drives it): the operations the
+    //! management API calls at run time.
+    use super::*;
+    use crate::broker::ShardState;
+    use crate::config::Config;
+    use crate::metadata::auth::{Permission, User, Users, VhostDef, VhostLimits};
+    use crate::model::alarms::AlarmBoard;
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+
+    struct Node {
+        state: Shared,
+        owner: Pin<Box<dyn Future<Output = ()>>>,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let state = Rc::new(RefCell::new(ShardState::new(
+                ShardId(0),
+                1,
+                Rc::new(Config::default()),
+                Rc::new(Users::new(None)),
+                Arc::new(AlarmBoard::new(1)),
+            )));
+            let owner = Box::pin(run_owner(state.clone(), OwnerStart::default(), ()));
+            let mut node = Node { state, owner };
+            node.poll();
+            node
+        }
+
+        fn poll(&mut self) {
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 0..8 {
+                let _ = self.owner.as_mut().poll(&mut cx);
+                if self.state.borrow().meta_inbox.requests.is_empty() {
+                    break;
+                }
+            }
+        }
+
+        fn request(&mut self, scope: Option<Scope>, request: MetaRequest) {
+            self.state.borrow_mut().meta_inbox.requests.push_back((
+                None,
+                scope.map(Box::new),
+                request,
+            ));
+            self.state.borrow().meta_inbox.notify.notify();
+            self.poll();
+        }
+
+        fn access(&mut self, change: AccessChange) -> Result<(), String> {
+            let (sender, receiver) = crossbeam_channel::bounded(1);
+            self.request(
+                None,
+                MetaRequest::Access {
+                    change,
+                    reply: Some(sender),
+                },
+            );
+            receiver.try_recv().expect("the owner answered")
+        }
+
+        fn declare_queue(&mut self, vhost: &str, name: &str) {
+            let declare = QueueDeclare {
+                queue: ShortStr::from(name),
+                durable: true,
+                ..Default::default()
+            };
+            self.request(
+                Some(Scope {
+                    vhost: ShortStr::from(vhost),
+                    user: "guest".into(),
+                }),
+                MetaRequest::QueueDeclare(declare),
+            );
+        }
+    }
+
+    fn full(user: &str, vhost: &str) -> AccessChange {
+        AccessChange::PermissionSet {
+            user: user.into(),
+            vhost: vhost.into(),
+            permission: Permission::full(),
+        }
+    }
+
+    #[test]
+    fn vhosts_are_added_with_their_own_exchanges_and_queues() {
+        let mut node = Node::new();
+        node.access(AccessChange::VhostAdded(VhostDef::new("v")))
+            .unwrap();
+        node.access(full("guest", "v")).unwrap();
+        assert_eq!(
+            node.access(AccessChange::VhostAdded(VhostDef::new("v"))),
+            Err("vhost_already_exists: v".into())
+        );
+        node.declare_queue("v", "q");
+        let state = node.state.borrow();
+        let v = state.vhost("v").unwrap();
+        assert!(v.exchanges.contains_key("amq.topic"));
+        assert!(v.queues.contains_key("q"));
+        assert!(!state.vhost("/").unwrap().queues.contains_key("q"));
+        assert!(state.users.may_open_vhost("guest", "v"));
+    }
+
+    #[test]
+    fn deleting_a_vhost_removes_its_queues_and_closes_its_connections() {
+        let mut node = Node::new();
+        node.access(AccessChange::VhostAdded(VhostDef::new("v")))
+            .unwrap();
+        node.access(full("guest", "v")).unwrap();
+        node.declare_queue("v", "q");
+        node.declare_queue("/", "q");
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40_000));
+        let (in_v, _, _) = node.state.borrow_mut().open_connection(peer);
+        let (in_default, _, _) = node.state.borrow_mut().open_connection(peer);
+        node.state
+            .borrow_mut()
+            .connections
+            .get_mut(&in_v)
+            .unwrap()
+            .vhost = ShortStr::from("v");
+        node.state
+            .borrow_mut()
+            .connections
+            .get_mut(&in_default)
+            .unwrap()
+            .vhost = ShortStr::from("/");
+        assert_eq!(node.state.borrow().queues.len(), 2);
+        node.access(AccessChange::VhostDeleted("v".into())).unwrap();
+        let state = node.state.borrow();
+        assert!(state.vhost("v").is_none());
+        assert_eq!(state.queues.len(), 1, "the queue of '/' stays");
+        assert!(!state.users.may_open_vhost("guest", "v"));
+        let closed = &state.connections[&in_v];
+        let text = String::from_utf8_lossy(&closed.wire.out);
+        assert!(text.contains("vhost 'v' is deleted"), "{:?}", text);
+        assert!(state.connections[&in_default].wire.out.is_empty());
+    }
+
+    #[test]
+    fn users_and_permissions_change_at_run_time() {
+        let mut node = Node::new();
+        let user = User::new("u".into(), None, vec!["management".into()], BTreeMap::new());
+        node.access(AccessChange::UserPut(user)).unwrap();
+        assert_eq!(
+            node.access(full("u", "nowhere")),
+            Err("no_such_vhost: nowhere".into())
+        );
+        node.access(full("u", "/")).unwrap();
+        assert!(node.state.borrow().users.may_open_vhost("u", "/"));
+        node.access(AccessChange::PermissionCleared {
+            user: "u".into(),
+            vhost: "/".into(),
+        })
+        .unwrap();
+        assert!(!node.state.borrow().users.may_open_vhost("u", "/"));
+        node.access(AccessChange::UserDeleted("u".into())).unwrap();
+        assert!(node.state.borrow().users.user("u").is_none());
+        assert_eq!(
+            node.access(AccessChange::UserDeleted("u".into())),
+            Err("no_such_user: u".into())
+        );
+    }
+
+    #[test]
+    fn a_vhost_queue_limit_refuses_the_next_queue() {
+        let mut node = Node::new();
+        node.access(AccessChange::VhostLimitsSet {
+            vhost: "/".into(),
+            limits: VhostLimits {
+                max_connections: None,
+                max_queues: Some(1),
+            },
+        })
+        .unwrap();
+        node.declare_queue("/", "q1");
+        node.declare_queue("/", "q2");
+        let state = node.state.borrow();
+        let v = state.vhost("/").unwrap();
+        assert!(v.queues.contains_key("q1"));
+        assert!(!v.queues.contains_key("q2"));
+    }
+}

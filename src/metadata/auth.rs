@@ -236,7 +236,7 @@ pub(crate) enum Access {
 /// management API) makes them at run time through
 /// `broker::metadata::MetaRequest::Access`; until it is wired, only tests
 /// construct most of them.
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 #[derive(Clone, Debug)]
 pub(crate) enum AccessChange {
     VhostAdded(VhostDef),

@@ -1394,12 +1394,8 @@ mod tests {
         let alice = d.users.iter().find(|u| u.name == "alice").unwrap();
         assert_eq!(alice.tags, ["monitoring", "management"]);
         assert_eq!(
-            alice.permission,
-            Some(Permission {
-                configure: "^alice\\..*".into(),
-                write: ".*".into(),
-                read: ".*".into()
-            })
+            alice.permissions.get("/"),
+            Some(&Permission::new("^alice\\..*", ".*", ".*"))
         );
         assert!(alice.password.as_ref().unwrap().verify("alice-secret"));
         let carol = d.users.iter().find(|u| u.name == "carol").unwrap();
@@ -1445,11 +1441,12 @@ mod tests {
             && b.destination == "events"
             && b.destination_kind == DestinationKind::Exchange));
 
+        // Every vhost is kept, with its permissions.
+        let names: Vec<&str> = d.vhosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["other", "/"]);
+        assert_eq!(d.vhosts[1].description, "Default virtual host");
+        assert_eq!(alice.permissions.get("other"), Some(&Permission::full()));
         let warnings = parsed.warnings.join("\n");
-        assert!(
-            warnings.contains("virtual host(s) 'other' skipped"),
-            "{warnings}"
-        );
         assert!(warnings.contains("1 policies skipped"), "{warnings}");
     }
 
@@ -1470,7 +1467,7 @@ mod tests {
         let queues = plan
             .changes
             .iter()
-            .filter(|c| matches!(c, MetaChange::QueueCreated(_)))
+            .filter(|(_, c)| matches!(c, MetaChange::QueueCreated(_)))
             .count();
         assert_eq!(queues, 9);
         assert_eq!(plan.next_queue_id, 10);
@@ -1494,7 +1491,7 @@ mod tests {
         let placed: Vec<(u64, u16)> = plan
             .changes
             .iter()
-            .filter_map(|c| match c {
+            .filter_map(|(_, c)| match c {
                 MetaChange::QueueCreated(m) => Some((m.id.0, m.shard.0)),
                 _ => None,
             })
@@ -1505,7 +1502,7 @@ mod tests {
         assert!(one
             .changes
             .iter()
-            .all(|c| matches!(c, MetaChange::QueueCreated(m) if m.shard == ShardId(0))));
+            .all(|(_, c)| matches!(c, MetaChange::QueueCreated(m) if m.shard == ShardId(0))));
     }
 
     #[test]
@@ -1614,10 +1611,12 @@ mod tests {
             "viewer".into(),
             None,
             vec!["monitoring".into()],
-            None,
+            BTreeMap::new(),
         ));
         let defs = Definitions {
             users,
+            vhosts: Vec::new(),
+            others: BTreeMap::new(),
             exchanges: vec![
                 ExchangeDef {
                     name: ShortStr::from("later"),
@@ -1666,6 +1665,37 @@ mod tests {
                 ]),
             }],
         };
+        let mut defs = defs;
+        // A second vhost with limits, its own queue, and a user's
+        // permissions, topic permission and limits there.
+        let mut v = VhostDef::new("v");
+        v.description = "team v".into();
+        v.limits.max_queues = Some(10);
+        defs.vhosts = vec![VhostDef::default_vhost(), v];
+        defs.others.insert(
+            "v".into(),
+            VhostContents {
+                exchanges: vec![],
+                queues: vec![QueueDef {
+                    name: ShortStr::from("in-v"),
+                    durable: true,
+                    auto_delete: false,
+                    arguments: FieldTable::default(),
+                }],
+                bindings: vec![],
+            },
+        );
+        let viewer = defs.users.iter_mut().find(|u| u.name == "viewer").unwrap();
+        viewer
+            .permissions
+            .insert("v".into(), Permission::new("", "^w", ".*"));
+        viewer.topic_permissions.push(TopicPermission {
+            vhost: "v".into(),
+            exchange: "amq.topic".into(),
+            write: "^{username}\\.".into(),
+            read: ".*".into(),
+        });
+        viewer.limits.max_connections = Some(3);
         let text = defs.to_json();
         let back = Definitions::from_json(&text, Source::DataDir).unwrap();
         assert!(back.warnings.is_empty(), "{:?}", back.warnings);
@@ -1729,7 +1759,10 @@ mod tests {
         assert_eq!(base.users.len(), 1);
         assert!(base.users[0].password.as_ref().unwrap().verify("new"));
         assert_eq!(base.users[0].tags, ["monitoring"]);
-        assert_eq!(base.users[0].permission, Some(Permission::full()));
+        assert_eq!(
+            base.users[0].permissions.get("/"),
+            Some(&Permission::full())
+        );
         assert_eq!(base.queues.len(), 2);
         assert_eq!(
             base.queues[0].arguments.get("x-max-length"),
@@ -1802,7 +1835,7 @@ mod tests {
             relevant,
             [true, false, true, false, false, true, false, false, false, true, false, true]
         );
-        let snapshot = Definitions::snapshot(&vhost, &Users::default());
+        let snapshot = Definitions::snapshot_of(&vhost, &Users::default());
         let names: Vec<&str> = snapshot.exchanges.iter().map(|x| x.name.as_str()).collect();
         assert_eq!(names, ["dx"]);
         let names: Vec<&str> = snapshot.queues.iter().map(|q| q.name.as_str()).collect();
