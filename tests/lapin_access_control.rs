@@ -8,6 +8,8 @@
 //! ```text
 //! rabbitmqctl import_definitions tests/data/access-control-definitions.json
 //! rabbitmqctl set_vhost_limits -p limited '{"max-queues": 1}'
+//! rabbitmqctl set_vhost_limits -p one-conn '{"max-connections": 1}'
+//! rabbitmqctl set_user_limits lim '{"max-connections": 1, "max-channels": 2}'
 //! ```
 //!
 //! Every reply text is compared with RabbitMQ 3.10's.
@@ -432,4 +434,57 @@ fn a_vhost_queue_limit_refuses_the_next_queue(shards: usize) {
 with_shards!(
     a_vhost_queue_limit_refuses_the_next_queue,
     a_vhost_queue_limit_refuses_the_next_queue
+);
+
+fn connection_and_channel_limits_refuse_with_530(shards: usize) {
+    let b = start(shards);
+    run(async {
+        // A vhost's max-connections.
+        let first = connect(&url(&b, "admin", "admin", "one-conn")).await;
+        assert_eq!(
+            refused_open(&url(&b, "admin", "admin", "one-conn")).await,
+            "NOT_ALLOWED - access to vhost 'one-conn' refused for user 'admin': connection \
+             limit (1) is reached"
+        );
+        first.close(200, "bye").await.unwrap();
+        // Closed connections no longer count (the count is node-wide, so
+        // the next one may land on any shard).
+        let again = within(STEP_DEADLINE, async {
+            loop {
+                let r = Connection::connect(
+                    &url(&b, "admin", "admin", "one-conn"),
+                    ConnectionProperties::default(),
+                )
+                .await;
+                if let Ok(conn) = r {
+                    return conn;
+                }
+                sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the vhost takes a connection again");
+        again.close(200, "bye").await.unwrap();
+        // A user's max-connections and max-channels.
+        let lim = connect(&url(&b, "lim", "lim-pw", "/")).await;
+        let text = refused_open(&url(&b, "lim", "lim-pw", "/")).await;
+        assert_eq!(
+            text,
+            "NOT_ALLOWED - connection refused for user 'lim': user connection limit (1) is reached"
+        );
+        let _one = channel(&lim).await;
+        let _two = channel(&lim).await;
+        let watch = ErrorWatch::connection(&lim);
+        let _ = lim.create_channel().await;
+        assert_eq!(
+            watch.expect_code(530).await,
+            "NOT_ALLOWED - number of channels opened for user 'lim' has reached the maximum \
+             allowed user limit of (2)"
+        );
+    });
+}
+
+with_shards!(
+    connection_and_channel_limits_refuse_with_530,
+    connection_and_channel_limits_refuse_with_530
 );

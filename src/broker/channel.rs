@@ -431,10 +431,15 @@ impl Connection {
                         now,
                     )
                 }
-                Method::ChannelOpen(_) => {
-                    self.channels.insert(channel, Channel::new(channel));
-                    self.wire.method(channel, &ChannelOpenOk {}.into());
-                }
+                Method::ChannelOpen(_) => match self.count_channel(env) {
+                    Ok(()) => {
+                        self.channels.insert(channel, Channel::new(channel));
+                        self.wire.method(channel, &ChannelOpenOk {}.into());
+                    }
+                    Err(error) => {
+                        self.connection_error(error.with_method(class_id, method_id), now)
+                    }
+                },
                 Method::ChannelCloseOk(_) => {}
                 _ => self.connection_error(
                     AmqpError::channel_error(format!(
@@ -451,10 +456,12 @@ impl Connection {
             match method {
                 Method::ChannelCloseOk(_) => {
                     self.channels.remove(&channel);
+                    self.uncount_channel();
                 }
                 Method::ChannelClose(_) => {
                     self.wire.method(channel, &ChannelCloseOk {}.into());
                     self.channels.remove(&channel);
+                    self.uncount_channel();
                 }
                 _ => {}
             }
@@ -524,6 +531,7 @@ impl Connection {
     fn channel_close(&mut self, id: u16) -> Result<(), AmqpError> {
         self.release_channel(id);
         self.channels.remove(&id);
+        self.uncount_channel();
         self.wire.method(id, &ChannelCloseOk {}.into());
         Ok(())
     }

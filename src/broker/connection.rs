@@ -292,6 +292,11 @@ pub(crate) struct Connection {
     pub(crate) user: String,
     /// The vhost connection.open opened ("" before).
     pub(crate) vhost: ShortStr,
+    /// The node's connection and channel counts, once this connection is
+    /// counted (from connection.open-ok until `release_usage`).
+    usage: Option<std::sync::Arc<crate::metadata::auth::Usage>>,
+    /// The channels counted for the user's max-channels.
+    channels_counted: u64,
     /// The `client_id` client property, for topic permission patterns.
     pub(crate) client_id: Option<String>,
     /// The last exchange a publish was allowed to write to, at a
@@ -359,6 +364,8 @@ impl Connection {
             user: String::new(),
             vhost: ShortStr::from_static(""),
             client_id: None,
+            usage: None,
+            channels_counted: 0,
             publish_access: PublishAccess::default(),
             capabilities: Capabilities::default(),
             name_state: conn.conn.0.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ conn.shard.0 as u64,
@@ -685,15 +692,25 @@ impl Connection {
                         m.virtual_host
                     )));
                 }
-                if !env
+                let vhost = m.virtual_host.as_str();
+                let usage = env.users.usage();
+                let vhost_max = env
                     .users
-                    .may_open_vhost(&self.user, m.virtual_host.as_str())
-                {
+                    .vhost(vhost)
+                    .and_then(|v| v.limits.max_connections);
+                let user_max = env
+                    .users
+                    .user(&self.user)
+                    .and_then(|u| u.limits.max_connections);
+                usage.open_connection(vhost, &self.user, vhost_max, user_max)?;
+                if !env.users.may_open_vhost(&self.user, vhost) {
+                    usage.close_connection(vhost, &self.user);
                     return Err(AmqpError::not_allowed(format!(
                         "access to vhost '{}' refused for user '{}'",
                         m.virtual_host, self.user
                     )));
                 }
+                self.usage = Some(usage.clone());
                 self.vhost = m.virtual_host;
                 self.wire.method(0, &ConnectionOpenOk {}.into());
                 self.phase = Phase::Running;
@@ -805,6 +822,39 @@ impl Connection {
         self.phase = Phase::CloseSent {
             deadline: now + config::CLOSE_OK_TIMEOUT,
         };
+    }
+
+    /// Counts a new channel for the user's max-channels.
+    pub(crate) fn count_channel(&mut self, env: &Env) -> Result<(), AmqpError> {
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
+        let max = env
+            .users
+            .user(&self.user)
+            .and_then(|u| u.limits.max_channels);
+        usage.open_channel(&self.user, max)?;
+        self.channels_counted += 1;
+        Ok(())
+    }
+
+    /// A channel left the channel table.
+    pub(crate) fn uncount_channel(&mut self) {
+        if let Some(usage) = &self.usage {
+            if self.channels_counted > 0 {
+                self.channels_counted -= 1;
+                usage.close_channels(&self.user, 1);
+            }
+        }
+    }
+
+    /// The connection is gone: it and its channels no longer count.
+    pub(crate) fn release_usage(&mut self) {
+        if let Some(usage) = self.usage.take() {
+            usage.close_channels(&self.user, self.channels_counted);
+            usage.close_connection(&self.vhost, &self.user);
+            self.channels_counted = 0;
+        }
     }
 
     /// Closes the connection from the broker's side (a deleted vhost or

@@ -1566,7 +1566,9 @@ impl ShardState {
     pub(crate) fn remove_connection(&mut self, id: ConnId) {
         self.leave_flow(id);
         self.connection_lost(id);
-        self.connections.remove(&id);
+        if let Some(mut connection) = self.connections.remove(&id) {
+            connection.release_usage();
+        }
     }
 }
 

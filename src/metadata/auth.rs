@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -279,6 +280,107 @@ pub(crate) struct Users {
     /// Changes applied so far: a check a channel cached at one generation
     /// holds until the next change.
     generation: u64,
+    /// The node's open connections and channels, counted for the limits:
+    /// one counter for the node, shared by every shard's copy.
+    usage: Arc<Usage>,
+}
+
+/// Open connections per vhost and per user, and open channels per user,
+/// across the node. Touched when a connection or channel opens or closes,
+/// never per message: a lock is cheaper than a protocol between shards
+/// for something this rare.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    counts: Mutex<UsageCounts>,
+}
+
+#[derive(Debug, Default)]
+struct UsageCounts {
+    vhost_connections: HashMap<String, u64>,
+    user_connections: HashMap<String, u64>,
+    user_channels: HashMap<String, u64>,
+}
+
+impl Usage {
+    fn counts(&self) -> std::sync::MutexGuard<'_, UsageCounts> {
+        // A panic elsewhere while counting leaves counts, not a broken
+        // invariant: carry on with them.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a connection of `user` to `vhost`, unless a limit is reached
+    /// (rabbit_reader's `is_over_vhost_connection_limit`, then
+    /// `is_over_user_connection_limit`): then the refusal.
+    pub(crate) fn open_connection(
+        &self,
+        vhost: &str,
+        user: &str,
+        vhost_max: Option<u64>,
+        user_max: Option<u64>,
+    ) -> Result<(), AmqpError> {
+        let mut counts = self.counts();
+        let in_vhost = counts.vhost_connections.get(vhost).copied().unwrap_or(0);
+        if let Some(max) = vhost_max.filter(|&max| in_vhost >= max) {
+            return Err(AmqpError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{}': connection limit ({}) is reached",
+                vhost, user, max
+            )));
+        }
+        let of_user = counts.user_connections.get(user).copied().unwrap_or(0);
+        if let Some(max) = user_max.filter(|&max| of_user >= max) {
+            return Err(AmqpError::not_allowed(format!(
+                "connection refused for user '{}': user connection limit ({}) is reached",
+                user, max
+            )));
+        }
+        *counts
+            .vhost_connections
+            .entry(vhost.to_string())
+            .or_default() += 1;
+        *counts.user_connections.entry(user.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    pub(crate) fn close_connection(&self, vhost: &str, user: &str) {
+        let mut counts = self.counts();
+        decrement(&mut counts.vhost_connections, vhost);
+        decrement(&mut counts.user_connections, user);
+    }
+
+    /// Counts a channel of `user`, unless the user's max-channels is
+    /// reached (`rabbit_reader`'s check when it creates a channel).
+    pub(crate) fn open_channel(&self, user: &str, user_max: Option<u64>) -> Result<(), AmqpError> {
+        let mut counts = self.counts();
+        let open = counts.user_channels.get(user).copied().unwrap_or(0);
+        if let Some(max) = user_max.filter(|&max| open >= max) {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened for user '{}' has reached the maximum allowed \
+                 user limit of ({})",
+                user, max
+            )));
+        }
+        *counts.user_channels.entry(user.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    pub(crate) fn close_channels(&self, user: &str, count: u64) {
+        let mut counts = self.counts();
+        if let Some(n) = counts.user_channels.get_mut(user) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                counts.user_channels.remove(user);
+            }
+        }
+    }
+}
+
+fn decrement(map: &mut HashMap<String, u64>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -321,7 +423,13 @@ impl Users {
             users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
             vhosts: vhosts.into_iter().map(|v| (v.name.clone(), v)).collect(),
             generation: 0,
+            usage: Arc::default(),
         }
+    }
+
+    /// The node's connection and channel counts.
+    pub(crate) fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     /// Every user, sorted by name (so the definitions file is stable).
