@@ -212,10 +212,14 @@ const _: fn() = || {
     assert_send::<ShardMsg>();
 };
 
+/// A request for the metadata owner: who to answer, the client's scope,
+/// the request.
+pub(crate) type MetaEntry = (Option<(ConnRef, u16)>, Option<Box<Scope>>, MetaRequest);
+
 /// Requests waiting for the metadata owner's task, on shard 0 only.
 #[derive(Default)]
 pub(crate) struct MetaInbox {
-    pub(crate) requests: VecDeque<(Option<(ConnRef, u16)>, Option<Box<Scope>>, MetaRequest)>,
+    pub(crate) requests: VecDeque<MetaEntry>,
     pub(crate) notify: Notify,
 }
 

@@ -131,6 +131,9 @@ pub(crate) struct Definitions {
     pub(crate) others: BTreeMap<String, VhostContents>,
 }
 
+/// A vhost's name and its exchanges, queues and bindings, borrowed.
+type ContentsOf<'a> = (&'a str, &'a [ExchangeDef], &'a [QueueDef], &'a [BindingDef]);
+
 /// One vhost's exchanges, queues and bindings, as in the file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct VhostContents {
@@ -549,7 +552,7 @@ impl Definitions {
     }
 
     /// Every vhost's contents, "/" first.
-    fn all_contents(&self) -> Vec<(&str, &[ExchangeDef], &[QueueDef], &[BindingDef])> {
+    fn all_contents(&self) -> Vec<ContentsOf<'_>> {
         let mut all = vec![(
             DEFAULT_VHOST,
             &self.exchanges[..],
@@ -604,12 +607,20 @@ impl Definitions {
                 None => self.vhosts.push(vhost),
             }
         }
-        let contents: Vec<(String, Vec<ExchangeDef>, Vec<QueueDef>, Vec<BindingDef>)> = import
+        let contents: Vec<(String, VhostContents)> = import
             .all_contents()
             .into_iter()
-            .map(|(v, x, q, b)| (v.to_string(), x.to_vec(), q.to_vec(), b.to_vec()))
+            .map(|(v, x, q, b)| {
+                let contents = VhostContents {
+                    exchanges: x.to_vec(),
+                    queues: q.to_vec(),
+                    bindings: b.to_vec(),
+                };
+                (v.to_string(), contents)
+            })
             .collect();
-        for (vhost, exchanges, queues, bindings) in contents {
+        for (vhost, c) in contents {
+            let (exchanges, queues, bindings) = (c.exchanges, c.queues, c.bindings);
             let (own_exchanges, own_queues, own_bindings) = self.contents_mut(&vhost);
             for exchange in exchanges {
                 if !own_exchanges.iter().any(|x| x.name == exchange.name) {
