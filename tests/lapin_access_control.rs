@@ -488,3 +488,50 @@ with_shards!(
     connection_and_channel_limits_refuse_with_530,
     connection_and_channel_limits_refuse_with_530
 );
+
+fn a_vhosts_durable_queues_and_messages_survive_a_restart(shards: usize) {
+    if std::env::var(EXTERNAL_URL_VAR).is_ok_and(|u| !u.trim().is_empty()) {
+        return;
+    }
+    let mut b = start(shards);
+    let name = unique("kept");
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    run(async {
+        // The same name in two vhosts, declared while the broker runs:
+        // team-a's is written with the whole definitions file, "/"'s to
+        // the definitions log.
+        for (vhost, count) in [("team-a", 2), ("/", 1)] {
+            let conn = connect(&url(&b, "admin", "admin", vhost)).await;
+            let ch = channel(&conn).await;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            ch.queue_declare(
+                &name,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+            for _ in 0..count {
+                publish_props(&ch, "", &name, b"kept", persistent.clone()).await;
+            }
+            conn.close(200, "bye").await.unwrap();
+        }
+    });
+    b.restart();
+    run(async {
+        let in_a = connect(&url(&b, "admin", "admin", "team-a")).await;
+        let in_root = connect(&url(&b, "admin", "admin", "/")).await;
+        assert_eq!(message_count(&in_a, &name).await, 2);
+        assert_eq!(message_count(&in_root, &name).await, 1);
+    });
+}
+
+with_shards!(
+    a_vhosts_durable_queues_and_messages_survive_a_restart,
+    a_vhosts_durable_queues_and_messages_survive_a_restart
+);
