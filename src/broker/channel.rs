@@ -930,7 +930,7 @@ impl Connection {
             ShardMsg::Meta {
                 from: Some((self.conn, channel)),
                 scope: Some(scope),
-                request,
+                request: Box::new(request),
             },
         ));
         self.pause();

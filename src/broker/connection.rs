@@ -965,7 +965,7 @@ impl Connection {
                 ShardMsg::Meta {
                     from,
                     scope: None,
-                    request,
+                    request: Box::new(request),
                 },
             ));
         }

@@ -74,8 +74,10 @@ pub enum MetaRequest {
     /// Ok or the refusal. Deleting a vhost deletes its queues (and their
     /// stored messages) first; each shard then closes the connections of
     /// a deleted vhost or user with 320 CONNECTION_FORCED.
+    /// Boxed: rare, and larger than the messages of the data path, which
+    /// share `ShardMsg`'s size.
     Access {
-        change: AccessChange,
+        change: Box<AccessChange>,
         reply: Option<crossbeam_channel::Sender<Result<(), String>>>,
     },
 }
@@ -98,7 +100,7 @@ pub enum RpcRequest {
         vhost: ShortStr,
         changes: Vec<MetaChange>,
     },
-    Access(AccessChange),
+    Access(Box<AccessChange>),
     QueueStats(QueueId),
     CheckDelete {
         queue: QueueId,
@@ -496,7 +498,7 @@ impl Owner {
                 Ok(QueueDeleteOk { message_count: 0 }.into())
             }
             MetaRequest::Access { change, reply } => {
-                let result = self.access(change).await;
+                let result = self.access(*change).await;
                 if let Some(reply) = reply {
                     // The asker may have given up waiting; nothing to do then.
                     let _ = reply.send(result);
@@ -539,7 +541,7 @@ impl Owner {
             let (sender, receiver) = oneshot();
             self.state.borrow_mut().start_rpc(
                 ShardId(shard as u16),
-                RpcRequest::Access(change.clone()),
+                RpcRequest::Access(Box::new(change.clone())),
                 sender,
             );
             replies.push(receiver);
@@ -1179,7 +1181,7 @@ mod tests {
             self.request(
                 None,
                 MetaRequest::Access {
-                    change,
+                    change: Box::new(change),
                     reply: Some(sender),
                 },
             );

@@ -181,11 +181,13 @@ pub enum ShardMsg {
         reply: ChannelReply,
     },
     /// A definitions change for the metadata owner (shard 0) to serialise;
-    /// `scope` names the vhost and user of a client's request.
+    /// `scope` names the vhost and user of a client's request. Boxed: a
+    /// declare is rare next to the messages of the data path, which would
+    /// otherwise all take its size.
     Meta {
         from: Option<(ConnRef, u16)>,
         scope: Option<Box<Scope>>,
-        request: MetaRequest,
+        request: Box<MetaRequest>,
     },
     Rpc {
         from: ShardId,
@@ -460,7 +462,7 @@ impl ShardState {
             ShardMsg::Meta {
                 from,
                 scope: None,
-                request,
+                request: Box::new(request),
             },
         );
     }
@@ -744,7 +746,7 @@ impl ShardState {
                 request,
             } => {
                 debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
-                self.meta_inbox.requests.push_back((from, scope, request));
+                self.meta_inbox.requests.push_back((from, scope, *request));
                 self.meta_inbox.notify.notify();
             }
             ShardMsg::Rpc { from, id, request } => {
