@@ -131,6 +131,7 @@ fn topic_routing() {
 fn queue_cycle() {
     let mut queue = Queue::new(QueueMeta {
         id: QueueId(1),
+        vhost: ShortStr::from("/"),
         name: ShortStr::from("bench"),
         shard: ShardId(0),
         durable: false,
@@ -274,6 +275,7 @@ fn queue_ttl() {
     ] {
         let mut queue = Queue::new(QueueMeta {
             id: QueueId(1),
+            vhost: ShortStr::from("/"),
             name: ShortStr::from("bench-ttl"),
             shard: ShardId(0),
             durable: false,

@@ -21,13 +21,15 @@ use crate::broker::connection::{Connection, Env, LocalPublish};
 use crate::broker::delayed::DelayedPublish;
 use crate::broker::direct_reply_to::{ReplyConsumer, REPLY_TO_QUEUE};
 use crate::broker::metadata::{
-    check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
+    check_exclusive, generated_name, no_exchange, no_queue, topic_refused, MetaRequest, Scope,
 };
 use crate::broker::queue::{
     consumer_priority, parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle,
 };
 use crate::broker::sender_selected;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
+use crate::metadata::auth::{check_user_id, Access};
+use crate::metadata::exchange::ExchangeKind;
 use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConsumerId, QueueRef, ShardId};
 use crate::model::message::Message;
@@ -363,6 +365,79 @@ fn lookup_queue<'a>(env: &'a Env, name: &ShortStr) -> Result<&'a QueueMeta, Amqp
         .ok_or_else(|| no_queue(name))
 }
 
+/// Access checks (`rabbit_channel`'s `check_*_permitted`), for the
+/// connection's user in its vhost.
+impl Connection {
+    fn permit_queue_read(&self, name: &str, env: &Env) -> Result<(), AmqpError> {
+        env.users
+            .check_resource(&self.user, &self.vhost, "queue", name, Access::Read)
+    }
+
+    /// Write on the exchange, and on the routing key if the user has a
+    /// topic permission on it. Remembered for the last exchange, so that a
+    /// run of publishes to it costs one comparison each (plus the topic
+    /// pattern's match where one applies).
+    fn permit_publish(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        env: &Env,
+    ) -> Result<(), AmqpError> {
+        let access = &self.publish_access;
+        if access.generation != env.users.generation() + 1
+            || access.vhost_generation != env.vhost.generation()
+            || access.exchange != exchange.as_bytes()
+        {
+            self.fill_publish_access(exchange, env)?;
+        }
+        match &self.publish_access.topic {
+            None => Ok(()),
+            Some(Some(pattern)) if pattern.is_match(routing_key) => Ok(()),
+            Some(_) => Err(topic_refused(
+                &self.user,
+                &self.vhost,
+                exchange,
+                routing_key,
+            )),
+        }
+    }
+
+    #[cold]
+    fn fill_publish_access(&mut self, exchange: &str, env: &Env) -> Result<(), AmqpError> {
+        self.publish_access.generation = 0;
+        env.users
+            .check_resource(&self.user, &self.vhost, "exchange", exchange, Access::Write)?;
+        // The internal backend checks topic permissions on topic exchanges
+        // only (rabbit_channel:check_topic_authorisation).
+        let is_topic = env
+            .vhost
+            .exchanges
+            .get(exchange)
+            .is_some_and(|e| e.def.kind == ExchangeKind::Topic);
+        self.publish_access.topic = if is_topic {
+            env.users.topic_pattern(
+                &self.user,
+                &self.vhost,
+                exchange,
+                Access::Write,
+                self.client_id.as_deref(),
+            )
+        } else {
+            None
+        };
+        self.publish_access.exchange.clear();
+        self.publish_access
+            .exchange
+            .extend_from_slice(exchange.as_bytes());
+        // Valid until the users or the vhost change (an exchange deleted and
+        // declared again with another type changes whether the topic check
+        // applies).
+        self.publish_access.generation = env.users.generation() + 1;
+        self.publish_access.vhost_generation = env.vhost.generation();
+        Ok(())
+    }
+}
+
 impl Connection {
     pub(crate) fn channel_frame_method(&mut self, channel: u16, method: Method, env: &Env) {
         let now = env.now;
@@ -381,10 +456,15 @@ impl Connection {
                         now,
                     )
                 }
-                Method::ChannelOpen(_) => {
-                    self.channels.insert(channel, Channel::new(channel));
-                    self.wire.method(channel, &ChannelOpenOk {}.into());
-                }
+                Method::ChannelOpen(_) => match self.count_channel(env) {
+                    Ok(()) => {
+                        self.channels.insert(channel, Channel::new(channel));
+                        self.wire.method(channel, &ChannelOpenOk {}.into());
+                    }
+                    Err(error) => {
+                        self.connection_error(error.with_method(class_id, method_id), now)
+                    }
+                },
                 Method::ChannelCloseOk(_) => {}
                 _ => self.connection_error(
                     AmqpError::channel_error(format!(
@@ -401,10 +481,12 @@ impl Connection {
             match method {
                 Method::ChannelCloseOk(_) => {
                     self.channels.remove(&channel);
+                    self.uncount_channel();
                 }
                 Method::ChannelClose(_) => {
                     self.wire.method(channel, &ChannelCloseOk {}.into());
                     self.channels.remove(&channel);
+                    self.uncount_channel();
                 }
                 _ => {}
             }
@@ -474,6 +556,7 @@ impl Connection {
     fn channel_close(&mut self, id: u16) -> Result<(), AmqpError> {
         self.release_channel(id);
         self.channels.remove(&id);
+        self.uncount_channel();
         self.wire.method(id, &ChannelCloseOk {}.into());
         Ok(())
     }
@@ -553,8 +636,12 @@ impl Connection {
             return Ok(());
         };
         let name = ch.expand_queue(m.queue)?;
+        self.permit_queue_read(&name, env)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
         ch.waiting_nowait = m.nowait;
         let queue = meta.queue_ref();
         let msg = ShardMsg::Purge {
@@ -597,9 +684,13 @@ impl Connection {
             return Ok(());
         };
         let name = ch.expand_queue(m.queue)?;
+        self.permit_queue_read(&name, env)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
-        let priority = consumer_priority(&name, &m.arguments)?;
+        let priority = consumer_priority(&self.vhost, &name, &m.arguments)?;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
         let tag = if m.consumer_tag.is_empty() {
             generated_name("amq.ctag-", &mut self.name_state)
         } else {
@@ -676,13 +767,17 @@ impl Connection {
     /// The method frame of a publish: its header and body frames follow
     /// (`channel_frame_header`, `channel_frame_body`).
     fn basic_publish(&mut self, id: u16, m: BasicPublish, env: &Env) -> Result<(), AmqpError> {
-        let Some(ch) = self.channels.get_mut(&id) else {
+        if !self.channels.contains_key(&id) {
             return Ok(());
-        };
+        }
         if m.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
+        self.permit_publish(&m.exchange, &m.routing_key, env)?;
         check_publish_exchange(env, &m.exchange)?;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
         ch.content = Some(Content {
             publish: m,
             header: None,
@@ -697,6 +792,7 @@ impl Connection {
             return Ok(());
         };
         let name = ch.expand_queue(m.queue)?;
+        self.permit_queue_read(&name, env)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
         let queue = meta.queue_ref();
@@ -862,11 +958,16 @@ impl Connection {
             ch.waiting_nowait = nowait;
             ch.awaiting_meta = true;
         }
+        let scope = Box::new(Scope {
+            vhost: self.vhost.clone(),
+            user: self.user.clone(),
+        });
         self.effects.push((
             ShardId(0),
             ShardMsg::Meta {
                 from: Some((self.conn, channel)),
-                request,
+                scope: Some(scope),
+                request: Box::new(request),
             },
         ));
         self.pause();
@@ -1055,14 +1156,12 @@ impl Connection {
         mandatory: bool,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        self.permit_publish(message.exchange(), message.routing_key(), env)?;
         self.reply_to_set(id, &mut message, env)?;
         let properties = message.properties();
         if let Some(user_id) = properties.user_id() {
             if user_id.as_str() != self.user {
-                return Err(AmqpError::precondition_failed(format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    user_id, self.user
-                )));
+                check_user_id(env.users.user(&self.user), &self.user, user_id.as_str())?;
             }
         }
         if let Some(expiration) = properties.expiration() {
@@ -1196,6 +1295,7 @@ impl Connection {
         for exchange in self.routed.delayed.drain(..) {
             let Some(message) = take_message() else { break };
             let msg = ShardMsg::Delay(Box::new(DelayedPublish {
+                vhost: self.vhost.clone(),
                 exchange,
                 message,
                 extra_keys: self.route_keys.clone(),

@@ -28,7 +28,6 @@ use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
 use crate::metadata::auth::{AuthFailure, External, Users};
 use crate::metadata::exchange::Destination;
-use crate::metadata::vhost::DEFAULT_VHOST;
 use crate::model::alarms::AlarmSet;
 use crate::model::ids::{ConnRef, QueueId, ShardId};
 use crate::model::message::Message;
@@ -207,6 +206,21 @@ impl RouteCache {
     }
 }
 
+/// The write check of the last exchange published to (see
+/// `Connection::publish_access`).
+#[derive(Debug, Default)]
+pub(crate) struct PublishAccess {
+    /// The users' generation + 1 when filled; 0 holds nothing.
+    pub(crate) generation: u64,
+    /// The vhost replica's generation when filled.
+    pub(crate) vhost_generation: u64,
+    pub(crate) exchange: Vec<u8>,
+    /// The user's topic write pattern on this exchange, if it is a topic
+    /// exchange and the user has one: every routing key is matched.
+    /// `Some(None)` is a pattern that does not compile: nothing passes.
+    pub(crate) topic: Option<Option<regex::Regex>>,
+}
+
 /// What the client said it understands, from client-properties.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Capabilities {
@@ -283,6 +297,19 @@ pub(crate) struct Connection {
     last_read: Instant,
     opened_at: Instant,
     pub(crate) user: String,
+    /// The vhost connection.open opened ("" before).
+    pub(crate) vhost: ShortStr,
+    /// The node's connection and channel counts, once this connection is
+    /// counted (from connection.open-ok until `release_usage`).
+    usage: Option<std::sync::Arc<crate::metadata::auth::Usage>>,
+    /// The channels counted for the user's max-channels.
+    channels_counted: u64,
+    /// The `client_id` client property, for topic permission patterns.
+    pub(crate) client_id: Option<String>,
+    /// The last exchange a publish was allowed to write to, at a
+    /// generation of the users: the check a publish costs is one
+    /// comparison while a channel publishes to one exchange.
+    pub(crate) publish_access: PublishAccess,
     pub(crate) capabilities: Capabilities,
     pub(crate) name_state: u64,
     /// Scratch space for routing, reused by every publish on this connection.
@@ -348,6 +375,11 @@ impl Connection {
             last_read: now,
             opened_at: now,
             user: String::new(),
+            vhost: ShortStr::from_static(""),
+            client_id: None,
+            usage: None,
+            channels_counted: 0,
+            publish_access: PublishAccess::default(),
             capabilities: Capabilities::default(),
             name_state: conn.conn.0.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ conn.shard.0 as u64,
             route_scratch: Vec::new(),
@@ -597,6 +629,12 @@ impl Connection {
         match (&self.phase, method) {
             (Phase::StartOk, Method::ConnectionStartOk(m)) => {
                 self.capabilities = capabilities(&m.client_properties);
+                self.client_id = match m.client_properties.get("client_id") {
+                    Some(FieldValue::LongStr(id)) => {
+                        std::str::from_utf8(id).ok().map(str::to_string)
+                    }
+                    _ => None,
+                };
                 let turn = env.login_delays.borrow_mut().turn(self.peer.ip(), env.now);
                 match turn {
                     LoginTurn::Now => self.log_in(m.mechanism.as_str(), &m.response, env),
@@ -658,29 +696,45 @@ impl Connection {
                 Ok(())
             }
             (Phase::Open, Method::ConnectionOpen(m)) => {
-                if m.virtual_host.as_str() != DEFAULT_VHOST {
+                // rabbit_reader's order: the vhost must exist (its
+                // connection limit is looked up first), then the user
+                // needs permissions on it
+                // (rabbit_access_control:check_vhost_access).
+                if env.users.vhost(m.virtual_host.as_str()).is_none() {
                     return Err(AmqpError::not_allowed(format!(
                         "vhost {} not found",
                         m.virtual_host
                     )));
                 }
-                // rabbit_access_control:check_vhost_access: a user needs
-                // permissions on the vhost to open it.
-                if !env.users.may_open_vhost(&self.user) {
+                let vhost = m.virtual_host.as_str();
+                let usage = env.users.usage();
+                let vhost_max = env
+                    .users
+                    .vhost(vhost)
+                    .and_then(|v| v.limits.max_connections);
+                let user_max = env
+                    .users
+                    .user(&self.user)
+                    .and_then(|u| u.limits.max_connections);
+                usage.open_connection(vhost, &self.user, vhost_max, user_max)?;
+                if !env.users.may_open_vhost(&self.user, vhost) {
+                    usage.close_connection(vhost, &self.user);
                     return Err(AmqpError::not_allowed(format!(
                         "access to vhost '{}' refused for user '{}'",
                         m.virtual_host, self.user
                     )));
                 }
+                self.usage = Some(usage.clone());
+                self.vhost = m.virtual_host;
                 self.wire.method(0, &ConnectionOpenOk {}.into());
                 self.phase = Phase::Running;
                 // RabbitMQ's line, word for word.
                 info!(
-                    connection = %self.conn.label(), user = %self.user, vhost = %m.virtual_host,
+                    connection = %self.conn.label(), user = %self.user, vhost = %self.vhost,
                     "connection {} ({}): user '{}' authenticated and granted access to vhost '{}'",
-                    self.conn.label(), self.name, self.user, m.virtual_host
+                    self.conn.label(), self.name, self.user, self.vhost
                 );
-                self.vhost_opened = Some(m.virtual_host.as_str().to_string());
+                self.vhost_opened = Some(self.vhost.as_str().to_string());
                 Ok(())
             }
             (_, Method::ConnectionClose(_)) => {
@@ -821,8 +875,58 @@ impl Connection {
         };
     }
 
+    /// Counts a new channel for the user's max-channels.
+    pub(crate) fn count_channel(&mut self, env: &Env) -> Result<(), AmqpError> {
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
+        let max = env
+            .users
+            .user(&self.user)
+            .and_then(|u| u.limits.max_channels);
+        usage.open_channel(&self.user, max)?;
+        self.channels_counted += 1;
+        Ok(())
+    }
+
+    /// A channel left the channel table.
+    pub(crate) fn uncount_channel(&mut self) {
+        if let Some(usage) = &self.usage {
+            if self.channels_counted > 0 {
+                self.channels_counted -= 1;
+                usage.close_channels(&self.user, 1);
+            }
+        }
+    }
+
+    /// The connection is gone: it and its channels no longer count.
+    pub(crate) fn release_usage(&mut self) {
+        if let Some(usage) = self.usage.take() {
+            usage.close_channels(&self.user, self.channels_counted);
+            usage.close_connection(&self.vhost, &self.user);
+            self.channels_counted = 0;
+        }
+    }
+
+    /// Closes the connection from the broker's side (a deleted vhost or
+    /// user): connection.close with `error`, as RabbitMQ's
+    /// `rabbit_reader:shutdown` sends it.
+    pub(crate) fn force_close(&mut self, error: AmqpError, now: Instant) {
+        if self.phase == Phase::Running {
+            info!(peer = %self.peer, user = %self.user, vhost = %self.vhost, reason = %error.text, "closing connection");
+        }
+        self.connection_error(error, now);
+    }
+
     /// Closes a channel with a soft error, or the connection with a hard one.
-    pub(crate) fn fail(&mut self, channel: u16, error: AmqpError, now: Instant) {
+    pub(crate) fn fail(&mut self, channel: u16, mut error: AmqpError, now: Instant) {
+        // Texts written for "/" name the connection's vhost.
+        if !self.vhost.is_empty()
+            && self.vhost.as_str() != "/"
+            && error.text.contains("in vhost '/'")
+        {
+            error.text = crate::broker::metadata::in_vhost(&error.text, &self.vhost);
+        }
         if channel == 0 || error.code.is_hard() {
             self.connection_error(error, now);
             return;
@@ -914,8 +1018,14 @@ impl Connection {
         if opened {
             let from = answer.then_some((self.conn, 0));
             let request = MetaRequest::ConnectionGone { conn: self.conn };
-            self.effects
-                .push((ShardId(0), ShardMsg::Meta { from, request }));
+            self.effects.push((
+                ShardId(0),
+                ShardMsg::Meta {
+                    from,
+                    scope: None,
+                    request: Box::new(request),
+                },
+            ));
         }
         opened
     }

@@ -45,7 +45,7 @@ use std::time::Instant;
 use crate::model::alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
-use crate::metadata::auth::Users;
+use crate::metadata::auth::{self as metadata_auth, Users};
 use crate::metadata::vhost::MetaChange;
 use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
@@ -54,7 +54,7 @@ use crate::store::recovery::RecoveredMessage;
 use crate::util::signal::{Notify, OneshotSender};
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
-use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
+use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest, Scope};
 use queue::{
     ConsumerSpec, DeadLetter, Delivery, DeliveryHead, DeliverySink, Enqueued, Queue, QueueCtx,
     Settle,
@@ -183,10 +183,14 @@ pub enum ShardMsg {
         channel: u16,
         reply: ChannelReply,
     },
-    /// A definitions change for the metadata owner (shard 0) to serialise.
+    /// A definitions change for the metadata owner (shard 0) to serialise;
+    /// `scope` names the vhost and user of a client's request. Boxed: a
+    /// declare is rare next to the messages of the data path, which would
+    /// otherwise all take its size.
     Meta {
         from: Option<(ConnRef, u16)>,
-        request: MetaRequest,
+        scope: Option<Box<Scope>>,
+        request: Box<MetaRequest>,
     },
     Rpc {
         from: ShardId,
@@ -241,10 +245,14 @@ const _: fn() = || {
     assert_send::<ShardMsg>();
 };
 
+/// A request for the metadata owner: who to answer, the client's scope,
+/// the request.
+pub(crate) type MetaEntry = (Option<(ConnRef, u16)>, Option<Box<Scope>>, MetaRequest);
+
 /// Requests waiting for the metadata owner's task, on shard 0 only.
 #[derive(Default)]
 pub(crate) struct MetaInbox {
-    pub(crate) requests: VecDeque<(Option<(ConnRef, u16)>, MetaRequest)>,
+    pub(crate) requests: VecDeque<MetaEntry>,
     pub(crate) notify: Notify,
 }
 
@@ -252,8 +260,14 @@ pub(crate) struct ShardState {
     pub(crate) id: ShardId,
     pub(crate) shard_count: usize,
     pub(crate) config: Rc<Config>,
+    /// The access-control database (users, vhosts, permissions), as the
+    /// metadata owner last changed it.
     pub(crate) users: Rc<Users>,
-    pub(crate) vhost: Vhost,
+    /// Each vhost's replica, by name.
+    pub(crate) vhosts: FastMap<ShortStr, Vhost>,
+    /// What a connection sees before it opens a vhost, or after its vhost
+    /// was deleted and before it is closed: the default exchanges only.
+    no_vhost: Vhost,
     pub(crate) queues: FastMap<QueueId, Queue>,
     pub(crate) connections: FastMap<ConnId, Connection>,
     pub(crate) now: Instant,
@@ -401,8 +415,12 @@ impl ShardState {
             id,
             shard_count,
             config,
+            vhosts: users
+                .vhosts()
+                .map(|v| (ShortStr::from(v.name.clone()), Vhost::new()))
+                .collect(),
             users,
-            vhost: Vhost::new(),
+            no_vhost: Vhost::new(),
             queues: FastMap::default(),
             connections: FastMap::default(),
             now: Instant::now(),
@@ -475,7 +493,14 @@ impl ShardState {
     }
 
     pub(crate) fn send_meta(&mut self, from: Option<(ConnRef, u16)>, request: MetaRequest) {
-        self.send(ShardId(0), ShardMsg::Meta { from, request });
+        self.send(
+            ShardId(0),
+            ShardMsg::Meta {
+                from,
+                scope: None,
+                request: Box::new(request),
+            },
+        );
     }
 
     /// Starts an RPC to a shard; the reply arrives through `rpc_pending`.
@@ -819,9 +844,13 @@ impl ShardState {
                 channel,
                 reply,
             } => self.channel_reply(conn, channel, reply),
-            ShardMsg::Meta { from, request } => {
+            ShardMsg::Meta {
+                from,
+                scope,
+                request,
+            } => {
                 debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
-                self.meta_inbox.requests.push_back((from, request));
+                self.meta_inbox.requests.push_back((from, scope, *request));
                 self.meta_inbox.notify.notify();
             }
             ShardMsg::Rpc { from, id, request } => {
@@ -1306,10 +1335,14 @@ impl ShardState {
 
     fn handle_rpc(&mut self, request: RpcRequest) -> RpcReply {
         match request {
-            RpcRequest::Apply(changes) => {
+            RpcRequest::Apply { vhost, changes } => {
                 for change in &changes {
-                    self.apply_change(change);
+                    self.apply_change(&vhost, change);
                 }
+                RpcReply::Applied
+            }
+            RpcRequest::Access(change) => {
+                self.apply_access(&change);
                 RpcReply::Applied
             }
             RpcRequest::QueueStats(queue) => self
@@ -1333,14 +1366,16 @@ impl ShardState {
                 None => Ok(0),
                 Some(q) if if_unused && q.consumer_count() > 0 => {
                     Err(AmqpError::precondition_failed(format!(
-                        "queue '{}' in vhost '/' in use",
-                        q.name()
+                        "queue '{}' in vhost '{}' in use",
+                        q.name(),
+                        q.meta.vhost
                     )))
                 }
                 Some(q) if if_empty && q.message_count() > 0 => {
                     Err(AmqpError::precondition_failed(format!(
-                        "queue '{}' in vhost '/' is not empty",
-                        q.name()
+                        "queue '{}' in vhost '{}' is not empty",
+                        q.name(),
+                        q.meta.vhost
                     )))
                 }
                 Some(q) => Ok(q.message_count()),
@@ -1350,14 +1385,17 @@ impl ShardState {
 
     /// Applies a definitions change to the replica, and to the queues this
     /// shard owns. Returns auto-delete exchanges it left unused.
-    pub(crate) fn apply_change(&mut self, change: &MetaChange) -> Vec<ShortStr> {
-        let emptied = self.vhost.apply(change);
+    pub(crate) fn apply_change(&mut self, vhost: &str, change: &MetaChange) -> Vec<ShortStr> {
+        let Some(replica) = self.vhosts.get_mut(vhost) else {
+            return Vec::new();
+        };
+        let emptied = replica.apply(change);
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
                 self.queues.insert(meta.id, Queue::new(meta.clone()));
                 self.with_queue(meta.id, |q, _, ctx| q.touch(ctx));
             }
-            MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(name),
+            MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(vhost, name),
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
                 self.with_queue(queue.id, |q, _, ctx| q.forget_all(ctx));
                 if let Some(q) = self.queues.remove(&queue.id) {
@@ -1619,11 +1657,69 @@ impl ShardState {
         });
     }
 
+    /// A vhost's replica, if it exists.
+    pub(crate) fn vhost(&self, name: &str) -> Option<&Vhost> {
+        self.vhosts.get(name)
+    }
+
+    /// A vhost's replica, or an empty one if it does not exist (any more).
+    pub(crate) fn vhost_or_empty(&self, name: &str) -> &Vhost {
+        self.vhosts.get(name).unwrap_or(&self.no_vhost)
+    }
+
+    /// Applies an access-control change made by the metadata owner: to the
+    /// users, and to the set of vhost replicas. A deleted vhost's (or
+    /// user's) connections on this shard are closed with 320
+    /// CONNECTION_FORCED, as RabbitMQ closes them.
+    pub(crate) fn apply_access(&mut self, change: &metadata_auth::AccessChange) {
+        use metadata_auth::AccessChange;
+        Rc::make_mut(&mut self.users).apply(change);
+        let closing: Option<(bool, &str, String)> = match change {
+            AccessChange::VhostAdded(def) => {
+                self.vhosts
+                    .entry(ShortStr::from(def.name.clone()))
+                    .or_insert_with(Vhost::new);
+                None
+            }
+            AccessChange::VhostDeleted(name) => {
+                self.vhosts.remove(name.as_str());
+                Some((true, name, format!("vhost '{}' is deleted", name)))
+            }
+            AccessChange::UserDeleted(name) => {
+                Some((false, name, format!("user '{}' is deleted", name)))
+            }
+            _ => None,
+        };
+        if let Some((by_vhost, name, text)) = closing {
+            let ids: Vec<ConnId> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| {
+                    if by_vhost {
+                        c.vhost.as_str() == name
+                    } else {
+                        c.user == name
+                    }
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let now = self.now;
+            for id in ids {
+                if let Some(connection) = self.connections.get_mut(&id) {
+                    connection.force_close(AmqpError::connection_forced(text.clone()), now);
+                }
+                self.finish_connection_turn(id);
+            }
+        }
+    }
+
     /// Called by the socket tasks once both of them are done.
     pub(crate) fn remove_connection(&mut self, id: ConnId) {
         self.leave_flow(id);
         self.connection_lost(id);
-        self.connections.remove(&id);
+        if let Some(mut connection) = self.connections.remove(&id) {
+            connection.release_usage();
+        }
     }
 }
 
@@ -1686,7 +1782,8 @@ impl ShardState {
         let input = loop {
             let ShardState {
                 connections,
-                vhost,
+                vhosts,
+                no_vhost,
                 users,
                 config,
                 now,
@@ -1697,6 +1794,8 @@ impl ShardState {
             let Some(connection) = connections.get_mut(&id) else {
                 return connection::Input::Closed;
             };
+            // Resolved once per call, for every frame the call handles.
+            let vhost = vhosts.get(connection.vhost.as_str()).unwrap_or(no_vhost);
             let env = connection::Env {
                 vhost,
                 users,

@@ -12,7 +12,7 @@ use crate::util::hash::FastMap;
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::ConfirmTarget;
 use crate::metadata::queue_args::{Overflow, QueueType, EXPIRY_MS_MAX};
-use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
@@ -700,7 +700,7 @@ impl Queue {
                 delivered: false,
                 level,
                 expires_at_epoch_ms,
-                vhost: DEFAULT_VHOST,
+                vhost: self.meta.vhost.as_str(),
                 queue_name: self.meta.name.as_str(),
                 message: &queued.message,
             });
@@ -766,7 +766,7 @@ impl Queue {
                     delivered,
                     level: queued.level,
                     expires_at_epoch_ms: queued.expires_at_ms().map(|at| timers.epoch_ms_of(at)),
-                    vhost: DEFAULT_VHOST,
+                    vhost: meta.vhost.as_str(),
                     queue_name: meta.name.as_str(),
                     message: &queued.message,
                 },
@@ -1269,7 +1269,11 @@ impl Queue {
 /// one), checked as RabbitMQ's `rabbit_amqqueue:check_consume_arguments`
 /// checks it: any integer type, else 406 with `check_int_arg`'s reason
 /// printed as a quoted string.
-pub(crate) fn consumer_priority(queue: &str, arguments: &FieldTable) -> Result<i64, AmqpError> {
+pub(crate) fn consumer_priority(
+    vhost: &str,
+    queue: &str,
+    arguments: &FieldTable,
+) -> Result<i64, AmqpError> {
     let Some(value) = arguments.get("x-priority") else {
         return Ok(0);
     };
@@ -1277,7 +1281,7 @@ pub(crate) fn consumer_priority(queue: &str, arguments: &FieldTable) -> Result<i
         AmqpError::precondition_failed(format!(
             "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
             queue,
-            DEFAULT_VHOST,
+            vhost,
             value.type_name()
         ))
     })
@@ -1334,6 +1338,7 @@ mod tests {
     fn queue() -> Queue {
         Queue::new(QueueMeta {
             id: QueueId(1),
+            vhost: ShortStr::from("/"),
             name: ShortStr::from("q"),
             shard: ShardId(0),
             durable: false,

@@ -154,7 +154,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         .plan
         .changes
         .iter()
-        .filter_map(|c| match c {
+        .filter_map(|(_, c)| match c {
             MetaChange::QueueCreated(meta) => Some(meta.clone()),
             _ => None,
         })
@@ -315,7 +315,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
 struct ShardBoot {
     users: Users,
     /// Applied by every shard before it accepts a connection.
-    restore: Arc<Vec<MetaChange>>,
+    restore: Arc<Vec<(warren_protocol::ShortStr, MetaChange)>>,
     /// For the metadata owner on shard 0.
     owner_start: OwnerStart,
     log_start: store::definitions::LogStart,
@@ -425,7 +425,7 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
             );
         }
     }
-    let users = Users::from_users(definitions.users.clone());
+    let users = definitions.users();
     let plan = definitions
         .restore_plan(shard_count)
         .map_err(|problem| refused(&own_path, DefinitionsProblem::Invalid(problem)))?;
@@ -434,18 +434,26 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
     }
     // The file holds exactly what the shards will have: a replica built
     // from the same changes.
-    let mut replica = Vhost::new();
-    for change in &plan.changes {
-        replica.apply(change);
+    let mut replicas: std::collections::BTreeMap<String, Vhost> = users
+        .vhosts()
+        .map(|v| (v.name.clone(), Vhost::new()))
+        .collect();
+    for (vhost, change) in &plan.changes {
+        if let Some(replica) = replicas.get_mut(vhost.as_str()) {
+            replica.apply(change);
+        }
     }
-    let written = Definitions::snapshot(&replica, &users).to_json();
+    let written =
+        Definitions::snapshot(replicas.iter().map(|(n, v)| (n.as_str(), v)), &users).to_json();
     store::definitions::write_blocking(&config.data_dir, &written)
         .and_then(|()| store::definitions_log::reset_blocking(&config.data_dir, generation))
         .map_err(|e| refused(&own_path, DefinitionsProblem::Write(e)))?;
-    let count = |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|c| kind(c)).count();
+    let count =
+        |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|(_, c)| kind(c)).count();
     info!(
         file = %own_path.display(),
         users = users.sorted().len(),
+        vhosts = users.vhosts().count(),
         exchanges = count(|c| matches!(c, MetaChange::ExchangeCreated(_))),
         queues = count(|c| matches!(c, MetaChange::QueueCreated(_))),
         bindings = count(|c| matches!(c, MetaChange::BindingAdded(_))),
@@ -504,8 +512,8 @@ async fn shard_main(
     )));
     // Every shard applies the same restored definitions, in the same order,
     // before any listener below accepts a connection.
-    for change in boot.restore.iter() {
-        state.borrow_mut().apply_change(change);
+    for (vhost, change) in boot.restore.iter() {
+        state.borrow_mut().apply_change(vhost, change);
     }
     let senders = Rc::new(senders);
     // Then the stored messages, before any client comes; what expired

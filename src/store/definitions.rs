@@ -90,6 +90,14 @@ pub(crate) trait DefinitionsSink {
         changes: &[DefChange],
         snapshot: impl FnOnce() -> String,
     ) -> impl Future<Output = io::Result<()>>;
+
+    /// Writes the whole file from `snapshot` and empties the log: for
+    /// changes the log does not record (vhosts other than "/", users and
+    /// permissions).
+    fn rewrite(
+        &mut self,
+        snapshot: impl FnOnce() -> String,
+    ) -> impl Future<Output = io::Result<()>>;
 }
 
 /// Keeps nothing: for a broker without a data directory (tests).
@@ -97,6 +105,13 @@ impl DefinitionsSink for () {
     fn store(
         &mut self,
         _changes: &[DefChange],
+        _snapshot: impl FnOnce() -> String,
+    ) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+
+    fn rewrite(
+        &mut self,
         _snapshot: impl FnOnce() -> String,
     ) -> impl Future<Output = io::Result<()>> {
         std::future::ready(Ok(()))
@@ -265,6 +280,12 @@ impl DefinitionsSink for DefinitionsFile {
         } else {
             self.append(records).await
         };
+        self.broken = result.is_err();
+        result
+    }
+
+    async fn rewrite(&mut self, snapshot: impl FnOnce() -> String) -> io::Result<()> {
+        let result = self.compact(snapshot()).await;
         self.broken = result.is_err();
         result
     }
