@@ -131,6 +131,7 @@ fn topic_routing() {
 fn queue_cycle() {
     let mut queue = Queue::new(QueueMeta {
         id: QueueId(1),
+        vhost: ShortStr::from("/"),
         name: ShortStr::from("bench"),
         shard: ShardId(0),
         durable: false,
@@ -151,6 +152,7 @@ fn queue_cycle() {
             no_ack: false,
             exclusive: false,
             prefetch_count: 0,
+            priority: 0,
         })
         .unwrap();
     let message = Message::new(
@@ -273,6 +275,7 @@ fn queue_ttl() {
     ] {
         let mut queue = Queue::new(QueueMeta {
             id: QueueId(1),
+            vhost: ShortStr::from("/"),
             name: ShortStr::from("bench-ttl"),
             shard: ShardId(0),
             durable: false,

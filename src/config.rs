@@ -12,6 +12,15 @@ use crate::model::alarms::{DiskFreeLimit, MemoryWatermark};
 
 /// AMQP's well-known port, as RabbitMQ listens on it.
 pub const AMQP_PORT: u16 = 5672;
+/// amqps's well-known port (AMQP over TLS), as RabbitMQ's TLS listener.
+pub const AMQPS_PORT: u16 = 5671;
+/// How long a client may take over its TLS handshake before its socket is
+/// closed (a client that speaks plain AMQP to the TLS port is refused at
+/// its first bytes; this bounds one that sends nothing).
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from a TLS socket at once during the handshake (a TLS record
+/// is at most 16 KiB plus its overhead).
+pub(crate) const TLS_HANDSHAKE_READ_SIZE: usize = 17 * 1024;
 /// RabbitMQ's default `frame_max` (128 KiB).
 pub(crate) const FRAME_SIZE_MAX: u32 = 131_072;
 /// The spec's minimum `frame_max`; a client may not negotiate less.
@@ -52,37 +61,55 @@ pub(crate) const RECEIVE_BUFFER_SIZE_MIN: usize = 1024;
 /// measured best both with acks (~0.9 against ~1.0 CPU-s per million at
 /// 32 KiB) and with autoack (~0.52 against ~0.63), as fewer turns cost less.
 pub(crate) const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
-/// Flow control: on a shard that was busy for at least this fraction of
-/// its last tick, a connection publishing into a local queue with more than
+/// Flow control (credit per queue, in the spirit of RabbitMQ's credit
+/// flow): a connection publishing into a queue with more than
 /// `FLOW_READY_HIGH` ready messages and consumers waits, before it reads
-/// again, until the queue is down to `FLOW_READY_LOW` (or for a tick at
-/// most). Without it a publisher, which costs the shard less per message
-/// than a consumer with acks, fills the queue faster than the consumers
-/// drain it, and a growing queue costs fresh memory (page faults) and cache
-/// misses for every message. A shard with time to spare never slows one.
-pub(crate) const FLOW_BUSY_FRACTION: f64 = 0.9;
-/// A saturated shard stays so until a tick in which it was busy for less
-/// than this fraction: holding a publisher idles the shard, and without
-/// the hysteresis that alone would end the hold at the next tick.
-pub(crate) const FLOW_CALM_FRACTION: f64 = 0.5;
+/// again, until the queue is down to `FLOW_READY_LOW`, whatever shard it is
+/// on and however busy the shards are; so a publisher is held to the pace
+/// at which the queue drains, and the queue stays bounded. Without it a
+/// publisher, which costs less per message than a consumer with acks, fills
+/// the queue faster than the consumers drain it, and a growing queue costs
+/// fresh memory (page faults) and cache misses for every message. The gap
+/// between the marks is the hysteresis: the consumers have
+/// `FLOW_READY_LOW` messages to take while the publisher wakes up. A
+/// narrow gap keeps the shard reading its publisher in small steps rather
+/// than idling and waking again: at 1 → 1 with acks on one shard, a low
+/// mark of 3072 received 1.1-1.4x what 1024 did on a loaded 2-CPU host.
 pub(crate) const FLOW_READY_HIGH: usize = 4096;
-pub(crate) const FLOW_READY_LOW: usize = 1024;
-/// Flow control across shards (in the spirit of RabbitMQ's credit flow,
-/// counted per pair of shards and granted per mailbox batch): the enqueues
-/// one shard may have sent another and not had granted back. The queue's
-/// shard grants them back as it takes them, unless one of its queues
-/// outpaces its consumers (`FLOW_READY_HIGH`); then not until that queue
-/// is down to `FLOW_READY_LOW`, or its consumers stall for a tick. It
-/// bounds what a publisher can pile up on another shard, and is large
-/// enough that a grant's round trip (a peer's wake-up, ~0.1 ms) never
-/// stalls a publisher that is not being held.
-pub(crate) const FLOW_CREDIT_MESSAGES: i64 = 16_384;
-/// A queue holding back credit lets it go once its consumers have taken
-/// nothing for this long: stalled consumers slow no publisher, and the
-/// queue buffers for them. Longer than the local flow's tick, since a
-/// delivery's round trip through another shard takes longer on a loaded
-/// machine.
-pub(crate) const FLOW_CREDIT_STALL: Duration = Duration::from_millis(100);
+pub(crate) const FLOW_READY_LOW: usize = 3072;
+/// Flow control across shards: the credit a shard may have spent on one
+/// queue of another shard and not had granted back. An enqueue costs one,
+/// plus one per KiB of its `Message::memory_size` (`flow_credit_cost`), so
+/// that the credit bounds both the messages (8192 small ones) and the
+/// bytes (8 MiB of large ones) in flight towards one queue, which no
+/// shard counts toward the memory alarm while they travel. The queue's
+/// shard grants it back per mailbox batch (one `ShardMsg::Credit` per peer
+/// and batch, listing the queues), unless the queue outpaces its consumers
+/// (`FLOW_READY_HIGH`); then not until it is down to `FLOW_READY_LOW`, or
+/// its consumers stall. A held queue holds only the publishers routing to
+/// it. Large enough that a grant's round trip (a peer's wake-up, ~0.1 ms;
+/// milliseconds on a loaded machine) never stalls a publisher that is not
+/// being held.
+pub(crate) const FLOW_CREDIT: i64 = 8192;
+/// See `FLOW_CREDIT`: the bytes of a message that cost one more credit.
+pub(crate) const FLOW_CREDIT_BYTES_PER_UNIT: u64 = 1024;
+/// A publisher held by a queue is let go once the queue's consumers have
+/// taken nothing for this long: stalled consumers (prefetch used up, no
+/// acks) slow no publisher, and the queue buffers for them until a
+/// consumer takes a message again. Long enough that a consumer merely
+/// descheduled on a loaded machine, or waiting on hops between shards,
+/// does not count as stalled (at 10 ms, a 1 → 1 queue on a machine with a
+/// load average of 15 grew past 100,000 messages); a publisher into a
+/// queue whose consumers are stuck pays it once per stall.
+pub(crate) const FLOW_STALL: Duration = Duration::from_millis(100);
+/// Bytes (`Message::memory_size`) of the deliveries a queue may have on
+/// their way to one consumer on another shard, not yet reported arrived.
+/// Bounds what a consumer without prefetch (autoack, or prefetch 0) draws
+/// into the mailbox before its connection's output bound
+/// (`DELIVERY_OUTPUT_BYTES_MAX`) can stop it, and keeps those bytes
+/// counted (`Queue::memory_bytes`). Large enough for a mailbox round trip
+/// at full rate (~1 ms at a million small messages a second).
+pub(crate) const DELIVERY_TRANSIT_BYTES_MAX: u64 = 1 << 20;
 /// Bytes of unflushed output after which a connection stops reading until its
 /// socket drains (a slow consumer must not make the broker buffer without bound).
 pub(crate) const WRITE_BUFFER_HIGH_WATERMARK: usize = 4 * 1024 * 1024;
@@ -152,6 +179,12 @@ pub const SEGMENT_SIZE_MIN: u64 = 4096;
 /// durable declares (a queue declare's record is about 30 bytes plus its
 /// name and arguments).
 pub(crate) const DEFINITIONS_LOG_MIN_BYTES: u64 = 64 * 1024;
+/// The definitions log is extended with zeros this many bytes at a time
+/// (and synced), so that an append overwrites bytes the file already has:
+/// its fdatasync then flushes the record's page alone, without the inode
+/// (the file's size) and the filesystem journal's commit a growing file
+/// needs, which costs a durable declare more than the record does.
+pub(crate) const DEFINITIONS_LOG_PREALLOCATE_BYTES: u64 = 64 * 1024;
 
 /// RabbitMQ's management port: the management API's default listener.
 pub const MANAGEMENT_PORT: u16 = 15672;
@@ -211,6 +244,54 @@ pub struct Config {
     /// `--management-listen`: where the management HTTP API listens; empty
     /// for none (`--no-management`).
     pub management_listen: Vec<SocketAddr>,
+    /// amqps listeners and their files (`--tls-*`); None: no TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings, after RabbitMQ's `listeners.ssl` and `ssl_options`.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// `--tls-listen`: the amqps addresses.
+    pub listen: Vec<SocketAddr>,
+    /// `--tls-cert`: the server's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// `--tls-key`: its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// `--tls-ca`: the CA certificates client certificates are verified against.
+    pub ca: Option<PathBuf>,
+    /// `--tls-verify-peer` (RabbitMQ's `verify = verify_peer`): ask clients
+    /// for a certificate and verify the one they send.
+    pub verify_peer: bool,
+    /// `--tls-fail-if-no-peer-cert`: refuse clients that send none.
+    pub fail_if_no_peer_cert: bool,
+    /// `--tls-cert-login-from` (RabbitMQ's `ssl_cert_login_from`): where
+    /// EXTERNAL takes the user name from.
+    pub cert_login_from: CertLoginFrom,
+}
+
+/// RabbitMQ's `ssl_cert_login_from`, for the names warren reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CertLoginFrom {
+    /// The subject's common name (CN).
+    #[default]
+    CommonName,
+    /// The first DNS subject alternative name (else the first e-mail one).
+    SubjectAlternativeName,
+}
+
+impl std::str::FromStr for CertLoginFrom {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CertLoginFrom, String> {
+        match s {
+            "common_name" => Ok(CertLoginFrom::CommonName),
+            "subject_alternative_name" | "subject_alt_name" => {
+                Ok(CertLoginFrom::SubjectAlternativeName)
+            }
+            other => Err(format!(
+                "{other:?}: expected common_name or subject_alternative_name"
+            )),
+        }
+    }
 }
 
 /// The environment variable that turns on `PlacementTest`, for tests and
@@ -267,6 +348,7 @@ impl Default for Config {
             spin_before_park: Duration::ZERO,
             placement_test: None,
             management_listen: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -87,7 +87,10 @@ impl Broker {
     /// A new connection from 127.0.0.1.
     pub fn connect(&mut self) -> Client {
         let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
-        let (id, reader, _writer) = self.state.borrow_mut().open_connection(peer);
+        let (id, reader, _writer) = self
+            .state
+            .borrow_mut()
+            .open_connection((peer, peer), Default::default());
         self.readers.push((id, reader));
         Client(id)
     }

@@ -61,6 +61,26 @@ fn definitions_log(broker: &Broker) -> PathBuf {
 /// Bytes of a log that holds no change: its header.
 const EMPTY_LOG_LEN: u64 = 16;
 
+/// The log's bytes in use: its header and whole records. The file is
+/// longer: past the records it holds zeros, preallocated in steps of
+/// `LOG_PREALLOCATE_BYTES`, so that an append does not change its size.
+fn log_len(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut at = EMPTY_LOG_LEN as usize;
+    while at + 8 <= bytes.len() {
+        let payload_len =
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        if payload_len == 0 || at + 8 + payload_len > bytes.len() {
+            break;
+        }
+        at += 8 + payload_len;
+    }
+    at as u64
+}
+
+/// The step in which the log file grows (config::DEFINITIONS_LOG_PREALLOCATE_BYTES).
+const LOG_PREALLOCATE_BYTES: u64 = 64 * 1024;
+
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -522,11 +542,10 @@ fn durable_changes_are_logged(shards: usize) {
         let (_conn, ch) = open(&url).await;
         let before = std::fs::read_to_string(&file).unwrap();
         let before_inode = inode(&file);
-        assert_eq!(
-            file_len(&log),
-            EMPTY_LOG_LEN,
-            "a start leaves the log empty"
-        );
+        assert_eq!(log_len(&log), EMPTY_LOG_LEN, "a start leaves the log empty");
+        // Preallocated: appends write over zeros the file already has.
+        let allocated = file_len(&log);
+        assert_eq!(allocated, LOG_PREALLOCATE_BYTES);
         // Transient, exclusive and server-named things are never written.
         declare_x(
             &ch,
@@ -556,32 +575,33 @@ fn durable_changes_are_logged(shards: usize) {
         let _server_named = declare_server_named(&ch).await;
         bind(&ch, "t.q", "amq.direct", "k").await;
         bind(&ch, "x.q", "amq.direct", "k").await;
-        assert_eq!(file_len(&log), EMPTY_LOG_LEN);
+        assert_eq!(log_len(&log), EMPTY_LOG_LEN);
 
         // Each durable change is in the log by the time the client hears
         // -ok: a record of its own, far smaller than the file; the file
         // itself is left alone (it is rewritten only when the log outgrows it).
         for i in 0..20 {
             let name = format!("durable-{i}");
-            let len = file_len(&log);
+            let len = log_len(&log);
             declare_q(&ch, &name, durable_queue(), FieldTable::default()).await;
-            let grown = file_len(&log) - len;
+            let grown = log_len(&log) - len;
             assert!((10..100).contains(&grown), "a declare wrote {grown} bytes");
             let text = std::fs::read(&log).unwrap();
             assert!(text.windows(name.len()).any(|w| w == name.as_bytes()));
             if i % 2 == 0 {
-                let len = file_len(&log);
+                let len = log_len(&log);
                 step(
                     "queue.delete",
                     ch.queue_delete(&name, QueueDeleteOptions::default()),
                 )
                 .await
                 .expect("queue.delete");
-                assert!(file_len(&log) > len, "the delete is logged");
+                assert!(log_len(&log) > len, "the delete is logged");
             }
         }
         assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
         assert_eq!(inode(&file), before_inode, "the file was not rewritten");
+        assert_eq!(file_len(&log), allocated, "the log file did not grow");
         // No close, no SIGTERM.
     });
     broker.crash_and_restart();
@@ -610,8 +630,81 @@ fn durable_changes_are_logged(shards: usize) {
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
     assert_eq!(names_in(&defs, "queues"), expected_sorted);
-    assert_eq!(file_len(&log), EMPTY_LOG_LEN);
+    assert_eq!(log_len(&log), EMPTY_LOG_LEN);
 }
+
+/// A clean shutdown (SIGTERM) writes the log's changes into the file and
+/// empties the log: the next start replays nothing, and finds everything.
+fn sigterm_compacts_the_log(shards: usize) {
+    let mut broker = Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    let log = definitions_log(&broker);
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        declare_x(&ch, "s.x", ExchangeKind::Direct, durable_exchange()).await;
+        for i in 0..30 {
+            let queue = format!("s.q{i:02}");
+            declare_q(&ch, &queue, durable_queue(), FieldTable::default()).await;
+            bind(&ch, &queue, "s.x", &format!("k{i}")).await;
+        }
+        step(
+            "queue.delete",
+            ch.queue_delete("s.q00", QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    });
+    assert!(log_len(&log) > EMPTY_LOG_LEN, "the changes are in the log");
+    let before = read_definitions(&broker);
+    assert!(
+        names_in(&before, "queues").is_empty(),
+        "not in the file yet"
+    );
+    broker.restart();
+    let text = broker.log();
+    let (stop, start) = text
+        .split_once("---- restarted by the test after SIGTERM ----")
+        .expect("the restart marker");
+    let compacted = stop
+        .lines()
+        .find(|l| l.contains("definitions log written into the definitions file"))
+        .unwrap_or_else(|| panic!("no compaction at exit:\n{stop}"));
+    // An exchange, 30 queues, 30 bindings and a delete (which may also log
+    // the removal of the deleted queue's binding).
+    let changes: usize = compacted
+        .split("changes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{compacted}"));
+    assert!((62..=63).contains(&changes), "{compacted}");
+    let restored = start
+        .lines()
+        .find(|l| l.contains("definitions restored"))
+        .expect("the start's definitions line");
+    assert!(restored.contains("logged_changes=0"), "{restored}");
+    assert!(restored.contains("queues=29"), "{restored}");
+    assert_eq!(log_len(&log), EMPTY_LOG_LEN);
+    let defs = read_definitions(&broker);
+    let queues: Vec<String> = (1..30).map(|i| format!("s.q{i:02}")).collect();
+    assert_eq!(names_in(&defs, "queues"), queues);
+    assert_eq!(bindings_in(&defs).len(), 29);
+    // The restored bindings route.
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open(&url).await;
+        publish(&ch, "s.x", "k7", b"routed").await;
+        wait_message_count(&conn, "s.q07", 1).await;
+    });
+}
+
+with_shards!(
+    sigterm_writes_the_definitions_log_into_the_file,
+    sigterm_compacts_the_log
+);
 
 fn declare_ok_means_durable(shards: usize) {
     let mut broker = Broker::start(shards);
@@ -655,7 +748,6 @@ fn a_rabbitmq_export_is_imported(shards: usize) {
     let mut broker = Broker::start_with(shards, &["--definitions", export.to_str().unwrap()]);
     let log = broker.log();
     for expected in [
-        "virtual host(s) 'other' skipped",
         "1 policies skipped",
         "binding from exchange 'events' to exchange 'internal.fanout' (routing key 'audit.#') skipped",
         "--default-user not created",
@@ -671,11 +763,20 @@ fn a_rabbitmq_export_is_imported(shards: usize) {
             ("guest", "guest"),                          // RabbitMQ's guest hash
         ];
         run_for(RESTART_TEST_DEADLINE, async {
+            // Each logs in; what each may do is its permissions' affair
+            // (alice may not declare server-named queues, dave not read).
             for (user, password) in users {
                 let conn = connect(&broker.url_as(user, password)).await;
-                assert_connection_usable(&conn).await;
+                let _ = channel(&conn).await;
                 close(conn).await;
             }
+            // Every vhost is imported, with its permissions.
+            let other = broker
+                .url_as("alice", "alice-secret")
+                .replace("/%2f", "/other");
+            let conn = connect(&other).await;
+            assert_connection_usable(&conn).await;
+            close(conn).await;
             for (user, password) in [("alice", "wrong"), ("admin", "admin")] {
                 let r = step(
                     "refused connection",
@@ -689,7 +790,8 @@ fn a_rabbitmq_export_is_imported(shards: usize) {
                 assert!(text.starts_with("ACCESS_REFUSED"), "{user}: {text}");
             }
 
-            let conn = connect(&broker.url_as("alice", "alice-secret")).await;
+            // bob may configure everything (alice only "^alice\\..*").
+            let conn = connect(&broker.url_as("bob", "b0b%20p%40ss%20%C3%BCn%C3%AFcode")).await;
             for name in [
                 "orders",
                 "events",
@@ -897,8 +999,8 @@ fn bad_definitions_stop_the_broker_with_a_clear_message(shards: usize) {
             "exchanges[0] ('spread'): unknown exchange type 'x-consistent-hash'",
         ),
         (
-            "quorum.json",
-            r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}]}"#,
+            "stream.json",
+            r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "stream"}}]}"#,
             "queue 'qq': ",
         ),
     ];
@@ -1147,7 +1249,7 @@ fn many_changes_survive_kill_9(shards: usize) {
         big["arguments"]["x-note"].as_str().map(str::len),
         Some(8 << 10)
     );
-    assert_eq!(file_len(&definitions_log(&broker)), EMPTY_LOG_LEN);
+    assert_eq!(log_len(&definitions_log(&broker)), EMPTY_LOG_LEN);
 
     // A second run on the recovered definitions: the restored bindings
     // route, and more changes made now survive another kill -9.

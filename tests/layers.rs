@@ -224,3 +224,73 @@ fn the_codec_and_loadgen_stand_apart_from_the_broker() {
         );
     }
 }
+
+/// The crates warrenctl may name: it is a client of the management HTTP API, so it stands
+/// apart from the broker like loadgen does and could move to its own crate unchanged.
+const WARRENCTL_CRATES: &[&str] = &[
+    "std",
+    "core",
+    "alloc",
+    "crate",
+    "self",
+    "super",
+    "clap",
+    "ureq",
+    "base64",
+    "serde_json",
+];
+
+#[test]
+fn warrenctl_imports_nothing_of_the_broker() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src/bin/warrenctl"), &mut files);
+    assert!(
+        !files.is_empty(),
+        "no warrenctl sources under src/bin/warrenctl: is the test reading the right folder?"
+    );
+    let mut violations = Vec::new();
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = match line.find("//") {
+                Some(at) => &line[..at],
+                None => line,
+            };
+            for broker in ["warren::", "warren_protocol"] {
+                if code.contains(broker) {
+                    violations.push(format!(
+                        "{}:{}: names the broker (`{broker}`)",
+                        file.display(),
+                        number + 1
+                    ));
+                }
+            }
+            // The first segment of each `use` path, and of each `name::` path at the
+            // start of an expression, must be an allowed crate or this binary's module.
+            let trimmed = code.trim_start();
+            if let Some(path) = trimmed
+                .strip_prefix("use ")
+                .or_else(|| trimmed.strip_prefix("pub use "))
+            {
+                let first: String = path
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let own_module = files
+                    .iter()
+                    .any(|f| f.file_stem().is_some_and(|s| s.to_string_lossy() == first));
+                // `use Command::*` names this binary's own enum, not a crate.
+                let local_type = first.starts_with(|c: char| c.is_ascii_uppercase());
+                if !WARRENCTL_CRATES.contains(&first.as_str()) && !own_module && !local_type {
+                    violations.push(format!(
+                        "{}:{}: warrenctl uses `{first}`, which is not among its crates ({})",
+                        file.display(),
+                        number + 1,
+                        WARRENCTL_CRATES.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}

@@ -1,9 +1,13 @@
-//! The listener's limits: a broker refuses to start on an address another
-//! process listens on, and a broker out of file descriptors stays up, says
-//! so once, serves the connections it has, and accepts again once some close.
+//! The listener's limits, at 1 and 2 shards: a broker refuses to start on an
+//! address another process listens on, raises its soft RLIMIT_NOFILE to the
+//! hard limit, and out of file descriptors stays up, says so once (per
+//! shard), serves the connections it has, and accepts again once some close.
 
 mod common;
 use common::*;
+#[path = "lapin_support/mod.rs"]
+mod lapin_support;
+use lapin_support::{declare_queue, get_within, open, publish, run, STEP_DEADLINE};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,24 +21,36 @@ const FD_EXHAUSTED: &str = "out of file descriptors";
 const FD_AVAILABLE: &str = "file descriptors available again";
 
 #[test]
-fn a_second_broker_on_the_same_address_refuses_to_start() {
-    let broker = Broker::start(2);
+fn a_second_broker_on_the_same_address_refuses_to_start_1_shard() {
+    second_broker_on_the_same_address(1);
+}
+
+#[test]
+fn a_second_broker_on_the_same_address_refuses_to_start_2_shards() {
+    second_broker_on_the_same_address(2);
+}
+
+fn second_broker_on_the_same_address(shards: usize) {
+    let broker = Broker::start(shards);
     if broker.is_external() {
         eprintln!("skipped: needs a warren of its own");
         return;
     }
     let addr = broker.addr().to_string();
     let data_dir = fresh_temp_dir("warren-test-in-use");
-    let (status, output) = start_expecting_exit(1, &data_dir, &["--listen", &addr]);
+    let (status, output) = start_expecting_exit(shards, &data_dir, &["--listen", &addr]);
     let _ = std::fs::remove_dir_all(&data_dir);
     assert!(!status.success(), "{output}");
     assert!(
         output.contains(&format!("{addr} is in use")),
         "the error names the address: {output}"
     );
+    // The first broker still serves.
+    let mut client = TcpStream::connect(broker.addr()).unwrap();
+    assert!(gets_connection_start(&mut client));
 }
 
-/// A warren child whose RLIMIT_NOFILE (soft and hard) is `fds`.
+/// A warren child of `shards` shards whose RLIMIT_NOFILE (soft and hard) is `fds`.
 struct LimitedBroker {
     child: Child,
     addr: SocketAddr,
@@ -43,7 +59,12 @@ struct LimitedBroker {
 }
 
 impl LimitedBroker {
-    fn start(fds: u64) -> LimitedBroker {
+    fn start(fds: u64, shards: usize) -> LimitedBroker {
+        LimitedBroker::start_with_limits(fds, fds, shards)
+    }
+
+    /// With a soft limit `soft` and a hard limit `hard`.
+    fn start_with_limits(soft: u64, hard: u64, shards: usize) -> LimitedBroker {
         let data_dir = fresh_temp_dir("warren-test-fds");
         let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
         command
@@ -51,7 +72,7 @@ impl LimitedBroker {
                 "--listen",
                 "127.0.0.1:0",
                 "--shards",
-                "1",
+                &shards.to_string(),
                 "--log-level",
                 "info",
             ])
@@ -65,8 +86,8 @@ impl LimitedBroker {
         unsafe {
             command.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: fds,
-                    rlim_max: fds,
+                    rlim_cur: soft,
+                    rlim_max: hard,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -140,6 +161,22 @@ fn ready_address(line: &str) -> Option<SocketAddr> {
     rest[..end].parse().ok()
 }
 
+/// After connection.start: a malformed connection.start-ok is answered
+/// (connection.close, then the socket closed) by a broker that serves the
+/// connection; false if nothing comes.
+fn still_served(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A method frame on channel 0 whose arguments are missing.
+    let malformed = [1, 0, 0, 0, 0, 0, 4, 0, 10, 0, 11, 0xCE];
+    if stream.write_all(&malformed).is_err() {
+        return false;
+    }
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).is_ok()
+}
+
 /// Sends the protocol header and reads the start of connection.start: a
 /// frame of type 1 on channel 0 (false if the broker does not answer).
 fn gets_connection_start(stream: &mut TcpStream) -> bool {
@@ -154,18 +191,40 @@ fn gets_connection_start(stream: &mut TcpStream) -> bool {
 }
 
 #[test]
-fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again() {
+fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again_1_shard() {
+    out_of_file_descriptors(1);
+}
+
+#[test]
+fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again_2_shards() {
+    out_of_file_descriptors(2);
+}
+
+/// Each shard accepts on its own listener and logs its own episode, so a
+/// broker logs at most one line per shard per episode.
+fn out_of_file_descriptors(shards: usize) {
     // What the broker holds at rest (io_uring rings, store files, the
     // listener...), measured on a first run, plus room for a few clients.
+    // With two shards, a few clients so that each shard has had one (what
+    // a shard opens on its first connection is part of its rest).
     let baseline = {
-        let probe = LimitedBroker::start(1024);
-        let mut first = TcpStream::connect(probe.addr).unwrap();
-        assert!(gets_connection_start(&mut first), "{}", probe.log());
-        probe.open_fds() as u64
+        let probe = LimitedBroker::start(1024, shards);
+        let clients: Vec<TcpStream> = (0..4 * shards)
+            .map(|_| {
+                let mut client = TcpStream::connect(probe.addr).unwrap();
+                assert!(gets_connection_start(&mut client), "{}", probe.log());
+                client
+            })
+            .collect();
+        (probe.open_fds() - clients.len() + 1) as u64
     };
-    let broker = LimitedBroker::start(baseline + 4);
+    let broker = LimitedBroker::start(baseline + 4, shards);
 
+    // Accepted before the flood: with two shards, a connection made first
+    // may still wait in its shard's backlog while the other shard accepts
+    // the flood, so the test waits for its connection.start.
     let mut early = TcpStream::connect(broker.addr).unwrap();
+    assert!(gets_connection_start(&mut early), "{}", broker.log());
     // Connections beyond the limit complete in the kernel's backlog; the
     // broker cannot accept them.
     let mut flood = Vec::new();
@@ -182,11 +241,12 @@ fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again() {
         broker.log()
     );
     // An open connection is still served meanwhile.
-    assert!(gets_connection_start(&mut early), "{}", broker.log());
+    assert!(still_served(&mut early), "{}", broker.log());
     // A few more failing accepts (the loop backs off 50 ms between them)
     // are one episode: still one line.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(broker.lines_with(FD_EXHAUSTED), 1, "{}", broker.log());
+    let episode_lines = broker.lines_with(FD_EXHAUSTED);
+    assert!((1..=shards).contains(&episode_lines), "{}", broker.log());
 
     drop(flood);
     drop(early);
@@ -197,10 +257,49 @@ fn out_of_file_descriptors_the_broker_stays_up_and_accepts_again() {
         TcpStream::connect(broker.addr)
             .map(|mut s| gets_connection_start(&mut s))
             .unwrap_or(false)
-            && broker.lines_with(FD_AVAILABLE) == 1
+            && broker.lines_with(FD_AVAILABLE) == broker.lines_with(FD_EXHAUSTED)
     });
     assert!(recovered, "not accepting again:\n{}", broker.log());
-    assert_eq!(broker.lines_with(FD_EXHAUSTED), 1, "{}", broker.log());
+    assert!(
+        (1..=shards).contains(&broker.lines_with(FD_EXHAUSTED)),
+        "{}",
+        broker.log()
+    );
+    // A normal client is served, and correctly.
+    let url = format!("amqp://guest:guest@{}/%2f", broker.addr);
+    run(async {
+        let (_conn, ch) = open(&url).await;
+        let queue = unique("after-fds");
+        declare_queue(&ch, &queue).await;
+        publish(&ch, "", &queue, b"back").await;
+        let got = get_within(&ch, &queue, STEP_DEADLINE).await;
+        assert_eq!(got.delivery.data, b"back");
+    });
+}
+
+/// The soft RLIMIT_NOFILE (often 1024) would cap the clients long before
+/// the hard one: the broker raises it to the hard limit at start.
+fn raises_the_fd_limit(shards: usize) {
+    let broker = LimitedBroker::start_with_limits(256, 4096, shards);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+    let mut client = TcpStream::connect(broker.addr).unwrap();
+    assert!(gets_connection_start(&mut client), "{}", broker.log());
+}
+
+#[test]
+fn the_fd_limit_is_raised_to_the_hard_limit_1_shard() {
+    raises_the_fd_limit(1);
+}
+
+#[test]
+fn the_fd_limit_is_raised_to_the_hard_limit_2_shards() {
+    raises_the_fd_limit(2);
 }
 
 /// A lone IPv6 wildcard listener takes IPv4 clients too (dual-stack, as Linux's default and

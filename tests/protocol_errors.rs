@@ -40,6 +40,11 @@ const CONNECTION_UPDATE_SECRET: (u16, u16) = (10, 70);
 const CONNECTION_UPDATE_SECRET_OK: (u16, u16) = (10, 71);
 const QUEUE_DECLARE: (u16, u16) = (50, 10);
 const QUEUE_DECLARE_OK: (u16, u16) = (50, 11);
+const QUEUE_DELETE: (u16, u16) = (50, 40);
+const QUEUE_DELETE_OK: (u16, u16) = (50, 41);
+const BASIC_CONSUME: (u16, u16) = (60, 20);
+const BASIC_CONSUME_OK: (u16, u16) = (60, 21);
+const BASIC_CANCEL: (u16, u16) = (60, 30);
 const BASIC_PUBLISH: (u16, u16) = (60, 40);
 
 /// One frame as read from the socket. `class`/`method` are 0 unless it is a method frame;
@@ -170,7 +175,12 @@ fn basic_publish_args(exchange: &str, routing_key: &str) -> Vec<u8> {
 
 /// client-properties, optionally announcing `authentication_failure_close`.
 fn client_properties(auth_failure_close: bool) -> Vec<u8> {
-    let mut caps = Vec::new();
+    // Every connection takes the broker's basic.cancel for consumers of a deleted queue.
+    let mut caps = Args::default()
+        .shortstr("consumer_cancel_notify")
+        .u8(b't')
+        .u8(1)
+        .bytes();
     if auth_failure_close {
         caps.extend(
             Args::default()
@@ -1262,3 +1272,52 @@ broker_test!(protocol_headers_of_other_versions, |b| {
     refused_header(b, b"AMQP\x00\x00\x0a\x00");
     assert_still_serving(b);
 });
+
+// ---------------------------------------------------------------------------------------
+// The order of answers
+// ---------------------------------------------------------------------------------------
+
+// rabbit_channel sends queue.delete-ok from the call that deleted the queue and the
+// basic.cancel of its own consumers when the queue's exit reaches it, later; py-amqp fails
+// a queue_delete that sees the cancel first (kombu's test_ack_from_another_thread).
+broker_test!(
+    queue_delete_ok_precedes_the_cancel_of_the_deleting_channels_consumer,
+    |b| {
+        let mut c = Conn::handshake(b, &Handshake::default());
+        let name = unique("delete-cancel");
+        c.open_channel(1);
+        c.open_channel(2);
+        let f = c.declare_queue(1, &name);
+        assert!(f.is(QUEUE_DECLARE_OK), "{f:?}");
+        for channel in [1, 2] {
+            let consume = Args::default()
+                .u16(0)
+                .shortstr(&name)
+                .shortstr(&format!("ctag-{channel}"))
+                .u8(0)
+                .table(&[])
+                .bytes();
+            c.send_method(channel, BASIC_CONSUME, &consume);
+            c.expect(BASIC_CONSUME_OK);
+        }
+        let delete = Args::default().u16(0).shortstr(&name).u8(0).bytes();
+        c.send_method(1, QUEUE_DELETE, &delete);
+        // Channel 1: delete-ok, then the cancel; channel 2's cancel may come at any point.
+        let frames: Vec<Frame> = (0..3).map(|_| c.next()).collect();
+        let on = |channel: u16| -> Vec<&Frame> {
+            frames.iter().filter(|f| f.channel == channel).collect()
+        };
+        let first = on(1);
+        assert_eq!(first.len(), 2, "{frames:?}");
+        assert!(first[0].is(QUEUE_DELETE_OK), "{frames:?}");
+        assert!(first[1].is(BASIC_CANCEL), "{frames:?}");
+        assert_eq!(first[1].args().shortstr(), "ctag-1");
+        let second = on(2);
+        assert!(
+            second.len() == 1 && second[0].is(BASIC_CANCEL),
+            "{frames:?}"
+        );
+        assert_eq!(second[0].args().shortstr(), "ctag-2");
+        assert_still_serving(b);
+    }
+);

@@ -1,23 +1,38 @@
 //! Command-line flags, in RabbitMQ PerfTest's vocabulary where it has a word for the
 //! idea, and the `Plan` derived from them: which queues, which keys, which producer
 //! and consumer goes to which executor.
+//!
+//! Where PerfTest has the flag, loadgen reads it as PerfTest does, so a PerfTest command
+//! line runs unchanged: `-h` URI, `-x`/`-y` producer/consumer connections, `-X`/`-Y`
+//! channels per producer/consumer connection, `-f persistent`/`-f mandatory`,
+//! `-qp`/`-qpf`/`-qpt` queue patterns, `-p` predeclared, `-ad` auto-delete, `-M` frame
+//! max, `-s` body size (12 bytes at least, as in PerfTest). PerfTest's flags of more than
+//! one letter are rewritten to their long names before clap sees them
+//! ([`perftest_argv`]).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::body::BODY_HEADER_SIZE;
+use crate::body::{BODY_HEADER_SIZE, BODY_SIZE_MIN, COMPACT_PRODUCERS_MAX};
 use crate::error::{Error, Result};
 use crate::uri::AmqpUri;
 
 /// loadgen: an AMQP 0-9-1 load generator in the style of RabbitMQ PerfTest, with
 /// honest (coordinated-omission-corrected) HDR latency, loss and duplicate checks.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about)]
+#[command(version, about, disable_help_flag = true)]
 pub struct Args {
+    /// Print help (-h is the URI, as in PerfTest).
+    #[arg(short = '?', long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// Broker URI: amqp://user:pass@host:port/vhost.
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        short = 'h',
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub uri: String,
     /// Producer connections.
     #[arg(short = 'x', long, default_value_t = 1)]
@@ -26,22 +41,30 @@ pub struct Args {
     #[arg(short = 'y', long, default_value_t = 1)]
     pub consumers: usize,
     /// Channels per producer connection; each channel is one producer with its own id.
-    #[arg(short = 'Y', long, default_value_t = 1)]
+    #[arg(short = 'X', long, default_value_t = 1)]
     pub producer_channel_count: usize,
     /// Channels per consumer connection; each channel is one consumer.
-    #[arg(long, default_value_t = 1)]
+    #[arg(short = 'Y', long, default_value_t = 1)]
     pub consumer_channel_count: usize,
     /// Queue name (one queue). Default: a name of this run's own, deleted at the end.
     #[arg(short = 'u', long)]
     pub queue: Option<String>,
-    /// Number of queues, named after --queue-pattern (perf-test-1, perf-test-2, ...).
+    /// Number of queues, named after --queue-pattern from 1 (perf-test-1, perf-test-2,
+    /// ...); the same as -qpf 1 -qpt N.
     #[arg(long)]
     pub queues: Option<usize>,
-    /// Name pattern for --queues; %d is replaced by 1..=N.
-    #[arg(long, default_value = "perf-test-%d")]
-    pub queue_pattern: String,
-    /// Body size in bytes (at least 20: producer id, sequence, timestamp).
-    #[arg(short = 's', long, default_value_t = BODY_HEADER_SIZE)]
+    /// (-qp) Queue name pattern: %d is replaced by each number from --queue-pattern-from
+    /// to --queue-pattern-to (default with --queues: perf-test-%d).
+    #[arg(long)]
+    pub queue_pattern: Option<String>,
+    /// (-qpf) First number of the queue pattern's range (inclusive).
+    #[arg(long)]
+    pub queue_pattern_from: Option<usize>,
+    /// (-qpt) Last number of the queue pattern's range (inclusive).
+    #[arg(long)]
+    pub queue_pattern_to: Option<usize>,
+    /// Body size in bytes (at least 12: producer id, sequence, timestamp).
+    #[arg(short = 's', long, default_value_t = BODY_SIZE_MIN)]
     pub size: usize,
     /// Consumer prefetch (basic.qos); 0 = unlimited.
     #[arg(short = 'q', long, default_value_t = 0)]
@@ -64,7 +87,11 @@ pub struct Args {
     /// Messages per producer (the run ends when every producer has sent them).
     #[arg(short = 'C', long)]
     pub pmessages: Option<u64>,
-    /// Persistent messages (delivery_mode 2) and durable queues.
+    /// Message flags, as PerfTest's -f: persistent (delivery_mode 2 and durable
+    /// queues) and mandatory; repeat the flag or list several values.
+    #[arg(short = 'f', long = "flag", num_args = 1.., value_parser = ["persistent", "mandatory"])]
+    pub flags: Vec<String>,
+    /// The same as -f persistent.
     #[arg(long)]
     pub persistent: bool,
     /// Exchange to publish to ("" = the default exchange).
@@ -80,12 +107,20 @@ pub struct Args {
     /// Binding keys for every queue (comma-separated). Default: the routing keys.
     #[arg(long, value_delimiter = ',')]
     pub binding_key: Vec<String>,
-    /// Publish with mandatory=true; unroutable messages come back as basic.return.
+    /// Publish with mandatory=true; unroutable messages come back as basic.return (the
+    /// same as -f mandatory).
     #[arg(long)]
     pub mandatory: bool,
-    /// Declare queues with auto_delete.
+    /// (-ad) Declare queues with auto_delete.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_delete: bool,
+    /// Use the exchange and queues as they are when they exist already (checked with
+    /// passive declares); declare only those that do not.
+    #[arg(short = 'p', long)]
+    pub predeclared: bool,
+    /// The frame_max to ask for; 0 takes the broker's offer.
+    #[arg(short = 'M', long, default_value_t = crate::client::FRAME_MAX_DEFAULT)]
+    pub framemax: u32,
     /// Print the summary as one JSON object on stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -174,8 +209,16 @@ impl Plan {
         self.consumer_conns.iter().map(|c| c.consumers.len()).sum()
     }
 
-    pub fn from_args(args: Args) -> Result<Plan> {
+    pub fn from_args(mut args: Args) -> Result<Plan> {
         let mut notes = Vec::new();
+        args.persistent |= args.flags.iter().any(|f| f == "persistent");
+        args.mandatory |= args.flags.iter().any(|f| f == "mandatory");
+        if args.framemax != 0 && args.framemax < warren_protocol::FRAME_MIN_SIZE {
+            return Err(Error::new(format!(
+                "-M must be 0 (the broker's offer) or at least {}",
+                warren_protocol::FRAME_MIN_SIZE
+            )));
+        }
         let uri = AmqpUri::parse(&args.uri)?;
         let addr = (uri.host.as_str(), uri.port)
             .to_socket_addrs()
@@ -199,15 +242,21 @@ impl Plan {
                 )));
             }
         }
-        let body_size = if args.size < BODY_HEADER_SIZE {
+        let body_size = if args.size < BODY_SIZE_MIN {
             notes.push(format!(
-                "body size raised from {} to {BODY_HEADER_SIZE} bytes, the minimum (producer id, sequence, timestamp)",
+                "body size raised from {} to {BODY_SIZE_MIN} bytes, the minimum (producer id, sequence, timestamp)",
                 args.size
             ));
-            BODY_HEADER_SIZE
+            BODY_SIZE_MIN
         } else {
             args.size
         };
+        let producers_total = args.producers.saturating_mul(args.producer_channel_count);
+        if body_size < BODY_HEADER_SIZE && producers_total > COMPACT_PRODUCERS_MAX {
+            return Err(Error::new(format!(
+                "bodies under {BODY_HEADER_SIZE} bytes carry a 16-bit producer id: at most {COMPACT_PRODUCERS_MAX} producers"
+            )));
+        }
         if args.time.is_none() && args.pmessages.is_none() && args.producers > 0 {
             return Err(Error::new("say how long to run: -z SECONDS or -C MESSAGES"));
         }
@@ -216,17 +265,46 @@ impl Plan {
                 "--rate must be a positive number (0 = unlimited)",
             ));
         }
-        let (queues, delete_queues_at_end) = match (args.queues, &args.queue) {
-            (Some(_), Some(_)) => return Err(Error::new("use either -u QUEUE or --queues N")),
-            (Some(0), None) => return Err(Error::new("--queues must be at least 1")),
-            (Some(n), None) => {
-                if !args.queue_pattern.contains("%d") {
-                    return Err(Error::new("--queue-pattern needs a %d"));
+        let range = match (args.queues, args.queue_pattern_from, args.queue_pattern_to) {
+            (Some(0), None, None) => return Err(Error::new("--queues must be at least 1")),
+            (Some(n), None, None) => Some((1, n)),
+            (None, Some(from), Some(to)) if from <= to => Some((from, to)),
+            (None, Some(_), Some(_)) => {
+                return Err(Error::new(
+                    "-qpt (--queue-pattern-to) must be at least -qpf (--queue-pattern-from)",
+                ))
+            }
+            (None, None, None) => None,
+            (Some(_), _, _) => return Err(Error::new("use either --queues N or -qpf/-qpt")),
+            _ => {
+                return Err(Error::new(
+                    "queue pattern, from and to (-qp, -qpf, -qpt) must all be set or none",
+                ))
+            }
+        };
+        let (queues, delete_queues_at_end) = match (range, &args.queue) {
+            (Some(_), Some(_)) => return Err(Error::new("use either -u QUEUE or a queue pattern")),
+            (Some((from, to)), None) => {
+                let pattern =
+                    match (&args.queue_pattern, args.queues) {
+                        (Some(pattern), _) => pattern.as_str(),
+                        (None, Some(_)) => "perf-test-%d",
+                        (None, None) => return Err(Error::new(
+                            "queue pattern, from and to (-qp, -qpf, -qpt) must all be set or none",
+                        )),
+                    };
+                if !pattern.contains("%d") {
+                    return Err(Error::new("the queue pattern (-qp) needs a %d"));
                 }
-                let names = (1..=n)
-                    .map(|i| args.queue_pattern.replace("%d", &i.to_string()))
+                let names = (from..=to)
+                    .map(|i| pattern.replace("%d", &i.to_string()))
                     .collect();
                 (names, false)
+            }
+            (None, _) if args.queue_pattern.is_some() => {
+                return Err(Error::new(
+                    "queue pattern, from and to (-qp, -qpf, -qpt) must all be set or none",
+                ))
             }
             (None, Some(name)) => (vec![name.clone()], false),
             (None, None) => (vec![format!("loadgen-{}", std::process::id())], true),
@@ -328,5 +406,77 @@ impl Plan {
             multi_ack_every,
             notes,
         })
+    }
+}
+
+/// PerfTest's flags of more than one letter, and the long names clap knows them by.
+const PERFTEST_LONG_SHORTS: [(&str, &str); 4] = [
+    ("-qp", "--queue-pattern"),
+    ("-qpf", "--queue-pattern-from"),
+    ("-qpt", "--queue-pattern-to"),
+    ("-ad", "--auto-delete"),
+];
+
+/// The command line with PerfTest's flags of more than one letter (`-qp`, `-qpf`, `-qpt`,
+/// `-ad`) rewritten to their long names, which clap (one letter per short flag) can
+/// parse. `-qp=x` becomes `--queue-pattern=x`.
+pub fn perftest_argv(argv: impl IntoIterator<Item = String>) -> Vec<String> {
+    argv.into_iter()
+        .map(|arg| {
+            let (flag, value) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, Some(value)),
+                None => (arg.as_str(), None),
+            };
+            match PERFTEST_LONG_SHORTS
+                .iter()
+                .find(|(short, _)| *short == flag)
+            {
+                Some((_, long)) => match value {
+                    Some(value) => format!("{long}={value}"),
+                    None => long.to_string(),
+                },
+                None => arg,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(line: &str) -> Result<Plan> {
+        let argv = perftest_argv(line.split_whitespace().map(String::from));
+        Plan::from_args(Args::try_parse_from(argv).map_err(|e| Error::new(e.to_string()))?)
+    }
+
+    #[test]
+    fn perftest_command_lines_parse_as_perftest_reads_them() {
+        let p = plan(
+            "loadgen -h amqp://u:p@127.0.0.1:5673/%2f -x 2 -y 3 -X 4 -Y 5 -f persistent -f mandatory \
+             -qp q-%d -qpf 3 -qpt 5 -p -ad false -M 8192 -s 12 -z 1",
+        )
+        .unwrap();
+        assert_eq!(p.uri.port, 5673);
+        assert_eq!((p.producer_count(), p.consumer_count()), (8, 15));
+        assert!(p.args.persistent && p.args.mandatory && p.args.predeclared);
+        assert!(!p.args.auto_delete);
+        assert_eq!(p.queues, ["q-3", "q-4", "q-5"]);
+        assert_eq!((p.args.framemax, p.body_size), (8192, 12));
+        let p = plan("loadgen -f persistent mandatory -z 1 -s 4").unwrap();
+        assert!(p.args.persistent && p.args.mandatory);
+        assert_eq!(p.body_size, BODY_SIZE_MIN);
+    }
+
+    #[test]
+    fn incomplete_queue_patterns_and_small_frames_are_refused() {
+        assert!(plan("loadgen -qp q-%d -z 1").is_err());
+        assert!(plan("loadgen -qp q-%d -qpf 1 -z 1").is_err());
+        assert!(plan("loadgen -qp q-%d -qpf 3 -qpt 2 -z 1").is_err());
+        assert!(plan("loadgen -qp q -qpf 1 -qpt 2 -z 1").is_err());
+        assert!(plan("loadgen -M 1024 -z 1").is_err());
+        assert!(plan("loadgen -f durable -z 1").is_err());
+        let p = plan("loadgen --queues 2 -z 1").unwrap();
+        assert_eq!(p.queues, ["perf-test-1", "perf-test-2"]);
     }
 }

@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -17,8 +18,9 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::future::{self, poll_fn};
 use glommio::net::TcpStream;
 use warren_protocol::{
-    parse_frame, write_method, ChannelOpen, ConnectionClose, ConnectionOpen, ConnectionStartOk,
-    ConnectionTuneOk, FieldTable, FieldValue, Frame, Method, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+    parse_frame, write_method, ChannelClose, ChannelCloseOk, ChannelOpen, ConnectionClose,
+    ConnectionOpen, ConnectionStartOk, ConnectionTuneOk, FieldTable, FieldValue, Frame, Method,
+    FRAME_MIN_SIZE, PROTOCOL_HEADER,
 };
 
 use crate::error::{Error, Result};
@@ -26,8 +28,16 @@ use crate::uri::AmqpUri;
 
 /// How much the read buffer grows by; a read never has less than a quarter of it.
 pub const READ_BUFFER_SIZE: usize = 256 * 1024;
-/// The frame_max loadgen asks for (the broker may offer less).
-const FRAME_MAX_WANTED: u32 = 131_072;
+/// The frame_max loadgen asks for unless -M says otherwise (the broker may offer less).
+pub const FRAME_MAX_DEFAULT: u32 = 131_072;
+/// The frame_max every connection of this run asks for (-M); 0 takes the broker's offer.
+/// Set once at start, before any connection opens.
+static FRAME_MAX_WANTED: AtomicU32 = AtomicU32::new(FRAME_MAX_DEFAULT);
+
+/// Sets the frame_max that connections ask for (-M); call before opening any.
+pub fn want_frame_max(frame_max: u32) {
+    FRAME_MAX_WANTED.store(frame_max, Ordering::Relaxed);
+}
 /// How long set-up steps may take before loadgen gives up on the broker.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// The server property in which a warren started with WARREN_TEST_PLACEMENT
@@ -138,7 +148,13 @@ impl Connection {
             .map_err(|e| Error::new(format!("cannot connect to {addr}: {e}")))?;
         stream.set_nodelay(true)?;
         let mut conn = Connection {
-            stream: crate::socket::stream(stream),
+            stream: if uri.tls {
+                crate::socket::tls_stream(stream, &uri.host)
+                    .await
+                    .map_err(|e| Error::new(format!("TLS with {addr}: {e}")))?
+            } else {
+                crate::socket::stream(stream)
+            },
             read_buf: BytesMut::with_capacity(READ_BUFFER_SIZE),
             write_buf: BytesMut::with_capacity(64 * 1024),
             frame_max: FRAME_MIN_SIZE,
@@ -217,9 +233,11 @@ impl Connection {
             }
             (_, other) => return Err(unexpected("connection.tune", &other)),
         };
-        self.frame_max = match tune.frame_max {
-            0 => FRAME_MAX_WANTED,
-            offered => offered.min(FRAME_MAX_WANTED),
+        self.frame_max = match (tune.frame_max, FRAME_MAX_WANTED.load(Ordering::Relaxed)) {
+            (0, 0) => FRAME_MAX_DEFAULT,
+            (0, wanted) => wanted,
+            (offered, 0) => offered,
+            (offered, wanted) => offered.min(wanted),
         };
         self.channel_max = match tune.channel_max {
             0 => 2047,
@@ -315,6 +333,52 @@ impl Connection {
             }
         })
         .await
+    }
+
+    /// Sends a passive declare on `channel` (opened here and closed again): the
+    /// declare-ok when the exchange or queue exists, `None` when the broker answers
+    /// 404 NOT_FOUND (the channel is then closed by the broker).
+    pub async fn probe(&mut self, channel: u16, method: Method) -> Result<Option<Method>> {
+        self.open_channel(channel).await?;
+        let name = method.name();
+        let reply = with_timeout(name, RPC_TIMEOUT, async {
+            self.send(channel, &method).await?;
+            loop {
+                match self.next_frame().await? {
+                    Frame::Method {
+                        channel: on,
+                        method: Method::ChannelClose(close),
+                    } if on == channel && close.reply_code == 404 => {
+                        self.send(channel, &ChannelCloseOk {}.into()).await?;
+                        return Ok(None);
+                    }
+                    Frame::Method { method, .. } if close_error(&method).is_some() => {
+                        return Err(close_error(&method)
+                            .unwrap_or_else(|| Error::new(format!("{name} failed"))));
+                    }
+                    Frame::Method {
+                        channel: on,
+                        method,
+                    } if on == channel => return Ok(Some(method)),
+                    Frame::Heartbeat { .. } => {}
+                    other => self.held.push_back(other),
+                }
+            }
+        })
+        .await?;
+        if reply.is_some() {
+            let close = ChannelClose {
+                reply_code: 200,
+                reply_text: "probed".into(),
+                class_id: 0,
+                method_id: 0,
+            };
+            match self.rpc(channel, close.into()).await? {
+                Method::ChannelCloseOk(_) => {}
+                other => return Err(unexpected("channel.close-ok", &other)),
+            }
+        }
+        Ok(reply)
     }
 
     pub async fn open_channel(&mut self, channel: u16) -> Result<()> {

@@ -282,13 +282,12 @@ impl Seen<'_> {
     /// Reads the producer's stamp at the start of a body: its latency and
     /// its place in that producer's sequence on this queue.
     fn stamp(&mut self, body: &[u8], queue: usize, stats: &mut ExecStats) {
-        match read_stamp(body) {
+        match read_stamp(body, self.now) {
             Some(stamp) if (stamp.producer_id as usize) < self.producer_count => {
                 stats.record_e2e(self.now.saturating_sub(stamp.intended_ns));
                 let slot = stamp.producer_id as usize * self.queue_count + queue;
-                self.records[slot]
-                    .get_or_insert_with(SeqBits::default)
-                    .record(stamp.sequence);
+                let bits = self.records[slot].get_or_insert_with(SeqBits::default);
+                bits.record(stamp.sequence_near(bits.next()));
             }
             _ => *self.foreign += 1,
         }

@@ -246,19 +246,17 @@ async fn setup(plan: &Plan) -> Result<Vec<String>> {
     let mut conn = Connection::open(plan.addr, &plan.uri, "loadgen setup").await?;
     conn.open_channel(1).await?;
     let exchange = plan.args.exchange.as_str();
+    // With -p (predeclared), what exists already is used as it is, as PerfTest does:
+    // probed with a passive declare on channel 2, declared only when missing.
+    let exchange_exists = plan.args.predeclared
+        && !exchange.is_empty()
+        && conn
+            .probe(2, exchange_declare(plan, true).into())
+            .await?
+            .is_some();
     // amq.* exchanges exist already and may not be declared (403 in RabbitMQ).
-    if !exchange.is_empty() && !exchange.starts_with("amq.") {
-        let declare = ExchangeDeclare {
-            exchange: exchange.into(),
-            kind: plan.args.exchange_type.as_str().into(),
-            passive: false,
-            durable: false,
-            auto_delete: false,
-            internal: false,
-            nowait: false,
-            arguments: FieldTable::new(),
-        };
-        match conn.rpc(1, declare.into()).await? {
+    if !exchange.is_empty() && !exchange.starts_with("amq.") && !exchange_exists {
+        match conn.rpc(1, exchange_declare(plan, false).into()).await? {
             Method::ExchangeDeclareOk(_) => {}
             other => return Err(crate::client::unexpected("exchange.declare-ok", &other)),
         }
@@ -273,7 +271,20 @@ async fn setup(plan: &Plan) -> Result<Vec<String>> {
             nowait: false,
             arguments: FieldTable::new(),
         };
-        match conn.rpc(1, declare.into()).await? {
+        let existing = if plan.args.predeclared {
+            let passive = QueueDeclare {
+                passive: true,
+                ..declare.clone()
+            };
+            conn.probe(2, passive.into()).await?
+        } else {
+            None
+        };
+        let reply = match existing {
+            Some(reply) => reply,
+            None => conn.rpc(1, declare.into()).await?,
+        };
+        match reply {
             Method::QueueDeclareOk(ok) => {
                 if ok.message_count > 0 {
                     notes.push(format!(
@@ -308,6 +319,19 @@ async fn setup(plan: &Plan) -> Result<Vec<String>> {
     }
     conn.close().await;
     Ok(notes)
+}
+
+fn exchange_declare(plan: &Plan, passive: bool) -> ExchangeDeclare {
+    ExchangeDeclare {
+        exchange: plan.args.exchange.as_str().into(),
+        kind: plan.args.exchange_type.as_str().into(),
+        passive,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        nowait: false,
+        arguments: FieldTable::new(),
+    }
 }
 
 /// Deletes the queue loadgen named itself (auto-delete would not remove it if no

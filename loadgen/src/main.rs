@@ -50,7 +50,7 @@ use stats::{new_histogram, ConsumerResult, Counters, Event, ProducerResult};
 
 fn main() -> ExitCode {
     clock::init();
-    let args = Args::parse();
+    let args = Args::parse_from(args::perftest_argv(std::env::args()));
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -150,6 +150,7 @@ fn ms(us: u64) -> f64 {
 fn run(args: Args) -> Result<ExitCode> {
     let json = args.json;
     let plan = Arc::new(Plan::from_args(args)?);
+    client::want_frame_max(plan.args.framemax);
     for note in &plan.notes {
         eprintln!("loadgen: {note}");
     }
@@ -273,6 +274,9 @@ fn drive(plan: &Plan, control: &Control, g: &mut Gather, json: bool) -> Result<T
     control.advance(Phase::StartProducers);
     let start = clock::instant_at(start_ns);
     let producers = plan.producer_count();
+    // ProducerDone comes once per producer connection: its task publishes for all of the
+    // connection's channels (-X).
+    let producer_conns = plan.producer_conns.len();
     let run_for = plan.args.time.map(Duration::from_secs_f64);
     let mut timing = Timing {
         start,
@@ -350,7 +354,7 @@ fn drive(plan: &Plan, control: &Control, g: &mut Gather, json: bool) -> Result<T
         // Has producing ended (all done, or time up)?
         if timing.producing_end.is_none() {
             let time_up = run_for.is_some_and(|limit| now >= start + limit);
-            if time_up || (producers > 0 && g.producers_done >= producers) {
+            if time_up || (producers > 0 && g.producers_done >= producer_conns) {
                 control.advance(Phase::StopProducers);
                 timing.producing_end = Some(now);
                 drain_started = Some(now);

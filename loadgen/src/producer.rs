@@ -319,6 +319,7 @@ async fn write_loop(
                             producer_id: p.plan.id,
                             sequence,
                             intended_ns: intended,
+                            compact: false,
                         },
                     );
                     out.put_slice(&p.templates[p.key_index]);
@@ -471,8 +472,8 @@ async fn read_frames(
                 (Frame::Body { payload, .. }, Some(p)) => {
                     if let Some((left, stamped)) = p.return_left {
                         if !stamped {
-                            if let Some(stamp) = read_stamp(&payload) {
-                                p.returned.push(stamp.sequence);
+                            if let Some(stamp) = read_stamp(&payload, clock::now_ns()) {
+                                p.returned.push(stamp.sequence_near(p.next_sequence));
                                 stats.counters.returned += 1;
                             }
                         }

@@ -35,6 +35,12 @@ pub struct SeqBits {
 }
 
 impl SeqBits {
+    /// One more than the highest sequence number seen (0: none yet).
+    #[inline]
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
     #[inline]
     pub fn record(&mut self, sequence: u64) {
         if sequence >= self.next.saturating_add(SEQUENCE_JUMP_MAX) {

@@ -3,7 +3,7 @@
 //! the user and password to guest/guest. An empty path means the vhost "/", and so
 //! does "/%2f"; RabbitMQ's spec reads an empty path segment ("amqp://h/") as the empty
 //! vhost, which no broker has by default, so loadgen reads it as "/" too.
-//! `amqps` (TLS) is not supported.
+//! `amqps://` is AMQP over TLS, on port 5671 by default.
 
 use crate::error::{Error, Result};
 
@@ -14,14 +14,16 @@ pub struct AmqpUri {
     pub user: String,
     pub password: String,
     pub vhost: String,
+    /// `amqps://`: over TLS.
+    pub tls: bool,
 }
 
 impl AmqpUri {
     pub fn parse(uri: &str) -> Result<AmqpUri> {
-        let rest = if let Some(rest) = uri.strip_prefix("amqp://") {
-            rest
-        } else if uri.starts_with("amqps://") {
-            return Err(Error::new("amqps:// (TLS) is not supported by loadgen"));
+        let (rest, tls) = if let Some(rest) = uri.strip_prefix("amqp://") {
+            (rest, false)
+        } else if let Some(rest) = uri.strip_prefix("amqps://") {
+            (rest, true)
         } else {
             return Err(Error::new(format!("not an amqp:// URI: {uri}")));
         };
@@ -55,6 +57,7 @@ impl AmqpUri {
             }
         };
         let port = match port {
+            None | Some("") if tls => 5671,
             None | Some("") => 5672,
             Some(p) => p
                 .parse()
@@ -76,13 +79,15 @@ impl AmqpUri {
             user,
             password,
             vhost,
+            tls,
         })
     }
 
     /// The URI with the password masked, for reports.
     pub fn display_safe(&self) -> String {
         format!(
-            "amqp://{}@{}:{}/{}",
+            "{}://{}@{}:{}/{}",
+            if self.tls { "amqps" } else { "amqp" },
             self.user,
             self.host,
             self.port,
@@ -147,9 +152,18 @@ mod tests {
     }
 
     #[test]
+    fn amqps_is_tls_on_5671() {
+        let uri = AmqpUri::parse("amqps://u:p@localhost/").unwrap();
+        assert!(uri.tls);
+        assert_eq!(uri.port, 5671);
+        assert!(!AmqpUri::parse("amqp://h").unwrap().tls);
+        assert_eq!(AmqpUri::parse("amqps://h:5000").unwrap().port, 5000);
+    }
+
+    #[test]
     fn bad_uris_are_refused() {
         assert!(AmqpUri::parse("http://h").is_err());
-        assert!(AmqpUri::parse("amqps://h").is_err());
+        assert!(AmqpUri::parse("amqpx://h").is_err());
         assert!(AmqpUri::parse("amqp://h:notaport").is_err());
         assert!(AmqpUri::parse("amqp://h/%zz").is_err());
     }

@@ -256,3 +256,62 @@ fn consumers_drain_a_queue_that_already_has_a_backlog() {
     // The messages come from another run: loadgen counts them as foreign.
     assert_eq!(json_number(&drained, "received"), 5000.0, "{drained}");
 }
+
+/// A PerfTest command line, unchanged: -h, -X/-Y, -f persistent -f mandatory, a queue
+/// pattern, -ad, -M and 12-byte bodies. A second run with -p (predeclared) uses the
+/// durable queues the first one left, where a declare without -f persistent would be
+/// refused as inequivalent.
+#[test]
+fn perftest_command_lines_run_unchanged() {
+    let broker = start_broker("perftest", 2);
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
+    let pattern = format!("perftest-{}-%d", std::process::id());
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["-h", &uri, "--threads", "1", "--json"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run loadgen");
+        let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        assert!(
+            output.status.success(),
+            "loadgen {args:?} failed with {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let queues = ["-qp", &pattern, "-qpf", "1", "-qpt", "2", "-ad", "false"];
+    let first = run(&[
+        &[
+            "-x",
+            "2",
+            "-y",
+            "2",
+            "-X",
+            "2",
+            "-Y",
+            "1",
+            "-f",
+            "persistent",
+            "-f",
+            "mandatory",
+        ][..],
+        &[
+            "-M", "8192", "-s", "12", "-C", "3000", "-c", "100", "-q", "100",
+        ],
+        &queues,
+    ]
+    .concat());
+    // -C is per producer: 2 connections x 2 channels x 3000.
+    assert_eq!(json_number(&first, "sent"), 12_000.0, "{first}");
+    assert_eq!(json_number(&first, "received"), 12_000.0, "{first}");
+    assert_eq!(json_number(&first, "confirmed"), 12_000.0, "{first}");
+    assert_eq!(json_number(&first, "lost"), 0.0, "{first}");
+    assert_eq!(json_number(&first, "duplicated"), 0.0, "{first}");
+    assert_eq!(json_number(&first, "returned"), 0.0, "{first}");
+    let second = run(&[&["-p", "-x", "1", "-y", "2", "-C", "1000"][..], &queues].concat());
+    assert_eq!(json_number(&second, "received"), 1000.0, "{second}");
+    assert_eq!(json_number(&second, "lost"), 0.0, "{second}");
+}

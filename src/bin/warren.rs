@@ -1,10 +1,12 @@
-//! The broker: flags → Config → shards.
+//! The broker: flags (and `--config FILE`) → Config → shards.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::{error, warn};
 
 use warren::config::{self, Config};
@@ -69,17 +71,171 @@ struct Args {
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// How log lines are written to stderr: text (one line each, as journald
+    /// reads them) or json (one JSON object per line).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// A TOML file holding any of these settings under the flags' names
+    /// (`data-dir = "/var/lib/warren"`, `tls-listen = ["0.0.0.0:5671"]`);
+    /// flags and environment variables override it. An unknown key is refused.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for amqps (AMQP over TLS); repeat for several. Default, when
+    /// --tls-cert is given: 0.0.0.0:5671 and [::]:5671.
+    #[arg(long, value_name = "ADDR:PORT")]
+    tls_listen: Vec<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first); turns TLS on.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). SIGHUP reads certificate, key and CA again.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates are verified against.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Ask TLS clients for a certificate and verify it against --tls-ca
+    /// (RabbitMQ's verify_peer); needed for the EXTERNAL mechanism.
+    #[arg(long)]
+    tls_verify_peer: bool,
+    /// With --tls-verify-peer: refuse TLS clients that send no certificate
+    /// (RabbitMQ's fail_if_no_peer_cert).
+    #[arg(long)]
+    tls_fail_if_no_peer_cert: bool,
+    /// Where EXTERNAL takes the user name from in a client certificate:
+    /// common_name or subject_alternative_name (RabbitMQ's ssl_cert_login_from).
+    #[arg(long, default_value = "common_name", value_name = "FIELD")]
+    tls_cert_login_from: String,
+}
+
+/// The flags, with the settings of `--config FILE` for those given neither
+/// on the command line nor in the environment. The file's keys are the
+/// flags' names (with `-` or `_`); each becomes the flag it names, so it is
+/// parsed and checked exactly as the flag is. Err names what is wrong.
+fn args_with_config_file() -> Result<Args, String> {
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    let command = Args::command();
+    let matches = command.clone().get_matches_from(argv.clone());
+    let Some(path) = matches.get_one::<PathBuf>("config") else {
+        return Args::from_arg_matches(&matches).map_err(|e| e.to_string());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {}", path.display(), e))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("--config {}: {}", path.display(), e))?;
+    for (key, value) in &table {
+        let id = key.replace('-', "_");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == id.as_str() && id != "config")
+            .ok_or_else(|| format!("--config {}: unknown key `{}`", path.display(), key))?;
+        if matches!(
+            matches.value_source(&id),
+            Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{}", arg.get_long().unwrap_or(key.as_str()));
+        let values = match value {
+            toml::Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        for value in values {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(on) if !arg.get_action().takes_values() => {
+                    if on {
+                        argv.push(flag.clone().into());
+                    }
+                    continue;
+                }
+                toml::Value::Boolean(on) => on.to_string(),
+                other => {
+                    return Err(format!(
+                        "--config {}: `{}` cannot be {}",
+                        path.display(),
+                        key,
+                        other.type_str()
+                    ))
+                }
+            };
+            argv.push(format!("{flag}={text}").into());
+        }
+    }
+    Args::try_parse_from(argv).map_err(|e| format!("--config {}: {}", path.display(), e))
+}
+
+/// The TLS settings from the `--tls-*` flags; None without --tls-cert.
+fn tls_config(args: &Args) -> Result<Option<config::TlsConfig>, String> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (None, None) => {
+            if !args.tls_listen.is_empty() {
+                return Err("--tls-listen needs --tls-cert and --tls-key".into());
+            }
+            return Ok(None);
+        }
+        _ => return Err("TLS needs both --tls-cert and --tls-key".into()),
+    };
+    if args.tls_fail_if_no_peer_cert && !args.tls_verify_peer {
+        return Err("--tls-fail-if-no-peer-cert needs --tls-verify-peer".into());
+    }
+    let listen = if args.tls_listen.is_empty() {
+        wildcard_pair(config::AMQPS_PORT)
+    } else {
+        args.tls_listen.clone()
+    };
+    Ok(Some(config::TlsConfig {
+        listen,
+        cert,
+        key,
+        ca: args.tls_ca.clone(),
+        verify_peer: args.tls_verify_peer,
+        fail_if_no_peer_cert: args.tls_fail_if_no_peer_cert,
+        cert_login_from: args
+            .tls_cert_login_from
+            .parse()
+            .map_err(|e| format!("--tls-cert-login-from {e}"))?,
+    }))
+}
+
+/// 0.0.0.0:PORT and, where the host has IPv6, [::]:PORT.
+fn wildcard_pair(port: u16) -> Vec<SocketAddr> {
+    let mut both = vec![SocketAddr::from(([0, 0, 0, 0], port))];
+    if ipv6_available() {
+        both.push(SocketAddr::from(([0u16; 8], port)));
+    }
+    both
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match args_with_config_file() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    if args.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let tls = match tls_config(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            error!("{}", e);
+            return ExitCode::FAILURE;
+        }
+    };
 
     let cpus_available = core_affinity::get_core_ids()
         .map(|c| c.len())
@@ -91,11 +247,7 @@ fn main() -> ExitCode {
         .unwrap_or(cpus_available)
         .max(1);
     let listen = if args.listen.is_empty() {
-        let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::AMQP_PORT))];
-        if ipv6_available() {
-            both.push(SocketAddr::from(([0u16; 8], config::AMQP_PORT)));
-        }
-        both
+        wildcard_pair(config::AMQP_PORT)
     } else {
         args.listen
     };
@@ -174,6 +326,7 @@ fn main() -> ExitCode {
         placement_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
         management_listen,
+        tls,
         ..Config::default()
     };
     // The data directory is created (0700) and locked by shard::run.

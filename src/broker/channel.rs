@@ -19,12 +19,17 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::connection::{Connection, Env, LocalPublish};
 use crate::broker::delayed::DelayedPublish;
+use crate::broker::direct_reply_to::{ReplyConsumer, REPLY_TO_QUEUE};
 use crate::broker::metadata::{
-    check_exclusive, generated_name, no_exchange, no_queue, MetaRequest,
+    check_exclusive, generated_name, no_exchange, no_queue, topic_refused, MetaRequest, Scope,
 };
-use crate::broker::queue::{parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle};
+use crate::broker::queue::{
+    consumer_priority, parse_expiration, ConsumerSpec, Delivery, DeliveryHead, Settle,
+};
 use crate::broker::sender_selected;
 use crate::broker::{ChannelReply, ConfirmTarget, ShardMsg};
+use crate::metadata::auth::{check_user_id, Access};
+use crate::metadata::exchange::ExchangeKind;
 use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConsumerId, QueueRef, ShardId};
 use crate::model::message::Message;
@@ -232,7 +237,16 @@ pub(crate) struct Channel {
     tx_commit_refused: bool,
     /// For the empty-queue-name shortcut of the spec.
     last_queue: Option<ShortStr>,
-    waiting_nowait: bool,
+    pub(crate) waiting_nowait: bool,
+    /// The consumer of `amq.rabbitmq.reply-to`, if the channel has one.
+    pub(crate) reply_consumer: Option<ReplyConsumer>,
+    /// A metadata request (declare, delete, bind ...) of this channel awaits its answer.
+    awaiting_meta: bool,
+    /// Consumers of this channel the broker cancelled while `awaiting_meta`: their
+    /// basic.cancel follows the answer, as in RabbitMQ, where a queue.delete's
+    /// delete-ok precedes the cancel of the deleting channel's own consumers (clients
+    /// such as py-amqp fail a queue.delete that sees the cancel first).
+    cancels_after_meta: Vec<ShortStr>,
     /// The class and method ids of the last method the channel began: an
     /// answer that comes back later from another shard (a refused declare,
     /// consume or get) is about it, since the connection reads nothing more
@@ -288,6 +302,9 @@ impl Channel {
             tx_commit_refused: false,
             last_queue: None,
             waiting_nowait: false,
+            reply_consumer: None,
+            awaiting_meta: false,
+            cancels_after_meta: Vec::new(),
             method_ids: (0, 0),
             pending_consumer: None,
             consumer_unacked: 0,
@@ -305,6 +322,16 @@ impl Channel {
     fn tx_emptied(&mut self) {
         self.tx_publishes = 0;
         self.tx_bytes = 0;
+    }
+
+    /// True if a queue consumer has this tag.
+    pub(crate) fn has_consumer(&self, tag: &str) -> bool {
+        self.consumers.contains_key(tag)
+    }
+
+    /// The tag the channel's next delivery gets.
+    pub(crate) fn next_delivery_tag(&self) -> u64 {
+        self.next_delivery_tag
     }
 
     /// The consumers the queues acknowledged, by queue.
@@ -351,6 +378,79 @@ fn lookup_queue<'a>(env: &'a Env, name: &ShortStr) -> Result<&'a QueueMeta, Amqp
         .ok_or_else(|| no_queue(name))
 }
 
+/// Access checks (`rabbit_channel`'s `check_*_permitted`), for the
+/// connection's user in its vhost.
+impl Connection {
+    fn permit_queue_read(&self, name: &str, env: &Env) -> Result<(), AmqpError> {
+        env.users
+            .check_resource(&self.user, &self.vhost, "queue", name, Access::Read)
+    }
+
+    /// Write on the exchange, and on the routing key if the user has a
+    /// topic permission on it. Remembered for the last exchange, so that a
+    /// run of publishes to it costs one comparison each (plus the topic
+    /// pattern's match where one applies).
+    fn permit_publish(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        env: &Env,
+    ) -> Result<(), AmqpError> {
+        let access = &self.publish_access;
+        if access.generation != env.users.generation() + 1
+            || access.vhost_generation != env.vhost.generation()
+            || access.exchange != exchange.as_bytes()
+        {
+            self.fill_publish_access(exchange, env)?;
+        }
+        match &self.publish_access.topic {
+            None => Ok(()),
+            Some(Some(pattern)) if pattern.is_match(routing_key) => Ok(()),
+            Some(_) => Err(topic_refused(
+                &self.user,
+                &self.vhost,
+                exchange,
+                routing_key,
+            )),
+        }
+    }
+
+    #[cold]
+    fn fill_publish_access(&mut self, exchange: &str, env: &Env) -> Result<(), AmqpError> {
+        self.publish_access.generation = 0;
+        env.users
+            .check_resource(&self.user, &self.vhost, "exchange", exchange, Access::Write)?;
+        // The internal backend checks topic permissions on topic exchanges
+        // only (rabbit_channel:check_topic_authorisation).
+        let is_topic = env
+            .vhost
+            .exchanges
+            .get(exchange)
+            .is_some_and(|e| e.def.kind == ExchangeKind::Topic);
+        self.publish_access.topic = if is_topic {
+            env.users.topic_pattern(
+                &self.user,
+                &self.vhost,
+                exchange,
+                Access::Write,
+                self.client_id.as_deref(),
+            )
+        } else {
+            None
+        };
+        self.publish_access.exchange.clear();
+        self.publish_access
+            .exchange
+            .extend_from_slice(exchange.as_bytes());
+        // Valid until the users or the vhost change (an exchange deleted and
+        // declared again with another type changes whether the topic check
+        // applies).
+        self.publish_access.generation = env.users.generation() + 1;
+        self.publish_access.vhost_generation = env.vhost.generation();
+        Ok(())
+    }
+}
+
 impl Connection {
     pub(crate) fn channel_frame_method(&mut self, channel: u16, method: Method, env: &Env) {
         let now = env.now;
@@ -369,10 +469,15 @@ impl Connection {
                         now,
                     )
                 }
-                Method::ChannelOpen(_) => {
-                    self.channels.insert(channel, Channel::new(channel));
-                    self.wire.method(channel, &ChannelOpenOk {}.into());
-                }
+                Method::ChannelOpen(_) => match self.count_channel(env) {
+                    Ok(()) => {
+                        self.channels.insert(channel, Channel::new(channel));
+                        self.wire.method(channel, &ChannelOpenOk {}.into());
+                    }
+                    Err(error) => {
+                        self.connection_error(error.with_method(class_id, method_id), now)
+                    }
+                },
                 Method::ChannelCloseOk(_) => {}
                 _ => self.connection_error(
                     AmqpError::channel_error(format!(
@@ -389,10 +494,12 @@ impl Connection {
             match method {
                 Method::ChannelCloseOk(_) => {
                     self.channels.remove(&channel);
+                    self.uncount_channel();
                 }
                 Method::ChannelClose(_) => {
                     self.wire.method(channel, &ChannelCloseOk {}.into());
                     self.channels.remove(&channel);
+                    self.uncount_channel();
                 }
                 _ => {}
             }
@@ -462,6 +569,7 @@ impl Connection {
     fn channel_close(&mut self, id: u16) -> Result<(), AmqpError> {
         self.release_channel(id);
         self.channels.remove(&id);
+        self.uncount_channel();
         self.wire.method(id, &ChannelCloseOk {}.into());
         Ok(())
     }
@@ -498,6 +606,9 @@ impl Connection {
     }
 
     fn queue_declare(&mut self, id: u16, m: QueueDeclare) -> Result<(), AmqpError> {
+        if let Some(answered) = self.reply_to_declare(id, &m) {
+            return answered;
+        }
         self.meta(id, m.nowait, MetaRequest::QueueDeclare(m));
         Ok(())
     }
@@ -538,8 +649,12 @@ impl Connection {
             return Ok(());
         };
         let name = ch.expand_queue(m.queue)?;
+        self.permit_queue_read(&name, env)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
         ch.waiting_nowait = m.nowait;
         let queue = meta.queue_ref();
         let msg = ShardMsg::Purge {
@@ -575,12 +690,20 @@ impl Connection {
     }
 
     fn basic_consume(&mut self, id: u16, m: BasicConsume, env: &Env) -> Result<(), AmqpError> {
+        if m.queue.as_str() == REPLY_TO_QUEUE {
+            return self.reply_to_consume(id, m);
+        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
         let name = ch.expand_queue(m.queue)?;
+        self.permit_queue_read(&name, env)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
+        let priority = consumer_priority(&self.vhost, &name, &m.arguments)?;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
         let tag = if m.consumer_tag.is_empty() {
             generated_name("amq.ctag-", &mut self.name_state)
         } else {
@@ -603,6 +726,7 @@ impl Connection {
             no_ack: m.no_ack,
             exclusive: m.exclusive,
             prefetch_count: ch.effective_prefetch(),
+            priority,
         };
         self.effects.push((
             queue.shard,
@@ -617,6 +741,9 @@ impl Connection {
     }
 
     fn basic_cancel(&mut self, id: u16, m: BasicCancel) -> Result<(), AmqpError> {
+        if self.reply_to_cancel(id, &m) {
+            return Ok(());
+        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -653,13 +780,17 @@ impl Connection {
     /// The method frame of a publish: its header and body frames follow
     /// (`channel_frame_header`, `channel_frame_body`).
     fn basic_publish(&mut self, id: u16, m: BasicPublish, env: &Env) -> Result<(), AmqpError> {
-        let Some(ch) = self.channels.get_mut(&id) else {
+        if !self.channels.contains_key(&id) {
             return Ok(());
-        };
+        }
         if m.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
+        self.permit_publish(&m.exchange, &m.routing_key, env)?;
         check_publish_exchange(env, &m.exchange)?;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Ok(());
+        };
         ch.content = Some(Content {
             publish: m,
             header: None,
@@ -674,6 +805,7 @@ impl Connection {
             return Ok(());
         };
         let name = ch.expand_queue(m.queue)?;
+        self.permit_queue_read(&name, env)?;
         let meta = lookup_queue(env, &name)?;
         check_exclusive(meta, Some(self.conn))?;
         let queue = meta.queue_ref();
@@ -837,12 +969,18 @@ impl Connection {
     fn meta(&mut self, channel: u16, nowait: bool, request: MetaRequest) {
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.waiting_nowait = nowait;
+            ch.awaiting_meta = true;
         }
+        let scope = Box::new(Scope {
+            vhost: self.vhost.clone(),
+            user: self.user.clone(),
+        });
         self.effects.push((
             ShardId(0),
             ShardMsg::Meta {
                 from: Some((self.conn, channel)),
-                request,
+                scope: Some(scope),
+                request: Box::new(request),
             },
         ));
         self.pause();
@@ -1031,14 +1169,13 @@ impl Connection {
         mandatory: bool,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        self.permit_publish(message.exchange(), message.routing_key(), env)?;
+        self.reply_to_set(id, &mut message, env)?;
         self.published += 1;
         let properties = message.properties();
         if let Some(user_id) = properties.user_id() {
             if user_id.as_str() != self.user {
-                return Err(AmqpError::precondition_failed(format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    user_id, self.user
-                )));
+                check_user_id(env.users.user(&self.user), &self.user, user_id.as_str())?;
             }
         }
         if let Some(expiration) = properties.expiration() {
@@ -1077,6 +1214,9 @@ impl Connection {
                 )));
             }
         }
+        // A reply goes to its channel at once, in a transaction too (as
+        // RabbitMQ routes it at publish).
+        self.reply_to_route(&message);
         let Some(ch) = self.channels.get_mut(&id) else {
             return Ok(());
         };
@@ -1169,6 +1309,7 @@ impl Connection {
         for exchange in self.routed.delayed.drain(..) {
             let Some(message) = take_message() else { break };
             let msg = ShardMsg::Delay(Box::new(DelayedPublish {
+                vhost: self.vhost.clone(),
                 exchange,
                 message,
                 extra_keys: self.route_keys.clone(),
@@ -1322,7 +1463,7 @@ impl Connection {
             }
         }
         for u in ch.unacked.drain(..) {
-            self.effects.push(settle_msg(&u, Settle::Requeue));
+            self.effects.push(settle_msg(&u, Settle::Released));
         }
         ch.consumer_unacked = 0;
         ch.limited.clear();
@@ -1390,9 +1531,25 @@ impl Connection {
                 if !ch.waiting_nowait {
                     self.wire.method(id, &method);
                 }
+                ch.awaiting_meta = false;
+                if self.capabilities.consumer_cancel_notify {
+                    for tag in ch.cancels_after_meta.drain(..) {
+                        self.wire.method(
+                            id,
+                            &BasicCancel {
+                                consumer_tag: tag,
+                                nowait: true,
+                            }
+                            .into(),
+                        );
+                    }
+                }
+                ch.cancels_after_meta.clear();
                 self.resume();
             }
             ChannelReply::Meta(Err(error)) | ChannelReply::Error(error) => {
+                ch.awaiting_meta = false;
+                ch.cancels_after_meta.clear();
                 if let Some(tag) = ch.pending_consumer.take() {
                     ch.forget_consumer(tag.as_str());
                 }
@@ -1405,17 +1562,19 @@ impl Connection {
                 self.fail(id, error, now);
             }
             ChannelReply::ConsumerCancelled { tag } => {
-                if ch.forget_consumer(tag.as_str()).is_some()
-                    && self.capabilities.consumer_cancel_notify
-                {
-                    self.wire.method(
-                        id,
-                        &BasicCancel {
-                            consumer_tag: tag,
-                            nowait: true,
-                        }
-                        .into(),
-                    );
+                if ch.forget_consumer(tag.as_str()).is_some() {
+                    if ch.awaiting_meta {
+                        ch.cancels_after_meta.push(tag);
+                    } else if self.capabilities.consumer_cancel_notify {
+                        self.wire.method(
+                            id,
+                            &BasicCancel {
+                                consumer_tag: tag,
+                                nowait: true,
+                            }
+                            .into(),
+                        );
+                    }
                 }
             }
         }
@@ -1792,7 +1951,7 @@ fn hand_over(
 
 /// What basic.publish requires of its exchange: that it exists and is not
 /// internal.
-fn check_publish_exchange(env: &Env, name: &str) -> Result<(), AmqpError> {
+pub(crate) fn check_publish_exchange(env: &Env, name: &str) -> Result<(), AmqpError> {
     match env.vhost.exchanges.get(name) {
         None => Err(no_exchange(name)),
         Some(exchange) if exchange.def.internal => Err(internal_exchange(name)),

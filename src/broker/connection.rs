@@ -26,9 +26,8 @@ use crate::broker::metadata::MetaRequest;
 use crate::broker::vhost::{Routed, Vhost};
 use crate::broker::{ChannelReply, ShardMsg};
 use crate::config::{self, Config};
-use crate::metadata::auth::{AuthFailure, Users, MECHANISMS};
+use crate::metadata::auth::{AuthFailure, External, Users};
 use crate::metadata::exchange::Destination;
-use crate::metadata::vhost::DEFAULT_VHOST;
 use crate::model::alarms::AlarmSet;
 use crate::model::ids::{ConnRef, QueueId, ShardId};
 use crate::model::message::Message;
@@ -207,6 +206,21 @@ impl RouteCache {
     }
 }
 
+/// The write check of the last exchange published to (see
+/// `Connection::publish_access`).
+#[derive(Debug, Default)]
+pub(crate) struct PublishAccess {
+    /// The users' generation + 1 when filled; 0 holds nothing.
+    pub(crate) generation: u64,
+    /// The vhost replica's generation when filled.
+    pub(crate) vhost_generation: u64,
+    pub(crate) exchange: Vec<u8>,
+    /// The user's topic write pattern on this exchange, if it is a topic
+    /// exchange and the user has one: every routing key is matched.
+    /// `Some(None)` is a pattern that does not compile: nothing passes.
+    pub(crate) topic: Option<Option<regex::Regex>>,
+}
+
 /// What the client said it understands, from client-properties.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Capabilities {
@@ -255,6 +269,13 @@ struct HeldLogin {
 pub(crate) struct Connection {
     pub(crate) conn: ConnRef,
     pub(crate) peer: SocketAddr,
+    /// RabbitMQ's connection name, "PEER -> LOCAL" (as its log lines and
+    /// management API show it).
+    pub(crate) name: String,
+    /// What EXTERNAL logs in with (TLS connections only).
+    external: External,
+    /// The vhost connection.open opened, for the closing log line.
+    vhost_opened: Option<String>,
     phase: Phase,
     pub(crate) wire: Wire,
     /// Woken when a paused connection may parse again.
@@ -276,6 +297,19 @@ pub(crate) struct Connection {
     last_read: Instant,
     opened_at: Instant,
     pub(crate) user: String,
+    /// The vhost connection.open opened ("" before).
+    pub(crate) vhost: ShortStr,
+    /// The node's connection and channel counts, once this connection is
+    /// counted (from connection.open-ok until `release_usage`).
+    usage: Option<std::sync::Arc<crate::metadata::auth::Usage>>,
+    /// The channels counted for the user's max-channels.
+    channels_counted: u64,
+    /// The `client_id` client property, for topic permission patterns.
+    pub(crate) client_id: Option<String>,
+    /// The last exchange a publish was allowed to write to, at a
+    /// generation of the users: the check a publish costs is one
+    /// comparison while a channel publishes to one exchange.
+    pub(crate) publish_access: PublishAccess,
     pub(crate) capabilities: Capabilities,
     pub(crate) name_state: u64,
     /// Scratch space for routing, reused by every publish on this connection.
@@ -308,13 +342,19 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(
         conn: ConnRef,
-        peer: SocketAddr,
+        (peer, local): (SocketAddr, SocketAddr),
+        external: External,
         config: &Config,
         now: Instant,
     ) -> Connection {
+        let name = format!("{peer} -> {local}");
+        info!(connection = %conn.label(), "accepting AMQP connection {} ({})", conn.label(), name);
         Connection {
             conn,
             peer,
+            name,
+            external,
+            vhost_opened: None,
             phase: Phase::ProtocolHeader,
             wire: Wire {
                 // Grows with what is written: an idle connection keeps
@@ -339,6 +379,11 @@ impl Connection {
             last_read: now,
             opened_at: now,
             user: String::new(),
+            vhost: ShortStr::from_static(""),
+            client_id: None,
+            usage: None,
+            channels_counted: 0,
+            publish_access: PublishAccess::default(),
             capabilities: Capabilities::default(),
             name_state: conn.conn.0.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ conn.shard.0 as u64,
             route_scratch: Vec::new(),
@@ -537,7 +582,8 @@ impl Connection {
         let _ = buf.split_to(PROTOCOL_HEADER.len());
         // Tests of placement need to know which shard they reached.
         let shard = env.config.placement_test.map(|_| self.conn.shard);
-        self.wire.method(0, &start_method(shard));
+        self.wire
+            .method(0, &start_method(shard, self.external.mechanisms()));
         self.phase = Phase::StartOk;
         true
     }
@@ -591,6 +637,12 @@ impl Connection {
         match (&self.phase, method) {
             (Phase::StartOk, Method::ConnectionStartOk(m)) => {
                 self.capabilities = capabilities(&m.client_properties);
+                self.client_id = match m.client_properties.get("client_id") {
+                    Some(FieldValue::LongStr(id)) => {
+                        std::str::from_utf8(id).ok().map(str::to_string)
+                    }
+                    _ => None,
+                };
                 let turn = env.login_delays.borrow_mut().turn(self.peer.ip(), env.now);
                 match turn {
                     LoginTurn::Now => self.log_in(m.mechanism.as_str(), &m.response, env),
@@ -652,23 +704,45 @@ impl Connection {
                 Ok(())
             }
             (Phase::Open, Method::ConnectionOpen(m)) => {
-                if m.virtual_host.as_str() != DEFAULT_VHOST {
+                // rabbit_reader's order: the vhost must exist (its
+                // connection limit is looked up first), then the user
+                // needs permissions on it
+                // (rabbit_access_control:check_vhost_access).
+                if env.users.vhost(m.virtual_host.as_str()).is_none() {
                     return Err(AmqpError::not_allowed(format!(
                         "vhost {} not found",
                         m.virtual_host
                     )));
                 }
-                // rabbit_access_control:check_vhost_access: a user needs
-                // permissions on the vhost to open it.
-                if !env.users.may_open_vhost(&self.user) {
+                let vhost = m.virtual_host.as_str();
+                let usage = env.users.usage();
+                let vhost_max = env
+                    .users
+                    .vhost(vhost)
+                    .and_then(|v| v.limits.max_connections);
+                let user_max = env
+                    .users
+                    .user(&self.user)
+                    .and_then(|u| u.limits.max_connections);
+                usage.open_connection(vhost, &self.user, vhost_max, user_max)?;
+                if !env.users.may_open_vhost(&self.user, vhost) {
+                    usage.close_connection(vhost, &self.user);
                     return Err(AmqpError::not_allowed(format!(
                         "access to vhost '{}' refused for user '{}'",
                         m.virtual_host, self.user
                     )));
                 }
+                self.usage = Some(usage.clone());
+                self.vhost = m.virtual_host;
                 self.wire.method(0, &ConnectionOpenOk {}.into());
                 self.phase = Phase::Running;
-                info!(peer = %self.peer, user = %self.user, shard = %self.conn.shard, "connection opened");
+                // RabbitMQ's line, word for word.
+                info!(
+                    connection = %self.conn.label(), user = %self.user, vhost = %self.vhost,
+                    "connection {} ({}): user '{}' authenticated and granted access to vhost '{}'",
+                    self.conn.label(), self.name, self.user, self.vhost
+                );
+                self.vhost_opened = Some(self.vhost.as_str().to_string());
                 Ok(())
             }
             (_, Method::ConnectionClose(_)) => {
@@ -701,7 +775,13 @@ impl Connection {
 
     /// Checks the credentials of connection.start-ok: tune, or refusal.
     fn log_in(&mut self, mechanism: &str, response: &Bytes, env: &Env) {
-        match env.users.authenticate(mechanism, response, self.peer.ip()) {
+        let checked = if mechanism == "EXTERNAL" {
+            env.users
+                .authenticate_external(&self.external, self.peer.ip())
+        } else {
+            env.users.authenticate(mechanism, response, self.peer.ip())
+        };
+        match checked {
             Ok(user) => {
                 self.user = user.name.clone();
                 self.wire.method(
@@ -739,9 +819,27 @@ impl Connection {
         };
         let user = match &failure {
             AuthFailure::Refused { user } | AuthFailure::LoopbackOnly { user } => user.as_str(),
-            AuthFailure::Malformed | AuthFailure::UnknownMechanism => "",
+            AuthFailure::Malformed
+            | AuthFailure::UnknownMechanism
+            | AuthFailure::External { .. } => "",
         };
-        warn!(peer = %self.peer, user, mechanism, ?failure, "login refused");
+        // RabbitMQ's words ("Error on AMQP connection ... state: starting"
+        // then "PLAIN login refused: user 'x' - invalid credentials"), on
+        // one line so that journald keeps them in one entry.
+        let reason = match &failure {
+            AuthFailure::Refused { user } => format!("user '{user}' - invalid credentials"),
+            AuthFailure::LoopbackOnly { user } => {
+                format!("user '{user}' can only connect via localhost")
+            }
+            AuthFailure::Malformed => "malformed response".to_string(),
+            AuthFailure::UnknownMechanism => "unsupported mechanism".to_string(),
+            AuthFailure::External { reason } => reason.to_string(),
+        };
+        error!(
+            connection = %self.conn.label(), peer = %self.peer, user, mechanism,
+            "Error on AMQP connection {} ({}, state: starting): {} login refused: {}",
+            self.conn.label(), self.name, mechanism, reason
+        );
         if self.capabilities.authentication_failure_close
             && failure != AuthFailure::UnknownMechanism
         {
@@ -754,6 +852,13 @@ impl Connection {
 
     fn close_by_client(&mut self) {
         self.closed_by_client = true;
+        if let Some(vhost) = &self.vhost_opened {
+            info!(
+                connection = %self.conn.label(), user = %self.user, vhost = %vhost,
+                "closing AMQP connection {} ({}, vhost: '{}', user: '{}')",
+                self.conn.label(), self.name, vhost, self.user
+            );
+        }
         // Close-ok only once the exclusive queues are gone, so that a client
         // that reconnects never sees them.
         if self.release_connection(true) {
@@ -778,8 +883,58 @@ impl Connection {
         };
     }
 
+    /// Counts a new channel for the user's max-channels.
+    pub(crate) fn count_channel(&mut self, env: &Env) -> Result<(), AmqpError> {
+        let Some(usage) = &self.usage else {
+            return Ok(());
+        };
+        let max = env
+            .users
+            .user(&self.user)
+            .and_then(|u| u.limits.max_channels);
+        usage.open_channel(&self.user, max)?;
+        self.channels_counted += 1;
+        Ok(())
+    }
+
+    /// A channel left the channel table.
+    pub(crate) fn uncount_channel(&mut self) {
+        if let Some(usage) = &self.usage {
+            if self.channels_counted > 0 {
+                self.channels_counted -= 1;
+                usage.close_channels(&self.user, 1);
+            }
+        }
+    }
+
+    /// The connection is gone: it and its channels no longer count.
+    pub(crate) fn release_usage(&mut self) {
+        if let Some(usage) = self.usage.take() {
+            usage.close_channels(&self.user, self.channels_counted);
+            usage.close_connection(&self.vhost, &self.user);
+            self.channels_counted = 0;
+        }
+    }
+
+    /// Closes the connection from the broker's side (a deleted vhost or
+    /// user): connection.close with `error`, as RabbitMQ's
+    /// `rabbit_reader:shutdown` sends it.
+    pub(crate) fn force_close(&mut self, error: AmqpError, now: Instant) {
+        if self.phase == Phase::Running {
+            info!(peer = %self.peer, user = %self.user, vhost = %self.vhost, reason = %error.text, "closing connection");
+        }
+        self.connection_error(error, now);
+    }
+
     /// Closes a channel with a soft error, or the connection with a hard one.
-    pub(crate) fn fail(&mut self, channel: u16, error: AmqpError, now: Instant) {
+    pub(crate) fn fail(&mut self, channel: u16, mut error: AmqpError, now: Instant) {
+        // Texts written for "/" name the connection's vhost.
+        if !self.vhost.is_empty()
+            && self.vhost.as_str() != "/"
+            && error.text.contains("in vhost '/'")
+        {
+            error.text = crate::broker::metadata::in_vhost(&error.text, &self.vhost);
+        }
         if channel == 0 || error.code.is_hard() {
             self.connection_error(error, now);
             return;
@@ -826,7 +981,7 @@ impl Connection {
 
     /// The broker is stopping: connection.close 320, in RabbitMQ's words.
     pub(crate) fn shut_down(&mut self, now: Instant) {
-        self.force_close(
+        self.close_forced(
             "broker forced connection closure with reason 'shutdown'".to_string(),
             now,
         );
@@ -834,7 +989,7 @@ impl Connection {
 
     /// connection.close 320 CONNECTION_FORCED with `reason` (the broker
     /// stopping, or an operator closing it through the management API).
-    pub(crate) fn force_close(&mut self, reason: String, now: Instant) {
+    pub(crate) fn close_forced(&mut self, reason: String, now: Instant) {
         // A blocked connection is read again, so that its close-ok arrives.
         if self.blocked {
             self.blocked = false;
@@ -879,6 +1034,13 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
+        if let (Some(vhost), false) = (&self.vhost_opened, self.closed_by_client) {
+            warn!(
+                connection = %self.conn.label(), user = %self.user, vhost = %vhost,
+                "closing AMQP connection {} ({}, vhost: '{}', user: '{}'): client unexpectedly closed TCP connection",
+                self.conn.label(), self.name, vhost, self.user
+            );
+        }
         self.release_connection(false);
         self.phase = Phase::Closed;
     }
@@ -892,8 +1054,14 @@ impl Connection {
         if opened {
             let from = answer.then_some((self.conn, 0));
             let request = MetaRequest::ConnectionGone { conn: self.conn };
-            self.effects
-                .push((ShardId(0), ShardMsg::Meta { from, request }));
+            self.effects.push((
+                ShardId(0),
+                ShardMsg::Meta {
+                    from,
+                    scope: None,
+                    request: Box::new(request),
+                },
+            ));
         }
         opened
     }
@@ -992,7 +1160,7 @@ fn negotiation_refusal(field: &str, client: u32, min: u32, server: u32) -> Optio
 
 /// connection.start; `shard` is named only for tests of placement
 /// (`config::PlacementTest`).
-fn start_method(shard: Option<ShardId>) -> Method {
+fn start_method(shard: Option<ShardId>, mechanisms: &'static str) -> Method {
     let mut capabilities = FieldTable::default();
     for name in [
         "publisher_confirms",
@@ -1003,6 +1171,7 @@ fn start_method(shard: Option<ShardId>) -> Method {
         "consumer_priorities",
         "authentication_failure_close",
         "per_consumer_qos",
+        "direct_reply_to",
     ] {
         capabilities.insert(name, FieldValue::Bool(true));
     }
@@ -1025,7 +1194,7 @@ fn start_method(shard: Option<ShardId>) -> Method {
         version_major: 0,
         version_minor: 9,
         server_properties: properties,
-        mechanisms: Bytes::from_static(MECHANISMS.as_bytes()),
+        mechanisms: Bytes::from_static(mechanisms.as_bytes()),
         locales: Bytes::from_static(b"en_US"),
     }
     .into()

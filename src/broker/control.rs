@@ -20,7 +20,7 @@ use bytes::Bytes;
 use crate::broker::metadata::MetaRequest;
 use crate::broker::queue::QueueStats;
 use crate::metadata::exchange::ExchangeDef;
-use crate::metadata::vhost::QueueMeta;
+use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
 use warren_protocol::{AmqpError, BasicProperties, FieldTable, Method, ShortStr};
 
@@ -260,7 +260,10 @@ impl super::ShardState {
                 reply(ControlReply::QueueReport(info))
             }
             ControlRequest::FindQueue(name) => reply(ControlReply::Queue(
-                self.vhost.queues.get(name.as_str()).cloned(),
+                self.vhost_or_empty(DEFAULT_VHOST)
+                    .queues
+                    .get(name.as_str())
+                    .cloned(),
             )),
             ControlRequest::Authenticate {
                 user,
@@ -283,7 +286,7 @@ impl super::ShardState {
                 debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
                 self.meta_inbox
                     .requests
-                    .push_back((None, request, Some(reply)));
+                    .push_back((None, None, request, Some(reply)));
                 self.meta_inbox.notify.notify();
             }
             ControlRequest::Purge(queue) => {
@@ -343,7 +346,7 @@ impl super::ShardState {
                 let now = self.now;
                 let closed = match self.connections.get_mut(&conn) {
                     Some(connection) => {
-                        connection.force_close(reason, now);
+                        connection.close_forced(reason, now);
                         if connection.is_closed() {
                             connection.reader.notify();
                             connection.wire.writer.notify();
@@ -403,20 +406,25 @@ impl super::ShardState {
         use crate::metadata::exchange::Destination;
         let mut report = DefinitionsReport {
             export_json: export.then(|| {
-                crate::metadata::definitions::Definitions::snapshot(&self.vhost, &self.users)
-                    .to_json()
+                crate::metadata::definitions::Definitions::snapshot(
+                    self.vhosts.iter().map(|(n, v)| (n.as_str(), v)),
+                    &self.users,
+                )
+                .to_json()
             }),
             ..DefinitionsReport::default()
         };
-        for exchange in self.vhost.exchanges.values() {
+        for exchange in self.vhost_or_empty(DEFAULT_VHOST).exchanges.values() {
             report.exchanges.push(exchange.def.clone());
             for binding in &exchange.bindings {
                 let (destination, destination_type) = match &binding.destination {
                     Destination::Exchange(name) => (name.clone(), "exchange"),
-                    Destination::Queue(queue) => match self.vhost.queue_by_id(queue.id) {
-                        Some(meta) => (meta.name.clone(), "queue"),
-                        None => continue,
-                    },
+                    Destination::Queue(queue) => {
+                        match self.vhost_or_empty(DEFAULT_VHOST).queue_by_id(queue.id) {
+                            Some(meta) => (meta.name.clone(), "queue"),
+                            None => continue,
+                        }
+                    }
                 };
                 report.bindings.push(BindingInfo {
                     source: binding.source.clone(),
@@ -427,7 +435,12 @@ impl super::ShardState {
                 });
             }
         }
-        report.queues = self.vhost.queues.values().cloned().collect();
+        report.queues = self
+            .vhost_or_empty(DEFAULT_VHOST)
+            .queues
+            .values()
+            .cloned()
+            .collect();
         report
     }
 
@@ -441,14 +454,18 @@ impl super::ShardState {
         properties: &BasicProperties,
         body: Bytes,
     ) -> Result<bool, AmqpError> {
-        let Some(target) = self.vhost.exchanges.get(exchange.as_str()) else {
+        let Some(target) = self
+            .vhost_or_empty(DEFAULT_VHOST)
+            .exchanges
+            .get(exchange.as_str())
+        else {
             return Err(crate::broker::metadata::no_exchange(exchange));
         };
         let properties = properties.encode();
         let mut scratch = Vec::new();
         let mut routed = crate::broker::vhost::Routed::default();
         let no_keys: &[&str] = &[];
-        self.vhost.route(
+        self.vhost_or_empty(DEFAULT_VHOST).route(
             target,
             routing_key.as_str(),
             no_keys,

@@ -37,7 +37,11 @@ impl ShardState {
         };
         let dlrk = args.dead_letter_routing_key.clone();
         let queue_name = queue.meta.name.clone();
-        let Some(exchange) = self.vhost.exchanges.get(dlx.as_str()) else {
+        let vhost_name = queue.meta.vhost.clone();
+        let Some(vhost) = self.vhosts.get(vhost_name.as_str()) else {
+            return;
+        };
+        let Some(exchange) = vhost.exchanges.get(dlx.as_str()) else {
             // RabbitMQ drops a dead letter whose exchange does not exist.
             return;
         };
@@ -45,7 +49,7 @@ impl ShardState {
             dead_lettered(letter.message, letter.reason, &queue_name, &dlx, dlrk);
         let mut scratch = Vec::new();
         let mut routed = Routed::default();
-        self.vhost.route(
+        vhost.route(
             exchange,
             routing_keys[0].as_str(),
             &routing_keys[1..],
@@ -55,7 +59,10 @@ impl ShardState {
         );
         for target in routed.queues {
             if letter.reason != DeathReason::Rejected {
-                let name = self.vhost.queue_by_id(target.id).map(|q| q.name.clone());
+                let name = self
+                    .vhost(&vhost_name)
+                    .and_then(|v| v.queue_by_id(target.id))
+                    .map(|q| q.name.clone());
                 if let Some(name) = name.filter(|n| is_cycle(n.as_str(), &deaths)) {
                     if self.dead_letter_cycles_logged.insert(name.clone()) {
                         warn!(
@@ -80,6 +87,7 @@ impl ShardState {
         // if it carries a positive x-delay, as the plugin would.
         for exchange in routed.delayed {
             self.hold_delayed(DelayedPublish {
+                vhost: vhost_name.clone(),
                 exchange,
                 message: message.clone(),
                 extra_keys: routing_keys[1..].iter().map(|k| k.to_string()).collect(),

@@ -53,6 +53,8 @@ pub(crate) const DELAY_MS_MAX: i64 = u32::MAX as i64;
 /// shard (through a transaction's commit when there is one).
 #[derive(Debug)]
 pub struct DelayedPublish {
+    /// The vhost of the exchange.
+    pub vhost: ShortStr,
     /// The delayed exchange that holds the message and routes it later.
     pub exchange: ShortStr,
     pub message: Message,
@@ -66,6 +68,7 @@ pub struct DelayedPublish {
 /// A message held by a delayed exchange until its timer fires.
 #[derive(Debug)]
 pub(crate) struct Held {
+    vhost: ShortStr,
     exchange: ShortStr,
     message: Message,
     extra_keys: Vec<String>,
@@ -127,6 +130,7 @@ impl ShardState {
     /// publisher: from now on it is the exchange's to route.
     pub(crate) fn hold_delayed(&mut self, publish: DelayedPublish) {
         let DelayedPublish {
+            vhost,
             exchange,
             message,
             extra_keys,
@@ -135,7 +139,10 @@ impl ShardState {
         } = publish;
         // The exchange may have gone between the publish and now (only
         // through a transaction's commit): the message goes with it.
-        if self.vhost.exchanges.contains_key(exchange.as_str()) {
+        if self
+            .vhost(&vhost)
+            .is_some_and(|v| v.exchanges.contains_key(exchange.as_str()))
+        {
             let message = detached(message, delay_ms);
             let id = self.next_delayed_id;
             self.next_delayed_id += 1;
@@ -145,6 +152,7 @@ impl ShardState {
             self.delayed.insert(
                 id,
                 Held {
+                    vhost,
                     exchange,
                     message,
                     extra_keys,
@@ -171,13 +179,16 @@ impl ShardState {
         self.delayed_bytes = self
             .delayed_bytes
             .saturating_sub(held.message.memory_size());
-        let Some(exchange) = self.vhost.exchanges.get(held.exchange.as_str()) else {
+        let Some(vhost) = self.vhosts.get(held.vhost.as_str()) else {
+            return;
+        };
+        let Some(exchange) = vhost.exchanges.get(held.exchange.as_str()) else {
             return;
         };
         let message = held.message;
         let mut scratch: Vec<Destination> = Vec::new();
         let mut routed = Routed::default();
-        self.vhost.route(
+        vhost.route(
             exchange,
             message.routing_key(),
             &held.extra_keys,
@@ -199,6 +210,7 @@ impl ShardState {
         // this only runs if a header rewrite ever stops guaranteeing that.
         for exchange in routed.delayed {
             self.hold_delayed(DelayedPublish {
+                vhost: held.vhost.clone(),
                 exchange,
                 message: message.clone(),
                 extra_keys: held.extra_keys.clone(),
@@ -210,7 +222,7 @@ impl ShardState {
 
     /// An exchange was deleted: the messages it held are dropped now rather
     /// than when their timers fire.
-    pub(crate) fn drop_delayed_of(&mut self, exchange: &ShortStr) {
+    pub(crate) fn drop_delayed_of(&mut self, vhost: &str, exchange: &ShortStr) {
         let ShardState {
             delayed,
             delayed_bytes,
@@ -218,7 +230,7 @@ impl ShardState {
             ..
         } = self;
         delayed.retain(|_, held| {
-            if held.exchange == *exchange {
+            if held.exchange == *exchange && held.vhost.as_str() == vhost {
                 timers.cancel(held.timer);
                 *delayed_bytes = delayed_bytes.saturating_sub(held.message.memory_size());
                 false

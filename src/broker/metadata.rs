@@ -28,12 +28,15 @@ use std::rc::Rc;
 
 use crate::broker::control::ControlReply;
 use crate::broker::{ChannelReply, ShardState};
+use crate::metadata::auth::{Access, AccessChange};
 use crate::metadata::definitions::Definitions;
 use crate::metadata::exchange::{
-    delayed_type, unknown_exchange_type, Binding, Destination, ExchangeDef, ExchangeKind,
-    MatchMode, DELAYED_TYPE, DELAYED_TYPE_ARGUMENT,
+    check_alternate_exchange, delayed_type, unknown_exchange_type, Binding, Destination,
+    ExchangeDef, ExchangeKind, MatchMode, ALTERNATE_EXCHANGE_ARGUMENT, DELAYED_TYPE,
+    DELAYED_TYPE_ARGUMENT,
 };
 use crate::metadata::queue_args::{self, QueueArgs};
+use crate::metadata::vhost::DEFAULT_VHOST;
 use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::ids::{ConnRef, QueueId, QueueRef, ShardId};
 use crate::store::definitions::DefinitionsSink;
@@ -46,6 +49,9 @@ use warren_protocol::{
     ReplyCode, ShortStr,
 };
 
+// `AccessChange` is crate-internal (the management API that sends it is in
+// the crate); these enums are public only as parts of `ShardMsg`.
+#[allow(private_interfaces)]
 #[derive(Debug)]
 pub enum MetaRequest {
     ExchangeDeclare(ExchangeDeclare),
@@ -64,14 +70,39 @@ pub enum MetaRequest {
     ConnectionGone {
         conn: ConnRef,
     },
+    /// A change to vhosts, users or permissions (`AccessChange`), from the
+    /// control plane: checked (`Users::refusal`), applied on every shard,
+    /// written to the definitions file, then answered on `reply` with
+    /// Ok or the refusal. Deleting a vhost deletes its queues (and their
+    /// stored messages) first; each shard then closes the connections of
+    /// a deleted vhost or user with 320 CONNECTION_FORCED.
+    /// Boxed: rare, and larger than the messages of the data path, which
+    /// share `ShardMsg`'s size.
+    Access {
+        change: Box<AccessChange>,
+        reply: Option<crossbeam_channel::Sender<Result<(), String>>>,
+    },
+}
+
+/// Who made a client's request: the vhost its connection opened and the
+/// user whose permissions the owner checks.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub vhost: ShortStr,
+    pub user: String,
 }
 
 /// The -ok method to send back to the client.
 pub(crate) type MetaReply = Method;
 
+#[allow(private_interfaces)]
 #[derive(Debug)]
 pub enum RpcRequest {
-    Apply(Vec<MetaChange>),
+    Apply {
+        vhost: ShortStr,
+        changes: Vec<MetaChange>,
+    },
+    Access(Box<AccessChange>),
     QueueStats(QueueId),
     CheckDelete {
         queue: QueueId,
@@ -124,6 +155,8 @@ pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerSta
         next_shard: start.next_shard,
         unwritten: RefCell::new(Vec::new()),
         failed: false,
+        rewrite: std::cell::Cell::new(false),
+        vhost: ShortStr::from_static(DEFAULT_VHOST),
     };
     loop {
         notify.wait().await;
@@ -133,10 +166,10 @@ pub(crate) async fn run_owner<S: DefinitionsSink>(state: Shared, start: OwnerSta
             let mut handled = 0;
             while handled < REQUESTS_PER_WRITE_MAX {
                 let next = owner.state.borrow_mut().meta_inbox.requests.pop_front();
-                let Some((from, request, control)) = next else {
+                let Some((from, scope, request, control)) = next else {
                     break;
                 };
-                let result = owner.handle(from, request).await;
+                let result = owner.handle(from, scope.as_deref(), request).await;
                 if let Some((conn, channel)) = from {
                     replies.push((conn, channel, result));
                 } else if let Some(reply) = control {
@@ -189,6 +222,12 @@ struct Owner {
     /// The last write failed: the next batch writes even if it changed
     /// nothing durable.
     failed: bool,
+    /// The batch changed durable definitions the definitions log does not
+    /// record (another vhost's, users, vhosts, permissions): the whole file
+    /// is written.
+    rewrite: std::cell::Cell<bool>,
+    /// The vhost of the request being handled.
+    vhost: ShortStr,
 }
 
 impl Owner {
@@ -206,15 +245,25 @@ impl Owner {
     /// so the file catches up as soon as the disk takes it.
     async fn write_definitions<S: DefinitionsSink>(&mut self, sink: &mut S) -> std::io::Result<()> {
         let changes = std::mem::take(&mut *self.unwritten.borrow_mut());
-        if changes.is_empty() && !self.failed {
+        if changes.is_empty() && !self.failed && !self.rewrite.get() {
             return Ok(());
         }
         let state = &self.state;
         let snapshot = || {
             let state = state.borrow();
-            Definitions::snapshot(&state.vhost, &state.users).to_json()
+            Definitions::snapshot(
+                state.vhosts.iter().map(|(name, v)| (name.as_str(), v)),
+                &state.users,
+            )
+            .to_json()
         };
-        match sink.store(&changes, snapshot).await {
+        let result = if self.rewrite.get() {
+            sink.rewrite(snapshot).await
+        } else {
+            sink.store(&changes, snapshot).await
+        };
+        self.rewrite.set(false);
+        match result {
             Ok(()) => {
                 self.failed = false;
                 Ok(())
@@ -238,10 +287,17 @@ impl Owner {
             let mut state = self.state.borrow_mut();
             let mut at = 0;
             while at < changes.len() {
-                if let Some(change) = DefChange::durable(&state.vhost, &changes[at]) {
-                    self.unwritten.borrow_mut().push(change);
+                let durable = DefChange::durable(state.vhost_or_empty(&self.vhost), &changes[at]);
+                if let Some(change) = durable {
+                    // The log records "/" only; another vhost's change is
+                    // written with the whole file.
+                    if self.vhost.as_str() == DEFAULT_VHOST {
+                        self.unwritten.borrow_mut().push(change);
+                    } else {
+                        self.rewrite.set(true);
+                    }
                 }
-                let emptied = state.apply_change(&changes[at]);
+                let emptied = state.apply_change(&self.vhost, &changes[at]);
                 for name in emptied {
                     changes.push(MetaChange::ExchangeDeleted(name));
                 }
@@ -255,7 +311,10 @@ impl Owner {
             let (sender, receiver) = oneshot();
             self.state.borrow_mut().start_rpc(
                 ShardId(shard as u16),
-                RpcRequest::Apply(changes.clone()),
+                RpcRequest::Apply {
+                    vhost: self.vhost.clone(),
+                    changes: changes.clone(),
+                },
                 sender,
             );
             replies.push(receiver);
@@ -268,13 +327,117 @@ impl Owner {
     async fn handle(
         &mut self,
         from: Option<(ConnRef, u16)>,
+        scope: Option<&Scope>,
+        request: MetaRequest,
+    ) -> Result<Method, AmqpError> {
+        self.vhost = match scope {
+            Some(scope) => scope.vhost.clone(),
+            None => ShortStr::from_static(DEFAULT_VHOST),
+        };
+        let vhost = self.vhost.clone();
+        let result = self.handle_in_vhost(from, scope, request).await;
+        // The texts shared with "/" name the request's vhost.
+        result.map_err(|mut e| {
+            if vhost.as_str() != DEFAULT_VHOST {
+                e.text = in_vhost(&e.text, &vhost);
+            }
+            e
+        })
+    }
+
+    /// `rabbit_access_control:check_resource_access` for a client's
+    /// request (the owner's own requests are not checked).
+    fn permit(
+        &self,
+        scope: Option<&Scope>,
+        kind: &str,
+        name: &str,
+        access: Access,
+    ) -> Result<(), AmqpError> {
+        let Some(scope) = scope else {
+            return Ok(());
+        };
+        self.state
+            .borrow()
+            .users
+            .check_resource(&scope.user, &scope.vhost, kind, name, access)
+    }
+
+    /// The topic read check of a binding from a topic exchange
+    /// (`check_read_permitted_on_topic`).
+    fn permit_topic_read(
+        &self,
+        scope: Option<&Scope>,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        let Some(scope) = scope else {
+            return Ok(());
+        };
+        let state = self.state.borrow();
+        let is_topic = state
+            .vhost_or_empty(&self.vhost)
+            .exchanges
+            .get(exchange)
+            .is_some_and(|e| e.def.kind == ExchangeKind::Topic);
+        if !is_topic {
+            return Ok(());
+        }
+        match state
+            .users
+            .topic_pattern(&scope.user, &scope.vhost, exchange, Access::Read, None)
+        {
+            Some(Some(pattern)) if pattern.is_match(routing_key) => Ok(()),
+            None => Ok(()),
+            Some(_) => Err(topic_refused(
+                &scope.user,
+                &scope.vhost,
+                exchange,
+                routing_key,
+            )),
+        }
+    }
+
+    /// The checks of queue.bind, exchange.bind and their unbinds, in
+    /// RabbitMQ's order (`rabbit_channel:binding_action`): write on the
+    /// destination, then the default exchange refused, then read on the
+    /// source and on its topic.
+    fn permit_binding(
+        &self,
+        scope: Option<&Scope>,
+        destination_kind: &str,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        if scope.is_none() {
+            return Ok(());
+        }
+        self.permit(scope, destination_kind, destination, Access::Write)?;
+        if source.is_empty() || (destination_kind == "exchange" && destination.is_empty()) {
+            return Err(default_exchange_refused());
+        }
+        self.permit(scope, "exchange", source, Access::Read)?;
+        self.permit_topic_read(scope, source, routing_key)
+    }
+
+    async fn handle_in_vhost(
+        &mut self,
+        from: Option<(ConnRef, u16)>,
+        scope: Option<&Scope>,
         request: MetaRequest,
     ) -> Result<Method, AmqpError> {
         let conn = from.map(|(c, _)| c);
         match request {
-            MetaRequest::ExchangeDeclare(m) => self.exchange_declare(m).await,
-            MetaRequest::ExchangeDelete(m) => self.exchange_delete(m).await,
+            MetaRequest::ExchangeDeclare(m) => self.exchange_declare(m, scope).await,
+            MetaRequest::ExchangeDelete(m) => {
+                if !m.exchange.is_empty() && !m.exchange.starts_with("amq.") {
+                    self.permit(scope, "exchange", &m.exchange, Access::Configure)?;
+                }
+                self.exchange_delete(m).await
+            }
             MetaRequest::ExchangeBind(m) => {
+                self.permit_binding(scope, "exchange", &m.destination, &m.source, &m.routing_key)?;
                 let binding =
                     self.exchange_binding(&m.source, &m.destination, &m.routing_key, &m.arguments)?;
                 self.bind(binding).await?;
@@ -283,6 +446,7 @@ impl Owner {
             // RabbitMQ 3.10 answers unbind-ok when an exchange or the queue
             // of the binding is missing: there is no such binding to remove.
             MetaRequest::ExchangeUnbind(m) => {
+                self.permit_binding(scope, "exchange", &m.destination, &m.source, &m.routing_key)?;
                 let binding =
                     self.exchange_binding(&m.source, &m.destination, &m.routing_key, &m.arguments);
                 if let Some(binding) = unless_missing(binding)? {
@@ -290,15 +454,20 @@ impl Owner {
                 }
                 Ok(ExchangeUnbindOk {}.into())
             }
-            MetaRequest::QueueDeclare(m) => self.queue_declare(m, conn).await,
-            MetaRequest::QueueDelete(m) => self.queue_delete(m, conn).await,
+            MetaRequest::QueueDeclare(m) => self.queue_declare(m, conn, scope).await,
+            MetaRequest::QueueDelete(m) => {
+                self.permit(scope, "queue", &m.queue, Access::Configure)?;
+                self.queue_delete(m, conn).await
+            }
             MetaRequest::QueueBind(m) => {
+                self.permit_binding(scope, "queue", &m.queue, &m.exchange, &m.routing_key)?;
                 let binding =
                     self.queue_binding(&m.queue, &m.exchange, &m.routing_key, &m.arguments, conn)?;
                 self.bind(binding).await?;
                 Ok(QueueBindOk {}.into())
             }
             MetaRequest::QueueUnbind(m) => {
+                self.permit_binding(scope, "queue", &m.queue, &m.exchange, &m.routing_key)?;
                 let binding =
                     self.queue_binding(&m.queue, &m.exchange, &m.routing_key, &m.arguments, conn);
                 if let Some(binding) = unless_missing(binding)? {
@@ -307,45 +476,115 @@ impl Owner {
                 Ok(QueueUnbindOk {}.into())
             }
             MetaRequest::QueueAutoDelete { queue } => {
-                let exists = self.state.borrow().vhost.queue_by_id(queue.id).is_some();
-                if exists {
+                let vhost = self
+                    .state
+                    .borrow()
+                    .vhosts
+                    .iter()
+                    .find(|(_, v)| v.queue_by_id(queue.id).is_some())
+                    .map(|(name, _)| name.clone());
+                if let Some(vhost) = vhost {
+                    self.vhost = vhost;
                     self.commit(vec![MetaChange::QueueDeleted(queue)]).await;
                 }
                 Ok(QueueDeleteOk { message_count: 0 }.into())
             }
             MetaRequest::ConnectionGone { conn } => {
-                let exclusive: Vec<QueueRef> = self
+                let exclusive: Vec<(ShortStr, Vec<QueueRef>)> = self
                     .state
                     .borrow()
-                    .vhost
-                    .queues
-                    .values()
-                    .filter(|q| q.exclusive_owner == Some(conn))
-                    .map(|q| q.queue_ref())
+                    .vhosts
+                    .iter()
+                    .map(|(name, v)| {
+                        let queues = v
+                            .queues
+                            .values()
+                            .filter(|q| q.exclusive_owner == Some(conn))
+                            .map(|q| q.queue_ref())
+                            .collect::<Vec<_>>();
+                        (name.clone(), queues)
+                    })
+                    .filter(|(_, queues)| !queues.is_empty())
                     .collect();
-                if !exclusive.is_empty() {
-                    self.commit(
-                        exclusive
-                            .into_iter()
-                            .map(MetaChange::QueueDeleted)
-                            .collect(),
-                    )
-                    .await;
+                for (vhost, queues) in exclusive {
+                    self.vhost = vhost;
+                    self.commit(queues.into_iter().map(MetaChange::QueueDeleted).collect())
+                        .await;
+                }
+                Ok(QueueDeleteOk { message_count: 0 }.into())
+            }
+            MetaRequest::Access { change, reply } => {
+                let result = self.access(*change).await;
+                if let Some(reply) = reply {
+                    // The asker may have given up waiting; nothing to do then.
+                    let _ = reply.send(result);
                 }
                 Ok(QueueDeleteOk { message_count: 0 }.into())
             }
         }
     }
 
-    async fn exchange_declare(&mut self, m: ExchangeDeclare) -> Result<Method, AmqpError> {
+    /// Checks and applies a change to vhosts, users or permissions on
+    /// every shard, and has the definitions file rewritten with it.
+    async fn access(&mut self, change: AccessChange) -> Result<(), String> {
+        if let Some(refusal) = self.state.borrow().users.refusal(&change) {
+            return Err(refusal);
+        }
+        if let AccessChange::VhostDeleted(name) = &change {
+            // Its queues go first, through the path every queue delete
+            // takes: their consumers are cancelled and their stored
+            // messages removed.
+            let queues: Vec<QueueRef> = self
+                .state
+                .borrow()
+                .vhost(name)
+                .map(|v| v.queues.values().map(QueueMeta::queue_ref).collect())
+                .unwrap_or_default();
+            if !queues.is_empty() {
+                self.vhost = ShortStr::from(name.clone());
+                self.commit(queues.into_iter().map(MetaChange::QueueDeleted).collect())
+                    .await;
+            }
+        }
+        let shard_count = {
+            let mut state = self.state.borrow_mut();
+            state.apply_access(&change);
+            state.run_local();
+            state.shard_count
+        };
+        let mut replies = Vec::new();
+        for shard in 1..shard_count {
+            let (sender, receiver) = oneshot();
+            self.state.borrow_mut().start_rpc(
+                ShardId(shard as u16),
+                RpcRequest::Access(Box::new(change.clone())),
+                sender,
+            );
+            replies.push(receiver);
+        }
+        for reply in replies {
+            reply.await;
+        }
+        self.rewrite.set(true);
+        Ok(())
+    }
+
+    async fn exchange_declare(
+        &mut self,
+        m: ExchangeDeclare,
+        scope: Option<&Scope>,
+    ) -> Result<Method, AmqpError> {
         let ok: Method = ExchangeDeclareOk {}.into();
         if m.exchange.is_empty() {
             return Err(default_exchange_refused());
         }
+        if !m.passive {
+            self.permit(scope, "exchange", &m.exchange, Access::Configure)?;
+        }
         let existing = self
             .state
             .borrow()
-            .vhost
+            .vhost_or_empty(&self.vhost)
             .exchanges
             .get(m.exchange.as_str())
             .map(|e| e.def.clone());
@@ -390,6 +629,13 @@ impl Owner {
                 m.internal,
                 current.internal,
             )?;
+            queue_args::check_arg_equivalent(
+                "exchange",
+                &m.exchange,
+                ALTERNATE_EXCHANGE_ARGUMENT,
+                m.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT),
+                current.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT),
+            )?;
             if current.delayed {
                 // The plugin leaves this to the x-delayed-type's own check,
                 // which compares only alternate-exchange, so RabbitMQ would
@@ -411,6 +657,16 @@ impl Owner {
                 m.exchange
             )));
         }
+        // With an alternate exchange: read on this one, write on that one.
+        if let Some(alternate) = m
+            .arguments
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
+        {
+            self.permit(scope, "exchange", &m.exchange, Access::Read)?;
+            self.permit(scope, "exchange", alternate, Access::Write)?;
+        }
+        check_alternate_exchange(&m.exchange, &m.arguments)?;
         let kind = match kind {
             Some(kind) => kind,
             None => delayed_type(&m.arguments)?,
@@ -440,7 +696,11 @@ impl Owner {
         }
         let (exists, in_use) = {
             let state = self.state.borrow();
-            match state.vhost.exchanges.get(m.exchange.as_str()) {
+            match state
+                .vhost_or_empty(&self.vhost)
+                .exchanges
+                .get(m.exchange.as_str())
+            {
                 None => (false, false),
                 // As RabbitMQ's if-unused (rabbit_binding:has_for_source):
                 // only the exchange's own bindings count, not those of other
@@ -474,11 +734,15 @@ impl Owner {
         }
         let state = self.state.borrow();
         for name in [destination, source] {
-            if !state.vhost.exchanges.contains_key(name.as_str()) {
+            if !state
+                .vhost_or_empty(&self.vhost)
+                .exchanges
+                .contains_key(name.as_str())
+            {
                 return Err(no_exchange(name));
             }
         }
-        check_binding_arguments(&state, source, arguments)?;
+        check_binding_arguments(state.vhost_or_empty(&self.vhost), source, arguments)?;
         Ok(Binding {
             source: source.clone(),
             destination: Destination::Exchange(destination.clone()),
@@ -496,17 +760,21 @@ impl Owner {
         conn: Option<ConnRef>,
     ) -> Result<Binding, AmqpError> {
         let state = self.state.borrow();
-        let Some(meta) = state.vhost.queues.get(queue.as_str()) else {
+        let Some(meta) = state.vhost_or_empty(&self.vhost).queues.get(queue.as_str()) else {
             return Err(no_queue(queue));
         };
         check_exclusive(meta, conn)?;
         if exchange.is_empty() {
             return Err(default_exchange_refused());
         }
-        if !state.vhost.exchanges.contains_key(exchange.as_str()) {
+        if !state
+            .vhost_or_empty(&self.vhost)
+            .exchanges
+            .contains_key(exchange.as_str())
+        {
             return Err(no_exchange(exchange));
         }
-        check_binding_arguments(&state, exchange, arguments)?;
+        check_binding_arguments(state.vhost_or_empty(&self.vhost), exchange, arguments)?;
         Ok(Binding {
             source: exchange.clone(),
             destination: Destination::Queue(meta.queue_ref()),
@@ -519,7 +787,7 @@ impl Owner {
         let exists = {
             let state = self.state.borrow();
             state
-                .vhost
+                .vhost_or_empty(&self.vhost)
                 .exchanges
                 .get(binding.source.as_str())
                 .is_some_and(|e| e.bindings.iter().any(|b| b.same_as(&binding)))
@@ -534,7 +802,7 @@ impl Owner {
         let exists = {
             let state = self.state.borrow();
             state
-                .vhost
+                .vhost_or_empty(&self.vhost)
                 .exchanges
                 .get(binding.source.as_str())
                 .is_some_and(|e| e.bindings.iter().any(|b| b.same_as(&binding)))
@@ -548,6 +816,7 @@ impl Owner {
         &mut self,
         m: QueueDeclare,
         conn: Option<ConnRef>,
+        scope: Option<&Scope>,
     ) -> Result<Method, AmqpError> {
         if m.queue.is_empty() && !m.passive {
             // RabbitMQ refuses a server-named quorum or stream queue first.
@@ -558,9 +827,20 @@ impl Owner {
         } else {
             m.queue.clone()
         };
+        // Server-named queues are checked by the name they get, as RabbitMQ
+        // checks them.
+        if !m.passive {
+            self.permit(scope, "queue", &name, Access::Configure)?;
+        }
         // As RabbitMQ: an exclusive queue is never durable, whatever was asked.
         let durable = m.durable && !m.exclusive;
-        let existing = self.state.borrow().vhost.queues.get(name.as_str()).cloned();
+        let existing = self
+            .state
+            .borrow()
+            .vhost_or_empty(&self.vhost)
+            .queues
+            .get(name.as_str())
+            .cloned();
         if let Some(current) = existing {
             check_exclusive(&current, conn)?;
             if !m.passive {
@@ -607,10 +887,21 @@ impl Owner {
         }
         // Checked before anything is created or counted, so a refused
         // declare leaves no trace.
+        self.check_queue_limit(&name)?;
         let args = QueueArgs::parse(&name, &m.arguments)?;
+        if let Some(dlx) = m
+            .arguments
+            .get("x-dead-letter-exchange")
+            .and_then(|v| v.as_str())
+        {
+            self.permit(scope, "queue", &name, Access::Read)?;
+            self.permit(scope, "exchange", dlx, Access::Write)?;
+        }
+        queue_args::check_queue_type_flags(&name, &args, durable, m.exclusive, m.auto_delete)?;
         let shard = self.place(&m, conn);
         let meta = QueueMeta {
             id: QueueId(self.next_queue_id),
+            vhost: self.vhost.clone(),
             name: name.clone(),
             shard,
             durable,
@@ -658,7 +949,7 @@ impl Owner {
         let existing = self
             .state
             .borrow()
-            .vhost
+            .vhost_or_empty(&self.vhost)
             .queues
             .get(m.queue.as_str())
             .cloned();
@@ -685,11 +976,37 @@ impl Owner {
         Ok(QueueDeleteOk { message_count }.into())
     }
 
+    /// `rabbit_amqqueue:check_vhost_queue_limit`, for a new queue.
+    fn check_queue_limit(&self, name: &str) -> Result<(), AmqpError> {
+        let state = self.state.borrow();
+        let Some(limit) = state
+            .users
+            .vhost(&self.vhost)
+            .and_then(|v| v.limits.max_queues)
+        else {
+            return Ok(());
+        };
+        let count = state.vhost_or_empty(&self.vhost).queues.len() as u64;
+        if count < limit {
+            return Ok(());
+        }
+        Err(AmqpError::precondition_failed(format!(
+            "cannot declare queue '{}': queue limit in vhost '{}' ({}) is reached",
+            name, self.vhost, limit
+        )))
+    }
+
     /// "amq.gen-" and 22 characters, as RabbitMQ names server-named queues.
     fn server_named_queue(&mut self) -> ShortStr {
         loop {
             let name = generated_name("amq.gen-", &mut self.next_name);
-            if !self.state.borrow().vhost.queues.contains_key(name.as_str()) {
+            if !self
+                .state
+                .borrow()
+                .vhost_or_empty(&self.vhost)
+                .queues
+                .contains_key(name.as_str())
+            {
                 return name;
             }
         }
@@ -717,6 +1034,24 @@ pub(crate) fn generated_name(prefix: &str, state: &mut u64) -> ShortStr {
         name.push(ALPHABET[(z & 63) as usize] as char);
     }
     ShortStr::from(name)
+}
+
+/// A text written for "/" ("... in vhost '/'"), naming `vhost` instead.
+pub(crate) fn in_vhost(text: &str, vhost: &str) -> String {
+    text.replace("in vhost '/'", &format!("in vhost '{}'", vhost))
+}
+
+/// `rabbit_access_control:check_topic_access`'s refusal.
+pub(crate) fn topic_refused(
+    user: &str,
+    vhost: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> AmqpError {
+    AmqpError::access_refused(format!(
+        "access to topic '{}' in exchange '{}' in vhost '{}' refused for user '{}'",
+        routing_key, exchange, vhost, user
+    ))
 }
 
 /// `rabbit_exchange:check_type`: a 503 COMMAND_INVALID, which closes the
@@ -761,12 +1096,11 @@ fn unless_missing(binding: Result<Binding, AmqpError>) -> Result<Option<Binding>
 }
 
 fn check_binding_arguments(
-    state: &ShardState,
+    vhost: &crate::broker::vhost::Vhost,
     exchange: &ShortStr,
     arguments: &FieldTable,
 ) -> Result<(), AmqpError> {
-    let is_headers = state
-        .vhost
+    let is_headers = vhost
         .exchanges
         .get(exchange.as_str())
         .is_some_and(|e| e.def.kind == ExchangeKind::Headers);
@@ -809,4 +1143,202 @@ fn check_equivalent_flag(
         if received { "true" } else { "false" },
         if current { "true" } else { "false" },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The owner's access-control operations, driven in-process on a
+    //! broker of one shard (as `fuzzing` drives it): the operations the
+    //! management API calls at run time.
+    use super::*;
+    use crate::broker::ShardState;
+    use crate::config::Config;
+    use crate::metadata::auth::{Permission, User, Users, VhostDef, VhostLimits};
+    use crate::model::alarms::AlarmBoard;
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+
+    struct Node {
+        state: Shared,
+        owner: Pin<Box<dyn Future<Output = ()>>>,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let state = Rc::new(RefCell::new(ShardState::new(
+                ShardId(0),
+                1,
+                Rc::new(Config::default()),
+                Rc::new(Users::new(None)),
+                Arc::new(AlarmBoard::new(1)),
+            )));
+            let owner = Box::pin(run_owner(state.clone(), OwnerStart::default(), ()));
+            let mut node = Node { state, owner };
+            node.poll();
+            node
+        }
+
+        fn poll(&mut self) {
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 0..8 {
+                let _ = self.owner.as_mut().poll(&mut cx);
+                if self.state.borrow().meta_inbox.requests.is_empty() {
+                    break;
+                }
+            }
+        }
+
+        fn request(&mut self, scope: Option<Scope>, request: MetaRequest) {
+            self.state.borrow_mut().meta_inbox.requests.push_back((
+                None,
+                scope.map(Box::new),
+                request,
+                None,
+            ));
+            self.state.borrow().meta_inbox.notify.notify();
+            self.poll();
+        }
+
+        fn access(&mut self, change: AccessChange) -> Result<(), String> {
+            let (sender, receiver) = crossbeam_channel::bounded(1);
+            self.request(
+                None,
+                MetaRequest::Access {
+                    change: Box::new(change),
+                    reply: Some(sender),
+                },
+            );
+            receiver.try_recv().expect("the owner answered")
+        }
+
+        fn declare_queue(&mut self, vhost: &str, name: &str) {
+            let declare = QueueDeclare {
+                queue: ShortStr::from(name),
+                durable: true,
+                ..Default::default()
+            };
+            self.request(
+                Some(Scope {
+                    vhost: ShortStr::from(vhost),
+                    user: "guest".into(),
+                }),
+                MetaRequest::QueueDeclare(declare),
+            );
+        }
+    }
+
+    fn full(user: &str, vhost: &str) -> AccessChange {
+        AccessChange::PermissionSet {
+            user: user.into(),
+            vhost: vhost.into(),
+            permission: Permission::full(),
+        }
+    }
+
+    #[test]
+    fn vhosts_are_added_with_their_own_exchanges_and_queues() {
+        let mut node = Node::new();
+        node.access(AccessChange::VhostAdded(VhostDef::new("v")))
+            .unwrap();
+        node.access(full("guest", "v")).unwrap();
+        assert_eq!(
+            node.access(AccessChange::VhostAdded(VhostDef::new("v"))),
+            Err("vhost_already_exists: v".into())
+        );
+        node.declare_queue("v", "q");
+        let state = node.state.borrow();
+        let v = state.vhost("v").unwrap();
+        assert!(v.exchanges.contains_key("amq.topic"));
+        assert!(v.queues.contains_key("q"));
+        assert!(!state.vhost("/").unwrap().queues.contains_key("q"));
+        assert!(state.users.may_open_vhost("guest", "v"));
+    }
+
+    #[test]
+    fn deleting_a_vhost_removes_its_queues_and_closes_its_connections() {
+        let mut node = Node::new();
+        node.access(AccessChange::VhostAdded(VhostDef::new("v")))
+            .unwrap();
+        node.access(full("guest", "v")).unwrap();
+        node.declare_queue("v", "q");
+        node.declare_queue("/", "q");
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40_000));
+        let (in_v, _, _) = node
+            .state
+            .borrow_mut()
+            .open_connection((peer, peer), crate::metadata::auth::External::NotTls);
+        let (in_default, _, _) = node
+            .state
+            .borrow_mut()
+            .open_connection((peer, peer), crate::metadata::auth::External::NotTls);
+        node.state
+            .borrow_mut()
+            .connections
+            .get_mut(&in_v)
+            .unwrap()
+            .vhost = ShortStr::from("v");
+        node.state
+            .borrow_mut()
+            .connections
+            .get_mut(&in_default)
+            .unwrap()
+            .vhost = ShortStr::from("/");
+        assert_eq!(node.state.borrow().queues.len(), 2);
+        node.access(AccessChange::VhostDeleted("v".into())).unwrap();
+        let state = node.state.borrow();
+        assert!(state.vhost("v").is_none());
+        assert_eq!(state.queues.len(), 1, "the queue of '/' stays");
+        assert!(!state.users.may_open_vhost("guest", "v"));
+        let closed = &state.connections[&in_v];
+        let text = String::from_utf8_lossy(&closed.wire.out);
+        assert!(text.contains("vhost 'v' is deleted"), "{:?}", text);
+        assert!(state.connections[&in_default].wire.out.is_empty());
+    }
+
+    #[test]
+    fn users_and_permissions_change_at_run_time() {
+        let mut node = Node::new();
+        let user = User::new("u".into(), None, vec!["management".into()], BTreeMap::new());
+        node.access(AccessChange::UserPut(user)).unwrap();
+        assert_eq!(
+            node.access(full("u", "nowhere")),
+            Err("no_such_vhost: nowhere".into())
+        );
+        node.access(full("u", "/")).unwrap();
+        assert!(node.state.borrow().users.may_open_vhost("u", "/"));
+        node.access(AccessChange::PermissionCleared {
+            user: "u".into(),
+            vhost: "/".into(),
+        })
+        .unwrap();
+        assert!(!node.state.borrow().users.may_open_vhost("u", "/"));
+        node.access(AccessChange::UserDeleted("u".into())).unwrap();
+        assert!(node.state.borrow().users.user("u").is_none());
+        assert_eq!(
+            node.access(AccessChange::UserDeleted("u".into())),
+            Err("no_such_user: u".into())
+        );
+    }
+
+    #[test]
+    fn a_vhost_queue_limit_refuses_the_next_queue() {
+        let mut node = Node::new();
+        node.access(AccessChange::VhostLimitsSet {
+            vhost: "/".into(),
+            limits: VhostLimits {
+                max_connections: None,
+                max_queues: Some(1),
+            },
+        })
+        .unwrap();
+        node.declare_queue("/", "q1");
+        node.declare_queue("/", "q2");
+        let state = node.state.borrow();
+        let v = state.vhost("/").unwrap();
+        assert!(v.queues.contains_key("q1"));
+        assert!(!v.queues.contains_key("q2"));
+    }
 }

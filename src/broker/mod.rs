@@ -14,17 +14,20 @@
 //! It imports `store`, `metadata`, `config`, `model`, `util` and the codec,
 //! never `net` or `shard` (tests/layers.rs keeps it so).
 //!
-//! Flow control lives here too: a publisher into a local queue its
-//! consumers do not keep up with waits (`in_flow`, `FlowWait`); one into
-//! another shard's queue spends that shard's credit, which the queue's
-//! shard grants back per mailbox batch and holds while one of its queues
-//! outpaces its consumers (`ShardMsg::Credit`, `handle_batch`).
+//! Flow control lives here too, as credit per queue: a publisher into a
+//! local queue its consumers do not keep up with waits (`in_flow`,
+//! `FlowWait`); one into another shard's queue spends that queue's credit,
+//! which the queue's shard grants back per mailbox batch and holds while
+//! that queue outpaces its consumers (`ShardMsg::Credit`, `handle_batch`).
+//! Deliveries on their way to a consumer on another shard are bounded and
+//! counted the same way (`ShardMsg::Delivered`).
 
 pub(crate) mod channel;
 pub(crate) mod connection;
 pub mod control;
 mod dead_letter;
 pub mod delayed;
+mod direct_reply_to;
 pub mod exchange;
 pub(crate) mod login_delay;
 pub(crate) mod metadata;
@@ -43,7 +46,7 @@ use std::time::Instant;
 use crate::model::alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
-use crate::metadata::auth::Users;
+use crate::metadata::auth::{self as metadata_auth, Users};
 use crate::metadata::vhost::MetaChange;
 use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
@@ -52,7 +55,7 @@ use crate::store::recovery::RecoveredMessage;
 use crate::util::signal::{Notify, OneshotSender};
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
-use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest};
+use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest, Scope};
 use queue::{
     ConsumerSpec, DeadLetter, Delivery, DeliveryHead, DeliverySink, Enqueued, Queue, QueueCtx,
     Settle,
@@ -181,10 +184,14 @@ pub enum ShardMsg {
         channel: u16,
         reply: ChannelReply,
     },
-    /// A definitions change for the metadata owner (shard 0) to serialise.
+    /// A definitions change for the metadata owner (shard 0) to serialise;
+    /// `scope` names the vhost and user of a client's request. Boxed: a
+    /// declare is rare next to the messages of the data path, which would
+    /// otherwise all take its size.
     Meta {
         from: Option<(ConnRef, u16)>,
-        request: MetaRequest,
+        scope: Option<Box<Scope>>,
+        request: Box<MetaRequest>,
     },
     Rpc {
         from: ShardId,
@@ -195,12 +202,40 @@ pub enum ShardMsg {
         id: u64,
         reply: RpcReply,
     },
-    /// Flow control across shards: `from` has taken `messages` more of the
-    /// enqueues this shard sent it, and its queues are not outpacing their
-    /// consumers; this shard may send that many more (`ShardState::credit`).
+    /// A direct reply-to reply for channel `channel` of connection `conn` on
+    /// the receiving shard, if it still consumes replies under `secret`.
+    DirectReply {
+        conn: ConnId,
+        channel: u16,
+        secret: ShortStr,
+        message: Message,
+    },
+    /// queue.declare of a direct reply-to token, answered to `from`'s
+    /// channel by the shard of the token's connection.
+    DirectReplyDeclare {
+        conn: ConnId,
+        channel: u16,
+        secret: ShortStr,
+        queue: ShortStr,
+        from: ConnRef,
+        from_channel: u16,
+    },
+    /// Flow control across shards: the sending shard's queues took
+    /// enqueues worth this much credit (`flow_credit_cost`) of those this
+    /// shard sent them, and do not outpace their consumers; this shard may
+    /// spend it again (`ShardState::credit`). One per mailbox batch, never
+    /// per message.
     Credit {
-        from: ShardId,
-        messages: u32,
+        grants: Vec<(QueueId, u32)>,
+    },
+    /// Deliveries of a queue to its consumer on another shard arrived
+    /// there (written, or given back): `bytes` of them no longer count
+    /// against the consumer's transit bound (`Queue::delivered`). One per
+    /// consumer and mailbox batch.
+    Delivered {
+        queue: QueueId,
+        consumer: ConsumerId,
+        bytes: u64,
     },
 }
 
@@ -211,10 +246,12 @@ const _: fn() = || {
     assert_send::<ShardMsg>();
 };
 
-/// A metadata request waiting for the owner: where it came from, and the
-/// control plane's reply when it came from there.
+/// A metadata request waiting for the owner: where it came from, the
+/// client's scope, the request, and the control plane's reply when it came
+/// from there.
 pub(crate) type MetaQueued = (
     Option<(ConnRef, u16)>,
+    Option<Box<Scope>>,
     MetaRequest,
     Option<control::ReplyFn>,
 );
@@ -231,8 +268,14 @@ pub(crate) struct ShardState {
     pub(crate) id: ShardId,
     pub(crate) shard_count: usize,
     pub(crate) config: Rc<Config>,
+    /// The access-control database (users, vhosts, permissions), as the
+    /// metadata owner last changed it.
     pub(crate) users: Rc<Users>,
-    pub(crate) vhost: Vhost,
+    /// Each vhost's replica, by name.
+    pub(crate) vhosts: FastMap<ShortStr, Vhost>,
+    /// What a connection sees before it opens a vhost, or after its vhost
+    /// was deleted and before it is closed: the default exchanges only.
+    no_vhost: Vhost,
     pub(crate) queues: FastMap<QueueId, Queue>,
     pub(crate) connections: FastMap<ConnId, Connection>,
     pub(crate) now: Instant,
@@ -271,26 +314,28 @@ pub(crate) struct ShardState {
     pub(crate) alarms: AlarmSet,
     /// Where shards publish their memory use and read the alarm state.
     pub(crate) alarm_board: Arc<AlarmBoard>,
-    /// The shard was busy for nearly all of its last tick: publishers into
-    /// queues that their consumers are not keeping up with give way to
-    /// those consumers (flow control, as RabbitMQ's credit flow slows
-    /// publishers its queues cannot keep up with).
-    pub(crate) saturated: bool,
-    /// Connections in flow.
+    /// Connections in flow: waiting for a queue of this shard to drain.
     flow: Vec<FlowWait>,
     /// Flow control across shards, sending side: the enqueues this shard
-    /// may still send each peer before its publishers into that peer wait
-    /// (`config::FLOW_CREDIT_MESSAGES` to start with; below zero by at
-    /// most what the publishers read in the turn that used the last).
-    credit: Vec<i64>,
-    /// Publishing connections waiting for credit from a peer shard.
-    credit_waits: Vec<(ConnId, ShardId)>,
-    /// Flow control across shards, receiving side: enqueues taken from each
-    /// peer and not yet granted back as credit.
-    credit_owed: Vec<u32>,
-    /// Queues of this shard that outpace their consumers on a saturated
-    /// node: while any is here, no credit goes back to any peer.
+    /// may still send each queue of another shard before its publishers
+    /// into that queue wait (`config::FLOW_CREDIT` to start with, less
+    /// `flow_credit_cost` per enqueue;
+    /// below zero by at most what the publishers read in the turn that
+    /// used the last).
+    credit: FastMap<QueueId, i64>,
+    /// Publishing connections waiting for credit for a queue of a peer.
+    credit_waits: Vec<(ConnId, QueueId)>,
+    /// Flow control across shards, receiving side: the credit of the
+    /// enqueues taken from each peer (indexed by shard), per queue, not yet
+    /// granted back.
+    credit_owed: Vec<FastMap<QueueId, u32>>,
+    /// Queues of this shard that outpace their consumers: no credit goes
+    /// back for them to any peer until they drain (or their consumers
+    /// stall); the other queues' credit goes back as usual.
     credit_held: Vec<CreditHold>,
+    /// Deliveries from peers' queues that arrived in the batch being
+    /// handled, per consumer: reported back at its end (`Delivered`).
+    arrived: Vec<(QueueRef, ConsumerId, u64)>,
     /// Addresses whose logins failed lately, and when they are next answered.
     login_delays: std::cell::RefCell<login_delay::LoginDelays>,
     /// Messages published by this shard's connections that have closed
@@ -381,8 +426,12 @@ impl ShardState {
             id,
             shard_count,
             config,
+            vhosts: users
+                .vhosts()
+                .map(|v| (ShortStr::from(v.name.clone()), Vhost::new()))
+                .collect(),
             users,
-            vhost: Vhost::new(),
+            no_vhost: Vhost::new(),
             queues: FastMap::default(),
             connections: FastMap::default(),
             now: Instant::now(),
@@ -405,12 +454,12 @@ impl ShardState {
             rpc_pending: FastMap::default(),
             meta_inbox: MetaInbox::default(),
             backpressure: false,
-            saturated: false,
             flow: Vec::new(),
-            credit: vec![crate::config::FLOW_CREDIT_MESSAGES; shard_count],
+            credit: FastMap::default(),
             credit_waits: Vec::new(),
-            credit_owed: vec![0; shard_count],
+            credit_owed: (0..shard_count).map(|_| FastMap::default()).collect(),
             credit_held: Vec::new(),
+            arrived: Vec::new(),
             login_delays: Default::default(),
             published_by_closed: 0,
             alarms: alarm_board.raised(),
@@ -436,8 +485,11 @@ impl ShardState {
         if shard == self.id {
             self.local.push_back(msg);
         } else {
-            if matches!(msg, ShardMsg::Enqueue { .. }) {
-                self.credit[shard.index()] -= 1;
+            if let ShardMsg::Enqueue { queue, message, .. } = &msg {
+                *self
+                    .credit
+                    .entry(*queue)
+                    .or_insert(crate::config::FLOW_CREDIT) -= i64::from(flow_credit_cost(message));
             }
             let batch = &mut self.outbox[shard.index()];
             if batch.is_empty() {
@@ -453,7 +505,14 @@ impl ShardState {
     }
 
     pub(crate) fn send_meta(&mut self, from: Option<(ConnRef, u16)>, request: MetaRequest) {
-        self.send(ShardId(0), ShardMsg::Meta { from, request });
+        self.send(
+            ShardId(0),
+            ShardMsg::Meta {
+                from,
+                scope: None,
+                request: Box::new(request),
+            },
+        );
     }
 
     /// Starts an RPC to a shard; the reply arrives through `rpc_pending`.
@@ -478,18 +537,20 @@ impl ShardState {
 
     /// Handles a batch from a peer shard, then everything it caused
     /// locally. The peer's enqueues are granted back as credit at once,
-    /// unless one of this shard's queues outpaces its consumers: then the
-    /// credit waits until those queues drain.
+    /// queue by queue, except for the queues of this shard that outpace
+    /// their consumers: their credit waits until they drain.
     ///
-    /// Unlike a local publisher, one on another shard is held whether or
-    /// not a shard is saturated: its work is done on its own shard, so the
-    /// idle time of the queue's says nothing about whether the consumers
-    /// can keep up (their deliveries wait on hops between shards, and
-    /// their connections may share the publisher's shard); the backlog is
-    /// the only sign. Consumers that take nothing for a tick still slow no
-    /// publisher (`release_credit_holds`).
+    /// Unlike a local publisher, one on another shard could not be told
+    /// to wait by the queue itself: credit is how it is held, and only
+    /// the publishers into the held queue are. Consumers that take nothing
+    /// for `FLOW_STALL` slow no publisher (`release_credit_holds`).
+    ///
+    /// Deliveries from the peer's queues are reported arrived at the end,
+    /// after anything the batch caused (a consumer's connection filling up
+    /// stops the consumer first, through the same mailbox).
     pub(crate) fn handle_batch(&mut self, peer: ShardId, batch: Vec<ShardMsg>) {
-        let mut enqueued = 0u32;
+        // Enqueues into one queue in a row, counted once per run.
+        let mut run: Option<(QueueId, u32)> = None;
         for msg in batch {
             match msg {
                 ShardMsg::Enqueue {
@@ -497,22 +558,72 @@ impl ShardState {
                     message,
                     confirm,
                 } => {
-                    enqueued += 1;
-                    if let Some(deliveries) = self.enqueue(queue, message, confirm, true) {
+                    let cost = flow_credit_cost(&message);
+                    match &mut run {
+                        Some((q, n)) if *q == queue => *n += cost,
+                        _ => {
+                            if let Some((q, n)) = run.replace((queue, cost)) {
+                                *self.credit_owed[peer.index()].entry(q).or_insert(0) += n;
+                            }
+                        }
+                    }
+                    if let Some(deliveries) = self.enqueue(queue, message, confirm) {
                         self.hold_credit(queue, deliveries);
                     }
+                }
+                ShardMsg::Deliver(delivery) => {
+                    if delivery.head.consumer != ConsumerId::GET {
+                        self.note_arrived(&delivery);
+                    }
+                    self.deliver(delivery);
                 }
                 msg => self.handle_msg(msg),
             }
         }
-        self.credit_owed[peer.index()] += enqueued;
-        if self.credit_held.is_empty() {
-            self.grant_credit();
+        if let Some((q, n)) = run {
+            *self.credit_owed[peer.index()].entry(q).or_insert(0) += n;
         }
+        self.grant_credit();
         self.run_local();
+        self.report_arrived();
     }
 
-    /// A queue outpaces its consumers: credit waits until it has drained.
+    /// A delivery from a peer's queue arrived (see `Queue::delivered`).
+    fn note_arrived(&mut self, delivery: &Delivery) {
+        let (queue, consumer) = (delivery.head.queue, delivery.head.consumer);
+        let bytes = delivery.message.memory_size();
+        match self
+            .arrived
+            .iter_mut()
+            .rev()
+            .find(|(q, c, _)| *q == queue && *c == consumer)
+        {
+            Some((_, _, sum)) => *sum += bytes,
+            None => self.arrived.push((queue, consumer, bytes)),
+        }
+    }
+
+    /// Tells the queues whose deliveries arrived in this batch: one
+    /// message per consumer.
+    fn report_arrived(&mut self) {
+        if self.arrived.is_empty() {
+            return;
+        }
+        let mut arrived = std::mem::take(&mut self.arrived);
+        for (queue, consumer, bytes) in arrived.drain(..) {
+            self.send(
+                queue.shard,
+                ShardMsg::Delivered {
+                    queue: queue.id,
+                    consumer,
+                    bytes,
+                },
+            );
+        }
+        self.arrived = arrived;
+    }
+
+    /// A queue outpaces its consumers: its credit waits until it has drained.
     fn hold_credit(&mut self, queue: QueueId, deliveries: u64) {
         if !self.credit_held.iter().any(|h| h.queue == queue) {
             self.credit_held.push(CreditHold {
@@ -523,39 +634,55 @@ impl ShardState {
         }
     }
 
-    /// Sends each peer the credit owed to it: one message per peer.
+    /// Sends each peer the credit owed to it for the queues not held: one
+    /// message per peer, listing the queues.
     fn grant_credit(&mut self) {
         for peer in 0..self.shard_count {
-            let messages = std::mem::take(&mut self.credit_owed[peer]);
-            if messages > 0 {
-                let from = self.id;
-                self.send(ShardId(peer as u16), ShardMsg::Credit { from, messages });
+            if self.credit_owed[peer].is_empty() {
+                continue;
+            }
+            let held = &self.credit_held;
+            let mut grants = Vec::new();
+            self.credit_owed[peer].retain(|&queue, &mut messages| {
+                if held.iter().any(|h| h.queue == queue) {
+                    return true;
+                }
+                grants.push((queue, messages));
+                false
+            });
+            if !grants.is_empty() {
+                self.send(ShardId(peer as u16), ShardMsg::Credit { grants });
             }
         }
     }
 
     /// A peer granted credit: the publishers that waited for it read again.
-    fn credit_granted(&mut self, from: ShardId, messages: u32) {
-        let credit = &mut self.credit[from.index()];
-        *credit += i64::from(messages);
-        if *credit <= 0 {
-            return;
+    fn credit_granted(&mut self, grants: Vec<(QueueId, u32)>) {
+        for (queue, messages) in grants {
+            // A queue deleted meanwhile has no entry any more.
+            let Some(credit) = self.credit.get_mut(&queue) else {
+                continue;
+            };
+            *credit += i64::from(messages);
+            if *credit <= 0 {
+                continue;
+            }
+            let connections = &self.connections;
+            self.credit_waits.retain(|&(conn, waited)| {
+                if waited != queue {
+                    return true;
+                }
+                if let Some(connection) = connections.get(&conn) {
+                    connection.reader.notify();
+                }
+                false
+            });
         }
-        let connections = &self.connections;
-        self.credit_waits.retain(|&(conn, shard)| {
-            if shard != from {
-                return true;
-            }
-            if let Some(connection) = connections.get(&conn) {
-                connection.reader.notify();
-            }
-            false
-        });
     }
 
     /// The tick lets holds go whose queue is gone or whose consumers took
-    /// nothing for `FLOW_CREDIT_STALL` (stalled consumers slow no
-    /// publisher, as in `release_flow_waited_a_tick`, but a delivery's
+    /// nothing for `FLOW_STALL` (stalled consumers slow no
+    /// publisher, as in `release_flow_holds`, but a delivery's
     /// round trip through another shard can take longer than a tick on a
     /// loaded machine); then the credit they held goes back.
     fn release_credit_holds(&mut self) {
@@ -564,6 +691,7 @@ impl ShardState {
         }
         let now = self.now;
         let queues = &mut self.queues;
+        let held = self.credit_held.len();
         self.credit_held.retain_mut(|hold| {
             let Some(q) = queues.get_mut(&hold.queue) else {
                 return false;
@@ -576,13 +704,13 @@ impl ShardState {
                 hold.progress_at = now;
                 return true;
             }
-            if now.saturating_duration_since(hold.progress_at) < crate::config::FLOW_CREDIT_STALL {
+            if now.saturating_duration_since(hold.progress_at) < crate::config::FLOW_STALL {
                 return true;
             }
             q.flow_waited_in_vain(hold.deliveries);
             false
         });
-        if self.credit_held.is_empty() {
+        if self.credit_held.len() != held {
             self.grant_credit();
         }
     }
@@ -622,8 +750,7 @@ impl ShardState {
                 message,
                 confirm,
             } => {
-                let saturated = self.saturated;
-                self.enqueue(queue, message, confirm, saturated);
+                self.enqueue(queue, message, confirm);
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
             ShardMsg::Delay(publish) => self.hold_delayed(*publish),
@@ -729,9 +856,15 @@ impl ShardState {
                 channel,
                 reply,
             } => self.channel_reply(conn, channel, reply),
-            ShardMsg::Meta { from, request } => {
+            ShardMsg::Meta {
+                from,
+                scope,
+                request,
+            } => {
                 debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
-                self.meta_inbox.requests.push_back((from, request, None));
+                self.meta_inbox
+                    .requests
+                    .push_back((from, scope, *request, None));
                 self.meta_inbox.notify.notify();
             }
             ShardMsg::Rpc { from, id, request } => {
@@ -743,7 +876,47 @@ impl ShardState {
                     pending.send(reply);
                 }
             }
-            ShardMsg::Credit { from, messages } => self.credit_granted(from, messages),
+            ShardMsg::Credit { grants } => self.credit_granted(grants),
+            ShardMsg::Delivered {
+                queue,
+                consumer,
+                bytes,
+            } => {
+                if self.with_queue(queue, |q, _, _| q.delivered(consumer, bytes)) == Some(true) {
+                    self.dispatch(queue);
+                }
+            }
+            ShardMsg::DirectReply {
+                conn,
+                channel,
+                secret,
+                message,
+            } => {
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.deliver_reply(channel, &secret, &message);
+                    if connection.output_filled() {
+                        self.output_filled.push(conn);
+                    }
+                }
+            }
+            ShardMsg::DirectReplyDeclare {
+                conn,
+                channel,
+                secret,
+                queue,
+                from,
+                from_channel,
+            } => {
+                let consumes = self
+                    .connections
+                    .get(&conn)
+                    .is_some_and(|c| c.has_reply_consumer(channel, &secret));
+                let reply = match direct_reply_to::declare_answer(consumes, queue) {
+                    Ok(ok) => ChannelReply::Meta(Ok(ok.into())),
+                    Err(error) => ChannelReply::Error(error),
+                };
+                self.reply(from, from_channel, reply);
+            }
         }
     }
 
@@ -805,30 +978,25 @@ impl ShardState {
     }
 
     /// A publish reaches its local queue. If it leaves the queue with more
-    /// ready messages than flow control allows while `saturated` (always
-    /// for a publisher on another shard: see `handle_batch`), the publisher
-    /// should let the consumers catch up: the queue's deliveries count, for
-    /// its flow wait, is returned. A local publisher is held on a shard
-    /// with time to spare too when a consumer of the queue is on another
-    /// shard: that consumer's pace is set by hops between shards, which
-    /// this shard's idle time says nothing about.
+    /// ready messages than flow control allows, the publisher should let
+    /// the consumers catch up: the queue's deliveries count, for its flow
+    /// wait (or credit hold), is returned. Whatever the shards' load: an
+    /// idle shard says nothing about whether the consumers keep up (a
+    /// faster host left the queue growing without bound at 1 → 1 with
+    /// acks while the shard was never saturated).
     fn enqueue(
         &mut self,
         queue: QueueId,
         message: Message,
         confirm: Option<ConfirmTarget>,
-        saturated: bool,
     ) -> Option<u64> {
-        let shard = self.id;
         let (enqueued, in_flow) = self
             .with_queue(queue, |q, out, ctx| {
                 // One clock reading for both steps: a TTL-0 message goes to
                 // a waiting consumer however long they take.
                 let enqueued = q.publish(message, out, ctx);
                 q.dispatch(out, ctx);
-                let in_flow = (q.outpaces_consumers()
-                    && (saturated || q.consumer_specs().any(|c| c.conn.shard != shard)))
-                .then(|| q.deliveries());
+                let in_flow = q.outpaces_consumers().then(|| q.deliveries());
                 (enqueued, in_flow)
             })
             .unwrap_or((Enqueued::Accepted, None));
@@ -851,11 +1019,9 @@ impl ShardState {
             q.dispatch(out, ctx);
             !q.outpaces_consumers_still()
         });
-        if drained == Some(true) && !self.credit_held.is_empty() {
+        if drained == Some(true) && self.credit_held.iter().any(|h| h.queue == queue) {
             self.credit_held.retain(|hold| hold.queue != queue);
-            if self.credit_held.is_empty() {
-                self.grant_credit();
-            }
+            self.grant_credit();
         }
         if drained == Some(true) && !self.flow.is_empty() {
             let connections = &self.connections;
@@ -1004,7 +1170,7 @@ impl ShardState {
                     queue: queue.id,
                     seq: delivery.head.seq,
                     consumer: delivery.head.consumer,
-                    settle: Settle::Requeue,
+                    settle: Settle::Released,
                 },
             );
         }
@@ -1127,19 +1293,24 @@ impl ShardState {
                     confirm,
                 };
                 self.send(self.id, msg);
-            } else if let Some(deliveries) = self.enqueue(queue, message, confirm, self.saturated) {
+            } else if let Some(deliveries) = self.enqueue(queue, message, confirm) {
                 flow_for = Some((queue, deliveries));
             }
         }
-        let mut credit_for: Option<ShardId> = None;
+        let mut credit_for: Option<QueueId> = None;
         for (shard, msg) in effects.drain(..) {
             if shard != self.id {
                 // Only publishes wait for credit: acks, nacks and the rest
                 // always go, or a held publisher could hold its consumers.
-                let publish = matches!(msg, ShardMsg::Enqueue { .. });
+                let publish = match &msg {
+                    ShardMsg::Enqueue { queue, .. } => Some(*queue),
+                    _ => None,
+                };
                 self.send(shard, msg);
-                if publish && self.credit[shard.index()] <= 0 {
-                    credit_for = Some(shard);
+                if let Some(queue) = publish {
+                    if self.credit.get(&queue).is_some_and(|&c| c <= 0) {
+                        credit_for = Some(queue);
+                    }
                 }
             } else if !self.runs_now(shard) {
                 self.send(shard, msg);
@@ -1149,7 +1320,7 @@ impl ShardState {
                 confirm,
             } = msg
             {
-                if let Some(deliveries) = self.enqueue(queue, message, confirm, self.saturated) {
+                if let Some(deliveries) = self.enqueue(queue, message, confirm) {
                     flow_for = Some((queue, deliveries));
                 }
             } else {
@@ -1159,9 +1330,9 @@ impl ShardState {
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.restore_effects(publishes, effects);
         }
-        if let Some(shard) = credit_for {
+        if let Some(queue) = credit_for {
             if !self.credit_waits.iter().any(|&(c, _)| c == conn) {
-                self.credit_waits.push((conn, shard));
+                self.credit_waits.push((conn, queue));
             }
         }
         if let Some((queue, deliveries)) = flow_for {
@@ -1170,7 +1341,6 @@ impl ShardState {
                     conn,
                     queue,
                     deliveries,
-                    ticked: false,
                     progress_at: self.now,
                 });
             }
@@ -1179,10 +1349,14 @@ impl ShardState {
 
     fn handle_rpc(&mut self, request: RpcRequest) -> RpcReply {
         match request {
-            RpcRequest::Apply(changes) => {
+            RpcRequest::Apply { vhost, changes } => {
                 for change in &changes {
-                    self.apply_change(change);
+                    self.apply_change(&vhost, change);
                 }
+                RpcReply::Applied
+            }
+            RpcRequest::Access(change) => {
+                self.apply_access(&change);
                 RpcReply::Applied
             }
             RpcRequest::QueueStats(queue) => self
@@ -1206,14 +1380,16 @@ impl ShardState {
                 None => Ok(0),
                 Some(q) if if_unused && q.consumer_count() > 0 => {
                     Err(AmqpError::precondition_failed(format!(
-                        "queue '{}' in vhost '/' in use",
-                        q.name()
+                        "queue '{}' in vhost '{}' in use",
+                        q.name(),
+                        q.meta.vhost
                     )))
                 }
                 Some(q) if if_empty && q.message_count() > 0 => {
                     Err(AmqpError::precondition_failed(format!(
-                        "queue '{}' in vhost '/' is not empty",
-                        q.name()
+                        "queue '{}' in vhost '{}' is not empty",
+                        q.name(),
+                        q.meta.vhost
                     )))
                 }
                 Some(q) => Ok(q.message_count()),
@@ -1223,14 +1399,17 @@ impl ShardState {
 
     /// Applies a definitions change to the replica, and to the queues this
     /// shard owns. Returns auto-delete exchanges it left unused.
-    pub(crate) fn apply_change(&mut self, change: &MetaChange) -> Vec<ShortStr> {
-        let emptied = self.vhost.apply(change);
+    pub(crate) fn apply_change(&mut self, vhost: &str, change: &MetaChange) -> Vec<ShortStr> {
+        let Some(replica) = self.vhosts.get_mut(vhost) else {
+            return Vec::new();
+        };
+        let emptied = replica.apply(change);
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
                 self.queues.insert(meta.id, Queue::new(meta.clone()));
                 self.with_queue(meta.id, |q, _, ctx| q.touch(ctx));
             }
-            MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(name),
+            MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(vhost, name),
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
                 self.with_queue(queue.id, |q, _, ctx| q.forget_all(ctx));
                 if let Some(q) = self.queues.remove(&queue.id) {
@@ -1243,9 +1422,29 @@ impl ShardState {
                     }
                 }
             }
+            MetaChange::QueueDeleted(queue) => self.forget_credit(queue.id),
             _ => {}
         }
         emptied
+    }
+
+    /// A queue of another shard was deleted: its credit goes, and the
+    /// publishers that waited for it read again (their next publish to
+    /// it is unroutable).
+    fn forget_credit(&mut self, queue: QueueId) {
+        if self.credit.remove(&queue).is_none() {
+            return;
+        }
+        let connections = &self.connections;
+        self.credit_waits.retain(|&(conn, waited)| {
+            if waited != queue {
+                return true;
+            }
+            if let Some(connection) = connections.get(&conn) {
+                connection.reader.notify();
+            }
+            false
+        });
     }
 
     /// Gives the queues the messages the store recovered at start, then
@@ -1333,7 +1532,7 @@ impl ShardState {
     /// The timer tick: heartbeats and handshake/close deadlines.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.now = now;
-        self.release_flow_waited_a_tick();
+        self.release_flow_holds();
         self.release_credit_holds();
         let ids: Vec<ConnId> = self.connections.keys().copied().collect();
         for id in ids {
@@ -1402,18 +1601,17 @@ impl ShardState {
     }
 
     /// True while this connection is in flow: it published into a queue
-    /// whose consumers are not keeping up while the shard is saturated (or
-    /// they are on other shards: see `enqueue`), or into another shard
-    /// that has not granted it credit (`handle_batch`). It then waits until
-    /// the queue has drained or the credit comes (its reader is woken), or
-    /// for one to two ticks for a local queue. Leaves flow once the queue
-    /// has drained, lost its consumers or gone, or the shard has time to
-    /// spare.
+    /// of this shard whose consumers are not keeping up (`enqueue`), or
+    /// into a queue of another shard that has not granted it credit
+    /// (`handle_batch`). It then waits until the queue has drained or the
+    /// credit comes (its reader is woken), or until the queue's consumers
+    /// stall (`release_flow_holds`). Leaves flow once the queue has
+    /// drained, lost its consumers or gone.
     pub(crate) fn in_flow(&mut self, id: ConnId) -> bool {
         // Flow across shards: waiting for a peer's credit.
         if let Some(at) = self.credit_waits.iter().position(|&(c, _)| c == id) {
-            let shard = self.credit_waits[at].1;
-            if self.credit[shard.index()] > 0 {
+            let queue = self.credit_waits[at].1;
+            if self.credit.get(&queue).is_none_or(|&c| c > 0) {
                 self.credit_waits.swap_remove(at);
             } else {
                 return true;
@@ -1423,11 +1621,10 @@ impl ShardState {
             return false;
         };
         let queue = self.flow[at].queue;
-        let (shard, saturated) = (self.id, self.saturated);
-        let still = self.queues.get(&queue).is_some_and(|q| {
-            q.outpaces_consumers_still()
-                && (saturated || q.consumer_specs().any(|c| c.conn.shard != shard))
-        });
+        let still = self
+            .queues
+            .get(&queue)
+            .is_some_and(|q| q.outpaces_consumers_still());
         if !still {
             self.flow.swap_remove(at);
         }
@@ -1440,19 +1637,13 @@ impl ShardState {
         self.credit_waits.retain(|&(c, _)| c != id);
     }
 
-    /// The tick lets go of publishers that have waited in flow since the
-    /// tick before (timers of their own would cost a submission and a
-    /// cancellation per wait). A queue whose consumers took nothing
-    /// meanwhile has stalled consumers, which slow no publisher.
-    ///
-    /// A publisher into a queue whose consumers are on other shards waits
-    /// longer: until the queue has drained, or its consumers have taken
-    /// nothing for `FLOW_CREDIT_STALL`, as a publisher on another shard
-    /// waits for credit (`release_credit_holds`). Let go after a tick, it
-    /// would outrun consumers whose deliveries take hops between shards.
-    fn release_flow_waited_a_tick(&mut self) {
+    /// The tick lets go of publishers whose queue's consumers stalled:
+    /// took nothing for `FLOW_STALL`. Stalled consumers slow no publisher;
+    /// while consumers make progress, their publisher is held to their
+    /// pace. (Timers of their own would cost a submission and a
+    /// cancellation per wait.)
+    fn release_flow_holds(&mut self) {
         let ShardState {
-            id,
             now,
             flow,
             queues,
@@ -1460,26 +1651,18 @@ impl ShardState {
             ..
         } = self;
         flow.retain_mut(|wait| {
-            if !wait.ticked {
-                wait.ticked = true;
-                return true;
-            }
-            if let Some(q) = queues.get(&wait.queue) {
-                if q.outpaces_consumers_still() && q.consumer_specs().any(|c| c.conn.shard != *id) {
+            if let Some(q) = queues.get_mut(&wait.queue) {
+                if q.outpaces_consumers_still() {
                     if q.deliveries() != wait.deliveries {
                         wait.deliveries = q.deliveries();
                         wait.progress_at = *now;
                         return true;
                     }
-                    if now.saturating_duration_since(wait.progress_at)
-                        < crate::config::FLOW_CREDIT_STALL
-                    {
+                    if now.saturating_duration_since(wait.progress_at) < crate::config::FLOW_STALL {
                         return true;
                     }
+                    q.flow_waited_in_vain(wait.deliveries);
                 }
-            }
-            if let Some(q) = queues.get_mut(&wait.queue) {
-                q.flow_waited_in_vain(wait.deliveries);
             }
             if let Some(connection) = connections.get(&wait.conn) {
                 connection.reader.notify();
@@ -1488,11 +1671,68 @@ impl ShardState {
         });
     }
 
+    /// A vhost's replica, if it exists.
+    pub(crate) fn vhost(&self, name: &str) -> Option<&Vhost> {
+        self.vhosts.get(name)
+    }
+
+    /// A vhost's replica, or an empty one if it does not exist (any more).
+    pub(crate) fn vhost_or_empty(&self, name: &str) -> &Vhost {
+        self.vhosts.get(name).unwrap_or(&self.no_vhost)
+    }
+
+    /// Applies an access-control change made by the metadata owner: to the
+    /// users, and to the set of vhost replicas. A deleted vhost's (or
+    /// user's) connections on this shard are closed with 320
+    /// CONNECTION_FORCED, as RabbitMQ closes them.
+    pub(crate) fn apply_access(&mut self, change: &metadata_auth::AccessChange) {
+        use metadata_auth::AccessChange;
+        Rc::make_mut(&mut self.users).apply(change);
+        let closing: Option<(bool, &str, String)> = match change {
+            AccessChange::VhostAdded(def) => {
+                self.vhosts
+                    .entry(ShortStr::from(def.name.clone()))
+                    .or_insert_with(Vhost::new);
+                None
+            }
+            AccessChange::VhostDeleted(name) => {
+                self.vhosts.remove(name.as_str());
+                Some((true, name, format!("vhost '{}' is deleted", name)))
+            }
+            AccessChange::UserDeleted(name) => {
+                Some((false, name, format!("user '{}' is deleted", name)))
+            }
+            _ => None,
+        };
+        if let Some((by_vhost, name, text)) = closing {
+            let ids: Vec<ConnId> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| {
+                    if by_vhost {
+                        c.vhost.as_str() == name
+                    } else {
+                        c.user == name
+                    }
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let now = self.now;
+            for id in ids {
+                if let Some(connection) = self.connections.get_mut(&id) {
+                    connection.force_close(AmqpError::connection_forced(text.clone()), now);
+                }
+                self.finish_connection_turn(id);
+            }
+        }
+    }
+
     /// Called by the socket tasks once both of them are done.
     pub(crate) fn remove_connection(&mut self, id: ConnId) {
         self.leave_flow(id);
         self.connection_lost(id);
-        if let Some(connection) = self.connections.remove(&id) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            connection.release_usage();
             self.published_by_closed += connection.published;
         }
     }
@@ -1501,14 +1741,10 @@ impl ShardState {
 /// A publishing connection in flow (`ShardState::in_flow`).
 struct FlowWait {
     conn: ConnId,
-    /// The queue it waits for, and that queue's deliveries count when the
-    /// wait began.
+    /// The queue it waits for, and that queue's deliveries count when it
+    /// last changed, and when (`release_flow_holds`).
     queue: QueueId,
     deliveries: u64,
-    /// A tick passed since the wait began: the next one ends it.
-    ticked: bool,
-    /// When the queue's deliveries count last changed (for a queue whose
-    /// consumers are on other shards; `deliveries` follows it then).
     progress_at: Instant,
 }
 
@@ -1521,6 +1757,13 @@ struct CreditHold {
     progress_at: Instant,
 }
 
+/// What an enqueue into another shard's queue costs in credit (see
+/// `config::FLOW_CREDIT`): the same on both sides, from the message alone.
+fn flow_credit_cost(message: &Message) -> u32 {
+    let units = message.memory_size() / crate::config::FLOW_CREDIT_BYTES_PER_UNIT;
+    1 + u32::try_from(units).unwrap_or(u32::MAX - 1)
+}
+
 fn no_queue_by_id() -> AmqpError {
     AmqpError::not_found("queue was deleted")
 }
@@ -1531,11 +1774,12 @@ impl ShardState {
     /// writer's wake-up signals.
     pub(crate) fn open_connection(
         &mut self,
-        peer: std::net::SocketAddr,
+        addrs: (std::net::SocketAddr, std::net::SocketAddr),
+        external: crate::metadata::auth::External,
     ) -> (ConnId, Notify, Notify) {
         let id = self.next_conn_id();
         let conn = self.conn_ref(id);
-        let connection = Connection::new(conn, peer, &self.config, self.now);
+        let connection = Connection::new(conn, addrs, external, &self.config, self.now);
         let signals = (connection.reader.clone(), connection.wire.writer.clone());
         self.connections.insert(id, connection);
         (id, signals.0, signals.1)
@@ -1553,7 +1797,8 @@ impl ShardState {
         let input = loop {
             let ShardState {
                 connections,
-                vhost,
+                vhosts,
+                no_vhost,
                 users,
                 config,
                 now,
@@ -1564,6 +1809,8 @@ impl ShardState {
             let Some(connection) = connections.get_mut(&id) else {
                 return connection::Input::Closed;
             };
+            // Resolved once per call, for every frame the call handles.
+            let vhost = vhosts.get(connection.vhost.as_str()).unwrap_or(no_vhost);
             let env = connection::Env {
                 vhost,
                 users,

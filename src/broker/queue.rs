@@ -1,6 +1,6 @@
 //! A queue, as its owning shard holds it: ready messages in order, messages
 //! delivered but not yet acknowledged, and consumers served round-robin while
-//! they have prefetch credit.
+//! they have prefetch credit, those of a higher `x-priority` first.
 //!
 //! The queue performs no I/O: `dispatch` appends `Delivery`s for the shard to
 //! route to the consumers' connections, wherever they are.
@@ -11,15 +11,15 @@ use crate::util::hash::FastMap;
 
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::ConfirmTarget;
-use crate::metadata::queue_args::{Overflow, EXPIRY_MS_MAX};
-use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::metadata::queue_args::{Overflow, QueueType, EXPIRY_MS_MAX};
+use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
 use crate::store::record::PublishHead;
 use crate::store::recovery::RecoveredMessage;
 use crate::util::timer_wheel::TimerId;
-use warren_protocol::{AmqpError, ShortStr};
+use warren_protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
 
 /// `QueuedMessage::expires_at_ms` of a message without a TTL.
 const NEVER: u64 = u64::MAX;
@@ -34,6 +34,11 @@ pub(crate) struct QueuedMessage {
     pub(crate) redelivered: bool,
     /// Priority level: 0 unless the queue has `x-max-priority`.
     pub(crate) level: u8,
+    /// A quorum queue's count of the times the message came back
+    /// (rabbit_fifo's `delivery_count`), shown as `x-delivery-count`. A
+    /// u16 fits in the padding after `level`; it saturates, so a delivery
+    /// limit above 65534 acts as none.
+    pub(crate) delivery_count: u16,
     /// When the message expires, in shard milliseconds (`Timers::now_ms`);
     /// `NEVER` if it does not. (Not an `Option`: eight bytes fewer make a
     /// ready slot 128 bytes, which moves inline.)
@@ -74,6 +79,8 @@ pub enum DeathReason {
     Rejected,
     Expired,
     Maxlen,
+    /// A quorum queue's message came back more often than `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -82,6 +89,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -192,6 +200,11 @@ pub enum Settle {
     Ack,
     /// Back into the queue at its old position, marked redelivered.
     Requeue,
+    /// Like `Requeue`, for a delivery whose channel or connection closed
+    /// before it was settled. Only a quorum queue tells the two apart: it
+    /// appends a requeued message but puts a released one back ahead
+    /// (rabbit_fifo returns a gone consumer's messages to the head).
+    Released,
     /// The consumer's channel could not take the delivery, its global
     /// prefetch being reached: back at its old position as it was, and the
     /// consumer gets nothing more until its channel resumes it
@@ -211,6 +224,10 @@ pub struct ConsumerSpec {
     pub exclusive: bool,
     /// Unacknowledged deliveries allowed at once; 0 is unlimited.
     pub prefetch_count: u32,
+    /// Its `x-priority` (0 unless given): consumers of a higher priority
+    /// take messages while they have credit, lower ones only when every
+    /// higher one is blocked, as in RabbitMQ.
+    pub priority: i64,
 }
 
 #[derive(Debug)]
@@ -224,11 +241,38 @@ struct Consumer {
     /// Its channel gave a delivery back (`Settle::Return`) and has not
     /// resumed it yet.
     limited: bool,
+    /// Its connection is on another shard than the queue, and no
+    /// prefetch bounds its deliveries (autoack, or prefetch 0): those
+    /// travelling through the mailbox are bounded by `transit_bytes`. A
+    /// prefetch bounds them already, and they count as unacknowledged.
+    remote: bool,
+    /// `Message::memory_size` of the deliveries sent to this (remote)
+    /// consumer that its shard has not yet reported arrived
+    /// (`ShardMsg::Delivered`). Past `DELIVERY_TRANSIT_BYTES_MAX` it takes
+    /// nothing more, so that a consumer without prefetch (autoack, or
+    /// prefetch 0) cannot draw a whole backlog into one mailbox batch
+    /// before its connection can say that its output is full.
+    transit_bytes: u64,
+}
+
+/// The consumers of one priority: a run of `Queue::consumers`, which are
+/// kept sorted by priority, highest first, and in arrival order within one
+/// priority. With all priorities equal (the usual case) there is one group,
+/// and choosing a consumer is the plain round-robin it always was.
+#[derive(Debug)]
+struct PriorityGroup {
+    priority: i64,
+    /// One past its last consumer in `Queue::consumers` (it starts where
+    /// the group before it ends).
+    end: usize,
+    /// Where its round-robin resumes, relative to the group's start.
+    next: usize,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
         !self.stopped
+            && (!self.remote || self.transit_bytes < crate::config::DELIVERY_TRANSIT_BYTES_MAX)
             && (self.spec.no_ack
                 || (!self.limited
                     && (self.spec.prefetch_count == 0
@@ -269,7 +313,9 @@ impl Ready {
         }
     }
 
-    fn add(&mut self, queued: QueuedMessage, timer: Option<TimerId>) {
+    /// Adds a message at `key` in its level: its `seq`, or for a quorum
+    /// queue's returned message its new place at the back.
+    fn add(&mut self, queued: QueuedMessage, key: u64, timer: Option<TimerId>) {
         let level = queued.level as usize;
         self.live[level] += 1;
         self.count += 1;
@@ -277,7 +323,7 @@ impl Ready {
         self.memory_bytes += queued.message.memory_size();
         let deque = &mut self.levels[level];
         let slot = Slot {
-            seq: queued.seq,
+            seq: key,
             queued: Some(queued),
             timer,
         };
@@ -454,7 +500,8 @@ pub struct Queue {
     /// `Message::memory_size` of the unacknowledged messages.
     unacked_memory_bytes: u64,
     consumers: Vec<Consumer>,
-    next_consumer: usize,
+    /// `consumers` by priority, highest first (see `PriorityGroup`).
+    groups: Vec<PriorityGroup>,
     next_seq: u64,
     next_consumer_id: u64,
     had_consumers: bool,
@@ -511,7 +558,7 @@ impl Queue {
             unacked: Unacked::default(),
             unacked_memory_bytes: 0,
             consumers: Vec::new(),
-            next_consumer: 0,
+            groups: Vec::new(),
             next_seq: 1,
             next_consumer_id: 1,
             had_consumers: false,
@@ -529,6 +576,20 @@ impl Queue {
         self.unacked.len() as u32
     }
 
+    fn is_quorum(&self) -> bool {
+        self.meta.args.queue_type == QueueType::Quorum
+    }
+
+    /// The message as a quorum queue hands it out: with `x-delivery-count`
+    /// once it came back (always, for basic.get), as rabbit_fifo_client
+    /// adds it. Other queues hand out the message as it is.
+    fn as_delivered(&self, queued: &QueuedMessage, get: bool) -> Option<Message> {
+        if !self.is_quorum() || (queued.delivery_count == 0 && !get) {
+            return None;
+        }
+        Some(with_delivery_count(&queued.message, queued.delivery_count))
+    }
+
     pub(crate) fn name(&self) -> &ShortStr {
         &self.meta.name
     }
@@ -539,9 +600,31 @@ impl Queue {
     }
 
     /// What the memory alarm counts for this queue: its ready and its
-    /// unacknowledged messages (`Message::memory_size`).
+    /// unacknowledged messages (`Message::memory_size`), and the autoack
+    /// deliveries on their way to a consumer on another shard (the queue
+    /// no longer holds them, and the consumer's connection does not yet).
+    /// O(consumers): called on the alarm check only.
     pub(crate) fn memory_bytes(&self) -> u64 {
-        self.ready.memory_bytes + self.unacked_memory_bytes
+        let transit: u64 = self
+            .consumers
+            .iter()
+            .filter(|c| c.spec.no_ack)
+            .map(|c| c.transit_bytes)
+            .sum();
+        self.ready.memory_bytes + self.unacked_memory_bytes + transit
+    }
+
+    /// The consumer's shard reports deliveries arrived (`ShardMsg::Delivered`):
+    /// they no longer count against its transit bound. True if the consumer
+    /// is still there (the caller dispatches).
+    pub(crate) fn delivered(&mut self, consumer: ConsumerId, bytes: u64) -> bool {
+        match self.consumers.iter_mut().find(|c| c.id == consumer) {
+            Some(c) => {
+                c.transit_bytes = c.transit_bytes.saturating_sub(bytes);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn consumer_count(&self) -> u32 {
@@ -630,6 +713,7 @@ impl Queue {
             seq,
             redelivered: false,
             level,
+            delivery_count: 0,
             expires_at_ms: expires_at_ms.unwrap_or(NEVER),
             segment: 0,
             message,
@@ -645,7 +729,7 @@ impl Queue {
                 delivered: false,
                 level,
                 expires_at_epoch_ms,
-                vhost: DEFAULT_VHOST,
+                vhost: self.meta.vhost.as_str(),
                 queue_name: self.meta.name.as_str(),
                 message: &queued.message,
             });
@@ -680,6 +764,7 @@ impl Queue {
             seq,
             redelivered: recovered.redelivered,
             level: recovered.level.min(top_level),
+            delivery_count: 0,
             expires_at_ms: recovered
                 .expires_at_epoch_ms
                 .map_or(NEVER, |at| ctx.timers.shard_ms_of_epoch(at)),
@@ -710,7 +795,7 @@ impl Queue {
                     delivered,
                     level: queued.level,
                     expires_at_epoch_ms: queued.expires_at_ms().map(|at| timers.epoch_ms_of(at)),
-                    vhost: DEFAULT_VHOST,
+                    vhost: meta.vhost.as_str(),
                     queue_name: meta.name.as_str(),
                     message: &queued.message,
                 },
@@ -749,10 +834,29 @@ impl Queue {
 
     /// Puts a message among the ready ones, with a timer if it can expire.
     fn add_ready(&mut self, queued: QueuedMessage, ctx: &mut QueueCtx) {
+        let key = queued.seq;
+        self.add_ready_at(queued, key, ctx);
+    }
+
+    /// A quorum queue's message coming back goes to the back of the queue,
+    /// as if published now: RabbitMQ 3.10's rabbit_fifo turns a return into
+    /// a `requeue` command that appends the message (observed: of 1..5
+    /// with 1, 2 and 3 fetched, 3 and then 1 rejected with requeue, the
+    /// queue hands out 4, 5, 3, 1). Its place is a fresh sequence number,
+    /// while the message keeps its own `seq`, the store's name for it.
+    fn add_returned(&mut self, queued: QueuedMessage, ctx: &mut QueueCtx) {
+        let key = self.next_seq;
+        self.next_seq += 1;
+        self.add_ready_at(queued, key, ctx);
+    }
+
+    /// `add_ready` at `key` in the message's level (see `Ready::add`); the
+    /// expiry timer names the message by the same key.
+    fn add_ready_at(&mut self, queued: QueuedMessage, key: u64, ctx: &mut QueueCtx) {
         let timer = match queued.expires_at_ms() {
             None => None,
             Some(at) if at <= ctx.now_ms() => {
-                self.expire_now.push((queued.level, queued.seq));
+                self.expire_now.push((queued.level, key));
                 None
             }
             Some(at) => Some(ctx.timers.insert(
@@ -760,11 +864,11 @@ impl Queue {
                 TimerEvent::MessageExpiry {
                     queue: self.meta.id,
                     level: queued.level,
-                    seq: queued.seq,
+                    seq: key,
                 },
             )),
         };
-        self.ready.add(queued, timer);
+        self.ready.add(queued, key, timer);
     }
 
     /// The next ready message that has not expired; expired ones met on the
@@ -826,15 +930,88 @@ impl Queue {
         }
         let id = ConsumerId(self.next_consumer_id);
         self.next_consumer_id += 1;
-        self.consumers.push(Consumer {
-            id,
-            spec,
-            in_flight: 0,
-            stopped: false,
-            limited: false,
-        });
+        let remote =
+            spec.conn.shard != self.meta.shard && (spec.no_ack || spec.prefetch_count == 0);
+        let at = if self.meta.args.single_active_consumer {
+            // The first consumer is the active one, whatever its priority;
+            // the others wait by priority, so that when it goes the
+            // highest-priority one (the earliest among equals) takes over,
+            // as in RabbitMQ 3.10. Groups are not used here.
+            let waiting = self.consumers.get(1..).unwrap_or_default();
+            self.consumers.len().min(
+                1 + waiting
+                    .iter()
+                    .position(|c| c.spec.priority < spec.priority)
+                    .unwrap_or(waiting.len()),
+            )
+        } else {
+            self.group_insert(spec.priority)
+        };
+        self.consumers.insert(
+            at,
+            Consumer {
+                id,
+                spec,
+                in_flight: 0,
+                stopped: false,
+                limited: false,
+                remote,
+                transit_bytes: 0,
+            },
+        );
         self.had_consumers = true;
         Ok(id)
+    }
+
+    /// Makes room in the groups for one more consumer of `priority`, after
+    /// those of its priority; returns its place in `consumers`.
+    fn group_insert(&mut self, priority: i64) -> usize {
+        let found = self.groups.iter().position(|g| g.priority <= priority);
+        let index = match found {
+            Some(index) if self.groups[index].priority == priority => index,
+            _ => {
+                let index = found.unwrap_or(self.groups.len());
+                let start = index.checked_sub(1).map_or(0, |i| self.groups[i].end);
+                self.groups.insert(
+                    index,
+                    PriorityGroup {
+                        priority,
+                        end: start,
+                        next: 0,
+                    },
+                );
+                index
+            }
+        };
+        let at = self.groups[index].end;
+        for group in &mut self.groups[index..] {
+            group.end += 1;
+        }
+        at
+    }
+
+    /// Takes the consumer at `at` out of its group, keeping the group's
+    /// round-robin where it was.
+    fn group_remove(&mut self, at: usize) {
+        let Some(index) = self.groups.iter().position(|g| at < g.end) else {
+            return;
+        };
+        let start = index.checked_sub(1).map_or(0, |i| self.groups[i].end);
+        for group in &mut self.groups[index..] {
+            group.end -= 1;
+        }
+        let group = &mut self.groups[index];
+        let len = group.end - start;
+        if len == 0 {
+            self.groups.remove(index);
+            return;
+        }
+        if group.next > at - start {
+            group.next -= 1;
+        }
+        if group.next >= len {
+            group.next = 0;
+        }
     }
 
     /// Stops or restarts a consumer whose connection's output filled or
@@ -863,12 +1040,7 @@ impl Queue {
             return false;
         };
         self.consumers.remove(at);
-        if self.next_consumer > at {
-            self.next_consumer -= 1;
-        }
-        if self.next_consumer >= self.consumers.len() {
-            self.next_consumer = 0;
-        }
+        self.group_remove(at);
         if self.consumers.is_empty() {
             // Unused from now on: x-expires counts from here.
             self.touch(ctx);
@@ -945,14 +1117,27 @@ impl Queue {
                 forget(self.meta.id, &queued, ctx.store);
                 self.dead_letter(queued.message, DeathReason::Rejected, ctx)
             }
-            Settle::Requeue | Settle::Return => {
+            Settle::Requeue | Settle::Released | Settle::Return => {
                 // A returned message was never seen by the client.
-                queued.redelivered |= settle == Settle::Requeue;
+                queued.redelivered |= settle != Settle::Return;
+                if self.is_quorum() && settle != Settle::Return {
+                    // rabbit_fifo counts every return, and one beyond the
+                    // limit dead-letters the message instead.
+                    queued.delivery_count = queued.delivery_count.saturating_add(1);
+                    let limit = self.meta.args.delivery_limit;
+                    if limit.is_some_and(|limit| u64::from(queued.delivery_count) > limit) {
+                        forget(self.meta.id, &queued, ctx.store);
+                        self.dead_letter(queued.message, DeathReason::DeliveryLimit, ctx);
+                        return;
+                    }
+                }
                 // A message whose TTL ran out while it was delivered expires
                 // when it comes back, as in RabbitMQ.
                 if queued.expires_at_ms().is_some_and(|at| at <= ctx.now_ms()) {
                     forget(self.meta.id, &queued, ctx.store);
                     self.dead_letter(queued.message, DeathReason::Expired, ctx);
+                } else if self.is_quorum() && settle == Settle::Requeue {
+                    self.add_returned(queued, ctx);
                 } else {
                     self.add_ready(queued, ctx);
                 }
@@ -975,8 +1160,9 @@ impl Queue {
     /// basic.get: the head message, and how many remain after it.
     pub(crate) fn get(&mut self, no_ack: bool, ctx: &mut QueueCtx) -> Option<(QueuedMessage, u32)> {
         self.touch(ctx);
-        let queued = self.next_ready(ctx)?;
+        let mut queued = self.next_ready(ctx)?;
         let remaining = self.ready.count as u32;
+        let delivered = self.as_delivered(&queued, true);
         if no_ack {
             self.stats.get_no_ack += 1;
         } else {
@@ -990,6 +1176,9 @@ impl Queue {
             self.unacked_memory_bytes += queued.message.memory_size();
             self.unacked
                 .insert(queued.seq, (queued.clone(), ConsumerId::GET));
+        }
+        if let Some(message) = delivered {
+            queued.message = message;
         }
         Some((queued, remaining))
     }
@@ -1051,21 +1240,29 @@ impl Queue {
     }
 
     /// The consumer the next message goes to: round-robin among those with
-    /// credit, or the single active consumer if it has credit.
+    /// credit in the highest priority that has one, or the single active
+    /// consumer if it has credit.
     fn next_consumer_with_credit(&mut self) -> Option<usize> {
-        let count = self.consumers.len();
-        if count == 0 {
+        if self.consumers.is_empty() {
             return None;
         }
         if self.meta.args.single_active_consumer {
             // Only the earliest consumer still subscribed receives.
             return self.consumers[0].has_credit().then_some(0);
         }
-        let at = (0..count)
-            .map(|i| (self.next_consumer + i) % count)
-            .find(|&i| self.consumers[i].has_credit())?;
-        self.next_consumer = (at + 1) % count;
-        Some(at)
+        let mut start = 0;
+        for group in &mut self.groups {
+            let len = group.end - start;
+            let found = (0..len)
+                .map(|i| (group.next + i) % len)
+                .find(|&i| self.consumers[start + i].has_credit());
+            if let Some(offset) = found {
+                group.next = (offset + 1) % len;
+                return Some(start + offset);
+            }
+            start = group.end;
+        }
+        None
     }
 
     fn deliver_to(
@@ -1076,6 +1273,7 @@ impl Queue {
         ctx: &mut QueueCtx,
     ) {
         let queue_id = self.meta.id;
+        let delivered = self.as_delivered(&queued, false);
         let consumer = &mut self.consumers[at];
         self.deliveries += 1;
         // Branch-free: the delivery path's counters cost two additions.
@@ -1092,17 +1290,59 @@ impl Queue {
             redelivered: queued.redelivered,
             no_ack: consumer.spec.no_ack,
         };
+        if consumer.remote {
+            consumer.transit_bytes += queued.message.memory_size();
+        }
         if consumer.spec.no_ack {
             forget(queue_id, &queued, ctx.store);
-            out.given(head, queued.message);
+            out.given(head, delivered.unwrap_or(queued.message));
         } else {
             mark_delivered(queue_id, &queued, ctx.store);
             consumer.in_flight += 1;
             self.unacked_memory_bytes += queued.message.memory_size();
-            out.kept(head, &queued.message);
+            // The queue keeps the message without the header: it is set
+            // afresh at each delivery, and a dead letter has none.
+            out.kept(head, delivered.as_ref().unwrap_or(&queued.message));
             self.unacked.insert(head.seq, (queued, head.consumer));
         }
     }
+}
+
+/// A consumer's `x-priority` from basic.consume's arguments (0 without
+/// one), checked as RabbitMQ's `rabbit_amqqueue:check_consume_arguments`
+/// checks it: any integer type, else 406 with `check_int_arg`'s reason
+/// printed as a quoted string.
+pub(crate) fn consumer_priority(
+    vhost: &str,
+    queue: &str,
+    arguments: &FieldTable,
+) -> Result<i64, AmqpError> {
+    let Some(value) = arguments.get("x-priority") else {
+        return Ok(0);
+    };
+    value.as_i64().ok_or_else(|| {
+        AmqpError::precondition_failed(format!(
+            "invalid arg 'x-priority' for queue '{}' in vhost '{}': \"expected integer, got {}\"",
+            queue,
+            vhost,
+            value.type_name()
+        ))
+    })
+}
+
+/// `message` with the header `x-delivery-count` (a long) set to `count`.
+fn with_delivery_count(message: &Message, count: u16) -> Message {
+    let mut properties = message.properties().decode();
+    let mut headers = properties.headers.take().unwrap_or_default();
+    headers.insert("x-delivery-count", FieldValue::I64(i64::from(count)));
+    properties.headers = Some(headers);
+    Message::new(
+        message.exchange(),
+        message.routing_key(),
+        &properties.encode(),
+        message.body.clone(),
+        message.bcc_keys().map(<[String]>::to_vec),
+    )
 }
 
 /// A per-message `expiration` property: milliseconds as a decimal string,
@@ -1141,6 +1381,7 @@ mod tests {
     fn queue() -> Queue {
         Queue::new(QueueMeta {
             id: QueueId(1),
+            vhost: ShortStr::from("/"),
             name: ShortStr::from("q"),
             shard: ShardId(0),
             durable: false,
@@ -1162,6 +1403,7 @@ mod tests {
             no_ack: false,
             exclusive: false,
             prefetch_count,
+            priority: 0,
         }
     }
 
@@ -1181,6 +1423,7 @@ mod tests {
                 seq,
                 redelivered: false,
                 level: 0,
+                delivery_count: 0,
                 expires_at_ms: NEVER,
                 segment: 0,
                 message: message(),
@@ -1266,6 +1509,77 @@ mod tests {
         assert!(q.outpaces_consumers_still());
         q.purge(&mut ctx);
         assert!(!q.outpaces_consumers_still());
+    }
+
+    #[test]
+    fn consumers_are_served_by_priority_then_round_robin() {
+        let mut timers = Timers::new();
+        let mut dead = Vec::new();
+        let mut store = MessageStore::new(crate::config::SEGMENT_SIZE, &[]);
+        let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
+        let mut q = queue();
+        let add = |q: &mut Queue, tag: &str, priority: i64, prefetch_count: u32| {
+            let mut spec = consumer(prefetch_count);
+            spec.tag = ShortStr::from(tag);
+            spec.priority = priority;
+            q.add_consumer(spec).unwrap()
+        };
+        let low = add(&mut q, "low", 0, 10);
+        let b = add(&mut q, "b", 5, 2);
+        let mid = add(&mut q, "mid", 1, 1);
+        let c = add(&mut q, "c", 5, 2);
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            q.publish(message(), &mut out, &mut ctx);
+        }
+        q.dispatch(&mut out, &mut ctx);
+        let order: Vec<ConsumerId> = out.iter().map(|d| d.head.consumer).collect();
+        assert_eq!(order, [b, c, b, c, mid, low, low, low, low, low]);
+        // Room again at the top: the top takes the next message.
+        let first_of_b = out[0].head.seq;
+        q.settle(first_of_b, b, Settle::Ack, &mut ctx);
+        out.clear();
+        q.publish(message(), &mut out, &mut ctx);
+        assert_eq!(out.iter().map(|d| d.head.consumer).collect::<Vec<_>>(), [b]);
+        // Without the top ones, the next priority down is served.
+        let conn = consumer(0).conn;
+        assert!(q.cancel_consumer(conn, 1, "b", &mut ctx));
+        assert!(q.cancel_consumer(conn, 1, "c", &mut ctx));
+        assert!(q.cancel_consumer(conn, 1, "mid", &mut ctx));
+        out.clear();
+        q.publish(message(), &mut out, &mut ctx);
+        assert_eq!(
+            out.iter().map(|d| d.head.consumer).collect::<Vec<_>>(),
+            [low]
+        );
+        assert_eq!(q.groups.len(), 1);
+        assert_eq!(q.groups[0].end, 1);
+    }
+
+    #[test]
+    fn round_robin_resumes_where_it_was_after_a_cancel() {
+        let mut timers = Timers::new();
+        let mut dead = Vec::new();
+        let mut store = MessageStore::new(crate::config::SEGMENT_SIZE, &[]);
+        let mut ctx = QueueCtx::new(&mut timers, &mut dead, &mut store);
+        let mut q = queue();
+        let ids: Vec<ConsumerId> = ["a", "b", "c"]
+            .iter()
+            .map(|tag| {
+                let mut spec = consumer(0);
+                spec.tag = ShortStr::from(*tag);
+                q.add_consumer(spec).unwrap()
+            })
+            .collect();
+        let mut out = Vec::new();
+        q.publish(message(), &mut out, &mut ctx);
+        q.publish(message(), &mut out, &mut ctx);
+        // a and b served; c is next. Cancelling a keeps c next.
+        assert!(q.cancel_consumer(consumer(0).conn, 1, "a", &mut ctx));
+        q.publish(message(), &mut out, &mut ctx);
+        q.publish(message(), &mut out, &mut ctx);
+        let order: Vec<ConsumerId> = out.iter().map(|d| d.head.consumer).collect();
+        assert_eq!(order, [ids[0], ids[1], ids[2], ids[1]]);
     }
 
     #[test]

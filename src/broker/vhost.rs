@@ -117,7 +117,12 @@ impl Vhost {
     /// The message is routed with `routing_key` and then each of `extra_keys`
     /// (its CC and BCC keys), and a queue reached by several keys or paths is
     /// listed once. Follows exchange-to-exchange bindings, each exchange at
-    /// most once. An `x-delayed-message` exchange reached with a positive
+    /// most once. An exchange that routes the message nowhere passes it to
+    /// its alternate exchange, if it has one, as RabbitMQ's
+    /// `rabbit_exchange:route` does: the alternate is one more exchange to
+    /// visit, so a chain of them ends at the first that routes, and a loop
+    /// or a missing one ends the walk (bounded by the number of exchanges).
+    /// An `x-delayed-message` exchange reached with a positive
     /// `x-delay` (read from the headers only then, and at most once) goes to
     /// `out.delayed` instead of routing further, as the plugin's route
     /// returns no queues for a message it delays. `scratch` and `out` are
@@ -163,7 +168,9 @@ impl Vhost {
                 }
             }
         } else {
-            route_with_keys(exchange, keys, properties, scratch, &mut seen);
+            if !route_with_keys(exchange, keys, properties, scratch, &mut seen) {
+                push_alternate(exchange, scratch);
+            }
             let mut visited: Vec<ShortStr> = Vec::new();
             let mut at = 0;
             while at < scratch.len() {
@@ -183,7 +190,9 @@ impl Vhost {
                                 out.delay_ms = delay_ms;
                             }
                             None => {
-                                route_with_keys(next, keys, properties, scratch, &mut seen);
+                                if !route_with_keys(next, keys, properties, scratch, &mut seen) {
+                                    push_alternate(next, scratch);
+                                }
                             }
                         }
                     }
@@ -225,8 +234,17 @@ impl DefinitionsView for Vhost {
     }
 }
 
+/// Queues `exchange`'s alternate exchange to be visited after it routed a
+/// message nowhere. Only this unroutable case pays for the lookup.
+fn push_alternate(exchange: &Exchange, scratch: &mut Vec<Destination>) {
+    if let Some(alternate) = &exchange.alternate {
+        scratch.push(Destination::Exchange(alternate.clone()));
+    }
+}
+
 /// Appends `exchange`'s destinations for a message routed with `keys` to
-/// `scratch`. With one key, as `Exchange::route`. With several (CC and
+/// `scratch`; false if the exchange routed it nowhere (its alternate
+/// exchange's turn). With one key, as `Exchange::route`. With several (CC and
 /// BCC), an exchange whose type ignores the routing key (fanout, headers)
 /// routes once, as RabbitMQ's do, and each destination is appended once
 /// (`seen`, made on first need): 1,024 keys on a topic exchange whose `#`
@@ -237,24 +255,28 @@ fn route_with_keys(
     properties: &Properties,
     scratch: &mut Vec<Destination>,
     seen: &mut Option<FastSet<Destination>>,
-) {
+) -> bool {
     let [first, rest @ ..] = keys else {
-        return;
+        return false;
     };
     if rest.is_empty() || !exchange.def.kind.routes_by_key() {
+        let before = scratch.len();
         exchange.route(first, properties, scratch);
-        return;
+        return scratch.len() > before;
     }
     let seen = seen.get_or_insert_with(|| scratch.iter().cloned().collect());
     let mut one = Vec::new();
+    let mut routed = false;
     for key in keys {
         exchange.route(key, properties, &mut one);
+        routed |= !one.is_empty();
         for destination in one.drain(..) {
             if seen.insert(destination.clone()) {
                 scratch.push(destination);
             }
         }
     }
+    routed
 }
 
 /// Where routing sent one message.
@@ -288,5 +310,93 @@ struct DelayLookup(Option<Option<u64>>);
 impl DelayLookup {
     fn get(&mut self, properties: &Properties) -> Option<u64> {
         *self.0.get_or_insert_with(|| delayed::delay_of(properties))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::exchange::{ExchangeKind, ALTERNATE_EXCHANGE_ARGUMENT};
+    use crate::model::ids::ShardId;
+    use warren_protocol::{FieldTable, FieldValue};
+
+    fn exchange(vhost: &mut Vhost, name: &str, kind: ExchangeKind, alternate: Option<&str>) {
+        let mut arguments = FieldTable::default();
+        if let Some(alternate) = alternate {
+            arguments.insert(
+                ALTERNATE_EXCHANGE_ARGUMENT,
+                FieldValue::LongStr(bytes::Bytes::copy_from_slice(alternate.as_bytes())),
+            );
+        }
+        vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef {
+            name: ShortStr::from(name),
+            kind,
+            delayed: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments,
+        }));
+    }
+
+    fn queue(id: u64) -> QueueRef {
+        QueueRef {
+            id: QueueId(id),
+            shard: ShardId((id % 2) as u16),
+        }
+    }
+
+    fn bind(vhost: &mut Vhost, source: &str, destination: Destination, key: &str) {
+        vhost.apply(&MetaChange::BindingAdded(Binding {
+            source: ShortStr::from(source),
+            destination,
+            routing_key: ShortStr::from(key),
+            arguments: FieldTable::default(),
+        }));
+    }
+
+    fn route(vhost: &Vhost, name: &str, key: &str) -> Vec<QueueRef> {
+        let mut scratch = Vec::new();
+        let mut out = Routed::default();
+        let no_keys: [&str; 0] = [];
+        vhost.route(
+            &vhost.exchanges[name],
+            key,
+            &no_keys,
+            &Properties::empty(),
+            &mut scratch,
+            &mut out,
+        );
+        out.queues
+    }
+
+    #[test]
+    fn alternate_exchanges_take_what_an_exchange_routes_nowhere() {
+        let mut vhost = Vhost::new();
+        exchange(&mut vhost, "x1", ExchangeKind::Direct, Some("x2"));
+        exchange(&mut vhost, "x2", ExchangeKind::Topic, Some("x3"));
+        exchange(&mut vhost, "x3", ExchangeKind::Fanout, Some("x1"));
+        bind(&mut vhost, "x1", Destination::Queue(queue(1)), "k");
+        bind(&mut vhost, "x2", Destination::Queue(queue(2)), "a.*");
+        assert_eq!(route(&vhost, "x1", "k"), [queue(1)]);
+        assert_eq!(route(&vhost, "x1", "a.b"), [queue(2)]);
+        // x3 routes nothing and its alternate is x1 again: the loop ends.
+        assert!(route(&vhost, "x1", "z").is_empty());
+        bind(&mut vhost, "x3", Destination::Queue(queue(3)), "");
+        assert_eq!(route(&vhost, "x1", "z"), [queue(3)]);
+        // A missing alternate exchange routes nothing.
+        exchange(&mut vhost, "lone", ExchangeKind::Direct, Some("missing"));
+        assert!(route(&vhost, "lone", "k").is_empty());
+        // An exchange that routes to another exchange routed the message, so
+        // its alternate is not used; the other exchange's alternate is.
+        exchange(&mut vhost, "outer", ExchangeKind::Direct, Some("x3"));
+        exchange(&mut vhost, "inner", ExchangeKind::Direct, Some("x2"));
+        bind(
+            &mut vhost,
+            "outer",
+            Destination::Exchange(ShortStr::from("inner")),
+            "a.b",
+        );
+        assert_eq!(route(&vhost, "outer", "a.b"), [queue(2)]);
     }
 }

@@ -43,23 +43,26 @@
 //! queues named "amq.*" are skipped with a warning (for an import; warren's
 //! own file restores its durable server-named queues); a binding whose
 //! source or destination is missing is skipped with a warning (RabbitMQ
-//! ignores it silently). warren serves one vhost, "/": definitions for
-//! other vhosts are skipped with a warning rather than refused, so that an
-//! export of a multi-vhost cluster still brings its "/" part over. Policies,
-//! parameters, topic permissions and user limits are not supported yet and
-//! are skipped with a warning. An unknown exchange type, a queue warren
-//! cannot create (a quorum queue, an invalid argument), a password hash that
+//! ignores it silently). Every vhost of the file is kept, with its
+//! exchanges, queues, bindings and limits, and so are permissions, topic
+//! permissions and user limits. Policies and parameters are not supported
+//! yet and are skipped with a warning. An unknown exchange type, a queue warren
+//! cannot create (a stream, an invalid argument), a password hash that
 //! is not one RabbitMQ could have made, or a permission for a missing user
 //! is an error: the broker refuses to start and says which definition.
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metadata::auth::{Permission, User, Users};
+use std::collections::BTreeMap;
+
+use crate::metadata::auth::{
+    Permission, TopicPermission, User, UserLimits, Users, VhostDef, VhostLimits,
+};
 use crate::metadata::exchange::{
     self, Binding, Destination, ExchangeDef, ExchangeKind, MatchMode, DELAYED_TYPE,
 };
 use crate::metadata::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
-use crate::metadata::queue_args::QueueArgs;
+use crate::metadata::queue_args::{check_queue_type_flags, QueueArgs};
 use crate::metadata::vhost::{Catalog, DefinitionsView, MetaChange, QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{QueueId, ShardId};
 use crate::util::json::{self, Json};
@@ -112,11 +115,28 @@ pub(crate) struct BindingDef {
     pub(crate) arguments: FieldTable,
 }
 
-/// Everything in one definitions file that warren keeps, for vhost "/".
+/// Everything in one definitions file that warren keeps. The exchanges,
+/// queues and bindings of "/" are at the top (the definitions log, which
+/// records changes to "/" only, replays onto them); those of every other
+/// vhost are in `others`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Definitions {
-    /// Users with their permissions on "/".
+    /// Users with their permissions, topic permissions and limits.
     pub(crate) users: Vec<User>,
+    /// The vhosts; empty means "/" alone (a file without "vhosts").
+    pub(crate) vhosts: Vec<VhostDef>,
+    pub(crate) exchanges: Vec<ExchangeDef>,
+    pub(crate) queues: Vec<QueueDef>,
+    pub(crate) bindings: Vec<BindingDef>,
+    pub(crate) others: BTreeMap<String, VhostContents>,
+}
+
+/// A vhost's name and its exchanges, queues and bindings, borrowed.
+type ContentsOf<'a> = (&'a str, &'a [ExchangeDef], &'a [QueueDef], &'a [BindingDef]);
+
+/// One vhost's exchanges, queues and bindings, as in the file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct VhostContents {
     pub(crate) exchanges: Vec<ExchangeDef>,
     pub(crate) queues: Vec<QueueDef>,
     pub(crate) bindings: Vec<BindingDef>,
@@ -132,7 +152,8 @@ pub(crate) struct Parsed {
 /// What every shard applies at start, before it accepts a connection.
 #[derive(Debug, Default)]
 pub(crate) struct RestorePlan {
-    pub(crate) changes: Vec<MetaChange>,
+    /// Each change with the vhost it applies to.
+    pub(crate) changes: Vec<(ShortStr, MetaChange)>,
     /// The metadata owner carries on numbering and placing queues from here.
     pub(crate) next_queue_id: u64,
     pub(crate) next_shard: usize,
@@ -152,7 +173,6 @@ impl Definitions {
         let mut reader = Reader {
             source,
             warnings: Vec::new(),
-            other_vhosts: Vec::new(),
             version: doc
                 .get("rabbitmq_version")
                 .or_else(|| doc.get("rabbit_version"))
@@ -163,10 +183,15 @@ impl Definitions {
         let mut definitions = Definitions::default();
 
         for (at, item) in reader.list(&doc, "vhosts")?.iter().enumerate() {
-            let ctx = format!("vhosts[{}]", at);
-            let name = required_str(item, "name", &ctx)?;
-            reader.note_vhost(name);
+            let vhost = reader.vhost(item, &format!("vhosts[{}]", at))?;
+            definitions.vhosts.retain(|v| v.name != vhost.name);
+            definitions.vhosts.push(vhost);
         }
+        // A file without "vhosts" (an older or hand-written one) holds "/".
+        let listed = |defs: &Definitions, name: &str| {
+            defs.vhosts.is_empty() && name == DEFAULT_VHOST
+                || defs.vhosts.iter().any(|v| v.name == name)
+        };
         for (at, item) in reader.list(&doc, "users")?.iter().enumerate() {
             let user = reader.user(item, &format!("users[{}]", at))?;
             definitions.users.retain(|u| u.name != user.name);
@@ -174,17 +199,29 @@ impl Definitions {
         }
         for (at, item) in reader.list(&doc, "permissions")?.iter().enumerate() {
             let ctx = format!("permissions[{}]", at);
-            if !reader.in_default_vhost(item, &ctx)? {
-                continue;
+            let vhost = vhost_of(item, &ctx)?;
+            if !listed(&definitions, &vhost) {
+                return Err(format!("{}: no vhost '{}' in this file", ctx, vhost));
             }
             let user = required_str(item, "user", &ctx)?;
-            let permission = Permission {
-                configure: required_str(item, "configure", &ctx)?.to_string(),
-                write: required_str(item, "write", &ctx)?.to_string(),
-                read: required_str(item, "read", &ctx)?.to_string(),
-            };
+            let permission = Permission::new(
+                required_str(item, "configure", &ctx)?,
+                required_str(item, "write", &ctx)?,
+                required_str(item, "read", &ctx)?,
+            );
+            for pattern in [&permission.configure, &permission.write, &permission.read] {
+                if !pattern.is_valid() {
+                    return Err(format!(
+                        "{}: invalid regular expression '{}'",
+                        ctx,
+                        pattern.as_str()
+                    ));
+                }
+            }
             match definitions.users.iter_mut().find(|u| u.name == user) {
-                Some(u) => u.permission = Some(permission),
+                Some(u) => {
+                    u.permissions.insert(vhost, permission);
+                }
                 None => {
                     return Err(format!(
                         "{}: no user '{}' in this file for these permissions",
@@ -193,30 +230,80 @@ impl Definitions {
                 }
             }
         }
+        for (at, item) in reader.list(&doc, "topic_permissions")?.iter().enumerate() {
+            let ctx = format!("topic_permissions[{}]", at);
+            let vhost = vhost_of(item, &ctx)?;
+            if !listed(&definitions, &vhost) {
+                return Err(format!("{}: no vhost '{}' in this file", ctx, vhost));
+            }
+            let user = required_str(item, "user", &ctx)?;
+            let permission = TopicPermission {
+                vhost,
+                exchange: required_str(item, "exchange", &ctx)?.to_string(),
+                write: required_str(item, "write", &ctx)?.to_string(),
+                read: required_str(item, "read", &ctx)?.to_string(),
+            };
+            match definitions.users.iter_mut().find(|u| u.name == user) {
+                Some(u) => {
+                    u.topic_permissions.retain(|t| {
+                        !(t.vhost == permission.vhost && t.exchange == permission.exchange)
+                    });
+                    u.topic_permissions.push(permission);
+                }
+                None => {
+                    return Err(format!(
+                        "{}: no user '{}' in this file for these topic permissions",
+                        ctx, user
+                    ))
+                }
+            }
+        }
         for (at, item) in reader.list(&doc, "exchanges")?.iter().enumerate() {
-            if let Some(exchange) = reader.exchange(item, &format!("exchanges[{}]", at))? {
-                definitions.exchanges.retain(|x| x.name != exchange.name);
-                definitions.exchanges.push(exchange);
+            let ctx = format!("exchanges[{}]", at);
+            let vhost = vhost_of(item, &ctx)?;
+            if let Some(exchange) = reader.exchange(item, &ctx)? {
+                let contents = definitions.contents_mut(&vhost);
+                contents.0.retain(|x| x.name != exchange.name);
+                contents.0.push(exchange);
             }
         }
         for (at, item) in reader.list(&doc, "queues")?.iter().enumerate() {
-            if let Some(queue) = reader.queue(item, &format!("queues[{}]", at))? {
-                definitions.queues.retain(|q| q.name != queue.name);
-                definitions.queues.push(queue);
+            let ctx = format!("queues[{}]", at);
+            let vhost = vhost_of(item, &ctx)?;
+            if let Some(queue) = reader.queue(item, &ctx)? {
+                let contents = definitions.contents_mut(&vhost);
+                contents.1.retain(|q| q.name != queue.name);
+                contents.1.push(queue);
             }
         }
         for (at, item) in reader.list(&doc, "bindings")?.iter().enumerate() {
-            if let Some(binding) = reader.binding(item, &format!("bindings[{}]", at))? {
-                if !definitions.bindings.contains(&binding) {
-                    definitions.bindings.push(binding);
+            let ctx = format!("bindings[{}]", at);
+            let vhost = vhost_of(item, &ctx)?;
+            if let Some(binding) = reader.binding(item, &ctx)? {
+                let contents = definitions.contents_mut(&vhost);
+                if !contents.2.contains(&binding) {
+                    contents.2.push(binding);
                 }
             }
+        }
+        // Definitions in a vhost the file does not declare: RabbitMQ's
+        // import fails on them (the vhost does not exist), so does this.
+        let missing: Vec<String> = definitions
+            .others
+            .keys()
+            .filter(|name| !listed(&definitions, name))
+            .cloned()
+            .collect();
+        if let Some(name) = missing.first() {
+            return Err(format!(
+                "definitions for vhost '{}', which the file does not declare in \"vhosts\"",
+                name
+            ));
         }
         for (key, what) in [
             ("policies", "policies"),
             ("parameters", "runtime parameters"),
             ("global_parameters", "global runtime parameters"),
-            ("topic_permissions", "topic permissions"),
         ] {
             let count = reader.list(&doc, key)?.len();
             if count > 0 {
@@ -225,17 +312,6 @@ impl Definitions {
                     count, what, what
                 ));
             }
-        }
-        if !reader.other_vhosts.is_empty() {
-            reader.warnings.push(format!(
-                "definitions for virtual host(s) {} skipped: warren serves only the virtual host '/'",
-                reader
-                    .other_vhosts
-                    .iter()
-                    .map(|v| format!("'{}'", v))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
         }
         Ok(Parsed {
             definitions,
@@ -260,7 +336,14 @@ impl Definitions {
                         "hashing_algorithm",
                         Json::Str(algorithm.rabbit_name().into()),
                     ),
-                    ("limits", Json::object::<&str>([])),
+                    (
+                        "limits",
+                        limits_json(
+                            u.limits.max_connections,
+                            u.limits.max_channels,
+                            "max-channels",
+                        ),
+                    ),
                     ("name", Json::Str(u.name.clone())),
                     ("password_hash", Json::Str(hash)),
                     (
@@ -272,88 +355,87 @@ impl Definitions {
             .collect();
         let permissions = users
             .iter()
-            .filter_map(|u| {
-                let p = u.permission.as_ref()?;
-                Some(Json::object([
-                    ("configure", Json::Str(p.configure.clone())),
-                    ("read", Json::Str(p.read.clone())),
-                    ("user", Json::Str(u.name.clone())),
-                    ("vhost", Json::Str(DEFAULT_VHOST.into())),
-                    ("write", Json::Str(p.write.clone())),
-                ]))
+            .flat_map(|u| {
+                u.permissions.iter().map(|(vhost, p)| {
+                    Json::object([
+                        ("configure", Json::Str(p.configure.as_str().into())),
+                        ("read", Json::Str(p.read.as_str().into())),
+                        ("user", Json::Str(u.name.clone())),
+                        ("vhost", Json::Str(vhost.clone())),
+                        ("write", Json::Str(p.write.as_str().into())),
+                    ])
+                })
             })
             .collect();
-        let exchanges = self
-            .exchanges
+        let topic_permissions = users
             .iter()
-            .map(|x| {
-                with_typed_arguments(
-                    vec![
-                        ("arguments", table_to_json(&x.arguments)),
-                        ("auto_delete", Json::Bool(x.auto_delete)),
-                        ("durable", Json::Bool(x.durable)),
-                        ("internal", Json::Bool(x.internal)),
-                        ("name", Json::Str(x.name.to_string())),
-                        ("type", Json::Str(x.type_name().into())),
-                        ("vhost", Json::Str(DEFAULT_VHOST.into())),
-                    ],
-                    &x.arguments,
-                )
+            .flat_map(|u| {
+                u.topic_permissions.iter().map(|t| {
+                    Json::object([
+                        ("exchange", Json::Str(t.exchange.clone())),
+                        ("read", Json::Str(t.read.clone())),
+                        ("user", Json::Str(u.name.clone())),
+                        ("vhost", Json::Str(t.vhost.clone())),
+                        ("write", Json::Str(t.write.clone())),
+                    ])
+                })
             })
             .collect();
-        let queues = self
-            .queues
-            .iter()
-            .map(|q| {
-                let kind = q
-                    .arguments
-                    .get("x-queue-type")
-                    .and_then(FieldValue::as_str)
-                    .unwrap_or("classic");
-                with_typed_arguments(
-                    vec![
-                        ("arguments", table_to_json(&q.arguments)),
-                        ("auto_delete", Json::Bool(q.auto_delete)),
-                        ("durable", Json::Bool(q.durable)),
-                        ("name", Json::Str(q.name.to_string())),
-                        ("type", Json::Str(kind.into())),
-                        ("vhost", Json::Str(DEFAULT_VHOST.into())),
-                    ],
-                    &q.arguments,
-                )
-            })
-            .collect();
-        let bindings = self
-            .bindings
-            .iter()
-            .map(|b| {
-                with_typed_arguments(
-                    vec![
-                        ("arguments", table_to_json(&b.arguments)),
-                        ("destination", Json::Str(b.destination.to_string())),
-                        (
-                            "destination_type",
-                            Json::Str(b.destination_kind.name().into()),
-                        ),
-                        ("routing_key", Json::Str(b.routing_key.to_string())),
-                        ("source", Json::Str(b.source.to_string())),
-                        ("vhost", Json::Str(DEFAULT_VHOST.into())),
-                    ],
-                    &b.arguments,
-                )
-            })
-            .collect();
-        let vhosts = Json::Array(vec![Json::object([
-            ("limits", Json::Array(vec![])),
+        let mut exchanges = Vec::new();
+        let mut queues = Vec::new();
+        let mut bindings = Vec::new();
+        let top = (
+            DEFAULT_VHOST,
+            &self.exchanges[..],
+            &self.queues[..],
+            &self.bindings[..],
+        );
+        let others = self.others.iter().map(|(name, c)| {
             (
-                "metadata",
-                Json::object([
-                    ("description", Json::Str("Default virtual host".into())),
-                    ("tags", Json::Array(vec![])),
-                ]),
-            ),
-            ("name", Json::Str(DEFAULT_VHOST.into())),
-        ])]);
+                name.as_str(),
+                &c.exchanges[..],
+                &c.queues[..],
+                &c.bindings[..],
+            )
+        });
+        for (vhost, x, q, b) in std::iter::once(top).chain(others) {
+            contents_json(vhost, x, q, b, &mut exchanges, &mut queues, &mut bindings);
+        }
+        let vhost_list: Vec<VhostDef> = if self.vhosts.is_empty() {
+            vec![VhostDef::default_vhost()]
+        } else {
+            self.vhosts.clone()
+        };
+        let vhosts = Json::Array(
+            vhost_list
+                .iter()
+                .map(|v| {
+                    Json::object([
+                        (
+                            "limits",
+                            limits_json(
+                                v.limits.max_connections,
+                                v.limits.max_queues,
+                                "max-queues",
+                            ),
+                        ),
+                        (
+                            "metadata",
+                            Json::object([
+                                ("description", Json::Str(v.description.clone())),
+                                (
+                                    "tags",
+                                    Json::Array(
+                                        v.tags.iter().map(|t| Json::Str(t.clone())).collect(),
+                                    ),
+                                ),
+                            ]),
+                        ),
+                        ("name", Json::Str(v.name.clone())),
+                    ])
+                })
+                .collect(),
+        );
         Json::object([
             ("bindings", Json::Array(bindings)),
             ("exchanges", Json::Array(exchanges)),
@@ -369,11 +451,123 @@ impl Definitions {
             ("queues", Json::Array(queues)),
             ("rabbit_version", Json::Str(RABBITMQ_VERSION.into())),
             ("rabbitmq_version", Json::Str(RABBITMQ_VERSION.into())),
-            ("topic_permissions", Json::Array(vec![])),
+            ("topic_permissions", Json::Array(topic_permissions)),
             ("users", Json::Array(user_json)),
             ("vhosts", vhosts),
         ])
         .to_pretty_string()
+    }
+}
+
+/// A user's or vhost's limits as RabbitMQ exports them: an object of the
+/// limits set.
+fn limits_json(max_connections: Option<u64>, other: Option<u64>, other_name: &str) -> Json {
+    let mut members = Vec::new();
+    if let Some(n) = max_connections {
+        members.push(("max-connections", Json::Int(n as i64)));
+    }
+    if let Some(n) = other {
+        members.push((other_name, Json::Int(n as i64)));
+    }
+    Json::object(members)
+}
+
+/// Appends one vhost's exchanges, queues and bindings as JSON.
+fn contents_json(
+    vhost: &str,
+    exchange_defs: &[ExchangeDef],
+    queue_defs: &[QueueDef],
+    binding_defs: &[BindingDef],
+    exchanges: &mut Vec<Json>,
+    queues: &mut Vec<Json>,
+    bindings: &mut Vec<Json>,
+) {
+    {
+        exchanges.extend(exchange_defs.iter().map(|x| {
+            with_typed_arguments(
+                vec![
+                    ("arguments", table_to_json(&x.arguments)),
+                    ("auto_delete", Json::Bool(x.auto_delete)),
+                    ("durable", Json::Bool(x.durable)),
+                    ("internal", Json::Bool(x.internal)),
+                    ("name", Json::Str(x.name.to_string())),
+                    ("type", Json::Str(x.type_name().into())),
+                    ("vhost", Json::Str(vhost.into())),
+                ],
+                &x.arguments,
+            )
+        }));
+        queues.extend(queue_defs.iter().map(|q| {
+            let kind = q
+                .arguments
+                .get("x-queue-type")
+                .and_then(FieldValue::as_str)
+                .unwrap_or("classic");
+            with_typed_arguments(
+                vec![
+                    ("arguments", table_to_json(&q.arguments)),
+                    ("auto_delete", Json::Bool(q.auto_delete)),
+                    ("durable", Json::Bool(q.durable)),
+                    ("name", Json::Str(q.name.to_string())),
+                    ("type", Json::Str(kind.into())),
+                    ("vhost", Json::Str(vhost.into())),
+                ],
+                &q.arguments,
+            )
+        }));
+        bindings.extend(binding_defs.iter().map(|b| {
+            with_typed_arguments(
+                vec![
+                    ("arguments", table_to_json(&b.arguments)),
+                    ("destination", Json::Str(b.destination.to_string())),
+                    (
+                        "destination_type",
+                        Json::Str(b.destination_kind.name().into()),
+                    ),
+                    ("routing_key", Json::Str(b.routing_key.to_string())),
+                    ("source", Json::Str(b.source.to_string())),
+                    ("vhost", Json::Str(vhost.into())),
+                ],
+                &b.arguments,
+            )
+        }));
+    }
+}
+
+impl Definitions {
+    /// The exchanges, queues and bindings of `vhost`, to fill.
+    fn contents_mut(
+        &mut self,
+        vhost: &str,
+    ) -> (
+        &mut Vec<ExchangeDef>,
+        &mut Vec<QueueDef>,
+        &mut Vec<BindingDef>,
+    ) {
+        if vhost == DEFAULT_VHOST {
+            return (&mut self.exchanges, &mut self.queues, &mut self.bindings);
+        }
+        let c = self.others.entry(vhost.to_string()).or_default();
+        (&mut c.exchanges, &mut c.queues, &mut c.bindings)
+    }
+
+    /// Every vhost's contents, "/" first.
+    fn all_contents(&self) -> Vec<ContentsOf<'_>> {
+        let mut all = vec![(
+            DEFAULT_VHOST,
+            &self.exchanges[..],
+            &self.queues[..],
+            &self.bindings[..],
+        )];
+        for (name, c) in &self.others {
+            all.push((
+                name.as_str(),
+                &c.exchanges[..],
+                &c.queues[..],
+                &c.bindings[..],
+            ));
+        }
+        all
     }
 
     /// Applies an import on top of these definitions, as RabbitMQ imports
@@ -382,39 +576,107 @@ impl Definitions {
     /// (`rabbit_exchange:declare` and `rabbit_amqqueue:declare` return the
     /// existing one), bindings are added.
     pub(crate) fn merge(&mut self, import: Definitions) {
-        for user in import.users {
+        for user in import.users.clone() {
             match self.users.iter_mut().find(|u| u.name == user.name) {
                 Some(existing) => {
-                    // An import without permissions for a user leaves them.
-                    let permission = user.permission.clone().or(existing.permission.take());
+                    // An import's permissions are added to the user's own:
+                    // a vhost it says nothing about keeps its permissions.
+                    let mut permissions = std::mem::take(&mut existing.permissions);
+                    permissions.extend(user.permissions.clone());
+                    let mut topic = std::mem::take(&mut existing.topic_permissions);
+                    topic.retain(|t| {
+                        !user
+                            .topic_permissions
+                            .iter()
+                            .any(|n| n.vhost == t.vhost && n.exchange == t.exchange)
+                    });
+                    topic.extend(user.topic_permissions.clone());
                     *existing = user;
-                    existing.permission = permission;
+                    existing.permissions = permissions;
+                    existing.topic_permissions = topic;
                 }
                 None => self.users.push(user),
             }
         }
-        for exchange in import.exchanges {
-            if !self.exchanges.iter().any(|x| x.name == exchange.name) {
-                self.exchanges.push(exchange);
+        if !import.vhosts.is_empty() && self.vhosts.is_empty() {
+            self.vhosts.push(VhostDef::default_vhost());
+        }
+        for vhost in import.vhosts.clone() {
+            match self.vhosts.iter_mut().find(|v| v.name == vhost.name) {
+                Some(existing) => *existing = vhost,
+                None => self.vhosts.push(vhost),
             }
         }
-        for queue in import.queues {
-            if !self.queues.iter().any(|q| q.name == queue.name) {
-                self.queues.push(queue);
+        let contents: Vec<(String, VhostContents)> = import
+            .all_contents()
+            .into_iter()
+            .map(|(v, x, q, b)| {
+                let contents = VhostContents {
+                    exchanges: x.to_vec(),
+                    queues: q.to_vec(),
+                    bindings: b.to_vec(),
+                };
+                (v.to_string(), contents)
+            })
+            .collect();
+        for (vhost, c) in contents {
+            let (exchanges, queues, bindings) = (c.exchanges, c.queues, c.bindings);
+            let (own_exchanges, own_queues, own_bindings) = self.contents_mut(&vhost);
+            for exchange in exchanges {
+                if !own_exchanges.iter().any(|x| x.name == exchange.name) {
+                    own_exchanges.push(exchange);
+                }
+            }
+            for queue in queues {
+                if !own_queues.iter().any(|q| q.name == queue.name) {
+                    own_queues.push(queue);
+                }
+            }
+            for binding in bindings {
+                if !own_bindings.contains(&binding) {
+                    own_bindings.push(binding);
+                }
             }
         }
-        for binding in import.bindings {
-            if !self.bindings.contains(&binding) {
-                self.bindings.push(binding);
+        self.others.retain(|_, c| *c != VhostContents::default());
+    }
+
+    /// The durable definitions of a running broker: every vhost's (see
+    /// [`Definitions::snapshot_of`]) and the access-control database.
+    pub(crate) fn snapshot<'a, V: DefinitionsView + 'a>(
+        vhosts: impl IntoIterator<Item = (&'a str, &'a V)>,
+        users: &Users,
+    ) -> Definitions {
+        let mut definitions = Definitions {
+            users: users.sorted().into_iter().cloned().collect(),
+            vhosts: users.vhosts().cloned().collect(),
+            ..Definitions::default()
+        };
+        for (name, vhost) in vhosts {
+            let one = Definitions::snapshot_of(vhost, users);
+            if name == DEFAULT_VHOST {
+                definitions.exchanges = one.exchanges;
+                definitions.queues = one.queues;
+                definitions.bindings = one.bindings;
+            } else {
+                let contents = VhostContents {
+                    exchanges: one.exchanges,
+                    queues: one.queues,
+                    bindings: one.bindings,
+                };
+                if contents != VhostContents::default() {
+                    definitions.others.insert(name.to_string(), contents);
+                }
             }
         }
+        definitions
     }
 
     /// The durable definitions of a running broker: what survives a restart.
     /// The default exchanges are left out (RabbitMQ does not export them),
     /// and so are exclusive queues, transient objects, and bindings unless
     /// both ends are durable.
-    pub(crate) fn snapshot(vhost: &impl DefinitionsView, users: &Users) -> Definitions {
+    pub(crate) fn snapshot_of(vhost: &impl DefinitionsView, users: &Users) -> Definitions {
         let mut exchanges: Vec<&ExchangeDef> = vhost
             .exchanges()
             .map(|(def, _)| def)
@@ -450,6 +712,8 @@ impl Definitions {
         }
         Definitions {
             users: users.sorted().into_iter().cloned().collect(),
+            vhosts: users.vhosts().cloned().collect(),
+            others: BTreeMap::new(),
             exchanges: exchanges.into_iter().cloned().collect(),
             queues: queues
                 .into_iter()
@@ -468,109 +732,147 @@ impl Definitions {
     /// a fresh broker of `shard_count` shards. Queues get new ids and are
     /// spread over the shards as the metadata owner would place them.
     pub(crate) fn restore_plan(&self, shard_count: usize) -> Result<RestorePlan, String> {
-        let shard_count = shard_count.max(1);
-        let mut vhost = Catalog::new();
         let mut plan = RestorePlan {
             next_queue_id: 1,
             ..RestorePlan::default()
         };
-        let push = |vhost: &mut Catalog, plan: &mut RestorePlan, change: MetaChange| {
-            vhost.apply(&change);
-            plan.changes.push(change);
-        };
-        for exchange in &self.exchanges {
-            if vhost.exchange(&exchange.name).is_some() {
-                continue;
-            }
-            push(
-                &mut vhost,
-                &mut plan,
-                MetaChange::ExchangeCreated(exchange.clone()),
-            );
-        }
-        for queue in &self.queues {
-            if vhost.queue(&queue.name).is_some() {
-                continue;
-            }
-            let args = QueueArgs::parse(&queue.name, &queue.arguments)
-                .map_err(|e| format!("queue '{}': {}", queue.name, e.text))?;
-            // As `metadata::Owner::place` spreads queues nobody owns.
-            plan.next_shard = (plan.next_shard + 1) % shard_count;
-            let meta = QueueMeta {
-                id: QueueId(plan.next_queue_id),
-                name: queue.name.clone(),
-                shard: ShardId(plan.next_shard as u16),
-                durable: queue.durable,
-                exclusive_owner: None,
-                auto_delete: queue.auto_delete,
-                arguments: queue.arguments.clone(),
-                args,
-            };
-            plan.next_queue_id += 1;
-            push(&mut vhost, &mut plan, MetaChange::QueueCreated(meta));
-        }
-        for def in &self.bindings {
-            let describe = || {
-                format!(
-                    "binding from exchange '{}' to {} '{}' (routing key '{}')",
-                    def.source,
-                    def.destination_kind.name(),
-                    def.destination,
-                    def.routing_key
-                )
-            };
-            let Some((source, source_bindings)) = vhost.exchange(&def.source) else {
-                plan.warnings.push(format!(
-                    "{} skipped: no exchange '{}'",
-                    describe(),
-                    def.source
-                ));
-                continue;
-            };
-            if source.kind == ExchangeKind::Headers
-                && MatchMode::from_arguments(&def.arguments).is_none()
-            {
-                plan.warnings
-                    .push(format!("{} skipped: invalid x-match argument", describe()));
-                continue;
-            }
-            let destination = match def.destination_kind {
-                DestinationKind::Exchange => {
-                    if vhost.exchange(&def.destination).is_none() {
-                        plan.warnings.push(format!(
-                            "{} skipped: no exchange '{}'",
-                            describe(),
-                            def.destination
-                        ));
-                        continue;
-                    }
-                    Destination::Exchange(def.destination.clone())
-                }
-                DestinationKind::Queue => match vhost.queue(&def.destination) {
-                    Some(meta) => Destination::Queue(meta.queue_ref()),
-                    None => {
-                        plan.warnings.push(format!(
-                            "{} skipped: no queue '{}'",
-                            describe(),
-                            def.destination
-                        ));
-                        continue;
-                    }
+        for (vhost, exchanges, queues, bindings) in self.all_contents() {
+            plan_vhost(vhost, exchanges, queues, bindings, shard_count, &mut plan).map_err(
+                |e| match vhost {
+                    DEFAULT_VHOST => e,
+                    _ => format!("vhost '{}': {}", vhost, e),
                 },
-            };
-            let binding = Binding {
-                source: def.source.clone(),
-                destination,
-                routing_key: def.routing_key.clone(),
-                arguments: def.arguments.clone(),
-            };
-            if source_bindings.iter().any(|b| b.same_as(&binding)) {
-                continue;
-            }
-            push(&mut vhost, &mut plan, MetaChange::BindingAdded(binding));
+            )?;
         }
         Ok(plan)
     }
+
+    /// The users and vhosts of these definitions: "/" alone when the file
+    /// names none.
+    pub(crate) fn users(&self) -> Users {
+        let vhosts = if self.vhosts.is_empty() {
+            vec![VhostDef::default_vhost()]
+        } else {
+            self.vhosts.clone()
+        };
+        Users::from_parts(self.users.clone(), vhosts)
+    }
+}
+
+/// The changes that re-create one vhost's exchanges, queues and bindings.
+fn plan_vhost(
+    vhost_name: &str,
+    exchanges: &[ExchangeDef],
+    queues: &[QueueDef],
+    bindings: &[BindingDef],
+    shard_count: usize,
+    plan: &mut RestorePlan,
+) -> Result<(), String> {
+    let shard_count = shard_count.max(1);
+    let vhost_name = ShortStr::from(vhost_name.to_string());
+    let mut vhost = Catalog::new();
+    let push = |vhost: &mut Catalog, plan: &mut RestorePlan, change: MetaChange| {
+        vhost.apply(&change);
+        plan.changes.push((vhost_name.clone(), change));
+    };
+    for exchange in exchanges {
+        if vhost.exchange(&exchange.name).is_some() {
+            continue;
+        }
+        push(
+            &mut vhost,
+            plan,
+            MetaChange::ExchangeCreated(exchange.clone()),
+        );
+    }
+    for queue in queues {
+        if vhost.queue(&queue.name).is_some() {
+            continue;
+        }
+        let args = QueueArgs::parse(&queue.name, &queue.arguments)
+            .and_then(|args| {
+                let (durable, auto_delete) = (queue.durable, queue.auto_delete);
+                check_queue_type_flags(&queue.name, &args, durable, false, auto_delete)
+                    .map(|()| args)
+            })
+            .map_err(|e| format!("queue '{}': {}", queue.name, e.text))?;
+        // As `metadata::Owner::place` spreads queues nobody owns.
+        plan.next_shard = (plan.next_shard + 1) % shard_count;
+        let meta = QueueMeta {
+            id: QueueId(plan.next_queue_id),
+            vhost: vhost_name.clone(),
+            name: queue.name.clone(),
+            shard: ShardId(plan.next_shard as u16),
+            durable: queue.durable,
+            exclusive_owner: None,
+            auto_delete: queue.auto_delete,
+            arguments: queue.arguments.clone(),
+            args,
+        };
+        plan.next_queue_id += 1;
+        push(&mut vhost, plan, MetaChange::QueueCreated(meta));
+    }
+    for def in bindings {
+        let describe = || {
+            format!(
+                "binding from exchange '{}' to {} '{}' (routing key '{}')",
+                def.source,
+                def.destination_kind.name(),
+                def.destination,
+                def.routing_key
+            )
+        };
+        let Some((source, source_bindings)) = vhost.exchange(&def.source) else {
+            plan.warnings.push(format!(
+                "{} skipped: no exchange '{}'",
+                describe(),
+                def.source
+            ));
+            continue;
+        };
+        if source.kind == ExchangeKind::Headers
+            && MatchMode::from_arguments(&def.arguments).is_none()
+        {
+            plan.warnings
+                .push(format!("{} skipped: invalid x-match argument", describe()));
+            continue;
+        }
+        let destination = match def.destination_kind {
+            DestinationKind::Exchange => {
+                if vhost.exchange(&def.destination).is_none() {
+                    plan.warnings.push(format!(
+                        "{} skipped: no exchange '{}'",
+                        describe(),
+                        def.destination
+                    ));
+                    continue;
+                }
+                Destination::Exchange(def.destination.clone())
+            }
+            DestinationKind::Queue => match vhost.queue(&def.destination) {
+                Some(meta) => Destination::Queue(meta.queue_ref()),
+                None => {
+                    plan.warnings.push(format!(
+                        "{} skipped: no queue '{}'",
+                        describe(),
+                        def.destination
+                    ));
+                    continue;
+                }
+            },
+        };
+        let binding = Binding {
+            source: def.source.clone(),
+            destination,
+            routing_key: def.routing_key.clone(),
+            arguments: def.arguments.clone(),
+        };
+        if source_bindings.iter().any(|b| b.same_as(&binding)) {
+            continue;
+        }
+        push(&mut vhost, plan, MetaChange::BindingAdded(binding));
+    }
+    Ok(())
 }
 
 /// "" and "amq.*": declared by every vhost, never written or imported.
@@ -616,7 +918,6 @@ pub(crate) fn changes_durable_definitions(
 struct Reader {
     source: Source,
     warnings: Vec<String>,
-    other_vhosts: Vec<String>,
     /// `rabbitmq_version` (or `rabbit_version`) of the exporting node.
     version: String,
 }
@@ -635,20 +936,32 @@ impl Reader {
         }
     }
 
-    fn note_vhost(&mut self, name: &str) {
-        if name != DEFAULT_VHOST && !self.other_vhosts.iter().any(|v| v == name) {
-            self.other_vhosts.push(name.to_string());
+    /// A vhost with its description, tags and limits.
+    fn vhost(&mut self, item: &Json, ctx: &str) -> Result<VhostDef, String> {
+        let name = required_str(item, "name", ctx)?;
+        let ctx = format!("{} ('{}')", ctx, name);
+        let mut vhost = VhostDef::new(name);
+        let metadata = item.get("metadata");
+        // 3.10 exports "metadata"; older ones put "description" at the top.
+        vhost.description = metadata
+            .and_then(|m| m.get("description"))
+            .or_else(|| item.get("description"))
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(Json::Array(tags)) = metadata.and_then(|m| m.get("tags")) {
+            vhost.tags = tags
+                .iter()
+                .filter_map(Json::as_str)
+                .map(str::to_string)
+                .collect();
         }
-    }
-
-    /// True for a definition in "/" (or with no vhost, taken as "/").
-    fn in_default_vhost(&mut self, item: &Json, ctx: &str) -> Result<bool, String> {
-        let vhost = optional_str(item, "vhost", ctx)?.unwrap_or(DEFAULT_VHOST);
-        if vhost == DEFAULT_VHOST {
-            return Ok(true);
-        }
-        self.note_vhost(vhost);
-        Ok(false)
+        let (max_connections, max_queues) = limits(item, "max-queues", &ctx)?;
+        vhost.limits = VhostLimits {
+            max_connections,
+            max_queues,
+        };
+        Ok(vhost)
     }
 
     /// `rabbit_auth_backend_internal:put_user`, for a user in a file.
@@ -722,21 +1035,16 @@ impl Reader {
                 )
             }
         };
-        if item.get("limits").is_some_and(|l| {
-            !matches!(l, Json::Null) && l != &Json::Object(vec![]) && l != &Json::Array(vec![])
-        }) {
-            self.warnings.push(format!(
-                "{}: user limits skipped: warren does not support them yet",
-                ctx
-            ));
-        }
-        Ok(User::new(name.to_string(), password, tags, None))
+        let (max_connections, max_channels) = limits(item, "max-channels", &ctx)?;
+        let mut user = User::new(name.to_string(), password, tags, BTreeMap::new());
+        user.limits = UserLimits {
+            max_connections,
+            max_channels,
+        };
+        Ok(user)
     }
 
     fn exchange(&mut self, item: &Json, ctx: &str) -> Result<Option<ExchangeDef>, String> {
-        if !self.in_default_vhost(item, ctx)? {
-            return Ok(None);
-        }
         let name = required_str(item, "name", ctx)?;
         let ctx = format!("{} ('{}')", ctx, name);
         if is_default_exchange(name) {
@@ -775,9 +1083,6 @@ impl Reader {
     }
 
     fn queue(&mut self, item: &Json, ctx: &str) -> Result<Option<QueueDef>, String> {
-        if !self.in_default_vhost(item, ctx)? {
-            return Ok(None);
-        }
         let name = required_str(item, "name", ctx)?;
         let ctx = format!("{} ('{}')", ctx, name);
         if name.is_empty() {
@@ -800,9 +1105,6 @@ impl Reader {
     }
 
     fn binding(&mut self, item: &Json, ctx: &str) -> Result<Option<BindingDef>, String> {
-        if !self.in_default_vhost(item, ctx)? {
-            return Ok(None);
-        }
         let source = required_str(item, "source", ctx)?;
         let destination = required_str(item, "destination", ctx)?;
         let ctx = format!("{} ('{}' to '{}')", ctx, source, destination);
@@ -871,6 +1173,47 @@ impl Reader {
 
 /// `rabbit_auth_backend_internal:hashing_algorithm/2`: exports from before
 /// 3.6 hashed with MD5 and did not say so.
+/// A definition's vhost ("/" when it names none).
+fn vhost_of(item: &Json, ctx: &str) -> Result<String, String> {
+    Ok(optional_str(item, "vhost", ctx)?
+        .unwrap_or(DEFAULT_VHOST)
+        .to_string())
+}
+
+/// `max-connections` and `other` from a user's or vhost's "limits": an
+/// object of numbers (an empty array is no limits, as 3.10 exports it). A
+/// negative limit is no limit, as in RabbitMQ.
+fn limits(item: &Json, other: &str, ctx: &str) -> Result<(Option<u64>, Option<u64>), String> {
+    let members = match item.get("limits") {
+        None | Some(Json::Null) => return Ok((None, None)),
+        Some(Json::Array(a)) if a.is_empty() => return Ok((None, None)),
+        Some(Json::Object(members)) => members,
+        Some(other) => {
+            return Err(format!(
+                "{}: \"limits\" is {}, expected an object",
+                ctx,
+                other.kind()
+            ))
+        }
+    };
+    let mut found = (None, None);
+    for (key, value) in members {
+        let n = match value {
+            Json::Int(n) => *n,
+            _ => return Err(format!("{}: limit '{}' must be an integer", ctx, key)),
+        };
+        let n = u64::try_from(n).ok();
+        if key == "max-connections" {
+            found.0 = n;
+        } else if key == other {
+            found.1 = n;
+        } else {
+            return Err(format!("{}: unknown limit '{}'", ctx, key));
+        }
+    }
+    Ok(found)
+}
+
 fn default_hashing(version: &str) -> HashingAlgorithm {
     let old = ["3.0.", "3.1.", "3.2.", "3.3.", "3.4.", "3.5."];
     if old.iter().any(|prefix| version.starts_with(prefix)) {
@@ -1067,12 +1410,8 @@ mod tests {
         let alice = d.users.iter().find(|u| u.name == "alice").unwrap();
         assert_eq!(alice.tags, ["monitoring", "management"]);
         assert_eq!(
-            alice.permission,
-            Some(Permission {
-                configure: "^alice\\..*".into(),
-                write: ".*".into(),
-                read: ".*".into()
-            })
+            alice.permissions.get("/"),
+            Some(&Permission::new("^alice\\..*", ".*", ".*"))
         );
         assert!(alice.password.as_ref().unwrap().verify("alice-secret"));
         let carol = d.users.iter().find(|u| u.name == "carol").unwrap();
@@ -1118,11 +1457,12 @@ mod tests {
             && b.destination == "events"
             && b.destination_kind == DestinationKind::Exchange));
 
+        // Every vhost is kept, with its permissions.
+        let names: Vec<&str> = d.vhosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["other", "/"]);
+        assert_eq!(d.vhosts[1].description, "Default virtual host");
+        assert_eq!(alice.permissions.get("other"), Some(&Permission::full()));
         let warnings = parsed.warnings.join("\n");
-        assert!(
-            warnings.contains("virtual host(s) 'other' skipped"),
-            "{warnings}"
-        );
         assert!(warnings.contains("1 policies skipped"), "{warnings}");
     }
 
@@ -1143,7 +1483,7 @@ mod tests {
         let queues = plan
             .changes
             .iter()
-            .filter(|c| matches!(c, MetaChange::QueueCreated(_)))
+            .filter(|(_, c)| matches!(c, MetaChange::QueueCreated(_)))
             .count();
         assert_eq!(queues, 9);
         assert_eq!(plan.next_queue_id, 10);
@@ -1167,7 +1507,7 @@ mod tests {
         let placed: Vec<(u64, u16)> = plan
             .changes
             .iter()
-            .filter_map(|c| match c {
+            .filter_map(|(_, c)| match c {
                 MetaChange::QueueCreated(m) => Some((m.id.0, m.shard.0)),
                 _ => None,
             })
@@ -1178,14 +1518,14 @@ mod tests {
         assert!(one
             .changes
             .iter()
-            .all(|c| matches!(c, MetaChange::QueueCreated(m) if m.shard == ShardId(0))));
+            .all(|(_, c)| matches!(c, MetaChange::QueueCreated(m) if m.shard == ShardId(0))));
     }
 
     #[test]
     fn a_queue_warren_cannot_create_is_an_error() {
         let err = parse(
             r#"{"queues": [{"name": "qq", "vhost": "/", "durable": true,
-            "auto_delete": false, "arguments": {"x-queue-type": "quorum"}}]}"#,
+            "auto_delete": false, "arguments": {"x-queue-type": "stream"}}]}"#,
         )
         .definitions
         .restore_plan(1)
@@ -1287,10 +1627,12 @@ mod tests {
             "viewer".into(),
             None,
             vec!["monitoring".into()],
-            None,
+            BTreeMap::new(),
         ));
         let defs = Definitions {
             users,
+            vhosts: Vec::new(),
+            others: BTreeMap::new(),
             exchanges: vec![
                 ExchangeDef {
                     name: ShortStr::from("later"),
@@ -1339,6 +1681,37 @@ mod tests {
                 ]),
             }],
         };
+        let mut defs = defs;
+        // A second vhost with limits, its own queue, and a user's
+        // permissions, topic permission and limits there.
+        let mut v = VhostDef::new("v");
+        v.description = "team v".into();
+        v.limits.max_queues = Some(10);
+        defs.vhosts = vec![VhostDef::default_vhost(), v];
+        defs.others.insert(
+            "v".into(),
+            VhostContents {
+                exchanges: vec![],
+                queues: vec![QueueDef {
+                    name: ShortStr::from("in-v"),
+                    durable: true,
+                    auto_delete: false,
+                    arguments: FieldTable::default(),
+                }],
+                bindings: vec![],
+            },
+        );
+        let viewer = defs.users.iter_mut().find(|u| u.name == "viewer").unwrap();
+        viewer
+            .permissions
+            .insert("v".into(), Permission::new("", "^w", ".*"));
+        viewer.topic_permissions.push(TopicPermission {
+            vhost: "v".into(),
+            exchange: "amq.topic".into(),
+            write: "^{username}\\.".into(),
+            read: ".*".into(),
+        });
+        viewer.limits.max_connections = Some(3);
         let text = defs.to_json();
         let back = Definitions::from_json(&text, Source::DataDir).unwrap();
         assert!(back.warnings.is_empty(), "{:?}", back.warnings);
@@ -1402,7 +1775,10 @@ mod tests {
         assert_eq!(base.users.len(), 1);
         assert!(base.users[0].password.as_ref().unwrap().verify("new"));
         assert_eq!(base.users[0].tags, ["monitoring"]);
-        assert_eq!(base.users[0].permission, Some(Permission::full()));
+        assert_eq!(
+            base.users[0].permissions.get("/"),
+            Some(&Permission::full())
+        );
         assert_eq!(base.queues.len(), 2);
         assert_eq!(
             base.queues[0].arguments.get("x-max-length"),
@@ -1426,6 +1802,7 @@ mod tests {
         };
         let queue = |id: u64, name: &str, durable: bool, exclusive: bool| QueueMeta {
             id: QueueId(id),
+            vhost: ShortStr::from("/"),
             name: ShortStr::from(name),
             shard: ShardId(0),
             durable,
@@ -1474,7 +1851,7 @@ mod tests {
             relevant,
             [true, false, true, false, false, true, false, false, false, true, false, true]
         );
-        let snapshot = Definitions::snapshot(&vhost, &Users::default());
+        let snapshot = Definitions::snapshot_of(&vhost, &Users::default());
         let names: Vec<&str> = snapshot.exchanges.iter().map(|x| x.name.as_str()).collect();
         assert_eq!(names, ["dx"]);
         let names: Vec<&str> = snapshot.queues.iter().map(|q| q.name.as_str()).collect();

@@ -56,6 +56,27 @@ pub(crate) const DELAYED_TYPE: &str = "x-delayed-message";
 /// The argument naming a delayed exchange's routing type.
 pub(crate) const DELAYED_TYPE_ARGUMENT: &str = "x-delayed-type";
 
+/// The argument naming an exchange's alternate exchange, where messages go
+/// that the exchange routes nowhere.
+pub(crate) const ALTERNATE_EXCHANGE_ARGUMENT: &str = "alternate-exchange";
+
+/// Checks a new exchange's `alternate-exchange` as RabbitMQ's channel does
+/// before declaring (`rabbit_misc:r_arg`): absent, or a longstr.
+pub(crate) fn check_alternate_exchange(
+    exchange: &str,
+    arguments: &FieldTable,
+) -> Result<(), AmqpError> {
+    match arguments.get(ALTERNATE_EXCHANGE_ARGUMENT) {
+        None | Some(FieldValue::LongStr(_)) => Ok(()),
+        Some(other) => Err(AmqpError::precondition_failed(format!(
+            "invalid type '{}' for arg '{}' in exchange '{}' in vhost '/'",
+            other.type_name(),
+            ALTERNATE_EXCHANGE_ARGUMENT,
+            exchange
+        ))),
+    }
+}
+
 /// Where a binding leads: a queue, or another exchange (exchange-to-exchange
 /// bindings, a RabbitMQ extension).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

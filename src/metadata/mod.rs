@@ -10,7 +10,9 @@
 //! them to every shard, each shard's routing replica, the routers) live in
 //! `broker` and import from here; the store reads `QueueMeta` at recovery.
 //!
-//! - `auth`: users, permissions, SASL PLAIN/AMQPLAIN, the loopback rule;
+//! - `auth`: the access-control database (users, vhosts, permissions,
+//!   topic permissions, limits) and its checks, SASL PLAIN/AMQPLAIN, the
+//!   loopback rule;
 //! - `password`: RabbitMQ's salted password hashes;
 //! - `exchange`: exchange types, `ExchangeDef`, `Binding`, `Destination`,
 //!   and the checks of `x-delayed-type` and `x-match`;

@@ -12,15 +12,19 @@
 //! 1. `x-dead-letter-exchange` must be a longstr (rabbit_channel, before
 //!    anything else): "invalid type 'signedint' for arg
 //!    'x-dead-letter-exchange' in queue 'q' in vhost '/'".
-//! 2. `x-queue-type` must name a known type. warren has classic queues only
-//!    and refuses "quorum" and "stream" here (see below).
-//! 3. Each classic-queue argument present, in RabbitMQ's `declare_args()`
-//!    order (not the table's): "invalid arg 'x-message-ttl' for queue 'q' in
-//!    vhost '/': {value_negative,-1}". The part after the colon is the Erlang
-//!    term RabbitMQ formats with `~p`; `Term` below reproduces that printing.
-//! 4. Arguments that only quorum or stream queues take, in table order:
-//!    "invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue
-//!    type rabbit_classic_queue".
+//! 2. `x-queue-type` must name a known type. warren has classic and quorum
+//!    queues and refuses "stream" here (see below).
+//! 3. Each argument of the queue's type present, in RabbitMQ's
+//!    `declare_args()` order (not the table's): "invalid arg 'x-message-ttl'
+//!    for queue 'q' in vhost '/': {value_negative,-1}". The part after the
+//!    colon is the Erlang term RabbitMQ formats with `~p`; `Term` below
+//!    reproduces that printing.
+//! 4. Arguments that only other queue types take, in table order: "invalid
+//!    arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type
+//!    rabbit_classic_queue".
+//! 5. For a quorum queue, the declaration's flags
+//!    (`rabbit_quorum_queue:declare`, [`check_queue_type_flags`]):
+//!    auto-delete, then exclusive, then non-durable are refused.
 //!
 //! Any other key, `x-` or not, is ignored. All of these are 406
 //! PRECONDITION_FAILED channel errors. An existing queue's arguments are not
@@ -35,12 +39,15 @@
 //! Erlang's `~p` wraps terms wider than 80 columns over several lines;
 //! warren prints them on one (only tables and arrays get that wide).
 //!
-//! **Queue types.** RabbitMQ accepts `x-queue-type` "quorum" and "stream" and
-//! then applies their own rules (durable only, no priorities, a delivery limit,
-//! ...). warren would have to pretend to be a replicated log to accept them,
-//! so it refuses them with a 406 that names the reason, rather than quietly
-//! making a classic queue with other semantics. "classic" is accepted, as is
-//! leaving the argument out.
+//! **Queue types.** "classic" (or no `x-queue-type`) and "quorum" are
+//! accepted. A quorum queue takes its own set of arguments
+//! (`rabbit_quorum_queue:capabilities()`): `x-delivery-limit` and the
+//! in-memory limits, but no `x-max-priority`, `x-queue-mode`,
+//! `x-queue-version` or `x-queue-master-locator`; its redeclarations compare
+//! that set. It lives on one node: the queue's owner gives it quorum
+//! semantics (delivery count, delivery limit, requeue order), not
+//! replication (docs/design.md). "stream" is refused with a 406 that names
+//! the reason, rather than quietly making a queue with other semantics.
 
 use bytes::Bytes;
 
@@ -87,6 +94,67 @@ const OTHER_QUEUE_TYPE_ARGUMENTS: &[&str] = &[
     "x-quorum-initial-group-size",
     "x-stream-max-segment-size-bytes",
 ];
+
+/// The arguments a quorum queue takes, in RabbitMQ's order
+/// (`rabbit_quorum_queue:capabilities()`, `queue_arguments`): what a
+/// redeclaration compares, the first difference being the one reported.
+const QUORUM_QUEUE_ARGUMENTS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
+];
+
+/// Arguments of classic or stream queues that a quorum queue refuses (every
+/// queue type's arguments minus the quorum queue's own).
+const NOT_QUORUM_ARGUMENTS: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// What kind of queue a declaration makes (`x-queue-type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    /// A quorum queue on one node: quorum semantics, no replication yet.
+    Quorum,
+}
+
+impl QueueType {
+    /// The type a table names; classic when it names none (or one this
+    /// broker refuses, which `QueueArgs::parse` reports first).
+    pub(crate) fn of(args: &FieldTable) -> QueueType {
+        match args.get(QUEUE_TYPE) {
+            Some(FieldValue::LongStr(kind)) if kind.as_ref() == b"quorum" => QueueType::Quorum,
+            _ => QueueType::Classic,
+        }
+    }
+
+    /// RabbitMQ's module name for the type, as its error texts print it.
+    fn module(self) -> &'static str {
+        match self {
+            QueueType::Classic => "rabbit_classic_queue",
+            QueueType::Quorum => "rabbit_quorum_queue",
+        }
+    }
+}
 
 const DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
 const QUEUE_TYPE: &str = "x-queue-type";
@@ -146,8 +214,13 @@ pub struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
-    /// `x-delivery-limit`. Always `None` for now: RabbitMQ takes it only on
-    /// quorum queues and refuses it on classic ones, the only kind warren has.
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+    /// `x-delivery-limit` (quorum queues only): a message returned more
+    /// often than this is dead-lettered (or dropped) instead of requeued.
+    /// RabbitMQ does not check the value at declare; one that is no
+    /// non-negative integer sets no limit, as RabbitMQ's comparison
+    /// `DeliveryCount > Limit` never holds for it.
     pub delivery_limit: Option<u64>,
 }
 
@@ -167,25 +240,31 @@ impl QueueArgs {
         }
         check_argument(queue, args, QUEUE_TYPE, check_queue_type)?;
         if let Some(kind) = args.get(QUEUE_TYPE).and_then(FieldValue::as_bytes) {
-            if kind.as_ref() != b"classic" {
+            if !matches!(kind.as_ref(), b"classic" | b"quorum") {
                 return Err(AmqpError::precondition_failed(format!(
                     "invalid arg '{}' for {}: queue type '{}' is not supported by warren, \
-                     which has classic queues only",
+                     which has classic and quorum queues only",
                     QUEUE_TYPE,
                     resource(queue),
                     String::from_utf8_lossy(kind)
                 )));
             }
         }
-        for (key, check) in CLASSIC_QUEUE_CHECKS {
+        let queue_type = QueueType::of(args);
+        let (checks, refused) = match queue_type {
+            QueueType::Classic => (CLASSIC_QUEUE_CHECKS, OTHER_QUEUE_TYPE_ARGUMENTS),
+            QueueType::Quorum => (QUORUM_QUEUE_CHECKS, NOT_QUORUM_ARGUMENTS),
+        };
+        for (key, check) in checks {
             check_argument(queue, args, key, *check)?;
         }
         for (key, _) in args {
-            if OTHER_QUEUE_TYPE_ARGUMENTS.contains(&key.as_str()) {
+            if refused.contains(&key.as_str()) {
                 return Err(AmqpError::precondition_failed(format!(
-                    "invalid arg '{}' for {} of queue type rabbit_classic_queue",
+                    "invalid arg '{}' for {} of queue type {}",
                     key,
-                    resource(queue)
+                    resource(queue),
+                    queue_type.module()
                 )));
             }
         }
@@ -215,9 +294,44 @@ impl QueueArgs {
                 .get("x-single-active-consumer")
                 .and_then(FieldValue::as_bool)
                 .unwrap_or(false),
-            delivery_limit: None,
+            queue_type,
+            delivery_limit: match queue_type {
+                QueueType::Classic => None,
+                QueueType::Quorum => non_negative("x-delivery-limit"),
+            },
         })
     }
+}
+
+/// The flags a quorum queue refuses, checked after its arguments and in
+/// RabbitMQ's order (`rabbit_quorum_queue:declare`): auto-delete, an
+/// exclusive owner, then non-durable. `durable` is the flag as the queue
+/// would get it (an exclusive queue is never durable). Classic queues take
+/// any flags.
+pub(crate) fn check_queue_type_flags(
+    queue: &str,
+    args: &QueueArgs,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+) -> Result<(), AmqpError> {
+    if args.queue_type != QueueType::Quorum {
+        return Ok(());
+    }
+    let refused = if auto_delete {
+        "auto-delete"
+    } else if exclusive {
+        "exclusive-owner"
+    } else if !durable {
+        "non-durable"
+    } else {
+        return Ok(());
+    };
+    Err(AmqpError::precondition_failed(format!(
+        "invalid property '{}' for {}",
+        refused,
+        resource(queue)
+    )))
 }
 
 /// RabbitMQ refuses a server-named quorum or stream queue before it looks at
@@ -248,7 +362,13 @@ pub(crate) fn check_equivalent(
     received: &FieldTable,
     current: &FieldTable,
 ) -> Result<(), AmqpError> {
-    for key in EQUIVALENT_QUEUE_ARGUMENTS {
+    // The existing queue's type decides which arguments are compared
+    // (`rabbit_amqqueue:assert_args_equivalence`).
+    let compared = match QueueType::of(current) {
+        QueueType::Classic => EQUIVALENT_QUEUE_ARGUMENTS,
+        QueueType::Quorum => QUORUM_QUEUE_ARGUMENTS,
+    };
+    for key in compared {
         let (new, old) = (received.get(key), current.get(key));
         let classic_by_default = match (new, old) {
             (Some(only), None) | (None, Some(only)) => {
@@ -386,6 +506,26 @@ const CLASSIC_QUEUE_CHECKS: &[(&str, Check)] = &[
     (QUEUE_TYPE, check_queue_type),
 ];
 
+/// RabbitMQ's `declare_args()` in its order, kept to the arguments a quorum
+/// queue takes (`x-delivery-limit` is not among them: RabbitMQ does not
+/// check its value).
+const QUORUM_QUEUE_CHECKS: &[(&str, Check)] = &[
+    ("x-expires", check_expires),
+    ("x-message-ttl", check_message_ttl),
+    (DEAD_LETTER_EXCHANGE, check_dead_letter_exchange),
+    ("x-dead-letter-routing-key", check_dead_letter_routing_key),
+    ("x-dead-letter-strategy", check_dead_letter_strategy),
+    ("x-max-length", check_non_negative),
+    ("x-max-length-bytes", check_non_negative),
+    ("x-max-in-memory-length", check_non_negative),
+    ("x-max-in-memory-bytes", check_non_negative),
+    ("x-overflow", check_overflow),
+    ("x-single-active-consumer", check_bool),
+    (QUEUE_TYPE, check_queue_type),
+    ("x-quorum-initial-group-size", check_initial_cluster_size),
+    ("x-queue-leader-locator", check_queue_leader_locator),
+];
+
 fn check_argument(
     queue: &str,
     args: &FieldTable,
@@ -503,6 +643,30 @@ fn check_queue_version(value: &FieldValue, _: &FieldTable) -> Result<(), Invalid
         n => Err(Invalid::Text(
             format!("unsupported queue version '{}'", n).into_bytes(),
         )),
+    }
+}
+
+/// `rabbit_amqqueue:check_dlxstrategy_arg`.
+fn check_dead_letter_strategy(value: &FieldValue, _: &FieldTable) -> Result<(), Invalid> {
+    match longstr(value)?.as_ref() {
+        b"at-most-once" | b"at-least-once" => Ok(()),
+        _ => Err(Invalid::Atom("invalid_dlx_strategy")),
+    }
+}
+
+/// `rabbit_amqqueue:check_initial_cluster_size_arg`: a positive integer.
+fn check_initial_cluster_size(value: &FieldValue, _: &FieldTable) -> Result<(), Invalid> {
+    match non_negative(value)? {
+        0 => Err(Invalid::Zero),
+        _ => Ok(()),
+    }
+}
+
+/// `rabbit_amqqueue:check_queue_leader_locator_arg`.
+fn check_queue_leader_locator(value: &FieldValue, _: &FieldTable) -> Result<(), Invalid> {
+    match longstr(value)?.as_ref() {
+        b"client-local" | b"random" | b"least-leaders" | b"balanced" => Ok(()),
+        _ => Err(Invalid::Atom("invalid_queue_locator_arg")),
     }
 }
 
@@ -773,6 +937,7 @@ mod tests {
                 dead_letter_routing_key: Some(ShortStr::from("dead")),
                 max_priority: Some(255),
                 single_active_consumer: true,
+                queue_type: QueueType::Classic,
                 delivery_limit: None,
             }
         );
@@ -921,14 +1086,51 @@ mod tests {
     }
 
     #[test]
-    fn quorum_and_stream_queues_are_refused() {
-        for kind in ["quorum", "stream"] {
-            let text = refused(&[("x-queue-type", s(kind))]);
-            assert!(
-                text.starts_with(&format!("{PREFIX}x-queue-type' for queue 'q' in vhost '/': queue type '{kind}' is not supported")),
-                "{text}"
-            );
-        }
+    fn streams_are_refused_and_quorum_queues_take_their_own_arguments() {
+        let text = refused(&[("x-queue-type", s("stream"))]);
+        assert!(
+            text.starts_with(&format!("{PREFIX}x-queue-type' for queue 'q' in vhost '/': queue type 'stream' is not supported")),
+            "{text}"
+        );
+        let quorum = |extra: &[(&str, FieldValue)]| {
+            let mut entries = vec![("x-queue-type", s("quorum"))];
+            entries.extend(extra.iter().cloned());
+            QueueArgs::parse("q", &table(&entries))
+        };
+        let parsed = quorum(&[("x-delivery-limit", FieldValue::I32(3))]).unwrap();
+        assert_eq!(
+            (parsed.queue_type, parsed.delivery_limit),
+            (QueueType::Quorum, Some(3))
+        );
+        assert_eq!(
+            quorum(&[("x-max-priority", FieldValue::I32(3))]).unwrap_err().text,
+            format!("{PREFIX}x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue")
+        );
+        assert_eq!(
+            quorum(&[("x-dead-letter-strategy", s("sometimes"))])
+                .unwrap_err()
+                .text,
+            format!(
+                "{PREFIX}x-dead-letter-strategy' for queue 'q' in vhost '/': invalid_dlx_strategy"
+            )
+        );
+        let flags = |durable, exclusive, auto_delete| {
+            check_queue_type_flags("q", &parsed, durable, exclusive, auto_delete)
+                .map_err(|e| e.text)
+        };
+        assert_eq!(flags(true, false, false), Ok(()));
+        assert_eq!(
+            flags(false, true, true),
+            Err("invalid property 'auto-delete' for queue 'q' in vhost '/'".to_string())
+        );
+        assert_eq!(
+            flags(false, true, false),
+            Err("invalid property 'exclusive-owner' for queue 'q' in vhost '/'".to_string())
+        );
+        assert_eq!(
+            flags(false, false, false),
+            Err("invalid property 'non-durable' for queue 'q' in vhost '/'".to_string())
+        );
         let named = check_server_named(&table(&[("x-queue-type", s("quorum"))])).unwrap_err();
         assert_eq!(
             named.text,

@@ -18,6 +18,8 @@ pub(crate) const DEFAULT_VHOST: &str = "/";
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueMeta {
     pub id: QueueId,
+    /// The vhost the queue is in: its name is unique there.
+    pub vhost: ShortStr,
     pub name: ShortStr,
     pub shard: ShardId,
     pub durable: bool,

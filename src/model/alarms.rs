@@ -266,6 +266,9 @@ impl AlarmSet {
 pub(crate) struct AlarmBoard {
     queued_bytes: Box<[AtomicU64]>,
     raised: AtomicU8,
+    /// The watermark less the baseline, once the deciding shard knows it:
+    /// what the slots may add up to (`over_memory_budget`).
+    memory_budget_bytes: AtomicU64,
 }
 
 impl AlarmBoard {
@@ -273,7 +276,22 @@ impl AlarmBoard {
         AlarmBoard {
             queued_bytes: (0..shard_count.max(1)).map(|_| AtomicU64::new(0)).collect(),
             raised: AtomicU8::new(0),
+            memory_budget_bytes: AtomicU64::new(u64::MAX),
         }
+    }
+
+    pub(crate) fn set_memory_budget(&self, bytes: u64) {
+        self.memory_budget_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// True if the shards' published figures add up to more than the
+    /// memory budget. Every shard asks on its check, right after
+    /// publishing its own figure, and blocks its publishers at once
+    /// (`shard::alarms`): waiting for the deciding shard's next check, and
+    /// then for its own, let a publisher on one shard flood a queue on
+    /// another for two check intervals past the watermark.
+    pub(crate) fn over_memory_budget(&self) -> bool {
+        self.queued_bytes() > self.memory_budget_bytes.load(Ordering::Relaxed)
     }
 
     /// The bytes of client data a shard holds (see the module doc).

@@ -29,6 +29,14 @@ pub struct ConnRef {
     pub conn: ConnId,
 }
 
+impl ConnRef {
+    /// How log lines name the connection, in the shape of the Erlang
+    /// process id RabbitMQ's lines show: `<SHARD.CONN.0>`.
+    pub fn label(&self) -> String {
+        format!("<{}.{}.0>", self.shard.0, self.conn.0)
+    }
+}
+
 /// A queue, unique in the broker for its lifetime; assigned by the metadata owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(pub u64);

@@ -6,6 +6,12 @@
 //!
 //! `ConnectionHost` is all a socket sees of the broker: this module imports
 //! only `util` and `config` of warren, and `shard/` implements the trait.
+//!
+//! A TLS connection (`net::tls`) finishes its handshake before the host
+//! hears of it; then its reader decrypts what it reads into the same buffer
+//! a plain connection reads into, and its writer encrypts what the host
+//! hands it. Each of the two paths is one branch on `Option<Session>`; a
+//! plain connection does exactly what it did without TLS.
 
 use std::cell::RefCell;
 use std::io;
@@ -13,6 +19,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -20,14 +27,19 @@ use bytes::BytesMut;
 use futures_lite::future::{self, poll_fn};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use tracing::debug;
+use rustls::ServerConnection;
+use tracing::{debug, warn};
 
 use crate::config;
+use crate::net::tls::{self, TlsPeer, TlsServer};
 use crate::util::signal::Notify;
 
 /// A socket shared by a connection's reader and writer tasks, borrowed only
 /// inside a single poll.
 pub(crate) type Stream = Rc<RefCell<TcpStream>>;
+/// A TLS connection's session, shared by its reader (which decrypts) and
+/// writer (which encrypts), borrowed only between awaits.
+type Session = Rc<RefCell<ServerConnection>>;
 
 /// How long a closing connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
@@ -73,8 +85,9 @@ pub(crate) struct Opened<Id> {
 /// await).
 pub(crate) trait ConnectionHost {
     type Id: Copy;
-    /// Registers a new connection from `peer`.
-    fn open(&self, peer: SocketAddr) -> Opened<Self::Id>;
+    /// Registers a new connection from `peer`; `tls` for one that came
+    /// through a TLS listener and finished its handshake.
+    fn open(&self, peer: SocketAddr, local: SocketAddr, tls: Option<TlsPeer>) -> Opened<Self::Id>;
     /// Hands over the bytes read so far; the host consumes the complete
     /// frames from the front of `buf` and says what to do next.
     fn input(&self, id: Self::Id, buf: &mut BytesMut) -> Next;
@@ -96,18 +109,48 @@ pub(crate) trait ConnectionHost {
     fn remove(&self, id: Self::Id);
 }
 
-/// Serves one accepted connection until both of its tasks are done.
-pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream, host: H) {
+/// Serves one accepted connection until both of its tasks are done; with
+/// `tls`, once its TLS handshake is done.
+pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(
+    stream: TcpStream,
+    host: H,
+    tls: Option<Arc<TlsServer>>,
+) {
     let _ = stream.set_nodelay(true);
-    let Ok(peer) = stream.peer_addr() else {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
-    let Opened { id, reader, writer } = host.open(peer);
     let fd = stream.as_raw_fd();
     let stream: Stream = Rc::new(RefCell::new(stream));
-    let write_task =
-        glommio::spawn_local(write_loop(stream.clone(), host.clone(), id, writer.clone()));
-    read_loop(&stream, fd, &host, id, &reader).await;
+    let (session, tls_peer) = match &tls {
+        None => (None, None),
+        Some(server) => match handshake(&stream, server).await {
+            Ok(session) => {
+                let tls_peer = server.peer(&session);
+                (Some(Rc::new(RefCell::new(session))), Some(tls_peer))
+            }
+            Err(why) => {
+                // As RabbitMQ logs a failed TLS handshake: at the listener,
+                // before there is an AMQP connection.
+                warn!(%peer, error = %why, "TLS handshake failed");
+                let _ = poll_fn(|cx| {
+                    let mut stream = stream.borrow_mut();
+                    Pin::new(&mut *stream).poll_close(cx)
+                })
+                .await;
+                return;
+            }
+        },
+    };
+    let Opened { id, reader, writer } = host.open(peer, local, tls_peer);
+    let write_task = glommio::spawn_local(write_loop(
+        stream.clone(),
+        session.clone(),
+        host.clone(),
+        id,
+        writer.clone(),
+    ));
+    read_loop(&stream, session.as_ref(), fd, &host, id, &reader, &writer).await;
     host.lost(id);
     writer.notify();
     write_task.await;
@@ -115,18 +158,79 @@ pub(crate) async fn serve<H: ConnectionHost + Clone + 'static>(stream: TcpStream
     debug!(%peer, "connection closed");
 }
 
+/// Runs a TLS handshake on an accepted socket, within
+/// `TLS_HANDSHAKE_TIMEOUT`.
+async fn handshake(stream: &Stream, server: &TlsServer) -> Result<ServerConnection, String> {
+    let mut session = server.session().map_err(|e| e.to_string())?;
+    let done = future::or(
+        async { drive_handshake(stream, &mut session).await.map(|()| true) },
+        async {
+            glommio::timer::sleep(config::TLS_HANDSHAKE_TIMEOUT).await;
+            Ok(false)
+        },
+    )
+    .await?;
+    if !done {
+        return Err("timed out".into());
+    }
+    Ok(session)
+}
+
+async fn drive_handshake(stream: &Stream, session: &mut ServerConnection) -> Result<(), String> {
+    let mut receive = vec![0u8; config::TLS_HANDSHAKE_READ_SIZE];
+    let mut out = Vec::new();
+    loop {
+        tls::take_ciphertext(session, &mut out);
+        if !out.is_empty() {
+            write_all(stream, &out).await.map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        if !session.is_handshaking() {
+            return Ok(());
+        }
+        let n = read_raw(stream, &mut receive)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the client closed the connection".into());
+        }
+        let mut data = &receive[..n];
+        while !data.is_empty() {
+            let processed = session
+                .read_tls(&mut data)
+                .map_err(|e| rustls::Error::General(e.to_string()))
+                .and_then(|_| session.process_new_packets().map(|_| ()));
+            if let Err(e) = processed {
+                // The alert rustls queued tells the client why (a client
+                // speaking plain AMQP gets one and the socket's end, not a
+                // hang).
+                tls::take_ciphertext(session, &mut out);
+                let _ = write_all(stream, &out).await;
+                return Err(e.to_string());
+            }
+        }
+    }
+}
+
 async fn read_loop<H: ConnectionHost>(
     stream: &Stream,
+    session: Option<&Session>,
     fd: RawFd,
     host: &H,
     id: H::Id,
     wake: &Notify,
+    writer: &Notify,
 ) {
     // Both buffers start small and grow with what the client sends: most
     // connections are idle or quiet, and an idle one then costs a few KiB,
     // not the 64 + 128 KiB a busy one reads with (tuning.md).
     let mut receive = ReceiveBuffer::new();
     let mut buf = BytesMut::with_capacity(config::RECEIVE_BUFFER_SIZE_MIN);
+    if let Some(session) = session {
+        // The client may have sent its first frames with the handshake's
+        // last flight.
+        tls::take_early_plaintext(&mut session.borrow_mut(), &mut buf);
+    }
     // A socket that always has bytes never makes a read wait, so the loop
     // yields by itself after a budget of bytes: otherwise one publisher
     // would starve every other task of its shard (consumers, mailboxes).
@@ -161,7 +265,7 @@ async fn read_loop<H: ConnectionHost>(
         // handled before anything else of the shard runs (consumers' acks,
         // and so their next deliveries, among them).
         let read = future::or(
-            async { Some(receive.read(stream, &mut buf).await) },
+            async { Some(receive.read(stream, session, &mut buf).await) },
             async {
                 wake.wait().await;
                 None
@@ -178,6 +282,11 @@ async fn read_loop<H: ConnectionHost>(
             }
             Some(Ok(0)) | Some(Err(_)) => return,
             Some(Ok(n)) => {
+                // TLS may have something of its own to say (a key update's
+                // answer); the writer sends it.
+                if session.is_some_and(|s| s.borrow().wants_write()) {
+                    writer.notify();
+                }
                 read_since_yield += n;
                 if read_since_yield >= config::READ_BYTES_PER_TURN_MAX {
                     read_since_yield = 0;
@@ -275,9 +384,26 @@ impl ReceiveBuffer {
     }
 
     /// Reads whatever the socket has (at most a turn's budget), appending
-    /// it to `buf`; 0 is EOF.
-    async fn read(&mut self, stream: &Stream, buf: &mut BytesMut) -> io::Result<usize> {
-        let n = read_into(stream, &mut self.bytes, buf).await?;
+    /// it (decrypted, for a TLS connection) to `buf`; 0 is EOF, or TLS's
+    /// close_notify.
+    async fn read(
+        &mut self,
+        stream: &Stream,
+        session: Option<&Session>,
+        buf: &mut BytesMut,
+    ) -> io::Result<usize> {
+        let n = match session {
+            None => read_into(stream, &mut self.bytes, buf).await?,
+            Some(session) => {
+                let n = read_raw(stream, &mut self.bytes).await?;
+                let closed = tls::decrypt(&mut session.borrow_mut(), &self.bytes[..n], buf)
+                    .map_err(io::Error::other)?;
+                if closed {
+                    return Ok(0);
+                }
+                n
+            }
+        };
         if n == self.bytes.len() && !self.is_full_size() {
             let size = (self.bytes.len() * 2).min(config::READ_BYTES_PER_TURN_MAX);
             self.bytes.resize(size, 0);
@@ -297,6 +423,46 @@ async fn read_into(stream: &Stream, receive: &mut [u8], buf: &mut BytesMut) -> i
     .await
 }
 
+/// One recv(2) into `receive`.
+async fn read_raw(stream: &Stream, receive: &mut [u8]) -> io::Result<usize> {
+    poll_fn(|cx| {
+        let mut stream = stream.borrow_mut();
+        Pin::new(&mut *stream).poll_read(cx, receive)
+    })
+    .await
+}
+
+/// Writes `data` to the socket, encrypted for a TLS connection (through
+/// `cipher`, the writer's own buffer).
+async fn send(
+    stream: &Stream,
+    session: Option<&Session>,
+    data: &[u8],
+    cipher: &mut Vec<u8>,
+) -> io::Result<()> {
+    let Some(session) = session else {
+        return write_all(stream, data).await;
+    };
+    cipher.clear();
+    tls::encrypt(&mut session.borrow_mut(), data, cipher)?;
+    write_all(stream, cipher).await?;
+    // A burst of deliveries must not pin its size for the connection's life.
+    if cipher.capacity() > config::WRITE_BUFFER_HIGH_WATERMARK {
+        *cipher = Vec::new();
+    }
+    Ok(())
+}
+
+/// Writes what TLS itself has to send (alerts, key updates, close_notify).
+async fn flush_tls(stream: &Stream, session: &Session, cipher: &mut Vec<u8>) -> io::Result<()> {
+    cipher.clear();
+    tls::take_ciphertext(&mut session.borrow_mut(), cipher);
+    if cipher.is_empty() {
+        return Ok(());
+    }
+    write_all(stream, cipher).await
+}
+
 /// Writes all of `data`.
 pub(crate) async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
@@ -313,22 +479,38 @@ pub(crate) async fn write_all(stream: &Stream, mut data: &[u8]) -> io::Result<()
     Ok(())
 }
 
-async fn write_loop<H: ConnectionHost>(stream: Stream, host: H, id: H::Id, wake: Notify) {
+async fn write_loop<H: ConnectionHost>(
+    stream: Stream,
+    session: Option<Session>,
+    host: H,
+    id: H::Id,
+    wake: Notify,
+) {
     // Swapped with the connection's output buffer at each write, so the two
     // take turns: it needs no capacity of its own to start with.
     let mut spare = BytesMut::new();
+    let mut cipher = Vec::new();
     loop {
         let output = loop {
             let output = host.take_output(id, &mut spare);
             if spare.is_empty() {
                 break output;
             }
-            if write_all(&stream, &spare).await.is_err() {
+            if send(&stream, session.as_ref(), &spare, &mut cipher)
+                .await
+                .is_err()
+            {
                 host.lost(id);
                 return;
             }
             spare.clear();
         };
+        if let Some(session) = &session {
+            if flush_tls(&stream, session, &mut cipher).await.is_err() {
+                host.lost(id);
+                return;
+            }
+        }
         if output == Output::Closed {
             break;
         }
@@ -339,6 +521,12 @@ async fn write_loop<H: ConnectionHost>(stream: Stream, host: H, id: H::Id, wake:
     // own, so that the last frames we wrote are not lost to a reset.
     let by_client = host.closed_by_client(id);
     if !by_client {
+        // TLS's own end of stream goes first, so that the client reads a
+        // clean close rather than a truncation.
+        if let Some(session) = &session {
+            session.borrow_mut().send_close_notify();
+            let _ = flush_tls(&stream, session, &mut cipher).await;
+        }
         let _ = poll_fn(|cx| {
             let mut stream = stream.borrow_mut();
             Pin::new(&mut *stream).poll_close(cx)

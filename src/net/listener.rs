@@ -11,6 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::config;
 use crate::net::connection::{self, ConnectionHost};
+use crate::net::tls::TlsServer;
 use crate::util::signal::Notify;
 
 /// Connections the kernel queues for a listening socket before accept.
@@ -184,12 +186,13 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 }
 
 /// Accepts connections on one of the shard's listening sockets and serves
-/// each on `host`, until `stop` (then the socket is closed, so that new
-/// clients are refused).
+/// each on `host` (over TLS when `tls` is given), until `stop` (then the
+/// socket is closed, so that new clients are refused).
 pub(crate) async fn accept_loop<H: ConnectionHost + Clone + 'static>(
     listener: TcpListener,
     host: H,
     stop: Notify,
+    tls: Option<Arc<TlsServer>>,
 ) {
     // An episode of file-descriptor exhaustion gets one line when it starts
     // and one when it ends, however many accepts fail in between.
@@ -214,7 +217,7 @@ pub(crate) async fn accept_loop<H: ConnectionHost + Clone + 'static>(
                         "file descriptors available again: accepting connections"
                     );
                 }
-                glommio::spawn_local(connection::serve(stream, host.clone())).detach();
+                glommio::spawn_local(connection::serve(stream, host.clone(), tls.clone())).detach();
             }
             Err(e) => {
                 let e = io::Error::from(e);

@@ -71,7 +71,16 @@ impl Monitor {
     /// Adds the shards' published memory use to the baseline, polls the disk
     /// when due, and publishes the alarms.
     pub(crate) fn check(&mut self, now: Instant) {
-        let baseline = *self.baseline_bytes.get_or_insert_with(resident_bytes);
+        let baseline = match self.baseline_bytes {
+            Some(baseline) => baseline,
+            None => {
+                let baseline = resident_bytes();
+                self.baseline_bytes = Some(baseline);
+                self.board
+                    .set_memory_budget(self.memory_limit_bytes.saturating_sub(baseline));
+                baseline
+            }
+        };
         let used_bytes = baseline + self.board.queued_bytes();
         let memory = used_bytes > self.memory_limit_bytes;
         if memory != self.raised.contains(Resource::Memory) {

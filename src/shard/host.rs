@@ -9,8 +9,10 @@ use bytes::BytesMut;
 
 use crate::broker::connection::Input;
 use crate::broker::ShardState;
+use crate::metadata::auth::External;
 use crate::model::ids::ConnId;
 use crate::net::connection::{ConnectionHost, Next, Opened, Output};
+use crate::net::tls::TlsPeer;
 
 /// A handle on the shard's state for its connections' socket tasks.
 #[derive(Clone)]
@@ -19,8 +21,24 @@ pub(crate) struct ShardHost(pub Rc<RefCell<ShardState>>);
 impl ConnectionHost for ShardHost {
     type Id = ConnId;
 
-    fn open(&self, peer: SocketAddr) -> Opened<ConnId> {
-        let (id, reader, writer) = self.0.borrow_mut().open_connection(peer);
+    fn open(&self, peer: SocketAddr, local: SocketAddr, tls: Option<TlsPeer>) -> Opened<ConnId> {
+        let external = match tls {
+            None => External::NotTls,
+            Some(TlsPeer {
+                verify_peer: false, ..
+            }) => External::Unsafe,
+            Some(TlsPeer {
+                has_cert: false, ..
+            }) => External::NoCertificate,
+            Some(TlsPeer {
+                cert_login: None, ..
+            }) => External::NoName,
+            Some(TlsPeer {
+                cert_login: Some(name),
+                ..
+            }) => External::User(name),
+        };
+        let (id, reader, writer) = self.0.borrow_mut().open_connection((peer, local), external);
         Opened { id, reader, writer }
     }
 

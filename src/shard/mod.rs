@@ -6,7 +6,7 @@
 //! layer, and none imports it.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use crate::config::{self, Config};
 use crate::metadata::auth::Users;
 use crate::metadata::definitions::{Definitions, RestorePlan, Source};
 use crate::metadata::vhost::{MetaChange, QueueMeta};
-use crate::model::alarms::{AlarmBoard, ALARM_CHECK_INTERVAL};
+use crate::model::alarms::{AlarmBoard, Resource, ALARM_CHECK_INTERVAL};
 use crate::model::ids::ShardId;
 use crate::net;
 use crate::store;
@@ -80,6 +80,8 @@ pub enum BootError {
     ShardFailed(String),
     /// The management API cannot listen.
     Management(crate::mgmt::ManagementError),
+    /// The TLS certificate, key or CA cannot be used.
+    Tls(String),
 }
 
 /// What is wrong with a definitions file at start.
@@ -125,6 +127,7 @@ impl std::fmt::Display for BootError {
             BootError::DataDir(e) => write!(f, "{}", e),
             BootError::ShardFailed(e) => write!(f, "a shard stopped with an error: {}", e),
             BootError::Management(e) => write!(f, "{}", e),
+            BootError::Tls(e) => write!(f, "{}", e),
         }
     }
 }
@@ -154,7 +157,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         .plan
         .changes
         .iter()
-        .filter_map(|c| match c {
+        .filter_map(|(_, c)| match c {
             MetaChange::QueueCreated(meta) => Some(meta.clone()),
             _ => None,
         })
@@ -174,9 +177,24 @@ pub fn run(config: Config) -> Result<(), BootError> {
         Ok(fds) => debug!(fds, "RLIMIT_NOFILE"),
         Err(e) => warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
     }
-    shutdown::install();
+    // The TLS files are read before anything listens: a bad one stops the
+    // start. SIGHUP reads them again (new handshakes take the new ones).
+    let tls = match &config.tls {
+        None => None,
+        Some(settings) => Some(Arc::new(
+            net::tls::TlsServer::new(settings.clone())
+                .map_err(|e| BootError::Tls(e.to_string()))?,
+        )),
+    };
+    shutdown::install(tls.clone());
     let (sockets, bound) =
         net::listener::bind_all(&config.listen, shard_count).map_err(BootError::Bind)?;
+    let (mut tls_sockets, tls_bound) = match &config.tls {
+        Some(settings) if !settings.listen.is_empty() => {
+            net::listener::bind_all(&settings.listen, shard_count).map_err(BootError::Bind)?
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
     let cpus = config.cpus.clone().unwrap_or_else(|| {
         core_affinity::get_core_ids()
             .unwrap_or_default()
@@ -238,7 +256,17 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let alarm_board = alarm_board.clone();
         // The first shard started decides the alarms for the node (any one would do).
         let monitor = monitor.take();
-        let fds: Vec<i32> = sockets.into_iter().map(OwnedFd::into_raw_fd).collect();
+        let mut fds: Vec<(i32, Option<Arc<net::tls::TlsServer>>)> = sockets
+            .into_iter()
+            .map(|fd| (fd.into_raw_fd(), None))
+            .collect();
+        if let Some(tls_fds) = tls_sockets.get_mut(index) {
+            fds.extend(
+                std::mem::take(tls_fds)
+                    .into_iter()
+                    .map(|fd| (fd.into_raw_fd(), tls.clone())),
+            );
+        }
         let messages = recovered.next().unwrap_or_default();
         let control = control_receivers
             .next()
@@ -277,8 +305,10 @@ pub fn run(config: Config) -> Result<(), BootError> {
         }
     }
     let addresses: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
+    let tls_addresses: Vec<String> = tls_bound.iter().map(|a| a.to_string()).collect();
     info!(
         address = %addresses.join(","),
+        tls_address = %tls_addresses.join(","),
         shards = shard_count,
         "ready to accept connections"
     );
@@ -289,6 +319,26 @@ pub fn run(config: Config) -> Result<(), BootError> {
             stopped = Err(BootError::ShardFailed(e.to_string()));
         }
     }
+    if stopped.is_ok() {
+        // Every shard has stopped, the metadata owner with them: the log's
+        // changes go into the definitions file, so that the file is
+        // complete while the broker is down and the next start has no log
+        // to replay. A failure loses nothing: the log stays, and the next
+        // start replays it.
+        match store::definitions_log::compact_blocking(&config.data_dir) {
+            Ok(0) => {}
+            Ok(changes) => info!(
+                file = %store::definitions::path(&config.data_dir).display(),
+                changes,
+                "definitions log written into the definitions file"
+            ),
+            Err(e) => warn!(
+                error = %e,
+                "cannot write the definitions log into the definitions file; the next \
+                 start will"
+            ),
+        }
+    }
     stopped
 }
 
@@ -296,7 +346,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
 struct ShardBoot {
     users: Users,
     /// Applied by every shard before it accepts a connection.
-    restore: Arc<Vec<MetaChange>>,
+    restore: Arc<Vec<(warren_protocol::ShortStr, MetaChange)>>,
     /// For the metadata owner on shard 0.
     owner_start: OwnerStart,
     log_start: store::definitions::LogStart,
@@ -408,7 +458,7 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
             );
         }
     }
-    let users = Users::from_users(definitions.users.clone());
+    let users = definitions.users();
     let plan = definitions
         .restore_plan(shard_count)
         .map_err(|problem| refused(&own_path, DefinitionsProblem::Invalid(problem)))?;
@@ -417,18 +467,26 @@ fn load_definitions(config: &Config, shard_count: usize) -> Result<BootDefinitio
     }
     // The file holds exactly what the shards will have: a replica built
     // from the same changes.
-    let mut replica = Vhost::new();
-    for change in &plan.changes {
-        replica.apply(change);
+    let mut replicas: std::collections::BTreeMap<String, Vhost> = users
+        .vhosts()
+        .map(|v| (v.name.clone(), Vhost::new()))
+        .collect();
+    for (vhost, change) in &plan.changes {
+        if let Some(replica) = replicas.get_mut(vhost.as_str()) {
+            replica.apply(change);
+        }
     }
-    let written = Definitions::snapshot(&replica, &users).to_json();
+    let written =
+        Definitions::snapshot(replicas.iter().map(|(n, v)| (n.as_str(), v)), &users).to_json();
     store::definitions::write_blocking(&config.data_dir, &written)
         .and_then(|()| store::definitions_log::reset_blocking(&config.data_dir, generation))
         .map_err(|e| refused(&own_path, DefinitionsProblem::Write(e)))?;
-    let count = |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|c| kind(c)).count();
+    let count =
+        |kind: fn(&MetaChange) -> bool| plan.changes.iter().filter(|(_, c)| kind(c)).count();
     info!(
         file = %own_path.display(),
         users = users.sorted().len(),
+        vhosts = users.vhosts().count(),
         exchanges = count(|c| matches!(c, MetaChange::ExchangeCreated(_))),
         queues = count(|c| matches!(c, MetaChange::QueueCreated(_))),
         bindings = count(|c| matches!(c, MetaChange::BindingAdded(_))),
@@ -449,7 +507,7 @@ async fn shard_main(
     config: Arc<Config>,
     boot: ShardBoot,
     mesh: MeshBuilder<Batch, Full>,
-    fds: Vec<i32>,
+    fds: Vec<(i32, Option<Arc<net::tls::TlsServer>>)>,
     ready: crossbeam_channel::Sender<()>,
     shard_count: usize,
 ) {
@@ -487,8 +545,8 @@ async fn shard_main(
     )));
     // Every shard applies the same restored definitions, in the same order,
     // before any listener below accepts a connection.
-    for change in boot.restore.iter() {
-        state.borrow_mut().apply_change(change);
+    for (vhost, change) in boot.restore.iter() {
+        state.borrow_mut().apply_change(vhost, change);
     }
     let senders = Rc::new(senders);
     // Then the stored messages, before any client comes; what expired
@@ -564,24 +622,10 @@ async fn shard_main(
         let stopped = stopped.clone();
         glommio::spawn_local(async move {
             let mut stopping_since: Option<Instant> = None;
-            let mut last_tick = Instant::now();
             loop {
                 glommio::timer::sleep(config::TICK).await;
                 let now = Instant::now();
-                // The executor's time running tasks and polling I/O since
-                // the last tick (reading it starts the next count), against
-                // the wall time: parked time is idle time.
-                let busy = glommio::executor().executor_stats().total_runtime();
-                let elapsed = now - last_tick;
-                last_tick = now;
-                let busy_fraction = busy.as_secs_f64() / elapsed.as_secs_f64();
                 let mut shard = state.borrow_mut();
-                let saturated = if shard.saturated {
-                    busy_fraction >= config::FLOW_CALM_FRACTION
-                } else {
-                    busy_fraction >= config::FLOW_BUSY_FRACTION
-                };
-                shard.saturated = saturated;
                 shard.tick(now);
                 // Polled, never woken: glommio 0.9 misses wake-ups from
                 // foreign threads (docs/runtime.md). An empty channel costs
@@ -631,7 +675,14 @@ async fn shard_main(
                 if let Some(monitor) = monitor.as_mut() {
                     monitor.check(Instant::now());
                 }
-                state.borrow_mut().set_alarms(board.raised());
+                // A shard whose figures put the node over the watermark
+                // blocks its own publishers before the deciding shard says so.
+                let raised = board.raised();
+                let raised = raised.with(
+                    Resource::Memory,
+                    raised.contains(Resource::Memory) || board.over_memory_budget(),
+                );
+                state.borrow_mut().set_alarms(raised);
             }
         })
         .detach();
@@ -663,7 +714,7 @@ async fn shard_main(
         glommio::spawn_local(metadata::run_owner(state.clone(), boot.owner_start, sink)).detach();
     }
 
-    for (fd, stop) in fds.into_iter().zip(stop_accepting) {
+    for ((fd, tls), stop) in fds.into_iter().zip(stop_accepting) {
         use std::os::fd::FromRawFd;
         // SAFETY: the fd is a listening socket bound for this shard alone,
         // and nothing else owns or closes it.
@@ -672,6 +723,7 @@ async fn shard_main(
             listener,
             host::ShardHost(state.clone()),
             stop,
+            tls,
         ))
         .detach();
     }

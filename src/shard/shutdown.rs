@@ -1,6 +1,7 @@
 //! SIGTERM and SIGINT: stop accepting, close every client connection with
 //! 320 CONNECTION_FORCED as RabbitMQ does, and exit 0 once they are closed
-//! (or a deadline passes).
+//! (or a deadline passes). SIGHUP: read the TLS certificate, key and CA
+//! files again; connections stay, new handshakes use the new files.
 //!
 //! The signals are blocked in every thread and taken by one thread with
 //! sigwait(2), which sets a flag; the shards look at it from their tick (a
@@ -8,9 +9,12 @@
 //! docs/runtime.md), so no signal handler runs inside an executor.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use crate::net::tls::TlsServer;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
@@ -28,14 +32,15 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
-/// starts afterwards (the shards), then starts the thread that waits for
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread
+/// it starts afterwards (the shards), then starts the thread that waits for
 /// them. Call before the shards are spawned.
-pub(crate) fn install() {
+pub(crate) fn install(tls: Option<Arc<TlsServer>>) {
     let set = stop_signals();
     // SAFETY: a valid, initialised signal set; no old mask is asked for.
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -49,9 +54,16 @@ pub(crate) fn install() {
     let spawned = std::thread::Builder::new()
         .name("warren-signals".into())
         .spawn(move || {
-            let mut signal: libc::c_int = 0;
-            // SAFETY: `set` is initialised and `signal` is a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+            loop {
+                let mut signal: libc::c_int = 0;
+                // SAFETY: `set` is initialised and `signal` is a valid out pointer.
+                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                    return;
+                }
+                if signal == libc::SIGHUP {
+                    reload(tls.as_deref());
+                    continue;
+                }
                 let name = if signal == libc::SIGINT {
                     "SIGINT"
                 } else {
@@ -59,9 +71,28 @@ pub(crate) fn install() {
                 };
                 info!(signal = name, "shutting down: closing client connections");
                 REQUESTED.store(true, Ordering::Release);
+                return;
             }
         });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start the signal thread");
+    }
+}
+
+/// SIGHUP: the TLS files are read again. Off the shards: a reload reads
+/// files and parses keys.
+fn reload(tls: Option<&TlsServer>) {
+    let Some(tls) = tls else {
+        info!(signal = "SIGHUP", "nothing to reload: no TLS listener");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => info!(
+            signal = "SIGHUP",
+            "TLS certificate reloaded: new connections use it"
+        ),
+        Err(e) => {
+            error!(signal = "SIGHUP", error = %e, "TLS certificate not reloaded; the old one stays in use")
+        }
     }
 }

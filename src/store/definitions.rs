@@ -90,6 +90,14 @@ pub(crate) trait DefinitionsSink {
         changes: &[DefChange],
         snapshot: impl FnOnce() -> String,
     ) -> impl Future<Output = io::Result<()>>;
+
+    /// Writes the whole file from `snapshot` and empties the log: for
+    /// changes the log does not record (vhosts other than "/", users and
+    /// permissions).
+    fn rewrite(
+        &mut self,
+        snapshot: impl FnOnce() -> String,
+    ) -> impl Future<Output = io::Result<()>>;
 }
 
 /// Keeps nothing: for a broker without a data directory (tests).
@@ -97,6 +105,13 @@ impl DefinitionsSink for () {
     fn store(
         &mut self,
         _changes: &[DefChange],
+        _snapshot: impl FnOnce() -> String,
+    ) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+
+    fn rewrite(
+        &mut self,
         _snapshot: impl FnOnce() -> String,
     ) -> impl Future<Output = io::Result<()>> {
         std::future::ready(Ok(()))
@@ -118,6 +133,9 @@ pub(crate) struct DefinitionsFile {
     data_dir: PathBuf,
     /// The log, opened at the first append.
     log: Option<BufferedFile>,
+    /// The log file's size: zeros past the records, preallocated
+    /// (`definitions_log::allocation_for`). Known once the log is open.
+    allocated: u64,
     generation: u64,
     rule: CompactionRule,
     /// A write failed: what the log holds past its last synced record is
@@ -130,6 +148,7 @@ impl DefinitionsFile {
         DefinitionsFile {
             data_dir,
             log: None,
+            allocated: 0,
             generation: start.generation,
             rule: CompactionRule::after_compaction(start.file_bytes),
             broken: false,
@@ -153,29 +172,37 @@ impl DefinitionsFile {
         segments::sync_dir(&self.data_dir).await
     }
 
-    /// `definitions_log::append_on` over io_uring.
-    async fn append(&mut self, records: Vec<u8>) -> io::Result<()> {
+    /// `definitions_log::append_on` over io_uring: the records overwrite
+    /// preallocated zeros, so the sync flushes their page alone; the few
+    /// appends that need more room write the next allocation's zeros with
+    /// them, under the same sync.
+    async fn append(&mut self, mut records: Vec<u8>) -> io::Result<()> {
         let log = match self.log.take() {
             Some(log) => log,
             // Start-up created the log (and synced its name).
             None => {
-                OpenOptions::new()
+                let log = OpenOptions::new()
                     .write(true)
                     .create(true)
                     .mode(FILE_MODE)
                     .buffered_open(definitions_log::path(&self.data_dir))
-                    .await?
+                    .await?;
+                self.allocated = log.file_size().await?;
+                log
             }
         };
         let len = records.len() as u64;
+        let at = self.rule.log_bytes;
+        let allocation = definitions_log::with_allocation(&mut records, at, self.allocated);
         let result = async {
-            write_all_at(&log, records, self.rule.log_bytes).await?;
+            write_log_at(&log, &records, at).await?;
             log.fdatasync().await
         }
         .await;
         self.log = Some(log);
         result?;
         self.rule.log_bytes += len;
+        self.allocated = allocation;
         Ok(())
     }
 
@@ -199,13 +226,26 @@ impl DefinitionsFile {
             .mode(FILE_MODE)
             .buffered_open(definitions_log::path(&self.data_dir))
             .await?;
-        write_all_at(&log, definitions_log::header(self.generation).to_vec(), 0).await?;
+        let empty = definitions_log::empty_log(self.generation);
+        let allocated = empty.len() as u64;
+        write_log_at(&log, &empty, 0).await?;
         log.fdatasync().await?;
         segments::sync_dir(&self.data_dir).await?;
         self.log = Some(log);
+        self.allocated = allocated;
         self.rule = CompactionRule::after_compaction(file_bytes);
         Ok(())
     }
+}
+
+/// Writes `bytes` to the log at `at`, a page at most per write
+/// (`definitions_log::pieces`: small folios, so a record makes the disk
+/// write its page, not a larger folio).
+async fn write_log_at(log: &BufferedFile, bytes: &[u8], at: u64) -> io::Result<()> {
+    for (from, position, len) in definitions_log::pieces(at, bytes.len()) {
+        write_all_at(log, bytes[from..from + len].to_vec(), position).await?;
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes` at `at`: a write may take less than it was given
@@ -240,6 +280,12 @@ impl DefinitionsSink for DefinitionsFile {
         } else {
             self.append(records).await
         };
+        self.broken = result.is_err();
+        result
+    }
+
+    async fn rewrite(&mut self, snapshot: impl FnOnce() -> String) -> io::Result<()> {
+        let result = self.compact(snapshot()).await;
         self.broken = result.is_err();
         result
     }

@@ -281,7 +281,27 @@ mod mem {
         /// directory syncs, each file's durable bytes, and of the bytes
         /// written after them (when the file only grew since) the first
         /// `keep(path, unsynced_len)` ones: a torn write.
-        pub(crate) fn crash_image(&self, mut keep: impl FnMut(&Path, usize) -> usize) -> MemDisk {
+        pub(crate) fn crash_image(&self, keep: impl FnMut(&Path, usize) -> usize) -> MemDisk {
+            self.crash_image_with(false, keep)
+        }
+
+        /// Like [`MemDisk::crash_image`], for files also written over in
+        /// place (a preallocated log): of the bytes written since the last
+        /// sync, from the first that differs from the durable ones, the
+        /// first `keep(path, len)` reached the disk, over the durable
+        /// bytes.
+        pub(crate) fn crash_image_overwritten(
+            &self,
+            keep: impl FnMut(&Path, usize) -> usize,
+        ) -> MemDisk {
+            self.crash_image_with(true, keep)
+        }
+
+        fn crash_image_with(
+            &self,
+            overwrites: bool,
+            mut keep: impl FnMut(&Path, usize) -> usize,
+        ) -> MemDisk {
             let state = self.state.borrow();
             let mut image = State::default();
             for dir in &state.durable_dirs {
@@ -301,7 +321,23 @@ mod mem {
                 }
                 let old = &state.inodes[inode];
                 let mut bytes = old.durable.clone();
-                if old.written.len() > bytes.len() && old.written.starts_with(&bytes) {
+                let common = old
+                    .written
+                    .iter()
+                    .zip(&old.durable)
+                    .take_while(|(w, d)| w == d)
+                    .count();
+                if overwrites && common < old.durable.len() && old.written.len() > common {
+                    let tail = &old.written[common..];
+                    let kept = keep(path, tail.len()).min(tail.len());
+                    let end = common + kept;
+                    let durable_len = bytes.len();
+                    let over = end.min(durable_len);
+                    bytes[common..over].copy_from_slice(&old.written[common..over]);
+                    if end > durable_len {
+                        bytes.extend_from_slice(&old.written[durable_len..end]);
+                    }
+                } else if old.written.len() > bytes.len() && old.written.starts_with(&bytes) {
                     let tail = &old.written[bytes.len()..];
                     let kept = keep(path, tail.len()).min(tail.len());
                     bytes.extend_from_slice(&tail[..kept]);

@@ -119,7 +119,7 @@ pub(crate) fn recover_on<D: Disk>(
     let by_name: HashMap<(&str, &str), &QueueMeta> = queues
         .iter()
         .filter(|q| q.durable)
-        .map(|q| ((DEFAULT_VHOST, q.name.as_str()), q))
+        .map(|q| ((q.vhost.as_str(), q.name.as_str()), q))
         .collect();
     let next = current.map_or(1, |g| g + 1);
     let mut shards: Vec<ShardRecovery> = (0..shard_count)
@@ -427,6 +427,7 @@ mod tests {
     fn queue(id: u64, name: &str) -> QueueMeta {
         QueueMeta {
             id: QueueId(id),
+            vhost: ShortStr::from(DEFAULT_VHOST),
             name: ShortStr::from(name),
             shard: ShardId(0),
             durable: true,

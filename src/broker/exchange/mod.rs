@@ -18,8 +18,10 @@ pub(crate) mod fanout;
 pub(crate) mod headers;
 pub mod topic;
 
-use crate::metadata::exchange::{Binding, Destination, ExchangeDef, ExchangeKind};
-use warren_protocol::Properties;
+use crate::metadata::exchange::{
+    Binding, Destination, ExchangeDef, ExchangeKind, ALTERNATE_EXCHANGE_ARGUMENT,
+};
+use warren_protocol::{FieldValue, Properties, ShortStr};
 
 /// The routing structure of one exchange type.
 #[derive(Debug)]
@@ -47,14 +49,23 @@ pub(crate) struct Exchange {
     router: Router,
     /// Bindings whose source is this exchange, in the order they were made.
     pub(crate) bindings: Vec<Binding>,
+    /// Its `alternate-exchange`: where a message goes that this exchange
+    /// routes nowhere. Only a longstr names one, as in RabbitMQ (whose
+    /// declare refuses any other type).
+    pub(crate) alternate: Option<ShortStr>,
 }
 
 impl Exchange {
     pub(crate) fn new(def: ExchangeDef) -> Exchange {
+        let alternate = match def.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT) {
+            Some(FieldValue::LongStr(name)) => ShortStr::from_bytes(name.clone()).ok(),
+            _ => None,
+        };
         Exchange {
             router: Router::new(def.kind),
             def,
             bindings: Vec::new(),
+            alternate,
         }
     }
 
