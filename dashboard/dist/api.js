@@ -56,7 +56,9 @@ export function path(...parts) {
 }
 
 export async function request(method, p, body, auth = credentials(), extra = {}) {
-  const headers = { Accept: "application/json", ...extra };
+  // Some endpoints (RabbitMQ's purge, for one) answer only text/plain and refuse a request
+  // that accepts nothing else with 406, so other types are accepted at a lower weight.
+  const headers = { Accept: "application/json, */*;q=0.1", ...extra };
   if (auth) headers.Authorization = auth;
   const init = { method, headers, cache: "no-store", credentials: "omit" };
   // credentials "omit" keeps the browser from showing its own login prompt on a 401: the

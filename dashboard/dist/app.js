@@ -59,13 +59,16 @@ function route() {
   $("#who-name").textContent = api.userName();
   const section = hash.split("/")[0] || "overview";
   $$("nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === section));
-  main.replaceChildren();
+  // Each page gets a fresh element, so the listeners it adds go away with it.
+  const el = document.createElement("div");
+  el.className = "page";
+  main.replaceChildren(el);
   if (!page) {
-    setHtml(main, html`<h1>Not found</h1><p>No page at <code>${location.hash}</code>. <a href="#/">Overview</a></p>`);
+    setHtml(el, html`<h1>Not found</h1><p>No page at <code>${location.hash}</code>. <a href="#/">Overview</a></p>`);
     return;
   }
-  main.dataset.page = page.name;
-  current = page(main, ...params) || {};
+  el.dataset.page = page.name;
+  current = page(el, ...params) || {};
   current.gen = gen;
   if (current.refresh) tick(gen);
 }
@@ -78,8 +81,13 @@ async function tick(gen) {
       main.classList.remove("stale");
     } catch (e) {
       if (gen !== generation) return;
-      main.classList.add("stale");
       if (e instanceof ApiError && e.status === 401) return;
+      if (e instanceof ApiError && e.status === 404 && current.gone) {
+        // The object this page shows no longer exists: say so and stop refreshing.
+        setHtml(main.firstElementChild, html`<h1>Not found</h1><p>${current.gone}</p>`);
+        return;
+      }
+      main.classList.add("stale");
       notice(e.message, "error");
     }
   }
@@ -517,6 +525,7 @@ function exchangePage(el, vhost, name) {
     if (await act(() => api.del(path("exchanges", vhost, real)), `Exchange ${real} deleted.`)) location.hash = "#/exchanges";
   });
   return {
+    gone: html`There is no exchange <code>${real}</code> in virtual host <code>${vhost}</code>. <a href="#/exchanges">All exchanges</a>`,
     async refresh() {
       const base = ["exchanges", vhost, apiName];
       const [x, s, d] = await Promise.all([
@@ -669,6 +678,7 @@ function queuePage(el, vhost, name) {
   });
 
   return {
+    gone: html`There is no queue <code>${name}</code> in virtual host <code>${vhost}</code>. <a href="#/queues">All queues</a>`,
     async refresh() {
       const [q, b] = await Promise.all([api.get(path(...base)), api.get(path(...base, "bindings"))]);
       const card = (label, value, id) => html`<div class="card" data-card="${id}"><span class="label">${label}</span><span class="value">${value}</span></div>`;

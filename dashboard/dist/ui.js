@@ -198,7 +198,7 @@ export class Table {
       body,
       shown.length
         ? shown.map(
-            (r) => html`<tr>${this.columns.map((c) => html`<td class="${c.num ? "num" : ""}">${c.cell ? c.cell(r) : r[c.key]}</td>`)}</tr>`,
+            (r) => html`<tr data-row="${r.name ?? r.user ?? ""}">${this.columns.map((c) => html`<td class="${c.num ? "num" : ""}" data-col="${c.key}">${c.cell ? c.cell(r) : r[c.key]}</td>`)}</tr>`,
           )
         : html`<tr><td colspan="${this.columns.length}" class="muted empty">${this.empty}</td></tr>`,
     );
