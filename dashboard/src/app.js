@@ -210,13 +210,21 @@ function record(o) {
 
 const palette = ["#2f6fde", "#1d9a6c", "#d97706", "#9333ea", "#dc2626"];
 
+function timeRange() {
+  const t = history.t;
+  const max = t.length ? t[t.length - 1] : Date.now() / 1000;
+  const min = t.length ? Math.min(t[0], max - 60) : max - 60;
+  return [min, max];
+}
+
 function makeChart(el, title, series, unit) {
   const opts = {
     title,
     width: Math.max(300, el.clientWidth),
     height: 220,
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true, range: (u, min, max) => [Math.min(min ?? max, max - 60), max] }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
+    // The time axis always spans at least a minute, so the first samples do not fill it.
+    scales: { x: { time: true, range: timeRange }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
     axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => (unit ? `${num(v)}${unit}` : num(v))) }],
     series: [{}, ...series.map((s, i) => ({ label: s, stroke: palette[i], width: 2, points: { show: false } }))],
   };
@@ -300,6 +308,7 @@ function overviewPage(el) {
         charts.push(rates, queued);
       }
       rates.chart.setData([history.t, history.publish, history.deliver, history.ack]);
+      $("#chart-rates", el).dataset.samples = history.t.length;
       queued.chart.setData([history.t, history.ready, history.unacked]);
       const ws = o.warren_shards;
       $("#shards-section", el).hidden = !Array.isArray(ws);
