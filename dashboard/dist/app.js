@@ -217,7 +217,10 @@ function timeRange() {
   return [min, max];
 }
 
-function makeChart(el, title, series, unit) {
+// Axis steps for counts, which have no fractions.
+const INTEGER_STEPS = [1, 2, 5].flatMap((m) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9].map((p) => m * p)).sort((a, b) => a - b);
+
+function makeChart(el, title, series, unit, integer = false) {
   const opts = {
     title,
     width: Math.max(300, el.clientWidth),
@@ -225,7 +228,7 @@ function makeChart(el, title, series, unit) {
     cursor: { drag: { x: false, y: false } },
     // The time axis always spans at least a minute, so the first samples do not fill it.
     scales: { x: { time: true, range: timeRange }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
-    axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => (unit ? `${num(v)}${unit}` : num(v))) }],
+    axes: [{}, { size: 60, values: (u, vals) => vals.map((v) => (unit ? `${num(v)}${unit}` : num(v))), ...(integer ? { incrs: INTEGER_STEPS } : {}) }],
     series: [{}, ...series.map((s, i) => ({ label: s, stroke: palette[i], width: 2, points: { show: false } }))],
   };
   // eslint-disable-next-line no-undef
@@ -304,7 +307,7 @@ function overviewPage(el) {
       await waitForUplot();
       if (!rates) {
         rates = makeChart($("#chart-rates", el), "Message rates (msg/s)", ["publish", "deliver", "ack"], "");
-        queued = makeChart($("#chart-queued", el), "Queued messages", ["ready", "unacked"], "");
+        queued = makeChart($("#chart-queued", el), "Queued messages", ["ready", "unacked"], "", true);
         charts.push(rates, queued);
       }
       rates.chart.setData([history.t, history.publish, history.deliver, history.ack]);
