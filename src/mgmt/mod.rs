@@ -17,6 +17,7 @@
 
 pub(crate) mod api;
 pub(crate) mod auth;
+pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod json;
 pub(crate) mod list;
@@ -170,7 +171,7 @@ fn serve(app: api::App, listeners: Vec<(std::net::TcpListener, SocketAddr)>) {
         }
     };
     runtime.block_on(async move {
-        let router = api::router(app);
+        let router = api::router(app).merge(dashboard::router());
         let mut servers = Vec::new();
         for (listener, address) in listeners {
             let listener = match tokio::net::TcpListener::from_std(listener) {
