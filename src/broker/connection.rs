@@ -306,6 +306,9 @@ pub(crate) struct Connection {
     channels_counted: u64,
     /// The `client_id` client property, for topic permission patterns.
     pub(crate) client_id: Option<String>,
+    /// connection.start-ok's client properties, as the management API
+    /// shows them (bounded by the frame that carried them).
+    client_properties: FieldTable,
     /// The last exchange a publish was allowed to write to, at a
     /// generation of the users: the check a publish costs is one
     /// comparison while a channel publishes to one exchange.
@@ -381,6 +384,7 @@ impl Connection {
             user: String::new(),
             vhost: ShortStr::from_static(""),
             client_id: None,
+            client_properties: FieldTable::default(),
             usage: None,
             channels_counted: 0,
             publish_access: PublishAccess::default(),
@@ -637,6 +641,7 @@ impl Connection {
         match (&self.phase, method) {
             (Phase::StartOk, Method::ConnectionStartOk(m)) => {
                 self.capabilities = capabilities(&m.client_properties);
+                self.client_properties = m.client_properties.clone();
                 self.client_id = match m.client_properties.get("client_id") {
                     Some(FieldValue::LongStr(id)) => {
                         std::str::from_utf8(id).ok().map(str::to_string)
@@ -1025,6 +1030,7 @@ impl Connection {
             frame_max: self.wire.frame_max,
             heartbeat_s: self.heartbeat_s,
             published: self.published,
+            client_properties: self.client_properties.clone(),
             channels,
         }
     }

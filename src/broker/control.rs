@@ -155,6 +155,7 @@ pub struct ConnectionInfo {
     pub frame_max: u32,
     pub heartbeat_s: u16,
     pub published: u64,
+    pub client_properties: FieldTable,
     pub channels: Vec<ChannelInfo>,
 }
 

@@ -1182,7 +1182,7 @@ impl App {
             "channel_max": c.channel_max,
             "frame_max": c.frame_max,
             "timeout": c.heartbeat_s,
-            "client_properties": {},
+            "client_properties": crate::mgmt::json::table_to_json(&c.client_properties),
             "warren_shard": c.conn.shard.0,
             "warren_published": c.published,
         })
