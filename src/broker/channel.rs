@@ -974,6 +974,7 @@ impl Connection {
         let scope = Box::new(Scope {
             vhost: self.vhost.clone(),
             user: self.user.clone(),
+            checked: true,
         });
         self.effects.push((
             ShardId(0),

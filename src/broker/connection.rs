@@ -1024,6 +1024,7 @@ impl Connection {
             conn: self.conn,
             peer: self.peer,
             user: self.user.clone(),
+            vhost: self.vhost.clone(),
             state,
             connected_at_ms: self.opened_at_epoch_ms,
             channel_max: self.channel_max,

@@ -17,10 +17,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-use crate::broker::metadata::MetaRequest;
+use crate::broker::metadata::{MetaRequest, Scope};
 use crate::broker::queue::QueueStats;
+use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
-use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
+use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnId, ConnRef, QueueId, ShardId};
 use warren_protocol::{AmqpError, BasicProperties, FieldTable, Method, ShortStr};
 
@@ -58,11 +59,15 @@ pub enum ControlRequest {
     /// What this shard holds: its queues and/or its connections (with their
     /// channels) and the consumers of its queues.
     Report { queues: bool, connections: bool },
-    /// The definitions as this shard's replica has them; with `export`,
-    /// also the durable ones and the users in the definitions file's JSON.
+    /// The definitions of every vhost as this shard's replica has them;
+    /// with `export`, also the durable ones and the users in the
+    /// definitions file's JSON.
     Definitions { export: bool },
+    /// The access-control database as this shard's copy has it: vhosts,
+    /// users, permissions, limits.
+    Users,
     /// One queue as the replica has it (where it lives, its arguments).
-    FindQueue(ShortStr),
+    FindQueue { vhost: ShortStr, name: ShortStr },
     /// One queue's figures, from the shard that owns it.
     QueueReport(QueueId),
     /// HTTP basic auth: the user's tags if the password is right (and the
@@ -72,8 +77,10 @@ pub enum ControlRequest {
         password: String,
         peer: IpAddr,
     },
-    /// A definitions change, for the metadata owner (shard 0).
-    Meta(MetaRequest),
+    /// A definitions change in the scope's vhost, for the metadata owner
+    /// (shard 0); checked against the scope's user's permissions when the
+    /// scope says so, as RabbitMQ's management API acts as its user.
+    Meta { scope: Scope, request: MetaRequest },
     /// Removes the queue's ready messages (queue.purge).
     Purge(QueueId),
     /// Takes up to `count` messages from the head of the queue.
@@ -93,16 +100,20 @@ pub enum ControlRequest {
 /// it is rare and larger than the rest.
 #[derive(Debug)]
 pub struct ControlPublish {
+    pub vhost: ShortStr,
     pub exchange: ShortStr,
     pub routing_key: ShortStr,
     pub properties: BasicProperties,
     pub body: Bytes,
 }
 
+// `Users` is crate-internal; the enum is public only as part of `Control`.
+#[allow(private_interfaces)]
 #[derive(Debug)]
 pub enum ControlReply {
     Report(ShardReport),
     Definitions(DefinitionsReport),
+    Users(Box<Users>),
     Queue(Option<QueueMeta>),
     QueueReport(Option<QueueInfo>),
     /// The user's name and tags, or None when authentication failed.
@@ -147,6 +158,7 @@ pub struct ConnectionInfo {
     pub conn: ConnRef,
     pub peer: SocketAddr,
     pub user: String,
+    pub vhost: ShortStr,
     /// running, blocked, closing, starting (RabbitMQ's connection states).
     pub state: &'static str,
     /// Milliseconds since the Unix epoch.
@@ -174,6 +186,7 @@ pub struct ChannelInfo {
 
 #[derive(Debug)]
 pub struct ConsumerInfo {
+    pub vhost: ShortStr,
     pub queue: ShortStr,
     pub conn: ConnRef,
     pub channel: u16,
@@ -186,6 +199,7 @@ pub struct ConsumerInfo {
 /// One binding as the replica has it, its destination by name.
 #[derive(Debug)]
 pub struct BindingInfo {
+    pub vhost: ShortStr,
     pub source: ShortStr,
     pub destination: ShortStr,
     /// "queue" or "exchange", as RabbitMQ's `destination_type`.
@@ -196,7 +210,8 @@ pub struct BindingInfo {
 
 #[derive(Debug, Default)]
 pub struct DefinitionsReport {
-    pub exchanges: Vec<ExchangeDef>,
+    /// Each with its vhost.
+    pub exchanges: Vec<(ShortStr, ExchangeDef)>,
     pub queues: Vec<QueueMeta>,
     pub bindings: Vec<BindingInfo>,
     /// The durable definitions and the users, as the definitions file
@@ -260,8 +275,9 @@ impl super::ShardState {
                 let info = self.queues.get(&queue).map(queue_info);
                 reply(ControlReply::QueueReport(info))
             }
-            ControlRequest::FindQueue(name) => reply(ControlReply::Queue(
-                self.vhost_or_empty(DEFAULT_VHOST)
+            ControlRequest::Users => reply(ControlReply::Users(Box::new((*self.users).clone()))),
+            ControlRequest::FindQueue { vhost, name } => reply(ControlReply::Queue(
+                self.vhost_or_empty(&vhost)
                     .queues
                     .get(name.as_str())
                     .cloned(),
@@ -283,11 +299,14 @@ impl super::ShardState {
                     .map(|u| (u.name.clone(), u.tags.clone()));
                 reply(ControlReply::User(found));
             }
-            ControlRequest::Meta(request) => {
+            ControlRequest::Meta { scope, request } => {
                 debug_assert_eq!(self.id, ShardId(0), "only shard 0 owns metadata");
-                self.meta_inbox
-                    .requests
-                    .push_back((None, None, request, Some(reply)));
+                self.meta_inbox.requests.push_back((
+                    None,
+                    Some(Box::new(scope)),
+                    request,
+                    Some(reply),
+                ));
                 self.meta_inbox.notify.notify();
             }
             ControlRequest::Purge(queue) => {
@@ -335,12 +354,14 @@ impl super::ShardState {
             }
             ControlRequest::Publish(publish) => {
                 let ControlPublish {
+                    vhost,
                     exchange,
                     routing_key,
                     properties,
                     body,
                 } = *publish;
-                let routed = self.publish_from_control(&exchange, &routing_key, &properties, body);
+                let routed =
+                    self.publish_from_control(&vhost, &exchange, &routing_key, &properties, body);
                 reply(ControlReply::Routed(routed));
             }
             ControlRequest::CloseConnection { conn, reason } => {
@@ -389,6 +410,7 @@ impl super::ShardState {
             if connections {
                 for spec in queue.consumer_specs() {
                     report.consumers.push(ConsumerInfo {
+                        vhost: queue.meta.vhost.clone(),
                         queue: queue.meta.name.clone(),
                         conn: spec.conn,
                         channel: spec.channel,
@@ -415,33 +437,29 @@ impl super::ShardState {
             }),
             ..DefinitionsReport::default()
         };
-        for exchange in self.vhost_or_empty(DEFAULT_VHOST).exchanges.values() {
-            report.exchanges.push(exchange.def.clone());
-            for binding in &exchange.bindings {
-                let (destination, destination_type) = match &binding.destination {
-                    Destination::Exchange(name) => (name.clone(), "exchange"),
-                    Destination::Queue(queue) => {
-                        match self.vhost_or_empty(DEFAULT_VHOST).queue_by_id(queue.id) {
+        for (name, vhost) in &self.vhosts {
+            for exchange in vhost.exchanges.values() {
+                report.exchanges.push((name.clone(), exchange.def.clone()));
+                for binding in &exchange.bindings {
+                    let (destination, destination_type) = match &binding.destination {
+                        Destination::Exchange(name) => (name.clone(), "exchange"),
+                        Destination::Queue(queue) => match vhost.queue_by_id(queue.id) {
                             Some(meta) => (meta.name.clone(), "queue"),
                             None => continue,
-                        }
-                    }
-                };
-                report.bindings.push(BindingInfo {
-                    source: binding.source.clone(),
-                    destination,
-                    destination_type,
-                    routing_key: binding.routing_key.clone(),
-                    arguments: binding.arguments.clone(),
-                });
+                        },
+                    };
+                    report.bindings.push(BindingInfo {
+                        vhost: name.clone(),
+                        source: binding.source.clone(),
+                        destination,
+                        destination_type,
+                        routing_key: binding.routing_key.clone(),
+                        arguments: binding.arguments.clone(),
+                    });
+                }
             }
+            report.queues.extend(vhost.queues.values().cloned());
         }
-        report.queues = self
-            .vhost_or_empty(DEFAULT_VHOST)
-            .queues
-            .values()
-            .cloned()
-            .collect();
         report
     }
 
@@ -450,23 +468,22 @@ impl super::ShardState {
     /// exchanges do not hold it).
     fn publish_from_control(
         &mut self,
+        vhost: &str,
         exchange: &ShortStr,
         routing_key: &ShortStr,
         properties: &BasicProperties,
         body: Bytes,
     ) -> Result<bool, AmqpError> {
-        let Some(target) = self
-            .vhost_or_empty(DEFAULT_VHOST)
-            .exchanges
-            .get(exchange.as_str())
-        else {
-            return Err(crate::broker::metadata::no_exchange(exchange));
+        let Some(target) = self.vhost_or_empty(vhost).exchanges.get(exchange.as_str()) else {
+            let mut error = crate::broker::metadata::no_exchange(exchange);
+            error.text = crate::broker::metadata::in_vhost(&error.text, vhost);
+            return Err(error);
         };
         let properties = properties.encode();
         let mut scratch = Vec::new();
         let mut routed = crate::broker::vhost::Routed::default();
         let no_keys: &[&str] = &[];
-        self.vhost_or_empty(DEFAULT_VHOST).route(
+        self.vhost_or_empty(vhost).route(
             target,
             routing_key.as_str(),
             no_keys,

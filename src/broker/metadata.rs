@@ -90,6 +90,9 @@ pub enum MetaRequest {
 pub struct Scope {
     pub vhost: ShortStr,
     pub user: String,
+    /// False for the management API's definitions import, which RabbitMQ
+    /// does not check against the importing user's permissions.
+    pub checked: bool,
 }
 
 /// The -ok method to send back to the client.
@@ -335,6 +338,7 @@ impl Owner {
             None => ShortStr::from_static(DEFAULT_VHOST),
         };
         let vhost = self.vhost.clone();
+        let scope = scope.filter(|s| s.checked);
         let result = self.handle_in_vhost(from, scope, request).await;
         // The texts shared with "/" name the request's vhost.
         result.map_err(|mut e| {
@@ -1224,6 +1228,7 @@ mod tests {
                 Some(Scope {
                     vhost: ShortStr::from(vhost),
                     user: "guest".into(),
+                    checked: true,
                 }),
                 MetaRequest::QueueDeclare(declare),
             );

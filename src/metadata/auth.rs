@@ -149,6 +149,11 @@ pub(crate) struct VhostDef {
     pub(crate) description: String,
     pub(crate) tags: Vec<String>,
     pub(crate) limits: VhostLimits,
+    /// The firehose tracer's switch for this vhost (`rabbitmqctl trace_on`,
+    /// the management API's `"tracing": true`). Every shard's copy has it,
+    /// so a shard reads it from its own `Users` without asking anyone. As
+    /// in RabbitMQ it is not kept across a restart.
+    pub(crate) tracing: bool,
 }
 
 impl VhostDef {
@@ -158,6 +163,7 @@ impl VhostDef {
             description: String::new(),
             tags: Vec::new(),
             limits: VhostLimits::default(),
+            tracing: false,
         }
     }
 
@@ -241,9 +247,17 @@ pub(crate) enum Access {
 #[derive(Clone, Debug)]
 pub(crate) enum AccessChange {
     VhostAdded(VhostDef),
+    /// An existing vhost's description, tags and tracing switch changed
+    /// (its limits are kept), as a management API PUT on it does.
+    VhostUpdated(VhostDef),
     VhostDeleted(String),
     /// A user added, or replaced as given (password, tags, permissions).
     UserPut(User),
+    /// `rabbit_auth_backend_internal:put_user`, as the management API's
+    /// PUT does: a new user is added as given; an existing one gets the
+    /// tags given, and the password given if any, and keeps its
+    /// permissions, topic permissions and limits.
+    UserUpdated(User),
     UserDeleted(String),
     PermissionSet {
         user: String,
@@ -481,6 +495,13 @@ impl Users {
         self.vhosts.get(name)
     }
 
+    /// Whether the firehose tracer is on for `vhost` (false for a vhost
+    /// that does not exist): what the tracer reads, on its own shard.
+    #[allow(dead_code)] // The firehose tracer (built separately) reads it.
+    pub(crate) fn tracing(&self, vhost: &str) -> bool {
+        self.vhosts.get(vhost).is_some_and(|v| v.tracing)
+    }
+
     pub(crate) fn user(&self, name: &str) -> Option<&User> {
         self.users.get(name)
     }
@@ -565,6 +586,13 @@ impl Users {
             AccessChange::VhostAdded(def) => {
                 self.vhosts.insert(def.name.clone(), def.clone());
             }
+            AccessChange::VhostUpdated(def) => {
+                if let Some(v) = self.vhosts.get_mut(&def.name) {
+                    v.description = def.description.clone();
+                    v.tags = def.tags.clone();
+                    v.tracing = def.tracing;
+                }
+            }
             AccessChange::VhostDeleted(name) => {
                 self.vhosts.remove(name);
                 for user in self.users.values_mut() {
@@ -575,6 +603,17 @@ impl Users {
             AccessChange::UserPut(user) => {
                 self.users.insert(user.name.clone(), user.clone());
             }
+            AccessChange::UserUpdated(user) => match self.users.get_mut(&user.name) {
+                Some(existing) => {
+                    existing.tags = user.tags.clone();
+                    if user.password.is_some() {
+                        existing.password = user.password.clone();
+                    }
+                }
+                None => {
+                    self.users.insert(user.name.clone(), user.clone());
+                }
+            },
             AccessChange::UserDeleted(name) => {
                 self.users.remove(name);
             }
@@ -638,8 +677,9 @@ impl Users {
                 .vhosts
                 .contains_key(&def.name)
                 .then(|| format!("vhost_already_exists: {}", def.name)),
+            AccessChange::VhostUpdated(def) => no_vhost(&def.name),
             AccessChange::VhostDeleted(name) => no_vhost(name),
-            AccessChange::UserPut(_) => None,
+            AccessChange::UserPut(_) | AccessChange::UserUpdated(_) => None,
             AccessChange::UserDeleted(name) => no_user(name),
             AccessChange::PermissionSet {
                 user,

@@ -2,9 +2,11 @@
 //! JSON shapes for what tools read and do most.
 //!
 //! Every handler authenticates (`auth`), checks the vhost in its path
-//! (warren has one, "/"; the vhost is carried through every handler so
-//! that more can be served without new paths), asks the shards through
-//! the control plane, and builds its answer on this thread.
+//! (404 if it does not exist, 401 if the user has no permissions on it,
+//! as RabbitMQ's `is_authorized_vhost`), asks the shards through the
+//! control plane, and builds its answer on this thread. Lists show the
+//! vhosts the user may see: all of them for monitoring and administrator
+//! users, those it has permissions on for the rest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +26,8 @@ use crate::broker::control::{
     ConnectionInfo, ControlPublish, ControlReply, ControlRequest, DefinitionsReport, GetAckMode,
     QueueInfo, ShardReport,
 };
-use crate::broker::metadata::MetaRequest;
+use crate::broker::metadata::{MetaRequest, Scope};
+use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
 use crate::metadata::vhost::QueueMeta;
 use crate::mgmt::auth::{authenticate, ApiUser, Level};
@@ -44,9 +47,6 @@ use warren_protocol::{
     QueueDeclare, QueueDelete, QueueUnbind, ShortStr,
 };
 
-/// The one vhost warren has.
-const VHOST: &str = "/";
-
 #[derive(Clone)]
 pub(crate) struct App {
     pub(crate) plane: Plane,
@@ -56,11 +56,11 @@ pub(crate) struct App {
     pub(crate) auth_cache: Arc<Mutex<crate::mgmt::auth::AuthCache>>,
 }
 
-type Peer = ConnectInfo<SocketAddr>;
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type Peer = ConnectInfo<SocketAddr>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 pub(crate) fn router(app: App) -> Router {
-    Router::new()
+    Router::<App>::new()
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
         .route("/api/nodes", get(nodes))
@@ -113,12 +113,7 @@ pub(crate) fn router(app: App) -> Router {
             "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
             get(binding).delete(delete_binding),
         )
-        .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{vhost}", get(vhost))
-        .route("/api/users", get(users))
-        .route("/api/users/{user}", get(user))
-        .route("/api/permissions", get(permissions))
-        .route("/api/permissions/{vhost}/{user}", get(permission))
+        .merge(crate::mgmt::access::routes())
         .route("/api/policies", get(policies))
         .route("/api/policies/{vhost}", get(policies))
         .route(
@@ -153,24 +148,54 @@ pub(crate) fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
     }
 }
 
-fn no_content() -> Response {
+pub(crate) fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-fn created() -> Response {
+pub(crate) fn created() -> Response {
     StatusCode::CREATED.into_response()
 }
 
-/// The vhost in a path: 404 for one warren does not have.
-fn check_vhost(vhost: &str) -> Result<(), ApiError> {
-    if vhost == VHOST {
-        Ok(())
-    } else {
-        Err(ApiError::not_found())
+/// The vhosts a user sees in lists (`rabbit_mgmt_util:list_visible_vhosts`):
+/// every one for monitoring and administrator users, otherwise those it
+/// has permissions on.
+pub(crate) struct Visible {
+    all: bool,
+    vhosts: std::collections::HashSet<String>,
+}
+
+impl Visible {
+    pub(crate) fn of(users: &Users, user: &ApiUser) -> Visible {
+        Visible {
+            all: user.has(Level::Monitoring),
+            vhosts: users
+                .user(&user.name)
+                .map(|u| u.permissions.keys().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn sees(&self, vhost: &str) -> bool {
+        self.all || self.vhosts.contains(vhost)
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+/// Which vhosts a list shows: the one in the path, or those visible.
+enum VhostFilter {
+    One(String),
+    Visible(Visible),
+}
+
+impl VhostFilter {
+    fn keeps(&self, vhost: &str) -> bool {
+        match self {
+            VhostFilter::One(v) => v == vhost,
+            VhostFilter::Visible(visible) => visible.sees(vhost),
+        }
+    }
+}
+
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
@@ -197,7 +222,49 @@ fn arguments(body: &Value) -> Result<FieldTable, ApiError> {
 }
 
 impl App {
-    async fn user(
+    /// The access-control database (vhosts, users, permissions, limits)
+    /// as shard 0 has it.
+    pub(crate) async fn users(&self) -> Result<Users, ApiError> {
+        match self.plane.ask(0, ControlRequest::Users).await? {
+            ControlReply::Users(users) => Ok(*users),
+            _ => Err(ApiError::internal("unexpected answer")),
+        }
+    }
+
+    /// The vhost in a path: 404 if it does not exist, 401 if the user has
+    /// no permissions on it (whatever its tags, as RabbitMQ's
+    /// `user_matches_vhost`).
+    pub(crate) async fn check_vhost(&self, user: &ApiUser, vhost: &str) -> Result<(), ApiError> {
+        let users = self.users().await?;
+        if users.vhost(vhost).is_none() {
+            return Err(ApiError::not_found());
+        }
+        if !users.may_open_vhost(&user.name, vhost) {
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                error: "not_authorised",
+                reason: "User not authorised to access virtual host".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What a list shows: the vhost in the path (checked), or every vhost
+    /// the user sees.
+    async fn filter(&self, user: &ApiUser, vhost: Option<&str>) -> Result<VhostFilter, ApiError> {
+        match vhost {
+            Some(vhost) => {
+                self.check_vhost(user, vhost).await?;
+                Ok(VhostFilter::One(vhost.to_string()))
+            }
+            None => Ok(VhostFilter::Visible(Visible::of(
+                &self.users().await?,
+                user,
+            ))),
+        }
+    }
+
+    pub(crate) async fn user(
         &self,
         headers: &HeaderMap,
         peer: &Peer,
@@ -238,17 +305,50 @@ impl App {
         }
     }
 
-    async fn meta(&self, request: MetaRequest) -> Result<Method, ApiError> {
-        match self.plane.ask(0, ControlRequest::Meta(request)).await? {
+    /// A definitions change in `vhost`, made as `user` (checked against its
+    /// permissions, as RabbitMQ's management API acts through a connection
+    /// of the user's).
+    async fn meta(
+        &self,
+        user: &ApiUser,
+        vhost: &str,
+        request: MetaRequest,
+    ) -> Result<Method, ApiError> {
+        self.meta_scoped(
+            Scope {
+                vhost: ShortStr::from(vhost),
+                user: user.name.clone(),
+                checked: true,
+            },
+            request,
+        )
+        .await
+    }
+
+    pub(crate) async fn meta_scoped(
+        &self,
+        scope: Scope,
+        request: MetaRequest,
+    ) -> Result<Method, ApiError> {
+        match self
+            .plane
+            .ask(0, ControlRequest::Meta { scope, request })
+            .await?
+        {
             ControlReply::Meta(result) => result.map_err(ApiError::from_amqp),
             _ => Err(ApiError::internal("unexpected answer")),
         }
     }
 
     /// The queue as the replica has it (which shard owns it, its id).
-    async fn queue_meta(&self, queue: &str) -> Result<QueueMeta, ApiError> {
-        let queue = short_str(queue, "name").map_err(|_| ApiError::not_found())?;
-        match self.plane.ask(0, ControlRequest::FindQueue(queue)).await? {
+    async fn queue_meta(&self, vhost: &str, queue: &str) -> Result<QueueMeta, ApiError> {
+        let name = short_str(queue, "name").map_err(|_| ApiError::not_found())?;
+        let vhost = short_str(vhost, "vhost").map_err(|_| ApiError::not_found())?;
+        match self
+            .plane
+            .ask(0, ControlRequest::FindQueue { vhost, name })
+            .await?
+        {
             ControlReply::Queue(Some(meta)) => Ok(meta),
             _ => Err(ApiError::not_found()),
         }
@@ -285,7 +385,7 @@ struct QueueMessageStats {
 #[derive(Serialize)]
 struct QueueJson {
     name: String,
-    vhost: &'static str,
+    vhost: String,
     durable: bool,
     auto_delete: bool,
     exclusive: bool,
@@ -359,7 +459,7 @@ impl App {
             .observe(now, counts);
         QueueJson {
             name: q.meta.name.as_str().to_string(),
-            vhost: VHOST,
+            vhost: q.meta.vhost.as_str().to_string(),
             durable: q.meta.durable,
             auto_delete: q.meta.auto_delete,
             exclusive: q.meta.exclusive_owner.is_some(),
@@ -382,7 +482,7 @@ impl App {
         }
     }
 
-    async fn queue_list(&self) -> Result<Vec<QueueJson>, ApiError> {
+    async fn queue_list(&self, filter: &VhostFilter) -> Result<Vec<QueueJson>, ApiError> {
         let asked = Instant::now();
         let reports = self.reports(true, false).await?;
         let now = Instant::now();
@@ -396,19 +496,26 @@ impl App {
         for report in &reports {
             for q in &report.queues {
                 seen.insert((q.meta.shard.0, q.meta.id.0));
-                items.push(self.queue_json(q, &mut rates, now));
+                if filter.keeps(q.meta.vhost.as_str()) {
+                    items.push(self.queue_json(q, &mut rates, now));
+                }
             }
         }
         // Readings of deleted queues go with them.
         rates.queues.retain(|key, _| seen.contains(key));
-        items.sort_by(|a, b| a.name.cmp(&b.name));
+        items.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         Ok(items)
     }
 
     /// One queue's report, from the shard that owns it.
-    async fn queue_report(&self, vhost: &str, name: &str) -> Result<QueueInfo, ApiError> {
-        check_vhost(vhost)?;
-        let meta = self.queue_meta(name).await?;
+    async fn queue_report(
+        &self,
+        user: &ApiUser,
+        vhost: &str,
+        name: &str,
+    ) -> Result<QueueInfo, ApiError> {
+        self.check_vhost(user, vhost).await?;
+        let meta = self.queue_meta(vhost, name).await?;
         match self
             .plane
             .ask(meta.shard.index(), ControlRequest::QueueReport(meta.id))
@@ -427,9 +534,10 @@ async fn queues(
     Query(params): Query<Params>,
 ) -> ApiResult {
     let started = Instant::now();
-    app.user(&headers, &peer, Level::Management).await?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let filter = app.filter(&user, None).await?;
     let authenticated = started.elapsed();
-    let items = app.queue_list().await?;
+    let items = app.queue_list(&filter).await?;
     let listed = started.elapsed();
     let response = list::respond(items, |q| q.name.as_str(), &params);
     tracing::debug!(
@@ -448,9 +556,9 @@ async fn vhost_queues(
     Path(vhost): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    let items = app.queue_list().await?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let filter = app.filter(&user, Some(&vhost)).await?;
+    let items = app.queue_list(&filter).await?;
     list::respond(items, |q| q.name.as_str(), &params)
 }
 
@@ -460,8 +568,8 @@ async fn queue(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    let info = app.queue_report(&vhost, &name).await?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let info = app.queue_report(&user, &vhost, &name).await?;
     let mut rates = app.rates.lock().unwrap_or_else(|e| e.into_inner());
     let json = app.queue_json(&info, &mut rates, Instant::now());
     Ok(json_response(&json))
@@ -474,8 +582,8 @@ async fn put_queue(
     Path((vhost, queue)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let body = parse_body(&body)?;
     let queue = name(&queue)?;
     let declare = |passive: bool| -> Result<QueueDeclare, ApiError> {
@@ -492,10 +600,11 @@ async fn put_queue(
     // RabbitMQ answers 201 for a queue it created and 204 for one that
     // was there (and equivalent); without "durable" it is not durable.
     let existed = app
-        .meta(MetaRequest::QueueDeclare(declare(true)?))
+        .meta(&user, &vhost, MetaRequest::QueueDeclare(declare(true)?))
         .await
         .is_ok();
-    app.meta(MetaRequest::QueueDeclare(declare(false)?)).await?;
+    app.meta(&user, &vhost, MetaRequest::QueueDeclare(declare(false)?))
+        .await?;
     Ok(if existed { no_content() } else { created() })
 }
 
@@ -506,16 +615,20 @@ async fn delete_queue(
     Path((vhost, queue)): Path<(String, String)>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    app.queue_meta(&queue).await?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
+    app.queue_meta(&vhost, &queue).await?;
     let yes = |key: &str| params.get(key).is_some_and(|v| v == "true");
-    app.meta(MetaRequest::QueueDelete(QueueDelete {
-        queue: name(&queue)?,
-        if_unused: yes("if-unused"),
-        if_empty: yes("if-empty"),
-        nowait: false,
-    }))
+    app.meta(
+        &user,
+        &vhost,
+        MetaRequest::QueueDelete(QueueDelete {
+            queue: name(&queue)?,
+            if_unused: yes("if-unused"),
+            if_empty: yes("if-empty"),
+            nowait: false,
+        }),
+    )
     .await?;
     Ok(no_content())
 }
@@ -526,9 +639,9 @@ async fn purge_queue(
     headers: HeaderMap,
     Path((vhost, queue)): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    let meta = app.queue_meta(&queue).await?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
+    let meta = app.queue_meta(&vhost, &queue).await?;
     match app
         .plane
         .ask(meta.shard.index(), ControlRequest::Purge(meta.id))
@@ -546,8 +659,8 @@ async fn get_messages(
     Path((vhost, queue)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let body = parse_body(&body)?;
     let count = body
         .get("count")
@@ -574,7 +687,7 @@ async fn get_messages(
         t.as_u64()
             .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
     });
-    let meta = app.queue_meta(&queue).await?;
+    let meta = app.queue_meta(&vhost, &queue).await?;
     let reply = app
         .plane
         .ask(
@@ -626,7 +739,7 @@ async fn get_messages(
 #[derive(Serialize)]
 struct ExchangeJson {
     name: String,
-    vhost: &'static str,
+    vhost: String,
     #[serde(rename = "type")]
     kind: String,
     durable: bool,
@@ -637,10 +750,10 @@ struct ExchangeJson {
     user_who_performed_action: &'static str,
 }
 
-fn exchange_json(def: &ExchangeDef) -> ExchangeJson {
+fn exchange_json(vhost: &str, def: &ExchangeDef) -> ExchangeJson {
     ExchangeJson {
         name: def.name.as_str().to_string(),
-        vhost: VHOST,
+        vhost: vhost.to_string(),
         kind: def.type_name().to_string(),
         durable: def.durable,
         auto_delete: def.auto_delete,
@@ -652,15 +765,16 @@ fn exchange_json(def: &ExchangeDef) -> ExchangeJson {
 }
 
 impl App {
-    async fn exchange_list(&self) -> Result<Vec<ExchangeJson>, ApiError> {
+    async fn exchange_list(&self, filter: &VhostFilter) -> Result<Vec<ExchangeJson>, ApiError> {
         let mut items: Vec<ExchangeJson> = self
             .definitions()
             .await?
             .exchanges
             .iter()
-            .map(exchange_json)
+            .filter(|(vhost, _)| filter.keeps(vhost.as_str()))
+            .map(|(vhost, def)| exchange_json(vhost.as_str(), def))
             .collect();
-        items.sort_by(|a, b| a.name.cmp(&b.name));
+        items.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         Ok(items)
     }
 }
@@ -680,8 +794,13 @@ async fn exchanges(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    list::respond(app.exchange_list().await?, |e| e.name.as_str(), &params)
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let filter = app.filter(&user, None).await?;
+    list::respond(
+        app.exchange_list(&filter).await?,
+        |e| e.name.as_str(),
+        &params,
+    )
 }
 
 async fn vhost_exchanges(
@@ -691,9 +810,13 @@ async fn vhost_exchanges(
     Path(vhost): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    list::respond(app.exchange_list().await?, |e| e.name.as_str(), &params)
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let filter = app.filter(&user, Some(&vhost)).await?;
+    list::respond(
+        app.exchange_list(&filter).await?,
+        |e| e.name.as_str(),
+        &params,
+    )
 }
 
 async fn exchange(
@@ -702,16 +825,16 @@ async fn exchange(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let wanted = exchange_name(&name);
     let definitions = app.definitions().await?;
-    let def = definitions
+    let (_, def) = definitions
         .exchanges
         .iter()
-        .find(|e| e.name.as_str() == wanted)
+        .find(|(v, e)| v.as_str() == vhost && e.name.as_str() == wanted)
         .ok_or_else(ApiError::not_found)?;
-    Ok(json_response(&exchange_json(def)))
+    Ok(json_response(&exchange_json(&vhost, def)))
 }
 
 async fn put_exchange(
@@ -721,8 +844,8 @@ async fn put_exchange(
     Path((vhost, exchange)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let body = parse_body(&body)?;
     // RabbitMQ 3.10's defaults for a PUT: a direct exchange, not durable.
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("direct");
@@ -747,10 +870,10 @@ async fn put_exchange(
         })
     };
     let existed = app
-        .meta(MetaRequest::ExchangeDeclare(declare(true)?))
+        .meta(&user, &vhost, MetaRequest::ExchangeDeclare(declare(true)?))
         .await
         .is_ok();
-    app.meta(MetaRequest::ExchangeDeclare(declare(false)?))
+    app.meta(&user, &vhost, MetaRequest::ExchangeDeclare(declare(false)?))
         .await?;
     Ok(if existed { no_content() } else { created() })
 }
@@ -762,23 +885,27 @@ async fn delete_exchange(
     Path((vhost, exchange)): Path<(String, String)>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let wanted = exchange_name(&exchange);
     let exists = app
         .definitions()
         .await?
         .exchanges
         .iter()
-        .any(|e| e.name.as_str() == wanted);
+        .any(|(v, e)| v.as_str() == vhost && e.name.as_str() == wanted);
     if !exists {
         return Err(ApiError::not_found());
     }
-    app.meta(MetaRequest::ExchangeDelete(ExchangeDelete {
-        exchange: name(wanted)?,
-        if_unused: params.get("if-unused").is_some_and(|v| v == "true"),
-        nowait: false,
-    }))
+    app.meta(
+        &user,
+        &vhost,
+        MetaRequest::ExchangeDelete(ExchangeDelete {
+            exchange: name(wanted)?,
+            if_unused: params.get("if-unused").is_some_and(|v| v == "true"),
+            nowait: false,
+        }),
+    )
     .await?;
     Ok(no_content())
 }
@@ -790,8 +917,8 @@ async fn publish(
     Path((vhost, exchange)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let body = parse_body(&body)?;
     let routing_key = body
         .get("routing_key")
@@ -819,6 +946,7 @@ async fn publish(
         .ask(
             0,
             ControlRequest::Publish(Box::new(ControlPublish {
+                vhost: name(&vhost)?,
                 exchange: name(exchange_name(&exchange))?,
                 routing_key: name(routing_key)?,
                 properties,
@@ -844,7 +972,7 @@ async fn publish(
 #[derive(Serialize)]
 struct BindingJson {
     source: String,
-    vhost: &'static str,
+    vhost: String,
     destination: String,
     destination_type: &'static str,
     routing_key: String,
@@ -893,7 +1021,7 @@ fn default_bindings(definitions: &DefinitionsReport) -> Vec<BindingJson> {
         .iter()
         .map(|q| BindingJson {
             source: String::new(),
-            vhost: VHOST,
+            vhost: q.vhost.as_str().to_string(),
             destination: q.name.as_str().to_string(),
             destination_type: "queue",
             routing_key: q.name.as_str().to_string(),
@@ -905,13 +1033,13 @@ fn default_bindings(definitions: &DefinitionsReport) -> Vec<BindingJson> {
 
 fn binding_list(definitions: &DefinitionsReport) -> Vec<BindingJson> {
     let mut items = default_bindings(definitions);
-    items.sort_by(|a, b| a.destination.cmp(&b.destination));
+    items.sort_by(|a, b| (&a.vhost, &a.destination).cmp(&(&b.vhost, &b.destination)));
     let mut explicit: Vec<BindingJson> = definitions
         .bindings
         .iter()
         .map(|b| BindingJson {
             source: b.source.as_str().to_string(),
-            vhost: VHOST,
+            vhost: b.vhost.as_str().to_string(),
             destination: b.destination.as_str().to_string(),
             destination_type: b.destination_type,
             routing_key: b.routing_key.as_str().to_string(),
@@ -920,7 +1048,8 @@ fn binding_list(definitions: &DefinitionsReport) -> Vec<BindingJson> {
         })
         .collect();
     explicit.sort_by(|a, b| {
-        (&a.source, &a.destination, &a.routing_key).cmp(&(
+        (&a.vhost, &a.source, &a.destination, &a.routing_key).cmp(&(
+            &b.vhost,
             &b.source,
             &b.destination,
             &b.routing_key,
@@ -936,8 +1065,12 @@ async fn bindings(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    let items = binding_list(&app.definitions().await?);
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let filter = app.filter(&user, None).await?;
+    let items: Vec<BindingJson> = binding_list(&app.definitions().await?)
+        .into_iter()
+        .filter(|b| filter.keeps(&b.vhost))
+        .collect();
     list::respond(items, |b| b.source.as_str(), &params)
 }
 
@@ -948,20 +1081,24 @@ async fn vhost_bindings(
     Path(vhost): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    let items = binding_list(&app.definitions().await?);
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
+    let items: Vec<BindingJson> = binding_list(&app.definitions().await?)
+        .into_iter()
+        .filter(|b| b.vhost == vhost)
+        .collect();
     list::respond(items, |b| b.source.as_str(), &params)
 }
 
 async fn filtered_bindings(
     app: &App,
+    vhost: &str,
     keep: impl Fn(&BindingJson) -> bool,
 ) -> Result<Vec<BindingJson>, ApiError> {
     let definitions = app.definitions().await?;
     Ok(binding_list(&definitions)
         .into_iter()
-        .filter(keep)
+        .filter(|b| b.vhost == vhost && keep(b))
         .collect())
 }
 
@@ -971,10 +1108,10 @@ async fn exchange_bindings_source(
     headers: HeaderMap,
     Path((vhost, exchange)): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let wanted = exchange_name(&exchange).to_string();
-    let items = filtered_bindings(&app, |b| b.source == wanted).await?;
+    let items = filtered_bindings(&app, &vhost, |b| b.source == wanted).await?;
     Ok(json_response(&items))
 }
 
@@ -984,9 +1121,9 @@ async fn exchange_bindings_destination(
     headers: HeaderMap,
     Path((vhost, exchange)): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    let items = filtered_bindings(&app, |b| {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
+    let items = filtered_bindings(&app, &vhost, |b| {
         b.destination_type == "exchange" && b.destination == exchange
     })
     .await?;
@@ -999,9 +1136,9 @@ async fn queue_bindings(
     headers: HeaderMap,
     Path((vhost, queue)): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    let items = filtered_bindings(&app, |b| {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
+    let items = filtered_bindings(&app, &vhost, |b| {
         b.destination_type == "queue" && b.destination == queue
     })
     .await?;
@@ -1023,11 +1160,11 @@ async fn bindings_between(
     headers: HeaderMap,
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source).to_string();
-    let items = filtered_bindings(&app, |b| {
+    let items = filtered_bindings(&app, &vhost, |b| {
         b.source == source && b.destination_type == kind && b.destination == destination
     })
     .await?;
@@ -1040,11 +1177,11 @@ async fn binding(
     headers: HeaderMap,
     Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source).to_string();
-    let items = filtered_bindings(&app, |b| {
+    let items = filtered_bindings(&app, &vhost, |b| {
         b.source == source
             && b.destination_type == kind
             && b.destination == destination
@@ -1064,8 +1201,8 @@ async fn create_binding(
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let kind = destination_type(&kind)?;
     let body = parse_body(&body)?;
     let routing_key = body
@@ -1090,7 +1227,7 @@ async fn create_binding(
             arguments: arguments.clone(),
         })
     };
-    app.meta(request).await?;
+    app.meta(&user, &vhost, request).await?;
     let mut response = created();
     let location = format!(
         "/api/bindings/{}/e/{}/{}/{}/{}",
@@ -1112,13 +1249,14 @@ async fn delete_binding(
     headers: HeaderMap,
     Path((vhost, source, kind, destination, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     let kind = destination_type(&kind)?;
     let source = exchange_name(&source).to_string();
     let definitions = app.definitions().await?;
     let found = definitions.bindings.iter().find(|b| {
-        b.source.as_str() == source
+        b.vhost.as_str() == vhost
+            && b.source.as_str() == source
             && b.destination_type == kind
             && b.destination.as_str() == destination
             && properties_key(b.routing_key.as_str(), &b.arguments) == props
@@ -1142,7 +1280,7 @@ async fn delete_binding(
             arguments: found.arguments.clone(),
         })
     };
-    app.meta(request).await?;
+    app.meta(&user, &vhost, request).await?;
     Ok(no_content())
 }
 
@@ -1165,7 +1303,7 @@ impl App {
         json!({
             "name": connection_name(c),
             "node": self.node.name,
-            "vhost": VHOST,
+            "vhost": c.vhost.as_str(),
             "user": c.user,
             "user_who_performed_action": c.user,
             "state": c.state,
@@ -1210,11 +1348,25 @@ async fn connections(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
+    connections_in(app, peer, headers, params, None).await
+}
+
+async fn connections_in(
+    app: App,
+    peer: Peer,
+    headers: HeaderMap,
+    params: Params,
+    vhost: Option<String>,
+) -> ApiResult {
     let user = app.user(&headers, &peer, Level::Management).await?;
+    if let Some(vhost) = &vhost {
+        app.check_vhost(&user, vhost).await?;
+    }
     let items: Vec<Value> = app
         .connection_infos(&user)
         .await?
         .iter()
+        .filter(|c| vhost.as_deref().is_none_or(|v| c.vhost.as_str() == v))
         .map(|c| app.connection_json(c))
         .collect();
     list::respond(items, |c| c["name"].as_str().unwrap_or(""), &params)
@@ -1227,8 +1379,7 @@ async fn vhost_connections(
     Path(vhost): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    check_vhost(&vhost)?;
-    connections(State(app), peer, headers, Query(params)).await
+    connections_in(app, peer, headers, params, Some(vhost)).await
 }
 
 async fn connection(
@@ -1294,15 +1445,31 @@ async fn channels(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
+    channels_in(app, peer, headers, params, None).await
+}
+
+async fn channels_in(
+    app: App,
+    peer: Peer,
+    headers: HeaderMap,
+    params: Params,
+    vhost: Option<String>,
+) -> ApiResult {
     let user = app.user(&headers, &peer, Level::Management).await?;
+    if let Some(vhost) = &vhost {
+        app.check_vhost(&user, vhost).await?;
+    }
     let mut items = Vec::new();
     for c in app.connection_infos(&user).await? {
+        if vhost.as_deref().is_some_and(|v| c.vhost.as_str() != v) {
+            continue;
+        }
         let connection_name = connection_name(&c);
         for ch in &c.channels {
             items.push(json!({
                 "name": format!("{} ({})", connection_name, ch.number),
                 "node": app.node.name,
-                "vhost": VHOST,
+                "vhost": c.vhost.as_str(),
                 "user": c.user,
                 "user_who_performed_action": c.user,
                 "number": ch.number,
@@ -1334,8 +1501,7 @@ async fn vhost_channels(
     Path(vhost): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    check_vhost(&vhost)?;
-    channels(State(app), peer, headers, Query(params)).await
+    channels_in(app, peer, headers, params, Some(vhost)).await
 }
 
 async fn consumers(
@@ -1344,7 +1510,18 @@ async fn consumers(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
+    consumers_in(app, peer, headers, params, None).await
+}
+
+async fn consumers_in(
+    app: App,
+    peer: Peer,
+    headers: HeaderMap,
+    params: Params,
+    vhost: Option<String>,
+) -> ApiResult {
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    let filter = app.filter(&user, vhost.as_deref()).await?;
     let reports = app.reports(true, true).await?;
     let connections: HashMap<(u16, u64), &ConnectionInfo> = reports
         .iter()
@@ -1354,6 +1531,9 @@ async fn consumers(
     let mut items = Vec::new();
     for report in &reports {
         for consumer in &report.consumers {
+            if !filter.keeps(consumer.vhost.as_str()) {
+                continue;
+            }
             let connection = connections.get(&(consumer.conn.shard.0, consumer.conn.conn.0));
             let (connection_name, peer_host, peer_port, user) = match connection {
                 Some(c) => (
@@ -1366,7 +1546,7 @@ async fn consumers(
             };
             items.push(json!({
                 "consumer_tag": consumer.tag.as_str(),
-                "queue": {"name": consumer.queue.as_str(), "vhost": VHOST},
+                "queue": {"name": consumer.queue.as_str(), "vhost": consumer.vhost.as_str()},
                 "channel_details": {
                     "name": format!("{} ({})", connection_name, consumer.channel),
                     "connection_name": connection_name,
@@ -1395,8 +1575,7 @@ async fn vhost_consumers(
     Path(vhost): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    check_vhost(&vhost)?;
-    consumers(State(app), peer, headers, Query(params)).await
+    consumers_in(app, peer, headers, params, Some(vhost)).await
 }
 
 // --------------------------------------------------------- node, overview
@@ -1589,25 +1768,30 @@ async fn aliveness_test(
     headers: HeaderMap,
     Path(vhost): Path<String>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Management).await?;
+    app.check_vhost(&user, &vhost).await?;
     const QUEUE: &str = "aliveness-test";
-    app.meta(MetaRequest::QueueDeclare(QueueDeclare {
-        queue: ShortStr::from(QUEUE),
-        passive: false,
-        durable: false,
-        exclusive: false,
-        auto_delete: false,
-        nowait: false,
-        arguments: FieldTable::default(),
-    }))
+    app.meta(
+        &user,
+        &vhost,
+        MetaRequest::QueueDeclare(QueueDeclare {
+            queue: ShortStr::from(QUEUE),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }),
+    )
     .await?;
-    let meta = app.queue_meta(QUEUE).await?;
+    let meta = app.queue_meta(&vhost, QUEUE).await?;
     let reply = app
         .plane
         .ask(
             0,
             ControlRequest::Publish(Box::new(ControlPublish {
+                vhost: name(&vhost)?,
                 exchange: ShortStr::from(""),
                 routing_key: ShortStr::from(QUEUE),
                 properties: Default::default(),
@@ -1646,29 +1830,20 @@ async fn aliveness_test(
 }
 
 // ------------------------------------------- vhosts, users, permissions
-
-fn vhost_json(node: &str, totals: &[u64; QUEUE_FIELDS]) -> Value {
-    json!({
-        "messages": totals[7],
-        "messages_ready": totals[8],
-        "messages_unacknowledged": totals[9],
-        "name": VHOST,
-        "description": "Default virtual host",
-        "tags": [],
-        "default_queue_type": "classic",
-        "metadata": {"description": "Default virtual host", "tags": []},
-        "tracing": false,
-        "cluster_state": {node: "running"},
-    })
-}
+// (in `mgmt::access`)
 
 impl App {
-    /// The vhost's queue counts, summed.
-    async fn vhost_totals(&self) -> Result<[u64; QUEUE_FIELDS], ApiError> {
-        let mut totals = [0u64; QUEUE_FIELDS];
+    /// Each vhost's queue counts, summed.
+    pub(crate) async fn vhost_totals(
+        &self,
+    ) -> Result<HashMap<String, [u64; QUEUE_FIELDS]>, ApiError> {
+        let mut totals: HashMap<String, [u64; QUEUE_FIELDS]> = HashMap::new();
         for report in self.reports(true, false).await? {
             for q in &report.queues {
-                for (total, count) in totals.iter_mut().zip(queue_counts(q)) {
+                let total = totals
+                    .entry(q.meta.vhost.as_str().to_string())
+                    .or_insert([0; QUEUE_FIELDS]);
+                for (total, count) in total.iter_mut().zip(queue_counts(q)) {
                     *total += count;
                 }
             }
@@ -1677,27 +1852,9 @@ impl App {
     }
 }
 
-async fn vhosts(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    let totals = app.vhost_totals().await?;
-    Ok(json_response(&json!([vhost_json(&app.node.name, &totals)])))
-}
-
-async fn vhost(
-    State(app): State<App>,
-    peer: Peer,
-    headers: HeaderMap,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    app.user(&headers, &peer, Level::Management).await?;
-    check_vhost(&vhost)?;
-    let totals = app.vhost_totals().await?;
-    Ok(json_response(&vhost_json(&app.node.name, &totals)))
-}
-
 impl App {
     /// The definitions export as JSON, with RabbitMQ's top-level members.
-    async fn export(&self) -> Result<Value, ApiError> {
+    pub(crate) async fn export(&self) -> Result<Value, ApiError> {
         let definitions = self.definitions_with(true).await?;
         let text = definitions.export_json.unwrap_or_default();
         let mut export: Value =
@@ -1713,8 +1870,6 @@ impl App {
             );
             map.insert("product_name".into(), json!("warren"));
             map.insert("product_version".into(), json!(env!("CARGO_PKG_VERSION")));
-            map.entry("vhosts")
-                .or_insert_with(|| json!([{"name": VHOST, "limits": [], "metadata": {"description": "Default virtual host", "tags": []}}]));
             for key in [
                 "permissions",
                 "topic_permissions",
@@ -1733,52 +1888,6 @@ impl App {
     }
 }
 
-async fn users(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    let export = app.export().await?;
-    Ok(json_response(&export["users"]))
-}
-
-async fn user(
-    State(app): State<App>,
-    peer: Peer,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    let export = app.export().await?;
-    export["users"]
-        .as_array()
-        .and_then(|users| users.iter().find(|u| u["name"] == name.as_str()))
-        .map(json_response)
-        .ok_or_else(ApiError::not_found)
-}
-
-async fn permissions(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    let export = app.export().await?;
-    Ok(json_response(&export["permissions"]))
-}
-
-async fn permission(
-    State(app): State<App>,
-    peer: Peer,
-    headers: HeaderMap,
-    Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    check_vhost(&vhost)?;
-    let export = app.export().await?;
-    export["permissions"]
-        .as_array()
-        .and_then(|all| {
-            all.iter()
-                .find(|p| p["user"] == name.as_str() && p["vhost"] == vhost.as_str())
-        })
-        .map(json_response)
-        .ok_or_else(ApiError::not_found)
-}
-
 // ---------------------------------------------------------- definitions
 
 async fn export_definitions(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
@@ -1792,8 +1901,8 @@ async fn export_vhost_definitions(
     headers: HeaderMap,
     Path(vhost): Path<String>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    check_vhost(&vhost)?;
+    let user = app.user(&headers, &peer, Level::Administrator).await?;
+    app.check_vhost(&user, &vhost).await?;
     let export = app.export().await?;
     // A vhost's export holds only what lives in it, without "vhost" members.
     let mut out = serde_json::Map::new();
@@ -1832,8 +1941,8 @@ async fn import_definitions(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    import(&app, &body, None).await
+    let user = app.user(&headers, &peer, Level::Administrator).await?;
+    import(&app, &user, &body, None).await
 }
 
 async fn import_vhost_definitions(
@@ -1843,15 +1952,16 @@ async fn import_vhost_definitions(
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    check_vhost(&vhost)?;
-    import(&app, &body, Some(&vhost)).await
+    let user = app.user(&headers, &peer, Level::Administrator).await?;
+    app.check_vhost(&user, &vhost).await?;
+    import(&app, &user, &body, Some(&vhost)).await
 }
 
-/// Imports exchanges, queues and bindings through the metadata owner, one
-/// declare at a time, as a client's declares would; users are not changed
-/// at runtime (a user in the file that the broker lacks is refused).
-async fn import(app: &App, body: &Bytes, vhost: Option<&str>) -> ApiResult {
+/// Imports a definitions document as RabbitMQ does: vhosts, users,
+/// permissions and limits first, then each vhost's exchanges, queues and
+/// bindings, one declare at a time through the metadata owner (not
+/// checked against the importing administrator's permissions).
+async fn import(app: &App, user: &ApiUser, body: &Bytes, vhost: Option<&str>) -> ApiResult {
     let mut value = parse_body(body)?;
     if let Some(vhost) = vhost {
         // A vhost's export names no vhost in its items: they are in this one.
@@ -1872,71 +1982,81 @@ async fn import(app: &App, body: &Bytes, vhost: Option<&str>) -> ApiResult {
     )
     .map_err(ApiError::bad_request)?;
     let definitions = parsed.definitions;
-    if !definitions.users.is_empty() {
-        let current = app.export().await?;
-        let known: Vec<&str> = current["users"]
-            .as_array()
-            .map(|users| users.iter().filter_map(|u| u["name"].as_str()).collect())
-            .unwrap_or_default();
-        if let Some(user) = definitions
-            .users
-            .iter()
-            .find(|u| !known.contains(&u.name.as_str()))
-        {
-            return Err(ApiError::bad_request(format!(
-                "user '{}' does not exist: warren adds users from a definitions file at start \
-                 (--definitions), not through the API",
-                user.name
-            )));
-        }
-    }
-    for exchange in &definitions.exchanges {
-        app.meta(MetaRequest::ExchangeDeclare(ExchangeDeclare {
-            exchange: exchange.name.clone(),
-            kind: ShortStr::from(exchange.type_name()),
-            passive: false,
-            durable: exchange.durable,
-            auto_delete: exchange.auto_delete,
-            internal: exchange.internal,
-            nowait: false,
-            arguments: exchange.arguments.clone(),
-        }))
-        .await?;
-    }
-    for queue in &definitions.queues {
-        app.meta(MetaRequest::QueueDeclare(QueueDeclare {
-            queue: queue.name.clone(),
-            passive: false,
-            durable: queue.durable,
-            exclusive: false,
-            auto_delete: queue.auto_delete,
-            nowait: false,
-            arguments: queue.arguments.clone(),
-        }))
-        .await?;
-    }
-    for binding in &definitions.bindings {
-        let request = match binding.destination_kind {
-            crate::metadata::definitions::DestinationKind::Queue => {
-                MetaRequest::QueueBind(QueueBind {
-                    queue: binding.destination.clone(),
-                    exchange: binding.source.clone(),
-                    routing_key: binding.routing_key.clone(),
-                    nowait: false,
-                    arguments: binding.arguments.clone(),
-                })
-            }
-            crate::metadata::definitions::DestinationKind::Exchange => {
-                MetaRequest::ExchangeBind(ExchangeBind {
-                    destination: binding.destination.clone(),
-                    source: binding.source.clone(),
-                    routing_key: binding.routing_key.clone(),
-                    nowait: false,
-                    arguments: binding.arguments.clone(),
-                })
-            }
+    crate::mgmt::access::import_access(app, &definitions, user).await?;
+    let top = (
+        crate::metadata::vhost::DEFAULT_VHOST,
+        &definitions.exchanges[..],
+        &definitions.queues[..],
+        &definitions.bindings[..],
+    );
+    let others = definitions.others.iter().map(|(name, c)| {
+        (
+            name.as_str(),
+            &c.exchanges[..],
+            &c.queues[..],
+            &c.bindings[..],
+        )
+    });
+    for (vhost, exchanges, queues, bindings) in std::iter::once(top).chain(others) {
+        let scope = || Scope {
+            vhost: ShortStr::from(vhost),
+            user: user.name.clone(),
+            checked: false,
         };
-        app.meta(request).await?;
+        for exchange in exchanges {
+            app.meta_scoped(
+                scope(),
+                MetaRequest::ExchangeDeclare(ExchangeDeclare {
+                    exchange: exchange.name.clone(),
+                    kind: ShortStr::from(exchange.type_name()),
+                    passive: false,
+                    durable: exchange.durable,
+                    auto_delete: exchange.auto_delete,
+                    internal: exchange.internal,
+                    nowait: false,
+                    arguments: exchange.arguments.clone(),
+                }),
+            )
+            .await?;
+        }
+        for queue in queues {
+            app.meta_scoped(
+                scope(),
+                MetaRequest::QueueDeclare(QueueDeclare {
+                    queue: queue.name.clone(),
+                    passive: false,
+                    durable: queue.durable,
+                    exclusive: false,
+                    auto_delete: queue.auto_delete,
+                    nowait: false,
+                    arguments: queue.arguments.clone(),
+                }),
+            )
+            .await?;
+        }
+        for binding in bindings {
+            let request = match binding.destination_kind {
+                crate::metadata::definitions::DestinationKind::Queue => {
+                    MetaRequest::QueueBind(QueueBind {
+                        queue: binding.destination.clone(),
+                        exchange: binding.source.clone(),
+                        routing_key: binding.routing_key.clone(),
+                        nowait: false,
+                        arguments: binding.arguments.clone(),
+                    })
+                }
+                crate::metadata::definitions::DestinationKind::Exchange => {
+                    MetaRequest::ExchangeBind(ExchangeBind {
+                        destination: binding.destination.clone(),
+                        source: binding.source.clone(),
+                        routing_key: binding.routing_key.clone(),
+                        nowait: false,
+                        arguments: binding.arguments.clone(),
+                    })
+                }
+            };
+            app.meta_scoped(scope(), request).await?;
+        }
     }
     Ok(no_content())
 }

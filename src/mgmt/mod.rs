@@ -15,6 +15,7 @@
 //! It imports `broker` (the control types), `metadata`, `model`, `config`
 //! and `util`; `shard` starts it and nothing else imports it.
 
+pub(crate) mod access;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod dashboard;
