@@ -323,23 +323,27 @@ fn placements_with_queue_on(q: u16) {
 }
 
 /// The shard the broker's log says `queue` was placed on (the metadata
-/// owner logs it at debug level before it answers the declare).
+/// owner logs it at debug level before it answers the declare; the test
+/// harness copies the broker's output into its log from another thread).
 fn placed_on(b: &Broker, queue: &str) -> u16 {
     let needle = format!("queue placed queue={queue} shard=");
-    let log = b.log();
-    let line = log
-        .lines()
-        .find_map(|line| line.split_once(&needle).map(|(_, rest)| rest))
-        .unwrap_or_else(|| panic!("no placement of {queue} in the log:\n{log}"));
-    line.trim().parse().expect("a shard number")
+    let find = || {
+        b.log().lines().find_map(|line| {
+            line.split_once(&needle)
+                .and_then(|(_, rest)| rest.trim().parse().ok())
+        })
+    };
+    let mut shard = None;
+    wait_until(Duration::from_secs(10), || {
+        shard = find();
+        shard.is_some()
+    });
+    shard.unwrap_or_else(|| panic!("no placement of {queue} in the log:\n{}", b.log()))
 }
 
 fn locator_argument(key: &str, locator: &str) -> FieldTable {
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        key.into(),
-        FieldValue::LongStr(locator.as_bytes().to_vec().into()),
-    );
+    arguments.insert(key, FieldValue::LongStr(locator.as_bytes().to_vec().into()));
     arguments
 }
 
@@ -364,7 +368,7 @@ fn queue_leader_locators() {
         let quorum = {
             let mut args = locator_argument("x-queue-leader-locator", "balanced");
             args.insert(
-                "x-queue-type".into(),
+                "x-queue-type",
                 FieldValue::LongStr(b"quorum".to_vec().into()),
             );
             args

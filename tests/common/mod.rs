@@ -386,6 +386,11 @@ fn warren_args(
     .iter()
     .map(|a| a.to_string())
     .collect();
+    // A test that sets its own log level replaces the default one (clap
+    // refuses the flag twice).
+    if extra_args.iter().any(|a| a == "--log-level") {
+        args.truncate(args.len() - 2);
+    }
     args.extend(extra_args.iter().cloned());
     args
 }
