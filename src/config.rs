@@ -238,6 +238,9 @@ pub struct Config {
     /// `--spin-before-park-us`: how long an idle shard polls before it
     /// sleeps in io_uring (zero: it sleeps at once).
     pub spin_before_park: Duration,
+    /// `--queue-leader-locator`: which shard a new queue lives on, unless
+    /// its arguments say otherwise.
+    pub queue_leader_locator: QueueLeaderLocator,
     /// For tests and benchmarks only (`WARREN_TEST_PLACEMENT`): see
     /// `PlacementTest`. None in any real use.
     pub placement_test: Option<PlacementTest>,
@@ -294,6 +297,47 @@ impl std::str::FromStr for CertLoginFrom {
     }
 }
 
+/// Which shard a new queue lives on: RabbitMQ's `queue_leader_locator`,
+/// with a shard in the place of a cluster node. A queue's
+/// `x-queue-leader-locator` argument (quorum queues) or
+/// `x-queue-master-locator` argument (classic queues, RabbitMQ 3.10)
+/// overrides it for that queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueLeaderLocator {
+    /// On the shard of the connection that declares it, RabbitMQ's default:
+    /// an application whose consumers declare their queues (as PerfTest
+    /// and most clients do) gets its deliveries and acks without a hop
+    /// between shards. Measured in tuning.md ("Shards, placement and
+    /// pinning").
+    #[default]
+    ClientLocal,
+    /// Spread over the shards in turn, whatever the declaring connection.
+    Balanced,
+}
+
+impl QueueLeaderLocator {
+    /// Reads a locator's name as RabbitMQ reads it: `client-local` and
+    /// `balanced`, and the deprecated `random` and `least-leaders` (and the
+    /// classic queues' `min-masters`) as `balanced`. None for any other.
+    pub fn from_name(name: &[u8]) -> Option<QueueLeaderLocator> {
+        match name {
+            b"client-local" => Some(QueueLeaderLocator::ClientLocal),
+            b"balanced" | b"random" | b"least-leaders" | b"min-masters" => {
+                Some(QueueLeaderLocator::Balanced)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for QueueLeaderLocator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<QueueLeaderLocator, String> {
+        QueueLeaderLocator::from_name(s.as_bytes())
+            .ok_or_else(|| format!("{s:?}: expected client-local or balanced"))
+    }
+}
+
 /// The environment variable that turns on `PlacementTest`, for tests and
 /// benchmarks only: `WARREN_TEST_PLACEMENT=` (empty) makes every
 /// connection.start name the shard that accepted the connection (server
@@ -346,6 +390,7 @@ impl Default for Config {
             disk_free_limit: DiskFreeLimit::default(),
             segment_size: SEGMENT_SIZE,
             spin_before_park: Duration::ZERO,
+            queue_leader_locator: QueueLeaderLocator::ClientLocal,
             placement_test: None,
             management_listen: Vec::new(),
             tls: None,

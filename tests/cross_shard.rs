@@ -153,6 +153,10 @@ impl Raw {
 
     /// queue.declare on channel 1; the ready messages it counts.
     fn declare(&mut self, queue: &str, passive: bool) -> u32 {
+        self.declare_with(queue, passive, FieldTable::default())
+    }
+
+    fn declare_with(&mut self, queue: &str, passive: bool, arguments: FieldTable) -> u32 {
         self.send_on(
             1,
             QueueDeclare {
@@ -162,7 +166,7 @@ impl Raw {
                 exclusive: false,
                 auto_delete: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             }
             .into(),
         );
@@ -318,10 +322,114 @@ fn placements_with_queue_on(q: u16) {
     }
 }
 
+/// The shard the broker's log says `queue` was placed on (the metadata
+/// owner logs it at debug level before it answers the declare; the test
+/// harness copies the broker's output into its log from another thread).
+fn placed_on(b: &Broker, queue: &str) -> u16 {
+    let needle = format!("queue placed queue={queue} shard=");
+    let find = || {
+        b.log().lines().find_map(|line| {
+            line.split_once(&needle)
+                .and_then(|(_, rest)| rest.trim().parse().ok())
+        })
+    };
+    let mut shard = None;
+    wait_until(Duration::from_secs(10), || {
+        shard = find();
+        shard.is_some()
+    });
+    shard.unwrap_or_else(|| panic!("no placement of {queue} in the log:\n{}", b.log()))
+}
+
+fn locator_argument(key: &str, locator: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(key, FieldValue::LongStr(locator.as_bytes().to_vec().into()));
+    arguments
+}
+
+/// Queue placement at 2 shards (`--queue-leader-locator`, RabbitMQ's
+/// `queue_leader_locator`): by default (client-local) a queue lives on the
+/// shard of the connection that declares it, from either shard; balanced
+/// spreads one connection's queues over both shards; a queue's
+/// `x-queue-leader-locator` (quorum) or `x-queue-master-locator` (classic)
+/// argument overrides the broker's setting.
+fn queue_leader_locators() {
+    // Connections name their shard; queues are not forced anywhere.
+    std::env::set_var("WARREN_TEST_PLACEMENT", "");
+    let b = Broker::start_with(2, &["--log-level", "debug"]);
+    for shard in [0, 1] {
+        let mut conn = Raw::on_shard(b.addr(), shard);
+        for n in 0..4 {
+            let queue = format!("local-{shard}-{n}");
+            conn.declare(&queue, false);
+            assert_eq!(placed_on(&b, &queue), shard, "client-local: {queue}");
+        }
+        let queue = format!("balanced-arg-{shard}");
+        let quorum = {
+            let mut args = locator_argument("x-queue-leader-locator", "balanced");
+            args.insert(
+                "x-queue-type",
+                FieldValue::LongStr(b"quorum".to_vec().into()),
+            );
+            args
+        };
+        conn.send_on(
+            1,
+            QueueDeclare {
+                queue: queue.as_str().into(),
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: quorum,
+            }
+            .into(),
+        );
+        match conn.method() {
+            Method::QueueDeclareOk(_) => {}
+            other => panic!("expected queue.declare-ok, got {other:?}"),
+        }
+        placed_on(&b, &queue);
+    }
+    drop(b);
+
+    let b = Broker::start_with(
+        2,
+        &["--log-level", "debug", "--queue-leader-locator", "balanced"],
+    );
+    let (mut conn, shard) = Raw::connect(b.addr());
+    let mut seen = [false; 2];
+    for n in 0..4 {
+        let queue = format!("spread-{n}");
+        conn.declare(&queue, false);
+        seen[placed_on(&b, &queue) as usize] = true;
+    }
+    assert_eq!(seen, [true, true], "balanced put every queue on one shard");
+    for n in 0..4 {
+        let queue = format!("master-local-{n}");
+        conn.declare_with(
+            &queue,
+            false,
+            locator_argument("x-queue-master-locator", "client-local"),
+        );
+        assert_eq!(
+            placed_on(&b, &queue),
+            shard,
+            "x-queue-master-locator: {queue}"
+        );
+    }
+}
+
 // One test: the placement switch is read from the environment at start,
 // which tests running in parallel in this process would share.
 #[test]
 fn one_to_one_delivers_once_with_bounded_backlog_in_every_placement_at_2_shards() {
+    if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
+        eprintln!("placement is warren's own: nothing to test on an external broker");
+        return;
+    }
+    queue_leader_locators();
     placements_with_queue_on(0);
     placements_with_queue_on(1);
 }

@@ -51,8 +51,19 @@ pub async fn run(
     )
     .await?;
     let mut channels: Vec<ChannelState> = Vec::new();
+    // A channel number no consumer uses, for -p's passive declares (which
+    // the broker may answer by closing the channel).
+    let probe_channel = plan.consumers.iter().map(|c| c.channel).max().unwrap_or(0) + 1;
     for c in &plan.consumers {
         conn.open_channel(c.channel).await?;
+        // The consumer declares its queue, as PerfTest's consumers do (see
+        // executor::setup).
+        if let Some(note) =
+            crate::executor::declare_queue(&mut conn, &ctx.plan, c.queue, c.channel, probe_channel)
+                .await?
+        {
+            eprintln!("loadgen: {note}");
+        }
         if args.qos > 0 {
             let qos = BasicQos {
                 prefetch_size: 0,

@@ -261,64 +261,87 @@ async fn setup(plan: &Plan) -> Result<Vec<String>> {
             other => return Err(crate::client::unexpected("exchange.declare-ok", &other)),
         }
     }
-    for queue in &plan.queues {
-        let declare = QueueDeclare {
-            queue: queue.as_str().into(),
-            passive: false,
-            durable: queue_durable(plan),
-            exclusive: false,
-            auto_delete: plan.args.auto_delete,
-            nowait: false,
-            arguments: FieldTable::new(),
-        };
-        let existing = if plan.args.predeclared {
-            let passive = QueueDeclare {
-                passive: true,
-                ..declare.clone()
-            };
-            conn.probe(2, passive.into()).await?
-        } else {
-            None
-        };
-        let reply = match existing {
-            Some(reply) => reply,
-            None => conn.rpc(1, declare.into()).await?,
-        };
-        match reply {
-            Method::QueueDeclareOk(ok) => {
-                if ok.message_count > 0 {
-                    notes.push(format!(
-                        "queue {queue} already held {} messages; consumers will count them as foreign or duplicates",
-                        ok.message_count
-                    ));
-                }
-            }
-            other => return Err(crate::client::unexpected("queue.declare-ok", &other)),
-        }
-        if exchange.is_empty() {
-            continue;
-        }
-        let keys: Vec<&str> = if plan.binding_keys.is_empty() {
-            vec![queue.as_str()]
-        } else {
-            plan.binding_keys.iter().map(String::as_str).collect()
-        };
-        for key in keys {
-            let bind = QueueBind {
-                queue: queue.as_str().into(),
-                exchange: exchange.into(),
-                routing_key: key.into(),
-                nowait: false,
-                arguments: FieldTable::new(),
-            };
-            match conn.rpc(1, bind.into()).await? {
-                Method::QueueBindOk(_) => {}
-                other => return Err(crate::client::unexpected("queue.bind-ok", &other)),
-            }
+    // A queue someone consumes is declared by its consumers, on their own
+    // connections, as PerfTest declares it: a broker that places a queue
+    // with the connection that declares it (RabbitMQ's client-local, warren's
+    // default) then puts it with its consumer. The others are declared here.
+    for index in 0..plan.queues.len() {
+        let consumed = plan
+            .consumer_conns
+            .iter()
+            .any(|conn| conn.consumers.iter().any(|c| c.queue == index));
+        if !consumed {
+            notes.extend(declare_queue(&mut conn, plan, index, 1, 2).await?);
         }
     }
     conn.close().await;
     Ok(notes)
+}
+
+/// Declares queue `index` of the plan on `channel` (open) and binds it; with -p,
+/// probes first with a passive declare on `probe_channel` (not open). Returns a
+/// note for the operator when the queue already held messages.
+pub async fn declare_queue(
+    conn: &mut Connection,
+    plan: &Plan,
+    index: usize,
+    channel: u16,
+    probe_channel: u16,
+) -> Result<Option<String>> {
+    let queue = &plan.queues[index];
+    let exchange = plan.args.exchange.as_str();
+    let declare = QueueDeclare {
+        queue: queue.as_str().into(),
+        passive: false,
+        durable: queue_durable(plan),
+        exclusive: false,
+        auto_delete: plan.args.auto_delete,
+        nowait: false,
+        arguments: FieldTable::new(),
+    };
+    let existing = if plan.args.predeclared {
+        let passive = QueueDeclare {
+            passive: true,
+            ..declare.clone()
+        };
+        conn.probe(probe_channel, passive.into()).await?
+    } else {
+        None
+    };
+    let reply = match existing {
+        Some(reply) => reply,
+        None => conn.rpc(channel, declare.into()).await?,
+    };
+    let note = match reply {
+        Method::QueueDeclareOk(ok) if ok.message_count > 0 => Some(format!(
+            "queue {queue} already held {} messages; consumers will count them as foreign or duplicates",
+            ok.message_count
+        )),
+        Method::QueueDeclareOk(_) => None,
+        other => return Err(crate::client::unexpected("queue.declare-ok", &other)),
+    };
+    if exchange.is_empty() {
+        return Ok(note);
+    }
+    let keys: Vec<&str> = if plan.binding_keys.is_empty() {
+        vec![queue.as_str()]
+    } else {
+        plan.binding_keys.iter().map(String::as_str).collect()
+    };
+    for key in keys {
+        let bind = QueueBind {
+            queue: queue.as_str().into(),
+            exchange: exchange.into(),
+            routing_key: key.into(),
+            nowait: false,
+            arguments: FieldTable::new(),
+        };
+        match conn.rpc(channel, bind.into()).await? {
+            Method::QueueBindOk(_) => {}
+            other => return Err(crate::client::unexpected("queue.bind-ok", &other)),
+        }
+    }
+    Ok(note)
 }
 
 fn exchange_declare(plan: &Plan, passive: bool) -> ExchangeDeclare {

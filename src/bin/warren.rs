@@ -68,6 +68,13 @@ struct Args {
     /// Run without the management HTTP API.
     #[arg(long, conflicts_with = "management_listen")]
     no_management: bool,
+    /// Which shard a new queue lives on (RabbitMQ's queue_leader_locator):
+    /// client-local, the shard of the connection that declares it, or
+    /// balanced, spread over the shards in turn. A queue's
+    /// x-queue-leader-locator (or x-queue-master-locator) argument
+    /// overrides it. See tuning.md.
+    #[arg(long, default_value = "client-local", value_name = "LOCATOR")]
+    queue_leader_locator: config::QueueLeaderLocator,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -326,6 +333,7 @@ fn main() -> ExitCode {
         placement_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
         management_listen,
+        queue_leader_locator: args.queue_leader_locator,
         tls,
         ..Config::default()
     };

@@ -903,6 +903,7 @@ impl Owner {
         }
         queue_args::check_queue_type_flags(&name, &args, durable, m.exclusive, m.auto_delete)?;
         let shard = self.place(&m, conn);
+        tracing::debug!(queue = %name, shard = shard.0, "queue placed");
         let meta = QueueMeta {
             id: QueueId(self.next_queue_id),
             vhost: self.vhost.clone(),
@@ -925,19 +926,38 @@ impl Owner {
     }
 
     /// Exclusive and server-named queues live with their connection; the
-    /// rest are spread over the shards in turn.
+    /// rest where the queue's locator puts them (`config::QueueLeaderLocator`):
+    /// with the declaring connection (client-local) or spread over the
+    /// shards in turn (balanced, and any declare without a connection, such
+    /// as a definitions import).
     fn place(&mut self, m: &QueueDeclare, conn: Option<ConnRef>) -> ShardId {
-        let (shard_count, forced) = {
+        use crate::config::QueueLeaderLocator;
+        let (shard_count, forced, locator) = {
             let state = self.state.borrow();
             let forced = state.config.placement_test.and_then(|p| p.queue_shard);
-            (state.shard_count, forced)
+            (state.shard_count, forced, state.config.queue_leader_locator)
         };
         // Tests and benchmarks of placement only (`config::PlacementTest`).
         if let Some(shard) = forced {
             return ShardId((shard % shard_count) as u16);
         }
+        // As in RabbitMQ, an argument naming no known locator leaves the
+        // default in force (a quorum queue's was refused at declare).
+        let locator = ["x-queue-leader-locator", "x-queue-master-locator"]
+            .iter()
+            .find_map(|key| {
+                m.arguments
+                    .get(key)
+                    .and_then(warren_protocol::FieldValue::as_bytes)
+            })
+            .and_then(|name| QueueLeaderLocator::from_name(name))
+            .unwrap_or(locator);
         if let Some(conn) = conn {
-            if m.exclusive || m.queue.is_empty() || shard_count == 1 {
+            if m.exclusive
+                || m.queue.is_empty()
+                || shard_count == 1
+                || locator == QueueLeaderLocator::ClientLocal
+            {
                 return conn.shard;
             }
         }

@@ -412,6 +412,11 @@ fn warren_args(
     .iter()
     .map(|a| a.to_string())
     .collect();
+    // A test that sets its own log level replaces the default one (clap
+    // refuses the flag twice).
+    if extra_args.iter().any(|a| a == "--log-level") {
+        args.truncate(args.len() - 2);
+    }
     // The management API on a port of its own choosing, never the default
     // 15672 that parallel tests would fight over.
     if !extra_args
