@@ -68,6 +68,14 @@ struct Args {
     /// Run without the management HTTP API.
     #[arg(long, conflicts_with = "management_listen")]
     no_management: bool,
+    /// Address of the Prometheus metrics endpoint (/metrics, as RabbitMQ's
+    /// rabbitmq_prometheus); repeat for several. Default: 0.0.0.0:15692 and
+    /// [::]:15692.
+    #[arg(long, value_name = "ADDR:PORT")]
+    prometheus_listen: Vec<SocketAddr>,
+    /// Run without the Prometheus metrics endpoint.
+    #[arg(long, conflicts_with = "prometheus_listen")]
+    no_prometheus: bool,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -262,6 +270,17 @@ fn main() -> ExitCode {
     } else {
         args.management_listen
     };
+    let prometheus_listen = if args.no_prometheus {
+        Vec::new()
+    } else if args.prometheus_listen.is_empty() {
+        let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::PROMETHEUS_PORT))];
+        if ipv6_available() {
+            both.push(SocketAddr::from(([0u16; 8], config::PROMETHEUS_PORT)));
+        }
+        both
+    } else {
+        args.prometheus_listen
+    };
     let default_user = match (args.default_user, args.default_pass) {
         (Some(user), Some(pass)) => Some((user, pass)),
         (Some(user), None) => {
@@ -326,6 +345,7 @@ fn main() -> ExitCode {
         placement_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
         management_listen,
+        prometheus_listen,
         tls,
         ..Config::default()
     };

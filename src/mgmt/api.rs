@@ -114,7 +114,7 @@ pub(crate) fn router(app: App) -> Router {
             get(binding).delete(delete_binding),
         )
         .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{vhost}", get(vhost))
+        .route("/api/vhosts/{vhost}", get(vhost).put(put_vhost))
         .route("/api/users", get(users))
         .route("/api/users/{user}", get(user))
         .route("/api/permissions", get(permissions))
@@ -1647,7 +1647,7 @@ async fn aliveness_test(
 
 // ------------------------------------------- vhosts, users, permissions
 
-fn vhost_json(node: &str, totals: &[u64; QUEUE_FIELDS]) -> Value {
+fn vhost_json(node: &str, totals: &[u64; QUEUE_FIELDS], tracing: bool) -> Value {
     json!({
         "messages": totals[7],
         "messages_ready": totals[8],
@@ -1657,7 +1657,7 @@ fn vhost_json(node: &str, totals: &[u64; QUEUE_FIELDS]) -> Value {
         "tags": [],
         "default_queue_type": "classic",
         "metadata": {"description": "Default virtual host", "tags": []},
-        "tracing": false,
+        "tracing": tracing,
         "cluster_state": {node: "running"},
     })
 }
@@ -1680,7 +1680,12 @@ impl App {
 async fn vhosts(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
     app.user(&headers, &peer, Level::Management).await?;
     let totals = app.vhost_totals().await?;
-    Ok(json_response(&json!([vhost_json(&app.node.name, &totals)])))
+    let tracing = app.tracing(VHOST, None).await?;
+    Ok(json_response(&json!([vhost_json(
+        &app.node.name,
+        &totals,
+        tracing
+    )])))
 }
 
 async fn vhost(
@@ -1692,7 +1697,61 @@ async fn vhost(
     app.user(&headers, &peer, Level::Management).await?;
     check_vhost(&vhost)?;
     let totals = app.vhost_totals().await?;
-    Ok(json_response(&vhost_json(&app.node.name, &totals)))
+    let tracing = app.tracing(&vhost, None).await?;
+    Ok(json_response(&vhost_json(&app.node.name, &totals, tracing)))
+}
+
+/// PUT /api/vhosts/{vhost}: the `tracing` field turns the firehose on or
+/// off (as `rabbitmqctl trace_on` does), on every shard.
+async fn put_vhost(
+    State(app): State<App>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    check_vhost(&vhost)?;
+    let body = parse_body(&body)?;
+    if let Some(on) = body.get("tracing") {
+        let on = on
+            .as_bool()
+            .ok_or_else(|| ApiError::bad_request("tracing must be true or false"))?;
+        app.tracing(&vhost, Some(on)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+impl App {
+    /// Whether the firehose is on for `vhost`, after turning it on or off
+    /// on every shard when `on` says so.
+    async fn tracing(&self, vhost: &str, on: Option<bool>) -> Result<bool, ApiError> {
+        let replies = match on {
+            Some(_) => {
+                self.plane
+                    .ask_all(|| ControlRequest::SetTracing {
+                        vhost: vhost.to_string(),
+                        on,
+                    })
+                    .await?
+            }
+            // Every shard has the same switches: one answer is enough.
+            None => vec![
+                self.plane
+                    .ask(
+                        0,
+                        ControlRequest::SetTracing {
+                            vhost: vhost.to_string(),
+                            on: None,
+                        },
+                    )
+                    .await?,
+            ],
+        };
+        Ok(replies.iter().any(
+            |reply| matches!(reply, ControlReply::Tracing(on) if on.iter().any(|v| v == vhost)),
+        ))
+    }
 }
 
 impl App {
