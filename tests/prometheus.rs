@@ -150,9 +150,12 @@ fn total(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
 }
 
+/// A metric's name, the labels its samples must have, and the sum wanted.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// Scrapes until every expectation holds (or the deadline passes, then
 /// fails naming what differs).
-fn expect_eventually(url: &str, expected: &[(&str, &[(&str, &str)], f64)]) -> Scrape {
+fn expect_eventually(url: &str, expected: &[Expected]) -> Scrape {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let scrape = scrape(url);

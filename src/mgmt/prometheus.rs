@@ -109,6 +109,18 @@ fn escape(value: &str) -> String {
     escaped
 }
 
+/// A family's name, help text and how to read its figure off one shard.
+type ShardFamily = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
+/// The same, off a queue's counts.
+type StatsFamily = (&'static str, &'static str, fn(&QueueStats) -> u64);
+/// A family's name, type, help text and how to read it off one shard.
+type TypedShardFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> u64,
+);
+
 fn delivered(stats: &QueueStats) -> u64 {
     stats.deliver + stats.deliver_no_ack + stats.get + stats.get_no_ack
 }
@@ -162,7 +174,7 @@ pub(crate) fn render(node: &NodeInfo, shards: &[ShardMetrics], per_object: bool)
     );
 
     // Queue figures: one sample each, or one per queue.
-    let queue_families: [(&str, &str, fn(&ShardMetrics) -> u64); 5] = [
+    let queue_families: [ShardFamily; 5] = [
         (
             "rabbitmq_queue_messages_ready",
             "Messages ready to be delivered to consumers",
@@ -195,24 +207,34 @@ pub(crate) fn render(node: &NodeInfo, shards: &[ShardMetrics], per_object: bool)
         |q| u64::from(q.consumers),
         |q| q.memory_bytes,
     ];
+    // Each queue's labels, escaped once for all its lines.
+    let queues: Vec<(&crate::broker::metrics::QueueFigures, String)> = shards
+        .iter()
+        .flat_map(|s| &s.queue_figures)
+        .map(|queue| {
+            let labels = format!(
+                "{{vhost=\"{}\",queue=\"{}\"}}",
+                escape(queue.vhost.as_str()),
+                escape(queue.name.as_str())
+            );
+            (queue, labels)
+        })
+        .collect();
+    if per_object {
+        out.reserve(queues.len() * 8 * 64);
+    }
     for ((name, help, total), per_queue) in queue_families.iter().zip(per_queue) {
         family(&mut out, name, "gauge", help);
         if per_object {
-            for queue in shards.iter().flat_map(|s| &s.queue_figures) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{vhost=\"{}\",queue=\"{}\"}} {}",
-                    escape(queue.vhost.as_str()),
-                    escape(queue.name.as_str()),
-                    per_queue(queue)
-                );
+            for (queue, labels) in &queues {
+                let _ = writeln!(out, "{name}{labels} {}", per_queue(queue));
             }
         } else {
             let _ = writeln!(out, "{name} {}", sum(*total));
         }
     }
     if per_object {
-        let counters: [(&str, &str, fn(&QueueStats) -> u64); 3] = [
+        let counters: [StatsFamily; 3] = [
             (
                 "rabbitmq_queue_messages_published_total",
                 "Total number of messages published to queues",
@@ -231,14 +253,8 @@ pub(crate) fn render(node: &NodeInfo, shards: &[ShardMetrics], per_object: bool)
         ];
         for (name, help, value) in counters {
             family(&mut out, name, "counter", help);
-            for queue in shards.iter().flat_map(|s| &s.queue_figures) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{vhost=\"{}\",queue=\"{}\"}} {}",
-                    escape(queue.vhost.as_str()),
-                    escape(queue.name.as_str()),
-                    value(&queue.stats)
-                );
+            for (queue, labels) in &queues {
+                let _ = writeln!(out, "{name}{labels} {}", value(&queue.stats));
             }
         }
     }
@@ -295,7 +311,7 @@ pub(crate) fn render(node: &NodeInfo, shards: &[ShardMetrics], per_object: bool)
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name}{{{PROTOCOL}}} {value}");
     }
-    let by_type: [(&str, &str, fn(&QueueStats) -> u64); 2] = [
+    let by_type: [StatsFamily; 2] = [
         (
             "rabbitmq_global_messages_delivered_total",
             "Total number of messages delivered to consumers",
@@ -350,7 +366,7 @@ pub(crate) fn render(node: &NodeInfo, shards: &[ShardMetrics], per_object: bool)
     );
 
     // warren's own figures, per shard.
-    let shard_families: [(&str, &str, &str, fn(&ShardMetrics) -> u64); 5] = [
+    let shard_families: [TypedShardFamily; 5] = [
         (
             "warren_shard_messages_routed_total",
             "counter",
