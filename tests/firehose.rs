@@ -215,3 +215,30 @@ broker_test!(basic_get_is_traced_as_a_delivery, |b| {
         assert_eq!(trace.data, b"got");
     });
 });
+
+broker_test!(warrenctl_trace_on_and_trace_off_switch_the_firehose, |b| {
+    let base = b.management_url().expect("the management API's address");
+    let url = base.replacen("http://", "http://guest:guest@", 1);
+    let tracing = || -> serde_json::Value {
+        let text = ureq::get(&format!("{base}/api/vhosts/%2F"))
+            .set("Authorization", GUEST_BASIC)
+            .call()
+            .expect("GET /api/vhosts/%2F")
+            .into_string()
+            .expect("body");
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["tracing"].clone()
+    };
+    for (command, on) in [("trace_on", true), ("trace_off", false)] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            .args(["--url", &url, command])
+            .output()
+            .expect("run warrenctl");
+        assert!(
+            output.status.success(),
+            "warrenctl {command}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(tracing(), serde_json::json!(on), "after {command}");
+    }
+});
