@@ -188,6 +188,8 @@ pub(crate) const DEFINITIONS_LOG_PREALLOCATE_BYTES: u64 = 64 * 1024;
 
 /// RabbitMQ's management port: the management API's default listener.
 pub const MANAGEMENT_PORT: u16 = 15672;
+/// rabbitmq_prometheus's port: the Prometheus endpoint's default listener.
+pub const PROMETHEUS_PORT: u16 = 15692;
 /// Control-plane requests waiting for one shard: past it, the management
 /// API answers 503 rather than pile requests up on a shard that does not
 /// drain them.
@@ -247,6 +249,9 @@ pub struct Config {
     /// `--management-listen`: where the management HTTP API listens; empty
     /// for none (`--no-management`).
     pub management_listen: Vec<SocketAddr>,
+    /// `--prometheus-listen`: where /metrics is served; empty for none
+    /// (`--no-prometheus`).
+    pub prometheus_listen: Vec<SocketAddr>,
     /// amqps listeners and their files (`--tls-*`); None: no TLS.
     pub tls: Option<TlsConfig>,
 }
@@ -393,6 +398,7 @@ impl Default for Config {
             queue_leader_locator: QueueLeaderLocator::ClientLocal,
             placement_test: None,
             management_listen: Vec::new(),
+            prometheus_listen: Vec::new(),
             tls: None,
         }
     }

@@ -118,6 +118,7 @@ fn vhosts_are_isolated(shards: usize) {
             "amq.topic",
             "amq.headers",
             "amq.match",
+            "amq.rabbitmq.trace",
         ] {
             assert!(exchange_exists(&admin_a, x).await, "{x}");
         }

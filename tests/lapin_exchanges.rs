@@ -75,6 +75,7 @@ broker_test!(predeclared_amq_exchanges_exist, |b| {
             ("amq.topic", ExchangeKind::Topic),
             ("amq.headers", ExchangeKind::Headers),
             ("amq.match", ExchangeKind::Headers),
+            ("amq.rabbitmq.trace", ExchangeKind::Topic),
         ] {
             let passive = ExchangeDeclareOptions {
                 passive: true,

@@ -75,6 +75,14 @@ struct Args {
     /// overrides it. See tuning.md.
     #[arg(long, default_value = "client-local", value_name = "LOCATOR")]
     queue_leader_locator: config::QueueLeaderLocator,
+    /// Address of the Prometheus metrics endpoint (/metrics, as RabbitMQ's
+    /// rabbitmq_prometheus); repeat for several. Default: 0.0.0.0:15692 and
+    /// [::]:15692.
+    #[arg(long, value_name = "ADDR:PORT")]
+    prometheus_listen: Vec<SocketAddr>,
+    /// Run without the Prometheus metrics endpoint.
+    #[arg(long, conflicts_with = "prometheus_listen")]
+    no_prometheus: bool,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -269,6 +277,17 @@ fn main() -> ExitCode {
     } else {
         args.management_listen
     };
+    let prometheus_listen = if args.no_prometheus {
+        Vec::new()
+    } else if args.prometheus_listen.is_empty() {
+        let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::PROMETHEUS_PORT))];
+        if ipv6_available() {
+            both.push(SocketAddr::from(([0u16; 8], config::PROMETHEUS_PORT)));
+        }
+        both
+    } else {
+        args.prometheus_listen
+    };
     let default_user = match (args.default_user, args.default_pass) {
         (Some(user), Some(pass)) => Some((user, pass)),
         (Some(user), None) => {
@@ -334,6 +353,7 @@ fn main() -> ExitCode {
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
         management_listen,
         queue_leader_locator: args.queue_leader_locator,
+        prometheus_listen,
         tls,
         ..Config::default()
     };

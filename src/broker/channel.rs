@@ -1215,6 +1215,9 @@ impl Connection {
                 )));
             }
         }
+        if env.vhost.tracing {
+            self.trace_publish(id, &message);
+        }
         // A reply goes to its channel at once, in a transaction too (as
         // RabbitMQ routes it at publish).
         self.reply_to_route(&message);
@@ -1262,8 +1265,10 @@ impl Connection {
             }
         }
         if destination_count == 0 {
+            self.counts.unroutable += 1;
             return Ok(());
         }
+        self.counts.routed += 1;
         if let [queue] = self.routed.queues[..] {
             if self.routed.delayed.is_empty() {
                 if ch.tx.is_none() && queue.shard == self.conn.shard && self.effects.is_empty() {
@@ -1646,7 +1651,50 @@ impl Connection {
             head.redelivered,
             message,
         );
+        if self.tracing {
+            self.trace_delivery(head, message);
+        }
         Consumed::Written
+    }
+
+    /// Hands a publish to the firehose tracer (`trace`).
+    fn trace_publish(&mut self, channel: u16, message: &Message) {
+        use crate::broker::trace::{traced, Trace, TraceKind};
+        if !traced(message) {
+            return;
+        }
+        let routed = self.routed.queues.iter().map(|q| q.id).collect();
+        let trace = Trace {
+            kind: TraceKind::Publish { routed },
+            vhost: self.vhost.clone(),
+            channel,
+            connection: self.name.clone(),
+            user: self.user.clone(),
+            message: message.clone(),
+        };
+        self.effects
+            .push((self.conn.shard, ShardMsg::Trace(Box::new(trace))));
+    }
+
+    /// Hands a delivery to the firehose tracer (`trace`).
+    fn trace_delivery(&mut self, head: &DeliveryHead, message: &Message) {
+        use crate::broker::trace::{traced, Trace, TraceKind};
+        if !traced(message) {
+            return;
+        }
+        let trace = Trace {
+            kind: TraceKind::Deliver {
+                queue: head.queue.id,
+                redelivered: head.redelivered,
+            },
+            vhost: self.vhost.clone(),
+            channel: head.channel,
+            connection: self.name.clone(),
+            user: self.user.clone(),
+            message: message.clone(),
+        };
+        self.effects
+            .push((self.conn.shard, ShardMsg::Trace(Box::new(trace))));
     }
 
     /// The channel's global prefetch is reached: the delivery goes back to
@@ -1697,6 +1745,9 @@ impl Connection {
             &message.properties(),
             &message.body,
         );
+        if self.tracing {
+            self.trace_delivery(&delivery.head, &delivery.message);
+        }
     }
 
     /// Writes held deliveries while the channel's prefetch allows.
@@ -1782,6 +1833,7 @@ impl Connection {
                     .into(),
                 );
             } else {
+                self.counts.confirmed += 1;
                 run = Some(match run {
                     Some((first, _)) => (first, done.seq),
                     None => (done.seq, done.seq),

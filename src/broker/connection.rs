@@ -338,6 +338,10 @@ pub(crate) struct Connection {
     pub(crate) output_full: bool,
     /// Messages published on this connection, for the management API.
     pub(crate) published: u64,
+    /// Routed, unroutable and confirmed publishes, for Prometheus.
+    pub(crate) counts: crate::broker::metrics::ConnectionCounts,
+    /// The firehose tracer is on for this connection's vhost (`trace`).
+    pub(crate) tracing: bool,
     /// When it was accepted, for the management API (`connected_at`).
     opened_at_epoch_ms: u64,
 }
@@ -396,6 +400,8 @@ impl Connection {
             route_keys: Vec::new(),
             closed_by_client: false,
             published: 0,
+            counts: Default::default(),
+            tracing: false,
             opened_at_epoch_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),

@@ -94,6 +94,12 @@ pub enum ControlRequest {
     Publish(Box<ControlPublish>),
     /// Closes a connection with 320 CONNECTION_FORCED and this text.
     CloseConnection { conn: ConnId, reason: String },
+    /// The shard's figures for a Prometheus scrape; per queue too with
+    /// `per_object`.
+    Metrics { per_object: bool },
+    /// Turns the firehose tracer on or off for a vhost on this shard
+    /// (`on: None` only asks); the answer lists the vhosts it is on for.
+    SetTracing { vhost: String, on: Option<bool> },
 }
 
 /// A message published through the management API. Boxed in its request:
@@ -127,6 +133,9 @@ pub enum ControlReply {
     Routed(Result<bool, AmqpError>),
     /// False if no such connection was open on this shard.
     Closed(bool),
+    Metrics(Box<crate::broker::metrics::ShardMetrics>),
+    /// The vhosts whose firehose is on.
+    Tracing(Vec<String>),
 }
 
 /// One shard's state, as `ControlRequest::Report` asked for it.
@@ -381,6 +390,15 @@ impl super::ShardState {
                     self.finish_connection_turn(conn);
                 }
                 reply(ControlReply::Closed(closed));
+            }
+            ControlRequest::Metrics { per_object } => {
+                reply(ControlReply::Metrics(Box::new(self.metrics(per_object))))
+            }
+            ControlRequest::SetTracing { vhost, on } => {
+                if let Some(on) = on {
+                    self.set_tracing(&vhost, on);
+                }
+                reply(ControlReply::Tracing(self.tracing_vhosts()))
             }
         }
         self.run_local();

@@ -31,9 +31,11 @@ mod direct_reply_to;
 pub mod exchange;
 pub(crate) mod login_delay;
 pub(crate) mod metadata;
+pub mod metrics;
 pub mod queue;
 pub mod sender_selected;
 pub mod timers;
+pub mod trace;
 pub(crate) mod vhost;
 
 use std::collections::VecDeque;
@@ -121,6 +123,9 @@ pub enum ShardMsg {
     /// A message for a delayed exchange to hold, sent by a channel to its
     /// own shard. Boxed: it is rare and larger than the common messages.
     Delay(Box<DelayedPublish>),
+    /// A publish or delivery for the firehose tracer, sent by a connection
+    /// to its own shard (`trace`). Boxed: rare, and only while tracing.
+    Trace(Box<trace::Trace>),
     Settle {
         queue: QueueId,
         seq: u64,
@@ -341,6 +346,10 @@ pub(crate) struct ShardState {
     /// Messages published by this shard's connections that have closed
     /// (the open ones count their own), for the management API.
     pub(crate) published_by_closed: u64,
+    /// The shard's own figures for Prometheus (`metrics`).
+    pub(crate) counters: metrics::ShardCounters,
+    /// `warren@HOST`, for the firehose's `node` header.
+    pub(crate) node_name: String,
 }
 
 /// Whether work made on shard `this` for shard `target` runs now, or
@@ -462,6 +471,8 @@ impl ShardState {
             arrived: Vec::new(),
             login_delays: Default::default(),
             published_by_closed: 0,
+            counters: metrics::ShardCounters::default(),
+            node_name: crate::util::node::name(),
             alarms: alarm_board.raised(),
             alarm_board,
         }
@@ -754,6 +765,7 @@ impl ShardState {
             }
             ShardMsg::Deliver(delivery) => self.deliver(delivery),
             ShardMsg::Delay(publish) => self.hold_delayed(*publish),
+            ShardMsg::Trace(trace) => self.firehose(*trace),
             ShardMsg::Settle {
                 queue,
                 seq,
@@ -1413,6 +1425,7 @@ impl ShardState {
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
                 self.with_queue(queue.id, |q, _, ctx| q.forget_all(ctx));
                 if let Some(q) = self.queues.remove(&queue.id) {
+                    self.count_deleted_queue(&q);
                     let cancelled: Vec<(ConnRef, u16, ShortStr)> = q
                         .consumer_specs()
                         .map(|s| (s.conn, s.channel, s.tag.clone()))
@@ -1734,6 +1747,7 @@ impl ShardState {
         if let Some(mut connection) = self.connections.remove(&id) {
             connection.release_usage();
             self.published_by_closed += connection.published;
+            self.counters.closed.add(&connection.counts);
         }
     }
 }
@@ -1811,6 +1825,9 @@ impl ShardState {
             };
             // Resolved once per call, for every frame the call handles.
             let vhost = vhosts.get(connection.vhost.as_str()).unwrap_or(no_vhost);
+            // The firehose switch as the vhost has it now, for this
+            // connection's deliveries (`trace`).
+            connection.tracing = vhost.tracing;
             let env = connection::Env {
                 vhost,
                 users,

@@ -26,6 +26,10 @@ pub(crate) struct Vhost {
     /// Changes applied so far: a routing result remembered at one
     /// generation holds until the next change.
     generation: u64,
+    /// The firehose tracer is on (`ShardState::set_tracing`): publishes
+    /// and deliveries are copied to `amq.rabbitmq.trace`. One branch per
+    /// message when off.
+    pub(crate) tracing: bool,
 }
 
 impl Vhost {
@@ -36,6 +40,7 @@ impl Vhost {
             queues: FastMap::default(),
             queue_names: FastMap::default(),
             generation: 0,
+            tracing: false,
         };
         for (name, kind) in DEFAULT_EXCHANGES {
             vhost.apply(&MetaChange::ExchangeCreated(ExchangeDef::default_exchange(

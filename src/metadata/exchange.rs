@@ -8,14 +8,19 @@ use crate::model::ids::QueueRef;
 use warren_protocol::{AmqpError, FieldTable, FieldValue, ShortStr};
 
 /// The exchanges RabbitMQ declares in every vhost, with their types.
-pub(crate) const DEFAULT_EXCHANGES: [(&str, ExchangeKind); 6] = [
+pub(crate) const DEFAULT_EXCHANGES: [(&str, ExchangeKind); 7] = [
     ("", ExchangeKind::Direct),
     ("amq.direct", ExchangeKind::Direct),
     ("amq.fanout", ExchangeKind::Fanout),
     ("amq.topic", ExchangeKind::Topic),
     ("amq.headers", ExchangeKind::Headers),
     ("amq.match", ExchangeKind::Headers),
+    (TRACE_EXCHANGE, ExchangeKind::Topic),
 ];
+
+/// The firehose tracer's exchange: a topic exchange in every vhost,
+/// internal (clients bind to it but cannot publish to it), as RabbitMQ's.
+pub const TRACE_EXCHANGE: &str = "amq.rabbitmq.trace";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -127,7 +132,7 @@ impl ExchangeDef {
             delayed: false,
             durable: true,
             auto_delete: false,
-            internal: false,
+            internal: name == TRACE_EXCHANGE,
             arguments: FieldTable::default(),
         }
     }

@@ -184,7 +184,9 @@ async fn put_vhost(
 ) -> ApiResult {
     app.user(&headers, &peer, Level::Administrator).await?;
     let body = parse_body(&body)?;
-    ShortStr::try_from(vhost.as_str()).map_err(|_| ApiError::bad_request("name too long"))?;
+    if vhost.len() > usize::from(u8::MAX) {
+        return Err(ApiError::bad_request("name too long"));
+    }
     let existing = app.users().await?.vhost(&vhost).cloned();
     let mut def = existing.clone().unwrap_or_else(|| VhostDef::new(&vhost));
     if let Some(description) = body.get("description").and_then(Value::as_str) {
@@ -199,13 +201,17 @@ async fn put_vhost(
         Some(Value::String(s)) if s == "true" || s == "false" => def.tracing = s == "true",
         Some(_) => return Err(ApiError::bad_request("tracing: not a boolean")),
     }
-    if existing.is_some() {
+    let tracing = def.tracing;
+    let reply = if existing.is_some() {
         app.access_change(AccessChange::VhostUpdated(def)).await?;
-        Ok(no_content())
+        no_content()
     } else {
         app.access_change(AccessChange::VhostAdded(def)).await?;
-        Ok(created())
-    }
+        created()
+    };
+    // The shards' firehose switch follows the vhost's flag.
+    app.tracing(&vhost, Some(tracing)).await?;
+    Ok(reply)
 }
 
 /// DELETE /api/vhosts/{v}: its queues and their messages go, and its

@@ -1853,6 +1853,38 @@ impl App {
 }
 
 impl App {
+    /// Whether the firehose is on for `vhost`, after turning it on or off
+    /// on every shard when `on` says so.
+    pub(crate) async fn tracing(&self, vhost: &str, on: Option<bool>) -> Result<bool, ApiError> {
+        let replies = match on {
+            Some(_) => {
+                self.plane
+                    .ask_all(|| ControlRequest::SetTracing {
+                        vhost: vhost.to_string(),
+                        on,
+                    })
+                    .await?
+            }
+            // Every shard has the same switches: one answer is enough.
+            None => vec![
+                self.plane
+                    .ask(
+                        0,
+                        ControlRequest::SetTracing {
+                            vhost: vhost.to_string(),
+                            on: None,
+                        },
+                    )
+                    .await?,
+            ],
+        };
+        Ok(replies.iter().any(
+            |reply| matches!(reply, ControlReply::Tracing(on) if on.iter().any(|v| v == vhost)),
+        ))
+    }
+}
+
+impl App {
     /// The definitions export as JSON, with RabbitMQ's top-level members.
     pub(crate) async fn export(&self) -> Result<Value, ApiError> {
         let definitions = self.definitions_with(true).await?;

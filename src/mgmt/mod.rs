@@ -23,6 +23,7 @@ pub(crate) mod error;
 pub(crate) mod json;
 pub(crate) mod list;
 pub(crate) mod plane;
+pub(crate) mod prometheus;
 pub(crate) mod rates;
 
 use std::net::SocketAddr;
@@ -68,30 +69,28 @@ impl NodeInfo {
 
 /// The node's name: `warren@` and the host name.
 pub(crate) fn node_name() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length, which is passed; the
-    // name is NUL-terminated within it when the call succeeds.
-    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(0);
-    let host = if ok && end > 0 {
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
-    } else {
-        "localhost".to_string()
-    };
-    // RabbitMQ uses the short host name.
-    let short = host.split('.').next().unwrap_or("localhost");
-    format!("warren@{short}")
+    crate::util::node::name()
 }
 
-/// Why the management API could not start.
+/// Why the management API (or the Prometheus endpoint) could not start.
 #[derive(Debug)]
 pub struct ManagementError {
     pub address: SocketAddr,
     pub error: std::io::Error,
+    /// The Prometheus listener failed, not the management API's.
+    pub prometheus: bool,
 }
 
 impl std::fmt::Display for ManagementError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prometheus {
+            return write!(
+                f,
+                "the Prometheus endpoint cannot listen on {}: {} (--prometheus-listen, or \
+                 --no-prometheus to run without it)",
+                self.address, self.error
+            );
+        }
         write!(
             f,
             "the management API cannot listen on {}: {} (--management-listen, or \
@@ -101,44 +100,78 @@ impl std::fmt::Display for ManagementError {
     }
 }
 
-/// Binds every management address (so that a taken port stops the broker
-/// before it serves, as RabbitMQ's management plugin does), then starts
-/// the control-plane thread. Returns the bound addresses.
-pub(crate) fn start(
+/// Binds each address, naming the one that failed.
+fn bind_all(
     listen: &[SocketAddr],
-    shards: Vec<Sender<Control>>,
-    mut node: NodeInfo,
-) -> Result<Vec<SocketAddr>, ManagementError> {
+    prometheus: bool,
+) -> Result<Vec<(std::net::TcpListener, SocketAddr)>, ManagementError> {
     let mut listeners = Vec::new();
     for &address in listen {
-        let listener = bind(address).map_err(|error| ManagementError { address, error })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|error| ManagementError { address, error })?;
+        let failed = |error| ManagementError {
+            address,
+            error,
+            prometheus,
+        };
+        let listener = bind(address).map_err(failed)?;
+        let bound = listener.local_addr().map_err(failed)?;
         listeners.push((listener, bound));
     }
+    Ok(listeners)
+}
+
+/// Binds every management and Prometheus address (so that a taken port
+/// stops the broker before it serves, as RabbitMQ's plugins do), then
+/// starts the control-plane thread, which serves both.
+pub(crate) fn start(
+    listen: &[SocketAddr],
+    prometheus_listen: &[SocketAddr],
+    shards: Vec<Sender<Control>>,
+    mut node: NodeInfo,
+) -> Result<(), ManagementError> {
+    let listeners = bind_all(listen, false)?;
+    let prometheus_listeners = bind_all(prometheus_listen, true)?;
     let bound: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
     node.management_listeners = bound.clone();
+    let plane = plane::Plane::new(shards);
+    let node = Arc::new(node);
     let app = api::App {
-        plane: plane::Plane::new(shards),
-        node: Arc::new(node),
+        plane: plane.clone(),
+        node: node.clone(),
         rates: Arc::new(Mutex::new(rates::Rates::default())),
         auth_cache: Arc::new(Mutex::new(auth::AuthCache::default())),
     };
+    let metrics = prometheus::Metrics { plane, node };
     for address in &bound {
         info!(address = %address, "management API listening");
     }
+    for (_, address) in &prometheus_listeners {
+        info!(address = %address, "prometheus metrics listening");
+    }
+    let mut routed: Vec<(std::net::TcpListener, SocketAddr, axum::Router)> = Vec::new();
+    if !listeners.is_empty() {
+        let router = api::router(app).merge(dashboard::router());
+        for (listener, address) in listeners {
+            routed.push((listener, address, router.clone()));
+        }
+    }
+    if !prometheus_listeners.is_empty() {
+        let router = prometheus::router(metrics);
+        for (listener, address) in prometheus_listeners {
+            routed.push((listener, address, router.clone()));
+        }
+    }
     std::thread::Builder::new()
         .name("warren-mgmt".into())
-        .spawn(move || serve(app, listeners))
+        .spawn(move || serve(routed))
         .map_err(|error| ManagementError {
             address: bound
                 .first()
                 .copied()
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             error,
+            prometheus: false,
         })?;
-    Ok(bound)
+    Ok(())
 }
 
 fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -159,7 +192,7 @@ fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn serve(app: api::App, listeners: Vec<(std::net::TcpListener, SocketAddr)>) {
+fn serve(listeners: Vec<(std::net::TcpListener, SocketAddr, axum::Router)>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -172,9 +205,8 @@ fn serve(app: api::App, listeners: Vec<(std::net::TcpListener, SocketAddr)>) {
         }
     };
     runtime.block_on(async move {
-        let router = api::router(app).merge(dashboard::router());
         let mut servers = Vec::new();
-        for (listener, address) in listeners {
+        for (listener, address, router) in listeners {
             let listener = match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => listener,
                 Err(e) => {
@@ -182,9 +214,7 @@ fn serve(app: api::App, listeners: Vec<(std::net::TcpListener, SocketAddr)>) {
                     continue;
                 }
             };
-            let service = router
-                .clone()
-                .into_make_service_with_connect_info::<SocketAddr>();
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
             servers.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, service).await {
                     error!(address = %address, error = %e, "the management API stopped");

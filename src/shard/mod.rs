@@ -218,7 +218,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
     let (control_senders, control_receivers): (Vec<_>, Vec<_>) = (0..shard_count)
         .map(|_| crossbeam_channel::bounded(config::CONTROL_REQUESTS_MAX))
         .unzip();
-    if !config.management_listen.is_empty() {
+    if !config.management_listen.is_empty() || !config.prometheus_listen.is_empty() {
         let (memory_limit_bytes, disk_free_limit_bytes) = monitor
             .as_ref()
             .map_or((0, 0), alarms::Monitor::limits_bytes);
@@ -233,8 +233,13 @@ pub fn run(config: Config) -> Result<(), BootError> {
             disk_free_limit_bytes,
             resident_bytes: alarms::resident_bytes,
         };
-        crate::mgmt::start(&config.management_listen, control_senders, node)
-            .map_err(BootError::Management)?;
+        crate::mgmt::start(
+            &config.management_listen,
+            &config.prometheus_listen,
+            control_senders,
+            node,
+        )
+        .map_err(BootError::Management)?;
     }
     let mut control_receivers = control_receivers.into_iter();
     let config = Arc::new(config);
@@ -627,6 +632,7 @@ async fn shard_main(
                 let now = Instant::now();
                 let mut shard = state.borrow_mut();
                 shard.tick(now);
+                shard.counters.reactor_busy = glommio::executor().executor_stats().total_runtime();
                 // Polled, never woken: glommio 0.9 misses wake-ups from
                 // foreign threads (docs/runtime.md). An empty channel costs
                 // one check per tick.
@@ -860,8 +866,12 @@ fn flush(state: &Shared, senders: &Senders<Batch>) {
             continue;
         }
         let batch = std::mem::take(&mut state.outbox[peer]);
+        let batch_len = batch.len() as u64;
         match senders.try_send_to(peer, batch) {
-            Ok(()) => {}
+            Ok(()) => {
+                state.counters.mailbox_batches_sent += 1;
+                state.counters.mailbox_messages_sent += batch_len;
+            }
             Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
                 let newer = std::mem::replace(&mut state.outbox[peer], batch);
                 state.outbox[peer].extend(newer);

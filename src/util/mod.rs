@@ -9,11 +9,13 @@
 //! - `digest`: SHA-256/512 and MD5, for RabbitMQ's password hashes.
 //! - `crc32c`: the checksum of the message store's records.
 //! - `rlimit`: raising RLIMIT_MEMLOCK, which io_uring needs.
+//! - `node`: the node's name, `warren@HOST`.
 
 pub(crate) mod crc32c;
 pub(crate) mod digest;
 pub(crate) mod hash;
 pub(crate) mod json;
+pub(crate) mod node;
 pub(crate) mod rlimit;
 pub(crate) mod signal;
 pub mod timer_wheel;

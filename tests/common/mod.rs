@@ -24,6 +24,8 @@ pub const EXTERNAL_URL_VAR: &str = "WARREN_TEST_AMQP_URL";
 pub const EXTERNAL_MANAGEMENT_URL_VAR: &str = "WARREN_TEST_MANAGEMENT_URL";
 /// The log line that names the management API's address.
 const MANAGEMENT_LINE: &str = "management API listening";
+/// The log line that names the Prometheus endpoint's address.
+const PROMETHEUS_LINE: &str = "prometheus metrics listening";
 
 const READY_LINE: &str = "ready to accept connections";
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -242,6 +244,19 @@ impl Broker {
         }
     }
 
+    /// The Prometheus endpoint's base URL (http://IP:PORT), from warren's
+    /// log; None for an external broker or one started without it.
+    pub fn prometheus_url(&self) -> Option<String> {
+        if self.is_external() {
+            return None;
+        }
+        self.log()
+            .lines()
+            .filter(|line| line.contains(PROMETHEUS_LINE))
+            .find_map(parse_address)
+            .map(|address| format!("http://{address}"))
+    }
+
     /// The management API's base URL (http://IP:PORT): the first address
     /// warren logged, or `WARREN_TEST_MANAGEMENT_URL` for an external broker.
     /// Warren is started with `--management-listen 127.0.0.1:0` unless the
@@ -424,6 +439,13 @@ fn warren_args(
         .any(|a| a == "--management-listen" || a == "--no-management")
     {
         args.extend(["--management-listen".to_string(), "127.0.0.1:0".to_string()]);
+    }
+    // Prometheus likewise, never on the default 15692.
+    if !extra_args
+        .iter()
+        .any(|a| a == "--prometheus-listen" || a == "--no-prometheus")
+    {
+        args.extend(["--prometheus-listen".to_string(), "127.0.0.1:0".to_string()]);
     }
     args.extend(extra_args.iter().cloned());
     args
