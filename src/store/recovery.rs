@@ -51,15 +51,18 @@ const CURRENT_TEMP: &str = "CURRENT.tmp";
 /// Recovered messages are written in chunks of about this size.
 const CHUNK_BYTES: usize = 4 << 20;
 /// The alignment recovery pads chunks to (what O_DIRECT needs on any disk).
-const ALIGNMENT: usize = 4096;
+const ALIGNMENT: usize = record::CHUNK_ALIGNMENT;
 
 /// A message of a durable queue, as the queue takes it back at start.
 #[derive(Debug)]
 pub(crate) struct RecoveredMessage {
     /// Delivered before (with an ack pending) or requeued: redelivered.
     pub(crate) redelivered: bool,
-    /// The segment of the new generation that holds it.
+    /// The segment of the new generation that holds it, where in it, and
+    /// the record's length: a queue over its window keeps only these.
     pub(crate) segment: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
     pub(crate) level: u8,
     pub(crate) expires_at_epoch_ms: Option<u64>,
     pub(crate) message: Message,
@@ -141,6 +144,8 @@ pub(crate) fn recover_on<D: Disk>(
         entry.2.push(RecoveredMessage {
             redelivered: stored.delivered,
             segment: 0,
+            offset: 0,
+            len: 0,
             level: stored.level,
             expires_at_epoch_ms: stored.expires_at_epoch_ms,
             message: stored.message,
@@ -310,6 +315,10 @@ pub(crate) fn replay_segment(
 
 fn apply(record: Record, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
     match record {
+        Record::Publish(publish) if publish.transient => {
+            // A transient message paged out under memory pressure: it does
+            // not survive a restart.
+        }
         Record::Publish(mut publish) => {
             // Copies, so that a few survivors do not keep whole segment
             // files in memory.
@@ -359,12 +368,14 @@ fn write_segments<D: Disk>(
                 file = Some(disk.create(&dir.join(segments::file_name(number)))?);
                 file_bytes = 0;
             }
+            let before = chunk.len();
             record::put_publish(
                 &mut chunk,
                 &PublishHead {
                     queue_id: queue.0,
                     seq: at as u64 + 1,
                     delivered: m.redelivered,
+                    transient: false,
                     level: m.level,
                     expires_at_epoch_ms: m.expires_at_epoch_ms,
                     vhost: DEFAULT_VHOST,
@@ -373,6 +384,9 @@ fn write_segments<D: Disk>(
                 },
             );
             m.segment = live_per_segment.len() as u32;
+            // Chunks are written back to back, each padded to ALIGNMENT.
+            m.offset = file_bytes + before as u64;
+            m.len = (chunk.len() - before) as u32;
             if let Some(count) = live_per_segment.last_mut() {
                 *count += 1;
             }
@@ -461,6 +475,7 @@ mod tests {
             queue_id: 1,
             seq,
             delivered: false,
+            transient: false,
             level: 0,
             expires_at_epoch_ms: None,
             vhost: DEFAULT_VHOST,
@@ -629,6 +644,7 @@ mod tests {
                                     queue_id: 1,
                                     seq: s,
                                     delivered: false,
+                                    transient: false,
                                     level: 0,
                                     expires_at_epoch_ms: None,
                                     vhost: DEFAULT_VHOST,
