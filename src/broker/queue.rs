@@ -979,23 +979,38 @@ impl Queue {
         let seq = self.next_seq;
         self.next_seq += 1;
         let top_level = (self.ready.levels.len() - 1) as u8;
+        let level = recovered.level.min(top_level);
+        let expires_at_ms = recovered
+            .expires_at_epoch_ms
+            .map_or(NEVER, |at| ctx.timers.shard_ms_of_epoch(at));
+        let location = Location {
+            segment: recovered.segment,
+            offset: recovered.offset,
+            len: recovered.len,
+        };
+        let Some(message) = recovered.message else {
+            // Past the queue's window: it stays on disk until its turn.
+            ctx.store.paged_out(location.segment);
+            self.ready.add_paged(Paged {
+                seq,
+                location,
+                body_bytes: recovered.body_bytes,
+                expires_at_ms,
+                redelivered: recovered.redelivered,
+                level,
+            });
+            return;
+        };
         let queued = QueuedMessage {
             seq,
             redelivered: recovered.redelivered,
-            level: recovered.level.min(top_level),
+            level,
             delivery_count: 0,
-            expires_at_ms: recovered
-                .expires_at_epoch_ms
-                .map_or(NEVER, |at| ctx.timers.shard_ms_of_epoch(at)),
+            expires_at_ms,
             segment: recovered.segment,
-            message: recovered.message,
+            message,
         };
         if recovered.len > 0 && self.should_page(queued.level, ctx) {
-            let location = Location {
-                segment: recovered.segment,
-                offset: recovered.offset,
-                len: recovered.len,
-            };
             self.page_out(queued, Some(location), ctx);
         } else {
             self.add_ready(queued, ctx);

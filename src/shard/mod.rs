@@ -163,6 +163,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         &restored_queues,
         shard_count,
         config.segment_size,
+        config.queue_window_bytes,
     )
     .map_err(BootError::Recovery)?;
     let mut recovered = recovered.into_iter();

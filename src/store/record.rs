@@ -275,12 +275,23 @@ impl Cursor {
 /// matched but that does not decode is a bug or a foreign file: an error,
 /// never a half-read message.
 pub(crate) fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
+    let mut records = Vec::new();
+    decode_records_at(payload, |_, _, record| records.push(record))?;
+    Ok(records)
+}
+
+/// Decodes every record of a chunk's payload, handing each to `each` with
+/// its offset in the payload and its length.
+pub(crate) fn decode_records_at(
+    payload: Bytes,
+    mut each: impl FnMut(usize, usize, Record),
+) -> Result<(), &'static str> {
     let mut c = Cursor {
         data: payload,
         at: 0,
     };
-    let mut records = Vec::new();
     while c.at < c.data.len() {
+        let start = c.at;
         let record = match c.u8()? {
             PUBLISH => {
                 let flags = c.u8()?;
@@ -337,9 +348,9 @@ pub(crate) fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str
             },
             _ => return Err("an unknown record type"),
         };
-        records.push(record);
+        each(start, c.at - start, record);
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Decodes the one publish record in `bytes` (a paged message read back).
