@@ -1492,7 +1492,11 @@ impl ShardState {
     /// Publishes what this shard's queues hold, for the deciding shard to add up
     /// (`broker::alarms`). O(queues): called on the alarm check only.
     pub(crate) fn publish_memory_use(&self) {
-        let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();
+        let queued: u64 = self
+            .queues
+            .values()
+            .map(|q| q.memory_bytes() + q.index_bytes())
+            .sum();
         let connections: u64 = self.connections.values().map(Connection::held_bytes).sum();
         self.alarm_board
             .publish_queued_bytes(self.id.index(), queued + connections + self.delayed_bytes);

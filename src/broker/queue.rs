@@ -653,10 +653,16 @@ impl Queue {
         self.ready.count as u32
     }
 
-    /// What the memory alarm counts for this queue: its ready and its
-    /// unacknowledged messages (`Message::memory_size`).
+    /// What the paging window counts for this queue: its ready messages
+    /// in memory and its unacknowledged ones (`Message::memory_size`).
     pub(crate) fn memory_bytes(&self) -> u64 {
         self.ready.memory_bytes + self.unacked_memory_bytes
+    }
+
+    /// What its paged messages' index entries take (the memory alarm
+    /// counts it; the paging window does not, as it is not theirs to page).
+    pub(crate) fn index_bytes(&self) -> u64 {
+        (self.ready.pending * std::mem::size_of::<Paged>()) as u64
     }
 
     pub(crate) fn consumer_count(&self) -> u32 {

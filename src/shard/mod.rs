@@ -467,6 +467,7 @@ async fn shard_main(
         dir: store_dir,
         queues: recovered_queues,
         live_per_segment,
+        delayed: recovered_delayed,
     } = boot.messages;
     {
         let mut store = MessageStore::new(config.segment_size, &live_per_segment);
@@ -475,6 +476,7 @@ async fn shard_main(
         state.borrow_mut().store = store;
     }
     state.borrow_mut().restore_messages(recovered_queues);
+    state.borrow_mut().restore_delayed(recovered_delayed);
     flush(&state, &senders);
     let store_busy = Rc::new(Cell::new(false));
     glommio::spawn_local(run_pager(

@@ -56,6 +56,11 @@ use warren_protocol::{Properties, ShortStr};
 /// Chunks start at multiples of this many bytes.
 pub(crate) const BLOCK: usize = 512;
 pub(crate) const CHUNK_HEADER_LEN: usize = 16;
+/// The queue id of the records of messages held by delayed exchanges (no
+/// queue has it): their queue name is the exchange's, their sequence
+/// number the held message's id, their deadline when it is due.
+pub(crate) const DELAYED_QUEUE_ID: u64 = u64::MAX;
+
 /// What the live store pads each chunk to (O_DIRECT's block on any disk).
 pub(crate) const CHUNK_ALIGNMENT: usize = 4096;
 const MAGIC: u32 = 0x5752_4E43;

@@ -45,7 +45,7 @@ use crate::model::message::Message;
 use crate::store::disk::{Disk, StdDisk};
 #[cfg(test)]
 use crate::store::record::StoredPublish;
-use crate::store::record::{self, ChunkRead, PublishHead, Record};
+use crate::store::record::{self, ChunkRead, PublishHead, Record, DELAYED_QUEUE_ID};
 use crate::store::segments;
 
 pub(crate) const DIR_NAME: &str = "messages";
@@ -74,6 +74,17 @@ pub(crate) struct RecoveredMessage {
     pub(crate) message: Option<Message>,
 }
 
+/// A message a durable delayed exchange held, as the shard takes it back.
+#[derive(Debug)]
+pub(crate) struct RecoveredDelayed {
+    /// Its id in the new generation (the sequence number of its record).
+    pub(crate) id: u64,
+    pub(crate) segment: u32,
+    pub(crate) exchange: String,
+    pub(crate) due_epoch_ms: u64,
+    pub(crate) message: Message,
+}
+
 /// What one shard starts with.
 #[derive(Debug, Default)]
 pub(crate) struct ShardRecovery {
@@ -83,6 +94,8 @@ pub(crate) struct ShardRecovery {
     pub(crate) queues: Vec<(QueueId, Vec<RecoveredMessage>)>,
     /// Messages in segments 1, 2, ...: the store's next segment follows.
     pub(crate) live_per_segment: Vec<u64>,
+    /// Messages held by delayed exchanges (all on shard 0).
+    pub(crate) delayed: Vec<RecoveredDelayed>,
 }
 
 pub(crate) fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
@@ -155,8 +168,22 @@ pub(crate) fn recover_on<D: Disk>(
     let mut kept_bytes: HashMap<u64, u64> = HashMap::new();
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
     let survivors = std::mem::take(&mut replayed.live);
-    for (_, survivor) in survivors {
+    let mut delayed_count = 0u64;
+    for ((queue_id, _), survivor) in survivors {
         let (vhost, name) = &replayed.names[survivor.queue as usize];
+        if queue_id == DELAYED_QUEUE_ID {
+            // Held by a delayed exchange: shard 0 holds it again (whether
+            // its exchange still exists is for the shard to say).
+            delayed_count += 1;
+            items[0].push(Item {
+                survivor,
+                queue: DELAYED_QUEUE_ID,
+                slot: usize::MAX,
+                seq: delayed_count,
+                keep: true,
+            });
+            continue;
+        }
         let Some(meta) = by_name.get(&(vhost.as_str(), name.as_str())) else {
             *dropped.entry(name.clone()).or_default() += 1;
             continue;
@@ -188,6 +215,7 @@ pub(crate) fn recover_on<D: Disk>(
     let generation_dir = root.join(next.to_string());
     disk.create_dir_all(&generation_dir)?;
     let names: HashMap<u64, &str> = queues.iter().map(|q| (q.id.0, q.name.as_str())).collect();
+    let replayed_names = &replayed.names;
     for (shard, mut shard_items) in shards.iter_mut().zip(items) {
         disk.create_dir_all(&shard.dir)?;
         // Read in the old files' order (each file once), written in it too.
@@ -198,6 +226,7 @@ pub(crate) fn recover_on<D: Disk>(
             &replayed.files,
             &shard_items,
             &names,
+            replayed_names,
             segment_size,
         )?;
         shard.live_per_segment = live_per_segment;
@@ -208,7 +237,27 @@ pub(crate) fn recover_on<D: Disk>(
             .map(|(item, message)| (item.slot, item.seq, message))
             .collect();
         placed.sort_by_key(|&(slot, seq, _)| (slot, seq));
-        for (slot, _, message) in placed {
+        for (slot, seq, message) in placed {
+            if slot == usize::MAX {
+                let segment = message.segment;
+                let (Some(body), Some(at)) = (message.message, message.expires_at_epoch_ms) else {
+                    continue;
+                };
+                let item = shard_items
+                    .iter()
+                    .find(|i| i.slot == usize::MAX && i.seq == seq);
+                let exchange = item
+                    .map(|i| replayed_names[i.survivor.queue as usize].1.clone())
+                    .unwrap_or_default();
+                shard.delayed.push(RecoveredDelayed {
+                    id: seq,
+                    segment,
+                    exchange,
+                    due_epoch_ms: at,
+                    message: body,
+                });
+                continue;
+            }
             shard.queues[slot].1.push(message);
         }
         disk.sync_dir(&shard.dir)?;
@@ -474,6 +523,7 @@ fn write_segments<D: Disk>(
     files: &[PathBuf],
     items: &[Item],
     names: &HashMap<u64, &str>,
+    replayed_names: &[(String, String)],
     segment_size: u64,
 ) -> io::Result<(Vec<u64>, Vec<RecoveredMessage>)> {
     let mut live_per_segment: Vec<u64> = Vec::new();
@@ -510,7 +560,12 @@ fn write_segments<D: Disk>(
             file = Some(disk.create(&dir.join(segments::file_name(number)))?);
             file_bytes = 0;
         }
-        let name = names.get(&item.queue).copied().unwrap_or_default();
+        let name = if item.queue == DELAYED_QUEUE_ID {
+            // A delayed exchange's message keeps its exchange's name.
+            replayed_names[s.queue as usize].1.as_str()
+        } else {
+            names.get(&item.queue).copied().unwrap_or_default()
+        };
         let before = chunk.len();
         record::put_publish(
             &mut chunk,
