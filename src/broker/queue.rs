@@ -942,6 +942,8 @@ impl Queue {
             while let Some(paged) = loading.pop_back() {
                 self.ready.paged[level].push_front(paged);
             }
+            // Asked again: the pager waits a moment after a failed read.
+            self.want_pages(ctx);
             return;
         };
         for message in messages {
