@@ -147,7 +147,7 @@ impl SegmentFiles {
             let at = self.open_segment(chunk.segment).await?;
             let segment = &mut self.open[at];
             if let SegmentFile::Direct(file) = &segment.file {
-                if record::CHUNK_ALIGNMENT % file.alignment() as usize != 0 {
+                if !record::CHUNK_ALIGNMENT.is_multiple_of(file.alignment() as usize) {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,
                         format!("a disk block of {} bytes", file.alignment()),
