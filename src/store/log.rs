@@ -9,6 +9,14 @@
 //! Appending is a few copies into a `Vec` that is reused from batch to
 //! batch: no lock, no syscall and no allocation per message.
 //!
+//! Every chunk is padded to `CHUNK_ALIGNMENT` when written, so a record's
+//! offset in its segment file is known as it is appended (`Location`):
+//! a queue that pages a message out keeps only that, and the shard's
+//! pager reads it back once `is_written` says it is on disk. The store
+//! also holds the paging limits and the queues waiting for the pager
+//! (`Paging`), and counts the paged messages per segment, since
+//! compaction cannot copy a message it does not hold.
+//!
 //! # Reclaiming segments
 //!
 //! A segment file is deleted once none of its publishes is live. A removal

@@ -1,7 +1,9 @@
 //! A shard's segment files under `messages/<generation>/shard-<n>/`, written
 //! through io_uring: O_DIRECT (glommio `DmaFile`, aligned `DmaBuffer`s) where
 //! the filesystem allows it, buffered writes otherwise. Each group commit is
-//! one write per chunk and one fdatasync per file it touched.
+//! one write per chunk and one fdatasync per file it touched. Paged
+//! messages are read back through io_uring as well (`SegmentReader`),
+//! neighbouring records in one read.
 //!
 //! O_DIRECT is refused by some filesystems (glommio #605); the first refusal
 //! is logged and the shard falls back to buffered writes + fdatasync, which
