@@ -173,6 +173,18 @@ pub const SEGMENT_SIZE: u64 = 32 << 20;
 /// The smallest segment size accepted (`--segment-size`).
 pub const SEGMENT_SIZE_MIN: u64 = 4096;
 
+/// Bytes of ready messages a queue keeps in memory (`--queue-window`);
+/// past it, new messages are paged to the store and read back ahead of
+/// delivery. A few MiB keep a consumer busy for thousands of messages
+/// while the next ones are read (tuning.md).
+pub const QUEUE_WINDOW_BYTES: u64 = 4 << 20;
+/// Bytes of ready and unacknowledged messages all queues of a shard keep
+/// in memory (`--shard-window`): past it, every queue pages new messages
+/// out. Keep shards x this well under the memory watermark.
+pub const SHARD_WINDOW_BYTES: u64 = 128 << 20;
+/// What a queue reads back at once while its shard's window is full.
+pub(crate) const PAGE_READ_BYTES_MIN: u64 = 256 * 1024;
+
 /// The definitions log (`<data-dir>/definitions.log`) is compacted into
 /// `definitions.json` once it would grow past the file's size, but never
 /// below this many bytes, so that a small file is not rewritten every few
@@ -237,6 +249,10 @@ pub struct Config {
     pub disk_free_limit: DiskFreeLimit,
     /// Bytes per message store segment file (`--segment-size`).
     pub segment_size: u64,
+    /// `--queue-window`: ready bytes a queue keeps in memory.
+    pub queue_window_bytes: u64,
+    /// `--shard-window`: bytes all queues of a shard keep in memory.
+    pub shard_window_bytes: u64,
     /// `--spin-before-park-us`: how long an idle shard polls before it
     /// sleeps in io_uring (zero: it sleeps at once).
     pub spin_before_park: Duration,
@@ -394,6 +410,8 @@ impl Default for Config {
             memory_high_watermark: MemoryWatermark::default(),
             disk_free_limit: DiskFreeLimit::default(),
             segment_size: SEGMENT_SIZE,
+            queue_window_bytes: QUEUE_WINDOW_BYTES,
+            shard_window_bytes: SHARD_WINDOW_BYTES,
             spin_before_park: Duration::ZERO,
             queue_leader_locator: QueueLeaderLocator::ClientLocal,
             placement_test: None,

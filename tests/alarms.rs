@@ -44,7 +44,20 @@ fn index_of(data: &[u8]) -> usize {
 }
 
 fn memory_alarm_blocks_then_unblocks(shards: usize) {
-    let broker = Broker::start_with(shards, &["--vm-memory-high-watermark", WATERMARK]);
+    // Windows larger than the watermark: the queue keeps every message in
+    // memory (below them it would page them to disk, and memory would not
+    // grow).
+    let broker = Broker::start_with(
+        shards,
+        &[
+            "--vm-memory-high-watermark",
+            WATERMARK,
+            "--queue-window",
+            "1073741824",
+            "--shard-window",
+            "1073741824",
+        ],
+    );
     let url = broker.url();
     run_for(DEADLINE, async {
         let (pconn, pch) = open(&url).await;

@@ -1015,7 +1015,19 @@ fn proc_status_bytes(b: &Broker, field: &str) -> u64 {
 fn memory_broker(shards: usize) -> (Broker, u64, std::sync::MutexGuard<'static, ()>) {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let b = Broker::start_with(shards, &["--vm-memory-high-watermark", WATERMARK]);
+    // Windows above the watermark: queues keep their messages in memory
+    // rather than page them to disk, so that floods reach the alarm.
+    let b = Broker::start_with(
+        shards,
+        &[
+            "--vm-memory-high-watermark",
+            WATERMARK,
+            "--queue-window",
+            "1073741824",
+            "--shard-window",
+            "1073741824",
+        ],
+    );
     let baseline = proc_status_bytes(&b, "VmRSS:");
     (b, baseline, alone)
 }

@@ -50,6 +50,15 @@ struct Args {
     /// deleted once every message in it is gone.
     #[arg(long, default_value_t = config::SEGMENT_SIZE, value_name = "BYTES")]
     segment_size: u64,
+    /// Bytes of ready messages a queue keeps in memory; past it, new
+    /// messages wait in the message store and are read back ahead of
+    /// delivery (transient ones are written there for it).
+    #[arg(long, default_value_t = config::QUEUE_WINDOW_BYTES, value_name = "BYTES")]
+    queue_window: u64,
+    /// Bytes of messages all queues of a shard keep in memory; past it,
+    /// every queue pages new messages out.
+    #[arg(long, default_value_t = config::SHARD_WINDOW_BYTES, value_name = "BYTES")]
+    shard_window: u64,
     /// The largest message body a client may publish, in bytes (RabbitMQ's
     /// max_message_size; at most 536870912). A larger one closes the
     /// channel with 406 PRECONDITION_FAILED.
@@ -348,6 +357,8 @@ fn main() -> ExitCode {
         memory_high_watermark,
         disk_free_limit,
         segment_size: args.segment_size.max(config::SEGMENT_SIZE_MIN),
+        queue_window_bytes: args.queue_window,
+        shard_window_bytes: args.shard_window,
         message_size_max: args.max_message_size,
         placement_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),

@@ -27,11 +27,17 @@
 //!   again. A delay over 2^31 ms does not fit a signedint; warren writes a
 //!   long there where RabbitMQ would wrap the value.
 //!
-//! Held messages live in memory until the persistence work lands; the plugin
-//! keeps them in Mnesia, on disk, and they survive a restart. Their bytes
-//! (`ShardState::delayed_bytes`, kept as they come and go) count toward the
-//! memory alarm, so a publisher filling a delayed exchange is blocked as one
-//! filling a queue is.
+//! Held messages live in memory; their bytes (`ShardState::delayed_bytes`,
+//! kept as they come and go) count toward the memory alarm, so a publisher
+//! filling a delayed exchange is blocked as one filling a queue is. A
+//! persistent message held by a durable delayed exchange is also written
+//! to the shard's message store, as the plugin writes it to Mnesia: a
+//! publish record of the pseudo-queue `DELAYED_QUEUE_ID`, named after the
+//! exchange, with its id as sequence number and its due time as deadline;
+//! its confirm waits for the disk. A removal record follows when it is
+//! routed or its exchange goes. After a restart or a kill -9 recovery hands
+//! the held messages back (`restore_delayed`), each due at its time, at
+//! once if that passed while the broker was down.
 
 use bytes::Bytes;
 
@@ -40,11 +46,16 @@ use crate::broker::vhost::Routed;
 use crate::broker::{ConfirmTarget, ShardMsg, ShardState};
 use crate::metadata::exchange::Destination;
 use crate::model::message::Message;
+use crate::store::record::{PublishHead, DELAYED_QUEUE_ID};
+use crate::store::recovery::RecoveredDelayed;
 use crate::util::timer_wheel::TimerId;
 use warren_protocol::{FieldValue, Properties, ShortStr};
 
 /// The header holding a message's delay in milliseconds.
 pub(crate) const DELAY_HEADER: &str = "x-delay";
+
+/// `delivery-mode` of a persistent message.
+const PERSISTENT: u8 = 2;
 
 /// The longest delay the plugin honours: Erlang's largest timer.
 pub(crate) const DELAY_MS_MAX: i64 = u32::MAX as i64;
@@ -73,6 +84,8 @@ pub(crate) struct Held {
     message: Message,
     extra_keys: Vec<String>,
     timer: TimerId,
+    /// The store segment of its record; 0 if it is not stored.
+    segment: u32,
 }
 
 /// The delay the plugin reads from a message's `x-delay` header
@@ -139,28 +152,47 @@ impl ShardState {
         } = publish;
         // The exchange may have gone between the publish and now (only
         // through a transaction's commit): the message goes with it.
-        if self
+        let mut stored = false;
+        let durable = self
             .vhost(&vhost)
-            .is_some_and(|v| v.exchanges.contains_key(exchange.as_str()))
-        {
+            .and_then(|v| v.exchanges.get(exchange.as_str()))
+            .map(|x| x.def.durable);
+        if let Some(durable) = durable {
             let message = detached(message, delay_ms);
             let id = self.next_delayed_id;
             self.next_delayed_id += 1;
             let deadline_ms = self.timers.deadline_after_ms(delay_ms);
-            let timer = self.timers.insert(deadline_ms, TimerEvent::Delayed { id });
-            self.delayed_bytes += message.memory_size();
-            self.delayed.insert(
+            let mut segment = 0;
+            if durable && message.delivery_mode() == Some(PERSISTENT) {
+                segment = self.store.append_publish(&PublishHead {
+                    queue_id: DELAYED_QUEUE_ID,
+                    seq: id,
+                    delivered: false,
+                    transient: false,
+                    level: 0,
+                    expires_at_epoch_ms: Some(self.timers.epoch_ms_of(deadline_ms)),
+                    vhost: vhost.as_str(),
+                    queue_name: exchange.as_str(),
+                    message: &message,
+                });
+                stored = true;
+            }
+            self.hold(
                 id,
-                Held {
-                    vhost,
-                    exchange,
-                    message,
-                    extra_keys,
-                    timer,
-                },
+                vhost,
+                exchange,
+                message,
+                extra_keys,
+                deadline_ms,
+                segment,
             );
         }
         if let Some(target) = confirm {
+            if stored {
+                // Confirmed once its record is on disk.
+                self.store.defer_confirm(target);
+                return;
+            }
             self.send(
                 target.conn.shard,
                 ShardMsg::Confirm {
@@ -171,11 +203,81 @@ impl ShardState {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &mut self,
+        id: u64,
+        vhost: ShortStr,
+        exchange: ShortStr,
+        message: Message,
+        extra_keys: Vec<String>,
+        deadline_ms: u64,
+        segment: u32,
+    ) {
+        let timer = self.timers.insert(deadline_ms, TimerEvent::Delayed { id });
+        self.delayed_bytes += message.memory_size();
+        self.delayed.insert(
+            id,
+            Held {
+                vhost,
+                exchange,
+                message,
+                extra_keys,
+                timer,
+                segment,
+            },
+        );
+    }
+
+    /// Takes back the held messages the store recovered at start (written
+    /// into the new generation under their ids), each due at its time: at
+    /// once if it passed while the broker was down. Those of an exchange
+    /// that is gone are dropped.
+    pub(crate) fn restore_delayed(&mut self, recovered: Vec<RecoveredDelayed>) {
+        for held in recovered {
+            self.next_delayed_id = self.next_delayed_id.max(held.id + 1);
+            let vhost = ShortStr::from(held.vhost.as_str());
+            let exchange = ShortStr::from(held.exchange.as_str());
+            if !self
+                .vhost(&vhost)
+                .is_some_and(|v| v.exchanges.contains_key(exchange.as_str()))
+            {
+                self.store
+                    .append_removal(DELAYED_QUEUE_ID, held.id, held.segment);
+                continue;
+            }
+            let deadline_ms = self.timers.shard_ms_of_epoch(held.due_epoch_ms);
+            // Its CC keys are in its headers, its BCC keys beside them.
+            let mut extra_keys = Vec::new();
+            let _ = crate::broker::sender_selected::routing_keys(
+                &held.message.properties(),
+                &mut extra_keys,
+            );
+            extra_keys.extend(held.message.bcc_keys().unwrap_or(&[]).iter().cloned());
+            self.hold(
+                held.id,
+                vhost,
+                exchange,
+                held.message,
+                extra_keys,
+                deadline_ms,
+                held.segment,
+            );
+        }
+    }
+
     /// A held message is due: route it from its exchange, now.
     pub(crate) fn delayed_due(&mut self, id: u64) {
         let Some(held) = self.delayed.remove(&id) else {
             return;
         };
+        if held.segment != 0 {
+            // Appended before the queues' own publishes of it: a crash in
+            // between loses it (at most the last group commit), it is never
+            // routed twice.
+            self.store
+                .append_removal(DELAYED_QUEUE_ID, id, held.segment);
+        }
         self.delayed_bytes = self
             .delayed_bytes
             .saturating_sub(held.message.memory_size());
@@ -227,11 +329,15 @@ impl ShardState {
             delayed,
             delayed_bytes,
             timers,
+            store,
             ..
         } = self;
-        delayed.retain(|_, held| {
+        delayed.retain(|&id, held| {
             if held.exchange == *exchange && held.vhost.as_str() == vhost {
                 timers.cancel(held.timer);
+                if held.segment != 0 {
+                    store.append_removal(DELAYED_QUEUE_ID, id, held.segment);
+                }
                 *delayed_bytes = delayed_bytes.saturating_sub(held.message.memory_size());
                 false
             } else {

@@ -297,6 +297,9 @@ pub(crate) struct ShardState {
     pub(crate) timers: Timers,
     /// The shard's message log: persistent messages of durable queues.
     pub(crate) store: MessageStore<ConfirmTarget>,
+    /// basic.gets waiting for their queue's head to be read back from
+    /// the store: (queue, connection, channel, no_ack), in arrival order.
+    gets_paging: Vec<(QueueId, ConnRef, u16, bool)>,
     dead_letters: Vec<DeadLetter>,
     /// Queues whose dead-letter cycle was logged: once each, as RabbitMQ does.
     dead_letter_cycles_logged: crate::util::hash::FastSet<ShortStr>,
@@ -452,6 +455,7 @@ impl ShardState {
             confirm_dirty: Vec::new(),
             timers: Timers::new(),
             store: MessageStore::new(segment_size, &[]),
+            gets_paging: Vec::new(),
             dead_letters: Vec::new(),
             dead_letter_cycles_logged: Default::default(),
             delayed: FastMap::default(),
@@ -969,6 +973,10 @@ impl ShardState {
         });
         match got {
             None => self.reply(conn, channel, ChannelReply::Error(no_queue_by_id())),
+            Some(None) if self.queues.get(&queue).is_some_and(Queue::is_paging_in) => {
+                // Its head is on disk: the answer waits until it is read.
+                self.gets_paging.push((queue, conn, channel, no_ack));
+            }
             Some(None) => self.reply(conn, channel, ChannelReply::GetEmpty),
             Some(Some((queue, queued, remaining))) => {
                 let delivery = Delivery {
@@ -1482,6 +1490,75 @@ impl ShardState {
         self.run_local();
     }
 
+    /// The pager's next reads: for each queue that asked, its next paged
+    /// messages, as many as its window has room for (a little when the
+    /// shard's window is full, so that a queue with consumers never
+    /// starves behind queues without any).
+    pub(crate) fn page_reads(&mut self) -> Vec<queue::PageRead> {
+        let wanted = std::mem::take(&mut self.store.paging.wanted);
+        let paging = &self.store.paging;
+        let window = paging.queue_window_bytes;
+        let shard_full = paging.resident_bytes >= paging.shard_window_bytes;
+        let mut reads = Vec::new();
+        let mut again = Vec::new();
+        let (queues, _, mut ctx) = self.queue_parts();
+        for id in wanted {
+            let Some(q) = queues.get_mut(&id) else {
+                continue;
+            };
+            let mut budget = window.saturating_sub(q.memory_bytes());
+            if shard_full {
+                budget = budget.min(crate::config::PAGE_READ_BYTES_MIN);
+            }
+            let (read, waiting) = q.page_read(budget.max(1), &mut ctx);
+            reads.extend(read);
+            if waiting {
+                again.push(id);
+            }
+        }
+        // These wait for their records to be written; the batch's end
+        // wakes the pager again.
+        self.store.paging.wanted.extend(again);
+        reads
+    }
+
+    /// The pager read a queue's paged messages back (None: the read
+    /// failed, they stay paged): they join its ready messages in memory.
+    pub(crate) fn page_loaded(&mut self, read: queue::PageRead, messages: Option<Vec<Message>>) {
+        let queue = read.queue;
+        self.with_queue(queue, |q, _, ctx| q.loaded(read, messages, ctx));
+        if self.gets_paging.iter().any(|g| g.0 == queue) {
+            let (waiting, others) = std::mem::take(&mut self.gets_paging)
+                .into_iter()
+                .partition(|g| g.0 == queue);
+            self.gets_paging = others;
+            let waiting: Vec<(QueueId, ConnRef, u16, bool)> = waiting;
+            for (queue, conn, channel, no_ack) in waiting {
+                self.get(queue, conn, channel, no_ack);
+            }
+        }
+        self.dispatch(queue);
+        self.run_local();
+    }
+
+    /// basic.gets that waited for a queue deleted meanwhile get its 404.
+    fn answer_gets_of_gone_queues(&mut self) {
+        let queues = &self.queues;
+        let (gone, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gets_paging)
+            .into_iter()
+            .partition(|g| !queues.contains_key(&g.0));
+        self.gets_paging = waiting;
+        for (queue, conn, channel, no_ack) in gone {
+            self.get(queue, conn, channel, no_ack);
+        }
+    }
+
+    /// Adds up what the shard's queues hold in memory, for the shard's
+    /// paging window (on the alarm check).
+    pub(crate) fn update_paging(&mut self) {
+        self.store.paging.resident_bytes = self.queues.values().map(Queue::memory_bytes).sum();
+    }
+
     /// Compacts the oldest store segment that keeps emptied ones from
     /// being deleted (see `MessageStore::compaction_candidate`): its live
     /// messages are copied forward. Scans every queue of the shard, which
@@ -1545,6 +1622,9 @@ impl ShardState {
     /// The timer tick: heartbeats and handshake/close deadlines.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.now = now;
+        if !self.gets_paging.is_empty() {
+            self.answer_gets_of_gone_queues();
+        }
         self.release_flow_holds();
         self.release_credit_holds();
         let ids: Vec<ConnId> = self.connections.keys().copied().collect();
@@ -1588,7 +1668,11 @@ impl ShardState {
     /// Publishes what this shard's queues hold, for the deciding shard to add up
     /// (`broker::alarms`). O(queues): called on the alarm check only.
     pub(crate) fn publish_memory_use(&self) {
-        let queued: u64 = self.queues.values().map(Queue::memory_bytes).sum();
+        let queued: u64 = self
+            .queues
+            .values()
+            .map(|q| q.memory_bytes() + q.index_bytes())
+            .sum();
         let connections: u64 = self.connections.values().map(Connection::held_bytes).sum();
         self.alarm_board
             .publish_queued_bytes(self.id.index(), queued + connections + self.delayed_bytes);

@@ -4,6 +4,22 @@
 //!
 //! The queue performs no I/O: `dispatch` appends `Delivery`s for the shard to
 //! route to the consumers' connections, wherever they are.
+//!
+//! # Paging
+//!
+//! A queue keeps at most a window of its ready messages in memory
+//! (`Paging::over_window`: its own `--queue-window`, the shard's
+//! `--shard-window`). Past it, a new message is kept as an index entry
+//! (`Paged`: where its publish record is in the store, and what ordering
+//! and expiry need) and its body is let go; transient messages are
+//! written to the store for that (without waiting for the disk, and void
+//! at restart). Paged messages always follow the messages in memory, so a
+//! level is: messages in memory, then those being read back (`loading`),
+//! then the paged ones. When the window has room, the queue asks the
+//! shard's pager (`Paging::want`) to read the next paged messages back;
+//! they rejoin the ready messages in memory (`loaded`). Paged messages
+//! expire when they are back in memory, as RabbitMQ's do at the head.
+//! Quorum queues are not paged (a returned message goes to their back).
 
 use std::collections::VecDeque;
 
@@ -15,7 +31,7 @@ use crate::metadata::queue_args::{Overflow, QueueType, EXPIRY_MS_MAX};
 use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
-use crate::store::log::MessageStore;
+use crate::store::log::{Location, MessageStore};
 use crate::store::record::PublishHead;
 use crate::store::recovery::RecoveredMessage;
 use crate::util::timer_wheel::TimerId;
@@ -290,12 +306,47 @@ struct Slot {
     timer: Option<TimerId>,
 }
 
+/// A ready message held as an index entry only (see Paging above): its
+/// publish record is read back from the store before it is delivered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Paged {
+    pub(crate) seq: u64,
+    pub(crate) location: Location,
+    body_bytes: u64,
+    expires_at_ms: u64,
+    redelivered: bool,
+    level: u8,
+}
+
+/// Paged messages a queue asks the pager to read back at once, at most.
+const PAGE_READ_MESSAGES_MAX: usize = 4096;
+
+/// What the pager reads for a queue: the first `entries.len()` messages
+/// being loaded at `level`, as they were when asked (`epoch`: a purge
+/// since voids the read).
+#[derive(Debug)]
+pub struct PageRead {
+    pub queue: QueueId,
+    pub(crate) epoch: u64,
+    pub(crate) level: u8,
+    pub(crate) entries: Vec<Paged>,
+}
+
 /// Ready messages: one FIFO per priority level, each ordered by `seq`.
 #[derive(Debug)]
 struct Ready {
     levels: Vec<VecDeque<Slot>>,
     /// Live (not tombstoned) messages per level.
     live: Vec<usize>,
+    /// Per level, paged messages being read back, then those still paged:
+    /// all after the level's messages in memory.
+    loading: Vec<VecDeque<Paged>>,
+    paged: Vec<VecDeque<Paged>>,
+    /// Messages in `loading` and `paged`, all levels.
+    pending: usize,
+    /// Counts the clears: a read asked before one is void.
+    epoch: u64,
+    /// All ready messages, paged ones included.
     count: usize,
     body_bytes: u64,
     /// `Message::memory_size` of the live messages, for the memory alarm.
@@ -307,6 +358,10 @@ impl Ready {
         Ready {
             levels: (0..level_count).map(|_| VecDeque::new()).collect(),
             live: vec![0; level_count],
+            loading: (0..level_count).map(|_| VecDeque::new()).collect(),
+            paged: (0..level_count).map(|_| VecDeque::new()).collect(),
+            pending: 0,
+            epoch: 0,
             count: 0,
             body_bytes: 0,
             memory_bytes: 0,
@@ -344,9 +399,35 @@ impl Ready {
         self.memory_bytes -= queued.message.memory_size();
     }
 
-    /// The highest non-empty level.
+    /// The highest non-empty level (paged messages count: a level whose
+    /// next message is being read back is waited for).
     fn top_level(&self) -> Option<usize> {
-        (0..self.levels.len()).rev().find(|&l| self.live[l] > 0)
+        if self.pending == 0 {
+            return (0..self.levels.len()).rev().find(|&l| self.live[l] > 0);
+        }
+        (0..self.levels.len())
+            .rev()
+            .find(|&l| self.live[l] > 0 || !self.loading[l].is_empty() || !self.paged[l].is_empty())
+    }
+
+    /// Whether a message of `level` must be paged to keep the order: its
+    /// level already has paged messages.
+    fn has_pending(&self, level: usize) -> bool {
+        self.pending > 0 && (!self.loading[level].is_empty() || !self.paged[level].is_empty())
+    }
+
+    fn add_paged(&mut self, paged: Paged) {
+        self.count += 1;
+        self.pending += 1;
+        self.body_bytes += paged.body_bytes;
+        self.paged[paged.level as usize].push_back(paged);
+    }
+
+    /// A paged message is back (or gone): it no longer counts as paged.
+    fn took_paged(&mut self, paged: &Paged) {
+        self.count -= 1;
+        self.pending -= 1;
+        self.body_bytes -= paged.body_bytes;
     }
 
     fn pop_front(&mut self) -> Option<(QueuedMessage, Option<TimerId>)> {
@@ -386,14 +467,25 @@ impl Ready {
         }
     }
 
-    /// Empties the queue, handing back each message and its timer.
-    fn clear(&mut self, mut each: impl FnMut(Option<TimerId>, Option<QueuedMessage>)) -> usize {
+    /// Empties the queue, handing back each message and its timer, and
+    /// each paged message.
+    fn clear(
+        &mut self,
+        mut each: impl FnMut(Option<TimerId>, Option<QueuedMessage>, Option<Paged>),
+    ) -> usize {
         let count = self.count;
         for deque in &mut self.levels {
             for slot in deque.drain(..) {
-                each(slot.timer, slot.queued);
+                each(slot.timer, slot.queued, None);
             }
         }
+        if self.pending > 0 {
+            for deque in self.loading.iter_mut().chain(self.paged.iter_mut()) {
+                deque.drain(..).for_each(|p| each(None, None, Some(p)));
+            }
+            self.pending = 0;
+        }
+        self.epoch += 1;
         self.live.iter_mut().for_each(|l| *l = 0);
         self.count = 0;
         self.body_bytes = 0;
@@ -519,6 +611,8 @@ pub struct Queue {
     /// consumers in vain: a stalled consumer slows no publisher, until it
     /// takes a message again.
     flow_stalled_at: Option<u64>,
+    /// It is in `Paging::wanted`, waiting for the pager.
+    page_wanted: bool,
     /// What the management API shows as the queue's message_stats: owned
     /// by the queue's shard, summed by nobody, read on request.
     pub(crate) stats: QueueStats,
@@ -568,6 +662,7 @@ impl Queue {
             deliveries: 0,
             flow_stalled_at: None,
             stats: QueueStats::default(),
+            page_wanted: false,
         }
     }
 
@@ -599,11 +694,12 @@ impl Queue {
         self.ready.count as u32
     }
 
-    /// What the memory alarm counts for this queue: its ready and its
-    /// unacknowledged messages (`Message::memory_size`), and the autoack
-    /// deliveries on their way to a consumer on another shard (the queue
-    /// no longer holds them, and the consumer's connection does not yet).
-    /// O(consumers): called on the alarm check only.
+    /// What the memory alarm and the paging window count for this queue:
+    /// its ready messages in memory and its unacknowledged ones
+    /// (`Message::memory_size`), and the autoack deliveries on their way to
+    /// a consumer on another shard (the queue no longer holds them, and the
+    /// consumer's connection does not yet). O(consumers): called on the
+    /// alarm check and the paging decision, not per message.
     pub(crate) fn memory_bytes(&self) -> u64 {
         let transit: u64 = self
             .consumers
@@ -625,6 +721,12 @@ impl Queue {
             }
             None => false,
         }
+    }
+
+    /// What its paged messages' index entries take (the memory alarm
+    /// counts it; the paging window does not, as it is not theirs to page).
+    pub(crate) fn index_bytes(&self) -> u64 {
+        (self.ready.pending * std::mem::size_of::<Paged>()) as u64
     }
 
     pub(crate) fn consumer_count(&self) -> u32 {
@@ -721,18 +823,22 @@ impl Queue {
         // Only persistent messages in durable queues are written; the
         // durable check comes first, as it is free.
         let stored = self.meta.durable && queued.message.delivery_mode() == Some(PERSISTENT);
+        let mut location = None;
         if stored {
             let expires_at_epoch_ms = expires_at_ms.map(|at| ctx.timers.epoch_ms_of(at));
-            queued.segment = ctx.store.append_publish(&PublishHead {
+            let at = ctx.store.append_publish_at(&PublishHead {
                 queue_id: self.meta.id.0,
                 seq,
                 delivered: false,
+                transient: false,
                 level,
                 expires_at_epoch_ms,
                 vhost: self.meta.vhost.as_str(),
                 queue_name: self.meta.name.as_str(),
                 message: &queued.message,
             });
+            queued.segment = at.segment;
+            location = Some(at);
         }
         let enqueued = if stored {
             Enqueued::Stored
@@ -747,8 +853,194 @@ impl Queue {
                 return enqueued;
             }
         }
-        self.add_ready(queued, ctx);
+        if self.should_page(level, ctx) {
+            self.page_out(queued, location, ctx);
+        } else {
+            self.add_ready(queued, ctx);
+        }
         enqueued
+    }
+
+    /// Whether some of its ready messages are paged out: a basic.get
+    /// that found none in memory waits for them.
+    pub(crate) fn is_paging_in(&self) -> bool {
+        self.ready.pending > 0
+    }
+
+    /// Whether a new ready message of `level` is paged out rather than
+    /// kept in memory: its level already has paged messages (they come
+    /// first), or the window is full.
+    fn should_page(&self, level: u8, ctx: &QueueCtx) -> bool {
+        !self.is_quorum()
+            && (self.ready.has_pending(level as usize)
+                || ctx.store.paging.over_window(self.ready.memory_bytes))
+    }
+
+    /// Keeps a ready message as an index entry only. One not in the store
+    /// yet (transient, or in a queue that is not durable) is written now,
+    /// marked transient: it is read back from there, and never restored.
+    fn page_out(
+        &mut self,
+        mut queued: QueuedMessage,
+        location: Option<Location>,
+        ctx: &mut QueueCtx,
+    ) {
+        let location = match location {
+            Some(location) => location,
+            None => {
+                let expires_at_epoch_ms =
+                    queued.expires_at_ms().map(|at| ctx.timers.epoch_ms_of(at));
+                let at = ctx.store.append_publish_at(&PublishHead {
+                    queue_id: self.meta.id.0,
+                    seq: queued.seq,
+                    delivered: queued.redelivered,
+                    transient: true,
+                    level: queued.level,
+                    expires_at_epoch_ms,
+                    vhost: self.meta.vhost.as_str(),
+                    queue_name: self.meta.name.as_str(),
+                    message: &queued.message,
+                });
+                queued.segment = at.segment;
+                at
+            }
+        };
+        ctx.store.paged_out(location.segment);
+        self.ready.add_paged(Paged {
+            seq: queued.seq,
+            location,
+            body_bytes: queued.message.body_size(),
+            expires_at_ms: queued.expires_at_ms,
+            redelivered: queued.redelivered,
+            level: queued.level,
+        });
+    }
+
+    /// Asks the pager for the next paged messages, if the queue has some
+    /// and room for them, and is not waiting for a read already.
+    fn want_pages(&mut self, ctx: &mut QueueCtx) {
+        if self.ready.pending == 0 || self.page_wanted {
+            return;
+        }
+        if self.ready.loading.iter().any(|l| !l.is_empty()) {
+            return;
+        }
+        // Read ahead once half the window is free; at once if the next
+        // message to deliver is paged (its level's others in memory are
+        // of no use to it).
+        let paging = &ctx.store.paging;
+        let head_paged = self
+            .ready
+            .top_level()
+            .is_some_and(|l| self.ready.live[l] == 0);
+        if self.ready.memory_bytes >= paging.queue_window_bytes / 2 && !head_paged {
+            return;
+        }
+        self.page_wanted = true;
+        ctx.store.paging.want(self.meta.id);
+    }
+
+    /// The pager's read for this queue: the first paged messages of the
+    /// highest level that has some, up to `budget_bytes` (at least one),
+    /// those already on disk only. They move to `loading`. None if there is
+    /// nothing to read yet; `waiting` says whether the queue still wants
+    /// pages (the next batch write will let them be read).
+    pub(crate) fn page_read(
+        &mut self,
+        budget_bytes: u64,
+        ctx: &mut QueueCtx,
+    ) -> (Option<PageRead>, bool) {
+        self.page_wanted = false;
+        let Some(level) = (0..self.ready.paged.len())
+            .rev()
+            .find(|&l| !self.ready.paged[l].is_empty())
+        else {
+            return (None, false);
+        };
+        if !self.ready.loading[level].is_empty() {
+            return (None, false);
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(next) = self.ready.paged[level].front() {
+            let too_much = !entries.is_empty()
+                && (bytes + next.body_bytes > budget_bytes
+                    || entries.len() >= PAGE_READ_MESSAGES_MAX);
+            if too_much || !ctx.store.is_written(next.location) {
+                break;
+            }
+            bytes += next.body_bytes;
+            if let Some(paged) = self.ready.paged[level].pop_front() {
+                self.ready.loading[level].push_back(paged);
+                entries.push(paged);
+            }
+        }
+        if entries.is_empty() {
+            // Its records are still being written.
+            self.page_wanted = true;
+            return (None, true);
+        }
+        let read = PageRead {
+            queue: self.meta.id,
+            epoch: self.ready.epoch,
+            level: level as u8,
+            entries,
+        };
+        (Some(read), false)
+    }
+
+    /// The pager read these paged messages back (`messages`, in order, or
+    /// None if the read failed: they are paged again, to be read later).
+    pub(crate) fn loaded(
+        &mut self,
+        read: PageRead,
+        messages: Option<Vec<Message>>,
+        ctx: &mut QueueCtx,
+    ) {
+        if read.epoch != self.ready.epoch {
+            // Purged meanwhile: they are gone already.
+            return;
+        }
+        let level = read.level as usize;
+        let Some(messages) = messages else {
+            let loading = &mut self.ready.loading[level];
+            while let Some(paged) = loading.pop_back() {
+                self.ready.paged[level].push_front(paged);
+            }
+            // Asked again: the pager waits a moment after a failed read.
+            self.want_pages(ctx);
+            return;
+        };
+        for message in messages {
+            let Some(paged) = self.ready.loading[level].pop_front() else {
+                break;
+            };
+            self.ready.took_paged(&paged);
+            ctx.store.paged_in(paged.location.segment);
+            let queued = QueuedMessage {
+                seq: paged.seq,
+                redelivered: paged.redelivered,
+                level: paged.level,
+                delivery_count: 0,
+                expires_at_ms: paged.expires_at_ms,
+                segment: paged.location.segment,
+                message,
+            };
+            self.add_ready(queued, ctx);
+        }
+        // Any the pager could not read back are gone (logged there).
+        while let Some(paged) = self.ready.loading[level].pop_front() {
+            self.ready.took_paged(&paged);
+            ctx.store.paged_in(paged.location.segment);
+            ctx.store
+                .append_removal(self.meta.id.0, paged.seq, paged.location.segment);
+        }
+    }
+
+    /// A paged message is gone without being read back (purge, deletion).
+    fn forget_paged(queue: QueueId, paged: Paged, store: &mut MessageStore<ConfirmTarget>) {
+        store.paged_in(paged.location.segment);
+        store.append_removal(queue.0, paged.seq, paged.location.segment);
     }
 
     /// Takes back a message recovered from the store at start (rewritten
@@ -760,18 +1052,42 @@ impl Queue {
         let seq = self.next_seq;
         self.next_seq += 1;
         let top_level = (self.ready.levels.len() - 1) as u8;
+        let level = recovered.level.min(top_level);
+        let expires_at_ms = recovered
+            .expires_at_epoch_ms
+            .map_or(NEVER, |at| ctx.timers.shard_ms_of_epoch(at));
+        let location = Location {
+            segment: recovered.segment,
+            offset: recovered.offset,
+            len: recovered.len,
+        };
+        let Some(message) = recovered.message else {
+            // Past the queue's window: it stays on disk until its turn.
+            ctx.store.paged_out(location.segment);
+            self.ready.add_paged(Paged {
+                seq,
+                location,
+                body_bytes: recovered.body_bytes,
+                expires_at_ms,
+                redelivered: recovered.redelivered,
+                level,
+            });
+            return;
+        };
         let queued = QueuedMessage {
             seq,
             redelivered: recovered.redelivered,
-            level: recovered.level.min(top_level),
+            level,
             delivery_count: 0,
-            expires_at_ms: recovered
-                .expires_at_epoch_ms
-                .map_or(NEVER, |at| ctx.timers.shard_ms_of_epoch(at)),
+            expires_at_ms,
             segment: recovered.segment,
-            message: recovered.message,
+            message,
         };
-        self.add_ready(queued, ctx);
+        if recovered.len > 0 && self.should_page(queued.level, ctx) {
+            self.page_out(queued, Some(location), ctx);
+        } else {
+            self.add_ready(queued, ctx);
+        }
     }
 
     /// Copies this queue's stored messages that live in segment `from`
@@ -779,9 +1095,6 @@ impl Queue {
     /// `MessageStore::compaction_candidate`). A message delivered and not
     /// acknowledged, or delivered before, is copied as delivered.
     pub(crate) fn relocate(&mut self, from: u32, ctx: &mut QueueCtx) {
-        if !self.meta.durable {
-            return;
-        }
         let QueueCtx { timers, store, .. } = ctx;
         let meta = &self.meta;
         let mut copy = |queued: &mut QueuedMessage, delivered: bool| {
@@ -793,6 +1106,9 @@ impl Queue {
                     queue_id: meta.id.0,
                     seq: queued.seq,
                     delivered,
+                    // A transient message read back from a page stays void
+                    // at restart.
+                    transient: !meta.durable || queued.message.delivery_mode() != Some(PERSISTENT),
                     level: queued.level,
                     expires_at_epoch_ms: queued.expires_at_ms().map(|at| timers.epoch_ms_of(at)),
                     vhost: meta.vhost.as_str(),
@@ -819,12 +1135,16 @@ impl Queue {
     pub(crate) fn forget_all(&mut self, ctx: &mut QueueCtx) {
         let id = self.meta.id;
         self.expire_now.clear();
-        self.ready.clear(|timer, queued| {
+        let QueueCtx { timers, store, .. } = ctx;
+        self.ready.clear(|timer, queued, paged| {
             if let Some(timer) = timer {
-                ctx.timers.cancel(timer);
+                timers.cancel(timer);
             }
             if let Some(queued) = queued {
-                forget(id, &queued, ctx.store);
+                forget(id, &queued, store);
+            }
+            if let Some(paged) = paged {
+                Queue::forget_paged(id, paged, store);
             }
         });
         for (queued, _) in self.unacked.drain() {
@@ -1160,7 +1480,9 @@ impl Queue {
     /// basic.get: the head message, and how many remain after it.
     pub(crate) fn get(&mut self, no_ack: bool, ctx: &mut QueueCtx) -> Option<(QueuedMessage, u32)> {
         self.touch(ctx);
-        let mut queued = self.next_ready(ctx)?;
+        let next = self.next_ready(ctx);
+        self.want_pages(ctx);
+        let mut queued = next?;
         let remaining = self.ready.count as u32;
         let delivered = self.as_delivered(&queued, true);
         if no_ack {
@@ -1188,12 +1510,16 @@ impl Queue {
     pub fn purge(&mut self, ctx: &mut QueueCtx) -> u32 {
         self.expire_now.clear();
         let id = self.meta.id;
-        self.ready.clear(|timer, queued| {
+        let QueueCtx { timers, store, .. } = ctx;
+        self.ready.clear(|timer, queued, paged| {
             if let Some(timer) = timer {
-                ctx.timers.cancel(timer);
+                timers.cancel(timer);
             }
             if let Some(queued) = queued {
-                forget(id, &queued, ctx.store);
+                forget(id, &queued, store);
+            }
+            if let Some(paged) = paged {
+                Queue::forget_paged(id, paged, store);
             }
         }) as u32
     }
@@ -1225,6 +1551,7 @@ impl Queue {
             forget(self.meta.id, &queued, ctx.store);
             self.dead_letter(queued.message, DeathReason::Maxlen, ctx);
         }
+        self.want_pages(ctx);
     }
 
     fn deliver_ready(&mut self, out: &mut impl DeliverySink, ctx: &mut QueueCtx) {

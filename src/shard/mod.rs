@@ -51,6 +51,8 @@ const MEMLOCK_PER_SHARD: u64 = IO_MEMORY as u64 + (1 << 20);
 /// How long a stopping shard waits for its message store to write and sync
 /// what is pending.
 const STORE_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the pager waits after a failed read before it tries again.
+const PAGER_RETRY_AFTER: Duration = Duration::from_millis(100);
 /// How often the store's debug line (fsyncs per second, records per fsync)
 /// is written, when it has something to say.
 const STORE_REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -167,6 +169,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         &restored_queues,
         shard_count,
         config.segment_size,
+        config.queue_window_bytes,
     )
     .map_err(BootError::Recovery)?;
     let mut recovered = recovered.into_iter();
@@ -560,11 +563,24 @@ async fn shard_main(
         dir: store_dir,
         queues: recovered_queues,
         live_per_segment,
+        delayed: recovered_delayed,
     } = boot.messages;
-    state.borrow_mut().store = MessageStore::new(config.segment_size, &live_per_segment);
+    {
+        let mut store = MessageStore::new(config.segment_size, &live_per_segment);
+        store.paging.queue_window_bytes = config.queue_window_bytes;
+        store.paging.shard_window_bytes = config.shard_window_bytes;
+        state.borrow_mut().store = store;
+    }
     state.borrow_mut().restore_messages(recovered_queues);
+    state.borrow_mut().restore_delayed(recovered_delayed);
     flush(&state, &senders);
     let store_busy = Rc::new(Cell::new(false));
+    glommio::spawn_local(run_pager(
+        state.clone(),
+        senders.clone(),
+        store::segments::SegmentReader::new(store_dir.clone()),
+    ))
+    .detach();
     glommio::spawn_local(run_store(
         state.clone(),
         senders.clone(),
@@ -678,6 +694,7 @@ async fn shard_main(
             loop {
                 glommio::timer::sleep(ALARM_CHECK_INTERVAL).await;
                 state.borrow().publish_memory_use();
+                state.borrow_mut().update_paging();
                 if let Some(monitor) = monitor.as_mut() {
                     monitor.check(Instant::now());
                 }
@@ -852,6 +869,44 @@ async fn run_store(
             }
         }
         busy.set(false);
+    }
+}
+
+/// The shard's pager: reads paged messages back for the queues that
+/// asked (`Paging::want`), one queue's read after another, each read
+/// taking neighbouring records together. A failed read leaves the
+/// messages paged; the queue asks again later.
+async fn run_pager(
+    state: Shared,
+    senders: Rc<Senders<Batch>>,
+    mut reader: store::segments::SegmentReader,
+) {
+    let wake = state.borrow().store.paging.wake.clone();
+    loop {
+        wake.wait().await;
+        let reads = state.borrow_mut().page_reads();
+        let mut failed = false;
+        for read in reads {
+            let entries: Vec<_> = read.entries.iter().map(|p| (p.seq, p.location)).collect();
+            let messages = match reader.read_publishes(read.queue.0, &entries).await {
+                Ok(messages) => Some(messages),
+                Err(e) => {
+                    error!(error = %e, queue = read.queue.0, "cannot read paged messages back");
+                    failed = true;
+                    None
+                }
+            };
+            state.borrow_mut().page_loaded(read, messages);
+            flush(&state, &senders);
+        }
+        reader
+            .close_unless(|n| state.borrow().store.has_segment(n))
+            .await;
+        if failed {
+            // Not at once again: the disk may need a moment.
+            glommio::timer::sleep(PAGER_RETRY_AFTER).await;
+            state.borrow().store.paging.wake.notify();
+        }
     }
 }
 

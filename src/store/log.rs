@@ -9,6 +9,14 @@
 //! Appending is a few copies into a `Vec` that is reused from batch to
 //! batch: no lock, no syscall and no allocation per message.
 //!
+//! Every chunk is padded to `CHUNK_ALIGNMENT` when written, so a record's
+//! offset in its segment file is known as it is appended (`Location`):
+//! a queue that pages a message out keeps only that, and the shard's
+//! pager reads it back once `is_written` says it is on disk. The store
+//! also holds the paging limits and the queues waiting for the pager
+//! (`Paging`), and counts the paged messages per segment, since
+//! compaction cannot copy a message it does not hold.
+//!
 //! # Reclaiming segments
 //!
 //! A segment file is deleted once none of its publishes is live. A removal
@@ -31,15 +39,13 @@
 
 use std::collections::VecDeque;
 
-use crate::store::record::{self, PublishHead};
+use crate::model::ids::QueueId;
+use crate::store::record::{self, PublishHead, CHUNK_ALIGNMENT};
 use crate::util::signal::Notify;
 
 /// A chunk grows to about this size before the next record starts another
 /// (a write buffer larger than this buys nothing).
 const CHUNK_BYTES_MAX: usize = 8 << 20;
-/// The largest block size a chunk may be padded to when written (O_DIRECT
-/// on a 4K-sector disk): segment sizes are counted with it.
-const PADDING_ALIGNMENT_MAX: usize = 4096;
 /// Empty segments kept only because older ones still hold live messages,
 /// before the oldest of those is compacted.
 const PINNED_SEGMENTS_MAX: usize = 2;
@@ -50,6 +56,10 @@ const SPARE_BUFFER_BYTES_MAX: usize = 16 << 20;
 #[derive(Debug)]
 pub(crate) struct Chunk {
     pub(crate) segment: u32,
+    /// Where the chunk starts in its segment file: every chunk is padded
+    /// to `CHUNK_ALIGNMENT`, so a record's place in the file is known as
+    /// it is appended (a paged message is read back from there).
+    pub(crate) at: u64,
     /// Header room (filled when sealed) and the records.
     pub(crate) bytes: Vec<u8>,
 }
@@ -84,6 +94,82 @@ struct Segment {
     /// Its live messages were copied forward in this batch (see
     /// `append_moved`): the file must stay until that batch is on disk.
     moved_in_batch: u64,
+    /// Its messages that queues hold only as an index entry (paged out):
+    /// compaction cannot copy them forward without reading them, so it
+    /// leaves a segment holding any alone.
+    paged: u64,
+}
+
+/// Where a record was appended: its segment, its offset in the segment
+/// file and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+}
+
+/// How much of its queues a shard keeps in memory (`--queue-window`,
+/// `--shard-window`), and the queues waiting for paged messages to be
+/// read back (the shard's pager task serves them).
+pub struct Paging {
+    /// Bytes of ready messages a queue keeps in memory before it pages
+    /// new ones out.
+    pub queue_window_bytes: u64,
+    /// Bytes of ready messages all queues of the shard keep in memory
+    /// before every queue pages new ones out.
+    pub shard_window_bytes: u64,
+    /// The shard's queues' ready bytes in memory, as last added up (on
+    /// the alarm check): queues page out while it is above the window.
+    pub(crate) resident_bytes: u64,
+    /// Queues that want paged messages read back, once each.
+    pub(crate) wanted: Vec<QueueId>,
+    /// Set when `wanted` gets a queue or a batch was written; the pager
+    /// waits on it.
+    pub(crate) wake: Notify,
+}
+
+impl std::fmt::Debug for Paging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paging")
+            .field("queue_window_bytes", &self.queue_window_bytes)
+            .field("shard_window_bytes", &self.shard_window_bytes)
+            .field("resident_bytes", &self.resident_bytes)
+            .field("wanted", &self.wanted.len())
+            .finish()
+    }
+}
+
+impl Default for Paging {
+    fn default() -> Paging {
+        Paging {
+            queue_window_bytes: crate::config::QUEUE_WINDOW_BYTES,
+            shard_window_bytes: crate::config::SHARD_WINDOW_BYTES,
+            resident_bytes: 0,
+            wanted: Vec::new(),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl Paging {
+    /// Whether a queue holding `queue_bytes` in memory pages a new message
+    /// out rather than keep it.
+    pub(crate) fn over_window(&self, queue_bytes: u64) -> bool {
+        queue_bytes >= self.queue_window_bytes || self.resident_bytes >= self.shard_window_bytes
+    }
+
+    /// The queue has paged messages and room in its window to read some.
+    pub(crate) fn want(&mut self, queue: QueueId) {
+        self.wanted.push(queue);
+        self.wake.notify();
+    }
+}
+
+/// A chunk of `len` bytes (header included) as written: padded to the
+/// chunk alignment.
+fn padded(len: usize) -> u64 {
+    (len.div_ceil(CHUNK_ALIGNMENT) * CHUNK_ALIGNMENT) as u64
 }
 
 /// Counters for the debug log line the store task writes.
@@ -104,7 +190,9 @@ pub(crate) struct StoreStats {
 pub struct MessageStore<T> {
     segment_size: u64,
     active: u32,
-    active_bytes: u64,
+    /// Where the next chunk of the active segment starts: the padded
+    /// sizes of its chunks closed so far.
+    active_end: u64,
     /// Contiguous segment numbers, oldest first; deleted ones leave the front.
     segments: VecDeque<Segment>,
     chunks: Vec<Chunk>,
@@ -121,6 +209,12 @@ pub struct MessageStore<T> {
     /// segment is deleted for the rest of this run (the next start
     /// rebuilds the store from what is on disk).
     write_failed: bool,
+    /// Where the batch being written starts: records from there on are
+    /// not on disk yet, so they are not read back.
+    in_flight_from: Option<(u32, u64)>,
+    /// Messages held only as index entries, in every segment.
+    paged_total: u64,
+    pub paging: Paging,
     /// Set when records are pending; the store task waits on it.
     pub(crate) ready: Notify,
     pub(crate) stats: StoreStats,
@@ -140,6 +234,7 @@ impl<T> MessageStore<T> {
                 oldest_ref: number,
                 fate: SegmentFate::Kept,
                 moved_in_batch: 0,
+                paged: 0,
             });
         }
         let active = recovered_live.len() as u32 + 1;
@@ -149,11 +244,12 @@ impl<T> MessageStore<T> {
             oldest_ref: active,
             fate: SegmentFate::Kept,
             moved_in_batch: 0,
+            paged: 0,
         });
         MessageStore {
             segment_size: segment_size.max(record::BLOCK as u64),
             active,
-            active_bytes: 0,
+            active_end: 0,
             segments,
             chunks: Vec::new(),
             spare: Vec::new(),
@@ -163,6 +259,9 @@ impl<T> MessageStore<T> {
             batches_taken: 0,
             batches_written: 0,
             write_failed: false,
+            in_flight_from: None,
+            paged_total: 0,
+            paging: Paging::default(),
             ready: Notify::new(),
             stats: StoreStats::default(),
         }
@@ -176,16 +275,21 @@ impl<T> MessageStore<T> {
 
     /// The chunk the next record goes into: a new segment once the active
     /// one is full, a new chunk when the segment changed or the chunk is big.
-    fn chunk(&mut self) -> &mut Vec<u8> {
-        if self.active_bytes >= self.segment_size {
+    fn chunk(&mut self) -> &mut Chunk {
+        let open_len = match self.chunks.last() {
+            Some(last) if last.segment == self.active => last.bytes.len() as u64,
+            _ => 0,
+        };
+        if self.active_end + open_len >= self.segment_size {
             self.active += 1;
-            self.active_bytes = 0;
+            self.active_end = 0;
             self.segments.push_back(Segment {
                 number: self.active,
                 live: 0,
                 oldest_ref: self.active,
                 fate: SegmentFate::Kept,
                 moved_in_batch: 0,
+                paged: 0,
             });
         }
         let fresh = match self.chunks.last() {
@@ -193,7 +297,13 @@ impl<T> MessageStore<T> {
                 self.ready.notify();
                 true
             }
-            Some(last) => last.segment != self.active || last.bytes.len() >= CHUNK_BYTES_MAX,
+            Some(last) if last.segment != self.active => true,
+            Some(last) if last.bytes.len() >= CHUNK_BYTES_MAX => {
+                // The full chunk is closed: the next starts after it.
+                self.active_end += padded(last.bytes.len());
+                true
+            }
+            Some(_) => false,
         };
         if fresh {
             let mut bytes = self.spare.pop().unwrap_or_default();
@@ -201,38 +311,67 @@ impl<T> MessageStore<T> {
             record::open_chunk(&mut bytes);
             self.chunks.push(Chunk {
                 segment: self.active,
+                at: self.active_end,
                 bytes,
             });
         }
         self.pending_records += 1;
         let last = self.chunks.len() - 1;
-        &mut self.chunks[last].bytes
-    }
-
-    fn appended(&mut self, before: usize) {
-        let after = self.chunks.last().map_or(0, |c| c.bytes.len());
-        self.active_bytes += after.saturating_sub(before) as u64;
+        &mut self.chunks[last]
     }
 
     /// Appends a publish; returns the segment that holds it.
     pub(crate) fn append_publish(&mut self, head: &PublishHead) -> u32 {
-        let buf = self.chunk();
-        let before = buf.len();
-        record::put_publish(buf, head);
-        self.appended(before);
-        let active = self.active;
-        if let Some(segment) = self.segment_mut(active) {
+        self.append_publish_at(head).segment
+    }
+
+    /// Appends a publish; returns where it is.
+    pub(crate) fn append_publish_at(&mut self, head: &PublishHead) -> Location {
+        let chunk = self.chunk();
+        let before = chunk.bytes.len();
+        record::put_publish(&mut chunk.bytes, head);
+        let location = Location {
+            segment: chunk.segment,
+            offset: chunk.at + before as u64,
+            len: (chunk.bytes.len() - before) as u32,
+        };
+        if let Some(segment) = self.segment_mut(location.segment) {
             segment.live += 1;
         }
-        active
+        location
+    }
+
+    /// Whether the record at `location` is on disk, so that it may be read
+    /// back: every batch before the one being written is.
+    pub(crate) fn is_written(&self, location: Location) -> bool {
+        let end = (location.segment, location.offset + u64::from(location.len));
+        let from = match (self.in_flight_from, self.chunks.first()) {
+            (Some(at), _) => at,
+            (None, Some(chunk)) => (chunk.segment, chunk.at),
+            (None, None) => return true,
+        };
+        end <= from
+    }
+
+    /// A queue now holds the message in `segment` as an index entry only.
+    pub(crate) fn paged_out(&mut self, segment: u32) {
+        self.paged_total += 1;
+        if let Some(s) = self.segment_mut(segment) {
+            s.paged += 1;
+        }
+    }
+
+    /// A paged message of `segment` is in memory again, or gone.
+    pub(crate) fn paged_in(&mut self, segment: u32) {
+        self.paged_total = self.paged_total.saturating_sub(1);
+        if let Some(s) = self.segment_mut(segment) {
+            s.paged = s.paged.saturating_sub(1);
+        }
     }
 
     /// The message `seq` of `queue_id`, stored in `segment`, is gone.
     pub(crate) fn append_removal(&mut self, queue_id: u64, seq: u64, segment: u32) {
-        let buf = self.chunk();
-        let before = buf.len();
-        record::put_removal(buf, queue_id, seq);
-        self.appended(before);
+        record::put_removal(&mut self.chunk().bytes, queue_id, seq);
         if let Some(s) = self.segment_mut(segment) {
             debug_assert!(s.live > 0, "a removal for a segment with no live message");
             s.live = s.live.saturating_sub(1);
@@ -280,6 +419,11 @@ impl<T> MessageStore<T> {
             .segments
             .iter()
             .find(|s| s.fate == SegmentFate::Kept && s.live > 0 && s.number != self.active)?;
+        if root.paged > 0 {
+            // Its paged messages are not in memory to be copied: the
+            // segment stays until they are consumed or read back.
+            return None;
+        }
         let pinned = self
             .segments
             .iter()
@@ -295,10 +439,7 @@ impl<T> MessageStore<T> {
 
     /// The message was handed to a consumer that must acknowledge it.
     pub(crate) fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
-        let buf = self.chunk();
-        let before = buf.len();
-        record::put_delivered(buf, queue_id, seq);
-        self.appended(before);
+        record::put_delivered(&mut self.chunk().bytes, queue_id, seq);
         self.refers_to(segment);
     }
 
@@ -329,15 +470,14 @@ impl<T> MessageStore<T> {
         }
         let records = std::mem::take(&mut self.pending_records);
         self.batches_taken += 1;
-        // The header and the padding each chunk gets when written count
-        // towards its segment's size too.
-        for chunk in &self.chunks {
-            if chunk.segment == self.active {
-                let len = chunk.bytes.len();
-                let written = len.div_ceil(PADDING_ALIGNMENT_MAX) * PADDING_ALIGNMENT_MAX;
-                self.active_bytes += (written - len + record::CHUNK_HEADER_LEN) as u64;
+        // The last chunk of the active segment is closed now: the next
+        // one starts after its padding.
+        if let Some(last) = self.chunks.last() {
+            if last.segment == self.active {
+                self.active_end += padded(last.bytes.len());
             }
         }
+        self.in_flight_from = self.chunks.first().map(|c| (c.segment, c.at));
         Some(Batch {
             chunks: std::mem::take(&mut self.chunks),
             confirms: std::mem::replace(
@@ -353,6 +493,11 @@ impl<T> MessageStore<T> {
         self.stats.fsyncs += 1;
         self.stats.bytes += bytes;
         self.batches_written += 1;
+        self.in_flight_from = None;
+        if self.paged_total > 0 {
+            // Paged messages of this batch may be read back now.
+            self.paging.wake.notify();
+        }
         for buffer in buffers {
             if self.spare.len() < 2 && buffer.capacity() <= SPARE_BUFFER_BYTES_MAX {
                 self.spare.push(buffer);
@@ -429,6 +574,17 @@ impl<T> MessageStore<T> {
         }
     }
 
+    /// Whether segment `number` is still there (not deleted).
+    pub(crate) fn has_segment(&self, number: u32) -> bool {
+        let Some(first) = self.segments.front() else {
+            return false;
+        };
+        number
+            .checked_sub(first.number)
+            .and_then(|at| self.segments.get(at as usize))
+            .is_some_and(|s| s.fate != SegmentFate::Deleted)
+    }
+
     /// Segments not deleted yet (for logs and tests).
     pub(crate) fn segment_count(&self) -> usize {
         self.segments
@@ -451,6 +607,7 @@ mod tests {
             queue_id: 1,
             seq,
             delivered: false,
+            transient: false,
             level: 0,
             expires_at_epoch_ms: None,
             vhost: "/",
@@ -465,6 +622,7 @@ mod tests {
                 queue_id: 1,
                 seq,
                 delivered: false,
+                transient: false,
                 level: 0,
                 expires_at_epoch_ms: None,
                 vhost: "/",

@@ -4,9 +4,11 @@
 //! - `record`: the segment file format (chunks of records, checksummed);
 //! - `log`: the shard's in-memory side of its log (append, group commit
 //!   batches, segment accounting and reclaim), free of I/O;
-//! - `segments`: the shard's segment files, written through io_uring;
-//! - `recovery`: reading the last run's log at start and rewriting it for
-//!   this run (generations);
+//! - `segments`: the shard's segment files, written through io_uring, and
+//!   read back the same way for paged messages (`SegmentReader`);
+//! - `recovery`: reading the last run's log at start (an index of the
+//!   surviving records, not their bodies) and rewriting it for this run
+//!   (generations);
 //! - `definitions`: the definitions file (atomic replace) and the
 //!   `DefinitionsSink` the metadata owner writes through;
 //! - `definitions_log`: the log of durable definition changes beside the

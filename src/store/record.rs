@@ -9,6 +9,10 @@
 //!   so that every write starts and ends on a block boundary and never
 //!   rewrites a block that holds data already synced.
 //!
+//!   The live store pads every chunk to CHUNK_ALIGNMENT (4096), whatever
+//!   the disk's block size, so that a record's offset in its file is known
+//!   when it is appended: a paged message is read back from there.
+//!
 //! chunk (one group commit, all of its records or none of them)
 //!   0   magic        u32  "WRNC" (0x57524E43)
 //!   4   payload_len  u32
@@ -17,7 +21,9 @@
 //!   16  payload      records, back to back
 //!
 //! record (integers big-endian; str8 = u8 length + bytes)
-//!   publish   1 u8 | flags u8 (bit 0: delivered before) | priority level u8
+//!   publish   1 u8 | flags u8 (bit 0: delivered before; bit 1: transient,
+//!             paged out under memory pressure and void at restart)
+//!             | priority level u8
 //!             | queue id u64 | seq u64 | expires_at epoch ms u64 (u64::MAX: never)
 //!             | vhost str8 | queue name str8 | exchange str8 | routing key str8
 //!             | property flags u16 | property list len u32 + bytes
@@ -50,12 +56,20 @@ use warren_protocol::{Properties, ShortStr};
 /// Chunks start at multiples of this many bytes.
 pub(crate) const BLOCK: usize = 512;
 pub(crate) const CHUNK_HEADER_LEN: usize = 16;
+/// The queue id of the records of messages held by delayed exchanges (no
+/// queue has it): their queue name is the exchange's, their sequence
+/// number the held message's id, their deadline when it is due.
+pub(crate) const DELAYED_QUEUE_ID: u64 = u64::MAX;
+
+/// What the live store pads each chunk to (O_DIRECT's block on any disk).
+pub(crate) const CHUNK_ALIGNMENT: usize = 4096;
 const MAGIC: u32 = 0x5752_4E43;
 
 const PUBLISH: u8 = 1;
 const REMOVAL: u8 = 2;
 const DELIVERED: u8 = 3;
 const FLAG_DELIVERED: u8 = 1;
+const FLAG_TRANSIENT: u8 = 2;
 const NEVER: u64 = u64::MAX;
 
 /// Starts a chunk in `buf` (empty): room for the header, filled by `seal`.
@@ -91,6 +105,8 @@ pub(crate) struct PublishHead<'a> {
     pub(crate) queue_id: u64,
     pub(crate) seq: u64,
     pub(crate) delivered: bool,
+    /// Written only to be paged out: no restart brings it back.
+    pub(crate) transient: bool,
     pub(crate) level: u8,
     pub(crate) expires_at_epoch_ms: Option<u64>,
     pub(crate) vhost: &'a str,
@@ -106,7 +122,14 @@ pub(crate) fn put_publish(buf: &mut Vec<u8>, head: &PublishHead) {
     let bcc: &[String] = message.bcc_keys().unwrap_or(&[]);
     buf.reserve(64 + raw.len() + message.body.len());
     buf.push(PUBLISH);
-    buf.push(if head.delivered { FLAG_DELIVERED } else { 0 });
+    let mut flags = 0;
+    if head.delivered {
+        flags |= FLAG_DELIVERED;
+    }
+    if head.transient {
+        flags |= FLAG_TRANSIENT;
+    }
+    buf.push(flags);
     buf.push(head.level);
     buf.extend_from_slice(&head.queue_id.to_be_bytes());
     buf.extend_from_slice(&head.seq.to_be_bytes());
@@ -147,6 +170,7 @@ pub(crate) struct StoredPublish {
     pub(crate) queue_id: u64,
     pub(crate) seq: u64,
     pub(crate) delivered: bool,
+    pub(crate) transient: bool,
     pub(crate) level: u8,
     pub(crate) expires_at_epoch_ms: Option<u64>,
     pub(crate) vhost: String,
@@ -256,12 +280,23 @@ impl Cursor {
 /// matched but that does not decode is a bug or a foreign file: an error,
 /// never a half-read message.
 pub(crate) fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str> {
+    let mut records = Vec::new();
+    decode_records_at(payload, |_, _, record| records.push(record))?;
+    Ok(records)
+}
+
+/// Decodes every record of a chunk's payload, handing each to `each` with
+/// its offset in the payload and its length.
+pub(crate) fn decode_records_at(
+    payload: Bytes,
+    mut each: impl FnMut(usize, usize, Record),
+) -> Result<(), &'static str> {
     let mut c = Cursor {
         data: payload,
         at: 0,
     };
-    let mut records = Vec::new();
     while c.at < c.data.len() {
+        let start = c.at;
         let record = match c.u8()? {
             PUBLISH => {
                 let flags = c.u8()?;
@@ -294,6 +329,7 @@ pub(crate) fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str
                     queue_id,
                     seq,
                     delivered: flags & FLAG_DELIVERED != 0,
+                    transient: flags & FLAG_TRANSIENT != 0,
                     level,
                     expires_at_epoch_ms: (expires != NEVER).then_some(expires),
                     vhost,
@@ -317,9 +353,17 @@ pub(crate) fn decode_records(payload: Bytes) -> Result<Vec<Record>, &'static str
             },
             _ => return Err("an unknown record type"),
         };
-        records.push(record);
+        each(start, c.at - start, record);
     }
-    Ok(records)
+    Ok(())
+}
+
+/// Decodes the one publish record in `bytes` (a paged message read back).
+pub(crate) fn decode_publish(bytes: Bytes) -> Result<StoredPublish, &'static str> {
+    match decode_records(bytes)?.into_iter().next() {
+        Some(Record::Publish(publish)) => Ok(*publish),
+        _ => Err("no publish record where a paged message should be"),
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +405,7 @@ mod tests {
                         queue_id: 7,
                         seq: 9,
                         delivered: true,
+                        transient: false,
                         level: 3,
                         expires_at_epoch_ms: Some(123),
                         vhost: "/",
@@ -419,6 +464,7 @@ mod tests {
                             queue_id: 1,
                             seq,
                             delivered: false,
+                            transient: false,
                             level: 0,
                             expires_at_epoch_ms: None,
                             vhost: "/",

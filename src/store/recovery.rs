@@ -38,11 +38,14 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tracing::{info, warn};
 
+use crate::metadata::queue_args::QueueType;
 use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
-use crate::model::ids::{QueueId, ShardId};
+use crate::model::ids::QueueId;
 use crate::model::message::Message;
 use crate::store::disk::{Disk, StdDisk};
-use crate::store::record::{self, ChunkRead, PublishHead, Record, StoredPublish};
+#[cfg(test)]
+use crate::store::record::StoredPublish;
+use crate::store::record::{self, ChunkRead, PublishHead, Record, DELAYED_QUEUE_ID};
 use crate::store::segments;
 
 pub(crate) const DIR_NAME: &str = "messages";
@@ -51,17 +54,35 @@ const CURRENT_TEMP: &str = "CURRENT.tmp";
 /// Recovered messages are written in chunks of about this size.
 const CHUNK_BYTES: usize = 4 << 20;
 /// The alignment recovery pads chunks to (what O_DIRECT needs on any disk).
-const ALIGNMENT: usize = 4096;
+const ALIGNMENT: usize = record::CHUNK_ALIGNMENT;
 
 /// A message of a durable queue, as the queue takes it back at start.
 #[derive(Debug)]
 pub(crate) struct RecoveredMessage {
     /// Delivered before (with an ack pending) or requeued: redelivered.
     pub(crate) redelivered: bool,
-    /// The segment of the new generation that holds it.
+    /// The segment of the new generation that holds it, where in it, and
+    /// the record's length: a queue over its window keeps only these.
     pub(crate) segment: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
     pub(crate) level: u8,
     pub(crate) expires_at_epoch_ms: Option<u64>,
+    pub(crate) body_bytes: u64,
+    /// None past its queue's window: the queue pages it in when its turn
+    /// comes.
+    pub(crate) message: Option<Message>,
+}
+
+/// A message a durable delayed exchange held, as the shard takes it back.
+#[derive(Debug)]
+pub(crate) struct RecoveredDelayed {
+    /// Its id in the new generation (the sequence number of its record).
+    pub(crate) id: u64,
+    pub(crate) segment: u32,
+    pub(crate) vhost: String,
+    pub(crate) exchange: String,
+    pub(crate) due_epoch_ms: u64,
     pub(crate) message: Message,
 }
 
@@ -74,6 +95,8 @@ pub(crate) struct ShardRecovery {
     pub(crate) queues: Vec<(QueueId, Vec<RecoveredMessage>)>,
     /// Messages in segments 1, 2, ...: the store's next segment follows.
     pub(crate) live_per_segment: Vec<u64>,
+    /// Messages held by delayed exchanges (all on shard 0).
+    pub(crate) delayed: Vec<RecoveredDelayed>,
 }
 
 pub(crate) fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
@@ -90,17 +113,28 @@ pub(crate) fn recover(
     queues: &[QueueMeta],
     shard_count: usize,
     segment_size: u64,
+    window_bytes: u64,
 ) -> io::Result<Vec<ShardRecovery>> {
-    recover_on(&StdDisk, data_dir, queues, shard_count, segment_size)
+    recover_on(
+        &StdDisk,
+        data_dir,
+        queues,
+        shard_count,
+        segment_size,
+        window_bytes,
+    )
 }
 
-/// [`recover`] on any [`Disk`].
+/// [`recover`] on any [`Disk`]. Each queue gets the bodies of its first
+/// `window_bytes` of messages (quorum queues all of theirs); the rest come
+/// as index entries, to be paged in.
 pub(crate) fn recover_on<D: Disk>(
     disk: &D,
     data_dir: &Path,
     queues: &[QueueMeta],
     shard_count: usize,
     segment_size: u64,
+    window_bytes: u64,
 ) -> io::Result<Vec<ShardRecovery>> {
     let root = data_dir.join(DIR_NAME);
     disk.create_dir_all(&root)?;
@@ -110,9 +144,9 @@ pub(crate) fn recover_on<D: Disk>(
     let current = read_current(disk, &root)?;
     remove_other_generations(disk, &root, current)?;
 
-    let mut survivors: BTreeMap<(u64, u64), StoredPublish> = BTreeMap::new();
+    let mut replayed = Replayed::default();
     if let Some(generation) = current {
-        replay_generation(disk, &root.join(generation.to_string()), &mut survivors)?;
+        replay_generation(disk, &root.join(generation.to_string()), &mut replayed)?;
     }
 
     // The queues of this run, by vhost and name.
@@ -128,40 +162,106 @@ pub(crate) fn recover_on<D: Disk>(
             ..Default::default()
         })
         .collect();
-    let mut per_queue: BTreeMap<u64, (QueueId, ShardId, Vec<RecoveredMessage>)> = BTreeMap::new();
+    // Each surviving message, in its queue's order: which queue of which
+    // shard, its place there, and whether its body comes into memory.
+    let mut items: Vec<Vec<Item>> = (0..shard_count).map(|_| Vec::new()).collect();
+    let mut slots: HashMap<u64, (usize, usize)> = HashMap::new();
+    let mut kept_bytes: HashMap<u64, u64> = HashMap::new();
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, stored) in survivors {
-        let Some(meta) = by_name.get(&(stored.vhost.as_str(), stored.queue_name.as_str())) else {
-            *dropped.entry(stored.queue_name).or_default() += 1;
+    let survivors = std::mem::take(&mut replayed.live);
+    let mut delayed_count = 0u64;
+    for ((queue_id, _), survivor) in survivors {
+        let (vhost, name) = &replayed.names[survivor.queue as usize];
+        if queue_id == DELAYED_QUEUE_ID {
+            // Held by a delayed exchange: shard 0 holds it again (whether
+            // its exchange still exists is for the shard to say).
+            delayed_count += 1;
+            items[0].push(Item {
+                survivor,
+                queue: DELAYED_QUEUE_ID,
+                slot: usize::MAX,
+                seq: delayed_count,
+                keep: true,
+            });
+            continue;
+        }
+        let Some(meta) = by_name.get(&(vhost.as_str(), name.as_str())) else {
+            *dropped.entry(name.clone()).or_default() += 1;
             continue;
         };
-        let entry = per_queue
-            .entry(meta.id.0)
-            .or_insert_with(|| (meta.id, meta.shard, Vec::new()));
-        entry.2.push(RecoveredMessage {
-            redelivered: stored.delivered,
-            segment: 0,
-            level: stored.level,
-            expires_at_epoch_ms: stored.expires_at_epoch_ms,
-            message: stored.message,
+        let shard = meta.shard.index();
+        let Some(shard_items) = items.get_mut(shard) else {
+            continue;
+        };
+        let (slot, count) = slots.entry(meta.id.0).or_insert_with(|| {
+            shards[shard].queues.push((meta.id, Vec::new()));
+            (shards[shard].queues.len() - 1, 0)
         });
+        let kept = kept_bytes.entry(meta.id.0).or_default();
+        let keep = *kept < window_bytes || meta.args.queue_type == QueueType::Quorum;
+        *kept += u64::from(survivor.len);
+        shard_items.push(Item {
+            survivor,
+            queue: meta.id.0,
+            slot: *slot,
+            seq: *count as u64 + 1,
+            keep,
+        });
+        *count += 1;
     }
     for (queue, count) in &dropped {
         info!(queue = %queue, messages = count, "dropped stored messages of a queue that no longer exists");
-    }
-    for (_, (id, shard, messages)) in per_queue {
-        if let Some(target) = shards.get_mut(shard.index()) {
-            target.queues.push((id, messages));
-        }
     }
 
     let generation_dir = root.join(next.to_string());
     disk.create_dir_all(&generation_dir)?;
     let names: HashMap<u64, &str> = queues.iter().map(|q| (q.id.0, q.name.as_str())).collect();
-    for shard in &mut shards {
+    let replayed_names = &replayed.names;
+    for (shard, mut shard_items) in shards.iter_mut().zip(items) {
         disk.create_dir_all(&shard.dir)?;
-        shard.live_per_segment =
-            write_segments(disk, &shard.dir, &mut shard.queues, &names, segment_size)?;
+        // Read in the old files' order (each file once), written in it too.
+        shard_items.sort_by_key(|i| (i.survivor.file, i.survivor.offset));
+        let (live_per_segment, recovered) = write_segments(
+            disk,
+            &shard.dir,
+            &replayed.files,
+            &shard_items,
+            &names,
+            replayed_names,
+            segment_size,
+        )?;
+        shard.live_per_segment = live_per_segment;
+        // Back into each queue's order.
+        let mut placed: Vec<(usize, u64, RecoveredMessage)> = shard_items
+            .iter()
+            .zip(recovered)
+            .map(|(item, message)| (item.slot, item.seq, message))
+            .collect();
+        placed.sort_by_key(|&(slot, seq, _)| (slot, seq));
+        for (slot, seq, message) in placed {
+            if slot == usize::MAX {
+                let segment = message.segment;
+                let (Some(body), Some(at)) = (message.message, message.expires_at_epoch_ms) else {
+                    continue;
+                };
+                let item = shard_items
+                    .iter()
+                    .find(|i| i.slot == usize::MAX && i.seq == seq);
+                let (vhost, exchange) = item
+                    .map(|i| replayed_names[i.survivor.queue as usize].clone())
+                    .unwrap_or_default();
+                shard.delayed.push(RecoveredDelayed {
+                    id: seq,
+                    segment,
+                    vhost,
+                    exchange,
+                    due_epoch_ms: at,
+                    message: body,
+                });
+                continue;
+            }
+            shard.queues[slot].1.push(message);
+        }
         disk.sync_dir(&shard.dir)?;
     }
     disk.sync_dir(&generation_dir)?;
@@ -231,12 +331,44 @@ fn remove_other_generations<D: Disk>(
     Ok(())
 }
 
-/// Replays every shard directory of a generation into `live`.
-fn replay_generation<D: Disk>(
-    disk: &D,
-    dir: &Path,
-    live: &mut BTreeMap<(u64, u64), StoredPublish>,
-) -> io::Result<()> {
+/// A live publish found by the replay, by where its record is: its body
+/// stays on disk until the rewrite copies it, so that recovering a
+/// backlog larger than memory does not need its size in memory.
+#[derive(Clone, Copy, Debug)]
+struct Survivor {
+    /// Its file in `Replayed::files`, and its record's place there.
+    file: u32,
+    offset: u64,
+    len: u32,
+    delivered: bool,
+    /// Its queue's vhost and name in `Replayed::names`.
+    queue: u32,
+}
+
+/// What the replay of a generation found.
+#[derive(Default)]
+struct Replayed {
+    files: Vec<PathBuf>,
+    names: Vec<(String, String)>,
+    name_ids: HashMap<(String, String), u32>,
+    live: BTreeMap<(u64, u64), Survivor>,
+}
+
+/// A surviving message on its way into the new generation.
+#[derive(Debug)]
+struct Item {
+    survivor: Survivor,
+    /// Its queue's id in this run, its index in the shard's recovered
+    /// queues, and its new sequence number there.
+    queue: u64,
+    slot: usize,
+    seq: u64,
+    /// Its body comes into memory (within the queue's window).
+    keep: bool,
+}
+
+/// Replays every shard directory of a generation into `replayed`.
+fn replay_generation<D: Disk>(disk: &D, dir: &Path, replayed: &mut Replayed) -> io::Result<()> {
     let mut shard_dirs: Vec<PathBuf> = match disk.list(dir) {
         Ok(entries) => entries
             .into_iter()
@@ -257,18 +389,66 @@ fn replay_generation<D: Disk>(
         segments.sort();
         for (_, path) in segments {
             let file = Bytes::from(disk.read(&path)?);
-            replay_segment(&path, &file, live);
+            let number = replayed.files.len() as u32;
+            walk_segment(&path, &file, |offset, len, record| {
+                apply_index(replayed, number, offset, len, record)
+            });
+            replayed.files.push(path);
         }
     }
     Ok(())
 }
 
-/// Applies a segment's good chunks to `live`; stops at a bad one.
+fn apply_index(replayed: &mut Replayed, file: u32, offset: u64, len: u32, record: Record) {
+    match record {
+        Record::Publish(publish) if publish.transient => {}
+        Record::Publish(publish) => {
+            let key = (publish.vhost, publish.queue_name);
+            let queue = match replayed.name_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = replayed.names.len() as u32;
+                    replayed.names.push(key.clone());
+                    replayed.name_ids.insert(key, id);
+                    id
+                }
+            };
+            replayed.live.insert(
+                (publish.queue_id, publish.seq),
+                Survivor {
+                    file,
+                    offset,
+                    len,
+                    delivered: publish.delivered,
+                    queue,
+                },
+            );
+        }
+        Record::Removal { queue_id, seq } => {
+            replayed.live.remove(&(queue_id, seq));
+        }
+        Record::Delivered { queue_id, seq } => {
+            if let Some(s) = replayed.live.get_mut(&(queue_id, seq)) {
+                s.delivered = true;
+            }
+        }
+    }
+}
+
+/// Applies a segment's good chunks to `live`, bodies and all (for tests
+/// that check what a replay finds); stops at a bad one.
+#[cfg(test)]
 pub(crate) fn replay_segment(
     path: &Path,
     file: &Bytes,
     live: &mut BTreeMap<(u64, u64), StoredPublish>,
 ) {
+    walk_segment(path, file, |_, _, record| apply(record, live));
+}
+
+/// Hands each record of a segment's good chunks to `each`, with its offset
+/// in the file and its length; stops at a bad chunk, logged.
+fn walk_segment(path: &Path, file: &Bytes, mut each: impl FnMut(u64, u32, Record)) {
     let mut at = 0usize;
     loop {
         match record::read_chunk(file, at) {
@@ -285,10 +465,14 @@ pub(crate) fn replay_segment(
                 return;
             }
             ChunkRead::Chunk { payload, next } => {
-                match record::decode_records(payload) {
-                    Ok(records) => {
-                        for record in records {
-                            apply(record, live);
+                let payload_at = (at + record::CHUNK_HEADER_LEN) as u64;
+                let mut records = Vec::new();
+                match record::decode_records_at(payload, |offset, len, record| {
+                    records.push((payload_at + offset as u64, len as u32, record))
+                }) {
+                    Ok(()) => {
+                        for (offset, len, record) in records {
+                            each(offset, len, record);
                         }
                     }
                     Err(why) => {
@@ -308,12 +492,11 @@ pub(crate) fn replay_segment(
     }
 }
 
+#[cfg(test)]
 fn apply(record: Record, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
     match record {
+        Record::Publish(publish) if publish.transient => {}
         Record::Publish(mut publish) => {
-            // Copies, so that a few survivors do not keep whole segment
-            // files in memory.
-            // (`Message::new`, as decoding made it, has a head of its own.)
             let m = &mut publish.message;
             m.body = Bytes::copy_from_slice(&m.body);
             live.insert((publish.queue_id, publish.seq), *publish);
@@ -329,57 +512,100 @@ fn apply(record: Record, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
     }
 }
 
-/// A shard's segments in the new generation: its queues' messages, with
-/// the queues' new ids and sequence numbers 1, 2, ... in order, a new
-/// segment every `segment_size` bytes (so that the backlog's space is given
-/// back segment by segment as it is consumed). Sets each message's segment;
-/// returns the live messages per segment.
+/// A shard's segments in the new generation: the surviving messages of its
+/// queues, read from the old files in `items`' order (each old file read
+/// once, whole) and written in that order with their queues' new ids and
+/// sequence numbers, a new segment every `segment_size` bytes (so that the
+/// backlog's space is given back segment by segment as it is consumed).
+/// Returns the live messages per segment, and each item's message as its
+/// queue takes it back (its body only if `keep`).
 fn write_segments<D: Disk>(
     disk: &D,
     dir: &Path,
-    queues: &mut [(QueueId, Vec<RecoveredMessage>)],
+    files: &[PathBuf],
+    items: &[Item],
     names: &HashMap<u64, &str>,
+    replayed_names: &[(String, String)],
     segment_size: u64,
-) -> io::Result<Vec<u64>> {
+) -> io::Result<(Vec<u64>, Vec<RecoveredMessage>)> {
     let mut live_per_segment: Vec<u64> = Vec::new();
+    let mut recovered = Vec::with_capacity(items.len());
     let mut file: Option<D::File> = None;
     let mut file_bytes = 0u64;
     let mut chunk = Vec::new();
     record::open_chunk(&mut chunk);
-    for (queue, messages) in queues.iter_mut() {
-        let name = names.get(&queue.0).copied().unwrap_or_default();
-        for (at, m) in messages.iter_mut().enumerate() {
-            if file.is_none() || file_bytes + chunk.len() as u64 >= segment_size {
-                if let Some(mut full) = file.take() {
-                    write_chunk(disk, &mut full, file_bytes, &mut chunk)?;
-                    disk.sync(&mut full)?;
-                }
-                live_per_segment.push(0);
-                let number = live_per_segment.len() as u32;
-                file = Some(disk.create(&dir.join(segments::file_name(number)))?);
-                file_bytes = 0;
+    let mut source: Option<(u32, Bytes)> = None;
+    for item in items {
+        let s = item.survivor;
+        if source.as_ref().is_none_or(|(n, _)| *n != s.file) {
+            let path = files.get(s.file as usize).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "a record of an unknown file")
+            })?;
+            source = Some((s.file, Bytes::from(disk.read(path)?)));
+        }
+        let Some((_, old)) = source.as_ref() else {
+            continue;
+        };
+        let end = s.offset as usize + s.len as usize;
+        let stored = old
+            .get(s.offset as usize..end)
+            .ok_or("a record past the end of its file")
+            .and_then(|_| record::decode_publish(old.slice(s.offset as usize..end)))
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+        if file.is_none() || file_bytes + chunk.len() as u64 >= segment_size {
+            if let Some(mut full) = file.take() {
+                write_chunk(disk, &mut full, file_bytes, &mut chunk)?;
+                disk.sync(&mut full)?;
             }
-            record::put_publish(
-                &mut chunk,
-                &PublishHead {
-                    queue_id: queue.0,
-                    seq: at as u64 + 1,
-                    delivered: m.redelivered,
-                    level: m.level,
-                    expires_at_epoch_ms: m.expires_at_epoch_ms,
-                    vhost: DEFAULT_VHOST,
-                    queue_name: name,
-                    message: &m.message,
-                },
-            );
-            m.segment = live_per_segment.len() as u32;
-            if let Some(count) = live_per_segment.last_mut() {
-                *count += 1;
-            }
-            if chunk.len() >= CHUNK_BYTES {
-                if let Some(f) = file.as_mut() {
-                    file_bytes += write_chunk(disk, f, file_bytes, &mut chunk)?;
-                }
+            live_per_segment.push(0);
+            let number = live_per_segment.len() as u32;
+            file = Some(disk.create(&dir.join(segments::file_name(number)))?);
+            file_bytes = 0;
+        }
+        let name = if item.queue == DELAYED_QUEUE_ID {
+            // A delayed exchange's message keeps its exchange's name.
+            replayed_names[s.queue as usize].1.as_str()
+        } else {
+            names.get(&item.queue).copied().unwrap_or_default()
+        };
+        let before = chunk.len();
+        record::put_publish(
+            &mut chunk,
+            &PublishHead {
+                queue_id: item.queue,
+                seq: item.seq,
+                delivered: s.delivered,
+                transient: false,
+                level: stored.level,
+                expires_at_epoch_ms: stored.expires_at_epoch_ms,
+                vhost: DEFAULT_VHOST,
+                queue_name: name,
+                message: &stored.message,
+            },
+        );
+        let mut message = stored.message;
+        let body_bytes = message.body.len() as u64;
+        recovered.push(RecoveredMessage {
+            redelivered: s.delivered,
+            segment: live_per_segment.len() as u32,
+            // Chunks are written back to back, each padded to ALIGNMENT.
+            offset: file_bytes + before as u64,
+            len: (chunk.len() - before) as u32,
+            level: stored.level,
+            expires_at_epoch_ms: stored.expires_at_epoch_ms,
+            body_bytes,
+            message: item.keep.then(|| {
+                // Its own copy: a slice would keep the whole old file.
+                message.body = Bytes::copy_from_slice(&message.body);
+                message
+            }),
+        });
+        if let Some(count) = live_per_segment.last_mut() {
+            *count += 1;
+        }
+        if chunk.len() >= CHUNK_BYTES {
+            if let Some(f) = file.as_mut() {
+                file_bytes += write_chunk(disk, f, file_bytes, &mut chunk)?;
             }
         }
     }
@@ -387,7 +613,7 @@ fn write_segments<D: Disk>(
         write_chunk(disk, &mut last, file_bytes, &mut chunk)?;
         disk.sync(&mut last)?;
     }
-    Ok(live_per_segment)
+    Ok((live_per_segment, recovered))
 }
 
 /// Seals the chunk in `chunk` and writes it at `offset`, then opens the
@@ -413,6 +639,7 @@ fn write_chunk<D: Disk>(
 mod tests {
     use super::*;
     use crate::metadata::queue_args::QueueArgs;
+    use crate::model::ids::ShardId;
     use crate::store::disk::{append_batch, remove_segments, MemDisk};
     use crate::store::log::MessageStore;
     use std::collections::BTreeSet;
@@ -450,7 +677,7 @@ mod tests {
     }
 
     fn seq_of(m: &RecoveredMessage) -> u64 {
-        let body = std::str::from_utf8(&m.message.body).unwrap();
+        let body = std::str::from_utf8(&m.message.as_ref().unwrap().body).unwrap();
         body.trim_start_matches('m')
             .trim_end_matches('-')
             .parse()
@@ -462,6 +689,7 @@ mod tests {
             queue_id: 1,
             seq,
             delivered: false,
+            transient: false,
             level: 0,
             expires_at_epoch_ms: None,
             vhost: DEFAULT_VHOST,
@@ -472,8 +700,15 @@ mod tests {
 
     /// The sequence numbers a start on `disk` gives back, in queue order.
     fn recovered(disk: &MemDisk) -> Vec<u64> {
-        let shards = recover_on(disk, &data_dir(), &[queue(1, "q")], 1, SEGMENT_SIZE)
-            .expect("recovery on a crash image");
+        let shards = recover_on(
+            disk,
+            &data_dir(),
+            &[queue(1, "q")],
+            1,
+            SEGMENT_SIZE,
+            u64::MAX,
+        )
+        .expect("recovery on a crash image");
         shards
             .iter()
             .flat_map(|s| &s.queues)
@@ -486,8 +721,52 @@ mod tests {
         // The data directory exists before the broker starts.
         disk.create_dir_all(&data_dir()).unwrap();
         disk.sync_dir(Path::new("/")).unwrap();
-        let shards = recover_on(disk, &data_dir(), &[queue(1, "q")], 1, SEGMENT_SIZE).unwrap();
+        let shards = recover_on(
+            disk,
+            &data_dir(),
+            &[queue(1, "q")],
+            1,
+            SEGMENT_SIZE,
+            u64::MAX,
+        )
+        .unwrap();
         shards[0].dir.clone()
+    }
+
+    /// With a window, a queue gets the bodies of its first messages only;
+    /// the rest are index entries whose places in the new generation hold
+    /// exactly their records (as the pager reads them), in queue order.
+    #[test]
+    fn past_the_window_messages_come_back_as_index_entries() {
+        let disk = MemDisk::new();
+        let dir = fresh_store_dir(&disk);
+        let mut store: MessageStore<u64> = MessageStore::new(SEGMENT_SIZE, &[]);
+        let mut files = BTreeMap::new();
+        for seq in 1..=200 {
+            let segment = publish(&mut store, seq);
+            if seq % 10 == 0 {
+                store.append_removal(1, seq, segment);
+            }
+        }
+        let mut batch = store.take_batch().unwrap();
+        append_batch(&disk, &dir, &mut files, &mut batch, 4096).unwrap();
+        let shards =
+            recover_on(&disk, &data_dir(), &[queue(1, "q")], 1, SEGMENT_SIZE, 4096).unwrap();
+        let (_, messages) = &shards[0].queues[0];
+        let expected: Vec<u64> = (1..=200).filter(|s| s % 10 != 0).collect();
+        assert_eq!(messages.len(), expected.len());
+        let kept = messages.iter().take_while(|m| m.message.is_some()).count();
+        assert!(kept > 0 && kept < messages.len() / 2, "{kept} kept");
+        assert!(messages[kept..].iter().all(|m| m.message.is_none()));
+        for (at, (m, &old_seq)) in messages.iter().zip(&expected).enumerate() {
+            let path = shards[0].dir.join(segments::file_name(m.segment));
+            let mut buf = vec![0u8; m.len as usize];
+            assert_eq!(disk.read_at(&path, m.offset, &mut buf).unwrap(), buf.len());
+            let stored = record::decode_publish(Bytes::from(buf)).unwrap();
+            assert_eq!((stored.queue_id, stored.seq), (1, at as u64 + 1));
+            assert_eq!(stored.message.body, message(old_seq).body);
+            assert_eq!(m.body_bytes, stored.message.body.len() as u64);
+        }
     }
 
     /// Batches synced before their confirms went out, then one batch written
@@ -630,6 +909,7 @@ mod tests {
                                     queue_id: 1,
                                     seq: s,
                                     delivered: false,
+                                    transient: false,
                                     level: 0,
                                     expires_at_epoch_ms: None,
                                     vhost: DEFAULT_VHOST,
