@@ -513,7 +513,7 @@ impl Users {
     }
 
     /// The policies of `vhost` (none for a vhost that does not exist).
-    pub(crate) fn policies(&self, vhost: &str) -> impl Iterator<Item = &Policy> {
+    pub(crate) fn policies(&self, vhost: &str) -> impl Iterator<Item = &Policy> + Clone {
         self.vhosts
             .get(vhost)
             .into_iter()

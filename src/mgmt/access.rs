@@ -825,6 +825,16 @@ pub(crate) async fn import_access(
             Some(_) => {}
         }
     }
+    for vhost in &definitions.vhosts {
+        if current.vhost(&vhost.name).is_none() {
+            // VhostAdded brought its policies along.
+            continue;
+        }
+        for policy in vhost.policies.values() {
+            app.access_change(AccessChange::PolicySet(Box::new(policy.clone())))
+                .await?;
+        }
+    }
     for user in &definitions.users {
         app.access_change(AccessChange::UserUpdated(user.clone()))
             .await?;
