@@ -201,10 +201,9 @@ pub(crate) fn check_definition(definition: &Json) -> Result<PolicyDefinition, St
                         .ok_or_else(|| bad("overflow value"))?,
                 )
             }
-            "queue-mode" => {
-                if !matches!(value.as_str(), Some("default" | "lazy")) {
-                    return Err(bad("queue-mode value"));
-                }
+            // Accepted and without effect, as `x-queue-mode` is.
+            "queue-mode" if !matches!(value.as_str(), Some("default" | "lazy")) => {
+                return Err(bad("queue-mode value"));
             }
             "dead-letter-exchange" => {
                 settings.dead_letter_exchange = Some(name("dead letter exchange name")?)

@@ -184,7 +184,10 @@ async fn put_vhost(
 ) -> ApiResult {
     app.user(&headers, &peer, Level::Administrator).await?;
     let body = parse_body(&body)?;
-    ShortStr::try_from(vhost.as_str()).map_err(|_| ApiError::bad_request("name too long"))?;
+    // A vhost name is a shortstr on the wire (connection.open).
+    if vhost.len() > 255 {
+        return Err(ApiError::bad_request("name too long"));
+    }
     let existing = app.users().await?.vhost(&vhost).cloned();
     let mut def = existing.clone().unwrap_or_else(|| VhostDef::new(&vhost));
     if let Some(description) = body.get("description").and_then(Value::as_str) {
