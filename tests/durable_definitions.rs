@@ -747,8 +747,12 @@ fn a_rabbitmq_export_is_imported(shards: usize) {
     let export = export_path();
     let mut broker = Broker::start_with(shards, &["--definitions", export.to_str().unwrap()]);
     let log = broker.log();
+    assert!(!log.contains("policies skipped"), "{log}");
+    // The export's policy is kept with the definitions.
+    let kept = std::fs::read_to_string(broker.data_dir().unwrap().join("definitions.json"))
+        .unwrap_or_default();
+    assert!(kept.contains("\"ttl-policy\""), "{kept}");
     for expected in [
-        "1 policies skipped",
         "binding from exchange 'events' to exchange 'internal.fanout' (routing key 'audit.#') skipped",
         "--default-user not created",
     ] {

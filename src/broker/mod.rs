@@ -49,6 +49,7 @@ use crate::model::alarms::{AlarmBoard, AlarmSet};
 
 use crate::config::Config;
 use crate::metadata::auth::{self as metadata_auth, Users};
+use crate::metadata::policy;
 use crate::metadata::vhost::MetaChange;
 use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
@@ -1427,7 +1428,21 @@ impl ShardState {
         match change {
             MetaChange::QueueCreated(meta) if meta.shard == self.id => {
                 self.queues.insert(meta.id, Queue::new(meta.clone()));
-                self.with_queue(meta.id, |q, _, ctx| q.touch(ctx));
+                let users = Rc::clone(&self.users);
+                self.with_queue(meta.id, |q, _, ctx| {
+                    let policy = policy::matching(users.policies(vhost), meta.name.as_str(), true);
+                    q.set_policy(policy.map(|p| &p.settings), ctx);
+                    q.touch(ctx)
+                });
+            }
+            MetaChange::ExchangeCreated(def) => {
+                let users = Rc::clone(&self.users);
+                let policy = policy::matching(users.policies(vhost), def.name.as_str(), false);
+                if let Some(exchange) = replica.exchanges.get_mut(def.name.as_str()) {
+                    exchange.set_policy_alternate(
+                        policy.and_then(|p| p.settings.alternate_exchange.as_ref()),
+                    );
+                }
             }
             MetaChange::ExchangeDeleted(name) => self.drop_delayed_of(vhost, name),
             MetaChange::QueueDeleted(queue) if queue.shard == self.id => {
@@ -1799,6 +1814,14 @@ impl ShardState {
             AccessChange::UserDeleted(name) => {
                 Some((false, name, format!("user '{}' is deleted", name)))
             }
+            AccessChange::PolicySet(p) => {
+                self.apply_policies(&p.vhost);
+                None
+            }
+            AccessChange::PolicyCleared { vhost, .. } => {
+                self.apply_policies(vhost);
+                None
+            }
             _ => None,
         };
         if let Some((by_vhost, name, text)) = closing {
@@ -1820,6 +1843,32 @@ impl ShardState {
                     connection.force_close(AmqpError::connection_forced(text.clone()), now);
                 }
                 self.finish_connection_turn(id);
+            }
+        }
+    }
+
+    /// Applies `vhost`'s policies, as they now are, to its exchanges in
+    /// this shard's replica and to the queues this shard owns there;
+    /// a queue whose effective arguments changed is dispatched (a lower
+    /// length limit drops or dead-letters its oldest messages).
+    fn apply_policies(&mut self, vhost: &str) {
+        let users = Rc::clone(&self.users);
+        if let Some(replica) = self.vhosts.get_mut(vhost) {
+            replica.apply_policies(users.policies(vhost));
+        }
+        let owned: Vec<QueueId> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.meta.vhost.as_str() == vhost)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in owned {
+            let changed = self.with_queue(id, |q, _, ctx| {
+                let policy = policy::matching(users.policies(vhost), q.meta.name.as_str(), true);
+                q.set_policy(policy.map(|p| &p.settings), ctx)
+            });
+            if changed == Some(true) {
+                self.dispatch(id);
             }
         }
     }

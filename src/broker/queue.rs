@@ -27,7 +27,8 @@ use crate::util::hash::FastMap;
 
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::ConfirmTarget;
-use crate::metadata::queue_args::{Overflow, QueueType, EXPIRY_MS_MAX};
+use crate::metadata::policy::{effective_args, PolicyDefinition};
+use crate::metadata::queue_args::{Overflow, QueueArgs, QueueType, EXPIRY_MS_MAX};
 use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
@@ -586,6 +587,9 @@ impl Unacked {
 
 #[derive(Debug)]
 pub struct Queue {
+    /// The arguments as declared, checked; `meta.args` holds the
+    /// effective ones (these combined with the policy that applies).
+    declared_args: QueueArgs,
     pub(crate) meta: QueueMeta,
     ready: Ready,
     unacked: Unacked,
@@ -647,6 +651,7 @@ impl Queue {
     pub fn new(meta: QueueMeta) -> Queue {
         let level_count = meta.args.max_priority.map_or(1, |max| max as usize + 1);
         Queue {
+            declared_args: meta.args.clone(),
             meta,
             ready: Ready::new(level_count),
             unacked: Unacked::default(),
@@ -1364,6 +1369,34 @@ impl Queue {
         if self.consumers.is_empty() {
             // Unused from now on: x-expires counts from here.
             self.touch(ctx);
+        }
+        true
+    }
+
+    /// Takes the policy that now applies (None: no policy): the effective
+    /// arguments become the declared ones combined with it. A shorter
+    /// `expires` arms the expiry timer sooner; a lower length limit takes
+    /// effect at the next dispatch, which the caller runs. A new
+    /// `message-ttl` applies to messages published from now on, as in
+    /// RabbitMQ. True if the effective arguments changed.
+    pub(crate) fn set_policy(
+        &mut self,
+        policy: Option<&PolicyDefinition>,
+        ctx: &mut QueueCtx,
+    ) -> bool {
+        let args = effective_args(&self.declared_args, &self.meta.arguments, policy);
+        if args == self.meta.args {
+            return false;
+        }
+        let old_expires = self.meta.args.expires_ms;
+        self.meta.args = args;
+        if let Some(expires) = self.meta.args.expires_ms {
+            if old_expires.is_none() {
+                self.last_used_ms = ctx.now_ms();
+            }
+            if old_expires.is_none_or(|old| expires < old) && self.consumers.is_empty() {
+                self.arm_expiry(self.last_used_ms.saturating_add(expires), ctx);
+            }
         }
         true
     }

@@ -14,6 +14,7 @@ use crate::util::hash::{FastMap, FastSet};
 use crate::broker::delayed;
 use crate::broker::exchange::Exchange;
 use crate::metadata::exchange::{Binding, Destination, ExchangeDef, DEFAULT_EXCHANGES};
+use crate::metadata::policy::{self, Policy};
 use crate::metadata::vhost::{DefinitionsView, MetaChange, QueueMeta};
 use crate::model::ids::{QueueId, QueueRef};
 use warren_protocol::{Properties, ShortStr};
@@ -48,6 +49,21 @@ impl Vhost {
             )));
         }
         vhost
+    }
+
+    /// Applies `policies` (the vhost's, all of them) to its exchanges:
+    /// their alternate exchanges follow the policy that matches each. A
+    /// routing result remembered before no longer holds.
+    pub(crate) fn apply_policies<'a>(
+        &mut self,
+        policies: impl Iterator<Item = &'a Policy> + Clone,
+    ) {
+        self.generation += 1;
+        for exchange in self.exchanges.values_mut() {
+            let policy = policy::matching(policies.clone(), exchange.def.name.as_str(), false);
+            exchange
+                .set_policy_alternate(policy.and_then(|p| p.settings.alternate_exchange.as_ref()));
+        }
     }
 
     /// How many changes this replica has applied.

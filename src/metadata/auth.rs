@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::metadata::password::{HashingAlgorithm, PasswordHash};
+use crate::metadata::policy::Policy;
 use warren_protocol::{AmqpError, FieldTable, FieldValue};
 
 /// RabbitMQ's `loopback_users` default: the users that may only connect
@@ -154,6 +155,8 @@ pub(crate) struct VhostDef {
     /// so a shard reads it from its own `Users` without asking anyone. As
     /// in RabbitMQ it is not kept across a restart.
     pub(crate) tracing: bool,
+    /// Its policies by name (`metadata::policy`).
+    pub(crate) policies: BTreeMap<String, Policy>,
 }
 
 impl VhostDef {
@@ -164,6 +167,7 @@ impl VhostDef {
             tags: Vec::new(),
             limits: VhostLimits::default(),
             tracing: false,
+            policies: BTreeMap::new(),
         }
     }
 
@@ -284,6 +288,12 @@ pub(crate) enum AccessChange {
     UserLimitsSet {
         user: String,
         limits: UserLimits,
+    },
+    /// A policy added, or replaced by name in its vhost.
+    PolicySet(Box<Policy>),
+    PolicyCleared {
+        vhost: String,
+        name: String,
     },
 }
 
@@ -502,6 +512,14 @@ impl Users {
         self.vhosts.get(vhost).is_some_and(|v| v.tracing)
     }
 
+    /// The policies of `vhost` (none for a vhost that does not exist).
+    pub(crate) fn policies(&self, vhost: &str) -> impl Iterator<Item = &Policy> + Clone {
+        self.vhosts
+            .get(vhost)
+            .into_iter()
+            .flat_map(|v| v.policies.values())
+    }
+
     pub(crate) fn user(&self, name: &str) -> Option<&User> {
         self.users.get(name)
     }
@@ -659,6 +677,17 @@ impl Users {
                     u.limits = *limits;
                 }
             }
+            AccessChange::PolicySet(policy) => {
+                if let Some(v) = self.vhosts.get_mut(&policy.vhost) {
+                    v.policies
+                        .insert(policy.name.clone(), policy.as_ref().clone());
+                }
+            }
+            AccessChange::PolicyCleared { vhost, name } => {
+                if let Some(v) = self.vhosts.get_mut(vhost) {
+                    v.policies.remove(name);
+                }
+            }
         }
     }
 
@@ -702,6 +731,13 @@ impl Users {
             }
             AccessChange::VhostLimitsSet { vhost, .. } => no_vhost(vhost),
             AccessChange::UserLimitsSet { user, .. } => no_user(user),
+            AccessChange::PolicySet(policy) => no_vhost(&policy.vhost),
+            AccessChange::PolicyCleared { vhost, name } => no_vhost(vhost).or_else(|| {
+                self.vhosts
+                    .get(vhost)
+                    .is_some_and(|v| !v.policies.contains_key(name))
+                    .then(|| format!("no_such_policy: {}", name))
+            }),
         }
     }
 

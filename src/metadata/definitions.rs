@@ -45,8 +45,8 @@
 //! source or destination is missing is skipped with a warning (RabbitMQ
 //! ignores it silently). Every vhost of the file is kept, with its
 //! exchanges, queues, bindings and limits, and so are permissions, topic
-//! permissions and user limits. Policies and parameters are not supported
-//! yet and are skipped with a warning. An unknown exchange type, a queue warren
+//! permissions, user limits and policies. Runtime parameters are not
+//! supported yet and are skipped with a warning. An unknown exchange type, a queue warren
 //! cannot create (a stream, an invalid argument), a password hash that
 //! is not one RabbitMQ could have made, or a permission for a missing user
 //! is an error: the broker refuses to start and says which definition.
@@ -62,6 +62,7 @@ use crate::metadata::exchange::{
     self, Binding, Destination, ExchangeDef, ExchangeKind, MatchMode, DELAYED_TYPE,
 };
 use crate::metadata::password::{base64_decode, base64_encode, HashingAlgorithm, PasswordHash};
+use crate::metadata::policy::{ApplyTo, Policy};
 use crate::metadata::queue_args::{check_queue_type_flags, QueueArgs};
 use crate::metadata::vhost::{Catalog, DefinitionsView, MetaChange, QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::{QueueId, ShardId};
@@ -300,8 +301,30 @@ impl Definitions {
                 name
             ));
         }
+        for (at, item) in reader.list(&doc, "policies")?.iter().enumerate() {
+            let ctx = format!("policies[{}]", at);
+            let vhost = vhost_of(item, &ctx)?;
+            if !listed(&definitions, &vhost) {
+                return Err(format!("{}: no vhost '{}' in this file", ctx, vhost));
+            }
+            // A policy warren cannot apply (one of RabbitMQ's mirroring or
+            // federation settings, say) is skipped, not fatal: the rest of
+            // an export still loads.
+            let policy = match policy_of(item, &vhost, &ctx) {
+                Ok(policy) => policy,
+                Err(e) => {
+                    reader.warnings.push(format!("{}: skipped", e));
+                    continue;
+                }
+            };
+            if definitions.vhosts.is_empty() {
+                definitions.vhosts.push(VhostDef::default_vhost());
+            }
+            if let Some(v) = definitions.vhosts.iter_mut().find(|v| v.name == vhost) {
+                v.policies.insert(policy.name.clone(), policy);
+            }
+        }
         for (key, what) in [
-            ("policies", "policies"),
             ("parameters", "runtime parameters"),
             ("global_parameters", "global runtime parameters"),
         ] {
@@ -436,13 +459,18 @@ impl Definitions {
                 })
                 .collect(),
         );
+        let policies = vhost_list
+            .iter()
+            .flat_map(|v| v.policies.values())
+            .map(policy_json)
+            .collect();
         Json::object([
             ("bindings", Json::Array(bindings)),
             ("exchanges", Json::Array(exchanges)),
             ("global_parameters", Json::Array(vec![])),
             ("parameters", Json::Array(vec![])),
             ("permissions", Json::Array(permissions)),
-            ("policies", Json::Array(vec![])),
+            ("policies", Json::Array(policies)),
             ("product_name", Json::Str("warren".into())),
             (
                 "product_version",
@@ -457,6 +485,51 @@ impl Definitions {
         ])
         .to_pretty_string()
     }
+}
+
+/// A policy as RabbitMQ exports it (and as the management API lists it).
+pub(crate) fn policy_json(p: &Policy) -> Json {
+    Json::object([
+        ("apply-to", Json::Str(p.apply_to.as_str().into())),
+        ("definition", p.definition.clone()),
+        ("name", Json::Str(p.name.clone())),
+        ("pattern", Json::Str(p.pattern.as_str().into())),
+        ("priority", Json::Int(p.priority)),
+        ("vhost", Json::Str(p.vhost.clone())),
+    ])
+}
+
+/// A policy of a file, checked as `rabbit_policy:set` checks it.
+fn policy_of(item: &Json, vhost: &str, ctx: &str) -> Result<Policy, String> {
+    let name = required_str(item, "name", ctx)?;
+    let ctx = format!("{} ('{}')", ctx, name);
+    let pattern = required_str(item, "pattern", &ctx)?;
+    let apply_to = match optional_str(item, "apply-to", &ctx)? {
+        None => ApplyTo::All,
+        Some(text) => ApplyTo::parse(text).ok_or_else(|| {
+            format!(
+                "{}: apply-to '{}' is not one of all, exchanges, queues",
+                ctx, text
+            )
+        })?,
+    };
+    let priority = match item.get("priority") {
+        None | Some(Json::Null) => 0,
+        Some(Json::Int(n)) => *n,
+        Some(other) => {
+            return Err(format!(
+                "{}: priority is {}, expected an integer",
+                ctx,
+                other.kind()
+            ))
+        }
+    };
+    let definition = item
+        .get("definition")
+        .cloned()
+        .ok_or_else(|| format!("{}: no \"definition\"", ctx))?;
+    Policy::new(vhost, name, pattern, apply_to, priority, definition)
+        .map_err(|e| format!("{}: {}", ctx, e))
 }
 
 /// A user's or vhost's limits as RabbitMQ exports them: an object of the
@@ -603,7 +676,13 @@ impl Definitions {
         }
         for vhost in import.vhosts.clone() {
             match self.vhosts.iter_mut().find(|v| v.name == vhost.name) {
-                Some(existing) => *existing = vhost,
+                Some(existing) => {
+                    // An import adds its policies to the vhost's own.
+                    let mut policies = std::mem::take(&mut existing.policies);
+                    policies.extend(vhost.policies.clone());
+                    *existing = vhost;
+                    existing.policies = policies;
+                }
                 None => self.vhosts.push(vhost),
             }
         }
@@ -1463,7 +1542,11 @@ mod tests {
         assert_eq!(d.vhosts[1].description, "Default virtual host");
         assert_eq!(alice.permissions.get("other"), Some(&Permission::full()));
         let warnings = parsed.warnings.join("\n");
-        assert!(warnings.contains("1 policies skipped"), "{warnings}");
+        assert!(!warnings.contains("policies"), "{warnings}");
+        let root = d.vhosts.iter().find(|v| v.name == "/").unwrap();
+        let policy = &root.policies["ttl-policy"];
+        assert_eq!(policy.settings.message_ttl_ms, Some(1000));
+        assert_eq!(policy.pattern.as_str(), "^ttl\\.");
     }
 
     #[test]

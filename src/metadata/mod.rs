@@ -14,6 +14,7 @@
 //!   topic permissions, limits) and its checks, SASL PLAIN/AMQPLAIN, the
 //!   loopback rule;
 //! - `password`: RabbitMQ's salted password hashes;
+//! - `policy`: policies, their checks, and a queue's effective arguments;
 //! - `exchange`: exchange types, `ExchangeDef`, `Binding`, `Destination`,
 //!   and the checks of `x-delayed-type` and `x-match`;
 //! - `queue_args`: queue arguments checked as RabbitMQ checks them;
@@ -27,5 +28,6 @@ pub(crate) mod auth;
 pub(crate) mod definitions;
 pub mod exchange;
 pub(crate) mod password;
+pub(crate) mod policy;
 pub(crate) mod queue_args;
 pub mod vhost;

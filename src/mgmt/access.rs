@@ -184,7 +184,8 @@ async fn put_vhost(
 ) -> ApiResult {
     app.user(&headers, &peer, Level::Administrator).await?;
     let body = parse_body(&body)?;
-    if vhost.len() > usize::from(u8::MAX) {
+    // A vhost name is a shortstr on the wire (connection.open).
+    if vhost.len() > 255 {
         return Err(ApiError::bad_request("name too long"));
     }
     let existing = app.users().await?.vhost(&vhost).cloned();
@@ -829,6 +830,16 @@ pub(crate) async fn import_access(
                 .await?
             }
             Some(_) => {}
+        }
+    }
+    for vhost in &definitions.vhosts {
+        if current.vhost(&vhost.name).is_none() {
+            // VhostAdded brought its policies along.
+            continue;
+        }
+        for policy in vhost.policies.values() {
+            app.access_change(AccessChange::PolicySet(Box::new(policy.clone())))
+                .await?;
         }
     }
     for user in &definitions.users {

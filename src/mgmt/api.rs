@@ -114,8 +114,7 @@ pub(crate) fn router(app: App) -> Router {
             get(binding).delete(delete_binding),
         )
         .merge(crate::mgmt::access::routes())
-        .route("/api/policies", get(policies))
-        .route("/api/policies/{vhost}", get(policies))
+        .merge(crate::mgmt::policy::routes())
         .route(
             "/api/definitions",
             get(export_definitions).post(import_definitions),
@@ -409,6 +408,14 @@ struct QueueJson {
     warren_shard: u16,
 }
 
+impl QueueJson {
+    /// Shows the policy that applies to the queue.
+    fn set_policy(&mut self, users: &Users) {
+        (self.policy, self.effective_policy_definition) =
+            crate::mgmt::policy::applied(users, &self.vhost, &self.name, true);
+    }
+}
+
 /// A queue's counts for `Readings`, in `QUEUE_FIELDS` order.
 fn queue_counts(q: &QueueInfo) -> [u64; QUEUE_FIELDS] {
     let s = &q.stats;
@@ -483,6 +490,7 @@ impl App {
     }
 
     async fn queue_list(&self, filter: &VhostFilter) -> Result<Vec<QueueJson>, ApiError> {
+        let users = self.users().await?;
         let asked = Instant::now();
         let reports = self.reports(true, false).await?;
         let now = Instant::now();
@@ -497,7 +505,9 @@ impl App {
             for q in &report.queues {
                 seen.insert((q.meta.shard.0, q.meta.id.0));
                 if filter.keeps(q.meta.vhost.as_str()) {
-                    items.push(self.queue_json(q, &mut rates, now));
+                    let mut item = self.queue_json(q, &mut rates, now);
+                    item.set_policy(&users);
+                    items.push(item);
                 }
             }
         }
@@ -570,8 +580,10 @@ async fn queue(
 ) -> ApiResult {
     let user = app.user(&headers, &peer, Level::Management).await?;
     let info = app.queue_report(&user, &vhost, &name).await?;
+    let users = app.users().await?;
     let mut rates = app.rates.lock().unwrap_or_else(|e| e.into_inner());
-    let json = app.queue_json(&info, &mut rates, Instant::now());
+    let mut json = app.queue_json(&info, &mut rates, Instant::now());
+    json.set_policy(&users);
     Ok(json_response(&json))
 }
 
@@ -747,10 +759,13 @@ struct ExchangeJson {
     internal: bool,
     arguments: Value,
     policy: Option<String>,
+    effective_policy_definition: Value,
     user_who_performed_action: &'static str,
 }
 
-fn exchange_json(vhost: &str, def: &ExchangeDef) -> ExchangeJson {
+fn exchange_json(vhost: &str, def: &ExchangeDef, users: &Users) -> ExchangeJson {
+    let (policy, effective_policy_definition) =
+        crate::mgmt::policy::applied(users, vhost, def.name.as_str(), false);
     ExchangeJson {
         name: def.name.as_str().to_string(),
         vhost: vhost.to_string(),
@@ -759,20 +774,22 @@ fn exchange_json(vhost: &str, def: &ExchangeDef) -> ExchangeJson {
         auto_delete: def.auto_delete,
         internal: def.internal,
         arguments: table_to_json(&def.arguments),
-        policy: None,
+        policy,
+        effective_policy_definition,
         user_who_performed_action: "rmq-internal",
     }
 }
 
 impl App {
     async fn exchange_list(&self, filter: &VhostFilter) -> Result<Vec<ExchangeJson>, ApiError> {
+        let users = self.users().await?;
         let mut items: Vec<ExchangeJson> = self
             .definitions()
             .await?
             .exchanges
             .iter()
             .filter(|(vhost, _)| filter.keeps(vhost.as_str()))
-            .map(|(vhost, def)| exchange_json(vhost.as_str(), def))
+            .map(|(vhost, def)| exchange_json(vhost.as_str(), def, &users))
             .collect();
         items.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         Ok(items)
@@ -834,7 +851,8 @@ async fn exchange(
         .iter()
         .find(|(v, e)| v.as_str() == vhost && e.name.as_str() == wanted)
         .ok_or_else(ApiError::not_found)?;
-    Ok(json_response(&exchange_json(&vhost, def)))
+    let users = app.users().await?;
+    Ok(json_response(&exchange_json(&vhost, def, &users)))
 }
 
 async fn put_exchange(
@@ -1589,11 +1607,6 @@ async fn whoami(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiRe
 
 async fn extensions(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
     app.user(&headers, &peer, Level::Management).await?;
-    Ok(json_response(&json!([])))
-}
-
-async fn policies(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
-    app.user(&headers, &peer, Level::Policymaker).await?;
     Ok(json_response(&json!([])))
 }
 

@@ -23,6 +23,7 @@ pub(crate) mod error;
 pub(crate) mod json;
 pub(crate) mod list;
 pub(crate) mod plane;
+pub(crate) mod policy;
 pub(crate) mod prometheus;
 pub(crate) mod rates;
 

@@ -43,6 +43,14 @@ impl Router {
     }
 }
 
+/// The `alternate-exchange` an exchange was declared with.
+fn declared_alternate(def: &ExchangeDef) -> Option<ShortStr> {
+    match def.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT) {
+        Some(FieldValue::LongStr(name)) => ShortStr::from_bytes(name.clone()).ok(),
+        _ => None,
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Exchange {
     pub(crate) def: ExchangeDef,
@@ -57,16 +65,20 @@ pub(crate) struct Exchange {
 
 impl Exchange {
     pub(crate) fn new(def: ExchangeDef) -> Exchange {
-        let alternate = match def.arguments.get(ALTERNATE_EXCHANGE_ARGUMENT) {
-            Some(FieldValue::LongStr(name)) => ShortStr::from_bytes(name.clone()).ok(),
-            _ => None,
-        };
+        let alternate = declared_alternate(&def);
         Exchange {
             router: Router::new(def.kind),
             def,
             bindings: Vec::new(),
             alternate,
         }
+    }
+
+    /// Takes the `alternate-exchange` of the policy that now applies: the
+    /// exchange's own argument wins over it, as `rabbit_policy:get_arg`
+    /// has it.
+    pub(crate) fn set_policy_alternate(&mut self, policy: Option<&ShortStr>) {
+        self.alternate = declared_alternate(&self.def).or_else(|| policy.cloned());
     }
 
     /// Adds a binding; false if an identical one already exists.
