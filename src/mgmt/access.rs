@@ -309,8 +309,9 @@ async fn user(
 }
 
 /// PUT /api/users/{u}: `password` or `password_hash` (with
-/// `hashing_algorithm`), and `tags`. A user that exists keeps its password
-/// when neither is given, and its permissions and limits.
+/// `hashing_algorithm`), and `tags`. A user that exists keeps its
+/// permissions and limits; as in RabbitMQ, it loses its password when
+/// neither is given.
 async fn put_user(
     State(app): State<App>,
     peer: Peer,
