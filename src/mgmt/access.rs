@@ -196,7 +196,10 @@ async fn put_vhost(
 ) -> ApiResult {
     let acting = app.user(&headers, &peer, Level::Administrator).await?;
     let body = parse_body(&body)?;
-    ShortStr::try_from(vhost.as_str()).map_err(|_| ApiError::bad_request("name too long"))?;
+    // A vhost name travels in connection.open as a shortstr.
+    if vhost.len() > warren_protocol::types::SHORTSTR_LEN_MAX {
+        return Err(ApiError::bad_request("name too long"));
+    }
     let existing = app.users().await?.vhost(&vhost).cloned();
     let mut def = existing.clone().unwrap_or_else(|| VhostDef::new(&vhost));
     if let Some(description) = body.get("description").and_then(Value::as_str) {
