@@ -35,7 +35,10 @@ impl Api {
         let base = b
             .management_url()
             .expect("the broker's management API address (WARREN_TEST_MANAGEMENT_URL?)");
+        // WARREN_TEST_MANAGEMENT_URL may carry credentials (http://USER:PASS@HOST:PORT).
         let authority = base.trim_start_matches("http://");
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        let base = format!("http://{authority}");
         let (host, port) = authority.rsplit_once(':').expect("host:port");
         let url = b.url();
         let creds = url
@@ -185,8 +188,17 @@ broker_test!(
         let names: Vec<String> = (0..6).map(|i| format!("{prefix}-{i}")).collect();
         run(async {
             let (conn, ch) = open_confirming(&b.url()).await;
+            // Spread over the shards, whatever the declaring connection's
+            // shard (RabbitMQ's locator argument for classic queues).
+            let mut spread = lapin::types::FieldTable::default();
+            spread.insert(
+                "x-queue-master-locator".into(),
+                lapin::types::AMQPValue::LongString("random".into()),
+            );
             for (i, name) in names.iter().enumerate() {
-                declare_queue(&ch, name).await;
+                declare_queue_with(&ch, name, Default::default(), spread.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("queue.declare {name}: {e}"));
                 let bodies: Vec<&[u8]> = (0..=i).map(|_| &b"m"[..]).collect();
                 fill_queue(&ch, name, &bodies).await;
             }
@@ -555,9 +567,10 @@ broker_test!(message_stats_count_publishes_deliveries_and_acks, |b| {
             delivery.ack(BasicAckOptions::default()).await.unwrap();
         }
     });
-    // RabbitMQ updates its statistics every few seconds; warren at once.
+    // RabbitMQ updates its statistics every few seconds (a queue's counts
+    // and its message_stats separately); warren at once.
     let q = api.until(&format!("/api/queues/%2F/{queue}"), |q| {
-        q["message_stats"]["ack"] == 5
+        q["message_stats"]["ack"] == 5 && q["messages"] == 0
     });
     let stats = &q["message_stats"];
     assert_eq!(stats["publish"], 5, "{q}");
@@ -732,3 +745,423 @@ fn the_management_api_can_be_turned_off() {
     let b = Broker::start_with(1, &["--no-management"]);
     assert_eq!(b.management_url(), None);
 }
+
+// ---- Access control written through the API --------------------------------------------
+
+/// `vhost` as one path segment of an API URL.
+fn segment(vhost: &str) -> String {
+    vhost.replace('%', "%25").replace('/', "%2F")
+}
+
+/// The broker's AMQP URL for `user` in `vhost`.
+fn amqp_url(b: &Broker, user: &str, pass: &str, vhost: &str) -> String {
+    let authority = b.url();
+    let host = authority
+        .trim_start_matches("amqp://")
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    format!("amqp://{user}:{pass}@{host}/{}", segment(vhost))
+}
+
+/// Asserts a request's status, with its body in the message.
+#[track_caller]
+fn expect_status(status_and_body: (u16, String), status: u16) {
+    assert_eq!(status_and_body.0, status, "{}", status_and_body.1);
+}
+
+/// Makes a vhost, a user and that user's full permissions on it through
+/// raw HTTP; the names.
+fn vhost_with_user(api: &Api, prefix: &str, tags: &str) -> (String, String) {
+    let vhost = unique(&format!("{prefix}-v"));
+    let user = unique(&format!("{prefix}-u"));
+    expect_status(
+        api.call("PUT", &format!("/api/vhosts/{}", segment(&vhost)), None),
+        201,
+    );
+    expect_status(
+        api.call(
+            "PUT",
+            &format!("/api/users/{user}"),
+            Some(&json!({"password": "pw", "tags": tags})),
+        ),
+        201,
+    );
+    expect_status(
+        api.call(
+            "PUT",
+            &format!("/api/permissions/{}/{user}", segment(&vhost)),
+            Some(&json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        ),
+        201,
+    );
+    (vhost, user)
+}
+
+/// Removes what [`vhost_with_user`] made.
+fn remove_vhost_and_user(api: &Api, vhost: &str, user: &str) {
+    expect_status(
+        api.call("DELETE", &format!("/api/vhosts/{}", segment(vhost)), None),
+        204,
+    );
+    expect_status(api.call("DELETE", &format!("/api/users/{user}"), None), 204);
+}
+
+broker_test!(
+    rabbitmqadmin_declares_lists_and_deletes_vhosts_users_and_permissions,
+    |b| {
+        let api = Api::of(b);
+        let vhost = unique("admin-v");
+        let user = unique("admin-u");
+        api.rabbitmqadmin(&["declare", "vhost", &format!("name={vhost}")]);
+        // Its creator may use it at once, as in RabbitMQ.
+        let permissions = api.get(&format!("/api/vhosts/{}/permissions", segment(&vhost)));
+        assert_eq!(
+            permissions,
+            json!([{"vhost": vhost, "user": api.user, "configure": ".*", "write": ".*", "read": ".*"}])
+        );
+        api.rabbitmqadmin(&[
+            "declare",
+            "user",
+            &format!("name={user}"),
+            "password=secret",
+            "tags=monitoring",
+        ]);
+        let vhosts = api.list("vhosts", &["name"]);
+        assert!(
+            vhosts.iter().any(|v| v["name"] == vhost.as_str()),
+            "{vhosts:?}"
+        );
+        let users = api.list("users", &["name", "tags"]);
+        let listed = users
+            .iter()
+            .find(|u| u["name"] == user.as_str())
+            .unwrap_or_else(|| panic!("{users:?}"));
+        assert_eq!(listed["tags"], json!(["monitoring"]), "{listed}");
+
+        // Without permissions, the user may not open the vhost.
+        run(async {
+            let r = Connection::connect(
+                &amqp_url(b, &user, "secret", &vhost),
+                ConnectionProperties::default(),
+            )
+            .await;
+            let text = expect_code(r.map(|_| ()), 530);
+            assert!(text.contains(&vhost), "{text}");
+        });
+        api.rabbitmqadmin(&[
+            "declare",
+            "permission",
+            &format!("vhost={vhost}"),
+            &format!("user={user}"),
+            "configure=^mine\\.",
+            "write=.*",
+            "read=.*",
+        ]);
+        let permissions = api.list(
+            "permissions",
+            &["user", "vhost", "configure", "write", "read"],
+        );
+        assert!(
+            permissions.iter().any(|p| p["user"] == user.as_str()
+                && p["vhost"] == vhost.as_str()
+                && p["configure"] == "^mine\\."
+                && p["write"] == ".*"),
+            "{permissions:?}"
+        );
+        // Now the user logs in, and its configure pattern holds.
+        run(async {
+            let (conn, ch) = open(&amqp_url(b, &user, "secret", &vhost)).await;
+            declare_queue(&ch, "mine.q").await;
+            publish(&ch, "", "mine.q", b"in the new vhost").await;
+            let got = get_within(&ch, "mine.q", Duration::from_secs(10)).await;
+            assert_eq!(got.delivery.data, b"in the new vhost");
+            let r = ch
+                .queue_declare(
+                    "theirs.q",
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await;
+            expect_code(r, 403);
+            let _ = conn.close(200, "bye").await;
+        });
+        let queues = api.get(&format!("/api/queues/{}", segment(&vhost)));
+        let queues = queues.as_array().unwrap();
+        assert_eq!(queue_named(queues, "mine.q")["vhost"], vhost.as_str());
+
+        api.rabbitmqadmin(&[
+            "delete",
+            "permission",
+            &format!("vhost={vhost}"),
+            &format!("user={user}"),
+        ]);
+        let permissions = api.list("permissions", &["user", "vhost"]);
+        assert!(
+            permissions.iter().all(|p| p["user"] != user.as_str()),
+            "{permissions:?}"
+        );
+        api.rabbitmqadmin(&["delete", "user", &format!("name={user}")]);
+        api.rabbitmqadmin(&["delete", "vhost", &format!("name={vhost}")]);
+        let users = api.list("users", &["name"]);
+        assert!(
+            users.iter().all(|u| u["name"] != user.as_str()),
+            "{users:?}"
+        );
+        let vhosts = api.list("vhosts", &["name"]);
+        assert!(
+            vhosts.iter().all(|v| v["name"] != vhost.as_str()),
+            "{vhosts:?}"
+        );
+        // A deleted user no longer logs in anywhere.
+        run(async {
+            let r = Connection::connect(
+                &amqp_url(b, &user, "secret", "/"),
+                ConnectionProperties::default(),
+            )
+            .await;
+            assert!(r.is_err(), "a deleted user logged in");
+        });
+    }
+);
+
+broker_test!(
+    deleting_a_vhost_closes_its_connections_and_removes_its_queues,
+    |b| {
+        let api = Api::of(b);
+        let (vhost, user) = vhost_with_user(&api, "del", "");
+        let queues: Vec<String> = (0..4).map(|i| format!("del-q{i}")).collect();
+        run(async {
+            let (conn, ch) = open_confirming(&amqp_url(b, &user, "pw", &vhost)).await;
+            for q in &queues {
+                declare_queue_with(
+                    &ch,
+                    q,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue.declare");
+                fill_queue(&ch, q, &[b"1", b"2"]).await;
+            }
+            api.until(&format!("/api/queues/{}", segment(&vhost)), |qs| {
+                qs.as_array().is_some_and(|all| {
+                    all.len() == queues.len() && all.iter().all(|q| q["messages"] == 2)
+                })
+            });
+            // Connections elsewhere stay open.
+            let (other, _) = open(&b.url()).await;
+            let watch = ErrorWatch::connection(&conn);
+            expect_status(
+                api.call("DELETE", &format!("/api/vhosts/{}", segment(&vhost)), None),
+                204,
+            );
+            if b.is_external() {
+                // Against RabbitMQ 3.10 lapin sees the socket reset
+                // (ECONNRESET) rather than a connection.close.
+                watch.wait().await;
+            } else {
+                let text = watch.expect_code(320).await;
+                assert_eq!(
+                    text,
+                    format!("CONNECTION_FORCED - vhost '{vhost}' is deleted")
+                );
+            }
+            assert_connection_usable(&other).await;
+        });
+        expect_status(
+            api.call("GET", &format!("/api/queues/{}", segment(&vhost)), None),
+            404,
+        );
+        let all = api.get("/api/queues");
+        assert!(
+            all.as_array()
+                .unwrap()
+                .iter()
+                .all(|q| q["vhost"] != vhost.as_str()),
+            "{all}"
+        );
+        // A vhost of the same name starts empty.
+        expect_status(
+            api.call("PUT", &format!("/api/vhosts/{}", segment(&vhost)), None),
+            201,
+        );
+        assert_eq!(
+            api.get(&format!("/api/queues/{}", segment(&vhost))),
+            json!([])
+        );
+        remove_vhost_and_user(&api, &vhost, &user);
+    }
+);
+
+broker_test!(a_user_without_permissions_on_a_vhost_gets_401, |b| {
+    let api = Api::of(b);
+    let (vhost, user) = vhost_with_user(&api, "perm", "management");
+    let other = unique("perm-other");
+    expect_status(
+        api.call("PUT", &format!("/api/vhosts/{}", segment(&other)), None),
+        201,
+    );
+    let as_user = |path: &str| api.call_as(Some((&user, "pw")), "GET", path, None);
+    expect_status(as_user(&format!("/api/queues/{}", segment(&vhost))), 200);
+    let (error, _) = error_of(as_user(&format!("/api/queues/{}", segment(&other))), 401);
+    assert_eq!(error, "not_authorised");
+    // Lists over every vhost leave the other vhost out.
+    let (status, body) = as_user("/api/vhosts");
+    assert_eq!(status, 200, "{body}");
+    let vhosts: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = vhosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(names.contains(&vhost.as_str()), "{names:?}");
+    assert!(!names.contains(&other.as_str()), "{names:?}");
+    // Permissions granted through the API open it.
+    expect_status(
+        api.call(
+            "PUT",
+            &format!("/api/permissions/{}/{user}", segment(&other)),
+            Some(&json!({"configure": "", "write": "", "read": ""})),
+        ),
+        201,
+    );
+    expect_status(as_user(&format!("/api/queues/{}", segment(&other))), 200);
+    // A new password takes over at once: the old one is refused on the
+    // next request. Tags dropped through the API take the API away, and a
+    // PUT without a password leaves the user none, as in RabbitMQ.
+    let put_user = |body: Value| {
+        expect_status(
+            api.call("PUT", &format!("/api/users/{user}"), Some(&body)),
+            204,
+        )
+    };
+    put_user(json!({"password": "new-pw", "tags": "management"}));
+    expect_status(as_user("/api/whoami"), 401);
+    let as_new = |path: &str| api.call_as(Some((&user, "new-pw")), "GET", path, None);
+    expect_status(as_new("/api/whoami"), 200);
+    put_user(json!({"password": "new-pw", "tags": ""}));
+    let (_, reason) = error_of(as_new("/api/whoami"), 401);
+    assert_eq!(reason, "Not management user");
+    put_user(json!({"tags": "management"}));
+    let (_, reason) = error_of(as_new("/api/whoami"), 401);
+    assert_eq!(reason, "Login failed");
+    expect_status(
+        api.call("DELETE", &format!("/api/vhosts/{}", segment(&other)), None),
+        204,
+    );
+    remove_vhost_and_user(&api, &vhost, &user);
+});
+
+broker_test!(topic_permissions_set_through_the_api_are_enforced, |b| {
+    let api = Api::of(b);
+    let (vhost, user) = vhost_with_user(&api, "topic", "");
+    let path = format!("/api/topic-permissions/{}/{user}", segment(&vhost));
+    expect_status(
+        api.call(
+            "PUT",
+            &path,
+            Some(&json!({"exchange": "amq.topic", "write": "^allowed\\.", "read": ".*"})),
+        ),
+        201,
+    );
+    let listed = api.get(&path);
+    assert_eq!(listed[0]["exchange"], "amq.topic", "{listed}");
+    assert_eq!(listed[0]["write"], "^allowed\\.", "{listed}");
+    let url = amqp_url(b, &user, "pw", &vhost);
+    run(async {
+        let (_conn, ch) = open_confirming(&url).await;
+        let confirmation = publish_confirmed(
+            &ch,
+            "amq.topic",
+            "allowed.key",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+        assert!(confirmation.is_ack(), "{confirmation:?}");
+        let watch = ErrorWatch::channel(&ch);
+        let _ = ch
+            .basic_publish(
+                "amq.topic",
+                "denied.key",
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await;
+        let text = watch.expect_code(403).await;
+        assert!(text.contains("denied.key"), "{text}");
+    });
+    // Cleared through the API, the key is free again.
+    expect_status(api.call("DELETE", &path, None), 204);
+    run(async {
+        let (_conn, ch) = open_confirming(&url).await;
+        let confirmation = publish_confirmed(
+            &ch,
+            "amq.topic",
+            "denied.key",
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+        assert!(confirmation.is_ack(), "{confirmation:?}");
+    });
+    remove_vhost_and_user(&api, &vhost, &user);
+});
+
+broker_test!(a_vhost_queue_limit_set_through_the_api_is_enforced, |b| {
+    let api = Api::of(b);
+    let (vhost, user) = vhost_with_user(&api, "limit", "");
+    api.rabbitmqadmin(&[
+        "declare",
+        "vhost_limit",
+        &format!("vhost={vhost}"),
+        "name=max-queues",
+        "value=1",
+    ]);
+    let limits = api.get(&format!("/api/vhost-limits/{}", segment(&vhost)));
+    assert_eq!(
+        limits,
+        json!([{"vhost": vhost, "value": {"max-queues": 1}}])
+    );
+    let url = amqp_url(b, &user, "pw", &vhost);
+    run(async {
+        let (_conn, ch) = open(&url).await;
+        declare_queue(&ch, "first").await;
+        let r = ch
+            .queue_declare(
+                "second",
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        let text = expect_code(r, 406);
+        assert!(text.contains("queue limit in vhost"), "{text}");
+    });
+    api.rabbitmqadmin(&[
+        "delete",
+        "vhost_limit",
+        &format!("vhost={vhost}"),
+        "name=max-queues",
+    ]);
+    assert_eq!(
+        api.get(&format!("/api/vhost-limits/{}", segment(&vhost))),
+        json!([])
+    );
+    run(async {
+        let (_conn, ch) = open(&url).await;
+        declare_queue(&ch, "second").await;
+    });
+    remove_vhost_and_user(&api, &vhost, &user);
+});

@@ -259,8 +259,9 @@ pub(crate) enum AccessChange {
     UserPut(User),
     /// `rabbit_auth_backend_internal:put_user`, as the management API's
     /// PUT does: a new user is added as given; an existing one gets the
-    /// tags given, and the password given if any, and keeps its
-    /// permissions, topic permissions and limits.
+    /// tags and the password given (none when none is given: it can no
+    /// longer log in with a password), and keeps its permissions, topic
+    /// permissions and limits.
     UserUpdated(User),
     UserDeleted(String),
     PermissionSet {
@@ -624,9 +625,7 @@ impl Users {
             AccessChange::UserUpdated(user) => match self.users.get_mut(&user.name) {
                 Some(existing) => {
                     existing.tags = user.tags.clone();
-                    if user.password.is_some() {
-                        existing.password = user.password.clone();
-                    }
+                    existing.password = user.password.clone();
                 }
                 None => {
                     self.users.insert(user.name.clone(), user.clone());

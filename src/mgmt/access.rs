@@ -80,6 +80,13 @@ pub(crate) fn routes() -> Router<App> {
 }
 
 impl App {
+    fn forget_logins(&self) {
+        self.auth_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Has the metadata owner make `change`: Err with RabbitMQ's refusal
     /// (`no_such_vhost: v`, ...) as a 400.
     pub(crate) async fn access_change(&self, change: AccessChange) -> Result<(), ApiError> {
@@ -99,7 +106,12 @@ impl App {
         // The owner answered the control request after this one, so the
         // result is already there.
         match receiver.try_recv() {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // A cached login may have lost its password or tags:
+                // the next request is checked again.
+                self.forget_logins();
+                Ok(())
+            }
             Ok(Err(refusal)) => Err(ApiError::bad_request(refusal)),
             Err(_) => Err(ApiError::internal("the metadata owner did not answer")),
         }
@@ -182,10 +194,10 @@ async fn put_vhost(
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
+    let acting = app.user(&headers, &peer, Level::Administrator).await?;
     let body = parse_body(&body)?;
-    // A vhost name is a shortstr on the wire (connection.open).
-    if vhost.len() > 255 {
+    // A vhost name travels in connection.open as a shortstr.
+    if vhost.len() > warren_protocol::types::SHORTSTR_LEN_MAX {
         return Err(ApiError::bad_request("name too long"));
     }
     let existing = app.users().await?.vhost(&vhost).cloned();
@@ -208,6 +220,14 @@ async fn put_vhost(
         no_content()
     } else {
         app.access_change(AccessChange::VhostAdded(def)).await?;
+        // RabbitMQ gives the user who creates a vhost through the API
+        // full permissions on it, so that it can go on to use it.
+        app.access_change(AccessChange::PermissionSet {
+            user: acting.name,
+            vhost: vhost.clone(),
+            permission: Permission::new(".*", ".*", ".*"),
+        })
+        .await?;
         created()
     };
     // The shards' firehose switch follows the vhost's flag.
@@ -296,8 +316,9 @@ async fn user(
 }
 
 /// PUT /api/users/{u}: `password` or `password_hash` (with
-/// `hashing_algorithm`), and `tags`. A user that exists keeps its password
-/// when neither is given, and its permissions and limits.
+/// `hashing_algorithm`), and `tags`. A user that exists keeps its
+/// permissions and limits; as in RabbitMQ, it loses its password when
+/// neither is given.
 async fn put_user(
     State(app): State<App>,
     peer: Peer,

@@ -53,6 +53,14 @@ pub(crate) struct AuthCache {
     accepted: HashMap<(String, IpAddr), (ApiUser, Instant)>,
 }
 
+impl AuthCache {
+    /// Forgets every accepted login, after a change to users or
+    /// permissions.
+    pub(crate) fn clear(&mut self) {
+        self.accepted.clear();
+    }
+}
+
 /// The user of a request, if its credentials are right and it may use the
 /// API at `level`; RabbitMQ's 401s otherwise.
 pub(crate) async fn authenticate(

@@ -672,21 +672,6 @@ macro_rules! broker_test {
 }
 
 // ---- Management API support (used by tests/warrenctl.rs) ----------------------------------
-//
-// The management HTTP API is started with `--management-listen ADDR`. Until the warren
-// binary knows that flag, `Broker::start_with_management` returns None and the tests that
-// need the API skip themselves (they say so on stderr), so a branch without the API stays
-// green.
-
-/// Whether the warren binary under test has a management API (`--management-listen` in
-/// its `--help`).
-pub fn warren_has_management() -> bool {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
-        .arg("--help")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--management-listen"))
-        .unwrap_or(false)
-}
 
 /// A loopback port nobody listens on at the moment of the call.
 pub fn free_port() -> u16 {
@@ -698,11 +683,11 @@ pub fn free_port() -> u16 {
 
 impl Broker {
     /// The broker under test with its management API, and the API's URL with
-    /// credentials: warren started with `--management-listen 127.0.0.1:<free port>`
-    /// (URL `http://guest:guest@127.0.0.1:PORT`, guest being allowed on loopback), or the
-    /// external broker of `WARREN_TEST_AMQP_URL` with the API of
-    /// `WARREN_TEST_MANAGEMENT_URL` (both must be set). None when warren has no
-    /// management API yet: the caller skips.
+    /// credentials: warren with the API on the port it chose itself (see
+    /// [`Broker::management_url`]; URL `http://guest:guest@127.0.0.1:PORT`, guest being
+    /// allowed on loopback), or the external broker of `WARREN_TEST_AMQP_URL` with the API
+    /// of `WARREN_TEST_MANAGEMENT_URL` (both must be set).
+    /// None against an external broker without a management URL: the caller skips.
     pub fn start_with_management(shards: usize) -> Option<(Broker, String)> {
         if let Ok(url) = std::env::var(EXTERNAL_MANAGEMENT_URL_VAR) {
             assert!(
@@ -711,35 +696,14 @@ impl Broker {
             );
             return Some((Broker::start(shards), url));
         }
-        if external_url().is_some() || !warren_has_management() {
+        if external_url().is_some() {
             return None;
         }
-        // The port is free when chosen but another test may take it before warren binds
-        // it: try a few.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let listen = format!("127.0.0.1:{port}");
-            let data_dir = fresh_temp_dir("warren-test");
-            let extra_args = vec!["--management-listen".to_string(), listen];
-            match spawn_warren(shards, &data_dir, "127.0.0.1:0", &extra_args) {
-                Ok((child, addr)) => {
-                    let broker = Broker {
-                        child: Some(child),
-                        data_dir: Some(data_dir),
-                        addr,
-                        external_url: None,
-                        shards,
-                        extra_args,
-                    };
-                    return Some((broker, format!("http://guest:guest@127.0.0.1:{port}")));
-                }
-                Err(why) => {
-                    let _ = fs::remove_dir_all(&data_dir);
-                    last_error = why;
-                }
-            }
-        }
-        panic!("warren with a management listener did not start: {last_error}");
+        let broker = Broker::start(shards);
+        let base = broker.management_url().unwrap_or_else(|| {
+            panic!("warren logged no management API address:\n{}", broker.log())
+        });
+        let url = base.replacen("http://", "http://guest:guest@", 1);
+        Some((broker, url))
     }
 }
