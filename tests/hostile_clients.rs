@@ -720,6 +720,10 @@ both_shards!(a_panicking_shard_stops_the_whole_broker, |shards: usize| {
             "127.0.0.1:0",
             "--shards",
             &shards.to_string(),
+            "--management-listen",
+            "127.0.0.1:0",
+            "--prometheus-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&dir)

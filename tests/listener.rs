@@ -75,6 +75,10 @@ impl LimitedBroker {
                 &shards.to_string(),
                 "--log-level",
                 "info",
+                "--management-listen",
+                "127.0.0.1:0",
+                "--prometheus-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(&data_dir)

@@ -68,6 +68,10 @@ fn start_broker(name: &str, shards: usize) -> Broker {
     let _ = std::fs::remove_dir_all(&data_dir);
     let mut child = Command::new(warren_binary())
         .args(["--listen", "127.0.0.1:0", "--shards", &shards.to_string()])
+        // The HTTP listeners on loopback ports of their own, never the
+        // defaults (0.0.0.0:15672 and :15692) that parallel tests share.
+        .args(["--management-listen", "127.0.0.1:0"])
+        .args(["--prometheus-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(&data_dir)
         .stdout(Stdio::null())
@@ -79,6 +83,9 @@ fn start_broker(name: &str, shards: usize) -> Broker {
     std::thread::spawn(move || {
         // Keep reading so the broker never blocks on a full pipe.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !line.contains("ready to accept connections") {
+                continue;
+            }
             if let Some(rest) = line.split("address=").nth(1) {
                 let address = rest.split_whitespace().next().unwrap_or("").to_string();
                 let _ = tx.send(address);
