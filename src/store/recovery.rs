@@ -238,15 +238,19 @@ pub(crate) fn recover_on<D: Disk>(
             .map(|(item, message)| (item.slot, item.seq, message))
             .collect();
         placed.sort_by_key(|&(slot, seq, _)| (slot, seq));
+        // Held delayed messages by id, so that each is found in O(1).
+        let delayed_items: HashMap<u64, _> = shard_items
+            .iter()
+            .filter(|i| i.slot == usize::MAX)
+            .map(|i| (i.seq, i))
+            .collect();
         for (slot, seq, message) in placed {
             if slot == usize::MAX {
                 let segment = message.segment;
                 let (Some(body), Some(at)) = (message.message, message.expires_at_epoch_ms) else {
                     continue;
                 };
-                let item = shard_items
-                    .iter()
-                    .find(|i| i.slot == usize::MAX && i.seq == seq);
+                let item = delayed_items.get(&seq);
                 let (vhost, exchange) = item
                     .map(|i| replayed_names[i.survivor.queue as usize].clone())
                     .unwrap_or_default();
