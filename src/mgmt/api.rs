@@ -29,12 +29,12 @@ use crate::broker::control::{
 use crate::broker::metadata::{MetaRequest, Scope};
 use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
+use crate::metadata::password::{base64_decode, base64_encode};
 use crate::metadata::vhost::QueueMeta;
 use crate::mgmt::auth::{authenticate, ApiUser, Level};
 use crate::mgmt::error::ApiError;
 use crate::mgmt::json::{
-    base64_decode, base64_encode, json_to_table, properties_from_json, properties_to_json,
-    short_str, table_to_json,
+    json_to_table, properties_from_json, properties_to_json, short_str, table_to_json,
 };
 use crate::mgmt::list::{self, Params};
 use crate::mgmt::plane::Plane;

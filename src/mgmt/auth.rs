@@ -12,8 +12,8 @@ use axum::http::{header, HeaderMap};
 
 use crate::broker::control::{ControlReply, ControlRequest};
 use crate::config;
+use crate::metadata::password::base64_decode;
 use crate::mgmt::error::ApiError;
-use crate::mgmt::json::base64_decode;
 use crate::mgmt::plane::Plane;
 
 /// What a user may do through the API, by RabbitMQ's tags.
