@@ -1126,8 +1126,13 @@ impl Connection {
             self.connection_error(error.to_amqp_error(), env.now);
             return true;
         }
-        // The exchange is checked once, by `route_publish`, as it routes.
-        if let Err(error) = self.route_publish(shape.channel, message, shape.mandatory, env) {
+        // The exchange is checked once, by `route_publish`, as it routes;
+        // the permission here, as `basic_publish` checks it on the general
+        // path.
+        let routed = self
+            .permit_publish(message.exchange(), message.routing_key(), env)
+            .and_then(|()| self.route_publish(shape.channel, message, shape.mandatory, env));
+        if let Err(error) = routed {
             self.fail(shape.channel, error.with_method(60, 40), env.now);
         }
         true
@@ -1170,7 +1175,8 @@ impl Connection {
         mandatory: bool,
         env: &Env,
     ) -> Result<(), AmqpError> {
-        self.permit_publish(message.exchange(), message.routing_key(), env)?;
+        // The write permission was checked by the caller (`basic_publish`
+        // on the general path, `fast_publish` on the fast one).
         self.reply_to_set(id, &mut message, env)?;
         self.published += 1;
         let properties = message.properties();
