@@ -925,14 +925,21 @@ both_shards!(
                 (sock, began)
             })
             .collect();
-        // Meanwhile a normal client is served, and correctly, well before
-        // any of them is dropped.
+        // Meanwhile a normal client is served, and correctly. How long it
+        // takes depends on the machine's load, so what is checked is the
+        // invariant: no stalled handshake was answered, and none was dropped
+        // before its 10 s.
         normal_client_works(&b);
         let mut byte = [0u8; 1];
-        for (sock, _) in &slow {
+        for (sock, began) in &slow {
             match sock.peek(&mut byte) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                other => panic!("a stalled handshake was answered or dropped early: {other:?}"),
+                Ok(n) if n > 0 => panic!("the broker answered half a protocol header"),
+                other => assert!(
+                    began.elapsed() >= Duration::from_secs(10),
+                    "a stalled handshake was dropped after {:?}: {other:?}",
+                    began.elapsed()
+                ),
             }
         }
         // Every one is dropped once the handshake timeout (10 s, as

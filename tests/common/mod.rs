@@ -320,12 +320,42 @@ impl Drop for Broker {
         if let Some(d) = self.data_dir.take() {
             if thread::panicking() {
                 if let Ok(log) = fs::read_to_string(d.join("broker.log")) {
-                    eprintln!("---- warren broker.log ({}) ----\n{log}", d.display());
+                    report_log_of_failed_test(&d, &log);
                 }
             }
             let _ = fs::remove_dir_all(&d);
         }
     }
+}
+
+/// Lines of a failed test's broker log printed after its panic message. A
+/// CI report shows the end of the output, so the whole log would push the
+/// panic message out of it; the whole log is kept in the target's tmp dir.
+const FAILED_LOG_TAIL_LINES: usize = 30;
+
+fn report_log_of_failed_test(data_dir: &std::path::Path, log: &str) {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "broker".to_string());
+    let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("failed-broker-logs")
+        .join(format!("{name}.log"));
+    let kept_note = match fs::create_dir_all(kept.parent().expect("has a parent"))
+        .and_then(|()| fs::write(&kept, log))
+    {
+        Ok(()) => format!("whole log kept in {}", kept.display()),
+        Err(e) => format!("cannot keep the whole log in {}: {e}", kept.display()),
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(FAILED_LOG_TAIL_LINES)..];
+    eprintln!(
+        "---- warren broker.log ({}): last {} of {} lines; {kept_note} ----\n{}",
+        data_dir.display(),
+        tail.len(),
+        lines.len(),
+        tail.join("\n")
+    );
 }
 
 /// Starts warren on `data_dir` listening on `listen` and waits for its ready line.
