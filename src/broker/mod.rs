@@ -54,7 +54,7 @@ use crate::metadata::vhost::MetaChange;
 use crate::model::ids::{ConnId, ConnRef, ConsumerId, QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
 use crate::store::log::MessageStore;
-use crate::store::recovery::RecoveredMessage;
+use crate::store::recovery::RecoveredQueue;
 use crate::util::signal::{Notify, OneshotSender};
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
@@ -1485,20 +1485,25 @@ impl ShardState {
 
     /// Gives the queues the messages the store recovered at start, then
     /// lets them dispatch (expiring what expired while the broker was down).
-    pub(crate) fn restore_messages(&mut self, queues: Vec<(QueueId, Vec<RecoveredMessage>)>) {
-        for (queue, messages) in queues {
+    pub(crate) fn restore_messages(&mut self, queues: Vec<RecoveredQueue>) {
+        for recovered in queues {
+            let queue = recovered.id;
             if !self.queues.contains_key(&queue) {
                 // Not this shard's queue after all: its records are void.
-                for (at, message) in messages.iter().enumerate() {
+                for message in recovered.into_messages() {
                     self.store
-                        .append_removal(queue.0, at as u64 + 1, message.segment);
+                        .append_removal(queue.0, message.seq, message.segment);
                 }
                 continue;
             }
+            let next_seq = recovered.next_seq;
+            let count = recovered.len();
             self.with_queue(queue, |q, _, ctx| {
-                for message in messages {
+                q.reserve_restored(count);
+                for message in recovered.into_messages() {
                     q.restore(message, ctx);
                 }
+                q.continue_after_restore(next_seq);
             });
             self.dispatch(queue);
         }

@@ -1048,14 +1048,34 @@ impl Queue {
         store.append_removal(queue.0, paged.seq, paged.location.segment);
     }
 
-    /// Takes back a message recovered from the store at start (rewritten
-    /// into one of the shard's first segments), after those restored
-    /// before it: its sequence number is the one recovery wrote. A deadline
+    /// Room for `count` restored messages as index entries, so that a
+    /// backlog's entries are allocated once, not doubled as they come.
+    pub(crate) fn reserve_restored(&mut self, count: u64) {
+        if self.is_quorum() {
+            return;
+        }
+        let level = self.ready.levels.len() - 1;
+        if let Some(paged) = self.ready.paged.get_mut(level) {
+            paged.reserve_exact(count as usize);
+        }
+    }
+
+    /// New messages take sequence numbers past every one the queue's
+    /// records carry (removed ones too: a removal in the log must never
+    /// cancel a new message).
+    pub(crate) fn continue_after_restore(&mut self, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq);
+    }
+
+    /// Takes back a message recovered from the store at start (its record
+    /// where the last run wrote it, or rewritten), after those restored
+    /// before it: its sequence number is the one its record carries. A deadline
     /// that passed while the broker was down makes it expire at the next
     /// dispatch (dead-lettered if the queue says so).
     pub(crate) fn restore(&mut self, recovered: RecoveredMessage, ctx: &mut QueueCtx) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = recovered.seq;
+        debug_assert!(seq >= self.next_seq, "restored out of order");
+        self.next_seq = self.next_seq.max(seq + 1);
         let top_level = (self.ready.levels.len() - 1) as u8;
         let level = recovered.level.min(top_level);
         let expires_at_ms = recovered

@@ -153,8 +153,21 @@ pub fn run(config: Config) -> Result<(), BootError> {
     let _data_dir_lock = data_dir::lock(&config.data_dir).map_err(BootError::DataDir)?;
     // Definitions first: a file that cannot be used stops the broker before
     // it listens.
-    let boot = load_definitions(&config, shard_count)?;
-    // Then the messages, into the queues as this run places them.
+    let mut boot = load_definitions(&config, shard_count)?;
+    // Then the messages. The last run's logs are kept where they are when
+    // every live record is in the log of a shard this run has: each queue
+    // comes back with the id and on the shard its records carry.
+    let scan = store::scan::scan(&config.data_dir).map_err(BootError::Recovery)?;
+    let in_place = scan.fits(shard_count);
+    if in_place {
+        store::scan::place_queues(&scan, &mut boot.plan);
+    } else {
+        warn!(
+            shards = shard_count,
+            "stored messages are in the logs of shards this run does not have: \
+             the message store is rewritten for this shard count"
+        );
+    }
     let restored_queues: Vec<QueueMeta> = boot
         .plan
         .changes
@@ -164,13 +177,18 @@ pub fn run(config: Config) -> Result<(), BootError> {
             _ => None,
         })
         .collect();
-    let recovered = store::recovery::recover(
-        &config.data_dir,
-        &restored_queues,
-        shard_count,
-        config.segment_size,
-        config.queue_window_bytes,
-    )
+    let recovered = if in_place {
+        store::scan::recover_in_place(&config.data_dir, scan, &restored_queues, shard_count)
+    } else {
+        drop(scan);
+        store::recovery::recover(
+            &config.data_dir,
+            &restored_queues,
+            shard_count,
+            config.segment_size,
+            config.queue_window_bytes,
+        )
+    }
     .map_err(BootError::Recovery)?;
     let mut recovered = recovered.into_iter();
     raise_memlock(MEMLOCK_PER_SHARD * shard_count as u64)?;
@@ -562,11 +580,17 @@ async fn shard_main(
     let ShardRecovery {
         dir: store_dir,
         queues: recovered_queues,
-        live_per_segment,
+        segments: recovered_segments,
         delayed: recovered_delayed,
+        void: void_records,
     } = boot.messages;
     {
-        let mut store = MessageStore::new(config.segment_size, &live_per_segment);
+        let mut store = MessageStore::resume(config.segment_size, &recovered_segments);
+        // Records no queue takes back are removed first, so that they
+        // never come back and their segments can go.
+        for &(queue_id, seq, segment) in &void_records {
+            store.append_removal(queue_id, seq, segment);
+        }
         store.paging.queue_window_bytes = config.queue_window_bytes;
         store.paging.shard_window_bytes = config.shard_window_bytes;
         state.borrow_mut().store = store;

@@ -70,6 +70,8 @@ pub(crate) trait Disk {
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes the names created, renamed or removed in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Makes what was written to the existing file at `path` durable.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
 
     /// The whole file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -147,6 +149,13 @@ impl Disk for StdDisk {
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::remove_dir_all(dir)
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .sync_data()
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -472,6 +481,14 @@ mod mem {
             }
             state.files.retain(|p, _| !p.starts_with(dir));
             state.dirs.retain(|p| !p.starts_with(dir));
+            Ok(())
+        }
+
+        fn sync_file(&self, path: &Path) -> io::Result<()> {
+            let mut state = self.state.borrow_mut();
+            let inode = *state.files.get(path).ok_or_else(|| not_found(path))?;
+            let inode = &mut state.inodes[inode];
+            inode.durable = inode.written.clone();
             Ok(())
         }
 

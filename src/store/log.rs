@@ -100,6 +100,17 @@ struct Segment {
     paged: u64,
 }
 
+/// A segment file the last run left, as recovery found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecoveredSegment {
+    pub(crate) number: u32,
+    /// Publishes in it that no later record removed.
+    pub(crate) live: u64,
+    /// The oldest segment its removal, delivered and moved records point
+    /// into: it is deleted only after every segment from there on.
+    pub(crate) oldest_ref: u32,
+}
+
 /// Where a record was appended: its segment, its offset in the segment
 /// file and its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,19 +236,51 @@ impl<T> MessageStore<T> {
     /// `recovered_live` messages each; new records go to the segment after
     /// them. Without any, segment 1 is the first one written.
     pub fn new(segment_size: u64, recovered_live: &[u64]) -> MessageStore<T> {
-        let mut segments = VecDeque::new();
-        for (at, &live) in recovered_live.iter().enumerate() {
-            let number = at as u32 + 1;
-            segments.push_back(Segment {
-                number,
+        let segments: Vec<RecoveredSegment> = recovered_live
+            .iter()
+            .enumerate()
+            .map(|(at, &live)| RecoveredSegment {
+                number: at as u32 + 1,
                 live,
-                oldest_ref: number,
+                oldest_ref: at as u32 + 1,
+            })
+            .collect();
+        MessageStore::resume(segment_size, &segments)
+    }
+
+    /// A store that carries on the segment files the last run left (in
+    /// ascending order; numbers missing between them were deleted): new
+    /// records go to a new segment after the last one, never to a file a
+    /// crash may have torn.
+    pub(crate) fn resume(segment_size: u64, recovered: &[RecoveredSegment]) -> MessageStore<T> {
+        debug_assert!(recovered.windows(2).all(|w| w[0].number < w[1].number));
+        let mut segments = VecDeque::new();
+        for found in recovered {
+            let mut number = segments
+                .back()
+                .map_or(found.number, |s: &Segment| s.number + 1);
+            while number < found.number {
+                // A gap: deleted in an earlier run.
+                segments.push_back(Segment {
+                    number,
+                    live: 0,
+                    oldest_ref: number,
+                    fate: SegmentFate::Deleted,
+                    moved_in_batch: 0,
+                    paged: 0,
+                });
+                number += 1;
+            }
+            segments.push_back(Segment {
+                number: found.number,
+                live: found.live,
+                oldest_ref: found.oldest_ref.min(found.number),
                 fate: SegmentFate::Kept,
                 moved_in_batch: 0,
                 paged: 0,
             });
         }
-        let active = recovered_live.len() as u32 + 1;
+        let active = recovered.last().map_or(1, |s| s.number + 1);
         segments.push_back(Segment {
             number: active,
             live: 0,

@@ -6,9 +6,11 @@
 //!   batches, segment accounting and reclaim), free of I/O;
 //! - `segments`: the shard's segment files, written through io_uring, and
 //!   read back the same way for paged messages (`SegmentReader`);
-//! - `recovery`: reading the last run's log at start (an index of the
-//!   surviving records, not their bodies) and rewriting it for this run
-//!   (generations);
+//! - `scan`: start-up in place: the last run's logs scanned into an index
+//!   of the live records (heads only, never bodies), queues given back the
+//!   ids and shards their records carry, and the logs carried on;
+//! - `recovery`: what a shard starts with, and the fallback that rewrites
+//!   the log into a new generation (when the logs cannot be kept);
 //! - `definitions`: the definitions file (atomic replace) and the
 //!   `DefinitionsSink` the metadata owner writes through;
 //! - `definitions_log`: the log of durable definition changes beside the
@@ -28,4 +30,5 @@ pub(crate) mod disk;
 pub mod log;
 pub(crate) mod record;
 pub(crate) mod recovery;
+pub(crate) mod scan;
 pub(crate) mod segments;

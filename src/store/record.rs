@@ -200,35 +200,61 @@ pub(crate) enum ChunkRead {
 
 /// Reads the chunk at `at` (a multiple of BLOCK) of `file`.
 pub(crate) fn read_chunk(file: &Bytes, at: usize) -> ChunkRead {
+    match chunk_at(file, at) {
+        ChunkAt::Chunk { payload, next } => ChunkRead::Chunk {
+            payload: file.slice(payload),
+            next,
+        },
+        ChunkAt::Padding => ChunkRead::Padding,
+        ChunkAt::End => ChunkRead::End,
+        ChunkAt::Bad(why) => ChunkRead::Bad(why),
+    }
+}
+
+/// [`ChunkRead`] over a borrowed file: where a good chunk's payload is.
+#[derive(Debug)]
+pub(crate) enum ChunkAt {
+    Chunk {
+        payload: std::ops::Range<usize>,
+        next: usize,
+    },
+    Padding,
+    End,
+    Bad(&'static str),
+}
+
+/// Reads the chunk at `at` (a multiple of BLOCK) of `file`, checksums and
+/// all, without taking a reference to it.
+pub(crate) fn chunk_at(file: &[u8], at: usize) -> ChunkAt {
     if at + CHUNK_HEADER_LEN > file.len() {
         return if file[at.min(file.len())..].iter().all(|&b| b == 0) {
-            ChunkRead::End
+            ChunkAt::End
         } else {
-            ChunkRead::Bad("a partial chunk header at the end of the file")
+            ChunkAt::Bad("a partial chunk header at the end of the file")
         };
     }
     let header = &file[at..at + CHUNK_HEADER_LEN];
     if header.iter().all(|&b| b == 0) {
-        return ChunkRead::Padding;
+        return ChunkAt::Padding;
     }
     let word =
         |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     if word(0) != MAGIC {
-        return ChunkRead::Bad("no chunk header where one should start");
+        return ChunkAt::Bad("no chunk header where one should start");
     }
     if crc32c::checksum(&header[0..12]) != word(12) {
-        return ChunkRead::Bad("the chunk header's checksum does not match");
+        return ChunkAt::Bad("the chunk header's checksum does not match");
     }
     let start = at + CHUNK_HEADER_LEN;
     let end = start + word(4) as usize;
     if end > file.len() {
-        return ChunkRead::Bad("the chunk runs past the end of the file");
+        return ChunkAt::Bad("the chunk runs past the end of the file");
     }
     if crc32c::checksum(&file[start..end]) != word(8) {
-        return ChunkRead::Bad("the chunk's checksum does not match");
+        return ChunkAt::Bad("the chunk's checksum does not match");
     }
-    ChunkRead::Chunk {
-        payload: file.slice(start..end),
+    ChunkAt::Chunk {
+        payload: start..end,
         next: end.div_ceil(BLOCK) * BLOCK,
     }
 }
@@ -354,6 +380,136 @@ pub(crate) fn decode_records_at(
             _ => return Err("an unknown record type"),
         };
         each(start, c.at - start, record);
+    }
+    Ok(())
+}
+
+/// What recovery needs of a record: everything but the message's
+/// properties and body, which it skips without copying (a restart reads
+/// the index of a backlog, not its bodies).
+#[derive(Debug)]
+pub(crate) enum RecordHead<'a> {
+    Publish {
+        queue_id: u64,
+        seq: u64,
+        delivered: bool,
+        transient: bool,
+        level: u8,
+        expires_at_epoch_ms: Option<u64>,
+        vhost: &'a [u8],
+        queue_name: &'a [u8],
+        body_bytes: u64,
+    },
+    Removal {
+        queue_id: u64,
+        seq: u64,
+    },
+    Delivered {
+        queue_id: u64,
+        seq: u64,
+    },
+}
+
+/// A bounds-checked reader over a borrowed payload (no `Bytes` per field).
+struct SliceCursor<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> SliceCursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.data.len() - self.at < n {
+            return Err("a record runs past its chunk");
+        }
+        let out = &self.data[self.at..self.at + n];
+        self.at += n;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(word))
+    }
+
+    fn str8(&mut self) -> Result<&'a [u8], &'static str> {
+        let len = self.u8()? as usize;
+        self.take(len)
+    }
+}
+
+/// Walks every record of a chunk's payload as [`decode_records_at`] does,
+/// handing each record's head to `each` with its offset in the payload and
+/// its length; a publish's properties and body are skipped, not decoded.
+pub(crate) fn decode_heads_at(
+    payload: &[u8],
+    mut each: impl FnMut(usize, usize, RecordHead),
+) -> Result<(), &'static str> {
+    let mut c = SliceCursor {
+        data: payload,
+        at: 0,
+    };
+    while c.at < c.data.len() {
+        let start = c.at;
+        let head = match c.u8()? {
+            PUBLISH => {
+                let flags = c.u8()?;
+                let level = c.u8()?;
+                let queue_id = c.u64()?;
+                let seq = c.u64()?;
+                let expires = c.u64()?;
+                let vhost = c.str8()?;
+                let queue_name = c.str8()?;
+                let _exchange = c.str8()?;
+                let _routing_key = c.str8()?;
+                let _property_flags = c.u16()?;
+                let raw_len = c.u32()? as usize;
+                c.take(raw_len)?;
+                let bcc_count = c.u16()? as usize;
+                for _ in 0..bcc_count {
+                    let len = c.u16()? as usize;
+                    c.take(len)?;
+                }
+                let body_bytes = c.u64()?;
+                let body_len = usize::try_from(body_bytes).map_err(|_| "a body too long")?;
+                c.take(body_len)?;
+                RecordHead::Publish {
+                    queue_id,
+                    seq,
+                    delivered: flags & FLAG_DELIVERED != 0,
+                    transient: flags & FLAG_TRANSIENT != 0,
+                    level,
+                    expires_at_epoch_ms: (expires != NEVER).then_some(expires),
+                    vhost,
+                    queue_name,
+                    body_bytes,
+                }
+            }
+            REMOVAL => RecordHead::Removal {
+                queue_id: c.u64()?,
+                seq: c.u64()?,
+            },
+            DELIVERED => RecordHead::Delivered {
+                queue_id: c.u64()?,
+                seq: c.u64()?,
+            },
+            _ => return Err("an unknown record type"),
+        };
+        each(start, c.at - start, head);
     }
     Ok(())
 }

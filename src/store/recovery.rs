@@ -43,9 +43,11 @@ use crate::metadata::vhost::{QueueMeta, DEFAULT_VHOST};
 use crate::model::ids::QueueId;
 use crate::model::message::Message;
 use crate::store::disk::{Disk, StdDisk};
+use crate::store::log::RecoveredSegment;
 #[cfg(test)]
 use crate::store::record::StoredPublish;
 use crate::store::record::{self, ChunkRead, PublishHead, Record, DELAYED_QUEUE_ID};
+use crate::store::scan::IndexEntry;
 use crate::store::segments;
 
 pub(crate) const DIR_NAME: &str = "messages";
@@ -59,6 +61,9 @@ const ALIGNMENT: usize = record::CHUNK_ALIGNMENT;
 /// A message of a durable queue, as the queue takes it back at start.
 #[derive(Debug)]
 pub(crate) struct RecoveredMessage {
+    /// Its sequence number in its queue: the one its record carries (the
+    /// queue's removals of it name it so).
+    pub(crate) seq: u64,
     /// Delivered before (with an ack pending) or requeued: redelivered.
     pub(crate) redelivered: bool,
     /// The segment of the new generation that holds it, where in it, and
@@ -86,17 +91,66 @@ pub(crate) struct RecoveredDelayed {
     pub(crate) message: Message,
 }
 
+/// A queue's messages as recovery found them, in order.
+#[derive(Debug)]
+pub(crate) enum RecoveredMessages {
+    /// Index entries in blocks (`store::scan`), live ones among removed
+    /// ones; `count` live in all.
+    Index {
+        blocks: Vec<Vec<IndexEntry>>,
+        count: u64,
+    },
+    /// Messages as such (rewritten, or read whole for a quorum queue).
+    Loaded(Vec<RecoveredMessage>),
+}
+
+/// A durable queue's messages, as its shard restores them.
+#[derive(Debug)]
+pub(crate) struct RecoveredQueue {
+    pub(crate) id: QueueId,
+    /// Past every sequence number a record of the queue carries.
+    pub(crate) next_seq: u64,
+    pub(crate) messages: RecoveredMessages,
+}
+
+impl RecoveredQueue {
+    /// How many messages come back.
+    pub(crate) fn len(&self) -> u64 {
+        match &self.messages {
+            RecoveredMessages::Index { count, .. } => *count,
+            RecoveredMessages::Loaded(messages) => messages.len() as u64,
+        }
+    }
+
+    /// The messages in order; each block of index entries is freed once
+    /// taken, so that the queue's entries and the scan's are not both held
+    /// whole.
+    pub(crate) fn into_messages(self) -> Box<dyn Iterator<Item = RecoveredMessage>> {
+        match self.messages {
+            RecoveredMessages::Index { blocks, .. } => Box::new(
+                blocks
+                    .into_iter()
+                    .flat_map(|block| block.into_iter().filter_map(IndexEntry::live_recovered)),
+            ),
+            RecoveredMessages::Loaded(messages) => Box::new(messages.into_iter()),
+        }
+    }
+}
+
 /// What one shard starts with.
 #[derive(Debug, Default)]
 pub(crate) struct ShardRecovery {
     /// `messages/<gen>/shard-<n>`: where the shard's store writes.
     pub(crate) dir: PathBuf,
     /// Each queue's messages, in order.
-    pub(crate) queues: Vec<(QueueId, Vec<RecoveredMessage>)>,
-    /// Messages in segments 1, 2, ...: the store's next segment follows.
-    pub(crate) live_per_segment: Vec<u64>,
+    pub(crate) queues: Vec<RecoveredQueue>,
+    /// The segment files there are: the store's next segment follows.
+    pub(crate) segments: Vec<RecoveredSegment>,
     /// Messages held by delayed exchanges (all on shard 0).
     pub(crate) delayed: Vec<RecoveredDelayed>,
+    /// Live records no queue takes back (queue id, sequence number,
+    /// segment): the shard appends a removal for each.
+    pub(crate) void: Vec<(u64, u64, u32)>,
 }
 
 pub(crate) fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
@@ -194,7 +248,11 @@ pub(crate) fn recover_on<D: Disk>(
             continue;
         };
         let (slot, count) = slots.entry(meta.id.0).or_insert_with(|| {
-            shards[shard].queues.push((meta.id, Vec::new()));
+            shards[shard].queues.push(RecoveredQueue {
+                id: meta.id,
+                next_seq: 1,
+                messages: RecoveredMessages::Loaded(Vec::new()),
+            });
             (shards[shard].queues.len() - 1, 0)
         });
         let kept = kept_bytes.entry(meta.id.0).or_default();
@@ -230,7 +288,15 @@ pub(crate) fn recover_on<D: Disk>(
             replayed_names,
             segment_size,
         )?;
-        shard.live_per_segment = live_per_segment;
+        shard.segments = live_per_segment
+            .iter()
+            .enumerate()
+            .map(|(at, &live)| RecoveredSegment {
+                number: at as u32 + 1,
+                live,
+                oldest_ref: at as u32 + 1,
+            })
+            .collect();
         // Back into each queue's order.
         let mut placed: Vec<(usize, u64, RecoveredMessage)> = shard_items
             .iter()
@@ -264,7 +330,11 @@ pub(crate) fn recover_on<D: Disk>(
                 });
                 continue;
             }
-            shard.queues[slot].1.push(message);
+            let queue = &mut shard.queues[slot];
+            queue.next_seq = queue.next_seq.max(message.seq + 1);
+            if let RecoveredMessages::Loaded(messages) = &mut queue.messages {
+                messages.push(message);
+            }
         }
         disk.sync_dir(&shard.dir)?;
     }
@@ -275,7 +345,11 @@ pub(crate) fn recover_on<D: Disk>(
         disk.remove_dir_all(&root.join(old.to_string()))?;
         disk.sync_dir(&root)?;
     }
-    let total: u64 = shards.iter().flat_map(|s| &s.live_per_segment).sum();
+    let total: u64 = shards
+        .iter()
+        .flat_map(|s| &s.segments)
+        .map(|s| s.live)
+        .sum();
     info!(
         generation = next,
         messages = total,
@@ -285,7 +359,7 @@ pub(crate) fn recover_on<D: Disk>(
     Ok(shards)
 }
 
-fn read_current<D: Disk>(disk: &D, root: &Path) -> io::Result<Option<u64>> {
+pub(crate) fn read_current<D: Disk>(disk: &D, root: &Path) -> io::Result<Option<u64>> {
     match disk.read(&root.join(CURRENT)) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
@@ -301,7 +375,7 @@ fn read_current<D: Disk>(disk: &D, root: &Path) -> io::Result<Option<u64>> {
     }
 }
 
-fn write_current<D: Disk>(disk: &D, root: &Path, generation: u64) -> io::Result<()> {
+pub(crate) fn write_current<D: Disk>(disk: &D, root: &Path, generation: u64) -> io::Result<()> {
     let temp = root.join(CURRENT_TEMP);
     let mut file = disk.create(&temp)?;
     disk.write_at(&mut file, 0, format!("{}\n", generation).as_bytes())?;
@@ -312,7 +386,7 @@ fn write_current<D: Disk>(disk: &D, root: &Path, generation: u64) -> io::Result<
 }
 
 /// Generations other than the live one are what an interrupted start left.
-fn remove_other_generations<D: Disk>(
+pub(crate) fn remove_other_generations<D: Disk>(
     disk: &D,
     root: &Path,
     current: Option<u64>,
@@ -590,6 +664,7 @@ fn write_segments<D: Disk>(
         let mut message = stored.message;
         let body_bytes = message.body.len() as u64;
         recovered.push(RecoveredMessage {
+            seq: item.seq,
             redelivered: s.delivered,
             segment: live_per_segment.len() as u32,
             // Chunks are written back to back, each padded to ALIGNMENT.
@@ -680,14 +755,6 @@ mod tests {
         )
     }
 
-    fn seq_of(m: &RecoveredMessage) -> u64 {
-        let body = std::str::from_utf8(&m.message.as_ref().unwrap().body).unwrap();
-        body.trim_start_matches('m')
-            .trim_end_matches('-')
-            .parse()
-            .unwrap()
-    }
-
     fn publish(store: &mut MessageStore<u64>, seq: u64) -> u32 {
         store.append_publish(&PublishHead {
             queue_id: 1,
@@ -702,21 +769,13 @@ mod tests {
         })
     }
 
-    /// The sequence numbers a start on `disk` gives back, in queue order.
+    /// The sequence numbers a start on `disk` gives back, in queue order:
+    /// a start in place (`store::scan`), as the broker makes.
     fn recovered(disk: &MemDisk) -> Vec<u64> {
-        let shards = recover_on(
-            disk,
-            &data_dir(),
-            &[queue(1, "q")],
-            1,
-            SEGMENT_SIZE,
-            u64::MAX,
-        )
-        .expect("recovery on a crash image");
-        shards
-            .iter()
-            .flat_map(|s| &s.queues)
-            .flat_map(|(_, messages)| messages.iter().map(seq_of))
+        crate::store::scan::tests::start(disk, 1)
+            .into_iter()
+            .flat_map(|s| s.queues)
+            .flat_map(|q| q.into_messages().map(|m| m.seq))
             .collect()
     }
 
@@ -725,21 +784,13 @@ mod tests {
         // The data directory exists before the broker starts.
         disk.create_dir_all(&data_dir()).unwrap();
         disk.sync_dir(Path::new("/")).unwrap();
-        let shards = recover_on(
-            disk,
-            &data_dir(),
-            &[queue(1, "q")],
-            1,
-            SEGMENT_SIZE,
-            u64::MAX,
-        )
-        .unwrap();
-        shards[0].dir.clone()
+        crate::store::scan::tests::start(disk, 1)[0].dir.clone()
     }
 
-    /// With a window, a queue gets the bodies of its first messages only;
-    /// the rest are index entries whose places in the new generation hold
-    /// exactly their records (as the pager reads them), in queue order.
+    /// The rewrite (a start with fewer shards than the logs): with a
+    /// window, a queue gets the bodies of its first messages only; the rest
+    /// are index entries whose places in the new generation hold exactly
+    /// their records (as the pager reads them), in queue order.
     #[test]
     fn past_the_window_messages_come_back_as_index_entries() {
         let disk = MemDisk::new();
@@ -756,7 +807,9 @@ mod tests {
         append_batch(&disk, &dir, &mut files, &mut batch, 4096).unwrap();
         let shards =
             recover_on(&disk, &data_dir(), &[queue(1, "q")], 1, SEGMENT_SIZE, 4096).unwrap();
-        let (_, messages) = &shards[0].queues[0];
+        let RecoveredMessages::Loaded(messages) = &shards[0].queues[0].messages else {
+            panic!("a rewrite gives messages, not index entries");
+        };
         let expected: Vec<u64> = (1..=200).filter(|s| s % 10 != 0).collect();
         assert_eq!(messages.len(), expected.len());
         let kept = messages.iter().take_while(|m| m.message.is_some()).count();
