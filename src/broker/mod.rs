@@ -1503,7 +1503,7 @@ impl ShardState {
                 for message in recovered.into_messages() {
                     q.restore(message, ctx);
                 }
-                q.continue_after_restore(next_seq);
+                q.finish_restore(next_seq, ctx);
             });
             self.dispatch(queue);
         }

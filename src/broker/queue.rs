@@ -1060,11 +1060,15 @@ impl Queue {
         }
     }
 
-    /// New messages take sequence numbers past every one the queue's
-    /// records carry (removed ones too: a removal in the log must never
-    /// cancel a new message).
-    pub(crate) fn continue_after_restore(&mut self, next_seq: u64) {
+    /// The queue's messages are all restored. New messages take sequence
+    /// numbers past every one the queue's records carry (removed ones too:
+    /// a removal in the log must never cancel a new message). The head of
+    /// the backlog is read back at once, as a running queue keeps it: a
+    /// message whose TTL ran out while the broker was down expires now,
+    /// consumer or not.
+    pub(crate) fn finish_restore(&mut self, next_seq: u64, ctx: &mut QueueCtx) {
         self.next_seq = self.next_seq.max(next_seq);
+        self.want_pages(ctx);
     }
 
     /// Takes back a message recovered from the store at start (its record

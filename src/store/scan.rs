@@ -45,9 +45,10 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::metadata::definitions::RestorePlan;
+use crate::metadata::exchange::Destination;
 use crate::metadata::queue_args::QueueType;
 use crate::metadata::vhost::{MetaChange, QueueMeta};
-use crate::model::ids::{QueueId, ShardId};
+use crate::model::ids::{QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
 use crate::store::disk::{Disk, StdDisk};
 use crate::store::log::RecoveredSegment;
@@ -500,6 +501,8 @@ pub(crate) fn place_queues(scan: &Scan, plan: &mut RestorePlan) {
         }
     }
     let mut next_id = scan.queue_id_max + 1;
+    // Plan ids are unique across vhosts: the old id names the queue.
+    let mut placed: HashMap<QueueId, QueueRef> = HashMap::new();
     for (vhost, change) in plan.changes.iter_mut() {
         let MetaChange::QueueCreated(meta) = change else {
             continue;
@@ -508,6 +511,7 @@ pub(crate) fn place_queues(scan: &Scan, plan: &mut RestorePlan) {
             .durable
             .then(|| owners.get(&(vhost.as_str(), meta.name.as_str())))
             .flatten();
+        let old = meta.id;
         match adopted {
             Some(&(id, shard)) => {
                 meta.id = QueueId(id);
@@ -518,10 +522,25 @@ pub(crate) fn place_queues(scan: &Scan, plan: &mut RestorePlan) {
                 next_id += 1;
             }
         }
+        placed.insert(old, meta.queue_ref());
     }
     plan.next_queue_id = plan.next_queue_id.max(next_id);
-    // Nothing else in a restore plan names a queue by id (bindings name
-    // their queue), so nothing else is renumbered.
+    // Bindings name their queue by id and shard: they follow.
+    for (_, change) in plan.changes.iter_mut() {
+        let queue = match change {
+            MetaChange::BindingAdded(binding) | MetaChange::BindingRemoved(binding) => {
+                match &mut binding.destination {
+                    Destination::Queue(queue) => queue,
+                    Destination::Exchange(_) => continue,
+                }
+            }
+            MetaChange::QueueDeleted(queue) => queue,
+            _ => continue,
+        };
+        if let Some(now) = placed.get(&queue.id) {
+            *queue = *now;
+        }
+    }
 }
 
 /// The scanned log becomes the queues' messages, where the records are
