@@ -129,6 +129,12 @@ impl Broker {
         self.restart();
     }
 
+    /// Like [`Broker::restart`], with `--shards` set to `shards` from now on.
+    pub fn restart_with_shards(&mut self, shards: usize) {
+        self.shards = shards;
+        self.restart();
+    }
+
     /// Stops warren with SIGTERM (it closes its clients and exits 0) and starts it again
     /// with the same arguments, data directory and port. Panics if it does not exit 0 or
     /// does not come back. Does nothing for an external broker.
