@@ -1194,4 +1194,42 @@ pub(crate) mod tests {
         assert_eq!(deleted, before.len());
         assert_eq!(segment_files(&disk, &dir), [store.active_segment()].into());
     }
+
+    /// Bindings name their queue by id and shard: they follow the queue to
+    /// the id and shard its records carry.
+    #[test]
+    fn bindings_follow_their_queue() {
+        use crate::metadata::exchange::Binding;
+        let disk = MemDisk::new();
+        start_with(&disk, 2, &[]);
+        fill(&disk, 1, 7, "a", 3, |_| false);
+        let scan = scan_on(&disk, &data_dir()).unwrap();
+        let mut meta = queue("a", 0);
+        meta.id = QueueId(1);
+        let binding = Binding {
+            source: ShortStr::from("amq.direct"),
+            destination: Destination::Queue(meta.queue_ref()),
+            routing_key: ShortStr::from("k"),
+            arguments: FieldTable::default(),
+        };
+        let vhost = ShortStr::from(DEFAULT_VHOST);
+        let mut plan = RestorePlan {
+            changes: vec![
+                (vhost.clone(), MetaChange::QueueCreated(meta)),
+                (vhost, MetaChange::BindingAdded(binding)),
+            ],
+            next_queue_id: 2,
+            ..RestorePlan::default()
+        };
+        place_queues(&scan, &mut plan);
+        let MetaChange::BindingAdded(binding) = &plan.changes[1].1 else {
+            panic!("the binding is still there");
+        };
+        let now = QueueRef {
+            id: QueueId(7),
+            shard: ShardId(1),
+        };
+        assert_eq!(binding.destination, Destination::Queue(now));
+        assert!(plan.next_queue_id > 7);
+    }
 }
