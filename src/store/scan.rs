@@ -394,8 +394,8 @@ pub(crate) fn scan_on<D: Disk>(disk: &D, data_dir: &Path) -> io::Result<Scan> {
         shard.dir = dir;
         for (segment, path) in files {
             shard.segments.insert(segment, segment);
-            read_into(disk, &path, &mut buffer)?;
-            walk(&path, &buffer, |offset, len, head| {
+            let len = read_into(disk, &path, &mut buffer)?;
+            walk(&path, &buffer[..len], |offset, len, head| {
                 let (RecordHead::Publish { queue_id, .. }
                 | RecordHead::Removal { queue_id, .. }
                 | RecordHead::Delivered { queue_id, .. }) = &head;
@@ -422,21 +422,22 @@ pub(crate) fn scan_on<D: Disk>(disk: &D, data_dir: &Path) -> io::Result<Scan> {
     })
 }
 
-/// Reads the file at `path` into `buffer` (reused from file to file).
-fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result<()> {
+/// Reads the file at `path` into `buffer` (reused from file to file, never
+/// cleared: only the bytes read are looked at); returns its length.
+fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result<usize> {
     let len = disk.len(path)? as usize;
-    buffer.clear();
-    buffer.resize(len, 0);
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
     let mut at = 0;
     while at < len {
-        let n = disk.read_at(path, at as u64, &mut buffer[at..])?;
+        let n = disk.read_at(path, at as u64, &mut buffer[at..len])?;
         if n == 0 {
-            buffer.truncate(at);
             break;
         }
         at += n;
     }
-    Ok(())
+    Ok(at)
 }
 
 /// Hands each record head of a segment's good chunks to `each`, with the
