@@ -39,9 +39,11 @@
 //! live message from an old segment into the active one with the same
 //! queue id and sequence number (`log`); a replay keeps the later copy.
 //!
-//! A queue id is unique only within one generation of the store (one run of
-//! the broker), so a publish carries its queue's vhost and name: recovery
-//! finds the queue by name, wherever it lives after the restart.
+//! A queue keeps its id across restarts (`scan`: the id its records carry
+//! is given back to the queue of the definitions with the same vhost and
+//! name, and ids are never reused while a record carries them), and a
+//! publish carries its queue's vhost and name so that the start can match
+//! them.
 //!
 //! A chunk whose header or payload checksum does not match, or that runs
 //! past the end of the file, is what a crash during a write leaves (a torn

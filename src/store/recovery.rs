@@ -1,5 +1,8 @@
-//! Boot: the message log of the last run becomes the queues' messages of
-//! this one. Blocking file I/O, like the definitions: no executor runs yet.
+//! What a shard starts with (`ShardRecovery`), and the start that rewrites
+//! the message log into a new generation. A start normally keeps the log
+//! where it is (`store::scan`); the rewrite below is the fallback for a
+//! start with fewer shards than the log's directories hold live records
+//! for. Blocking file I/O, like the definitions: no executor runs yet.
 //!
 //! # Generations
 //!
@@ -8,9 +11,9 @@
 //! <data-dir>/messages/<gen>/shard-<n>/<segment>.seg
 //! ```
 //!
-//! Queue ids and shard placement change from one run to the next (queues
-//! are placed round-robin when definitions are restored), so a run never
-//! appends to the previous run's files. At start:
+//! When the rewrite runs, queues are placed as the definitions' restore
+//! plan places them (round-robin), so it never appends to the previous
+//! run's files:
 //!
 //! 1. read every segment of generation g (every shard's directory, each in
 //!    segment order), checking each chunk's checksums; a torn or corrupt
@@ -28,8 +31,8 @@
 //! A crash anywhere in 1-3 leaves `CURRENT` naming g, whose files are
 //! untouched; the half-written g+1 is removed at the next start. A crash
 //! after 4 leaves g+1 complete; a left-over g is removed at the next start.
-//! The price is that every start rewrites the backlog once: start-up time
-//! and disk writes grow with the messages waiting in durable queues.
+//! The price is that the rewrite copies the backlog once: its time and
+//! disk writes grow with the messages waiting in durable queues.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
