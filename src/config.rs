@@ -212,6 +212,15 @@ pub(crate) const CONTROL_REQUESTS_PER_TICK: usize = 64;
 /// How long the management API waits for a shard's answer before it
 /// answers 503.
 pub(crate) const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Trace log records each shard may have waiting for the trace writer
+/// thread: past this a shard drops a record (and counts it) rather than
+/// wait for a file.
+pub(crate) const TRACE_WRITER_QUEUE_MAX: usize = 16_384;
+/// At most one log line per shard per interval says that trace log
+/// records were dropped.
+pub(crate) const TRACE_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// A trace's name becomes its file's name, `<name>.log`: at most 255 bytes.
+pub(crate) const TRACE_NAME_LEN_MAX: usize = 251;
 /// RabbitMQ's default and largest `page_size` for paged lists.
 pub(crate) const MANAGEMENT_PAGE_SIZE: usize = 100;
 pub(crate) const MANAGEMENT_PAGE_SIZE_MAX: usize = 500;

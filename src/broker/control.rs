@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use crate::broker::metadata::{MetaRequest, Scope};
 use crate::broker::queue::QueueStats;
+use crate::broker::trace::{FileTraceSpec, TraceEvent};
 use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
 use crate::metadata::vhost::QueueMeta;
@@ -100,6 +101,15 @@ pub enum ControlRequest {
     /// Turns the firehose tracer on or off for a vhost on this shard
     /// (`on: None` only asks); the answer lists the vhosts it is on for.
     SetTracing { vhost: String, on: Option<bool> },
+    /// Replaces a vhost's trace log files on this shard, with the channel
+    /// to the trace writer this shard hands their records to.
+    SetFileTraces {
+        vhost: String,
+        traces: Vec<FileTraceSpec>,
+        writer: crossbeam_channel::Sender<TraceEvent>,
+    },
+    /// The trace log records this shard dropped, per trace.
+    FileTraceDrops,
 }
 
 /// A message published through the management API. Boxed in its request:
@@ -136,6 +146,8 @@ pub enum ControlReply {
     Metrics(Box<crate::broker::metrics::ShardMetrics>),
     /// The vhosts whose firehose is on.
     Tracing(Vec<String>),
+    /// Each file trace's id and the records this shard dropped for it.
+    FileTraceDrops(Vec<(u64, u64)>),
 }
 
 /// One shard's state, as `ControlRequest::Report` asked for it.
@@ -399,6 +411,17 @@ impl super::ShardState {
                     self.set_tracing(&vhost, on);
                 }
                 reply(ControlReply::Tracing(self.tracing_vhosts()))
+            }
+            ControlRequest::SetFileTraces {
+                vhost,
+                traces,
+                writer,
+            } => {
+                self.file_traces.set(&vhost, traces, writer);
+                reply(ControlReply::FileTraceDrops(self.file_traces.dropped()))
+            }
+            ControlRequest::FileTraceDrops => {
+                reply(ControlReply::FileTraceDrops(self.file_traces.dropped()))
             }
         }
         self.run_local();

@@ -354,6 +354,8 @@ pub(crate) struct ShardState {
     pub(crate) counters: metrics::ShardCounters,
     /// `warren@HOST`, for the firehose's `node` header.
     pub(crate) node_name: String,
+    /// The trace log files fed by this shard's firehose (`trace`).
+    pub(crate) file_traces: trace::FileTraces,
 }
 
 /// Whether work made on shard `this` for shard `target` runs now, or
@@ -478,6 +480,7 @@ impl ShardState {
             published_by_closed: 0,
             counters: metrics::ShardCounters::default(),
             node_name: crate::util::node::name(),
+            file_traces: trace::FileTraces::default(),
             alarms: alarm_board.raised(),
             alarm_board,
         }

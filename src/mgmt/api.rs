@@ -54,6 +54,8 @@ pub(crate) struct App {
     /// Only this thread touches it; the mutex is for axum's `Sync` bound.
     pub(crate) rates: Arc<Mutex<Rates>>,
     pub(crate) auth_cache: Arc<Mutex<crate::mgmt::auth::AuthCache>>,
+    /// The trace log files' traces (`traces`).
+    pub(crate) traces: Arc<Mutex<crate::mgmt::traces::Traces>>,
 }
 
 pub(crate) type Peer = ConnectInfo<SocketAddr>;
@@ -115,6 +117,7 @@ pub(crate) fn router(app: App) -> Router {
         )
         .merge(crate::mgmt::access::routes())
         .merge(crate::mgmt::policy::routes())
+        .merge(crate::mgmt::traces::routes())
         .route(
             "/api/definitions",
             get(export_definitions).post(import_definitions),

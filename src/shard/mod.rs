@@ -235,6 +235,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
             memory_limit_bytes,
             disk_free_limit_bytes,
             resident_bytes: alarms::resident_bytes,
+            data_dir: config.data_dir.clone(),
         };
         crate::mgmt::start(
             &config.management_listen,
