@@ -117,7 +117,12 @@ pub(crate) struct FileTraces {
 
 impl FileTraces {
     /// Replaces `vhost`'s file traces; a trace that stays keeps its count.
-    pub(crate) fn set(&mut self, vhost: &str, specs: Vec<FileTraceSpec>, writer: Sender<TraceEvent>) {
+    pub(crate) fn set(
+        &mut self,
+        vhost: &str,
+        specs: Vec<FileTraceSpec>,
+        writer: Sender<TraceEvent>,
+    ) {
         let mut old = self.by_vhost.remove(vhost).unwrap_or_default();
         let traces: Vec<FileTrace> = specs
             .into_iter()

@@ -283,9 +283,12 @@ pub(crate) fn list(directory: &Path) -> Vec<(String, u64)> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let metadata = entry.metadata().ok()?;
-            metadata
-                .is_file()
-                .then(|| (entry.file_name().to_string_lossy().into_owned(), metadata.len()))
+            metadata.is_file().then(|| {
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    metadata.len(),
+                )
+            })
         })
         .collect();
     files.sort();

@@ -21,7 +21,7 @@
 //! Routed queues: [<<"work">>]
 //! Properties:   [{<<"delivery_mode">>,signedint,2},
 //!                {<<"content_type">>,longstr,<<"text/plain">>}]
-//! Payload: 
+//! Payload:
 //! hello
 //! ```
 //!
@@ -234,7 +234,9 @@ fn property_list(properties: &BasicProperties) -> Vec<(&'static str, FieldValue)
     add("headers", properties.headers.clone().map(FieldValue::Table));
     add(
         "delivery_mode",
-        properties.delivery_mode.map(|m| FieldValue::I32(i32::from(m))),
+        properties
+            .delivery_mode
+            .map(|m| FieldValue::I32(i32::from(m))),
     );
     add(
         "priority",
@@ -617,7 +619,10 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_with_milliseconds() {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00.000+00:00");
-        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123+00:00");
+        assert_eq!(
+            timestamp(1_700_000_000_123),
+            "2023-11-14T22:13:20.123+00:00"
+        );
         assert_eq!(timestamp(951_782_400_000), "2000-02-29T00:00:00.000+00:00");
     }
 
@@ -667,7 +672,11 @@ mod tests {
                 bin("some rather long value to force wrapping of the pretty printer"),
             ),
             prop("n", "signedint", Term::Int(5)),
-            prop("t", "table", Term::List(vec![prop("k", "longstr", bin("w"))])),
+            prop(
+                "t",
+                "table",
+                Term::List(vec![prop("k", "longstr", bin("w"))]),
+            ),
         ]);
         let properties = Term::List(vec![
             prop("timestamp", "signedint", Term::Int(1_700_000_000)),

@@ -149,7 +149,11 @@ impl App {
         if self.traces().traces.is_empty() {
             return Ok(dropped);
         }
-        for reply in self.plane.ask_all(|| ControlRequest::FileTraceDrops).await? {
+        for reply in self
+            .plane
+            .ask_all(|| ControlRequest::FileTraceDrops)
+            .await?
+        {
             if let ControlReply::FileTraceDrops(counts) = reply {
                 for (id, count) in counts {
                     *dropped.entry(id).or_insert(0) += count;
@@ -334,7 +338,9 @@ async fn put_trace(
     }
     // The name is the file's name, `<name>.log`, in the trace directory.
     if !trace_files::safe_file_name(&name) || name.len() > config::TRACE_NAME_LEN_MAX {
-        return Err(ApiError::bad_request("trace name not usable as a file name"));
+        return Err(ApiError::bad_request(
+            "trace name not usable as a file name",
+        ));
     }
     let tracer_connection_username = body
         .get("tracer_connection_username")
@@ -465,11 +471,10 @@ async fn delete_file(
         return Err(ApiError::not_found());
     }
     let path = directory(&app).join(&name);
-    let deleted = tokio::task::spawn_blocking(move || {
-        path.is_file() && std::fs::remove_file(path).is_ok()
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let deleted =
+        tokio::task::spawn_blocking(move || path.is_file() && std::fs::remove_file(path).is_ok())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     if deleted {
         Ok(no_content())
     } else {
@@ -478,6 +483,10 @@ async fn delete_file(
 }
 
 /// The handle `App` keeps.
-pub(crate) fn shared(data_dir: &std::path::Path, node: String, shard_count: usize) -> Arc<Mutex<Traces>> {
+pub(crate) fn shared(
+    data_dir: &std::path::Path,
+    node: String,
+    shard_count: usize,
+) -> Arc<Mutex<Traces>> {
     Arc::new(Mutex::new(Traces::new(data_dir, node, shard_count)))
 }
