@@ -4,8 +4,8 @@
 //! and the log files read back through /api/trace-files: the text format's
 //! blocks with their fields, the JSON format's lines, a `deliver.#`
 //! pattern that records only deliveries, and a flooding publisher that
-//! never waits for the trace writer (every record is written or counted
-//! as dropped). Each runs at 1 and 2 shards; against an external broker
+//! never waits for a trace writer stuck on a full pipe (every record is
+//! written or counted as dropped, and some are dropped). Each runs at 1 and 2 shards; against an external broker
 //! (`WARREN_TEST_AMQP_URL` with `WARREN_TEST_MANAGEMENT_URL`, RabbitMQ
 //! with the rabbitmq_tracing plugin) the API shapes are checked the same
 //! way, without warren's own `dropped` figure.
@@ -334,13 +334,31 @@ broker_test!(a_flooding_publisher_never_waits_for_the_trace_writer, |b| {
     let api = Api::of(b);
     let trace = common::unique("tf-flood");
     let queue = common::unique("tf-flood-q");
-    let file = format!("{trace}.log");
+    // The trace's file is a pipe the test does not read until every
+    // publish is confirmed: the writer is stuck on its first full pipe,
+    // and everything past its shard's channel must be dropped.
+    let directory = b.data_dir().expect("warren's data dir").join("traces");
+    std::fs::create_dir_all(&directory).expect("create the trace directory");
+    let fifo = directory.join(format!("{trace}.log"));
+    let path = std::ffi::CString::new(fifo.to_str().expect("a UTF-8 path")).expect("a path");
+    // SAFETY: mkfifo reads a NUL-terminated path and nothing else.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the pipe for reading")
+    };
     api.start_trace(&trace, json!({"format": "json", "pattern": "publish.#"}));
-    const COUNT: usize = 10_000;
-    run_for(Duration::from_secs(120), async {
+    // More than a shard's channel to the writer holds (16,384) plus what
+    // a pipe and the writer's buffer take.
+    const COUNT: usize = 30_000;
+    run_for(Duration::from_secs(300), async {
         let (_c, ch) = open_confirming(&b.url()).await;
         declare_queue(&ch, &queue).await;
-        let body = vec![b'x'; 512];
+        let body = vec![b'x'; 256];
         let mut confirms = Vec::with_capacity(COUNT);
         for _ in 0..COUNT {
             let confirm = step(
@@ -362,26 +380,41 @@ broker_test!(a_flooding_publisher_never_waits_for_the_trace_writer, |b| {
             assert!(confirmation.is_ack(), "{confirmation:?}");
         }
     });
-    // Every publish is a record in the file or a dropped one: none is
-    // lost without being counted, and the publisher never waited.
+    // Every publish was confirmed while the writer was stuck. Now each one
+    // is a record read from the pipe or a dropped one: none is lost
+    // without being counted.
     let deadline = Instant::now() + DEADLINE;
-    loop {
-        let written = api.file(&file).lines().count();
+    let mut written = 0;
+    let mut buffer = vec![0u8; 1 << 16];
+    let dropped = loop {
+        use std::io::Read;
+        match reader.read(&mut buffer) {
+            Ok(n) => written += buffer[..n].iter().filter(|&&c| c == b'\n').count(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("read the pipe: {e}"),
+        }
         let dropped = api.json(&format!("/api/traces/%2F/{trace}"))["dropped"]
             .as_u64()
-            .expect("dropped is a count");
-        assert!(written + dropped as usize <= COUNT, "{written} + {dropped}");
-        if written + dropped as usize == COUNT {
-            break;
+            .expect("dropped is a count") as usize;
+        assert!(written + dropped <= COUNT, "{written} + {dropped}");
+        if written + dropped == COUNT {
+            break dropped;
         }
         assert!(
             Instant::now() < deadline,
             "{written} written + {dropped} dropped of {COUNT}"
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    assert!(dropped > 0, "{written} written, none dropped");
+    assert!(
+        b.log().contains("trace log records dropped"),
+        "the drops are logged"
+    );
     api.stop_trace(&trace);
-    api.delete_file(&file);
+    drop(reader);
+    std::fs::remove_file(&fifo).expect("remove the pipe");
 });
 
 broker_test!(trace_api_answers_as_rabbitmq_tracing_does, |b| {
@@ -466,7 +499,10 @@ broker_test!(trace_api_answers_as_rabbitmq_tracing_does, |b| {
             Some(json!({"format": "text", "pattern": "#"})),
         );
         assert_eq!(status, 404);
-        assert_eq!(put("a%2Fb", json!({"format": "text", "pattern": "#"})).0, 400);
+        assert_eq!(
+            put("a%2Fb", json!({"format": "text", "pattern": "#"})).0,
+            400
+        );
         let (status, _) = api.call("GET", "/api/trace-files/..%2Fbroker.log", None);
         assert_eq!(status, 404);
     }

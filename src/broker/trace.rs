@@ -69,6 +69,8 @@ pub enum TraceKind {
 pub struct FileTraceSpec {
     pub id: u64,
     pub pattern: String,
+    /// The body bytes its records keep (all when None).
+    pub max_payload_bytes: Option<u64>,
 }
 
 /// A publish or a delivery for the trace writer: what a trace log record
@@ -98,6 +100,7 @@ struct FileTrace {
     id: u64,
     /// The pattern's words, split as a topic exchange splits them.
     words: Vec<String>,
+    max_payload_bytes: Option<u64>,
     /// Events this shard dropped for it because the writer was behind.
     dropped: u64,
 }
@@ -134,6 +137,7 @@ impl FileTraces {
                 FileTrace {
                     id: spec.id,
                     words: topic_words(&spec.pattern).map(str::to_string).collect(),
+                    max_payload_bytes: spec.max_payload_bytes,
                     dropped,
                 }
             })
@@ -153,17 +157,22 @@ impl FileTraces {
             .collect()
     }
 
-    /// The ids of `vhost`'s file traces whose pattern matches `routing_key`.
-    fn matching(&self, vhost: &str, routing_key: &str) -> Vec<u64> {
+    /// The ids of `vhost`'s file traces whose pattern matches `routing_key`,
+    /// and the most body bytes any of them keeps (None: all of it).
+    fn matching(&self, vhost: &str, routing_key: &str) -> (Vec<u64>, Option<u64>) {
         let Some(traces) = self.by_vhost.get(vhost) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let key: Vec<&str> = topic_words(routing_key).collect();
-        traces
-            .iter()
-            .filter(|t| topic_matches(&t.words, &key))
-            .map(|t| t.id)
-            .collect()
+        let mut ids = Vec::new();
+        let mut payload_max = Some(0);
+        for trace in traces.iter().filter(|t| topic_matches(&t.words, &key)) {
+            ids.push(trace.id);
+            payload_max = payload_max
+                .zip(trace.max_payload_bytes)
+                .map(|(a, b)| a.max(b));
+        }
+        (ids, payload_max)
     }
 
     /// Hands `event` to the writer, or drops and counts it if the writer's
@@ -341,7 +350,7 @@ impl super::ShardState {
             TraceKind::Publish { .. } => short_key("publish.", message.exchange()),
             TraceKind::Deliver { queue, .. } => short_key("deliver.", &queue_name(*queue)),
         };
-        let files = self
+        let (files, payload_max) = self
             .file_traces
             .matching(trace.vhost.as_str(), &routing_key);
         let event_kind = (!files.is_empty()).then(|| match &trace.kind {
@@ -355,6 +364,14 @@ impl super::ShardState {
         self.firehose_exchange(&trace, &routing_key);
         if let Some(kind) = event_kind {
             let now = self.now;
+            let mut message = trace.message;
+            // A record waiting for the writer holds what it will write, not
+            // the whole body, when every matching trace keeps only a prefix.
+            if let Some(max) = payload_max.and_then(|max| usize::try_from(max).ok()) {
+                if message.body.len() > max {
+                    message.body = Bytes::copy_from_slice(&message.body[..max]);
+                }
+            }
             let event = TraceEvent {
                 traces: files,
                 kind,
@@ -362,7 +379,7 @@ impl super::ShardState {
                 channel: trace.channel,
                 connection: trace.connection,
                 user: trace.user,
-                message: trace.message,
+                message,
             };
             self.file_traces.hand_over(event, now);
         }

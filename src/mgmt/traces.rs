@@ -109,6 +109,7 @@ impl Traces {
             .map(|(_, t)| FileTraceSpec {
                 id: t.id,
                 pattern: t.pattern.clone(),
+                max_payload_bytes: t.max_payload_bytes,
             })
             .collect()
     }
