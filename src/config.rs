@@ -219,6 +219,9 @@ pub(crate) const TRACE_WRITER_QUEUE_MAX: usize = 16_384;
 /// At most one log line per shard per interval says that trace log
 /// records were dropped.
 pub(crate) const TRACE_DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The trace writer's buffer per open trace log file, written out
+/// whenever the writer has nothing more to read.
+pub(crate) const TRACE_FILE_BUFFER_BYTES: usize = 64 << 10;
 /// A trace's name becomes its file's name, `<name>.log`: at most 255 bytes.
 pub(crate) const TRACE_NAME_LEN_MAX: usize = 251;
 /// RabbitMQ's default and largest `page_size` for paged lists.

@@ -212,7 +212,7 @@ impl Writer {
         self.files.insert(
             file_name.to_string(),
             OpenFile {
-                writer: BufWriter::with_capacity(64 << 10, file),
+                writer: BufWriter::with_capacity(config::TRACE_FILE_BUFFER_BYTES, file),
                 users: 1,
                 dirty: false,
                 failed: false,
