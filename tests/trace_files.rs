@@ -566,6 +566,53 @@ broker_test!(warrenctl_starts_lists_and_stops_traces, |b| {
     assert!(!warrenctl(&["list_trace_files"]).contains(&file));
 });
 
+/// Traces are run-time state, as the plugin's (an ETS table): gone after
+/// a restart, with the vhost's firehose; their files stay.
+fn traces_are_gone_after_a_restart_and_their_files_stay(shards: usize) {
+    let mut broker = common::Broker::start(shards);
+    if broker.is_external() {
+        return;
+    }
+    // The address the broker logged last: a restart logs a new one.
+    let api_of = |b: &common::Broker| -> Api {
+        let log = b.log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("management API listening"))
+            .expect("the management API's address in the log");
+        let at = line.find("127.0.0.1:").expect("a loopback address");
+        let address: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        Api {
+            base: format!("http://{address}"),
+        }
+    };
+    let api = api_of(&broker);
+    api.start_trace("kept", json!({"format": "text", "pattern": "#"}));
+    assert_eq!(api.vhost_tracing(), json!(true));
+    broker.restart();
+    let api = api_of(&broker);
+    assert_eq!(api.json("/api/traces"), json!([]));
+    assert_eq!(api.vhost_tracing(), json!(false));
+    let files = api.json("/api/trace-files");
+    assert_eq!(files, json!([{"name": "kept.log", "size": 0}]));
+    // A trace of the same name appends to the file it finds.
+    api.start_trace("kept", json!({"format": "text", "pattern": "#"}));
+    api.stop_trace("kept");
+}
+
+#[test]
+fn traces_are_gone_after_a_restart_and_their_files_stay_shards_1() {
+    traces_are_gone_after_a_restart_and_their_files_stay(1);
+}
+
+#[test]
+fn traces_are_gone_after_a_restart_and_their_files_stay_shards_2() {
+    traces_are_gone_after_a_restart_and_their_files_stay(2);
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
