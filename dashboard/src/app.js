@@ -937,6 +937,9 @@ function tracingTab(el) {
       { key: "name", label: "Name" },
       { key: "pattern", label: "Pattern" },
       { key: "format", label: "Format" },
+      { key: "max_payload_bytes", label: "Payload limit", num: true, cell: (t) => (t.max_payload_bytes === undefined ? "no limit" : bytes(t.max_payload_bytes)) },
+      // warren's: records dropped because the file could not keep up (absent on RabbitMQ).
+      { key: "dropped", label: "Dropped", num: true, cell: (t) => num(t.dropped) },
       { key: "stop", label: "", nosort: true, cell: (t) => html`<button class="small danger" data-stop-trace="${JSON.stringify([t.vhost, t.name])}">Stop</button>` },
     ],
     { empty: "No traces running." },
