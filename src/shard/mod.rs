@@ -815,28 +815,7 @@ async fn run_store(
                 state.store_written(batch.confirms);
             }
             flush(&state, &senders);
-            // Deleting a segment may free the ones whose records pointed
-            // into it: repeat until none is left to delete.
-            loop {
-                let dead = state.borrow_mut().store.reclaimable();
-                if dead.is_empty() {
-                    break;
-                }
-                match files.delete(&dead).await {
-                    Ok(()) => {
-                        let mut state = state.borrow_mut();
-                        for &number in &dead {
-                            state.store.segment_deleted(number);
-                        }
-                        debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
-                    }
-                    Err(e) => {
-                        // They stay marked: a later start reclaims them.
-                        error!(error = %e, segments = ?dead, "cannot delete empty segments");
-                        break;
-                    }
-                }
-            }
+            reclaim(&state, &mut files).await;
             // Records pointing into an old segment that still holds a few
             // live messages keep emptied segments; copying those messages
             // forward lets them all go after the next batch.
@@ -861,6 +840,31 @@ async fn run_store(
             }
         }
         busy.set(false);
+    }
+}
+
+/// Deletes the segments nothing needs any more. Deleting a segment may free
+/// the ones whose records pointed into it: repeats until none is left.
+async fn reclaim(state: &Shared, files: &mut store::segments::SegmentFiles) {
+    loop {
+        let dead = state.borrow_mut().store.reclaimable();
+        if dead.is_empty() {
+            break;
+        }
+        match files.delete(&dead).await {
+            Ok(()) => {
+                let mut state = state.borrow_mut();
+                for &number in &dead {
+                    state.store.segment_deleted(number);
+                }
+                debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
+            }
+            Err(e) => {
+                // They stay marked: a later start reclaims them.
+                error!(error = %e, segments = ?dead, "cannot delete empty segments");
+                break;
+            }
+        }
     }
 }
 
@@ -907,6 +911,9 @@ async fn write_until_taken(
                     warn!(error = %e, failures, "the message store still cannot write");
                 }
                 failures += 1;
+                // Consumers go on acknowledging: segments they empty give
+                // their space back now, which is how a full disk recovers.
+                reclaim(state, files).await;
                 glommio::timer::sleep(config::STORE_WRITE_RETRY_AFTER).await;
             }
         }

@@ -568,6 +568,15 @@ impl<T> MessageStore<T> {
             if self.chunks.iter().any(|c| c.segment == s.number) {
                 continue;
             }
+            // The batch being written (or written again after a failure:
+            // reclaiming is how a full disk gets space back) goes to this
+            // segment or an older one's successors: their files stay.
+            if self
+                .in_flight_from
+                .is_some_and(|(segment, _)| s.number >= segment)
+            {
+                continue;
+            }
             let from = s.oldest_ref.max(first);
             let older_all_gone = (from..s.number)
                 .all(|n| self.segments[(n - first) as usize].fate == SegmentFate::Deleted);
@@ -884,6 +893,45 @@ mod tests {
             let found: BTreeSet<u64> = replayed.keys().map(|&(_, s)| s).collect();
             assert_eq!(found, durable_live);
         }
+    }
+
+    /// While a batch is being written (or written again after a write
+    /// error), the segments it goes to are not reclaimed, even emptied;
+    /// older emptied ones are, so that a full disk gets space back.
+    #[test]
+    fn segments_of_the_batch_being_written_are_not_reclaimed() {
+        let m = message();
+        let mut store = Store::new(64 * 1024, &[]);
+        let mut segment_of = Vec::new();
+        let mut seq = 0;
+        while publish(&mut store, seq, &m) == 1 {
+            segment_of.push((seq, 1));
+            seq += 1;
+        }
+        segment_of.push((seq, 2));
+        flush(&mut store);
+        // Segment 2 is filled, segment 3 begun, and that batch is taken
+        // (being written, or refused and held).
+        loop {
+            seq += 1;
+            let segment = publish(&mut store, seq, &m);
+            if segment == 3 {
+                break;
+            }
+            segment_of.push((seq, segment));
+        }
+        let batch = store.take_batch().unwrap();
+        // Everything in 1 and 2 is acknowledged meanwhile (the removals go
+        // to segment 3's next chunk).
+        for &(s, segment) in &segment_of {
+            store.append_removal(1, s, segment);
+        }
+        assert_eq!(store.reclaimable(), vec![1]);
+        store.segment_deleted(1);
+        assert!(store.reclaimable().is_empty(), "segment 2 is being written");
+        store.batch_written(batch.chunks.into_iter().map(|c| c.bytes), 0);
+        flush(&mut store);
+        assert_eq!(store.reclaimable(), vec![2]);
     }
 
     #[test]
