@@ -94,7 +94,11 @@ fn queue_name(q: u32) -> String {
 /// Even queues are durable and take persistent and transient messages in
 /// turn; odd ones are not durable and take transient messages.
 fn props(q: u32, n: u32) -> BasicProperties {
-    let mode = if q % 2 == 0 && n % 2 == 0 { 2 } else { 1 };
+    let mode = if q.is_multiple_of(2) && n.is_multiple_of(2) {
+        2
+    } else {
+        1
+    };
     BasicProperties::default().with_delivery_mode(mode)
 }
 
