@@ -184,6 +184,14 @@ pub const QUEUE_WINDOW_BYTES: u64 = 4 << 20;
 pub const SHARD_WINDOW_BYTES: u64 = 128 << 20;
 /// What a queue reads back at once while its shard's window is full.
 pub(crate) const PAGE_READ_BYTES_MIN: u64 = 256 * 1024;
+/// How long a shard's message store waits before it writes again a batch
+/// the disk refused (full, a file size limit, an I/O error); the disk
+/// alarm blocks publishers meanwhile (tuning.md, "A full or slow disk").
+pub(crate) const STORE_WRITE_RETRY_AFTER: Duration = Duration::from_millis(250);
+/// The environment variable that slows every synced batch of the message
+/// store by this many milliseconds, as a slow disk would: for tests only
+/// (`WARREN_TEST_SYNC_DELAY_MS=200`). Read at start, logged when set.
+pub const SYNC_DELAY_TEST_ENV: &str = "WARREN_TEST_SYNC_DELAY_MS";
 
 /// The definitions log (`<data-dir>/definitions.log`) is compacted into
 /// `definitions.json` once it would grow past the file's size, but never
@@ -274,6 +282,9 @@ pub struct Config {
     /// For tests and benchmarks only (`WARREN_TEST_PLACEMENT`): see
     /// `PlacementTest`. None in any real use.
     pub placement_test: Option<PlacementTest>,
+    /// For tests only (`SYNC_DELAY_TEST_ENV`): added to every synced batch
+    /// of the message store. None in any real use.
+    pub sync_delay_test: Option<Duration>,
     /// `--management-listen`: where the management HTTP API listens; empty
     /// for none (`--no-management`).
     pub management_listen: Vec<SocketAddr>,
@@ -427,6 +438,7 @@ impl Default for Config {
             spin_before_park: Duration::ZERO,
             queue_leader_locator: QueueLeaderLocator::ClientLocal,
             placement_test: None,
+            sync_delay_test: None,
             management_listen: Vec::new(),
             prometheus_listen: Vec::new(),
             tls: None,

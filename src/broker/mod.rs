@@ -1592,17 +1592,17 @@ impl ShardState {
         tracing::debug!(segment = from, "store segment compacted");
     }
 
-    /// The store wrote and synced a batch (or failed to: then `written` is
-    /// false and the publishers get nacks): the confirms that waited for it
-    /// go out.
-    pub(crate) fn store_written(&mut self, confirms: Vec<ConfirmTarget>, written: bool) {
+    /// The store wrote and synced a batch: the confirms that waited for it
+    /// go out. (A batch the disk refuses is written again until it is
+    /// taken, its confirms held meanwhile: see `shard::write_until_taken`.)
+    pub(crate) fn store_written(&mut self, confirms: Vec<ConfirmTarget>) {
         self.store.stats.confirms += confirms.len() as u64;
         for &target in &confirms {
             self.send(
                 target.conn.shard,
                 ShardMsg::Confirm {
                     target,
-                    accepted: written,
+                    accepted: true,
                 },
             );
         }
@@ -1692,8 +1692,14 @@ impl ShardState {
             .map(|q| q.memory_bytes() + q.index_bytes())
             .sum();
         let connections: u64 = self.connections.values().map(Connection::held_bytes).sum();
-        self.alarm_board
-            .publish_queued_bytes(self.id.index(), queued + connections + self.delayed_bytes);
+        // Records waiting for the disk hold their message's bytes too (a
+        // paged message's only copy): a disk slower than the publishers
+        // raises the memory alarm rather than let them pile up.
+        let unwritten = self.store.unwritten_bytes();
+        self.alarm_board.publish_queued_bytes(
+            self.id.index(),
+            queued + connections + self.delayed_bytes + unwritten,
+        );
     }
 
     /// Takes the node's alarm state; once no alarm is raised, blocked

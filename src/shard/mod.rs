@@ -585,7 +585,7 @@ async fn shard_main(
     glommio::spawn_local(run_store(
         state.clone(),
         senders.clone(),
-        store::segments::SegmentFiles::new(store_dir),
+        store::segments::SegmentFiles::new(store_dir).with_sync_delay(config.sync_delay_test),
         store_busy.clone(),
     ))
     .detach();
@@ -701,11 +701,17 @@ async fn shard_main(
                 }
                 // A shard whose figures put the node over the watermark
                 // blocks its own publishers before the deciding shard says so.
+                // Likewise a shard whose store cannot write.
                 let raised = board.raised();
-                let raised = raised.with(
-                    Resource::Memory,
-                    raised.contains(Resource::Memory) || board.over_memory_budget(),
-                );
+                let raised = raised
+                    .with(
+                        Resource::Memory,
+                        raised.contains(Resource::Memory) || board.over_memory_budget(),
+                    )
+                    .with(
+                        Resource::Disk,
+                        raised.contains(Resource::Disk) || board.store_failing(),
+                    );
                 state.borrow_mut().set_alarms(raised);
             }
         })
@@ -799,53 +805,18 @@ async fn run_store(
             let batch = state.borrow_mut().store.take_batch();
             let Some(mut batch) = batch else { break };
             let write_started = Instant::now();
-            let written = match files.write(&mut batch).await {
-                Ok(bytes) => Some(bytes),
-                Err(e) => {
-                    error!(
-                        error = %e,
-                        "the message store cannot write: the publishes waiting for it are nacked, \
-                         and no segment is deleted until the next start"
-                    );
-                    None
-                }
-            };
+            let written = write_until_taken(&state, &mut files, &mut batch).await;
             {
                 let mut state = state.borrow_mut();
-                if written.is_none() {
-                    state.store.batch_failed();
-                }
                 state.store.stats.records += batch.records;
                 state.store.stats.write_us += write_started.elapsed().as_micros() as u64;
-                state.store.batch_written(
-                    batch.chunks.into_iter().map(|c| c.bytes),
-                    written.unwrap_or(0),
-                );
-                state.store_written(batch.confirms, written.is_some());
+                state
+                    .store
+                    .batch_written(batch.chunks.into_iter().map(|c| c.bytes), written);
+                state.store_written(batch.confirms);
             }
             flush(&state, &senders);
-            // Deleting a segment may free the ones whose records pointed
-            // into it: repeat until none is left to delete.
-            loop {
-                let dead = state.borrow_mut().store.reclaimable();
-                if dead.is_empty() {
-                    break;
-                }
-                match files.delete(&dead).await {
-                    Ok(()) => {
-                        let mut state = state.borrow_mut();
-                        for &number in &dead {
-                            state.store.segment_deleted(number);
-                        }
-                        debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
-                    }
-                    Err(e) => {
-                        // They stay marked: a later start reclaims them.
-                        error!(error = %e, segments = ?dead, "cannot delete empty segments");
-                        break;
-                    }
-                }
-            }
+            reclaim(&state, &mut files).await;
             // Records pointing into an old segment that still holds a few
             // live messages keep emptied segments; copying those messages
             // forward lets them all go after the next batch.
@@ -870,6 +841,83 @@ async fn run_store(
             }
         }
         busy.set(false);
+    }
+}
+
+/// Deletes the segments nothing needs any more. Deleting a segment may free
+/// the ones whose records pointed into it: repeats until none is left.
+async fn reclaim(state: &Shared, files: &mut store::segments::SegmentFiles) {
+    loop {
+        let dead = state.borrow_mut().store.reclaimable();
+        if dead.is_empty() {
+            break;
+        }
+        match files.delete(&dead).await {
+            Ok(()) => {
+                let mut state = state.borrow_mut();
+                for &number in &dead {
+                    state.store.segment_deleted(number);
+                }
+                debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
+            }
+            Err(e) => {
+                // They stay marked: a later start reclaims them.
+                error!(error = %e, segments = ?dead, "cannot delete empty segments");
+                break;
+            }
+        }
+    }
+}
+
+/// Writes a batch, again and again while the disk refuses it (full, a file
+/// size limit, an I/O error): nothing in it is dropped, and nothing after
+/// it is written first, so the store on disk stays what the queues think
+/// it is. Meanwhile the shard's flag on the alarm board raises the disk
+/// alarm, which blocks publishers node-wide, and the confirms waiting for
+/// the batch stay unsent: a publisher is confirmed only what is on disk.
+/// RabbitMQ's message store crashes on a write error instead (its vhost
+/// restarts, and what it had not written is lost unconfirmed). Returns the
+/// bytes written.
+async fn write_until_taken(
+    state: &Shared,
+    files: &mut store::segments::SegmentFiles,
+    batch: &mut store::log::Batch<crate::broker::ConfirmTarget>,
+) -> u64 {
+    let mut failures = 0u64;
+    loop {
+        match files.write(batch).await {
+            Ok(bytes) => {
+                if failures > 0 {
+                    let state = state.borrow();
+                    state.alarm_board.set_store_failing(state.id.index(), false);
+                    info!(
+                        failures,
+                        "the message store writes again: the batch it held is on disk"
+                    );
+                }
+                return bytes;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    let state = state.borrow();
+                    state.alarm_board.set_store_failing(state.id.index(), true);
+                    error!(
+                        error = %e,
+                        records = batch.records,
+                        confirms = batch.confirms.len(),
+                        "the message store cannot write: publishers are blocked (disk alarm) and \
+                         the batch is written again until the disk takes it"
+                    );
+                } else if failures.is_power_of_two() {
+                    warn!(error = %e, failures, "the message store still cannot write");
+                }
+                failures += 1;
+                // Consumers go on acknowledging: segments they empty give
+                // their space back now, which is how a full disk recovers.
+                reclaim(state, files).await;
+                glommio::timer::sleep(config::STORE_WRITE_RETRY_AFTER).await;
+            }
+        }
     }
 }
 
