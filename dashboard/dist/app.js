@@ -254,27 +254,30 @@ function overviewPage(el) {
   const waitForUplot = () => (window.uPlot ? Promise.resolve() : new Promise((r) => addEventListener("load", r, { once: true })));
   let rates;
   let queued;
+  // warren's own: each shard's load, from /api/overview's warren_shards (RabbitMQ has no such
+  // list, so the section stays hidden there). Rates are over the API's sampling interval.
+  const percent = (ratio) => Math.round(Math.min(1, Math.max(0, ratio)) * 100);
   const shards = new Table(
     "shards",
     [
       { key: "id", label: "Shard", num: true },
-      { key: "connections", label: "Connections", num: true, cell: (s) => num(s.connections) },
+      { key: "connections", label: "Connections", num: true, title: "Connections the shard accepted", cell: (s) => num(s.connections) },
       { key: "channels", label: "Channels", num: true, cell: (s) => num(s.channels) },
-      { key: "queues", label: "Queues", num: true, cell: (s) => num(s.queues) },
-      { key: "messages", label: "Messages", num: true, cell: (s) => num(s.messages) },
-      { key: "publish_rate", label: "Publish", num: true, cell: (s) => rate(s.publish_rate) },
-      { key: "deliver_rate", label: "Deliver", num: true, cell: (s) => rate(s.deliver_rate) },
+      { key: "queues", label: "Queues", num: true, title: "Queues the shard owns", cell: (s) => num(s.queues) },
+      { key: "messages", label: "Messages", num: true, title: "Ready and unacked messages in the shard's queues", cell: (s) => num(s.messages) },
+      { key: "publish_rate", label: "Publish", num: true, title: "Messages published by the shard's connections", cell: (s) => rate(s.publish_rate) },
+      { key: "deliver_rate", label: "Deliver", num: true, title: "Messages delivered from the shard's queues", cell: (s) => rate(s.deliver_rate) },
       {
         key: "busy_ratio",
         label: "Busy",
+        title: "Share of time the shard's reactor spent running tasks",
         cell: (s) =>
           s.busy_ratio === undefined
             ? ""
-            : html`<span class="bar"><span style="width:${raw(String(Math.round(Math.min(1, Math.max(0, s.busy_ratio)) * 100)))}%"></span></span>
-                ${Math.round(s.busy_ratio * 100)}%`,
+            : html`<span class="busy"><span class="bar"><span style="width:${raw(String(percent(s.busy_ratio)))}%"></span></span>${percent(s.busy_ratio)}%</span>`,
       },
     ],
-    { defaultSort: "id" },
+    { defaultSort: "id", rowKey: (s) => s.id, empty: "No shards." },
   );
   shards.mount($("#shards", el));
 
@@ -316,7 +319,8 @@ function overviewPage(el) {
       const ws = o.warren_shards;
       $("#shards-section", el).hidden = !Array.isArray(ws);
       if (Array.isArray(ws)) shards.update(ws);
-      const item = (k, v) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`;
+      // Facts the broker does not report (warren has no disk_free or fd_used) are left out.
+      const item = (k, v) => (v === undefined || v === null || v === "" ? "" : html`<div><dt>${k}</dt><dd>${v}</dd></div>`);
       setHtml(
         $("#node", el),
         html`<dl class="facts">
@@ -545,7 +549,8 @@ function exchangePage(el, vhost, name) {
         api.get(path(...base, "bindings", "source")),
         api.get(path(...base, "bindings", "destination")),
       ]);
-      const item = (k, v) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`;
+      // Facts the broker does not report (warren has no disk_free or fd_used) are left out.
+      const item = (k, v) => (v === undefined || v === null || v === "" ? "" : html`<div><dt>${k}</dt><dd>${v}</dd></div>`);
       setHtml(
         $("#ex-details", el),
         html`<dl class="facts">${item("Type", x.type)}${item("Durable", x.durable ? "yes" : "no")}${item("Auto-delete", x.auto_delete ? "yes" : "no")}${item("Internal", x.internal ? "yes" : "no")}${item("Policy", x.policy || "none")}
@@ -700,7 +705,8 @@ function queuePage(el, vhost, name) {
         ${card("Consumers", num(q.consumers), "consumers")}${card("Incoming", rate(qrate(q, "publish") ?? 0), "publish")}${card("Deliver / get", rate(qrate(q, "deliver_get") ?? 0), "deliver")}
         ${card("Ack", rate(qrate(q, "ack") ?? 0), "ack")}`,
       );
-      const item = (k, v) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`;
+      // Facts the broker does not report (warren has no disk_free or fd_used) are left out.
+      const item = (k, v) => (v === undefined || v === null || v === "" ? "" : html`<div><dt>${k}</dt><dd>${v}</dd></div>`);
       setHtml(
         $("#q-details", el),
         html`<dl class="facts">${item("Type", q.type)}${item("State", q.state)}${item("Durable", q.durable ? "yes" : "no")}
