@@ -101,6 +101,12 @@ export function vhostLabel(v) {
   return v;
 }
 
+// One fact of a <dl class="facts">; nothing when the broker does not report it (warren has no
+// disk_free, fd_used or message_bytes), rather than a label over an empty value.
+export function fact(label, value) {
+  return value === undefined || value === null || value === "" ? "" : html`<div><dt>${label}</dt><dd>${value}</dd></div>`;
+}
+
 export function args(obj) {
   const entries = Object.entries(obj || {});
   if (entries.length === 0) return html`<span class="muted">none</span>`;
