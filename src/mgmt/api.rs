@@ -27,6 +27,7 @@ use crate::broker::control::{
     QueueInfo, ShardReport,
 };
 use crate::broker::metadata::{MetaRequest, Scope};
+use crate::broker::metrics::ShardMetrics;
 use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
 use crate::metadata::password::{base64_decode, base64_encode};
@@ -38,6 +39,7 @@ use crate::mgmt::json::{
 };
 use crate::mgmt::list::{self, Params};
 use crate::mgmt::plane::Plane;
+use crate::mgmt::prometheus::delivered;
 use crate::mgmt::rates::{Rates, QUEUE_FIELDS};
 use crate::mgmt::NodeInfo;
 use crate::model::alarms::Resource;
@@ -1659,38 +1661,116 @@ async fn node(
     Ok(json_response(&app.node_json(&reports)))
 }
 
+/// One shard's figures in /api/overview (warren's own `warren_shards`).
+#[derive(Serialize)]
+struct ShardJson {
+    id: usize,
+    connections: u64,
+    channels: u64,
+    /// Queues the shard owns, and the messages in them (ready and unacked).
+    queues: u64,
+    messages: u64,
+    /// Messages per second published by the shard's connections.
+    publish_rate: f64,
+    /// Messages per second delivered (and got) from the shard's queues.
+    deliver_rate: f64,
+    /// The fraction of time its reactor spent running tasks, over the
+    /// rate's interval (the rate of Prometheus's
+    /// `warren_shard_reactor_busy_seconds_total`); since the shard started
+    /// on the first reading (`warren_shard_reactor_busy_ratio`).
+    busy_ratio: f64,
+}
+
+impl App {
+    /// Every shard's figures, as a Prometheus scrape reads them: counters
+    /// each shard owns, deleted queues' and closed connections' included,
+    /// so that they never go backwards.
+    async fn shard_metrics(&self) -> Result<Vec<ShardMetrics>, ApiError> {
+        let replies = self
+            .plane
+            .ask_all(|| ControlRequest::Metrics { per_object: false })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                ControlReply::Metrics(m) => Some(*m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `warren_shards`, with each shard's rates since the last reading.
+    fn shards_json(
+        &self,
+        shards: &[ShardMetrics],
+        rates: &mut Rates,
+        now: Instant,
+    ) -> Vec<ShardJson> {
+        let uptime_s = self.node.started.elapsed().as_secs_f64().max(1e-9);
+        rates.shards.resize_with(shards.len(), Default::default);
+        shards
+            .iter()
+            .zip(rates.shards.iter_mut())
+            .map(|(s, readings)| {
+                let busy_us = s.reactor_busy.as_micros() as u64;
+                let counts = [
+                    s.published,
+                    delivered(&s.classic) + delivered(&s.quorum),
+                    busy_us,
+                ];
+                let (publish_rate, deliver_rate, busy_ratio) =
+                    match readings.observe_since(now, counts) {
+                        Some(r) => (r[0], r[1], r[2] / 1e6),
+                        None => (0.0, 0.0, s.reactor_busy.as_secs_f64() / uptime_s),
+                    };
+                ShardJson {
+                    id: s.shard,
+                    connections: s.connections,
+                    channels: s.channels,
+                    queues: s.queues,
+                    messages: s.messages_ready + s.messages_unacked,
+                    publish_rate: publish_rate.max(0.0),
+                    deliver_rate: deliver_rate.max(0.0),
+                    busy_ratio: busy_ratio.clamp(0.0, 1.0),
+                }
+            })
+            .collect()
+    }
+}
+
 async fn overview(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
     let user = app.user(&headers, &peer, Level::Management).await?;
-    let reports = app.reports(true, true).await?;
-    let definitions = app.definitions().await?;
+    // Totals from the shards' own counters (no list of every queue and
+    // connection), and the exchanges from shard 0's replica.
+    let (shards, definitions) = tokio::try_join!(app.shard_metrics(), app.definitions())?;
     let mut totals = [0u64; QUEUE_FIELDS];
     let (mut queues, mut connections, mut channels, mut consumers) = (0, 0, 0, 0);
-    let mut published = 0;
-    for report in &reports {
-        published += report.published;
-        connections += report.connections.len();
-        channels += report
-            .connections
-            .iter()
-            .map(|c| c.channels.len())
-            .sum::<usize>();
-        consumers += report.consumers.len();
-        for q in &report.queues {
-            queues += 1;
-            for (total, count) in totals.iter_mut().zip(queue_counts(q)) {
-                *total += count;
-            }
+    for s in &shards {
+        connections += s.connections;
+        channels += s.channels;
+        consumers += s.consumers;
+        queues += s.queues;
+        // The node's publish count is what its connections published, not
+        // what its queues took (a fanout publish counts once).
+        totals[0] += s.published;
+        for stats in [&s.classic, &s.quorum] {
+            totals[1] += stats.deliver;
+            totals[2] += stats.deliver_no_ack;
+            totals[3] += stats.get;
+            totals[4] += stats.get_no_ack;
+            totals[5] += stats.ack;
+            totals[6] += stats.redeliver;
         }
+        totals[7] += s.messages_ready + s.messages_unacked;
+        totals[8] += s.messages_ready;
+        totals[9] += s.messages_unacked;
     }
-    // The node's publish count is what its connections published, not
-    // what its queues took (a fanout publish counts once).
-    totals[0] = published;
-    let rates = app
-        .rates
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .overview
-        .observe(Instant::now(), totals);
+    let now = Instant::now();
+    let (rates, warren_shards) = {
+        let mut readings = app.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let rates = readings.overview.observe(now, totals);
+        (rates, app.shards_json(&shards, &mut readings, now))
+    };
     let node = &app.node;
     let listeners: Vec<Value> = node
         .amqp_listeners
@@ -1746,7 +1826,7 @@ async fn overview(State(app): State<App>, peer: Peer, headers: HeaderMap) -> Api
         "node": node.name,
         "listeners": listeners,
         "contexts": node.management_listeners.iter().map(|a| json!({"node": node.name, "description": "RabbitMQ Management", "path": "/", "port": a.port().to_string()})).collect::<Vec<_>>(),
-        "warren_shards": node.shard_count,
+        "warren_shards": warren_shards,
     });
     if !user.has(Level::Monitoring) {
         // RabbitMQ leaves the node's listeners out for plain management users.
