@@ -25,6 +25,7 @@ pub(crate) mod list;
 pub(crate) mod plane;
 pub(crate) mod policy;
 pub(crate) mod prometheus;
+pub(crate) mod queue_list;
 pub(crate) mod rates;
 
 use std::net::SocketAddr;
@@ -140,6 +141,7 @@ pub(crate) fn start(
         node: node.clone(),
         rates: Arc::new(Mutex::new(rates::Rates::default())),
         auth_cache: Arc::new(Mutex::new(auth::AuthCache::default())),
+        queue_catalog: Arc::new(Mutex::new(queue_list::QueueCatalog::default())),
     };
     let metrics = prometheus::Metrics { plane, node };
     for address in &bound {
