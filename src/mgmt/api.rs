@@ -143,16 +143,19 @@ pub(crate) fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
 pub(crate) fn json_response_sized<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Response {
     let mut body = Vec::with_capacity(capacity);
     match serde_json::to_writer(&mut body, value) {
-        Ok(()) => {
-            let mut response = body.into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        Ok(()) => json_bytes_response(body),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
+}
+
+/// A response of JSON already written.
+pub(crate) fn json_bytes_response(body: Vec<u8>) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 pub(crate) fn no_content() -> Response {

@@ -18,23 +18,21 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config;
-use crate::mgmt::api::json_response_sized;
+use crate::mgmt::api::{json_bytes_response, json_response_sized};
 use crate::mgmt::error::ApiError;
 
 pub(crate) type Params = HashMap<String, String>;
 
-/// The list `items` (named by `name_of`) as the query parameters ask.
-pub(crate) fn respond<T: Serialize>(
-    mut items: Vec<T>,
-    name_of: impl Fn(&T) -> &str,
-    params: &Params,
-) -> Result<Response, ApiError> {
-    let total_count = items.len();
-    if let Some(filter) = params.get("name").filter(|f| !f.is_empty()) {
-        // RabbitMQ matches `name` as a regular expression with
-        // use_regex=true; warren matches a substring either way.
-        items.retain(|item| name_of(item).contains(filter.as_str()));
-    }
+/// The query parameters of a list, checked.
+struct Query<'p> {
+    name: Option<&'p str>,
+    page: Option<(usize, usize)>,
+    columns: Option<Vec<Vec<&'p str>>>,
+    sort: Option<&'p str>,
+    reverse: bool,
+}
+
+fn query(params: &Params) -> Result<Query<'_>, ApiError> {
     let page = match params.get("page") {
         None => None,
         Some(page_text) => {
@@ -65,14 +63,103 @@ pub(crate) fn respond<T: Serialize>(
             Some((page, page_size))
         }
     };
-    let columns: Option<Vec<Vec<&str>>> = params
-        .get("columns")
-        .filter(|c| !c.is_empty())
-        .map(|c| c.split(',').map(|col| col.split('.').collect()).collect());
-    let sort = params
-        .get("sort")
-        .filter(|s| !s.is_empty() && s.as_str() != "name");
-    let reverse = params.get("sort_reverse").is_some_and(|r| r == "true");
+    Ok(Query {
+        // RabbitMQ matches `name` as a regular expression with
+        // use_regex=true; warren matches a substring either way.
+        name: params
+            .get("name")
+            .map(String::as_str)
+            .filter(|f| !f.is_empty()),
+        page,
+        columns: params
+            .get("columns")
+            .filter(|c| !c.is_empty())
+            .map(|c| c.split(',').map(|col| col.split('.').collect()).collect()),
+        sort: params
+            .get("sort")
+            .map(String::as_str)
+            .filter(|s| !s.is_empty() && *s != "name"),
+        reverse: params.get("sort_reverse").is_some_and(|r| r == "true"),
+    })
+}
+
+/// True if the parameters ask for members of the items (`sort` or
+/// `columns`): then `respond` must have them as structs, and
+/// `respond_rendered` cannot serve.
+pub(crate) fn reads_members(params: &Params) -> bool {
+    query(params).is_ok_and(|q| q.columns.is_some() || q.sort.is_some())
+}
+
+/// The list `items` (named by `name_of`), each already JSON (`json_of`),
+/// as the query parameters ask; for lists whose items keep their JSON
+/// from one call to the next. Only for parameters that do not read
+/// members (`reads_members`).
+pub(crate) fn respond_rendered<T>(
+    mut items: Vec<T>,
+    name_of: impl Fn(&T) -> &str,
+    json_of: impl Fn(&T) -> &[u8],
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let query = query(params)?;
+    debug_assert!(query.columns.is_none() && query.sort.is_none());
+    let total_count = items.len();
+    if let Some(filter) = query.name {
+        items.retain(|item| name_of(item).contains(filter));
+    }
+    let filtered_count = items.len();
+    if query.reverse {
+        items.reverse();
+    }
+    let items = paged(items, query.page);
+    let size: usize = items.iter().map(|item| json_of(item).len() + 1).sum();
+    let mut body = Vec::with_capacity(size + 256);
+    // RabbitMQ's page object, members in the order `wrap` writes them.
+    if query.page.is_some() {
+        body.extend_from_slice(
+            format!(
+                "{{\"filtered_count\":{filtered_count},\"item_count\":{},\"items\":",
+                items.len()
+            )
+            .as_bytes(),
+        );
+    }
+    body.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json_of(item));
+    }
+    body.push(b']');
+    if let Some((page, page_size)) = query.page {
+        body.extend_from_slice(
+            format!(
+                ",\"page\":{page},\"page_count\":{},\"page_size\":{page_size},\"total_count\":{total_count}}}",
+                filtered_count.div_ceil(page_size).max(1)
+            )
+            .as_bytes(),
+        );
+    }
+    Ok(json_bytes_response(body))
+}
+
+/// The list `items` (named by `name_of`) as the query parameters ask.
+pub(crate) fn respond<T: Serialize>(
+    mut items: Vec<T>,
+    name_of: impl Fn(&T) -> &str,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let Query {
+        name,
+        page,
+        columns,
+        sort,
+        reverse,
+    } = query(params)?;
+    let total_count = items.len();
+    if let Some(filter) = name {
+        items.retain(|item| name_of(item).contains(filter));
+    }
     let filtered_count = items.len();
     if let Some(sort) = sort {
         let path: Vec<&str> = sort.split('.').collect();
