@@ -217,6 +217,10 @@ pub(crate) const CONTROL_REQUESTS_MAX: usize = 1024;
 /// Control-plane requests a shard answers per tick, so that a burst of
 /// API calls cannot take a saturated shard's tick for itself.
 pub(crate) const CONTROL_REQUESTS_PER_TICK: usize = 64;
+/// Control-plane requests a busy shard answers per reactor turn besides
+/// its tick (see `shard`'s flusher): enough for a list's one question,
+/// few enough that a burst of API calls cannot take the turn.
+pub(crate) const CONTROL_REQUESTS_PER_TURN: usize = 4;
 /// How long the management API waits for a shard's answer before it
 /// answers 503.
 pub(crate) const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(10);

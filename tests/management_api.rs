@@ -813,6 +813,96 @@ broker_test!(node_health_vhosts_and_whoami_answer, |b| {
     }
 });
 
+broker_test!(queue_lists_follow_declares_and_deletes, |b| {
+    // The API keeps what never changes about a queue from one list to the
+    // next: lists after declares and deletes must still show exactly the
+    // live queues, each with its own arguments.
+    let api = Api::of(b);
+    let prefix = unique("mgmt-follow");
+    let put = |name: &str, max_length: Option<u64>| {
+        let body = match max_length {
+            Some(n) => json!({"durable": false, "arguments": {"x-max-length": n}}),
+            None => json!({"durable": false}),
+        };
+        let (status, text) = api.call("PUT", &format!("/api/queues/%2F/{name}"), Some(&body));
+        assert!(
+            status == 201 || status == 204,
+            "PUT {name}: {status} {text}"
+        );
+    };
+    let listed = |path: &str| -> Vec<(String, Value)> {
+        let all = api.get(path);
+        all.as_array()
+            .unwrap_or_else(|| panic!("not a list: {all}"))
+            .iter()
+            .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+            .map(|q| {
+                (
+                    q["name"].as_str().unwrap().to_string(),
+                    q["arguments"].clone(),
+                )
+            })
+            .collect()
+    };
+    let name = |i: u32| format!("{prefix}-{i}");
+    for i in 0..4 {
+        put(&name(i), Some(u64::from(i) + 10));
+    }
+    let first = listed("/api/queues");
+    let expected: Vec<(String, Value)> = (0..4)
+        .map(|i| (name(i), json!({"x-max-length": i + 10})))
+        .collect();
+    assert_eq!(first, expected);
+    // One gone, two more (one without arguments), listed per vhost too.
+    let (status, _) = api.call("DELETE", &format!("/api/queues/%2F/{}", name(1)), None);
+    assert_eq!(status, 204);
+    put(&name(4), None);
+    put(&name(5), Some(15));
+    let expected: Vec<(String, Value)> = vec![
+        (name(0), json!({"x-max-length": 10})),
+        (name(2), json!({"x-max-length": 12})),
+        (name(3), json!({"x-max-length": 13})),
+        (name(4), json!({})),
+        (name(5), json!({"x-max-length": 15})),
+    ];
+    assert_eq!(listed("/api/queues"), expected);
+    assert_eq!(listed("/api/queues/%2F"), expected);
+    // Sorting and columns pick members (nested ones too) of the same items.
+    let sorted = api.get(&format!(
+        "/api/queues?name={prefix}&sort=arguments.x-max-length&sort_reverse=true\
+         &columns=name,arguments.x-max-length,message_stats.publish"
+    ));
+    assert_eq!(
+        sorted,
+        json!([
+            {"name": name(5), "arguments": {"x-max-length": 15}, "message_stats": {"publish": 0}},
+            {"name": name(3), "arguments": {"x-max-length": 13}, "message_stats": {"publish": 0}},
+            {"name": name(2), "arguments": {"x-max-length": 12}, "message_stats": {"publish": 0}},
+            {"name": name(0), "arguments": {"x-max-length": 10}, "message_stats": {"publish": 0}},
+            // A column the item lacks is left out, as the old selection did.
+            {"name": name(4), "message_stats": {"publish": 0}},
+        ]),
+        "{sorted}"
+    );
+    let page = api.get(&format!(
+        "/api/queues?page=2&page_size=2&name={prefix}&columns=name,messages"
+    ));
+    assert_eq!(
+        page["items"],
+        json!([{"name": name(3), "messages": 0}, {"name": name(4), "messages": 0}]),
+        "{page}"
+    );
+    assert_eq!(
+        (page["filtered_count"].clone(), page["page_count"].clone()),
+        (json!(5), json!(3)),
+        "{page}"
+    );
+    for i in [0, 2, 3, 4, 5] {
+        api.call("DELETE", &format!("/api/queues/%2F/{}", name(i)), None);
+    }
+    assert_eq!(listed("/api/queues"), vec![]);
+});
+
 #[test]
 fn a_user_without_a_management_tag_is_refused() {
     if std::env::var(EXTERNAL_URL_VAR).is_ok() {

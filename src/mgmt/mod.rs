@@ -26,6 +26,7 @@ pub(crate) mod list;
 pub(crate) mod plane;
 pub(crate) mod policy;
 pub(crate) mod prometheus;
+pub(crate) mod queue_list;
 pub(crate) mod rates;
 pub(crate) mod trace_files;
 pub(crate) mod trace_format;
@@ -147,6 +148,7 @@ pub(crate) fn start(
         rates: Arc::new(Mutex::new(rates::Rates::default())),
         auth_cache: Arc::new(Mutex::new(auth::AuthCache::default())),
         traces: traces::shared(&node.data_dir, node.name.clone(), node.shard_count),
+        queue_catalog: Arc::new(Mutex::new(queue_list::QueueCatalog::default())),
     };
     let metrics = prometheus::Metrics { plane, node };
     for address in &bound {

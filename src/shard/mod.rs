@@ -613,16 +613,25 @@ async fn shard_main(
         .detach();
     }
 
+    let control = Rc::new(boot.control);
+
     // The flusher moves outgoing batches into the mesh once per reactor
-    // turn, after the tasks that filled them have run.
+    // turn, after the tasks that filled them have run. A shard busy with
+    // traffic to its peers runs it every turn, so it also answers the
+    // control plane's waiting requests (a few): a list of queues then
+    // waits for the end of a turn, not for the next tick, which a
+    // saturated shard reaches late. An empty channel costs one check per
+    // turn, nothing per message.
     {
         let state = state.clone();
         let senders = senders.clone();
+        let control = control.clone();
         let ready = state.borrow().outbox_ready.clone();
         glommio::spawn_local(async move {
             loop {
                 ready.wait().await;
                 glommio::executor().yield_task_queue_now().await;
+                answer_control(&state, &control, config::CONTROL_REQUESTS_PER_TURN);
                 flush(&state, &senders);
             }
         })
@@ -637,7 +646,6 @@ async fn shard_main(
     // control plane's requests, and an upper bound on how long the
     // executor can stay parked (docs/runtime.md).
     {
-        let control = boot.control;
         let state = state.clone();
         let senders = senders.clone();
         let stop_accepting = stop_accepting.clone();
@@ -650,16 +658,11 @@ async fn shard_main(
                 let mut shard = state.borrow_mut();
                 shard.tick(now);
                 shard.counters.reactor_busy = glommio::executor().executor_stats().total_runtime();
+                drop(shard);
                 // Polled, never woken: glommio 0.9 misses wake-ups from
                 // foreign threads (docs/runtime.md). An empty channel costs
                 // one check per tick.
-                for _ in 0..config::CONTROL_REQUESTS_PER_TICK {
-                    match control.try_recv() {
-                        Ok(request) => shard.control(request),
-                        Err(_) => break,
-                    }
-                }
-                drop(shard);
+                answer_control(&state, &control, config::CONTROL_REQUESTS_PER_TICK);
                 if shutdown::requested() {
                     match stopping_since {
                         None => {
@@ -780,6 +783,24 @@ async fn shard_main(
             break;
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Answers up to `max` of the control plane's waiting requests.
+fn answer_control(
+    state: &Shared,
+    control: &crossbeam_channel::Receiver<crate::broker::control::Control>,
+    max: usize,
+) {
+    if control.is_empty() {
+        return;
+    }
+    let mut shard = state.borrow_mut();
+    for _ in 0..max {
+        match control.try_recv() {
+            Ok(request) => shard.control(request),
+            Err(_) => break,
+        }
     }
 }
 
