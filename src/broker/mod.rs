@@ -1935,7 +1935,10 @@ impl ShardState {
     ) -> (ConnId, Notify, Notify) {
         let id = self.next_conn_id();
         let conn = self.conn_ref(id);
-        let connection = Connection::new(conn, addrs, external, &self.config, self.now);
+        // The clock, not the shard's cached `now` (as old as its last tick or
+        // read batch): the handshake timeout counts from the accept, and a
+        // stale start would drop a slow handshake before its 10 s.
+        let connection = Connection::new(conn, addrs, external, &self.config, Instant::now());
         let signals = (connection.reader.clone(), connection.wire.writer.clone());
         self.connections.insert(id, connection);
         (id, signals.0, signals.1)
