@@ -407,7 +407,10 @@ impl DeliverySink for ShardDeliveries<'_> {
         match consumed {
             channel::Consumed::Written => {}
             // Given back by `deliver` once the queue is free again.
-            channel::Consumed::Limited => self.later.push(head.with(message.clone())),
+            // Never `Held` here: a queue of this shard sends nothing ahead.
+            channel::Consumed::Limited | channel::Consumed::Held => {
+                self.later.push(head.with(message.clone()))
+            }
             channel::Consumed::Gone => self.bounced.push(head.with(message.clone())),
         }
     }
@@ -992,6 +995,7 @@ impl ShardState {
                         seq: queued.seq,
                         redelivered: queued.redelivered,
                         no_ack,
+                        ahead: false,
                     },
                     message_count: Some(remaining),
                     message: queued.message,
@@ -1184,17 +1188,25 @@ impl ShardState {
     }
 
     /// The channel or consumer went away while the message travelled: it
-    /// goes back to its queue.
+    /// goes back to its queue, marked redelivered as RabbitMQ marks what
+    /// was on its way to a channel that closed, unless it was sent beyond
+    /// the prefetch, which the client could not have seen
+    /// (`DeliveryHead::ahead`).
     fn bounce(&mut self, delivery: Delivery) {
         if !delivery.head.no_ack {
             let queue = delivery.head.queue;
+            let settle = if delivery.head.ahead {
+                Settle::Return
+            } else {
+                Settle::Released
+            };
             self.send(
                 queue.shard,
                 ShardMsg::Settle {
                     queue: queue.id,
                     seq: delivery.head.seq,
                     consumer: delivery.head.consumer,
-                    settle: Settle::Released,
+                    settle,
                 },
             );
         }
