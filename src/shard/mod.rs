@@ -657,7 +657,9 @@ async fn shard_main(
                 let now = Instant::now();
                 let mut shard = state.borrow_mut();
                 shard.tick(now);
-                shard.counters.reactor_busy = glommio::executor().executor_stats().total_runtime();
+                // glommio 0.9's executor_stats() hands over the stats and
+                // resets them: each call returns the time since the last one.
+                shard.counters.reactor_busy += glommio::executor().executor_stats().total_runtime();
                 drop(shard);
                 // Polled, never woken: glommio 0.9 misses wake-ups from
                 // foreign threads (docs/runtime.md). An empty channel costs
