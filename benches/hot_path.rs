@@ -152,6 +152,7 @@ fn queue_cycle() {
             no_ack: false,
             exclusive: false,
             prefetch_count: 0,
+            lookahead: 0,
             priority: 0,
         })
         .unwrap();

@@ -10,6 +10,14 @@
 //! its queue drains, whatever the placement and the shards' load (credit
 //! per queue across shards, the queue's own flow on its shard).
 //!
+//! A consumer on another shard than its queue gets deliveries sent ahead
+//! of its acks, which its channel holds: the client still never has more
+//! than its prefetch unacknowledged, and what was held goes back to the
+//! queue unmarked when the channel closes. An unthrottled 1 → 1 with the
+//! consumer alone on the other shard, run again and again on one broker,
+//! keeps every message once, the backlog bounded and the consumer
+//! receiving (a consumer once stopped there for good while the queue grew).
+//!
 //! The client is raw (warren's own codec over a blocking socket): lapin
 //! does not show the server properties that name the shard.
 
@@ -18,13 +26,15 @@ use common::*;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use warren_protocol::{
     parse_frame, write_body, write_content_header, write_method, BasicAck, BasicConsume,
-    BasicProperties, BasicPublish, BasicQos, ChannelOpen, ConnectionOpen, ConnectionStartOk,
-    ConnectionTuneOk, FieldTable, FieldValue, Frame, Method, QueueDeclare, PROTOCOL_HEADER,
+    BasicProperties, BasicPublish, BasicQos, ChannelClose, ChannelOpen, ConnectionOpen,
+    ConnectionStartOk, ConnectionTuneOk, FieldTable, FieldValue, Frame, Method, QueueDeclare,
+    PROTOCOL_HEADER,
 };
 
 /// Messages per run: enough for a publisher unheld to pile up far more
@@ -43,7 +53,24 @@ const FRAME_MAX: u32 = 131_072;
 /// Reconnections before a connection gives up landing on its shard.
 const LANDING_ATTEMPTS_MAX: usize = 64;
 /// Longest a socket read or write may block: a stuck run fails, not hangs.
+/// For a consumer, that is also how a stall is caught: one that receives
+/// nothing for this long while its queue holds messages has stopped.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Runs of the unthrottled 1 → 1 with the consumer on the other shard in
+/// the soak test, one after another on one broker.
+const SOAK_RUNS: usize = 4;
+
+/// The placement switch is read by the broker from the environment it
+/// inherits at start, which the tests of this process share: each sets it
+/// and starts its broker under this lock.
+static PLACEMENT: Mutex<()> = Mutex::new(());
+
+/// Starts a broker with `WARREN_TEST_PLACEMENT` set to `placement`.
+fn start_placed(shards: usize, placement: &str, extra_args: &[&str]) -> Broker {
+    let _guard = PLACEMENT.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("WARREN_TEST_PLACEMENT", placement);
+    Broker::start_with(shards, extra_args)
+}
 
 /// A blocking AMQP client with one channel (1).
 struct Raw {
@@ -314,9 +341,7 @@ fn placements_with_queue_on(q: u16) {
         eprintln!("placement is warren's own: nothing to test on an external broker");
         return;
     }
-    // Read by the broker at start, from the environment it inherits.
-    std::env::set_var("WARREN_TEST_PLACEMENT", format!("queue={q}"));
-    let b = Broker::start(2);
+    let b = start_placed(2, &format!("queue={q}"), &[]);
     for (p, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
         one_to_one(&b, p, q, c);
     }
@@ -355,8 +380,7 @@ fn locator_argument(key: &str, locator: &str) -> FieldTable {
 /// argument overrides the broker's setting.
 fn queue_leader_locators() {
     // Connections name their shard; queues are not forced anywhere.
-    std::env::set_var("WARREN_TEST_PLACEMENT", "");
-    let b = Broker::start_with(2, &["--log-level", "debug"]);
+    let b = start_placed(2, "", &["--log-level", "debug"]);
     for shard in [0, 1] {
         let mut conn = Raw::on_shard(b.addr(), shard);
         for n in 0..4 {
@@ -394,8 +418,9 @@ fn queue_leader_locators() {
     }
     drop(b);
 
-    let b = Broker::start_with(
+    let b = start_placed(
         2,
+        "",
         &["--log-level", "debug", "--queue-leader-locator", "balanced"],
     );
     let (mut conn, shard) = Raw::connect(b.addr());
@@ -421,8 +446,6 @@ fn queue_leader_locators() {
     }
 }
 
-// One test: the placement switch is read from the environment at start,
-// which tests running in parallel in this process would share.
 #[test]
 fn one_to_one_delivers_once_with_bounded_backlog_in_every_placement_at_2_shards() {
     if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
@@ -432,4 +455,200 @@ fn one_to_one_delivers_once_with_bounded_backlog_in_every_placement_at_2_shards(
     queue_leader_locators();
     placements_with_queue_on(0);
     placements_with_queue_on(1);
+}
+
+/// The soak behind the consumer that once stopped for good at publisher 0,
+/// queue 0, consumer 1 under an unthrottled publisher (its queue grew to
+/// 785 MB): `SOAK_RUNS` runs of `MESSAGES` each, on one broker, every one
+/// delivering each message once with the backlog bounded; a consumer that
+/// stops receiving fails its read after `IO_TIMEOUT`.
+#[test]
+fn remote_consumer_keeps_receiving_under_an_unthrottled_publisher_at_2_shards() {
+    if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
+        eprintln!("placement is warren's own: nothing to test on an external broker");
+        return;
+    }
+    let b = start_placed(2, "queue=0", &[]);
+    for _ in 0..SOAK_RUNS {
+        one_to_one(&b, 0, 0, 1);
+    }
+}
+
+/// One delivery as the consumer reads it: delivery tag, redelivered, body.
+fn next_delivery(consumer: &mut Raw) -> (u64, bool, u64) {
+    let (tag, redelivered) = match consumer.frame() {
+        Frame::Method {
+            method: Method::BasicDeliver(deliver),
+            ..
+        } => (deliver.delivery_tag, deliver.redelivered),
+        other => panic!("expected basic.deliver, got {other:?}"),
+    };
+    match consumer.frame() {
+        Frame::Header { .. } => {}
+        other => panic!("expected a content header, got {other:?}"),
+    }
+    match consumer.frame() {
+        Frame::Body { mut payload, .. } => (tag, redelivered, payload.get_u64()),
+        other => panic!("expected a body, got {other:?}"),
+    }
+}
+
+fn consume(raw: &mut Raw, channel: u16, queue: &str, prefetch: u16, no_ack: bool) {
+    if channel != 1 {
+        raw.send_on(channel, ChannelOpen {}.into());
+        match raw.method() {
+            Method::ChannelOpenOk(_) => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
+    }
+    raw.send_on(
+        channel,
+        BasicQos {
+            prefetch_size: 0,
+            prefetch_count: prefetch,
+            global: false,
+        }
+        .into(),
+    );
+    match raw.method() {
+        Method::BasicQosOk(_) => {}
+        other => panic!("expected basic.qos-ok, got {other:?}"),
+    }
+    raw.send_on(
+        channel,
+        BasicConsume {
+            queue: queue.into(),
+            consumer_tag: format!("c{channel}").as_str().into(),
+            no_local: false,
+            no_ack,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }
+        .into(),
+    );
+    match raw.method() {
+        Method::BasicConsumeOk(_) => {}
+        other => panic!("expected basic.consume-ok, got {other:?}"),
+    }
+}
+
+/// A consumer with prefetch 20 on another shard than its queue of 1,000
+/// messages reads 20, acks 10, reads 10 more, and closes its channel while
+/// its queue has sent more ahead. A second consumer then gets the 990 not
+/// acknowledged, in order, and exactly the 20 the first one was written and
+/// did not ack are marked redelivered: so the first was never written more
+/// than its prefetch, and what its channel held went back unmarked. At 1
+/// shard the same holds with nothing sent ahead.
+fn prefetch_holds_with_deliveries_sent_ahead(shards: usize) {
+    const COUNT: u64 = 1_000;
+    const PREFETCH: u16 = 20;
+    let b = start_placed(shards, "queue=0", &[]);
+    let addr = b.addr();
+    let queue = unique("ahead");
+    let mut control = Raw::connect(addr).0;
+    control.declare(&queue, false);
+    let properties = BasicProperties::default().encode();
+    let mut out = BytesMut::new();
+    for seq in 0..COUNT {
+        let publish = BasicPublish {
+            exchange: "".into(),
+            routing_key: queue.as_str().into(),
+            mandatory: false,
+            immediate: false,
+        };
+        write_method(&mut out, 1, &publish.into());
+        write_content_header(&mut out, 1, 60, 8, &properties);
+        write_body(&mut out, 1, &seq.to_be_bytes(), FRAME_MAX);
+    }
+    control.stream.write_all(&out).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || control.declare(&queue, true)
+            == COUNT as u32),
+        "the queue never held the {COUNT} messages"
+    );
+    let mut first = Raw::on_shard(addr, (shards - 1) as u16);
+    consume(&mut first, 1, &queue, PREFETCH, false);
+    let mut tags = Vec::new();
+    for expected in 0..u64::from(PREFETCH) {
+        let (tag, redelivered, seq) = next_delivery(&mut first);
+        assert_eq!((seq, redelivered), (expected, false));
+        tags.push(tag);
+    }
+    first.send_on(
+        1,
+        BasicAck {
+            delivery_tag: tags[9],
+            multiple: true,
+        }
+        .into(),
+    );
+    for expected in u64::from(PREFETCH)..u64::from(PREFETCH) + 10 {
+        let (_, redelivered, seq) = next_delivery(&mut first);
+        assert_eq!((seq, redelivered), (expected, false));
+    }
+    first.send_on(
+        1,
+        ChannelClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
+    );
+    // Whatever was written after the 30 read comes before close-ok.
+    loop {
+        match first.frame() {
+            Frame::Method {
+                method: Method::ChannelCloseOk(_),
+                ..
+            } => break,
+            Frame::Method {
+                method: Method::BasicDeliver(deliver),
+                ..
+            } => panic!(
+                "a delivery beyond the prefetch of {PREFETCH}: tag {}",
+                deliver.delivery_tag
+            ),
+            _ => {}
+        }
+    }
+    // What was on its way to the closed channel comes back to the queue
+    // when it arrives there, possibly after other messages went to the
+    // second consumer: each message once, in whatever order.
+    consume(&mut first, 2, &queue, 0, true);
+    let mut seen = vec![false; COUNT as usize];
+    for _ in 10..COUNT {
+        let (_, redelivered, seq) = next_delivery(&mut first);
+        assert!((10..COUNT).contains(&seq), "message {seq} again");
+        assert!(!seen[seq as usize], "message {seq} delivered twice");
+        seen[seq as usize] = true;
+        assert_eq!(
+            redelivered,
+            seq < u64::from(PREFETCH) + 10,
+            "only what the first consumer was written and did not ack is redelivered (message {seq})"
+        );
+    }
+    assert_eq!(
+        control.declare(&queue, true),
+        0,
+        "nothing left in the queue"
+    );
+}
+
+#[test]
+fn a_consumer_sent_deliveries_ahead_never_exceeds_its_prefetch_at_1_shard() {
+    if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
+        return;
+    }
+    prefetch_holds_with_deliveries_sent_ahead(1);
+}
+
+#[test]
+fn a_consumer_sent_deliveries_ahead_never_exceeds_its_prefetch_at_2_shards() {
+    if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
+        return;
+    }
+    prefetch_holds_with_deliveries_sent_ahead(2);
 }

@@ -591,6 +591,128 @@ broker_test!(message_stats_count_publishes_deliveries_and_acks, |b| {
     api.rabbitmqadmin(&["delete", "queue", &format!("name={queue}")]);
 });
 
+/// `/api/overview`'s `warren_shards`, checked against what the test
+/// knows: one entry per shard, in order, with rates that never go below 0
+/// and a busy fraction between 0 and 1.
+fn shard_entries(overview: &Value, shards: usize) -> Vec<Value> {
+    let entries = overview["warren_shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no warren_shards list: {overview}"))
+        .clone();
+    assert_eq!(entries.len(), shards, "{overview}");
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry["id"], i, "{overview}");
+        for count in ["connections", "channels", "queues", "messages"] {
+            assert!(entry[count].is_u64(), "{count}: {overview}");
+        }
+        for rate in ["publish_rate", "deliver_rate"] {
+            let value = entry[rate].as_f64().unwrap_or(-1.0);
+            assert!(value >= 0.0, "{rate}: {overview}");
+        }
+        let busy = entry["busy_ratio"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&busy), "busy_ratio: {overview}");
+    }
+    entries
+}
+
+broker_test!(
+    overview_shows_each_shards_connections_queues_messages_and_rates,
+    |b| {
+        if b.is_external() {
+            eprintln!("skipped: warren_shards is warren's own figure, not RabbitMQ's");
+            return;
+        }
+        let api = Api::of(b);
+        let shards = b.shards();
+        let queue = unique("mgmt-shards");
+        // Before any client: no connections, no queues, no messages.
+        let idle = shard_entries(&api.get("/api/overview"), shards);
+        for entry in &idle {
+            assert_eq!(entry["connections"], 0, "{entry}");
+            assert_eq!(entry["queues"], 0, "{entry}");
+            assert_eq!(entry["messages"], 0, "{entry}");
+        }
+        run(async {
+            // Four connections, wherever the kernel puts them: each shard's
+            // count is the number of connections the API lists on it.
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                held.push(open_confirming(&b.url()).await);
+            }
+            let connections = api.until("/api/connections", |c| {
+                c.as_array().is_some_and(|all| all.len() == 4)
+            });
+            let on_shard = |i: usize| {
+                connections.as_array().map_or(0, |all| {
+                    all.iter().filter(|c| c["warren_shard"] == i).count()
+                })
+            };
+            let overview = api.get("/api/overview");
+            let entries = shard_entries(&overview, shards);
+            for (i, entry) in entries.iter().enumerate() {
+                assert_eq!(entry["connections"], on_shard(i), "{overview}");
+                assert_eq!(entry["channels"], on_shard(i), "{overview}");
+            }
+
+            // A queue and 100 messages: they show on the queue's shard, and
+            // the publishing connection's shard publishes at a rate above 0
+            // (the reading above precedes the publishes, so the next rate
+            // covers them).
+            let ch = &held[0].1;
+            declare_queue(ch, &queue).await;
+            let bodies: Vec<&[u8]> = vec![b"shard figures"; 100];
+            fill_queue(ch, &queue, &bodies).await;
+            let owner = api.get(&format!("/api/queues/%2F/{queue}"))["warren_shard"]
+                .as_u64()
+                .expect("the queue's warren_shard") as usize;
+            let publisher = api
+                .get("/api/connections")
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["warren_published"] == 100).cloned())
+                .expect("the publishing connection");
+            let publisher = publisher["warren_shard"].as_u64().expect("its shard") as usize;
+            let overview = api.get("/api/overview");
+            let entries = shard_entries(&overview, shards);
+            for (i, entry) in entries.iter().enumerate() {
+                let mine = i == owner;
+                assert_eq!(entry["queues"], u64::from(mine), "{overview}");
+                assert_eq!(entry["messages"], if mine { 100 } else { 0 }, "{overview}");
+            }
+            assert!(
+                entries[publisher]["publish_rate"].as_f64().unwrap_or(0.0) > 0.0,
+                "{overview}"
+            );
+
+            // Consumed and acked: the queue's shard delivers at a rate above
+            // 0, and its messages go back to 0.
+            let mut consumer = consume(ch, &queue, "shards", BasicConsumeOptions::default()).await;
+            for _ in 0..100 {
+                let delivery = next_delivery(&mut consumer).await;
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+            }
+            let overview = api.get("/api/overview");
+            let entries = shard_entries(&overview, shards);
+            assert!(
+                entries[owner]["deliver_rate"].as_f64().unwrap_or(0.0) > 0.0,
+                "{overview}"
+            );
+            let overview = api.until("/api/overview", |o| {
+                o["warren_shards"][owner]["messages"] == 0
+            });
+            shard_entries(&overview, shards);
+            for (conn, _) in held {
+                let _ = conn.close(200, "bye").await;
+            }
+        });
+        api.until("/api/overview", |o| {
+            o["warren_shards"]
+                .as_array()
+                .is_some_and(|all| all.iter().all(|s| s["connections"] == 0))
+        });
+        api.rabbitmqadmin(&["delete", "queue", &format!("name={queue}")]);
+    }
+);
+
 broker_test!(definitions_export_and_import_round_trip, |b| {
     let api = Api::of(b);
     let exchange = unique("mgmt-defs-x");
@@ -689,6 +811,96 @@ broker_test!(node_health_vhosts_and_whoami_answer, |b| {
     for i in 0..3 {
         api.call("DELETE", &format!("/api/queues/%2F/mgmt-page-{i}"), None);
     }
+});
+
+broker_test!(queue_lists_follow_declares_and_deletes, |b| {
+    // The API keeps what never changes about a queue from one list to the
+    // next: lists after declares and deletes must still show exactly the
+    // live queues, each with its own arguments.
+    let api = Api::of(b);
+    let prefix = unique("mgmt-follow");
+    let put = |name: &str, max_length: Option<u64>| {
+        let body = match max_length {
+            Some(n) => json!({"durable": false, "arguments": {"x-max-length": n}}),
+            None => json!({"durable": false}),
+        };
+        let (status, text) = api.call("PUT", &format!("/api/queues/%2F/{name}"), Some(&body));
+        assert!(
+            status == 201 || status == 204,
+            "PUT {name}: {status} {text}"
+        );
+    };
+    let listed = |path: &str| -> Vec<(String, Value)> {
+        let all = api.get(path);
+        all.as_array()
+            .unwrap_or_else(|| panic!("not a list: {all}"))
+            .iter()
+            .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+            .map(|q| {
+                (
+                    q["name"].as_str().unwrap().to_string(),
+                    q["arguments"].clone(),
+                )
+            })
+            .collect()
+    };
+    let name = |i: u32| format!("{prefix}-{i}");
+    for i in 0..4 {
+        put(&name(i), Some(u64::from(i) + 10));
+    }
+    let first = listed("/api/queues");
+    let expected: Vec<(String, Value)> = (0..4)
+        .map(|i| (name(i), json!({"x-max-length": i + 10})))
+        .collect();
+    assert_eq!(first, expected);
+    // One gone, two more (one without arguments), listed per vhost too.
+    let (status, _) = api.call("DELETE", &format!("/api/queues/%2F/{}", name(1)), None);
+    assert_eq!(status, 204);
+    put(&name(4), None);
+    put(&name(5), Some(15));
+    let expected: Vec<(String, Value)> = vec![
+        (name(0), json!({"x-max-length": 10})),
+        (name(2), json!({"x-max-length": 12})),
+        (name(3), json!({"x-max-length": 13})),
+        (name(4), json!({})),
+        (name(5), json!({"x-max-length": 15})),
+    ];
+    assert_eq!(listed("/api/queues"), expected);
+    assert_eq!(listed("/api/queues/%2F"), expected);
+    // Sorting and columns pick members (nested ones too) of the same items.
+    let sorted = api.get(&format!(
+        "/api/queues?name={prefix}&sort=arguments.x-max-length&sort_reverse=true\
+         &columns=name,arguments.x-max-length,message_stats.publish"
+    ));
+    assert_eq!(
+        sorted,
+        json!([
+            {"name": name(5), "arguments": {"x-max-length": 15}, "message_stats": {"publish": 0}},
+            {"name": name(3), "arguments": {"x-max-length": 13}, "message_stats": {"publish": 0}},
+            {"name": name(2), "arguments": {"x-max-length": 12}, "message_stats": {"publish": 0}},
+            {"name": name(0), "arguments": {"x-max-length": 10}, "message_stats": {"publish": 0}},
+            // A column the item lacks is left out, as the old selection did.
+            {"name": name(4), "message_stats": {"publish": 0}},
+        ]),
+        "{sorted}"
+    );
+    let page = api.get(&format!(
+        "/api/queues?page=2&page_size=2&name={prefix}&columns=name,messages"
+    ));
+    assert_eq!(
+        page["items"],
+        json!([{"name": name(3), "messages": 0}, {"name": name(4), "messages": 0}]),
+        "{page}"
+    );
+    assert_eq!(
+        (page["filtered_count"].clone(), page["page_count"].clone()),
+        (json!(5), json!(3)),
+        "{page}"
+    );
+    for i in [0, 2, 3, 4, 5] {
+        api.call("DELETE", &format!("/api/queues/%2F/{}", name(i)), None);
+    }
+    assert_eq!(listed("/api/queues"), vec![]);
 });
 
 #[test]

@@ -286,6 +286,14 @@ broker_test!(
             let busy = total(&aggregated, "warren_shard_reactor_busy_seconds_total", &[])
                 .expect("busy seconds");
             assert!(busy > 0.0, "the shards ran tasks");
+            // A counter: a later scrape never reads less, whatever ran between.
+            let later = scrape(&format!("{base}/metrics"));
+            let busy_later = total(&later, "warren_shard_reactor_busy_seconds_total", &[])
+                .expect("busy seconds");
+            assert!(
+                busy_later >= busy,
+                "reactor busy seconds went down: {busy} then {busy_later}"
+            );
 
             let per_object = expect_eventually(
                 &format!("{base}/metrics/per-object"),

@@ -5,7 +5,7 @@
 import * as api from "./api.js";
 import { ApiError, path } from "./api.js";
 import {
-  $, $$, html, setHtml, raw, num, rate, bytes, duration, pick, args, Table, confirmDialog, notice, formData,
+  $, $$, html, setHtml, raw, num, rate, bytes, duration, pick, args, fact, Table, confirmDialog, notice, formData,
 } from "./ui.js";
 
 const REFRESH_MS = 5000;
@@ -254,27 +254,30 @@ function overviewPage(el) {
   const waitForUplot = () => (window.uPlot ? Promise.resolve() : new Promise((r) => addEventListener("load", r, { once: true })));
   let rates;
   let queued;
+  // warren's own: each shard's load, from /api/overview's warren_shards (RabbitMQ has no such
+  // list, so the section stays hidden there). Rates are over the API's sampling interval.
+  const percent = (ratio) => Math.round(Math.min(1, Math.max(0, ratio)) * 100);
   const shards = new Table(
     "shards",
     [
       { key: "id", label: "Shard", num: true },
-      { key: "connections", label: "Connections", num: true, cell: (s) => num(s.connections) },
+      { key: "connections", label: "Connections", num: true, title: "Connections the shard accepted", cell: (s) => num(s.connections) },
       { key: "channels", label: "Channels", num: true, cell: (s) => num(s.channels) },
-      { key: "queues", label: "Queues", num: true, cell: (s) => num(s.queues) },
-      { key: "messages", label: "Messages", num: true, cell: (s) => num(s.messages) },
-      { key: "publish_rate", label: "Publish", num: true, cell: (s) => rate(s.publish_rate) },
-      { key: "deliver_rate", label: "Deliver", num: true, cell: (s) => rate(s.deliver_rate) },
+      { key: "queues", label: "Queues", num: true, title: "Queues the shard owns", cell: (s) => num(s.queues) },
+      { key: "messages", label: "Messages", num: true, title: "Ready and unacked messages in the shard's queues", cell: (s) => num(s.messages) },
+      { key: "publish_rate", label: "Publish", num: true, title: "Messages published by the shard's connections", cell: (s) => rate(s.publish_rate) },
+      { key: "deliver_rate", label: "Deliver", num: true, title: "Messages delivered from the shard's queues", cell: (s) => rate(s.deliver_rate) },
       {
         key: "busy_ratio",
         label: "Busy",
+        title: "Share of time the shard's reactor spent running tasks",
         cell: (s) =>
           s.busy_ratio === undefined
             ? ""
-            : html`<span class="bar"><span style="width:${raw(String(Math.round(Math.min(1, Math.max(0, s.busy_ratio)) * 100)))}%"></span></span>
-                ${Math.round(s.busy_ratio * 100)}%`,
+            : html`<span class="busy"><span class="bar"><span style="width:${raw(String(percent(s.busy_ratio)))}%"></span></span>${percent(s.busy_ratio)}%</span>`,
       },
     ],
-    { defaultSort: "id" },
+    { defaultSort: "id", rowKey: (s) => s.id, empty: "No shards." },
   );
   shards.mount($("#shards", el));
 
@@ -316,16 +319,15 @@ function overviewPage(el) {
       const ws = o.warren_shards;
       $("#shards-section", el).hidden = !Array.isArray(ws);
       if (Array.isArray(ws)) shards.update(ws);
-      const item = (k, v) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`;
       setHtml(
         $("#node", el),
         html`<dl class="facts">
-          ${item("Name", node.name || o.node)}
-          ${item("Memory used", bytes(node.mem_used))}
-          ${item("Memory limit", bytes(node.mem_limit))}
-          ${item("Disk free", bytes(node.disk_free))}
-          ${item("File descriptors", node.fd_used === undefined ? "" : `${num(node.fd_used)} / ${num(node.fd_total)}`)}
-          ${item("Alarms", [node.mem_alarm ? "memory" : "", node.disk_free_alarm ? "disk" : ""].filter(Boolean).join(", ") || "none")}
+          ${fact("Name", node.name || o.node)}
+          ${fact("Memory used", bytes(node.mem_used))}
+          ${fact("Memory limit", bytes(node.mem_limit))}
+          ${fact("Disk free", bytes(node.disk_free))}
+          ${fact("File descriptors", node.fd_used === undefined ? "" : `${num(node.fd_used)} / ${num(node.fd_total)}`)}
+          ${fact("Alarms", [node.mem_alarm ? "memory" : "", node.disk_free_alarm ? "disk" : ""].filter(Boolean).join(", ") || "none")}
         </dl>`,
       );
     },
@@ -545,11 +547,10 @@ function exchangePage(el, vhost, name) {
         api.get(path(...base, "bindings", "source")),
         api.get(path(...base, "bindings", "destination")),
       ]);
-      const item = (k, v) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`;
       setHtml(
         $("#ex-details", el),
-        html`<dl class="facts">${item("Type", x.type)}${item("Durable", x.durable ? "yes" : "no")}${item("Auto-delete", x.auto_delete ? "yes" : "no")}${item("Internal", x.internal ? "yes" : "no")}${item("Policy", x.policy || "none")}
-          ${item("Rate in", rate(pick(x, "message_stats.publish_in_details.rate") ?? 0))}${item("Rate out", rate(pick(x, "message_stats.publish_out_details.rate") ?? 0))}</dl>
+        html`<dl class="facts">${fact("Type", x.type)}${fact("Durable", x.durable ? "yes" : "no")}${fact("Auto-delete", x.auto_delete ? "yes" : "no")}${fact("Internal", x.internal ? "yes" : "no")}${fact("Policy", x.policy || "none")}
+          ${fact("Rate in", rate(pick(x, "message_stats.publish_in_details.rate") ?? 0))}${fact("Rate out", rate(pick(x, "message_stats.publish_out_details.rate") ?? 0))}</dl>
           <h3>Arguments</h3>${args(x.arguments)}`,
       );
       src.update(s);
@@ -700,12 +701,11 @@ function queuePage(el, vhost, name) {
         ${card("Consumers", num(q.consumers), "consumers")}${card("Incoming", rate(qrate(q, "publish") ?? 0), "publish")}${card("Deliver / get", rate(qrate(q, "deliver_get") ?? 0), "deliver")}
         ${card("Ack", rate(qrate(q, "ack") ?? 0), "ack")}`,
       );
-      const item = (k, v) => html`<div><dt>${k}</dt><dd>${v}</dd></div>`;
       setHtml(
         $("#q-details", el),
-        html`<dl class="facts">${item("Type", q.type)}${item("State", q.state)}${item("Durable", q.durable ? "yes" : "no")}
-          ${item("Auto-delete", q.auto_delete ? "yes" : "no")}${item("Exclusive", q.exclusive ? "yes" : "no")}
-          ${item("Node", q.node)}${item("Memory", bytes(q.memory))}${item("Message bytes", bytes(q.message_bytes))}</dl>`,
+        html`<dl class="facts">${fact("Type", q.type)}${fact("State", q.state)}${fact("Durable", q.durable ? "yes" : "no")}
+          ${fact("Auto-delete", q.auto_delete ? "yes" : "no")}${fact("Exclusive", q.exclusive ? "yes" : "no")}
+          ${fact("Node", q.node)}${fact("Memory", bytes(q.memory))}${fact("Message bytes", bytes(q.message_bytes))}</dl>`,
       );
       setHtml($("#q-args", el), args(q.arguments));
       const eff = q.effective_policy_definition;
@@ -937,6 +937,9 @@ function tracingTab(el) {
       { key: "name", label: "Name" },
       { key: "pattern", label: "Pattern" },
       { key: "format", label: "Format" },
+      { key: "max_payload_bytes", label: "Payload limit", num: true, cell: (t) => (t.max_payload_bytes === undefined ? "no limit" : bytes(t.max_payload_bytes)) },
+      // warren's: records dropped because the file could not keep up (absent on RabbitMQ).
+      { key: "dropped", label: "Dropped", num: true, cell: (t) => num(t.dropped) },
       { key: "stop", label: "", nosort: true, cell: (t) => html`<button class="small danger" data-stop-trace="${JSON.stringify([t.vhost, t.name])}">Stop</button>` },
     ],
     { empty: "No traces running." },

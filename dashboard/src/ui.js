@@ -101,6 +101,12 @@ export function vhostLabel(v) {
   return v;
 }
 
+// One fact of a <dl class="facts">; nothing when the broker does not report it (warren has no
+// disk_free, fd_used or message_bytes), rather than a label over an empty value.
+export function fact(label, value) {
+  return value === undefined || value === null || value === "" ? "" : html`<div><dt>${label}</dt><dd>${value}</dd></div>`;
+}
+
 export function args(obj) {
   const entries = Object.entries(obj || {});
   if (entries.length === 0) return html`<span class="muted">none</span>`;
@@ -113,11 +119,13 @@ export function args(obj) {
 const tableState = new Map();
 
 // A table over rows with sortable columns and an optional name filter. columns:
-// [{ key, label, get(row) (for sorting), cell(row) (html), num (right-aligned) }].
+// [{ key, label, title (header tooltip), get(row) (for sorting), cell(row) (html), num
+// (right-aligned) }]. Each row's data-row attribute is rowKey(row): its name or user by default.
 export class Table {
-  constructor(id, columns, { filterKey, defaultSort, limit = 1000, empty = "Nothing here yet." } = {}) {
+  constructor(id, columns, { filterKey, defaultSort, limit = 1000, empty = "Nothing here yet.", rowKey } = {}) {
     this.id = id;
     this.columns = columns;
+    this.rowKey = rowKey || ((r) => r.name ?? r.user ?? "");
     this.filterKey = filterKey;
     this.limit = limit;
     this.empty = empty;
@@ -138,7 +146,7 @@ export class Table {
     setHtml(
       el,
       html`${filter}<table class="grid" data-table="${this.id}"><thead><tr>${this.columns.map(
-        (c) => html`<th data-key="${c.key}" class="${c.num ? "num" : ""} ${c.nosort ? "" : "sortable"}">${c.label}</th>`,
+        (c) => html`<th data-key="${c.key}" class="${c.num ? "num" : ""} ${c.nosort ? "" : "sortable"}" title="${c.title ?? ""}">${c.label}</th>`,
       )}</tr></thead><tbody></tbody></table><p class="more muted"></p>`,
     );
     const input = $("input.filter", el);
@@ -198,7 +206,7 @@ export class Table {
       body,
       shown.length
         ? shown.map(
-            (r) => html`<tr data-row="${r.name ?? r.user ?? ""}">${this.columns.map((c) => html`<td class="${c.num ? "num" : ""}" data-col="${c.key}">${c.cell ? c.cell(r) : r[c.key]}</td>`)}</tr>`,
+            (r) => html`<tr data-row="${String(this.rowKey(r))}">${this.columns.map((c) => html`<td class="${c.num ? "num" : ""}" data-col="${c.key}">${c.cell ? c.cell(r) : r[c.key]}</td>`)}</tr>`,
           )
         : html`<tr><td colspan="${this.columns.length}" class="muted empty">${this.empty}</td></tr>`,
     );

@@ -347,6 +347,28 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Tests only: a slow disk (see config::SYNC_DELAY_TEST_ENV).
+    let sync_delay_test = match std::env::var(config::SYNC_DELAY_TEST_ENV) {
+        Err(_) => None,
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(ms) => {
+                warn!(
+                    delay_ms = ms,
+                    "every synced store batch slowed for tests ({})",
+                    config::SYNC_DELAY_TEST_ENV
+                );
+                Some(std::time::Duration::from_millis(ms))
+            }
+            Err(_) => {
+                error!(
+                    "{}: {:?} is not a number of milliseconds",
+                    config::SYNC_DELAY_TEST_ENV,
+                    value
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let config = Config {
         listen,
         data_dir: args.data_dir,
@@ -361,6 +383,7 @@ fn main() -> ExitCode {
         shard_window_bytes: args.shard_window,
         message_size_max: args.max_message_size,
         placement_test,
+        sync_delay_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
         management_listen,
         queue_leader_locator: args.queue_leader_locator,

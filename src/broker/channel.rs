@@ -59,6 +59,53 @@ struct ChannelConsumer {
     queue: QueueRef,
     /// The queue's id for it, once consume-ok came back.
     id: Option<ConsumerId>,
+    /// Its prefetch if its queue sends deliveries ahead (`Tagged::held`),
+    /// otherwise 0.
+    lookahead_prefetch: u32,
+}
+
+/// A consumer as its deliveries find it (they carry the queue's id for
+/// it, not its tag).
+#[derive(Debug)]
+struct Tagged {
+    tag: ShortStr,
+    /// Nonzero when its queue, on another shard, sends deliveries ahead of
+    /// the client's acks (`config::REMOTE_LOOKAHEAD_FACTOR`): the prefetch
+    /// the channel keeps the client to, holding the rest in `held`.
+    prefetch: u32,
+    /// Deliveries written to the client and not yet settled; counted only
+    /// when `prefetch` is nonzero.
+    unacked: u32,
+    /// Deliveries the queue sent ahead, in order, written as the client's
+    /// acks make room; given back to the queue (not redelivered) if the
+    /// consumer or channel goes.
+    held: VecDeque<Delivery>,
+}
+
+impl Tagged {
+    /// Counts deliveries the client settled.
+    fn settled(&mut self, count: u32) {
+        if self.prefetch > 0 {
+            self.unacked = self.unacked.saturating_sub(count);
+        }
+    }
+}
+
+/// Gives a consumer's held deliveries back to their queue: the client never
+/// saw them, so they are not marked redelivered (`Settle::Return`).
+fn return_held(effects: &mut Vec<(ShardId, ShardMsg)>, tagged: &mut Tagged) {
+    for delivery in tagged.held.drain(..) {
+        let head = delivery.head;
+        effects.push((
+            head.queue.shard,
+            ShardMsg::Settle {
+                queue: head.queue.id,
+                seq: head.seq,
+                consumer: head.consumer,
+                settle: Settle::Return,
+            },
+        ));
+    }
 }
 
 /// A publish whose header or body frames are still arriving.
@@ -217,7 +264,7 @@ pub(crate) struct Channel {
     consumers: FastMap<ShortStr, ChannelConsumer>,
     /// The consumers by the queue's id for them: how a delivery finds its
     /// consumer tag (a delivery carries the id, not the tag).
-    consumer_tags: FastMap<(QueueRef, ConsumerId), ShortStr>,
+    consumer_tags: FastMap<(QueueRef, ConsumerId), Tagged>,
     /// basic.qos with global=false: the limit of consumers created after it.
     consumer_prefetch: u16,
     /// basic.qos with global=true: the channel's limit.
@@ -274,13 +321,27 @@ impl Channel {
         }
     }
 
-    /// Removes a consumer by tag, from both maps.
-    fn forget_consumer(&mut self, tag: &str) -> Option<ChannelConsumer> {
+    /// Removes a consumer by tag, from both maps; the deliveries held for
+    /// it go back to its queue.
+    fn forget_consumer(
+        &mut self,
+        tag: &str,
+        effects: &mut Vec<(ShardId, ShardMsg)>,
+    ) -> Option<ChannelConsumer> {
         let consumer = self.consumers.remove(tag)?;
         if let Some(id) = consumer.id {
-            self.consumer_tags.remove(&(consumer.queue, id));
+            if let Some(mut tagged) = self.consumer_tags.remove(&(consumer.queue, id)) {
+                return_held(effects, &mut tagged);
+            }
         }
         Some(consumer)
+    }
+
+    /// Counts `count` settled deliveries of one consumer.
+    fn count_consumer_settled(&mut self, queue: QueueRef, consumer: ConsumerId, count: u32) {
+        if let Some(tagged) = self.consumer_tags.get_mut(&(queue, consumer)) {
+            tagged.settled(count);
+        }
     }
 
     fn new(id: u16) -> Channel {
@@ -357,6 +418,7 @@ impl Channel {
     fn count_settled(&mut self, u: &Unacked) {
         if u.consumer != ConsumerId::GET {
             self.consumer_unacked = self.consumer_unacked.saturating_sub(1);
+            self.count_consumer_settled(u.queue, u.consumer, 1);
         }
     }
 
@@ -716,8 +778,20 @@ impl Connection {
             )));
         }
         let queue = meta.queue_ref();
-        ch.consumers
-            .insert(tag.clone(), ChannelConsumer { queue, id: None });
+        let prefetch_count = ch.effective_prefetch();
+        let lookahead = if queue.shard != self.conn.shard && !m.no_ack && ch.channel_prefetch == 0 {
+            remote_lookahead(prefetch_count)
+        } else {
+            0
+        };
+        ch.consumers.insert(
+            tag.clone(),
+            ChannelConsumer {
+                queue,
+                id: None,
+                lookahead_prefetch: if lookahead > 0 { prefetch_count } else { 0 },
+            },
+        );
         ch.pending_consumer = Some(tag.clone());
         let spec = ConsumerSpec {
             conn: self.conn,
@@ -725,7 +799,8 @@ impl Connection {
             tag,
             no_ack: m.no_ack,
             exclusive: m.exclusive,
-            prefetch_count: ch.effective_prefetch(),
+            prefetch_count,
+            lookahead,
             priority,
         };
         self.effects.push((
@@ -759,7 +834,7 @@ impl Connection {
         };
         let queue = consumer.queue;
         if m.nowait {
-            ch.forget_consumer(m.consumer_tag.as_str());
+            ch.forget_consumer(m.consumer_tag.as_str(), &mut self.effects);
         } else {
             // The consumer stays until the queue confirms: deliveries
             // already on their way still reach the client, and once
@@ -1398,21 +1473,25 @@ impl Connection {
                 self.effects.push(settle_msg(&u, settle));
             }
             self.resume_limited(id);
+            self.write_held(id);
             return Ok(());
         }
         // Drained in place: nothing allocated for a multiple ack.
         let Channel {
             unacked,
             consumer_unacked,
+            consumer_tags,
             ..
         } = ch;
         settle_runs(
             &mut self.effects,
             consumer_unacked,
+            consumer_tags,
             unacked.drain(range),
             settle,
         );
         self.resume_limited(id);
+        self.write_held(id);
         Ok(())
     }
 
@@ -1424,10 +1503,12 @@ impl Connection {
         settle_runs(
             &mut self.effects,
             &mut ch.consumer_unacked,
+            &mut ch.consumer_tags,
             taken.into_iter(),
             settle,
         );
         self.resume_limited(id);
+        self.write_held(id);
     }
 
     fn requeue_unacked(&mut self, id: u16) {
@@ -1436,8 +1517,56 @@ impl Connection {
                 self.effects.push(settle_msg(&u, Settle::Requeue));
             }
             ch.consumer_unacked = 0;
+            for tagged in ch.consumer_tags.values_mut() {
+                tagged.unacked = 0;
+            }
         }
         self.resume_limited(id);
+        self.write_held(id);
+    }
+
+    /// Writes the deliveries held for the channel's consumers
+    /// (`Tagged::held`) while their prefetch allows: after the client
+    /// settled some, these go out at once, while the queue's next ones
+    /// are still on their way from its shard.
+    fn write_held(&mut self, id: u16) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.closing {
+            return;
+        }
+        let Channel {
+            consumer_tags,
+            next_delivery_tag,
+            consumer_unacked,
+            unacked,
+            ..
+        } = ch;
+        let mut traced: Vec<Delivery> = Vec::new();
+        for tagged in consumer_tags.values_mut() {
+            while tagged.unacked < tagged.prefetch {
+                let Some(delivery) = tagged.held.pop_front() else {
+                    break;
+                };
+                let delivery_tag =
+                    take_delivery_tag(next_delivery_tag, consumer_unacked, unacked, &delivery.head);
+                tagged.unacked += 1;
+                self.wire.deliver(
+                    id,
+                    tagged.tag.as_bytes(),
+                    delivery_tag,
+                    delivery.head.redelivered,
+                    &delivery.message,
+                );
+                if self.tracing {
+                    traced.push(delivery);
+                }
+            }
+        }
+        for delivery in traced {
+            self.trace_delivery(&delivery.head, &delivery.message);
+        }
     }
 
     /// Cancels a channel's consumers and returns its unacknowledged messages
@@ -1446,7 +1575,7 @@ impl Connection {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        ch.consumer_tags.clear();
+        let mut tags = std::mem::take(&mut ch.consumer_tags);
         for (tag, consumer) in ch.consumers.drain() {
             self.effects.push((
                 consumer.queue.shard,
@@ -1476,6 +1605,11 @@ impl Connection {
         }
         for u in ch.unacked.drain(..) {
             self.effects.push(settle_msg(&u, Settle::Released));
+        }
+        // After the cancels: a queue gives what it gets back to its other
+        // consumers, not to these.
+        for tagged in tags.values_mut() {
+            return_held(&mut self.effects, tagged);
         }
         ch.consumer_unacked = 0;
         ch.limited.clear();
@@ -1509,7 +1643,13 @@ impl Connection {
                 ch.pending_consumer = None;
                 if let Some(c) = ch.consumers.get_mut(tag.as_str()) {
                     c.id = Some(consumer);
-                    ch.consumer_tags.insert((queue, consumer), tag.clone());
+                    let tagged = Tagged {
+                        tag: tag.clone(),
+                        prefetch: c.lookahead_prefetch,
+                        unacked: 0,
+                        held: VecDeque::new(),
+                    };
+                    ch.consumer_tags.insert((queue, consumer), tagged);
                 }
                 if !nowait {
                     self.wire
@@ -1518,7 +1658,7 @@ impl Connection {
                 self.resume();
             }
             ChannelReply::CancelOk { tag } => {
-                ch.forget_consumer(tag.as_str());
+                ch.forget_consumer(tag.as_str(), &mut self.effects);
                 self.wire
                     .method(id, &BasicCancelOk { consumer_tag: tag }.into());
                 self.resume();
@@ -1563,7 +1703,7 @@ impl Connection {
                 ch.awaiting_meta = false;
                 ch.cancels_after_meta.clear();
                 if let Some(tag) = ch.pending_consumer.take() {
-                    ch.forget_consumer(tag.as_str());
+                    ch.forget_consumer(tag.as_str(), &mut self.effects);
                 }
                 let error = if error.class_id == 0 {
                     error.with_method(ch.method_ids.0, ch.method_ids.1)
@@ -1574,7 +1714,10 @@ impl Connection {
                 self.fail(id, error, now);
             }
             ChannelReply::ConsumerCancelled { tag } => {
-                if ch.forget_consumer(tag.as_str()).is_some() {
+                if ch
+                    .forget_consumer(tag.as_str(), &mut self.effects)
+                    .is_some()
+                {
                     if ch.awaiting_meta {
                         ch.cancels_after_meta.push(tag);
                     } else if self.capabilities.consumer_cancel_notify {
@@ -1605,13 +1748,30 @@ impl Connection {
             self.resume();
             return None;
         }
-        match self.write_to_consumer(&delivery.head, &delivery.message) {
+        match self.write_to_consumer(&delivery.head, &delivery.message, true) {
             Consumed::Written => None,
+            Consumed::Held => {
+                self.hold(delivery);
+                None
+            }
             Consumed::Limited => {
                 self.give_back(&delivery.head);
                 None
             }
             Consumed::Gone => Some(delivery),
+        }
+    }
+
+    /// Keeps a delivery sent ahead of the client's acks until they make
+    /// room (`write_to_consumer` said `Held`).
+    fn hold(&mut self, delivery: Delivery) {
+        let head = &delivery.head;
+        let tagged = self
+            .channels
+            .get_mut(&head.channel)
+            .and_then(|ch| ch.consumer_tags.get_mut(&(head.queue, head.consumer)));
+        if let Some(tagged) = tagged {
+            tagged.held.push_back(delivery);
         }
     }
 
@@ -1621,7 +1781,8 @@ impl Connection {
     /// global prefetch: the caller, which holds the queue, hands the message
     /// to `deliver` afterwards, which gives it back.
     pub(crate) fn deliver_kept(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
-        self.write_to_consumer(head, message)
+        // A local queue sends nothing ahead (`ConsumerSpec::lookahead`).
+        self.write_to_consumer(head, message, false)
     }
 
     /// True if the connection has work for the shard to carry out.
@@ -1631,18 +1792,34 @@ impl Connection {
 
     /// Writes a consumer's delivery, with one lookup of the channel and one
     /// of the consumer tag: the path of every message a consumer receives.
-    fn write_to_consumer(&mut self, head: &DeliveryHead, message: &Message) -> Consumed {
+    /// `may_hold`: the caller owns the delivery and keeps it at the
+    /// channel if the answer is `Held`.
+    fn write_to_consumer(
+        &mut self,
+        head: &DeliveryHead,
+        message: &Message,
+        may_hold: bool,
+    ) -> Consumed {
         let Some(ch) = self.channels.get_mut(&head.channel) else {
             return Consumed::Gone;
         };
         if ch.closing {
             return Consumed::Gone;
         }
-        let Some(tag) = ch.consumer_tags.get(&(head.queue, head.consumer)) else {
+        let at_channel_prefetch = ch.at_channel_prefetch();
+        let Some(tagged) = ch.consumer_tags.get_mut(&(head.queue, head.consumer)) else {
             return Consumed::Gone;
         };
-        if !head.no_ack && ch.at_channel_prefetch() {
+        if !head.no_ack && at_channel_prefetch {
             return Consumed::Limited;
+        }
+        if tagged.prefetch > 0 && !head.no_ack {
+            // Sent ahead: it waits for room under the prefetch, behind
+            // those already waiting.
+            if may_hold && (tagged.unacked >= tagged.prefetch || !tagged.held.is_empty()) {
+                return Consumed::Held;
+            }
+            tagged.unacked += 1;
         }
         let delivery_tag = take_delivery_tag(
             &mut ch.next_delivery_tag,
@@ -1652,7 +1829,7 @@ impl Connection {
         );
         self.wire.deliver(
             head.channel,
-            tag.as_bytes(),
+            tagged.tag.as_bytes(),
             delivery_tag,
             head.redelivered,
             message,
@@ -1882,10 +2059,24 @@ fn write_ack(wire: &mut crate::broker::connection::Wire, channel: u16, first: u6
 /// What became of a consumer's delivery at its channel.
 pub(crate) enum Consumed {
     Written,
+    /// Sent ahead of the client's acks by a queue on another shard: the
+    /// channel keeps it until the consumer's prefetch has room.
+    Held,
     /// The channel's global prefetch is reached: the delivery goes back.
     Limited,
     /// The channel or the consumer is gone.
     Gone,
+}
+
+/// The deliveries a queue on another shard may send a consumer beyond its
+/// prefetch (`config::REMOTE_LOOKAHEAD_FACTOR`).
+fn remote_lookahead(prefetch_count: u32) -> u32 {
+    if prefetch_count < crate::config::REMOTE_LOOKAHEAD_PREFETCH_MIN {
+        return 0;
+    }
+    prefetch_count
+        .saturating_mul(crate::config::REMOTE_LOOKAHEAD_FACTOR)
+        .min(crate::config::REMOTE_LOOKAHEAD_MAX)
 }
 
 /// The delivery tag of a message written now, recorded for its ack. Takes
@@ -1952,6 +2143,7 @@ fn collect_acks(
 fn settle_runs(
     effects: &mut Vec<(ShardId, ShardMsg)>,
     consumer_unacked: &mut u32,
+    consumer_tags: &mut FastMap<(QueueRef, ConsumerId), Tagged>,
     taken: impl Iterator<Item = Unacked>,
     settle: Settle,
 ) {
@@ -1966,19 +2158,28 @@ fn settle_runs(
             }
             _ => {
                 if let Some(done) = run.take() {
-                    effects.push(settle_run(done, settle));
+                    effects.push(settle_run(done, settle, consumer_tags));
                 }
                 run = Some((u, Vec::new()));
             }
         }
     }
     if let Some(done) = run {
-        effects.push(settle_run(done, settle));
+        effects.push(settle_run(done, settle, consumer_tags));
     }
 }
 
 /// A run of deliveries of one queue to one consumer, settled alike.
-fn settle_run((first, more): (Unacked, Vec<u64>), settle: Settle) -> (ShardId, ShardMsg) {
+fn settle_run(
+    (first, more): (Unacked, Vec<u64>),
+    settle: Settle,
+    consumer_tags: &mut FastMap<(QueueRef, ConsumerId), Tagged>,
+) -> (ShardId, ShardMsg) {
+    if first.consumer != ConsumerId::GET {
+        if let Some(tagged) = consumer_tags.get_mut(&(first.queue, first.consumer)) {
+            tagged.settled(1 + more.len() as u32);
+        }
+    }
     if more.is_empty() {
         return settle_msg(&first, settle);
     }

@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use crate::broker::metadata::{MetaRequest, Scope};
 use crate::broker::queue::QueueStats;
+use crate::broker::trace::{FileTraceSpec, TraceEvent};
 use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
 use crate::metadata::vhost::QueueMeta;
@@ -32,6 +33,9 @@ pub type ReplyFn = Box<dyn FnOnce(ControlReply) + Send>;
 pub struct Control {
     pub request: ControlRequest,
     pub reply: ReplyFn,
+    /// When the control plane asked: how long a request waited for its
+    /// shard shows in the debug log.
+    pub asked: std::time::Instant,
 }
 
 impl std::fmt::Debug for Control {
@@ -59,6 +63,14 @@ pub enum ControlRequest {
     /// What this shard holds: its queues and/or its connections (with their
     /// channels) and the consumers of its queues.
     Report { queues: bool, connections: bool },
+    /// Each of this shard's queues' figures, for a list of queues: plain
+    /// numbers copied in one pass, and the definitions (`QueueMeta`) only
+    /// of the queues with ids above `meta_after`. A queue's name,
+    /// arguments and flags never change, so the control plane keeps them
+    /// from earlier answers; the metadata owner numbers queues in the
+    /// order every shard creates them, so the new ones are those above
+    /// the highest id it already knows of this shard.
+    QueueFigures { meta_after: Option<QueueId> },
     /// The definitions of every vhost as this shard's replica has them;
     /// with `export`, also the durable ones and the users in the
     /// definitions file's JSON.
@@ -100,6 +112,15 @@ pub enum ControlRequest {
     /// Turns the firehose tracer on or off for a vhost on this shard
     /// (`on: None` only asks); the answer lists the vhosts it is on for.
     SetTracing { vhost: String, on: Option<bool> },
+    /// Replaces a vhost's trace log files on this shard, with the channel
+    /// to the trace writer this shard hands their records to.
+    SetFileTraces {
+        vhost: String,
+        traces: Vec<FileTraceSpec>,
+        writer: crossbeam_channel::Sender<TraceEvent>,
+    },
+    /// The trace log records this shard dropped, per trace.
+    FileTraceDrops,
 }
 
 /// A message published through the management API. Boxed in its request:
@@ -118,6 +139,7 @@ pub struct ControlPublish {
 #[derive(Debug)]
 pub enum ControlReply {
     Report(ShardReport),
+    QueueFigures(QueueFiguresReport),
     Definitions(DefinitionsReport),
     Users(Box<Users>),
     Queue(Option<QueueMeta>),
@@ -136,6 +158,8 @@ pub enum ControlReply {
     Metrics(Box<crate::broker::metrics::ShardMetrics>),
     /// The vhosts whose firehose is on.
     Tracing(Vec<String>),
+    /// Each file trace's id and the records this shard dropped for it.
+    FileTraceDrops(Vec<(u64, u64)>),
 }
 
 /// One shard's state, as `ControlRequest::Report` asked for it.
@@ -150,6 +174,28 @@ pub struct ShardReport {
     pub published: u64,
     /// Bytes this shard's queues hold (what the memory alarm counts).
     pub queue_memory_bytes: u64,
+}
+
+/// One shard's answer to `ControlRequest::QueueFigures`.
+#[derive(Debug)]
+pub struct QueueFiguresReport {
+    pub shard: ShardId,
+    pub queues: Vec<QueueFigures>,
+    /// The definitions of the queues with ids above the request's
+    /// `meta_after`.
+    pub metas: Vec<QueueMeta>,
+}
+
+/// One queue's figures as a list shows them: numbers only (no names, no
+/// allocation), so that a shard answers for 10,000 queues in a copy.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueFigures {
+    pub id: QueueId,
+    pub ready: u32,
+    pub unacked: u32,
+    pub consumers: u32,
+    pub memory_bytes: u64,
+    pub stats: QueueStats,
 }
 
 #[derive(Debug)]
@@ -261,7 +307,11 @@ fn queue_info(queue: &super::queue::Queue) -> QueueInfo {
 impl super::ShardState {
     /// Answers one control-plane request (called from the shard's tick).
     pub(crate) fn control(&mut self, control: Control) {
-        let Control { request, reply } = control;
+        let Control {
+            request,
+            reply,
+            asked,
+        } = control;
         match request {
             ControlRequest::Report {
                 queues,
@@ -272,10 +322,24 @@ impl super::ShardState {
                 tracing::debug!(
                     shard = self.id.index(),
                     queues = report.queues.len(),
+                    waited_us = (started - asked).as_micros() as u64,
                     took_us = started.elapsed().as_micros() as u64,
                     "control-plane report"
                 );
                 reply(ControlReply::Report(report))
+            }
+            ControlRequest::QueueFigures { meta_after } => {
+                let started = std::time::Instant::now();
+                let report = self.queue_figures(meta_after);
+                tracing::debug!(
+                    shard = self.id.index(),
+                    queues = report.queues.len(),
+                    metas = report.metas.len(),
+                    waited_us = (started - asked).as_micros() as u64,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "control-plane queue figures"
+                );
+                reply(ControlReply::QueueFigures(report))
             }
             ControlRequest::Definitions { export } => {
                 reply(ControlReply::Definitions(self.definitions(export)))
@@ -400,6 +464,17 @@ impl super::ShardState {
                 }
                 reply(ControlReply::Tracing(self.tracing_vhosts()))
             }
+            ControlRequest::SetFileTraces {
+                vhost,
+                traces,
+                writer,
+            } => {
+                self.file_traces.set(&vhost, traces, writer);
+                reply(ControlReply::FileTraceDrops(self.file_traces.dropped()))
+            }
+            ControlRequest::FileTraceDrops => {
+                reply(ControlReply::FileTraceDrops(self.file_traces.dropped()))
+            }
         }
         self.run_local();
     }
@@ -438,6 +513,29 @@ impl super::ShardState {
                         prefetch_count: spec.prefetch_count,
                     });
                 }
+            }
+        }
+        report
+    }
+
+    fn queue_figures(&self, meta_after: Option<QueueId>) -> QueueFiguresReport {
+        let mut report = QueueFiguresReport {
+            shard: self.id,
+            queues: Vec::with_capacity(self.queues.len()),
+            metas: Vec::new(),
+        };
+        for queue in self.queues.values() {
+            let id = queue.meta.id;
+            report.queues.push(QueueFigures {
+                id,
+                ready: queue.message_count(),
+                unacked: queue.unacked_count(),
+                consumers: queue.consumer_count(),
+                memory_bytes: queue.memory_bytes(),
+                stats: queue.stats,
+            });
+            if meta_after.is_none_or(|after| id > after) {
+                report.metas.push(queue.meta.clone());
             }
         }
         report

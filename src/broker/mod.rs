@@ -354,6 +354,8 @@ pub(crate) struct ShardState {
     pub(crate) counters: metrics::ShardCounters,
     /// `warren@HOST`, for the firehose's `node` header.
     pub(crate) node_name: String,
+    /// The trace log files fed by this shard's firehose (`trace`).
+    pub(crate) file_traces: trace::FileTraces,
 }
 
 /// Whether work made on shard `this` for shard `target` runs now, or
@@ -405,7 +407,10 @@ impl DeliverySink for ShardDeliveries<'_> {
         match consumed {
             channel::Consumed::Written => {}
             // Given back by `deliver` once the queue is free again.
-            channel::Consumed::Limited => self.later.push(head.with(message.clone())),
+            // Never `Held` here: a queue of this shard sends nothing ahead.
+            channel::Consumed::Limited | channel::Consumed::Held => {
+                self.later.push(head.with(message.clone()))
+            }
             channel::Consumed::Gone => self.bounced.push(head.with(message.clone())),
         }
     }
@@ -478,6 +483,7 @@ impl ShardState {
             published_by_closed: 0,
             counters: metrics::ShardCounters::default(),
             node_name: crate::util::node::name(),
+            file_traces: trace::FileTraces::default(),
             alarms: alarm_board.raised(),
             alarm_board,
         }
@@ -989,6 +995,7 @@ impl ShardState {
                         seq: queued.seq,
                         redelivered: queued.redelivered,
                         no_ack,
+                        ahead: false,
                     },
                     message_count: Some(remaining),
                     message: queued.message,
@@ -1181,17 +1188,25 @@ impl ShardState {
     }
 
     /// The channel or consumer went away while the message travelled: it
-    /// goes back to its queue.
+    /// goes back to its queue, marked redelivered as RabbitMQ marks what
+    /// was on its way to a channel that closed, unless it was sent beyond
+    /// the prefetch, which the client could not have seen
+    /// (`DeliveryHead::ahead`).
     fn bounce(&mut self, delivery: Delivery) {
         if !delivery.head.no_ack {
             let queue = delivery.head.queue;
+            let settle = if delivery.head.ahead {
+                Settle::Return
+            } else {
+                Settle::Released
+            };
             self.send(
                 queue.shard,
                 ShardMsg::Settle {
                     queue: queue.id,
                     seq: delivery.head.seq,
                     consumer: delivery.head.consumer,
-                    settle: Settle::Released,
+                    settle,
                 },
             );
         }
@@ -1594,17 +1609,17 @@ impl ShardState {
         tracing::debug!(segment = from, "store segment compacted");
     }
 
-    /// The store wrote and synced a batch (or failed to: then `written` is
-    /// false and the publishers get nacks): the confirms that waited for it
-    /// go out.
-    pub(crate) fn store_written(&mut self, confirms: Vec<ConfirmTarget>, written: bool) {
+    /// The store wrote and synced a batch: the confirms that waited for it
+    /// go out. (A batch the disk refuses is written again until it is
+    /// taken, its confirms held meanwhile: see `shard::write_until_taken`.)
+    pub(crate) fn store_written(&mut self, confirms: Vec<ConfirmTarget>) {
         self.store.stats.confirms += confirms.len() as u64;
         for &target in &confirms {
             self.send(
                 target.conn.shard,
                 ShardMsg::Confirm {
                     target,
-                    accepted: written,
+                    accepted: true,
                 },
             );
         }
@@ -1694,8 +1709,14 @@ impl ShardState {
             .map(|q| q.memory_bytes() + q.index_bytes())
             .sum();
         let connections: u64 = self.connections.values().map(Connection::held_bytes).sum();
-        self.alarm_board
-            .publish_queued_bytes(self.id.index(), queued + connections + self.delayed_bytes);
+        // Records waiting for the disk hold their message's bytes too (a
+        // paged message's only copy): a disk slower than the publishers
+        // raises the memory alarm rather than let them pile up.
+        let unwritten = self.store.unwritten_bytes();
+        self.alarm_board.publish_queued_bytes(
+            self.id.index(),
+            queued + connections + self.delayed_bytes + unwritten,
+        );
     }
 
     /// Takes the node's alarm state; once no alarm is raised, blocked
@@ -1931,7 +1952,10 @@ impl ShardState {
     ) -> (ConnId, Notify, Notify) {
         let id = self.next_conn_id();
         let conn = self.conn_ref(id);
-        let connection = Connection::new(conn, addrs, external, &self.config, self.now);
+        // The clock, not the shard's cached `now` (as old as its last tick or
+        // read batch): the handshake timeout counts from the accept, and a
+        // stale start would drop a slow handshake before its 10 s.
+        let connection = Connection::new(conn, addrs, external, &self.config, Instant::now());
         let signals = (connection.reader.clone(), connection.wire.writer.clone());
         self.connections.insert(id, connection);
         (id, signals.0, signals.1)

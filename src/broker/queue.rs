@@ -177,6 +177,10 @@ pub struct DeliveryHead {
     pub seq: u64,
     pub redelivered: bool,
     pub no_ack: bool,
+    /// Sent beyond the consumer's prefetch (`ConsumerSpec::lookahead`):
+    /// if its channel or consumer is gone when it arrives, the client
+    /// never saw it, and it goes back unmarked (`Settle::Return`).
+    pub ahead: bool,
 }
 
 impl DeliveryHead {
@@ -241,6 +245,10 @@ pub struct ConsumerSpec {
     pub exclusive: bool,
     /// Unacknowledged deliveries allowed at once; 0 is unlimited.
     pub prefetch_count: u32,
+    /// Deliveries the queue may send beyond `prefetch_count`, for the
+    /// consumer's channel on another shard to hold until the client's
+    /// acks make room (`config::REMOTE_LOOKAHEAD_FACTOR`); 0 for most.
+    pub lookahead: u32,
     /// Its `x-priority` (0 unless given): consumers of a higher priority
     /// take messages while they have credit, lower ones only when every
     /// higher one is blocked, as in RabbitMQ.
@@ -270,6 +278,11 @@ struct Consumer {
     /// prefetch 0) cannot draw a whole backlog into one mailbox batch
     /// before its connection can say that its output is full.
     transit_bytes: u64,
+    /// `Message::memory_size` of its unacknowledged deliveries, kept for a
+    /// consumer sent deliveries ahead (`ConsumerSpec::lookahead`) only:
+    /// beyond its prefetch the queue sends while these are below
+    /// `REMOTE_LOOKAHEAD_BYTES_MAX`.
+    unacked_bytes: u64,
 }
 
 /// The consumers of one priority: a run of `Queue::consumers`, which are
@@ -293,7 +306,9 @@ impl Consumer {
             && (self.spec.no_ack
                 || (!self.limited
                     && (self.spec.prefetch_count == 0
-                        || self.in_flight < self.spec.prefetch_count)))
+                        || self.in_flight < self.spec.prefetch_count
+                        || (self.in_flight < self.spec.prefetch_count + self.spec.lookahead
+                            && self.unacked_bytes < crate::config::REMOTE_LOOKAHEAD_BYTES_MAX))))
     }
 }
 
@@ -1306,6 +1321,7 @@ impl Queue {
                 limited: false,
                 remote,
                 transit_bytes: 0,
+                unacked_bytes: 0,
             },
         );
         self.had_consumers = true;
@@ -1483,6 +1499,9 @@ impl Queue {
         debug_assert_eq!(holder, consumer);
         if let Some(c) = self.consumers.iter_mut().find(|c| c.id == holder) {
             c.in_flight = c.in_flight.saturating_sub(1);
+            if c.spec.lookahead > 0 {
+                c.unacked_bytes = c.unacked_bytes.saturating_sub(queued.message.memory_size());
+            }
             c.limited |= settle == Settle::Return;
         }
         match settle {
@@ -1673,6 +1692,8 @@ impl Queue {
             seq: queued.seq,
             redelivered: queued.redelivered,
             no_ack: consumer.spec.no_ack,
+            ahead: consumer.spec.lookahead > 0
+                && consumer.in_flight >= consumer.spec.prefetch_count,
         };
         if consumer.remote {
             consumer.transit_bytes += queued.message.memory_size();
@@ -1683,6 +1704,9 @@ impl Queue {
         } else {
             mark_delivered(queue_id, &queued, ctx.store);
             consumer.in_flight += 1;
+            if consumer.spec.lookahead > 0 {
+                consumer.unacked_bytes += queued.message.memory_size();
+            }
             self.unacked_memory_bytes += queued.message.memory_size();
             // The queue keeps the message without the header: it is set
             // afresh at each delivery, and a dead letter has none.
@@ -1787,6 +1811,7 @@ mod tests {
             no_ack: false,
             exclusive: false,
             prefetch_count,
+            lookahead: 0,
             priority: 0,
         }
     }

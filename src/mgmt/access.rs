@@ -247,6 +247,7 @@ async fn delete_vhost(
     if app.users().await?.vhost(&vhost).is_none() {
         return Err(ApiError::not_found());
     }
+    app.forget_vhost_traces(&vhost).await;
     app.access_change(AccessChange::VhostDeleted(vhost)).await?;
     Ok(no_content())
 }

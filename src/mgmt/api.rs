@@ -27,6 +27,7 @@ use crate::broker::control::{
     QueueInfo, ShardReport,
 };
 use crate::broker::metadata::{MetaRequest, Scope};
+use crate::broker::metrics::ShardMetrics;
 use crate::metadata::auth::Users;
 use crate::metadata::exchange::ExchangeDef;
 use crate::metadata::password::{base64_decode, base64_encode};
@@ -38,6 +39,7 @@ use crate::mgmt::json::{
 };
 use crate::mgmt::list::{self, Params};
 use crate::mgmt::plane::Plane;
+use crate::mgmt::prometheus::delivered;
 use crate::mgmt::rates::{Rates, QUEUE_FIELDS};
 use crate::mgmt::NodeInfo;
 use crate::model::alarms::Resource;
@@ -54,6 +56,10 @@ pub(crate) struct App {
     /// Only this thread touches it; the mutex is for axum's `Sync` bound.
     pub(crate) rates: Arc<Mutex<Rates>>,
     pub(crate) auth_cache: Arc<Mutex<crate::mgmt::auth::AuthCache>>,
+    /// The trace log files' traces (`traces`).
+    pub(crate) traces: Arc<Mutex<crate::mgmt::traces::Traces>>,
+    /// What does not change about each queue, for lists of queues.
+    pub(crate) queue_catalog: Arc<Mutex<crate::mgmt::queue_list::QueueCatalog>>,
 }
 
 pub(crate) type Peer = ConnectInfo<SocketAddr>;
@@ -115,6 +121,7 @@ pub(crate) fn router(app: App) -> Router {
         )
         .merge(crate::mgmt::access::routes())
         .merge(crate::mgmt::policy::routes())
+        .merge(crate::mgmt::traces::routes())
         .route(
             "/api/definitions",
             get(export_definitions).post(import_definitions),
@@ -134,17 +141,26 @@ pub(crate) fn router(app: App) -> Router {
 }
 
 pub(crate) fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
-            let mut response = body.into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+    json_response_sized(value, 128)
+}
+
+/// `json_response` into a buffer of `capacity` bytes to start with.
+pub(crate) fn json_response_sized<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Response {
+    let mut body = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => json_bytes_response(body),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
+}
+
+/// A response of JSON already written.
+pub(crate) fn json_bytes_response(body: Vec<u8>) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 pub(crate) fn no_content() -> Response {
@@ -180,13 +196,29 @@ impl Visible {
 }
 
 /// Which vhosts a list shows: the one in the path, or those visible.
-enum VhostFilter {
+pub(crate) enum VhostFilter {
     One(String),
     Visible(Visible),
 }
 
 impl VhostFilter {
-    fn keeps(&self, vhost: &str) -> bool {
+    /// The vhost in the path (checked as `App::check_vhost` does), or
+    /// every vhost the user sees.
+    pub(crate) fn new(
+        users: &Users,
+        user: &ApiUser,
+        vhost: Option<&str>,
+    ) -> Result<VhostFilter, ApiError> {
+        match vhost {
+            Some(vhost) => {
+                check_vhost_in(users, user, vhost)?;
+                Ok(VhostFilter::One(vhost.to_string()))
+            }
+            None => Ok(VhostFilter::Visible(Visible::of(users, user))),
+        }
+    }
+
+    pub(crate) fn keeps(&self, vhost: &str) -> bool {
         match self {
             VhostFilter::One(v) => v == vhost,
             VhostFilter::Visible(visible) => visible.sees(vhost),
@@ -220,6 +252,21 @@ fn arguments(body: &Value) -> Result<FieldTable, ApiError> {
         .map_err(ApiError::bad_request)
 }
 
+/// `App::check_vhost` with the users at hand.
+fn check_vhost_in(users: &Users, user: &ApiUser, vhost: &str) -> Result<(), ApiError> {
+    if users.vhost(vhost).is_none() {
+        return Err(ApiError::not_found());
+    }
+    if !users.may_open_vhost(&user.name, vhost) {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "not_authorised",
+            reason: "User not authorised to access virtual host".into(),
+        });
+    }
+    Ok(())
+}
+
 impl App {
     /// The access-control database (vhosts, users, permissions, limits)
     /// as shard 0 has it.
@@ -234,33 +281,13 @@ impl App {
     /// no permissions on it (whatever its tags, as RabbitMQ's
     /// `user_matches_vhost`).
     pub(crate) async fn check_vhost(&self, user: &ApiUser, vhost: &str) -> Result<(), ApiError> {
-        let users = self.users().await?;
-        if users.vhost(vhost).is_none() {
-            return Err(ApiError::not_found());
-        }
-        if !users.may_open_vhost(&user.name, vhost) {
-            return Err(ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                error: "not_authorised",
-                reason: "User not authorised to access virtual host".into(),
-            });
-        }
-        Ok(())
+        check_vhost_in(&self.users().await?, user, vhost)
     }
 
     /// What a list shows: the vhost in the path (checked), or every vhost
     /// the user sees.
     async fn filter(&self, user: &ApiUser, vhost: Option<&str>) -> Result<VhostFilter, ApiError> {
-        match vhost {
-            Some(vhost) => {
-                self.check_vhost(user, vhost).await?;
-                Ok(VhostFilter::One(vhost.to_string()))
-            }
-            None => Ok(VhostFilter::Visible(Visible::of(
-                &self.users().await?,
-                user,
-            ))),
-        }
+        VhostFilter::new(&self.users().await?, user, vhost)
     }
 
     pub(crate) async fn user(
@@ -356,69 +383,13 @@ impl App {
 
 // ---------------------------------------------------------------- queues
 
-#[derive(Serialize)]
-struct Rate {
-    rate: f64,
-}
-
-#[derive(Serialize)]
-struct QueueMessageStats {
-    publish: u64,
-    publish_details: Rate,
-    deliver: u64,
-    deliver_details: Rate,
-    deliver_no_ack: u64,
-    deliver_no_ack_details: Rate,
-    get: u64,
-    get_details: Rate,
-    get_no_ack: u64,
-    get_no_ack_details: Rate,
-    deliver_get: u64,
-    deliver_get_details: Rate,
-    ack: u64,
-    ack_details: Rate,
-    redeliver: u64,
-    redeliver_details: Rate,
-}
-
-#[derive(Serialize)]
-struct QueueJson {
-    name: String,
-    vhost: String,
-    durable: bool,
-    auto_delete: bool,
-    exclusive: bool,
-    arguments: Value,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    node: String,
-    state: &'static str,
-    policy: Option<String>,
-    effective_policy_definition: Value,
-    consumers: u32,
-    messages: u64,
-    messages_details: Rate,
-    messages_ready: u32,
-    messages_ready_details: Rate,
-    messages_unacknowledged: u32,
-    messages_unacknowledged_details: Rate,
-    memory: u64,
-    message_stats: QueueMessageStats,
-    /// warren's own: the shard that owns the queue.
-    warren_shard: u16,
-}
-
-impl QueueJson {
-    /// Shows the policy that applies to the queue.
-    fn set_policy(&mut self, users: &Users) {
-        (self.policy, self.effective_policy_definition) =
-            crate::mgmt::policy::applied(users, &self.vhost, &self.name, true);
-    }
-}
-
-/// A queue's counts for `Readings`, in `QUEUE_FIELDS` order.
-fn queue_counts(q: &QueueInfo) -> [u64; QUEUE_FIELDS] {
-    let s = &q.stats;
+/// A queue's counts for `Readings`, in `QUEUE_FIELDS` order, from its
+/// figures.
+pub(crate) fn queue_counts_of(
+    ready: u32,
+    unacked: u32,
+    s: &crate::broker::queue::QueueStats,
+) -> [u64; QUEUE_FIELDS] {
     [
         s.publish,
         s.deliver,
@@ -427,96 +398,13 @@ fn queue_counts(q: &QueueInfo) -> [u64; QUEUE_FIELDS] {
         s.get_no_ack,
         s.ack,
         s.redeliver,
-        u64::from(q.ready) + u64::from(q.unacked),
-        u64::from(q.ready),
-        u64::from(q.unacked),
+        u64::from(ready) + u64::from(unacked),
+        u64::from(ready),
+        u64::from(unacked),
     ]
 }
 
-fn message_stats(c: &[u64; QUEUE_FIELDS], r: &[f64; QUEUE_FIELDS]) -> QueueMessageStats {
-    QueueMessageStats {
-        publish: c[0],
-        publish_details: Rate { rate: r[0] },
-        deliver: c[1],
-        deliver_details: Rate { rate: r[1] },
-        deliver_no_ack: c[2],
-        deliver_no_ack_details: Rate { rate: r[2] },
-        get: c[3],
-        get_details: Rate { rate: r[3] },
-        get_no_ack: c[4],
-        get_no_ack_details: Rate { rate: r[4] },
-        deliver_get: c[1] + c[2] + c[3] + c[4],
-        deliver_get_details: Rate {
-            rate: r[1] + r[2] + r[3] + r[4],
-        },
-        ack: c[5],
-        ack_details: Rate { rate: r[5] },
-        redeliver: c[6],
-        redeliver_details: Rate { rate: r[6] },
-    }
-}
-
 impl App {
-    fn queue_json(&self, q: &QueueInfo, rates: &mut Rates, now: Instant) -> QueueJson {
-        let counts = queue_counts(q);
-        let r = rates
-            .queues
-            .entry((q.meta.shard.0, q.meta.id.0))
-            .or_default()
-            .observe(now, counts);
-        QueueJson {
-            name: q.meta.name.as_str().to_string(),
-            vhost: q.meta.vhost.as_str().to_string(),
-            durable: q.meta.durable,
-            auto_delete: q.meta.auto_delete,
-            exclusive: q.meta.exclusive_owner.is_some(),
-            arguments: table_to_json(&q.meta.arguments),
-            kind: "classic",
-            node: self.node.name.clone(),
-            state: "running",
-            policy: None,
-            effective_policy_definition: json!({}),
-            consumers: q.consumers,
-            messages: counts[7],
-            messages_details: Rate { rate: r[7] },
-            messages_ready: q.ready,
-            messages_ready_details: Rate { rate: r[8] },
-            messages_unacknowledged: q.unacked,
-            messages_unacknowledged_details: Rate { rate: r[9] },
-            memory: q.memory_bytes,
-            message_stats: message_stats(&counts, &r),
-            warren_shard: q.meta.shard.0,
-        }
-    }
-
-    async fn queue_list(&self, filter: &VhostFilter) -> Result<Vec<QueueJson>, ApiError> {
-        let users = self.users().await?;
-        let asked = Instant::now();
-        let reports = self.reports(true, false).await?;
-        let now = Instant::now();
-        tracing::debug!(
-            reports_us = (now - asked).as_micros() as u64,
-            "shards reported their queues"
-        );
-        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        let mut seen = std::collections::HashSet::new();
-        let mut items = Vec::new();
-        for report in &reports {
-            for q in &report.queues {
-                seen.insert((q.meta.shard.0, q.meta.id.0));
-                if filter.keeps(q.meta.vhost.as_str()) {
-                    let mut item = self.queue_json(q, &mut rates, now);
-                    item.set_policy(&users);
-                    items.push(item);
-                }
-            }
-        }
-        // Readings of deleted queues go with them.
-        rates.queues.retain(|key, _| seen.contains(key));
-        items.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
-        Ok(items)
-    }
-
     /// One queue's report, from the shard that owns it.
     async fn queue_report(
         &self,
@@ -543,20 +431,8 @@ async fn queues(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult {
-    let started = Instant::now();
     let user = app.user(&headers, &peer, Level::Management).await?;
-    let filter = app.filter(&user, None).await?;
-    let authenticated = started.elapsed();
-    let items = app.queue_list(&filter).await?;
-    let listed = started.elapsed();
-    let response = list::respond(items, |q| q.name.as_str(), &params);
-    tracing::debug!(
-        auth_us = authenticated.as_micros() as u64,
-        list_us = (listed - authenticated).as_micros() as u64,
-        serialise_us = (started.elapsed() - listed).as_micros() as u64,
-        "GET /api/queues"
-    );
-    response
+    crate::mgmt::queue_list::list_queues(&app, &user, None, &params).await
 }
 
 async fn vhost_queues(
@@ -567,9 +443,7 @@ async fn vhost_queues(
     Query(params): Query<Params>,
 ) -> ApiResult {
     let user = app.user(&headers, &peer, Level::Management).await?;
-    let filter = app.filter(&user, Some(&vhost)).await?;
-    let items = app.queue_list(&filter).await?;
-    list::respond(items, |q| q.name.as_str(), &params)
+    crate::mgmt::queue_list::list_queues(&app, &user, Some(&vhost), &params).await
 }
 
 async fn queue(
@@ -581,10 +455,7 @@ async fn queue(
     let user = app.user(&headers, &peer, Level::Management).await?;
     let info = app.queue_report(&user, &vhost, &name).await?;
     let users = app.users().await?;
-    let mut rates = app.rates.lock().unwrap_or_else(|e| e.into_inner());
-    let mut json = app.queue_json(&info, &mut rates, Instant::now());
-    json.set_policy(&users);
-    Ok(json_response(&json))
+    crate::mgmt::queue_list::one_queue(&app, &info, &users)
 }
 
 async fn put_queue(
@@ -1656,38 +1527,116 @@ async fn node(
     Ok(json_response(&app.node_json(&reports)))
 }
 
+/// One shard's figures in /api/overview (warren's own `warren_shards`).
+#[derive(Serialize)]
+struct ShardJson {
+    id: usize,
+    connections: u64,
+    channels: u64,
+    /// Queues the shard owns, and the messages in them (ready and unacked).
+    queues: u64,
+    messages: u64,
+    /// Messages per second published by the shard's connections.
+    publish_rate: f64,
+    /// Messages per second delivered (and got) from the shard's queues.
+    deliver_rate: f64,
+    /// The fraction of time its reactor spent running tasks, over the
+    /// rate's interval (the rate of Prometheus's
+    /// `warren_shard_reactor_busy_seconds_total`); since the shard started
+    /// on the first reading (`warren_shard_reactor_busy_ratio`).
+    busy_ratio: f64,
+}
+
+impl App {
+    /// Every shard's figures, as a Prometheus scrape reads them: counters
+    /// each shard owns, deleted queues' and closed connections' included,
+    /// so that they never go backwards.
+    async fn shard_metrics(&self) -> Result<Vec<ShardMetrics>, ApiError> {
+        let replies = self
+            .plane
+            .ask_all(|| ControlRequest::Metrics { per_object: false })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                ControlReply::Metrics(m) => Some(*m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `warren_shards`, with each shard's rates since the last reading.
+    fn shards_json(
+        &self,
+        shards: &[ShardMetrics],
+        rates: &mut Rates,
+        now: Instant,
+    ) -> Vec<ShardJson> {
+        let uptime_s = self.node.started.elapsed().as_secs_f64().max(1e-9);
+        rates.shards.resize_with(shards.len(), Default::default);
+        shards
+            .iter()
+            .zip(rates.shards.iter_mut())
+            .map(|(s, readings)| {
+                let busy_us = s.reactor_busy.as_micros() as u64;
+                let counts = [
+                    s.published,
+                    delivered(&s.classic) + delivered(&s.quorum),
+                    busy_us,
+                ];
+                let (publish_rate, deliver_rate, busy_ratio) =
+                    match readings.observe_since(now, counts) {
+                        Some(r) => (r[0], r[1], r[2] / 1e6),
+                        None => (0.0, 0.0, s.reactor_busy.as_secs_f64() / uptime_s),
+                    };
+                ShardJson {
+                    id: s.shard,
+                    connections: s.connections,
+                    channels: s.channels,
+                    queues: s.queues,
+                    messages: s.messages_ready + s.messages_unacked,
+                    publish_rate: publish_rate.max(0.0),
+                    deliver_rate: deliver_rate.max(0.0),
+                    busy_ratio: busy_ratio.clamp(0.0, 1.0),
+                }
+            })
+            .collect()
+    }
+}
+
 async fn overview(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
     let user = app.user(&headers, &peer, Level::Management).await?;
-    let reports = app.reports(true, true).await?;
-    let definitions = app.definitions().await?;
+    // Totals from the shards' own counters (no list of every queue and
+    // connection), and the exchanges from shard 0's replica.
+    let (shards, definitions) = tokio::try_join!(app.shard_metrics(), app.definitions())?;
     let mut totals = [0u64; QUEUE_FIELDS];
     let (mut queues, mut connections, mut channels, mut consumers) = (0, 0, 0, 0);
-    let mut published = 0;
-    for report in &reports {
-        published += report.published;
-        connections += report.connections.len();
-        channels += report
-            .connections
-            .iter()
-            .map(|c| c.channels.len())
-            .sum::<usize>();
-        consumers += report.consumers.len();
-        for q in &report.queues {
-            queues += 1;
-            for (total, count) in totals.iter_mut().zip(queue_counts(q)) {
-                *total += count;
-            }
+    for s in &shards {
+        connections += s.connections;
+        channels += s.channels;
+        consumers += s.consumers;
+        queues += s.queues;
+        // The node's publish count is what its connections published, not
+        // what its queues took (a fanout publish counts once).
+        totals[0] += s.published;
+        for stats in [&s.classic, &s.quorum] {
+            totals[1] += stats.deliver;
+            totals[2] += stats.deliver_no_ack;
+            totals[3] += stats.get;
+            totals[4] += stats.get_no_ack;
+            totals[5] += stats.ack;
+            totals[6] += stats.redeliver;
         }
+        totals[7] += s.messages_ready + s.messages_unacked;
+        totals[8] += s.messages_ready;
+        totals[9] += s.messages_unacked;
     }
-    // The node's publish count is what its connections published, not
-    // what its queues took (a fanout publish counts once).
-    totals[0] = published;
-    let rates = app
-        .rates
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .overview
-        .observe(Instant::now(), totals);
+    let now = Instant::now();
+    let (rates, warren_shards) = {
+        let mut readings = app.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let rates = readings.overview.observe(now, totals);
+        (rates, app.shards_json(&shards, &mut readings, now))
+    };
     let node = &app.node;
     let listeners: Vec<Value> = node
         .amqp_listeners
@@ -1743,7 +1692,7 @@ async fn overview(State(app): State<App>, peer: Peer, headers: HeaderMap) -> Api
         "node": node.name,
         "listeners": listeners,
         "contexts": node.management_listeners.iter().map(|a| json!({"node": node.name, "description": "RabbitMQ Management", "path": "/", "port": a.port().to_string()})).collect::<Vec<_>>(),
-        "warren_shards": node.shard_count,
+        "warren_shards": warren_shards,
     });
     if !user.has(Level::Monitoring) {
         // RabbitMQ leaves the node's listeners out for plain management users.
@@ -1844,26 +1793,6 @@ async fn aliveness_test(
 
 // ------------------------------------------- vhosts, users, permissions
 // (in `mgmt::access`)
-
-impl App {
-    /// Each vhost's queue counts, summed.
-    pub(crate) async fn vhost_totals(
-        &self,
-    ) -> Result<HashMap<String, [u64; QUEUE_FIELDS]>, ApiError> {
-        let mut totals: HashMap<String, [u64; QUEUE_FIELDS]> = HashMap::new();
-        for report in self.reports(true, false).await? {
-            for q in &report.queues {
-                let total = totals
-                    .entry(q.meta.vhost.as_str().to_string())
-                    .or_insert([0; QUEUE_FIELDS]);
-                for (total, count) in total.iter_mut().zip(queue_counts(q)) {
-                    *total += count;
-                }
-            }
-        }
-        Ok(totals)
-    }
-}
 
 impl App {
     /// Whether the firehose is on for `vhost`, after turning it on or off

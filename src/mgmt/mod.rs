@@ -9,7 +9,8 @@
 //! request sums what the shards send.
 //!
 //! Built to be added to: warrenctl, policies, the firehose tracer's
-//! controls, Prometheus metrics and the dashboard are more routes on this
+//! controls and trace log files (whose writer has a thread of its own,
+//! `trace_files`), Prometheus metrics and the dashboard are more routes on this
 //! router (`api::router`) and more `ControlRequest`s, not new threads.
 //!
 //! It imports `broker` (the control types), `metadata`, `model`, `config`
@@ -25,7 +26,11 @@ pub(crate) mod list;
 pub(crate) mod plane;
 pub(crate) mod policy;
 pub(crate) mod prometheus;
+pub(crate) mod queue_list;
 pub(crate) mod rates;
+pub(crate) mod trace_files;
+pub(crate) mod trace_format;
+pub(crate) mod traces;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -54,6 +59,8 @@ pub(crate) struct NodeInfo {
     pub(crate) disk_free_limit_bytes: u64,
     /// The process's resident memory (read when asked).
     pub(crate) resident_bytes: fn() -> u64,
+    /// The data directory: trace log files go to its `traces/`.
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
 impl NodeInfo {
@@ -140,6 +147,8 @@ pub(crate) fn start(
         node: node.clone(),
         rates: Arc::new(Mutex::new(rates::Rates::default())),
         auth_cache: Arc::new(Mutex::new(auth::AuthCache::default())),
+        traces: traces::shared(&node.data_dir, node.name.clone(), node.shard_count),
+        queue_catalog: Arc::new(Mutex::new(queue_list::QueueCatalog::default())),
     };
     let metrics = prometheus::Metrics { plane, node };
     for address in &bound {

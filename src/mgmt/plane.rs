@@ -42,9 +42,18 @@ impl Plane {
         &self,
         request: impl Fn() -> ControlRequest,
     ) -> Result<Vec<ControlReply>, ApiError> {
+        self.ask_each(|_| request()).await
+    }
+
+    /// Asks every shard at once, each its own question (by shard index),
+    /// and waits for every answer (in shard order).
+    pub(crate) async fn ask_each(
+        &self,
+        request: impl Fn(usize) -> ControlRequest,
+    ) -> Result<Vec<ControlReply>, ApiError> {
         let mut waiting = Vec::with_capacity(self.shards.len());
         for shard in 0..self.shards.len() {
-            waiting.push(self.send(shard, request())?);
+            waiting.push(self.send(shard, request(shard))?);
         }
         let mut replies = Vec::with_capacity(waiting.len());
         for receiver in waiting {
@@ -65,6 +74,7 @@ impl Plane {
                 // The HTTP request may have gone meanwhile; nobody to tell.
                 let _ = sender.send(reply);
             }),
+            asked: std::time::Instant::now(),
         };
         let Some(channel) = self.shards.get(shard) else {
             return Err(ApiError::internal("no such shard"));

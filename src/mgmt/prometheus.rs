@@ -121,7 +121,9 @@ type TypedShardFamily = (
     fn(&ShardMetrics) -> u64,
 );
 
-fn delivered(stats: &QueueStats) -> u64 {
+/// Messages a queue handed out: deliveries and basic.get, with and
+/// without acks (RabbitMQ's `deliver_get`).
+pub(crate) fn delivered(stats: &QueueStats) -> u64 {
     stats.deliver + stats.deliver_no_ack + stats.get + stats.get_no_ack
 }
 

@@ -3,6 +3,9 @@
 //! default) or its data directory's disk has less free space than
 //! `--disk-free-limit` (50 MB by default), publishing connections are blocked
 //! until the alarm clears. No message is ever dropped to stay under a limit.
+//! The disk alarm is also raised while a shard's message store cannot
+//! write at all (a full disk, a file size limit, an I/O error): it holds
+//! the batch and writes it again until the disk takes it.
 //!
 //! This module is the pure part: the flag values and how they are parsed,
 //! the set of raised alarms and the `connection.blocked` reason it gives, and
@@ -47,7 +50,7 @@
 //! the only memory shards share is one word per shard plus one byte,
 //! touched a few times a second.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// How often shards publish their memory use and pick up the alarm state.
@@ -269,6 +272,10 @@ pub(crate) struct AlarmBoard {
     /// The watermark less the baseline, once the deciding shard knows it:
     /// what the slots may add up to (`over_memory_budget`).
     memory_budget_bytes: AtomicU64,
+    /// Per shard: its message store cannot write (a full disk, a file size
+    /// limit, an I/O error) and holds a batch to write again. Raises the
+    /// disk alarm, as a disk below its free limit does.
+    store_failing: Box<[AtomicBool]>,
 }
 
 impl AlarmBoard {
@@ -277,7 +284,23 @@ impl AlarmBoard {
             queued_bytes: (0..shard_count.max(1)).map(|_| AtomicU64::new(0)).collect(),
             raised: AtomicU8::new(0),
             memory_budget_bytes: AtomicU64::new(u64::MAX),
+            store_failing: (0..shard_count.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         }
+    }
+
+    /// Shard `shard`'s store failed to write a batch (`failing`), or wrote
+    /// it at last.
+    pub(crate) fn set_store_failing(&self, shard: usize, failing: bool) {
+        if let Some(slot) = self.store_failing.get(shard) {
+            slot.store(failing, Ordering::Relaxed);
+        }
+    }
+
+    /// True while some shard's store cannot write.
+    pub(crate) fn store_failing(&self) -> bool {
+        self.store_failing.iter().any(|s| s.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_memory_budget(&self, bytes: u64) {

@@ -26,6 +26,9 @@ pub(crate) struct Monitor {
     raised: AlarmSet,
     next_disk_check: Instant,
     disk_warned: bool,
+    /// The data directory's disk has less free space than the limit, as
+    /// last measured.
+    disk_low: bool,
 }
 
 impl Monitor {
@@ -57,8 +60,10 @@ impl Monitor {
             raised: AlarmSet::NONE,
             next_disk_check: Instant::now(),
             disk_warned: false,
+            disk_low: false,
         };
         monitor.check_disk(Instant::now());
+        monitor.decide_disk();
         monitor.board.set_raised(monitor.raised);
         monitor
     }
@@ -107,7 +112,40 @@ impl Monitor {
         if now >= self.next_disk_check {
             self.check_disk(now);
         }
+        self.decide_disk();
         self.board.set_raised(self.raised);
+    }
+
+    /// The disk alarm: free space below the limit, or a shard's store that
+    /// cannot write (checked on every alarm check, as it is one load per
+    /// shard).
+    fn decide_disk(&mut self) {
+        let store_failing = self.board.store_failing();
+        let disk = self.disk_low || store_failing;
+        if disk == self.raised.contains(Resource::Disk) {
+            return;
+        }
+        let cause = if store_failing {
+            "the message store cannot write"
+        } else {
+            "free space below the limit"
+        };
+        if disk {
+            warn!(
+                resource = "disk",
+                cause,
+                limit_bytes = self.disk_free_limit_bytes,
+                "disk resource limit alarm set on node; publishers will be blocked until \
+                 it clears"
+            );
+        } else {
+            info!(
+                resource = "disk",
+                limit_bytes = self.disk_free_limit_bytes,
+                "disk resource limit alarm cleared on node"
+            );
+        }
+        self.raised = self.raised.with(Resource::Disk, disk);
     }
 
     fn check_disk(&mut self, now: Instant) {
@@ -124,26 +162,16 @@ impl Monitor {
                 return;
             }
         };
-        let disk = free_bytes < self.disk_free_limit_bytes;
-        if disk != self.raised.contains(Resource::Disk) {
-            if disk {
-                warn!(
-                    resource = "disk",
-                    free_bytes,
-                    limit_bytes = self.disk_free_limit_bytes,
-                    "disk resource limit alarm set on node; publishers will be blocked until \
-                     it clears"
-                );
-            } else {
-                info!(
-                    resource = "disk",
-                    free_bytes,
-                    limit_bytes = self.disk_free_limit_bytes,
-                    "disk resource limit alarm cleared on node"
-                );
-            }
-            self.raised = self.raised.with(Resource::Disk, disk);
+        let low = free_bytes < self.disk_free_limit_bytes;
+        if low != self.disk_low {
+            info!(
+                free_bytes,
+                limit_bytes = self.disk_free_limit_bytes,
+                low,
+                "free disk space crossed the limit"
+            );
         }
+        self.disk_low = low;
     }
 }
 

@@ -253,6 +253,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
             memory_limit_bytes,
             disk_free_limit_bytes,
             resident_bytes: alarms::resident_bytes,
+            data_dir: config.data_dir.clone(),
         };
         crate::mgmt::start(
             &config.management_listen,
@@ -608,7 +609,7 @@ async fn shard_main(
     glommio::spawn_local(run_store(
         state.clone(),
         senders.clone(),
-        store::segments::SegmentFiles::new(store_dir),
+        store::segments::SegmentFiles::new(store_dir).with_sync_delay(config.sync_delay_test),
         store_busy.clone(),
     ))
     .detach();
@@ -636,16 +637,25 @@ async fn shard_main(
         .detach();
     }
 
+    let control = Rc::new(boot.control);
+
     // The flusher moves outgoing batches into the mesh once per reactor
-    // turn, after the tasks that filled them have run.
+    // turn, after the tasks that filled them have run. A shard busy with
+    // traffic to its peers runs it every turn, so it also answers the
+    // control plane's waiting requests (a few): a list of queues then
+    // waits for the end of a turn, not for the next tick, which a
+    // saturated shard reaches late. An empty channel costs one check per
+    // turn, nothing per message.
     {
         let state = state.clone();
         let senders = senders.clone();
+        let control = control.clone();
         let ready = state.borrow().outbox_ready.clone();
         glommio::spawn_local(async move {
             loop {
                 ready.wait().await;
                 glommio::executor().yield_task_queue_now().await;
+                answer_control(&state, &control, config::CONTROL_REQUESTS_PER_TURN);
                 flush(&state, &senders);
             }
         })
@@ -660,7 +670,6 @@ async fn shard_main(
     // control plane's requests, and an upper bound on how long the
     // executor can stay parked (docs/runtime.md).
     {
-        let control = boot.control;
         let state = state.clone();
         let senders = senders.clone();
         let stop_accepting = stop_accepting.clone();
@@ -672,17 +681,14 @@ async fn shard_main(
                 let now = Instant::now();
                 let mut shard = state.borrow_mut();
                 shard.tick(now);
-                shard.counters.reactor_busy = glommio::executor().executor_stats().total_runtime();
+                // glommio 0.9's executor_stats() hands over the stats and
+                // resets them: each call returns the time since the last one.
+                shard.counters.reactor_busy += glommio::executor().executor_stats().total_runtime();
+                drop(shard);
                 // Polled, never woken: glommio 0.9 misses wake-ups from
                 // foreign threads (docs/runtime.md). An empty channel costs
                 // one check per tick.
-                for _ in 0..config::CONTROL_REQUESTS_PER_TICK {
-                    match control.try_recv() {
-                        Ok(request) => shard.control(request),
-                        Err(_) => break,
-                    }
-                }
-                drop(shard);
+                answer_control(&state, &control, config::CONTROL_REQUESTS_PER_TICK);
                 if shutdown::requested() {
                     match stopping_since {
                         None => {
@@ -724,11 +730,17 @@ async fn shard_main(
                 }
                 // A shard whose figures put the node over the watermark
                 // blocks its own publishers before the deciding shard says so.
+                // Likewise a shard whose store cannot write.
                 let raised = board.raised();
-                let raised = raised.with(
-                    Resource::Memory,
-                    raised.contains(Resource::Memory) || board.over_memory_budget(),
-                );
+                let raised = raised
+                    .with(
+                        Resource::Memory,
+                        raised.contains(Resource::Memory) || board.over_memory_budget(),
+                    )
+                    .with(
+                        Resource::Disk,
+                        raised.contains(Resource::Disk) || board.store_failing(),
+                    );
                 state.borrow_mut().set_alarms(raised);
             }
         })
@@ -800,6 +812,24 @@ async fn shard_main(
     }
 }
 
+/// Answers up to `max` of the control plane's waiting requests.
+fn answer_control(
+    state: &Shared,
+    control: &crossbeam_channel::Receiver<crate::broker::control::Control>,
+    max: usize,
+) {
+    if control.is_empty() {
+        return;
+    }
+    let mut shard = state.borrow_mut();
+    for _ in 0..max {
+        match control.try_recv() {
+            Ok(request) => shard.control(request),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The shard's store task: group commit. It wakes when records are
 /// pending, lets the rest of the reactor turn add to them, then writes the
 /// batch and fdatasyncs once; records appended meanwhile form the next
@@ -822,53 +852,18 @@ async fn run_store(
             let batch = state.borrow_mut().store.take_batch();
             let Some(mut batch) = batch else { break };
             let write_started = Instant::now();
-            let written = match files.write(&mut batch).await {
-                Ok(bytes) => Some(bytes),
-                Err(e) => {
-                    error!(
-                        error = %e,
-                        "the message store cannot write: the publishes waiting for it are nacked, \
-                         and no segment is deleted until the next start"
-                    );
-                    None
-                }
-            };
+            let written = write_until_taken(&state, &mut files, &mut batch).await;
             {
                 let mut state = state.borrow_mut();
-                if written.is_none() {
-                    state.store.batch_failed();
-                }
                 state.store.stats.records += batch.records;
                 state.store.stats.write_us += write_started.elapsed().as_micros() as u64;
-                state.store.batch_written(
-                    batch.chunks.into_iter().map(|c| c.bytes),
-                    written.unwrap_or(0),
-                );
-                state.store_written(batch.confirms, written.is_some());
+                state
+                    .store
+                    .batch_written(batch.chunks.into_iter().map(|c| c.bytes), written);
+                state.store_written(batch.confirms);
             }
             flush(&state, &senders);
-            // Deleting a segment may free the ones whose records pointed
-            // into it: repeat until none is left to delete.
-            loop {
-                let dead = state.borrow_mut().store.reclaimable();
-                if dead.is_empty() {
-                    break;
-                }
-                match files.delete(&dead).await {
-                    Ok(()) => {
-                        let mut state = state.borrow_mut();
-                        for &number in &dead {
-                            state.store.segment_deleted(number);
-                        }
-                        debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
-                    }
-                    Err(e) => {
-                        // They stay marked: a later start reclaims them.
-                        error!(error = %e, segments = ?dead, "cannot delete empty segments");
-                        break;
-                    }
-                }
-            }
+            reclaim(&state, &mut files).await;
             // Records pointing into an old segment that still holds a few
             // live messages keep emptied segments; copying those messages
             // forward lets them all go after the next batch.
@@ -893,6 +888,83 @@ async fn run_store(
             }
         }
         busy.set(false);
+    }
+}
+
+/// Deletes the segments nothing needs any more. Deleting a segment may free
+/// the ones whose records pointed into it: repeats until none is left.
+async fn reclaim(state: &Shared, files: &mut store::segments::SegmentFiles) {
+    loop {
+        let dead = state.borrow_mut().store.reclaimable();
+        if dead.is_empty() {
+            break;
+        }
+        match files.delete(&dead).await {
+            Ok(()) => {
+                let mut state = state.borrow_mut();
+                for &number in &dead {
+                    state.store.segment_deleted(number);
+                }
+                debug!(segments = ?dead, left = state.store.segment_count(), "segments reclaimed");
+            }
+            Err(e) => {
+                // They stay marked: a later start reclaims them.
+                error!(error = %e, segments = ?dead, "cannot delete empty segments");
+                break;
+            }
+        }
+    }
+}
+
+/// Writes a batch, again and again while the disk refuses it (full, a file
+/// size limit, an I/O error): nothing in it is dropped, and nothing after
+/// it is written first, so the store on disk stays what the queues think
+/// it is. Meanwhile the shard's flag on the alarm board raises the disk
+/// alarm, which blocks publishers node-wide, and the confirms waiting for
+/// the batch stay unsent: a publisher is confirmed only what is on disk.
+/// RabbitMQ's message store crashes on a write error instead (its vhost
+/// restarts, and what it had not written is lost unconfirmed). Returns the
+/// bytes written.
+async fn write_until_taken(
+    state: &Shared,
+    files: &mut store::segments::SegmentFiles,
+    batch: &mut store::log::Batch<crate::broker::ConfirmTarget>,
+) -> u64 {
+    let mut failures = 0u64;
+    loop {
+        match files.write(batch).await {
+            Ok(bytes) => {
+                if failures > 0 {
+                    let state = state.borrow();
+                    state.alarm_board.set_store_failing(state.id.index(), false);
+                    info!(
+                        failures,
+                        "the message store writes again: the batch it held is on disk"
+                    );
+                }
+                return bytes;
+            }
+            Err(e) => {
+                if failures == 0 {
+                    let state = state.borrow();
+                    state.alarm_board.set_store_failing(state.id.index(), true);
+                    error!(
+                        error = %e,
+                        records = batch.records,
+                        confirms = batch.confirms.len(),
+                        "the message store cannot write: publishers are blocked (disk alarm) and \
+                         the batch is written again until the disk takes it"
+                    );
+                } else if failures.is_power_of_two() {
+                    warn!(error = %e, failures, "the message store still cannot write");
+                }
+                failures += 1;
+                // Consumers go on acknowledging: segments they empty give
+                // their space back now, which is how a full disk recovers.
+                reclaim(state, files).await;
+                glommio::timer::sleep(config::STORE_WRITE_RETRY_AFTER).await;
+            }
+        }
     }
 }
 

@@ -41,6 +41,15 @@ fn stop_signals() -> libc::sigset_t {
 /// it starts afterwards (the shards), then starts the thread that waits for
 /// them. Call before the shards are spawned.
 pub(crate) fn install(tls: Option<Arc<TlsServer>>) {
+    // A write past RLIMIT_FSIZE sends SIGXFSZ, whose default action ends
+    // the process: ignored, the write fails with EFBIG instead, which the
+    // message store answers like a full disk (the disk alarm, the batch
+    // written again later) rather than lose what it holds.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let set = stop_signals();
     // SAFETY: a valid, initialised signal set; no old mask is asked for.
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };

@@ -62,6 +62,9 @@ pub(crate) struct Chunk {
     pub(crate) at: u64,
     /// Header room (filled when sealed) and the records.
     pub(crate) bytes: Vec<u8>,
+    /// Its header is filled and it is padded (`record::seal_chunk`, once:
+    /// a batch whose write failed is written again as it is).
+    pub(crate) sealed: bool,
 }
 
 /// What one group commit writes, and what waits for it.
@@ -73,6 +76,10 @@ pub(crate) struct Batch<T> {
     /// commits, to the broker; the store never looks inside them).
     pub(crate) confirms: Vec<T>,
     pub(crate) records: u64,
+    /// Whether the batch must be synced: false when it holds nothing but
+    /// transient messages paged out, which no restart brings back and no
+    /// confirm waits for (written, and read back, without an fdatasync).
+    pub(crate) sync: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,14 +219,20 @@ pub struct MessageStore<T> {
     /// The last batch's confirm list, emptied, for the next one.
     spare_confirms: Vec<T>,
     pending_records: u64,
+    /// Bytes of records appended and not yet written: the pending chunks,
+    /// and the batch being written (`in_flight_bytes`). They count toward
+    /// the memory alarm, so that a disk slower than the publishers blocks
+    /// them rather than let the buffers grow.
+    in_flight_bytes: u64,
+    /// A record other than a transient message's page-out, or a confirm,
+    /// was added since the last batch was taken: the next one is synced.
+    pending_sync: bool,
+    /// Whether the batch being written is synced (`Batch::sync`).
+    in_flight_sync: bool,
     /// Batches taken and batches written so far: a batch's number is the
     /// value of `batches_taken` once it is taken.
     batches_taken: u64,
     batches_written: u64,
-    /// A batch failed to be written: what it held is not on disk, so no
-    /// segment is deleted for the rest of this run (the next start
-    /// rebuilds the store from what is on disk).
-    write_failed: bool,
     /// Where the batch being written starts: records from there on are
     /// not on disk yet, so they are not read back.
     in_flight_from: Option<(u32, u64)>,
@@ -301,7 +314,9 @@ impl<T> MessageStore<T> {
             pending_records: 0,
             batches_taken: 0,
             batches_written: 0,
-            write_failed: false,
+            in_flight_bytes: 0,
+            pending_sync: false,
+            in_flight_sync: false,
             in_flight_from: None,
             paged_total: 0,
             paging: Paging::default(),
@@ -356,6 +371,7 @@ impl<T> MessageStore<T> {
                 segment: self.active,
                 at: self.active_end,
                 bytes,
+                sealed: false,
             });
         }
         self.pending_records += 1;
@@ -370,6 +386,7 @@ impl<T> MessageStore<T> {
 
     /// Appends a publish; returns where it is.
     pub(crate) fn append_publish_at(&mut self, head: &PublishHead) -> Location {
+        self.pending_sync |= !head.transient;
         let chunk = self.chunk();
         let before = chunk.bytes.len();
         record::put_publish(&mut chunk.bytes, head);
@@ -414,6 +431,7 @@ impl<T> MessageStore<T> {
 
     /// The message `seq` of `queue_id`, stored in `segment`, is gone.
     pub(crate) fn append_removal(&mut self, queue_id: u64, seq: u64, segment: u32) {
+        self.pending_sync = true;
         record::put_removal(&mut self.chunk().bytes, queue_id, seq);
         if let Some(s) = self.segment_mut(segment) {
             debug_assert!(s.live > 0, "a removal for a segment with no live message");
@@ -450,11 +468,10 @@ impl<T> MessageStore<T> {
     /// `PINNED_SEGMENTS_MAX` segments given back.
     pub(crate) fn compaction_candidate(&self) -> Option<u32> {
         // One compaction at a time: the last one's segments go first.
-        if self.write_failed
-            || self
-                .segments
-                .iter()
-                .any(|s| s.moved_in_batch > self.batches_written)
+        if self
+            .segments
+            .iter()
+            .any(|s| s.moved_in_batch > self.batches_written)
         {
             return None;
         }
@@ -482,6 +499,7 @@ impl<T> MessageStore<T> {
 
     /// The message was handed to a consumer that must acknowledge it.
     pub(crate) fn append_delivered(&mut self, queue_id: u64, seq: u64, segment: u32) {
+        self.pending_sync = true;
         record::put_delivered(&mut self.chunk().bytes, queue_id, seq);
         self.refers_to(segment);
     }
@@ -498,6 +516,7 @@ impl<T> MessageStore<T> {
         if self.waiting.is_empty() && self.chunks.is_empty() {
             self.ready.notify();
         }
+        self.pending_sync = true;
         self.waiting.push(target);
     }
 
@@ -521,6 +540,8 @@ impl<T> MessageStore<T> {
             }
         }
         self.in_flight_from = self.chunks.first().map(|c| (c.segment, c.at));
+        self.in_flight_bytes = self.chunks.iter().map(|c| c.bytes.len() as u64).sum();
+        self.in_flight_sync = self.pending_sync;
         Some(Batch {
             chunks: std::mem::take(&mut self.chunks),
             confirms: std::mem::replace(
@@ -528,15 +549,18 @@ impl<T> MessageStore<T> {
                 std::mem::take(&mut self.spare_confirms),
             ),
             records,
+            sync: std::mem::take(&mut self.pending_sync),
         })
     }
 
-    /// A batch was written and synced: its buffers come back for reuse.
+    /// A batch was written (and synced, if it asked to be): its buffers
+    /// come back for reuse.
     pub(crate) fn batch_written(&mut self, buffers: impl IntoIterator<Item = Vec<u8>>, bytes: u64) {
-        self.stats.fsyncs += 1;
+        self.stats.fsyncs += u64::from(self.in_flight_sync);
         self.stats.bytes += bytes;
         self.batches_written += 1;
         self.in_flight_from = None;
+        self.in_flight_bytes = 0;
         if self.paged_total > 0 {
             // Paged messages of this batch may be read back now.
             self.paging.wake.notify();
@@ -554,11 +578,13 @@ impl<T> MessageStore<T> {
         self.spare_confirms = confirms;
     }
 
-    /// A batch could not be written or synced: from now on nothing is
-    /// deleted or compacted, since records the deletions rely on may be
-    /// missing from the disk.
-    pub(crate) fn batch_failed(&mut self) {
-        self.write_failed = true;
+    /// Bytes of records not on disk yet: those appended since the last
+    /// batch was taken, and the batch being written (held, and written
+    /// again, while the disk refuses it). Summed over the pending chunks:
+    /// called on the alarm check, not per message.
+    pub(crate) fn unwritten_bytes(&self) -> u64 {
+        let pending: u64 = self.chunks.iter().map(|c| c.bytes.len() as u64).sum();
+        pending + self.in_flight_bytes
     }
 
     /// The active segment (records go there; it is never reclaimed).
@@ -570,9 +596,6 @@ impl<T> MessageStore<T> {
     /// Segments that may be deleted now; they are marked as being deleted.
     pub(crate) fn reclaimable(&mut self) -> Vec<u32> {
         let mut out = Vec::new();
-        if self.write_failed {
-            return out;
-        }
         let first = match self.segments.front() {
             Some(s) => s.number,
             None => return out,
@@ -586,6 +609,15 @@ impl<T> MessageStore<T> {
                 continue;
             }
             if self.chunks.iter().any(|c| c.segment == s.number) {
+                continue;
+            }
+            // The batch being written (or written again after a failure:
+            // reclaiming is how a full disk gets space back) goes to this
+            // segment or an older one's successors: their files stay.
+            if self
+                .in_flight_from
+                .is_some_and(|(segment, _)| s.number >= segment)
+            {
                 continue;
             }
             let from = s.oldest_ref.max(first);
@@ -904,6 +936,45 @@ mod tests {
             let found: BTreeSet<u64> = replayed.keys().map(|&(_, s)| s).collect();
             assert_eq!(found, durable_live);
         }
+    }
+
+    /// While a batch is being written (or written again after a write
+    /// error), the segments it goes to are not reclaimed, even emptied;
+    /// older emptied ones are, so that a full disk gets space back.
+    #[test]
+    fn segments_of_the_batch_being_written_are_not_reclaimed() {
+        let m = message();
+        let mut store = Store::new(64 * 1024, &[]);
+        let mut segment_of = Vec::new();
+        let mut seq = 0;
+        while publish(&mut store, seq, &m) == 1 {
+            segment_of.push((seq, 1));
+            seq += 1;
+        }
+        segment_of.push((seq, 2));
+        flush(&mut store);
+        // Segment 2 is filled, segment 3 begun, and that batch is taken
+        // (being written, or refused and held).
+        loop {
+            seq += 1;
+            let segment = publish(&mut store, seq, &m);
+            if segment == 3 {
+                break;
+            }
+            segment_of.push((seq, segment));
+        }
+        let batch = store.take_batch().unwrap();
+        // Everything in 1 and 2 is acknowledged meanwhile (the removals go
+        // to segment 3's next chunk).
+        for &(s, segment) in &segment_of {
+            store.append_removal(1, s, segment);
+        }
+        assert_eq!(store.reclaimable(), vec![1]);
+        store.segment_deleted(1);
+        assert!(store.reclaimable().is_empty(), "segment 2 is being written");
+        store.batch_written(batch.chunks.into_iter().map(|c| c.bytes), 0);
+        flush(&mut store);
+        assert_eq!(store.reclaimable(), vec![2]);
     }
 
     #[test]

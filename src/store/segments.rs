@@ -47,9 +47,8 @@ enum SegmentFile {
 struct OpenSegment {
     number: u32,
     file: SegmentFile,
-    /// Where the next chunk goes: always a multiple of the alignment.
-    end: u64,
-    synced: bool,
+    /// Written since its last fdatasync by a batch that must be synced.
+    unsynced: bool,
 }
 
 pub(crate) struct SegmentFiles {
@@ -57,6 +56,12 @@ pub(crate) struct SegmentFiles {
     open: Vec<OpenSegment>,
     /// None until the first file is opened; then whether O_DIRECT works.
     direct: Option<bool>,
+    /// The newest segment whose file this run created: a batch written
+    /// again after a failure opens such a file again without truncating it.
+    created_up_to: u32,
+    /// For tests only (`config::SYNC_DELAY_TEST_ENV`): every synced batch
+    /// takes this much longer, as on a slow disk.
+    sync_delay: Option<std::time::Duration>,
 }
 
 impl SegmentFiles {
@@ -72,7 +77,15 @@ impl SegmentFiles {
             dir,
             open: Vec::new(),
             direct: None,
+            created_up_to: 0,
+            sync_delay: None,
         }
+    }
+
+    /// Makes every synced batch take `delay` longer (tests of a slow disk).
+    pub(crate) fn with_sync_delay(mut self, delay: Option<std::time::Duration>) -> SegmentFiles {
+        self.sync_delay = delay;
+        self
     }
 
     /// Files written with buffered writes only, as after O_DIRECT was
@@ -83,6 +96,8 @@ impl SegmentFiles {
             dir,
             open: Vec::new(),
             direct: Some(false),
+            created_up_to: 0,
+            sync_delay: None,
         }
     }
 
@@ -99,11 +114,19 @@ impl SegmentFiles {
             old
         };
         for segment in older {
+            // Its records of a batch being written are synced before the
+            // file is let go: the batch's sync below covers open files only.
+            if segment.unsynced {
+                sync(&segment.file).await?;
+            }
             close(segment.file).await;
         }
         let path = self.dir.join(file_name(number));
         let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        // A file this run created holds records already (a batch written
+        // again after a failure): it is opened as it is.
+        let fresh = number > self.created_up_to;
+        options.write(true).create(true).truncate(fresh);
         let file = if self.direct != Some(false) {
             match options.dma_open(&path).await {
                 Ok(file) => {
@@ -132,17 +155,24 @@ impl SegmentFiles {
         };
         // The new file's name must survive a crash as surely as its data.
         sync_dir(&self.dir).await?;
+        self.created_up_to = self.created_up_to.max(number);
         self.open.push(OpenSegment {
             number,
             file,
-            end: 0,
-            synced: true,
+            unsynced: false,
         });
         Ok(self.open.len() - 1)
     }
 
-    /// Writes a batch's chunks and syncs every file they went to. Returns
-    /// the bytes written.
+    /// Writes a batch's chunks and, unless the batch holds only transient
+    /// messages paged out (`Batch::sync`), syncs every file they went to.
+    /// Returns the bytes written.
+    ///
+    /// Each chunk goes to the place the store gave it when its records
+    /// were appended (`log::Chunk::at`; every chunk is padded alike), so a
+    /// batch whose write failed (a full disk, EFBIG, EIO) can be written
+    /// again, whole, with the same result: the store task holds it and
+    /// its confirms and tries again until the disk takes it.
     pub(crate) async fn write<T>(&mut self, batch: &mut Batch<T>) -> io::Result<u64> {
         let mut written = 0u64;
         for chunk in &mut batch.chunks {
@@ -156,22 +186,23 @@ impl SegmentFiles {
                     ));
                 }
             }
-            // Every chunk is padded alike, so that the store knew where it
-            // starts when its records were appended (`log::Chunk::at`).
-            debug_assert_eq!(segment.end, chunk.at);
-            record::seal_chunk(&mut chunk.bytes, record::CHUNK_ALIGNMENT);
-            write_all(&segment.file, &chunk.bytes, segment.end).await?;
-            segment.end += chunk.bytes.len() as u64;
-            segment.synced = false;
+            if !chunk.sealed {
+                record::seal_chunk(&mut chunk.bytes, record::CHUNK_ALIGNMENT);
+                chunk.sealed = true;
+            }
+            segment.unsynced |= batch.sync;
+            write_all(&segment.file, &chunk.bytes, chunk.at).await?;
             written += chunk.bytes.len() as u64;
         }
-        for segment in &mut self.open {
-            if !segment.synced {
-                match &segment.file {
-                    SegmentFile::Direct(file) => file.fdatasync().await?,
-                    SegmentFile::Buffered(file) => file.fdatasync().await?,
+        if batch.sync {
+            for segment in &mut self.open {
+                if segment.unsynced {
+                    sync(&segment.file).await?;
+                    segment.unsynced = false;
                 }
-                segment.synced = true;
+            }
+            if let Some(delay) = self.sync_delay {
+                glommio::timer::sleep(delay).await;
             }
         }
         Ok(written)
@@ -338,6 +369,14 @@ impl SegmentReader {
     }
 }
 
+async fn sync(file: &SegmentFile) -> io::Result<()> {
+    match file {
+        SegmentFile::Direct(file) => file.fdatasync().await?,
+        SegmentFile::Buffered(file) => file.fdatasync().await?,
+    }
+    Ok(())
+}
+
 async fn close(file: SegmentFile) {
     let _ = match file {
         SegmentFile::Direct(file) => file.close().await,
@@ -416,8 +455,10 @@ mod tests {
     }
 
     /// Writes 300 publishes (acking every third) in several batches and
-    /// segments, then reads the files back as recovery does.
-    fn write_and_read_back(dir: PathBuf, direct: bool) {
+    /// segments, then reads the files back as recovery does. `twice`: every
+    /// batch is written a second time, as after a write error (the store
+    /// task writes a refused batch again, whole).
+    fn write_and_read_back(dir: PathBuf, direct: bool, twice: bool) {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let written_dir = dir.clone();
@@ -452,6 +493,9 @@ mod tests {
                     if n % 40 == 39 {
                         let mut batch = store.take_batch().unwrap();
                         files.write(&mut batch).await.unwrap();
+                        if twice {
+                            files.write(&mut batch).await.unwrap();
+                        }
                         store.batch_written(batch.chunks.into_iter().map(|c| c.bytes), 0);
                     }
                 }
@@ -514,6 +558,17 @@ mod tests {
         write_and_read_back(
             std::env::temp_dir().join(format!("warren-segments-{}", std::process::id())),
             true,
+            false,
+        );
+    }
+
+    /// A batch written again (after a write error) leaves the same files.
+    #[test]
+    fn a_batch_written_again_reads_back_exactly() {
+        write_and_read_back(
+            std::env::temp_dir().join(format!("warren-segments-again-{}", std::process::id())),
+            true,
+            true,
         );
     }
 
@@ -522,6 +577,7 @@ mod tests {
     fn batches_written_with_buffered_writes_read_back_exactly() {
         write_and_read_back(
             std::env::temp_dir().join(format!("warren-segments-buffered-{}", std::process::id())),
+            false,
             false,
         );
     }
@@ -537,6 +593,7 @@ mod tests {
         write_and_read_back(
             shm.join(format!("warren-segments-{}", std::process::id())),
             true,
+            false,
         );
     }
 }

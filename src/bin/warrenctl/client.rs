@@ -240,6 +240,21 @@ impl Client {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<Reply, Failure> {
+        let (status, text) = self.request_text(method, path, body, headers)?;
+        Ok(Reply {
+            status,
+            body: json_or_text(text),
+        })
+    }
+
+    /// As `request`, with the answer's body as the text it is (a trace log file).
+    pub fn request_text(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), Failure> {
         let url = format!("{}{path}", self.target.base);
         let mut request = self
             .agent
@@ -263,14 +278,15 @@ impl Client {
         };
         let status = response.status();
         let text = response.into_string().unwrap_or_default();
-        let body = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        if !matches!(status, 401 | 403 | 500..=599) {
+            return Ok((status, text));
+        }
+        let reply = Reply {
+            status,
+            body: json_or_text(text),
         };
-        let reply = Reply { status, body };
-        match status {
-            401 => Err(Failure::new(
+        Err(match status {
+            401 => Failure::new(
                 exit::NOPERM,
                 format!(
                     "Error: access refused: the management API at {} did not accept user \"{}\" ({}).\n\
@@ -280,8 +296,8 @@ impl Client {
                     self.target.user,
                     reply.reason()
                 ),
-            )),
-            403 => Err(Failure::new(
+            ),
+            403 => Failure::new(
                 exit::NOPERM,
                 format!(
                     "Error: user \"{}\" lacks the rights for {method} {path} ({}).\n\
@@ -289,17 +305,16 @@ impl Client {
                     self.target.user,
                     reply.reason()
                 ),
-            )),
-            500..=599 => Err(Failure::new(
+            ),
+            _ => Failure::new(
                 exit::SOFTWARE,
                 format!(
                     "Error: the management API failed on {method} {path}: {} {}",
                     status,
                     reply.reason()
                 ),
-            )),
-            _ => Ok(reply),
-        }
+            ),
+        })
     }
 
     fn unreachable(&self, t: &ureq::Transport) -> Failure {
@@ -323,6 +338,15 @@ impl Client {
                 self.target
             ),
         )
+    }
+}
+
+/// An answer's body: JSON, or the text itself when it is not JSON.
+fn json_or_text(text: String) -> Value {
+    if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
     }
 }
 

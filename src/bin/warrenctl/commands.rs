@@ -32,6 +32,13 @@ fn no_such_user(user: &str) -> Failure {
     )
 }
 
+fn no_such_trace_file(name: &str) -> Failure {
+    Failure::new(
+        exit::DATAERR,
+        format!("Error:\nTrace file \"{name}\" does not exist"),
+    )
+}
+
 fn no_such_vhost(vhost: &str) -> Failure {
     Failure::new(
         exit::DATAERR,
@@ -623,6 +630,161 @@ impl Ctx<'_> {
         self.out
             .info(&format!("Trace {done} for vhost {}", self.vhost));
         Ok(())
+    }
+
+    /// list_traces: the trace log files' traces of the vhost (GET /api/traces/{vhost}, as
+    /// the rabbitmq_tracing plugin has it).
+    pub fn list_traces(&self) -> Result<(), Failure> {
+        self.out
+            .info(&format!("Listing traces for vhost \"{}\" ...", self.vhost));
+        let reply = self
+            .client
+            .get(&format!("/api/traces/{}", self.vhost_path()))?;
+        if reply.status == 404 {
+            return Err(no_such_vhost(self.vhost));
+        }
+        if !reply.ok() {
+            return Err(refused(reply.status, reply.reason()));
+        }
+        let cols = [
+            "vhost",
+            "name",
+            "format",
+            "pattern",
+            "max_payload_bytes",
+            "dropped",
+        ];
+        let rows: Vec<Vec<Value>> = reply
+            .body
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            // GET /api/traces/{vhost} lists every vhost's traces on RabbitMQ 3.10.
+            .filter(|t| t.get("vhost").and_then(Value::as_str) == Some(self.vhost))
+            .map(|t| {
+                cols.iter()
+                    .map(|c| t.get(*c).cloned().unwrap_or(Value::Null))
+                    .collect()
+            })
+            .collect();
+        let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+        self.out.table(&names, &rows);
+        Ok(())
+    }
+
+    /// add_trace: starts a trace writing NAME.log (PUT /api/traces/{vhost}/{name}).
+    pub fn add_trace(
+        &self,
+        name: &str,
+        format: &str,
+        pattern: &str,
+        max_payload_bytes: Option<u64>,
+    ) -> Result<(), Failure> {
+        self.out.info(&format!(
+            "Starting trace \"{name}\" for vhost \"{}\" ...",
+            self.vhost
+        ));
+        let mut body = json!({"format": format, "pattern": pattern});
+        if let Some(max) = max_payload_bytes {
+            body["max_payload_bytes"] = json!(max);
+        }
+        let reply = self.client.put(
+            &format!("/api/traces/{}/{}", self.vhost_path(), segment(name)),
+            &body,
+        )?;
+        match reply.status {
+            404 => Err(no_such_vhost(self.vhost)),
+            s if !(200..300).contains(&s) => Err(refused(s, reply.reason())),
+            _ => Ok(()),
+        }
+    }
+
+    /// delete_trace: stops a trace (DELETE /api/traces/{vhost}/{name}); its file stays.
+    pub fn delete_trace(&self, name: &str) -> Result<(), Failure> {
+        self.out.info(&format!(
+            "Stopping trace \"{name}\" for vhost \"{}\" ...",
+            self.vhost
+        ));
+        let reply = self.client.delete(
+            &format!("/api/traces/{}/{}", self.vhost_path(), segment(name)),
+            &[],
+        )?;
+        match reply.status {
+            404 => Err(Failure::new(
+                exit::DATAERR,
+                format!(
+                    "Error:\nTrace \"{name}\" does not exist in vhost \"{}\"",
+                    self.vhost
+                ),
+            )),
+            s if !(200..300).contains(&s) => Err(refused(s, reply.reason())),
+            _ => Ok(()),
+        }
+    }
+
+    /// list_trace_files: the trace log files and their sizes (GET /api/trace-files).
+    pub fn list_trace_files(&self) -> Result<(), Failure> {
+        self.out.info("Listing trace log files ...");
+        let files = self.client.get_ok("/api/trace-files")?;
+        let cols = ["name", "size"];
+        let rows: Vec<Vec<Value>> = files
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|f| {
+                cols.iter()
+                    .map(|c| f.get(*c).cloned().unwrap_or(Value::Null))
+                    .collect()
+            })
+            .collect();
+        let names: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+        self.out.table(&names, &rows);
+        Ok(())
+    }
+
+    /// get_trace_file: writes a trace log file to PATH, or to standard output.
+    pub fn get_trace_file(&self, name: &str, path: &str) -> Result<(), Failure> {
+        let (status, text) = self.client.request_text(
+            "GET",
+            &format!("/api/trace-files/{}", segment(name)),
+            None,
+            &[],
+        )?;
+        if status == 404 {
+            return Err(no_such_trace_file(name));
+        }
+        if !(200..300).contains(&status) {
+            return Err(refused(status, format!("HTTP status {status}")));
+        }
+        if path == "-" {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(text.as_bytes());
+            return Ok(());
+        }
+        self.out
+            .info(&format!("Writing trace file \"{name}\" to \"{path}\" ..."));
+        std::fs::write(path, text).map_err(|e| {
+            Failure::new(
+                exit::DATAERR,
+                format!("Error:\nCannot write to file {path}: {e}"),
+            )
+        })
+    }
+
+    /// delete_trace_file: DELETE /api/trace-files/{name}.
+    pub fn delete_trace_file(&self, name: &str) -> Result<(), Failure> {
+        self.out
+            .info(&format!("Deleting trace file \"{name}\" ..."));
+        let reply = self
+            .client
+            .delete(&format!("/api/trace-files/{}", segment(name)), &[])?;
+        match reply.status {
+            404 => Err(no_such_trace_file(name)),
+            s if !(200..300).contains(&s) => Err(refused(s, reply.reason())),
+            _ => Ok(()),
+        }
     }
 
     pub fn add_user(&self, user: &str, password: Option<String>) -> Result<(), Failure> {

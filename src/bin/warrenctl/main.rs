@@ -40,6 +40,8 @@ Commands are grouped as rabbitmqctl groups them:
                    list_channels, list_consumers, status
   Policies:        set_policy, clear_policy, list_policies
   Virtual hosts:   add_vhost, delete_vhost, trace_on, trace_off
+  Trace log files: list_traces, add_trace, delete_trace, list_trace_files,
+                   get_trace_file, delete_trace_file (rabbitmq_tracing's traces)
   Definitions:     export_definitions, import_definitions
   Operations:      close_connection
   Queues:          purge_queue, delete_queue
@@ -174,6 +176,52 @@ enum Command {
     TraceOn,
     /// Disables the firehose tracer for a virtual host (--vhost, default /)
     TraceOff,
+    /// Lists the trace log files' traces of a virtual host (--vhost, default /)
+    #[command(
+        after_help = "As the rabbitmq_tracing plugin's traces: each writes the messages whose \
+        trace routing key (publish.<exchange>, deliver.<queue>) matches its pattern to NAME.log. \
+        The dropped column counts records the broker dropped because the file could not keep up."
+    )]
+    ListTraces,
+    /// Starts a trace writing a log file NAME.log in a virtual host (--vhost, default /)
+    #[command(
+        after_help = "The pattern is a topic pattern over publish.<exchange> and deliver.<queue>: \
+        # traces everything, publish.# only publishes, deliver.myqueue one queue's deliveries. \
+        A vhost's first trace turns its firehose on; stopping its last turns it off."
+    )]
+    AddTrace {
+        /// The trace's name; its file is NAME.log
+        name: String,
+        /// The records' format
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// Topic pattern over publish.<exchange> and deliver.<queue>
+        #[arg(long, default_value = "#")]
+        pattern: String,
+        /// Payload bytes to keep in each record (no limit when omitted; 0 for none)
+        #[arg(long = "max-payload-bytes", value_name = "BYTES")]
+        max_payload_bytes: Option<u64>,
+    },
+    /// Stops a trace of a virtual host (--vhost, default /); its log file stays
+    DeleteTrace {
+        /// The trace's name
+        name: String,
+    },
+    /// Lists the trace log files and their sizes
+    ListTraceFiles,
+    /// Writes a trace log file to a file, or to standard output
+    GetTraceFile {
+        /// The file's name, as list_trace_files shows it (NAME.log)
+        name: String,
+        /// File to write, or - (the default) for standard output
+        #[arg(allow_hyphen_values = true, default_value = "-")]
+        path: String,
+    },
+    /// Deletes a trace log file
+    DeleteTraceFile {
+        /// The file's name, as list_trace_files shows it (NAME.log)
+        name: String,
+    },
     /// Creates a new user in the internal database. This user will have no permissions for any virtual hosts by default.
     AddUser {
         /// Name of the user to create
@@ -368,6 +416,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         ClusterStatus => c.cluster_status(),
         TraceOn => c.trace(true),
         TraceOff => c.trace(false),
+        ListTraces => c.list_traces(),
+        AddTrace {
+            name,
+            format,
+            pattern,
+            max_payload_bytes,
+        } => c.add_trace(&name, &format, &pattern, max_payload_bytes),
+        DeleteTrace { name } => c.delete_trace(&name),
+        ListTraceFiles => c.list_trace_files(),
+        GetTraceFile { name, path } => c.get_trace_file(&name, &path),
+        DeleteTraceFile { name } => c.delete_trace_file(&name),
         AddUser { username, password } => c.add_user(&username, password),
         DeleteUser { username } => c.delete_user(&username),
         ChangePassword {
