@@ -41,7 +41,7 @@ Commands are grouped as rabbitmqctl groups them:
   Policies:        set_policy, clear_policy, list_policies
   Virtual hosts:   add_vhost, delete_vhost, trace_on, trace_off
   Definitions:     export_definitions, import_definitions
-  Operations:      close_connection
+  Operations:      close_connection, reload_tls_certificates
   Queues:          purge_queue, delete_queue
 
 warrenctl talks to the management HTTP API given by --url (or WARRENCTL_URL), as the
@@ -304,6 +304,14 @@ enum Command {
         /// The reason given to the client
         explanation: String,
     },
+    /// Reads the TLS certificate, key and CA files again (as SIGHUP does)
+    #[command(
+        after_help = "New TLS connections (amqps and HTTPS) use the files as they are now; \
+        connections already open keep theirs. A file that cannot be used is refused with \
+        the reason, and the certificate in use stays. Needs an administrator. \
+        warren's own command (RabbitMQ has none: rabbitmqctl eval 'ssl:clear_pem_cache().')."
+    )]
+    ReloadTlsCertificates,
     /// Waits for the broker to start (its management API to answer)
     #[command(
         after_help = "Waits at most --timeout seconds (300 by default). Exits 0 once the \
@@ -412,6 +420,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             connection,
             explanation,
         } => c.close_connection(&connection, &explanation),
+        ReloadTlsCertificates => c.reload_tls_certificates(),
         AwaitStartup => Ok(()),
     }
 }
