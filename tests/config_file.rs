@@ -79,7 +79,10 @@ fn the_files_settings_apply_and_flags_override_them() {
         "management API (HTTPS) listening",
         "prometheus metrics (HTTPS) listening",
     ] {
-        assert!(log.contains(https), "the file's HTTPS listener is missing:\n{log}");
+        assert!(
+            log.contains(https),
+            "the file's HTTPS listener is missing:\n{log}"
+        );
     }
     run(async {
         let (_conn, ch) = open(&b.url()).await;

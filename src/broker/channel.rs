@@ -378,6 +378,13 @@ fn lookup_queue<'a>(env: &'a Env, name: &ShortStr) -> Result<&'a QueueMeta, Amqp
         .ok_or_else(|| no_queue(name))
 }
 
+/// Benchmarks only, compiled with the `fuzzing` feature alone: publishes
+/// skip the write permission check, so that `benches/publish_permission.rs`
+/// can measure the same path with and without it (`fuzzing` sets it).
+#[cfg(feature = "fuzzing")]
+pub(crate) static SKIP_PUBLISH_PERMISSION_CHECK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Access checks (`rabbit_channel`'s `check_*_permitted`), for the
 /// connection's user in its vhost.
 impl Connection {
@@ -396,6 +403,10 @@ impl Connection {
         routing_key: &str,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        #[cfg(feature = "fuzzing")]
+        if SKIP_PUBLISH_PERMISSION_CHECK.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let access = &self.publish_access;
         if access.generation != env.users.generation() + 1
             || access.vhost_generation != env.vhost.generation()
