@@ -15,8 +15,8 @@ use bytes::{Bytes, BytesMut};
 use warren::fuzzing::{Broker, Client, Step};
 use warren_protocol::{
     write_body, write_content_header, write_method, BasicPublish, ChannelOpen, ConnectionOpen,
-    ConnectionStartOk, ConnectionTuneOk, FieldTable, FieldValue, Method, Properties, QueueDeclare,
-    ShortStr, PROTOCOL_HEADER,
+    ConnectionStartOk, ConnectionTuneOk, FieldTable, FieldValue, Method, Properties, QueueBind,
+    QueueDeclare, ShortStr, PROTOCOL_HEADER,
 };
 
 const FRAME_MAX: u32 = 131_072;
@@ -101,7 +101,8 @@ fn feed(broker: &mut Broker, client: Client, buf: &mut BytesMut) {
 }
 
 /// A connection, logged in, channel 1 open; with queue `bench` (at most
-/// 1,000 messages, the oldest dropped) when `queue` is set.
+/// 1,000 messages, the oldest dropped, bound to amq.direct with key
+/// `bench`) when `queue` is set.
 fn session(queue: bool) -> (Broker, Client) {
     let mut broker = Broker::default();
     let client = broker.connect();
@@ -120,6 +121,18 @@ fn session(queue: bool) -> (Broker, Client) {
                 auto_delete: false,
                 nowait: false,
                 arguments,
+            }
+            .into(),
+        );
+        write_method(
+            &mut buf,
+            1,
+            &QueueBind {
+                queue: s("bench"),
+                exchange: s("amq.direct"),
+                routing_key: s("bench"),
+                nowait: false,
+                arguments: FieldTable::default(),
             }
             .into(),
         );
@@ -146,6 +159,7 @@ fn case(name: &str, queue: bool, exchange: &str, routing_key: &str) {
     let batch = publishes(exchange, routing_key);
     let (mut broker, client) = session(queue);
     let (mut with, mut without) = (f64::MAX, f64::MAX);
+    let fills = Broker::publish_access_fills();
     for round in 0..ROUNDS {
         for check in [round % 2 == 0, round % 2 == 1] {
             Broker::set_publish_permission_check(check);
@@ -158,11 +172,13 @@ fn case(name: &str, queue: bool, exchange: &str, routing_key: &str) {
         }
     }
     Broker::set_publish_permission_check(true);
+    let fills = Broker::publish_access_fills() - fills;
     println!(
-        "{name:<44} checked {with:>7.1} ns/message   unchecked {without:>7.1} ns/message   \
-         difference {:>5.1} ns ({:+.1}%)",
+        "{name:<50} checked {with:>7.1} ns/message   unchecked {without:>7.1} ns/message   \
+         difference {:>5.1} ns ({:+.1}%), full checks {fills} of {}",
         with - without,
-        (with - without) / without * 100.0
+        (with - without) / without * 100.0,
+        ROUNDS * BATCHES * BATCH
     );
 }
 
@@ -174,9 +190,21 @@ fn main() {
         "nowhere",
     );
     case(
+        "publish 16 B to the default exchange, unroutable",
+        false,
+        "",
+        "nowhere",
+    );
+    case(
         "publish 16 B to a queue (default exchange)",
         true,
         "",
+        "bench",
+    );
+    case(
+        "publish 16 B to a queue (amq.direct)",
+        true,
+        "amq.direct",
         "bench",
     );
 }

@@ -156,6 +156,12 @@ impl Broker {
             .store(!on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// How many times a channel checked a publish's permission in full
+    /// rather than from its cache, in every `Broker` of the process.
+    pub fn publish_access_fills() -> u64 {
+        crate::broker::channel::PUBLISH_ACCESS_FILLS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Queues on the shard, and messages they hold.
     pub fn queue_count(&self) -> usize {
         self.state.borrow().queues.len()

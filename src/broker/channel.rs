@@ -384,6 +384,11 @@ fn lookup_queue<'a>(env: &'a Env, name: &ShortStr) -> Result<&'a QueueMeta, Amqp
 #[cfg(feature = "fuzzing")]
 pub(crate) static SKIP_PUBLISH_PERMISSION_CHECK: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+/// Benchmarks only: how many times a channel's cached publish check was
+/// filled (checked in full), to show the bench that the cache holds.
+#[cfg(feature = "fuzzing")]
+pub(crate) static PUBLISH_ACCESS_FILLS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// Access checks (`rabbit_channel`'s `check_*_permitted`), for the
 /// connection's user in its vhost.
@@ -428,6 +433,8 @@ impl Connection {
 
     #[cold]
     fn fill_publish_access(&mut self, exchange: &str, env: &Env) -> Result<(), AmqpError> {
+        #[cfg(feature = "fuzzing")]
+        PUBLISH_ACCESS_FILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.publish_access.generation = 0;
         env.users
             .check_resource(&self.user, &self.vhost, "exchange", exchange, Access::Write)?;
