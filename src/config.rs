@@ -276,6 +276,15 @@ pub(crate) const MANAGEMENT_AUTH_CACHE: Duration = Duration::from_secs(1);
 pub(crate) const MANAGEMENT_AUTH_CACHE_ENTRIES_MAX: usize = 1024;
 /// Rates are computed over readings at least this far apart.
 pub(crate) const MANAGEMENT_RATE_SAMPLE_MIN: Duration = Duration::from_secs(1);
+/// How long an HTTPS client of the management API or of /metrics has to
+/// finish its TLS handshake: RabbitMQ's `ssl_handshake_timeout` (5 s).
+pub(crate) const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// TLS handshakes one HTTPS listener runs at once; past it, accepting
+/// waits, so that clients stalling mid-handshake cannot pile up sockets.
+pub(crate) const HTTPS_HANDSHAKES_MAX: usize = 256;
+/// How long an HTTPS listener pauses after a failed accept (out of file
+/// descriptors, typically) before it tries again.
+pub(crate) const HTTPS_ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What `warren` was started with; see `src/bin/warren.rs` for the flags.
 #[derive(Clone, Debug)]
@@ -322,6 +331,12 @@ pub struct Config {
     pub prometheus_listen: Vec<SocketAddr>,
     /// amqps listeners and their files (`--tls-*`); None: no TLS.
     pub tls: Option<TlsConfig>,
+    /// `--management-tls-listen`: the management API over HTTPS, with the
+    /// `tls` files (RabbitMQ's `management.ssl`); needs `tls`.
+    pub management_tls_listen: Vec<SocketAddr>,
+    /// `--prometheus-tls-listen`: /metrics over HTTPS (RabbitMQ's
+    /// `prometheus.ssl`); needs `tls`.
+    pub prometheus_tls_listen: Vec<SocketAddr>,
 }
 
 /// TLS settings, after RabbitMQ's `listeners.ssl` and `ssl_options`.
@@ -471,6 +486,8 @@ impl Default for Config {
             management_listen: Vec::new(),
             prometheus_listen: Vec::new(),
             tls: None,
+            management_tls_listen: Vec::new(),
+            prometheus_tls_listen: Vec::new(),
         }
     }
 }

@@ -147,6 +147,21 @@ impl Broker {
         self.run_owner();
     }
 
+    /// Whether publishes check the user's write permission (they do unless
+    /// told otherwise): off, the same path without the check, for
+    /// `benches/publish_permission.rs` to measure what it costs. It holds
+    /// for every `Broker` of the process.
+    pub fn set_publish_permission_check(on: bool) {
+        crate::broker::channel::SKIP_PUBLISH_PERMISSION_CHECK
+            .store(!on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times a channel checked a publish's permission in full
+    /// rather than from its cache, in every `Broker` of the process.
+    pub fn publish_access_fills() -> u64 {
+        crate::broker::channel::PUBLISH_ACCESS_FILLS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Queues on the shard, and messages they hold.
     pub fn queue_count(&self) -> usize {
         self.state.borrow().queues.len()

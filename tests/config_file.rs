@@ -59,6 +59,8 @@ fn the_files_settings_apply_and_flags_override_them() {
          tls_listen = [\"127.0.0.1:0\"]\n\
          tls-cert = \"{0}/cert.pem\"\n\
          tls-key = \"{0}/key.pem\"\n\
+         management-tls-listen = [\"127.0.0.1:0\"]\n\
+         prometheus_tls_listen = \"127.0.0.1:0\"\n\
          log-format = \"text\"\n",
         pki.display()
     ));
@@ -73,6 +75,15 @@ fn the_files_settings_apply_and_flags_override_them() {
         ready.contains("tls_address=127.0.0.1:"),
         "the file's TLS listener is missing: {ready}"
     );
+    for https in [
+        "management API (HTTPS) listening",
+        "prometheus metrics (HTTPS) listening",
+    ] {
+        assert!(
+            log.contains(https),
+            "the file's HTTPS listener is missing:\n{log}"
+        );
+    }
     run(async {
         let (_conn, ch) = open(&b.url()).await;
         let queue = unique("configured");

@@ -75,7 +75,7 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     management_listen: Vec<SocketAddr>,
     /// Run without the management HTTP API.
-    #[arg(long, conflicts_with = "management_listen")]
+    #[arg(long, conflicts_with_all = ["management_listen", "management_tls_listen"])]
     no_management: bool,
     /// Which shard a new queue lives on (RabbitMQ's queue_leader_locator):
     /// client-local, the shard of the connection that declares it, or
@@ -90,7 +90,7 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     prometheus_listen: Vec<SocketAddr>,
     /// Run without the Prometheus metrics endpoint.
-    #[arg(long, conflicts_with = "prometheus_listen")]
+    #[arg(long, conflicts_with_all = ["prometheus_listen", "prometheus_tls_listen"])]
     no_prometheus: bool,
     /// error, warn, info, debug or trace (or a tracing filter such as warren=debug).
     #[arg(long, default_value = "info")]
@@ -129,6 +129,18 @@ struct Args {
     /// common_name or subject_alternative_name (RabbitMQ's ssl_cert_login_from).
     #[arg(long, default_value = "common_name", value_name = "FIELD")]
     tls_cert_login_from: String,
+    /// Address of the management API over HTTPS (RabbitMQ's management.ssl,
+    /// usually port 15671), with the --tls-cert and --tls-key files; repeat
+    /// for several. Given alone, without --management-listen, the API is
+    /// served over HTTPS only, as RabbitMQ does.
+    #[arg(long, value_name = "ADDR:PORT")]
+    management_tls_listen: Vec<SocketAddr>,
+    /// Address of /metrics over HTTPS (RabbitMQ's prometheus.ssl, usually
+    /// port 15691), with the --tls-cert and --tls-key files; repeat for
+    /// several. Given alone, without --prometheus-listen, /metrics is
+    /// served over HTTPS only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    prometheus_tls_listen: Vec<SocketAddr>,
 }
 
 /// The flags, with the settings of `--config FILE` for those given neither
@@ -196,8 +208,14 @@ fn tls_config(args: &Args) -> Result<Option<config::TlsConfig>, String> {
     let (cert, key) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         (None, None) => {
-            if !args.tls_listen.is_empty() {
-                return Err("--tls-listen needs --tls-cert and --tls-key".into());
+            for (given, flag) in [
+                (&args.tls_listen, "--tls-listen"),
+                (&args.management_tls_listen, "--management-tls-listen"),
+                (&args.prometheus_tls_listen, "--prometheus-tls-listen"),
+            ] {
+                if !given.is_empty() {
+                    return Err(format!("{flag} needs --tls-cert and --tls-key"));
+                }
             }
             return Ok(None);
         }
@@ -277,7 +295,7 @@ fn main() -> ExitCode {
     };
     let management_listen = if args.no_management {
         Vec::new()
-    } else if args.management_listen.is_empty() {
+    } else if args.management_listen.is_empty() && args.management_tls_listen.is_empty() {
         let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::MANAGEMENT_PORT))];
         if ipv6_available() {
             both.push(SocketAddr::from(([0u16; 8], config::MANAGEMENT_PORT)));
@@ -288,7 +306,7 @@ fn main() -> ExitCode {
     };
     let prometheus_listen = if args.no_prometheus {
         Vec::new()
-    } else if args.prometheus_listen.is_empty() {
+    } else if args.prometheus_listen.is_empty() && args.prometheus_tls_listen.is_empty() {
         let mut both = vec![SocketAddr::from(([0, 0, 0, 0], config::PROMETHEUS_PORT))];
         if ipv6_available() {
             both.push(SocketAddr::from(([0u16; 8], config::PROMETHEUS_PORT)));
@@ -389,6 +407,8 @@ fn main() -> ExitCode {
         queue_leader_locator: args.queue_leader_locator,
         prometheus_listen,
         tls,
+        management_tls_listen: args.management_tls_listen,
+        prometheus_tls_listen: args.prometheus_tls_listen,
         ..Config::default()
     };
     // The data directory is created (0700) and locked by shard::run.

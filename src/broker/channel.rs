@@ -440,6 +440,18 @@ fn lookup_queue<'a>(env: &'a Env, name: &ShortStr) -> Result<&'a QueueMeta, Amqp
         .ok_or_else(|| no_queue(name))
 }
 
+/// Benchmarks only, compiled with the `fuzzing` feature alone: publishes
+/// skip the write permission check, so that `benches/publish_permission.rs`
+/// can measure the same path with and without it (`fuzzing` sets it).
+#[cfg(feature = "fuzzing")]
+pub(crate) static SKIP_PUBLISH_PERMISSION_CHECK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+/// Benchmarks only: how many times a channel's cached publish check was
+/// filled (checked in full), to show the bench that the cache holds.
+#[cfg(feature = "fuzzing")]
+pub(crate) static PUBLISH_ACCESS_FILLS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// Access checks (`rabbit_channel`'s `check_*_permitted`), for the
 /// connection's user in its vhost.
 impl Connection {
@@ -458,6 +470,10 @@ impl Connection {
         routing_key: &str,
         env: &Env,
     ) -> Result<(), AmqpError> {
+        #[cfg(feature = "fuzzing")]
+        if SKIP_PUBLISH_PERMISSION_CHECK.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let access = &self.publish_access;
         if access.generation != env.users.generation() + 1
             || access.vhost_generation != env.vhost.generation()
@@ -479,6 +495,8 @@ impl Connection {
 
     #[cold]
     fn fill_publish_access(&mut self, exchange: &str, env: &Env) -> Result<(), AmqpError> {
+        #[cfg(feature = "fuzzing")]
+        PUBLISH_ACCESS_FILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.publish_access.generation = 0;
         env.users
             .check_resource(&self.user, &self.vhost, "exchange", exchange, Access::Write)?;

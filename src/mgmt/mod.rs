@@ -1,7 +1,8 @@
 //! The control plane's thread and the management HTTP API on it.
 //!
 //! One OS thread (`warren-mgmt`), never a shard, runs a current-thread
-//! tokio runtime serving axum on `--management-listen`. It reads shard
+//! tokio runtime serving axum on `--management-listen` (and over HTTPS on
+//! `--management-tls-listen`, see `https`). It reads shard
 //! state by asking each shard over a crossbeam channel that the shard
 //! drains from its tick (`broker::control`), and changes definitions
 //! through the metadata owner on shard 0 as an AMQP declare does. The
@@ -21,6 +22,7 @@ pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod dashboard;
 pub(crate) mod error;
+pub(crate) mod https;
 pub(crate) mod json;
 pub(crate) mod list;
 pub(crate) mod plane;
@@ -87,10 +89,25 @@ pub struct ManagementError {
     pub error: std::io::Error,
     /// The Prometheus listener failed, not the management API's.
     pub prometheus: bool,
+    /// An HTTPS listener failed (`--management-tls-listen`,
+    /// `--prometheus-tls-listen`).
+    pub tls: bool,
 }
 
 impl std::fmt::Display for ManagementError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tls {
+            let flag = if self.prometheus {
+                "--prometheus-tls-listen"
+            } else {
+                "--management-tls-listen"
+            };
+            return write!(
+                f,
+                "the HTTPS listener cannot listen on {}: {} ({})",
+                self.address, self.error, flag
+            );
+        }
         if self.prometheus {
             return write!(
                 f,
@@ -112,6 +129,7 @@ impl std::fmt::Display for ManagementError {
 fn bind_all(
     listen: &[SocketAddr],
     prometheus: bool,
+    tls: bool,
 ) -> Result<Vec<(std::net::TcpListener, SocketAddr)>, ManagementError> {
     let mut listeners = Vec::new();
     for &address in listen {
@@ -119,6 +137,7 @@ fn bind_all(
             address,
             error,
             prometheus,
+            tls,
         };
         let listener = bind(address).map_err(failed)?;
         let bound = listener.local_addr().map_err(failed)?;
@@ -127,17 +146,27 @@ fn bind_all(
     Ok(listeners)
 }
 
-/// Binds every management and Prometheus address (so that a taken port
-/// stops the broker before it serves, as RabbitMQ's plugins do), then
-/// starts the control-plane thread, which serves both.
+/// Binds every management and Prometheus address, HTTP and HTTPS (so that
+/// a taken port stops the broker before it serves, as RabbitMQ's plugins
+/// do), then starts the control-plane thread, which serves them all.
 pub(crate) fn start(
     listen: &[SocketAddr],
     prometheus_listen: &[SocketAddr],
+    https: https::Https,
     shards: Vec<Sender<Control>>,
     mut node: NodeInfo,
 ) -> Result<(), ManagementError> {
-    let listeners = bind_all(listen, false)?;
-    let prometheus_listeners = bind_all(prometheus_listen, true)?;
+    let listeners = bind_all(listen, false, false)?;
+    let prometheus_listeners = bind_all(prometheus_listen, true, false)?;
+    // HTTPS listeners exist only with a certificate (the flags are checked
+    // at start).
+    let (tls_listeners, prometheus_tls_listeners) = match &https.certificates {
+        Some(_) => (
+            bind_all(&https.management, false, true)?,
+            bind_all(&https.prometheus, true, true)?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let bound: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
     node.management_listeners = bound.clone();
     let plane = plane::Plane::new(shards);
@@ -157,17 +186,34 @@ pub(crate) fn start(
     for (_, address) in &prometheus_listeners {
         info!(address = %address, "prometheus metrics listening");
     }
-    let mut routed: Vec<(std::net::TcpListener, SocketAddr, axum::Router)> = Vec::new();
-    if !listeners.is_empty() {
-        let router = api::router(app).merge(dashboard::router());
+    // Worded apart from the lines above, which tools read for the plain
+    // HTTP address.
+    for (_, address) in &tls_listeners {
+        info!(address = %address, "management API (HTTPS) listening");
+    }
+    for (_, address) in &prometheus_tls_listeners {
+        info!(address = %address, "prometheus metrics (HTTPS) listening");
+    }
+    let certificates = https.certificates;
+    let mut routed: Vec<Routed> = Vec::new();
+    if !listeners.is_empty() || !tls_listeners.is_empty() {
+        let router = api::router(app.clone())
+            .merge(https::routes(app, certificates.clone()))
+            .merge(dashboard::router());
         for (listener, address) in listeners {
-            routed.push((listener, address, router.clone()));
+            routed.push((listener, address, router.clone(), None));
+        }
+        for (listener, address) in tls_listeners {
+            routed.push((listener, address, router.clone(), certificates.clone()));
         }
     }
-    if !prometheus_listeners.is_empty() {
+    if !prometheus_listeners.is_empty() || !prometheus_tls_listeners.is_empty() {
         let router = prometheus::router(metrics);
         for (listener, address) in prometheus_listeners {
-            routed.push((listener, address, router.clone()));
+            routed.push((listener, address, router.clone(), None));
+        }
+        for (listener, address) in prometheus_tls_listeners {
+            routed.push((listener, address, router.clone(), certificates.clone()));
         }
     }
     std::thread::Builder::new()
@@ -180,9 +226,18 @@ pub(crate) fn start(
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             error,
             prometheus: false,
+            tls: false,
         })?;
     Ok(())
 }
+
+/// A bound listener, its routes, and its certificate if it serves HTTPS.
+type Routed = (
+    std::net::TcpListener,
+    SocketAddr,
+    axum::Router,
+    Option<Arc<dyn https::Certificates>>,
+);
 
 fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -202,7 +257,7 @@ fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn serve(listeners: Vec<(std::net::TcpListener, SocketAddr, axum::Router)>) {
+fn serve(listeners: Vec<Routed>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -216,7 +271,7 @@ fn serve(listeners: Vec<(std::net::TcpListener, SocketAddr, axum::Router)>) {
     };
     runtime.block_on(async move {
         let mut servers = Vec::new();
-        for (listener, address, router) in listeners {
+        for (listener, address, router, certificates) in listeners {
             let listener = match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => listener,
                 Err(e) => {
@@ -225,9 +280,28 @@ fn serve(listeners: Vec<(std::net::TcpListener, SocketAddr, axum::Router)>) {
                 }
             };
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let Some(certificates) = certificates else {
+                servers.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, service).await {
+                        error!(address = %address, error = %e, "the management API stopped");
+                    }
+                }));
+                continue;
+            };
+            let listener = match https::TlsListener::new(listener, certificates) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    error!(address = %address, error = %e, "cannot serve HTTPS");
+                    continue;
+                }
+            };
+            // axum gives a listener of its own the client's address
+            // (ConnectInfo, which the API's loopback check reads) through
+            // `tap_io`; there is nothing to do to the stream itself.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
             servers.push(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, service).await {
-                    error!(address = %address, error = %e, "the management API stopped");
+                    error!(address = %address, error = %e, "the HTTPS listener stopped");
                 }
             }));
         }

@@ -1,5 +1,7 @@
-//! TLS (amqps): the server's rustls configuration, built from the files of
-//! `config::TlsConfig` and swapped whole on a reload (SIGHUP), the handshake
+//! TLS (amqps): the server's rustls configurations (amqps, and HTTPS for the
+//! management and Prometheus listeners), built from the files of
+//! `config::TlsConfig` and swapped whole on a reload (SIGHUP or the
+//! management API's reload call), the handshake
 //! of an accepted socket, and the two transforms a TLS connection's socket
 //! tasks apply (ciphertext in → plaintext into the read buffer; plaintext
 //! out → ciphertext). rustls's `ServerConnection` is driven by hand over the
@@ -55,41 +57,62 @@ pub(crate) struct TlsPeer {
     pub(crate) has_cert: bool,
 }
 
-/// The server side of TLS for every shard: the settings and the current
-/// rustls configuration. A reload builds a new configuration and swaps it
-/// in; connections keep the one they were accepted with, new handshakes
-/// take the new one. The lock is taken once per accepted connection,
-/// never on the message path.
+/// The server side of TLS for every shard and for the HTTPS listeners: the
+/// settings and the current rustls configurations, one for amqps and one
+/// for HTTPS, built from the same files. A reload builds both anew and
+/// swaps them in together; connections keep the configuration they were
+/// accepted with, new handshakes take the new one. The lock is taken once
+/// per accepted connection, never on the message path.
 pub struct TlsServer {
     settings: TlsConfig,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
+}
+
+/// The configurations in force.
+#[derive(Clone)]
+struct Configs {
+    amqps: Arc<ServerConfig>,
+    https: Arc<ServerConfig>,
 }
 
 impl TlsServer {
     pub fn new(settings: TlsConfig) -> Result<TlsServer, TlsError> {
-        let config = build(&settings)?;
+        let configs = build(&settings)?;
         Ok(TlsServer {
             settings,
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(configs),
         })
     }
 
-    /// Reads the files again; on success new handshakes use them. On
-    /// failure the configuration in force stays.
+    /// Reads the files again; on success new handshakes (amqps and HTTPS)
+    /// use them. On failure the configurations in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Arc::new(build(&self.settings)?);
+        let configs = build(&self.settings)?;
         match self.current.write() {
-            Ok(mut current) => *current = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
+            Ok(mut current) => *current = configs,
+            Err(poisoned) => *poisoned.into_inner() = configs,
         }
         Ok(())
     }
 
-    fn config(&self) -> Arc<ServerConfig> {
+    fn configs(&self) -> Configs {
         match self.current.read() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    fn config(&self) -> Arc<ServerConfig> {
+        self.configs().amqps
+    }
+
+    /// The configuration for a new HTTPS connection (the management API and
+    /// Prometheus listeners): the same certificate and key, HTTP/1.1 by
+    /// ALPN, and no client certificate asked for, as RabbitMQ's
+    /// `management.ssl` and `prometheus.ssl` default to `verify_none`
+    /// whatever the AMQP listeners verify.
+    pub fn https_config(&self) -> Arc<ServerConfig> {
+        self.configs().https
     }
 
     /// A new server session for an accepted socket.
@@ -131,12 +154,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Builds the rustls configuration: TLS 1.3 and 1.2, the certificate chain
-/// and key, and client certificates as RabbitMQ's `verify` and
-/// `fail_if_no_peer_cert` ask (`verify_none`: none requested; `verify_peer`:
-/// requested and verified against the CA file, and required only with
-/// `fail_if_no_peer_cert`).
-fn build(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
+/// Builds both configurations from one reading of the files: TLS 1.3 and
+/// 1.2, the certificate chain and key; amqps asks for client certificates
+/// as RabbitMQ's `verify` and `fail_if_no_peer_cert` say (`verify_none`:
+/// none requested; `verify_peer`: requested and verified against the CA
+/// file, and required only with `fail_if_no_peer_cert`), HTTPS never does.
+fn build(settings: &TlsConfig) -> Result<Configs, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(&settings.cert)?;
     let key =
@@ -164,12 +187,25 @@ fn build(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     } else {
         WebPkiClientVerifier::no_client_auth()
     };
-    ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let amqps = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut https = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    // The management API speaks HTTP/1.1 only.
+    https.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Configs {
+        amqps: Arc::new(amqps),
+        https: Arc::new(https),
+    })
 }
 
 /// Moves what rustls has to send into `out` (appended).

@@ -141,6 +141,19 @@ pub(crate) fn raise_memlock(needed: u64) -> Result<(), BootError> {
     crate::util::rlimit::raise_memlock(needed).map_err(|have| BootError::Memlock { needed, have })
 }
 
+/// The management API's HTTPS listeners and its reload call use the
+/// amqps listeners' certificate (`mgmt` may not import `net`): one reload
+/// changes it for all of them.
+impl crate::mgmt::https::Certificates for net::tls::TlsServer {
+    fn https_config(&self) -> Arc<rustls::ServerConfig> {
+        net::tls::TlsServer::https_config(self)
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        net::tls::TlsServer::reload(self).map_err(|e| e.to_string())
+    }
+}
+
 /// Starts every shard and blocks until they stop.
 pub fn run(config: Config) -> Result<(), BootError> {
     let shard_count = config.shards.max(1);
@@ -239,7 +252,11 @@ pub fn run(config: Config) -> Result<(), BootError> {
     let (control_senders, control_receivers): (Vec<_>, Vec<_>) = (0..shard_count)
         .map(|_| crossbeam_channel::bounded(config::CONTROL_REQUESTS_MAX))
         .unzip();
-    if !config.management_listen.is_empty() || !config.prometheus_listen.is_empty() {
+    if !config.management_listen.is_empty()
+        || !config.prometheus_listen.is_empty()
+        || !config.management_tls_listen.is_empty()
+        || !config.prometheus_tls_listen.is_empty()
+    {
         let (memory_limit_bytes, disk_free_limit_bytes) = monitor
             .as_ref()
             .map_or((0, 0), alarms::Monitor::limits_bytes);
@@ -255,9 +272,17 @@ pub fn run(config: Config) -> Result<(), BootError> {
             resident_bytes: alarms::resident_bytes,
             data_dir: config.data_dir.clone(),
         };
+        let https = crate::mgmt::https::Https {
+            management: config.management_tls_listen.clone(),
+            prometheus: config.prometheus_tls_listen.clone(),
+            certificates: tls
+                .clone()
+                .map(|tls| tls as Arc<dyn crate::mgmt::https::Certificates>),
+        };
         crate::mgmt::start(
             &config.management_listen,
             &config.prometheus_listen,
+            https,
             control_senders,
             node,
         )

@@ -469,18 +469,17 @@ fn warren_args(
         args.truncate(args.len() - 2);
     }
     // The management API on a port of its own choosing, never the default
-    // 15672 that parallel tests would fight over.
-    if !extra_args
-        .iter()
-        .any(|a| a == "--management-listen" || a == "--no-management")
-    {
+    // 15672 that parallel tests would fight over. A test that asks for it
+    // over HTTPS alone gets it so (no plain listener, as warren does).
+    if !extra_args.iter().any(|a| {
+        a == "--management-listen" || a == "--no-management" || a == "--management-tls-listen"
+    }) {
         args.extend(["--management-listen".to_string(), "127.0.0.1:0".to_string()]);
     }
     // Prometheus likewise, never on the default 15692.
-    if !extra_args
-        .iter()
-        .any(|a| a == "--prometheus-listen" || a == "--no-prometheus")
-    {
+    if !extra_args.iter().any(|a| {
+        a == "--prometheus-listen" || a == "--no-prometheus" || a == "--prometheus-tls-listen"
+    }) {
         args.extend(["--prometheus-listen".to_string(), "127.0.0.1:0".to_string()]);
     }
     args.extend(extra_args.iter().cloned());

@@ -1158,6 +1158,19 @@ impl Ctx<'_> {
             _ => Ok(()),
         }
     }
+
+    pub fn reload_tls_certificates(&self) -> Result<(), Failure> {
+        self.out.info("Reloading TLS certificates ...");
+        let reply = self
+            .client
+            .post("/api/warren/tls/reload", &Value::Object(Map::new()))?;
+        if !reply.ok() {
+            return Err(refused(reply.status, reply.reason()));
+        }
+        self.out
+            .info("TLS certificates reloaded: new connections use them");
+        Ok(())
+    }
 }
 
 /// Polls GET /api/overview until the broker answers, a refused login (which waiting

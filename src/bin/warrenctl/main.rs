@@ -43,7 +43,7 @@ Commands are grouped as rabbitmqctl groups them:
   Trace log files: list_traces, add_trace, delete_trace, list_trace_files,
                    get_trace_file, delete_trace_file (rabbitmq_tracing's traces)
   Definitions:     export_definitions, import_definitions
-  Operations:      close_connection
+  Operations:      close_connection, reload_tls_certificates
   Queues:          purge_queue, delete_queue
 
 warrenctl talks to the management HTTP API given by --url (or WARRENCTL_URL), as the
@@ -352,6 +352,14 @@ enum Command {
         /// The reason given to the client
         explanation: String,
     },
+    /// Reads the TLS certificate, key and CA files again (as SIGHUP does)
+    #[command(
+        after_help = "New TLS connections (amqps and HTTPS) use the files as they are now; \
+        connections already open keep theirs. A file that cannot be used is refused with \
+        the reason, and the certificate in use stays. Needs an administrator. \
+        warren's own command (RabbitMQ has none: rabbitmqctl eval 'ssl:clear_pem_cache().')."
+    )]
+    ReloadTlsCertificates,
     /// Waits for the broker to start (its management API to answer)
     #[command(
         after_help = "Waits at most --timeout seconds (300 by default). Exits 0 once the \
@@ -471,6 +479,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             connection,
             explanation,
         } => c.close_connection(&connection, &explanation),
+        ReloadTlsCertificates => c.reload_tls_certificates(),
         AwaitStartup => Ok(()),
     }
 }
