@@ -329,8 +329,8 @@ fn a_kill_mid_drain_loses_nothing_confirmed(shards: usize) {
         // marked redelivered.
         const PREFETCH: u32 = 50;
         const REMOTE_LOOKAHEAD_FACTOR: u32 = 16;
-        let sent_at_most = seen.delivered.last().map_or(0, |&n| n + 1)
-            + PREFETCH * (1 + REMOTE_LOOKAHEAD_FACTOR);
+        let sent_at_most =
+            seen.delivered.last().map_or(0, |&n| n + 1) + PREFETCH * (1 + REMOTE_LOOKAHEAD_FACTOR);
         for &(n, redelivered) in &found {
             assert!(
                 !redelivered || n < sent_at_most,
