@@ -904,7 +904,13 @@ fn a_backlog_stays_in_place_across_restarts_and_gives_its_segments_back(shards: 
         for n in 100..1000u32 {
             let delivery = next_delivery(&mut consumer).await;
             assert_eq!(number_of(&delivery.data), n, "out of order or twice");
-            assert_eq!(delivery.redelivered, n < 120, "message {n}");
+            // Delivered before the restarts: redelivered. A consumer on
+            // another shard than its queue was also sent up to 16
+            // prefetches (20) ahead, which its channel held unseen and the
+            // queue counted as delivered: those may come back marked too.
+            if n < 120 || n >= 120 + 16 * 20 {
+                assert_eq!(delivery.redelivered, n < 120, "message {n}");
+            }
             if n % 50 == 49 {
                 delivery
                     .ack(BasicAckOptions { multiple: true })
