@@ -908,7 +908,7 @@ fn a_backlog_stays_in_place_across_restarts_and_gives_its_segments_back(shards: 
             // another shard than its queue was also sent up to 16
             // prefetches (20) ahead, which its channel held unseen and the
             // queue counted as delivered: those may come back marked too.
-            if n < 120 || n >= 120 + 16 * 20 {
+            if !(120..120 + 16 * 20).contains(&n) {
                 assert_eq!(delivery.redelivered, n < 120, "message {n}");
             }
             if n % 50 == 49 {
