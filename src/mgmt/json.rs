@@ -15,6 +15,15 @@ pub(crate) fn table_to_json(table: &FieldTable) -> Value {
 }
 
 fn value_to_json(value: &FieldValue) -> Value {
+    value_to_json_with(value, &|bytes| {
+        Value::String(String::from_utf8_lossy(bytes).into_owned())
+    })
+}
+
+/// An AMQP value as `rabbit_mgmt_format:amqp_table` renders it, with
+/// `bytes` deciding how long strings and byte arrays read (the API shows
+/// them lossily, a trace file's JSON shows non-UTF-8 ones in base64).
+pub(crate) fn value_to_json_with(value: &FieldValue, bytes: &dyn Fn(&[u8]) -> Value) -> Value {
     match value {
         FieldValue::Bool(b) => Value::Bool(*b),
         FieldValue::I8(n) => (*n).into(),
@@ -30,11 +39,20 @@ fn value_to_json(value: &FieldValue) -> Value {
         FieldValue::Decimal { scale, value } => {
             (f64::from(*value) / 10f64.powi(i32::from(*scale))).into()
         }
-        FieldValue::LongStr(bytes) | FieldValue::ByteArray(bytes) => {
-            Value::String(String::from_utf8_lossy(bytes).into_owned())
+        FieldValue::LongStr(b) | FieldValue::ByteArray(b) => bytes(b),
+        FieldValue::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| value_to_json_with(item, bytes))
+                .collect(),
+        ),
+        FieldValue::Table(table) => {
+            let mut map = Map::new();
+            for (key, value) in table.iter() {
+                map.insert(key.as_str().to_string(), value_to_json_with(value, bytes));
+            }
+            Value::Object(map)
         }
-        FieldValue::Array(items) => Value::Array(items.iter().map(value_to_json).collect()),
-        FieldValue::Table(table) => table_to_json(table),
         FieldValue::Void => Value::Null,
     }
 }

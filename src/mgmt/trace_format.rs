@@ -343,34 +343,10 @@ fn value_term(value: &FieldValue) -> (&'static str, Term) {
     }
 }
 
-/// An AMQP value as `rabbit_mgmt_format:amqp_table` renders it.
+/// An AMQP value as `rabbit_mgmt_format:amqp_table` renders it, non-UTF-8
+/// text as the plugin shows it.
 fn value_json(value: &FieldValue) -> Value {
-    match value {
-        FieldValue::Bool(b) => Value::Bool(*b),
-        FieldValue::I8(n) => (*n).into(),
-        FieldValue::U8(n) => (*n).into(),
-        FieldValue::I16(n) => (*n).into(),
-        FieldValue::U16(n) => (*n).into(),
-        FieldValue::I32(n) => (*n).into(),
-        FieldValue::U32(n) => (*n).into(),
-        FieldValue::I64(n) => (*n).into(),
-        FieldValue::Timestamp(n) => (*n).into(),
-        FieldValue::F32(x) => f64::from(*x).into(),
-        FieldValue::F64(x) => (*x).into(),
-        FieldValue::Decimal { scale, value } => {
-            (f64::from(*value) / 10f64.powi(i32::from(*scale))).into()
-        }
-        FieldValue::LongStr(b) | FieldValue::ByteArray(b) => json_bytes(b),
-        FieldValue::Array(items) => Value::Array(items.iter().map(value_json).collect()),
-        FieldValue::Table(table) => {
-            let mut map = Map::new();
-            for (key, value) in table.iter() {
-                map.insert(key.as_str().to_string(), value_json(value));
-            }
-            Value::Object(map)
-        }
-        FieldValue::Void => Value::Null,
-    }
+    crate::mgmt::json::value_to_json_with(value, &json_bytes)
 }
 
 /// Text as a JSON string; bytes that are not UTF-8 as RabbitMQ shows them.
