@@ -11,15 +11,18 @@
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+// The fuzz targets' opening frames (guest's login, "/" and channel 1) and
+// frame_max: the bench drives the same in-process broker.
+#[path = "../fuzz/fuzz_targets/common/mod.rs"]
+mod common;
+use common::{opening, FRAME_MAX};
 use warren::fuzzing::{Broker, Client, Step};
 use warren_protocol::{
-    write_body, write_content_header, write_method, BasicPublish, ChannelOpen, ConnectionOpen,
-    ConnectionStartOk, ConnectionTuneOk, FieldTable, FieldValue, Method, Properties, QueueBind,
-    QueueDeclare, ShortStr, PROTOCOL_HEADER,
+    write_body, write_content_header, write_method, BasicPublish, FieldTable, FieldValue, Method,
+    Properties, QueueBind, QueueDeclare, ShortStr,
 };
 
-const FRAME_MAX: u32 = 131_072;
 /// Publishes handed to the connection at once, as one socket read would.
 const BATCH: usize = 256;
 const BATCHES: usize = 2_000;
@@ -27,45 +30,6 @@ const ROUNDS: usize = 10;
 
 fn s(text: &str) -> ShortStr {
     ShortStr::from(text)
-}
-
-/// Login as guest, tune, open "/" and channel 1.
-fn opening() -> BytesMut {
-    let mut out = BytesMut::new();
-    out.extend_from_slice(PROTOCOL_HEADER);
-    let frames: [(u16, Method); 4] = [
-        (
-            0,
-            ConnectionStartOk {
-                client_properties: FieldTable::default(),
-                mechanism: s("PLAIN"),
-                response: Bytes::from_static(b"\0guest\0guest"),
-                locale: s("en_US"),
-            }
-            .into(),
-        ),
-        (
-            0,
-            ConnectionTuneOk {
-                channel_max: 2047,
-                frame_max: FRAME_MAX,
-                heartbeat: 0,
-            }
-            .into(),
-        ),
-        (
-            0,
-            ConnectionOpen {
-                virtual_host: s("/"),
-            }
-            .into(),
-        ),
-        (1, ChannelOpen {}.into()),
-    ];
-    for (channel, method) in &frames {
-        write_method(&mut out, *channel, method);
-    }
-    out
 }
 
 /// A batch of publishes of a 16-byte body to `exchange` with `routing_key`.
