@@ -702,52 +702,110 @@ fn limit_value(body: &Value) -> Result<Option<u64>, ApiError> {
     Ok(u64::try_from(value).ok())
 }
 
-async fn set_vhost_limit(
+/// Whose limit a limit call changes: RabbitMQ has the same put and delete
+/// for a vhost's limits (`/api/vhost-limits`) and a user's
+/// (`/api/user-limits`), with their own keys.
+#[derive(Clone, Copy)]
+enum LimitOf {
+    Vhost,
+    User,
+}
+
+/// Sets (`Some`) or clears (`None`) limit `name` of the vhost or user
+/// `subject`, through the metadata owner like any definition change.
+async fn set_limit(
     app: &App,
-    vhost: String,
+    of: LimitOf,
+    subject: String,
     name: &str,
     value: Option<u64>,
 ) -> Result<(), ApiError> {
     let users = app.users().await?;
-    let Some(def) = users.vhost(&vhost) else {
-        return Err(ApiError::not_found());
+    let invalid = |valid: &str| {
+        Err(ApiError::bad_request(format!(
+            "Validation failed\n\n{name} is not a valid limit ({valid})"
+        )))
     };
-    let mut limits = def.limits;
-    match name {
-        "max-connections" => limits.max_connections = value,
-        "max-queues" => limits.max_queues = value,
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "Validation failed\n\n{name} is not a valid limit (max-connections, max-queues)"
-            )))
+    let change = match of {
+        LimitOf::Vhost => {
+            let Some(def) = users.vhost(&subject) else {
+                return Err(ApiError::not_found());
+            };
+            let mut limits = def.limits;
+            match name {
+                "max-connections" => limits.max_connections = value,
+                "max-queues" => limits.max_queues = value,
+                _ => return invalid("max-connections, max-queues"),
+            }
+            AccessChange::VhostLimitsSet {
+                vhost: subject,
+                limits,
+            }
         }
-    }
-    app.access_change(AccessChange::VhostLimitsSet { vhost, limits })
-        .await
+        LimitOf::User => {
+            let Some(u) = users.user(&subject) else {
+                return Err(ApiError::not_found());
+            };
+            let mut limits = u.limits;
+            match name {
+                "max-connections" => limits.max_connections = value,
+                "max-channels" => limits.max_channels = value,
+                _ => return invalid("max-connections, max-channels"),
+            }
+            AccessChange::UserLimitsSet {
+                user: subject,
+                limits,
+            }
+        }
+    };
+    app.access_change(change).await
+}
+
+/// PUT of a limit (`{"value": N}`, a negative N clearing it) by an administrator.
+async fn put_limit(
+    of: LimitOf,
+    app: App,
+    peer: Peer,
+    headers: HeaderMap,
+    (subject, name): (String, String),
+    body: Bytes,
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    let value = limit_value(&parse_body(&body)?)?;
+    set_limit(&app, of, subject, &name, value).await?;
+    Ok(no_content())
+}
+
+/// DELETE of a limit by an administrator.
+async fn delete_limit(
+    of: LimitOf,
+    app: App,
+    peer: Peer,
+    headers: HeaderMap,
+    (subject, name): (String, String),
+) -> ApiResult {
+    app.user(&headers, &peer, Level::Administrator).await?;
+    set_limit(&app, of, subject, &name, None).await?;
+    Ok(no_content())
 }
 
 async fn put_vhost_limit(
     State(app): State<App>,
     peer: Peer,
     headers: HeaderMap,
-    Path((vhost, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    let value = limit_value(&parse_body(&body)?)?;
-    set_vhost_limit(&app, vhost, &name, value).await?;
-    Ok(no_content())
+    put_limit(LimitOf::Vhost, app, peer, headers, path, body).await
 }
 
 async fn delete_vhost_limit(
     State(app): State<App>,
     peer: Peer,
     headers: HeaderMap,
-    Path((vhost, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    set_vhost_limit(&app, vhost, &name, None).await?;
-    Ok(no_content())
+    delete_limit(LimitOf::Vhost, app, peer, headers, path).await
 }
 
 async fn user_limits(State(app): State<App>, peer: Peer, headers: HeaderMap) -> ApiResult {
@@ -781,52 +839,23 @@ fn not_administrator() -> ApiError {
     }
 }
 
-async fn set_user_limit(
-    app: &App,
-    user: String,
-    name: &str,
-    value: Option<u64>,
-) -> Result<(), ApiError> {
-    let users = app.users().await?;
-    let Some(u) = users.user(&user) else {
-        return Err(ApiError::not_found());
-    };
-    let mut limits = u.limits;
-    match name {
-        "max-connections" => limits.max_connections = value,
-        "max-channels" => limits.max_channels = value,
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "Validation failed\n\n{name} is not a valid limit (max-connections, max-channels)"
-            )))
-        }
-    }
-    app.access_change(AccessChange::UserLimitsSet { user, limits })
-        .await
-}
-
 async fn put_user_limit(
     State(app): State<App>,
     peer: Peer,
     headers: HeaderMap,
-    Path((user, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    let value = limit_value(&parse_body(&body)?)?;
-    set_user_limit(&app, user, &name, value).await?;
-    Ok(no_content())
+    put_limit(LimitOf::User, app, peer, headers, path, body).await
 }
 
 async fn delete_user_limit(
     State(app): State<App>,
     peer: Peer,
     headers: HeaderMap,
-    Path((user, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
 ) -> ApiResult {
-    app.user(&headers, &peer, Level::Administrator).await?;
-    set_user_limit(&app, user, &name, None).await?;
-    Ok(no_content())
+    delete_limit(LimitOf::User, app, peer, headers, path).await
 }
 
 /// Used by the definitions import: the access-control part of a document
