@@ -919,8 +919,12 @@ fn a_backlog_stays_in_place_across_restarts_and_gives_its_segments_back(shards: 
             }
         }
         assert_no_delivery(&mut consumer).await;
+        // Of the backlog's 10 and more segments at most three per shard
+        // stay: the active one, and up to two whose records the last
+        // removals and acks still point into (they go once those roll
+        // over with later writes; none come here).
         let reclaimed = eventually(Duration::from_secs(10), || {
-            segment_files(&data_dir).len() <= 2 * shards
+            segment_files(&data_dir).len() <= 3 * shards
         })
         .await;
         assert!(reclaimed, "segments left: {:?}", segment_files(&data_dir));
