@@ -210,9 +210,16 @@ fn a_disk_that_refuses_writes_blocks_publishers_and_loses_nothing(shards: usize)
             "no write error logged\n{}",
             broker.log()
         );
-        assert!(broker
-            .log()
-            .contains("disk resource limit alarm set on node"));
+        // The alarm monitor logs it on its next check (every 25 ms), which
+        // may come after the publisher saw connection.blocked.
+        assert!(
+            eventually(STEP_DEADLINE, || broker
+                .log()
+                .contains("disk resource limit alarm set on node"))
+            .await,
+            "no disk alarm logged\n{}",
+            broker.log()
+        );
         // What a segment file can hold past its first chunk, at most: no
         // confirm was sent for a message the disk did not take.
         let fits = (FILE_SIZE_LIMIT / BODY_LEN as u64) as usize;
