@@ -87,6 +87,10 @@ pub struct Args {
     /// Messages per producer (the run ends when every producer has sent them).
     #[arg(short = 'C', long)]
     pub pmessages: Option<u64>,
+    /// Messages per consumer: with no producers, the run ends when every consumer
+    /// has received them (draining a backlog left by an earlier run).
+    #[arg(short = 'D', long)]
+    pub cmessages: Option<u64>,
     /// Message flags, as PerfTest's -f: persistent (delivery_mode 2 and durable
     /// queues) and mandatory; repeat the flag or list several values.
     #[arg(short = 'f', long = "flag", num_args = 1.., value_parser = ["persistent", "mandatory"])]

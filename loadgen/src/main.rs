@@ -354,12 +354,19 @@ fn drive(plan: &Plan, control: &Control, g: &mut Gather, json: bool) -> Result<T
         // Has producing ended (all done, or time up)?
         if timing.producing_end.is_none() {
             let time_up = run_for.is_some_and(|limit| now >= start + limit);
-            if time_up || (producers > 0 && g.producers_done >= producer_conns) {
+            let consumed_all = producers == 0
+                && plan
+                    .args
+                    .cmessages
+                    .is_some_and(|n| totals.received >= n.saturating_mul(consumers as u64));
+            if time_up || consumed_all || (producers > 0 && g.producers_done >= producer_conns) {
                 control.advance(Phase::StopProducers);
                 timing.producing_end = Some(now);
                 drain_started = Some(now);
-            } else if producers == 0 && run_for.is_none() {
-                return Err(Error::new("no producers and no -z: nothing ends the run"));
+            } else if producers == 0 && run_for.is_none() && plan.args.cmessages.is_none() {
+                return Err(Error::new(
+                    "no producers and no -z or -D: nothing ends the run",
+                ));
             }
             continue;
         }

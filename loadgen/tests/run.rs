@@ -228,40 +228,49 @@ fn loadgen_json(uri: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Fills queue `name` with `count` messages in one run (no consumer), then
+/// drains it with another run's `drain` flags; the drain's JSON summary.
+fn drain_after_fill(name: &str, shards: usize, count: &str, drain: &[&str]) -> String {
+    let broker = start_broker(name, shards);
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
+    let queue = ["-u", name, "--auto-delete", "false"];
+    let fill = ["-x", "1", "-y", "0", "-c", "100", "-C", count];
+    let filled = loadgen_json(&uri, &[&fill[..], &queue].concat());
+    assert_eq!(json_number(&filled, "sent").to_string(), count, "{filled}");
+    loadgen_json(&uri, &[&["-x", "0", "-y", "1"][..], drain, &queue].concat())
+}
+
 /// A consumer-only run (-x 0) on a queue that already holds a backlog: the
 /// broker sends the first deliveries of each channel right after its
 /// consume-ok, before the next channel is set up, and stops at the prefetch
 /// until they are acked. loadgen used to leave those unread and wait forever.
 #[test]
 fn consumers_drain_a_queue_that_already_has_a_backlog() {
-    let broker = start_broker("backlog", 1);
-    let uri = format!("amqp://guest:guest@{}/%2f", broker.address);
-    let queue = ["-u", "backlog", "--auto-delete", "false"];
-    let filled = loadgen_json(
-        &uri,
-        &[&["-x", "1", "-y", "0", "-C", "5000"][..], &queue].concat(),
-    );
-    assert_eq!(json_number(&filled, "sent"), 5000.0, "{filled}");
-    let drained = loadgen_json(
-        &uri,
-        &[
-            &[
-                "-x",
-                "0",
-                "-y",
-                "1",
-                "--consumer-channel-count",
-                "2",
-                "-q",
-                "20",
-            ][..],
-            &["--multi-ack-every", "5", "-z", "2", "--drain-timeout", "1"],
-            &queue,
-        ]
-        .concat(),
+    let drain = [
+        "--consumer-channel-count",
+        "2",
+        "-q",
+        "20",
+        "--multi-ack-every",
+        "5",
+    ];
+    let drained = drain_after_fill(
+        "backlog",
+        1,
+        "5000",
+        &[&drain[..], &["-z", "2", "--drain-timeout", "1"]].concat(),
     );
     // The messages come from another run: loadgen counts them as foreign.
     assert_eq!(json_number(&drained, "received"), 5000.0, "{drained}");
+}
+
+/// -D (PerfTest's --cmessages) ends a consumer-only run once every consumer has
+/// received its count, without -z: the drain half of a fill-then-drain benchmark.
+#[test]
+fn a_consumer_only_run_ends_after_its_message_count() {
+    let drain = ["-q", "50", "--multi-ack-every", "10", "-D", "3000"];
+    let drained = drain_after_fill("cmessages", 2, "3000", &drain);
+    assert_eq!(json_number(&drained, "received"), 3000.0, "{drained}");
 }
 
 /// A PerfTest command line, unchanged: -h, -X/-Y, -f persistent -f mandatory, a queue
