@@ -17,6 +17,10 @@ use common::*;
 mod lapin_support;
 use lapin_support::*;
 
+#[path = "slow_disk_support/mod.rs"]
+mod slow_disk_support;
+use slow_disk_support::{body, drain_in_order, durable, number};
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,49 +48,7 @@ macro_rules! with_shards {
 }
 
 fn start(shards: usize) -> Option<Broker> {
-    // The same value in every test of this process: setting it again
-    // changes nothing another test's broker sees.
-    std::env::set_var("WARREN_TEST_SYNC_DELAY_MS", SYNC_DELAY_MS);
-    let broker = Broker::start_with(
-        shards,
-        &[
-            "--vm-memory-high-watermark",
-            WATERMARK,
-            "--queue-window",
-            "65536",
-            "--shard-window",
-            "1048576",
-        ],
-    );
-    if broker.is_external() {
-        eprintln!("skipped: the slow disk is a switch of warren's");
-        return None;
-    }
-    assert!(
-        broker.log().contains("every synced store batch slowed"),
-        "{}",
-        broker.log()
-    );
-    Some(broker)
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
-fn body(n: u32, len: usize) -> Vec<u8> {
-    let mut body = format!("{n:06}-").into_bytes();
-    body.resize(len, b'.');
-    body
-}
-
-fn number(data: &[u8]) -> u32 {
-    String::from_utf8_lossy(&data[..6])
-        .parse()
-        .expect("a body the test published")
+    slow_disk_support::start(shards, SYNC_DELAY_MS, WATERMARK)
 }
 
 /// The broker's peak resident size so far (VmHWM), in bytes.
@@ -139,20 +101,7 @@ fn a_flood_on_a_slow_disk_stays_under_the_watermark_and_arrives(shards: usize) {
             broker.log()
         );
         wait_message_count(&other, "sd.flood", FLOOD_COUNT).await;
-        cch.basic_qos(50, BasicQosOptions::default())
-            .await
-            .expect("basic.qos");
-        let mut consumer = consume(&cch, "sd.flood", "c", BasicConsumeOptions::default()).await;
-        for expected in 0..FLOOD_COUNT {
-            let delivery = next_delivery(&mut consumer).await;
-            assert_eq!(number(&delivery.data), expected, "out of order or lost");
-            assert!(!delivery.redelivered);
-            delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("basic.ack");
-        }
-        assert_no_delivery(&mut consumer).await;
+        drain_in_order(&cch, "sd.flood", FLOOD_COUNT).await;
     });
     let peak = peak_resident_bytes(&broker);
     eprintln!(
