@@ -207,8 +207,10 @@ pub const QUEUE_WINDOW_BYTES: u64 = 4 << 20;
 /// in memory (`--shard-window`): past it, every queue pages new messages
 /// out. Keep shards x this well under the memory watermark.
 pub const SHARD_WINDOW_BYTES: u64 = 128 << 20;
-/// What a queue reads back at once while its shard's window is full.
-pub(crate) const PAGE_READ_BYTES_MIN: u64 = 256 * 1024;
+/// What a queue whose next message is paged reads back at once while its
+/// shard's window is full: with a thousand queues being drained, the
+/// window is overrun by at most this much each.
+pub(crate) const PAGE_READ_FULL_BYTES: u64 = 64 * 1024;
 /// How long a shard's message store waits before it writes again a batch
 /// the disk refused (full, a file size limit, an I/O error); the disk
 /// alarm blocks publishers meanwhile (tuning.md, "A full or slow disk").

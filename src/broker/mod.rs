@@ -1526,14 +1526,18 @@ impl ShardState {
     }
 
     /// The pager's next reads: for each queue that asked, its next paged
-    /// messages, as many as its window has room for (a little when the
-    /// shard's window is full, so that a queue with consumers never
-    /// starves behind queues without any).
+    /// messages, as many as its window has room for. Once the shard's
+    /// window is full, only a queue whose next message is paged reads, and
+    /// a little (`PAGE_READ_FULL_BYTES`), so that a queue with consumers
+    /// never starves behind the others and the window is overrun by at
+    /// most that much per queue. What this call asks for counts at once:
+    /// the queues' own figures are summed only on the alarm check.
     pub(crate) fn page_reads(&mut self) -> Vec<queue::PageRead> {
         let wanted = std::mem::take(&mut self.store.paging.wanted);
         let paging = &self.store.paging;
         let window = paging.queue_window_bytes;
-        let shard_full = paging.resident_bytes >= paging.shard_window_bytes;
+        let shard_window = paging.shard_window_bytes;
+        let mut resident = paging.resident_bytes;
         let mut reads = Vec::new();
         let mut again = Vec::new();
         let (queues, _, mut ctx) = self.queue_parts();
@@ -1541,11 +1545,17 @@ impl ShardState {
             let Some(q) = queues.get_mut(&id) else {
                 continue;
             };
-            let mut budget = window.saturating_sub(q.memory_bytes());
-            if shard_full {
-                budget = budget.min(crate::config::PAGE_READ_BYTES_MIN);
-            }
+            let room = window.saturating_sub(q.memory_bytes());
+            let budget = if resident < shard_window {
+                room.min(shard_window - resident)
+            } else if q.head_is_paged() {
+                room.min(crate::config::PAGE_READ_FULL_BYTES)
+            } else {
+                q.page_deferred();
+                continue;
+            };
             let (read, waiting) = q.page_read(budget.max(1), &mut ctx);
+            resident += read.as_ref().map_or(0, queue::PageRead::body_bytes);
             reads.extend(read);
             if waiting {
                 again.push(id);

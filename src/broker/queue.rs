@@ -348,6 +348,13 @@ pub struct PageRead {
     pub(crate) entries: Vec<Paged>,
 }
 
+impl PageRead {
+    /// The bodies it reads back: what it adds to its shard's window.
+    pub(crate) fn body_bytes(&self) -> u64 {
+        self.entries.iter().map(|p| p.body_bytes).sum()
+    }
+}
+
 /// Ready messages: one FIFO per priority level, each ordered by `seq`.
 #[derive(Debug)]
 struct Ready {
@@ -945,19 +952,39 @@ impl Queue {
         if self.ready.loading.iter().any(|l| !l.is_empty()) {
             return;
         }
-        // Read ahead once half the window is free; at once if the next
-        // message to deliver is paged (its level's others in memory are
-        // of no use to it).
+        // Read ahead once half the window is free, for consumers to take;
+        // at once if the next message to deliver is paged (its level's
+        // others in memory are of no use to it), consumers or not, so that
+        // the head is in memory for basic.get, expiry and length limits
+        // as in a queue that was never paged. A queue nobody consumes from
+        // reads nothing more: with many idle backlogs, their read-ahead
+        // would fill memory with messages nobody asked for.
         let paging = &ctx.store.paging;
-        let head_paged = self
-            .ready
-            .top_level()
-            .is_some_and(|l| self.ready.live[l] == 0);
-        if self.ready.memory_bytes >= paging.queue_window_bytes / 2 && !head_paged {
-            return;
+        if !self.head_is_paged() {
+            if self.ready.memory_bytes >= paging.queue_window_bytes / 2 {
+                return;
+            }
+            if self.consumers.is_empty() {
+                return;
+            }
         }
         self.page_wanted = true;
         ctx.store.paging.want(self.meta.id);
+    }
+
+    /// Whether the next message to deliver is paged out: the highest level
+    /// with messages has none in memory.
+    pub(crate) fn head_is_paged(&self) -> bool {
+        self.ready
+            .top_level()
+            .is_some_and(|l| self.ready.live[l] == 0)
+    }
+
+    /// The pager will not read for this queue now (its shard's window is
+    /// full and the queue still has messages in memory to deliver): it asks
+    /// again at its next dispatch.
+    pub(crate) fn page_deferred(&mut self) {
+        self.page_wanted = false;
     }
 
     /// The pager's read for this queue: the first paged messages of the

@@ -343,11 +343,20 @@ impl SegmentReader {
                     (span_end - first.offset) as usize,
                 )
                 .await?;
+            // A span with other records in it (another queue's, interleaved
+            // in the log) is not kept alive by the bodies sliced from it:
+            // they get their own copies, so that memory holds what the
+            // queue's window counts, not whole reads.
+            let used: u64 = entries[at..end].iter().map(|(_, l)| u64::from(l.len)).sum();
+            let copy_bodies = used < span_end - first.offset;
             for &(seq, location) in &entries[at..end] {
                 let from = (location.offset - first.offset) as usize;
                 let record = span.slice(from..from + location.len as usize);
                 match record::decode_publish(record) {
-                    Ok(publish) if publish.queue_id == queue_id && publish.seq == seq => {
+                    Ok(mut publish) if publish.queue_id == queue_id && publish.seq == seq => {
+                        if copy_bodies {
+                            publish.message.body = Bytes::copy_from_slice(&publish.message.body);
+                        }
                         messages.push(publish.message)
                     }
                     found => {
