@@ -51,6 +51,7 @@ use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::ids::{QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
 use crate::store::disk::{Disk, StdDisk};
+use crate::store::index;
 use crate::store::log::RecoveredSegment;
 use crate::store::record::{self, ChunkAt, RecordHead, DELAYED_QUEUE_ID};
 use crate::store::recovery::{
@@ -60,28 +61,28 @@ use crate::store::segments;
 
 /// Entries per block of a queue's index during the scan.
 const BLOCK_ENTRIES: usize = 16 * 1024;
-const NEVER: u64 = u64::MAX;
-const FLAG_DELIVERED: u8 = 1;
+pub(super) const NEVER: u64 = u64::MAX;
+pub(super) const FLAG_DELIVERED: u8 = 1;
 
 /// One live message as the scan found it: where its record is, and what
 /// its queue needs to hold it as an index entry.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IndexEntry {
-    seq: u64,
-    expires_at_epoch_ms: u64,
-    offset: u64,
-    segment: u32,
+    pub(super) seq: u64,
+    pub(super) expires_at_epoch_ms: u64,
+    pub(super) offset: u64,
+    pub(super) segment: u32,
     /// The record's length; 0 once a removal was found for it.
-    len: u32,
-    body_bytes: u32,
-    level: u8,
-    flags: u8,
+    pub(super) len: u32,
+    pub(super) body_bytes: u32,
+    pub(super) level: u8,
+    pub(super) flags: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<IndexEntry>() <= 40);
 
 impl IndexEntry {
-    fn is_live(&self) -> bool {
+    pub(super) fn is_live(&self) -> bool {
         self.len > 0
     }
 
@@ -108,26 +109,54 @@ impl IndexEntry {
 
 /// A queue's records in one shard's log.
 #[derive(Debug)]
-struct QueueScan {
-    vhost: String,
-    name: String,
+pub(crate) struct QueueScan {
+    pub(super) vhost: String,
+    pub(super) name: String,
     /// The highest sequence number any record of it carries.
-    seq_max: u64,
+    pub(super) seq_max: u64,
     /// Its live entries in sequence order, in blocks: each block's
     /// sequence numbers are below the next block's.
-    blocks: Vec<Vec<IndexEntry>>,
+    pub(super) blocks: Vec<Vec<IndexEntry>>,
     /// Removed entries still in each block.
     removed: Vec<u32>,
 }
 
 impl QueueScan {
     fn new(vhost: &[u8], name: &[u8]) -> QueueScan {
+        QueueScan::named(
+            String::from_utf8_lossy(vhost).into_owned(),
+            String::from_utf8_lossy(name).into_owned(),
+        )
+    }
+
+    pub(super) fn named(vhost: String, name: String) -> QueueScan {
         QueueScan {
-            vhost: String::from_utf8_lossy(vhost).into_owned(),
-            name: String::from_utf8_lossy(name).into_owned(),
+            vhost,
+            name,
             seq_max: 0,
             blocks: Vec::new(),
             removed: Vec::new(),
+        }
+    }
+
+    /// Appends a live entry above every one it holds (an index read
+    /// back); `left` entries are still to come, this one included, so
+    /// that a block is never allocated larger than needed.
+    pub(super) fn push_in_order(&mut self, entry: IndexEntry, left: u64) {
+        debug_assert!(self
+            .blocks
+            .last()
+            .and_then(|b| b.last())
+            .is_none_or(|last| last.seq < entry.seq));
+        match self.blocks.last_mut() {
+            Some(block) if block.len() < BLOCK_ENTRIES => block.push(entry),
+            _ => {
+                let capacity = usize::try_from(left).unwrap_or(BLOCK_ENTRIES);
+                let mut block = Vec::with_capacity(capacity.min(BLOCK_ENTRIES));
+                block.push(entry);
+                self.blocks.push(block);
+                self.removed.push(0);
+            }
         }
     }
 
@@ -218,25 +247,25 @@ impl QueueScan {
 }
 
 /// A message a delayed exchange held, as the scan found it.
-#[derive(Debug)]
-struct DelayedScan {
-    segment: u32,
-    offset: u64,
-    len: u32,
-    vhost: String,
-    exchange: String,
-    due_epoch_ms: u64,
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct DelayedScan {
+    pub(super) segment: u32,
+    pub(super) offset: u64,
+    pub(super) len: u32,
+    pub(super) vhost: String,
+    pub(super) exchange: String,
+    pub(super) due_epoch_ms: u64,
 }
 
 /// One shard directory's log.
 #[derive(Debug, Default)]
-struct ShardScan {
-    dir: PathBuf,
+pub(crate) struct ShardScan {
+    pub(super) dir: PathBuf,
     /// Every segment file, by number: the oldest segment its records
     /// point into.
-    segments: BTreeMap<u32, u32>,
-    queues: HashMap<u64, QueueScan>,
-    delayed: BTreeMap<u64, DelayedScan>,
+    pub(super) segments: BTreeMap<u32, u32>,
+    pub(super) queues: HashMap<u64, QueueScan>,
+    pub(super) delayed: BTreeMap<u64, DelayedScan>,
 }
 
 impl ShardScan {
@@ -384,15 +413,40 @@ pub(crate) fn scan_on<D: Disk>(disk: &D, data_dir: &Path) -> io::Result<Scan> {
         }
         let dir = generation_dir.join(&entry.name);
         let shard = &mut shards[number];
-        let mut files: Vec<(u32, PathBuf)> = disk
-            .list(&dir)?
-            .into_iter()
-            .filter(|e| !e.is_dir)
-            .filter_map(|e| Some((segments::parse_file_name(&e.name)?, dir.join(e.name))))
-            .collect();
-        files.sort();
-        shard.dir = dir;
-        for (segment, path) in files {
+        let lengths = index::segment_files(disk, &dir)?;
+        let names = disk.list(&dir)?;
+        if names.iter().any(|e| e.name == index::FILE_NAME) {
+            let read = index::read(disk, &dir, &lengths);
+            // Gone before the store appends anything: a crash from here
+            // on finds no index older than the log, and scans.
+            index::remove(disk, &dir)?;
+            match read {
+                Ok(indexed) => {
+                    info!(
+                        shard = number,
+                        messages = indexed.messages,
+                        queues = indexed.shard.queues.len(),
+                        segments = indexed.shard.segments.len(),
+                        index_bytes = indexed.bytes,
+                        "recovered from the clean-stop index"
+                    );
+                    queue_id_max = queue_id_max.max(indexed.queue_id_max);
+                    *shard = indexed.shard;
+                    continue;
+                }
+                Err(reason) => warn!(
+                    shard = number,
+                    dir = %dir.display(),
+                    reason = %reason,
+                    "the clean-stop index cannot be used: scanning the segments"
+                ),
+            }
+        } else if names.iter().any(|e| e.name == index::TEMP_NAME) {
+            index::remove(disk, &dir)?;
+        }
+        shard.dir = dir.clone();
+        for &segment in lengths.keys() {
+            let path = dir.join(segments::file_name(segment));
             shard.segments.insert(segment, segment);
             let len = read_into(disk, &path, &mut buffer)?;
             walk(&path, &buffer[..len], |offset, len, head| {
@@ -424,7 +478,7 @@ pub(crate) fn scan_on<D: Disk>(disk: &D, data_dir: &Path) -> io::Result<Scan> {
 
 /// Reads the file at `path` into `buffer` (reused from file to file, never
 /// cleared: only the bytes read are looked at); returns its length.
-fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result<usize> {
+pub(super) fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result<usize> {
     let len = disk.len(path)? as usize;
     if buffer.len() < len {
         buffer.resize(len, 0);
@@ -444,7 +498,7 @@ fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result
 /// record's offset in the file and its length; stops at a bad chunk
 /// (logged), and drops a chunk whose checksum matched but that does not
 /// decode whole (none of its records is applied).
-fn walk(path: &Path, file: &[u8], mut each: impl FnMut(u64, u32, RecordHead)) {
+pub(super) fn walk(path: &Path, file: &[u8], mut each: impl FnMut(u64, u32, RecordHead)) {
     let mut at = 0usize;
     loop {
         match record::chunk_at(file, at) {
@@ -572,7 +626,7 @@ pub(crate) fn recover_in_place_on<D: Disk>(
     let Scan {
         generation,
         shards: mut scanned,
-        ..
+        queue_id_max,
     } = scan;
     scanned.resize_with(scanned.len().max(shard_count), ShardScan::default);
     let generation_dir = data_dir
@@ -597,6 +651,7 @@ pub(crate) fn recover_in_place_on<D: Disk>(
         let mut live: BTreeMap<u32, u64> = BTreeMap::new();
         let mut recovered = ShardRecovery {
             dir: dir.clone(),
+            queue_id_max,
             ..Default::default()
         };
         let ShardScan {
