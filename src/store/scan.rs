@@ -1251,6 +1251,364 @@ pub(crate) mod tests {
         assert_eq!(segment_files(&disk, &dir), [store.active_segment()].into());
     }
 
+    /// A copy of the disk (everything in these tests is synced).
+    fn copy(disk: &MemDisk) -> MemDisk {
+        disk.crash_image(|_, n| n)
+    }
+
+    /// Replaces the file at `path` with `bytes`, synced.
+    fn overwrite(disk: &MemDisk, path: &Path, bytes: &[u8]) {
+        let mut file = disk.create(path).unwrap();
+        disk.write_at(&mut file, 0, bytes).unwrap();
+        disk.sync(&mut file).unwrap();
+        disk.sync_dir(path.parent().unwrap()).unwrap();
+    }
+
+    /// What a scan found, in a form to compare: per shard the segments,
+    /// each queue's live entries and figures, and the delayed messages.
+    type Seen = Vec<(
+        BTreeMap<u32, u32>,
+        BTreeMap<
+            u64,
+            (
+                String,
+                String,
+                u64,
+                Vec<(u64, u64, u64, u32, u32, u32, u8, u8)>,
+            ),
+        >,
+        Vec<(u64, u32, u64, u32, String, String, u64)>,
+    )>;
+
+    fn seen(scan: &Scan) -> (Seen, u64) {
+        let shards = scan
+            .shards
+            .iter()
+            .map(|s| {
+                let queues = s
+                    .queues
+                    .iter()
+                    .filter(|(_, q)| q.live() > 0)
+                    .map(|(&id, q)| {
+                        let entries = q
+                            .blocks
+                            .iter()
+                            .flatten()
+                            .filter(|e| e.is_live())
+                            .map(|e| {
+                                (
+                                    e.seq,
+                                    e.expires_at_epoch_ms,
+                                    e.offset,
+                                    e.segment,
+                                    e.len,
+                                    e.body_bytes,
+                                    e.level,
+                                    e.flags,
+                                )
+                            })
+                            .collect();
+                        (id, (q.vhost.clone(), q.name.clone(), q.seq_max, entries))
+                    })
+                    .collect();
+                let delayed = s
+                    .delayed
+                    .iter()
+                    .map(|(&id, d)| {
+                        (
+                            id,
+                            d.segment,
+                            d.offset,
+                            d.len,
+                            d.vhost.clone(),
+                            d.exchange.clone(),
+                            d.due_epoch_ms,
+                        )
+                    })
+                    .collect();
+                (s.segments.clone(), queues, delayed)
+            })
+            .collect();
+        (shards, scan.queue_id_max)
+    }
+
+    /// Two shards' logs: queues with acknowledged, delivered and
+    /// expiring messages, and messages held by a delayed exchange.
+    fn two_shard_log() -> MemDisk {
+        let disk = MemDisk::new();
+        start_with(&disk, 2, &[]);
+        fill(&disk, 0, 3, "b", 300, |s| s % 7 == 0);
+        fill(&disk, 1, 7, "a", 200, |s| s <= 50);
+        let dir = recovery::shard_dir(&data_dir(), 1, 0);
+        let numbers = segment_files(&disk, &dir);
+        let segments: Vec<RecoveredSegment> = numbers
+            .iter()
+            .map(|&number| RecoveredSegment {
+                number,
+                live: 0,
+                oldest_ref: number,
+            })
+            .collect();
+        let mut store: MessageStore<u64> = MessageStore::resume(SEGMENT_SIZE, &segments);
+        let mut files = BTreeMap::new();
+        for seq in (10..40).step_by(3) {
+            store.append_delivered(3, seq, 1);
+        }
+        let m = message(5);
+        for id in 1..=4 {
+            let mut h = head(DELAYED_QUEUE_ID, id, false, &m);
+            h.queue_name = "delays";
+            h.expires_at_epoch_ms = Some(1_000 + id);
+            store.append_publish(&h);
+        }
+        let mut h = head(3, 301, false, &m);
+        h.queue_name = "b";
+        h.expires_at_epoch_ms = Some(77);
+        h.level = 0;
+        store.append_publish(&h);
+        let mut batch = store.take_batch().unwrap();
+        append_batch(&disk, &dir, &mut files, &mut batch, 4096).unwrap();
+        disk
+    }
+
+    /// Writes each shard's index from what a scan of `disk` finds.
+    fn write_indexes(disk: &MemDisk) {
+        let scan = scan_on(disk, &data_dir()).unwrap();
+        for shard in &scan.shards {
+            let files = index::segment_files(disk, &shard.dir).unwrap();
+            index::write_scan(disk, shard, &files, scan.queue_id_max).unwrap();
+        }
+    }
+
+    fn has_index(disk: &MemDisk, shard: usize) -> bool {
+        let dir = recovery::shard_dir(&data_dir(), 1, shard);
+        disk.list(&dir)
+            .unwrap()
+            .iter()
+            .any(|e| e.name == index::FILE_NAME)
+    }
+
+    /// An index written from a scan reads back as that scan, and is used:
+    /// a segment's body damaged after it was written (which the scan would
+    /// drop from there on) changes nothing. The index is gone once read.
+    #[test]
+    fn a_clean_stop_index_reads_back_as_the_scan() {
+        let disk = two_shard_log();
+        let expected = seen(&scan_on(&disk, &data_dir()).unwrap());
+        assert_eq!(expected.0[0].2.len(), 4, "delayed messages in the log");
+        write_indexes(&disk);
+        assert!(has_index(&disk, 0) && has_index(&disk, 1));
+        // A byte of a body in the middle of shard 0's first segment: the
+        // scan would stop at that chunk; the index does not read it.
+        let path = recovery::shard_dir(&data_dir(), 1, 0).join(segments::file_name(1));
+        let mut bytes = disk.read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x5a;
+        overwrite(&disk, &path, &bytes);
+        let from_index = scan_on(&disk, &data_dir()).unwrap();
+        assert_eq!(seen(&from_index), expected);
+        assert!(!has_index(&disk, 0) && !has_index(&disk, 1));
+        // The next start scans (and finds the damage).
+        assert_ne!(seen(&scan_on(&disk, &data_dir()).unwrap()), expected);
+    }
+
+    /// Whatever is wrong with an index (truncated anywhere, a flipped
+    /// byte, bad magic or version, a segment longer, missing or extra, a
+    /// count larger than the file), the start scans the segments and finds
+    /// what a start without an index finds; no panic, and the index is
+    /// gone afterwards.
+    #[test]
+    fn a_damaged_or_stale_index_falls_back_to_the_scan() {
+        let base = two_shard_log();
+        write_indexes(&base);
+        let dir = recovery::shard_dir(&data_dir(), 1, 0);
+        let index_path = dir.join(index::FILE_NAME);
+        let good = base.read(&index_path).unwrap();
+        assert!(good.len() > 1000, "{}", good.len());
+        let mut cases: Vec<(String, Box<dyn Fn(&MemDisk)>)> = Vec::new();
+        for cut in [
+            0,
+            5,
+            12,
+            19,
+            good.len() / 3,
+            good.len() - 17,
+            good.len() - 1,
+        ] {
+            let good = good.clone();
+            let path = index_path.clone();
+            cases.push((
+                format!("truncated to {cut}"),
+                Box::new(move |d: &MemDisk| overwrite(d, &path, &good[..cut])),
+            ));
+        }
+        for (name, at) in [("magic", 0), ("version", 8), ("frame", 40), ("end", 0)] {
+            let mut bad = good.clone();
+            let at = if name == "end" { bad.len() - 3 } else { at };
+            bad[at] ^= 1;
+            let path = index_path.clone();
+            cases.push((
+                format!("a flipped byte: {name}"),
+                Box::new(move |d: &MemDisk| overwrite(d, &path, &bad)),
+            ));
+        }
+        let segment = dir.join(segments::file_name(1));
+        let last = *segment_files(&base, &dir).last().unwrap();
+        let seg = segment.clone();
+        cases.push((
+            "a segment grew".into(),
+            Box::new(move |d: &MemDisk| {
+                let mut bytes = d.read(&seg).unwrap();
+                bytes.extend_from_slice(&[0u8; 4096]);
+                overwrite(d, &seg, &bytes);
+            }),
+        ));
+        let seg = dir.join(segments::file_name(last));
+        cases.push((
+            "a segment missing".into(),
+            Box::new(move |d: &MemDisk| {
+                d.remove_file(&seg).unwrap();
+                d.sync_dir(seg.parent().unwrap()).unwrap();
+            }),
+        ));
+        let seg = dir.join(segments::file_name(last + 1));
+        cases.push((
+            "an extra segment".into(),
+            Box::new(move |d: &MemDisk| overwrite(d, &seg, &[])),
+        ));
+        {
+            // A well-formed frame announcing a queue of 2^40 entries.
+            let mut payload = vec![1u8];
+            payload.extend_from_slice(&9u64.to_le_bytes());
+            payload.extend_from_slice(&9u32.to_le_bytes());
+            payload.push(3);
+            payload.extend_from_slice(&3u64.to_le_bytes());
+            payload.extend_from_slice(&5u64.to_le_bytes());
+            payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            payload.extend_from_slice(&[1, 0, b'/', 1, 0, b'b']);
+            let mut bytes = good[..12].to_vec();
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crate::util::crc32c::checksum(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            let path = index_path.clone();
+            cases.push((
+                "a huge count".into(),
+                Box::new(move |d: &MemDisk| overwrite(d, &path, &bytes)),
+            ));
+        }
+        for (name, damage) in &cases {
+            let disk = copy(&base);
+            damage(&disk);
+            let files = index::segment_files(&disk, &dir).unwrap();
+            let refused = index::read(&disk, &dir, &files);
+            assert!(refused.is_err(), "{name}: {refused:?}");
+            let reference = copy(&disk);
+            for shard in 0..2 {
+                let dir = recovery::shard_dir(&data_dir(), 1, shard);
+                index::remove(&reference, &dir).unwrap();
+            }
+            let expected = seen(&scan_on(&reference, &data_dir()).unwrap());
+            let found = seen(&scan_on(&disk, &data_dir()).unwrap());
+            // Shard 1's index is fine: it is used, and reads the same.
+            assert_eq!(found, expected, "{name}");
+            assert!(!has_index(&disk, 0) && !has_index(&disk, 1), "{name}");
+        }
+    }
+
+    /// The index a clean stop writes from what the queues hold (some in
+    /// memory, found in their segments; the rest paged) reads back as the
+    /// scan; one the store's counts do not agree with is not written.
+    #[test]
+    fn a_clean_stop_writes_what_the_queues_hold() {
+        use crate::store::index::{HeldRecord, QueueRecords};
+        let disk = two_shard_log();
+        let expected = seen(&scan_on(&disk, &data_dir()).unwrap());
+        let (shards, placed) = start_with(&disk, 2, &[queue("a", 0), queue("b", 0)]);
+        for shard in shards {
+            let mut store: MessageStore<u64> = MessageStore::resume(SEGMENT_SIZE, &shard.segments);
+            store.queue_id_max = shard.queue_id_max;
+            let mut queues = Vec::new();
+            for q in shard.queues {
+                let meta = placed.iter().find(|m| m.id == q.id).unwrap();
+                let next_seq = q.next_seq;
+                let mut in_memory = Vec::new();
+                let mut paged = Vec::new();
+                for (at, m) in q.into_messages().enumerate() {
+                    let mut r = HeldRecord {
+                        seq: m.seq,
+                        segment: m.segment,
+                        place: Some((m.offset, m.len)),
+                        body_bytes: m.body_bytes,
+                        expires_at_epoch_ms: m.expires_at_epoch_ms,
+                        level: m.level,
+                        delivered: m.redelivered,
+                        persistent: true,
+                    };
+                    if at % 3 == 0 {
+                        // In memory: where its record is, is for the
+                        // store to find.
+                        r.place = None;
+                        r.expires_at_epoch_ms = Some(1);
+                        in_memory.push(r);
+                    } else {
+                        paged.push(r);
+                    }
+                }
+                queues.push(QueueRecords {
+                    id: meta.id.0,
+                    vhost: meta.vhost.as_str().to_string(),
+                    name: meta.name.as_str().to_string(),
+                    durable: true,
+                    next_seq,
+                    in_memory,
+                    paged: vec![paged.into_iter()],
+                });
+            }
+            let delayed: Vec<(u64, u32)> =
+                shard.delayed.iter().map(|d| (d.id, d.segment)).collect();
+            if let Some(q) = queues.first_mut() {
+                // One record short: the counts disagree, nothing is written.
+                let kept = q.in_memory.pop().unwrap();
+                let refused = index::write_clean_stop(
+                    &disk,
+                    &shard.dir,
+                    &store,
+                    queues_clone(&queues),
+                    delayed.clone(),
+                );
+                assert!(refused.is_err(), "{refused:?}");
+                queues[0].in_memory.push(kept);
+            }
+            let written =
+                index::write_clean_stop(&disk, &shard.dir, &store, queues, delayed).unwrap();
+            assert!(written.messages > 0);
+        }
+        assert!(has_index(&disk, 0) && has_index(&disk, 1));
+        let found = seen(&scan_on(&disk, &data_dir()).unwrap());
+        assert_eq!(found.0, expected.0);
+        assert!(found.1 >= expected.1);
+    }
+
+    fn queues_clone(
+        queues: &[crate::store::index::QueueRecords<
+            std::vec::IntoIter<crate::store::index::HeldRecord>,
+        >],
+    ) -> Vec<crate::store::index::QueueRecords<std::vec::IntoIter<crate::store::index::HeldRecord>>>
+    {
+        queues
+            .iter()
+            .map(|q| crate::store::index::QueueRecords {
+                id: q.id,
+                vhost: q.vhost.clone(),
+                name: q.name.clone(),
+                durable: q.durable,
+                next_seq: q.next_seq,
+                in_memory: q.in_memory.clone(),
+                paged: q.paged.clone(),
+            })
+            .collect()
+    }
+
     /// Bindings name their queue by id and shard: they follow the queue to
     /// the id and shard its records carry.
     #[test]
