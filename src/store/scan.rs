@@ -27,6 +27,14 @@
 //! than the directory that holds some live records — the start falls back
 //! to the rewrite of `recovery` (a new generation).
 //!
+//! # The clean-stop index
+//!
+//! A shard directory holding a clean-stop index (`store::index`) that is
+//! whole and names exactly its segment files, each at the length it has,
+//! is not read: the index gives what its scan would. The index is removed
+//! (and the directory synced) whatever it holds, before the store
+//! appends anything.
+//!
 //! # Memory
 //!
 //! The scan reads each segment file once into one reused buffer, checks
@@ -1412,6 +1420,9 @@ pub(crate) mod tests {
         assert_ne!(seen(&scan_on(&disk, &data_dir()).unwrap()), expected);
     }
 
+    /// A change made to a disk while the broker is down.
+    type Damage = Box<dyn Fn(&MemDisk)>;
+
     /// Whatever is wrong with an index (truncated anywhere, a flipped
     /// byte, bad magic or version, a segment longer, missing or extra, a
     /// count larger than the file), the start scans the segments and finds
@@ -1425,7 +1436,7 @@ pub(crate) mod tests {
         let index_path = dir.join(index::FILE_NAME);
         let good = base.read(&index_path).unwrap();
         assert!(good.len() > 1000, "{}", good.len());
-        let mut cases: Vec<(String, Box<dyn Fn(&MemDisk)>)> = Vec::new();
+        let mut cases: Vec<(String, Damage)> = Vec::new();
         for cut in [
             0,
             5,
