@@ -995,6 +995,202 @@ fn a_start_with_fewer_shards_keeps_every_message() {
     });
 }
 
+/// This run's part of the broker's log: after the test's last restart mark.
+fn this_run_log(broker: &Broker) -> String {
+    let log = broker.log();
+    match log.rfind("---- restarted by the test") {
+        Some(at) => log[at..].to_string(),
+        None => log,
+    }
+}
+
+/// The clean-stop index files under the data directory.
+fn index_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(generations) = std::fs::read_dir(data_dir.join("messages")) else {
+        return out;
+    };
+    for generation in generations.flatten() {
+        let Ok(shards) = std::fs::read_dir(generation.path()) else {
+            continue;
+        };
+        for shard in shards.flatten() {
+            let path = shard.path().join("clean-stop.index");
+            if path.exists() {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A SIGTERM leaves an index of each shard's live records, and the next
+/// start reads it instead of the segments (its log says so) and removes
+/// it: the backlog (part of it in memory, the rest paged) comes back
+/// exactly, in order, the messages delivered before marked redelivered,
+/// the transient ones paged to the store gone. A kill -9 after that start
+/// finds no index, scans, and loses nothing that was confirmed.
+fn a_clean_stop_leaves_an_index_the_next_start_reads_and_a_crash_never_uses(shards: usize) {
+    let mut broker = Broker::start_with(
+        shards,
+        &["--segment-size", "65536", "--queue-window", "131072"],
+    );
+    if broker.is_external() {
+        eprintln!("skipped: an external broker's files are not this test's business");
+        return;
+    }
+    let data_dir = broker.data_dir().expect("a warren child").to_path_buf();
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open_confirming(&url).await;
+        for queue in ["ix.backlog", "ix.other", "ix.transient"] {
+            declare(&ch, queue, durable(), FieldTable::default()).await;
+        }
+        publish_numbered(&ch, "ix.backlog", 0, 1000).await;
+        publish_numbered(&ch, "ix.other", 0, 300).await;
+        // Past the window, transient messages are paged to the store too.
+        for _ in 0..300 {
+            publish_props(&ch, "", "ix.transient", &[b't'; 1024], transient()).await;
+        }
+    });
+    // 100 taken and acknowledged, 20 delivered and left unacknowledged.
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        ch.basic_qos(20, BasicQosOptions::default())
+            .await
+            .expect("basic.qos");
+        let mut consumer = consume(&ch, "ix.backlog", "c", BasicConsumeOptions::default()).await;
+        for n in 0..120u32 {
+            let delivery = next_delivery(&mut consumer).await;
+            assert_eq!(number_of(&delivery.data), n);
+            if n < 100 {
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("basic.ack");
+            }
+        }
+        let (_c, confirming) = open_confirming(&url).await;
+        declare(&confirming, "ix.marker", durable(), FieldTable::default()).await;
+        publish_numbered(&confirming, "ix.marker", 0, 1).await;
+    });
+    broker.restart();
+    let log = this_run_log(&broker);
+    assert_eq!(
+        log.matches("recovered from the clean-stop index").count(),
+        shards,
+        "{log}"
+    );
+    assert_eq!(
+        broker.log().matches("clean-stop index written").count(),
+        shards
+    );
+    assert!(
+        index_files(&data_dir).is_empty(),
+        "an index outlived its start"
+    );
+    // A consumer on another shard than its queue was sent up to 16
+    // prefetches (20) ahead, which its channel held unseen and the queue
+    // counted as delivered: those may come back marked too.
+    let maybe_marked = |n: u32| shards > 1 && (120..120 + 16 * 20).contains(&n);
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open(&url).await;
+        assert_eq!(message_count(&conn, "ix.backlog").await, 900);
+        assert_eq!(message_count(&conn, "ix.transient").await, 0);
+        let other = drain(&ch, "ix.other").await;
+        let numbers: Vec<u32> = other.iter().map(|(b, _)| number_of(b.as_bytes())).collect();
+        assert_eq!(numbers, (0..300).collect::<Vec<u32>>());
+        assert!(other.iter().all(|(_, redelivered)| !redelivered));
+        // 300 taken, in order, with their flags; the removals are on disk
+        // once a publish confirmed after them is.
+        for n in 100..400u32 {
+            let m = get(&ch, "ix.backlog", true).await.expect("a message");
+            assert_eq!(number_of(&m.delivery.data), n, "out of order or twice");
+            if !maybe_marked(n) {
+                assert_eq!(m.delivery.redelivered, n < 120, "message {n}");
+            }
+        }
+        let (_c, confirming) = open_confirming(&url).await;
+        publish_numbered(&confirming, "ix.marker", 1, 2).await;
+    });
+    broker.crash_and_restart();
+    let log = this_run_log(&broker);
+    assert!(
+        !log.contains("recovered from the clean-stop index"),
+        "a start after kill -9 used an index: {log}"
+    );
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (conn, ch) = open(&url).await;
+        let rest = drain(&ch, "ix.backlog").await;
+        let numbers: Vec<u32> = rest.iter().map(|(b, _)| number_of(b.as_bytes())).collect();
+        assert_eq!(numbers, (400..1000).collect::<Vec<u32>>());
+        for (n, (_, redelivered)) in (400..).zip(&rest) {
+            assert!(!redelivered || maybe_marked(n), "message {n} redelivered");
+        }
+        assert_eq!(message_count(&conn, "ix.other").await, 0);
+        assert_eq!(message_count(&conn, "ix.marker").await, 2);
+    });
+}
+
+with_shards!(
+    a_clean_stop_leaves_an_index_the_next_start_reads_and_a_crash_never_uses,
+    a_clean_stop_leaves_an_index_the_next_start_reads_and_a_crash_never_uses
+);
+
+/// An index cut short while the broker was down is refused (its log says
+/// why) and the segments are scanned: every message comes back once, in
+/// order.
+fn a_truncated_index_is_refused_and_the_segments_scanned(shards: usize) {
+    let mut broker = Broker::start_with(shards, &["--segment-size", "65536"]);
+    if broker.is_external() {
+        eprintln!("skipped: an external broker's files are not this test's business");
+        return;
+    }
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open_confirming(&url).await;
+        for queue in ["ix.t0", "ix.t1"] {
+            declare(&ch, queue, durable(), FieldTable::default()).await;
+            publish_numbered(&ch, queue, 0, 300).await;
+        }
+    });
+    broker.restart_changing(|data_dir| {
+        let found = index_files(data_dir);
+        assert_eq!(found.len(), shards, "{found:?}");
+        for path in found {
+            let bytes = std::fs::read(&path).expect("the index");
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("a shorter index");
+        }
+    });
+    let log = this_run_log(&broker);
+    assert!(
+        !log.contains("recovered from the clean-stop index"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("the clean-stop index cannot be used").count(),
+        shards,
+        "{log}"
+    );
+    let url = broker.url();
+    run_for(RESTART_TEST_DEADLINE, async {
+        let (_conn, ch) = open(&url).await;
+        for queue in ["ix.t0", "ix.t1"] {
+            let all = drain(&ch, queue).await;
+            let numbers: Vec<u32> = all.iter().map(|(b, _)| number_of(b.as_bytes())).collect();
+            assert_eq!(numbers, (0..300).collect::<Vec<u32>>(), "{queue}");
+            assert!(all.iter().all(|(_, redelivered)| !redelivered));
+        }
+    });
+}
+
+with_shards!(
+    a_truncated_index_is_refused_and_the_segments_scanned,
+    a_truncated_index_is_refused_and_the_segments_scanned
+);
+
 /// A queue nobody consumes beside a busy one: its old messages are copied
 /// forward (compaction) so that the busy queue's segments can go, and they
 /// survive a restart, delivered ones still marked so.

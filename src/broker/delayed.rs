@@ -266,6 +266,16 @@ impl ShardState {
         }
     }
 
+    /// The held messages written to the store (their ids and segments),
+    /// for the clean-stop index.
+    pub(crate) fn stored_delayed(&self) -> Vec<(u64, u32)> {
+        self.delayed
+            .iter()
+            .filter(|(_, held)| held.segment != 0)
+            .map(|(&id, held)| (id, held.segment))
+            .collect()
+    }
+
     /// A held message is due: route it from its exchange, now.
     pub(crate) fn delayed_due(&mut self, id: u64) {
         let Some(held) = self.delayed.remove(&id) else {

@@ -32,6 +32,7 @@ use crate::metadata::queue_args::{Overflow, QueueArgs, QueueType, EXPIRY_MS_MAX}
 use crate::metadata::vhost::QueueMeta;
 use crate::model::ids::{ConnRef, ConsumerId, QueueId, QueueRef};
 use crate::model::message::Message;
+use crate::store::index::{HeldRecord, QueueRecords};
 use crate::store::log::{Location, MessageStore};
 use crate::store::record::PublishHead;
 use crate::store::recovery::RecoveredMessage;
@@ -332,7 +333,13 @@ pub(crate) struct Paged {
     expires_at_ms: u64,
     redelivered: bool,
     level: u8,
+    /// Written to the store only to be paged (a transient message, or one
+    /// of a queue that is not durable): void at restart.
+    transient: bool,
 }
+
+// A bool fits in the padding: an index entry stays 48 bytes.
+const _: () = assert!(std::mem::size_of::<Paged>() <= 48);
 
 /// Paged messages a queue asks the pager to read back at once, at most.
 const PAGE_READ_MESSAGES_MAX: usize = 4096;
@@ -912,6 +919,7 @@ impl Queue {
         location: Option<Location>,
         ctx: &mut QueueCtx,
     ) {
+        let transient = location.is_none();
         let location = match location {
             Some(location) => location,
             None => {
@@ -940,6 +948,7 @@ impl Queue {
             expires_at_ms: queued.expires_at_ms,
             redelivered: queued.redelivered,
             level: queued.level,
+            transient,
         });
     }
 
@@ -1142,6 +1151,7 @@ impl Queue {
                 expires_at_ms,
                 redelivered: recovered.redelivered,
                 level,
+                transient: false,
             });
             return;
         };
@@ -1199,6 +1209,72 @@ impl Queue {
         }
         for (queued, _) in self.unacked.values_mut() {
             copy(queued, true);
+        }
+    }
+
+    /// The queue's stored messages, for the clean-stop index
+    /// (`store::index`): those it holds in memory, ready or unacknowledged
+    /// (where their records are is for the store to find), and per
+    /// priority level its paged ones, in sequence order.
+    pub(crate) fn stored_records<'a>(
+        &'a self,
+        timers: &'a Timers,
+    ) -> QueueRecords<impl Iterator<Item = HeldRecord> + Clone + 'a> {
+        let persistent = |queued: &QueuedMessage| {
+            self.meta.durable && queued.message.delivery_mode() == Some(PERSISTENT)
+        };
+        let held = |queued: &QueuedMessage, delivered: bool| HeldRecord {
+            seq: queued.seq,
+            segment: queued.segment,
+            place: None,
+            body_bytes: queued.message.body_size(),
+            expires_at_epoch_ms: queued.expires_at_ms().map(|at| timers.epoch_ms_of(at)),
+            level: queued.level,
+            delivered,
+            persistent: persistent(queued),
+        };
+        let mut in_memory = Vec::new();
+        for level in &self.ready.levels {
+            for queued in level.iter().filter_map(|s| s.queued.as_ref()) {
+                if queued.segment != 0 {
+                    in_memory.push(held(queued, queued.redelivered));
+                }
+            }
+        }
+        let unacked = self.unacked.in_order.iter().filter_map(|(_, h)| h.as_ref());
+        for (queued, _) in unacked.chain(self.unacked.out_of_order.values()) {
+            if queued.segment != 0 {
+                in_memory.push(held(queued, true));
+            }
+        }
+        let durable = self.meta.durable;
+        let paged = self
+            .ready
+            .loading
+            .iter()
+            .zip(&self.ready.paged)
+            .map(move |(loading, paged)| {
+                loading.iter().chain(paged).map(move |p| HeldRecord {
+                    seq: p.seq,
+                    segment: p.location.segment,
+                    place: Some((p.location.offset, p.location.len)),
+                    body_bytes: p.body_bytes,
+                    expires_at_epoch_ms: (p.expires_at_ms != NEVER)
+                        .then(|| timers.epoch_ms_of(p.expires_at_ms)),
+                    level: p.level,
+                    delivered: p.redelivered,
+                    persistent: durable && !p.transient,
+                })
+            })
+            .collect();
+        QueueRecords {
+            id: self.meta.id.0,
+            vhost: self.meta.vhost.as_str().to_string(),
+            name: self.meta.name.as_str().to_string(),
+            durable,
+            next_seq: self.next_seq,
+            in_memory,
+            paged,
         }
     }
 

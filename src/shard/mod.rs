@@ -609,9 +609,12 @@ async fn shard_main(
         segments: recovered_segments,
         delayed: recovered_delayed,
         void: void_records,
+        queue_id_max,
     } = boot.messages;
+    let index_dir = store_dir.clone();
     {
         let mut store = MessageStore::resume(config.segment_size, &recovered_segments);
+        store.queue_id_max = queue_id_max;
         // Records no queue takes back are removed first, so that they
         // never come back and their segments can go.
         for &(queue_id, seq, segment) in &void_records {
@@ -834,6 +837,37 @@ async fn shard_main(
             break;
         }
         glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    // Then the index of what the log holds, for the next start to read
+    // instead of every segment. Synchronous to the end: no task of the
+    // shard runs meanwhile, so nothing is appended while it is written.
+    if state.borrow().store.is_idle() && !store_busy.get() {
+        write_clean_stop_index(&state.borrow(), &index_dir);
+    }
+}
+
+/// Writes the shard's clean-stop index (`store::index`), or says why not.
+fn write_clean_stop_index(state: &ShardState, dir: &std::path::Path) {
+    let started = Instant::now();
+    let queues: Vec<_> = state
+        .queues
+        .values()
+        .map(|q| q.stored_records(&state.timers))
+        .collect();
+    let delayed = state.stored_delayed();
+    match store::index::write_clean_stop(&store::disk::StdDisk, dir, &state.store, queues, delayed)
+    {
+        Ok(written) => info!(
+            queues = written.queues,
+            messages = written.messages,
+            index_bytes = written.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "clean-stop index written"
+        ),
+        Err(reason) => warn!(
+            reason = %reason,
+            "no clean-stop index written: the next start scans the segments"
+        ),
     }
 }
 

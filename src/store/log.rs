@@ -238,6 +238,10 @@ pub struct MessageStore<T> {
     in_flight_from: Option<(u32, u64)>,
     /// Messages held only as index entries, in every segment.
     paged_total: u64,
+    /// At least the highest queue id any record in the log carries (the
+    /// start's, then every publish's): the clean-stop index records it, so
+    /// that the next run never gives a new queue an id a record still has.
+    pub(crate) queue_id_max: u64,
     pub paging: Paging,
     /// Set when records are pending; the store task waits on it.
     pub(crate) ready: Notify,
@@ -319,6 +323,7 @@ impl<T> MessageStore<T> {
             in_flight_sync: false,
             in_flight_from: None,
             paged_total: 0,
+            queue_id_max: 0,
             paging: Paging::default(),
             ready: Notify::new(),
             stats: StoreStats::default(),
@@ -387,6 +392,9 @@ impl<T> MessageStore<T> {
     /// Appends a publish; returns where it is.
     pub(crate) fn append_publish_at(&mut self, head: &PublishHead) -> Location {
         self.pending_sync |= !head.transient;
+        if head.queue_id != record::DELAYED_QUEUE_ID {
+            self.queue_id_max = self.queue_id_max.max(head.queue_id);
+        }
         let chunk = self.chunk();
         let before = chunk.bytes.len();
         record::put_publish(&mut chunk.bytes, head);
@@ -658,6 +666,17 @@ impl<T> MessageStore<T> {
             .checked_sub(first.number)
             .and_then(|at| self.segments.get(at as usize))
             .is_some_and(|s| s.fate != SegmentFate::Deleted)
+    }
+
+    /// Each segment not deleted: its number, its live publishes, the
+    /// oldest segment its records point into, and whether it is kept
+    /// (not being deleted). For the clean-stop index, once the store is
+    /// idle.
+    pub(crate) fn segment_states(&self) -> impl Iterator<Item = (u32, u64, u32, bool)> + '_ {
+        self.segments
+            .iter()
+            .filter(|s| s.fate != SegmentFate::Deleted)
+            .map(|s| (s.number, s.live, s.oldest_ref, s.fate == SegmentFate::Kept))
     }
 
     /// Segments not deleted yet (for logs and tests).

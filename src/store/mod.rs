@@ -9,6 +9,8 @@
 //! - `scan`: start-up in place: the last run's logs scanned into an index
 //!   of the live records (heads only, never bodies), queues given back the
 //!   ids and shards their records carry, and the logs carried on;
+//! - `index`: the clean-stop index a shard writes at the end of a clean
+//!   stop, which the next start reads instead of the segments;
 //! - `recovery`: what a shard starts with, and the fallback that rewrites
 //!   the log into a new generation (when the logs cannot be kept);
 //! - `definitions`: the definitions file (atomic replace) and the
@@ -27,6 +29,7 @@
 pub(crate) mod definitions;
 pub(crate) mod definitions_log;
 pub(crate) mod disk;
+pub(crate) mod index;
 pub mod log;
 pub(crate) mod record;
 pub(crate) mod recovery;

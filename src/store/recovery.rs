@@ -154,6 +154,9 @@ pub(crate) struct ShardRecovery {
     /// Live records no queue takes back (queue id, sequence number,
     /// segment): the shard appends a removal for each.
     pub(crate) void: Vec<(u64, u64, u32)>,
+    /// At least the highest queue id a record of the log carries (any
+    /// shard's): the store carries it on for its clean-stop index.
+    pub(crate) queue_id_max: u64,
 }
 
 pub(crate) fn shard_dir(data_dir: &Path, generation: u64, shard: usize) -> PathBuf {
@@ -216,6 +219,7 @@ pub(crate) fn recover_on<D: Disk>(
     let mut shards: Vec<ShardRecovery> = (0..shard_count)
         .map(|n| ShardRecovery {
             dir: shard_dir(data_dir, next, n),
+            queue_id_max: queues.iter().map(|q| q.id.0).max().unwrap_or(0),
             ..Default::default()
         })
         .collect();

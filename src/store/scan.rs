@@ -27,6 +27,14 @@
 //! than the directory that holds some live records — the start falls back
 //! to the rewrite of `recovery` (a new generation).
 //!
+//! # The clean-stop index
+//!
+//! A shard directory holding a clean-stop index (`store::index`) that is
+//! whole and names exactly its segment files, each at the length it has,
+//! is not read: the index gives what its scan would. The index is removed
+//! (and the directory synced) whatever it holds, before the store
+//! appends anything.
+//!
 //! # Memory
 //!
 //! The scan reads each segment file once into one reused buffer, checks
@@ -51,6 +59,7 @@ use crate::metadata::vhost::{MetaChange, QueueMeta};
 use crate::model::ids::{QueueId, QueueRef, ShardId};
 use crate::model::message::Message;
 use crate::store::disk::{Disk, StdDisk};
+use crate::store::index;
 use crate::store::log::RecoveredSegment;
 use crate::store::record::{self, ChunkAt, RecordHead, DELAYED_QUEUE_ID};
 use crate::store::recovery::{
@@ -60,28 +69,28 @@ use crate::store::segments;
 
 /// Entries per block of a queue's index during the scan.
 const BLOCK_ENTRIES: usize = 16 * 1024;
-const NEVER: u64 = u64::MAX;
-const FLAG_DELIVERED: u8 = 1;
+pub(super) const NEVER: u64 = u64::MAX;
+pub(super) const FLAG_DELIVERED: u8 = 1;
 
 /// One live message as the scan found it: where its record is, and what
 /// its queue needs to hold it as an index entry.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IndexEntry {
-    seq: u64,
-    expires_at_epoch_ms: u64,
-    offset: u64,
-    segment: u32,
+    pub(super) seq: u64,
+    pub(super) expires_at_epoch_ms: u64,
+    pub(super) offset: u64,
+    pub(super) segment: u32,
     /// The record's length; 0 once a removal was found for it.
-    len: u32,
-    body_bytes: u32,
-    level: u8,
-    flags: u8,
+    pub(super) len: u32,
+    pub(super) body_bytes: u32,
+    pub(super) level: u8,
+    pub(super) flags: u8,
 }
 
 const _: () = assert!(std::mem::size_of::<IndexEntry>() <= 40);
 
 impl IndexEntry {
-    fn is_live(&self) -> bool {
+    pub(super) fn is_live(&self) -> bool {
         self.len > 0
     }
 
@@ -108,26 +117,54 @@ impl IndexEntry {
 
 /// A queue's records in one shard's log.
 #[derive(Debug)]
-struct QueueScan {
-    vhost: String,
-    name: String,
+pub(crate) struct QueueScan {
+    pub(super) vhost: String,
+    pub(super) name: String,
     /// The highest sequence number any record of it carries.
-    seq_max: u64,
+    pub(super) seq_max: u64,
     /// Its live entries in sequence order, in blocks: each block's
     /// sequence numbers are below the next block's.
-    blocks: Vec<Vec<IndexEntry>>,
+    pub(super) blocks: Vec<Vec<IndexEntry>>,
     /// Removed entries still in each block.
     removed: Vec<u32>,
 }
 
 impl QueueScan {
     fn new(vhost: &[u8], name: &[u8]) -> QueueScan {
+        QueueScan::named(
+            String::from_utf8_lossy(vhost).into_owned(),
+            String::from_utf8_lossy(name).into_owned(),
+        )
+    }
+
+    pub(super) fn named(vhost: String, name: String) -> QueueScan {
         QueueScan {
-            vhost: String::from_utf8_lossy(vhost).into_owned(),
-            name: String::from_utf8_lossy(name).into_owned(),
+            vhost,
+            name,
             seq_max: 0,
             blocks: Vec::new(),
             removed: Vec::new(),
+        }
+    }
+
+    /// Appends a live entry above every one it holds (an index read
+    /// back); `left` entries are still to come, this one included, so
+    /// that a block is never allocated larger than needed.
+    pub(super) fn push_in_order(&mut self, entry: IndexEntry, left: u64) {
+        debug_assert!(self
+            .blocks
+            .last()
+            .and_then(|b| b.last())
+            .is_none_or(|last| last.seq < entry.seq));
+        match self.blocks.last_mut() {
+            Some(block) if block.len() < BLOCK_ENTRIES => block.push(entry),
+            _ => {
+                let capacity = usize::try_from(left).unwrap_or(BLOCK_ENTRIES);
+                let mut block = Vec::with_capacity(capacity.min(BLOCK_ENTRIES));
+                block.push(entry);
+                self.blocks.push(block);
+                self.removed.push(0);
+            }
         }
     }
 
@@ -218,25 +255,25 @@ impl QueueScan {
 }
 
 /// A message a delayed exchange held, as the scan found it.
-#[derive(Debug)]
-struct DelayedScan {
-    segment: u32,
-    offset: u64,
-    len: u32,
-    vhost: String,
-    exchange: String,
-    due_epoch_ms: u64,
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct DelayedScan {
+    pub(super) segment: u32,
+    pub(super) offset: u64,
+    pub(super) len: u32,
+    pub(super) vhost: String,
+    pub(super) exchange: String,
+    pub(super) due_epoch_ms: u64,
 }
 
 /// One shard directory's log.
 #[derive(Debug, Default)]
-struct ShardScan {
-    dir: PathBuf,
+pub(crate) struct ShardScan {
+    pub(super) dir: PathBuf,
     /// Every segment file, by number: the oldest segment its records
     /// point into.
-    segments: BTreeMap<u32, u32>,
-    queues: HashMap<u64, QueueScan>,
-    delayed: BTreeMap<u64, DelayedScan>,
+    pub(super) segments: BTreeMap<u32, u32>,
+    pub(super) queues: HashMap<u64, QueueScan>,
+    pub(super) delayed: BTreeMap<u64, DelayedScan>,
 }
 
 impl ShardScan {
@@ -384,15 +421,40 @@ pub(crate) fn scan_on<D: Disk>(disk: &D, data_dir: &Path) -> io::Result<Scan> {
         }
         let dir = generation_dir.join(&entry.name);
         let shard = &mut shards[number];
-        let mut files: Vec<(u32, PathBuf)> = disk
-            .list(&dir)?
-            .into_iter()
-            .filter(|e| !e.is_dir)
-            .filter_map(|e| Some((segments::parse_file_name(&e.name)?, dir.join(e.name))))
-            .collect();
-        files.sort();
-        shard.dir = dir;
-        for (segment, path) in files {
+        let lengths = index::segment_files(disk, &dir)?;
+        let names = disk.list(&dir)?;
+        if names.iter().any(|e| e.name == index::FILE_NAME) {
+            let read = index::read(disk, &dir, &lengths);
+            // Gone before the store appends anything: a crash from here
+            // on finds no index older than the log, and scans.
+            index::remove(disk, &dir)?;
+            match read {
+                Ok(indexed) => {
+                    info!(
+                        shard = number,
+                        messages = indexed.messages,
+                        queues = indexed.shard.queues.len(),
+                        segments = indexed.shard.segments.len(),
+                        index_bytes = indexed.bytes,
+                        "recovered from the clean-stop index"
+                    );
+                    queue_id_max = queue_id_max.max(indexed.queue_id_max);
+                    *shard = indexed.shard;
+                    continue;
+                }
+                Err(reason) => warn!(
+                    shard = number,
+                    dir = %dir.display(),
+                    reason = %reason,
+                    "the clean-stop index cannot be used: scanning the segments"
+                ),
+            }
+        } else if names.iter().any(|e| e.name == index::TEMP_NAME) {
+            index::remove(disk, &dir)?;
+        }
+        shard.dir = dir.clone();
+        for &segment in lengths.keys() {
+            let path = dir.join(segments::file_name(segment));
             shard.segments.insert(segment, segment);
             let len = read_into(disk, &path, &mut buffer)?;
             walk(&path, &buffer[..len], |offset, len, head| {
@@ -424,7 +486,7 @@ pub(crate) fn scan_on<D: Disk>(disk: &D, data_dir: &Path) -> io::Result<Scan> {
 
 /// Reads the file at `path` into `buffer` (reused from file to file, never
 /// cleared: only the bytes read are looked at); returns its length.
-fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result<usize> {
+pub(super) fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result<usize> {
     let len = disk.len(path)? as usize;
     if buffer.len() < len {
         buffer.resize(len, 0);
@@ -444,7 +506,7 @@ fn read_into<D: Disk>(disk: &D, path: &Path, buffer: &mut Vec<u8>) -> io::Result
 /// record's offset in the file and its length; stops at a bad chunk
 /// (logged), and drops a chunk whose checksum matched but that does not
 /// decode whole (none of its records is applied).
-fn walk(path: &Path, file: &[u8], mut each: impl FnMut(u64, u32, RecordHead)) {
+pub(super) fn walk(path: &Path, file: &[u8], mut each: impl FnMut(u64, u32, RecordHead)) {
     let mut at = 0usize;
     loop {
         match record::chunk_at(file, at) {
@@ -572,7 +634,7 @@ pub(crate) fn recover_in_place_on<D: Disk>(
     let Scan {
         generation,
         shards: mut scanned,
-        ..
+        queue_id_max,
     } = scan;
     scanned.resize_with(scanned.len().max(shard_count), ShardScan::default);
     let generation_dir = data_dir
@@ -597,6 +659,7 @@ pub(crate) fn recover_in_place_on<D: Disk>(
         let mut live: BTreeMap<u32, u64> = BTreeMap::new();
         let mut recovered = ShardRecovery {
             dir: dir.clone(),
+            queue_id_max,
             ..Default::default()
         };
         let ShardScan {
@@ -1194,6 +1257,367 @@ pub(crate) mod tests {
         }
         assert_eq!(deleted, before.len());
         assert_eq!(segment_files(&disk, &dir), [store.active_segment()].into());
+    }
+
+    /// A copy of the disk (everything in these tests is synced).
+    fn copy(disk: &MemDisk) -> MemDisk {
+        disk.crash_image(|_, n| n)
+    }
+
+    /// Replaces the file at `path` with `bytes`, synced.
+    fn overwrite(disk: &MemDisk, path: &Path, bytes: &[u8]) {
+        let mut file = disk.create(path).unwrap();
+        disk.write_at(&mut file, 0, bytes).unwrap();
+        disk.sync(&mut file).unwrap();
+        disk.sync_dir(path.parent().unwrap()).unwrap();
+    }
+
+    /// What a scan found, in a form to compare: per shard the segments,
+    /// each queue's live entries and figures, and the delayed messages.
+    type Seen = Vec<(
+        BTreeMap<u32, u32>,
+        BTreeMap<
+            u64,
+            (
+                String,
+                String,
+                u64,
+                Vec<(u64, u64, u64, u32, u32, u32, u8, u8)>,
+            ),
+        >,
+        Vec<(u64, u32, u64, u32, String, String, u64)>,
+    )>;
+
+    fn seen(scan: &Scan) -> (Seen, u64) {
+        let shards = scan
+            .shards
+            .iter()
+            .map(|s| {
+                let queues = s
+                    .queues
+                    .iter()
+                    .filter(|(_, q)| q.live() > 0)
+                    .map(|(&id, q)| {
+                        let entries = q
+                            .blocks
+                            .iter()
+                            .flatten()
+                            .filter(|e| e.is_live())
+                            .map(|e| {
+                                (
+                                    e.seq,
+                                    e.expires_at_epoch_ms,
+                                    e.offset,
+                                    e.segment,
+                                    e.len,
+                                    e.body_bytes,
+                                    e.level,
+                                    e.flags,
+                                )
+                            })
+                            .collect();
+                        (id, (q.vhost.clone(), q.name.clone(), q.seq_max, entries))
+                    })
+                    .collect();
+                let delayed = s
+                    .delayed
+                    .iter()
+                    .map(|(&id, d)| {
+                        (
+                            id,
+                            d.segment,
+                            d.offset,
+                            d.len,
+                            d.vhost.clone(),
+                            d.exchange.clone(),
+                            d.due_epoch_ms,
+                        )
+                    })
+                    .collect();
+                (s.segments.clone(), queues, delayed)
+            })
+            .collect();
+        (shards, scan.queue_id_max)
+    }
+
+    /// Two shards' logs: queues with acknowledged, delivered and
+    /// expiring messages, and messages held by a delayed exchange.
+    fn two_shard_log() -> MemDisk {
+        let disk = MemDisk::new();
+        start_with(&disk, 2, &[]);
+        fill(&disk, 0, 3, "b", 300, |s| s % 7 == 0);
+        fill(&disk, 1, 7, "a", 200, |s| s <= 50);
+        let dir = recovery::shard_dir(&data_dir(), 1, 0);
+        let numbers = segment_files(&disk, &dir);
+        let segments: Vec<RecoveredSegment> = numbers
+            .iter()
+            .map(|&number| RecoveredSegment {
+                number,
+                live: 0,
+                oldest_ref: number,
+            })
+            .collect();
+        let mut store: MessageStore<u64> = MessageStore::resume(SEGMENT_SIZE, &segments);
+        let mut files = BTreeMap::new();
+        for seq in (10..40).step_by(3) {
+            store.append_delivered(3, seq, 1);
+        }
+        let m = message(5);
+        for id in 1..=4 {
+            let mut h = head(DELAYED_QUEUE_ID, id, false, &m);
+            h.queue_name = "delays";
+            h.expires_at_epoch_ms = Some(1_000 + id);
+            store.append_publish(&h);
+        }
+        let mut h = head(3, 301, false, &m);
+        h.queue_name = "b";
+        h.expires_at_epoch_ms = Some(77);
+        h.level = 0;
+        store.append_publish(&h);
+        let mut batch = store.take_batch().unwrap();
+        append_batch(&disk, &dir, &mut files, &mut batch, 4096).unwrap();
+        disk
+    }
+
+    /// Writes each shard's index from what a scan of `disk` finds.
+    fn write_indexes(disk: &MemDisk) {
+        let scan = scan_on(disk, &data_dir()).unwrap();
+        for shard in &scan.shards {
+            let files = index::segment_files(disk, &shard.dir).unwrap();
+            index::write_scan(disk, shard, &files, scan.queue_id_max).unwrap();
+        }
+    }
+
+    fn has_index(disk: &MemDisk, shard: usize) -> bool {
+        let dir = recovery::shard_dir(&data_dir(), 1, shard);
+        disk.list(&dir)
+            .unwrap()
+            .iter()
+            .any(|e| e.name == index::FILE_NAME)
+    }
+
+    /// An index written from a scan reads back as that scan, and is used:
+    /// a segment's body damaged after it was written (which the scan would
+    /// drop from there on) changes nothing. The index is gone once read.
+    #[test]
+    fn a_clean_stop_index_reads_back_as_the_scan() {
+        let disk = two_shard_log();
+        let expected = seen(&scan_on(&disk, &data_dir()).unwrap());
+        assert_eq!(expected.0[0].2.len(), 4, "delayed messages in the log");
+        write_indexes(&disk);
+        assert!(has_index(&disk, 0) && has_index(&disk, 1));
+        // A byte of a body in the middle of shard 0's first segment: the
+        // scan would stop at that chunk; the index does not read it.
+        let path = recovery::shard_dir(&data_dir(), 1, 0).join(segments::file_name(1));
+        let mut bytes = disk.read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x5a;
+        overwrite(&disk, &path, &bytes);
+        let from_index = scan_on(&disk, &data_dir()).unwrap();
+        assert_eq!(seen(&from_index), expected);
+        assert!(!has_index(&disk, 0) && !has_index(&disk, 1));
+        // The next start scans (and finds the damage).
+        assert_ne!(seen(&scan_on(&disk, &data_dir()).unwrap()), expected);
+    }
+
+    /// A change made to a disk while the broker is down.
+    type Damage = Box<dyn Fn(&MemDisk)>;
+
+    /// Whatever is wrong with an index (truncated anywhere, a flipped
+    /// byte, bad magic or version, a segment longer, missing or extra, a
+    /// count larger than the file), the start scans the segments and finds
+    /// what a start without an index finds; no panic, and the index is
+    /// gone afterwards.
+    #[test]
+    fn a_damaged_or_stale_index_falls_back_to_the_scan() {
+        let base = two_shard_log();
+        write_indexes(&base);
+        let dir = recovery::shard_dir(&data_dir(), 1, 0);
+        let index_path = dir.join(index::FILE_NAME);
+        let good = base.read(&index_path).unwrap();
+        assert!(good.len() > 1000, "{}", good.len());
+        let mut cases: Vec<(String, Damage)> = Vec::new();
+        for cut in [
+            0,
+            5,
+            12,
+            19,
+            good.len() / 3,
+            good.len() - 17,
+            good.len() - 1,
+        ] {
+            let good = good.clone();
+            let path = index_path.clone();
+            cases.push((
+                format!("truncated to {cut}"),
+                Box::new(move |d: &MemDisk| overwrite(d, &path, &good[..cut])),
+            ));
+        }
+        for (name, at) in [("magic", 0), ("version", 8), ("frame", 40), ("end", 0)] {
+            let mut bad = good.clone();
+            let at = if name == "end" { bad.len() - 3 } else { at };
+            bad[at] ^= 1;
+            let path = index_path.clone();
+            cases.push((
+                format!("a flipped byte: {name}"),
+                Box::new(move |d: &MemDisk| overwrite(d, &path, &bad)),
+            ));
+        }
+        let segment = dir.join(segments::file_name(1));
+        let last = *segment_files(&base, &dir).last().unwrap();
+        let seg = segment.clone();
+        cases.push((
+            "a segment grew".into(),
+            Box::new(move |d: &MemDisk| {
+                let mut bytes = d.read(&seg).unwrap();
+                bytes.extend_from_slice(&[0u8; 4096]);
+                overwrite(d, &seg, &bytes);
+            }),
+        ));
+        let seg = dir.join(segments::file_name(last));
+        cases.push((
+            "a segment missing".into(),
+            Box::new(move |d: &MemDisk| {
+                d.remove_file(&seg).unwrap();
+                d.sync_dir(seg.parent().unwrap()).unwrap();
+            }),
+        ));
+        let seg = dir.join(segments::file_name(last + 1));
+        cases.push((
+            "an extra segment".into(),
+            Box::new(move |d: &MemDisk| overwrite(d, &seg, &[])),
+        ));
+        {
+            // A well-formed frame announcing a queue of 2^40 entries.
+            let mut payload = vec![1u8];
+            payload.extend_from_slice(&9u64.to_le_bytes());
+            payload.extend_from_slice(&9u32.to_le_bytes());
+            payload.push(3);
+            payload.extend_from_slice(&3u64.to_le_bytes());
+            payload.extend_from_slice(&5u64.to_le_bytes());
+            payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+            payload.extend_from_slice(&[1, 0, b'/', 1, 0, b'b']);
+            let mut bytes = good[..12].to_vec();
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crate::util::crc32c::checksum(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            let path = index_path.clone();
+            cases.push((
+                "a huge count".into(),
+                Box::new(move |d: &MemDisk| overwrite(d, &path, &bytes)),
+            ));
+        }
+        for (name, damage) in &cases {
+            let disk = copy(&base);
+            damage(&disk);
+            let files = index::segment_files(&disk, &dir).unwrap();
+            let refused = index::read(&disk, &dir, &files);
+            assert!(refused.is_err(), "{name}: {refused:?}");
+            let reference = copy(&disk);
+            for shard in 0..2 {
+                let dir = recovery::shard_dir(&data_dir(), 1, shard);
+                index::remove(&reference, &dir).unwrap();
+            }
+            let expected = seen(&scan_on(&reference, &data_dir()).unwrap());
+            let found = seen(&scan_on(&disk, &data_dir()).unwrap());
+            // Shard 1's index is fine: it is used, and reads the same.
+            assert_eq!(found, expected, "{name}");
+            assert!(!has_index(&disk, 0) && !has_index(&disk, 1), "{name}");
+        }
+    }
+
+    /// The index a clean stop writes from what the queues hold (some in
+    /// memory, found in their segments; the rest paged) reads back as the
+    /// scan; one the store's counts do not agree with is not written.
+    #[test]
+    fn a_clean_stop_writes_what_the_queues_hold() {
+        use crate::store::index::{HeldRecord, QueueRecords};
+        let disk = two_shard_log();
+        let expected = seen(&scan_on(&disk, &data_dir()).unwrap());
+        let (shards, placed) = start_with(&disk, 2, &[queue("a", 0), queue("b", 0)]);
+        for shard in shards {
+            let mut store: MessageStore<u64> = MessageStore::resume(SEGMENT_SIZE, &shard.segments);
+            store.queue_id_max = shard.queue_id_max;
+            let mut queues = Vec::new();
+            for q in shard.queues {
+                let meta = placed.iter().find(|m| m.id == q.id).unwrap();
+                let next_seq = q.next_seq;
+                let mut in_memory = Vec::new();
+                let mut paged = Vec::new();
+                for (at, m) in q.into_messages().enumerate() {
+                    let mut r = HeldRecord {
+                        seq: m.seq,
+                        segment: m.segment,
+                        place: Some((m.offset, m.len)),
+                        body_bytes: m.body_bytes,
+                        expires_at_epoch_ms: m.expires_at_epoch_ms,
+                        level: m.level,
+                        delivered: m.redelivered,
+                        persistent: true,
+                    };
+                    if at % 3 == 0 {
+                        // In memory: where its record is, is for the
+                        // store to find.
+                        r.place = None;
+                        r.expires_at_epoch_ms = Some(1);
+                        in_memory.push(r);
+                    } else {
+                        paged.push(r);
+                    }
+                }
+                queues.push(QueueRecords {
+                    id: meta.id.0,
+                    vhost: meta.vhost.as_str().to_string(),
+                    name: meta.name.as_str().to_string(),
+                    durable: true,
+                    next_seq,
+                    in_memory,
+                    paged: vec![paged.into_iter()],
+                });
+            }
+            let delayed: Vec<(u64, u32)> =
+                shard.delayed.iter().map(|d| (d.id, d.segment)).collect();
+            if let Some(q) = queues.first_mut() {
+                // One record short: the counts disagree, nothing is written.
+                let kept = q.in_memory.pop().unwrap();
+                let refused = index::write_clean_stop(
+                    &disk,
+                    &shard.dir,
+                    &store,
+                    queues_clone(&queues),
+                    delayed.clone(),
+                );
+                assert!(refused.is_err(), "{refused:?}");
+                queues[0].in_memory.push(kept);
+            }
+            let written =
+                index::write_clean_stop(&disk, &shard.dir, &store, queues, delayed).unwrap();
+            assert!(written.messages > 0);
+        }
+        assert!(has_index(&disk, 0) && has_index(&disk, 1));
+        let found = seen(&scan_on(&disk, &data_dir()).unwrap());
+        assert_eq!(found.0, expected.0);
+        assert!(found.1 >= expected.1);
+    }
+
+    fn queues_clone(
+        queues: &[crate::store::index::QueueRecords<
+            std::vec::IntoIter<crate::store::index::HeldRecord>,
+        >],
+    ) -> Vec<crate::store::index::QueueRecords<std::vec::IntoIter<crate::store::index::HeldRecord>>>
+    {
+        queues
+            .iter()
+            .map(|q| crate::store::index::QueueRecords {
+                id: q.id,
+                vhost: q.vhost.clone(),
+                name: q.name.clone(),
+                durable: q.durable,
+                next_seq: q.next_seq,
+                in_memory: q.in_memory.clone(),
+                paged: q.paged.clone(),
+            })
+            .collect()
     }
 
     /// Bindings name their queue by id and shard: they follow the queue to

@@ -153,6 +153,24 @@ impl Broker {
         self.start_again("restarted by the test after SIGTERM");
     }
 
+    /// Like [`Broker::restart`], running `between` on the data directory
+    /// while warren is down (to damage or replace its files).
+    pub fn restart_changing(&mut self, between: impl FnOnce(&std::path::Path)) {
+        let Some(data_dir) = self.data_dir.clone() else {
+            return;
+        };
+        let status = self
+            .stop_with(libc::SIGTERM, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("warren did not exit after SIGTERM\n{}", self.log()));
+        assert!(
+            status.success(),
+            "warren exited with {status:?}\n{}",
+            self.log()
+        );
+        between(&data_dir);
+        self.start_again("restarted by the test after SIGTERM and a change to its files");
+    }
+
     /// Like [`Broker::restart`], staying down for `down` between the exit and
     /// the start (for deadlines that must pass while the broker is not running).
     pub fn restart_after(&mut self, down: Duration) {
