@@ -1066,6 +1066,15 @@ impl Queue {
             ctx.store
                 .append_removal(self.meta.id.0, paged.seq, paged.location.segment);
         }
+        if self.ready.pending == 0 {
+            // The backlog is drained: its index's memory goes too.
+            for loading in &mut self.ready.loading {
+                loading.shrink_to_fit();
+            }
+            for paged in &mut self.ready.paged {
+                paged.release_if_empty();
+            }
+        }
     }
 
     /// A paged message is gone without being read back (purge, deletion).

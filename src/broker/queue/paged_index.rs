@@ -419,19 +419,30 @@ impl PagedIndex {
         self.len -= 1;
         if self.read_index == block.count {
             // Read to its end. If it was the back block too, the index is
-            // empty, and the next entry starts a new block.
-            if let Some(done) = self.blocks.pop_front() {
-                if self.blocks.is_empty() {
-                    self.write_state = State::START;
-                } else {
-                    self.sealed_bytes -= done.bytes.capacity();
+            // empty, and the next entry starts the block afresh (its
+            // memory kept, as a queue that pages keeps paging).
+            if self.blocks.len() == 1 {
+                if let Some(back) = self.blocks.back_mut() {
+                    back.bytes.clear();
+                    back.count = 0;
                 }
+                self.write_state = State::START;
+            } else if let Some(done) = self.blocks.pop_front() {
+                self.sealed_bytes -= done.bytes.capacity();
             }
             self.read_at = 0;
             self.read_index = 0;
             self.read_state = State::START;
         }
         Some(paged)
+    }
+
+    /// Lets the memory go if no entry is left (the queue's backlog is
+    /// drained).
+    pub(super) fn release_if_empty(&mut self) {
+        if self.len == 0 {
+            *self = PagedIndex::new(self.level);
+        }
     }
 
     /// Takes every entry out, in order, and lets the memory go.
@@ -599,7 +610,9 @@ mod tests {
         assert!(index.is_empty());
         assert!(index.pop_front().is_none());
         assert!(index.front().is_none());
-        assert!(index.blocks.is_empty());
+        assert!(index.blocks.len() <= 1);
+        index.release_if_empty();
+        assert_eq!(index.memory_bytes(), 0);
         blocks
     }
 
@@ -733,8 +746,10 @@ mod tests {
             assert_eq!(index.len(), model.len());
         }
         assert!(index.pop_front().is_none());
-        // Emptied, it holds no block.
-        assert!(index.blocks.is_empty());
+        // Emptied, it keeps one block for the next entries, until released.
+        assert!(index.blocks.len() <= 1);
+        index.release_if_empty();
+        assert_eq!(index.memory_bytes(), 0);
     }
 
     #[test]
