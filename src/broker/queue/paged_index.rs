@@ -30,9 +30,10 @@
 //!
 //! The queue pushes at the back and pops at the front, both O(1): the front
 //! block is decoded as it is popped (a cursor and the last entry read) and
-//! freed once read to its end. Entries put back at the front (a read that
-//! failed) wait in a plain deque ahead of the blocks; there are at most one
-//! read's worth of them.
+//! freed once read to its end (the last block is emptied and kept for the
+//! next entries, until the queue releases it when its backlog is drained).
+//! Entries put back at the front (a read that failed) wait in a plain deque
+//! ahead of the blocks: one read's worth at most.
 
 use std::collections::VecDeque;
 
