@@ -397,3 +397,80 @@ fn a_paged_priority_queue_keeps_priority_order(shards: usize) {
 }
 
 with_shards!(a_paged_priority_queue_keeps_priority_order);
+
+/// The queue's `memory` figure from the management API (what the memory
+/// alarm counts for it: messages in memory and the index of paged ones).
+fn queue_memory_bytes(base: &str, queue: &str) -> u64 {
+    let response = ureq::get(&format!("{base}/api/queues/%2f/{queue}"))
+        .timeout(Duration::from_secs(30))
+        .set("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+        .call()
+        .expect("GET /api/queues/%2f/QUEUE");
+    let text = response.into_string().expect("a JSON body");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    value["memory"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no memory figure: {text}"))
+}
+
+/// A backlog of many windows published one message after another keeps
+/// an index of a few bytes per paged message, and that index counts in
+/// the queue's memory (what the memory alarm adds up): more than the
+/// window alone, less than 12 bytes a message beyond it. Drained, in
+/// order, the figure falls back.
+fn a_paged_backlog_index_is_compact_and_counted(shards: usize) {
+    let broker = start(shards);
+    if broker.is_external() {
+        eprintln!("skipped: --queue-window is warren's");
+        return;
+    }
+    let base = broker
+        .management_url()
+        .unwrap_or_else(|| panic!("no management API address\n{}", broker.log()));
+    let url = broker.url();
+    let count = 40_000u32;
+    let window: u64 = WINDOW.parse().expect("a number");
+    run_for(DEADLINE * 2, async {
+        let (conn, ch) = open_confirming(&url).await;
+        declare_queue_with(&ch, "pg.index", durable(), FieldTable::default())
+            .await
+            .expect("queue.declare");
+        publish_confirmed(&ch, "pg.index", 0..count, persistent()).await;
+        assert_eq!(message_count(&conn, "pg.index").await, count);
+        let memory = queue_memory_bytes(&base, "pg.index");
+        // The window holds its messages' bodies and headers (at most one
+        // message past the window); the index at least a byte for every
+        // second paged message, at most 12 for each.
+        assert!(
+            memory > window + u64::from(count) / 2,
+            "{memory} bytes: the index is not counted"
+        );
+        assert!(
+            memory < 2 * window + 12 * u64::from(count),
+            "{memory} bytes for {count} messages"
+        );
+
+        let consumer_ch = channel(&conn).await;
+        consumer_ch
+            .basic_qos(100, BasicQosOptions::default())
+            .await
+            .expect("basic.qos");
+        let mut consumer = consume(
+            &consumer_ch,
+            "pg.index",
+            "i",
+            BasicConsumeOptions::default(),
+        )
+        .await;
+        receive_in_order(&mut consumer, 0, count).await;
+        wait_message_count(&conn, "pg.index", 0).await;
+        let mut left = u64::MAX;
+        let freed = wait_until(Duration::from_secs(30), || {
+            left = queue_memory_bytes(&base, "pg.index");
+            left < window
+        });
+        assert!(freed, "{left} bytes held after the drain");
+    });
+}
+
+with_shards!(a_paged_backlog_index_is_compact_and_counted);

@@ -299,7 +299,7 @@ fn queue_info(queue: &super::queue::Queue) -> QueueInfo {
         ready: queue.message_count(),
         unacked: queue.unacked_count(),
         consumers: queue.consumer_count(),
-        memory_bytes: queue.memory_bytes(),
+        memory_bytes: queue.memory_bytes() + queue.index_bytes(),
         stats: queue.stats,
     }
 }
@@ -495,7 +495,7 @@ impl super::ShardState {
             }
         }
         for queue in self.queues.values() {
-            report.queue_memory_bytes += queue.memory_bytes();
+            report.queue_memory_bytes += queue.memory_bytes() + queue.index_bytes();
             if !queues {
                 continue;
             }
@@ -531,7 +531,7 @@ impl super::ShardState {
                 ready: queue.message_count(),
                 unacked: queue.unacked_count(),
                 consumers: queue.consumer_count(),
-                memory_bytes: queue.memory_bytes(),
+                memory_bytes: queue.memory_bytes() + queue.index_bytes(),
                 stats: queue.stats,
             });
             if meta_after.is_none_or(|after| id > after) {

@@ -147,7 +147,7 @@ impl super::ShardState {
             let ready = queue.message_count();
             let unacked = queue.unacked_count();
             let consumers = queue.consumer_count();
-            let memory_bytes = queue.memory_bytes();
+            let memory_bytes = queue.memory_bytes() + queue.index_bytes();
             metrics.messages_ready += u64::from(ready);
             metrics.messages_unacked += u64::from(unacked);
             metrics.consumers += u64::from(consumers);

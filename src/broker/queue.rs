@@ -11,7 +11,8 @@
 //! (`Paging::over_window`: its own `--queue-window`, the shard's
 //! `--shard-window`). Past it, a new message is kept as an index entry
 //! (`Paged`: where its publish record is in the store, and what ordering
-//! and expiry need) and its body is let go; transient messages are
+//! and expiry need; `paged_index` holds them a byte or two each, in
+//! delta-encoded blocks) and its body is let go; transient messages are
 //! written to the store for that (without waiting for the disk, and void
 //! at restart). Paged messages always follow the messages in memory, so a
 //! level is: messages in memory, then those being read back (`loading`),
@@ -21,9 +22,13 @@
 //! expire when they are back in memory, as RabbitMQ's do at the head.
 //! Quorum queues are not paged (a returned message goes to their back).
 
+mod paged_index;
+
 use std::collections::VecDeque;
 
 use crate::util::hash::FastMap;
+
+use paged_index::PagedIndex;
 
 use crate::broker::timers::{TimerEvent, Timers};
 use crate::broker::ConfirmTarget;
@@ -368,10 +373,10 @@ struct Ready {
     levels: Vec<VecDeque<Slot>>,
     /// Live (not tombstoned) messages per level.
     live: Vec<usize>,
-    /// Per level, paged messages being read back, then those still paged:
-    /// all after the level's messages in memory.
+    /// Per level, paged messages being read back (one read's worth), then
+    /// those still paged: all after the level's messages in memory.
     loading: Vec<VecDeque<Paged>>,
-    paged: Vec<VecDeque<Paged>>,
+    paged: Vec<PagedIndex>,
     /// Messages in `loading` and `paged`, all levels.
     pending: usize,
     /// Counts the clears: a read asked before one is void.
@@ -389,7 +394,7 @@ impl Ready {
             levels: (0..level_count).map(|_| VecDeque::new()).collect(),
             live: vec![0; level_count],
             loading: (0..level_count).map(|_| VecDeque::new()).collect(),
-            paged: (0..level_count).map(|_| VecDeque::new()).collect(),
+            paged: (0..level_count).map(|l| PagedIndex::new(l as u8)).collect(),
             pending: 0,
             epoch: 0,
             count: 0,
@@ -510,8 +515,11 @@ impl Ready {
             }
         }
         if self.pending > 0 {
-            for deque in self.loading.iter_mut().chain(self.paged.iter_mut()) {
+            for deque in self.loading.iter_mut() {
                 deque.drain(..).for_each(|p| each(None, None, Some(p)));
+            }
+            for index in self.paged.iter_mut() {
+                index.drain(|p| each(None, None, Some(p)));
             }
             self.pending = 0;
         }
@@ -757,10 +765,13 @@ impl Queue {
         }
     }
 
-    /// What its paged messages' index entries take (the memory alarm
-    /// counts it; the paging window does not, as it is not theirs to page).
+    /// What its paged messages' index entries take, as allocated (the
+    /// memory alarm counts it; the paging window does not, as it is not
+    /// theirs to page). O(priority levels).
     pub(crate) fn index_bytes(&self) -> u64 {
-        (self.ready.pending * std::mem::size_of::<Paged>()) as u64
+        let paged: usize = self.ready.paged.iter().map(PagedIndex::memory_bytes).sum();
+        let loading: usize = self.ready.loading.iter().map(VecDeque::capacity).sum();
+        (paged + loading * std::mem::size_of::<Paged>()) as u64
     }
 
     pub(crate) fn consumer_count(&self) -> u32 {
@@ -1091,6 +1102,15 @@ impl Queue {
             ctx.store
                 .append_removal(self.meta.id.0, paged.seq, paged.location.segment);
         }
+        if self.ready.pending == 0 {
+            // The backlog is drained: its index's memory goes too.
+            for loading in &mut self.ready.loading {
+                loading.shrink_to_fit();
+            }
+            for paged in &mut self.ready.paged {
+                paged.release_if_empty();
+            }
+        }
     }
 
     /// A paged message is gone without being read back (purge, deletion).
@@ -1100,14 +1120,14 @@ impl Queue {
     }
 
     /// Room for `count` restored messages as index entries, so that a
-    /// backlog's entries are allocated once, not doubled as they come.
+    /// backlog's block list is allocated once, not doubled as it comes.
     pub(crate) fn reserve_restored(&mut self, count: u64) {
         if self.is_quorum() {
             return;
         }
         let level = self.ready.levels.len() - 1;
         if let Some(paged) = self.ready.paged.get_mut(level) {
-            paged.reserve_exact(count as usize);
+            paged.reserve(count as usize);
         }
     }
 
