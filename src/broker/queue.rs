@@ -1274,17 +1274,21 @@ impl Queue {
             .iter()
             .zip(&self.ready.paged)
             .map(move |(loading, paged)| {
-                loading.iter().chain(paged).map(move |p| HeldRecord {
-                    seq: p.seq,
-                    segment: p.location.segment,
-                    place: Some((p.location.offset, p.location.len)),
-                    body_bytes: p.body_bytes,
-                    expires_at_epoch_ms: (p.expires_at_ms != NEVER)
-                        .then(|| timers.epoch_ms_of(p.expires_at_ms)),
-                    level: p.level,
-                    delivered: p.redelivered,
-                    persistent: durable && !p.transient,
-                })
+                loading
+                    .iter()
+                    .copied()
+                    .chain(paged.iter())
+                    .map(move |p| HeldRecord {
+                        seq: p.seq,
+                        segment: p.location.segment,
+                        place: Some((p.location.offset, p.location.len)),
+                        body_bytes: p.body_bytes,
+                        expires_at_epoch_ms: (p.expires_at_ms != NEVER)
+                            .then(|| timers.epoch_ms_of(p.expires_at_ms)),
+                        level: p.level,
+                        delivered: p.redelivered,
+                        persistent: durable && !p.transient,
+                    })
             })
             .collect();
         QueueRecords {

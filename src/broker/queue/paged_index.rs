@@ -11,7 +11,10 @@
 //! byte. Any field that differs is written after the flags as a LEB128
 //! varint (signed differences zigzag-encoded); an entry whose varints
 //! would take more than a plain entry (`PLAIN_BYTES`) is written plain, so
-//! that no sequence costs more than that per entry.
+//! that no sequence costs more than that per entry. Whether a message is
+//! transient (written only to be paged) is carried from the entry before:
+//! an entry that differs from it there is written plain, with the
+//! `PLAIN_TRANSIENT` bit.
 //!
 //! ```text
 //! flags  u8   SEQ_NEXT | SAME_SEGMENT | OFFSET_NEXT | SAME_LEN
@@ -53,6 +56,8 @@ const SAME_OVERHEAD: u8 = 1 << 4;
 const NEVER_EXPIRES: u8 = 1 << 5;
 const REDELIVERED: u8 = 1 << 6;
 const PLAIN: u8 = 1 << 7;
+/// In a plain entry's flags (where the delta bits are unused): transient.
+const PLAIN_TRANSIENT: u8 = SEQ_NEXT;
 
 /// The plain form's fields after the flag byte.
 const PLAIN_FIELDS_BYTES: usize = 8 + 4 + 8 + 4 + 8 + 8;
@@ -73,6 +78,7 @@ struct State {
     overhead: u64,
     /// The last expiry before it that was not `NEVER` (0 if none).
     expiry: u64,
+    transient: bool,
 }
 
 impl State {
@@ -84,6 +90,7 @@ impl State {
         len: 0,
         overhead: 0,
         expiry: 0,
+        transient: false,
     };
 
     fn end(&self) -> u64 {
@@ -102,6 +109,7 @@ impl State {
             } else {
                 paged.expires_at_ms
             },
+            transient: paged.transient,
         }
     }
 }
@@ -215,12 +223,13 @@ fn encode(prev: &State, paged: &Paged, out: &mut Vec<u8>) {
             zigzag(paged.expires_at_ms.wrapping_sub(prev.expiry)),
         );
     }
-    if at <= PLAIN_BYTES {
+    if at <= PLAIN_BYTES && paged.transient == prev.transient {
         buf[0] = flags;
         out.extend_from_slice(&buf[..at]);
         return;
     }
-    out.push(PLAIN | (flags & REDELIVERED));
+    let transient = if paged.transient { PLAIN_TRANSIENT } else { 0 };
+    out.push(PLAIN | (flags & REDELIVERED) | transient);
     out.extend_from_slice(&paged.seq.to_le_bytes());
     out.extend_from_slice(&location.segment.to_le_bytes());
     out.extend_from_slice(&location.offset.to_le_bytes());
@@ -252,6 +261,7 @@ fn decode(prev: &State, bytes: &[u8], at: &mut usize, level: u8) -> Paged {
             expires_at_ms,
             redelivered,
             level,
+            transient: flags & PLAIN_TRANSIENT != 0,
         };
     }
     let seq = if flags & SEQ_NEXT != 0 {
@@ -296,6 +306,7 @@ fn decode(prev: &State, bytes: &[u8], at: &mut usize, level: u8) -> Paged {
         expires_at_ms,
         redelivered,
         level,
+        transient: prev.transient,
     }
 }
 
@@ -439,6 +450,29 @@ impl PagedIndex {
         Some(paged)
     }
 
+    /// Every entry, in order, decoded as it goes (the clean-stop index
+    /// lists them; the index is left as it is).
+    pub(super) fn iter(&self) -> impl Iterator<Item = Paged> + Clone + '_ {
+        let mut block = 0;
+        let mut index = self.read_index;
+        let mut at = self.read_at;
+        let mut state = self.read_state;
+        let blocks = std::iter::from_fn(move || loop {
+            let current = self.blocks.get(block)?;
+            if index < current.count {
+                let paged = decode(&state, &current.bytes, &mut at, self.level);
+                index += 1;
+                state = state.after(&paged);
+                return Some(paged);
+            }
+            block += 1;
+            index = 0;
+            at = 0;
+            state = State::START;
+        });
+        self.front.iter().copied().chain(blocks)
+    }
+
     /// Lets the memory go if no entry is left (the queue's backlog is
     /// drained).
     pub(super) fn release_if_empty(&mut self) {
@@ -498,6 +532,7 @@ mod tests {
             expires_at_ms: NEVER,
             redelivered: false,
             level: 0,
+            transient: false,
         }
     }
 
@@ -539,6 +574,7 @@ mod tests {
                     expires_at_ms: if rng.below(4) == 0 { NEVER } else { rng.next() },
                     redelivered: rng.below(2) == 0,
                     level: 0,
+                    transient: rng.below(2) == 0,
                 }
             })
             .collect()
@@ -574,6 +610,7 @@ mod tests {
                 expires_at_ms: if ttl { now + 60_000 } else { NEVER },
                 redelivered: rng.below(10) == 0,
                 level: 0,
+                transient: rng.below(50) == 0,
             });
             seq += 1;
             offset += u64::from(len);
@@ -588,6 +625,34 @@ mod tests {
             && a.expires_at_ms == b.expires_at_ms
             && a.redelivered == b.redelivered
             && a.level == b.level
+            && a.transient == b.transient
+    }
+
+    /// `iter` lists what is left, in order, from a partly read front block
+    /// and put-back entries on, and leaves the index as it was.
+    #[test]
+    fn iter_lists_what_is_left_in_order() {
+        let mut rng = Rng(0x5eed_1735);
+        let entries = mixed(&mut rng, 3 * BLOCK_ENTRIES_MAX as usize + 17);
+        let mut index = PagedIndex::new(0);
+        for &paged in &entries {
+            index.push_back(paged);
+        }
+        let taken = BLOCK_ENTRIES_MAX as usize + 5;
+        let popped: Vec<Paged> = (0..taken).filter_map(|_| index.pop_front()).collect();
+        index.push_front(popped[taken - 1]);
+        index.push_front(popped[taken - 2]);
+        let listed: Vec<Paged> = index.iter().collect();
+        assert_eq!(listed.len(), entries.len() - taken + 2);
+        assert!(listed
+            .iter()
+            .zip(&entries[taken - 2..])
+            .all(|(a, b)| same(a, b)));
+        for expected in &entries[taken - 2..] {
+            let paged = index.pop_front().expect("an entry per listed one");
+            assert!(same(&paged, expected));
+        }
+        assert!(index.pop_front().is_none());
     }
 
     /// Pushes them all, then pops them all, peeking first; gives back what
@@ -695,6 +760,7 @@ mod tests {
                     expires_at_ms: a.wrapping_sub(b),
                     redelivered: i % 2 == 0,
                     level: 0,
+                    transient: i % 3 == 0,
                 });
             }
         }
