@@ -346,6 +346,9 @@ pub(crate) struct Paged {
 // A bool fits in the padding: an index entry stays 48 bytes.
 const _: () = assert!(std::mem::size_of::<Paged>() <= 48);
 
+/// Slots a level's deque keeps however few messages it holds.
+const SLOTS_KEPT: usize = 64;
+
 /// Paged messages a queue asks the pager to read back at once, at most.
 const PAGE_READ_MESSAGES_MAX: usize = 4096;
 
@@ -499,6 +502,13 @@ impl Ready {
         }
         while deque.back().is_some_and(|s| s.queued.is_none()) {
             deque.pop_back();
+        }
+        // A deque keeps the capacity of the most it ever held: a thousand
+        // queues that each once read a window back would keep a window's
+        // slots each. Halved once three quarters are unused: amortised
+        // O(1), and a queue that refills soon grows it again.
+        if deque.capacity() > SLOTS_KEPT && deque.len() < deque.capacity() / 4 {
+            deque.shrink_to(deque.capacity() / 2);
         }
     }
 
