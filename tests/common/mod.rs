@@ -139,18 +139,7 @@ impl Broker {
     /// with the same arguments, data directory and port. Panics if it does not exit 0 or
     /// does not come back. Does nothing for an external broker.
     pub fn restart(&mut self) {
-        if self.data_dir.is_none() {
-            return;
-        }
-        let status = self
-            .stop_with(libc::SIGTERM, Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("warren did not exit after SIGTERM\n{}", self.log()));
-        assert!(
-            status.success(),
-            "warren exited with {status:?}\n{}",
-            self.log()
-        );
-        self.start_again("restarted by the test after SIGTERM");
+        self.restart_changing(|_| {});
     }
 
     /// Like [`Broker::restart`], running `between` on the data directory
@@ -168,7 +157,7 @@ impl Broker {
             self.log()
         );
         between(&data_dir);
-        self.start_again("restarted by the test after SIGTERM and a change to its files");
+        self.start_again("restarted by the test after SIGTERM");
     }
 
     /// Like [`Broker::restart`], staying down for `down` between the exit and
