@@ -1530,7 +1530,8 @@ impl ShardState {
     /// window is full, only a queue whose next message is paged reads, and
     /// a little (`PAGE_READ_FULL_BYTES`), so that a queue with consumers
     /// never starves behind the others and the window is overrun by at
-    /// most that much per queue. What this call asks for counts at once:
+    /// most that much per queue. A queue without consumers (it asks for its
+    /// head only, e.g. after a restart) reads that little too. What this call asks for counts at once:
     /// the queues' own figures are summed only on the alarm check.
     pub(crate) fn page_reads(&mut self) -> Vec<queue::PageRead> {
         let wanted = std::mem::take(&mut self.store.paging.wanted);
@@ -1546,7 +1547,10 @@ impl ShardState {
                 continue;
             };
             let room = window.saturating_sub(q.memory_bytes());
-            let budget = if resident < shard_window {
+            // A queue nobody consumes from wants its head only.
+            let budget = if q.consumer_count() == 0 {
+                room.min(crate::config::PAGE_READ_FULL_BYTES)
+            } else if resident < shard_window {
                 room.min(shard_window - resident)
             } else if q.head_is_paged() {
                 room.min(crate::config::PAGE_READ_FULL_BYTES)
