@@ -999,22 +999,6 @@ const BASIC_CONSUME_OK: (u16, u16) = (60, 21);
 const BASIC_DELIVER: (u16, u16) = (60, 60);
 const BASIC_ACK: (u16, u16) = (60, 80);
 
-/// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
-fn proc_status_bytes(b: &Broker, field: &str) -> u64 {
-    let pid = b.pid().expect("a broker started by the test");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in {status}"));
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB");
-    kib * 1024
-}
-
 /// A broker with the scenarios' watermark, and its resident size once it is
 /// ready.
 ///
@@ -1039,14 +1023,14 @@ fn memory_broker(shards: usize) -> (Broker, u64, std::sync::MutexGuard<'static, 
             "1073741824",
         ],
     );
-    let baseline = proc_status_bytes(&b, "VmRSS:");
+    let baseline = b.proc_status_bytes("VmRSS:");
     (b, baseline, alone)
 }
 
 /// The broker's peak resident size stayed within 1.25x the watermark (above
 /// its size at start).
 fn assert_peak_within_watermark(b: &Broker, baseline: u64, what: &str) {
-    let peak = proc_status_bytes(b, "VmHWM:");
+    let peak = b.peak_resident_bytes();
     let limit = WATERMARK_BYTES + WATERMARK_BYTES / 4 + baseline;
     eprintln!(
         "{what}: peak RSS {} MiB, baseline {} MiB, limit {} MiB",

@@ -41,24 +41,6 @@ macro_rules! with_shards {
     };
 }
 
-/// The broker's peak resident size so far (VmHWM), in bytes.
-fn peak_resident_bytes(broker: &Broker) -> u64 {
-    let pid = broker.pid().expect("a warren child");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// A body of `len` bytes starting with the message's queue and number.
 fn body(queue: u32, n: u32, len: usize) -> Vec<u8> {
     let mut body = format!("{queue:04}-{n:06}-").into_bytes();
@@ -253,7 +235,7 @@ fn a_thousand_backlogs_stay_under_the_watermark_and_drain_once(shards: usize) {
         !log.contains("memory resource limit alarm set"),
         "the memory alarm was raised\n{log}"
     );
-    let peak = peak_resident_bytes(&broker);
+    let peak = broker.peak_resident_bytes();
     eprintln!(
         "peak resident size {} MiB, watermark {} MiB",
         peak >> 20,
@@ -384,7 +366,7 @@ fn a_transient_backlog_beyond_the_watermark_is_paged_without_fsync(shards: usize
         !log.contains("memory resource limit alarm set"),
         "the memory alarm was raised\n{log}"
     );
-    let peak = peak_resident_bytes(&broker);
+    let peak = broker.peak_resident_bytes();
     eprintln!(
         "peak resident size {} MiB, watermark {} MiB",
         peak >> 20,

@@ -51,24 +51,6 @@ fn start(shards: usize) -> Option<Broker> {
     slow_disk_support::start(shards, SYNC_DELAY_MS, WATERMARK)
 }
 
-/// The broker's peak resident size so far (VmHWM), in bytes.
-fn peak_resident_bytes(broker: &Broker) -> u64 {
-    let pid = broker.pid().expect("a warren child");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// 1,200 persistent messages of 64 KiB (about 75 MB) without confirms.
 const FLOOD_COUNT: u32 = 1200;
 const FLOOD_BODY_LEN: usize = 64 * 1024;
@@ -103,7 +85,7 @@ fn a_flood_on_a_slow_disk_stays_under_the_watermark_and_arrives(shards: usize) {
         wait_message_count(&other, "sd.flood", FLOOD_COUNT).await;
         drain_in_order(&cch, "sd.flood", FLOOD_COUNT).await;
     });
-    let peak = peak_resident_bytes(&broker);
+    let peak = broker.peak_resident_bytes();
     eprintln!(
         "peak resident size {} MiB, watermark {} MiB; memory alarm raised: {}",
         peak >> 20,

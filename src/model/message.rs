@@ -174,6 +174,13 @@ impl Message {
         self.bcc_keys.as_deref().map(Vec::as_slice)
     }
 
+    /// Gives the body an allocation of its own: a message decoded from a
+    /// read of the store (its head is its own already) would otherwise keep
+    /// the whole read alive.
+    pub(crate) fn own_body(&mut self) {
+        self.body = Bytes::copy_from_slice(&self.body);
+    }
+
     /// Keeps `other`'s BCC keys.
     /// The same message in allocations of its own. A message fresh from a
     /// publish is slices of its connection's read buffer, which a message

@@ -582,8 +582,7 @@ fn apply(record: Record, live: &mut BTreeMap<(u64, u64), StoredPublish>) {
     match record {
         Record::Publish(publish) if publish.transient => {}
         Record::Publish(mut publish) => {
-            let m = &mut publish.message;
-            m.body = Bytes::copy_from_slice(&m.body);
+            publish.message.own_body();
             live.insert((publish.queue_id, publish.seq), *publish);
         }
         Record::Removal { queue_id, seq } => {
@@ -682,7 +681,7 @@ fn write_segments<D: Disk>(
             body_bytes,
             message: item.keep.then(|| {
                 // Its own copy: a slice would keep the whole old file.
-                message.body = Bytes::copy_from_slice(&message.body);
+                message.own_body();
                 message
             }),
         });

@@ -716,16 +716,17 @@ pub(crate) fn recover_in_place_on<D: Disk>(
         for (id, held) in delayed {
             *live.entry(held.segment).or_default() += 1;
             let record = read_record(disk, &dir, held.segment, held.offset, held.len)?;
-            let message = record::decode_publish(record)
+            let mut message = record::decode_publish(record)
                 .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?
                 .message;
+            message.own_body();
             recovered.delayed.push(RecoveredDelayed {
                 id,
                 segment: held.segment,
                 vhost: held.vhost,
                 exchange: held.exchange,
                 due_epoch_ms: held.due_epoch_ms,
-                message: own_body(message),
+                message,
             });
         }
         recovered.segments = found_segments
@@ -745,12 +746,6 @@ pub(crate) fn recover_in_place_on<D: Disk>(
         "message store recovered in place"
     );
     Ok(out)
-}
-
-/// A message's own copy of its body: a slice would keep a whole read.
-fn own_body(mut message: Message) -> Message {
-    message.body = Bytes::copy_from_slice(&message.body);
-    message
 }
 
 fn read_record<D: Disk>(

@@ -355,7 +355,7 @@ impl SegmentReader {
                 match record::decode_publish(record) {
                     Ok(mut publish) if publish.queue_id == queue_id && publish.seq == seq => {
                         if copy_bodies {
-                            publish.message.body = Bytes::copy_from_slice(&publish.message.body);
+                            publish.message.own_body();
                         }
                         messages.push(publish.message)
                     }

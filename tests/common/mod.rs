@@ -244,6 +244,28 @@ impl Broker {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// A field of its /proc/PID/status in bytes (`"VmRSS:"`, `"VmHWM:"`);
+    /// for a broker the test started.
+    pub fn proc_status_bytes(&self, field: &str) -> u64 {
+        let pid = self.pid().expect("a broker started by the test");
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in {status}"));
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("a number of kB");
+        kib * 1024
+    }
+
+    /// Its peak resident size so far (VmHWM), in bytes.
+    pub fn peak_resident_bytes(&self) -> u64 {
+        self.proc_status_bytes("VmHWM:")
+    }
+
     /// True when the tests run against `WARREN_TEST_AMQP_URL` rather than a warren child.
     pub fn is_external(&self) -> bool {
         self.external_url.is_some()
