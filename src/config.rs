@@ -164,6 +164,25 @@ pub(crate) const TX_PUBLISHES_MAX: u32 = 65_536;
 pub(crate) const MAILBOX_BATCHES_MAX: usize = 1024;
 /// Messages in one shard's overflow towards a peer before its readers pause.
 pub(crate) const MAILBOX_OVERFLOW_MAX: usize = 65_536;
+/// The default `--mailbox-interval-us`. Each batch a peer receives costs
+/// it a wake-up when it was asleep, and the sleep before it a `membarrier`
+/// (glommio), an interrupt to every CPU running the broker's threads; a
+/// peer that is sent a batch at most this often wakes that much less, for
+/// at most this long a wait on a busy path. Only a batch that follows a
+/// large one waits (`MAILBOX_HOLD_AFTER`), so a confirm, a reply or a
+/// message at a moderate rate is never held. Measured in
+/// docs/performance-history.md.
+pub const MAILBOX_INTERVAL: Duration = Duration::from_micros(400);
+/// Messages in the last batch to a peer from which the next one may wait
+/// for the interval: fewer, and the traffic is light enough that holding
+/// would add latency and spare little.
+pub(crate) const MAILBOX_HOLD_AFTER: usize = 16;
+/// Messages in a batch that go at once, whatever the interval.
+pub(crate) const MAILBOX_BATCH_FULL: usize = 1024;
+/// Emptied batches a shard keeps per peer to fill again (`spare_batches`),
+/// and the largest (in messages) it keeps: a burst's batch is let go.
+pub(crate) const SPARE_BATCHES_MAX: usize = 8;
+pub(crate) const SPARE_BATCH_CAPACITY_MAX: usize = 4096;
 
 /// RabbitMQ's default `max_message_size` (128 MiB): a content header
 /// announcing a larger body is refused with 406 PRECONDITION_FAILED.
@@ -316,6 +335,10 @@ pub struct Config {
     /// `--spin-before-park-us`: how long an idle shard polls before it
     /// sleeps in io_uring (zero: it sleeps at once).
     pub spin_before_park: Duration,
+    /// `--mailbox-interval-us`: the least time between two batches a shard
+    /// sends one peer, unless the later one is full (`MAILBOX_BATCH_FULL`).
+    /// Zero: a batch goes at the end of every reactor turn.
+    pub mailbox_interval: Duration,
     /// `--queue-leader-locator`: which shard a new queue lives on, unless
     /// its arguments say otherwise.
     pub queue_leader_locator: QueueLeaderLocator,
@@ -482,6 +505,7 @@ impl Default for Config {
             queue_window_bytes: QUEUE_WINDOW_BYTES,
             shard_window_bytes: SHARD_WINDOW_BYTES,
             spin_before_park: Duration::ZERO,
+            mailbox_interval: MAILBOX_INTERVAL,
             queue_leader_locator: QueueLeaderLocator::ClientLocal,
             placement_test: None,
             sync_delay_test: None,

@@ -336,12 +336,12 @@ fn one_to_one(b: &Broker, p: u16, q: u16, c: u16) {
 
 /// Starts a broker with every queue on shard `q` and runs the four
 /// placements of publisher and consumer against it.
-fn placements_with_queue_on(q: u16) {
+fn placements_with_queue_on(q: u16, extra_args: &[&str]) {
     if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
         eprintln!("placement is warren's own: nothing to test on an external broker");
         return;
     }
-    let b = start_placed(2, &format!("queue={q}"), &[]);
+    let b = start_placed(2, &format!("queue={q}"), extra_args);
     for (p, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
         one_to_one(&b, p, q, c);
     }
@@ -453,8 +453,22 @@ fn one_to_one_delivers_once_with_bounded_backlog_in_every_placement_at_2_shards(
         return;
     }
     queue_leader_locators();
-    placements_with_queue_on(0);
-    placements_with_queue_on(1);
+    placements_with_queue_on(0, &[]);
+    placements_with_queue_on(1, &[]);
+}
+
+/// The same with batches between shards sent at the end of every reactor
+/// turn (`--mailbox-interval-us 0`) instead of at most every 400 µs while
+/// the traffic is heavy: both ways of pacing the mailboxes deliver
+/// everything once, and the held batches at the end of each run (the
+/// default) arrive by the flusher's timer, not by more traffic.
+#[test]
+fn one_to_one_delivers_once_with_bounded_backlog_with_unpaced_mailboxes_at_2_shards() {
+    if std::env::var_os(EXTERNAL_URL_VAR).is_some() {
+        eprintln!("placement is warren's own: nothing to test on an external broker");
+        return;
+    }
+    placements_with_queue_on(1, &["--mailbox-interval-us", "0"]);
 }
 
 /// The soak behind the consumer that once stopped for good at publisher 0,

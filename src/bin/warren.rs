@@ -11,6 +11,14 @@ use tracing::{error, warn};
 
 use warren::config::{self, Config};
 
+// jemalloc rather than glibc's malloc: a message's buffers and the batches
+// between shards are often freed by another shard than the one that
+// allocated them, and glibc then takes the allocating thread's arena lock,
+// which the two shards of a 2-CPU machine contended on (futex waits in
+// every cross-shard placement). Measured with loadgen in docs/performance-history.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// warren: an AMQP 0-9-1 message broker, wire-compatible with RabbitMQ.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -70,6 +78,12 @@ struct Args {
     /// work. Works only on pinned shards. See tuning.md.
     #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     spin_before_park_us: u64,
+    /// Microseconds between two batches of messages a shard sends another
+    /// shard, unless the batch is full: fewer, larger batches spare both
+    /// shards wake-ups, for at most this much wait on a busy path. Zero
+    /// sends at the end of every reactor turn. See tuning.md.
+    #[arg(long, default_value_t = config::MAILBOX_INTERVAL.as_micros() as u64, value_name = "MICROSECONDS")]
+    mailbox_interval_us: u64,
     /// Address of the management HTTP API (RabbitMQ's, on its own thread);
     /// repeat for several. Default: 0.0.0.0:15672 and [::]:15672.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -403,6 +417,7 @@ fn main() -> ExitCode {
         placement_test,
         sync_delay_test,
         spin_before_park: std::time::Duration::from_micros(args.spin_before_park_us),
+        mailbox_interval: std::time::Duration::from_micros(args.mailbox_interval_us),
         management_listen,
         queue_leader_locator: args.queue_leader_locator,
         prometheus_listen,

@@ -30,6 +30,7 @@ pub mod delayed;
 mod direct_reply_to;
 pub mod exchange;
 pub(crate) mod login_delay;
+pub(crate) mod mailbox_pace;
 pub(crate) mod metadata;
 pub mod metrics;
 pub mod queue;
@@ -58,6 +59,7 @@ use crate::store::recovery::RecoveredQueue;
 use crate::util::signal::{Notify, OneshotSender};
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
+use mailbox_pace::MailboxPace;
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest, Scope};
 use queue::{
     ConsumerSpec, DeadLetter, Delivery, DeliveryHead, DeliverySink, Enqueued, Queue, QueueCtx,
@@ -287,6 +289,14 @@ pub(crate) struct ShardState {
     pub(crate) now: Instant,
     /// Outgoing batches, one per peer shard (this shard's own slot stays empty).
     pub(crate) outbox: Vec<Vec<ShardMsg>>,
+    /// Emptied batches from each peer, kept to be filled again as the next
+    /// batch to that peer (`flush`): a batch then never grows from nothing
+    /// (a realloc and copy at every doubling) and is rarely freed on
+    /// another thread than the one that allocated it (glibc's malloc locks
+    /// the owning arena for that, and the two shards contended on it).
+    pub(crate) spare_batches: Vec<Vec<Vec<ShardMsg>>>,
+    /// The last batch this shard sent each peer (`config.mailbox_interval`).
+    pub(crate) outbox_pace: Vec<MailboxPace>,
     /// Set when an outbox has something; the shard's flusher waits on it.
     pub(crate) outbox_ready: Notify,
     local: VecDeque<ShardMsg>,
@@ -454,6 +464,8 @@ impl ShardState {
             connections: FastMap::default(),
             now: Instant::now(),
             outbox: (0..shard_count).map(|_| Vec::new()).collect(),
+            spare_batches: (0..shard_count).map(|_| Vec::new()).collect(),
+            outbox_pace: vec![MailboxPace::new(Instant::now()); shard_count],
             outbox_ready: Notify::new(),
             local: VecDeque::new(),
             deliveries: Vec::new(),
@@ -504,21 +516,34 @@ impl ShardState {
 
     /// Sends a message to a shard; to this one, it runs at the end of the turn.
     pub(crate) fn send(&mut self, shard: ShardId, msg: ShardMsg) {
+        self.send_spending(shard, msg);
+    }
+
+    /// `send`, which also says whether the message was an enqueue into a
+    /// queue of another shard that has spent its queue's last credit (its
+    /// publisher waits): one lookup of the credit per publish.
+    fn send_spending(&mut self, shard: ShardId, msg: ShardMsg) -> Option<QueueId> {
         if shard == self.id {
             self.local.push_back(msg);
-        } else {
-            if let ShardMsg::Enqueue { queue, message, .. } = &msg {
-                *self
-                    .credit
-                    .entry(*queue)
-                    .or_insert(crate::config::FLOW_CREDIT) -= i64::from(flow_credit_cost(message));
-            }
-            let batch = &mut self.outbox[shard.index()];
-            if batch.is_empty() {
-                self.outbox_ready.notify();
-            }
-            batch.push(msg);
+            return None;
         }
+        let mut spent = None;
+        if let ShardMsg::Enqueue { queue, message, .. } = &msg {
+            let credit = self
+                .credit
+                .entry(*queue)
+                .or_insert(crate::config::FLOW_CREDIT);
+            *credit -= i64::from(flow_credit_cost(message));
+            if *credit <= 0 {
+                spent = Some(*queue);
+            }
+        }
+        let batch = &mut self.outbox[shard.index()];
+        if batch.is_empty() {
+            self.outbox_ready.notify();
+        }
+        batch.push(msg);
+        spent
     }
 
     /// See `runs_now`.
@@ -570,10 +595,10 @@ impl ShardState {
     /// Deliveries from the peer's queues are reported arrived at the end,
     /// after anything the batch caused (a consumer's connection filling up
     /// stops the consumer first, through the same mailbox).
-    pub(crate) fn handle_batch(&mut self, peer: ShardId, batch: Vec<ShardMsg>) {
+    pub(crate) fn handle_batch(&mut self, peer: ShardId, mut batch: Vec<ShardMsg>) {
         // Enqueues into one queue in a row, counted once per run.
         let mut run: Option<(QueueId, u32)> = None;
-        for msg in batch {
+        for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Enqueue {
                     queue,
@@ -604,6 +629,12 @@ impl ShardState {
         }
         if let Some((q, n)) = run {
             *self.credit_owed[peer.index()].entry(q).or_insert(0) += n;
+        }
+        let spares = &mut self.spare_batches[peer.index()];
+        if spares.len() < crate::config::SPARE_BATCHES_MAX
+            && batch.capacity() <= crate::config::SPARE_BATCH_CAPACITY_MAX
+        {
+            spares.push(batch);
         }
         self.grant_credit();
         self.run_local();
@@ -1338,15 +1369,8 @@ impl ShardState {
             if shard != self.id {
                 // Only publishes wait for credit: acks, nacks and the rest
                 // always go, or a held publisher could hold its consumers.
-                let publish = match &msg {
-                    ShardMsg::Enqueue { queue, .. } => Some(*queue),
-                    _ => None,
-                };
-                self.send(shard, msg);
-                if let Some(queue) = publish {
-                    if self.credit.get(&queue).is_some_and(|&c| c <= 0) {
-                        credit_for = Some(queue);
-                    }
+                if let Some(queue) = self.send_spending(shard, msg) {
+                    credit_for = Some(queue);
                 }
             } else if !self.runs_now(shard) {
                 self.send(shard, msg);

@@ -684,7 +684,10 @@ async fn shard_main(
                 ready.wait().await;
                 glommio::executor().yield_task_queue_now().await;
                 answer_control(&state, &control, config::CONTROL_REQUESTS_PER_TURN);
-                flush(&state, &senders);
+                // Batches held back by the interval go when they are due.
+                while let Some(due) = flush(&state, &senders) {
+                    glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                }
             }
         })
         .detach();
@@ -1065,17 +1068,37 @@ async fn run_pager(
     }
 }
 
-/// Sends each peer its outgoing batch. A full mailbox keeps the batch here
-/// (never awaiting on a full channel: see docs/runtime.md, glommio #555) and,
-/// past a limit, makes the readers stop until it drains.
-fn flush(state: &Shared, senders: &Senders<Batch>) {
+/// Sends each peer its outgoing batch, unless its pace holds it
+/// (`MailboxPace`: heavy traffic, a batch sent less than
+/// `mailbox_interval` ago): then it returns when the batch is due, and
+/// the flusher sends it then. A full
+/// mailbox keeps the batch here (never awaiting on a full channel: see
+/// docs/runtime.md, glommio #555) and, past a limit, makes the readers
+/// stop until it drains.
+fn flush(state: &Shared, senders: &Senders<Batch>) -> Option<Instant> {
     let mut state = state.borrow_mut();
     let mut backed_up = false;
+    let mut due: Option<Instant> = None;
+    let interval = state.config.mailbox_interval;
+    let now = if interval.is_zero() {
+        None
+    } else {
+        Some(Instant::now())
+    };
     for peer in 0..state.shard_count {
         if state.outbox[peer].is_empty() {
             continue;
         }
-        let batch = std::mem::take(&mut state.outbox[peer]);
+        if let Some(now) = now {
+            let len = state.outbox[peer].len();
+            if let Some(at) = state.outbox_pace[peer].held_until(now, interval, len) {
+                due = Some(due.map_or(at, |d| d.min(at)));
+                continue;
+            }
+            state.outbox_pace[peer].sent(now, len);
+        }
+        let spare = state.spare_batches[peer].pop().unwrap_or_default();
+        let batch = std::mem::replace(&mut state.outbox[peer], spare);
         let batch_len = batch.len() as u64;
         match senders.try_send_to(peer, batch) {
             Ok(()) => {
@@ -1083,8 +1106,12 @@ fn flush(state: &Shared, senders: &Senders<Batch>) {
                 state.counters.mailbox_messages_sent += batch_len;
             }
             Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
-                let newer = std::mem::replace(&mut state.outbox[peer], batch);
-                state.outbox[peer].extend(newer);
+                let mut spare = std::mem::replace(&mut state.outbox[peer], batch);
+                if spare.is_empty() {
+                    state.spare_batches[peer].push(spare);
+                } else {
+                    state.outbox[peer].append(&mut spare);
+                }
                 backed_up |= state.outbox[peer].len() > config::MAILBOX_OVERFLOW_MAX;
             }
             // A peer that already stopped is no error while shutting down.
@@ -1093,4 +1120,5 @@ fn flush(state: &Shared, senders: &Senders<Batch>) {
         }
     }
     state.backpressure = backed_up;
+    due
 }
