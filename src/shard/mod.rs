@@ -1080,16 +1080,15 @@ fn flush(state: &Shared, senders: &Senders<Batch>) -> Option<Instant> {
     let mut backed_up = false;
     let mut due: Option<Instant> = None;
     let interval = state.config.mailbox_interval;
-    let now = if interval.is_zero() {
-        None
-    } else {
-        Some(Instant::now())
-    };
+    // Read once, and only when there is a batch to pace: most calls find
+    // every outbox empty.
+    let mut now: Option<Instant> = None;
     for peer in 0..state.shard_count {
         if state.outbox[peer].is_empty() {
             continue;
         }
-        if let Some(now) = now {
+        if !interval.is_zero() {
+            let now = *now.get_or_insert_with(Instant::now);
             let len = state.outbox[peer].len();
             if let Some(at) = state.outbox_pace[peer].held_until(now, interval, len) {
                 due = Some(due.map_or(at, |d| d.min(at)));
