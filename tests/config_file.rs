@@ -127,6 +127,14 @@ fn a_bad_value_is_refused_naming_the_setting() {
     let (status, output) = start_expecting_exit(1, &data, &["--config", &path]);
     assert!(!status.success(), "{output}");
     assert!(output.contains("--segment-size"), "{output}");
+    // A mailbox interval past 100 ms would hold busy traffic between
+    // shards for that long: refused, from the file as from the flag.
+    let (dir3, path3) = config_file("mailbox-interval-us = 200000\n");
+    let (status, output) = start_expecting_exit(1, &data, &["--config", &path3]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("--mailbox-interval-us"), "{output}");
+    assert!(output.contains("not in 0..=100000"), "{output}");
+    let _ = fs::remove_dir_all(&dir3);
     let (dir2, path2) = config_file("shards = [\n");
     let (status, output) = start_expecting_exit(1, &data, &["--config", &path2]);
     assert!(!status.success(), "{output}");

@@ -460,8 +460,8 @@ fn one_to_one_delivers_once_with_bounded_backlog_in_every_placement_at_2_shards(
 /// The same with batches between shards sent at the end of every reactor
 /// turn (`--mailbox-interval-us 0`) instead of at most every 400 µs while
 /// the traffic is heavy: both ways of pacing the mailboxes deliver
-/// everything once, and the held batches at the end of each run (the
-/// default) arrive by the flusher's timer, not by more traffic.
+/// everything once, and the batches held at the end of each run (the
+/// default) arrive with no more traffic to carry them.
 #[test]
 fn one_to_one_delivers_once_with_bounded_backlog_with_unpaced_mailboxes_at_2_shards() {
     if std::env::var_os(EXTERNAL_URL_VAR).is_some() {

@@ -81,8 +81,13 @@ struct Args {
     /// Microseconds between two batches of messages a shard sends another
     /// shard, unless the batch is full: fewer, larger batches spare both
     /// shards wake-ups, for at most this much wait on a busy path. Zero
-    /// sends at the end of every reactor turn. See tuning.md.
-    #[arg(long, default_value_t = config::MAILBOX_INTERVAL.as_micros() as u64, value_name = "MICROSECONDS")]
+    /// sends at the end of every reactor turn; at most 100000. See tuning.md.
+    #[arg(
+        long,
+        default_value_t = config::MAILBOX_INTERVAL.as_micros() as u64,
+        value_name = "MICROSECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=100_000)
+    )]
     mailbox_interval_us: u64,
     /// Address of the management HTTP API (RabbitMQ's, on its own thread);
     /// repeat for several. Default: 0.0.0.0:15672 and [::]:15672.

@@ -1071,8 +1071,9 @@ async fn run_pager(
 /// Sends each peer its outgoing batch, unless its pace holds it
 /// (`MailboxPace`: heavy traffic, a batch sent less than
 /// `mailbox_interval` ago): then it returns when the batch is due, and
-/// the flusher sends it then. A full
-/// mailbox keeps the batch here (never awaiting on a full channel: see
+/// the flusher sends it then (a caller that ignores the answer leaves it
+/// to the flusher, which the batch's first message woke). A full mailbox
+/// keeps the batch here (never awaiting on a full channel: see
 /// docs/runtime.md, glommio #555) and, past a limit, makes the readers
 /// stop until it drains.
 fn flush(state: &Shared, senders: &Senders<Batch>) -> Option<Instant> {
