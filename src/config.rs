@@ -179,7 +179,7 @@ pub const MAILBOX_INTERVAL: Duration = Duration::from_micros(400);
 pub(crate) const MAILBOX_HOLD_AFTER: usize = 16;
 /// Messages in a batch that go at once, whatever the interval.
 pub(crate) const MAILBOX_BATCH_FULL: usize = 1024;
-/// Emptied batches a shard keeps per peer to fill again (`spare_batches`),
+/// Emptied batches a shard keeps per peer to fill again (`Outbox::recycle`),
 /// and the largest (in messages) it keeps: a burst's batch is let go.
 pub(crate) const SPARE_BATCHES_MAX: usize = 8;
 pub(crate) const SPARE_BATCH_CAPACITY_MAX: usize = 4096;

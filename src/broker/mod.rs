@@ -30,9 +30,9 @@ pub mod delayed;
 mod direct_reply_to;
 pub mod exchange;
 pub(crate) mod login_delay;
-pub(crate) mod mailbox_pace;
 pub(crate) mod metadata;
 pub mod metrics;
+pub(crate) mod outbox;
 pub mod queue;
 pub mod sender_selected;
 pub mod timers;
@@ -59,8 +59,8 @@ use crate::store::recovery::RecoveredQueue;
 use crate::util::signal::{Notify, OneshotSender};
 use connection::{Connection, LocalPublish};
 use delayed::{DelayedPublish, Held};
-use mailbox_pace::MailboxPace;
 use metadata::{MetaReply, MetaRequest, RpcReply, RpcRequest, Scope};
+use outbox::Outbox;
 use queue::{
     ConsumerSpec, DeadLetter, Delivery, DeliveryHead, DeliverySink, Enqueued, Queue, QueueCtx,
     Settle,
@@ -288,15 +288,7 @@ pub(crate) struct ShardState {
     pub(crate) connections: FastMap<ConnId, Connection>,
     pub(crate) now: Instant,
     /// Outgoing batches, one per peer shard (this shard's own slot stays empty).
-    pub(crate) outbox: Vec<Vec<ShardMsg>>,
-    /// Emptied batches from each peer, kept to be filled again as the next
-    /// batch to that peer (`flush`): a batch then never grows from nothing
-    /// (a realloc and copy at every doubling) and is rarely freed on
-    /// another thread than the one that allocated it (glibc's malloc locks
-    /// the owning arena for that, and the two shards contended on it).
-    pub(crate) spare_batches: Vec<Vec<Vec<ShardMsg>>>,
-    /// The last batch this shard sent each peer (`config.mailbox_interval`).
-    pub(crate) outbox_pace: Vec<MailboxPace>,
+    pub(crate) outbox: Vec<Outbox>,
     /// Set when an outbox has something; the shard's flusher waits on it.
     pub(crate) outbox_ready: Notify,
     local: VecDeque<ShardMsg>,
@@ -463,9 +455,9 @@ impl ShardState {
             queues: FastMap::default(),
             connections: FastMap::default(),
             now: Instant::now(),
-            outbox: (0..shard_count).map(|_| Vec::new()).collect(),
-            spare_batches: (0..shard_count).map(|_| Vec::new()).collect(),
-            outbox_pace: vec![MailboxPace::new(Instant::now()); shard_count],
+            outbox: (0..shard_count)
+                .map(|_| Outbox::new(Instant::now()))
+                .collect(),
             outbox_ready: Notify::new(),
             local: VecDeque::new(),
             deliveries: Vec::new(),
@@ -538,11 +530,9 @@ impl ShardState {
                 spent = Some(*queue);
             }
         }
-        let batch = &mut self.outbox[shard.index()];
-        if batch.is_empty() {
+        if self.outbox[shard.index()].push(msg) {
             self.outbox_ready.notify();
         }
-        batch.push(msg);
         spent
     }
 
@@ -630,12 +620,7 @@ impl ShardState {
         if let Some((q, n)) = run {
             *self.credit_owed[peer.index()].entry(q).or_insert(0) += n;
         }
-        let spares = &mut self.spare_batches[peer.index()];
-        if spares.len() < crate::config::SPARE_BATCHES_MAX
-            && batch.capacity() <= crate::config::SPARE_BATCH_CAPACITY_MAX
-        {
-            spares.push(batch);
-        }
+        self.outbox[peer.index()].recycle(batch);
         self.grant_credit();
         self.run_local();
         self.report_arrived();

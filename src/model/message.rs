@@ -181,7 +181,6 @@ impl Message {
         self.body = Bytes::copy_from_slice(&self.body);
     }
 
-    /// Keeps `other`'s BCC keys.
     /// The same message in allocations of its own. A message fresh from a
     /// publish is slices of its connection's read buffer, which a message
     /// held for long (by a transaction or a delayed exchange) would keep
@@ -197,6 +196,7 @@ impl Message {
         .with_bcc_keys_of(self)
     }
 
+    /// Keeps `other`'s BCC keys.
     pub(crate) fn with_bcc_keys_of(mut self, other: &Message) -> Message {
         self.bcc_keys = other.bcc_keys.clone();
         self

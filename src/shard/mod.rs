@@ -1069,7 +1069,7 @@ async fn run_pager(
 }
 
 /// Sends each peer its outgoing batch, unless its pace holds it
-/// (`MailboxPace`: heavy traffic, a batch sent less than
+/// (`Outbox::take`: heavy traffic, a batch sent less than
 /// `mailbox_interval` ago): then it returns when the batch is due, and
 /// the flusher sends it then (a caller that ignores the answer leaves it
 /// to the flusher, which the batch's first message woke). A full mailbox
@@ -1083,22 +1083,19 @@ fn flush(state: &Shared, senders: &Senders<Batch>) -> Option<Instant> {
     let interval = state.config.mailbox_interval;
     // Read once, and only when there is a batch to pace: most calls find
     // every outbox empty.
-    let mut now: Option<Instant> = None;
+    let mut clock: Option<Instant> = None;
     for peer in 0..state.shard_count {
         if state.outbox[peer].is_empty() {
             continue;
         }
-        if !interval.is_zero() {
-            let now = *now.get_or_insert_with(Instant::now);
-            let len = state.outbox[peer].len();
-            if let Some(at) = state.outbox_pace[peer].held_until(now, interval, len) {
+        let now = (!interval.is_zero()).then(|| *clock.get_or_insert_with(Instant::now));
+        let batch = match state.outbox[peer].take(now, interval) {
+            Ok(batch) => batch,
+            Err(at) => {
                 due = Some(due.map_or(at, |d| d.min(at)));
                 continue;
             }
-            state.outbox_pace[peer].sent(now, len);
-        }
-        let spare = state.spare_batches[peer].pop().unwrap_or_default();
-        let batch = std::mem::replace(&mut state.outbox[peer], spare);
+        };
         let batch_len = batch.len() as u64;
         match senders.try_send_to(peer, batch) {
             Ok(()) => {
@@ -1106,12 +1103,7 @@ fn flush(state: &Shared, senders: &Senders<Batch>) -> Option<Instant> {
                 state.counters.mailbox_messages_sent += batch_len;
             }
             Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
-                let mut spare = std::mem::replace(&mut state.outbox[peer], batch);
-                if spare.is_empty() {
-                    state.spare_batches[peer].push(spare);
-                } else {
-                    state.outbox[peer].append(&mut spare);
-                }
+                state.outbox[peer].put_back(batch);
                 backed_up |= state.outbox[peer].len() > config::MAILBOX_OVERFLOW_MAX;
             }
             // A peer that already stopped is no error while shutting down.
